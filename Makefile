@@ -1,0 +1,51 @@
+# flowlearn — `make run` starts the local stack and the demo; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run stop test test-unit test-minicluster test-e2e lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
+	@command -v java >/dev/null || { echo "error: java not found: install a JDK 17 (apt-get install -y openjdk-17-jdk-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install -y maven)"; exit 1; }
+	@echo "[make] creating $(VENV) and installing flowlearn with its dependencies (a few minutes the first time) ..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	@$(VENV)/bin/flowlearn run
+
+stop: install
+	@$(VENV)/bin/flowlearn down
+
+lint: install
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy flowlearn conf jobs operators state connectors
+
+test-unit: install
+	@$(VENV)/bin/pytest -q tests/unit
+
+test-minicluster: install
+	@$(VENV)/bin/pytest -q -m minicluster tests/minicluster
+
+test-e2e: install
+	@$(VENV)/bin/pytest -q -m e2e tests/e2e
+
+# One pytest run, so the closing line counts every test; tiers are markers and folders.
+test: lint
+	@$(VENV)/bin/pytest tests
+
+bench: install
+	@$(PY) -m pip install -q -e '.[bench]'
+	@$(PY) bench/bench_core.py $(BENCH_ARGS)
+	@$(PY) bench/bench_predictor.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache

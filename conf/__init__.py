@@ -1,0 +1,31 @@
+"""Typed configuration of flowlearn: the only place endpoints, ports and paths are defined."""
+
+from conf.settings import (
+    ConfigError,
+    FlinkConf,
+    JobConf,
+    KafkaConf,
+    ModelSpec,
+    PredictorConf,
+    RedisConf,
+    Settings,
+    StackConf,
+    TopicsConf,
+    load_settings,
+    settings_from_dict,
+)
+
+__all__ = [
+    "ConfigError",
+    "FlinkConf",
+    "JobConf",
+    "KafkaConf",
+    "ModelSpec",
+    "PredictorConf",
+    "RedisConf",
+    "Settings",
+    "StackConf",
+    "TopicsConf",
+    "load_settings",
+    "settings_from_dict",
+]

@@ -1,0 +1,355 @@
+"""Typed, validated configuration for every flowlearn component.
+
+>>> from conf import load_settings
+>>> s = load_settings(env={})
+>>> s.kafka.bootstrap
+'127.0.0.1:9092'
+>>> load_settings(env={"FLOWLEARN__REDIS__PORT": "6400"}).redis.port
+6400
+
+Layers, later ones winning: ``defaults.toml`` beside this file, the TOML file named by
+``FLOWLEARN_CONFIG`` (or passed as ``path``), then ``FLOWLEARN__SECTION__KEY`` variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+ENV_PREFIX = "FLOWLEARN__"
+MODEL_TYPES = ("logistic", "softmax", "linear")
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, of the wrong type, or out of range."""
+
+
+def _project_root() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def _check_port(where: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is outside 1..65535")
+
+
+def _check_positive(where: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where}: must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class StackConf:
+    home: Path = Path(".flowlearn")
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run(self) -> Path:
+        """Pid files."""
+        return self.home / "run"
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def jars(self) -> Path:
+        return self.home / "jars"
+
+
+@dataclass(frozen=True)
+class TopicsConf:
+    events: str = "fl.events"
+    labels: str = "fl.labels"
+    samples: str = "fl.samples"
+    control: str = "fl.control"
+    alerts: str = "fl.alerts"
+    dlq: str = "fl.dlq"
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+
+@dataclass(frozen=True)
+class KafkaConf:
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+    partitions: int = 2
+    heap: str = "512m"
+    topics: TopicsConf = field(default_factory=TopicsConf)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def validate(self) -> None:
+        _check_port("kafka.port", self.port)
+        _check_port("kafka.controller_port", self.controller_port)
+        if self.port == self.controller_port:
+            raise ConfigError("kafka.port and kafka.controller_port must differ")
+        _check_positive("kafka.partitions", self.partitions)
+
+
+@dataclass(frozen=True)
+class RedisConf:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password: str = field(default="", repr=False)
+    prefix: str = "fl:"
+    deltas_maxlen: int = 1000
+
+    @property
+    def url(self) -> str:
+        """Connection URL without the password (safe to print)."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    def validate(self) -> None:
+        _check_port("redis.port", self.port)
+        _check_positive("redis.deltas_maxlen", self.deltas_maxlen)
+        if not self.prefix:
+            raise ConfigError("redis.prefix must not be empty")
+
+
+@dataclass(frozen=True)
+class FlinkConf:
+    rest_host: str = "127.0.0.1"
+    rest_port: int = 8081
+    taskmanager_slots: int = 2
+    parallelism: int = 1
+    checkpoint_interval_ms: int = 5000
+    prometheus_ports: str = "9249-9259"
+    process_memory_jobmanager: str = "1024m"
+    process_memory_taskmanager: str = "2048m"
+    python_bundle_size: int = 1000
+    python_bundle_time_ms: int = 100
+
+    @property
+    def web_ui(self) -> str:
+        return f"http://{self.rest_host}:{self.rest_port}"
+
+    def validate(self) -> None:
+        _check_port("flink.rest_port", self.rest_port)
+        for name in ("taskmanager_slots", "parallelism", "checkpoint_interval_ms",
+                     "python_bundle_size", "python_bundle_time_ms"):
+            _check_positive(f"flink.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class PredictorConf:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    stale_after_s: float = 300.0
+    max_instances: int = 1000
+    max_body_bytes: int = 1_048_576
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def validate(self) -> None:
+        _check_port("predictor.port", self.port)
+        for name in ("stale_after_s", "max_instances", "max_body_bytes"):
+            _check_positive(f"predictor.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the trainer builds for one model id.
+
+    ``features = "dense"`` takes lists of ``n_features`` numbers; ``"hashed"`` takes
+    ``{name: value}`` maps hashed into ``n_features`` columns with ``hash_seed``.
+    """
+
+    type: str = "logistic"
+    n_features: int = 10
+    features: Literal["dense", "hashed"] = "dense"
+    hash_seed: int = 0
+    n_classes: int = 2
+    learning_rate: float = 0.05
+    l2: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, where: str) -> None:
+        if self.type not in MODEL_TYPES:
+            raise ConfigError(f"{where}.type: {self.type!r} is not one of {MODEL_TYPES}")
+        _check_positive(f"{where}.n_features", self.n_features)
+        if self.type == "softmax" and self.n_classes < 2:
+            raise ConfigError(f"{where}.n_classes: a softmax model needs >= 2 classes")
+        _check_positive(f"{where}.learning_rate", self.learning_rate)
+        if self.l2 < 0:
+            raise ConfigError(f"{where}.l2: must be >= 0, got {self.l2}")
+
+
+@dataclass(frozen=True)
+class JobConf:
+    name: str = "flowlearn-online-learning"
+    out_of_orderness_ms: int = 2000
+    idleness_ms: int = 5000
+    batch_size: int = 64
+    batch_timeout_ms: int = 500
+    unknown_model_policy: Literal["create", "dlq"] = "create"
+    snapshot_fraction: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms"):
+            _check_positive(f"job.{name}", getattr(self, name))
+        if not 0 < self.snapshot_fraction <= 1:
+            raise ConfigError(f"job.snapshot_fraction must be in (0, 1], got "
+                              f"{self.snapshot_fraction}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: StackConf = field(default_factory=StackConf)
+    kafka: KafkaConf = field(default_factory=KafkaConf)
+    redis: RedisConf = field(default_factory=RedisConf)
+    flink: FlinkConf = field(default_factory=FlinkConf)
+    predictor: PredictorConf = field(default_factory=PredictorConf)
+    job: JobConf = field(default_factory=JobConf)
+    model_defaults: ModelSpec = field(default_factory=ModelSpec)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+
+    def model_spec(self, model_id: str) -> ModelSpec | None:
+        """The spec for ``model_id``; None when unknown and the policy says DLQ."""
+        if model_id in self.models:
+            return self.models[model_id]
+        return self.model_defaults if self.job.unknown_model_policy == "create" else None
+
+    def validate(self) -> Settings:
+        for part in (self.kafka, self.redis, self.flink, self.predictor, self.job):
+            part.validate()
+        self.model_defaults.validate("model_defaults")
+        for model_id, spec in self.models.items():
+            spec.validate(f"models.{model_id}")
+        ports = {
+            "kafka.port": self.kafka.port,
+            "kafka.controller_port": self.kafka.controller_port,
+            "redis.port": self.redis.port,
+            "flink.rest_port": self.flink.rest_port,
+            "predictor.port": self.predictor.port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ConfigError(f"{name} and {seen[port]} both use port {port}")
+            seen[port] = name
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able form (with the Redis password): what a job is submitted with."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, converting and checking each field's type."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {key: _convert(hints[key], value, f"{where}.{key}" if where else key)
+              for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)  # type: ignore[arg-type]
+    if origin is dict:
+        _, value_type = get_args(hint)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table")
+        return {str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {get_args(hint)}")
+        return value
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if hint is Path:
+            path = Path(os.path.expanduser(str(value)))
+            return path if path.is_absolute() else _project_root() / path
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot read {value!r} as {hint.__name__}") from exc
+    raise ConfigError(f"{where}: unsupported setting type {hint}")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path}: {exc}") from exc
+
+
+def load_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load, merge and validate the configuration (see the module docstring)."""
+    env = os.environ if env is None else env
+    data = _read_toml(DEFAULTS_FILE)
+    override = path or env.get("FLOWLEARN_CONFIG")
+    if override:
+        data = _merge(data, _read_toml(Path(override)))
+    data = _merge(data, _env_layer(env))
+    settings: Settings = _build(Settings, data, "")
+    return settings.validate()
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    """Rebuild settings from :meth:`Settings.to_dict` (how a submitted job gets its config)."""
+    settings: Settings = _build(Settings, data, "")
+    return settings.validate()

@@ -1,0 +1,10 @@
+"""The one place where the versions of the stack's external pieces are pinned.
+
+``pyproject.toml`` pins ``apache-flink`` to :data:`FLINK_VERSION` (a unit test keeps the two
+equal). The Maven coordinates below were checked to exist on Maven Central; the connector line
+``5.0.0-2.2`` is the Kafka connector release built for Flink 2.2.
+"""
+
+FLINK_VERSION = "2.2.1"
+KAFKA_CONNECTOR_ARTIFACT = "org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2"
+KAFKA_BROKER_ARTIFACT = "org.apache.kafka:kafka_2.13:4.1.1"

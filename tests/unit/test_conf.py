@@ -1,0 +1,68 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conf import ConfigError, load_settings, settings_from_dict, versions
+
+
+def test_defaults_load_and_validate():
+    s = load_settings(env={})
+    assert s.kafka.bootstrap == "127.0.0.1:9092"
+    assert s.flink.rest_host == "127.0.0.1"  # loopback unless deliberately exposed
+    assert s.model_spec("demo").n_features == 10
+    assert s.stack.home.is_absolute()
+
+
+def test_environment_overrides_nested_keys():
+    s = load_settings(env={"FLOWLEARN__REDIS__PORT": "6400",
+                           "FLOWLEARN__KAFKA__TOPICS__DLQ": "x.dlq"})
+    assert s.redis.port == 6400
+    assert s.kafka.topics.dlq == "x.dlq"
+
+
+def test_file_layer(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text('[job]\nbatch_size = 8\n[models.other]\ntype = "linear"\nn_features = 3\n')
+    s = load_settings(f, env={})
+    assert s.job.batch_size == 8
+    assert s.models["other"].type == "linear"
+    assert "demo" in s.models  # defaults kept
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"FLOWLEARN__REDIS__PORT": "99999"}, "redis.port: port 99999"),
+        ({"FLOWLEARN__REDIS__PORT": "abc"}, "redis.port: cannot read 'abc' as int"),
+        ({"FLOWLEARN__REDIS__NOPE": "1"}, r"redis: unknown key\(s\) \['nope'\]"),
+        ({"FLOWLEARN__PREDICTOR__PORT": "9092"}, "both use port 9092"),
+        ({"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "drop"}, "is not one of"),
+        ({"FLOWLEARN__MODELS__X__TYPE": "tree"}, "models.x.type"),
+    ],
+)
+def test_bad_values_name_the_setting(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=env)
+
+
+def test_unknown_model_policy_dlq_gives_no_spec():
+    s = load_settings(env={"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"})
+    assert s.model_spec("nope") is None
+    assert s.model_spec("demo") is not None
+
+
+def test_round_trip_through_dict():
+    s = load_settings(env={})
+    assert settings_from_dict(s.to_dict()) == s
+
+
+def test_password_not_in_repr():
+    assert "flowlearn-local" not in repr(load_settings(env={}))
+
+
+def test_pyproject_pins_the_flink_version_of_conf():
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert f"apache-flink=={versions.FLINK_VERSION}" in pyproject["project"]["dependencies"]
+    assert versions.KAFKA_CONNECTOR_ARTIFACT.endswith(
+        "-" + ".".join(versions.FLINK_VERSION.split(".")[:2]))
