@@ -1,0 +1,220 @@
+"""The ``flowlearn`` command line: the local stack, the job, the demo stream, predictions.
+
+    flowlearn up | down | status [--json] | submit | produce | predict | run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conf import ConfigError, Settings, load_settings
+from flowlearn import jobctl, stack
+
+
+def _models(settings: Settings) -> dict[str, dict[str, Any]]:
+    import redis
+
+    from flowlearn.redis_contract import Keys
+
+    keys = Keys(settings.redis.prefix)
+    r = settings.redis
+    client = redis.Redis(host=r.host, port=r.port, password=r.password or None,
+                         socket_timeout=2, socket_connect_timeout=2)
+    try:
+        models = {}
+        for raw in sorted(client.smembers(keys.models)):
+            model_id = raw.decode()
+            version, epoch, applied = client.hmget(
+                keys.snapshot(model_id), "version", "epoch", "samples_applied")
+            if version is not None and epoch is not None and applied is not None:
+                models[model_id] = {"version": int(version), "epoch": int(epoch),
+                                    "samples_applied": int(applied)}
+        return models
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+
+
+def status_dict(settings: Settings) -> dict[str, Any]:
+    """DESIGN's ``flowlearn status --json`` document."""
+    components = stack.component_status(settings)
+    job = jobctl.find_job(settings) if components["jobmanager"]["state"] == "running" else None
+    return {
+        "components": components,
+        "job": {"id": job.id if job else None, "state": job.state if job else "NONE",
+                "web_ui": settings.flink.web_ui},
+        "predictor": {"url": settings.predictor.url},
+        "models": _models(settings) if components["redis"]["state"] == "running" else {},
+    }
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    status = status_dict(settings)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for name, comp in status["components"].items():
+        pids = ",".join(map(str, comp["pids"])) or "-"
+        print(f"{name:12s} {comp['state']:8s} pid {pids:8s} {comp['url'] or ''}")
+    job = status["job"]
+    print(f"{'job':12s} {job['state']:8s} {job['id'] or '-'}  {job['web_ui']}")
+    for model_id, m in status["models"].items():
+        print(f"model {model_id}: version {m['version']} epoch {m['epoch']} "
+              f"samples_applied {m['samples_applied']}")
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    steps = stack.up(settings, args.config)
+    total = sum(s.seconds for s in steps)
+    print(f"stack up in {total:.1f}s: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps))
+    print(f"Flink web UI: {settings.flink.web_ui}\nPredictor:    {settings.predictor.url}")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    job = jobctl.find_job(settings) if stack.running_pid(settings, "jobmanager") else None
+    if job is not None and job.state == "RUNNING":
+        try:
+            path = jobctl.stop_with_savepoint(settings, job)
+            print(f"job {job.id} stopped with savepoint {path} (the next submit resumes it)")
+        except (jobctl.JobError, OSError, KeyError) as exc:
+            print(f"warning: stop-with-savepoint failed ({exc}); the next submit resumes from "
+                  f"the last savepoint or starts fresh", file=sys.stderr)
+    stopped = stack.down(settings)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    job = jobctl.submit(settings, from_savepoint=args.from_savepoint, fresh=args.fresh)
+    print(f"job {job.id} RUNNING in {time.monotonic() - t0:.1f}s")
+    print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
+    return 0
+
+
+def _producer_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["produce", "--model", args.model, "--rate", str(args.rate), "--seed",
+            str(args.seed), "--n-features", str(args.n_features),
+            "--label-delay-ms", str(args.label_delay_ms)]
+    if args.count is not None:
+        argv += ["--count", str(args.count)]
+    if args.drift_at:
+        argv += ["--drift-at", ",".join(map(str, args.drift_at))]
+    return argv
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    if args.background:
+        argv = [sys.executable, "-m", "flowlearn.cli", *_producer_argv(args)]
+        if args.config:
+            argv[3:3] = ["--config", str(args.config)]
+        stack.stop_process(settings, "producer")
+        pid = stack.start_process(settings, "producer", argv)
+        print(f"producer started (pid {pid}); log {settings.stack.logs / 'producer.out'}")
+        return 0
+    from flowlearn.producer import produce
+
+    sent = produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=args.model,
+                   count=args.count, rate=args.rate, seed=args.seed,
+                   n_features=args.n_features, drift_at=args.drift_at,
+                   label_delay_ms=args.label_delay_ms)
+    print(f"produced {sent} samples for model {args.model!r}")
+    return 0
+
+
+def cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
+    from flowlearn.serving.client import predict
+
+    instances = json.loads(args.instances)
+    if not isinstance(instances, list):
+        instances = [instances]
+    print(json.dumps(predict(settings.predictor.url, args.model, instances, timeout=5.0),
+                     indent=2))
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """``make run``: the stack, the job (resumed if it was stopped), the demo producer."""
+    t0 = time.monotonic()
+    steps = stack.up(settings, args.config)
+    job = jobctl.find_job(settings)
+    if job is None:
+        job = jobctl.submit(settings)
+    if not stack.running_pid(settings, "producer"):
+        args.background = True
+        cmd_produce(settings, args)
+    print(f"\nready in {time.monotonic() - t0:.1f}s ("
+          + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps) + ")")
+    print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
+    print(f"Predictor:    {settings.predictor.url}/v1/models/{args.model}")
+    print(f"Try:          flowlearn predict --model {args.model} "
+          f"--instances '[{[0.5] * args.n_features}]'")
+    print("Stop with:    make stop")
+    return 0
+
+
+def _add_producer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="demo", help="model id (default: demo)")
+    p.add_argument("--count", type=int, default=None, help="samples to send (default: forever)")
+    p.add_argument("--rate", type=float, default=200.0, help="samples per second")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-features", type=int, default=10)
+    p.add_argument("--drift-at", type=lambda s: [int(x) for x in s.split(",") if x],
+                   default=[], help="comma-separated sample indices where the concept changes")
+    p.add_argument("--label-delay-ms", type=int, default=0,
+                   help="0: labelled samples to fl.samples; >0: events now, labels later")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowlearn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a TOML file overriding conf/defaults.toml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Kafka, Redis, Flink and the predictor").set_defaults(
+        func=cmd_up)
+    sub.add_parser("down", help="stop the job with a savepoint, then everything up started"
+                   ).set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="components, job and models")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("submit", help="submit the training job (flink run -d)")
+    p.add_argument("--from-savepoint", default=None, help="resume from this savepoint")
+    p.add_argument("--fresh", action="store_true", help="ignore recorded savepoints")
+    p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("produce", help="send a synthetic drifting stream to Kafka")
+    _add_producer_options(p)
+    p.add_argument("--background", action="store_true", help="run as a stack component")
+    p.set_defaults(func=cmd_produce)
+    p = sub.add_parser("predict", help="ask the predictor")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--instances", required=True, help="JSON: one instance or a list of them")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("run", help="up + submit + demo producer (what `make run` does)")
+    _add_producer_options(p)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        return int(args.func(settings, args))
+    except (ConfigError, stack.StackError, jobctl.JobError) as exc:
+        print(f"flowlearn: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Submitting, finding and stopping the training job on the Flink session cluster."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conf import Settings
+from flowlearn import stack
+
+#: The packages shipped with the job (``-pyfs``): a cluster's workers need nothing installed
+#: but the dependencies.
+JOB_PACKAGES = ("flowlearn", "conf", "jobs", "operators", "state", "connectors")
+JOB_ENTRY = "jobs/online_learning.py"
+
+
+class JobError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    name: str
+    state: str
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise JobError(f"package {name!r} is not importable; run `make install` first")
+    return Path(spec.origin).resolve().parent
+
+
+def find_job(settings: Settings) -> JobInfo | None:
+    """The newest job of this name that is not in a terminal state, or None."""
+    try:
+        jobs = stack.flink_rest(settings, "/jobs/overview").get("jobs", [])
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    live = [j for j in jobs if j.get("name") == settings.job.name
+            and j.get("state") not in ("FINISHED", "CANCELED", "FAILED")]
+    if not live:
+        return None
+    newest = max(live, key=lambda j: j.get("start-time", 0))
+    return JobInfo(newest["jid"], newest["name"], newest["state"])
+
+
+def wait_job_state(settings: Settings, job_id: str, states: set[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        try:
+            state = stack.flink_rest(settings, f"/jobs/{job_id}")["state"]
+        except (OSError, urllib.error.URLError, ValueError, KeyError):
+            state = "UNKNOWN"
+        if state in states:
+            return state
+        if state in ("FAILED", "CANCELED", "FINISHED") and state not in states:
+            raise JobError(f"job {job_id} ended {state}; see {settings.stack.logs}")
+        time.sleep(0.5)
+    raise JobError(f"job {job_id} not {'/'.join(sorted(states))} within {timeout_s:.0f}s "
+                   f"(last state {state})")
+
+
+def _all_tasks_running(settings: Settings, job_id: str) -> bool:
+    try:
+        detail = stack.flink_rest(settings, f"/jobs/{job_id}")
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    vertices = detail.get("vertices", [])
+    return bool(vertices) and all(v.get("status") == "RUNNING" for v in vertices)
+
+
+def savepoint_manifest(settings: Settings) -> Path:
+    return settings.stack.home / "savepoints.json"
+
+
+def read_savepoints(settings: Settings) -> list[dict[str, Any]]:
+    path = savepoint_manifest(settings)
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def record_savepoint(settings: Settings, entry: dict[str, Any]) -> None:
+    entries = [*read_savepoints(settings), entry]
+    savepoint_manifest(settings).write_text(json.dumps(entries, indent=2))
+
+
+def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = False,
+           timeout_s: float = 180.0) -> JobInfo:
+    """Submit the job with ``flink run -d``; resumes from the last recorded savepoint unless
+    ``fresh`` or an explicit ``from_savepoint``. Waits until every task is RUNNING."""
+    existing = find_job(settings)
+    if existing is not None:
+        raise JobError(f"job {existing.id} is already {existing.state}; stop it first "
+                       f"(flowlearn down, or flowlearn rollback --savepoint ...)")
+    if from_savepoint is None and not fresh:
+        recorded = read_savepoints(settings)
+        if recorded:
+            from_savepoint = recorded[-1]["path"]
+    settings_file = settings.stack.run / "job-settings.json"
+    settings_file.parent.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings.to_dict()))
+    settings_file.chmod(0o600)  # holds the Redis password
+    connector = stack.kafka_connector_jar(settings)
+    entry = _package_dir("jobs") / Path(JOB_ENTRY).name
+    cmd = [
+        "bash", str(stack.flink_home() / "bin" / "flink"), "run", "-d",
+        f"-Dpipeline.jars=file://{connector}",
+        "-py", str(entry),
+        "-pyfs", ",".join(str(_package_dir(p)) for p in JOB_PACKAGES),
+        "-pyexec", sys.executable,
+        "-pyclientexec", sys.executable,
+    ]
+    if from_savepoint:
+        cmd += ["-s", from_savepoint]
+        stack.log(f"resuming from savepoint {from_savepoint}")
+    cmd += ["--settings", str(settings_file)]
+    env = stack.flink_env(settings)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PATH": env["PATH"]},
+                            timeout=timeout_s)
+    out = result.stdout + result.stderr
+    (settings.stack.logs / "submit.out").write_text(out)
+    match = re.search(r"JobID ([0-9a-f]{32})", out)
+    if result.returncode != 0 or not match:
+        tail = " | ".join(out.strip().splitlines()[-4:])
+        raise JobError(f"flink run failed (see {settings.stack.logs / 'submit.out'}): {tail}")
+    job_id = match.group(1)
+    wait_job_state(settings, job_id, {"RUNNING"}, timeout_s)
+    stack.wait_for("job tasks", lambda: _all_tasks_running(settings, job_id), timeout_s,
+                   settings.stack.logs / "submit.out")
+    return JobInfo(job_id, settings.job.name, "RUNNING")
+
+
+def stop_with_savepoint(settings: Settings, job: JobInfo, timeout_s: float = 120.0) -> str:
+    """Stop ``job`` with a savepoint (drained of nothing: it resumes where it stopped)."""
+    target = settings.stack.data / "flink" / "savepoints"
+    trigger = stack.flink_rest(
+        settings, f"/jobs/{job.id}/stop", method="POST",
+        body={"targetDirectory": f"file://{target}", "drain": False},
+    )
+    request_id = trigger["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = stack.flink_rest(settings, f"/jobs/{job.id}/savepoints/{request_id}")
+        if status["status"]["id"] == "COMPLETED":
+            operation = status.get("operation", {})
+            if "failure-cause" in operation:
+                raise JobError(f"stop-with-savepoint failed: "
+                               f"{operation['failure-cause'].get('class')}")
+            path: str = operation["location"]
+            record_savepoint(settings, {"path": path, "job_id": job.id,
+                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "reason": "stop"})
+            return path
+        time.sleep(0.5)
+    raise JobError(f"stop-with-savepoint of {job.id} did not finish within {timeout_s:.0f}s")

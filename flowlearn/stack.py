@@ -1,0 +1,561 @@
+"""The local stack as plain processes: Kafka (KRaft, from Maven jars), Redis, a Flink session
+cluster from the pip package, and the predictor.
+
+Everything lives under ``settings.stack.home``: ``jars/`` (Maven downloads), ``data/`` (Kafka
+log dirs, Redis dump, Flink checkpoints and savepoints), ``logs/`` and ``run/`` (pid files).
+``up`` is idempotent: a component whose pid is alive is left alone. ``down`` stops what ``up``
+started, by pid, after checking the pid still belongs to this stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conf import Settings, versions
+
+COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "producer")
+
+
+class StackError(RuntimeError):
+    """A one-line, actionable reason why the stack cannot do what was asked."""
+
+
+def log(msg: str) -> None:
+    print(f"[flowlearn] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def pid_file(settings: Settings, name: str) -> Path:
+    return settings.stack.run / f"{name}.pid"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _environ(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The pid of component ``name`` if its pid file names a live process of this stack."""
+    path = pid_file(settings, name)
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    # A recycled pid belongs to someone else: only trust it if the process still carries
+    # this stack's home in its command line or in the environment we started it with.
+    if _is_zombie(pid):
+        return None
+    marker = str(settings.stack.home)
+    if marker in _cmdline(pid) or f"FLOWLEARN_HOME={marker}" in _environ(pid):
+        return pid
+    return None
+
+
+def start_process(
+    settings: Settings,
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    settings.stack.logs.mkdir(parents=True, exist_ok=True)
+    settings.stack.run.mkdir(parents=True, exist_ok=True)
+    out = (settings.stack.logs / f"{name}.out").open("ab")
+    proc = subprocess.Popen(
+        list(argv),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {}), "FLOWLEARN_HOME": str(settings.stack.home)},
+        cwd=cwd,
+        start_new_session=True,  # survives the CLI; a Ctrl-C in the shell does not reach it
+    )
+    out.close()
+    pid_file(settings, name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_process(settings: Settings, name: str, timeout_s: float = 30.0) -> bool:
+    """SIGTERM, wait, then SIGKILL. Returns True if something was stopped."""
+    pid = running_pid(settings, name)
+    pid_file(settings, name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            return True
+        time.sleep(0.2)
+    log(f"{name} (pid {pid}) did not stop within {timeout_s:.0f}s; killing it")
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def require_free_port(host: str, port: int, setting: str) -> None:
+    if port_open(host, port):
+        env_name = "FLOWLEARN__" + setting.upper().replace(".", "__")
+        raise StackError(
+            f"port {port} ({setting}) is already taken by another process: stop it, "
+            f"or choose another port with {env_name}=..."
+        )
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float, logfile: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.3)
+    raise StackError(f"{what} did not come up within {timeout_s:.0f}s; see {logfile}")
+
+
+def require_tool(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(f"'{tool}' is not on PATH: {hint}")
+    return path
+
+
+# --------------------------------------------------------------------------- Maven jars
+
+
+def _pom(artifact: str) -> str:
+    group, name, version = artifact.split(":")
+    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.flowlearn</groupId><artifactId>fetch-{name}</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>{group}</groupId><artifactId>{name}</artifactId>
+      <version>{version}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+
+def fetch_jars(settings: Settings, label: str, artifact: str, transitive: bool) -> Path:
+    """Copy ``artifact`` (and its runtime dependencies) into ``jars/<label>``, once."""
+    target = settings.stack.jars / label
+    marker = target / ".complete"
+    if marker.exists() and marker.read_text() == artifact:
+        return target
+    mvn = require_tool("mvn", "install Maven (apt-get install -y maven) to fetch the jars")
+    log(f"fetching {artifact} with Maven into {target} ...")
+    work = settings.stack.home / "maven" / label
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(_pom(artifact))
+    if target.exists():
+        shutil.rmtree(target)
+    cmd = [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+           f"-DoutputDirectory={target}", "-DincludeScope=runtime"]
+    if not transitive:
+        cmd.append("-DexcludeTransitive=true")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise StackError(f"Maven could not fetch {artifact}: {' | '.join(tail)}")
+    marker.write_text(artifact)
+    return target
+
+
+def kafka_connector_jar(settings: Settings) -> Path:
+    folder = fetch_jars(settings, "flink-kafka", versions.KAFKA_CONNECTOR_ARTIFACT, False)
+    jars = sorted(folder.glob("flink-sql-connector-kafka-*.jar"))
+    if not jars:
+        raise StackError(f"no Kafka connector jar in {folder}; delete it and run again")
+    return jars[0]
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def _kafka_dirs(settings: Settings) -> tuple[Path, Path]:
+    return settings.stack.home / "kafka", settings.stack.data / "kafka"
+
+
+def _java() -> str:
+    return require_tool("java", "install a JDK 17 (apt-get install -y openjdk-17-jre-headless)")
+
+
+def start_kafka(settings: Settings) -> None:
+    if running_pid(settings, "kafka"):
+        return
+    k = settings.kafka
+    require_free_port(k.host, k.port, "kafka.port")
+    require_free_port(k.host, k.controller_port, "kafka.controller_port")
+    java = _java()
+    jars = fetch_jars(settings, "kafka", versions.KAFKA_BROKER_ARTIFACT, True)
+    conf_dir, log_dir = _kafka_dirs(settings)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    props = conf_dir / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"listeners=PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{k.host}:{k.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"controller.quorum.bootstrap.servers={k.host}:{k.controller_port}",
+                f"log.dirs={log_dir}",
+                f"num.partitions={k.partitions}",
+                # One node: every internal topic must live with replication factor 1, or
+                # transactional producers (the exactly-once KafkaSink) hang.
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                # Above the job's longest checkpoint + restart time (KafkaSink EXACTLY_ONCE).
+                "transaction.max.timeout.ms=3600000",
+                "auto.create.topics.enable=false",
+                "",
+            ]
+        )
+    )
+    log4j = conf_dir / "log4j2.yaml"
+    log4j.write_text(
+        "Configuration:\n"
+        "  Appenders:\n"
+        "    Console: {name: STDOUT, PatternLayout: {Pattern: '[%d] %p %m (%c)%n'}}\n"
+        "  Loggers:\n"
+        "    Root: {level: INFO, AppenderRef: [{ref: STDOUT}]}\n"
+    )
+    classpath = f"{jars}/*"
+    if not (log_dir / "meta.properties").exists():
+        cluster_id = subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        log(f"formatting Kafka storage in {log_dir} (cluster id {cluster_id})")
+        result = subprocess.run(
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", cluster_id, "-c", str(props)],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise StackError(f"Kafka storage format failed: {result.stdout}{result.stderr}")
+    start_process(
+        settings,
+        "kafka",
+        [java, f"-Xmx{k.heap}", f"-Xms{k.heap}", "-cp", classpath,
+         f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={settings.stack.logs}",
+         "kafka.Kafka", str(props)],
+    )
+    wait_for("Kafka", lambda: port_open(k.host, k.port), 90, settings.stack.logs / "kafka.out")
+    create_topics(settings)
+
+
+def create_topics(settings: Settings, timeout_s: float = 60.0) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap,
+                                     client_id="flowlearn-admin", request_timeout_ms=10000)
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise StackError(f"Kafka admin client cannot connect: {exc}") from exc
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in settings.kafka.topics.all() if t not in existing]
+        if missing:
+            # Another `up` may have created them meanwhile: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(t, settings.kafka.partitions, 1) for t in missing])
+            log(f"created topics {', '.join(missing)}")
+    finally:
+        admin.close()
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def _redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing redis-server with apt-get ...")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
+                       stdout=subprocess.DEVNULL)
+        result = subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env,
+                                capture_output=True, text=True)
+        if result.returncode == 0 and shutil.which("redis-server"):
+            # Debian starts its own service on install; ours runs on our port, under our pid.
+            subprocess.run(["service", "redis-server", "stop"], capture_output=True)
+            return str(shutil.which("redis-server"))
+        raise StackError(f"apt-get install redis-server failed: {result.stderr.strip()[-300:]}")
+    raise StackError("redis-server is not on PATH: install it (apt-get install -y redis-server)")
+
+
+def start_redis(settings: Settings) -> None:
+    if running_pid(settings, "redis"):
+        return
+    r = settings.redis
+    require_free_port(r.host, r.port, "redis.port")
+    server = _redis_server()
+    data = settings.stack.data / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    conf_file = settings.stack.home / "redis" / "redis.conf"
+    conf_file.parent.mkdir(parents=True, exist_ok=True)
+    conf_file.write_text(
+        "\n".join(
+            [
+                f"bind {r.host}",
+                f"port {r.port}",
+                "protected-mode yes",
+                f"requirepass {r.password}",
+                f"dir {data}",
+                "daemonize no",
+                # Keep the config path in the process title: running_pid() recognises it.
+                'proc-title-template "{title} {listen-addr} {config-file}"',
+                "save 60 1000",
+                "appendonly no",
+                "",
+            ]
+        )
+    )
+    conf_file.chmod(0o600)  # it holds the password
+    start_process(settings, "redis", [server, str(conf_file)])
+    wait_for("Redis", lambda: port_open(r.host, r.port), 30, settings.stack.logs / "redis.out")
+
+
+# --------------------------------------------------------------------------- Flink
+
+
+def flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+def flink_conf_dir(settings: Settings) -> Path:
+    return settings.stack.home / "flink" / "conf"
+
+
+def write_flink_conf(settings: Settings) -> Path:
+    f = settings.flink
+    conf_dir = flink_conf_dir(settings)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    shipped = flink_home() / "conf"
+    for name in ("log4j-console.properties", "log4j-cli.properties", "log4j.properties",
+                 "logback-console.xml"):
+        shutil.copy(shipped / name, conf_dir / name)
+    java_opts = _shipped_java_opts(shipped / "config.yaml")
+    checkpoints = settings.stack.data / "flink" / "checkpoints"
+    savepoints = settings.stack.data / "flink" / "savepoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    savepoints.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    entries: dict[str, Any] = {
+        "env.java.opts.all": java_opts,
+        "jobmanager.rpc.address": "127.0.0.1",
+        "jobmanager.bind-host": "127.0.0.1",
+        "jobmanager.memory.process.size": f.process_memory_jobmanager,
+        "taskmanager.bind-host": "127.0.0.1",
+        "taskmanager.host": "127.0.0.1",
+        "taskmanager.memory.process.size": f.process_memory_taskmanager,
+        "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
+        "parallelism.default": f.parallelism,
+        "rest.address": f.rest_host,
+        "rest.bind-address": f.rest_host,
+        "rest.port": f.rest_port,
+        "execution.checkpointing.interval": f"{f.checkpoint_interval_ms}ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.dir": f"file://{checkpoints}",
+        "execution.checkpointing.savepoint-dir": f"file://{savepoints}",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": 3,
+        "state.backend.type": "hashmap",
+        "restart-strategy.type": "exponential-delay",
+        "metrics.reporter.prom.factory.class":
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": f.prometheus_ports,
+        "metrics.reporter.prom.host": "127.0.0.1",
+        "python.executable": python,
+        "python.client.executable": python,
+        "python.fn-execution.bundle.size": f.python_bundle_size,
+        "python.fn-execution.bundle.time": f.python_bundle_time_ms,
+    }
+    (conf_dir / "config.yaml").write_text(
+        "".join(f"{key}: {json.dumps(value)}\n" for key, value in entries.items())
+    )
+    return conf_dir
+
+
+def _shipped_java_opts(config_yaml: Path) -> str:
+    """The JVM flags Flink's own config.yaml sets for Java 17 (``env.java.opts.all``)."""
+    lines = config_yaml.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "opts:" and i + 1 < len(lines) and "all:" in lines[i + 1]:
+            return lines[i + 1].split("all:", 1)[1].strip()
+    return ""
+
+
+def flink_env(settings: Settings) -> dict[str, str]:
+    home = flink_home()
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "FLINK_HOME": str(home),
+        "FLINK_CONF_DIR": str(flink_conf_dir(settings)),
+        "FLINK_LOG_DIR": str(settings.stack.logs),
+        "FLINK_PID_DIR": str(settings.stack.run),
+        "FLINK_PLUGINS_DIR": str(home / "plugins"),
+        # Scripts and Python workers must find this venv's python first.
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+    }
+
+
+def flink_rest(settings: Settings, path: str, method: str = "GET",
+               body: dict[str, Any] | None = None, timeout_s: float = 5.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"{settings.flink.web_ui}{path}", data=data, method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _flink_ready(settings: Settings) -> bool:
+    try:
+        overview = flink_rest(settings, "/overview", timeout_s=2)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    return int(overview.get("taskmanagers", 0)) >= 1
+
+
+def start_flink(settings: Settings) -> None:
+    _java()
+    write_flink_conf(settings)
+    env = flink_env(settings)
+    bin_dir = flink_home() / "bin"
+    if not running_pid(settings, "jobmanager"):
+        require_free_port(settings.flink.rest_host, settings.flink.rest_port, "flink.rest_port")
+        start_process(settings, "jobmanager",
+                      ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env)
+    if not running_pid(settings, "taskmanager"):
+        start_process(settings, "taskmanager",
+                      ["bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env)
+    wait_for("Flink (JobManager with a TaskManager)", lambda: _flink_ready(settings), 120,
+             settings.stack.logs / "jobmanager.out")
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+def start_predictor(settings: Settings, config_path: Path | None) -> None:
+    if running_pid(settings, "predictor"):
+        return
+    p = settings.predictor
+    require_free_port(p.host, p.port, "predictor.port")
+    argv = [sys.executable, "-m", "flowlearn.serving"]
+    if config_path:
+        argv += ["--config", str(config_path)]
+    start_process(settings, "predictor", argv)
+    wait_for("predictor", lambda: port_open(p.host, p.port), 60,
+             settings.stack.logs / "predictor.out")
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    seconds: float
+
+
+def up(settings: Settings, config_path: Path | None = None) -> list[Step]:
+    """Start every component that is not running; returns how long each step took."""
+    steps: list[Step] = []
+    for name, start in (
+        ("kafka", lambda: start_kafka(settings)),
+        ("redis", lambda: start_redis(settings)),
+        ("flink", lambda: start_flink(settings)),
+        ("predictor", lambda: start_predictor(settings, config_path)),
+    ):
+        t0 = time.monotonic()
+        log(f"starting {name} ...")
+        start()
+        steps.append(Step(name, time.monotonic() - t0))
+        log(f"{name} up ({steps[-1].seconds:.1f}s)")
+    return steps
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop everything this stack started, in dependency order; returns what was stopped."""
+    stopped = []
+    for name in ("producer", "predictor", "taskmanager", "jobmanager", "redis", "kafka"):
+        if stop_process(settings, name):
+            stopped.append(name)
+            log(f"stopped {name}")
+    return stopped
+
+
+def component_status(settings: Settings) -> dict[str, dict[str, Any]]:
+    urls = {
+        "kafka": f"kafka://{settings.kafka.bootstrap}",
+        "redis": settings.redis.url,
+        "jobmanager": settings.flink.web_ui,
+        "taskmanager": None,
+        "predictor": settings.predictor.url,
+        "producer": None,
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name in COMPONENTS:
+        pid = running_pid(settings, name)
+        out[name] = {
+            "state": "running" if pid else "stopped",
+            "pids": [pid] if pid else [],
+            "url": urls[name],
+        }
+    return out

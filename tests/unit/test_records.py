@@ -1,0 +1,63 @@
+import base64
+import json
+
+import pytest
+
+from flowlearn.records import MAX_RECORD_BYTES, RecordError, dlq_record, parse_sample
+
+DENSE = {"type": "logistic", "features": "dense", "n_features": 3}
+SPECS = {"m": DENSE, "soft": {**DENSE, "type": "softmax", "n_classes": 3}}
+
+
+def spec_for(model_id):
+    return SPECS.get(model_id)
+
+
+def rec(**over):
+    base = {"model_id": "m", "ts": 1000, "features": [1, 2.5, -3], "label": 1}
+    base.update(over)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def test_valid_sample():
+    s = parse_sample(rec(event_id="e1"), spec_for)
+    assert (s.model_id, s.ts, s.label, s.event_id) == ("m", 1000, 1.0, "e1")
+    assert s.features.tolist() == [1.0, 2.5, -3.0]
+
+
+@pytest.mark.parametrize(
+    "raw, reason, fragment",
+    [
+        (b"{not json", "not_json", ""),
+        (b"\xff\xfe", "not_json", ""),
+        (b"[1, 2]", "not_object", "list"),
+        (rec(model_id=...), "missing_field", "'model_id'"),
+        (rec(features=...), "missing_field", "'features'"),
+        (rec(label=...), "missing_field", "'label'"),
+        (rec(ts=...), "missing_field", "'ts'"),
+        (rec(ts="yesterday"), "bad_field", "'ts'"),
+        (rec(ts=-5), "bad_field", "out of range"),
+        (rec(label=0.5), "bad_field", "0 or 1"),
+        (rec(model_id=7), "bad_field", "'model_id'"),
+        (rec(model_id="nope"), "unknown_model", "nope"),
+        (rec(features=[1, 2]), "bad_features", "expected 3 values, got 2"),
+        (rec(features=[1, "x", 3]), "bad_features", "features[1]"),
+        (rec(features={"a": 1}), "bad_features", "list of 3 numbers"),
+        (b'{"model_id":"m","ts":1,"features":[1,NaN,3],"label":1}', "bad_features", "finite"),
+        (b'{"model_id":"m","ts":1,"features":[1,1e999,3],"label":1}', "bad_features", "finite"),
+        (rec(model_id="soft", label=3), "bad_field", "0..2"),
+        (b" " * (MAX_RECORD_BYTES + 1), "too_large", ""),
+    ],
+)
+def test_bad_records_have_a_reason(raw, reason, fragment):
+    with pytest.raises(RecordError) as info:
+        parse_sample(raw, spec_for)
+    assert info.value.reason == reason
+    assert fragment in info.value.message
+
+
+def test_dlq_record_keeps_raw_bytes():
+    raw = b"\x00\xffbad"
+    d = json.loads(dlq_record("fl.samples", "not_json", raw, 5, "detail", partition=1, offset=9))
+    assert base64.b64decode(d["raw"]) == raw
+    assert d["reason"] == "not_json" and d["partition"] == 1 and d["offset"] == 9
