@@ -46,6 +46,7 @@ bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
 	@$(PY) bench/bench_core.py $(BENCH_ARGS)
 	@$(PY) bench/bench_predictor.py $(BENCH_ARGS)
+	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache

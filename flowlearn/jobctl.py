@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -16,8 +17,8 @@ from typing import Any
 from conf import Settings
 from flowlearn import stack
 
-#: The packages shipped with the job (``-pyfs``): a cluster's workers need nothing installed
-#: but the dependencies.
+#: The packages shipped with the job: a cluster's workers need nothing of the project
+#: installed, only its dependencies.
 JOB_PACKAGES = ("flowlearn", "conf", "jobs", "operators", "state", "connectors")
 JOB_ENTRY = "jobs/online_learning.py"
 
@@ -38,6 +39,22 @@ def _package_dir(name: str) -> Path:
     if spec is None or spec.origin is None:
         raise JobError(f"package {name!r} is not importable; run `make install` first")
     return Path(spec.origin).resolve().parent
+
+
+def stage_job_sources(settings: Settings) -> Path:
+    """Copy the job's packages into one folder for ``-pyfs``.
+
+    Flink puts a ``-pyfs`` folder itself on the workers' PYTHONPATH, so the packages must sit
+    inside a folder of their own (the project root would ship the venv and the stack home).
+    """
+    target = settings.stack.run / "job-src"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in JOB_PACKAGES:
+        shutil.copytree(_package_dir(name), target / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 def find_job(settings: Settings) -> JobInfo | None:
@@ -111,12 +128,13 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     settings_file.write_text(json.dumps(settings.to_dict()))
     settings_file.chmod(0o600)  # holds the Redis password
     connector = stack.kafka_connector_jar(settings)
-    entry = _package_dir("jobs") / Path(JOB_ENTRY).name
+    sources = stage_job_sources(settings)
     cmd = [
         "bash", str(stack.flink_home() / "bin" / "flink"), "run", "-d",
-        f"-Dpipeline.jars=file://{connector}",
-        "-py", str(entry),
-        "-pyfs", ",".join(str(_package_dir(p)) for p in JOB_PACKAGES),
+        # -j, not pipeline.jars: the Python client needs the connector's classes too.
+        "-j", str(connector),
+        "-py", str(sources / JOB_ENTRY),
+        "-pyfs", str(sources),
         "-pyexec", sys.executable,
         "-pyclientexec", sys.executable,
     ]

@@ -1,0 +1,1 @@
+"""Kafka sources and sinks of the training job, configured from conf/."""

@@ -1,0 +1,69 @@
+"""Kafka sources and sinks of the job, all configured from :class:`conf.Settings`."""
+
+from __future__ import annotations
+
+from pyflink.common import WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
+from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+
+from conf import Settings
+
+#: Longer than the longest checkpoint plus a restart (EXACTLY_ONCE KafkaSink); the broker's
+#: transaction.max.timeout.ms must allow it.
+TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
+
+
+def bytes_source(settings: Settings, topic: str) -> KafkaSource:
+    """A source of raw record values: bytes, so that a bad record reaches the DLQ intact."""
+    return (
+        KafkaSource.builder()
+        .set_bootstrap_servers(settings.kafka.bootstrap)
+        .set_topics(topic)
+        .set_group_id(f"{settings.job.name}-{topic}")
+        # First start: from the beginning; afterwards the checkpointed offsets rule.
+        .set_starting_offsets(
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+        .set_value_only_deserializer(ByteArraySchema())
+        .set_property("isolation.level", "read_committed")
+        .set_property("partition.discovery.interval.ms", "60000")
+        .build()
+    )
+
+
+def source_watermarks() -> WatermarkStrategy:
+    """Event time is in the record (``ts``): watermarks are assigned after parsing."""
+    return WatermarkStrategy.no_watermarks()
+
+
+def json_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
+    """An exactly-once sink of JSON strings (visible to read_committed consumers after a
+    checkpoint completes)."""
+    return (
+        KafkaSink.builder()
+        .set_bootstrap_servers(settings.kafka.bootstrap)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder()
+            .set_topic(topic)
+            .set_value_serialization_schema(SimpleStringSchema())
+            .build()
+        )
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+        .set_transactional_id_prefix(f"{settings.job.name}-{name}")
+        .set_property("transaction.timeout.ms", str(TRANSACTION_TIMEOUT_MS))
+        .build()
+    )
+
+
+def discarding_sink() -> Sink:
+    """Flink's DiscardingSink: terminates a stream whose operator works by side effect (an
+    operator without a downstream sink is pruned from the job graph)."""
+    from pyflink.java_gateway import get_gateway
+
+    return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())

@@ -1,0 +1,131 @@
+"""Flink-free training step of one model: prequential score, safety gate, update, version.
+
+The trainer operator holds this object's state in Flink managed state (as codec bytes and
+two counters) and calls :meth:`ModelTrainer.train_batch` on each mini-batch.
+
+>>> import numpy as np
+>>> t = ModelTrainer.create("m", {"type": "logistic", "n_features": 2, "learning_rate": 0.1})
+>>> r = t.train_batch(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1.0, 0.0]))
+>>> r.version.version, r.version.samples_applied, t.version
+(1, 2, 1)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flowlearn import codec, linear, optim
+from flowlearn.redis_contract import ModelVersion
+
+#: A full snapshot rides along with every version while the weights stay under this size.
+SNAPSHOT_EVERY_VERSION_BYTES = 64 * 1024
+#: Larger models rewrite the snapshot every this many versions (the delta stream keeps more).
+SNAPSHOT_INTERVAL = 100
+
+
+Model = linear.LogisticRegression | linear.SoftmaxRegression | linear.LinearRegression
+
+
+def build_model(spec: Mapping[str, Any]) -> Model:
+    """A fresh model for a model spec (``conf.ModelSpec.as_dict()``)."""
+    kind = spec.get("type", "logistic")
+    n_features = int(spec["n_features"])
+    sgd = optim.SGD(lr=float(spec.get("learning_rate", 0.05)))
+    l2 = float(spec.get("l2", 0.0))
+    if kind == "logistic":
+        return linear.LogisticRegression(n_features=n_features, optimizer=sgd, l2=l2)
+    if kind == "softmax":
+        return linear.SoftmaxRegression(
+            n_features=n_features, n_classes=int(spec.get("n_classes", 2)), optimizer=sgd, l2=l2
+        )
+    if kind == "linear":
+        return linear.LinearRegression(n_features=n_features, optimizer=sgd, l2=l2)
+    raise ValueError(f"unknown model type {kind!r}")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did: the new version (None if rejected) and its prequential loss."""
+
+    version: ModelVersion | None
+    prequential_loss: float
+    rejected: str | None = None
+
+
+class ModelTrainer:
+    """One model's weights, version counter and applied-sample counter."""
+
+    def __init__(
+        self, model_id: str, spec: Mapping[str, Any], model: Model, version: int,
+        samples_applied: int,
+    ) -> None:
+        self.model_id = model_id
+        self.spec = dict(spec)
+        self.model = model
+        self.version = version
+        self.samples_applied = samples_applied
+        self._published_spec = json.dumps(
+            {**model.spec(), "features": spec.get("features", "dense"),
+             "hash_seed": int(spec.get("hash_seed", 0))},
+            sort_keys=True,
+        )
+        # Set on construction, i.e. after every (re)start: the first version a (re)started
+        # job publishes carries a full snapshot (DESIGN: a new epoch starts with one).
+        self._needs_snapshot = True
+
+    @classmethod
+    def create(cls, model_id: str, spec: Mapping[str, Any]) -> ModelTrainer:
+        return cls(model_id, spec, build_model(spec), 0, 0)
+
+    @classmethod
+    def restore(
+        cls, model_id: str, spec: Mapping[str, Any], state: bytes, version: int,
+        samples_applied: int,
+    ) -> ModelTrainer:
+        model = build_model(spec)
+        arrays, meta = codec.decode_state(state)
+        model.load_state_dict(arrays, meta)
+        return cls(model_id, spec, model, version, samples_applied)
+
+    def state_bytes(self) -> bytes:
+        arrays, meta = self.model.state_dict()
+        return codec.encode_state(arrays, meta)
+
+    def train_batch(self, X: np.ndarray, y: np.ndarray) -> BatchResult:
+        """Test then train on one batch; returns the version it made."""
+        if len(X) == 0:
+            return BatchResult(None, float("nan"), "empty")
+        loss = float(np.mean(self.model.loss_many(X, y)))
+        before = self.model.weights_vector()
+        self.model.learn_many(X, y)
+        after = self.model.weights_vector()
+        if not np.all(np.isfinite(after)):
+            # Safety gate: never publish or keep non-finite weights.
+            self.model.set_weights_vector(before)
+            return BatchResult(None, loss, "non_finite_weights")
+        base = self.version
+        self.version += 1
+        self.samples_applied += len(X)
+        snapshot = (
+            self._needs_snapshot
+            or after.nbytes <= SNAPSHOT_EVERY_VERSION_BYTES
+            or self.version % SNAPSHOT_INTERVAL == 0
+        )
+        self._needs_snapshot = False
+        return BatchResult(
+            ModelVersion(
+                model_id=self.model_id,
+                version=self.version,
+                base_version=base,
+                samples_applied=self.samples_applied,
+                spec_json=self._published_spec,
+                delta=codec.make_delta(before, after),
+                weights=codec.encode_array(after) if snapshot else None,
+            ),
+            loss,
+        )

@@ -1,0 +1,1 @@
+"""Flink jobs: entry points submitted with `flink run`."""

@@ -1,0 +1,23 @@
+"""Typed records flowing between the job's operators (never pickled objects)."""
+
+from pyflink.common import Types
+
+#: A parsed, validated, labelled sample.
+SAMPLE_TYPE = Types.ROW_NAMED(
+    ["model_id", "ts", "features", "label"],
+    [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE()],
+)
+
+#: A new model version, as the trainer hands it to the publisher; ``weights`` is empty when
+#: only the delta is to be published.
+VERSION_TYPE = Types.ROW_NAMED(
+    ["model_id", "version", "base_version", "samples_applied", "spec", "delta", "weights"],
+    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(), Types.STRING(),
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+
+#: What the publisher confirms it wrote to Redis.
+PUBLISHED_TYPE = Types.ROW_NAMED(
+    ["model_id", "epoch", "version", "samples_applied"],
+    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()],
+)

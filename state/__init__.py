@@ -1,0 +1,1 @@
+"""Flink state descriptors as named constants: a renamed state cannot be restored."""

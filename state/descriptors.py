@@ -1,0 +1,25 @@
+"""State descriptors of the training job.
+
+Names and types are part of the savepoint format: change them only with a migration. Every
+value is typed (primitive arrays and longs), never a pickled Python object.
+"""
+
+from pyflink.common import Types
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+
+#: One buffered sample: event time, features, label.
+BUFFERED_SAMPLE_TYPE = Types.ROW_NAMED(
+    ["ts", "features", "label"],
+    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE()],
+)
+
+#: The model's full state (weights and optimizer), as ``flowlearn.codec`` state bytes.
+MODEL_STATE = ValueStateDescriptor("model-state-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+#: The update count: the version of the weights in MODEL_STATE.
+MODEL_VERSION = ValueStateDescriptor("model-version-v1", Types.LONG())
+#: Samples trained into MODEL_STATE (exactly-once: equals distinct samples after recovery).
+SAMPLES_APPLIED = ValueStateDescriptor("samples-applied-v1", Types.LONG())
+#: Samples waiting for the next mini-batch.
+BATCH_BUFFER = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE)
+#: Processing time at which the pending partial batch is flushed (0: no timer).
+FLUSH_TIMER = ValueStateDescriptor("flush-timer-v1", Types.LONG())

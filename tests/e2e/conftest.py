@@ -1,0 +1,94 @@
+"""One real local stack (Kafka, Redis, Flink, predictor, the job) for the whole e2e session.
+
+It runs under its own home (.flowlearn-test) and ports, so a `make run` stack can stay up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conf import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_HOME = ROOT / ".flowlearn-test"
+TEST_CONFIG = f"""
+[stack]
+home = "{TEST_HOME}"
+[kafka]
+port = 19092
+controller_port = 19093
+[redis]
+port = 16379
+[flink]
+rest_port = 18081
+prometheus_ports = "19249-19259"
+checkpoint_interval_ms = 2000
+[predictor]
+port = 18080
+[job]
+batch_size = 32
+batch_timeout_ms = 200
+"""
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 0.5):
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def flowlearn(*args: str, config: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flowlearn.cli", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
+    # Start clean but keep downloaded jars (Maven cache of this stack).
+    if TEST_HOME.exists():
+        for child in TEST_HOME.iterdir():
+            if child.name != "jars":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    config = tmp_path_factory.mktemp("conf") / "e2e.toml"
+    config.write_text(TEST_CONFIG)
+    settings = load_settings(config, env={})
+    os.environ["FLOWLEARN_CONFIG"] = str(config)
+    try:
+        up = flowlearn("up", config=config)
+        assert up.returncode == 0, f"flowlearn up failed:\n{up.stdout}\n{up.stderr}"
+        submit = flowlearn("submit", "--fresh", config=config)
+        assert submit.returncode == 0, f"submit failed:\n{submit.stdout}\n{submit.stderr}"
+        yield settings, config
+    finally:
+        down = flowlearn("down", config=config)
+        print(down.stdout, down.stderr)
+
+
+@pytest.fixture(scope="session")
+def status(stack) -> Callable[[], dict[str, Any]]:
+    _, config = stack
+
+    def read() -> dict[str, Any]:
+        out = flowlearn("status", "--json", config=config, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    return read

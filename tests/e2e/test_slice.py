@@ -1,0 +1,118 @@
+"""End to end on the real local stack: Kafka -> PyFlink job -> Redis -> predictor."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+import uuid
+
+import pytest
+import redis
+
+from flowlearn.producer import produce, send_raw
+from flowlearn.redis_contract import Keys, read_snapshot
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def redis_client(settings):
+    r = settings.redis
+    return redis.Redis(host=r.host, port=r.port, password=r.password)
+
+
+def predict(settings, model_id, instances):
+    req = urllib.request.Request(
+        f"{settings.predictor.url}/v1/models/{model_id}:predict",
+        data=json.dumps({"instances": instances}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def try_predict(settings, model_id, instances):
+    try:
+        return predict(settings, model_id, instances)
+    except OSError:
+        return None
+
+
+def test_samples_are_trained_published_and_served(stack):
+    settings, _ = stack
+    model_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    n = 2000
+    sent = produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id,
+                   count=n, rate=20_000, seed=7, quiet=True)
+    assert sent == n
+    client = redis_client(settings)
+    keys = Keys(settings.redis.prefix)
+    snap = wait_until(
+        f"snapshot of {model_id} with samples_applied == {n}",
+        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n and s,
+        timeout_s=120,
+    )
+    assert snap.version >= n // settings.job.batch_size
+    assert snap.spec["n_features"] == 10
+    answer = wait_until(
+        f"predictor serving version {snap.version}",
+        lambda: (a := try_predict(settings, model_id, [[0.1] * 10])) and
+        a["model_version"] == snap.version and a,
+        timeout_s=30,
+    )
+    assert answer["epoch"] == snap.epoch
+    assert 0.0 <= answer["predictions"][0] <= 1.0
+
+
+BAD = {
+    b"this is not json": "not_json",
+    b'{"model_id": "demo", "ts": 5, "label": 1}': "missing_field",
+    b'{"model_id": "demo", "ts": 5, "features": [1,2,3], "label": 1}': "bad_features",
+    b'{"model_id": "demo", "ts": 5, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}':
+        "bad_features",
+}
+
+
+def test_malformed_records_reach_the_dlq_and_the_job_keeps_running(stack, status):
+    from kafka import KafkaConsumer
+
+    settings, _ = stack
+    marker = uuid.uuid4().hex.encode()
+    records = {raw.replace(b"demo", b"demo-" + marker) if b"demo" in raw else raw + marker:
+               reason for raw, reason in BAD.items()}
+    send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples, list(records))
+    consumer = KafkaConsumer(
+        settings.kafka.topics.dlq, bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest", isolation_level="read_committed",
+        consumer_timeout_ms=1000, group_id=None,
+    )
+    found: dict[bytes, str] = {}
+
+    def all_found():
+        for msg in consumer:
+            d = json.loads(msg.value)
+            raw = base64.b64decode(d["raw"])
+            if raw in records:
+                found[raw] = d["reason"]
+                assert d["source_topic"] == settings.kafka.topics.samples
+        return len(found) == len(records)
+
+    try:
+        wait_until("every malformed record in the DLQ", all_found, timeout_s=90, every_s=0.1)
+    finally:
+        consumer.close()
+    assert found == records
+    assert status()["job"]["state"] == "RUNNING"
+
+
+def test_status_json_shows_components_job_and_models(stack, status):
+    s = wait_until("a model in status", lambda: (st := status())["models"] and st, 120)
+    for name in ("kafka", "redis", "jobmanager", "taskmanager", "predictor"):
+        assert s["components"][name]["state"] == "running", name
+        assert s["components"][name]["pids"], name
+    assert s["job"]["state"] == "RUNNING" and len(s["job"]["id"]) == 32
+    assert s["predictor"]["url"] == stack[0].predictor.url
+    for m in s["models"].values():
+        assert set(m) == {"version", "epoch", "samples_applied"}
