@@ -76,6 +76,9 @@ def build_pipeline(
         .process(MiniBatchTrainer(settings), output_type=VERSION_TYPE)
         .name("trainer")
         .uid("trainer")
+        # Its own slot, hence its own Python worker process: parsing and training then run
+        # on two cores (operators of one slot share one Python process).
+        .slot_sharing_group("training")
     )
     published = None
     if publish:

@@ -33,10 +33,11 @@ class MiniBatchTrainer(KeyedProcessFunction):
         self.version_state = runtime_context.get_state(descriptors.MODEL_VERSION)
         self.applied_state = runtime_context.get_state(descriptors.SAMPLES_APPLIED)
         self.buffer = runtime_context.get_list_state(descriptors.BATCH_BUFFER)
-        self.flush_timer = runtime_context.get_state(descriptors.FLUSH_TIMER)
-        # Hot caches, rebuilt from state after every (re)start.
+        # Hot caches, rebuilt from state after every (re)start. A restored partial batch
+        # still has its flush timer: Flink restores timers with the state.
         self.trainers: dict[str, ModelTrainer] = {}
         self.buffered: dict[str, int] = {}
+        self.flush_at: dict[str, int] = {}
         group = runtime_context.get_metrics_group()
         self.samples_trained = group.counter("samples_trained")
         self.versions_made = group.counter("versions")
@@ -71,20 +72,19 @@ class MiniBatchTrainer(KeyedProcessFunction):
         self.buffered[model_id] = count
         if count >= self.settings.job.batch_size:
             yield from self._flush(model_id, ctx)
-        elif not self.flush_timer.value():
+        elif count == 1:  # a new batch: bound its latency
             at = ctx.timer_service().current_processing_time() + self.settings.job.batch_timeout_ms
             ctx.timer_service().register_processing_time_timer(at)
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)
-            self.flush_timer.update(at)
+            self.flush_at[model_id] = at
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Row]:
         yield from self._flush(ctx.get_current_key(), ctx)
 
     def _flush(self, model_id: str, ctx: Any) -> Iterator[Row]:
-        pending = self.flush_timer.value()
-        if pending:
+        pending = self.flush_at.pop(model_id, None)
+        if pending is not None:
             ctx.timer_service().delete_processing_time_timer(pending)
-            self.flush_timer.clear()
         rows = list(self.buffer.get())
         self.buffer.clear()
         self.buffered[model_id] = 0

@@ -21,5 +21,3 @@ MODEL_VERSION = ValueStateDescriptor("model-version-v1", Types.LONG())
 SAMPLES_APPLIED = ValueStateDescriptor("samples-applied-v1", Types.LONG())
 #: Samples waiting for the next mini-batch.
 BATCH_BUFFER = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE)
-#: Processing time at which the pending partial batch is flushed (0: no timer).
-FLUSH_TIMER = ValueStateDescriptor("flush-timer-v1", Types.LONG())
