@@ -1,0 +1,99 @@
+"""Factories shared by the learning-core tests: one fitted-able instance of every component."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flowlearn import drift, linear, metrics, optim, preprocessing
+
+D = 4
+
+#: name -> (factory, a function making a batch of inputs for it from a Generator)
+ESTIMATORS: dict[str, Callable[[], Any]] = {
+    "logistic-sgd": lambda: linear.LogisticRegression(D, optimizer=optim.SGD(lr=0.1)),
+    "logistic-momentum-l1": lambda: linear.LogisticRegression(
+        D, optimizer=optim.SGD(lr=optim.InverseScaling(0.2), momentum=0.9, nesterov=True), l1=0.01
+    ),
+    "logistic-adagrad-l2": lambda: linear.LogisticRegression(
+        D, optimizer=optim.AdaGrad(lr=0.1), l2=0.01, clip_grad_norm=1.0
+    ),
+    "logistic-adam-noint": lambda: linear.LogisticRegression(
+        D, optimizer=optim.Adam(lr=0.05), intercept=False
+    ),
+    "logistic-ftrl": lambda: linear.LogisticRegression(
+        D, optimizer=optim.FTRL(alpha=0.1, l1=0.01), l1=0.001
+    ),
+    "softmax": lambda: linear.SoftmaxRegression(D, 3, optimizer=optim.Adam(lr=0.05)),
+    "linear": lambda: linear.LinearRegression(
+        D, optimizer=optim.SGD(lr=optim.ExponentialDecay(0.05, 0.99)), l2=0.001
+    ),
+}
+
+
+def make_batch(name: str, rng: np.random.Generator, n: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    X = rng.normal(size=(n, D))
+    score = X @ np.array([1.0, -2.0, 0.5, 0.0])
+    if name == "softmax":
+        y = np.digitize(score, [-1.0, 1.0]).astype(np.int64)
+    elif name == "linear":
+        y = score + 0.1 * rng.normal(size=n)
+    else:
+        y = (score + 0.3 * rng.normal(size=n) > 0).astype(np.int64)
+    return X, y
+
+
+DETECTORS: dict[str, Callable[[], drift.DriftDetector]] = {
+    "adwin": lambda: drift.ADWIN(clock=8),
+    "page-hinkley": lambda: drift.PageHinkley(threshold=5.0),
+    "ddm": lambda: drift.DDM(),
+    "psi": lambda: drift.PSI(reference_size=50, window_size=50, clock=5),
+    "ks": lambda: drift.KS(reference_size=50, window_size=50, clock=5),
+}
+
+
+def detector_stream(rng: np.random.Generator, n: int = 600) -> np.ndarray:
+    """0/1 values whose rate jumps from 0.1 to 0.7 halfway: every detector fires on it."""
+    rate = np.where(np.arange(n) < n // 2, 0.1, 0.7)
+    return (rng.random(n) < rate).astype(np.float64)
+
+
+METRICS: dict[str, Callable[[], metrics.Metric]] = {
+    "accuracy": metrics.Accuracy,
+    "accuracy@50": lambda: metrics.Accuracy(window_size=50),
+    "logloss": metrics.LogLoss,
+    "logloss@50": lambda: metrics.LogLoss(window_size=50),
+    "rocauc": metrics.ROCAUC,
+    "rocauc@50": lambda: metrics.ROCAUC(window_size=50, n_bins=100),
+    "ece": metrics.ExpectedCalibrationError,
+    "precision": metrics.Precision,
+    "recall@50": lambda: metrics.Recall(window_size=50),
+    "f1": metrics.F1,
+    "mae": metrics.MAE,
+    "rmse@50": lambda: metrics.RMSE(window_size=50),
+    "r2": metrics.R2,
+}
+
+
+def metric_batch(metric: metrics.Metric, rng: np.random.Generator, n: int = 40):
+    y = (rng.random(n) < 0.5).astype(np.float64)
+    p = np.clip(0.6 * y + 0.4 * rng.random(n), 0.0, 1.0)
+    if metric.requires_proba:
+        return y, p
+    if isinstance(metric, metrics.MAE | metrics.RMSE | metrics.R2):
+        return y * 3.0, y * 3.0 + rng.normal(size=n)
+    return y, (p > 0.5).astype(np.float64)
+
+
+OTHERS: dict[str, Callable[[], Any]] = {
+    "scaler": preprocessing.StandardScaler,
+    "hasher": lambda: preprocessing.FeatureHasher(16, seed=3, defaults={"x": 1.0}),
+}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
