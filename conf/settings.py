@@ -141,6 +141,10 @@ class FlinkConf:
 
     def validate(self) -> None:
         _check_port("flink.rest_port", self.rest_port)
+        # Parsing and training run in two slot sharing groups (two Python workers).
+        if self.taskmanager_slots < 2 * self.parallelism:
+            raise ConfigError(f"flink.taskmanager_slots must be >= 2 x flink.parallelism "
+                              f"({2 * self.parallelism}), got {self.taskmanager_slots}")
         for name in ("taskmanager_slots", "parallelism", "checkpoint_interval_ms",
                      "python_bundle_size", "python_bundle_time_ms"):
             _check_positive(f"flink.{name}", getattr(self, name))

@@ -102,7 +102,10 @@ class ModelTrainer:
             return BatchResult(None, float("nan"), "empty")
         loss = float(np.mean(self.model.loss_many(X, y)))
         before = self.model.weights_vector()
-        self.model.learn_many(X, y)
+        try:
+            self.model.learn_many(X, y)
+        except ValueError as exc:  # non-finite gradient: the model left its weights alone
+            return BatchResult(None, loss, f"rejected: {exc}")
         after = self.model.weights_vector()
         if not np.all(np.isfinite(after)):
             # Safety gate: never publish or keep non-finite weights.

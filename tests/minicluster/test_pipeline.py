@@ -30,8 +30,11 @@ def run_pipeline(raw_records, **env_overrides):
     # Python operator chaining (fusion) rewrites the graph for execute_and_collect and trips
     # over user-set uids on a branching graph ("Hash collision on user-specified ID"); the
     # submitted job goes through env.execute() with chaining on.
+    # Two slots: the trainer runs in a slot sharing group of its own.
     env = StreamExecutionEnvironment.get_execution_environment(
-        Configuration().set_string("python.operator-chaining.enabled", "false"))
+        Configuration()
+        .set_string("python.operator-chaining.enabled", "false")
+        .set_string("taskmanager.numberOfTaskSlots", "2"))
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     # from_collection cannot carry byte arrays: ship latin-1 strings (a lossless byte
