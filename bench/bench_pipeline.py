@@ -48,9 +48,11 @@ partitions = 1
 port = 26379
 [flink]
 rest_port = 28081
-prometheus_ports = "29249-29259"
+prometheus_ports = "29249-29252"
 [predictor]
 port = 28080
+[prometheus]
+port = 29090
 [job]
 batch_size = 256
 """

@@ -129,7 +129,7 @@ class FlinkConf:
     taskmanager_slots: int = 2
     parallelism: int = 1
     checkpoint_interval_ms: int = 5000
-    prometheus_ports: str = "9249-9259"
+    prometheus_ports: str = "9249-9252"
     process_memory_jobmanager: str = "1024m"
     process_memory_taskmanager: str = "2048m"
     python_bundle_size: int = 1000
@@ -139,15 +139,44 @@ class FlinkConf:
     def web_ui(self) -> str:
         return f"http://{self.rest_host}:{self.rest_port}"
 
+    def prometheus_port_list(self) -> list[int]:
+        """The reporter's ports: one per JobManager/TaskManager process, from the range."""
+        first, _, last = self.prometheus_ports.partition("-")
+        return list(range(int(first), int(last or first) + 1))
+
     def validate(self) -> None:
         _check_port("flink.rest_port", self.rest_port)
         # Parsing and training run in two slot sharing groups (two Python workers).
         if self.taskmanager_slots < 2 * self.parallelism:
             raise ConfigError(f"flink.taskmanager_slots must be >= 2 x flink.parallelism "
                               f"({2 * self.parallelism}), got {self.taskmanager_slots}")
+        try:
+            ports = self.prometheus_port_list()
+        except ValueError as exc:
+            raise ConfigError(f"flink.prometheus_ports: expected 'FIRST-LAST', got "
+                              f"{self.prometheus_ports!r}") from exc
+        if not ports:
+            raise ConfigError("flink.prometheus_ports: the range is empty")
+        for port in (ports[0], ports[-1]):
+            _check_port("flink.prometheus_ports", port)
         for name in ("taskmanager_slots", "parallelism", "checkpoint_interval_ms",
                      "python_bundle_size", "python_bundle_time_ms"):
             _check_positive(f"flink.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class PrometheusConf:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    scrape_interval_s: int = 5
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def validate(self) -> None:
+        _check_port("prometheus.port", self.port)
+        _check_positive("prometheus.scrape_interval_s", self.scrape_interval_s)
 
 
 @dataclass(frozen=True)
@@ -223,6 +252,7 @@ class Settings:
     redis: RedisConf = field(default_factory=RedisConf)
     flink: FlinkConf = field(default_factory=FlinkConf)
     predictor: PredictorConf = field(default_factory=PredictorConf)
+    prometheus: PrometheusConf = field(default_factory=PrometheusConf)
     job: JobConf = field(default_factory=JobConf)
     model_defaults: ModelSpec = field(default_factory=ModelSpec)
     models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -234,7 +264,8 @@ class Settings:
         return self.model_defaults if self.job.unknown_model_policy == "create" else None
 
     def validate(self) -> Settings:
-        for part in (self.kafka, self.redis, self.flink, self.predictor, self.job):
+        for part in (self.kafka, self.redis, self.flink, self.predictor, self.prometheus,
+                     self.job):
             part.validate()
         self.model_defaults.validate("model_defaults")
         for model_id, spec in self.models.items():
@@ -245,6 +276,7 @@ class Settings:
             "redis.port": self.redis.port,
             "flink.rest_port": self.flink.rest_port,
             "predictor.port": self.predictor.port,
+            "prometheus.port": self.prometheus.port,
         }
         seen: dict[int, str] = {}
         for name, port in ports.items():

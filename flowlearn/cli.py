@@ -74,7 +74,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     steps = stack.up(settings, args.config)
     total = sum(s.seconds for s in steps)
     print(f"stack up in {total:.1f}s: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps))
-    print(f"Flink web UI: {settings.flink.web_ui}\nPredictor:    {settings.predictor.url}")
+    print(f"Flink web UI: {settings.flink.web_ui}\nPredictor:    {settings.predictor.url}\n"
+          f"Prometheus:   {settings.prometheus.url}")
     return 0
 
 
@@ -155,6 +156,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
           + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps) + ")")
     print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
     print(f"Predictor:    {settings.predictor.url}/v1/models/{args.model}")
+    print(f"Prometheus:   {settings.prometheus.url}")
     print(f"Try:          flowlearn predict --model {args.model} "
           f"--instances '[{[0.5] * args.n_features}]'")
     print("Stop with:    make stop")

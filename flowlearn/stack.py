@@ -27,7 +27,8 @@ from typing import Any
 
 from conf import Settings, versions
 
-COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "producer")
+COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "prometheus",
+              "producer")
 
 
 class StackError(RuntimeError):
@@ -317,23 +318,25 @@ def create_topics(settings: Settings, timeout_s: float = 60.0) -> None:
 # --------------------------------------------------------------------------- Redis
 
 
-def _redis_server() -> str:
-    path = shutil.which("redis-server")
+def debian_binary(binary: str, package: str) -> str:
+    """The path of ``binary``, installing Debian's ``package`` first when missing (as root)."""
+    path = shutil.which(binary)
     if path:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        log("installing redis-server with apt-get ...")
+        log(f"installing {package} with apt-get ...")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
                        stdout=subprocess.DEVNULL)
-        result = subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env,
+        result = subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env,
                                 capture_output=True, text=True)
-        if result.returncode == 0 and shutil.which("redis-server"):
-            # Debian starts its own service on install; ours runs on our port, under our pid.
-            subprocess.run(["service", "redis-server", "stop"], capture_output=True)
-            return str(shutil.which("redis-server"))
-        raise StackError(f"apt-get install redis-server failed: {result.stderr.strip()[-300:]}")
-    raise StackError("redis-server is not on PATH: install it (apt-get install -y redis-server)")
+        path = shutil.which(binary)
+        if result.returncode == 0 and path:
+            # Debian may start its own service on install; ours runs on our port, by our pid.
+            subprocess.run(["service", package, "stop"], capture_output=True)
+            return path
+        raise StackError(f"apt-get install {package} failed: {result.stderr.strip()[-300:]}")
+    raise StackError(f"{binary} is not on PATH: install it (apt-get install -y {package})")
 
 
 def start_redis(settings: Settings) -> None:
@@ -341,7 +344,7 @@ def start_redis(settings: Settings) -> None:
         return
     r = settings.redis
     require_free_port(r.host, r.port, "redis.port")
-    server = _redis_server()
+    server = debian_binary("redis-server", "redis-server")
     data = settings.stack.data / "redis"
     data.mkdir(parents=True, exist_ok=True)
     conf_file = settings.stack.home / "redis" / "redis.conf"
@@ -489,6 +492,41 @@ def start_flink(settings: Settings) -> None:
              settings.stack.logs / "jobmanager.out")
 
 
+# --------------------------------------------------------------------------- Prometheus
+
+
+def start_prometheus(settings: Settings) -> None:
+    if running_pid(settings, "prometheus"):
+        return
+    p = settings.prometheus
+    require_free_port(p.host, p.port, "prometheus.port")
+    binary = debian_binary("prometheus", "prometheus")
+    conf_dir = settings.stack.home / "prometheus"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    flink_targets = [f"127.0.0.1:{port}" for port in settings.flink.prometheus_port_list()]
+    config = {
+        "global": {"scrape_interval": f"{p.scrape_interval_s}s",
+                   "evaluation_interval": f"{p.scrape_interval_s}s"},
+        "scrape_configs": [
+            # One reporter port per Flink process, taken in start order from the range.
+            {"job_name": "flink", "static_configs": [{"targets": flink_targets}]},
+            {"job_name": "predictor", "metrics_path": "/metrics",
+             "static_configs": [{"targets": [f"{settings.predictor.host}:"
+                                             f"{settings.predictor.port}"]}]},
+        ],
+    }
+    config_file = conf_dir / "prometheus.yml"
+    config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    start_process(settings, "prometheus", [
+        binary, f"--config.file={config_file}",
+        f"--storage.tsdb.path={settings.stack.data / 'prometheus'}",
+        f"--web.listen-address={p.host}:{p.port}",
+        "--storage.tsdb.retention.time=7d",
+    ])
+    wait_for("Prometheus", lambda: port_open(p.host, p.port), 60,
+             settings.stack.logs / "prometheus.out")
+
+
 # --------------------------------------------------------------------------- predictor
 
 
@@ -522,6 +560,7 @@ def up(settings: Settings, config_path: Path | None = None) -> list[Step]:
         ("redis", lambda: start_redis(settings)),
         ("flink", lambda: start_flink(settings)),
         ("predictor", lambda: start_predictor(settings, config_path)),
+        ("prometheus", lambda: start_prometheus(settings)),
     ):
         t0 = time.monotonic()
         log(f"starting {name} ...")
@@ -534,7 +573,8 @@ def up(settings: Settings, config_path: Path | None = None) -> list[Step]:
 def down(settings: Settings) -> list[str]:
     """Stop everything this stack started, in dependency order; returns what was stopped."""
     stopped = []
-    for name in ("producer", "predictor", "taskmanager", "jobmanager", "redis", "kafka"):
+    for name in ("producer", "prometheus", "predictor", "taskmanager", "jobmanager", "redis",
+                 "kafka"):
         if stop_process(settings, name):
             stopped.append(name)
             log(f"stopped {name}")
@@ -548,6 +588,7 @@ def component_status(settings: Settings) -> dict[str, dict[str, Any]]:
         "jobmanager": settings.flink.web_ui,
         "taskmanager": None,
         "predictor": settings.predictor.url,
+        "prometheus": settings.prometheus.url,
         "producer": None,
     }
     out: dict[str, dict[str, Any]] = {}

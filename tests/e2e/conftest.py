@@ -31,10 +31,13 @@ controller_port = 19093
 port = 16379
 [flink]
 rest_port = 18081
-prometheus_ports = "19249-19259"
+prometheus_ports = "19249-19252"
 checkpoint_interval_ms = 2000
 [predictor]
 port = 18080
+[prometheus]
+port = 19090
+scrape_interval_s = 2
 [job]
 batch_size = 32
 batch_timeout_ms = 200

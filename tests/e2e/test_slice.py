@@ -116,3 +116,16 @@ def test_status_json_shows_components_job_and_models(stack, status):
     assert s["predictor"]["url"] == stack[0].predictor.url
     for m in s["models"].values():
         assert set(m) == {"version", "epoch", "samples_applied"}
+
+
+def test_job_metrics_reach_prometheus(stack):
+    settings, _ = stack
+    wanted = {"samples_parsed", "samples_trained", "versions_published"}
+
+    def present():
+        url = f"{settings.prometheus.url}/api/v1/label/__name__/values"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            names = set(json.loads(resp.read())["data"])
+        return {w for w in wanted if f"flink_taskmanager_job_task_operator_{w}" in names} == wanted
+
+    wait_until("the job's operator metrics in Prometheus", present, timeout_s=90, every_s=1)
