@@ -234,11 +234,15 @@ class JobConf:
     idleness_ms: int = 5000
     batch_size: int = 64
     batch_timeout_ms: int = 500
+    label_window_ms: int = 600_000
+    expired_events: Literal["drop", "default_label"] = "drop"
+    default_label: float = 0.0
     unknown_model_policy: Literal["create", "dlq"] = "create"
     snapshot_fraction: float = 0.5
 
     def validate(self) -> None:
-        for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms"):
+        for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms",
+                     "label_window_ms"):
             _check_positive(f"job.{name}", getattr(self, name))
         if not 0 < self.snapshot_fraction <= 1:
             raise ConfigError(f"job.snapshot_fraction must be in (0, 1], got "

@@ -107,19 +107,72 @@ def parse_sample(
     """Parse one ``fl.samples`` record; ``spec_for(model_id)`` gives the model's spec or None."""
     obj = _load_json_object(raw)
     model_id = _model_id(obj)
-    spec = spec_for(model_id)
-    if spec is None:
-        raise RecordError("unknown_model", f"no spec for model '{model_id}'")
+    spec = _spec(model_id, spec_for)
     ts = _timestamp(obj)
     label = _label(obj, spec)
-    try:
-        features = vectorize([_field(obj, "features")], spec)[0]
-    except FeatureError as exc:
-        raise RecordError("bad_features", str(exc)) from exc
+    features = _features(obj, spec)
     event_id = obj.get("event_id")
     if event_id is not None and not isinstance(event_id, str):
         raise RecordError("bad_field", "field 'event_id' must be a string")
     return Sample(model_id, ts, features, label, event_id)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Features seen at prediction time, waiting for their label."""
+
+    event_id: str
+    model_id: str
+    ts: int
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
+class Label:
+    """The label of an earlier event."""
+
+    event_id: str
+    model_id: str
+    ts: int
+    label: float
+
+
+def _event_id(obj: Mapping[str, Any]) -> str:
+    value = _field(obj, "event_id")
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise RecordError("bad_field", "field 'event_id' must be a non-empty string (<= 200)")
+    return value
+
+
+def _spec(model_id: str, spec_for: Callable[[str], Mapping[str, Any] | None]
+          ) -> Mapping[str, Any]:
+    spec = spec_for(model_id)
+    if spec is None:
+        raise RecordError("unknown_model", f"no spec for model '{model_id}'")
+    return spec
+
+
+def _features(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> np.ndarray:
+    try:
+        return vectorize([_field(obj, "features")], spec)[0]
+    except FeatureError as exc:
+        raise RecordError("bad_features", str(exc)) from exc
+
+
+def parse_event(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Event:
+    """Parse one ``fl.events`` record."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    spec = _spec(model_id, spec_for)
+    return Event(_event_id(obj), model_id, _timestamp(obj), _features(obj, spec))
+
+
+def parse_label(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Label:
+    """Parse one ``fl.labels`` record."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    spec = _spec(model_id, spec_for)
+    return Label(_event_id(obj), model_id, _timestamp(obj), _label(obj, spec))
 
 
 def dlq_record(

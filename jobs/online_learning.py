@@ -1,5 +1,6 @@
-"""The online-learning job: Kafka samples -> parse/validate -> trainer keyed by model id ->
-Redis publisher, with bad records to the dead-letter topic.
+"""The online-learning job: labelled samples (``fl.samples``) and events joined to their
+delayed labels (``fl.events`` + ``fl.labels``) -> trainer keyed by model id -> Redis
+publisher; bad and late records to the dead-letter topic.
 
 Submitted by ``flowlearn submit`` as::
 
@@ -19,19 +20,41 @@ from typing import Any
 
 from pyflink.common import Duration, Types, WatermarkStrategy
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, ProcessFunction, StreamExecutionEnvironment
 
 from conf import Settings, load_settings, settings_from_dict
 from connectors import kafka
-from operators.parse import DLQ_TAG, ParseSamples
+from operators.label_join import LabelJoin, join_key
+from operators.parse import DLQ_TAG, ParseEvents, ParseLabels, ParseSamples
 from operators.publisher import RedisPublisher
 from operators.trainer import MiniBatchTrainer
-from operators.types import PUBLISHED_TYPE, SAMPLE_TYPE, VERSION_TYPE
+from operators.types import (
+    FEEDBACK_TYPE,
+    FEEDBACK_TYPE_TS,
+    PUBLISHED_TYPE,
+    SAMPLE_TYPE,
+    SAMPLE_TYPE_TS,
+    VERSION_TYPE,
+)
 
 
-class SampleTimestamp(TimestampAssigner):
+class FieldTimestamp(TimestampAssigner):
+    """Event time from a row's ``ts`` field, by position (fused chains drop field names)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
     def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-        return int(value[1])  # SAMPLE_TYPE's ts, by position (fused chains drop names)
+        return int(value[self.index])
+
+
+@dataclass(frozen=True)
+class RawSources:
+    """Streams of raw record bytes that replace the Kafka sources (tests, replay)."""
+
+    samples: DataStream
+    events: DataStream
+    labels: DataStream
 
 
 @dataclass(frozen=True)
@@ -44,33 +67,68 @@ class PipelineStreams:
     published: DataStream | None
 
 
-def build_pipeline(
-    env: StreamExecutionEnvironment,
-    settings: Settings,
-    raw_samples: DataStream | None = None,
-    publish: bool = True,
-    kafka_sinks: bool = True,
-) -> PipelineStreams:
-    """Wire the job on ``env``. ``raw_samples`` (a stream of record bytes) replaces the
-    Kafka source; ``publish`` and ``kafka_sinks`` switch the Redis and DLQ sinks."""
-    topics = settings.kafka.topics
-    if raw_samples is None:
-        raw_samples = env.from_source(
-            kafka.bytes_source(settings, topics.samples), kafka.source_watermarks(),
-            "samples-source",
-        ).uid("samples-source")
-    parsed = (
-        raw_samples.process(ParseSamples(settings), output_type=SAMPLE_TYPE)
-        .name("parse-samples")
-        .uid("parse-samples")
-    )
-    dlq = parsed.get_side_output(DLQ_TAG)
-    samples = parsed.assign_timestamps_and_watermarks(
+def _watermarks(settings: Settings, ts_index: int) -> WatermarkStrategy:
+    return (
         WatermarkStrategy.for_bounded_out_of_orderness(
             Duration.of_millis(settings.job.out_of_orderness_ms))
         .with_idleness(Duration.of_millis(settings.job.idleness_ms))
-        .with_timestamp_assigner(SampleTimestamp())
-    ).name("sample-watermarks").uid("sample-watermarks")
+        .with_timestamp_assigner(FieldTimestamp(ts_index))
+    )
+
+
+def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
+    topics = settings.kafka.topics
+
+    def source(topic: str, name: str) -> DataStream:
+        return env.from_source(kafka.bytes_source(settings, topic), kafka.source_watermarks(),
+                               name).uid(name)
+
+    return RawSources(source(topics.samples, "samples-source"),
+                      source(topics.events, "events-source"),
+                      source(topics.labels, "labels-source"))
+
+
+def build_pipeline(
+    env: StreamExecutionEnvironment,
+    settings: Settings,
+    sources: RawSources | None = None,
+    publish: bool = True,
+    kafka_sinks: bool = True,
+) -> PipelineStreams:
+    """Wire the job on ``env``. ``sources`` replaces the Kafka sources; ``publish`` and
+    ``kafka_sinks`` switch the Redis and DLQ sinks."""
+    topics = settings.kafka.topics
+    raw = sources or _kafka_sources(env, settings)
+
+    def parse(stream: DataStream, parser: ProcessFunction, output_type: Any, name: str
+              ) -> DataStream:
+        return stream.process(parser, output_type=output_type).name(name).uid(name)
+
+    parsed_samples = parse(raw.samples, ParseSamples(settings, topics.samples), SAMPLE_TYPE,
+                           "parse-samples")
+    parsed_events = parse(raw.events, ParseEvents(settings, topics.events), FEEDBACK_TYPE,
+                          "parse-events")
+    parsed_labels = parse(raw.labels, ParseLabels(settings, topics.labels), FEEDBACK_TYPE,
+                          "parse-labels")
+    feedback = (
+        parsed_events.union(parsed_labels)
+        .assign_timestamps_and_watermarks(_watermarks(settings, FEEDBACK_TYPE_TS))
+        .name("feedback-watermarks").uid("feedback-watermarks")
+    )
+    joined = (
+        feedback.key_by(join_key, key_type=Types.STRING())
+        .process(LabelJoin(settings), output_type=SAMPLE_TYPE)
+        .name("label-join")
+        .uid("label-join")
+    )
+    dlq = (
+        parsed_samples.get_side_output(DLQ_TAG)
+        .union(parsed_events.get_side_output(DLQ_TAG), parsed_labels.get_side_output(DLQ_TAG),
+               joined.get_side_output(DLQ_TAG))
+    )
+    samples = parsed_samples.assign_timestamps_and_watermarks(
+        _watermarks(settings, SAMPLE_TYPE_TS)).name(
+        "sample-watermarks").uid("sample-watermarks").union(joined)
     versions = (
         samples.key_by(lambda row: row[0], key_type=Types.STRING())
         .process(MiniBatchTrainer(settings), output_type=VERSION_TYPE)

@@ -2,44 +2,92 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
 from conf import Settings
-from flowlearn.records import RecordError, dlq_record, parse_sample
+from flowlearn.records import (
+    RecordError,
+    dlq_record,
+    parse_event,
+    parse_label,
+    parse_sample,
+)
 
 #: Dead-letter records (JSON strings in DESIGN's ``fl.dlq`` format).
 DLQ_TAG = OutputTag("dlq", Types.STRING())
 
+SpecFor = Callable[[str], Mapping[str, Any] | None]
 
-class ParseSamples(ProcessFunction):
-    """``fl.samples`` bytes -> ``SAMPLE_TYPE`` rows; anything unusable -> :data:`DLQ_TAG`."""
 
-    def __init__(self, settings: Settings) -> None:
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _ParseRecords(ProcessFunction):
+    """Raw bytes of one topic -> typed rows; anything unusable -> :data:`DLQ_TAG`."""
+
+    #: Metric prefix: ``<what>_parsed`` and ``<what>_dlq`` counters.
+    what = "records"
+
+    def __init__(self, settings: Settings, topic: str) -> None:
         self.settings = settings
-        self.source_topic = settings.kafka.topics.samples
+        self.source_topic = topic
 
     def open(self, runtime_context: RuntimeContext) -> None:
         group = runtime_context.get_metrics_group()
-        self.parsed = group.counter("samples_parsed")
-        self.dead = group.counter("samples_dlq")
+        self.parsed = group.counter(f"{self.what}_parsed")
+        self.dead = group.counter(f"{self.what}_dlq")
         specs = {m: s.as_dict() for m, s in self.settings.models.items()}
         default = (self.settings.model_defaults.as_dict()
                    if self.settings.job.unknown_model_policy == "create" else None)
-        self.spec_for = lambda model_id: specs.get(model_id, default)
+        self.spec_for: SpecFor = lambda model_id: specs.get(model_id, default)
+
+    def parse(self, raw: bytes) -> Row:
+        raise NotImplementedError
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
         raw = bytes(value)
         try:
-            sample = parse_sample(raw, self.spec_for)
+            row = self.parse(raw)
         except RecordError as exc:
             self.dead.inc()
-            yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw,
-                                      time.time_ns() // 1_000_000, exc.message)
+            yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
             return
         self.parsed.inc()
-        yield Row(sample.model_id, sample.ts, sample.features.tolist(), sample.label)
+        yield row
+
+
+class ParseSamples(_ParseRecords):
+    """``fl.samples`` -> ``SAMPLE_TYPE`` rows."""
+
+    what = "samples"
+
+    def parse(self, raw: bytes) -> Row:
+        s = parse_sample(raw, self.spec_for)
+        return Row(s.model_id, s.ts, s.features.tolist(), s.label)
+
+
+class ParseEvents(_ParseRecords):
+    """``fl.events`` -> ``FEEDBACK_TYPE`` rows of kind "e"."""
+
+    what = "events"
+
+    def parse(self, raw: bytes) -> Row:
+        e = parse_event(raw, self.spec_for)
+        return Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b"")
+
+
+class ParseLabels(_ParseRecords):
+    """``fl.labels`` -> ``FEEDBACK_TYPE`` rows of kind "l" (raw kept for a late DLQ)."""
+
+    what = "labels"
+
+    def parse(self, raw: bytes) -> Row:
+        lab = parse_label(raw, self.spec_for)
+        return Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw)

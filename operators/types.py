@@ -8,6 +8,18 @@ SAMPLE_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE()],
 )
 
+SAMPLE_TYPE_TS = 1
+
+#: An event (kind "e": features, label NaN) or a label (kind "l": label and the record's raw
+#: bytes, kept for the DLQ should it come late), on its way to the label join.
+FEEDBACK_TYPE = Types.ROW_NAMED(
+    ["kind", "model_id", "event_id", "ts", "features", "label", "raw"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+
+FEEDBACK_TYPE_TS = 3
+
 #: A new model version, as the trainer hands it to the publisher; ``weights`` is empty when
 #: only the delta is to be published.
 VERSION_TYPE = Types.ROW_NAMED(

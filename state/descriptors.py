@@ -21,3 +21,17 @@ MODEL_VERSION = ValueStateDescriptor("model-version-v1", Types.LONG())
 SAMPLES_APPLIED = ValueStateDescriptor("samples-applied-v1", Types.LONG())
 #: Samples waiting for the next mini-batch.
 BATCH_BUFFER = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE)
+
+#: Label join, keyed by model id and event id: the event waiting for its label ...
+JOIN_EVENT = ValueStateDescriptor(
+    "join-event-v1",
+    Types.ROW_NAMED(["ts", "features"], [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE())]),
+)
+#: ... the label waiting for its event (raw bytes kept for the DLQ) ...
+JOIN_LABEL = ValueStateDescriptor(
+    "join-label-v1",
+    Types.ROW_NAMED(["ts", "label", "raw"],
+                    [Types.LONG(), Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())]),
+)
+#: ... and whether the pair was already emitted (later duplicates are ignored).
+JOIN_DONE = ValueStateDescriptor("join-done-v1", Types.BOOLEAN())

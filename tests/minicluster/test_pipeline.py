@@ -1,5 +1,6 @@
 """build_pipeline on a Flink MiniCluster: bounded in-memory input, execute_and_collect."""
 
+import base64
 import json
 import sys
 
@@ -11,7 +12,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 from conf import load_settings
 from flowlearn import codec
 from flowlearn.producer import DriftingStream
-from jobs.online_learning import build_pipeline
+from jobs.online_learning import RawSources, build_pipeline
 
 pytestmark = pytest.mark.minicluster
 
@@ -25,7 +26,15 @@ BAD_RECORDS = {
 }
 
 
-def run_pipeline(raw_records, **env_overrides):
+def raw_stream(env, records):
+    # from_collection cannot carry byte arrays: ship latin-1 strings (a lossless byte
+    # mapping) and turn them back into the bytes a KafkaSource would give.
+    return env.from_collection([r.decode("latin-1") for r in records] or [""],
+                               type_info=Types.STRING()).filter(lambda s: s != "").map(
+        lambda s: s.encode("latin-1"), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+
+
+def run_pipeline(samples, events=(), labels=(), **env_overrides):
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "64", **env_overrides})
     # Python operator chaining (fusion) rewrites the graph for execute_and_collect and trips
     # over user-set uids on a branching graph ("Hash collision on user-specified ID"); the
@@ -37,16 +46,13 @@ def run_pipeline(raw_records, **env_overrides):
         .set_string("taskmanager.numberOfTaskSlots", "2"))
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
-    # from_collection cannot carry byte arrays: ship latin-1 strings (a lossless byte
-    # mapping) and turn them back into the bytes a KafkaSource would give.
-    raw = env.from_collection([r.decode("latin-1") for r in raw_records],
-                              type_info=Types.STRING()).map(
-        lambda s: s.encode("latin-1"), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-    streams = build_pipeline(env, settings, raw, publish=False, kafka_sinks=False)
+    sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
+                         raw_stream(env, labels))
+    streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
     as_json = streams.versions.map(
-        lambda v: json.dumps({"kind": "version", "model_id": v.model_id, "version": v.version,
-                              "base": v.base_version, "applied": v.samples_applied,
-                              "weights": bytes(v.weights).hex(), "delta": bytes(v.delta).hex()}),
+        lambda v: json.dumps({"kind": "version", "model_id": v[0], "version": v[1],
+                              "base": v[2], "applied": v[3],
+                              "weights": bytes(v[6]).hex(), "delta": bytes(v[5]).hex()}),
         output_type=Types.STRING(),
     )
     out = as_json.union(streams.dlq)
@@ -63,7 +69,6 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
     out = run_pipeline(records)
 
     dlq = [r for r in out if "reason" in r]
-    import base64
     assert sorted((base64.b64decode(r["raw"]), r["reason"]) for r in dlq) == sorted(
         BAD_RECORDS.items())
 
@@ -82,3 +87,42 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
             if v["weights"]:
                 snap = codec.decode_array(bytes.fromhex(v["weights"]))
                 assert snap.tobytes() == weights.tobytes()
+
+
+def event(model_id, event_id, ts, features=None):
+    return json.dumps({"model_id": model_id, "event_id": event_id, "ts": ts,
+                       "features": features or [float(ts % 7)] * 10}).encode()
+
+
+def label(model_id, event_id, ts, value=1):
+    return json.dumps({"model_id": model_id, "event_id": event_id, "ts": ts,
+                       "label": value}).encode()
+
+
+def test_label_join_pairs_either_order_once_and_dead_letters_the_rest():
+    window = 60_000
+    events = [event("j", f"e{i}", 1_000 + i) for i in range(40)]
+    # Labels for e0..e29 (the two sources interleave freely, so either side may come first).
+    labels = [label("j", f"e{i}", 5_000 + i, i % 2) for i in range(30)]
+    events += [event("j", "e3", 1_003)]  # duplicate event
+    labels += [label("j", "e4", 5_004, 0), label("j", "e5", 5_005, 1)]  # duplicate labels
+    orphan = label("j", "ghost", 9_000)  # no event ever
+    too_late = label("j", "e30", 1_030 + window + 1)  # outside the window
+    out = run_pipeline([], events=events, labels=[*labels, orphan, too_late],
+                       **{"FLOWLEARN__JOB__LABEL_WINDOW_MS": str(window),
+                          "FLOWLEARN__JOB__BATCH_SIZE": "8"})
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "j"]
+    # e0..e29 joined exactly once each; e31..e39 expire without a label (dropped).
+    assert versions[-1]["applied"] == 30
+    dlq = {base64.b64decode(r["raw"]): r["reason"] for r in out if "reason" in r}
+    assert dlq == {orphan: "no_event", too_late: "outside_window"}
+
+
+def test_expired_events_can_train_with_a_default_label():
+    events = [event("d", f"e{i}", 1_000 + i) for i in range(10)]
+    labels = [label("d", f"e{i}", 2_000 + i) for i in range(4)]
+    out = run_pipeline([], events=events, labels=labels,
+                       **{"FLOWLEARN__JOB__EXPIRED_EVENTS": "default_label",
+                          "FLOWLEARN__JOB__BATCH_SIZE": "4"})
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "d"]
+    assert versions[-1]["applied"] == 10
