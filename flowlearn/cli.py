@@ -109,6 +109,8 @@ def _producer_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--count", str(args.count)]
     if args.drift_at:
         argv += ["--drift-at", ",".join(map(str, args.drift_at))]
+    if args.drift_every:
+        argv += ["--drift-every", str(args.drift_every)]
     return argv
 
 
@@ -126,7 +128,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     sent = produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=args.model,
                    count=args.count, rate=args.rate, seed=args.seed,
                    n_features=args.n_features, drift_at=args.drift_at,
-                   label_delay_ms=args.label_delay_ms)
+                   drift_every=args.drift_every, label_delay_ms=args.label_delay_ms)
     print(f"produced {sent} samples for model {args.model!r}")
     return 0
 
@@ -163,7 +165,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_producer_options(p: argparse.ArgumentParser) -> None:
+def _add_producer_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    """Producer options; ``demo`` sets `make run`'s defaults (drift, delayed labels)."""
     p.add_argument("--model", default="demo", help="model id (default: demo)")
     p.add_argument("--count", type=int, default=None, help="samples to send (default: forever)")
     p.add_argument("--rate", type=float, default=200.0, help="samples per second")
@@ -171,8 +174,11 @@ def _add_producer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-features", type=int, default=10)
     p.add_argument("--drift-at", type=lambda s: [int(x) for x in s.split(",") if x],
                    default=[], help="comma-separated sample indices where the concept changes")
-    p.add_argument("--label-delay-ms", type=int, default=0,
-                   help="0: labelled samples to fl.samples; >0: events now, labels later")
+    p.add_argument("--drift-every", type=int, default=20_000 if demo else 0,
+                   help="also change the concept every N samples (0: never)")
+    p.add_argument("--label-delay-ms", type=int, default=2_000 if demo else 0,
+                   help="0: labelled samples to fl.samples; >0: events now, labels later "
+                        "(joined by the job)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", required=True, help="JSON: one instance or a list of them")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("run", help="up + submit + demo producer (what `make run` does)")
-    _add_producer_options(p)
+    _add_producer_options(p, demo=True)
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -30,6 +30,8 @@ class DriftingStream:
     seed: int = 0
     drift_at: Sequence[int] = ()
     model_id: str = "demo"
+    #: Also redraw the concept every this many samples (0: never).
+    drift_every: int = 0
     _rng: np.random.Generator = field(init=False, repr=False)
     _weights: np.ndarray = field(init=False, repr=False)
     _index: int = field(init=False, default=0)
@@ -42,7 +44,9 @@ class DriftingStream:
         """The next ``n`` labelled samples, event times from ``start_ts`` by ``step_ms``."""
         out = []
         for k in range(n):
-            if self._index in self.drift_at:
+            if self._index in self.drift_at or (
+                self.drift_every and self._index and self._index % self.drift_every == 0
+            ):
                 self._weights = self._rng.normal(size=self.n_features)
             x = self._rng.normal(size=self.n_features)
             p = 1.0 / (1.0 + np.exp(-float(x @ self._weights)))
@@ -74,6 +78,7 @@ def produce(
     seed: int = 0,
     n_features: int = 10,
     drift_at: Sequence[int] = (),
+    drift_every: int = 0,
     label_delay_ms: int = 0,
     quiet: bool = False,
 ) -> int:
@@ -89,7 +94,7 @@ def produce(
         client_id=f"flowlearn-producer-{uuid.uuid4().hex[:8]}",
     )
     stream = DriftingStream(n_features=n_features, seed=seed, drift_at=drift_at,
-                            model_id=model_id)
+                            model_id=model_id, drift_every=drift_every)
     delayed: list[tuple[int, int, dict[str, Any]]] = []  # (due ms, seq, label record)
     sent = 0
     started = time.monotonic()

@@ -66,6 +66,21 @@ def test_samples_are_trained_published_and_served(stack):
     assert 0.0 <= answer["predictions"][0] <= 1.0
 
 
+def test_events_joined_with_delayed_labels_are_trained_once(stack):
+    settings, _ = stack
+    model_id = f"join-{uuid.uuid4().hex[:8]}"
+    n = 600
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=n,
+            rate=2_000, seed=11, label_delay_ms=1_000, quiet=True)
+    client = redis_client(settings)
+    keys = Keys(settings.redis.prefix)
+    wait_until(
+        f"{model_id}: every joined sample applied",
+        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n,
+        timeout_s=120,
+    )
+
+
 BAD = {
     b"this is not json": "not_json",
     b'{"model_id": "demo", "ts": 5, "label": 1}': "missing_field",
