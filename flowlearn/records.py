@@ -25,6 +25,8 @@ from flowlearn.features import FeatureError, vectorize
 
 #: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``.
 MAX_RECORD_BYTES = 1 << 20
+#: Largest bulk (Arrow IPC) record accepted.
+MAX_BULK_RECORD_BYTES = 16 << 20
 #: Labels of a logistic model; a softmax model takes integer class indices.
 BINARY_LABELS = (0.0, 1.0)
 
@@ -173,6 +175,110 @@ def parse_label(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None])
     model_id = _model_id(obj)
     spec = _spec(model_id, spec_for)
     return Label(_event_id(obj), model_id, _timestamp(obj), _label(obj, spec))
+
+
+#: Every Arrow IPC stream starts with this continuation marker; JSON never does.
+ARROW_STREAM_PREFIX = b"\xff\xff\xff\xff"
+
+
+def is_bulk(raw: bytes) -> bool:
+    """True for a bulk record (Arrow IPC stream) rather than one JSON sample."""
+    return raw[:4] == ARROW_STREAM_PREFIX
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    """Many labelled samples of one model, from one bulk record."""
+
+    model_id: str
+    ts: np.ndarray  # (n,) int64
+    features: np.ndarray  # (n, d) float64
+    labels: np.ndarray  # (n,) float64
+
+
+def encode_sample_batch(model_id: str, ts: np.ndarray, features: np.ndarray,
+                        labels: np.ndarray) -> bytes:
+    """A bulk record: one Arrow IPC stream with columns model_id, ts, features, label.
+
+    >>> raw = encode_sample_batch("m", np.array([1]), np.ones((1, 2)), np.array([1.0]))
+    >>> is_bulk(raw)
+    True
+    """
+    import pyarrow as pa
+
+    X = np.ascontiguousarray(features, dtype=np.float64)
+    table = pa.table({
+        "model_id": pa.array([model_id] * len(X), pa.string()),
+        "ts": pa.array(np.asarray(ts, dtype=np.int64)),
+        "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
+        "label": pa.array(np.asarray(labels, dtype=np.float64)),
+    })
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def parse_sample_batch(
+    raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]
+) -> SampleBatch:
+    """Parse one bulk ``fl.samples`` record (see :func:`encode_sample_batch`).
+
+    The record is taken or refused whole: a bad row sends it to the DLQ with the row named.
+    """
+    import pyarrow as pa
+
+    if len(raw) > MAX_BULK_RECORD_BYTES:
+        raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_BULK_RECORD_BYTES}")
+    try:
+        table = pa.ipc.open_stream(raw).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise RecordError("bad_arrow", str(exc)[:300]) from exc
+    missing = {"model_id", "ts", "features", "label"} - set(table.column_names)
+    if missing:
+        raise RecordError("missing_field", f"bulk record lacks column(s) {sorted(missing)}")
+    if table.num_rows == 0:
+        raise RecordError("bad_field", "bulk record has no rows")
+    models = table.column("model_id").unique().to_pylist()
+    if len(models) != 1 or not isinstance(models[0], str) or not models[0]:
+        raise RecordError("bad_field", f"a bulk record holds one model id, got {models[:5]}")
+    model_id = models[0]
+    spec = _spec(model_id, spec_for)
+    if spec.get("features", "dense") != "dense":
+        raise RecordError("bad_features", "bulk records carry dense features only")
+    d = int(spec["n_features"])
+    try:
+        column = table.column("features").combine_chunks()
+        if column.null_count:
+            raise ValueError("null feature lists")
+        sizes = (np.full(len(column), column.type.list_size)
+                 if pa.types.is_fixed_size_list(column.type)
+                 else np.diff(np.asarray(column.offsets)))
+        bad = np.flatnonzero(sizes != d)
+        if bad.size:
+            raise RecordError("bad_features", f"row {bad[0]}: expected {d} values, got "
+                                              f"{sizes[bad[0]]}")
+        X = np.asarray(column.flatten(), dtype=np.float64).reshape(-1, d)
+        ts = np.asarray(table.column("ts").combine_chunks(), dtype=np.int64)
+        y = np.asarray(table.column("label").combine_chunks(), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError("bad_field", f"bulk columns of the wrong type: {exc}") from exc
+    for name, values in (("features", X), ("label", y)):
+        rows = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
+        if rows.size:
+            raise RecordError("bad_features" if name == "features" else "bad_field",
+                              f"row {rows[0]}: {name} not finite")
+    if ((ts < 0) | (ts >= 1 << 62)).any():
+        raise RecordError("bad_field", "ts out of range")
+    if spec.get("type") == "logistic" and not np.isin(y, BINARY_LABELS).all():
+        raise RecordError("bad_field", "labels must be 0 or 1 for a logistic model")
+    if spec.get("type") == "softmax":
+        n_classes = int(spec.get("n_classes", 2))
+        if not ((y == np.floor(y)) & (y >= 0) & (y < n_classes)).all():
+            raise RecordError("bad_field", f"labels must be class indices in 0..{n_classes - 1}")
+    return SampleBatch(model_id, ts, X, y)
 
 
 def dlq_record(

@@ -138,6 +138,7 @@ def build_pipeline(
         # on two cores (operators of one slot share one Python process).
         .slot_sharing_group("training")
     )
+    dlq = dlq.union(versions.get_side_output(DLQ_TAG))
     published = None
     if publish:
         published = (

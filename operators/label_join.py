@@ -108,7 +108,7 @@ class LabelJoin(KeyedProcessFunction):
                 f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
             return
         self.joined.inc()
-        yield Row(model_id, event_ts, features, label)
+        yield Row(model_id, event_ts, features, [label])
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         event = self.event.value()
@@ -128,7 +128,7 @@ class LabelJoin(KeyedProcessFunction):
             self.expired.inc()
             if self.settings.job.expired_events == "default_label":
                 model_id = str(ctx.get_current_key()).split(KEY_SEPARATOR, 1)[0]
-                yield Row(model_id, event[0], event[1], self.settings.job.default_label)
+                yield Row(model_id, event[0], event[1], [self.settings.job.default_label])
             self._clear()
 
     def _clear(self) -> None:

@@ -14,9 +14,11 @@ from conf import Settings
 from flowlearn.records import (
     RecordError,
     dlq_record,
+    is_bulk,
     parse_event,
     parse_label,
     parse_sample,
+    parse_sample_batch,
 )
 
 #: Dead-letter records (JSON strings in DESIGN's ``fl.dlq`` format).
@@ -64,13 +66,17 @@ class _ParseRecords(ProcessFunction):
 
 
 class ParseSamples(_ParseRecords):
-    """``fl.samples`` -> ``SAMPLE_TYPE`` rows."""
+    """``fl.samples`` (JSON, or bulk Arrow IPC) -> ``SAMPLE_TYPE`` rows."""
 
     what = "samples"
 
     def parse(self, raw: bytes) -> Row:
+        if is_bulk(raw):
+            b = parse_sample_batch(raw, self.spec_for)
+            return Row(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
+                       b.labels.tolist())
         s = parse_sample(raw, self.spec_for)
-        return Row(s.model_id, s.ts, s.features.tolist(), s.label)
+        return Row(s.model_id, s.ts, s.features.tolist(), [s.label])
 
 
 class ParseEvents(_ParseRecords):

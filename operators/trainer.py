@@ -17,7 +17,9 @@ from pyflink.common import Row
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from conf import Settings
+from flowlearn.records import dlq_record, encode_sample_batch
 from flowlearn.training import ModelTrainer
+from operators.parse import DLQ_TAG, now_ms
 from state import descriptors
 
 #: Fires only when the final watermark (end of a bounded input) arrives.
@@ -62,17 +64,17 @@ class MiniBatchTrainer(KeyedProcessFunction):
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
         # Unpack by position: a Row handed over inside a fused Python chain has no names.
-        model_id, ts, features, label = value
-        self.buffer.add(Row(ts, features, label))
+        model_id, ts, features, labels = value
+        self.buffer.add(Row(ts, features, labels))
         count = self.buffered.get(model_id)
         if count is None:  # first touch after a (re)start: the buffer may hold restored rows
-            count = sum(1 for _ in self.buffer.get())
+            count = sum(len(row[2]) for row in self.buffer.get())
         else:
-            count += 1
+            count += len(labels)
         self.buffered[model_id] = count
         if count >= self.settings.job.batch_size:
             yield from self._flush(model_id, ctx)
-        elif count == 1:  # a new batch: bound its latency
+        elif count == len(labels):  # a new batch: bound its latency
             at = ctx.timer_service().current_processing_time() + self.settings.job.batch_timeout_ms
             ctx.timer_service().register_processing_time_timer(at)
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)
@@ -90,19 +92,30 @@ class MiniBatchTrainer(KeyedProcessFunction):
         self.buffered[model_id] = 0
         if not rows:
             return
-        X = np.asarray([r[1] for r in rows], dtype=np.float64)
-        y = np.asarray([r[2] for r in rows], dtype=np.float64)
         trainer = self._trainer(model_id)
-        result = trainer.train_batch(X, y)
-        self.last_loss = result.prequential_loss
-        if result.version is None:
-            self.rejected.inc()
-            return
-        mv = result.version
+        X = np.concatenate([np.asarray(r[1], dtype=np.float64) for r in rows]).reshape(
+            -1, trainer.model.n_features)
+        y = np.concatenate([np.asarray(r[2], dtype=np.float64) for r in rows])
+        # One version per batch_size samples: a bulk record may hold several batches.
+        size = self.settings.job.batch_size
+        for start in range(0, len(y), size):
+            result = trainer.train_batch(X[start:start + size], y[start:start + size])
+            self.last_loss = result.prequential_loss
+            if result.version is None:
+                # Safety gate: the batch is kept, whole, in the DLQ (as a bulk record).
+                self.rejected.inc()
+                ts = np.full(len(y[start:start + size]), max(r[0] for r in rows))
+                yield DLQ_TAG, dlq_record(
+                    "trainer", "gate_rejected",
+                    encode_sample_batch(model_id, ts, X[start:start + size],
+                                        y[start:start + size]),
+                    now_ms(), result.rejected or "")
+                continue
+            mv = result.version
+            self.samples_trained.inc(len(y[start:start + size]))
+            self.versions_made.inc()
+            yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied,
+                      mv.spec_json, mv.delta, mv.weights or b"")
         self.model_state.update(trainer.state_bytes())
-        self.version_state.update(mv.version)
-        self.applied_state.update(mv.samples_applied)
-        self.samples_trained.inc(len(rows))
-        self.versions_made.inc()
-        yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
-                  mv.delta, mv.weights or b"")
+        self.version_state.update(trainer.version)
+        self.applied_state.update(trainer.samples_applied)

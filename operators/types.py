@@ -2,10 +2,13 @@
 
 from pyflink.common import Types
 
-#: A parsed, validated, labelled sample.
+#: Parsed, validated, labelled samples of one model: n labels and n x n_features features
+#: (row-major, flat); ts is the latest event time among them. One JSON sample is n = 1; a
+#: bulk record keeps its samples together so that the per-record cost is paid once.
 SAMPLE_TYPE = Types.ROW_NAMED(
-    ["model_id", "ts", "features", "label"],
-    [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE()],
+    ["model_id", "ts", "features", "labels"],
+    [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE())],
 )
 
 SAMPLE_TYPE_TS = 1

@@ -7,10 +7,10 @@ value is typed (primitive arrays and longs), never a pickled Python object.
 from pyflink.common import Types
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-#: One buffered sample: event time, features, label.
+#: Buffered samples as they arrived: event time, flat features, labels (see SAMPLE_TYPE).
 BUFFERED_SAMPLE_TYPE = Types.ROW_NAMED(
-    ["ts", "features", "label"],
-    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE()],
+    ["ts", "features", "labels"],
+    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE())],
 )
 
 #: The model's full state (weights and optimizer), as ``flowlearn.codec`` state bytes.

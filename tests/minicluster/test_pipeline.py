@@ -126,3 +126,25 @@ def test_expired_events_can_train_with_a_default_label():
                           "FLOWLEARN__JOB__BATCH_SIZE": "4"})
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "d"]
     assert versions[-1]["applied"] == 10
+
+
+def test_bulk_records_train_in_batches_beside_json_samples():
+    from flowlearn.records import encode_sample_batch
+
+    stream = DriftingStream(n_features=10, seed=5, model_id="bulk")
+    recs = stream.take(600, 1000)
+    X = np.array([r["features"] for r in recs])
+    y = np.array([r["label"] for r in recs], dtype=float)
+    ts = np.array([r["ts"] for r in recs])
+    bulk = [encode_sample_batch("bulk", ts[i:i + 256], X[i:i + 256], y[i:i + 256])
+            for i in range(0, 512, 256)]
+    singles = [json.dumps(r).encode() for r in recs[512:]]
+    bad_bulk = encode_sample_batch("bulk", ts[:2], X[:2, :3], y[:2])  # 3 features, not 10
+    out = run_pipeline([*bulk, bad_bulk, *singles])
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "bulk"]
+    assert versions[-1]["applied"] == 600
+    assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
+    assert len(versions) >= 600 // 64  # a bulk record of 256 makes 4 versions of 64
+    dlq = [r for r in out if "reason" in r]
+    assert [(base64.b64decode(r["raw"]), r["reason"]) for r in dlq] == [
+        (bad_bulk, "bad_features")]

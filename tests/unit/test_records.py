@@ -61,3 +61,53 @@ def test_dlq_record_keeps_raw_bytes():
     d = json.loads(dlq_record("fl.samples", "not_json", raw, 5, "detail", partition=1, offset=9))
     assert base64.b64decode(d["raw"]) == raw
     assert d["reason"] == "not_json" and d["partition"] == 1 and d["offset"] == 9
+
+
+def bulk(n=4, d=3, **over):
+    import numpy as np
+
+    from flowlearn.records import encode_sample_batch
+
+    X = np.arange(n * d, dtype=float).reshape(n, d)
+    args = {"model_id": "m", "ts": np.arange(n) + 100, "features": X,
+            "labels": np.array([0.0, 1.0] * (n // 2))}
+    args.update(over)
+    return encode_sample_batch(**args)
+
+
+def test_bulk_record_round_trip():
+    from flowlearn.records import is_bulk, parse_sample_batch
+
+    raw = bulk()
+    assert is_bulk(raw) and not is_bulk(b'{"a": 1}')
+    b = parse_sample_batch(raw, spec_for)
+    assert b.model_id == "m" and b.features.shape == (4, 3)
+    assert b.ts.tolist() == [100, 101, 102, 103] and b.labels.tolist() == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "raw, reason, fragment",
+    [
+        (b"\xff\xff\xff\xffgarbage", "bad_arrow", ""),
+        (bulk(d=2), "bad_features", "expected 3 values, got 2"),
+        (bulk(model_id="nope"), "unknown_model", "nope"),
+        (bulk(labels=[0.0, 1.0, 2.0, 1.0]), "bad_field", "0 or 1"),
+    ],
+)
+def test_bad_bulk_records_have_a_reason(raw, reason, fragment):
+    from flowlearn.records import parse_sample_batch
+
+    with pytest.raises(RecordError) as info:
+        parse_sample_batch(raw, spec_for)
+    assert info.value.reason == reason and fragment in info.value.message
+
+
+def test_bulk_record_with_a_nan_names_the_row():
+    import numpy as np
+
+    from flowlearn.records import parse_sample_batch
+
+    X = np.ones((4, 3))
+    X[2, 1] = np.nan
+    with pytest.raises(RecordError, match="row 2: features not finite"):
+        parse_sample_batch(bulk(features=X), spec_for)
