@@ -1,11 +1,12 @@
 """End-to-end throughput of the training slice against a naive Kafka-consumer loop.
 
-Both read the same labelled JSON samples from Kafka, train a logistic model in mini-batches
-and publish to Redis:
+Each reads labelled samples from Kafka, trains a logistic model in mini-batches and
+publishes to Redis:
 
 - flowlearn: the PyFlink job (KafkaSource -> parse -> keyed trainer -> Redis publisher),
   submitted after the samples are in Kafka, timed from the job RUNNING to the Redis snapshot
-  reporting every sample applied (the producer does not compete for the 2 cores);
+  reporting every sample applied (the producer does not compete for the 2 cores); once with
+  JSON samples, once with bulk Arrow records of 256 samples;
 - naive loop: one kafka-python consumer, ``json.loads`` per record, the same core model and
   a Redis ``HSET`` of the weights per batch (no state, no checkpoints, no exactly-once).
 
@@ -31,8 +32,8 @@ import numpy as np
 import redis
 
 from conf import Settings, load_settings
-from flowlearn import codec
-from flowlearn.producer import DriftingStream
+from flowlearn import codec, jobctl
+from flowlearn.producer import produce
 from flowlearn.redis_contract import Keys, read_snapshot
 from flowlearn.training import build_model
 
@@ -69,23 +70,30 @@ def cli(config: Path, *args: str) -> None:
         raise SystemExit(f"flowlearn {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
 
 
-def produce_all(settings: Settings, model_id: str, n: int) -> float:
-    """Send n samples as fast as kafka-python can; returns the seconds it took."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=50,
-                             batch_size=1 << 20, acks=1)
-    stream = DriftingStream(n_features=10, seed=1, model_id=model_id)
+def produce_all(settings: Settings, model_id: str, n: int, bulk: int = 0) -> float:
+    """Send n samples as fast as the producer can; returns the seconds it took."""
     t0 = time.monotonic()
-    sent = 0
-    key = model_id.encode()
-    while sent < n:
-        for rec in stream.take(min(5000, n - sent), start_ts=int(time.time() * 1000)):
-            producer.send(settings.kafka.topics.samples, key=key, value=json.dumps(rec).encode())
-        sent = min(n, sent + 5000)
-    producer.flush()
-    producer.close()
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=n,
+            rate=1e12, seed=1, bulk=bulk, quiet=True)
     return time.monotonic() - t0
+
+
+def job_rate(config: Path, settings: Settings, client: redis.Redis, n: int, bulk: int
+             ) -> tuple[float, float]:
+    """Produce n samples (JSON, or bulk records of ``bulk``), then run the job over them;
+    returns (samples/s of the job from RUNNING, seconds from submit to RUNNING)."""
+    model_id = f"bench-{'bulk' if bulk else 'json'}-{uuid.uuid4().hex[:6]}"
+    log(f"producing {n:,} {'bulk' if bulk else 'JSON'} samples for {model_id} ...")
+    produce_all(settings, model_id, n, bulk)
+    log("submitting the job ...")
+    t0 = time.monotonic()
+    cli(config, "submit")
+    running = time.monotonic()
+    done = wait_applied(client, Keys(settings.redis.prefix), model_id, n, timeout_s=900)
+    job = jobctl.find_job(settings)
+    if job is not None:
+        jobctl.cancel(settings, job)
+    return n / (done - running), running - t0
 
 
 def wait_applied(client: redis.Redis, keys: Keys, model_id: str, n: int, timeout_s: float,
@@ -99,8 +107,8 @@ def wait_applied(client: redis.Redis, keys: Keys, model_id: str, n: int, timeout
     raise SystemExit(f"the job did not apply {n} samples within {timeout_s:.0f}s")
 
 
-def naive_loop(settings: Settings, model_id: str, n: int, batch: int) -> float:
-    """Consume the topic from the start, train, publish; returns samples/s."""
+def naive_loop(settings: Settings, n: int, batch: int) -> float:
+    """Consume n JSON samples from the start of the topic, train, publish; samples/s."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(settings.kafka.topics.samples,
@@ -114,18 +122,18 @@ def naive_loop(settings: Settings, model_id: str, n: int, batch: int) -> float:
     y: list[float] = []
     seen = 0
     t0 = time.monotonic()
-    while seen < n:
+    while seen < n:  # the JSON run's samples come first in the topic
         for records in consumer.poll(timeout_ms=500).values():
             for msg in records:
+                if msg.value[:1] != b"{":
+                    continue  # the bulk records of the second run
                 rec = json.loads(msg.value)
-                if rec.get("model_id") != model_id:
-                    continue
                 X.append(rec["features"])
                 y.append(rec["label"])
                 seen += 1
                 if len(X) == batch:
                     model.learn_many(np.asarray(X), np.asarray(y))
-                    client.hset(f"naive:{model_id}", mapping={
+                    client.hset("naive:model", mapping={
                         "weights": codec.encode_array(model.weights_vector()), "n": seen})
                     X, y = [], []
     elapsed = time.monotonic() - t0
@@ -136,8 +144,9 @@ def naive_loop(settings: Settings, model_id: str, n: int, batch: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=200_000)
-    parser.add_argument("--quick", action="store_true", help="50,000 samples")
+    parser.add_argument("--samples", type=int, default=200_000,
+                        help="JSON samples; the bulk run sends 4x as many")
+    parser.add_argument("--quick", action="store_true", help="50,000 samples (x4 in bulk)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
     args = parser.parse_args()
     n = 50_000 if args.quick else args.samples
@@ -157,28 +166,21 @@ def main() -> None:
         try:
             r = settings.redis
             client = redis.Redis(host=r.host, port=r.port, password=r.password)
-            keys = Keys(r.prefix)
-            model_id = f"bench-{uuid.uuid4().hex[:6]}"
-            log(f"producing {n} samples for {model_id} ...")
-            produce_s = produce_all(settings, model_id, n)
-            log("submitting the job ...")
-            t0 = time.monotonic()
-            cli(config, "submit", "--fresh")
-            running = time.monotonic()
-            t_submit = running - t0
-            done = wait_applied(client, keys, model_id, n, timeout_s=900)
-            job_rate = n / (done - running)
-            log("naive consumer loop over the same records ...")
-            naive_rate = naive_loop(settings, model_id, n, batch=settings.job.batch_size)
+            json_rate, t_submit = job_rate(config, settings, client, n, bulk=0)
+            bulk_rate, _ = job_rate(config, settings, client, n * 4, bulk=256)
+            log("naive consumer loop over the JSON records ...")
+            naive_rate = naive_loop(settings, n, batch=settings.job.batch_size)
         finally:
             if not args.keep:
                 cli(config, "down")
-    print(f"\nEnd-to-end training throughput, {n} JSON samples, batch {settings.job.batch_size}")
-    print(f"  stack up {t_up:.1f}s, job submitted and RUNNING {t_submit:.1f}s, "
-          f"producer {n / produce_s:,.0f} samples/s")
-    print(f"  {'flowlearn PyFlink job (exactly-once)':40s} {job_rate:>10,.0f} samples/s")
-    print(f"  {'naive kafka-python consumer loop':40s} {naive_rate:>10,.0f} samples/s")
-    print(f"  ratio job / naive: {job_rate / naive_rate:.2f}x")
+    print(f"\nEnd-to-end training throughput (Kafka -> train -> Redis), batch "
+          f"{settings.job.batch_size}, 2 cores")
+    print(f"  stack up {t_up:.1f}s, submit to RUNNING {t_submit:.1f}s")
+    print(f"  {'flowlearn job, JSON samples':42s} {json_rate:>10,.0f} samples/s")
+    print(f"  {'flowlearn job, bulk Arrow records of 256':42s} {bulk_rate:>10,.0f} samples/s")
+    print(f"  {'naive kafka-python loop, JSON samples':42s} {naive_rate:>10,.0f} samples/s")
+    print(f"  ratios: JSON job / naive {json_rate / naive_rate:.2f}x, "
+          f"bulk job / naive {bulk_rate / naive_rate:.2f}x")
 
 
 if __name__ == "__main__":

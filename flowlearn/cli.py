@@ -111,6 +111,8 @@ def _producer_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--drift-at", ",".join(map(str, args.drift_at))]
     if args.drift_every:
         argv += ["--drift-every", str(args.drift_every)]
+    if args.bulk:
+        argv += ["--bulk", str(args.bulk)]
     return argv
 
 
@@ -128,7 +130,8 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     sent = produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=args.model,
                    count=args.count, rate=args.rate, seed=args.seed,
                    n_features=args.n_features, drift_at=args.drift_at,
-                   drift_every=args.drift_every, label_delay_ms=args.label_delay_ms)
+                   drift_every=args.drift_every, label_delay_ms=args.label_delay_ms,
+                   bulk=args.bulk)
     print(f"produced {sent} samples for model {args.model!r}")
     return 0
 
@@ -176,6 +179,8 @@ def _add_producer_options(p: argparse.ArgumentParser, demo: bool = False) -> Non
                    default=[], help="comma-separated sample indices where the concept changes")
     p.add_argument("--drift-every", type=int, default=20_000 if demo else 0,
                    help="also change the concept every N samples (0: never)")
+    p.add_argument("--bulk", type=int, default=0,
+                   help="send bulk records (Arrow IPC) of N samples each (0: JSON)")
     p.add_argument("--label-delay-ms", type=int, default=2_000 if demo else 0,
                    help="0: labelled samples to fl.samples; >0: events now, labels later "
                         "(joined by the job)")

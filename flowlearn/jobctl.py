@@ -158,6 +158,12 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     return JobInfo(job_id, settings.job.name, "RUNNING")
 
 
+def cancel(settings: Settings, job: JobInfo, timeout_s: float = 60.0) -> None:
+    """Cancel ``job`` without a savepoint (its retained checkpoint stays)."""
+    stack.flink_rest(settings, f"/jobs/{job.id}?mode=cancel", method="PATCH")
+    wait_job_state(settings, job.id, {"CANCELED"}, timeout_s)
+
+
 def stop_with_savepoint(settings: Settings, job: JobInfo, timeout_s: float = 120.0) -> str:
     """Stop ``job`` with a savepoint (drained of nothing: it resumes where it stopped)."""
     target = settings.stack.data / "flink" / "savepoints"

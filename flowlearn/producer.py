@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from flowlearn.records import encode_sample_batch
+
 
 @dataclass
 class DriftingStream:
@@ -80,15 +82,21 @@ def produce(
     drift_at: Sequence[int] = (),
     drift_every: int = 0,
     label_delay_ms: int = 0,
+    bulk: int = 0,
     quiet: bool = False,
 ) -> int:
-    """Send ``count`` samples (forever if None) at ``rate`` per second; returns how many."""
+    """Send ``count`` samples (forever if None) at ``rate`` per second; returns how many.
+
+    ``bulk`` > 0 sends them as bulk records (Arrow IPC) of that many samples each.
+    """
+    if bulk and label_delay_ms > 0:
+        raise ValueError("bulk records carry labelled samples: use label_delay_ms=0")
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         key_serializer=str.encode,
-        value_serializer=lambda v: json.dumps(v).encode(),
+        value_serializer=_serialize,
         acks="all",
         linger_ms=20,
         client_id=f"flowlearn-producer-{uuid.uuid4().hex[:8]}",
@@ -99,12 +107,18 @@ def produce(
     sent = 0
     started = time.monotonic()
     last_report = started
-    chunk = max(1, min(500, int(rate / 20) or 1))
+    chunk = bulk or max(1, min(500, int(rate / 20) or 1))
     try:
         while count is None or sent < count:
             n = chunk if count is None else min(chunk, count - sent)
             now_ms = time.time_ns() // 1_000_000
-            for rec in stream.take(n, start_ts=now_ms, step_ms=0):
+            records = stream.take(n, start_ts=now_ms, step_ms=0)
+            if bulk:
+                producer.send(topics.samples, key=model_id, timestamp_ms=now_ms,
+                              value=_bulk_value(model_id, records))
+                records = []
+                sent += n
+            for rec in records:
                 if label_delay_ms <= 0:
                     producer.send(topics.samples, key=model_id, value=rec, timestamp_ms=rec["ts"])
                 else:
@@ -132,6 +146,21 @@ def produce(
         if not quiet:
             _progress(sent, count, started, final=True)
     return sent
+
+
+class _Raw(bytes):
+    """Marks a value that is already bytes (the producer's JSON serializer skips it)."""
+
+
+def _bulk_value(model_id: str, records: list[dict[str, Any]]) -> _Raw:
+    return _Raw(encode_sample_batch(
+        model_id, np.array([r["ts"] for r in records]),
+        np.array([r["features"] for r in records]),
+        np.array([r["label"] for r in records], dtype=np.float64)))
+
+
+def _serialize(value: Any) -> bytes:
+    return bytes(value) if isinstance(value, _Raw) else json.dumps(value).encode()
 
 
 def _send_due(producer: Any, topic: str, delayed: list[tuple[int, int, dict[str, Any]]],
