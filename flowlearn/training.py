@@ -13,6 +13,7 @@ two counters) and calls :meth:`ModelTrainer.train_batch` on each mini-batch.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,35 +101,55 @@ class ModelTrainer:
         """Test then train on one batch; returns the version it made."""
         if len(X) == 0:
             return BatchResult(None, float("nan"), "empty")
-        loss = float(np.mean(self.model.loss_many(X, y)))
         before = self.model.weights_vector()
+        loss = float("nan")
         try:
+            loss = float(np.mean(self.model.loss_many(X, y)))
             self.model.learn_many(X, y)
-        except ValueError as exc:  # non-finite gradient: the model left its weights alone
+        except ValueError as exc:  # non-finite input or gradient: the weights are untouched
             return BatchResult(None, loss, f"rejected: {exc}")
         after = self.model.weights_vector()
         if not np.all(np.isfinite(after)):
             # Safety gate: never publish or keep non-finite weights.
             self.model.set_weights_vector(before)
             return BatchResult(None, loss, "non_finite_weights")
+        return BatchResult(self._new_version(before, after, len(X)), loss)
+
+    def restore_weights(self, weights: np.ndarray) -> ModelVersion:
+        """A new version whose weights equal ``weights`` bit for bit (a rollback); the
+        optimizer keeps its state."""
+        before = self.model.weights_vector()
+        self.model.set_weights_vector(weights)
+        return self._new_version(before, self.model.weights_vector(), 0)
+
+    def reset(self) -> ModelVersion:
+        """A new version holding a freshly initialised model (optimizer state too)."""
+        before = self.model.weights_vector()
+        self.model = build_model(self.spec)
+        return self._new_version(before, self.model.weights_vector(), 0)
+
+    def set_learning_rate(self, lr: float) -> None:
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {lr}")
+        self.model.optimizer.set_learning_rate(lr)
+
+    def _new_version(self, before: np.ndarray, after: np.ndarray, n_samples: int
+                     ) -> ModelVersion:
         base = self.version
         self.version += 1
-        self.samples_applied += len(X)
+        self.samples_applied += n_samples
         snapshot = (
             self._needs_snapshot
             or after.nbytes <= SNAPSHOT_EVERY_VERSION_BYTES
             or self.version % SNAPSHOT_INTERVAL == 0
         )
         self._needs_snapshot = False
-        return BatchResult(
-            ModelVersion(
-                model_id=self.model_id,
-                version=self.version,
-                base_version=base,
-                samples_applied=self.samples_applied,
-                spec_json=self._published_spec,
-                delta=codec.make_delta(before, after),
-                weights=codec.encode_array(after) if snapshot else None,
-            ),
-            loss,
+        return ModelVersion(
+            model_id=self.model_id,
+            version=self.version,
+            base_version=base,
+            samples_applied=self.samples_applied,
+            spec_json=self._published_spec,
+            delta=codec.make_delta(before, after),
+            weights=codec.encode_array(after) if snapshot else None,
         )
