@@ -234,6 +234,7 @@ class JobConf:
     idleness_ms: int = 5000
     batch_size: int = 64
     batch_timeout_ms: int = 500
+    keep_versions: int = 20
     label_window_ms: int = 600_000
     expired_events: Literal["drop", "default_label"] = "drop"
     default_label: float = 0.0
@@ -242,7 +243,7 @@ class JobConf:
 
     def validate(self) -> None:
         for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms",
-                     "label_window_ms"):
+                     "label_window_ms", "keep_versions"):
             _check_positive(f"job.{name}", getattr(self, name))
         if not 0 < self.snapshot_fraction <= 1:
             raise ConfigError(f"job.snapshot_fraction must be in (0, 1], got "

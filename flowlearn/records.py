@@ -281,6 +281,47 @@ def parse_sample_batch(
     return SampleBatch(model_id, ts, X, y)
 
 
+#: Control commands the trainer understands, with the arguments each requires.
+CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
+    "rollback": ("version",),
+    "reset": (),
+    "set_learning_rate": ("learning_rate",),
+    "pause": (),
+    "resume": (),
+}
+
+
+@dataclass(frozen=True)
+class Control:
+    """A command for one model's trainer (DESIGN: ``fl.control``)."""
+
+    model_id: str
+    command: str
+    args: dict[str, Any]
+    ts: int
+    source: str
+
+
+def parse_control(raw: bytes) -> Control:
+    """Parse one ``fl.control`` record; unknown commands and bad arguments are refused."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    command = _field(obj, "command")
+    if command not in CONTROL_COMMANDS:
+        raise RecordError("unknown_command",
+                          f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")
+    args = obj.get("args") or {}
+    if not isinstance(args, dict):
+        raise RecordError("bad_field", "field 'args' must be an object")
+    for name in CONTROL_COMMANDS[command]:
+        value = args.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise RecordError("bad_field", f"'{command}' needs a number in args.{name}")
+    source = obj.get("source") or "unknown"
+    return Control(model_id, command, args, _timestamp(obj), str(source)[:200])
+
+
 def dlq_record(
     source_topic: str, reason: str, raw: bytes, ts: int, detail: str = "",
     partition: int | None = None, offset: int | None = None,

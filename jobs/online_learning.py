@@ -25,10 +25,11 @@ from pyflink.datastream import DataStream, ProcessFunction, StreamExecutionEnvir
 from conf import Settings, load_settings, settings_from_dict
 from connectors import kafka
 from operators.label_join import LabelJoin, join_key
-from operators.parse import DLQ_TAG, ParseEvents, ParseLabels, ParseSamples
+from operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
 from operators.publisher import RedisPublisher
-from operators.trainer import MiniBatchTrainer
+from operators.trainer import ALERT_TAG, MiniBatchTrainer
 from operators.types import (
+    CONTROL_TYPE,
     FEEDBACK_TYPE,
     FEEDBACK_TYPE_TS,
     PUBLISHED_TYPE,
@@ -55,6 +56,7 @@ class RawSources:
     samples: DataStream
     events: DataStream
     labels: DataStream
+    control: DataStream
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,13 @@ class PipelineStreams:
     samples: DataStream
     versions: DataStream
     dlq: DataStream
+    alerts: DataStream
     published: DataStream | None
+
+
+def model_key(row: Any) -> str:
+    """Samples and control rows both start with the model id."""
+    return str(row[0])
 
 
 def _watermarks(settings: Settings, ts_index: int) -> WatermarkStrategy:
@@ -85,7 +93,8 @@ def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSo
 
     return RawSources(source(topics.samples, "samples-source"),
                       source(topics.events, "events-source"),
-                      source(topics.labels, "labels-source"))
+                      source(topics.labels, "labels-source"),
+                      source(topics.control, "control-source"))
 
 
 def build_pipeline(
@@ -110,6 +119,8 @@ def build_pipeline(
                           "parse-events")
     parsed_labels = parse(raw.labels, ParseLabels(settings, topics.labels), FEEDBACK_TYPE,
                           "parse-labels")
+    control = parse(raw.control, ParseControl(settings, topics.control), CONTROL_TYPE,
+                    "parse-control")
     feedback = (
         parsed_events.union(parsed_labels)
         .assign_timestamps_and_watermarks(_watermarks(settings, FEEDBACK_TYPE_TS))
@@ -124,13 +135,14 @@ def build_pipeline(
     dlq = (
         parsed_samples.get_side_output(DLQ_TAG)
         .union(parsed_events.get_side_output(DLQ_TAG), parsed_labels.get_side_output(DLQ_TAG),
-               joined.get_side_output(DLQ_TAG))
+               control.get_side_output(DLQ_TAG), joined.get_side_output(DLQ_TAG))
     )
     samples = parsed_samples.assign_timestamps_and_watermarks(
         _watermarks(settings, SAMPLE_TYPE_TS)).name(
         "sample-watermarks").uid("sample-watermarks").union(joined)
     versions = (
-        samples.key_by(lambda row: row[0], key_type=Types.STRING())
+        samples.connect(control)
+        .key_by(model_key, model_key, key_type=Types.STRING())
         .process(MiniBatchTrainer(settings), output_type=VERSION_TYPE)
         .name("trainer")
         .uid("trainer")
@@ -139,6 +151,7 @@ def build_pipeline(
         .slot_sharing_group("training")
     )
     dlq = dlq.union(versions.get_side_output(DLQ_TAG))
+    alerts = versions.get_side_output(ALERT_TAG)
     published = None
     if publish:
         published = (
@@ -150,7 +163,9 @@ def build_pipeline(
     if kafka_sinks:
         dlq.sink_to(kafka.json_sink(settings, topics.dlq, "dlq")).name("dlq-sink").uid(
             "dlq-sink")
-    return PipelineStreams(samples, versions, dlq, published)
+        alerts.sink_to(kafka.json_sink(settings, topics.alerts, "alerts")).name(
+            "alerts-sink").uid("alerts-sink")
+    return PipelineStreams(samples, versions, dlq, alerts, published)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ from flowlearn.records import (
     RecordError,
     dlq_record,
     is_bulk,
+    parse_control,
     parse_event,
     parse_label,
     parse_sample,
@@ -97,3 +99,13 @@ class ParseLabels(_ParseRecords):
     def parse(self, raw: bytes) -> Row:
         lab = parse_label(raw, self.spec_for)
         return Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw)
+
+
+class ParseControl(_ParseRecords):
+    """``fl.control`` -> ``CONTROL_TYPE`` rows (unknown commands to the DLQ)."""
+
+    what = "control"
+
+    def parse(self, raw: bytes) -> Row:
+        c = parse_control(raw)
+        return Row(c.model_id, c.command, json.dumps(c.args), c.ts, c.source)

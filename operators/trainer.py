@@ -1,23 +1,28 @@
 """Mini-batch trainer keyed by model id: buffers samples in managed state, trains each batch
 with :class:`flowlearn.training.ModelTrainer`, and emits one ``VERSION_TYPE`` row a version.
+Its second input carries the model's control commands (``fl.control``).
 
 A batch is trained when it reaches ``job.batch_size`` samples, or ``job.batch_timeout_ms``
 (processing time) after its first sample, whichever comes first. At the end of a bounded
 input the remaining partial batch is trained too (an event-time timer at the largest
-timestamp, which only the final watermark reaches).
+timestamp, which only the final watermark reaches). The last ``job.keep_versions`` versions'
+weights stay in state, so that ``rollback`` needs no restart.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from pyflink.common import Row
-from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 
 from conf import Settings
+from flowlearn import codec
 from flowlearn.records import dlq_record, encode_sample_batch
+from flowlearn.redis_contract import ModelVersion
 from flowlearn.training import ModelTrainer
 from operators.parse import DLQ_TAG, now_ms
 from state import descriptors
@@ -25,8 +30,15 @@ from state import descriptors
 #: Fires only when the final watermark (end of a bounded input) arrives.
 END_OF_INPUT = (1 << 63) - 2
 
+#: Alerts (JSON strings in DESIGN's ``fl.alerts`` format).
+ALERT_TAG = OutputTag("alerts", Types.STRING())
 
-class MiniBatchTrainer(KeyedProcessFunction):
+
+def alert(model_id: str, kind: str, detail: dict[str, Any]) -> str:
+    return json.dumps({"model_id": model_id, "kind": kind, "ts": now_ms(), "detail": detail})
+
+
+class MiniBatchTrainer(KeyedCoProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
@@ -35,6 +47,8 @@ class MiniBatchTrainer(KeyedProcessFunction):
         self.version_state = runtime_context.get_state(descriptors.MODEL_VERSION)
         self.applied_state = runtime_context.get_state(descriptors.SAMPLES_APPLIED)
         self.buffer = runtime_context.get_list_state(descriptors.BATCH_BUFFER)
+        self.recent = runtime_context.get_map_state(descriptors.RECENT_VERSIONS)
+        self.paused = runtime_context.get_state(descriptors.PAUSED)
         # Hot caches, rebuilt from state after every (re)start. A restored partial batch
         # still has its flush timer: Flink restores timers with the state.
         self.trainers: dict[str, ModelTrainer] = {}
@@ -44,6 +58,7 @@ class MiniBatchTrainer(KeyedProcessFunction):
         self.samples_trained = group.counter("samples_trained")
         self.versions_made = group.counter("versions")
         self.rejected = group.counter("gate_rejected")
+        self.commands = group.counter("control_commands")
         self.last_loss = 0.0
         group.gauge("prequential_loss", lambda: int(self.last_loss * 1e6))
 
@@ -62,7 +77,9 @@ class MiniBatchTrainer(KeyedProcessFunction):
             self.trainers[model_id] = trainer
         return trainer
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
+    # ------------------------------------------------------------------ samples
+
+    def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # Unpack by position: a Row handed over inside a fused Python chain has no names.
         model_id, ts, features, labels = value
         self.buffer.add(Row(ts, features, labels))
@@ -80,10 +97,13 @@ class MiniBatchTrainer(KeyedProcessFunction):
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)
             self.flush_at[model_id] = at
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Row]:
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext
+                 ) -> Iterator[Any]:
         yield from self._flush(ctx.get_current_key(), ctx)
 
-    def _flush(self, model_id: str, ctx: Any) -> Iterator[Row]:
+    def _flush(self, model_id: str, ctx: Any) -> Iterator[Any]:
+        if self.paused.value():
+            return  # samples wait in the buffer until `resume`
         pending = self.flush_at.pop(model_id, None)
         if pending is not None:
             ctx.timer_service().delete_processing_time_timer(pending)
@@ -104,18 +124,73 @@ class MiniBatchTrainer(KeyedProcessFunction):
             if result.version is None:
                 # Safety gate: the batch is kept, whole, in the DLQ (as a bulk record).
                 self.rejected.inc()
-                ts = np.full(len(y[start:start + size]), max(r[0] for r in rows))
+                n = len(y[start:start + size])
                 yield DLQ_TAG, dlq_record(
                     "trainer", "gate_rejected",
-                    encode_sample_batch(model_id, ts, X[start:start + size],
-                                        y[start:start + size]),
+                    encode_sample_batch(model_id, np.full(n, max(r[0] for r in rows)),
+                                        X[start:start + size], y[start:start + size]),
                     now_ms(), result.rejected or "")
+                yield ALERT_TAG, alert(model_id, "gate_rejected",
+                                       {"reason": result.rejected, "samples": n,
+                                        "version": trainer.version})
                 continue
-            mv = result.version
             self.samples_trained.inc(len(y[start:start + size]))
-            self.versions_made.inc()
-            yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied,
-                      mv.spec_json, mv.delta, mv.weights or b"")
+            yield from self._emit(trainer, result.version)
+        self._save(trainer)
+
+    # ------------------------------------------------------------------ versions
+
+    def _emit(self, trainer: ModelTrainer, mv: ModelVersion) -> Iterator[Any]:
+        self.versions_made.inc()
+        keep = self.settings.job.keep_versions
+        self.recent.put(mv.version, codec.encode_array(trainer.model.weights_vector()))
+        if self.recent.contains(mv.version - keep):
+            self.recent.remove(mv.version - keep)
+        yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
+                  mv.delta, mv.weights or b"")
+
+    def _save(self, trainer: ModelTrainer) -> None:
         self.model_state.update(trainer.state_bytes())
         self.version_state.update(trainer.version)
         self.applied_state.update(trainer.samples_applied)
+
+    # ------------------------------------------------------------------ control
+
+    def process_element2(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
+        model_id, command, args_json, _ts, source = value
+        args = json.loads(args_json)
+        self.commands.inc()
+        trainer = self._trainer(model_id)
+        detail: dict[str, Any] = {"command": command, "args": args, "source": source}
+        kind = "rollback" if command == "rollback" else "control"
+        if command == "rollback":
+            target = int(args["version"])
+            weights = self.recent.get(target) if self.recent.contains(target) else None
+            if weights is None:
+                kept = sorted(self.recent.keys())
+                yield ALERT_TAG, alert(model_id, kind, {
+                    **detail, "ok": False,
+                    "reason": f"version {target} is not among the kept versions {kept}"})
+                return
+            mv = trainer.restore_weights(codec.decode_array(bytes(weights)))
+            detail.update(ok=True, from_version=mv.base_version, new_version=mv.version)
+            yield from self._emit(trainer, mv)
+        elif command == "reset":
+            mv = trainer.reset()
+            detail.update(ok=True, new_version=mv.version)
+            yield from self._emit(trainer, mv)
+        elif command == "set_learning_rate":
+            try:
+                trainer.set_learning_rate(float(args["learning_rate"]))
+            except ValueError as exc:
+                yield ALERT_TAG, alert(model_id, kind, {**detail, "ok": False,
+                                                        "reason": str(exc)})
+                return
+            detail["ok"] = True
+        elif command in ("pause", "resume"):
+            self.paused.update(command == "pause")
+            detail["ok"] = True
+            if command == "resume":
+                yield from self._flush(model_id, ctx)
+        self._save(trainer)
+        yield ALERT_TAG, alert(model_id, kind, detail)

@@ -23,6 +23,12 @@ FEEDBACK_TYPE = Types.ROW_NAMED(
 
 FEEDBACK_TYPE_TS = 3
 
+#: A control command for one model (args as a JSON object string).
+CONTROL_TYPE = Types.ROW_NAMED(
+    ["model_id", "command", "args", "ts", "source"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()],
+)
+
 #: A new model version, as the trainer hands it to the publisher; ``weights`` is empty when
 #: only the delta is to be published.
 VERSION_TYPE = Types.ROW_NAMED(

@@ -5,7 +5,11 @@ value is typed (primitive arrays and longs), never a pickled Python object.
 """
 
 from pyflink.common import Types
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import (
+    ListStateDescriptor,
+    MapStateDescriptor,
+    ValueStateDescriptor,
+)
 
 #: Buffered samples as they arrived: event time, flat features, labels (see SAMPLE_TYPE).
 BUFFERED_SAMPLE_TYPE = Types.ROW_NAMED(
@@ -19,6 +23,11 @@ MODEL_STATE = ValueStateDescriptor("model-state-v1", Types.PRIMITIVE_ARRAY(Types
 MODEL_VERSION = ValueStateDescriptor("model-version-v1", Types.LONG())
 #: Samples trained into MODEL_STATE (exactly-once: equals distinct samples after recovery).
 SAMPLES_APPLIED = ValueStateDescriptor("samples-applied-v1", Types.LONG())
+#: The weights (``flowlearn.codec`` array bytes) of the last ``job.keep_versions`` versions.
+RECENT_VERSIONS = MapStateDescriptor(
+    "recent-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+#: True while a ``pause`` command holds training (samples keep buffering).
+PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
 BATCH_BUFFER = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE)
 

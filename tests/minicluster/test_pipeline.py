@@ -34,7 +34,7 @@ def raw_stream(env, records):
         lambda s: s.encode("latin-1"), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
-def run_pipeline(samples, events=(), labels=(), **env_overrides):
+def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "64", **env_overrides})
     # Python operator chaining (fusion) rewrites the graph for execute_and_collect and trips
     # over user-set uids on a branching graph ("Hash collision on user-specified ID"); the
@@ -47,7 +47,7 @@ def run_pipeline(samples, events=(), labels=(), **env_overrides):
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
-                         raw_stream(env, labels))
+                         raw_stream(env, labels), raw_stream(env, control))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
     as_json = streams.versions.map(
         lambda v: json.dumps({"kind": "version", "model_id": v[0], "version": v[1],
@@ -55,7 +55,9 @@ def run_pipeline(samples, events=(), labels=(), **env_overrides):
                               "weights": bytes(v[6]).hex(), "delta": bytes(v[5]).hex()}),
         output_type=Types.STRING(),
     )
-    out = as_json.union(streams.dlq)
+    alerts = streams.alerts.map(lambda a: json.dumps({"alert": json.loads(a)}),
+                                output_type=Types.STRING())
+    out = as_json.union(streams.dlq, alerts)
     with out.execute_and_collect() as results:
         return [json.loads(r) for r in results]
 
@@ -148,3 +150,28 @@ def test_bulk_records_train_in_batches_beside_json_samples():
     dlq = [r for r in out if "reason" in r]
     assert [(base64.b64decode(r["raw"]), r["reason"]) for r in dlq] == [
         (bad_bulk, "bad_features")]
+
+
+def control(model_id, command, **args):
+    return json.dumps({"model_id": model_id, "command": command, "args": args, "ts": 1,
+                       "source": "test"}).encode()
+
+
+def test_control_commands_reach_the_trainer_and_raise_alerts():
+    samples = [json.dumps(r).encode()
+               for r in DriftingStream(n_features=10, seed=6, model_id="c").take(128, 1000)]
+    bad = [b'{"model_id": "c", "command": "explode", "ts": 1}', b"nope"]
+    out = run_pipeline(samples, control=[control("c", "reset"),
+                                         control("c", "rollback", version=999), *bad])
+    alerts = [r["alert"] for r in out if "alert" in r]
+    by_command = {a["detail"]["command"]: a for a in alerts}
+    assert by_command["reset"]["kind"] == "control" and by_command["reset"]["detail"]["ok"]
+    assert by_command["rollback"]["kind"] == "rollback"
+    assert not by_command["rollback"]["detail"]["ok"]
+    assert "999" in by_command["rollback"]["detail"]["reason"]
+    dlq = {base64.b64decode(r["raw"]): r["reason"] for r in out if "reason" in r}
+    assert dlq == {bad[0]: "unknown_command", bad[1]: "not_json"}
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "c"]
+    # 2 batches of 64 and the reset: three versions, numbered without a gap.
+    assert [v["version"] for v in versions] == [1, 2, 3]
+    assert versions[-1]["applied"] == 128

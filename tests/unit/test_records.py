@@ -111,3 +111,22 @@ def test_bulk_record_with_a_nan_names_the_row():
     X[2, 1] = np.nan
     with pytest.raises(RecordError, match="row 2: features not finite"):
         parse_sample_batch(bulk(features=X), spec_for)
+
+
+def test_control_commands():
+    from flowlearn.records import parse_control
+
+    c = parse_control(b'{"model_id": "m", "command": "rollback", "args": {"version": 3},'
+                      b' "ts": 5, "source": "cli:alice"}')
+    assert (c.model_id, c.command, c.args["version"], c.source) == ("m", "rollback", 3,
+                                                                    "cli:alice")
+    assert parse_control(b'{"model_id": "m", "command": "pause", "ts": 5}').args == {}
+    for raw, reason in [
+        (b'{"model_id": "m", "command": "explode", "ts": 5}', "unknown_command"),
+        (b'{"model_id": "m", "command": "rollback", "ts": 5}', "bad_field"),
+        (b'{"model_id": "m", "command": "set_learning_rate", "args": {"learning_rate": "x"},'
+         b' "ts": 5}', "bad_field"),
+    ]:
+        with pytest.raises(RecordError) as info:
+            parse_control(raw)
+        assert info.value.reason == reason
