@@ -49,6 +49,7 @@ partitions = 1
 port = 26379
 [flink]
 rest_port = 28081
+rpc_port = 26123
 prometheus_ports = "29249-29252"
 [predictor]
 port = 28080

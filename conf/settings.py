@@ -126,6 +126,7 @@ class RedisConf:
 class FlinkConf:
     rest_host: str = "127.0.0.1"
     rest_port: int = 8081
+    rpc_port: int = 6123
     taskmanager_slots: int = 2
     parallelism: int = 1
     checkpoint_interval_ms: int = 5000
@@ -146,6 +147,7 @@ class FlinkConf:
 
     def validate(self) -> None:
         _check_port("flink.rest_port", self.rest_port)
+        _check_port("flink.rpc_port", self.rpc_port)
         # Parsing and training run in two slot sharing groups (two Python workers).
         if self.taskmanager_slots < 2 * self.parallelism:
             raise ConfigError(f"flink.taskmanager_slots must be >= 2 x flink.parallelism "
@@ -280,6 +282,7 @@ class Settings:
             "kafka.controller_port": self.kafka.controller_port,
             "redis.port": self.redis.port,
             "flink.rest_port": self.flink.rest_port,
+            "flink.rpc_port": self.flink.rpc_port,
             "predictor.port": self.predictor.port,
             "prometheus.port": self.prometheus.port,
         }

@@ -401,6 +401,7 @@ def write_flink_conf(settings: Settings) -> Path:
     entries: dict[str, Any] = {
         "env.java.opts.all": java_opts,
         "jobmanager.rpc.address": "127.0.0.1",
+        "jobmanager.rpc.port": f.rpc_port,
         "jobmanager.bind-host": "127.0.0.1",
         "jobmanager.memory.process.size": f.process_memory_jobmanager,
         "taskmanager.bind-host": "127.0.0.1",
@@ -483,6 +484,7 @@ def start_flink(settings: Settings) -> None:
     bin_dir = flink_home() / "bin"
     if not running_pid(settings, "jobmanager"):
         require_free_port(settings.flink.rest_host, settings.flink.rest_port, "flink.rest_port")
+        require_free_port("127.0.0.1", settings.flink.rpc_port, "flink.rpc_port")
         start_process(settings, "jobmanager",
                       ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env)
     if not running_pid(settings, "taskmanager"):

@@ -31,6 +31,7 @@ controller_port = 19093
 port = 16379
 [flink]
 rest_port = 18081
+rpc_port = 16123
 prometheus_ports = "19249-19252"
 checkpoint_interval_ms = 2000
 [predictor]
