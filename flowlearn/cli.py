@@ -147,6 +147,22 @@ def cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    """Model-level rollback: a control command; the trainer republishes the old weights."""
+    import getpass
+
+    from flowlearn.producer import send_raw
+
+    record = {"model_id": args.model, "command": "rollback",
+              "args": {"version": args.to_version, "reason": args.reason},
+              "ts": int(time.time() * 1000), "source": f"cli:{getpass.getuser()}"}
+    send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
+             [json.dumps(record).encode()], key=args.model)
+    print(f"rollback of {args.model!r} to version {args.to_version} sent; the trainer publishes "
+          f"it as a new version and reports on {settings.kafka.topics.alerts}")
+    return 0
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """``make run``: the stack, the job (resumed if it was stopped), the demo producer."""
     t0 = time.monotonic()
@@ -207,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_producer_options(p)
     p.add_argument("--background", action="store_true", help="run as a stack component")
     p.set_defaults(func=cmd_produce)
+    p = sub.add_parser("rollback", help="restore a model's earlier version (a new version)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--to-version", type=int, required=True)
+    p.add_argument("--reason", default="", help="recorded in the rollback alert")
+    p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("predict", help="ask the predictor")
     p.add_argument("--model", default="demo")
     p.add_argument("--instances", required=True, help="JSON: one instance or a list of them")

@@ -7,13 +7,14 @@ import json
 import urllib.request
 import uuid
 
+import numpy as np
 import pytest
 import redis
 
 from flowlearn.producer import produce, send_raw
 from flowlearn.redis_contract import Keys, read_snapshot
 
-from .conftest import wait_until
+from .conftest import flowlearn, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +80,38 @@ def test_events_joined_with_delayed_labels_are_trained_once(stack):
         lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n,
         timeout_s=120,
     )
+
+
+def weights_at(client, keys, model_id, version, size):
+    """Replay the delta stream from zeros up to ``version`` (one epoch, as published)."""
+    from flowlearn import codec
+    from flowlearn.redis_contract import DeltaEntry
+
+    weights = np.zeros(size)
+    for stream_id, fields in client.xrange(keys.deltas(model_id)):
+        entry = DeltaEntry.from_entry(stream_id, fields)
+        codec.apply_delta(weights, entry.delta)
+        if entry.version == version:
+            return weights
+    raise AssertionError(f"version {version} not in the delta stream")
+
+
+def test_model_rollback_republishes_old_weights_bit_for_bit(stack):
+    settings, config = stack
+    model_id = f"rb-{uuid.uuid4().hex[:8]}"
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=320,
+            rate=10_000, seed=3, quiet=True)
+    client = redis_client(settings)
+    keys = Keys(settings.redis.prefix)
+    snap = wait_until("10 versions", lambda: (s := read_snapshot(client, keys, model_id)) and
+                      s.samples_applied == 320 and s, timeout_s=90)
+    target = weights_at(client, keys, model_id, 3, snap.weights.size)
+    out = flowlearn("rollback", "--model", model_id, "--to-version", "3", config=config)
+    assert out.returncode == 0, out.stderr
+    rolled = wait_until("the rollback version", lambda: (s := read_snapshot(
+        client, keys, model_id)) and s.version == snap.version + 1 and s, timeout_s=60)
+    assert rolled.weights.tobytes() == target.tobytes()
+    assert rolled.samples_applied == 320
 
 
 BAD = {
