@@ -237,19 +237,21 @@ class JobConf:
     batch_size: int = 64
     batch_timeout_ms: int = 500
     keep_versions: int = 20
+    drift_features_monitored: int = 3
+    drift_action: Literal["none", "reset"] = "none"
+    drift_cooldown_versions: int = 50
     label_window_ms: int = 600_000
     expired_events: Literal["drop", "default_label"] = "drop"
     default_label: float = 0.0
     unknown_model_policy: Literal["create", "dlq"] = "create"
-    snapshot_fraction: float = 0.5
 
     def validate(self) -> None:
         for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms",
                      "label_window_ms", "keep_versions"):
             _check_positive(f"job.{name}", getattr(self, name))
-        if not 0 < self.snapshot_fraction <= 1:
-            raise ConfigError(f"job.snapshot_fraction must be in (0, 1], got "
-                              f"{self.snapshot_fraction}")
+        if self.drift_features_monitored < 0:
+            raise ConfigError("job.drift_features_monitored must be >= 0")
+        _check_positive("job.drift_cooldown_versions", self.drift_cooldown_versions)
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,14 @@ def build_model(spec: Mapping[str, Any]) -> Model:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What one batch did: the new version (None if rejected) and its prequential loss."""
+    """What one batch did: the new version (None if rejected) and what the test step saw
+    before training: per-sample losses and, for classifiers, 0/1 errors."""
 
     version: ModelVersion | None
     prequential_loss: float
     rejected: str | None = None
+    losses: np.ndarray | None = None
+    errors: np.ndarray | None = None
 
 
 class ModelTrainer:
@@ -102,9 +105,13 @@ class ModelTrainer:
         if len(X) == 0:
             return BatchResult(None, float("nan"), "empty")
         before = self.model.weights_vector()
+        losses = errors = None
         loss = float("nan")
         try:
-            loss = float(np.mean(self.model.loss_many(X, y)))
+            losses = self.model.loss_many(X, y)
+            loss = float(np.mean(losses))
+            if not isinstance(self.model, linear.LinearRegression):
+                errors = (self.model.predict_many(X) != y).astype(np.float64)
             self.model.learn_many(X, y)
         except ValueError as exc:  # non-finite input or gradient: the weights are untouched
             return BatchResult(None, loss, f"rejected: {exc}")
@@ -113,7 +120,7 @@ class ModelTrainer:
             # Safety gate: never publish or keep non-finite weights.
             self.model.set_weights_vector(before)
             return BatchResult(None, loss, "non_finite_weights")
-        return BatchResult(self._new_version(before, after, len(X)), loss)
+        return BatchResult(self._new_version(before, after, len(X)), loss, None, losses, errors)
 
     def restore_weights(self, weights: np.ndarray) -> ModelVersion:
         """A new version whose weights equal ``weights`` bit for bit (a rollback); the

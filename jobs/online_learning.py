@@ -24,10 +24,11 @@ from pyflink.datastream import DataStream, ProcessFunction, StreamExecutionEnvir
 
 from conf import Settings, load_settings, settings_from_dict
 from connectors import kafka
+from operators.drift import CONTROL_OUT_TAG, DriftOperator
 from operators.label_join import LabelJoin, join_key
 from operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
 from operators.publisher import RedisPublisher
-from operators.trainer import ALERT_TAG, MiniBatchTrainer
+from operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from operators.types import (
     CONTROL_TYPE,
     FEEDBACK_TYPE,
@@ -67,6 +68,7 @@ class PipelineStreams:
     versions: DataStream
     dlq: DataStream
     alerts: DataStream
+    adaptations: DataStream
     published: DataStream | None
 
 
@@ -151,7 +153,18 @@ def build_pipeline(
         .slot_sharing_group("training")
     )
     dlq = dlq.union(versions.get_side_output(DLQ_TAG))
-    alerts = versions.get_side_output(ALERT_TAG)
+    drift_alerts = (
+        versions.get_side_output(EVAL_TAG)
+        .key_by(model_key, key_type=Types.STRING())
+        .process(DriftOperator(settings), output_type=Types.STRING())
+        .name("drift")
+        .uid("drift")
+        # Beside the parsers rather than the trainer: the trainer's Python worker is the
+        # busier one.
+        .slot_sharing_group("default")
+    )
+    adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG)
+    alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts)
     published = None
     if publish:
         published = (
@@ -165,7 +178,9 @@ def build_pipeline(
             "dlq-sink")
         alerts.sink_to(kafka.json_sink(settings, topics.alerts, "alerts")).name(
             "alerts-sink").uid("alerts-sink")
-    return PipelineStreams(samples, versions, dlq, alerts, published)
+        adaptations.sink_to(kafka.json_sink(settings, topics.control, "control")).name(
+            "adaptation-sink").uid("adaptation-sink")
+    return PipelineStreams(samples, versions, dlq, alerts, adaptations, published)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,7 @@ from flowlearn.records import dlq_record, encode_sample_batch
 from flowlearn.redis_contract import ModelVersion
 from flowlearn.training import ModelTrainer
 from operators.parse import DLQ_TAG, now_ms
+from operators.types import EVAL_TYPE
 from state import descriptors
 
 #: Fires only when the final watermark (end of a bounded input) arrives.
@@ -32,6 +33,8 @@ END_OF_INPUT = (1 << 63) - 2
 
 #: Alerts (JSON strings in DESIGN's ``fl.alerts`` format).
 ALERT_TAG = OutputTag("alerts", Types.STRING())
+#: The test step's view of each trained batch, for the drift operator.
+EVAL_TAG = OutputTag("eval", EVAL_TYPE)
 
 
 def alert(model_id: str, kind: str, detail: dict[str, Any]) -> str:
@@ -135,6 +138,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                                         "version": trainer.version})
                 continue
             self.samples_trained.inc(len(y[start:start + size]))
+            monitored = X[start:start + size, :self.settings.job.drift_features_monitored]
+            yield EVAL_TAG, Row(
+                model_id, result.version.version,
+                [] if result.errors is None else result.errors.tolist(),
+                [] if result.losses is None else result.losses.tolist(),
+                monitored.ravel().tolist(), monitored.shape[1])
             yield from self._emit(trainer, result.version)
         self._save(trainer)
 

@@ -29,6 +29,14 @@ CONTROL_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()],
 )
 
+#: What the trainer's test step saw on one batch, for drift detection: 0/1 errors (empty for
+#: regression), per-sample losses, and the monitored features (n x n_monitored, flat).
+EVAL_TYPE = Types.ROW_NAMED(
+    ["model_id", "version", "errors", "losses", "features", "n_monitored"],
+    [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.INT()],
+)
+
 #: A new model version, as the trainer hands it to the publisher; ``weights`` is empty when
 #: only the delta is to be published.
 VERSION_TYPE = Types.ROW_NAMED(

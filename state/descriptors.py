@@ -44,3 +44,6 @@ JOIN_LABEL = ValueStateDescriptor(
 )
 #: ... and whether the pair was already emitted (later duplicates are ignored).
 JOIN_DONE = ValueStateDescriptor("join-done-v1", Types.BOOLEAN())
+
+#: The drift operator's detectors of one model (``flowlearn.monitoring`` bytes).
+DRIFT_MONITOR = ValueStateDescriptor("drift-monitor-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))

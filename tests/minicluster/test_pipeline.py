@@ -57,7 +57,9 @@ def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     )
     alerts = streams.alerts.map(lambda a: json.dumps({"alert": json.loads(a)}),
                                 output_type=Types.STRING())
-    out = as_json.union(streams.dlq, alerts)
+    adaptations = streams.adaptations.map(lambda a: json.dumps({"control": json.loads(a)}),
+                                          output_type=Types.STRING())
+    out = as_json.union(streams.dlq, alerts, adaptations)
     with out.execute_and_collect() as results:
         return [json.loads(r) for r in results]
 
@@ -175,3 +177,17 @@ def test_control_commands_reach_the_trainer_and_raise_alerts():
     # 2 batches of 64 and the reset: three versions, numbered without a gap.
     assert [v["version"] for v in versions] == [1, 2, 3]
     assert versions[-1]["applied"] == 128
+
+
+def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
+    stream = DriftingStream(n_features=10, seed=9, model_id="drifty", drift_at=(3000,))
+    records = [json.dumps(r).encode() for r in stream.take(6000, 1000)]
+    out = run_pipeline(records, **{"FLOWLEARN__JOB__DRIFT_ACTION": "reset"})
+    drift = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "drift"]
+    performance = [a for a in drift if a["detail"]["signal"] in ("error", "loss")]
+    assert performance, f"no error/loss drift alarm among {drift}"
+    # Detected after the change (3000 samples = version ~47 at batch 64), not before it.
+    assert min(a["detail"]["version"] for a in performance) > 3000 // 64
+    resets = [r["control"] for r in out if "control" in r]
+    assert resets and all(c["command"] == "reset" and c["model_id"] == "drifty"
+                          for c in resets)

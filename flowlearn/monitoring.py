@@ -1,0 +1,109 @@
+"""Drift monitoring of one model's prequential stream (Flink-free; the drift operator holds it
+in managed state as codec bytes).
+
+Error-rate detectors watch what the trainer's test step saw: ADWIN and DDM the 0/1 errors
+(classifiers), Page-Hinkley the mean loss of each batch (per-sample log losses are
+heavy-tailed enough to trip it while a fresh model is still learning; its change point is
+then counted in batches). Feature-distribution tests (PSI and KS
+against a reference window) watch the first ``n_features_monitored`` features.
+
+>>> import numpy as np
+>>> m = DriftMonitor.create({"type": "logistic"}, n_features=2)
+>>> rng = np.random.default_rng(0)
+>>> def batches(error_rate, loss):
+...     return [m.update((rng.random(50) < error_rate) * 1.0, rng.normal(loss, 0.1, 50),
+...                      rng.normal(size=(50, 2))) for _ in range(20)]
+>>> before, after = batches(0.1, 0.3), batches(0.6, 1.0)
+>>> [a for b in before for a in b]
+[]
+>>> {"adwin", "page_hinkley"} <= {a.detector for b in after for a in b}
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flowlearn import codec, drift
+from flowlearn.linear import from_bytes, to_bytes
+
+#: Features watched by PSI and KS by default (the first ones): each costs two windows of
+#: state and a per-value update, and a hashed model has too many to test all.
+N_FEATURES_MONITORED = 3
+
+
+@dataclass(frozen=True)
+class DriftAlarm:
+    """One detection: which detector, on what, its statistic and change-point estimate."""
+
+    detector: str
+    signal: str  # "error", "loss" or "feature[i]"
+    statistic: float
+    change_point: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"detector": self.detector, "signal": self.signal,
+                "statistic": self.statistic, "change_point": self.change_point}
+
+
+class DriftMonitor:
+    """The detectors of one model, by name."""
+
+    def __init__(self, detectors: dict[str, drift.DriftDetector]) -> None:
+        self.detectors = detectors
+
+    @classmethod
+    def create(cls, spec: dict[str, Any], n_features: int,
+               n_features_monitored: int = N_FEATURES_MONITORED) -> DriftMonitor:
+        detectors: dict[str, drift.DriftDetector] = {
+            # On batch means: a rise of the loss only (it falls while a model learns), after
+            # 10 batches, by a cumulative excess of 1 (a jump of 0.3 in mean log loss is
+            # seen within about 4 batches).
+            "page_hinkley|loss": drift.PageHinkley(min_instances=10, threshold=1.0,
+                                                   mode="up"),
+        }
+        if spec.get("type", "logistic") != "linear":  # 0/1 errors exist for classifiers
+            detectors["adwin|error"] = drift.ADWIN()
+            # DDM's minimum of p + s is noise over its first few dozen errors: wait longer.
+            detectors["ddm|error"] = drift.DDM(warm_start=300)
+        for i in range(min(n_features, n_features_monitored)):
+            detectors[f"psi|feature[{i}]"] = drift.PSI()
+            detectors[f"ks|feature[{i}]"] = drift.KS()
+        return cls(detectors)
+
+    def update(self, errors: np.ndarray, losses: np.ndarray, X: np.ndarray) -> list[DriftAlarm]:
+        """Feed one scored batch (in order); the detections it caused."""
+        alarms = []
+        for name, detector in self.detectors.items():
+            kind, signal = name.split("|")
+            if signal == "error":
+                values = errors
+            elif signal == "loss":
+                values = np.array([losses.mean()]) if len(losses) else losses
+            else:
+                values = X[:, int(signal[len("feature["):-1])]
+            if len(values) and detector.update_many(values).any():
+                alarms.append(DriftAlarm(kind, signal, float(detector.statistic),
+                                         detector.change_point))
+        return alarms
+
+    def to_bytes(self) -> bytes:
+        arrays = {name: np.frombuffer(to_bytes(det), dtype=np.uint8)
+                  for name, det in self.detectors.items()}
+        return codec.encode_state(arrays, {"class": "DriftMonitor"})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> DriftMonitor:
+        arrays, meta = codec.decode_state(payload)
+        if meta.get("class") != "DriftMonitor":
+            raise codec.CodecError(f"not a DriftMonitor state: {meta.get('class')!r}")
+        detectors = {}
+        for name, raw in arrays.items():
+            det = from_bytes(raw.tobytes())
+            if not isinstance(det, drift.DriftDetector):
+                raise codec.CodecError(f"{name}: not a drift detector")
+            detectors[name] = det
+        return cls(detectors)

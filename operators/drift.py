@@ -1,0 +1,77 @@
+"""Drift operator keyed by model id: feeds the trainer's prequential stream to a
+:class:`flowlearn.monitoring.DriftMonitor`, raises ``drift`` alerts and, when configured,
+adapts the model through ``fl.control`` (Flink 2 has no iterations: the loop closes through
+Kafka)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+
+from conf import Settings
+from flowlearn.monitoring import DriftMonitor
+from operators.parse import now_ms
+from operators.trainer import alert
+from state import descriptors
+
+#: Control records (JSON, DESIGN's ``fl.control`` format) the drift operator sends.
+CONTROL_OUT_TAG = OutputTag("control-out", Types.STRING())
+#: The monitor's state is written every this many batches: detectors are statistical, and a
+#: recovery that replays a few batches into a slightly older monitor changes nothing that
+#: matters, while a 50 KB write per batch would.
+PERSIST_EVERY_BATCHES = 16
+
+
+class DriftOperator(KeyedProcessFunction):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(descriptors.DRIFT_MONITOR)
+        self.monitors: dict[str, DriftMonitor] = {}
+        self.batches: dict[str, int] = {}
+        self.last_adapted: dict[str, int] = {}
+        group = runtime_context.get_metrics_group()
+        self.alarms = group.counter("drift_alarms")
+        self.adaptations = group.counter("drift_adaptations")
+
+    def _monitor(self, model_id: str, n_monitored: int) -> DriftMonitor:
+        monitor = self.monitors.get(model_id)
+        if monitor is None:
+            saved = self.state.value()
+            if saved is not None:
+                monitor = DriftMonitor.from_bytes(bytes(saved))
+            else:
+                spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+                monitor = DriftMonitor.create(spec.as_dict(), n_monitored, n_monitored)
+            self.monitors[model_id] = monitor
+        return monitor
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        model_id, version, errors, losses, features, n_monitored = value
+        monitor = self._monitor(model_id, n_monitored)
+        X = np.asarray(features, dtype=np.float64).reshape(len(losses), n_monitored)
+        alarms = monitor.update(np.asarray(errors, dtype=np.float64),
+                                np.asarray(losses, dtype=np.float64), X)
+        count = self.batches.get(model_id, 0) + 1
+        self.batches[model_id] = count
+        if alarms or count % PERSIST_EVERY_BATCHES == 0:
+            self.state.update(monitor.to_bytes())
+        for alarm in alarms:
+            self.alarms.inc()
+            yield alert(model_id, "drift", {**alarm.as_dict(), "version": version})
+        job = self.settings.job
+        performance_alarm = any(a.signal in ("error", "loss") for a in alarms)
+        if (performance_alarm and job.drift_action == "reset"
+                and version - self.last_adapted.get(model_id, -(1 << 62))
+                >= job.drift_cooldown_versions):
+            self.last_adapted[model_id] = version
+            self.adaptations.inc()
+            yield CONTROL_OUT_TAG, json.dumps({
+                "model_id": model_id, "command": "reset", "args": {}, "ts": now_ms(),
+                "source": f"drift:{'+'.join(sorted({a.detector for a in alarms}))}"})

@@ -1,0 +1,37 @@
+import numpy as np
+
+from flowlearn.monitoring import DriftMonitor
+
+
+def stream(seed, n_batches=60, change_at=30):
+    rng = np.random.default_rng(seed)
+    for b in range(n_batches):
+        rate, loss = (0.1, 0.3) if b < change_at else (0.5, 0.9)
+        yield ((rng.random(64) < rate) * 1.0, rng.normal(loss, 0.1, 64).clip(0),
+               rng.normal(size=(64, 3)))
+
+
+def alarms(monitor, batches):
+    return [(i, a) for i, batch in enumerate(batches) for a in monitor.update(*batch)]
+
+
+def test_a_change_is_found_after_it_happens_and_not_before():
+    found = alarms(DriftMonitor.create({"type": "logistic"}, 3), stream(1))
+    performance = [(i, a) for i, a in found if a.signal in ("error", "loss")]
+    assert performance and min(i for i, _ in performance) >= 30
+    assert {a.detector for _, a in performance} >= {"adwin", "page_hinkley"}
+
+
+def test_state_round_trip_mid_stream_changes_nothing():
+    batches = list(stream(2))
+    straight = alarms(DriftMonitor.create({"type": "logistic"}, 3), batches)
+    first = DriftMonitor.create({"type": "logistic"}, 3)
+    head = alarms(first, batches[:25])
+    resumed = DriftMonitor.from_bytes(first.to_bytes())
+    tail = [(i + 25, a) for i, a in alarms(resumed, batches[25:])]
+    assert head + tail == straight
+
+
+def test_regression_models_have_no_error_detectors():
+    names = DriftMonitor.create({"type": "linear"}, 2).detectors
+    assert not any("error" in n for n in names) and "page_hinkley|loss" in names
