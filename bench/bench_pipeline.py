@@ -7,8 +7,9 @@ publishes to Redis:
   submitted after the samples are in Kafka, timed from the job RUNNING to the Redis snapshot
   reporting every sample applied (the producer does not compete for the 2 cores); once with
   JSON samples, once with bulk Arrow records of 256 samples;
-- naive loop: one kafka-python consumer, ``json.loads`` per record, the same core model and
-  a Redis ``HSET`` of the weights per batch (no state, no checkpoints, no exactly-once).
+- naive loop (the issue's baseline): one kafka-python consumer, ``json.loads`` per record,
+  River's ``LogisticRegression.learn_one`` per sample and a Redis ``HSET`` of the weights
+  every batch (no state, no checkpoints, no exactly-once).
 
 It starts its own stack (home ``.flowlearn-bench``, wiped but for the jars; its own ports)
 and stops it at the end.
@@ -28,14 +29,12 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import redis
 
 from conf import Settings, load_settings
-from flowlearn import codec, jobctl
+from flowlearn import jobctl
 from flowlearn.producer import produce
 from flowlearn.redis_contract import Keys, read_snapshot
-from flowlearn.training import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_CONFIG = f"""
@@ -116,11 +115,11 @@ def naive_loop(settings: Settings, n: int, batch: int) -> float:
                              bootstrap_servers=settings.kafka.bootstrap,
                              auto_offset_reset="earliest", group_id=f"naive-{uuid.uuid4()}",
                              enable_auto_commit=False, max_poll_records=5000)
+    from river import linear_model
+
     r = settings.redis
     client = redis.Redis(host=r.host, port=r.port, password=r.password)
-    model = build_model({"type": "logistic", "n_features": 10, "learning_rate": 0.05})
-    X: list[list[float]] = []
-    y: list[float] = []
+    model = linear_model.LogisticRegression()
     seen = 0
     t0 = time.monotonic()
     while seen < n:  # the JSON run's samples come first in the topic
@@ -129,14 +128,11 @@ def naive_loop(settings: Settings, n: int, batch: int) -> float:
                 if msg.value[:1] != b"{":
                     continue  # the bulk records of the second run
                 rec = json.loads(msg.value)
-                X.append(rec["features"])
-                y.append(rec["label"])
+                model.learn_one(dict(enumerate(rec["features"])), bool(rec["label"]))
                 seen += 1
-                if len(X) == batch:
-                    model.learn_many(np.asarray(X), np.asarray(y))
+                if seen % batch == 0:
                     client.hset("naive:model", mapping={
-                        "weights": codec.encode_array(model.weights_vector()), "n": seen})
-                    X, y = [], []
+                        "weights": json.dumps(dict(model.weights)), "n": seen})
     elapsed = time.monotonic() - t0
     consumer.close()
     return n / elapsed
@@ -179,7 +175,7 @@ def main() -> None:
     print(f"  stack up {t_up:.1f}s, submit to RUNNING {t_submit:.1f}s")
     print(f"  {'flowlearn job, JSON samples':42s} {json_rate:>10,.0f} samples/s")
     print(f"  {'flowlearn job, bulk Arrow records of 256':42s} {bulk_rate:>10,.0f} samples/s")
-    print(f"  {'naive kafka-python loop, JSON samples':42s} {naive_rate:>10,.0f} samples/s")
+    print(f"  {'naive loop, River learn_one, JSON samples':42s} {naive_rate:>10,.0f} samples/s")
     print(f"  ratios: JSON job / naive {json_rate / naive_rate:.2f}x, "
           f"bulk job / naive {bulk_rate / naive_rate:.2f}x")
 
