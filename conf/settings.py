@@ -25,6 +25,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "FLOWLEARN__"
 MODEL_TYPES = ("logistic", "softmax", "linear")
+#: Slot sharing groups of the job (parse, training, monitoring): slots per parallelism.
+SLOT_GROUPS = 3
 
 
 class ConfigError(ValueError):
@@ -127,13 +129,13 @@ class FlinkConf:
     rest_host: str = "127.0.0.1"
     rest_port: int = 8081
     rpc_port: int = 6123
-    taskmanager_slots: int = 2
+    taskmanager_slots: int = 3
     parallelism: int = 1
     checkpoint_interval_ms: int = 5000
     prometheus_ports: str = "9249-9252"
     process_memory_jobmanager: str = "1024m"
     process_memory_taskmanager: str = "2048m"
-    python_bundle_size: int = 1000
+    python_bundle_size: int = 10000
     python_bundle_time_ms: int = 100
 
     @property
@@ -148,10 +150,12 @@ class FlinkConf:
     def validate(self) -> None:
         _check_port("flink.rest_port", self.rest_port)
         _check_port("flink.rpc_port", self.rpc_port)
-        # Parsing and training run in two slot sharing groups (two Python workers).
-        if self.taskmanager_slots < 2 * self.parallelism:
-            raise ConfigError(f"flink.taskmanager_slots must be >= 2 x flink.parallelism "
-                              f"({2 * self.parallelism}), got {self.taskmanager_slots}")
+        # Parsing, training and drift detection run in three slot sharing groups (three
+        # Python worker processes).
+        if self.taskmanager_slots < SLOT_GROUPS * self.parallelism:
+            raise ConfigError(f"flink.taskmanager_slots must be >= {SLOT_GROUPS} x "
+                              f"flink.parallelism ({SLOT_GROUPS * self.parallelism}), got "
+                              f"{self.taskmanager_slots}")
         try:
             ports = self.prometheus_port_list()
         except ValueError as exc:

@@ -131,6 +131,9 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     sources = stage_job_sources(settings)
     cmd = [
         "bash", str(stack.flink_home() / "bin" / "flink"), "run", "-d",
+        # Job-level settings travel with the job, whatever the cluster's own config says.
+        f"-Dpython.fn-execution.bundle.size={settings.flink.python_bundle_size}",
+        f"-Dpython.fn-execution.bundle.time={settings.flink.python_bundle_time_ms}",
         # -j, not pipeline.jars: the Python client needs the connector's classes too.
         "-j", str(connector),
         "-py", str(sources / JOB_ENTRY),

@@ -159,9 +159,8 @@ def build_pipeline(
         .process(DriftOperator(settings), output_type=Types.STRING())
         .name("drift")
         .uid("drift")
-        # Beside the parsers rather than the trainer: the trainer's Python worker is the
-        # busier one.
-        .slot_sharing_group("default")
+        # A third Python worker process: parsing, training and drift detection each get one.
+        .slot_sharing_group("monitoring")
     )
     adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG)
     alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts)

@@ -39,11 +39,11 @@ def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     # Python operator chaining (fusion) rewrites the graph for execute_and_collect and trips
     # over user-set uids on a branching graph ("Hash collision on user-specified ID"); the
     # submitted job goes through env.execute() with chaining on.
-    # Two slots: the trainer runs in a slot sharing group of its own.
+    # Three slots: the trainer and the drift operator have slot sharing groups of their own.
     env = StreamExecutionEnvironment.get_execution_environment(
         Configuration()
         .set_string("python.operator-chaining.enabled", "false")
-        .set_string("taskmanager.numberOfTaskSlots", "2"))
+        .set_string("taskmanager.numberOfTaskSlots", "3"))
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
