@@ -160,47 +160,29 @@ def require_tool(tool: str, hint: str) -> str:
 # --------------------------------------------------------------------------- Maven jars
 
 
-def _pom(artifact: str) -> str:
-    group, name, version = artifact.split(":")
-    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>dev.flowlearn</groupId><artifactId>fetch-{name}</artifactId><version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>{group}</groupId><artifactId>{name}</artifactId>
-      <version>{version}</version></dependency>
-  </dependencies>
-</project>
-"""
+#: The one script that fetches jars, shared with the job image's build (flink-docker/).
+FETCH_JARS = Path(__file__).resolve().parent.parent / "flink-docker" / "fetch-jars.sh"
 
 
-def fetch_jars(settings: Settings, label: str, artifact: str, transitive: bool) -> Path:
-    """Copy ``artifact`` (and its runtime dependencies) into ``jars/<label>``, once."""
+def fetch_jars(settings: Settings, label: str, constant: str, transitive: bool) -> Path:
+    """Fetch the artifact named by ``conf.versions.<constant>`` (and, if ``transitive``, its
+    runtime dependencies) into ``jars/<label>``, once."""
     target = settings.stack.jars / label
-    marker = target / ".complete"
-    if marker.exists() and marker.read_text() == artifact:
-        return target
-    mvn = require_tool("mvn", "install Maven (apt-get install -y maven) to fetch the jars")
-    log(f"fetching {artifact} with Maven into {target} ...")
-    work = settings.stack.home / "maven" / label
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "pom.xml").write_text(_pom(artifact))
-    if target.exists():
-        shutil.rmtree(target)
-    cmd = [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-           f"-DoutputDirectory={target}", "-DincludeScope=runtime"]
-    if not transitive:
-        cmd.append("-DexcludeTransitive=true")
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    require_tool("mvn", "install Maven (apt-get install -y maven) to fetch the jars")
+    if not (target / ".complete").exists():
+        log(f"fetching {getattr(versions, constant)} with Maven into {target} ...")
+    cmd = ["bash", str(FETCH_JARS), "--artifact", constant,
+           *(["--transitive"] if transitive else []), str(target)]
+    result = subprocess.run(cmd, capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
     if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
-        raise StackError(f"Maven could not fetch {artifact}: {' | '.join(tail)}")
-    marker.write_text(artifact)
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise StackError(f"fetching {constant} failed: {lines[-1]}")
     return target
 
 
 def kafka_connector_jar(settings: Settings) -> Path:
-    folder = fetch_jars(settings, "flink-kafka", versions.KAFKA_CONNECTOR_ARTIFACT, False)
+    folder = fetch_jars(settings, "flink-kafka", "KAFKA_CONNECTOR_ARTIFACT", False)
     jars = sorted(folder.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
         raise StackError(f"no Kafka connector jar in {folder}; delete it and run again")
@@ -225,7 +207,7 @@ def start_kafka(settings: Settings) -> None:
     require_free_port(k.host, k.port, "kafka.port")
     require_free_port(k.host, k.controller_port, "kafka.controller_port")
     java = _java()
-    jars = fetch_jars(settings, "kafka", versions.KAFKA_BROKER_ARTIFACT, True)
+    jars = fetch_jars(settings, "kafka", "KAFKA_BROKER_ARTIFACT", True)
     conf_dir, log_dir = _kafka_dirs(settings)
     conf_dir.mkdir(parents=True, exist_ok=True)
     props = conf_dir / "server.properties"

@@ -1,0 +1,531 @@
+"""The deployment files under flink-docker/: compose stack, images, Prometheus, Grafana and the
+Kubernetes manifests are parsed and checked against the project they deploy (versions, metric
+names, settings), so that a rename in the code breaks here rather than in a cluster.
+
+External validators run when they are installed and skip with the reason otherwise:
+``promtool`` (Debian's ``prometheus`` package), ``docker compose`` (needs the Compose plugin,
+not an engine), ``kubectl`` (its built-in kustomize) and ``shellcheck``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conf import load_settings, versions
+from conf.settings import SLOT_GROUPS
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "flink-docker"
+K8S = DEPLOY / "k8s"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "flowlearn.json"
+OP = "flink_taskmanager_job_task_operator_"
+
+#: Flink's own metrics the dashboard and the alerts use, as its Prometheus reporter names them
+#: (checked against a running Flink 2.2.1 with the Kafka connector 5.0.0-2.2).
+FLINK_BUILTIN_METRICS = {
+    "flink_jobmanager_numRunningJobs",
+    "flink_jobmanager_numRegisteredTaskManagers",
+    "flink_jobmanager_taskSlotsAvailable",
+    "flink_jobmanager_taskSlotsTotal",
+    "flink_jobmanager_job_numRestarts",
+    "flink_jobmanager_job_lastCheckpointDuration",
+    "flink_jobmanager_job_lastCheckpointCompletedTimestamp",
+    "flink_jobmanager_job_numberOfFailedCheckpoints",
+    "flink_taskmanager_job_task_busyTimeMsPerSecond",
+    "flink_taskmanager_job_task_backPressuredTimeMsPerSecond",
+    f"{OP}pendingRecords",
+    f"{OP}KafkaSourceReader_KafkaConsumer_records_lag_max",
+}
+#: Series Prometheus itself adds to every scrape target.
+PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+                "unless", "bool", "offset", "inf", "nan"}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = load_yaml(DEPLOY / "docker-compose.yml")
+    return data
+
+
+@cache
+def k8s_docs() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def k8s_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in k8s_docs() if d.get("kind") == kind]
+
+
+def flink_deployment() -> dict[str, Any]:
+    (fd,) = k8s_kind("FlinkDeployment")
+    return fd
+
+
+def dockerfile_flink_options(text: str) -> dict[str, str]:
+    """The ``-Dkey=value`` options the job Dockerfile writes into the image's Flink config."""
+    return dict(re.findall(r"-D([\w.\-]+)=(\S+?)(?=\s|\\|;|$)", text))
+
+
+def flink_properties(service: dict[str, Any]) -> dict[str, str]:
+    """FLINK_PROPERTIES of a compose service, with ``${VAR:-default}`` read as its default."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", service["environment"]["FLINK_PROPERTIES"])
+    return dict(line.split(": ", 1) for line in text.strip().splitlines())
+
+
+# --------------------------------------------------------------------------- parse everything
+
+
+def test_every_yaml_and_json_file_parses() -> None:
+    files = [p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml", ".json")]
+    assert len(files) >= 10
+    for path in files:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            assert list(yaml.safe_load_all(path.read_text())), f"{path} is empty"
+
+
+# --------------------------------------------------------------------------- the shared jar script
+
+
+def test_fetch_jars_reads_versions_py_and_skips_what_is_fetched(tmp_path: Path) -> None:
+    script = DEPLOY / "fetch-jars.sh"
+    text = script.read_text()
+    # The coordinates live in conf/versions.py only.
+    assert versions.KAFKA_CONNECTOR_ARTIFACT.split(":")[-1] not in text
+    assert "conf/versions.py" in text
+    out = tmp_path / "flink-kafka"
+    out.mkdir()
+    (out / ".complete").write_text(versions.KAFKA_CONNECTOR_ARTIFACT + "\n")
+    # Already fetched: done without Maven (MVN points nowhere) and without the network.
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "MVN": "/nonexistent/mvn"}
+    done = subprocess.run(["bash", str(script), str(out)], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert versions.KAFKA_CONNECTOR_ARTIFACT in done.stderr
+    bad = subprocess.run(["bash", str(script), "--artifact", "NO_SUCH_CONSTANT", str(out)],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "NO_SUCH_CONSTANT" in bad.stderr
+
+
+@pytest.mark.parametrize("script", ["fetch-jars.sh", "submit-job.sh"])
+def test_shell_scripts_lint(script: str) -> None:
+    path = DEPLOY / script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    result = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_job_image_matches_the_project() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    base = re.search(r"^ARG FLINK_IMAGE=(\S+)$", text, re.M)
+    assert base, "the Flink base image is a build ARG"
+    assert base.group(1).startswith(f"flink:{versions.FLINK_VERSION}-")
+    assert base.group(1).endswith("-java17")
+    # The jar comes from the script the local stack runs, into Flink's lib/.
+    assert re.search(r"^RUN bash flink-docker/fetch-jars\.sh (\S+)$", text, re.M)
+    assert re.search(r"^COPY --from=jars .*\*\.jar /opt/flink/lib/$", text, re.M)
+    python = re.search(r"^ARG PYTHON_VERSION=(\d+)\.(\d+)\.\d+$", text, re.M)
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "requires-python"]
+    assert python and f"{python.group(1)}.{python.group(2)}" == "3.11" and "<3.12" in requires
+    assert re.search(r"^ARG PYTHON_SHA256=[0-9a-f]{64}$", text, re.M)
+    options = dockerfile_flink_options(text)
+    assert options["metrics.reporter.prom.factory.class"] == (
+        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
+    assert options["metrics.reporter.prom.port"] == "9249"
+    defaults = load_settings(env={}).flink
+    assert int(options["python.fn-execution.bundle.size"]) == defaults.python_bundle_size
+    assert int(options["python.fn-execution.bundle.time"]) == defaults.python_bundle_time_ms
+    assert re.search(r"^USER flink$", text, re.M)
+
+
+def test_docker_contexts_hold_what_the_images_copy() -> None:
+    for dockerfile in ("Dockerfile", "Dockerfile.predictor"):
+        text = (DEPLOY / dockerfile).read_text()
+        ignore = (DEPLOY / f"{dockerfile}.dockerignore").read_text().splitlines()
+        allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+        assert "*" in ignore, f"{dockerfile}: the context should be an allow-list"
+        for src in re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+) ", text, re.M):
+            assert (ROOT / src).exists(), f"{dockerfile} copies missing {src}"
+            assert any(src == a or src.startswith(a + "/") for a in allowed), (
+                f"{dockerfile} copies {src}, which its .dockerignore leaves out")
+        for package in ("conf", "flowlearn"):
+            assert package in allowed
+
+
+def test_predictor_image_is_small_and_unprivileged() -> None:
+    text = (DEPLOY / "Dockerfile.predictor").read_text()
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", text, re.M)
+    assert "python:3.11-slim" in text
+    user = re.search(r"^USER (\d+):(\d+)$", text, re.M)
+    assert user and int(user.group(1)) > 0
+    assert 'ENTRYPOINT ["python", "-m", "flowlearn.serving"]' in text
+    assert '"apache-flink", "mlflow"' in text  # the job's dependencies stay out
+
+
+def test_predictor_imports_without_the_job_dependencies() -> None:
+    """The predictor image installs neither apache-flink nor mlflow."""
+    if not (ROOT / "flowlearn" / "serving").exists():
+        pytest.skip("flowlearn/serving is not in the tree yet")
+    code = ("import sys; sys.modules.update(pyflink=None, mlflow=None); "
+            "import flowlearn.serving")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_services_and_images() -> None:
+    services = compose()["services"]
+    assert {"kafka", "kafka-init", "redis", "mlflow", "jobmanager", "taskmanager",
+            "job-submitter", "predictor", "prometheus", "grafana"} <= set(services)
+    for name, service in services.items():
+        image = service["image"]
+        if "build" in service:
+            assert service["build"]["dockerfile"] in (
+                "flink-docker/Dockerfile", "flink-docker/Dockerfile.predictor"), name
+        else:
+            tag = image.rsplit(":", 1)
+            assert len(tag) == 2 and tag[1] not in ("latest", ""), f"{name}: pin {image}"
+    for name in ("jobmanager", "taskmanager", "job-submitter", "kafka-init"):
+        assert services[name]["build"]["dockerfile"] == "flink-docker/Dockerfile"
+    broker_version = versions.KAFKA_BROKER_ARTIFACT.rsplit(":", 1)[1]
+    assert services["kafka"]["image"] == f"apache/kafka:{broker_version}"
+
+
+def test_compose_kafka_is_single_node_kraft_fit_for_transactions() -> None:
+    env = compose()["services"]["kafka"]["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    for key in ("OFFSETS_TOPIC_REPLICATION_FACTOR", "TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "TRANSACTION_STATE_LOG_MIN_ISR", "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+                "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+        assert env[f"KAFKA_{key}"] == 1, key
+
+
+def test_compose_job_runs_with_flink_run_on_enough_slots() -> None:
+    services = compose()["services"]
+    assert services["job-submitter"]["command"] == ["/opt/flowlearn/bin/submit-job.sh"]
+    submit = (DEPLOY / "submit-job.sh").read_text()
+    assert "run -d -pym jobs.online_learning" in submit
+    assert (ROOT / "jobs" / "online_learning.py").exists()
+    props = flink_properties(services["taskmanager"])
+    slots = int(props["taskmanager.numberOfTaskSlots"])
+    assert slots >= SLOT_GROUPS * int(props["parallelism.default"])
+    assert props["execution.checkpointing.dir"].startswith("file:///flink-data/")
+    mounts = {v.split(":")[1] for v in services["taskmanager"]["volumes"]}
+    assert "/flink-data" in mounts
+    # kafka-init calls the local stack's own topic creation.
+    from flowlearn import stack
+
+    assert "create_topics(load_settings())" in " ".join(services["kafka-init"]["command"])
+    assert callable(stack.create_topics)
+
+
+def test_compose_secrets_come_from_the_env_file() -> None:
+    secret = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$")
+    checked = 0
+    for name, service in compose()["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if secret.search(key):
+                checked += 1
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), (
+                    f"{name}.{key} must be ${{VAR:?...}} from .env, not {value!r}")
+    assert checked >= 4
+    example = (DEPLOY / ".env.example").read_text()
+    for line in example.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and secret.search(key):
+            assert value == "", f".env.example must not carry a value for {key}"
+    assert ".env" in (DEPLOY / ".gitignore").read_text().split()
+    redis = compose()["services"]["redis"]
+    assert "requirepass" in " ".join(redis["command"])
+
+
+def test_compose_networks_keep_data_services_internal() -> None:
+    data = compose()
+    assert data["networks"]["backend"]["internal"] is True
+    for name in ("kafka", "redis", "taskmanager"):
+        assert data["services"][name]["networks"] == ["backend"], name
+    for name, service in data["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_compose_mounts_exist() -> None:
+    for name in ("prometheus", "grafana"):
+        for volume in compose()["services"][name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_docker_compose_config() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"],
+                                        capture_output=True).returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "REDIS_PASSWORD": "x",
+           "GRAFANA_ADMIN_PASSWORD": "x"}
+    result = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"),
+                             "--profile", "demo", "config", "--quiet"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+def test_prometheus_scrapes_flink_and_predictors() -> None:
+    config = load_yaml(DEPLOY / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["flink-jobmanager"]["static_configs"][0]["targets"] == ["jobmanager:9249"]
+    assert jobs["flink-taskmanager"]["dns_sd_configs"][0]["names"] == ["taskmanager"]
+    assert jobs["flink-taskmanager"]["dns_sd_configs"][0]["port"] == 9249
+    assert jobs["predictor"]["dns_sd_configs"][0]["port"] == 8080
+    assert jobs["predictor"]["metrics_path"] == "/metrics"
+
+
+def test_promtool_check_config(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    # The rules path inside the container, made relative to check the files as they are.
+    config = (DEPLOY / "prometheus.yml").read_text().replace(
+        "/etc/prometheus/prometheus-rules.yml", "prometheus-rules.yml")
+    (tmp_path / "prometheus.yml").write_text(config)
+    shutil.copy(DEPLOY / "prometheus-rules.yml", tmp_path / "prometheus-rules.yml")
+    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- metric names
+
+
+def job_metric_names() -> set[str]:
+    """The operator metrics the job registers, read from operators/ (f-string prefixes
+    expanded with the ``what = "..."`` class attributes of the same file)."""
+    names = set()
+    for path in (ROOT / "operators").glob("*.py"):
+        text = path.read_text()
+        whats = re.findall(r'^\s+what = "(\w+)"', text, re.M)
+        for is_f, name in re.findall(
+                r'\.(?:counter|gauge|meter|distribution)\(\s*(f?)"([^"]+)"', text):
+            if is_f:
+                names |= {re.sub(r"\{self\.what\}", w, name) for w in whats}
+            else:
+                names.add(name)
+    return {OP + n for n in names}
+
+
+def predictor_metric_names() -> set[str]:
+    """prometheus_client metrics of flowlearn/serving, with the suffixes they are exposed as."""
+    names = set()
+    for path in (ROOT / "flowlearn" / "serving").glob("**/*.py"):
+        for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(\w+)"',
+                                     path.read_text()):
+            if kind == "Counter":
+                base = name.removesuffix("_total")
+                names |= {base + "_total", base + "_created"}
+            elif kind == "Gauge":
+                names.add(name)
+            else:
+                names |= {name + "_sum", name + "_count", name + "_created"}
+                if kind == "Histogram":
+                    names.add(name + "_bucket")
+    return names
+
+
+def known_metric_names() -> set[str]:
+    return (job_metric_names() | predictor_metric_names() | FLINK_BUILTIN_METRICS
+            | PROMETHEUS_SYNTHETIC)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (not functions, labels, durations or keywords)."""
+    e = re.sub(r'"[^"]*"', "", expr)
+    e = re.sub(r"\{[^}]*\}", "", e)
+    e = re.sub(r"\[[^\]]*\]", "", e)
+    e = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", e)
+    e = re.sub(r"\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b", "", e)
+    names = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", e):
+        if e[match.end():].lstrip().startswith("(") or match.group(0) in PROMQL_WORDS:
+            continue
+        names.add(match.group(0))
+    return names
+
+
+def test_promql_metric_name_extraction() -> None:
+    assert promql_metric_names(
+        'sum by (operator_name) (rate(a_b[1m])) / 1e6 + max(up{job="x"}) and c') == {
+        "a_b", "up", "c"}
+
+
+def test_job_metrics_are_found_in_operators() -> None:
+    assert {OP + n for n in ("samples_parsed", "samples_dlq", "samples_trained", "versions",
+                             "gate_rejected", "prequential_loss", "versions_published",
+                             "publish_retries", "last_published_version")} <= job_metric_names()
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+
+
+def test_dashboard_queries_name_metrics_that_exist() -> None:
+    known = known_metric_names()
+    for panel in dashboard_panels():
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            unknown = promql_metric_names(target["expr"]) - known
+            assert not unknown, f"panel {panel['title']!r} queries unknown metrics {unknown}"
+
+
+def test_alert_rules_name_metrics_that_exist() -> None:
+    known = known_metric_names()
+    rules = load_yaml(DEPLOY / "prometheus-rules.yml")
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            unknown = promql_metric_names(rule["expr"]) - known
+            assert not unknown, f"alert {rule['alert']} uses unknown metrics {unknown}"
+
+
+def test_dashboard_structure_and_coverage() -> None:
+    data = dashboard()
+    ids = [p["id"] for p in data["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    datasource = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")
+    uid = datasource["datasources"][0]["uid"]
+    for panel in dashboard_panels():
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
+    titles = " | ".join(p["title"].lower() for p in dashboard_panels())
+    for topic in ("samples/s", "consumer lag", "model version", "staleness", "loss", "drift",
+                  "gate rejections", "dead letters", "predictor"):
+        assert topic in titles, f"no panel about {topic}"
+    provider = load_yaml(DEPLOY / "grafana/provisioning/dashboards/flowlearn.yml")
+    mounts = dict(v.split(":")[:2] for v in compose()["services"]["grafana"]["volumes"])
+    assert mounts["./grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def test_flink_deployment() -> None:
+    fd = flink_deployment()
+    assert fd["apiVersion"] == "flink.apache.org/v1beta1"
+    spec = fd["spec"]
+    major, minor, _ = versions.FLINK_VERSION.split(".")
+    assert spec["flinkVersion"] == f"v{major}_{minor}"
+    job = spec["job"]
+    assert job["upgradeMode"] == "savepoint"
+    assert job["state"] == "running"
+    assert job["jarURI"] == f"local:///opt/flink/opt/flink-python-{versions.FLINK_VERSION}.jar"
+    assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver"
+    module = job["args"][job["args"].index("-pym") + 1]
+    assert (ROOT / (module.replace(".", "/") + ".py")).exists()
+    conf = spec["flinkConfiguration"]
+    # One TaskManager holds a whole unit of parallelism: a slot per slot sharing group.
+    assert int(conf["taskmanager.numberOfTaskSlots"]) == SLOT_GROUPS
+    # What the image sets is repeated, since the operator replaces the image's conf/.
+    image_options = dockerfile_flink_options((DEPLOY / "Dockerfile").read_text())
+    for key, value in image_options.items():
+        assert str(conf[key]) == value, key
+    # Checkpoints, savepoints and HA on the mounted volume.
+    (container,) = spec["podTemplate"]["spec"]["containers"]
+    assert container["name"] == "flink-main-container"
+    mount = container["volumeMounts"][0]["mountPath"]
+    for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir",
+                "high-availability.storageDir"):
+        assert conf[key].startswith(f"file://{mount}/"), key
+    claim = spec["podTemplate"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    (pvc,) = k8s_kind("PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == claim
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_predictor_deployment_and_service() -> None:
+    (deployment,) = k8s_kind("Deployment")
+    (service,) = k8s_kind("Service")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    (container,) = pod["spec"]["containers"]
+    port_names = {p["name"] for p in container["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] in port_names
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    security = pod["spec"]["securityContext"]
+    user = re.search(r"^USER (\d+):", (DEPLOY / "Dockerfile.predictor").read_text(), re.M)
+    assert security["runAsNonRoot"] is True and user
+    assert security["runAsUser"] == int(user.group(1))
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_k8s_secrets_are_referenced_not_inlined() -> None:
+    assert not k8s_kind("Secret"), "create the Secret out of band (docs/operations.md)"
+    containers = [flink_deployment()["spec"]["podTemplate"]["spec"]["containers"][0],
+                  k8s_kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0]]
+    for container in containers:
+        env = {e["name"]: e for e in container["env"]}
+        ref = env["FLOWLEARN__REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "flowlearn-secrets", "key": "redis-password"}
+        for item in container["env"]:
+            if re.search(r"PASSWORD|SECRET|TOKEN", item["name"]):
+                assert "value" not in item, item["name"]
+    (config_map,) = k8s_kind("ConfigMap")
+    assert not [k for k in config_map["data"] if re.search(r"PASSWORD|SECRET|TOKEN", k)]
+    # Every key is a setting that conf/ knows.
+    settings = load_settings(env={**config_map["data"], "FLOWLEARN__REDIS__PASSWORD": "x"})
+    assert settings.kafka.host == config_map["data"]["FLOWLEARN__KAFKA__HOST"]
+
+
+def test_kustomize_renders_with_images_rewritten() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    registry = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    (fd,) = [d for d in docs if d["kind"] == "FlinkDeployment"]
+    assert fd["spec"]["image"] == registry["flowlearn-flink"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == registry[
+        "flowlearn-predictor"]
+    assert {d["metadata"]["namespace"] for d in docs} == {kustomization["namespace"]}
