@@ -15,6 +15,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from conf import Settings
 from flowlearn.monitoring import DriftMonitor
+from operators.model_metrics import ModelMetrics
 from operators.parse import now_ms
 from operators.trainer import alert
 from state import descriptors
@@ -39,6 +40,7 @@ class DriftOperator(KeyedProcessFunction):
         group = runtime_context.get_metrics_group()
         self.alarms = group.counter("drift_alarms")
         self.adaptations = group.counter("drift_adaptations")
+        self.per_model = ModelMetrics(group, ("drift_alarms", "drift_adaptations"))
 
     def _monitor(self, model_id: str, n_monitored: int) -> DriftMonitor:
         monitor = self.monitors.get(model_id)
@@ -64,6 +66,7 @@ class DriftOperator(KeyedProcessFunction):
             self.state.update(monitor.to_bytes())
         for alarm in alarms:
             self.alarms.inc()
+            self.per_model.inc(model_id, "drift_alarms")
             yield alert(model_id, "drift", {**alarm.as_dict(), "version": version})
         job = self.settings.job
         performance_alarm = any(a.signal in ("error", "loss") for a in alarms)
@@ -72,6 +75,7 @@ class DriftOperator(KeyedProcessFunction):
                 >= job.drift_cooldown_versions):
             self.last_adapted[model_id] = version
             self.adaptations.inc()
+            self.per_model.inc(model_id, "drift_adaptations")
             yield CONTROL_OUT_TAG, json.dumps({
                 "model_id": model_id, "command": "reset", "args": {}, "ts": now_ms(),
                 "source": f"drift:{'+'.join(sorted({a.detector for a in alarms}))}"})

@@ -25,6 +25,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from conf import Settings
 from flowlearn.records import dlq_record
+from operators.model_metrics import ModelMetrics
 from operators.parse import DLQ_TAG, now_ms
 from state import descriptors
 
@@ -50,30 +51,39 @@ class LabelJoin(KeyedProcessFunction):
         self.event = runtime_context.get_state(descriptors.JOIN_EVENT)
         self.label = runtime_context.get_state(descriptors.JOIN_LABEL)
         self.done = runtime_context.get_state(descriptors.JOIN_DONE)
+        # Totals and the same per model (a ``model`` label in Prometheus).
+        self.metrics = ModelMetrics(runtime_context.get_metrics_group(), (
+            "joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events"))
         group = runtime_context.get_metrics_group()
-        self.joined = group.counter("joined")
-        self.duplicates = group.counter("duplicates")
-        self.late = group.counter("late")
-        self.expired = group.counter("expired")
-        self.unmatched = group.counter("unmatched_labels")
+        self.totals = {name: group.counter(name) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms
+
+    def _count(self, model_id: str, name: str, n: int = 1) -> None:
+        if n >= 0:
+            self.totals[name].inc(n)
+        else:
+            self.totals[name].dec(-n)
+        self.metrics.inc(model_id, name, n)
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         kind, model_id, _event_id, ts, features, label, raw = value
         watermark = ctx.timer_service().current_watermark()
         if self.done.value():
-            self.duplicates.inc()
+            self._count(model_id, "duplicates")
             return
         timers = ctx.timer_service()
         if kind == "e":
             if self.event.value() is not None:
-                self.duplicates.inc()
+                self._count(model_id, "duplicates")
                 return
             if ts + self.window < watermark:
                 # Its window closed before it arrived: no label can join it any more.
-                self.expired.inc()
+                self._count(model_id, "expired")
                 return
             self.event.update(Row(ts, features))
+            # Pending events: +1 here, -1 when the entry is cleared (a join-buffer gauge as
+            # a counter: PyFlink has no up-down counter).
+            self._count(model_id, "pending_events")
             timers.register_event_time_timer(_coalesce(ts + self.window))
             waiting = self.label.value()
             if waiting is not None:
@@ -81,10 +91,10 @@ class LabelJoin(KeyedProcessFunction):
                                       bytes(waiting[2]))
             return
         if self.label.value() is not None:
-            self.duplicates.inc()
+            self._count(model_id, "duplicates")
             return
         if ts < watermark:
-            self.late.inc()
+            self._count(model_id, "late")
             yield DLQ_TAG, dlq_record(self.labels_topic, "late", bytes(raw), now_ms(),
                                       f"label ts {ts} behind the watermark {watermark}")
             return
@@ -102,36 +112,38 @@ class LabelJoin(KeyedProcessFunction):
         self.done.update(True)
         self.label.clear()
         if not 0 <= label_ts - event_ts <= self.window:
-            self.unmatched.inc()
+            self._count(model_id, "unmatched_labels")
             yield DLQ_TAG, dlq_record(
                 self.labels_topic, "outside_window", raw, now_ms(),
                 f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
             return
-        self.joined.inc()
+        self._count(model_id, "joined")
         yield Row(model_id, event_ts, features, [label])
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        model_id = str(ctx.get_current_key()).split(KEY_SEPARATOR, 1)[0]
         event = self.event.value()
         if self.done.value():
             # Keep the tombstone until the event's window has passed: duplicates stay ignored.
             if event is None or timestamp >= _coalesce(event[0] + self.window):
-                self._clear()
+                self._clear(model_id, event is not None)
             return
         waiting_label = self.label.value()
         if waiting_label is not None and event is None:
-            self.unmatched.inc()
+            self._count(model_id, "unmatched_labels")
             yield DLQ_TAG, dlq_record(self.labels_topic, "no_event", bytes(waiting_label[2]),
                                       now_ms(), "no event with this id before the label")
-            self._clear()
+            self._clear(model_id, False)
             return
         if event is not None and timestamp >= _coalesce(event[0] + self.window):
-            self.expired.inc()
+            self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
-                model_id = str(ctx.get_current_key()).split(KEY_SEPARATOR, 1)[0]
                 yield Row(model_id, event[0], event[1], [self.settings.job.default_label])
-            self._clear()
+            self._clear(model_id, True)
 
-    def _clear(self) -> None:
+    def _clear(self, model_id: str, had_event: bool) -> None:
+        if had_event:
+            self._count(model_id, "pending_events", -1)
         self.event.clear()
         self.label.clear()
         self.done.clear()

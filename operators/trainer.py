@@ -24,6 +24,7 @@ from flowlearn import codec
 from flowlearn.records import dlq_record, encode_sample_batch
 from flowlearn.redis_contract import ModelVersion
 from flowlearn.training import ModelTrainer
+from operators.model_metrics import ModelMetrics
 from operators.parse import DLQ_TAG, now_ms
 from operators.types import EVAL_TYPE
 from state import descriptors
@@ -58,6 +59,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffered: dict[str, int] = {}
         self.flush_at: dict[str, int] = {}
         group = runtime_context.get_metrics_group()
+        self.per_model = ModelMetrics(group, ("samples_trained", "versions", "gate_rejected"))
+        self.model_loss: dict[str, float] = {}
         self.samples_trained = group.counter("samples_trained")
         self.versions_made = group.counter("versions")
         self.rejected = group.counter("gate_rejected")
@@ -78,6 +81,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                     self.version_state.value() or 0, self.applied_state.value() or 0,
                 )
             self.trainers[model_id] = trainer
+            if model_id not in self.model_loss:  # gauges once per model and process
+                self.model_loss[model_id] = 0.0
+                self.per_model.gauge(model_id, "version", lambda: self.trainers[model_id].version)
+                # Gauges are integers in PyFlink: the loss in millionths.
+                self.per_model.gauge(model_id, "prequential_loss",
+                                     lambda: int(self.model_loss[model_id] * 1e6))
         return trainer
 
     # ------------------------------------------------------------------ samples
@@ -127,6 +136,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             if result.version is None:
                 # Safety gate: the batch is kept, whole, in the DLQ (as a bulk record).
                 self.rejected.inc()
+                self.per_model.inc(model_id, "gate_rejected")
                 n = len(y[start:start + size])
                 yield DLQ_TAG, dlq_record(
                     "trainer", "gate_rejected",
@@ -138,6 +148,9 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                                         "version": trainer.version})
                 continue
             self.samples_trained.inc(len(y[start:start + size]))
+            self.per_model.inc(model_id, "samples_trained", len(y[start:start + size]))
+            self.per_model.inc(model_id, "versions")
+            self.model_loss[model_id] = result.prequential_loss
             monitored = X[start:start + size, :self.settings.job.drift_features_monitored]
             yield EVAL_TAG, Row(
                 model_id, result.version.version,

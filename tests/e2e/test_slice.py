@@ -168,7 +168,8 @@ def test_status_json_shows_components_job_and_models(stack, status):
 
 def test_job_metrics_reach_prometheus(stack):
     settings, _ = stack
-    wanted = {"samples_parsed", "samples_trained", "versions_published"}
+    wanted = {"samples_parsed", "samples_trained", "versions_published", "model_version",
+              "model_samples_trained"}
 
     def present():
         url = f"{settings.prometheus.url}/api/v1/label/__name__/values"
