@@ -46,6 +46,11 @@ def pid_file(settings: Settings, name: str) -> Path:
     return settings.stack.run / f"{name}.pid"
 
 
+def child_pid_file(settings: Settings, name: str) -> Path:
+    """Where a supervised component's supervisor writes its current child's pid."""
+    return settings.stack.run / f"{name}-child.pid"
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -470,8 +475,12 @@ def start_flink(settings: Settings) -> None:
         start_process(settings, "jobmanager",
                       ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env)
     if not running_pid(settings, "taskmanager"):
+        # Supervised: a TaskManager that dies comes back, as a cluster's resource manager
+        # would bring one back, and the job recovers from its last checkpoint.
         start_process(settings, "taskmanager",
-                      ["bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env)
+                      [sys.executable, "-m", "flowlearn.supervise",
+                       "--pid-file", str(child_pid_file(settings, "taskmanager")), "--",
+                       "bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env)
     wait_for("Flink (JobManager with a TaskManager)", lambda: _flink_ready(settings), 120,
              settings.stack.logs / "jobmanager.out")
 
@@ -578,9 +587,13 @@ def component_status(settings: Settings) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name in COMPONENTS:
         pid = running_pid(settings, name)
+        pids = [pid] if pid else []
+        child = running_pid(settings, f"{name}-child") if pid else None
+        if child:  # a supervised component: the supervisor and its current child
+            pids.append(child)
         out[name] = {
             "state": "running" if pid else "stopped",
-            "pids": [pid] if pid else [],
+            "pids": pids,
             "url": urls[name],
         }
     return out
