@@ -5,11 +5,17 @@ brings a lost TaskManager back. ``flowlearn up`` runs the TaskManager under it.
 
 SIGTERM or SIGINT stops the child (SIGTERM, then SIGKILL after a grace period) and exits.
 Restarts back off from 1 s to 30 s while the child keeps dying within a minute of starting.
+
+The child runs in a process group of its own, and whatever is left of that group when it
+ends is killed: a TaskManager killed with SIGKILL would otherwise leave its Python workers
+behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +34,11 @@ def log(msg: str) -> None:
     print(f"[supervise] {time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def supervise(cmd: list[str], pid_file: Path) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -43,10 +54,11 @@ def supervise(cmd: list[str], pid_file: Path) -> int:
     backoff = MIN_BACKOFF_S
     while not stopping:
         started = time.monotonic()
-        child = subprocess.Popen(cmd)
+        child = subprocess.Popen(cmd, start_new_session=True)
         pid_file.write_text(f"{child.pid}\n")
         log(f"started pid {child.pid}: {' '.join(cmd)}")
         code = child.wait()
+        _kill_group(child.pid)
         if stopping:
             break
         lived = time.monotonic() - started
@@ -56,12 +68,13 @@ def supervise(cmd: list[str], pid_file: Path) -> int:
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)
-    if child is not None and child.poll() is None:
+    if child is not None:
         try:
             child.wait(GRACE_S)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+        _kill_group(child.pid)
     pid_file.unlink(missing_ok=True)
     log("stopped")
     return 0
