@@ -1,0 +1,1 @@
+"""The predictor: follows models in Redis and serves them over HTTP."""
