@@ -52,9 +52,9 @@ class LabelJoin(KeyedProcessFunction):
         self.label = runtime_context.get_state(descriptors.JOIN_LABEL)
         self.done = runtime_context.get_state(descriptors.JOIN_DONE)
         # Totals and the same per model (a ``model`` label in Prometheus).
-        self.metrics = ModelMetrics(runtime_context.get_metrics_group(), (
-            "joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events"))
         group = runtime_context.get_metrics_group()
+        self.metrics = ModelMetrics(group, ("joined", "duplicates", "late", "expired",
+                                            "unmatched_labels", "pending_events"))
         self.totals = {name: group.counter(name) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms
 

@@ -331,8 +331,11 @@ def test_promtool_check_config(tmp_path: Path) -> None:
 
 def job_metric_names() -> set[str]:
     """The operator metrics the job registers, read from operators/ (f-string prefixes
-    expanded with the ``what = "..."`` class attributes of the same file)."""
+    expanded with the ``what = "..."`` class attributes of the same file). Counters declared
+    through ``ModelMetrics(group, (names...))`` exist both as operator totals where the
+    operator registers them, and per model as ``..._operator_model_<name>``."""
     names = set()
+    per_model = set()
     for path in (ROOT / "operators").glob("*.py"):
         text = path.read_text()
         whats = re.findall(r'^\s+what = "(\w+)"', text, re.M)
@@ -342,7 +345,13 @@ def job_metric_names() -> set[str]:
                 names |= {re.sub(r"\{self\.what\}", w, name) for w in whats}
             else:
                 names.add(name)
-    return {OP + n for n in names}
+        for declared in re.findall(r"ModelMetrics\(\s*\w+,\s*\(([^()]*)\)", text):
+            model_names = set(re.findall(r'"(\w+)"', declared))
+            per_model |= model_names
+            if "self.metrics.names" in text:  # totals registered from the same tuple
+                names |= model_names
+        per_model |= set(re.findall(r'per_model\.gauge\(\s*model_id,\s*"(\w+)"', text))
+    return {OP + n for n in names} | {OP + "model_" + n for n in per_model}
 
 
 def predictor_metric_names() -> set[str]:
