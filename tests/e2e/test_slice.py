@@ -166,18 +166,21 @@ def test_status_json_shows_components_job_and_models(stack, status):
         assert set(m) == {"version", "epoch", "samples_applied"}
 
 
-def test_job_metrics_reach_prometheus(stack):
+def test_job_and_predictor_metrics_reach_prometheus(stack):
     settings, _ = stack
-    wanted = {"samples_parsed", "samples_trained", "versions_published", "model_version",
-              "model_samples_trained"}
+    job = {f"flink_taskmanager_job_task_operator_{name}" for name in (
+        "samples_parsed", "samples_trained", "versions_published", "model_version",
+        "model_samples_trained")}
+    predictor = {"flowlearn_predictor_requests_total", "flowlearn_predictor_model_version",
+                 "flowlearn_predictor_request_seconds_bucket"}
 
-    def present():
+    def missing():
         url = f"{settings.prometheus.url}/api/v1/label/__name__/values"
         with urllib.request.urlopen(url, timeout=5) as resp:
-            names = set(json.loads(resp.read())["data"])
-        return {w for w in wanted if f"flink_taskmanager_job_task_operator_{w}" in names} == wanted
+            return (job | predictor) - set(json.loads(resp.read())["data"])
 
-    wait_until("the job's operator metrics in Prometheus", present, timeout_s=90, every_s=1)
+    wait_until("the job's and the predictor's metrics in Prometheus", lambda: not missing(),
+               timeout_s=90, every_s=1)
 
 
 def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
