@@ -332,10 +332,6 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {get_args(hint)}")
         return value
     try:
-        if hint is bool:
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

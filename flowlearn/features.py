@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from flowlearn.preprocessing import FeatureHasher
+
 
 class FeatureError(ValueError):
     """Features that do not fit the model: the message names the offending field."""
@@ -38,9 +40,7 @@ def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[
 
 
 @lru_cache(maxsize=64)
-def _hasher(n_features: int, seed: int) -> Any:
-    from flowlearn.preprocessing import FeatureHasher
-
+def _hasher(n_features: int, seed: int) -> FeatureHasher:
     return FeatureHasher(n_features=n_features, seed=seed)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.records import encode_sample_batch
+from flowlearn.records import encode_sample_batch, now_ms
 
 
 @dataclass
@@ -111,10 +111,10 @@ def produce(
     try:
         while count is None or sent < count:
             n = chunk if count is None else min(chunk, count - sent)
-            now_ms = time.time_ns() // 1_000_000
-            records = stream.take(n, start_ts=now_ms, step_ms=0)
+            now = now_ms()
+            records = stream.take(n, start_ts=now, step_ms=0)
             if bulk:
-                producer.send(topics.samples, key=model_id, timestamp_ms=now_ms,
+                producer.send(topics.samples, key=model_id, timestamp_ms=now,
                               value=_bulk_value(model_id, records))
                 records = []
                 sent += n
@@ -129,7 +129,7 @@ def produce(
                              "ts": rec["ts"] + label_delay_ms, "label": rec["label"]}
                     heapq.heappush(delayed, (label["ts"], sent, label))
                 sent += 1
-            _send_due(producer, topics.labels, delayed, model_id, time.time_ns() // 1_000_000)
+            _send_due(producer, topics.labels, delayed, model_id, now_ms())
             # Pace to the requested rate.
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:
@@ -138,8 +138,8 @@ def produce(
                 _progress(sent, count, started)
                 last_report = time.monotonic()
         while delayed:  # the labels still owed
-            time.sleep(max(0.0, (delayed[0][0] - time.time_ns() // 1_000_000) / 1000))
-            _send_due(producer, topics.labels, delayed, model_id, time.time_ns() // 1_000_000)
+            time.sleep(max(0.0, (delayed[0][0] - now_ms()) / 1000))
+            _send_due(producer, topics.labels, delayed, model_id, now_ms())
     finally:
         producer.flush()
         producer.close()
@@ -164,8 +164,8 @@ def _serialize(value: Any) -> bytes:
 
 
 def _send_due(producer: Any, topic: str, delayed: list[tuple[int, int, dict[str, Any]]],
-              model_id: str, now_ms: int) -> None:
-    while delayed and delayed[0][0] <= now_ms:
+              model_id: str, now: int) -> None:
+    while delayed and delayed[0][0] <= now:
         _, _, label = heapq.heappop(delayed)
         producer.send(topic, key=model_id, value=label, timestamp_ms=label["ts"])
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,11 @@ MAX_RECORD_BYTES = 1 << 20
 MAX_BULK_RECORD_BYTES = 16 << 20
 #: Labels of a logistic model; a softmax model takes integer class indices.
 BINARY_LABELS = (0.0, 1.0)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds, the unit of every ``ts`` in the records."""
+    return time.time_ns() // 1_000_000
 
 
 class RecordError(ValueError):

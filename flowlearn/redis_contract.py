@@ -16,7 +16,6 @@ Redis as a duplicate, so writes are idempotent.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import redis
 
 from flowlearn import codec
+from flowlearn.records import now_ms
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,6 @@ class DeltaEntry:
 def read_snapshot(client: redis.Redis, keys: Keys, model_id: str) -> Snapshot | None:
     fields = client.hgetall(keys.snapshot(model_id))
     return Snapshot.from_hash(fields) if fields else None
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

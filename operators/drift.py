@@ -15,8 +15,8 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from conf import Settings
 from flowlearn.monitoring import DriftMonitor
+from flowlearn.records import now_ms
 from operators.model_metrics import ModelMetrics
-from operators.parse import now_ms
 from operators.trainer import alert
 from state import descriptors
 

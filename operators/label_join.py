@@ -24,9 +24,9 @@ from pyflink.common import Row
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from conf import Settings
-from flowlearn.records import dlq_record
+from flowlearn.records import dlq_record, now_ms
 from operators.model_metrics import ModelMetrics
-from operators.parse import DLQ_TAG, now_ms
+from operators.parse import DLQ_TAG
 from state import descriptors
 
 TIMER_GRANULARITY_MS = 1000

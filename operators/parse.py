@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from flowlearn.records import (
     RecordError,
     dlq_record,
     is_bulk,
+    now_ms,
     parse_control,
     parse_event,
     parse_label,
@@ -27,10 +27,6 @@ from flowlearn.records import (
 DLQ_TAG = OutputTag("dlq", Types.STRING())
 
 SpecFor = Callable[[str], Mapping[str, Any] | None]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _ParseRecords(ProcessFunction):

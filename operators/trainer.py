@@ -21,11 +21,11 @@ from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 
 from conf import Settings
 from flowlearn import codec
-from flowlearn.records import dlq_record, encode_sample_batch
+from flowlearn.records import dlq_record, encode_sample_batch, now_ms
 from flowlearn.redis_contract import ModelVersion
 from flowlearn.training import ModelTrainer
 from operators.model_metrics import ModelMetrics
-from operators.parse import DLQ_TAG, now_ms
+from operators.parse import DLQ_TAG
 from operators.types import EVAL_TYPE
 from state import descriptors
 
