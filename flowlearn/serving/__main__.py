@@ -1,4 +1,4 @@
-"""``python -m flowlearn.serving [--config FILE]``: the predictor."""
+"""``python -m flowlearn.serving [--config FILE]``: run the predictor until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -6,26 +6,32 @@ import argparse
 import logging
 from pathlib import Path
 
-from aiohttp import web
-
 from conf import load_settings
-from flowlearn.serving.app import make_app
+from flowlearn.serving.app import run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=None)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = load_settings(args.config)
-    try:
-        import uvloop
+def _baseline(text: str) -> tuple[str, Path]:
+    model_id, sep, path = text.partition("=")
+    if not sep or not model_id or not path:
+        raise argparse.ArgumentTypeError(f"expected MODEL=PATH, got {text!r}")
+    return model_id, Path(path)
 
-        uvloop.install()
-    except ImportError:
-        pass
-    web.run_app(make_app(settings), host=settings.predictor.host, port=settings.predictor.port,
-                access_log=None)
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flowlearn.serving", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML file over conf/defaults.toml (else FLOWLEARN_CONFIG)")
+    parser.add_argument("--baseline", type=_baseline, action="append", default=[],
+                        metavar="MODEL=PATH",
+                        help="a baseline file scored beside MODEL (repeatable)")
+    parser.add_argument("--ab-fraction", type=float, default=0.0,
+                        help="share of requests answered by the baseline (0: shadow only)")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not log predictions to the events topic")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(load_settings(args.config), baselines=dict(args.baseline),
+        ab_fraction=args.ab_fraction, log_predictions=not args.no_log)
 
 
 if __name__ == "__main__":

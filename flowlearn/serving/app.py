@@ -1,132 +1,247 @@
-"""The predictor's HTTP API (KServe V1 style) over replicas that follow Redis."""
+"""The predictor's HTTP API (KServe V1 style) over replicas that follow Redis.
+
+Requests never wait on Redis or Kafka: a :class:`~flowlearn.serving.replica.Follower`
+thread keeps the weights up to date in memory, and the prediction log is a bounded queue
+drained by its own thread. A request reads one ``Served`` reference and scores with it.
+See docs/predictor.md for the API, the flags and the metrics.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import random
+import threading
 import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import redis
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conf import Settings
 from flowlearn.features import FeatureError, vectorize
 from flowlearn.redis_contract import Keys
-from flowlearn.serving.replica import ModelReplica, sync
+from flowlearn.serving.baseline import load_baseline
+from flowlearn.serving.metrics import Metrics
+from flowlearn.serving.openapi import OPENAPI
+from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
+from flowlearn.serving.replica import BLOCK_MS, Follower, Served, Version
 
 log = logging.getLogger("flowlearn.serving")
 
-REQUESTS = Counter("flowlearn_predictor_requests", "Requests by route and status",
-                   ["route", "status"])
-LATENCY = Histogram("flowlearn_predictor_request_seconds", "Predict latency",
-                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))
-MODEL_VERSION = Gauge("flowlearn_predictor_model_version", "Served version", ["model"])
-MODEL_AGE = Gauge("flowlearn_predictor_model_age_seconds", "Age of the served version",
-                  ["model"])
-REDIS_UP = Gauge("flowlearn_predictor_redis_up", "1 while Redis answers")
-
-REPLICAS = web.AppKey("replicas", dict)
-SETTINGS = web.AppKey("settings", Settings)
+ONLINE, BASELINE = "online", "baseline"
+#: Bound on reading a request body: a slow client cannot hold a handler longer.
+READ_TIMEOUT_S = 5.0
+#: Bound on stopping the follower and flushing the prediction log at shutdown.
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
-def _follow(settings: Settings, replicas: dict[str, ModelReplica], stop: Any) -> None:
-    """Blocking follower (run in a thread): model list, snapshots, then XREAD BLOCK."""
-    r = settings.redis
-    client = redis.Redis(host=r.host, port=r.port, password=r.password or None,
-                         socket_timeout=5, socket_connect_timeout=2)
-    keys = Keys(r.prefix)
-    last_scan = 0.0
-    while not stop.is_set():
-        try:
-            if time.monotonic() - last_scan > 1.0:
-                for raw in client.smembers(keys.models):
-                    model_id = raw.decode()
-                    replica = replicas.setdefault(model_id, ModelReplica(model_id))
-                    sync(client, keys, replica)
-                last_scan = time.monotonic()
-            streams = {keys.deltas(m): rep.last_id for m, rep in replicas.items()}
-            REDIS_UP.set(1)
-            if not streams:
-                stop.wait(0.5)
-                continue
-            for stream, _entries in client.xread(streams, block=1000, count=1000) or []:
-                model_id = stream.decode()[len(keys.prefix) + len("model:"):-len(":deltas")]
-                sync(client, keys, replicas[model_id])
-        except redis.RedisError as exc:
-            REDIS_UP.set(0)
-            log.warning("Redis: %s; serving the last weights", exc)
-            stop.wait(1.0)
-    client.close()
+class Predictor:
+    """What the handlers share: settings, the follower, the log, the baselines, metrics."""
+
+    def __init__(self, settings: Settings, follower: Follower, metrics: Metrics,
+                 prediction_log: PredictionLog | None, baselines: Mapping[str, Version],
+                 ab_fraction: float) -> None:
+        self.settings = settings
+        self.follower = follower
+        self.metrics = metrics
+        self.log = prediction_log
+        self.baselines = dict(baselines)
+        self.ab_fraction = ab_fraction
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._latency = {route: metrics.latency.labels(route)
+                         for route in ("predict", "models", "model")}
+
+    def done(self, route: str, status: int, started: float) -> None:
+        """Count a request and its latency (label children cached: this is the hot path)."""
+        child = self._requests.get((route, status))
+        if child is None:
+            child = self._requests[(route, status)] = self.metrics.requests.labels(
+                route, str(status))
+        child.inc()
+        self._latency[route].observe(time.perf_counter() - started)
+
+    def model_ids(self) -> list[str]:
+        return sorted(set(self.follower.replicas) | set(self.baselines))
+
+    def describe(self, model_id: str) -> dict[str, Any]:
+        """A model's state as GET /v1/models/{m} shows it."""
+        replica = self.follower.replicas.get(model_id)
+        served = replica.served if replica is not None else None
+        baseline = self.baselines.get(model_id)
+        variants = ([ONLINE] if replica is not None else []) + ([BASELINE] if baseline else [])
+        degraded = not self.follower.redis_ok
+        if served is None:
+            if baseline is None:
+                return {"name": model_id, "ready": False, "state": "loading",
+                        "variants": variants, "degraded": degraded}
+            return {"name": model_id, "ready": True, "state": "fallback",
+                    "version": baseline.version, "epoch": baseline.epoch,
+                    "spec": baseline.spec, "variants": variants, "degraded": degraded}
+        age = self.age_s(served.latest)
+        stale = age > self.settings.predictor.stale_after_s
+        state = "degraded" if degraded else "stale" if stale else "ready"
+        return {"name": model_id, "ready": True, "state": state,
+                "version": served.version.version, "epoch": served.version.epoch,
+                "latest_version": served.latest.version, "age_s": round(age, 3),
+                "spec": served.version.spec, "pinned": served.pin,
+                "pin_missing": served.pin_missing, "stale": stale, "degraded": degraded,
+                "variants": variants}
+
+    @staticmethod
+    def age_s(version: Version) -> float:
+        return max(0.0, time.time() - version.published_ms / 1000)
+
+
+PREDICTOR = web.AppKey("predictor", Predictor)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data), status=status, content_type="application/json")
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        content_type="application/json")
 
 
-def _describe(model_id: str, replica: ModelReplica, settings: Settings) -> dict[str, Any]:
-    served = replica.served
-    if served is None:
-        return {"name": model_id, "ready": False}
-    age = max(0.0, time.time() - served.published_ms / 1000)
-    return {"name": model_id, "ready": True, "version": served.version,
-            "epoch": served.epoch, "age_s": round(age, 3), "spec": served.spec,
-            "stale": age > settings.predictor.stale_after_s}
+def _error(p: Predictor, route: str, status: int, message: str, started: float
+           ) -> web.Response:
+    p.done(route, status, started)
+    return _json({"error": message}, status)
 
 
-async def list_models(request: web.Request) -> web.Response:
-    replicas = request.app[REPLICAS]
-    settings = request.app[SETTINGS]
-    return _json({"models": [_describe(m, r, settings) for m, r in sorted(replicas.items())]})
+def _split(instances: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
+    """Instances -> (feature rows, event ids): an instance is features or a wrapper map."""
+    rows: list[Any] = []
+    event_ids: list[str | None] = []
+    for i, instance in enumerate(instances):
+        if isinstance(instance, dict) and "features" in instance:
+            event_id = instance.get("event_id")
+            if event_id is not None and not isinstance(event_id, str):
+                raise FeatureError(f"instances[{i}].event_id: expected a string")
+            rows.append(instance["features"])
+            event_ids.append(event_id)
+        else:
+            rows.append(instance)
+            event_ids.append(None)
+    return rows, event_ids
 
 
-async def get_model(request: web.Request) -> web.Response:
-    model_id = request.match_info["model"]
-    replica = request.app[REPLICAS].get(model_id)
-    if replica is None:
-        return _json({"error": f"model '{model_id}' not found"}, 404)
-    return _json(_describe(model_id, replica, request.app[SETTINGS]))
+def _same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("features", "n_features", "hash_seed"))
+
+
+def _to_baseline(event_ids: list[str | None], fraction: float) -> bool:
+    """A/B split: by the first event id when given (stable per event), else at random."""
+    if fraction <= 0.0:
+        return False
+    first = event_ids[0]
+    draw = (zlib.crc32(first.encode()) / 2**32) if first is not None else random.random()
+    return draw < fraction
 
 
 async def predict(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    settings = request.app[SETTINGS]
+    p = request.app[PREDICTOR]
+    limits = p.settings.predictor
     model_id = request.match_info["model"]
-    replica = request.app[REPLICAS].get(model_id)
-    served = replica.served if replica else None
-    if served is None:
-        REQUESTS.labels("predict", "404").inc()
-        return _json({"error": f"model '{model_id}' not found"}, 404)
+    replica = p.follower.replicas.get(model_id)
+    served: Served | None = replica.served if replica is not None else None
+    baseline = p.baselines.get(model_id)
+    if served is None and baseline is None:
+        if replica is None:
+            return _error(p, "predict", 404, f"model '{model_id}' not found", started)
+        return _error(p, "predict", 503, f"model '{model_id}' has no weights loaded yet",
+                      started)
+    if (request.content_length or 0) > limits.max_body_bytes:
+        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes",
+                      started)
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        REQUESTS.labels("predict", "400").inc()
-        return _json({"error": "body is not JSON"}, 400)
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            raw = await request.read()
+        body = json.loads(raw)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes",
+                      started)
+    except TimeoutError:
+        return _error(p, "predict", 408, "request body not received in time", started)
+    except ValueError:
+        return _error(p, "predict", 400, "body is not JSON", started)
     instances = body.get("instances") if isinstance(body, dict) else None
     if not isinstance(instances, list) or not instances:
-        REQUESTS.labels("predict", "400").inc()
-        return _json({"error": "'instances' must be a non-empty list"}, 400)
-    if len(instances) > settings.predictor.max_instances:
-        REQUESTS.labels("predict", "413").inc()
-        return _json({"error": f"at most {settings.predictor.max_instances} instances"}, 413)
-    rows = [i["features"] if isinstance(i, dict) and "features" in i else i for i in instances]
+        return _error(p, "predict", 400, "instances: expected a non-empty list", started)
+    if len(instances) > limits.max_instances:
+        return _error(p, "predict", 413, f"instances: at most {limits.max_instances} per "
+                      f"request, got {len(instances)}", started)
     try:
-        X = vectorize(rows, served.spec)
+        rows, event_ids = _split(instances)
+        if served is None:
+            assert baseline is not None
+            primary, primary_name, other = baseline, BASELINE, None
+        elif baseline is not None and _to_baseline(event_ids, p.ab_fraction):
+            primary, primary_name, other = baseline, BASELINE, served.version
+        else:
+            primary, primary_name, other = served.version, ONLINE, baseline
+        X = vectorize(rows, primary.spec)
     except FeatureError as exc:
-        REQUESTS.labels("predict", "400").inc()
-        return _json({"error": str(exc)}, 400)
-    model = served.model
-    scores = (model.predict_many(X) if served.spec.get("type") == "linear"
-              else model.predict_proba_many(X))
-    age = max(0.0, time.time() - served.published_ms / 1000)
-    REQUESTS.labels("predict", "200").inc()
-    LATENCY.observe(time.perf_counter() - started)
-    return _json({"predictions": np.asarray(scores).tolist(), "model_version": served.version,
-                  "epoch": served.epoch, "stale": age > settings.predictor.stale_after_s})
+        return _error(p, "predict", 400, str(exc), started)
+    predictions = primary.score(X).tolist()
+    answer: dict[str, Any] = {"predictions": predictions, "model_version": primary.version,
+                              "epoch": primary.epoch, "variant": primary_name}
+    shadow = None
+    if other is not None:
+        try:
+            X_other = X if _same_features(primary.spec, other.spec) else vectorize(
+                rows, other.spec)
+        except FeatureError:
+            pass  # a shadow that cannot read these features must not fail the request
+        else:
+            shadow = Shadow(ONLINE if primary_name == BASELINE else BASELINE, other.version,
+                            other.score(X_other).tolist())
+            answer["shadow"] = {"variant": shadow.variant, "model_version": shadow.model_version,
+                                "predictions": shadow.scores}
+    if served is not None:
+        age = p.age_s(served.latest)
+        stale = age > limits.stale_after_s
+        answer.update(age_s=round(age, 3), stale=stale, degraded=not p.follower.redis_ok,
+                      fallback=False, pinned=served.pin, pin_missing=served.pin_missing)
+        reasons = [name for name, flag in (("stale", stale), ("degraded", answer["degraded"]),
+                                           ("pin_missing", served.pin_missing)) if flag]
+    else:
+        answer.update(stale=False, degraded=not p.follower.redis_ok, fallback=True,
+                      pinned=None, pin_missing=False)
+        reasons = [BASELINE]
+    for reason in reasons:
+        p.metrics.fallbacks.labels(model_id, reason).inc()
+    p.metrics.predictions.labels(model_id, primary_name).inc(len(rows))
+    if p.log is not None:
+        ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
+        answer["event_ids"] = ids
+        p.log.offer(Batch(model_id, time.time_ns() // 1_000_000, ids, rows, predictions,
+                          primary.version, primary.epoch, primary_name, shadow))
+    p.done("predict", 200, started)
+    return _json(answer)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    answer = _json({"models": [p.describe(m) for m in p.model_ids()]})
+    p.done("models", 200, started)
+    return answer
+
+
+async def get_model(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    model_id = request.match_info["model"]
+    if model_id not in p.follower.replicas and model_id not in p.baselines:
+        return _error(p, "model", 404, f"model '{model_id}' not found", started)
+    p.done("model", 200, started)
+    return _json(p.describe(model_id))
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -134,40 +249,104 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    replicas = request.app[REPLICAS]
-    ready = bool(replicas) and all(r.served is not None for r in replicas.values())
-    return _json({"ready": ready}, 200 if ready else 503)
+    p = request.app[PREDICTOR]
+    # list(): the follower thread may add a model meanwhile (a C-level copy is atomic).
+    waiting = [m for m, r in list(p.follower.replicas.items())
+               if r.served is None and m not in p.baselines]
+    ready = p.follower.models_known and not waiting
+    return _json({"ready": ready, "loading": sorted(waiting),
+                  "redis": p.follower.redis_ok}, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    for model_id, replica in request.app[REPLICAS].items():
-        if replica.served is not None:
-            MODEL_VERSION.labels(model_id).set(replica.served.version)
-            MODEL_AGE.labels(model_id).set(time.time() - replica.served.published_ms / 1000)
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    p = request.app[PREDICTOR]
+    m = p.metrics
+    for model_id, replica in list(p.follower.replicas.items()):
+        served = replica.served
+        if served is None:
+            continue
+        age = p.age_s(served.latest)
+        m.model_version.labels(model_id).set(served.version.version)
+        m.model_latest_version.labels(model_id).set(served.latest.version)
+        m.model_epoch.labels(model_id).set(served.version.epoch)
+        m.model_age.labels(model_id).set(age)
+        m.model_stale.labels(model_id).set(int(age > p.settings.predictor.stale_after_s))
+        m.pin_missing.labels(model_id).set(int(served.pin_missing))
+    if p.log is not None:
+        m.log_queue.set(p.log.depth())
+    return web.Response(body=generate_latest(m.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(settings: Settings) -> web.Application:
+async def openapi(_request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
+             ab_fraction: float = 0.0, log_predictions: bool = True,
+             producer_factory: Callable[[], Producer] | None = None) -> web.Application:
+    """The predictor app; the follower and log threads run between startup and cleanup.
+
+    ``baselines`` maps model ids to baseline files (see :mod:`flowlearn.serving.baseline`),
+    scored beside the online model; ``ab_fraction`` of requests are answered by the
+    baseline instead (0: shadow only). ``producer_factory`` replaces the Kafka producer of
+    the prediction log (tests); ``log_predictions=False`` turns the log off.
+    """
+    if not 0.0 <= ab_fraction <= 1.0:
+        raise ValueError(f"ab_fraction must be within [0, 1], got {ab_fraction}")
+    loaded = {m: load_baseline(path) for m, path in (baselines or {}).items()}
+    metrics_ = Metrics()
+    r = settings.redis
+    # The socket timeout must outlast a blocking XREAD, or every quiet second is an error.
+    client = redis.Redis(host=r.host, port=r.port, password=r.password or None,
+                         socket_timeout=BLOCK_MS / 1000 + 2.0, socket_connect_timeout=2.0)
+    follower = Follower(client, Keys(r.prefix), metrics_)
+    prediction_log = None
+    if log_predictions:
+        prediction_log = PredictionLog(
+            settings.kafka.topics.events,
+            producer_factory or kafka_producer(settings.kafka.bootstrap), metrics_)
     app = web.Application(client_max_size=settings.predictor.max_body_bytes)
-    app[SETTINGS] = settings
-    app[REPLICAS] = {}
+    app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded,
+                               ab_fraction)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/models/{model}:predict", predict)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
 
-    async def follow(app: web.Application) -> Any:
-        import threading
-
-        stop = threading.Event()
-        task = asyncio.get_running_loop().run_in_executor(
-            None, _follow, settings, app[REPLICAS], stop)
+    async def background(_app: web.Application) -> AsyncIterator[None]:
+        thread = threading.Thread(target=follower.run, name="redis-follower", daemon=True)
+        thread.start()
+        if prediction_log is not None:
+            prediction_log.start()
         yield
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
+        follower.stop()
+        await asyncio.to_thread(thread.join, SHUTDOWN_TIMEOUT_S)
+        client.close()
+        if prediction_log is not None:
+            await asyncio.to_thread(prediction_log.close, SHUTDOWN_TIMEOUT_S)
 
-    app.cleanup_ctx.append(follow)
+    app.cleanup_ctx.append(background)
     return app
+
+
+def run(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
+        ab_fraction: float = 0.0, log_predictions: bool = True) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully (uvloop when available)."""
+    loop: asyncio.AbstractEventLoop | None = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        log.info("uvloop is not installed; using asyncio's event loop")
+    app = make_app(settings, baselines=baselines, ab_fraction=ab_fraction,
+                   log_predictions=log_predictions)
+    p = settings.predictor
+    log.info("predictor on %s (Redis %s, prefix %r)", p.url, settings.redis.url,
+             settings.redis.prefix)
+    web.run_app(app, host=p.host, port=p.port, access_log=None, loop=loop,
+                shutdown_timeout=SHUTDOWN_TIMEOUT_S, print=None)

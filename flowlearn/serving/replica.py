@@ -1,94 +1,366 @@
-"""Bit-exact replicas of published models, following Redis (DESIGN: Redis contract).
+"""Bit-exact replicas of published models, following Redis (DESIGN: "Redis contract").
 
-A replica loads a model's snapshot, then applies the entries of its delta stream: an entry
-of the held epoch whose ``base_version`` is the held version is applied; an entry of another
-epoch, or a gap, makes the replica reload the snapshot. New weights are built completely
-before they replace the served ones (one reference swap), so a request always scores with
-the weights of exactly one published version.
+A :class:`ModelReplica` holds the newest version of one model it could build, and a few
+recent ones for pins. A :class:`Follower` keeps every model of the ``models`` set up to
+date: it loads a snapshot, then reads the delta stream from the snapshot's id onwards
+(blocking ``XREAD``). For each entry, with ``(e, v)`` the held epoch and version:
+
+- an entry of an older epoch, or of epoch ``e`` with version ``<= v``, is already included:
+  skipped;
+- an entry of epoch ``e`` whose ``base_version`` is ``v`` is applied;
+- anything else (a newer epoch, or a gap) reloads the snapshot; if the snapshot does not
+  make the entry fit either, the entry is skipped and counted, and the held version stays.
+
+Each refresh (about every second, and first thing after Redis comes back) also reads the
+snapshot headers: a snapshot ahead of the replica is loaded, and a snapshot that went
+missing or moved backwards means Redis lost its data — the replica then keeps serving what
+it holds but applies nothing more until it can load the new lineage's snapshot.
+
+A new version's weights are built completely, made read-only, and only then published by
+one reference assignment (``replica.served``), so a request sees exactly one published
+version, never a mix; the follower thread is the only writer.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 
-from flowlearn import codec, linear
-from flowlearn.redis_contract import DeltaEntry, Keys, Snapshot, read_snapshot
+from flowlearn import codec
+from flowlearn.redis_contract import DeltaEntry, Keys, Snapshot, delta_stream_id, read_snapshot
+from flowlearn.serving.metrics import Metrics
+from flowlearn.serving.scoring import Scorer, scorer
+
+log = logging.getLogger("flowlearn.serving.replica")
+
+#: Recent versions kept per model, so that a pin to one of them is served from memory.
+HISTORY = 16
+#: Stream entries read per stream and call.
+READ_COUNT = 1000
+#: Blocking read time of XREAD (ms); bounds how late a new model or a pin is noticed.
+BLOCK_MS = 1000
+#: Reconnection backoff (seconds) while Redis is unreachable.
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 
 
-@dataclass(frozen=True)
-class Served:
-    """One published version, ready to score: never mutated after construction."""
+@dataclass(frozen=True, eq=False)
+class Version:
+    """One published version, ready to score; never mutated (its weights are read-only)."""
 
     epoch: int
     version: int
-    samples_applied: int
-    spec: dict[str, Any]
+    spec: Mapping[str, Any]
     weights: np.ndarray
-    model: Any
     published_ms: int
-    loaded_at: float
+    score: Scorer
 
     @classmethod
-    def build(cls, epoch: int, version: int, samples_applied: int, spec: dict[str, Any],
-              weights: np.ndarray, published_ms: int) -> Served:
+    def build(cls, epoch: int, version: int, spec: Mapping[str, Any], weights: np.ndarray,
+              published_ms: int) -> Version:
+        """Freeze ``weights`` (owned by the new version) and bind the scorer to them."""
         weights.setflags(write=False)
-        return cls(epoch, version, samples_applied, spec, weights,
-                   linear.from_spec(spec, weights), published_ms, time.time())
+        return cls(epoch, version, spec, weights, published_ms, scorer(spec, weights))
+
+
+@dataclass(frozen=True, eq=False)
+class Served:
+    """What a request scores with: one version, plus how it was chosen."""
+
+    version: Version
+    latest: Version
+    pin: int | None
+    pin_missing: bool
+
+
+class Offer(enum.Enum):
+    """What a replica did with a stream entry."""
+
+    SKIPPED = "skipped"
+    APPLIED = "applied"
+    RELOAD = "reload"
+
+
+def _position(stream_id: bytes) -> tuple[int, int]:
+    epoch, _, version = stream_id.partition(b"-")
+    return int(epoch), int(version)
 
 
 class ModelReplica:
-    """The served version of one model and the stream position it has read to."""
+    """The versions of one model this process holds and where it is in the delta stream."""
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, history: int = HISTORY) -> None:
         self.model_id = model_id
+        #: Newest version held; what a request scores with, unless a pin says otherwise.
+        self.latest: Version | None = None
+        #: The one reference a request reads: swapped whole, never modified.
         self.served: Served | None = None
-        self.last_id = b"0-0"
-        self.reloads = 0
+        #: Stream id ``(epoch, version)`` read up to.
+        self.position = (0, 0)
+        #: ``(epoch, version, ts)`` of the newest snapshot header seen in Redis.
+        self.snapshot_seen: tuple[int, int, int] | None = None
+        #: Set when Redis no longer has the model: the next snapshot starts a new lineage.
+        self.lost = False
+        self._history: OrderedDict[tuple[int, int], Version] = OrderedDict()
+        self._keep = history
+        self._pin: int | None = None
 
-    def load(self, snap: Snapshot) -> None:
-        self.served = Served.build(snap.epoch, snap.version, snap.samples_applied, snap.spec,
-                                   snap.weights.copy(), snap.ts)
-        self.reloads += 1
+    def load(self, snap: Snapshot, reset: bool = False) -> bool:
+        """Adopt a snapshot if it is newer than what is held; True when adopted.
 
-    def apply(self, entry: DeltaEntry) -> bool:
-        """Apply one stream entry; False when the replica must reload the snapshot."""
-        self.last_id = entry.stream_id
-        served = self.served
-        if served is None:
+        ``reset`` adopts a snapshot of an older epoch: only Redis losing its data (the epoch
+        counter starting again) produces one.
+        """
+        held = self.latest
+        if held is not None and not reset and (snap.epoch, snap.version) <= (
+                held.epoch, held.version):
             return False
-        if entry.epoch == served.epoch and entry.version <= served.version:
-            return True  # already included (read before the snapshot was taken)
-        if entry.epoch != served.epoch or entry.base_version != served.version:
-            return False
-        weights = served.weights.copy()
-        codec.apply_delta(weights, entry.delta)
-        self.served = Served.build(served.epoch, entry.version,
-                                   served.samples_applied, served.spec, weights, entry.ts)
+        if reset:
+            self._history.clear()
+            self.lost = False
+        self.snapshot_seen = (snap.epoch, snap.version, snap.ts)
+        weights = snap.weights.astype(np.float64, copy=True).reshape(-1)
+        self._hold(Version.build(snap.epoch, snap.version, snap.spec, weights, snap.ts))
+        self.position = (snap.epoch, snap.version) if reset else max(
+            self.position, (snap.epoch, snap.version))
         return True
 
+    def check_snapshot(self, header: tuple[int, int, int] | None) -> str | None:
+        """Given the snapshot's ``(epoch, version, ts)`` now in Redis (None: missing), the
+        reason to reload it, or None.
 
-def sync(client: redis.Redis, keys: Keys, replica: ModelReplica) -> None:
-    """Bring one replica up to date: snapshot if needed, then every stream entry after it."""
-    if replica.served is None:
-        snap = read_snapshot(client, keys, replica.model_id)
-        if snap is None:
+        Within an epoch snapshots only move forward, and the epoch counter only grows, so a
+        changed snapshot older than what is held means Redis lost its data and the counter
+        started again: the old lineage must not be continued ("reset").
+        """
+        held = self.latest
+        seen, self.snapshot_seen = self.snapshot_seen, header or self.snapshot_seen
+        if header is None:
+            self.lost = held is not None
+            return None
+        if held is None:
+            return "start"
+        snap = header[:2]
+        if self.lost or snap[0] < held.epoch or (
+                header != seen and snap < (held.epoch, held.version)):
+            return "reset"
+        if snap > (held.epoch, held.version):
+            # Normally the stream gets there first; this catches a replica whose stream
+            # position was trimmed away entirely.
+            return "epoch" if snap[0] > held.epoch else "behind"
+        return None
+
+    def offer(self, entry: DeltaEntry) -> Offer:
+        """Skip, apply, or ask for a snapshot reload (see the module docstring)."""
+        held = self.latest
+        if held is None or self.lost:
+            return Offer.RELOAD
+        if (entry.epoch, entry.version) <= (held.epoch, held.version):
+            return Offer.SKIPPED
+        if entry.epoch != held.epoch or entry.base_version != held.version:
+            return Offer.RELOAD
+        weights = held.weights.copy()  # copy-on-write: the served array is never touched
+        try:
+            codec.apply_delta(weights, entry.delta)
+        except codec.CodecError:
+            return Offer.RELOAD
+        self._hold(Version.build(held.epoch, entry.version, held.spec, weights, entry.ts))
+        return Offer.APPLIED
+
+    def set_pin(self, pin: int | None) -> None:
+        if pin != self._pin:
+            self._pin = pin
+            self._resolve()
+
+    def _hold(self, version: Version) -> None:
+        key = (version.epoch, version.version)
+        self._history[key] = version
+        self._history.move_to_end(key)
+        while len(self._history) > self._keep:
+            self._history.popitem(last=False)
+        self.latest = version
+        self._resolve()
+
+    def _resolve(self) -> None:
+        latest = self.latest
+        if latest is None:
             return
-        replica.load(snap)
-        replica.last_id = b"0-0"
-    for stream_id, fields in client.xrange(keys.deltas(replica.model_id),
-                                           min=_after(replica.last_id)):
-        if not replica.apply(DeltaEntry.from_entry(stream_id, fields)):
-            snap = read_snapshot(client, keys, replica.model_id)
-            if snap is not None:
-                replica.load(snap)
-            replica.last_id = stream_id
+        if self._pin is None:
+            self.served = Served(latest, latest, None, False)
+            return
+        # Within an epoch a version names one set of weights, and a new epoch replays the
+        # same ones (DESIGN), so the newest epoch holding the pinned version will do.
+        pinned = [v for (_, n), v in self._history.items() if n == self._pin]
+        chosen = max(pinned, key=lambda v: v.epoch) if pinned else latest
+        self.served = Served(chosen, latest, self._pin, not pinned)
 
 
-def _after(stream_id: bytes) -> str:
-    """XRANGE's lower bound just after ``stream_id`` (exclusive), or the stream's start."""
-    return "(" + stream_id.decode() if stream_id != b"0-0" else "-"
+class Follower:
+    """Keeps a :class:`ModelReplica` of every model in Redis up to date.
+
+    :meth:`run` is the loop of the follower thread; :meth:`sync` does the same work once,
+    without blocking (tests drive it step by step). Only this object writes to replicas.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, metrics: Metrics,
+                 history: int = HISTORY, refresh_s: float = 1.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.metrics = metrics
+        self.replicas: dict[str, ModelReplica] = {}
+        #: True while the last Redis call succeeded.
+        self.redis_ok = False
+        #: True once the models set has been read: only then is "every model loaded" known.
+        self.models_known = False
+        self._history = history
+        self._refresh_s = refresh_s
+        self._last_refresh = float("-inf")
+        self._stream_models: dict[bytes, str] = {}
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ one round
+
+    def refresh(self) -> None:
+        """Re-read the models set, each model's snapshot header, and the pins."""
+        for raw in self.client.smembers(self.keys.models):
+            model_id = raw.decode()
+            if model_id not in self.replicas:
+                self.replicas[model_id] = ModelReplica(model_id, self._history)
+                self._stream_models[self.keys.deltas(model_id).encode()] = model_id
+        # Every model held, listed or not: a model missing from Redis may mean lost data.
+        models = sorted(self.replicas)
+        pipe = self.client.pipeline(transaction=False)
+        for model_id in models:
+            pipe.hmget(self.keys.snapshot(model_id), "epoch", "version", "ts")
+            pipe.get(self.keys.pin(model_id))
+        answers = pipe.execute()
+        for i, model_id in enumerate(models):
+            replica = self.replicas[model_id]
+            header, pin = answers[2 * i], answers[2 * i + 1]
+            reason = replica.check_snapshot(
+                None if None in header else (int(header[0]), int(header[1]), int(header[2])))
+            if reason is not None:
+                self._reload(replica, reason)
+            replica.set_pin(self._parse_pin(model_id, pin))
+        self.models_known = True
+        self._last_refresh = time.monotonic()
+
+    def poll(self, block_ms: int | None) -> int:
+        """Read and handle the entries after each replica's position; how many were read."""
+        streams: dict[bytes | str, bytes | str] = {
+            self.keys.deltas(m): delta_stream_id(*r.position)
+            for m, r in self.replicas.items() if r.latest is not None}
+        if not streams:
+            return 0
+        count = 0
+        for stream, entries in self.client.xread(streams, count=READ_COUNT, block=block_ms) or []:
+            replica = self.replicas[self._stream_models[stream]]
+            for stream_id, fields in entries:
+                self._handle(replica, stream_id, fields)
+                count += 1
+        return count
+
+    def sync(self) -> None:
+        """Refresh, then read until every stream is drained (non-blocking)."""
+        self.refresh()
+        while self.poll(None):
+            pass
+
+    # ------------------------------------------------------------------ the thread
+
+    def run(self) -> None:
+        """Follow until :meth:`stop`; Redis errors are logged and retried, never raised."""
+        backoff = BACKOFF_MIN_S
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - self._last_refresh >= self._refresh_s:
+                    self.refresh()
+                self._set_redis_ok(True)
+                backoff = BACKOFF_MIN_S
+                if not any(r.latest is not None for r in self.replicas.values()):
+                    self._stop.wait(self._refresh_s)
+                    continue
+                self.poll(BLOCK_MS)
+            except redis.RedisError as exc:
+                if self._stop.is_set():
+                    break
+                if self.redis_ok:
+                    log.warning("Redis unreachable (%s): serving the last good weights", exc)
+                self._set_redis_ok(False)
+                # Redis may come back without its data: look at the snapshots before
+                # reading any stream entry (see ModelReplica.check_snapshot).
+                self._last_refresh = float("-inf")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            except Exception:  # a bug must not stop the models from being served
+                if self._stop.is_set():
+                    break  # stop() closed the socket under a read: any error may surface
+                log.exception("follower error; retrying")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return promptly, even from inside a blocking read."""
+        self._stop.set()
+        # Closing the sockets wakes a blocked XREAD at once instead of after BLOCK_MS.
+        self.client.connection_pool.disconnect()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _set_redis_ok(self, ok: bool) -> None:
+        if ok != self.redis_ok:
+            if ok:
+                log.info("Redis reachable")
+            self.redis_ok = ok
+            self.metrics.redis_up.set(1 if ok else 0)
+
+    def _handle(self, replica: ModelReplica, stream_id: bytes, fields: dict[bytes, bytes]
+                ) -> None:
+        try:
+            entry = DeltaEntry.from_entry(stream_id, fields)
+        except (codec.CodecError, KeyError, ValueError) as exc:
+            log.warning("%s: unusable stream entry %s: %s", replica.model_id, stream_id, exc)
+            self.metrics.stream_errors.labels(replica.model_id, "bad_entry").inc()
+        else:
+            outcome = replica.offer(entry)
+            if outcome is Offer.RELOAD:
+                held = replica.latest
+                self._reload(replica, "reset" if replica.lost else
+                             "epoch" if held and entry.epoch != held.epoch else "gap")
+                outcome = replica.offer(entry)
+            if outcome is Offer.APPLIED:
+                self.metrics.deltas_applied.labels(replica.model_id).inc()
+            elif outcome is Offer.RELOAD:
+                # Not buildable even from the snapshot (e.g. trimmed past it): keep the held
+                # version; a later snapshot will move the replica on.
+                self.metrics.stream_errors.labels(replica.model_id, "gap").inc()
+        replica.position = max(replica.position, _position(stream_id))
+
+    def _reload(self, replica: ModelReplica, reason: str) -> None:
+        try:
+            snap = read_snapshot(self.client, self.keys, replica.model_id)
+            loaded = snap is not None and replica.load(snap, reset=reason == "reset")
+        except (codec.CodecError, KeyError, ValueError) as exc:
+            log.warning("%s: unusable snapshot: %s", replica.model_id, exc)
+            self.metrics.stream_errors.labels(replica.model_id, "bad_snapshot").inc()
+            return
+        if loaded:
+            self.metrics.reloads.labels(replica.model_id, reason).inc()
+
+    def _parse_pin(self, model_id: str, raw: bytes | None) -> int | None:
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            log.warning("%s: pin %r is not a version number; ignored", model_id, raw)
+            self.metrics.stream_errors.labels(model_id, "bad_pin").inc()
+            return None

@@ -1,0 +1,71 @@
+"""Scoring a published weights vector: one small vectorised function per model type.
+
+This is the predictor's hot path, so it does no validation (the features were checked by
+:func:`flowlearn.features.vectorize`, the weights' length when the version was built) and
+keeps views into the read-only weights instead of copying them. The arithmetic is the
+training core's (``flowlearn.linear``) operation for operation, in float64, so a prediction
+here is bit-identical to ``linear.from_spec(spec, weights).predict_proba_many(X)``;
+``tests/unit/serving/test_scoring.py`` holds that equality.
+
+>>> import numpy as np
+>>> score = scorer({"type": "logistic", "n_features": 2, "intercept": True},
+...                np.array([1.0, -1.0, 0.0]))
+>>> score(np.array([[0.0, 0.0]])).tolist()
+[0.5]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+#: ``X (n, d) float64 -> scores``: ``(n,)`` for logistic and linear, ``(n, k)`` for softmax.
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def n_weights(spec: Mapping[str, Any]) -> int:
+    """Length of the weights vector a spec describes: coef then the intercept(s)."""
+    k = len(spec.get("classes") or ()) if spec.get("type") == "softmax" else 1
+    return int(spec["n_features"]) * k + (k if spec.get("intercept", True) else 0)
+
+
+def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
+    """The scoring function of one version (closes over views of ``weights``).
+
+    Raises ValueError for an unknown model type or a weights vector of the wrong length.
+    """
+    kind = spec.get("type")
+    if kind not in ("logistic", "softmax", "linear"):
+        raise ValueError(f"unknown model type {kind!r}; expected logistic, softmax or linear")
+    if weights.shape != (n_weights(spec),):
+        raise ValueError(f"spec needs {n_weights(spec)} weights, got shape {weights.shape}")
+    d = int(spec["n_features"])
+    k = len(spec.get("classes") or ()) if kind == "softmax" else 1
+    coef = weights[: d * k].reshape((d, k) if kind == "softmax" else (d,))
+    bias = weights[d * k :] if spec.get("intercept", True) else None
+
+    def linear(X: np.ndarray) -> np.ndarray:
+        z = X @ coef
+        if bias is not None:
+            z += bias
+        return z
+
+    if kind == "linear":
+        return linear
+    if kind == "logistic":
+
+        def logistic(X: np.ndarray) -> np.ndarray:
+            # The floor only keeps exp() from overflowing (as in flowlearn.linear).
+            return 1.0 / (1.0 + np.exp(-np.maximum(linear(X), -700.0)))
+
+        return logistic
+
+    def softmax(X: np.ndarray) -> np.ndarray:
+        z = linear(X)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        e /= e.sum(axis=1, keepdims=True)
+        return e
+
+    return softmax

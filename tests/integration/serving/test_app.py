@@ -1,0 +1,319 @@
+"""The predictor's HTTP API against a real Redis fed by the trainer-side Publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp.test_utils import TestClient, TestServer
+
+from flowlearn import linear
+from flowlearn.redis_contract import Keys
+from flowlearn.serving.app import make_app
+from flowlearn.serving.baseline import write_baseline
+
+from .conftest import RedisServer, Trainer, spec_json
+
+W = np.array([1.0, -1.0, 0.5, 0.25])  # logistic, 3 features: coef then intercept
+
+
+class FakeProducer:
+    """Records what the prediction log sends, as kafka-python's producer would take it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    def send(self, topic: str, value: bytes, key: bytes) -> Any:
+        self.sent.append((topic, key, value))
+        return Future()
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+class Future:
+    def add_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(None)
+
+    def add_errback(self, fn: Callable[[BaseException], None]) -> None:
+        pass
+
+
+Scenario = Callable[[TestClient, Trainer], Awaitable[None]]
+
+
+def serve(server: RedisServer, prefix: str, scenario: Scenario, **options: Any) -> None:
+    """Run ``scenario`` against a predictor app, with a trainer publishing model ``m``."""
+    predictor = options.pop("predictor", {})
+    settings = server.settings(prefix, **predictor)
+
+    async def main() -> None:
+        client = server.client()
+        trainer = Trainer(client, Keys(prefix), "m")
+        try:
+            async with TestClient(TestServer(make_app(settings, **options))) as http:
+                await scenario(http, trainer)
+        finally:
+            client.close()
+
+    asyncio.run(main())
+
+
+async def until(what: str, check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def at_version(http: TestClient, version: int, model: str = "m") -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        resp = await http.get(f"/v1/models/{model}")
+        body = await resp.json()
+        return body if resp.status == 200 and body.get("version") == version else None
+
+    answer: dict[str, Any] = await until(f"{model} at version {version}", check)
+    return answer
+
+
+async def predict(http: TestClient, instances: Any, model: str = "m", status: int = 200
+                  ) -> dict[str, Any]:
+    resp = await http.post(f"/v1/models/{model}:predict", json={"instances": instances})
+    body: dict[str, Any] = await resp.json()
+    assert resp.status == status, body
+    return body
+
+
+async def metrics_text(http: TestClient) -> str:
+    return await (await http.get("/metrics")).text()
+
+
+def test_predict_follows_published_versions(serving_redis, prefix):
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        assert (await http.get("/readyz")).status in (200, 503)
+        trainer.publish(W)
+        await at_version(http, 1)
+        body = await predict(http, [[1, 0, 0], {"features": [0, 1, 0], "event_id": "e-1"}])
+        model = linear.from_spec(json.loads(trainer.spec), W)
+        assert body["predictions"] == model.predict_proba_many(
+            np.array([[1.0, 0, 0], [0, 1.0, 0]])).tolist()
+        assert (body["model_version"], body["epoch"], body["variant"]) == (1, trainer.epoch,
+                                                                          "online")
+        assert body["stale"] is body["degraded"] is body["fallback"] is False
+        assert body["event_ids"][1] == "e-1" and len(body["event_ids"][0]) == 32
+        # A new version is served as soon as it is published.
+        trainer.publish(W * 2)
+        await at_version(http, 2)
+        body = await predict(http, [[1, 0, 0]])
+        assert body["model_version"] == 2
+        assert body["predictions"] == linear.from_spec(
+            json.loads(trainer.spec), W * 2).predict_proba_many(np.array([[1.0, 0, 0]])).tolist()
+        listed = await (await http.get("/v1/models")).json()
+        assert [m["name"] for m in listed["models"]] == ["m"]
+        described = listed["models"][0]
+        assert described["spec"]["n_features"] == 3 and described["state"] == "ready"
+        assert described["age_s"] >= 0 and described["epoch"] == trainer.epoch
+        assert (await http.get("/healthz")).status == 200
+        assert (await http.get("/readyz")).status == 200
+        doc = await (await http.get("/openapi.json")).json()
+        assert "/v1/models/{model}:predict" in doc["paths"]
+        text = await metrics_text(http)
+        assert 'flowlearn_predictor_model_version{model="m"} 2.0' in text
+        assert 'flowlearn_predictor_redis_up 1.0' in text
+        assert 'flowlearn_predictor_requests_total{route="predict",status="200"} 2.0' in text
+        assert 'flowlearn_predictor_predictions_total{model="m",variant="online"} 3.0' in text
+        assert 'flowlearn_predictor_request_seconds_count{route="predict"} 2.0' in text
+
+    serve(serving_redis, prefix, scenario, producer_factory=FakeProducer)
+
+
+def test_softmax_and_linear_models(serving_redis, prefix):
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        softmax = Trainer(trainer.client, trainer.keys, "s", size=9,
+                          spec=spec_json("softmax", 2, classes=[0, 1, 2]))
+        weights = np.arange(9.0) / 10  # (2, 3) coef then 3 intercepts
+        softmax.publish(weights)
+        regression = Trainer(trainer.client, trainer.keys, "r", size=3, spec=spec_json("linear", 2))
+        regression.publish(np.array([2.0, -1.0, 0.5]))
+        await at_version(http, 1, "s")
+        await at_version(http, 1, "r")
+        body = await predict(http, [[1.0, 2.0]], model="s")
+        assert body["predictions"] == linear.from_spec(json.loads(softmax.spec), weights
+                                                       ).predict_proba_many([[1.0, 2.0]]).tolist()
+        assert (await predict(http, [[1.0, 2.0]], model="r"))["predictions"] == [0.5]
+
+    serve(serving_redis, prefix, scenario, log_predictions=False)
+
+
+def test_input_errors(serving_redis, prefix):
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        trainer.publish(W)
+        await at_version(http, 1)
+        body = await predict(http, [[1, 2, 3]], model="nope", status=404)
+        assert "nope" in body["error"]
+        assert (await http.get("/v1/models/nope")).status == 404
+        assert "instances[1][1]" in (await predict(http, [[1, 2, 3], [1, "x", 3]], status=400)
+                                     )["error"]
+        assert "expected 3 values" in (await predict(http, [[1, 2]], status=400))["error"]
+        assert "event_id" in (await predict(
+            http, [{"features": [1, 2, 3], "event_id": 5}], status=400))["error"]
+        assert "instances" in (await predict(http, [], status=400))["error"]
+        assert "at most 5" in (await predict(http, [[1, 2, 3]] * 6, status=413))["error"]
+        resp = await http.post("/v1/models/m:predict", data=b"x" * 5000)
+        assert resp.status == 413 and "bytes" in (await resp.json())["error"]
+        resp = await http.post("/v1/models/m:predict", data=b"{not json")
+        assert resp.status == 400 and (await resp.json())["error"] == "body is not JSON"
+        text = await metrics_text(http)
+        assert 'flowlearn_predictor_requests_total{route="predict",status="413"} 2.0' in text
+
+    serve(serving_redis, prefix, scenario, log_predictions=False,
+          predictor={"max_instances": 5, "max_body_bytes": 4096})
+
+
+def test_pin_and_staleness_are_flagged(serving_redis, prefix):
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        for i in range(3):
+            trainer.publish(W + i)
+        await at_version(http, 3)
+        trainer.client.set(trainer.keys.pin("m"), 2)
+        described = await at_version(http, 2)
+        assert described["pinned"] == 2 and described["latest_version"] == 3
+        body = await predict(http, [[0, 0, 0]])
+        assert (body["model_version"], body["pinned"], body["pin_missing"]) == (2, 2, False)
+        trainer.client.set(trainer.keys.pin("m"), 99)
+        described = await at_version(http, 3)
+        assert described["pin_missing"] is True
+        body = await predict(http, [[0, 0, 0]])
+        assert body["pin_missing"] is True and body["model_version"] == 3
+        # stale_after_s is 0.2: with nothing new published, the model turns stale.
+        await until("stale", lambda: predict(http, [[0, 0, 0]]), 5)
+
+        async def stale() -> bool:
+            return bool((await predict(http, [[0, 0, 0]]))["stale"])
+
+        await until("the stale flag", stale, 5)
+        text = await metrics_text(http)
+        assert 'flowlearn_predictor_model_stale{model="m"} 1.0' in text
+        assert 'flowlearn_predictor_pin_missing{model="m"} 1.0' in text
+        assert 'flowlearn_predictor_fallbacks_total{model="m",reason="stale"}' in text
+        assert 'flowlearn_predictor_fallbacks_total{model="m",reason="pin_missing"}' in text
+
+    serve(serving_redis, prefix, scenario, log_predictions=False,
+          predictor={"stale_after_s": 0.2})
+
+
+def test_redis_outage_serves_last_good_weights_and_recovers(own_redis, prefix):
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        trainer.publish(W)
+        await at_version(http, 1)
+        own_redis.stop()
+
+        async def degraded() -> dict[str, Any] | None:
+            body = await predict(http, [[1, 0, 0]])
+            return body if body["degraded"] else None
+
+        body = await until("the degraded flag", degraded)
+        assert body["model_version"] == 1 and len(body["predictions"]) == 1
+        assert 'flowlearn_predictor_redis_up 0.0' in await metrics_text(http)
+        assert (await http.get("/readyz")).status == 200  # it still serves
+        own_redis.start()  # empty: no persistence
+        client = own_redis.client()
+        fresh = Trainer(client, trainer.keys, "m")  # the job republishes everything
+        fresh.publish(W * 3)
+        fresh.publish(W * 4)
+
+        async def recovered() -> dict[str, Any] | None:
+            body = await predict(http, [[1, 0, 0]])
+            return body if not body["degraded"] and body["model_version"] == 2 else None
+
+        body = await until("recovery", recovered)
+        assert body["predictions"] == linear.from_spec(
+            json.loads(fresh.spec), W * 4).predict_proba_many(np.array([[1.0, 0, 0]])).tolist()
+        client.close()
+
+    serve(own_redis, prefix, scenario, log_predictions=False)
+
+
+def test_prediction_log_records_what_was_served(serving_redis, prefix, tmp_path: Path):
+    producer = FakeProducer()
+    baseline_w = np.array([0.0, 0.0, 0.0, 2.0])
+    write_baseline(tmp_path / "m.flc", json.loads(spec_json()), baseline_w, version=7)
+
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        trainer.publish(W)
+        await at_version(http, 1)
+        body = await predict(http, [{"features": [1, 0, 0], "event_id": "ev-9"}, [0, 1, 0]])
+        assert body["variant"] == "online"
+        expected_shadow = (1 / (1 + np.exp(-np.array([2.0, 2.0])))).tolist()
+        assert body["shadow"] == {"variant": "baseline", "model_version": 7,
+                                  "predictions": expected_shadow}
+        await until("two log records", lambda: asyncio.sleep(0, len(producer.sent) == 2))
+        topic, key, value = producer.sent[0]
+        record = json.loads(value)
+        assert (topic, key) == ("fl.events", b"m")
+        assert record["event_id"] == "ev-9" and record["model_id"] == "m"
+        assert record["features"] == [1, 0, 0] and record["score"] == body["predictions"][0]
+        assert (record["model_version"], record["epoch"], record["variant"]) == (
+            1, trainer.epoch, "online")
+        assert record["shadow"] == {"variant": "baseline", "model_version": 7,
+                                    "score": expected_shadow[0]}
+        assert abs(record["ts"] - time.time() * 1000) < 60_000
+        second = json.loads(producer.sent[1][2])
+        assert second["event_id"] == body["event_ids"][1] != "ev-9"
+        assert 'flowlearn_predictor_log_sent_total 2.0' in await metrics_text(http)
+
+    serve(serving_redis, prefix, scenario, baselines={"m": tmp_path / "m.flc"},
+          producer_factory=lambda: producer)
+
+
+def test_ab_split_and_baseline_fallback(serving_redis, prefix, tmp_path: Path):
+    write_baseline(tmp_path / "m.flc", json.loads(spec_json()), np.zeros(4), version=3)
+    write_baseline(tmp_path / "only.flc", json.loads(spec_json()), np.zeros(4))
+
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        # A model only a baseline knows is served from it, flagged as a fallback.
+        body = await predict(http, [[1, 2, 3]], model="only")
+        assert (body["variant"], body["fallback"], body["predictions"]) == ("baseline", True,
+                                                                           [0.5])
+        trainer.publish(W)
+        await at_version(http, 1)
+        variants = set()
+        for i in range(40):
+            body = await predict(http, [{"features": [1, 0, 0], "event_id": f"user-{i}"}])
+            variants.add(body["variant"])
+            other = "online" if body["variant"] == "baseline" else "baseline"
+            assert body["shadow"]["variant"] == other
+            again = await predict(http, [{"features": [1, 0, 0], "event_id": f"user-{i}"}])
+            assert again["variant"] == body["variant"]  # stable per event id
+        assert variants == {"online", "baseline"}
+
+    serve(serving_redis, prefix, scenario, baselines={"m": tmp_path / "m.flc",
+                                                      "only": tmp_path / "only.flc"},
+          ab_fraction=0.5, log_predictions=False)
+
+
+def test_kafka_down_never_slows_requests(serving_redis, prefix):
+    """The settings point the log at a port where nothing listens (see conftest)."""
+
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        trainer.publish(W)
+        await at_version(http, 1)
+        started = time.perf_counter()
+        for _ in range(200):
+            await predict(http, [[1, 0, 0]])
+        per_request = (time.perf_counter() - started) / 200
+        assert per_request < 0.02, f"{per_request * 1000:.1f} ms a request"
+
+    serve(serving_redis, prefix, scenario)

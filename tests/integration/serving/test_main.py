@@ -1,0 +1,71 @@
+"""``python -m flowlearn.serving`` as an operator runs it: configured from conf/, answering
+the client ``flowlearn predict`` uses, and stopping cleanly on SIGTERM and SIGINT."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowlearn.redis_contract import Keys
+from flowlearn.serving.client import predict
+
+from .conftest import PASSWORD, RedisServer, Trainer, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_runs_from_a_config_file_and_stops_gracefully(serving_redis: RedisServer, prefix,
+                                                      tmp_path, sig):
+    client = serving_redis.client()
+    trainer = Trainer(client, Keys(prefix), "m")
+    trainer.publish(np.array([1.0, 0.0, 0.0, 0.0]))
+    port = free_port()
+    config = tmp_path / "flowlearn.toml"
+    config.write_text(f"""
+[redis]
+port = {serving_redis.port}
+password = "{PASSWORD}"
+prefix = "{prefix}"
+[predictor]
+port = {port}
+[kafka]
+port = {free_port()}
+""")
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "flowlearn.serving", "--config", str(config),
+                             "--no-log"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for("the predictor to be ready", lambda: proc.poll() is None and ready(url), 30)
+        answer = predict(url, "m", [[1, 0, 0]], timeout=5)
+        assert answer["model_version"] == 1 and answer["predictions"][0] > 0.7
+        assert predict(url, "nope", [[1, 0, 0]])["status"] == 404
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        client.close()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+
+
+def test_the_client_reports_an_unreachable_predictor():
+    answer = predict(f"http://127.0.0.1:{free_port()}", "m", [[1]], timeout=1)
+    assert answer["status"] is None and "unreachable" in answer["error"]
