@@ -192,6 +192,9 @@ class PredictorConf:
     stale_after_s: float = 300.0
     max_instances: int = 1000
     max_body_bytes: int = 1_048_576
+    log_predictions: bool = True
+    ab_fraction: float = 0.0
+    baselines: dict[str, Path] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -201,6 +204,9 @@ class PredictorConf:
         _check_port("predictor.port", self.port)
         for name in ("stale_after_s", "max_instances", "max_body_bytes"):
             _check_positive(f"predictor.{name}", getattr(self, name))
+        if not 0.0 <= self.ab_fraction <= 1.0:
+            raise ConfigError(f"predictor.ab_fraction must be within [0, 1], got "
+                              f"{self.ab_fraction}")
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {get_args(hint)}")
         return value
     try:
+        if hint is bool:
+            if isinstance(value, str):  # from an environment variable
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
         if hint is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)

@@ -66,3 +66,21 @@ def test_pyproject_pins_the_flink_version_of_conf():
     assert f"apache-flink=={versions.FLINK_VERSION}" in pyproject["project"]["dependencies"]
     assert versions.KAFKA_CONNECTOR_ARTIFACT.endswith(
         "-" + ".".join(versions.FLINK_VERSION.split(".")[:2]))
+
+
+def test_predictor_options_come_from_conf():
+    s = load_settings(env={"FLOWLEARN__PREDICTOR__LOG_PREDICTIONS": "false",
+                           "FLOWLEARN__PREDICTOR__AB_FRACTION": "0.25",
+                           "FLOWLEARN__PREDICTOR__BASELINES__demo": "/tmp/demo-baseline.flc"})
+    assert s.predictor.log_predictions is False and s.predictor.ab_fraction == 0.25
+    assert s.predictor.baselines == {"demo": Path("/tmp/demo-baseline.flc")}
+    assert load_settings(env={}).predictor.log_predictions is True
+    with pytest.raises(ConfigError, match="ab_fraction"):
+        load_settings(env={"FLOWLEARN__PREDICTOR__AB_FRACTION": "1.5"})
+
+
+def test_a_bool_setting_refuses_a_number(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text("[predictor]\nlog_predictions = 3\n")
+    with pytest.raises(ConfigError, match="log_predictions"):
+        load_settings(f, env={})
