@@ -142,9 +142,10 @@ def cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     instances = json.loads(args.instances)
     if not isinstance(instances, list):
         instances = [instances]
-    print(json.dumps(predict(settings.predictor.url, args.model, instances, timeout=5.0),
-                     indent=2))
-    return 0
+    answer = predict(settings.predictor.url, args.model, instances, timeout=5.0)
+    print(json.dumps(answer, indent=2))
+    # The client reports an HTTP error (or an unreachable predictor) with a "status" key.
+    return 1 if "status" in answer else 0
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
