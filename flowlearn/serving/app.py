@@ -9,7 +9,6 @@ See docs/predictor.md for the API, the flags and the metrics.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import threading
@@ -20,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -103,7 +103,7 @@ PREDICTOR = web.AppKey("predictor", Predictor)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(data).encode(), status=status,
+    return web.Response(body=orjson.dumps(data), status=status,
                         content_type="application/json")
 
 
@@ -162,7 +162,7 @@ async def predict(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             raw = await request.read()
-        body = json.loads(raw)
+        body = orjson.loads(raw)
     except web.HTTPRequestEntityTooLarge:
         return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes",
                       started)
