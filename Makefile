@@ -44,6 +44,7 @@ test: lint
 
 bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
+	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || { echo "error: wrk not found: apt-get install -y wrk"; exit 1; }
 	@$(PY) bench/bench_core.py $(BENCH_ARGS)
 	@$(PY) bench/bench_predictor.py $(BENCH_ARGS)
 	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS)
