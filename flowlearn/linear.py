@@ -46,17 +46,19 @@ __all__ = [
     "SoftmaxRegression",
     "from_bytes",
     "from_spec",
+    "sigmoid",
+    "softmax",
     "to_bytes",
 ]
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     # Accurate relative to p even for tiny probabilities (rare events); the floor on z only
     # keeps exp() from overflowing, where p is below 1e-304 anyway.
     return 1.0 / (1.0 + np.exp(-np.maximum(z, -700.0)))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
     e /= e.sum(axis=1, keepdims=True)
     return e
@@ -239,12 +241,12 @@ class LogisticRegression(_LinearModel):
         return check_labels(y, n, 2).astype(np.float64)
 
     def _residual(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        r = _sigmoid(z)
+        r = sigmoid(z)
         r -= y
         return r
 
     def predict_proba_many(self, X: Any) -> np.ndarray:
-        return _sigmoid(self._scores(check_matrix(X, self.n_features)))
+        return sigmoid(self._scores(check_matrix(X, self.n_features)))
 
     def predict_many(self, X: Any) -> np.ndarray:
         return (self._scores(check_matrix(X, self.n_features)) > 0.0).astype(np.int64)
@@ -290,12 +292,12 @@ class SoftmaxRegression(_LinearModel):
         return check_labels(y, n, self._k)
 
     def _residual(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        p = _softmax(z)
+        p = softmax(z)
         p[np.arange(len(y)), y] -= 1.0
         return p
 
     def predict_proba_many(self, X: Any) -> np.ndarray:
-        return _softmax(self._scores(check_matrix(X, self.n_features)))
+        return softmax(self._scores(check_matrix(X, self.n_features)))
 
     def predict_many(self, X: Any) -> np.ndarray:
         return self._scores(check_matrix(X, self.n_features)).argmax(axis=1)

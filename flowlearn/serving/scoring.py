@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from flowlearn.linear import sigmoid, softmax
+
 #: ``X (n, d) float64 -> scores``: ``(n,)`` for logistic and linear, ``(n, k)`` for softmax.
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -54,18 +56,10 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
 
     if kind == "linear":
         return linear
-    if kind == "logistic":
+    # The link functions are the training core's own, so scores are bit-identical to it.
+    link = sigmoid if kind == "logistic" else softmax
 
-        def logistic(X: np.ndarray) -> np.ndarray:
-            # The floor only keeps exp() from overflowing (as in flowlearn.linear).
-            return 1.0 / (1.0 + np.exp(-np.maximum(linear(X), -700.0)))
+    def score(X: np.ndarray) -> np.ndarray:
+        return link(linear(X))
 
-        return logistic
-
-    def softmax(X: np.ndarray) -> np.ndarray:
-        z = linear(X)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        e /= e.sum(axis=1, keepdims=True)
-        return e
-
-    return softmax
+    return score
