@@ -25,6 +25,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "FLOWLEARN__"
 MODEL_TYPES = ("logistic", "softmax", "linear")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
+#: Drift detectors a model spec can name (error/loss detectors, then feature tests).
+DETECTORS = ("adwin", "ddm", "page_hinkley", "psi", "ks")
 #: Slot sharing groups of the job (parse, training, monitoring): slots per parallelism.
 SLOT_GROUPS = 3
 
@@ -222,11 +225,31 @@ class ModelSpec:
     features: Literal["dense", "hashed"] = "dense"
     hash_seed: int = 0
     n_classes: int = 2
+    optimizer: Literal["sgd", "adagrad", "adam", "ftrl"] = "sgd"
     learning_rate: float = 0.05
+    l1: float = 0.0
     l2: float = 0.0
+    #: Safety gate: the batch gradient's L2 norm is clipped to this (0: no clipping).
+    clip_grad_norm: float = 0.0
+    #: Mini-batch size of this model (0: ``job.batch_size``).
+    batch_size: int = 0
+    #: Drift detectors watching this model (a subset of DETECTORS).
+    detectors: tuple[str, ...] = DETECTORS
+    #: Holdout gate: the last ``holdout_size`` samples are held out of training; an update
+    #: that raises their mean loss by more than ``holdout_margin`` is rejected (0: off).
+    holdout_size: int = 0
+    holdout_margin: float = 0.05
+    #: Replay buffer: a reservoir sample of ``replay_size`` past samples, of which
+    #: ``replay_fraction`` x batch size are mixed into every batch (0: off).
+    replay_size: int = 0
+    replay_fraction: float = 0.25
+    #: Seeds the replay reservoir (training is deterministic given the input order).
+    seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        spec = dataclasses.asdict(self)
+        spec["detectors"] = list(self.detectors)
+        return spec
 
     def validate(self, where: str) -> None:
         if self.type not in MODEL_TYPES:
@@ -235,8 +258,17 @@ class ModelSpec:
         if self.type == "softmax" and self.n_classes < 2:
             raise ConfigError(f"{where}.n_classes: a softmax model needs >= 2 classes")
         _check_positive(f"{where}.learning_rate", self.learning_rate)
-        if self.l2 < 0:
-            raise ConfigError(f"{where}.l2: must be >= 0, got {self.l2}")
+        for name in ("l1", "l2", "clip_grad_norm", "batch_size", "holdout_size", "replay_size",
+                     "holdout_margin"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.replay_fraction <= 1:
+            raise ConfigError(f"{where}.replay_fraction: must be in (0, 1], got "
+                              f"{self.replay_fraction}")
+        unknown = set(self.detectors) - set(DETECTORS)
+        if unknown:
+            raise ConfigError(f"{where}.detectors: unknown {sorted(unknown)}; known: "
+                              f"{list(DETECTORS)}")
 
 
 @dataclass(frozen=True)
@@ -254,14 +286,44 @@ class JobConf:
     expired_events: Literal["drop", "default_label"] = "drop"
     default_label: float = 0.0
     unknown_model_policy: Literal["create", "dlq"] = "create"
+    checkpoint_every_versions: int = 50
+    keep_checkpoints: int = 20
+    auto_rollback: bool = True
+    rollback_window_samples: int = 2000
+    rollback_margin: float = 0.1
+    rollback_min_samples: int = 1000
+    rollback_cooldown_versions: int = 100
 
     def validate(self) -> None:
         for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms",
-                     "label_window_ms", "keep_versions"):
+                     "label_window_ms", "keep_versions", "checkpoint_every_versions",
+                     "keep_checkpoints", "rollback_window_samples", "rollback_min_samples",
+                     "rollback_cooldown_versions"):
             _check_positive(f"job.{name}", getattr(self, name))
         if self.drift_features_monitored < 0:
             raise ConfigError("job.drift_features_monitored must be >= 0")
         _check_positive("job.drift_cooldown_versions", self.drift_cooldown_versions)
+        if self.rollback_margin < 0:
+            raise ConfigError(f"job.rollback_margin: must be >= 0, got {self.rollback_margin}")
+
+
+@dataclass(frozen=True)
+class MlflowConf:
+    """Where versions are registered. An empty tracking URI means a local SQLite store in
+    the stack home (no server to start); set one (``http://host:5000``) to use a server."""
+
+    tracking_uri: str = ""
+    #: Each model is the registered model ``{name_prefix}{model id}``.
+    name_prefix: str = "flowlearn-"
+    #: Checkpoint versions are registered at most this often per model (0: every one).
+    register_min_interval_s: float = 10.0
+
+    def resolved_tracking_uri(self, stack: StackConf) -> str:
+        return self.tracking_uri or f"sqlite:///{stack.home / 'mlflow' / 'mlflow.db'}"
+
+    def validate(self) -> None:
+        if self.register_min_interval_s < 0:
+            raise ConfigError("mlflow.register_min_interval_s: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -273,6 +335,7 @@ class Settings:
     predictor: PredictorConf = field(default_factory=PredictorConf)
     prometheus: PrometheusConf = field(default_factory=PrometheusConf)
     job: JobConf = field(default_factory=JobConf)
+    mlflow: MlflowConf = field(default_factory=MlflowConf)
     model_defaults: ModelSpec = field(default_factory=ModelSpec)
     models: dict[str, ModelSpec] = field(default_factory=dict)
 
@@ -284,7 +347,7 @@ class Settings:
 
     def validate(self) -> Settings:
         for part in (self.kafka, self.redis, self.flink, self.predictor, self.prometheus,
-                     self.job):
+                     self.job, self.mlflow):
             part.validate()
         self.model_defaults.validate("model_defaults")
         for model_id, spec in self.models.items():
@@ -333,6 +396,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table")
         return {str(k): _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:  # tuple[str, ...]: a TOML list, or a comma-separated variable
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where}: expected a list")
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if origin is Literal:
         if value not in get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not one of {get_args(hint)}")
