@@ -1,21 +1,35 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from flowlearn import codec
-from flowlearn.training import ModelTrainer
+from conf import ModelSpec
+from flowlearn import codec, linear, optim, training
+from flowlearn.training import BatchResult, ModelTrainer, build_model
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.1}
+TRUE_W = np.array([1.0, -2.0, 0.5])
 
 
-def batch(seed, n=16):
+def batch(seed, n=16, flip=False):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 3))
-    return X, (X @ np.array([1.0, -2.0, 0.5]) > 0).astype(float)
+    y = (X @ TRUE_W > 0).astype(float)
+    return X, (1.0 - y if flip else y)
+
+
+def full_spec(**kw):
+    return ModelSpec(n_features=3, **kw).as_dict()
 
 
 def replay(weights, mv):
     codec.apply_delta(weights, codec.decode_delta(mv.delta))
     return weights
+
+
+def model_bytes(trainer):
+    """The model's whole state (weights, optimizer buffers and counters) as bytes."""
+    return codec.encode_state(*trainer.model.state_dict())
 
 
 def test_versions_count_up_and_deltas_rebuild_the_weights():
@@ -76,3 +90,289 @@ def test_a_batch_with_non_finite_input_is_rejected_and_changes_nothing():
     result = t.train_batch(X, y)
     assert result.version is None and result.rejected
     assert t.version == 1 and t.model.weights_vector().tobytes() == before.tobytes()
+
+
+# ---------------------------------------------------------------------------- model spec
+
+
+@pytest.mark.parametrize("spec", [SPEC, full_spec(learning_rate=0.1)], ids=["partial", "full"])
+def test_default_spec_trains_exactly_like_plain_sgd_without_clipping(spec):
+    t = ModelTrainer.create("m", spec)
+    reference = linear.LogisticRegression(3, optimizer=optim.SGD(lr=0.1))
+    for i in range(5):
+        t.train_batch(*batch(i))
+        reference.learn_many(*batch(i))
+    assert type(t.model.optimizer) is optim.SGD and t.model.clip_grad_norm is None
+    assert t.model.weights_vector().tobytes() == reference.weights_vector().tobytes()
+
+
+@pytest.mark.parametrize(("name", "cls"), [
+    ("sgd", optim.SGD), ("adagrad", optim.AdaGrad), ("adam", optim.Adam), ("ftrl", optim.FTRL),
+])
+def test_the_optimizer_named_in_the_spec_is_built_and_trains(name, cls):
+    t = ModelTrainer.create("m", full_spec(optimizer=name, learning_rate=0.2))
+    assert type(t.model.optimizer) is cls
+    assert t.model.optimizer.learning_rate == 0.2
+    first = t.train_batch(*batch(0)).prequential_loss
+    for i in range(1, 30):
+        last = t.train_batch(*batch(i))
+    assert last.version is not None and last.version.version == 30
+    assert last.prequential_loss < first
+
+
+def test_unknown_optimizer_is_an_error():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_model(full_spec(optimizer="lbfgs"))
+
+
+def test_l1_l2_clip_and_seed_reach_the_model():
+    model = build_model(full_spec(l1=0.01, l2=0.02, clip_grad_norm=0.5, seed=7))
+    assert (model.l1, model.l2, model.clip_grad_norm, model.seed) == (0.01, 0.02, 0.5, 7)
+    assert build_model(full_spec(clip_grad_norm=0.0)).clip_grad_norm is None
+    softmax = build_model({**full_spec(n_classes=4), "type": "softmax"})
+    assert isinstance(softmax, linear.SoftmaxRegression) and softmax.n_classes == 4
+
+
+def test_l1_from_the_spec_makes_irrelevant_weights_exactly_zero():
+    spec = ModelSpec(n_features=4, learning_rate=0.2, l1=0.05).as_dict()
+    t = ModelTrainer.create("m", spec)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        X = rng.normal(size=(256, 4))
+        t.train_batch(X, (X[:, 0] > 0).astype(float))
+    assert t.model.coef[0] > 0 and (t.model.coef[1:] == 0.0).all()
+
+
+def test_clipping_is_reported_in_the_batch_result():
+    clipped = ModelTrainer.create("m", full_spec(clip_grad_norm=0.01)).train_batch(*batch(0))
+    free = ModelTrainer.create("m", full_spec()).train_batch(*batch(0))
+    assert clipped.clipped and not free.clipped
+    # The norm before clipping: what the unclipped model saw on the same batch.
+    assert clipped.grad_norm == free.grad_norm and free.grad_norm > 0.01
+    assert BatchResult(None, 0.0).grad_norm is None
+
+
+# ---------------------------------------------------------------------------- holdout gate
+
+GATED = full_spec(learning_rate=0.5, holdout_size=64, holdout_margin=0.01)
+
+
+def warmed_up(spec, batches=20):
+    t = ModelTrainer.create("m", spec)
+    results = [t.train_batch(*batch(i)) for i in range(batches)]
+    assert all(r.rejected is None for r in results)
+    return t
+
+
+def test_holdout_gate_rejects_a_poisoned_batch_and_accepts_a_clean_one():
+    t = warmed_up(GATED)  # gated from the third batch on: 18 clean batches passed
+    version, applied = t.version, t.samples_applied
+    twin = ModelTrainer.restore("m", GATED, t.state_bytes(), version, applied)
+    poisoned = t.train_batch(*batch(100, flip=True))
+    assert poisoned.version is None
+    assert poisoned.rejected.startswith("holdout: loss +") and "> margin 0.01" in poisoned.rejected
+    assert poisoned.losses is not None and len(poisoned.losses) == 16
+    assert (t.version, t.samples_applied) == (version, applied)
+    clean = twin.train_batch(*batch(101))  # the same state, a clean batch instead
+    assert clean.rejected is None and clean.version.version == version + 1
+    assert clean.version.base_version == version and twin.samples_applied == applied + 16
+
+
+def test_a_rejected_update_restores_weights_and_optimizer_state_bit_for_bit():
+    spec = {**GATED, "optimizer": "adam", "learning_rate": 0.3, "holdout_margin": 0.0,
+            "clip_grad_norm": 5.0}
+    t = warmed_up(spec)
+    before = model_bytes(t)
+    result = t.train_batch(*batch(100, flip=True))
+    assert result.rejected is not None and result.grad_norm is not None
+    assert model_bytes(t) == before  # weights, Adam's m and v, its step count, the last norm
+
+
+def test_the_gate_waits_for_enough_holdout_samples():
+    t = ModelTrainer.create("m", GATED)
+    # 16 samples seen, fewer than min(64, 32): a poisoned batch cannot be judged yet.
+    t.train_batch(*batch(0))
+    assert t.train_batch(*batch(1, flip=True)).rejected is None
+
+
+def test_holdout_moves_to_a_new_concept_and_updates_pass_again():
+    spec = full_spec(learning_rate=1.0, holdout_size=256, holdout_margin=0.01)
+    t = warmed_up(spec, batches=40)
+    results = [t.train_batch(*batch(200 + i, flip=True)) for i in range(30)]
+    rejected = [i for i, r in enumerate(results) if r.rejected is not None]
+    assert rejected and rejected[0] == 0  # the change first looks like poisoning
+    # Once the holdout (256 samples, 16 batches) holds the new concept, nothing is held back.
+    assert max(rejected) < 256 // 16 + 3
+    X, y = batch(999, n=500, flip=True)
+    assert (t.model.predict_many(X) == y).mean() > 0.9
+
+
+# ---------------------------------------------------------------------------- replay
+
+
+def record_fit_batches(trainer):
+    seen = []
+    learn = trainer.model.learn_many
+
+    def spy(X, y):
+        seen.append((np.array(X), np.array(y)))
+        return learn(X, y)
+
+    trainer.model.learn_many = spy
+    return seen
+
+
+def test_replay_mixes_k_reservoir_samples_into_each_step():
+    spec = full_spec(learning_rate=0.1, replay_size=40, replay_fraction=0.25)
+    t = ModelTrainer.create("m", spec)
+    fits = record_fit_batches(t)
+    past = set()
+    for i in range(8):
+        X, y = batch(i)
+        r = t.train_batch(X, y)
+        assert len(r.losses) == 16 and len(r.errors) == 16  # only the new batch is scored
+        fit_X, _ = fits[-1]
+        assert fit_X[:16].tobytes() == X.tobytes()
+        replayed = {row.tobytes() for row in fit_X[16:]}
+        assert len(replayed) == len(fit_X) - 16 and replayed <= past  # no repeats, all past
+        past |= {row.tobytes() for row in X}
+    # k = round(0.25 x 16) = 4 from the second batch on (the reservoir is empty before).
+    assert [len(x) - 16 for x, _ in fits] == [0] + [4] * 7
+    assert t.samples_applied == 8 * 16 and t.version == 8
+
+
+def test_replay_changes_the_weight_trajectory():
+    plain = ModelTrainer.create("m", full_spec())
+    mixed = ModelTrainer.create("m", full_spec(replay_size=100, replay_fraction=0.5))
+    for i in range(6):
+        plain.train_batch(*batch(i))
+        mixed.train_batch(*batch(i))
+    assert plain.samples_applied == mixed.samples_applied == 96
+    assert plain.model.weights_vector().tobytes() != mixed.model.weights_vector().tobytes()
+
+
+def test_rejected_batches_do_not_enter_the_reservoir():
+    t = warmed_up({**GATED, "replay_size": 1000})
+    t.train_batch(*batch(100, flip=True))
+    arrays, meta = codec.decode_state(t.state_bytes())
+    assert meta["replay"]["seen"] == 20 * 16 and len(arrays["replay.y"]) == 20 * 16
+
+
+def test_the_reservoir_is_a_uniform_sample_of_everything_offered():
+    t = ModelTrainer.create("m", full_spec(replay_size=200, replay_fraction=0.1))
+    n = 0
+    for i in range(200):  # 4000 samples; the first feature holds a sample's index
+        X, y = batch(i, n=20)
+        X[:, 0] = np.arange(n, n + 20)
+        t.train_batch(X, y)
+        n += 20
+    arrays, meta = codec.decode_state(t.state_bytes())
+    kept = arrays["replay.X"][:, 0]
+    assert meta["replay"]["seen"] == 4000 and len(np.unique(kept)) == 200
+    # Uniform over 0..3999: mean 2000, standard error 1155 / sqrt(200) ~ 82.
+    assert abs(kept.mean() - 2000) < 300 and (kept < 2000).sum() in range(70, 131)
+
+
+def test_reservoir_offer_matches_algorithm_r_one_sample_at_a_time():
+    size, seed = 10, 3
+    reservoir = training._Reservoir(size, 1, seed)
+    ref_rng, ref, t = np.random.default_rng(seed), [], 0
+    for b in range(30):
+        values = np.arange(t, t + 7, dtype=float)
+        reservoir.offer(values[:, None], values)
+        fill = max(0, min(7, size - len(ref)))
+        ref.extend(values[:fill])
+        if fill < 7:  # same draws as the trainer, applied one by one
+            slots = ref_rng.integers(0, t + np.arange(fill, 7) + 1)
+            for v, j in zip(values[fill:], slots, strict=True):
+                if j < size:
+                    ref[j] = v
+        t += 7
+        assert reservoir.y.tolist() == ref, f"after batch {b}"
+
+
+# ---------------------------------------------------------------------------- state
+
+
+def test_state_without_holdout_and_replay_is_the_model_only_layout():
+    t = ModelTrainer.create("m", full_spec())
+    t.train_batch(*batch(0))
+    assert t.state_bytes() == model_bytes(t)
+
+
+def test_state_bytes_of_the_model_only_layout_still_restore():
+    old_spec = {"type": "logistic", "n_features": 3, "learning_rate": 0.1}
+    model = build_model(old_spec)
+    for i in range(3):
+        model.learn_many(*batch(i))
+    old_bytes = codec.encode_state(*model.state_dict())  # as savepoints of earlier releases
+    spec = full_spec(learning_rate=0.1, holdout_size=32, replay_size=50)
+    t = ModelTrainer.restore("m", spec, old_bytes, 3, 48)
+    assert t.model.weights_vector().tobytes() == model.weights_vector().tobytes()
+    assert (t.version, t.samples_applied) == (3, 48)
+    arrays, meta = codec.decode_state(t.state_bytes())  # starts with empty buffers
+    assert len(arrays["holdout.y"]) == 0 and meta["replay"]["seen"] == 0
+    r = t.train_batch(*batch(3))
+    assert r.version.version == 4 and r.version.samples_applied == 64
+
+
+def test_buffers_the_spec_no_longer_asks_for_are_dropped_on_restore():
+    t = warmed_up({**GATED, "replay_size": 100}, batches=5)
+    plain = ModelTrainer.restore("m", full_spec(learning_rate=0.5), t.state_bytes(), 5, 80)
+    assert plain.model.weights_vector().tobytes() == t.model.weights_vector().tobytes()
+    assert plain.state_bytes() == model_bytes(t)
+
+
+def test_an_unknown_trainer_state_format_is_refused():
+    payload = codec.encode_state({}, {"trainer_state": 99, "model": {}})
+    with pytest.raises(codec.CodecError, match="trainer state format 99"):
+        ModelTrainer.restore("m", GATED, payload, 0, 0)
+
+
+def test_reset_keeps_the_holdout_and_the_reservoir():
+    t = warmed_up({**GATED, "replay_size": 100}, batches=5)
+    t.reset()
+    arrays, meta = codec.decode_state(t.state_bytes())
+    assert len(arrays["holdout.y"]) == 64 and meta["replay"]["seen"] == 80
+    assert not t.model.weights_vector().any()
+
+
+batches_st = st.lists(
+    st.tuples(st.integers(0, 10_000), st.integers(1, 24), st.booleans()), min_size=1, max_size=12
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    optimizer=st.sampled_from(["sgd", "adam"]),
+    holdout_size=st.integers(8, 48),
+    margin=st.sampled_from([0.0, 0.02]),
+    replay_size=st.integers(4, 40),
+    replay_fraction=st.floats(0.1, 1.0),
+    seed=st.integers(0, 3),
+    batches=batches_st,
+    cuts=st.lists(st.booleans(), min_size=12, max_size=12),
+)
+def test_a_restore_at_any_batch_boundary_changes_nothing(
+    optimizer, holdout_size, margin, replay_size, replay_fraction, seed, batches, cuts
+):
+    spec = full_spec(optimizer=optimizer, learning_rate=0.5, holdout_size=holdout_size,
+                     holdout_margin=margin, replay_size=replay_size,
+                     replay_fraction=replay_fraction, seed=seed)
+    straight = ModelTrainer.create("m", spec)
+    resumed = ModelTrainer.create("m", spec)
+    for (data_seed, n, flip), cut in zip(batches, cuts, strict=False):
+        if cut:
+            resumed = ModelTrainer.restore("m", spec, resumed.state_bytes(), resumed.version,
+                                           resumed.samples_applied)
+        a = straight.train_batch(*batch(data_seed, n, flip))
+        b = resumed.train_batch(*batch(data_seed, n, flip))
+        assert a.rejected == b.rejected
+        assert (a.version is None) == (b.version is None)
+        if a.version is not None:
+            assert a.version.delta == b.version.delta
+        assert (straight.version, straight.samples_applied) == (
+            resumed.version, resumed.samples_applied)
+        assert straight.model.weights_vector().tobytes() == resumed.model.weights_vector(
+        ).tobytes()
+    assert straight.state_bytes() == resumed.state_bytes()
