@@ -150,6 +150,16 @@ class TestDetectorContract:
         assert np.array_equal(flags, DETECTORS[name]().update_many(stream))
         assert det.n_seen == len(stream) and det.n_detections == sum(flags)
 
+    def test_update_many_in_any_chunks_equals_one_by_one_state_included(self, name):
+        stream = detector_stream(np.random.default_rng(3))
+        one_by_one, chunked = DETECTORS[name](), DETECTORS[name]()
+        flags = [one_by_one.update(x) for x in stream]
+        cuts = np.sort(np.random.default_rng(4).choice(len(stream), 40, replace=False))
+        chunk_flags = np.concatenate([chunked.update_many(part)
+                                      for part in np.split(stream, cuts)])
+        assert np.array_equal(flags, chunk_flags)
+        assert linear.to_bytes(chunked) == linear.to_bytes(one_by_one)
+
     def test_reports_statistic_and_change_point(self, name):
         det = DETECTORS[name]()
         assert det.change_point is None
