@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from flowlearn.monitoring import ALL_DETECTORS
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "FLOWLEARN__"
 MODEL_TYPES = ("logistic", "softmax", "linear")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
-#: Drift detectors a model spec can name (error/loss detectors, then feature tests).
-DETECTORS = ("adwin", "ddm", "page_hinkley", "psi", "ks")
 #: Slot sharing groups of the job (parse, training, monitoring): slots per parallelism.
 SLOT_GROUPS = 3
 
@@ -119,6 +119,13 @@ class RedisConf:
     def url(self) -> str:
         """Connection URL without the password (safe to print)."""
         return f"redis://{self.host}:{self.port}/0"
+
+    def client(self, timeout_s: float = 2.0) -> Any:
+        """A ``redis.Redis`` client for this server (imported here: conf stays light)."""
+        import redis
+
+        return redis.Redis(host=self.host, port=self.port, password=self.password or None,
+                           socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def validate(self) -> None:
         _check_port("redis.port", self.port)
@@ -233,8 +240,8 @@ class ModelSpec:
     clip_grad_norm: float = 0.0
     #: Mini-batch size of this model (0: ``job.batch_size``).
     batch_size: int = 0
-    #: Drift detectors watching this model (a subset of DETECTORS).
-    detectors: tuple[str, ...] = DETECTORS
+    #: Drift detectors watching this model (a subset of ALL_DETECTORS).
+    detectors: tuple[str, ...] = ALL_DETECTORS
     #: Holdout gate: the last ``holdout_size`` samples are held out of training; an update
     #: that raises their mean loss by more than ``holdout_margin`` is rejected (0: off).
     holdout_size: int = 0
@@ -245,6 +252,10 @@ class ModelSpec:
     replay_fraction: float = 0.25
     #: Seeds the replay reservoir (training is deterministic given the input order).
     seed: int = 0
+    #: On an error or loss drift alarm: "none" (alert only) or "reset" the model.
+    drift_action: Literal["none", "reset"] = "none"
+    #: Roll back automatically when the live model degrades (``job.rollback_*``).
+    auto_rollback: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self)
@@ -265,10 +276,10 @@ class ModelSpec:
         if not 0 < self.replay_fraction <= 1:
             raise ConfigError(f"{where}.replay_fraction: must be in (0, 1], got "
                               f"{self.replay_fraction}")
-        unknown = set(self.detectors) - set(DETECTORS)
+        unknown = set(self.detectors) - set(ALL_DETECTORS)
         if unknown:
             raise ConfigError(f"{where}.detectors: unknown {sorted(unknown)}; known: "
-                              f"{list(DETECTORS)}")
+                              f"{list(ALL_DETECTORS)}")
 
 
 @dataclass(frozen=True)
@@ -280,7 +291,6 @@ class JobConf:
     batch_timeout_ms: int = 500
     keep_versions: int = 20
     drift_features_monitored: int = 3
-    drift_action: Literal["none", "reset"] = "none"
     drift_cooldown_versions: int = 50
     label_window_ms: int = 600_000
     expired_events: Literal["drop", "default_label"] = "drop"
@@ -288,7 +298,6 @@ class JobConf:
     unknown_model_policy: Literal["create", "dlq"] = "create"
     checkpoint_every_versions: int = 50
     keep_checkpoints: int = 20
-    auto_rollback: bool = True
     rollback_window_samples: int = 2000
     rollback_margin: float = 0.1
     rollback_min_samples: int = 1000

@@ -24,6 +24,7 @@ from pyflink.datastream import DataStream, ProcessFunction, StreamExecutionEnvir
 
 from conf import Settings, load_settings, settings_from_dict
 from connectors import kafka
+from operators.checkpoint import CheckpointOperator
 from operators.drift import CONTROL_OUT_TAG, DriftOperator
 from operators.label_join import LabelJoin, join_key
 from operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
@@ -153,8 +154,9 @@ def build_pipeline(
         .slot_sharing_group("training")
     )
     dlq = dlq.union(versions.get_side_output(DLQ_TAG))
+    evaluated = versions.get_side_output(EVAL_TAG)
     drift_alerts = (
-        versions.get_side_output(EVAL_TAG)
+        evaluated
         .key_by(model_key, key_type=Types.STRING())
         .process(DriftOperator(settings), output_type=Types.STRING())
         .name("drift")
@@ -162,8 +164,17 @@ def build_pipeline(
         # A third Python worker process: parsing, training and drift detection each get one.
         .slot_sharing_group("monitoring")
     )
-    adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG)
-    alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts)
+    checkpoint_alerts = (
+        evaluated
+        .key_by(model_key, key_type=Types.STRING())
+        .process(CheckpointOperator(settings), output_type=Types.STRING())
+        .name("checkpoint")
+        .uid("checkpoint")
+        .slot_sharing_group("monitoring")
+    )
+    adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG).union(
+        checkpoint_alerts.get_side_output(CONTROL_OUT_TAG))
+    alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts, checkpoint_alerts)
     published = None
     if publish:
         published = (

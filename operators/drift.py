@@ -55,7 +55,9 @@ class DriftOperator(KeyedProcessFunction):
         return monitor
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        model_id, version, errors, losses, features, n_monitored = value
+        model_id, version, kind, applied, errors, losses, features, n_monitored = value[:8]
+        if kind != "train":
+            return  # a rollback or reset scored no samples
         monitor = self._monitor(model_id, n_monitored)
         X = np.asarray(features, dtype=np.float64).reshape(len(losses), n_monitored)
         alarms = monitor.update(np.asarray(errors, dtype=np.float64),
@@ -67,10 +69,12 @@ class DriftOperator(KeyedProcessFunction):
         for alarm in alarms:
             self.alarms.inc()
             self.per_model.inc(model_id, "drift_alarms")
-            yield alert(model_id, "drift", {**alarm.as_dict(), "version": version})
+            yield alert(model_id, "drift", {**alarm.as_dict(), "version": version,
+                                            "samples_applied": applied})
         job = self.settings.job
-        performance_alarm = any(a.signal in ("error", "loss") for a in alarms)
-        if (performance_alarm and job.drift_action == "reset"
+        performance_alarm = any(a.degraded for a in alarms)
+        spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+        if (performance_alarm and spec.drift_action == "reset"
                 and version - self.last_adapted.get(model_id, -(1 << 62))
                 >= job.drift_cooldown_versions):
             self.last_adapted[model_id] = version

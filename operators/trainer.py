@@ -2,11 +2,13 @@
 with :class:`flowlearn.training.ModelTrainer`, and emits one ``VERSION_TYPE`` row a version.
 Its second input carries the model's control commands (``fl.control``).
 
-A batch is trained when it reaches ``job.batch_size`` samples, or ``job.batch_timeout_ms``
+A batch is trained when it reaches the model's batch size (its spec's ``batch_size``, else
+``job.batch_size``) samples, or ``job.batch_timeout_ms``
 (processing time) after its first sample, whichever comes first. At the end of a bounded
 input the remaining partial batch is trained too (an event-time timer at the largest
 timestamp, which only the final watermark reaches). The last ``job.keep_versions`` versions'
-weights stay in state, so that ``rollback`` needs no restart.
+weights stay in state, and those of the last ``job.keep_checkpoints`` checkpoint versions
+(every ``job.checkpoint_every_versions``-th), so that ``rollback`` needs no restart.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ END_OF_INPUT = (1 << 63) - 2
 
 #: Alerts (JSON strings in DESIGN's ``fl.alerts`` format).
 ALERT_TAG = OutputTag("alerts", Types.STRING())
-#: The test step's view of each trained batch, for the drift operator.
+#: Every new version as the drift and checkpoint operators see it (EVAL_TYPE).
 EVAL_TAG = OutputTag("eval", EVAL_TYPE)
 
 
@@ -52,6 +54,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.applied_state = runtime_context.get_state(descriptors.SAMPLES_APPLIED)
         self.buffer = runtime_context.get_list_state(descriptors.BATCH_BUFFER)
         self.recent = runtime_context.get_map_state(descriptors.RECENT_VERSIONS)
+        self.checkpoints = runtime_context.get_map_state(descriptors.CHECKPOINT_VERSIONS)
         self.paused = runtime_context.get_state(descriptors.PAUSED)
         # Hot caches, rebuilt from state after every (re)start. A restored partial batch
         # still has its flush timer: Flink restores timers with the state.
@@ -59,7 +62,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffered: dict[str, int] = {}
         self.flush_at: dict[str, int] = {}
         group = runtime_context.get_metrics_group()
-        self.per_model = ModelMetrics(group, ("samples_trained", "versions", "gate_rejected"))
+        self.per_model = ModelMetrics(group, ("samples_trained", "versions", "gate_rejected",
+                                              "grad_clipped"))
         self.model_loss: dict[str, float] = {}
         self.samples_trained = group.counter("samples_trained")
         self.versions_made = group.counter("versions")
@@ -101,13 +105,17 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         else:
             count += len(labels)
         self.buffered[model_id] = count
-        if count >= self.settings.job.batch_size:
+        if count >= self._batch_size(model_id):
             yield from self._flush(model_id, ctx)
         elif count == len(labels):  # a new batch: bound its latency
             at = ctx.timer_service().current_processing_time() + self.settings.job.batch_timeout_ms
             ctx.timer_service().register_processing_time_timer(at)
             ctx.timer_service().register_event_time_timer(END_OF_INPUT)
             self.flush_at[model_id] = at
+
+    def _batch_size(self, model_id: str) -> int:
+        spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+        return spec.batch_size or self.settings.job.batch_size
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext
                  ) -> Iterator[Any]:
@@ -129,7 +137,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             -1, trainer.model.n_features)
         y = np.concatenate([np.asarray(r[2], dtype=np.float64) for r in rows])
         # One version per batch_size samples: a bulk record may hold several batches.
-        size = self.settings.job.batch_size
+        size = self._batch_size(model_id)
         for start in range(0, len(y), size):
             result = trainer.train_batch(X[start:start + size], y[start:start + size])
             self.last_loss = result.prequential_loss
@@ -149,27 +157,49 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 continue
             self.samples_trained.inc(len(y[start:start + size]))
             self.per_model.inc(model_id, "samples_trained", len(y[start:start + size]))
-            self.per_model.inc(model_id, "versions")
+            if result.clipped:
+                self.per_model.inc(model_id, "grad_clipped")
             self.model_loss[model_id] = result.prequential_loss
             monitored = X[start:start + size, :self.settings.job.drift_features_monitored]
-            yield EVAL_TAG, Row(
-                model_id, result.version.version,
-                [] if result.errors is None else result.errors.tolist(),
-                [] if result.losses is None else result.losses.tolist(),
-                monitored.ravel().tolist(), monitored.shape[1])
-            yield from self._emit(trainer, result.version)
+            yield from self._emit(trainer, result.version, "train", result.errors,
+                                  result.losses, monitored)
         self._save(trainer)
 
     # ------------------------------------------------------------------ versions
 
-    def _emit(self, trainer: ModelTrainer, mv: ModelVersion) -> Iterator[Any]:
+    def _emit(self, trainer: ModelTrainer, mv: ModelVersion, kind: str,
+              errors: np.ndarray | None = None, losses: np.ndarray | None = None,
+              monitored: np.ndarray | None = None) -> Iterator[Any]:
+        """The version row, and its view for the monitoring operators; keeps the weights
+        for rollbacks."""
         self.versions_made.inc()
-        keep = self.settings.job.keep_versions
-        self.recent.put(mv.version, codec.encode_array(trainer.model.weights_vector()))
-        if self.recent.contains(mv.version - keep):
-            self.recent.remove(mv.version - keep)
+        self.per_model.inc(mv.model_id, "versions")
+        job = self.settings.job
+        weights = codec.encode_array(trainer.model.weights_vector())
+        self.recent.put(mv.version, weights)
+        if self.recent.contains(mv.version - job.keep_versions):
+            self.recent.remove(mv.version - job.keep_versions)
+        is_checkpoint = mv.version % job.checkpoint_every_versions == 0
+        if is_checkpoint:
+            self.checkpoints.put(mv.version, weights)
+            oldest = mv.version - job.keep_checkpoints * job.checkpoint_every_versions
+            if self.checkpoints.contains(oldest):
+                self.checkpoints.remove(oldest)
+        if monitored is None:
+            monitored = np.zeros((0, 0))
+        yield EVAL_TAG, Row(
+            mv.model_id, mv.version, kind, mv.samples_applied,
+            [] if errors is None else errors.tolist(), [] if losses is None else losses.tolist(),
+            monitored.ravel().tolist(), monitored.shape[1],
+            weights if is_checkpoint else b"", mv.spec_json if is_checkpoint else "")
         yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
                   mv.delta, mv.weights or b"")
+
+    def _kept_weights(self, version: int) -> bytes | None:
+        for kept in (self.recent, self.checkpoints):
+            if kept.contains(version):
+                return bytes(kept.get(version))
+        return None
 
     def _save(self, trainer: ModelTrainer) -> None:
         self.model_state.update(trainer.state_bytes())
@@ -187,20 +217,20 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         kind = "rollback" if command == "rollback" else "control"
         if command == "rollback":
             target = int(args["version"])
-            weights = self.recent.get(target) if self.recent.contains(target) else None
+            weights = self._kept_weights(target)
             if weights is None:
-                kept = sorted(self.recent.keys())
+                kept = sorted({*self.recent.keys(), *self.checkpoints.keys()})
                 yield ALERT_TAG, alert(model_id, kind, {
                     **detail, "ok": False,
                     "reason": f"version {target} is not among the kept versions {kept}"})
                 return
-            mv = trainer.restore_weights(codec.decode_array(bytes(weights)))
+            mv = trainer.restore_weights(codec.decode_array(weights))
             detail.update(ok=True, from_version=mv.base_version, new_version=mv.version)
-            yield from self._emit(trainer, mv)
+            yield from self._emit(trainer, mv, "rollback")
         elif command == "reset":
             mv = trainer.reset()
             detail.update(ok=True, new_version=mv.version)
-            yield from self._emit(trainer, mv)
+            yield from self._emit(trainer, mv, "reset")
         elif command == "set_learning_rate":
             try:
                 trainer.set_learning_rate(float(args["learning_rate"]))

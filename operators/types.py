@@ -29,12 +29,17 @@ CONTROL_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()],
 )
 
-#: What the trainer's test step saw on one batch, for drift detection: 0/1 errors (empty for
-#: regression), per-sample losses, and the monitored features (n x n_monitored, flat).
+#: One new version as the monitoring operators see it: ``kind`` is "train" (a trained batch,
+#: with what the test step saw: 0/1 errors (empty for regression), per-sample losses and
+#: the monitored features, n x n_monitored, flat), "rollback" or "reset" (no samples).
+#: ``weights`` (codec array bytes) and ``spec`` are set on checkpoint versions only.
 EVAL_TYPE = Types.ROW_NAMED(
-    ["model_id", "version", "errors", "losses", "features", "n_monitored"],
-    [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.INT()],
+    ["model_id", "version", "kind", "samples_applied", "errors", "losses", "features",
+     "n_monitored", "weights", "spec"],
+    [Types.STRING(), Types.LONG(), Types.STRING(), Types.LONG(),
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+     Types.STRING()],
 )
 
 #: A new model version, as the trainer hands it to the publisher; ``weights`` is empty when

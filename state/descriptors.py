@@ -26,6 +26,10 @@ SAMPLES_APPLIED = ValueStateDescriptor("samples-applied-v1", Types.LONG())
 #: The weights (``flowlearn.codec`` array bytes) of the last ``job.keep_versions`` versions.
 RECENT_VERSIONS = MapStateDescriptor(
     "recent-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+#: The weights of the last ``job.keep_checkpoints`` checkpoint versions (every
+#: ``job.checkpoint_every_versions``-th), kept beside RECENT_VERSIONS for longer rollbacks.
+CHECKPOINT_VERSIONS = MapStateDescriptor(
+    "checkpoint-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
 #: True while a ``pause`` command holds training (samples keep buffering).
 PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
@@ -44,6 +48,13 @@ JOIN_LABEL = ValueStateDescriptor(
 )
 #: ... and whether the pair was already emitted (later duplicates are ignored).
 JOIN_DONE = ValueStateDescriptor("join-done-v1", Types.BOOLEAN())
+
+#: The checkpoint operator's ledger of one model (``flowlearn.checkpointing`` bytes) and
+#: the weights of its kept checkpoints (codec array bytes by version), to register them.
+CHECKPOINT_LEDGER = ValueStateDescriptor(
+    "checkpoint-ledger-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+CHECKPOINT_WEIGHTS = MapStateDescriptor(
+    "checkpoint-weights-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 #: The drift operator's detectors of one model (``flowlearn.monitoring`` bytes).
 DRIFT_MONITOR = ValueStateDescriptor("drift-monitor-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))

@@ -42,6 +42,16 @@ scrape_interval_s = 2
 [job]
 batch_size = 32
 batch_timeout_ms = 200
+checkpoint_every_versions = 10
+[mlflow]
+register_min_interval_s = 0
+# Models made up by tests train undisturbed (the exactly-once test compares final weights
+# with a plain replay); the drift and rollback tests name their models below.
+[model_defaults]
+auto_rollback = false
+[models.drift-e2e]
+drift_action = "reset"
+auto_rollback = false
 """
 
 

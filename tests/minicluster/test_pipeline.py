@@ -182,12 +182,47 @@ def test_control_commands_reach_the_trainer_and_raise_alerts():
 def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
     stream = DriftingStream(n_features=10, seed=9, model_id="drifty", drift_at=(3000,))
     records = [json.dumps(r).encode() for r in stream.take(6000, 1000)]
-    out = run_pipeline(records, **{"FLOWLEARN__JOB__DRIFT_ACTION": "reset"})
+    out = run_pipeline(records, **{"FLOWLEARN__MODEL_DEFAULTS__DRIFT_ACTION": "reset"})
     drift = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "drift"]
-    performance = [a for a in drift if a["detail"]["signal"] in ("error", "loss")]
+    performance = [a for a in drift if a["detail"]["direction"] == "up"]
     assert performance, f"no error/loss drift alarm among {drift}"
     # Detected after the change (3000 samples = version ~47 at batch 64), not before it.
     assert min(a["detail"]["version"] for a in performance) > 3000 // 64
     resets = [r["control"] for r in out if "control" in r]
     assert resets and all(c["command"] == "reset" and c["model_id"] == "drifty"
                           for c in resets)
+
+
+def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
+    from flowlearn.registry import Registry
+
+    stream = DriftingStream(n_features=10, seed=11, model_id="poisoned")
+    clean = stream.take(3200, 1000)
+    poisoned = [{**r, "label": 1 - r["label"]} for r in stream.take(1600, 1000)]
+    records = [json.dumps(r).encode() for r in clean + poisoned]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_pipeline(records, **{
+        "FLOWLEARN__MLFLOW__TRACKING_URI": uri,
+        "FLOWLEARN__MLFLOW__REGISTER_MIN_INTERVAL_S": "0",
+        "FLOWLEARN__JOB__CHECKPOINT_EVERY_VERSIONS": "5",
+        "FLOWLEARN__JOB__ROLLBACK_WINDOW_SAMPLES": "512",
+        "FLOWLEARN__JOB__ROLLBACK_MIN_SAMPLES": "512",
+    })
+    controls = [r["control"] for r in out if "control" in r]
+    degraded = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "degraded"]
+    assert [c["command"] for c in controls] == ["rollback"] and len(degraded) == 1
+    target = controls[0]["args"]["version"]
+    # The poison starts after 3200 samples = version 50: a clean checkpoint is chosen,
+    # soon after the damage (within the 512-sample window and a few batches).
+    assert target % 5 == 0 and target <= 50
+    assert 50 < degraded[0]["detail"]["version"] <= 50 + 512 // 64 + 4
+    # The target was registered with the weights the trainer published for it, bit for bit.
+    versions = {r["version"]: r for r in out
+                if r.get("kind") == "version" and r["model_id"] == "poisoned"}
+    registry = Registry(uri)
+    registered = registry.get("poisoned", target)
+    assert registered is not None and registered.metrics["windowed_loss"] < 0.6
+    assert registry.load_weights("poisoned", target) == bytes.fromhex(
+        versions[target]["weights"])
+    # Every closed checkpoint was registered (interval 0), in order.
+    assert [v.version for v in registry.versions("poisoned")][:5] == [5, 10, 15, 20, 25]

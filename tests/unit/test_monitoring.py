@@ -35,3 +35,23 @@ def test_state_round_trip_mid_stream_changes_nothing():
 def test_regression_models_have_no_error_detectors():
     names = DriftMonitor.create({"type": "linear"}, 2).detectors
     assert not any("error" in n for n in names) and "page_hinkley|loss" in names
+
+
+def test_adwin_alarms_say_whether_the_error_rose_or_fell():
+    rng = np.random.default_rng(5)
+    monitor = DriftMonitor.create({"type": "logistic", "detectors": ["adwin"]}, n_features=1)
+
+    def run(rates):
+        found = []
+        for rate in rates:
+            found += monitor.update((rng.random(64) < rate) * 1.0, rng.random(64),
+                                    rng.normal(size=(64, 1)))
+        return found
+
+    learning = run(np.linspace(0.5, 0.1, 60))  # a model getting better
+    assert learning and all(a.direction == "down" and not a.degraded for a in learning)
+    run([0.1] * 40)
+    rise = run([0.45] * 20)  # then a concept change
+    assert rise and rise[0].direction == "up" and rise[0].degraded
+    restored = DriftMonitor.from_bytes(monitor.to_bytes())
+    assert restored.error_history.tobytes() == monitor.error_history.tobytes()

@@ -1,0 +1,207 @@
+"""Checkpoint operator keyed by model id: keeps a :class:`flowlearn.checkpointing.CheckpointLedger`
+per model (checkpoint versions with their windowed metrics), registers chosen checkpoints in
+MLflow, and asks the trainer for an automatic rollback through ``fl.control`` when the live
+model degrades (alert ``degraded``).
+
+MLflow calls take tens of milliseconds or more, so they run on a background thread
+(:class:`Registrar`) and never hold up the stream. A checkpoint chosen for registration stays
+marked *pending* in the ledger (managed state) until the thread confirms it, so a failure in
+between re-queues it after recovery; the registry is idempotent, so a replayed registration
+creates nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+
+from conf import Settings
+from flowlearn.checkpointing import CheckpointLedger, Register, Retired, Rollback
+from flowlearn.records import now_ms
+from operators.drift import CONTROL_OUT_TAG
+from operators.model_metrics import ModelMetrics
+from operators.trainer import alert
+from state import descriptors
+
+#: A registration that failed is tried again after this long (MLflow server down, locked DB).
+RETRY_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_id: str
+    version: int
+    weights: bytes
+    spec_json: str
+    samples_applied: int
+    metrics: Mapping[str, float]
+
+
+class Registrar:
+    """Registers versions in MLflow from a daemon thread; confirmations are collected by
+    model id, for the operator to apply when it next holds that model's key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.jobs: queue.Queue[Registration] = queue.Queue()
+        self.done: dict[str, list[int]] = defaultdict(list)
+        self.failures = 0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mlflow-registrar", daemon=True)
+        self.thread.start()
+
+    def submit(self, registration: Registration) -> None:
+        self.jobs.put(registration)
+
+    def confirmed(self, model_id: str) -> list[int]:
+        with self.lock:
+            return self.done.pop(model_id, [])
+
+    def stop(self, drain_s: float = 30.0) -> None:
+        """Let queued registrations finish (at most ``drain_s``), then end the thread; what
+        is left stays pending in the ledger and is registered after the next start."""
+        deadline = time.monotonic() + drain_s
+        while self.jobs.unfinished_tasks and time.monotonic() < deadline:
+            self.stopping.wait(0.05)
+        self.stopping.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from flowlearn.registry import Registry, RegistryError  # imports mlflow: seconds
+
+        m = self.settings.mlflow
+        registry = Registry(m.resolved_tracking_uri(self.settings.stack), m.name_prefix)
+        while not self.stopping.is_set():
+            try:
+                job = self.jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                registry.register(job.model_id, job.version, job.weights, job.spec_json,
+                                  job.samples_applied, job.metrics)
+            except ValueError as exc:  # a bad registration: retrying cannot help
+                self.failures += 1
+                print(f"flowlearn checkpoint: {job.model_id} v{job.version} not registered: "
+                      f"{exc}", file=sys.stderr)
+                self.jobs.task_done()
+                continue
+            except RegistryError as exc:
+                self.failures += 1
+                print(f"flowlearn checkpoint: registering {job.model_id} v{job.version} "
+                      f"failed, retrying in {RETRY_AFTER_S:.0f}s: {exc}", file=sys.stderr)
+                self.stopping.wait(RETRY_AFTER_S)
+                self.jobs.put(job)
+                self.jobs.task_done()
+                continue
+            with self.lock:
+                self.done[job.model_id].append(job.version)
+            self.jobs.task_done()
+
+
+class CheckpointOperator(KeyedProcessFunction):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.ledger_state = runtime_context.get_state(descriptors.CHECKPOINT_LEDGER)
+        self.weights = runtime_context.get_map_state(descriptors.CHECKPOINT_WEIGHTS)
+        self.ledgers: dict[str, CheckpointLedger] = {}
+        self.registrar: Registrar | None = None
+        group = runtime_context.get_metrics_group()
+        self.per_model = ModelMetrics(group, ("checkpoints", "registered", "auto_rollbacks"))
+        self.auto_rollbacks = group.counter("auto_rollbacks")
+
+    def close(self) -> None:
+        if self.registrar is not None:
+            self.registrar.stop()
+
+    def _new_ledger(self, model_id: str) -> CheckpointLedger:
+        job = self.settings.job
+        spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+        return CheckpointLedger(
+            every=job.checkpoint_every_versions, keep=job.keep_checkpoints,
+            window_samples=job.rollback_window_samples, margin=job.rollback_margin,
+            min_samples=job.rollback_min_samples,
+            cooldown_versions=job.rollback_cooldown_versions, auto_rollback=spec.auto_rollback,
+            register_interval_ms=int(self.settings.mlflow.register_min_interval_s * 1000))
+
+    def _ledger(self, model_id: str) -> CheckpointLedger:
+        ledger = self.ledgers.get(model_id)
+        if ledger is None:
+            ledger = self._new_ledger(model_id)
+            saved = self.ledger_state.value()
+            if saved is not None:
+                ledger.load_bytes(bytes(saved))
+                # Chosen before a failure but never confirmed: register them again.
+                for version in ledger.pending_registrations():
+                    self._register(model_id, ledger, version)
+            self.ledgers[model_id] = ledger
+            # Gauges are integers in PyFlink: the loss in millionths.
+            self.per_model.gauge(model_id, "windowed_loss",
+                                 lambda: _millionths(self.ledgers[model_id].live_loss()[0]))
+        return ledger
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        model_id, version, kind, applied, errors, losses, _f, _n, weights, spec = value
+        ledger = self._ledger(model_id)
+        if self.registrar is not None:
+            for confirmed in self.registrar.confirmed(model_id):
+                ledger.mark_registered(confirmed)
+                self.per_model.inc(model_id, "registered")
+        if weights:
+            self.weights.put(version, bytes(weights))
+            ledger.spec_json = spec
+            self.per_model.inc(model_id, "checkpoints")
+        decisions = ledger.observe(version, kind, n=len(losses), loss_sum=float(sum(losses)),
+                                   error_sum=float(sum(errors)), samples_applied=applied,
+                                   now_ms=now_ms())
+        for decision in decisions:
+            if isinstance(decision, Register):
+                self._register(model_id, ledger, decision.version)
+            elif isinstance(decision, Rollback):
+                self._register(model_id, ledger, decision.to_version)
+                self.auto_rollbacks.inc()
+                self.per_model.inc(model_id, "auto_rollbacks")
+                reason = (f"live loss {decision.live_loss:.4f} over the last "
+                          f"{decision.window_samples} samples is worse than checkpoint "
+                          f"{decision.to_version}'s {decision.best_loss:.4f} by more than "
+                          f"{self.settings.job.rollback_margin:.0%}")
+                yield CONTROL_OUT_TAG, json.dumps({
+                    "model_id": model_id, "command": "rollback",
+                    "args": {"version": decision.to_version, "reason": reason},
+                    "ts": now_ms(), "source": "checkpoint:auto-rollback"})
+                yield alert(model_id, "degraded", {**decision.as_dict(), "version": version,
+                                                   "action": "rollback", "reason": reason})
+            elif isinstance(decision, Retired):
+                yield alert(model_id, "checkpoints_retired",
+                            {"versions": list(decision.versions), "reason": decision.reason,
+                             "version": version})
+        kept = {c.version for c in ledger.checkpoints()}
+        stored = list(self.weights.keys())  # MapState: keys() reads them from the backend
+        for stale in [v for v in stored if v not in kept]:
+            self.weights.remove(stale)
+        self.ledger_state.update(ledger.to_bytes())
+
+    def _register(self, model_id: str, ledger: CheckpointLedger, version: int) -> None:
+        checkpoint = ledger.get(version)
+        if checkpoint is None or checkpoint.registered or not self.weights.contains(version):
+            return
+        if self.registrar is None:
+            self.registrar = Registrar(self.settings)
+        self.registrar.submit(Registration(
+            model_id, version, bytes(self.weights.get(version)), ledger.spec_json,
+            checkpoint.samples_applied, checkpoint.metrics()))
+
+
+def _millionths(value: float) -> int:
+    return int(value * 1e6) if value == value else 0

@@ -1,0 +1,85 @@
+"""Drift end to end: an abrupt concept change is detected, the drift operator resets the model
+through fl.control, and the windowed error (the checkpoint operator's, registered in MLflow)
+returns to its level before the change."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer
+
+from flowlearn.producer import produce
+from flowlearn.redis_contract import Keys, read_snapshot
+from flowlearn.registry import Registry
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "drift-e2e"  # its spec in the e2e config: drift_action = "reset"
+CHANGE_AT = 6000
+TOTAL = 14000
+#: An alert must come within this many samples of the change (ADWIN and Page-Hinkley take a
+#: few hundred on this stream; the bound leaves room for batching).
+DETECTION_BOUND = 1500
+
+
+def alerts_of(settings, model_id):
+    consumer = KafkaConsumer(
+        settings.kafka.topics.alerts, bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest", isolation_level="read_committed",
+        consumer_timeout_ms=1000, group_id=None)
+    try:
+        return [a for a in (json.loads(m.value) for m in consumer) if a["model_id"] == model_id]
+    finally:
+        consumer.close()
+
+
+def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
+    settings, _ = stack
+    # Slow enough that the reset, which closes its loop through Kafka (committed at the next
+    # checkpoint, 2 s here), lands while most of the new concept is still to come.
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=MODEL, count=TOTAL,
+            rate=1000, seed=21, drift_at=(CHANGE_AT,), quiet=True)
+    client = stack_redis(settings)
+    keys = Keys(settings.redis.prefix)
+    wait_until(f"{MODEL}: all {TOTAL} samples applied",
+               lambda: (s := read_snapshot(client, keys, MODEL)) and
+               s.samples_applied == TOTAL, timeout_s=120)
+
+    alerts = alerts_of(settings, MODEL)
+    performance = [a for a in alerts if a["kind"] == "drift"
+                   and a["detail"]["direction"] == "up"]
+    assert performance, f"no error/loss drift alert among {alerts}"
+    first = min(a["detail"]["samples_applied"] for a in performance)
+    assert CHANGE_AT < first <= CHANGE_AT + DETECTION_BOUND, performance
+    resets = [a for a in alerts if a["kind"] == "control" and a["detail"]["command"] == "reset"]
+    assert resets and resets[0]["detail"]["source"].startswith("drift:")
+
+    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
+                        settings.mlflow.name_prefix)
+
+    def checkpoints():
+        found = registry.versions(MODEL)
+        return found if found and max(v.samples_applied for v in found) >= TOTAL - 700 else None
+
+    found = wait_until("the last checkpoints registered", checkpoints, timeout_s=60)
+    error = {v.samples_applied: v.metrics["windowed_error"] for v in found
+             if "windowed_error" in v.metrics}
+
+    def mean_error(lo, hi):
+        values = [e for applied, e in error.items() if lo <= applied < hi]
+        assert len(values) >= 3, f"too few checkpoints in [{lo}, {hi}): {sorted(error)}"
+        return float(np.mean(values))
+
+    before = mean_error(2000, CHANGE_AT - 320)
+    after_change = mean_error(CHANGE_AT, CHANGE_AT + 1000)
+    recovered = mean_error(TOTAL - 2500, TOTAL)
+    assert after_change > before + 0.1  # the change hurt ...
+    assert recovered <= before + 0.05  # ... and the adapted model is back to its level
+
+
+def stack_redis(settings):
+    return settings.redis.client(timeout_s=5)
