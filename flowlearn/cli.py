@@ -1,11 +1,13 @@
 """The ``flowlearn`` command line: the local stack, the job, the demo stream, predictions.
 
     flowlearn up | down | status [--json] | submit | produce | predict | run
+    flowlearn versions | savepoint | savepoints | rollback | pin | unpin
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -14,31 +16,7 @@ from typing import Any
 
 from conf import ConfigError, Settings, load_settings
 from flowlearn import jobctl, stack
-
-
-def _models(settings: Settings) -> dict[str, dict[str, Any]]:
-    import redis
-
-    from flowlearn.redis_contract import Keys
-
-    keys = Keys(settings.redis.prefix)
-    r = settings.redis
-    client = redis.Redis(host=r.host, port=r.port, password=r.password or None,
-                         socket_timeout=2, socket_connect_timeout=2)
-    try:
-        models = {}
-        for raw in sorted(client.smembers(keys.models)):
-            model_id = raw.decode()
-            version, epoch, applied = client.hmget(
-                keys.snapshot(model_id), "version", "epoch", "samples_applied")
-            if version is not None and epoch is not None and applied is not None:
-                models[model_id] = {"version": int(version), "epoch": int(epoch),
-                                    "samples_applied": int(applied)}
-        return models
-    except redis.RedisError:
-        return {}
-    finally:
-        client.close()
+from flowlearn.registry import RegistryError
 
 
 def status_dict(settings: Settings) -> dict[str, Any]:
@@ -50,7 +28,8 @@ def status_dict(settings: Settings) -> dict[str, Any]:
         "job": {"id": job.id if job else None, "state": job.state if job else "NONE",
                 "web_ui": settings.flink.web_ui},
         "predictor": {"url": settings.predictor.url},
-        "models": _models(settings) if components["redis"]["state"] == "running" else {},
+        "models": (jobctl.published_models(settings)
+                   if components["redis"]["state"] == "running" else {}),
     }
 
 
@@ -149,7 +128,12 @@ def cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    """Model-level rollback: a control command; the trainer republishes the old weights."""
+    """Model-level (a control command; the trainer republishes the old weights as a new
+    version) or job-level (stop with a savepoint, resubmit from an earlier one)."""
+    if args.savepoint or args.before:
+        return _rollback_job(settings, args)
+    if args.model is None or args.to_version is None:
+        raise jobctl.JobError("rollback needs --model and --to-version, or --savepoint/--before")
     import getpass
 
     from flowlearn.producer import send_raw
@@ -161,6 +145,104 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
              [json.dumps(record).encode()], key=args.model)
     print(f"rollback of {args.model!r} to version {args.to_version} sent; the trainer publishes "
           f"it as a new version and reports on {settings.kafka.topics.alerts}")
+    return 0
+
+
+def _parse_time(text: str) -> int:
+    """ISO 8601 (``2026-11-22T21:30``, local time unless an offset is given) or epoch ms."""
+    from datetime import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError as exc:
+        raise jobctl.JobError(f"--before {text!r}: not an ISO 8601 time or epoch ms") from exc
+
+
+def _rollback_job(settings: Settings, args: argparse.Namespace) -> int:
+    path = args.savepoint or jobctl.savepoint_before(settings, _parse_time(args.before))["path"]
+    before = jobctl.published_models(settings)
+    report = jobctl.rollback_to_savepoint(settings, path)
+    print(f"stopped job {report.stopped_job} (savepoint {report.savepoint_taken})")
+    print(f"job {report.new_job} runs from {report.restored_from}")
+    for step, seconds in report.steps:
+        print(f"  {step}: {seconds:.1f}s")
+    print(f"  total: {sum(s for _, s in report.steps):.1f}s")
+    after = jobctl.published_models(settings)
+    for model_id, m in before.items():
+        print(f"model {model_id}: was version {m['version']} epoch {m['epoch']}; the new epoch "
+              f"republishes from the savepoint (now: {after.get(model_id, 'not yet')})")
+    return 0
+
+
+def cmd_savepoint(settings: Settings, args: argparse.Namespace) -> int:
+    job = jobctl.find_job(settings)
+    if job is None:
+        raise jobctl.JobError("no running job to take a savepoint of")
+    t0 = time.monotonic()
+    entry = jobctl.trigger_savepoint(settings, job, reason=args.reason or "manual")
+    print(f"savepoint {entry['path']} of job {job.id} in {time.monotonic() - t0:.1f}s")
+    for model_id, m in entry["models"].items():
+        print(f"  model {model_id}: version {m['version']} epoch {m['epoch']}")
+    return 0
+
+
+def cmd_savepoints(settings: Settings, args: argparse.Namespace) -> int:
+    entries = jobctl.read_savepoints(settings)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print("no savepoints recorded (flowlearn savepoint, or flowlearn down, takes one)")
+    for e in entries:
+        models = ", ".join(f"{m} v{v['version']}/e{v['epoch']}"
+                           for m, v in e.get("models", {}).items())
+        print(f"{e['time']}  {e['reason']:<24} {e['path']}  {models}")
+    return 0
+
+
+def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
+    from flowlearn.registry import Registry
+
+    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
+                        settings.mlflow.name_prefix)
+    versions = registry.versions(args.model)
+    live = jobctl.published_models(settings).get(args.model)
+    if args.json:
+        print(json.dumps({"model_id": args.model, "live": live,
+                          "versions": [dataclasses.asdict(v) for v in versions]}, indent=2))
+        return 0
+    if live:
+        print(f"live: version {live['version']} epoch {live['epoch']} "
+              f"samples_applied {live['samples_applied']}")
+    if not versions:
+        print(f"no registered versions of {args.model!r} in "
+              f"{registry.model_name(args.model)}")
+    for v in versions:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_ms / 1000))
+        metrics = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
+        print(f"{v.kind:<8} v{v.version:<6} {when}  samples {v.samples_applied:<8} {metrics}  "
+              f"{v.link}")
+    return 0
+
+
+def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
+    """Serving-side rollback: every predictor serves this version while training goes on."""
+    from flowlearn.redis_contract import Keys
+
+    client = settings.redis.client()
+    try:
+        key = Keys(settings.redis.prefix).pin(args.model)
+        if args.command == "unpin":
+            client.delete(key)
+            print(f"model {args.model!r} unpinned: predictors follow the latest version")
+        else:
+            client.set(key, str(args.version))
+            print(f"model {args.model!r} pinned to version {args.version}: predictors serve it "
+                  f"while it is among their recent versions (see the response's flags)")
+    finally:
+        client.close()
     return 0
 
 
@@ -224,11 +306,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_producer_options(p)
     p.add_argument("--background", action="store_true", help="run as a stack component")
     p.set_defaults(func=cmd_produce)
-    p = sub.add_parser("rollback", help="restore a model's earlier version (a new version)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--to-version", type=int, required=True)
+    p = sub.add_parser(
+        "rollback", help="a model to an earlier version (--model, --to-version), or the job to "
+                         "a savepoint (--savepoint PATH or --before TIME)")
+    p.add_argument("--model")
+    p.add_argument("--to-version", type=int)
     p.add_argument("--reason", default="", help="recorded in the rollback alert")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--savepoint", help="resume the job from this savepoint")
+    where.add_argument("--before", help="resume from the newest savepoint before this time "
+                                        "(ISO 8601 or epoch ms)")
     p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("savepoint", help="take a savepoint of the running job and record it")
+    p.add_argument("--reason", default="", help="kept in the manifest")
+    p.set_defaults(func=cmd_savepoint)
+    p = sub.add_parser("savepoints", help="recorded savepoints with their models' versions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_savepoints)
+    p = sub.add_parser("versions", help="a model's registered versions (MLflow) and metrics")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_versions)
+    p = sub.add_parser("pin", help="make the predictors serve one version of a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", type=int, required=True)
+    p.set_defaults(func=cmd_pin)
+    p = sub.add_parser("unpin", help="let the predictors follow the latest version again")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_pin)
     p = sub.add_parser("predict", help="ask the predictor")
     p.add_argument("--model", default="demo")
     p.add_argument("--instances", required=True, help="JSON: one instance or a list of them")
@@ -244,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         return int(args.func(settings, args))
-    except (ConfigError, stack.StackError, jobctl.JobError) as exc:
+    except (ConfigError, stack.StackError, jobctl.JobError, RegistryError) as exc:
         print(f"flowlearn: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

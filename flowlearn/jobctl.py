@@ -97,6 +97,22 @@ def _all_tasks_running(settings: Settings, job_id: str) -> bool:
     return bool(vertices) and all(v.get("status") == "RUNNING" for v in vertices)
 
 
+def published_models(settings: Settings) -> dict[str, dict[str, int]]:
+    """The published models' ``version``, ``epoch`` and ``samples_applied`` from Redis;
+    empty when Redis cannot be reached."""
+    import redis
+
+    from flowlearn.redis_contract import Keys, model_versions
+
+    client = settings.redis.client()
+    try:
+        return model_versions(client, Keys(settings.redis.prefix))
+    except redis.RedisError:
+        return {}
+    finally:
+        client.close()
+
+
 def savepoint_manifest(settings: Settings) -> Path:
     return settings.stack.home / "savepoints.json"
 
@@ -167,26 +183,112 @@ def cancel(settings: Settings, job: JobInfo, timeout_s: float = 60.0) -> None:
     wait_job_state(settings, job.id, {"CANCELED"}, timeout_s)
 
 
-def stop_with_savepoint(settings: Settings, job: JobInfo, timeout_s: float = 120.0) -> str:
-    """Stop ``job`` with a savepoint (drained of nothing: it resumes where it stopped)."""
-    target = settings.stack.data / "flink" / "savepoints"
-    trigger = stack.flink_rest(
-        settings, f"/jobs/{job.id}/stop", method="POST",
-        body={"targetDirectory": f"file://{target}", "drain": False},
-    )
-    request_id = trigger["request-id"]
+def _savepoint_dir(settings: Settings) -> str:
+    return f"file://{settings.stack.data / 'flink' / 'savepoints'}"
+
+
+def _await_savepoint(settings: Settings, job: JobInfo, request_id: str, what: str,
+                     timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = stack.flink_rest(settings, f"/jobs/{job.id}/savepoints/{request_id}")
         if status["status"]["id"] == "COMPLETED":
             operation = status.get("operation", {})
             if "failure-cause" in operation:
-                raise JobError(f"stop-with-savepoint failed: "
-                               f"{operation['failure-cause'].get('class')}")
-            path: str = operation["location"]
-            record_savepoint(settings, {"path": path, "job_id": job.id,
-                                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                        "reason": "stop"})
-            return path
+                cause = operation["failure-cause"]
+                raise JobError(f"{what} failed: {cause.get('class')}: "
+                               f"{str(cause.get('stack-trace', '')).splitlines()[:1]}")
+            return str(operation["location"])
         time.sleep(0.5)
-    raise JobError(f"stop-with-savepoint of {job.id} did not finish within {timeout_s:.0f}s")
+    raise JobError(f"{what} of job {job.id} did not finish within {timeout_s:.0f}s")
+
+
+def _record(settings: Settings, path: str, job: JobInfo, reason: str) -> dict[str, Any]:
+    entry = {"path": path, "job_id": job.id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "time_ms": int(time.time() * 1000), "reason": reason,
+             # What Redis holds right after the savepoint: the versions it contains, or a
+             # batch or two later (the job runs on while the savepoint completes).
+             "models": published_models(settings)}
+    record_savepoint(settings, entry)
+    return entry
+
+
+def trigger_savepoint(settings: Settings, job: JobInfo, reason: str = "manual",
+                      timeout_s: float = 120.0) -> dict[str, Any]:
+    """Take a savepoint of the running ``job``, wait for it, record it in the manifest."""
+    trigger = stack.flink_rest(settings, f"/jobs/{job.id}/savepoints", method="POST",
+                               body={"target-directory": _savepoint_dir(settings),
+                                     "cancel-job": False})
+    path = _await_savepoint(settings, job, trigger["request-id"], "savepoint", timeout_s)
+    return _record(settings, path, job, reason)
+
+
+def stop_with_savepoint(settings: Settings, job: JobInfo, timeout_s: float = 120.0,
+                        reason: str = "stop") -> str:
+    """Stop ``job`` with a savepoint (drained of nothing: it resumes where it stopped)."""
+    trigger = stack.flink_rest(settings, f"/jobs/{job.id}/stop", method="POST",
+                               body={"targetDirectory": _savepoint_dir(settings),
+                                     "drain": False})
+    path = _await_savepoint(settings, job, trigger["request-id"], "stop-with-savepoint",
+                            timeout_s)
+    _record(settings, path, job, reason)
+    return path
+
+
+def savepoint_before(settings: Settings, when_ms: int) -> dict[str, Any]:
+    """The newest recorded savepoint taken before ``when_ms``."""
+    earlier = [e for e in read_savepoints(settings) if e.get("time_ms", 0) < when_ms]
+    if not earlier:
+        raise JobError(f"no recorded savepoint before {when_ms} (see `flowlearn savepoints`)")
+    return max(earlier, key=lambda e: e["time_ms"])
+
+
+@dataclass(frozen=True)
+class RollbackReport:
+    stopped_job: str
+    savepoint_taken: str
+    restored_from: str
+    new_job: str
+    steps: list[tuple[str, float]]
+
+
+def rollback_to_savepoint(settings: Settings, path: str) -> RollbackReport:
+    """Job-level rollback: stop the running job with a savepoint, resubmit from ``path``.
+
+    Should the resubmission fail, the job is resubmitted from the savepoint just taken (the
+    state it was stopped in), so something always runs; the error then says so.
+    """
+    if not path.startswith("file:") and not Path(path).exists():
+        raise JobError(f"savepoint {path} does not exist")
+    steps: list[tuple[str, float]] = []
+    t0 = time.monotonic()
+    job = find_job(settings)
+    if job is None:
+        raise JobError("no running job to roll back; use `flowlearn submit --from-savepoint`")
+    taken = stop_with_savepoint(settings, job, reason=f"before rollback to {path}")
+    steps.append(("stop with savepoint", time.monotonic() - t0))
+    t1 = time.monotonic()
+    try:
+        new = submit(settings, from_savepoint=path)
+    except JobError as exc:
+        stack.log(f"resubmitting from {path} failed ({exc}); going back to {taken}")
+        submit(settings, from_savepoint=taken)
+        raise JobError(f"rollback to {path} failed: {exc}; the job runs again from the "
+                       f"savepoint taken before the rollback ({taken})") from exc
+    steps.append(("submit from savepoint, all tasks running", time.monotonic() - t1))
+    t2 = time.monotonic()
+    republish(settings, list(published_models(settings)))
+    steps.append(("republish request sent", time.monotonic() - t2))
+    return RollbackReport(job.id, taken, path, new.id, steps)
+
+
+def republish(settings: Settings, model_ids: list[str]) -> None:
+    """Ask the trainer to publish each model's current (restored) version under the new
+    epoch, so that predictors reload now rather than at the next trained batch."""
+    from flowlearn.producer import send_raw
+
+    for model_id in model_ids:
+        record = {"model_id": model_id, "command": "republish", "args": {},
+                  "ts": int(time.time() * 1000), "source": "cli:rollback"}
+        send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
+                 [json.dumps(record).encode()], key=model_id)

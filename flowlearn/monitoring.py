@@ -143,8 +143,8 @@ class DriftMonitor:
         return "up" if recent > history[:-RECENT_BATCHES].mean() else "down"
 
     def to_bytes(self) -> bytes:
-        arrays = {name: np.frombuffer(to_bytes(det), dtype=np.uint8)
-                  for name, det in self.detectors.items()}
+        arrays: dict[str, np.ndarray] = {name: np.frombuffer(to_bytes(det), dtype=np.uint8)
+                                         for name, det in self.detectors.items()}
         arrays["error_history"] = self.error_history
         return codec.encode_state(arrays, {"class": "DriftMonitor"})
 

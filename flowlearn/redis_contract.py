@@ -111,6 +111,20 @@ def read_snapshot(client: redis.Redis, keys: Keys, model_id: str) -> Snapshot | 
     return Snapshot.from_hash(fields) if fields else None
 
 
+def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+    """Every published model's ``version``, ``epoch`` and ``samples_applied`` (what
+    ``flowlearn status`` shows and a savepoint's manifest records)."""
+    models = {}
+    for raw in sorted(client.smembers(keys.models)):
+        model_id = raw.decode()
+        version, epoch, applied = client.hmget(
+            keys.snapshot(model_id), "version", "epoch", "samples_applied")
+        if version is not None and epoch is not None and applied is not None:
+            models[model_id] = {"version": int(version), "epoch": int(epoch),
+                                "samples_applied": int(applied)}
+    return models
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One published version as the trainer hands it to the publisher.

@@ -359,6 +359,15 @@ class ModelTrainer:
         return BatchResult(self._new_version(before, after, len(X)), loss, None, losses,
                            errors, grad_norm, clipped)
 
+    def current_version(self) -> ModelVersion:
+        """The current version again, as a full snapshot with an empty delta (a republish:
+        nothing changes, readers of a new epoch get the weights)."""
+        weights = self.model.weights_vector()
+        return ModelVersion(
+            model_id=self.model_id, version=self.version, base_version=self.version,
+            samples_applied=self.samples_applied, spec_json=self._published_spec,
+            delta=codec.make_delta(weights, weights), weights=codec.encode_array(weights))
+
     def restore_weights(self, weights: np.ndarray) -> ModelVersion:
         """A new version whose weights equal ``weights`` bit for bit (a rollback); the
         optimizer keeps its state."""

@@ -239,6 +239,11 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                                                         "reason": str(exc)})
                 return
             detail["ok"] = True
+        elif command == "republish":
+            mv = trainer.current_version()
+            detail.update(ok=True, version=mv.version)
+            yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied,
+                      mv.spec_json, mv.delta, mv.weights or b"")
         elif command in ("pause", "resume"):
             self.paused.update(command == "pause")
             detail["ok"] = True

@@ -43,6 +43,9 @@ scrape_interval_s = 2
 batch_size = 32
 batch_timeout_ms = 200
 checkpoint_every_versions = 10
+rollback_window_samples = 512
+rollback_min_samples = 512
+rollback_cooldown_versions = 50
 [mlflow]
 register_min_interval_s = 0
 # Models made up by tests train undisturbed (the exactly-once test compares final weights
@@ -52,6 +55,8 @@ auto_rollback = false
 [models.drift-e2e]
 drift_action = "reset"
 auto_rollback = false
+[models.poison-e2e]
+auto_rollback = true
 """
 
 
