@@ -97,7 +97,7 @@ Decision = Register | Rollback | Retired
 class CheckpointLedger:
     """Checkpoints and the live window of one model. ``observe`` is called once per version
     in version order; ``kind`` is ``"train"`` (a trained batch, scored by ``version - 1``),
-    ``"rollback"`` or ``"reset"`` (no samples)."""
+    ``"rollback"``, ``"reset"`` or ``"warm_start"`` (no samples)."""
 
     def __init__(self, every: int = 50, keep: int = 20, window_samples: int = 2000,
                  margin: float = 0.1, min_samples: int = 1000, cooldown_versions: int = 100,
@@ -158,16 +158,17 @@ class CheckpointLedger:
             self.since_change += n
             if self._evaluating is not None:
                 decisions.extend(self._evaluate(version, n, loss_sum))
-        elif kind in ("rollback", "reset"):
+        elif kind in ("rollback", "reset", "warm_start"):
             self._window = np.zeros((0, 3))
             self.since_change = 0
             if kind == "rollback" and self._evaluating is not None:
                 degraded, target, decided_at, _ = self._evaluating
                 self._evaluating = (degraded, target, decided_at, True)
                 self._evaluation_sums = np.zeros(2)
-            if kind == "reset":
+            if kind != "rollback":
                 decisions.extend(self._retire(lambda v: v < version,
-                                              "reset: earlier checkpoints are another concept"))
+                                              f"{kind}: earlier checkpoints are another "
+                                              f"lineage"))
                 self._evaluating = None
         if self.is_checkpoint(version):
             decisions.extend(self._close(version, now_ms))

@@ -1,7 +1,7 @@
 """The ``flowlearn`` command line: the local stack, the job, the demo stream, predictions.
 
     flowlearn up | down | status [--json] | submit | produce | predict | run
-    flowlearn versions | savepoint | savepoints | rollback | pin | unpin
+    flowlearn versions | savepoint | savepoints | rollback | pin | unpin | train-batch
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from conf import ConfigError, Settings, load_settings
 from flowlearn import jobctl, stack
+from flowlearn.batch import BatchDataError
 from flowlearn.registry import RegistryError
 
 
@@ -134,15 +135,8 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
         return _rollback_job(settings, args)
     if args.model is None or args.to_version is None:
         raise jobctl.JobError("rollback needs --model and --to-version, or --savepoint/--before")
-    import getpass
-
-    from flowlearn.producer import send_raw
-
-    record = {"model_id": args.model, "command": "rollback",
-              "args": {"version": args.to_version, "reason": args.reason},
-              "ts": int(time.time() * 1000), "source": f"cli:{getpass.getuser()}"}
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
-             [json.dumps(record).encode()], key=args.model)
+    _send_control(settings, args.model, "rollback", {"version": args.to_version},
+                  reason=args.reason)
     print(f"rollback of {args.model!r} to version {args.to_version} sent; the trainer publishes "
           f"it as a new version and reports on {settings.kafka.topics.alerts}")
     return 0
@@ -225,6 +219,57 @@ def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{v.kind:<8} v{v.version:<6} {when}  samples {v.samples_applied:<8} {metrics}  "
               f"{v.link}")
     return 0
+
+
+def cmd_train_batch(settings: Settings, args: argparse.Namespace) -> int:
+    """A batch baseline from a Parquet file: trained, registered in MLflow, written as the
+    predictor's baseline file, and optionally the online model's new starting point."""
+    from flowlearn import codec
+    from flowlearn.batch import read_samples, train_baseline
+    from flowlearn.registry import Registry
+    from flowlearn.serving.baseline import write_baseline
+
+    spec = (settings.model_spec(args.model) or settings.model_defaults).as_dict()
+    t0 = time.monotonic()
+    X, y = read_samples(args.data, args.model, spec)
+    result = train_baseline(spec, X, y, epochs=args.epochs, batch_size=args.batch_size,
+                            seed=args.seed)
+    print(f"trained on {result.n_train} of {len(y)} rows in {time.monotonic() - t0:.1f}s: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
+                        settings.mlflow.name_prefix)
+    latest = registry.latest_baseline(args.model)
+    version = (latest.version if latest else 0) + 1
+    weights = result.model.weights_vector()
+    spec_json = json.dumps({**result.model.spec(), "features": spec["features"],
+                            "hash_seed": spec["hash_seed"]}, sort_keys=True)
+    entry = registry.register(args.model, version, codec.encode_array(weights), spec_json,
+                              result.n_train, result.metrics, kind="baseline",
+                              tags={"source_file": str(args.data)})
+    print(f"registered baseline {version} of {args.model!r}: {entry.link}")
+    out = args.out or settings.stack.home / "baselines" / f"{args.model}.flc"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_baseline(out, json.loads(spec_json), weights, version=version)
+    print(f"baseline file {out}: serve it beside the online model with\n"
+          f"  [predictor.baselines]\n  {json.dumps(args.model)} = {json.dumps(str(out))}")
+    if args.warm_start:
+        _send_control(settings, args.model, "warm_start", {"version": version})
+        print(f"warm start sent: the trainer of {args.model!r} continues from baseline "
+              f"{version} as a new version (alert on {settings.kafka.topics.alerts})")
+    return 0
+
+
+def _send_control(settings: Settings, model_id: str, command: str, args: dict[str, Any],
+                  reason: str = "") -> None:
+    import getpass
+
+    from flowlearn.producer import send_raw
+
+    record = {"model_id": model_id, "command": command,
+              "args": {**args, **({"reason": reason} if reason else {})},
+              "ts": int(time.time() * 1000), "source": f"cli:{getpass.getuser()}"}
+    send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
+             [json.dumps(record).encode()], key=model_id)
 
 
 def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
@@ -327,6 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_versions)
+    p = sub.add_parser("train-batch", help="train a batch baseline from a Parquet file, "
+                                           "register it in MLflow, optionally warm-start")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data", type=Path, required=True,
+                   help="Parquet: features (list), label, optional model_id")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="baseline file for the predictor (default: <stack home>/baselines/)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="the online model continues from this baseline (a control command)")
+    p.set_defaults(func=cmd_train_batch)
     p = sub.add_parser("pin", help="make the predictors serve one version of a model")
     p.add_argument("--model", required=True)
     p.add_argument("--version", type=int, required=True)
@@ -349,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         return int(args.func(settings, args))
-    except (ConfigError, stack.StackError, jobctl.JobError, RegistryError) as exc:
+    except (ConfigError, stack.StackError, jobctl.JobError, RegistryError,
+            BatchDataError) as exc:
         print(f"flowlearn: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -195,6 +195,14 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
                   mv.delta, mv.weights or b"")
 
+    def _baseline_weights(self, model_id: str, version: int) -> np.ndarray:
+        """A registered baseline's weights (imports mlflow on first use: seconds, once)."""
+        from flowlearn.registry import Registry
+
+        m = self.settings.mlflow
+        registry = Registry(m.resolved_tracking_uri(self.settings.stack), m.name_prefix)
+        return codec.decode_array(registry.load_weights(model_id, version, kind="baseline"))
+
     def _kept_weights(self, version: int) -> bytes | None:
         for kept in (self.recent, self.checkpoints):
             if kept.contains(version):
@@ -239,6 +247,19 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                                                         "reason": str(exc)})
                 return
             detail["ok"] = True
+        elif command == "warm_start":
+            try:
+                baseline = self._baseline_weights(model_id, int(args["version"]))
+                if baseline.shape != trainer.model.weights_vector().shape:
+                    raise ValueError(f"baseline has {baseline.size} weights, the model "
+                                     f"{trainer.model.weights_vector().size}")
+            except (ValueError, RuntimeError) as exc:  # RegistryError, CodecError included
+                yield ALERT_TAG, alert(model_id, kind, {**detail, "ok": False,
+                                                        "reason": str(exc)})
+                return
+            mv = trainer.restore_weights(baseline)
+            detail.update(ok=True, new_version=mv.version)
+            yield from self._emit(trainer, mv, "warm_start")
         elif command == "republish":
             mv = trainer.current_version()
             detail.update(ok=True, version=mv.version)

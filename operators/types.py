@@ -31,7 +31,8 @@ CONTROL_TYPE = Types.ROW_NAMED(
 
 #: One new version as the monitoring operators see it: ``kind`` is "train" (a trained batch,
 #: with what the test step saw: 0/1 errors (empty for regression), per-sample losses and
-#: the monitored features, n x n_monitored, flat), "rollback" or "reset" (no samples).
+#: the monitored features, n x n_monitored, flat), "rollback", "reset" or "warm_start"
+#: (no samples).
 #: ``weights`` (codec array bytes) and ``spec`` are set on checkpoint versions only.
 EVAL_TYPE = Types.ROW_NAMED(
     ["model_id", "version", "kind", "samples_applied", "errors", "losses", "features",

@@ -164,3 +164,39 @@ def test_savepoint_rollback_resumes_a_new_epoch_and_never_mixes_lineages(stack):
         last[(m, e)] = v
     mixed = {k: ps for k, ps in by_version.items() if len(ps) > 1}
     assert not mixed, mixed
+
+
+def test_a_batch_baseline_is_registered_and_warm_starts_the_online_model(stack, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flowlearn.serving.baseline import load_baseline
+
+    settings, config = stack
+    model = f"warm-{uuid.uuid4().hex[:6]}"
+    history = DriftingStream(n_features=10, seed=41, model_id=model).take(3000, 0)
+    data = tmp_path / "history.parquet"
+    pq.write_table(pa.table({"model_id": [r["model_id"] for r in history],
+                             "features": [r["features"] for r in history],
+                             "label": [float(r["label"]) for r in history]}), data)
+    baseline_file = tmp_path / "baseline.flc"
+    out = flowlearn("train-batch", "--model", model, "--data", str(data), "--warm-start",
+                    "--out", str(baseline_file), config=config)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "registered baseline 1" in out.stdout
+
+    done = wait_until("the warm start alert", lambda: next(
+        (a for a in alerts_of(settings, model) if a["detail"].get("command") == "warm_start"),
+        None), timeout_s=120, every_s=1)
+    assert done["detail"]["ok"], done
+    client = settings.redis.client(timeout_s=5)
+    snap = wait_until(f"{model} published", lambda: read_snapshot(
+        client, Keys(settings.redis.prefix), model), timeout_s=60)
+    assert snap.version == done["detail"]["new_version"] == 1
+    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
+                        settings.mlflow.name_prefix)
+    baseline = registry.latest_baseline(model)
+    assert baseline is not None and baseline.metrics["holdout_accuracy"] > 0.75
+    registered = registry.load_weights(model, 1, kind="baseline")
+    assert codec.encode_array(snap.weights) == registered  # bit for bit
+    assert load_baseline(baseline_file).weights.tobytes() == snap.weights.tobytes()
