@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -121,12 +122,17 @@ class _Reader:
         if dtype is None:
             raise CodecError(f"corrupt payload: unknown dtype code {code}")
         shape = tuple(_U64.unpack(self.take(8))[0] for _ in range(ndim))
-        count = int(np.prod(shape, dtype=np.uint64)) if shape else 1
+        # Exact (Python int): a uint64 product wraps around, and a claimed 2**64-element
+        # shape would then pass the length check below. take() refuses any count that the
+        # payload does not hold, before anything is allocated.
+        count = math.prod(shape)
         raw = self.take(count * dtype.itemsize)
-        # Copy so the result owns writable memory in native byte order.
-        return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(
-            shape
-        )
+        try:
+            # Copy so the result owns writable memory in native byte order.
+            return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="),
+                                                          copy=True).reshape(shape)
+        except ValueError as exc:  # more dimensions than numpy has, or one it cannot index
+            raise CodecError(f"corrupt payload: bad array shape ({exc})") from exc
 
     def end(self) -> None:
         if self.pos != len(self.buf):
@@ -169,7 +175,7 @@ def decode_state(
     (meta_len,) = _U32.unpack(reader.take(4))
     try:
         meta = json.loads(bytes(reader.take(meta_len)))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also int's digit limit
         raise CodecError(f"corrupt payload: bad state metadata ({exc})") from exc
     if not isinstance(meta, dict):
         raise CodecError("corrupt payload: state metadata is not an object")
@@ -231,4 +237,6 @@ def apply_delta(weights: np.ndarray, delta: Delta) -> None:
         raise CodecError(
             f"delta index out of range for weights of size {weights.size}"
         )
-    weights.reshape(-1)[delta.indices] = delta.values
+    # np.put indexes the C-order flattening in place whatever the layout; reshape(-1) of a
+    # non-contiguous array would be a copy, and the write would be lost.
+    np.put(weights, delta.indices, delta.values)

@@ -34,8 +34,13 @@ def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[
     for i, v in enumerate(row):
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise FeatureError(f"{where}[{i}]: expected a number, got {type(v).__name__}")
-        if not math.isfinite(v):
-            raise FeatureError(f"{where}[{i}]: not a finite number ({v})")
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an int beyond float64's range
+            finite = False
+        if not finite:
+            raise FeatureError(f"{where}[{i}]: not a finite number "
+                               f"({v if isinstance(v, float) else 'too large'})")
     return [float(v) for v in row]
 
 
@@ -60,9 +65,16 @@ def vectorize(rows: Sequence[Any], spec: Mapping[str, Any]) -> np.ndarray:
                 raise FeatureError(f"instances[{i}]: expected a {{name: value}} map")
         hasher = _hasher(n_features, int(spec.get("hash_seed", 0)))
         try:
-            return np.asarray(hasher.transform_many(list(rows)), dtype=np.float64)
+            # Finite values that share a column add up, and the sum can overflow to inf.
+            with np.errstate(over="raise", invalid="raise"):
+                return np.asarray(hasher.transform_many(list(rows)), dtype=np.float64)
         except FeatureError:
             raise
+        except FloatingPointError:
+            raise FeatureError("features: values in one hashed column add up beyond "
+                               "float64's range") from None
+        except OverflowError:  # an int beyond float64's range
+            raise FeatureError("features: a value is beyond float64's range") from None
         except ValueError as exc:
             raise FeatureError(str(exc)) from exc
     raise FeatureError(f"unknown feature kind {kind!r} in model spec")

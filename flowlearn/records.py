@@ -62,11 +62,33 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
         raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_RECORD_BYTES}")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecordError("not_json", str(exc)) from exc
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and int's 4300-digit limit;
+    # RecursionError is arrays or objects nested too deep.
+    except (ValueError, RecursionError) as exc:
+        raise RecordError("not_json", str(exc)[:300]) from exc
     if not isinstance(obj, dict):
         raise RecordError("not_object", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number (not a bool) that is finite as a float64: a huge int is not (and
+    ``math.isfinite`` would raise OverflowError on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _utf8(value: str) -> bool:
+    """Encodable as UTF-8, as Flink and Kafka write strings: JSON's ``"\\ud800"`` is not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _field(obj: Mapping[str, Any], name: str) -> Any:
@@ -77,14 +99,14 @@ def _field(obj: Mapping[str, Any], name: str) -> Any:
 
 def _model_id(obj: Mapping[str, Any]) -> str:
     value = _field(obj, "model_id")
-    if not isinstance(value, str) or not value or len(value) > 200:
+    if not isinstance(value, str) or not value or len(value) > 200 or not _utf8(value):
         raise RecordError("bad_field", "field 'model_id' must be a non-empty string (<= 200)")
     return value
 
 
 def _timestamp(obj: Mapping[str, Any]) -> int:
     value = _field(obj, "ts")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not _finite_number(value):
         raise RecordError("bad_field", "field 'ts' must be epoch milliseconds (a number)")
     if not 0 <= value < 1 << 62:
         raise RecordError("bad_field", f"field 'ts' out of range: {value}")
@@ -95,7 +117,7 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
     value = _field(obj, "label")
     if isinstance(value, bool):
         value = int(value)
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not _finite_number(value):
         raise RecordError("bad_field", "field 'label' must be a finite number")
     kind = spec.get("type")
     if kind == "logistic" and float(value) not in BINARY_LABELS:
@@ -120,7 +142,7 @@ def parse_sample(
     label = _label(obj, spec)
     features = _features(obj, spec)
     event_id = obj.get("event_id")
-    if event_id is not None and not isinstance(event_id, str):
+    if event_id is not None and not (isinstance(event_id, str) and _utf8(event_id)):
         raise RecordError("bad_field", "field 'event_id' must be a string")
     return Sample(model_id, ts, features, label, event_id)
 
@@ -147,7 +169,7 @@ class Label:
 
 def _event_id(obj: Mapping[str, Any]) -> str:
     value = _field(obj, "event_id")
-    if not isinstance(value, str) or not value or len(value) > 200:
+    if not isinstance(value, str) or not value or len(value) > 200 or not _utf8(value):
         raise RecordError("bad_field", "field 'event_id' must be a non-empty string (<= 200)")
     return value
 
@@ -238,14 +260,23 @@ def parse_sample_batch(
         raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_BULK_RECORD_BYTES}")
     try:
         table = pa.ipc.open_stream(raw).read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
+        # The IPC reader checks buffer sizes, not contents: corrupt offsets would be read out
+        # of bounds (a segfault) by the compute functions below.
+        table.validate(full=True)
+    except (pa.ArrowException, OSError) as exc:
         raise RecordError("bad_arrow", str(exc)[:300]) from exc
     missing = {"model_id", "ts", "features", "label"} - set(table.column_names)
     if missing:
         raise RecordError("missing_field", f"bulk record lacks column(s) {sorted(missing)}")
+    if len(set(table.column_names)) != len(table.column_names):
+        raise RecordError("bad_field", f"bulk record repeats a column: {table.column_names}")
     if table.num_rows == 0:
         raise RecordError("bad_field", "bulk record has no rows")
-    models = table.column("model_id").unique().to_pylist()
+    try:
+        models = table.column("model_id").unique().to_pylist()
+    except pa.ArrowException as exc:  # a type 'unique' has no kernel for (a list, a struct)
+        raise RecordError("bad_field", f"column 'model_id' must hold strings: {exc}"[:300]
+                          ) from exc
     if len(models) != 1 or not isinstance(models[0], str) or not models[0]:
         raise RecordError("bad_field", f"a bulk record holds one model id, got {models[:5]}")
     model_id = models[0]
@@ -255,6 +286,10 @@ def parse_sample_batch(
     d = int(spec["n_features"])
     try:
         column = table.column("features").combine_chunks()
+        kind = column.type
+        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+                or pa.types.is_fixed_size_list(kind)):
+            raise RecordError("bad_features", f"column 'features' must hold lists, got {kind}")
         if column.null_count:
             raise ValueError("null feature lists")
         sizes = (np.full(len(column), column.type.list_size)
@@ -267,7 +302,7 @@ def parse_sample_batch(
         X = np.asarray(column.flatten(), dtype=np.float64).reshape(-1, d)
         ts = np.asarray(table.column("ts").combine_chunks(), dtype=np.int64)
         y = np.asarray(table.column("label").combine_chunks(), dtype=np.float64)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError) as exc:
         if isinstance(exc, RecordError):
             raise
         raise RecordError("bad_field", f"bulk columns of the wrong type: {exc}") from exc
@@ -294,6 +329,11 @@ CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
     "set_learning_rate": ("learning_rate",),
     "pause": (),
     "resume": (),
+    # Publish the current version again as a full snapshot (under the running epoch): after
+    # a resubmission from a savepoint, so that predictors reload before new data arrives.
+    "republish": (),
+    # Continue from a registered batch baseline (`flowlearn train-batch --warm-start`).
+    "warm_start": ("version",),
 }
 
 
@@ -313,6 +353,8 @@ def parse_control(raw: bytes) -> Control:
     obj = _load_json_object(raw)
     model_id = _model_id(obj)
     command = _field(obj, "command")
+    if not isinstance(command, str):  # a list or an object is not even hashable
+        raise RecordError("bad_field", "field 'command' must be a string")
     if command not in CONTROL_COMMANDS:
         raise RecordError("unknown_command",
                           f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")
@@ -321,11 +363,12 @@ def parse_control(raw: bytes) -> Control:
         raise RecordError("bad_field", "field 'args' must be an object")
     for name in CONTROL_COMMANDS[command]:
         value = args.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-                value):
+        if not _finite_number(value):
             raise RecordError("bad_field", f"'{command}' needs a number in args.{name}")
     source = obj.get("source") or "unknown"
-    return Control(model_id, command, args, _timestamp(obj), str(source)[:200])
+    # Informational only: kept, with what UTF-8 cannot encode (lone surrogates) escaped.
+    source = str(source)[:200].encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+    return Control(model_id, command, args, _timestamp(obj), source)
 
 
 def dlq_record(

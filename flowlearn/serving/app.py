@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 from aiohttp import web
@@ -188,7 +189,14 @@ async def predict(request: web.Request) -> web.Response:
         X = vectorize(rows, primary.spec)
     except FeatureError as exc:
         return _error(p, "predict", 400, str(exc), started)
-    predictions = primary.score(X).tolist()
+    scores = primary.score(X)
+    # Finite features can still overflow a linear score (softmax then gives NaN); JSON has
+    # no such numbers (orjson would write null), and the documented answer is numbers.
+    bad = np.flatnonzero(~np.isfinite(scores.reshape(len(rows), -1)).all(axis=1))
+    if bad.size:
+        return _error(p, "predict", 400, f"instances[{bad[0]}]: the score is not a finite "
+                      f"number (feature values too large for this model)", started)
+    predictions = scores.tolist()
     answer: dict[str, Any] = {"predictions": predictions, "model_version": primary.version,
                               "epoch": primary.epoch, "variant": primary_name}
     shadow = None
