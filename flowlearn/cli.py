@@ -75,7 +75,8 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    job = jobctl.submit(settings, from_savepoint=args.from_savepoint, fresh=args.fresh)
+    job = jobctl.submit(settings, from_savepoint=args.from_savepoint, fresh=args.fresh,
+                        job_sources=args.job_src)
     print(f"job {job.id} RUNNING in {time.monotonic() - t0:.1f}s")
     print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
     return 0
@@ -346,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit the training job (flink run -d)")
     p.add_argument("--from-savepoint", default=None, help="resume from this savepoint")
     p.add_argument("--fresh", action="store_true", help="ignore recorded savepoints")
+    p.add_argument("--job-src", type=Path, default=None,
+                   help="a folder with the job's packages (another build of the job; "
+                        "default: staged from this checkout)")
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("produce", help="send a synthetic drifting stream to Kafka")
     _add_producer_options(p)

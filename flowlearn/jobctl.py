@@ -128,9 +128,12 @@ def record_savepoint(settings: Settings, entry: dict[str, Any]) -> None:
 
 
 def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = False,
-           timeout_s: float = 180.0) -> JobInfo:
+           timeout_s: float = 180.0, job_sources: Path | None = None) -> JobInfo:
     """Submit the job with ``flink run -d``; resumes from the last recorded savepoint unless
-    ``fresh`` or an explicit ``from_savepoint``. Waits until every task is RUNNING."""
+    ``fresh`` or an explicit ``from_savepoint``. Waits until every task is RUNNING.
+
+    ``job_sources`` is a folder holding the job's packages (:data:`JOB_PACKAGES`), for
+    example another build of the job; by default they are staged from this checkout."""
     existing = find_job(settings)
     if existing is not None:
         raise JobError(f"job {existing.id} is already {existing.state}; stop it first "
@@ -144,7 +147,9 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     settings_file.write_text(json.dumps(settings.to_dict()))
     settings_file.chmod(0o600)  # holds the Redis password
     connector = stack.kafka_connector_jar(settings)
-    sources = stage_job_sources(settings)
+    sources = job_sources or stage_job_sources(settings)
+    if not (sources / JOB_ENTRY).exists():
+        raise JobError(f"{sources} does not hold the job ({JOB_ENTRY} is missing)")
     cmd = [
         "bash", str(stack.flink_home() / "bin" / "flink"), "run", "-d",
         # Job-level settings travel with the job, whatever the cluster's own config says.

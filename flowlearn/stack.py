@@ -472,15 +472,19 @@ def start_flink(settings: Settings) -> None:
     if not running_pid(settings, "jobmanager"):
         require_free_port(settings.flink.rest_host, settings.flink.rest_port, "flink.rest_port")
         require_free_port("127.0.0.1", settings.flink.rpc_port, "flink.rpc_port")
+        # Not the project root: Python workers run with their cwd on sys.path, where the
+        # checkout's packages would shadow the job's own (-pyfs), say a new build of it.
         start_process(settings, "jobmanager",
-                      ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env)
+                      ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env,
+                      cwd=settings.stack.run)
     if not running_pid(settings, "taskmanager"):
         # Supervised: a TaskManager that dies comes back, as a cluster's resource manager
         # would bring one back, and the job recovers from its last checkpoint.
         start_process(settings, "taskmanager",
                       [sys.executable, "-m", "flowlearn.supervise",
                        "--pid-file", str(child_pid_file(settings, "taskmanager")), "--",
-                       "bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env)
+                       "bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env,
+                      cwd=settings.stack.run)
     wait_for("Flink (JobManager with a TaskManager)", lambda: _flink_ready(settings), 120,
              settings.stack.logs / "jobmanager.out")
 

@@ -200,3 +200,54 @@ def test_a_batch_baseline_is_registered_and_warm_starts_the_online_model(stack, 
     registered = registry.load_weights(model, 1, kind="baseline")
     assert codec.encode_array(snap.weights) == registered  # bit for bit
     assert load_baseline(baseline_file).weights.tobytes() == snap.weights.tobytes()
+
+
+def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
+    """DESIGN: uids and state descriptors unchanged -> the savepoint restores into new code."""
+    import shutil
+
+    from flowlearn import jobctl
+
+    settings, _ = stack
+    model = f"upgrade-{uuid.uuid4().hex[:6]}"
+    client = settings.redis.client(timeout_s=5)
+    keys = Keys(settings.redis.prefix)
+
+    def applied(n):
+        return wait_until(f"{model}: {n} samples applied",
+                          lambda: (s := read_snapshot(client, keys, model)) and
+                          s.samples_applied == n and s, timeout_s=120)
+
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model, count=320,
+            rate=1e9, seed=5, bulk=settings.job.batch_size, quiet=True)
+    before = applied(320)
+    # "Version 2" of the job: the trainer's alerts carry a new field; layout unchanged.
+    v2 = tmp_path / "job-v2"
+    shutil.copytree(jobctl.stage_job_sources(settings), v2)
+    trainer = v2 / "operators" / "trainer.py"
+    code = trainer.read_text()
+    assert '"ts": now_ms(), "detail": detail}' in code
+    trainer.write_text(code.replace('"ts": now_ms(), "detail": detail}',
+                                    '"ts": now_ms(), "detail": detail, "code": "v2"}'))
+    job = jobctl.find_job(settings)
+    path = jobctl.stop_with_savepoint(settings, job, reason="upgrade test")
+    try:
+        jobctl.submit(settings, from_savepoint=path, job_sources=v2)
+        produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model, count=320,
+                rate=1e9, seed=6, bulk=settings.job.batch_size, quiet=True)
+        after = applied(640)  # the restored state went on counting
+        assert after.version == before.version + 10
+        send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
+                 [json.dumps({"model_id": model, "command": "set_learning_rate",
+                              "args": {"learning_rate": 0.01}, "ts": 1,
+                              "source": "test"}).encode()], key=model)
+        alert = wait_until("the set_learning_rate alert", lambda: next(
+            (a for a in alerts_of(settings, model)
+             if a["detail"].get("command") == "set_learning_rate"), None),
+            timeout_s=60, every_s=1)
+        assert alert["detail"]["ok"] and alert.get("code") == "v2", alert  # the new code
+    finally:  # back to this checkout's code for the tests that follow
+        running = jobctl.find_job(settings)
+        back = (jobctl.stop_with_savepoint(settings, running, reason="upgrade test done")
+                if running else path)
+        jobctl.submit(settings, from_savepoint=back)
