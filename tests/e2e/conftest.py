@@ -20,24 +20,28 @@ import pytest
 from conf import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_HOME = ROOT / ".flowlearn-test"
+#: Ports are the defaults plus this offset (FLOWLEARN_E2E_PORT_OFFSET, default 10000), and the
+#: home is per offset, so that two e2e sessions can run side by side.
+PORT_OFFSET = int(os.environ.get("FLOWLEARN_E2E_PORT_OFFSET", "10000"))
+TEST_HOME = ROOT / (".flowlearn-test" if PORT_OFFSET == 10000 else
+                    f".flowlearn-test-{PORT_OFFSET}")
 TEST_CONFIG = f"""
 [stack]
 home = "{TEST_HOME}"
 [kafka]
-port = 19092
-controller_port = 19093
+port = {9092 + PORT_OFFSET}
+controller_port = {9093 + PORT_OFFSET}
 [redis]
-port = 16379
+port = {6379 + PORT_OFFSET}
 [flink]
-rest_port = 18081
-rpc_port = 16123
-prometheus_ports = "19249-19252"
+rest_port = {8081 + PORT_OFFSET}
+rpc_port = {6123 + PORT_OFFSET}
+prometheus_ports = "{9249 + PORT_OFFSET}-{9252 + PORT_OFFSET}"
 checkpoint_interval_ms = 2000
 [predictor]
-port = 18080
+port = {8080 + PORT_OFFSET}
 [prometheus]
-port = 19090
+port = {9090 + PORT_OFFSET}
 scrape_interval_s = 2
 [job]
 batch_size = 32
