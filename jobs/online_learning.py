@@ -71,6 +71,9 @@ class PipelineStreams:
     alerts: DataStream
     adaptations: DataStream
     published: DataStream | None
+    #: The trainer's view of each new version for the monitoring operators (``EVAL_TYPE``:
+    #: what its test step saw); ``flowlearn replay`` evaluates from it.
+    evaluated: DataStream | None = None
 
 
 def model_key(row: Any) -> str:
@@ -154,23 +157,16 @@ def build_pipeline(
         .slot_sharing_group("training")
     )
     dlq = dlq.union(versions.get_side_output(DLQ_TAG))
-    evaluated = versions.get_side_output(EVAL_TAG)
+    evaluated = versions.get_side_output(EVAL_TAG).key_by(model_key, key_type=Types.STRING())
+    # Drift and checkpoint share a third Python worker process ("monitoring"): parsing,
+    # training and monitoring each get one.
     drift_alerts = (
-        evaluated
-        .key_by(model_key, key_type=Types.STRING())
-        .process(DriftOperator(settings), output_type=Types.STRING())
-        .name("drift")
-        .uid("drift")
-        # A third Python worker process: parsing, training and drift detection each get one.
-        .slot_sharing_group("monitoring")
+        evaluated.process(DriftOperator(settings), output_type=Types.STRING())
+        .name("drift").uid("drift").slot_sharing_group("monitoring")
     )
     checkpoint_alerts = (
-        evaluated
-        .key_by(model_key, key_type=Types.STRING())
-        .process(CheckpointOperator(settings), output_type=Types.STRING())
-        .name("checkpoint")
-        .uid("checkpoint")
-        .slot_sharing_group("monitoring")
+        evaluated.process(CheckpointOperator(settings), output_type=Types.STRING())
+        .name("checkpoint").uid("checkpoint").slot_sharing_group("monitoring")
     )
     adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG).union(
         checkpoint_alerts.get_side_output(CONTROL_OUT_TAG))
@@ -190,7 +186,8 @@ def build_pipeline(
             "alerts-sink").uid("alerts-sink")
         adaptations.sink_to(kafka.json_sink(settings, topics.control, "control")).name(
             "adaptation-sink").uid("adaptation-sink")
-    return PipelineStreams(samples, versions, dlq, alerts, adaptations, published)
+    return PipelineStreams(samples, versions, dlq, alerts, adaptations, published,
+                           evaluated)
 
 
 def main(argv: list[str] | None = None) -> None:
