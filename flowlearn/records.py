@@ -13,6 +13,7 @@ message says what is wrong.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import time
@@ -24,8 +25,16 @@ import numpy as np
 
 from flowlearn.features import FeatureError, vectorize
 
-#: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``.
-MAX_RECORD_BYTES = 1 << 20
+#: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``. Half of
+#: Kafka's default message size (1 MiB, the broker's ``message.max.bytes`` and the job's sink
+#: producers' ``max.request.size``), so that any JSON record's dead letter, whose ``raw`` is
+#: base64 (4/3 the size), still fits in one Kafka message and keeps the record whole.
+MAX_RECORD_BYTES = 512 << 10
+#: Longest ``raw`` a dead letter carries whole (bulk records may be larger): beyond it only
+#: the first this many bytes are kept, with ``raw_truncated``, ``raw_size`` and
+#: ``raw_sha256``. A dead letter too large for Kafka would fail the job's DLQ sink, and the
+#: job would fail again on the same record after every restart.
+MAX_DLQ_RAW_BYTES = 640 << 10
 #: Largest bulk (Arrow IPC) record accepted.
 MAX_BULK_RECORD_BYTES = 16 << 20
 #: Labels of a logistic model; a softmax model takes integer class indices.
@@ -375,14 +384,18 @@ def dlq_record(
     source_topic: str, reason: str, raw: bytes, ts: int, detail: str = "",
     partition: int | None = None, offset: int | None = None,
 ) -> str:
-    """The JSON of a dead-letter record (DESIGN: ``fl.dlq``); ``raw`` kept whole, base64."""
+    """The JSON of a dead-letter record (DESIGN: ``fl.dlq``); ``raw`` kept whole, base64, up
+    to :data:`MAX_DLQ_RAW_BYTES` (beyond: its head, its size and its SHA-256)."""
     record: dict[str, Any] = {
         "source_topic": source_topic,
         "reason": reason,
         "detail": detail[:500],
-        "raw": base64.b64encode(raw).decode("ascii"),
+        "raw": base64.b64encode(raw[:MAX_DLQ_RAW_BYTES]).decode("ascii"),
         "ts": ts,
     }
+    if len(raw) > MAX_DLQ_RAW_BYTES:
+        record.update(raw_truncated=True, raw_size=len(raw),
+                      raw_sha256=hashlib.sha256(raw).hexdigest())
     if partition is not None:
         record["partition"] = partition
     if offset is not None:

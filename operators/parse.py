@@ -77,23 +77,39 @@ class ParseSamples(_ParseRecords):
         return Row(s.model_id, s.ts, s.features.tolist(), [s.label])
 
 
-class ParseEvents(_ParseRecords):
+class _ParseFeedback(_ParseRecords):
+    """Events and labels: their ``ts`` drives the label join's watermark (one for all
+    models). A record dated further ahead of this operator's clock than
+    ``job.out_of_orderness_ms`` is refused (``bad_field``): it would move the watermark past
+    the present, and every on-time label of every model would then be ``late``."""
+
+    def check_not_ahead(self, ts: int) -> None:
+        ahead = ts - now_ms()
+        limit = self.settings.job.out_of_orderness_ms
+        if ahead > limit:
+            raise RecordError("bad_field", f"field 'ts' is {ahead} ms ahead of the clock "
+                                           f"(more than job.out_of_orderness_ms = {limit})")
+
+
+class ParseEvents(_ParseFeedback):
     """``fl.events`` -> ``FEEDBACK_TYPE`` rows of kind "e"."""
 
     what = "events"
 
     def parse(self, raw: bytes) -> Row:
         e = parse_event(raw, self.spec_for)
+        self.check_not_ahead(e.ts)
         return Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b"")
 
 
-class ParseLabels(_ParseRecords):
+class ParseLabels(_ParseFeedback):
     """``fl.labels`` -> ``FEEDBACK_TYPE`` rows of kind "l" (raw kept for a late DLQ)."""
 
     what = "labels"
 
     def parse(self, raw: bytes) -> Row:
         lab = parse_label(raw, self.spec_for)
+        self.check_not_ahead(lab.ts)
         return Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw)
 
 

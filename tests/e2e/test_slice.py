@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 import uuid
 
@@ -106,11 +107,19 @@ def test_model_rollback_republishes_old_weights_bit_for_bit(stack):
     snap = wait_until("10 versions", lambda: (s := read_snapshot(client, keys, model_id)) and
                       s.samples_applied == 320 and s, timeout_s=90)
     target = weights_at(client, keys, model_id, 3, snap.weights.size)
+    t0 = time.monotonic()
     out = flowlearn("rollback", "--model", model_id, "--to-version", "3", config=config)
     assert out.returncode == 0, out.stderr
     rolled = wait_until("the rollback version", lambda: (s := read_snapshot(
-        client, keys, model_id)) and s.version == snap.version + 1 and s, timeout_s=60)
-    assert rolled.weights.tobytes() == target.tobytes()
+        client, keys, model_id)) and s.version == snap.version + 1 and s, timeout_s=60,
+        every_s=0.05)
+    served = wait_until("the predictor serving it", lambda: (a := try_predict(
+        settings, model_id, [[0.1] * 10])) and a["model_version"] == rolled.version,
+        timeout_s=30, every_s=0.05)
+    # The command's path: CLI start, Kafka, the control sink's commit at the next checkpoint
+    # (2 s here), the trainer, Redis, the predictor.
+    print(f"model rollback: command to served version in {time.monotonic() - t0:.2f}s")
+    assert served and rolled.weights.tobytes() == target.tobytes()
     assert rolled.samples_applied == 320
 
 
