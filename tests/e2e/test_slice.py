@@ -116,8 +116,8 @@ def test_model_rollback_republishes_old_weights_bit_for_bit(stack):
     served = wait_until("the predictor serving it", lambda: (a := try_predict(
         settings, model_id, [[0.1] * 10])) and a["model_version"] == rolled.version,
         timeout_s=30, every_s=0.05)
-    # The command's path: CLI start, Kafka, the control sink's commit at the next checkpoint
-    # (2 s here), the trainer, Redis, the predictor.
+    # The command's path: the CLI process (Python start-up included), Kafka, the trainer,
+    # Redis, the predictor.
     print(f"model rollback: command to served version in {time.monotonic() - t0:.2f}s")
     assert served and rolled.weights.tobytes() == target.tobytes()
     assert rolled.samples_applied == 320
