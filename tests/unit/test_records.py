@@ -1,9 +1,16 @@
 import base64
+import hashlib
 import json
 
 import pytest
 
-from flowlearn.records import MAX_RECORD_BYTES, RecordError, dlq_record, parse_sample
+from flowlearn.records import (
+    MAX_DLQ_RAW_BYTES,
+    MAX_RECORD_BYTES,
+    RecordError,
+    dlq_record,
+    parse_sample,
+)
 
 DENSE = {"type": "logistic", "features": "dense", "n_features": 3}
 SPECS = {"m": DENSE, "soft": {**DENSE, "type": "softmax", "n_classes": 3}}
@@ -61,6 +68,26 @@ def test_dlq_record_keeps_raw_bytes():
     d = json.loads(dlq_record("fl.samples", "not_json", raw, 5, "detail", partition=1, offset=9))
     assert base64.b64decode(d["raw"]) == raw
     assert d["reason"] == "not_json" and d["partition"] == 1 and d["offset"] == 9
+
+
+def test_a_dead_letter_of_any_json_record_fits_one_kafka_message():
+    # The largest JSON record accepted is kept whole in its dead letter, base64 and all,
+    # under Kafka's default 1 MiB message size.
+    raw = b"x" * MAX_RECORD_BYTES
+    letter = dlq_record("fl.samples", "not_json", raw, 5, "detail" * 200)
+    d = json.loads(letter)
+    assert base64.b64decode(d["raw"]) == raw and "raw_truncated" not in d
+    assert len(letter.encode()) < 1 << 20
+
+
+def test_a_dead_letter_of_a_huge_record_keeps_its_head_size_and_digest():
+    raw = bytes(range(256)) * (MAX_DLQ_RAW_BYTES // 256 + 1000)
+    letter = dlq_record("fl.samples", "too_large", raw, 5)
+    d = json.loads(letter)
+    assert base64.b64decode(d["raw"]) == raw[:MAX_DLQ_RAW_BYTES]
+    assert d["raw_truncated"] is True and d["raw_size"] == len(raw)
+    assert d["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert len(letter.encode()) < 1 << 20
 
 
 def bulk(n=4, d=3, **over):
