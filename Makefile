@@ -42,12 +42,16 @@ test-e2e: install
 test: lint
 	@$(VENV)/bin/pytest tests
 
+# BENCH_ARGS goes to every benchmark (only --quick is common to all); the per-benchmark
+# variables (e.g. PIPELINE_ARGS="--samples 500000") to one.
 bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
 	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || { echo "error: wrk not found: apt-get install -y wrk"; exit 1; }
-	@$(PY) bench/bench_core.py $(BENCH_ARGS)
-	@$(PY) bench/bench_predictor.py $(BENCH_ARGS)
-	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS)
+	@$(PY) bench/bench_core.py $(BENCH_ARGS) $(CORE_ARGS)
+	@$(PY) bench/bench_predictor.py $(BENCH_ARGS) $(PREDICTOR_ARGS)
+	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS) $(PIPELINE_ARGS)
+	@$(PY) bench/bench_freshness.py $(BENCH_ARGS) $(FRESHNESS_ARGS)
+	@$(PY) bench/bench_state.py $(BENCH_ARGS) $(STATE_ARGS)
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache
