@@ -20,11 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from flowlearn.training import Model, build_model
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Share of the rows (the last ones, in file order: time order for a log) kept out of
 #: training to measure the baseline.
@@ -42,11 +45,9 @@ class BaselineResult:
     metrics: dict[str, float]
 
 
-def read_samples(path: Path, model_id: str, spec: Mapping[str, Any]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (n x n_features, float64) and labels of ``model_id`` from a Parquet file."""
+def read_samples_table(path: Path) -> pa.Table:
+    """The Parquet file of samples as an Arrow table, checked for its two required columns."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -57,6 +58,16 @@ def read_samples(path: Path, model_id: str, spec: Mapping[str, Any]
     if missing:
         raise BatchDataError(f"{path}: missing column(s) {sorted(missing)}; has "
                              f"{table.column_names}")
+    return table
+
+
+def read_samples(path: Path, model_id: str, spec: Mapping[str, Any]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n x n_features, float64) and labels of ``model_id`` from a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = read_samples_table(path)
     if "model_id" in table.column_names:
         table = table.filter(pc.equal(table["model_id"], model_id))
     if table.num_rows == 0:

@@ -313,6 +313,63 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    """An evaluation report of a live model from what the system recorded: alerts, dead
+    letters, MLflow checkpoints, the prediction log joined with labels (docs/evaluation.md)."""
+    from flowlearn.evaluation import EvaluationError
+    from flowlearn.recorded import collect, parse_time
+    from flowlearn.report import default_out, render
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        data = collect(settings, args.model, since)
+        out = args.out or default_out(settings.stack.home, f"{args.model}-live")
+        files = render(data, out, window=args.window, tolerance=args.tolerance)
+    except EvaluationError as exc:
+        print(f"flowlearn: error: {exc}", file=sys.stderr)
+        return 1
+    for note in data.notes:
+        print(f"note: {note}")
+    for line in files.headline.lines():
+        print(line)
+    print(f"report: {files.index.resolve()}")
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """The job graph on a bounded file at full speed (a local Flink MiniCluster), compared
+    with a batch baseline, and the same report as `flowlearn report` (docs/evaluation.md)."""
+    from flowlearn.evaluation import EvaluationError
+    from flowlearn.replay import BaselineOptions, replay, write_demo
+    from flowlearn.report import default_out, render, safe_name
+
+    try:
+        if args.demo:
+            drift_at = args.drift_at or [args.demo // 2]
+            write_demo(args.file, args.demo, drift_at=drift_at, seed=args.seed,
+                       model_id=args.model or "demo")
+            print(f"wrote {args.demo} samples of a stream drifting at {drift_at} to {args.file}")
+        baseline = None if args.no_baseline else BaselineOptions(
+            train=args.baseline_train, retrain_every=args.retrain_every,
+            registered_version=args.baseline_version)
+        result = replay(args.file, settings, args.model, baseline=baseline,
+                        registry_dir=args.registry)
+        print(f"replayed {result.records} records in {result.seconds:.1f}s; "
+              f"{len(result.dlq)} dead-lettered")
+        out = args.out or default_out(settings.stack.home, f"replay-{args.file.stem}")
+        for model_id, data in result.data.items():
+            folder = out if len(result.data) == 1 else out / safe_name(model_id)
+            files = render(data, folder, window=args.window, tolerance=args.tolerance)
+            print(f"model {model_id!r} ({data.baseline_name or 'no baseline'}):")
+            for line in files.headline.lines():
+                print(f"  {line}")
+            print(f"  report: {files.index.resolve()}")
+    except EvaluationError as exc:
+        print(f"flowlearn: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_producer_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     """Producer options; ``demo`` sets `make run`'s defaults (drift, delayed labels)."""
     p.add_argument("--model", default="demo", help="model id (default: demo)")
@@ -403,6 +460,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="up + submit + demo producer (what `make run` does)")
     _add_producer_options(p, demo=True)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="evaluation report of a model (HTML and PNG plots): "
+                                      "online model vs baseline, drift, versions, label "
+                                      "delay, dead letters, from what the system recorded")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--since", default=None,
+                   help="only what happened from this time (ISO 8601 or epoch ms)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for index.html and the plots (default: <stack home>/reports/"
+                        "<model>-live)")
+    p.add_argument("--window", type=int, default=500, help="samples per window (default 500)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="recovered: windowed accuracy back within this of the level before "
+                        "the drift (default 0.05)")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("replay", help="run the job graph on a file of samples (JSON lines or "
+                                      "Parquet) at full speed and write the report")
+    p.add_argument("file", type=Path, help="fl.samples JSON lines, or Parquet (features, "
+                                           "label, optional model_id and ts)")
+    p.add_argument("--model", default=None, help="only this model (default: every model)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default: <stack home>/reports/replay-<file name>)")
+    p.add_argument("--window", type=int, default=500, help="samples per window (default 500)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="recovered: windowed accuracy back within this of the level before "
+                        "the drift (default 0.05)")
+    p.add_argument("--baseline-train", type=float, default=0.25,
+                   help="the batch baseline is trained on the first N samples, or this share "
+                        "of them when below 1 (default 0.25)")
+    p.add_argument("--retrain-every", type=int, default=0,
+                   help="refit the batch baseline on all samples so far every N samples "
+                        "(default 0: trained once)")
+    p.add_argument("--baseline-version", type=int, default=None,
+                   help="compare with this registered baseline (flowlearn train-batch) "
+                        "instead of training one")
+    p.add_argument("--no-baseline", action="store_true", help="no baseline")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="keep the replay's MLflow store in this folder (default: temporary)")
+    p.add_argument("--demo", type=int, default=0, metavar="N",
+                   help="first write a synthetic drifting stream of N samples to FILE")
+    p.add_argument("--drift-at", type=lambda s: [int(x) for x in s.split(",") if x],
+                   default=[], help="with --demo: where the concept changes (default: N/2)")
+    p.add_argument("--seed", type=int, default=0, help="with --demo: the stream's seed")
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -2,16 +2,15 @@
 
 import base64
 import json
-import sys
 
 import numpy as np
 import pytest
-from pyflink.common import Configuration, Types
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.common import Types
 
 from conf import load_settings
 from flowlearn import codec
 from flowlearn.producer import DriftingStream
+from flowlearn.replay import local_environment, raw_stream
 from jobs.online_learning import RawSources, build_pipeline
 
 pytestmark = pytest.mark.minicluster
@@ -26,26 +25,9 @@ BAD_RECORDS = {
 }
 
 
-def raw_stream(env, records):
-    # from_collection cannot carry byte arrays: ship latin-1 strings (a lossless byte
-    # mapping) and turn them back into the bytes a KafkaSource would give.
-    return env.from_collection([r.decode("latin-1") for r in records] or [""],
-                               type_info=Types.STRING()).filter(lambda s: s != "").map(
-        lambda s: s.encode("latin-1"), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-
-
 def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "64", **env_overrides})
-    # Python operator chaining (fusion) rewrites the graph for execute_and_collect and trips
-    # over user-set uids on a branching graph ("Hash collision on user-specified ID"); the
-    # submitted job goes through env.execute() with chaining on.
-    # Three slots: the trainer and the drift operator have slot sharing groups of their own.
-    env = StreamExecutionEnvironment.get_execution_environment(
-        Configuration()
-        .set_string("python.operator-chaining.enabled", "false")
-        .set_string("taskmanager.numberOfTaskSlots", "3"))
-    env.set_parallelism(1)
-    env.set_python_executable(sys.executable)
+    env = local_environment()
     sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
                          raw_stream(env, labels), raw_stream(env, control))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
