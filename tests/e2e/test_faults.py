@@ -1,0 +1,503 @@
+"""The fault matrix of issue #9, end to end on the real local stack.
+
+Each test breaks one component while data flows and checks the invariants at the end:
+
+- ``samples_applied`` equals the number of distinct samples sent and the version equals the
+  number of batches (nothing lost, nothing trained twice), and the published weights equal,
+  bit for bit, those of training the same batches once, in order, without a failure
+  (training is deterministic and each bulk record here is exactly one batch);
+- every ``(epoch, version)`` a predictor answers with is in the model's delta stream, and the
+  prediction equals scoring the weights that the stream gives for that version.
+
+The times each test measures are printed (``pytest -s``) and recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from flowlearn import codec
+from flowlearn import stack as local_stack
+from flowlearn.producer import DriftingStream, produce
+from flowlearn.redis_contract import DeltaEntry, Keys, read_snapshot
+from flowlearn.serving.scoring import scorer
+from flowlearn.training import ModelTrainer
+
+from .conftest import flowlearn, wait_until
+
+pytestmark = pytest.mark.e2e
+
+#: The instance every prediction here scores.
+X_PROBE = [0.25, -0.5, 1.0, 0.0, 0.75, -1.0, 0.5, -0.25, 0.125, 2.0]
+
+
+def report(msg: str) -> None:
+    print(f"[faults] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Job:
+    """The running job as Flink's REST API shows it."""
+
+    def __init__(self, settings: Any, job_id: str) -> None:
+        self.settings = settings
+        self.id = job_id
+
+    def rest(self, path: str) -> Any:
+        return local_stack.flink_rest(self.settings, f"/jobs/{self.id}{path}")
+
+    def restarts(self) -> int:
+        """``numRestarts`` (Flink refreshes REST metrics every 10 s)."""
+        got = self.rest("/metrics?get=numRestarts")
+        return int(got[0]["value"]) if got else 0
+
+    def exceptions(self) -> list[dict[str, Any]]:
+        return self.rest("/exceptions")["exceptionHistory"]["entries"]
+
+    def task_states(self) -> dict[str, int]:
+        """How many tasks are in each state, over every vertex."""
+        counts: dict[str, int] = {}
+        for vertex in self.rest("")["vertices"]:
+            for state, n in vertex["tasks"].items():
+                if n:
+                    counts[state] = counts.get(state, 0) + n
+        return counts
+
+    def running(self) -> bool:
+        """The job and every one of its tasks RUNNING."""
+        return self.rest("")["state"] == "RUNNING" and set(self.task_states()) == {"RUNNING"}
+
+
+def redis_client(settings: Any) -> Any:
+    return settings.redis.client(timeout_s=5)
+
+
+def snapshot_where(settings: Any, model_id: str, check: Callable[[Any], bool]) -> Any:
+    """The model's snapshot if ``check`` holds for it (None while Redis is unreachable)."""
+    try:
+        snap = read_snapshot(redis_client(settings), Keys(settings.redis.prefix), model_id)
+    except redis.RedisError:
+        return None
+    return snap if snap is not None and check(snap) else None
+
+
+def predict(url: str, model_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{url}/v1/models/{model_id}:predict",
+        data=json.dumps({"instances": [X_PROBE]}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def try_predict(url: str, model_id: str) -> dict[str, Any] | None:
+    try:
+        return predict(url, model_id)
+    except OSError:  # URLError and HTTPError (404 until the model is loaded) included
+        return None
+
+
+def history(settings: Any, model_id: str) -> dict[tuple[int, int], np.ndarray]:
+    """The weights of every ``(epoch, version)`` in the model's delta stream.
+
+    Deltas overwrite coordinates, so replaying an epoch's entries from its base version
+    rebuilds each version. A new epoch starts from a version restored from a checkpoint,
+    published earlier by the newest epoch that had it (version 0: zeros).
+    """
+    client = redis_client(settings)
+    keys = Keys(settings.redis.prefix)
+    snap = read_snapshot(client, keys, model_id)
+    assert snap is not None
+    known: dict[int, np.ndarray] = {0: np.zeros(snap.weights.size)}
+    out: dict[tuple[int, int], np.ndarray] = {}
+    epoch, weights, version = None, np.zeros(0), 0
+    for stream_id, fields in client.xrange(keys.deltas(model_id)):
+        entry = DeltaEntry.from_entry(stream_id, fields)
+        if entry.epoch != epoch:
+            assert entry.base_version in known, f"{stream_id!r}: base version never published"
+            epoch, weights = entry.epoch, known[entry.base_version].copy()
+        else:
+            assert entry.base_version == version, f"{stream_id!r}: a gap within the epoch"
+        codec.apply_delta(weights, entry.delta)
+        version = entry.version
+        out[(epoch, version)] = known[version] = weights.copy()
+    # The snapshot is one of them, bit for bit.
+    assert out[(snap.epoch, snap.version)].tobytes() == snap.weights.tobytes()
+    return out
+
+
+def assert_served_was_published(settings: Any, model_id: str,
+                                answers: list[dict[str, Any]]) -> None:
+    """Every answer's (epoch, version) was published, and its prediction is that version's."""
+    published = history(settings, model_id)
+    spec = read_snapshot(redis_client(settings), Keys(settings.redis.prefix), model_id).spec
+    expected: dict[tuple[int, int], list[float]] = {}
+    for answer in answers:
+        key = (answer["epoch"], answer["model_version"])
+        assert key in published, f"served {key}, never published ({sorted(published)[-5:]})"
+        if key not in expected:
+            expected[key] = scorer(spec, published[key])(np.array([X_PROBE])).tolist()
+        assert answer["predictions"] == expected[key], key
+
+
+def reference_weights(settings: Any, model_id: str, seeds_counts: list[tuple[int, int]]
+                      ) -> np.ndarray:
+    """Train what ``produce(seed=s, count=n, bulk=batch)`` sent, once, without failures."""
+    batch = settings.job.batch_size
+    trainer = ModelTrainer.create(model_id, settings.model_defaults.as_dict())
+    for seed, n in seeds_counts:
+        records = DriftingStream(n_features=10, seed=seed, model_id=model_id).take(n, 0)
+        X = np.array([r["features"] for r in records])
+        y = np.array([r["label"] for r in records], dtype=float)
+        for i in range(0, n, batch):
+            trainer.train_batch(X[i:i + batch], y[i:i + batch])
+    return trainer.model.weights_vector()
+
+
+class Producer(threading.Thread):
+    """``produce`` bulk records (one batch each) in the background; keeps its error."""
+
+    def __init__(self, settings: Any, model_id: str, count: int, rate: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.kwargs = dict(bootstrap=settings.kafka.bootstrap, topics=settings.kafka.topics,
+                           model_id=model_id, count=count, rate=rate, seed=seed,
+                           bulk=settings.job.batch_size, quiet=True)
+        self.count = count
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.sent = produce(**self.kwargs)
+        except BaseException as exc:  # reported by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float) -> int:
+        self.join(timeout_s)
+        assert not self.is_alive(), f"the producer did not finish within {timeout_s:.0f}s"
+        assert self.error is None, f"the producer failed: {self.error!r}"
+        assert self.sent == self.count
+        return self.sent
+
+
+def wait_for_a_checkpoint(job: Job) -> None:
+    def completed() -> int:
+        return int(job.rest("/checkpoints")["counts"]["completed"])
+
+    seen = completed()
+    wait_until("a completed checkpoint", lambda: completed() > seen, timeout_s=60, every_s=0.2)
+
+
+def taskmanager_pid(settings: Any) -> int | None:
+    """The supervised TaskManager's current pid (the supervisor's child)."""
+    return local_stack.running_pid(settings, "taskmanager-child")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- TaskManager
+
+
+def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(stack, status):
+    """SIGKILL the TaskManager while it trains, then SIGKILL its replacement while the job
+    is restoring its tasks on it. The supervisor brings a third one; the job recovers from
+    its last completed checkpoint, once, with nothing lost or trained twice."""
+    settings, _ = stack
+    batch = settings.job.batch_size
+    n_batches = 60
+    n = batch * n_batches
+    model_id = f"eo2-{uuid.uuid4().hex[:8]}"
+    job = Job(settings, status()["job"]["id"])
+    restarts_before = job.restarts()
+    producer = Producer(settings, model_id, n, rate=batch * 8, seed=41)
+    producer.start()
+    wait_until("a few versions", lambda: snapshot_where(settings, model_id,
+                                                        lambda s: s.version >= 10),
+               timeout_s=60, every_s=0.1)
+    wait_for_a_checkpoint(job)
+    epoch_before = snapshot_where(settings, model_id, lambda s: True).epoch
+
+    first = taskmanager_pid(settings)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def restoring() -> dict[str, int] | None:
+        """Task states while a new TaskManager restores the job's tasks."""
+        pid = taskmanager_pid(settings)
+        if pid is None or pid == first:
+            return None
+        states = job.task_states()
+        return states if states.keys() & {"DEPLOYING", "INITIALIZING"} else None
+
+    states = wait_until("the job restoring its tasks on a new TaskManager", restoring,
+                        timeout_s=120, every_s=0.2)
+    second = taskmanager_pid(settings)
+    assert second is not None and second != first
+    os.kill(second, signal.SIGKILL)
+    second_killed_at = time.monotonic()
+    report(f"double kill: first SIGKILL, then the replacement (pid {second}) "
+           f"{second_killed_at - killed_at:.1f}s later while restoring {states}")
+
+    producer.finish(120)
+    final = wait_until(f"{n} samples applied after recovery",
+                       lambda: snapshot_where(settings, model_id,
+                                              lambda s: s.samples_applied >= n),
+                       timeout_s=240, every_s=0.2)
+    applied_at = time.monotonic()
+    wait_until("every task RUNNING again", job.running, timeout_s=120, every_s=0.5)
+    report(f"double kill: all {n} samples applied {applied_at - second_killed_at:.1f}s after "
+           f"the second kill ({applied_at - killed_at:.1f}s after the first)")
+    assert final.samples_applied == n
+    assert final.version == n_batches
+    assert final.epoch > epoch_before
+    assert final.weights.tobytes() == reference_weights(settings, model_id, [(41, n)]).tobytes()
+    # Both failures were failovers of the job (the first restore was cut short).
+    wait_until("the restart count to show both failovers",
+               lambda: job.restarts() >= restarts_before + 2, timeout_s=60, every_s=1)
+    answer = wait_until("the predictor serving the final version",
+                        lambda: (a := try_predict(settings.predictor.url, model_id)) and
+                        (a["epoch"], a["model_version"]) == (final.epoch, final.version) and a,
+                        timeout_s=30)
+    assert_served_was_published(settings, model_id, [answer])
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def test_kafka_broker_restart_mid_stream(stack, status):
+    """Stop the broker while a producer sends and the job reads, start it again the way
+    ``flowlearn up`` does (only what is missing); producer and job carry on by themselves."""
+    settings, config = stack
+    batch = settings.job.batch_size
+    n_batches = 60
+    n = batch * n_batches
+    model_id = f"kafka-{uuid.uuid4().hex[:8]}"
+    before = status()
+    job = Job(settings, before["job"]["id"])
+    restarts_before = job.restarts()
+    producer = Producer(settings, model_id, n, rate=batch * 6, seed=43)
+    producer.start()
+    wait_until("a few versions", lambda: snapshot_where(settings, model_id,
+                                                        lambda s: s.version >= 10),
+               timeout_s=60, every_s=0.1)
+
+    stopped_at = time.monotonic()
+    assert local_stack.stop_process(settings, "kafka")
+    k = settings.kafka
+    wait_until("the broker's port closed", lambda: not local_stack.port_open(k.host, k.port), 30)
+    mid = snapshot_where(settings, model_id, lambda s: True)
+    assert mid.samples_applied < n, "the stream was over before the broker stopped"
+    up = flowlearn("up", config=config)
+    assert up.returncode == 0, up.stderr
+    up_at = time.monotonic()
+    after = status()
+    # `up` started the broker and nothing else.
+    for name in ("redis", "jobmanager", "taskmanager", "predictor"):
+        assert after["components"][name]["pids"][0] == before["components"][name]["pids"][0]
+    assert after["components"]["kafka"]["pids"] != before["components"]["kafka"]["pids"]
+
+    producer.finish(180)
+    final = wait_until(f"{n} samples applied",
+                       lambda: snapshot_where(settings, model_id,
+                                              lambda s: s.samples_applied >= n),
+                       timeout_s=180, every_s=0.2)
+    done_at = time.monotonic()
+    report(f"kafka restart: broker down {up_at - stopped_at:.1f}s (stop + start); all {n} "
+           f"samples applied {done_at - up_at:.1f}s after it was back")
+    assert final.samples_applied == n
+    assert final.version == n_batches
+    assert final.weights.tobytes() == reference_weights(settings, model_id, [(43, n)]).tobytes()
+    wait_until("every task RUNNING", job.running, timeout_s=120, every_s=0.5)
+    report(f"kafka restart: job restarts during the outage: {job.restarts() - restarts_before} "
+           f"(REST metric, up to 10 s old)")
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def test_redis_outage_predictor_keeps_serving_and_replicas_converge(stack, status):
+    """Stop Redis longer than the publisher's retries while samples keep coming.
+
+    The predictor keeps answering with the last weights it has, flagged ``degraded``; the
+    publisher gives up after its retries, the job fails over and keeps restarting (Flink's
+    exponential delay) until Redis is back; then it catches up from Kafka and the predictor
+    converges on the trainer's latest version. Nothing is lost or trained twice.
+    """
+    settings, config = stack
+    batch = settings.job.batch_size
+    model_id = f"redis-{uuid.uuid4().hex[:8]}"
+    url = settings.predictor.url
+    n_a, n_b = batch * 10, batch * 40
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=n_a,
+            rate=batch * 40, seed=45, bulk=batch, quiet=True)
+    first = wait_until("the first batches published",
+                       lambda: snapshot_where(settings, model_id,
+                                              lambda s: s.samples_applied == n_a),
+                       timeout_s=60, every_s=0.2)
+    wait_until("the predictor serving them",
+               lambda: (a := try_predict(url, model_id)) and
+               a["model_version"] == first.version, timeout_s=30, every_s=0.2)
+    job = Job(settings, status()["job"]["id"])
+    restarts_before = job.restarts()
+
+    producer = Producer(settings, model_id, n_b, rate=batch * 8, seed=46)
+    producer.start()
+    down_ms = time.time_ns() // 1_000_000
+    assert local_stack.stop_process(settings, "redis")
+    down_at = time.monotonic()
+
+    degraded = wait_until("the predictor answering degraded",
+                          lambda: (a := try_predict(url, model_id)) and a["degraded"] and a,
+                          timeout_s=20, every_s=0.2)
+    answers = [degraded]
+
+    def failed_over() -> list[dict[str, Any]]:
+        answers.append(predict(url, model_id))  # keeps answering all along
+        return [e for e in job.exceptions()
+                if e["timestamp"] >= down_ms and "redis" in e["stacktrace"].lower()]
+
+    failures = wait_until("the job failing over on Redis errors", failed_over, timeout_s=90,
+                          every_s=1)
+    failed_at = time.monotonic()
+    report(f"redis outage: the job failed over {failed_at - down_at:.1f}s after Redis stopped "
+           f"({failures[0]['exceptionName']})")
+    for answer in answers:
+        assert (answer["epoch"], answer["model_version"]) == (first.epoch, first.version)
+        assert answer["degraded"] is True
+    with urllib.request.urlopen(f"{url}/v1/models/{model_id}", timeout=5) as resp:
+        state = json.loads(resp.read())
+    assert state["state"] == "degraded" and state["version"] == first.version
+
+    up = flowlearn("up", config=config)
+    assert up.returncode == 0, up.stderr
+    up_at = time.monotonic()
+    producer.finish(120)
+    n = n_a + n_b
+    final = wait_until(f"{n} samples applied",
+                       lambda: snapshot_where(settings, model_id,
+                                              lambda s: s.samples_applied >= n),
+                       timeout_s=180, every_s=0.2)
+    applied_at = time.monotonic()
+    converged = wait_until(
+        "the predictor on the trainer's latest version",
+        lambda: (a := try_predict(url, model_id)) and not a["degraded"] and
+        (a["epoch"], a["model_version"]) == (final.epoch, final.version) and a,
+        timeout_s=60, every_s=0.2)
+    converged_at = time.monotonic()
+    report(f"redis outage: down {up_at - down_at:.1f}s; after it came back, all samples "
+           f"applied in {applied_at - up_at:.1f}s and the predictor converged in "
+           f"{converged_at - up_at:.1f}s")
+    assert final.samples_applied == n
+    assert final.version == n // batch
+    assert final.epoch > first.epoch
+    assert final.weights.tobytes() == reference_weights(
+        settings, model_id, [(45, n_a), (46, n_b)]).tobytes()
+    assert_served_was_published(settings, model_id, [*answers, converged])
+    wait_until("every task RUNNING", job.running, timeout_s=120, every_s=0.5)
+    restarts = wait_until("the restart count to show the failover",
+                          lambda: (r := job.restarts() - restarts_before) >= 1 and r, 60, 1)
+    report(f"redis outage: {restarts} job restart(s) (failed attempts included)")
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+def test_killing_one_predictor_replica_under_load_leaves_the_other_answering(stack):
+    """Two predictor processes on one config (the stack's and a second on another port),
+    clients spread over both with fail-over; SIGKILL the second under load while the model
+    keeps changing. The first never fails, and no client request goes unanswered."""
+    settings, config = stack
+    batch = settings.job.batch_size
+    model_id = f"replicas-{uuid.uuid4().hex[:8]}"
+    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=batch * 5,
+            rate=batch * 40, seed=47, bulk=batch, quiet=True)
+    wait_until("the model published", lambda: snapshot_where(settings, model_id,
+                                                             lambda s: s.version >= 5), 60)
+    port = free_port(settings.predictor.host)
+    second_url = f"http://{settings.predictor.host}:{port}"
+    pid = local_stack.start_process(settings, "predictor-2",
+                              [sys.executable, "-m", "flowlearn.serving", "--config", str(config)],
+                              env={"FLOWLEARN__PREDICTOR__PORT": str(port)})
+    try:
+        urls = [settings.predictor.url, second_url]
+        for url in urls:
+            wait_until(f"{url} serving the model", lambda u=url: try_predict(u, model_id), 60,
+                       every_s=0.2)
+        # The model keeps changing under the load: 10 more versions a second.
+        producer = Producer(settings, model_id, batch * 60, rate=batch * 10, seed=48)
+        producer.start()
+        answers: list[dict[str, Any]] = []
+        outcomes: list[tuple[int, float, bool]] = []  # (replica, when, ok)
+        unanswered: list[str] = []
+        stop = threading.Event()
+        killed_at: list[float] = []
+
+        def client(k: int) -> None:
+            i = k
+            while not stop.is_set():
+                for attempt in range(2):  # the other replica on failure
+                    replica = (i + attempt) % 2
+                    try:
+                        answer = predict(urls[replica], model_id, timeout_s=10)
+                    except OSError as exc:
+                        outcomes.append((replica, time.monotonic(), False))
+                        if attempt == 1:
+                            unanswered.append(repr(exc))
+                        continue
+                    outcomes.append((replica, time.monotonic(), True))
+                    answers.append(answer)
+                    break
+                i += 1
+
+        clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+        for t in clients:
+            t.start()
+        wait_until("load on both replicas",
+                   lambda: {r for r, _, ok in outcomes if ok} == {0, 1} and len(outcomes) > 200,
+                   timeout_s=30, every_s=0.1)
+        os.kill(pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+        wait_until("load after the kill",
+                   lambda: sum(1 for _, when, _ in outcomes if when > killed_at[0] + 1) > 300,
+                   timeout_s=60, every_s=0.1)
+        stop.set()
+        for t in clients:
+            t.join(10)
+        producer.finish(60)
+    finally:
+        # Killed: this only removes its pid file; otherwise (a failure above) it stops it.
+        local_stack.stop_process(settings, "predictor-2")
+    first_ok = [ok for r, _, ok in outcomes if r == 0]
+    second_after = [ok for r, when, ok in outcomes if r == 1 and when > killed_at[0] + 0.5]
+    report(f"replica kill: {len(answers)} answers, replica 1: {len(first_ok)} requests "
+           f"({first_ok.count(False)} failed); replica 2: "
+           f"{sum(1 for r, _, ok in outcomes if r == 1 and ok)} answered, "
+           f"{sum(1 for r, _, ok in outcomes if r == 1 and not ok)} failed after its kill")
+    assert unanswered == []
+    assert first_ok and all(first_ok), "the surviving replica failed requests"
+    assert second_after and not any(second_after), "the killed replica kept answering?"
+    versions = {a["model_version"] for a in answers}
+    assert len(versions) > 1, "the model did not change under the load"
+    assert_served_was_published(settings, model_id, answers)
