@@ -52,6 +52,7 @@ bench: install
 	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS) $(PIPELINE_ARGS)
 	@$(PY) bench/bench_freshness.py $(BENCH_ARGS) $(FRESHNESS_ARGS)
 	@$(PY) bench/bench_state.py $(BENCH_ARGS) $(STATE_ARGS)
+	@$(PY) bench/bench_poisoning.py $(BENCH_ARGS) $(POISONING_ARGS)
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache
