@@ -111,27 +111,57 @@ class KafkaConf:
 class RedisConf:
     host: str = "127.0.0.1"
     port: int = 6379
+    #: An ACL user (Redis 6+); "" is the default user, which ``password`` alone logs in as.
+    username: str = ""
     password: str = field(default="", repr=False)
     prefix: str = "fl:"
     deltas_maxlen: int = 1000
+    #: TLS to the server; ``tls_ca_file`` verifies it (else the system's CAs), and
+    #: ``tls_cert_file`` with ``tls_key_file`` is the client's certificate when the server
+    #: asks for one (``tls-auth-clients``).
+    tls: bool = False
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     @property
     def url(self) -> str:
         """Connection URL without the password (safe to print)."""
-        return f"redis://{self.host}:{self.port}/0"
+        user = f"{self.username}@" if self.username else ""
+        return f"{'rediss' if self.tls else 'redis'}://{user}{self.host}:{self.port}/0"
 
-    def client(self, timeout_s: float = 2.0) -> Any:
-        """A ``redis.Redis`` client for this server (imported here: conf stays light)."""
+    def client(self, timeout_s: float = 2.0, connect_timeout_s: float | None = None) -> Any:
+        """A ``redis.Redis`` client for this server, user and TLS included (imported here:
+        conf stays light). ``timeout_s`` bounds each command (it must outlast a blocking
+        XREAD), ``connect_timeout_s`` (default ``timeout_s``) the connection."""
         import redis
 
-        return redis.Redis(host=self.host, port=self.port, password=self.password or None,
-                           socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        tls: dict[str, Any] = {}
+        if self.tls:
+            tls = {"ssl": True, "ssl_cert_reqs": "required",
+                   "ssl_ca_certs": self.tls_ca_file or None,
+                   "ssl_certfile": self.tls_cert_file or None,
+                   "ssl_keyfile": self.tls_key_file or None}
+        return redis.Redis(host=self.host, port=self.port, username=self.username or None,
+                           password=self.password or None, socket_timeout=timeout_s,
+                           socket_connect_timeout=connect_timeout_s or timeout_s, **tls)
 
     def validate(self) -> None:
         _check_port("redis.port", self.port)
         _check_positive("redis.deltas_maxlen", self.deltas_maxlen)
         if not self.prefix:
             raise ConfigError("redis.prefix must not be empty")
+        if self.username and not self.password:
+            raise ConfigError("redis.username needs redis.password (an ACL user's password)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("redis.tls_cert_file and redis.tls_key_file go together")
+        files = (("tls_ca_file", self.tls_ca_file), ("tls_cert_file", self.tls_cert_file),
+                 ("tls_key_file", self.tls_key_file))
+        for name, path in files:
+            if path and not self.tls:
+                raise ConfigError(f"redis.{name} is set but redis.tls is false")
+            if path and not Path(path).is_file():
+                raise ConfigError(f"redis.{name}: no such file: {path}")
 
 
 @dataclass(frozen=True)

@@ -326,10 +326,28 @@ def debian_binary(binary: str, package: str) -> str:
     raise StackError(f"{binary} is not on PATH: install it (apt-get install -y {package})")
 
 
+def redis_auth_lines(username: str, password: str, prefix: str) -> list[str]:
+    """redis.conf lines for the configured login: the default user's password, or an ACL
+    user limited to the prefix's keys and without the dangerous commands (FLUSHALL,
+    CONFIG, KEYS, ...) while the default user is off.
+
+    >>> redis_auth_lines("fl", "pw", "fl:")
+    ['user default off', 'user fl on >pw resetkeys ~fl:* resetchannels +@all -@dangerous']
+    """
+    if not username:
+        return [f"requirepass {password}"]
+    return ["user default off",
+            f"user {username} on >{password} resetkeys ~{prefix}* resetchannels "
+            f"+@all -@dangerous"]
+
+
 def start_redis(settings: Settings) -> None:
     if running_pid(settings, "redis"):
         return
     r = settings.redis
+    if r.tls:
+        raise StackError("the local stack runs Redis without TLS: set redis.tls = false, or "
+                         "point redis.host at a Redis server that has TLS")
     require_free_port(r.host, r.port, "redis.port")
     server = debian_binary("redis-server", "redis-server")
     data = settings.stack.data / "redis"
@@ -342,7 +360,7 @@ def start_redis(settings: Settings) -> None:
                 f"bind {r.host}",
                 f"port {r.port}",
                 "protected-mode yes",
-                f"requirepass {r.password}",
+                *redis_auth_lines(r.username, r.password, r.prefix),
                 f"dir {data}",
                 "daemonize no",
                 # Keep the config path in the process title: running_pid() recognises it.

@@ -24,8 +24,7 @@ class RedisPublisher(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         r = self.settings.redis
-        self.client = redis.Redis(host=r.host, port=r.port, password=r.password or None,
-                                  socket_timeout=10, socket_connect_timeout=5)
+        self.client = r.client(timeout_s=10, connect_timeout_s=5)
         group = runtime_context.get_metrics_group()
         self.published = group.counter("versions_published")
         self.retries = group.counter("publish_retries")

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -306,8 +305,7 @@ def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
     metrics_ = Metrics()
     r = settings.redis
     # The socket timeout must outlast a blocking XREAD, or every quiet second is an error.
-    client = redis.Redis(host=r.host, port=r.port, password=r.password or None,
-                         socket_timeout=BLOCK_MS / 1000 + 2.0, socket_connect_timeout=2.0)
+    client = r.client(timeout_s=BLOCK_MS / 1000 + 2.0, connect_timeout_s=2.0)
     follower = Follower(client, Keys(r.prefix), metrics_)
     prediction_log = None
     if log_predictions:
