@@ -53,6 +53,7 @@ bench: install
 	@$(PY) bench/bench_freshness.py $(BENCH_ARGS) $(FRESHNESS_ARGS)
 	@$(PY) bench/bench_state.py $(BENCH_ARGS) $(STATE_ARGS)
 	@$(PY) bench/bench_poisoning.py $(BENCH_ARGS) $(POISONING_ARGS)
+	@$(PY) bench/bench_soak.py $(BENCH_ARGS) $(SOAK_ARGS)
 
 clean:
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache
