@@ -94,10 +94,74 @@ class KafkaConf:
     partitions: int = 2
     heap: str = "512m"
     topics: TopicsConf = field(default_factory=TopicsConf)
+    #: How every client (the job's connectors, producers, the predictor's log, the CLI)
+    #: talks to the brokers: Kafka's ``security.protocol``.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    #: PEM files: the CA that signed the brokers' certificates (else the system's), and the
+    #: client's certificate and key when the brokers ask for one.
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def ssl(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of every kafka-python client (bootstrap servers included).
+
+        >>> KafkaConf(security_protocol="SASL_PLAINTEXT", sasl_username="u",
+        ...           sasl_password="p").client_options()["sasl_mechanism"]
+        'SCRAM-SHA-512'
+        """
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap,
+                                   "security_protocol": self.security_protocol}
+        if self.sasl:
+            options.update(sasl_mechanism=self.sasl_mechanism,
+                           sasl_plain_username=self.sasl_username,
+                           sasl_plain_password=self.sasl_password)
+        if self.ssl:
+            options.update(ssl_cafile=self.ssl_ca_file or None,
+                           ssl_certfile=self.ssl_cert_file or None,
+                           ssl_keyfile=self.ssl_key_file or None)
+        return options
+
+    def java_properties(self) -> dict[str, str]:
+        """Client properties of the job's Kafka connectors (Java). The SQL connector jar
+        relocates Kafka's classes, so the login module is named by its shaded name; PEM
+        client certificates go inline (``ssl.keystore.type=PEM`` takes them as values).
+
+        >>> KafkaConf().java_properties()
+        {'security.protocol': 'PLAINTEXT'}
+        """
+        props: dict[str, str] = {"security.protocol": self.security_protocol}
+        if self.sasl:
+            module = ("plain.PlainLoginModule" if self.sasl_mechanism == "PLAIN"
+                      else "scram.ScramLoginModule")
+            props["sasl.mechanism"] = self.sasl_mechanism
+            props["sasl.jaas.config"] = (
+                f"org.apache.flink.kafka.shaded.org.apache.kafka.common.security.{module} "
+                f"required username={json.dumps(self.sasl_username)} "
+                f"password={json.dumps(self.sasl_password)};")
+        if self.ssl and self.ssl_ca_file:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = self.ssl_ca_file
+        if self.ssl and self.ssl_cert_file:
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.certificate.chain"] = Path(self.ssl_cert_file).read_text()
+            props["ssl.keystore.key"] = Path(self.ssl_key_file).read_text()
+        return props
 
     def validate(self) -> None:
         _check_port("kafka.port", self.port)
@@ -105,6 +169,18 @@ class KafkaConf:
         if self.port == self.controller_port:
             raise ConfigError("kafka.port and kafka.controller_port must differ")
         _check_positive("kafka.partitions", self.partitions)
+        if self.sasl and not (self.sasl_username and self.sasl_password):
+            raise ConfigError(f"kafka.security_protocol {self.security_protocol} needs "
+                              f"kafka.sasl_username and kafka.sasl_password")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together")
+        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+            path = getattr(self, name)
+            if path and not self.ssl:
+                raise ConfigError(f"kafka.{name} is set but kafka.security_protocol "
+                                  f"{self.security_protocol} has no TLS")
+            if path and not Path(path).is_file():
+                raise ConfigError(f"kafka.{name}: no such file: {path}")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyflink.common import WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
 from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
@@ -20,10 +22,17 @@ from conf import Settings
 TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
 
 
+def with_security(builder: Any, settings: Settings) -> Any:
+    """``builder`` with the brokers' security settings (``kafka.security_protocol`` etc.)."""
+    for key, value in settings.kafka.java_properties().items():
+        builder = builder.set_property(key, value)
+    return builder
+
+
 def bytes_source(settings: Settings, topic: str) -> KafkaSource:
     """A source of raw record values: bytes, so that a bad record reaches the DLQ intact."""
     return (
-        KafkaSource.builder()
+        with_security(KafkaSource.builder(), settings)
         .set_bootstrap_servers(settings.kafka.bootstrap)
         .set_topics(topic)
         .set_group_id(f"{settings.job.name}-{topic}")
@@ -46,7 +55,7 @@ def json_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
     """An exactly-once sink of JSON strings (visible to read_committed consumers after a
     checkpoint completes)."""
     return (
-        KafkaSink.builder()
+        with_security(KafkaSink.builder(), settings)
         .set_bootstrap_servers(settings.kafka.bootstrap)
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()

@@ -108,7 +108,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from flowlearn.producer import produce
 
-    sent = produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=args.model,
+    sent = produce(settings.kafka, settings.kafka.topics, model_id=args.model,
                    count=args.count, rate=args.rate, seed=args.seed,
                    n_features=args.n_features, drift_at=args.drift_at,
                    drift_every=args.drift_every, label_delay_ms=args.label_delay_ms,
@@ -269,7 +269,7 @@ def _send_control(settings: Settings, model_id: str, command: str, args: dict[st
     record = {"model_id": model_id, "command": command,
               "args": {**args, **({"reason": reason} if reason else {})},
               "ts": int(time.time() * 1000), "source": f"cli:{getpass.getuser()}"}
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
+    send_raw(settings.kafka, settings.kafka.topics.control,
              [json.dumps(record).encode()], key=model_id)
 
 

@@ -295,5 +295,5 @@ def republish(settings: Settings, model_ids: list[str]) -> None:
     for model_id in model_ids:
         record = {"model_id": model_id, "command": "republish", "args": {},
                   "ts": int(time.time() * 1000), "source": "cli:rollback"}
-        send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
+        send_raw(settings.kafka, settings.kafka.topics.control,
                  [json.dumps(record).encode()], key=model_id)

@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from conf import KafkaConf
 from flowlearn.records import encode_sample_batch, now_ms
+
+
+def kafka_client_options(target: str | KafkaConf) -> dict[str, Any]:
+    """kafka-python client options for a broker address (plaintext) or a :class:`KafkaConf`
+    (its security settings too)."""
+    if isinstance(target, KafkaConf):
+        return target.client_options()
+    return {"bootstrap_servers": target}
 
 
 @dataclass
@@ -72,7 +81,7 @@ def _progress(sent: int, total: int | None, started: float, final: bool = False)
 
 
 def produce(
-    bootstrap: str,
+    bootstrap: str | KafkaConf,
     topics: Any,
     model_id: str = "demo",
     count: int | None = 10_000,
@@ -94,7 +103,7 @@ def produce(
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka_client_options(bootstrap),
         key_serializer=str.encode,
         value_serializer=_serialize,
         acks="all",
@@ -170,11 +179,12 @@ def _send_due(producer: Any, topic: str, delayed: list[tuple[int, int, dict[str,
         producer.send(topic, key=model_id, value=label, timestamp_ms=label["ts"])
 
 
-def send_raw(bootstrap: str, topic: str, records: Sequence[bytes], key: str = "demo") -> None:
+def send_raw(bootstrap: str | KafkaConf, topic: str, records: Sequence[bytes],
+             key: str = "demo") -> None:
     """Send raw record values as they are (used to feed malformed input on purpose)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = KafkaProducer(**kafka_client_options(bootstrap), acks="all")
     try:
         for raw in records:
             producer.send(topic, key=key.encode(), value=raw)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from conf import Settings
+from conf import KafkaConf, Settings
 from flowlearn.evaluation import (
     Checkpoint,
     EvaluationData,
@@ -50,20 +50,20 @@ class TopicRead:
     stalled: bool = False
 
 
-def kafka_consumer(bootstrap: str) -> Callable[[], Any]:
+def kafka_consumer(kafka: KafkaConf) -> Callable[[], Any]:
     def make() -> Any:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
         try:
             return KafkaConsumer(
-                bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                **kafka.client_options(), group_id=None, enable_auto_commit=False,
                 isolation_level="read_committed", max_poll_records=5000,
                 bootstrap_timeout_ms=5000, request_timeout_ms=15000,
                 client_id="flowlearn-report")
         except KafkaError as exc:
-            raise EvaluationError(f"Kafka at {bootstrap} is unreachable ({exc}): is the stack "
-                                  f"up (flowlearn up)?") from exc
+            raise EvaluationError(f"Kafka at {kafka.bootstrap} is unreachable ({exc}): is the "
+                                  f"stack up (flowlearn up)?") from exc
 
     return make
 
@@ -227,7 +227,7 @@ def collect(settings: Settings, model_id: str, since_ms: int | None = None, *,
     spec = settings.model_spec(model_id) or settings.model_defaults
     topics = settings.kafka.topics
     notes: list[str] = []
-    consumer = (consumer_factory or kafka_consumer(settings.kafka.bootstrap))()
+    consumer = (consumer_factory or kafka_consumer(settings.kafka))()
     of_model = _of_model(model_id)
     try:
         reads = {

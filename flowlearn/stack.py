@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conf import Settings, versions
+from conf import KafkaConf, Settings, versions
 
 COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "prometheus",
               "producer")
@@ -205,10 +205,41 @@ def _java() -> str:
     return require_tool("java", "install a JDK 17 (apt-get install -y openjdk-17-jre-headless)")
 
 
+def kafka_listener_lines(k: KafkaConf) -> list[str]:
+    """server.properties lines of the local broker's listeners: the client listener in
+    ``k.security_protocol`` (PLAINTEXT or SASL_PLAINTEXT with SCRAM; the broker also logs
+    in to itself there), the controller's plaintext on loopback."""
+    client = "SASL_PLAINTEXT" if k.sasl else "PLAINTEXT"
+    lines = [
+        f"listeners={client}://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+        f"advertised.listeners={client}://{k.host}:{k.port}",
+        "controller.listener.names=CONTROLLER",
+        f"listener.security.protocol.map={client}:{client},CONTROLLER:PLAINTEXT",
+        f"inter.broker.listener.name={client}",
+    ]
+    if k.sasl:
+        mechanism = k.sasl_mechanism
+        lines += [
+            f"sasl.enabled.mechanisms={mechanism}",
+            f"sasl.mechanism.inter.broker.protocol={mechanism}",
+            f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
+            f"org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f"username={json.dumps(k.sasl_username)} password={json.dumps(k.sasl_password)};",
+        ]
+    return lines
+
+
 def start_kafka(settings: Settings) -> None:
     if running_pid(settings, "kafka"):
         return
     k = settings.kafka
+    if k.ssl:
+        raise StackError("the local stack runs Kafka without TLS: set kafka.security_protocol "
+                         "to PLAINTEXT or SASL_PLAINTEXT, or point kafka.host at brokers that "
+                         "have TLS")
+    if k.sasl and k.sasl_mechanism == "PLAIN":
+        raise StackError("the local stack's broker takes SCRAM logins: set "
+                         "kafka.sasl_mechanism to SCRAM-SHA-512 or SCRAM-SHA-256")
     require_free_port(k.host, k.port, "kafka.port")
     require_free_port(k.host, k.controller_port, "kafka.controller_port")
     java = _java()
@@ -221,10 +252,7 @@ def start_kafka(settings: Settings) -> None:
             [
                 "process.roles=broker,controller",
                 "node.id=1",
-                f"listeners=PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{k.host}:{k.port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                *kafka_listener_lines(k),
                 f"controller.quorum.bootstrap.servers={k.host}:{k.controller_port}",
                 f"log.dirs={log_dir}",
                 f"num.partitions={k.partitions}",
@@ -251,7 +279,14 @@ def start_kafka(settings: Settings) -> None:
         "  Loggers:\n"
         "    Root: {level: INFO, AppenderRef: [{ref: STDOUT}]}\n"
     )
+    props.chmod(0o600)  # with SASL it holds the broker's password
     classpath = f"{jars}/*"
+    scram_marker = log_dir / "flowlearn-scram-user"
+    if (log_dir / "meta.properties").exists() and k.sasl and (
+            not scram_marker.exists() or scram_marker.read_text() != k.sasl_username):
+        raise StackError(f"the Kafka storage in {log_dir} was formatted without the SCRAM user "
+                         f"{k.sasl_username!r} (users are created when it is formatted): "
+                         f"`flowlearn down`, delete {log_dir}, `flowlearn up`")
     if not (log_dir / "meta.properties").exists():
         cluster_id = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
@@ -260,11 +295,15 @@ def start_kafka(settings: Settings) -> None:
         log(f"formatting Kafka storage in {log_dir} (cluster id {cluster_id})")
         result = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(props)],
+             "-t", cluster_id, "-c", str(props),
+             *(["--add-scram", f"{k.sasl_mechanism}=[name={k.sasl_username},"
+                               f"password={k.sasl_password}]"] if k.sasl else [])],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
             raise StackError(f"Kafka storage format failed: {result.stdout}{result.stderr}")
+        if k.sasl:
+            scram_marker.write_text(k.sasl_username)
     start_process(
         settings,
         "kafka",
@@ -283,7 +322,7 @@ def create_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap,
+            admin = KafkaAdminClient(**settings.kafka.client_options(),
                                      client_id="flowlearn-admin", request_timeout_ms=10000)
             break
         except KafkaError as exc:

@@ -311,7 +311,7 @@ def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
     if log_predictions:
         prediction_log = PredictionLog(
             settings.kafka.topics.events,
-            producer_factory or kafka_producer(settings.kafka.bootstrap), metrics_)
+            producer_factory or kafka_producer(settings.kafka), metrics_)
     app = web.Application(client_max_size=settings.predictor.max_body_bytes)
     app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded,
                                ab_fraction)

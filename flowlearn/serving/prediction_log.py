@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
+from conf import KafkaConf
 from flowlearn.serving.metrics import Metrics
 
 log = logging.getLogger("flowlearn.serving.log")
@@ -78,14 +79,14 @@ class Batch(NamedTuple):
             }).encode()
 
 
-def kafka_producer(bootstrap: str) -> Callable[[], Producer]:
+def kafka_producer(kafka: KafkaConf) -> Callable[[], Producer]:
     """A factory of kafka-python producers whose calls are all bounded in time."""
 
     def make() -> Producer:
         from kafka import KafkaProducer
 
         producer: Producer = KafkaProducer(
-            bootstrap_servers=bootstrap, client_id="flowlearn-predictor", acks=1,
+            **kafka.client_options(), client_id="flowlearn-predictor", acks=1,
             linger_ms=20, max_block_ms=2000, request_timeout_ms=5000, retries=3)
         return producer
 

@@ -36,6 +36,10 @@ def test_file_layer(tmp_path: Path):
         ({"FLOWLEARN__REDIS__PORT": "99999"}, "redis.port: port 99999"),
         ({"FLOWLEARN__REDIS__PORT": "abc"}, "redis.port: cannot read 'abc' as int"),
         ({"FLOWLEARN__REDIS__NOPE": "1"}, r"redis: unknown key\(s\) \['nope'\]"),
+        ({"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
+         "needs kafka.sasl_username and kafka.sasl_password"),
+        ({"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol"),
+        ({"FLOWLEARN__KAFKA__SSL_CA_FILE": "/etc/hostname"}, "PLAINTEXT has no TLS"),
         ({"FLOWLEARN__REDIS__USERNAME": "fl", "FLOWLEARN__REDIS__PASSWORD": ""},
          "redis.username needs redis.password"),
         ({"FLOWLEARN__REDIS__TLS_CA_FILE": "/etc/hostname"}, "redis.tls is false"),
@@ -91,3 +95,21 @@ def test_a_bool_setting_refuses_a_number(tmp_path: Path):
     f.write_text("[predictor]\nlog_predictions = 3\n")
     with pytest.raises(ConfigError, match="log_predictions"):
         load_settings(f, env={})
+
+
+def test_kafka_security_reaches_both_kinds_of_client(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    kafka = load_settings(env={"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+                               "FLOWLEARN__KAFKA__SASL_USERNAME": "job",
+                               "FLOWLEARN__KAFKA__SASL_PASSWORD": 'p"w',
+                               "FLOWLEARN__KAFKA__SSL_CA_FILE": str(ca)}).kafka
+    python = kafka.client_options()
+    assert python["security_protocol"] == "SASL_SSL" and python["ssl_cafile"] == str(ca)
+    assert python["sasl_plain_username"] == "job" and python["sasl_plain_password"] == 'p"w'
+    java = kafka.java_properties()
+    assert java["sasl.jaas.config"] == (
+        "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule"
+        ' required username="job" password="p\\"w";')
+    assert java["ssl.truststore.type"] == "PEM" and java["ssl.truststore.location"] == str(ca)
+    assert "p\"w" not in repr(kafka)  # the password is kept out of reprs (and logs)
