@@ -1,6 +1,6 @@
 """Event-time join of labels to the events they belong to (DESIGN: "Label join").
 
-Keyed by model id and event id. Whichever of the pair comes first waits in managed state.
+Keyed by model id. Whichever of a pair (same event id) comes first waits in managed state.
 A pair is emitted once, as a ``SAMPLE_TYPE`` row carrying the event's features and time
 (point-in-time correct), when ``0 <= label ts - event ts <= job.label_window_ms``.
 
@@ -11,8 +11,18 @@ A pair is emitted once, as a ``SAMPLE_TYPE`` row carrying the event's features a
 - An event whose label never came expires when the watermark passes its window: dropped
   (counted) or emitted with ``job.default_label`` (``job.expired_events``).
 
-Event-time timers are rounded up to the second, so that one timer serves many keys' deadlines
-at once and the timer count stays low.
+Why keyed by model and not by event id: PyFlink reads keyed state through a round trip to the
+Java state backend, and keyed by event id every record is on a key of its own, so every
+record paid for a read that could not be cached (about 100 joined samples/s on 2 cores,
+``bench/bench_join.py``). Here the model's entries live in one ``MapState``
+(``descriptors.JOIN_ENTRIES``, the source of truth, checkpointed) and in a dict mirror in the
+Python worker: reads come from the mirror, every change goes to both (map-state writes are
+buffered and flushed in bulk), and the mirror is loaded from the state on the model's first
+record or timer after the worker (re)starts. Paired entries shrink to a tombstone (flags and
+the event's time) that keeps duplicates out until the event's window has passed.
+
+Event-time timers are per model and rounded up to the second: one timer serves every entry
+due in that second (``self.due``, rebuilt from the entries when the mirror is loaded).
 """
 
 from __future__ import annotations
@@ -30,12 +40,17 @@ from operators.parse import DLQ_TAG
 from state import descriptors
 
 TIMER_GRANULARITY_MS = 1000
-KEY_SEPARATOR = "\x1f"
+
+#: Bits of an entry's ``flags``.
+HAS_EVENT, HAS_LABEL, PAIRED = 1, 2, 4
+
+#: An entry: (flags, event ts, features, label ts, label, raw label bytes).
+Entry = tuple[int, int, list[float], int, float, bytes]
 
 
 def join_key(row: Any) -> str:
-    """The key of a ``FEEDBACK_TYPE`` row: model id and event id."""
-    return f"{row[1]}{KEY_SEPARATOR}{row[2]}"
+    """The key of a ``FEEDBACK_TYPE`` row: its model id."""
+    return str(row[1])
 
 
 def _coalesce(ts: int) -> int:
@@ -48,15 +63,56 @@ class LabelJoin(KeyedProcessFunction):
         self.labels_topic = settings.kafka.topics.labels
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.event = runtime_context.get_state(descriptors.JOIN_EVENT)
-        self.label = runtime_context.get_state(descriptors.JOIN_LABEL)
-        self.done = runtime_context.get_state(descriptors.JOIN_DONE)
+        self.entries = runtime_context.get_map_state(descriptors.JOIN_ENTRIES)
+        #: model id -> event id -> entry: the mirror of ``self.entries``, per model.
+        self.mirror: dict[str, dict[str, Entry]] = {}
+        #: model id -> timer time -> event ids to look at when that timer fires.
+        self.due: dict[str, dict[int, list[str]]] = {}
         # Totals and the same per model (a ``model`` label in Prometheus).
         group = runtime_context.get_metrics_group()
         self.metrics = ModelMetrics(group, ("joined", "duplicates", "late", "expired",
                                             "unmatched_labels", "pending_events"))
         self.totals = {name: group.counter(name) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms
+
+    # ------------------------------------------------------------------ the mirror
+
+    def _model(self, model_id: str) -> dict[str, Entry]:
+        """The current key's (``model_id``'s) entries, loaded from state the first time."""
+        loaded = self.mirror.get(model_id)
+        if loaded is not None:
+            return loaded
+        entries: dict[str, Entry] = {}
+        due: dict[int, list[str]] = {}
+        for event_id, row in self.entries.items():
+            entry: Entry = (int(row[0]), int(row[1]), list(row[2]), int(row[3]),
+                            float(row[4]), bytes(row[5]))
+            entries[event_id] = entry
+            due.setdefault(self._deadline(entry), []).append(event_id)
+        self.mirror[model_id], self.due[model_id] = entries, due
+        return entries
+
+    def _deadline(self, entry: Entry) -> int:
+        flags, event_ts, _, label_ts = entry[:4]
+        if flags & HAS_EVENT:
+            return _coalesce(event_ts + self.window)
+        return _coalesce(label_ts + 1)  # a label whose event has ts <= the label's
+
+    def _put(self, model_id: str, event_id: str, entry: Entry, timers: Any) -> None:
+        self.mirror[model_id][event_id] = entry
+        self.entries.put(event_id, Row(*entry))
+        deadline = self._deadline(entry)
+        due = self.due[model_id]
+        if deadline not in due:
+            due[deadline] = []
+            timers.register_event_time_timer(deadline)
+        due[deadline].append(event_id)
+
+    def _remove(self, model_id: str, event_id: str, had_event: bool) -> None:
+        del self.mirror[model_id][event_id]
+        self.entries.remove(event_id)
+        if had_event:
+            self._count(model_id, "pending_events", -1)
 
     def _count(self, model_id: str, name: str, n: int = 1) -> None:
         if n >= 0:
@@ -65,32 +121,37 @@ class LabelJoin(KeyedProcessFunction):
             self.totals[name].dec(-n)
         self.metrics.inc(model_id, name, n)
 
+    # ------------------------------------------------------------------ records
+
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        kind, model_id, _event_id, ts, features, label, raw = value
-        watermark = ctx.timer_service().current_watermark()
-        if self.done.value():
+        kind, model_id, event_id, ts, features, label, raw = value
+        entries = self._model(model_id)
+        entry = entries.get(event_id)
+        flags = 0 if entry is None else entry[0]
+        if flags & PAIRED:
             self._count(model_id, "duplicates")
             return
         timers = ctx.timer_service()
+        watermark = timers.current_watermark()
         if kind == "e":
-            if self.event.value() is not None:
+            if flags & HAS_EVENT:
                 self._count(model_id, "duplicates")
                 return
             if ts + self.window < watermark:
                 # Its window closed before it arrived: no label can join it any more.
                 self._count(model_id, "expired")
                 return
-            self.event.update(Row(ts, features))
-            # Pending events: +1 here, -1 when the entry is cleared (a join-buffer gauge as
+            # Pending events: +1 here, -1 when the entry is removed (a join-buffer gauge as
             # a counter: PyFlink has no up-down counter).
             self._count(model_id, "pending_events")
-            timers.register_event_time_timer(_coalesce(ts + self.window))
-            waiting = self.label.value()
-            if waiting is not None:
-                yield from self._pair(model_id, ts, features, waiting[0], waiting[1],
-                                      bytes(waiting[2]))
+            if entry is not None:  # its label waits
+                yield from self._pair(model_id, event_id, ts, list(features), entry[3],
+                                      entry[4], entry[5], timers)
+            else:
+                self._put(model_id, event_id, (HAS_EVENT, ts, list(features), 0, 0.0, b""),
+                          timers)
             return
-        if self.label.value() is not None:
+        if flags & HAS_LABEL:
             self._count(model_id, "duplicates")
             return
         if ts < watermark:
@@ -98,19 +159,17 @@ class LabelJoin(KeyedProcessFunction):
             yield DLQ_TAG, dlq_record(self.labels_topic, "late", bytes(raw), now_ms(),
                                       f"label ts {ts} behind the watermark {watermark}")
             return
-        waiting_event = self.event.value()
-        if waiting_event is None:
-            self.label.update(Row(ts, label, bytes(raw)))
-            # Its event has ts <= the label's: once the watermark passes, it is not coming.
-            timers.register_event_time_timer(_coalesce(ts + 1))
+        if entry is None:
+            self._put(model_id, event_id, (HAS_LABEL, 0, [], ts, float(label), bytes(raw)),
+                      timers)
             return
-        yield from self._pair(model_id, waiting_event[0], waiting_event[1], ts, label,
-                              bytes(raw))
+        yield from self._pair(model_id, event_id, entry[1], entry[2], ts, float(label),
+                              bytes(raw), timers)
 
-    def _pair(self, model_id: str, event_ts: int, features: list[float], label_ts: int,
-              label: float, raw: bytes) -> Iterator[Any]:
-        self.done.update(True)
-        self.label.clear()
+    def _pair(self, model_id: str, event_id: str, event_ts: int, features: list[float],
+              label_ts: int, label: float, raw: bytes, timers: Any) -> Iterator[Any]:
+        # The tombstone: the event's time (its deadline removes it), no features.
+        self._put(model_id, event_id, (HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b""), timers)
         if not 0 <= label_ts - event_ts <= self.window:
             self._count(model_id, "unmatched_labels")
             yield DLQ_TAG, dlq_record(
@@ -120,30 +179,35 @@ class LabelJoin(KeyedProcessFunction):
         self._count(model_id, "joined")
         yield Row(model_id, event_ts, features, [label])
 
+    # ------------------------------------------------------------------ timers
+
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        model_id = str(ctx.get_current_key()).split(KEY_SEPARATOR, 1)[0]
-        event = self.event.value()
-        if self.done.value():
+        model_id = str(ctx.get_current_key())
+        entries = self._model(model_id)
+        due = self.due[model_id]
+        for deadline in sorted(t for t in due if t <= timestamp):
+            for event_id in due.pop(deadline):
+                entry = entries.get(event_id)
+                if entry is not None:
+                    yield from self._expire(model_id, event_id, entry, timestamp)
+
+    def _expire(self, model_id: str, event_id: str, entry: Entry, timestamp: int
+                ) -> Iterator[Any]:
+        flags, event_ts = entry[0], entry[1]
+        event_window_passed = timestamp >= _coalesce(event_ts + self.window)
+        if flags & PAIRED:
             # Keep the tombstone until the event's window has passed: duplicates stay ignored.
-            if event is None or timestamp >= _coalesce(event[0] + self.window):
-                self._clear(model_id, event is not None)
+            if event_window_passed:
+                self._remove(model_id, event_id, had_event=True)
             return
-        waiting_label = self.label.value()
-        if waiting_label is not None and event is None:
+        if not flags & HAS_EVENT:  # a label alone: its event is not coming any more
             self._count(model_id, "unmatched_labels")
-            yield DLQ_TAG, dlq_record(self.labels_topic, "no_event", bytes(waiting_label[2]),
-                                      now_ms(), "no event with this id before the label")
-            self._clear(model_id, False)
+            yield DLQ_TAG, dlq_record(self.labels_topic, "no_event", entry[5], now_ms(),
+                                      "no event with this id before the label")
+            self._remove(model_id, event_id, had_event=False)
             return
-        if event is not None and timestamp >= _coalesce(event[0] + self.window):
+        if event_window_passed:
             self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
-                yield Row(model_id, event[0], event[1], [self.settings.job.default_label])
-            self._clear(model_id, True)
-
-    def _clear(self, model_id: str, had_event: bool) -> None:
-        if had_event:
-            self._count(model_id, "pending_events", -1)
-        self.event.clear()
-        self.label.clear()
-        self.done.clear()
+                yield Row(model_id, event_ts, entry[2], [self.settings.job.default_label])
+            self._remove(model_id, event_id, had_event=True)

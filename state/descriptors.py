@@ -35,19 +35,15 @@ PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
 BATCH_BUFFER = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE)
 
-#: Label join, keyed by model id and event id: the event waiting for its label ...
-JOIN_EVENT = ValueStateDescriptor(
-    "join-event-v1",
-    Types.ROW_NAMED(["ts", "features"], [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE())]),
-)
-#: ... the label waiting for its event (raw bytes kept for the DLQ) ...
-JOIN_LABEL = ValueStateDescriptor(
-    "join-label-v1",
-    Types.ROW_NAMED(["ts", "label", "raw"],
-                    [Types.LONG(), Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())]),
-)
-#: ... and whether the pair was already emitted (later duplicates are ignored).
-JOIN_DONE = ValueStateDescriptor("join-done-v1", Types.BOOLEAN())
+#: Label join, keyed by model id: the entries of the model's event ids that wait for their
+#: other half, or that were paired and keep duplicates out until their window has passed.
+#: Value: ``flags`` (operators.label_join: event, label, paired), the event's time and
+#: features, the label's time, value and raw bytes (kept for the DLQ).
+JOIN_ENTRY_TYPE = Types.ROW_NAMED(
+    ["flags", "event_ts", "features", "label_ts", "label", "raw"],
+    [Types.INT(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.LONG(),
+     Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+JOIN_ENTRIES = MapStateDescriptor("join-entries-v2", Types.STRING(), JOIN_ENTRY_TYPE)
 
 #: The checkpoint operator's ledger of one model (``flowlearn.checkpointing`` bytes) and
 #: the weights of its kept checkpoints (codec array bytes by version), to register them.

@@ -283,6 +283,40 @@ def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(s
     assert_served_was_published(settings, model_id, [answer])
 
 
+def test_events_waiting_in_the_join_survive_a_taskmanager_kill(stack, status):
+    """Events wait in the label join (managed state, mirrored in the Python worker) when the
+    TaskManager is SIGKILLed; after recovery their labels arrive and every one is joined:
+    the worker's mirror is rebuilt from the restored state, nothing is dead-lettered."""
+    from flowlearn.producer import send_raw
+    from flowlearn.records import now_ms
+
+    settings, _ = stack
+    n = 300
+    model_id = f"join-kill-{uuid.uuid4().hex[:8]}"
+    job = Job(settings, status()["job"]["id"])
+    restarts_before = job.restarts()
+    ts = now_ms()
+    samples = DriftingStream(n_features=10, seed=47, model_id=model_id).take(n, ts, step_ms=0)
+    send_raw(settings.kafka.bootstrap, settings.kafka.topics.events,
+             [json.dumps({k: r[k] for k in ("event_id", "model_id", "ts", "features")}).encode()
+              for r in samples], key=model_id)
+    # Twice: the second checkpoint surely began after every event was in the join's state.
+    wait_for_a_checkpoint(job)
+    wait_for_a_checkpoint(job)
+    pid = taskmanager_pid(settings)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until("the restart count to grow", lambda: job.restarts() > restarts_before,
+               timeout_s=120, every_s=1)
+    wait_until("every task RUNNING again", job.running, timeout_s=120, every_s=0.5)
+    send_raw(settings.kafka.bootstrap, settings.kafka.topics.labels,
+             [json.dumps({"event_id": r["event_id"], "model_id": model_id, "ts": ts + 10,
+                          "label": r["label"]}).encode() for r in samples], key=model_id)
+    final = wait_until(f"{n} samples applied", lambda: snapshot_where(
+        settings, model_id, lambda s: s.samples_applied >= n), timeout_s=120, every_s=0.2)
+    assert final.samples_applied == n
+
+
 # --------------------------------------------------------------------------- Kafka
 
 
