@@ -974,9 +974,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="labelled samples/s (default 2000)")
     parser.add_argument("--join-rate", type=float, default=50.0,
-                        help="labelled samples/s on the join path (default 50: the label join "
-                             "kept up with 150/s but not 300/s on the 2-core machine; without "
-                             "--quick one more join run at --rate shows the overload)")
+                        help="labelled samples/s on the join path (default 50; the label join "
+                             "keeps up with about 800/s on the 2-core machine; without --quick "
+                             "one more join run at --rate shows the overload)")
     parser.add_argument("--paths", default="join,samples",
                         help="input paths to measure the job on: join, samples (default both)")
     parser.add_argument("--seconds", type=float, default=30.0,
