@@ -74,7 +74,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
 from conf import Settings, load_settings
 from flowlearn import jobctl, stack
@@ -185,11 +184,6 @@ class BenchStack:
             raise SystemExit("error: the job was submitted but is not running")
         log(f"job {job.id} running ({time.monotonic() - t0:.0f}s from submit)")
         return job
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    r = settings.redis
-    return redis.Redis(host=r.host, port=r.port, password=r.password or None)
 
 
 def set_log_append_time(settings: Settings, topic: str) -> None:
@@ -341,7 +335,8 @@ class SnapshotTap(threading.Thread):
         super().__init__(name="snapshot-tap", daemon=True)
         from flowlearn.redis_contract import Keys
 
-        self.client = redis_client(settings)
+        # MONITOR blocks between writes: a timeout far beyond any quiet spell of a run.
+        self.client = settings.redis.client(timeout_s=3600)
         key = re.escape(Keys(settings.redis.prefix).snapshot(model_id))
         self.pattern = re.compile(rf'^(\d+\.\d+) \[[^\]]*\] "HSET" "{key}" ')
         # Field values inside MONITOR's quoted arguments: a '"' in any argument is escaped,
@@ -722,7 +717,7 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
     if complete and final_applied == sent.n:
         from flowlearn.redis_contract import Keys, read_snapshot
 
-        snap = read_snapshot(redis_client(settings), Keys(settings.redis.prefix), model_id)
+        snap = read_snapshot(settings.redis.client(), Keys(settings.redis.prefix), model_id)
         if snap is None or snap.version != versions[-1]:
             checks.append(("offline replay in rank order == published weights", None,
                            "snapshot moved on"))

@@ -43,7 +43,6 @@ from bench_freshness import (
     N_FEATURES,
     BenchStack,
     log,
-    redis_client,
     start_naive,
     start_producer,
     trigger_checkpoint,
@@ -150,13 +149,13 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
 def latest_version(settings: Settings, model_id: str) -> int:
     """The newest version in the model's delta stream (a large model's snapshot is only
     rewritten every SNAPSHOT_INTERVAL versions)."""
-    entries = redis_client(settings).xrevrange(Keys(settings.redis.prefix).deltas(model_id),
+    entries = settings.redis.client().xrevrange(Keys(settings.redis.prefix).deltas(model_id),
                                                count=1)
     return int(entries[0][1][b"version"]) if entries else 0
 
 
 def snapshot_applied(settings: Settings, model_id: str) -> int:
-    raw = redis_client(settings).hget(Keys(settings.redis.prefix).snapshot(model_id),
+    raw = settings.redis.client().hget(Keys(settings.redis.prefix).snapshot(model_id),
                                       "samples_applied")
     return int(raw) if raw is not None else 0
 
