@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from bench_freshness import BenchStack, log
@@ -53,12 +54,12 @@ def other_processes(settings: Settings) -> dict[str, int]:
     return out
 
 
-def samples_in_kafka(consumer: object, settings: Settings) -> int:
+def samples_in_kafka(consumer: Any, settings: Settings) -> int:
     from kafka import TopicPartition
 
     topic = settings.kafka.topics.samples
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]  # type: ignore[attr-defined]
-    return int(sum(consumer.end_offsets(parts).values()))  # type: ignore[attr-defined]
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    return int(sum(consumer.end_offsets(parts).values()))
 
 
 class PredictionLoad(threading.Thread):
@@ -126,7 +127,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None)
+        consumer = KafkaConsumer(**settings.kafka.client_options(), group_id=None)
         client = settings.redis.client(timeout_s=5)
         keys = Keys(settings.redis.prefix)
         base = samples_in_kafka(consumer, settings)

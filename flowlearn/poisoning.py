@@ -90,7 +90,7 @@ def run(name: str, X: np.ndarray, y_given: np.ndarray, y_true: np.ndarray,
     queued: list[tuple[int, int]] = []  # (batch index it lands at, version to restore)
     right = np.zeros(len(y_true))
     rollbacks = rejections = 0
-    episode_end_accuracy = float("nan")
+    episode_end_accuracy: float | None = None
     for b, start in enumerate(range(0, len(X), batch_size)):
         for due, version in [q for q in queued if q[0] <= b]:
             queued.remove((due, version))
@@ -98,7 +98,7 @@ def run(name: str, X: np.ndarray, y_given: np.ndarray, y_true: np.ndarray,
                 mv = trainer.restore_weights(checkpoints[version])
                 ledger.observe(mv.version, "rollback")
                 rollbacks += 1
-        if start >= episode[1] and episode_end_accuracy != episode_end_accuracy:
+        if start >= episode[1] and episode_end_accuracy is None:
             episode_end_accuracy = _accuracy(trainer, X_test, y_test)
         Xb, yb = X[start:start + batch_size], y_given[start:start + batch_size]
         right[start:start + len(Xb)] = trainer.model.predict_many(Xb) == y_true[
@@ -121,10 +121,10 @@ def run(name: str, X: np.ndarray, y_given: np.ndarray, y_true: np.ndarray,
             elif isinstance(decision, Retired):
                 for retired in decision.versions:
                     checkpoints.pop(retired, None)
-    if episode_end_accuracy != episode_end_accuracy:
-        episode_end_accuracy = _accuracy(trainer, X_test, y_test)
+    final_accuracy = _accuracy(trainer, X_test, y_test)
     inside = slice(*episode)
-    return PoisoningRun(name, episode_end_accuracy, _accuracy(trainer, X_test, y_test),
+    return PoisoningRun(name, final_accuracy if episode_end_accuracy is None
+                        else episode_end_accuracy, final_accuracy,
                         float(np.mean(right[inside])), float(np.mean(right[episode[1]:])),
                         rollbacks, rejections)
 
