@@ -144,6 +144,17 @@ def _mark_alerts(ax: Any, data: EvaluationData) -> None:
             ax.axvline(x, label=label if i == 0 else None, **style)
 
 
+def _finish_timeline(ax: Any, data: EvaluationData, title: str, ylabel: str) -> None:
+    """What every plot over the stream's axis ends with: alerts marked, title, axis, grid,
+    legend."""
+    _mark_alerts(ax, data)
+    ax.set_title(title)
+    _axis(ax, data)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
 def _window_plot(data: EvaluationData, windows: Sequence[Window], attr: str, title: str,
                  ylabel: str, path: Path, checkpoint_attr: str | None) -> Path | None:
     on = [(w.t_end, getattr(w.online, attr)) for w in windows
@@ -171,12 +182,7 @@ def _window_plot(data: EvaluationData, windows: Sequence[Window], attr: str, tit
                     color="#555555")
         ax.plot(_x(data, [c.t]), [value], "s", ms=5, mfc="none", color="#555555",
                 label=label)
-    _mark_alerts(ax, data)
-    ax.set_title(title)
-    _axis(ax, data)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _finish_timeline(ax, data, title, ylabel)
     return _save(fig, path)
 
 
@@ -208,12 +214,7 @@ def _calibration_plot(data: EvaluationData, windows: Sequence[Window], path: Pat
         if pts:
             right.plot(_x(data, [p[0] for p in pts]), [p[1] for p in pts], "-o", ms=3,
                        color=color, label=name)
-    _mark_alerts(right, data)
-    right.set_title("expected calibration error per window")
-    _axis(right, data)
-    right.set_ylabel("ECE")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
+    _finish_timeline(right, data, "expected calibration error per window", "ECE")
     return _save(fig, path)
 
 
@@ -236,12 +237,7 @@ def _versions_plot(data: EvaluationData, path: Path) -> Path | None:
         ax.plot(_x(data, [at.get(c.version, c.t) for c in data.checkpoints]),
                 [c.version for c in data.checkpoints], "s", mfc="none", color="#555555",
                 label="checkpoint (registered in MLflow)")
-    _mark_alerts(ax, data)
-    ax.set_title("version timeline")
-    _axis(ax, data)
-    ax.set_ylabel("version")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish_timeline(ax, data, "version timeline", "version")
     return _save(fig, path)
 
 
