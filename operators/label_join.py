@@ -145,10 +145,10 @@ class LabelJoin(KeyedProcessFunction):
             # a counter: PyFlink has no up-down counter).
             self._count(model_id, "pending_events")
             if entry is not None:  # its label waits
-                yield from self._pair(model_id, event_id, ts, list(features), entry[3],
+                yield from self._pair(model_id, event_id, ts, features, entry[3],
                                       entry[4], entry[5], timers)
             else:
-                self._put(model_id, event_id, (HAS_EVENT, ts, list(features), 0, 0.0, b""),
+                self._put(model_id, event_id, (HAS_EVENT, ts, features, 0, 0.0, b""),
                           timers)
             return
         if flags & HAS_LABEL:
