@@ -308,6 +308,10 @@ class PredictorConf:
     stale_after_s: float = 300.0
     max_instances: int = 1000
     max_body_bytes: int = 1_048_576
+    #: A connection that has not sent a whole request's headers this long after it opened,
+    #: or after its previous answer, is closed: bounds idle keep-alive connections and
+    #: clients that trickle their headers (slowloris).
+    idle_timeout_s: float = 15.0
     log_predictions: bool = True
     ab_fraction: float = 0.0
     baselines: dict[str, Path] = field(default_factory=dict)
@@ -318,7 +322,7 @@ class PredictorConf:
 
     def validate(self) -> None:
         _check_port("predictor.port", self.port)
-        for name in ("stale_after_s", "max_instances", "max_body_bytes"):
+        for name in ("stale_after_s", "max_instances", "max_body_bytes", "idle_timeout_s"):
             _check_positive(f"predictor.{name}", getattr(self, name))
         if not 0.0 <= self.ab_fraction <= 1.0:
             raise ConfigError(f"predictor.ab_fraction must be within [0, 1], got "

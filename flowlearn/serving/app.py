@@ -354,5 +354,8 @@ def run(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
     p = settings.predictor
     log.info("predictor on %s (Redis %s, prefix %r)", p.url, settings.redis.url,
              settings.redis.prefix)
+    # aiohttp's keep-alive timer starts when a connection opens and again after each answer,
+    # and partial headers do not reset it: it is the header timeout too.
     web.run_app(app, host=p.host, port=p.port, access_log=None, loop=loop,
-                shutdown_timeout=SHUTDOWN_TIMEOUT_S, print=None)
+                keepalive_timeout=p.idle_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                print=None)

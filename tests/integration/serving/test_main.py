@@ -4,8 +4,10 @@ the client ``flowlearn predict`` uses, and stopping cleanly on SIGTERM and SIGIN
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -69,3 +71,54 @@ port = {free_port()}
 def test_the_client_reports_an_unreachable_predictor():
     answer = predict(f"http://127.0.0.1:{free_port()}", "m", [[1]], timeout=1)
     assert answer["status"] is None and "unreachable" in answer["error"]
+
+
+def test_a_client_trickling_its_headers_is_cut_off(serving_redis: RedisServer, prefix,
+                                                     tmp_path):
+    """Slowloris: a connection that keeps sending header bytes but never ends its headers
+    is closed after ``predictor.idle_timeout_s``, while other clients are answered."""
+    client = serving_redis.client()
+    Trainer(client, Keys(prefix), "m").publish(np.array([1.0, 0.0, 0.0, 0.0]))
+    port = free_port()
+    config = tmp_path / "flowlearn.toml"
+    config.write_text(f"""
+[redis]
+port = {serving_redis.port}
+password = "{PASSWORD}"
+prefix = "{prefix}"
+[predictor]
+port = {port}
+idle_timeout_s = 1.0
+[kafka]
+port = {free_port()}
+""")
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "flowlearn.serving", "--config", str(config),
+                             "--no-log"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for("the predictor to be ready", lambda: proc.poll() is None and ready(url), 30)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
+            slow.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n")
+            opened = time.monotonic()
+            closed_after = None
+            # A header line every 0.2 s: far inside any per-read timeout, never the end.
+            for i in range(50):
+                try:
+                    slow.sendall(f"X-Slow-{i}: y\r\n".encode())
+                    slow.settimeout(0.2)
+                    if slow.recv(1024) == b"":
+                        closed_after = time.monotonic() - opened
+                        break
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - opened
+                    break
+            assert predict(url, "m", [[1, 0, 0]], timeout=5)["model_version"] == 1
+        assert closed_after is not None, "the trickling connection was never closed"
+        assert 0.8 <= closed_after <= 3.0, closed_after
+    finally:
+        proc.kill()
+        proc.communicate()
+        client.close()
