@@ -105,6 +105,11 @@ class KafkaConf:
     ssl_ca_file: str = ""
     ssl_cert_file: str = ""
     ssl_key_file: str = ""
+    #: PEM files of the local stack's broker (``flowlearn up``) when the protocol has TLS:
+    #: its certificate, signed by ``ssl_ca_file``'s CA and valid for ``host``, and its
+    #: unencrypted PKCS#8 key. Brokers the stack does not start ignore them.
+    broker_ssl_cert_file: str = ""
+    broker_ssl_key_file: str = ""
 
     @property
     def bootstrap(self) -> str:
@@ -172,9 +177,12 @@ class KafkaConf:
         if self.sasl and not (self.sasl_username and self.sasl_password):
             raise ConfigError(f"kafka.security_protocol {self.security_protocol} needs "
                               f"kafka.sasl_username and kafka.sasl_password")
-        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
-            raise ConfigError("kafka.ssl_cert_file and kafka.ssl_key_file go together")
-        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+        for cert, key in (("ssl_cert_file", "ssl_key_file"),
+                          ("broker_ssl_cert_file", "broker_ssl_key_file")):
+            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+                raise ConfigError(f"kafka.{cert} and kafka.{key} go together")
+        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file", "broker_ssl_cert_file",
+                     "broker_ssl_key_file"):
             path = getattr(self, name)
             if path and not self.ssl:
                 raise ConfigError(f"kafka.{name} is set but kafka.security_protocol "

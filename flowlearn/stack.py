@@ -205,11 +205,18 @@ def _java() -> str:
     return require_tool("java", "install a JDK 17 (apt-get install -y openjdk-17-jre-headless)")
 
 
-def kafka_listener_lines(k: KafkaConf) -> list[str]:
+def kafka_listener_lines(k: KafkaConf, keystore: Path | None = None) -> list[str]:
     """server.properties lines of the local broker's listeners: the client listener in
-    ``k.security_protocol`` (PLAINTEXT or SASL_PLAINTEXT with SCRAM; the broker also logs
-    in to itself there), the controller's plaintext on loopback."""
-    client = "SASL_PLAINTEXT" if k.sasl else "PLAINTEXT"
+    ``k.security_protocol`` (the broker also talks to itself there: with SASL it logs in
+    with SCRAM as ``k.sasl_username``), the controller's plaintext on loopback. With TLS the
+    broker presents ``keystore`` (its key and certificate chain in one PEM file) and trusts
+    ``k.ssl_ca_file``; plain ``SSL`` also requires a client certificate, the only identity
+    that protocol has.
+
+    >>> kafka_listener_lines(KafkaConf())[0]
+    'listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093'
+    """
+    client = k.security_protocol
     lines = [
         f"listeners={client}://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
         f"advertised.listeners={client}://{k.host}:{k.port}",
@@ -222,21 +229,47 @@ def kafka_listener_lines(k: KafkaConf) -> list[str]:
         lines += [
             f"sasl.enabled.mechanisms={mechanism}",
             f"sasl.mechanism.inter.broker.protocol={mechanism}",
-            f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config="
+            f"listener.name.{client.lower()}.{mechanism.lower()}.sasl.jaas.config="
             f"org.apache.kafka.common.security.scram.ScramLoginModule required "
             f"username={json.dumps(k.sasl_username)} password={json.dumps(k.sasl_password)};",
         ]
+    if k.ssl:
+        if keystore is None:
+            raise StackError("a TLS listener needs the broker's keystore")
+        lines += [
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={k.ssl_ca_file}",
+            f"ssl.client.auth={'none' if k.sasl else 'required'}",
+        ]
     return lines
+
+
+def _broker_keystore(k: KafkaConf, conf_dir: Path) -> Path | None:
+    """The broker's key and certificate chain in the one PEM file Kafka reads (0600)."""
+    if not k.ssl:
+        return None
+    if not (k.broker_ssl_cert_file and k.ssl_ca_file):
+        raise StackError(
+            f"kafka.security_protocol {k.security_protocol}: the local broker needs its "
+            f"certificate (kafka.broker_ssl_cert_file, kafka.broker_ssl_key_file) and the CA "
+            f"that signed it (kafka.ssl_ca_file)")
+    if k.security_protocol == "SSL" and not k.ssl_cert_file:
+        raise StackError("kafka.security_protocol SSL: the local broker requires client "
+                         "certificates: set kafka.ssl_cert_file and kafka.ssl_key_file")
+    keystore = conf_dir / "broker-keystore.pem"
+    keystore.touch(mode=0o600)
+    keystore.chmod(0o600)
+    keystore.write_text(Path(k.broker_ssl_key_file).read_text().rstrip("\n") + "\n"
+                        + Path(k.broker_ssl_cert_file).read_text())
+    return keystore
 
 
 def start_kafka(settings: Settings) -> None:
     if running_pid(settings, "kafka"):
         return
     k = settings.kafka
-    if k.ssl:
-        raise StackError("the local stack runs Kafka without TLS: set kafka.security_protocol "
-                         "to PLAINTEXT or SASL_PLAINTEXT, or point kafka.host at brokers that "
-                         "have TLS")
     if k.sasl and k.sasl_mechanism == "PLAIN":
         raise StackError("the local stack's broker takes SCRAM logins: set "
                          "kafka.sasl_mechanism to SCRAM-SHA-512 or SCRAM-SHA-256")
@@ -246,13 +279,14 @@ def start_kafka(settings: Settings) -> None:
     jars = fetch_jars(settings, "kafka", "KAFKA_BROKER_ARTIFACT", True)
     conf_dir, log_dir = _kafka_dirs(settings)
     conf_dir.mkdir(parents=True, exist_ok=True)
+    keystore = _broker_keystore(k, conf_dir)
     props = conf_dir / "server.properties"
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
-                *kafka_listener_lines(k),
+                *kafka_listener_lines(k, keystore),
                 f"controller.quorum.bootstrap.servers={k.host}:{k.controller_port}",
                 f"log.dirs={log_dir}",
                 f"num.partitions={k.partitions}",

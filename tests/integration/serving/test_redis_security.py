@@ -86,24 +86,10 @@ def test_the_publisher_and_a_reader_work_as_the_acl_user(acl_server):
     assert snapshot is not None and snapshot.weights.tolist() == weights.tolist()
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture
-def tls_server(tmp_path) -> Iterator[tuple[RedisConf, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not on PATH")
-    ca_key, ca, key, csr, cert = (tmp_path / n for n in
-                                  ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt"))
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-            "/CN=flowlearn test CA", "-keyout", str(ca_key), "-out", str(ca))
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", str(key), "-out", str(csr))
-    ext = tmp_path / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-            "-CAcreateserial", "-days", "1", "-extfile", str(ext), "-out", str(cert))
+def tls_server(tmp_path, test_ca) -> Iterator[tuple[RedisConf, Path]]:
+    cert, key = test_ca.issue("redis")
+    ca = test_ca.cert
     port = free_port()
     conf = RedisConf(port=port, password="tls-secret", tls=True, tls_ca_file=str(ca))
     proc = start_server(["port 0", f"tls-port {port}", f"tls-cert-file {cert}",
