@@ -411,6 +411,10 @@ class JobConf:
     drift_features_monitored: int = 3
     drift_cooldown_versions: int = 50
     label_window_ms: int = 600_000
+    #: A ``fl.samples`` record whose ``event_id`` the trainer saw among the samples of this
+    #: much event time before the model's newest is a duplicate: counted, not trained
+    #: (0: no deduplication). Memory grows with rate x window (about 100 bytes an id).
+    sample_dedupe_window_ms: int = 60_000
     expired_events: Literal["drop", "default_label"] = "drop"
     default_label: float = 0.0
     unknown_model_policy: Literal["create", "dlq"] = "create"
@@ -427,8 +431,9 @@ class JobConf:
                      "keep_checkpoints", "rollback_window_samples", "rollback_min_samples",
                      "rollback_cooldown_versions"):
             _check_positive(f"job.{name}", getattr(self, name))
-        if self.drift_features_monitored < 0:
-            raise ConfigError("job.drift_features_monitored must be >= 0")
+        for name in ("drift_features_monitored", "sample_dedupe_window_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"job.{name} must be >= 0")
         _check_positive("job.drift_cooldown_versions", self.drift_cooldown_versions)
         if self.rollback_margin < 0:
             raise ConfigError(f"job.rollback_margin: must be >= 0, got {self.rollback_margin}")

@@ -150,9 +150,7 @@ def parse_sample(
     ts = _timestamp(obj)
     label = _label(obj, spec)
     features = _features(obj, spec)
-    event_id = obj.get("event_id")
-    if event_id is not None and not (isinstance(event_id, str) and _utf8(event_id)):
-        raise RecordError("bad_field", "field 'event_id' must be a string")
+    event_id = _event_id(obj) if obj.get("event_id") is not None else None
     return Sample(model_id, ts, features, label, event_id)
 
 

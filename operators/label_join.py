@@ -177,7 +177,7 @@ class LabelJoin(KeyedProcessFunction):
                 f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
             return
         self._count(model_id, "joined")
-        yield Row(model_id, event_ts, features, [label])
+        yield Row(model_id, event_ts, features, [label], "")
 
     # ------------------------------------------------------------------ timers
 
@@ -209,5 +209,5 @@ class LabelJoin(KeyedProcessFunction):
         if event_window_passed:
             self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
-                yield Row(model_id, event_ts, entry[2], [self.settings.job.default_label])
+                yield Row(model_id, event_ts, entry[2], [self.settings.job.default_label], "")
             self._remove(model_id, event_id, had_event=True)

@@ -72,9 +72,9 @@ class ParseSamples(_ParseRecords):
         if is_bulk(raw):
             b = parse_sample_batch(raw, self.spec_for)
             return Row(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
-                       b.labels.tolist())
+                       b.labels.tolist(), "")
         s = parse_sample(raw, self.spec_for)
-        return Row(s.model_id, s.ts, s.features.tolist(), [s.label])
+        return Row(s.model_id, s.ts, s.features.tolist(), [s.label], s.event_id or "")
 
 
 class _ParseFeedback(_ParseRecords):

@@ -9,6 +9,11 @@ input the remaining partial batch is trained too (an event-time timer at the lar
 timestamp, which only the final watermark reaches). The last ``job.keep_versions`` versions'
 weights stay in state, and those of the last ``job.keep_checkpoints`` checkpoint versions
 (every ``job.checkpoint_every_versions``-th), so that ``rollback`` needs no restart.
+
+A JSON sample with an ``event_id`` is trained at most once: the trainer remembers the ids of
+each model's samples over ``job.sample_dedupe_window_ms`` of event time
+(:class:`operators.dedupe.SeenIds`; buffered ids travel in the buffer's rows, trained ones
+are written once per batch) and counts a repeated id as a duplicate.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from flowlearn import codec
 from flowlearn.records import dlq_record, encode_sample_batch, now_ms
 from flowlearn.redis_contract import ModelVersion
 from flowlearn.training import ModelTrainer
+from operators.dedupe import SeenIds
 from operators.model_metrics import ModelMetrics
 from operators.parse import DLQ_TAG
 from operators.types import EVAL_TYPE
@@ -53,6 +59,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.version_state = runtime_context.get_state(descriptors.MODEL_VERSION)
         self.applied_state = runtime_context.get_state(descriptors.SAMPLES_APPLIED)
         self.buffer = runtime_context.get_list_state(descriptors.BATCH_BUFFER)
+        self.buffer_v1 = runtime_context.get_list_state(descriptors.BATCH_BUFFER_V1)
+        self.seen_state = runtime_context.get_map_state(descriptors.SEEN_SAMPLE_IDS)
         self.recent = runtime_context.get_map_state(descriptors.RECENT_VERSIONS)
         self.checkpoints = runtime_context.get_map_state(descriptors.CHECKPOINT_VERSIONS)
         self.paused = runtime_context.get_state(descriptors.PAUSED)
@@ -60,10 +68,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         # still has its flush timer: Flink restores timers with the state.
         self.trainers: dict[str, ModelTrainer] = {}
         self.buffered: dict[str, int] = {}
+        self.seen: dict[str, SeenIds] = {}
         self.flush_at: dict[str, int] = {}
         group = runtime_context.get_metrics_group()
         self.per_model = ModelMetrics(group, ("samples_trained", "versions", "gate_rejected",
-                                              "grad_clipped"))
+                                              "grad_clipped", "duplicate_samples"))
+        self.duplicates = group.counter("duplicate_samples")
         self.model_loss: dict[str, float] = {}
         self.samples_trained = group.counter("samples_trained")
         self.versions_made = group.counter("versions")
@@ -95,15 +105,32 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     # ------------------------------------------------------------------ samples
 
+    def _load(self, model_id: str) -> None:
+        """The model's first touch after a (re)start: count the restored buffer and rebuild
+        its seen ids; move rows of a buffer from before event ids (``batch-buffer-v1``)."""
+        old = list(self.buffer_v1.get())
+        if old:
+            self.buffer.add_all([Row(r[0], r[1], r[2], "") for r in old])
+            self.buffer_v1.clear()
+        rows = list(self.buffer.get())
+        self.buffered[model_id] = sum(len(row[2]) for row in rows)
+        self.seen[model_id] = SeenIds(
+            self.settings.job.sample_dedupe_window_ms,
+            {int(seq): (int(v[0]), list(v[1])) for seq, v in self.seen_state.items()},
+            [(row[3], int(row[0])) for row in rows if row[3]])
+
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # Unpack by position: a Row handed over inside a fused Python chain has no names.
-        model_id, ts, features, labels = value
-        self.buffer.add(Row(ts, features, labels))
-        count = self.buffered.get(model_id)
-        if count is None:  # first touch after a (re)start: the buffer may hold restored rows
-            count = sum(len(row[2]) for row in self.buffer.get())
-        else:
-            count += len(labels)
+        model_id, ts, features, labels, event_id = value
+        if model_id not in self.buffered:
+            self._load(model_id)
+        if event_id and self.settings.job.sample_dedupe_window_ms and not self.seen[
+                model_id].add(event_id, ts):
+            self.duplicates.inc()
+            self.per_model.inc(model_id, "duplicate_samples")
+            return
+        self.buffer.add(Row(ts, features, labels, event_id))
+        count = self.buffered[model_id] + len(labels)
         self.buffered[model_id] = count
         if count >= self._batch_size(model_id):
             yield from self._flush(model_id, ctx)
@@ -127,11 +154,19 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         pending = self.flush_at.pop(model_id, None)
         if pending is not None:
             ctx.timer_service().delete_processing_time_timer(pending)
+        if model_id not in self.buffered:
+            self._load(model_id)
         rows = list(self.buffer.get())
         self.buffer.clear()
         self.buffered[model_id] = 0
         if not rows:
             return
+        sealed = self.seen[model_id].seal()
+        if sealed is not None:
+            seq, newest, ids, expired = sealed
+            self.seen_state.put(seq, Row(newest, ids))
+            for old in expired:
+                self.seen_state.remove(old)
         trainer = self._trainer(model_id)
         X = np.concatenate([np.asarray(r[1], dtype=np.float64) for r in rows]).reshape(
             -1, trainer.model.n_features)

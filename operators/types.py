@@ -5,10 +5,12 @@ from pyflink.common import Types
 #: Parsed, validated, labelled samples of one model: n labels and n x n_features features
 #: (row-major, flat); ts is the latest event time among them. One JSON sample is n = 1; a
 #: bulk record keeps its samples together so that the per-record cost is paid once.
+#: ``event_id`` is a JSON sample's own (the trainer drops a sample whose id it has seen),
+#: else "": bulk records, and pairs from the label join, which deduplicates them itself.
 SAMPLE_TYPE = Types.ROW_NAMED(
-    ["model_id", "ts", "features", "labels"],
+    ["model_id", "ts", "features", "labels", "event_id"],
     [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE())],
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.STRING()],
 )
 
 SAMPLE_TYPE_TS = 1

@@ -11,8 +11,16 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
-#: Buffered samples as they arrived: event time, flat features, labels (see SAMPLE_TYPE).
+#: Buffered samples as they arrived: event time, flat features, labels, event id or ""
+#: (see SAMPLE_TYPE).
 BUFFERED_SAMPLE_TYPE = Types.ROW_NAMED(
+    ["ts", "features", "labels", "event_id"],
+    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+     Types.STRING()],
+)
+#: The rows of ``batch-buffer-v1`` (savepoints from before event ids were kept): read once
+#: after a restore and moved to BATCH_BUFFER.
+BUFFERED_SAMPLE_TYPE_V1 = Types.ROW_NAMED(
     ["ts", "features", "labels"],
     [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE())],
 )
@@ -33,7 +41,13 @@ CHECKPOINT_VERSIONS = MapStateDescriptor(
 #: True while a ``pause`` command holds training (samples keep buffering).
 PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
-BATCH_BUFFER = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE)
+BATCH_BUFFER = ListStateDescriptor("batch-buffer-v2", BUFFERED_SAMPLE_TYPE)
+BATCH_BUFFER_V1 = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE_V1)
+#: Event ids of trained samples (operators.dedupe.SeenIds), one entry per trained buffer:
+#: sequence number -> (the newest event time among them, the ids).
+SEEN_SAMPLE_IDS = MapStateDescriptor(
+    "seen-sample-ids-v1", Types.LONG(),
+    Types.ROW_NAMED(["ts", "ids"], [Types.LONG(), Types.BASIC_ARRAY(Types.STRING())]))
 
 #: Label join, keyed by model id: the entries of the model's event ids that wait for their
 #: other half, or that were paired and keep duplicates out until their window has passed.
