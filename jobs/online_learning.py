@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Duration, Types, WatermarkStrategy
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import DataStream, ProcessFunction, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 
 from conf import Settings, load_settings, settings_from_dict
 from connectors import kafka
@@ -33,22 +33,11 @@ from operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from operators.types import (
     CONTROL_TYPE,
     FEEDBACK_TYPE,
-    FEEDBACK_TYPE_TS,
     PUBLISHED_TYPE,
     SAMPLE_TYPE,
-    SAMPLE_TYPE_TS,
+    TIMED_FEEDBACK_TYPE,
     VERSION_TYPE,
 )
-
-
-class FieldTimestamp(TimestampAssigner):
-    """Event time from a row's ``ts`` field, by position (fused chains drop field names)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
-        return int(value[self.index])
 
 
 @dataclass(frozen=True)
@@ -81,13 +70,30 @@ def model_key(row: Any) -> str:
     return str(row[0])
 
 
-def _watermarks(settings: Settings, ts_index: int) -> WatermarkStrategy:
-    return (
+def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name: str
+                    ) -> DataStream:
+    """Timestamps and watermarks on a stream of ``(row, event time)`` tuples (what the
+    feedback parsers emit), done in Java; the stream of rows comes out.
+
+    PyFlink's own ``assign_timestamps_and_watermarks`` with a Python ``TimestampAssigner``
+    does the same after one more Python operator that builds these tuples: a round trip to
+    the Python worker for every record. Its Java classes are used here directly.
+    """
+    strategy = (
         WatermarkStrategy.for_bounded_out_of_orderness(
             Duration.of_millis(settings.job.out_of_orderness_ms))
         .with_idleness(Duration.of_millis(settings.job.idleness_ms))
-        .with_timestamp_assigner(FieldTimestamp(ts_index))
     )
+    eventtime = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
+    j_stream = (
+        stream._j_data_stream.assignTimestampsAndWatermarks(
+            strategy._j_watermark_strategy.withTimestampAssigner(
+                eventtime.CustomTimestampAssigner()))
+        .name(name).uid(name)
+        .map(eventtime.RemoveTimestampMapFunction(), row_type.get_java_type_info())
+        .name(f"{name}-rows").uid(f"{name}-rows")
+    )
+    return DataStream(j_stream)
 
 
 def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
@@ -121,17 +127,17 @@ def build_pipeline(
 
     parsed_samples = parse(raw.samples, ParseSamples(settings, topics.samples), SAMPLE_TYPE,
                            "parse-samples")
-    parsed_events = parse(raw.events, ParseEvents(settings, topics.events), FEEDBACK_TYPE,
+    parsed_events = parse(raw.events, ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE,
                           "parse-events")
-    parsed_labels = parse(raw.labels, ParseLabels(settings, topics.labels), FEEDBACK_TYPE,
+    parsed_labels = parse(raw.labels, ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE,
                           "parse-labels")
     control = parse(raw.control, ParseControl(settings, topics.control), CONTROL_TYPE,
                     "parse-control")
-    feedback = (
-        parsed_events.union(parsed_labels)
-        .assign_timestamps_and_watermarks(_watermarks(settings, FEEDBACK_TYPE_TS))
-        .name("feedback-watermarks").uid("feedback-watermarks")
-    )
+    # Event time on each stream before the union: the join's watermark is the lesser of the
+    # two (a side idle for idleness_ms is left out).
+    feedback = with_event_time(parsed_events, settings, FEEDBACK_TYPE, "events-watermarks"
+                               ).union(with_event_time(parsed_labels, settings, FEEDBACK_TYPE,
+                                                       "labels-watermarks"))
     joined = (
         feedback.key_by(join_key, key_type=Types.STRING())
         .process(LabelJoin(settings), output_type=SAMPLE_TYPE)
@@ -143,9 +149,11 @@ def build_pipeline(
         .union(parsed_events.get_side_output(DLQ_TAG), parsed_labels.get_side_output(DLQ_TAG),
                control.get_side_output(DLQ_TAG), joined.get_side_output(DLQ_TAG))
     )
-    samples = parsed_samples.assign_timestamps_and_watermarks(
-        _watermarks(settings, SAMPLE_TYPE_TS)).name(
-        "sample-watermarks").uid("sample-watermarks").union(joined)
+    # Samples get no watermarks: nothing after the join runs on event time but the trainer's
+    # end-of-input timer, which the final watermark of a bounded input fires anyway. A Python
+    # timestamp assigner here cost every sample two more trips between Java and Python (the
+    # assigner, then the key selector, on either side of Java's watermark operator).
+    samples = parsed_samples.union(joined)
     versions = (
         samples.connect(control)
         .key_by(model_key, model_key, key_type=Types.STRING())

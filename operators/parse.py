@@ -48,19 +48,19 @@ class _ParseRecords(ProcessFunction):
                    if self.settings.job.unknown_model_policy == "create" else None)
         self.spec_for: SpecFor = lambda model_id: specs.get(model_id, default)
 
-    def parse(self, raw: bytes) -> Row:
+    def parse(self, raw: bytes) -> Any:
         raise NotImplementedError
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
         raw = bytes(value)
         try:
-            row = self.parse(raw)
+            out = self.parse(raw)
         except RecordError as exc:
             self.dead.inc()
             yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
             return
         self.parsed.inc()
-        yield row
+        yield out
 
 
 class ParseSamples(_ParseRecords):
@@ -78,7 +78,8 @@ class ParseSamples(_ParseRecords):
 
 
 class _ParseFeedback(_ParseRecords):
-    """Events and labels: their ``ts`` drives the label join's watermark (one for all
+    """Events and labels, as ``TIMED_FEEDBACK_TYPE`` tuples (the row and its ``ts``, for the
+    job's timestamp assigner): their ``ts`` drives the label join's watermark (one for all
     models). A record dated further ahead of this operator's clock than
     ``job.out_of_orderness_ms`` is refused (``bad_field``): it would move the watermark past
     the present, and every on-time label of every model would then be ``late``."""
@@ -96,10 +97,10 @@ class ParseEvents(_ParseFeedback):
 
     what = "events"
 
-    def parse(self, raw: bytes) -> Row:
+    def parse(self, raw: bytes) -> tuple[Row, int]:
         e = parse_event(raw, self.spec_for)
         self.check_not_ahead(e.ts)
-        return Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b"")
+        return Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b""), e.ts
 
 
 class ParseLabels(_ParseFeedback):
@@ -107,10 +108,10 @@ class ParseLabels(_ParseFeedback):
 
     what = "labels"
 
-    def parse(self, raw: bytes) -> Row:
+    def parse(self, raw: bytes) -> tuple[Row, int]:
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
-        return Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw)
+        return Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw), lab.ts
 
 
 class ParseControl(_ParseRecords):

@@ -13,8 +13,6 @@ SAMPLE_TYPE = Types.ROW_NAMED(
      Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.STRING()],
 )
 
-SAMPLE_TYPE_TS = 1
-
 #: An event (kind "e": features, label NaN) or a label (kind "l": label and the record's raw
 #: bytes, kept for the DLQ should it come late), on its way to the label join.
 FEEDBACK_TYPE = Types.ROW_NAMED(
@@ -23,7 +21,9 @@ FEEDBACK_TYPE = Types.ROW_NAMED(
      Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
 
-FEEDBACK_TYPE_TS = 3
+#: What the events and labels parsers emit: the row and its event time (``ts``), for the
+#: job's Java timestamp assigner (``jobs.online_learning.with_event_time``).
+TIMED_FEEDBACK_TYPE = Types.TUPLE([FEEDBACK_TYPE, Types.LONG()])
 
 #: A control command for one model (args as a JSON object string).
 CONTROL_TYPE = Types.ROW_NAMED(

@@ -43,8 +43,12 @@ LABEL = {"model_id": "demo", "event_id": "e1", "label": 1}
 @pytest.mark.parametrize("operator_class, record", [(ParseEvents, EVENT), (ParseLabels, LABEL)])
 def test_feedback_dated_within_the_out_of_orderness_bound_is_accepted(operator_class, record):
     op = opened(operator_class)
-    out = run(op, {**record, "ts": now_ms() + 4000})
-    assert len(out) == 1 and not isinstance(out[0], tuple)
+    ts = now_ms() + 4000
+    out = run(op, {**record, "ts": ts})
+    # The row and its event time (TIMED_FEEDBACK_TYPE), not a side output's (tag, record).
+    assert len(out) == 1 and out[0][0] is not DLQ_TAG
+    row, event_time = out[0]
+    assert event_time == row[3] == ts
     assert op.parsed.count == 1 and op.dead.count == 0
 
 
