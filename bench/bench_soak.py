@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,8 @@ def main() -> None:
     if args.quick:
         args.minutes, args.warmup_s, args.every = 3.0, 30.0, 10.0
     seconds = args.minutes * 60
+    # SIGTERM ends it like Ctrl-C: the stack it started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="flowlearn-soak-") as tmp, \
             BenchStack(Path(tmp)).running() as bench:
         settings = bench.settings
@@ -121,10 +124,14 @@ def main() -> None:
         count = int(args.rate * (seconds + 30))
         log(f"soak: {args.minutes:g} min, {args.rate:,.0f} samples/s for {model_id}, "
             f"{args.qps:g} predictions/s; a sample every {args.every:g}s")
-        producer = subprocess.Popen(
-            [sys.executable, "-m", "flowlearn.cli", "--config", str(bench.config), "produce",
-             "--model", model_id, "--count", str(count), "--rate", str(args.rate)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its progress goes to a file: a pipe nobody reads fills up (64 KiB, about 25 minutes
+        # of progress lines) and then blocks the producer.
+        producer_log = Path(tmp) / "producer.log"
+        with producer_log.open("wb") as out:
+            producer = subprocess.Popen(
+                [sys.executable, "-m", "flowlearn.cli", "--config", str(bench.config), "produce",
+                 "--model", model_id, "--count", str(count), "--rate", str(args.rate)],
+                stdout=subprocess.DEVNULL, stderr=out)
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(**settings.kafka.client_options(), group_id=None)
@@ -136,15 +143,17 @@ def main() -> None:
         pids = {**job_processes(settings), **other_processes(settings)}
         rows: list[tuple[float, dict[str, int], int]] = []
         started = time.monotonic()
+        sent_before = -1
         try:
             while (elapsed := time.monotonic() - started) < seconds:
-                if producer.poll() is not None:
-                    raise SystemExit("error: the producer stopped early: "
-                                     + (producer.stderr.read().decode()[-2000:]
-                                        if producer.stderr else ""))
+                sent = samples_in_kafka(consumer, settings) - base
+                if producer.poll() is not None or (elapsed > args.every and sent == sent_before):
+                    raise SystemExit(f"error: the producer stopped sending at {sent:,} "
+                                     f"samples: {producer_log.read_text()[-2000:]}")
+                sent_before = sent
                 snap = read_snapshot(client, keys, model_id)
                 applied = snap.samples_applied if snap else 0
-                lag = samples_in_kafka(consumer, settings) - base - applied
+                lag = sent - applied
                 rss = {name: memory_kb(pid)[0] for name, pid in pids.items()}
                 rows.append((elapsed, rss, lag))
                 log(f"  {elapsed:5.0f}s  lag {lag:7,d}  applied {applied:9,d}  " + "  ".join(
