@@ -25,8 +25,22 @@ class FeatureError(ValueError):
     """Features that do not fit the model: the message names the offending field."""
 
 
+#: The types of JSON numbers (``bool`` is a type of its own, not among them).
+_JSON_NUMBER_TYPES = frozenset({int, float})
+
+
 def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[float]:
     """Validate one dense feature list: numbers only, finite, of the expected length."""
+    # The common case, a JSON list of finite numbers, checked with C-level loops: this runs
+    # for every record the job parses (per-element isinstance cost a sixth of its time).
+    if (type(row) is list and len(row) == n_features
+            and _JSON_NUMBER_TYPES.issuperset(map(type, row))):
+        try:
+            values = list(map(float, row))
+        except OverflowError:  # an int beyond float64's range: the loop below says which
+            values = []
+        if len(values) == n_features and all(map(math.isfinite, values)):
+            return values
     if not isinstance(row, Sequence) or isinstance(row, str | bytes):
         raise FeatureError(f"{where}: expected a list of {n_features} numbers")
     if len(row) != n_features:

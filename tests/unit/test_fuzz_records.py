@@ -636,3 +636,48 @@ def test_corrupted_bulk_records_parse_or_go_to_the_dlq(
         else:
             buf += data.draw(st.binary(min_size=1, max_size=16))
     assert_contract("fl.samples", bytes(buf))
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**30), max_value=10**30),
+)
+json_values = st.recursive(json_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+    max_leaves=12)
+
+
+def as_float64_numbers(value: Any) -> Any:
+    """``value`` with integers beyond 64 bits as floats (orjson's reading of them)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else float(value)
+    if isinstance(value, list):
+        return [as_float64_numbers(v) for v in value]
+    return {k: as_float64_numbers(v) for k, v in value.items()}
+
+
+def python_json_object(raw: bytes) -> Any:
+    """What the loader gave when it used Python's json alone: the object, or a reason."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return "not_json"
+    return as_float64_numbers(obj) if isinstance(obj, dict) else "not_object"
+
+
+@given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()),
+                 json_values.map(lambda v: json.dumps(v).encode("utf-16")),
+                 st.binary(max_size=40)))
+@example(b'{"a": NaN, "b": -Infinity, "c": 1e400}')
+@example(b'\xef\xbb\xbf{"a": 1}')
+@example(b'{"a": "\\ud800"}')
+def test_the_fast_json_path_reads_what_python_json_reads(raw: bytes) -> None:
+    try:
+        got = records._load_json_object(raw)
+    except RecordError as exc:
+        got = exc.reason
+    want = python_json_object(raw)
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
