@@ -19,20 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Duration, Types, WatermarkStrategy
-from pyflink.datastream import DataStream, ProcessFunction, StreamExecutionEnvironment
+from pyflink.datastream import (
+    DataStream,
+    KeyedStream,
+    ProcessFunction,
+    StreamExecutionEnvironment,
+)
 from pyflink.java_gateway import get_gateway
 
 from conf import Settings, load_settings, settings_from_dict
 from connectors import kafka
 from operators.checkpoint import CheckpointOperator
 from operators.drift import CONTROL_OUT_TAG, DriftOperator
-from operators.label_join import LabelJoin, join_key
+from operators.label_join import LabelJoin
 from operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
 from operators.publisher import RedisPublisher
 from operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from operators.types import (
     CONTROL_TYPE,
     FEEDBACK_TYPE,
+    KEYED_FEEDBACK_TYPE,
+    KEYED_SAMPLE_TYPE,
     PUBLISHED_TYPE,
     SAMPLE_TYPE,
     TIMED_FEEDBACK_TYPE,
@@ -54,7 +61,6 @@ class RawSources:
 class PipelineStreams:
     """The job's streams, for sinks and for tests (``execute_and_collect``)."""
 
-    samples: DataStream
     versions: DataStream
     dlq: DataStream
     alerts: DataStream
@@ -66,14 +72,30 @@ class PipelineStreams:
 
 
 def model_key(row: Any) -> str:
-    """Samples and control rows both start with the model id."""
+    """Control and evaluation rows start with the model id."""
     return str(row[0])
+
+
+def keyed_by_model(row_type: Any, *streams: DataStream) -> KeyedStream:
+    """Streams of (model id, row) pairs as one stream of rows (``row_type``) keyed by model
+    id, keyed in Java.
+
+    PyFlink's ``key_by`` builds these pairs in a Python operator of its own, and after a
+    union (or a Java operator) that operator cannot share a Python call with the one before
+    it: every record made one more round trip to the Python worker for it. The parsers and
+    the label join emit the pairs themselves (``KEYED_SAMPLE_TYPE``, and the feedback rows
+    in ``TIMED_FEEDBACK_TYPE``), and the Java key selector ``key_by`` uses takes the key.
+    """
+    union = streams[0].union(*streams[1:])
+    j_keyed = union._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
+                                         Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, row_type, union)
 
 
 def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name: str
                     ) -> DataStream:
     """Timestamps and watermarks on a stream of ``(row, event time)`` tuples (what the
-    feedback parsers emit), done in Java; the stream of rows comes out.
+    feedback parsers emit), done in Java; the stream of rows (``row_type``) comes out.
 
     PyFlink's own ``assign_timestamps_and_watermarks`` with a Python ``TimestampAssigner``
     does the same after one more Python operator that builds these tuples: a round trip to
@@ -125,8 +147,8 @@ def build_pipeline(
               ) -> DataStream:
         return stream.process(parser, output_type=output_type).name(name).uid(name)
 
-    parsed_samples = parse(raw.samples, ParseSamples(settings, topics.samples), SAMPLE_TYPE,
-                           "parse-samples")
+    parsed_samples = parse(raw.samples, ParseSamples(settings, topics.samples),
+                           KEYED_SAMPLE_TYPE, "parse-samples")
     parsed_events = parse(raw.events, ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE,
                           "parse-events")
     parsed_labels = parse(raw.labels, ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE,
@@ -135,12 +157,12 @@ def build_pipeline(
                     "parse-control")
     # Event time on each stream before the union: the join's watermark is the lesser of the
     # two (a side idle for idleness_ms is left out).
-    feedback = with_event_time(parsed_events, settings, FEEDBACK_TYPE, "events-watermarks"
-                               ).union(with_event_time(parsed_labels, settings, FEEDBACK_TYPE,
-                                                       "labels-watermarks"))
+    feedback = keyed_by_model(
+        FEEDBACK_TYPE,
+        with_event_time(parsed_events, settings, KEYED_FEEDBACK_TYPE, "events-watermarks"),
+        with_event_time(parsed_labels, settings, KEYED_FEEDBACK_TYPE, "labels-watermarks"))
     joined = (
-        feedback.key_by(join_key, key_type=Types.STRING())
-        .process(LabelJoin(settings), output_type=SAMPLE_TYPE)
+        feedback.process(LabelJoin(settings), output_type=KEYED_SAMPLE_TYPE)
         .name("label-join")
         .uid("label-join")
     )
@@ -153,10 +175,9 @@ def build_pipeline(
     # end-of-input timer, which the final watermark of a bounded input fires anyway. A Python
     # timestamp assigner here cost every sample two more trips between Java and Python (the
     # assigner, then the key selector, on either side of Java's watermark operator).
-    samples = parsed_samples.union(joined)
+    samples = keyed_by_model(SAMPLE_TYPE, parsed_samples, joined)
     versions = (
-        samples.connect(control)
-        .key_by(model_key, model_key, key_type=Types.STRING())
+        samples.connect(control.key_by(model_key, key_type=Types.STRING()))
         .process(MiniBatchTrainer(settings), output_type=VERSION_TYPE)
         .name("trainer")
         .uid("trainer")
@@ -194,7 +215,7 @@ def build_pipeline(
             "alerts-sink").uid("alerts-sink")
         adaptations.sink_to(kafka.json_sink(settings, topics.control, "control")).name(
             "adaptation-sink").uid("adaptation-sink")
-    return PipelineStreams(samples, versions, dlq, alerts, adaptations, published,
+    return PipelineStreams(versions, dlq, alerts, adaptations, published,
                            evaluated)
 
 

@@ -1,8 +1,9 @@
 """Event-time join of labels to the events they belong to (DESIGN: "Label join").
 
 Keyed by model id. Whichever of a pair (same event id) comes first waits in managed state.
-A pair is emitted once, as a ``SAMPLE_TYPE`` row carrying the event's features and time
-(point-in-time correct), when ``0 <= label ts - event ts <= job.label_window_ms``.
+A pair is emitted once, as a ``KEYED_SAMPLE_TYPE`` pair (model id, sample row carrying the
+event's features and time: point-in-time correct), when
+``0 <= label ts - event ts <= job.label_window_ms``.
 
 - Duplicates (a second event or label for an id) are counted and ignored.
 - A label behind the watermark is late: counted and sent to the DLQ with reason ``late``.
@@ -46,11 +47,6 @@ HAS_EVENT, HAS_LABEL, PAIRED = 1, 2, 4
 
 #: An entry: (flags, event ts, features, label ts, label, raw label bytes).
 Entry = tuple[int, int, list[float], int, float, bytes]
-
-
-def join_key(row: Any) -> str:
-    """The key of a ``FEEDBACK_TYPE`` row: its model id."""
-    return str(row[1])
 
 
 def _coalesce(ts: int) -> int:
@@ -177,7 +173,7 @@ class LabelJoin(KeyedProcessFunction):
                 f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
             return
         self._count(model_id, "joined")
-        yield Row(model_id, event_ts, features, [label], "")
+        yield Row(model_id, Row(model_id, event_ts, features, [label], ""))
 
     # ------------------------------------------------------------------ timers
 
@@ -209,5 +205,6 @@ class LabelJoin(KeyedProcessFunction):
         if event_window_passed:
             self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
-                yield Row(model_id, event_ts, entry[2], [self.settings.job.default_label], "")
+                yield Row(model_id, Row(model_id, event_ts, entry[2],
+                                        [self.settings.job.default_label], ""))
             self._remove(model_id, event_id, had_event=True)

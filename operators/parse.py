@@ -64,22 +64,24 @@ class _ParseRecords(ProcessFunction):
 
 
 class ParseSamples(_ParseRecords):
-    """``fl.samples`` (JSON, or bulk Arrow IPC) -> ``SAMPLE_TYPE`` rows."""
+    """``fl.samples`` (JSON, or bulk Arrow IPC) -> ``KEYED_SAMPLE_TYPE`` pairs (model id,
+    ``SAMPLE_TYPE`` row)."""
 
     what = "samples"
 
     def parse(self, raw: bytes) -> Row:
         if is_bulk(raw):
             b = parse_sample_batch(raw, self.spec_for)
-            return Row(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
-                       b.labels.tolist(), "")
+            return Row(b.model_id, Row(b.model_id, int(b.ts.max()),
+                                       b.features.ravel().tolist(), b.labels.tolist(), ""))
         s = parse_sample(raw, self.spec_for)
-        return Row(s.model_id, s.ts, s.features.tolist(), [s.label], s.event_id or "")
+        return Row(s.model_id, Row(s.model_id, s.ts, s.features.tolist(), [s.label],
+                                   s.event_id or ""))
 
 
 class _ParseFeedback(_ParseRecords):
-    """Events and labels, as ``TIMED_FEEDBACK_TYPE`` tuples (the row and its ``ts``, for the
-    job's timestamp assigner): their ``ts`` drives the label join's watermark (one for all
+    """Events and labels, as ``TIMED_FEEDBACK_TYPE`` tuples ((model id, row) and its ``ts``,
+    for the job's timestamp assigner): their ``ts`` drives the label join's watermark (one for all
     models). A record dated further ahead of this operator's clock than
     ``job.out_of_orderness_ms`` is refused (``bad_field``): it would move the watermark past
     the present, and every on-time label of every model would then be ``late``."""
@@ -100,7 +102,8 @@ class ParseEvents(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[Row, int]:
         e = parse_event(raw, self.spec_for)
         self.check_not_ahead(e.ts)
-        return Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b""), e.ts
+        return Row(e.model_id, Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(),
+                                   math.nan, b"")), e.ts
 
 
 class ParseLabels(_ParseFeedback):
@@ -111,7 +114,8 @@ class ParseLabels(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[Row, int]:
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
-        return Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw), lab.ts
+        return Row(lab.model_id, Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label,
+                                     raw)), lab.ts
 
 
 class ParseControl(_ParseRecords):

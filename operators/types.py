@@ -13,6 +13,10 @@ SAMPLE_TYPE = Types.ROW_NAMED(
      Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.STRING()],
 )
 
+#: What the samples parser and the label join emit: the model id, then the sample row (the
+#: pair a keyed Python operator takes; ``jobs.online_learning.keyed_by_model``).
+KEYED_SAMPLE_TYPE = Types.ROW([Types.STRING(), SAMPLE_TYPE])
+
 #: An event (kind "e": features, label NaN) or a label (kind "l": label and the record's raw
 #: bytes, kept for the DLQ should it come late), on its way to the label join.
 FEEDBACK_TYPE = Types.ROW_NAMED(
@@ -21,9 +25,12 @@ FEEDBACK_TYPE = Types.ROW_NAMED(
      Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
 
-#: What the events and labels parsers emit: the row and its event time (``ts``), for the
-#: job's Java timestamp assigner (``jobs.online_learning.with_event_time``).
-TIMED_FEEDBACK_TYPE = Types.TUPLE([FEEDBACK_TYPE, Types.LONG()])
+#: A feedback row with its model id in front (the pair a keyed Python operator takes).
+KEYED_FEEDBACK_TYPE = Types.ROW([Types.STRING(), FEEDBACK_TYPE])
+
+#: What the events and labels parsers emit: the (model id, row) pair and its event time
+#: (``ts``), for the job's Java timestamp assigner (``jobs.online_learning.with_event_time``).
+TIMED_FEEDBACK_TYPE = Types.TUPLE([KEYED_FEEDBACK_TYPE, Types.LONG()])
 
 #: A control command for one model (args as a JSON object string).
 CONTROL_TYPE = Types.ROW_NAMED(

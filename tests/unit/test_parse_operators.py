@@ -47,8 +47,8 @@ def test_feedback_dated_within_the_out_of_orderness_bound_is_accepted(operator_c
     out = run(op, {**record, "ts": ts})
     # The row and its event time (TIMED_FEEDBACK_TYPE), not a side output's (tag, record).
     assert len(out) == 1 and out[0][0] is not DLQ_TAG
-    row, event_time = out[0]
-    assert event_time == row[3] == ts
+    (model_id, row), event_time = out[0]
+    assert event_time == row[3] == ts and model_id == row[1] == "demo"
     assert op.parsed.count == 1 and op.dead.count == 0
 
 
