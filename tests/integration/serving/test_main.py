@@ -30,21 +30,19 @@ def ready(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_runs_from_a_config_file_and_stops_gracefully(serving_redis: RedisServer, prefix,
-                                                      tmp_path, sig):
-    client = serving_redis.client()
-    trainer = Trainer(client, Keys(prefix), "m")
-    trainer.publish(np.array([1.0, 0.0, 0.0, 0.0]))
+def start_predictor(redis_server: RedisServer, prefix: str, tmp_path: Path,
+                    predictor_conf: str = "") -> tuple[subprocess.Popen[str], str]:
+    """``python -m flowlearn.serving`` from a config file, once ready: (process, url)."""
     port = free_port()
     config = tmp_path / "flowlearn.toml"
     config.write_text(f"""
 [redis]
-port = {serving_redis.port}
+port = {redis_server.port}
 password = "{PASSWORD}"
 prefix = "{prefix}"
 [predictor]
 port = {port}
+{predictor_conf}
 [kafka]
 port = {free_port()}
 """)
@@ -54,6 +52,21 @@ port = {free_port()}
                             stderr=subprocess.STDOUT, text=True)
     try:
         wait_for("the predictor to be ready", lambda: proc.poll() is None and ready(url), 30)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, url
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_runs_from_a_config_file_and_stops_gracefully(serving_redis: RedisServer, prefix,
+                                                      tmp_path, sig):
+    client = serving_redis.client()
+    trainer = Trainer(client, Keys(prefix), "m")
+    trainer.publish(np.array([1.0, 0.0, 0.0, 0.0]))
+    proc, url = start_predictor(serving_redis, prefix, tmp_path)
+    try:
         answer = predict(url, "m", [[1, 0, 0]], timeout=5)
         assert answer["model_version"] == 1 and answer["predictions"][0] > 0.7
         assert predict(url, "nope", [[1, 0, 0]])["status"] == 404
@@ -79,25 +92,9 @@ def test_a_client_trickling_its_headers_is_cut_off(serving_redis: RedisServer, p
     is closed after ``predictor.idle_timeout_s``, while other clients are answered."""
     client = serving_redis.client()
     Trainer(client, Keys(prefix), "m").publish(np.array([1.0, 0.0, 0.0, 0.0]))
-    port = free_port()
-    config = tmp_path / "flowlearn.toml"
-    config.write_text(f"""
-[redis]
-port = {serving_redis.port}
-password = "{PASSWORD}"
-prefix = "{prefix}"
-[predictor]
-port = {port}
-idle_timeout_s = 1.0
-[kafka]
-port = {free_port()}
-""")
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "flowlearn.serving", "--config", str(config),
-                             "--no-log"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc, url = start_predictor(serving_redis, prefix, tmp_path, "idle_timeout_s = 1.0")
+    port = int(url.rsplit(":", 1)[1])
     try:
-        wait_for("the predictor to be ready", lambda: proc.poll() is None and ready(url), 30)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as slow:
             slow.sendall(b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n")
             opened = time.monotonic()
