@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 1; }
-	@command -v java >/dev/null || { echo "error: java not found: install a JDK 17 (apt-get install -y openjdk-17-jdk-headless)"; exit 1; }
+	@command -v javac >/dev/null || { echo "error: javac not found: install a JDK 17 (apt-get install -y openjdk-17-jdk-headless)"; exit 1; }
 	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven (apt-get install -y maven)"; exit 1; }
 	@echo "[make] creating $(VENV) and installing flowlearn with its dependencies (a few minutes the first time) ..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -44,7 +44,7 @@ def run_job(events: list[bytes], labels: list[bytes]) -> tuple[float, int]:
     from jobs.online_learning import RawSources, build_pipeline
 
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "256"})
-    env = local_environment()
+    env = local_environment(settings)
     sources = RawSources(raw_stream(env, []), raw_stream(env, events), raw_stream(env, labels),
                          raw_stream(env, []))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)

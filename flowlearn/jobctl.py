@@ -147,6 +147,7 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     settings_file.write_text(json.dumps(settings.to_dict()))
     settings_file.chmod(0o600)  # holds the Redis password
     connector = stack.kafka_connector_jar(settings)
+    operators_jar = stack.operators_jar(settings)
     sources = job_sources or stage_job_sources(settings)
     if not (sources / JOB_ENTRY).exists():
         raise JobError(f"{sources} does not hold the job ({JOB_ENTRY} is missing)")
@@ -165,7 +166,7 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     if from_savepoint:
         cmd += ["-s", from_savepoint]
         stack.log(f"resuming from savepoint {from_savepoint}")
-    cmd += ["--settings", str(settings_file)]
+    cmd += ["--settings", str(settings_file), "--operators-jar", str(operators_jar)]
     env = stack.flink_env(settings)
     result = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PATH": env["PATH"]},
                             timeout=timeout_s)

@@ -221,11 +221,14 @@ def _tagged(tag: str) -> Callable[[str], str]:
     return wrap
 
 
-def local_environment() -> Any:
+def local_environment(settings: Settings) -> Any:
     """A StreamExecutionEnvironment on a local MiniCluster, set up for the job's graph under
-    ``execute_and_collect`` (replays and the MiniCluster tests)."""
+    ``execute_and_collect`` (replays and the MiniCluster tests), with the operators jar
+    (built into ``settings.stack.jars`` if need be)."""
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
+
+    from flowlearn.stack import operators_jar
 
     # Python operator chaining off: its graph rewriting trips over the job's uids on a
     # branching graph under execute_and_collect ("Hash collision on user-specified ID"); the
@@ -237,6 +240,7 @@ def local_environment() -> Any:
         .set_string("taskmanager.numberOfTaskSlots", "3"))
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
+    env.add_jars(operators_jar(settings).resolve().as_uri())
     return env
 
 
@@ -266,7 +270,7 @@ def run_job(records: Sequence[bytes], settings: Settings) -> list[dict[str, Any]
 
     from jobs.online_learning import RawSources, build_pipeline
 
-    env = local_environment()
+    env = local_environment(settings)
     sources = RawSources(raw_stream(env, records), raw_stream(env, []),
                          raw_stream(env, []), raw_stream(env, []))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)

@@ -10,6 +10,7 @@ started, by pid, after checking the pid still belongs to this stack.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -192,6 +193,34 @@ def kafka_connector_jar(settings: Settings) -> Path:
     if not jars:
         raise StackError(f"no Kafka connector jar in {folder}; delete it and run again")
     return jars[0]
+
+
+#: Builds the job's Java operators (``operators/java``), shared with the job image's build.
+BUILD_OPERATORS_JAR = FETCH_JARS.parent / "build-operators-jar.sh"
+OPERATORS_JAVA = FETCH_JARS.parent.parent / "operators" / "java"
+
+
+def operators_jar(settings: Settings) -> Path:
+    """The jar of the job's Java operators, compiled against this Flink into
+    ``jars/flowlearn-operators`` once per version of their sources (a second or two)."""
+    digest = hashlib.sha256()
+    for path in [*sorted(OPERATORS_JAVA.rglob("*.java")), BUILD_OPERATORS_JAR]:
+        digest.update(path.relative_to(OPERATORS_JAVA.parent.parent).as_posix().encode())
+        digest.update(path.read_bytes())
+    digest.update(versions.FLINK_VERSION.encode())
+    folder = settings.stack.jars / "flowlearn-operators"
+    target = folder / f"operators-{digest.hexdigest()[:16]}.jar"
+    if target.exists():
+        return target
+    require_tool("javac", "install a JDK 17 (apt-get install -y openjdk-17-jdk-headless)")
+    result = subprocess.run(["bash", str(BUILD_OPERATORS_JAR), str(flink_home() / "lib"),
+                             str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"building the operators jar failed:\n{result.stderr.strip()}")
+    for old in folder.glob("operators-*.jar"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
 
 
 # --------------------------------------------------------------------------- Kafka

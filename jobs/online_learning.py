@@ -118,6 +118,33 @@ def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name:
     return DataStream(j_stream)
 
 
+#: A bundle of ``fl.samples`` records stays under this size (a larger record goes alone):
+#: JSON records above 512 KiB are refused anyway (``too_large``).
+SAMPLE_BUNDLE_MAX_BYTES = 1 << 20
+RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
+
+
+def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
+    """A stream of raw records as bundles of records (``operators.parse.unbundle``), made in
+    Java by ``RecordBundler`` (operators/java, in the operators jar): the Python parser after
+    it is called once per bundle, not once per record."""
+    gateway = get_gateway()
+    try:
+        gateway.jvm.Thread.currentThread().getContextClassLoader().loadClass(RECORD_BUNDLER)
+    except Exception as exc:
+        raise RuntimeError(
+            f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
+            "(flowlearn.stack.operators_jar builds it; `flowlearn submit` and "
+            "flowlearn.replay.local_environment add it; the job image has it in "
+            "/opt/flink/lib)") from exc
+    job = settings.job
+    bundler = gateway.jvm.dev.flowlearn.flink.RecordBundler(
+        job.sample_bundle_records, SAMPLE_BUNDLE_MAX_BYTES, job.sample_bundle_ms)
+    raw_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
+    j_stream = stream._j_data_stream.transform(name, raw_type.get_java_type_info(), bundler)
+    return DataStream(j_stream.uid(name))
+
+
 def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
     topics = settings.kafka.topics
 
@@ -147,7 +174,8 @@ def build_pipeline(
               ) -> DataStream:
         return stream.process(parser, output_type=output_type).name(name).uid(name)
 
-    parsed_samples = parse(raw.samples, ParseSamples(settings, topics.samples),
+    parsed_samples = parse(bundled(raw.samples, settings, "samples-bundles"),
+                           ParseSamples(settings, topics.samples),
                            KEYED_SAMPLE_TYPE, "parse-samples")
     parsed_events = parse(raw.events, ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE,
                           "parse-events")
@@ -223,10 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--settings", type=Path,
                         help="JSON settings written by `flowlearn submit` (default: conf/)")
+    parser.add_argument("--operators-jar", type=Path,
+                        help="the jar of the job's Java operators, shipped with the job "
+                             "(default: none, for a cluster that has it in lib/)")
     args = parser.parse_args(argv)
     settings = (settings_from_dict(json.loads(args.settings.read_text()))
                 if args.settings else load_settings())
     env = StreamExecutionEnvironment.get_execution_environment()
+    if args.operators_jar:
+        env.add_jars(args.operators_jar.resolve().as_uri())
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms)
     build_pipeline(env, settings)
     env.execute(settings.job.name)

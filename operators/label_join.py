@@ -173,7 +173,7 @@ class LabelJoin(KeyedProcessFunction):
                 f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
             return
         self._count(model_id, "joined")
-        yield Row(model_id, Row(model_id, event_ts, features, [label], ""))
+        yield Row(model_id, Row(model_id, event_ts, features, [label], []))
 
     # ------------------------------------------------------------------ timers
 
@@ -206,5 +206,5 @@ class LabelJoin(KeyedProcessFunction):
             self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
                 yield Row(model_id, Row(model_id, event_ts, entry[2],
-                                        [self.settings.job.default_label], ""))
+                                        [self.settings.job.default_label], []))
             self._remove(model_id, event_id, had_event=True)

@@ -13,6 +13,7 @@ from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 from conf import Settings
 from flowlearn.records import (
     RecordError,
+    Sample,
     dlq_record,
     is_bulk,
     now_ms,
@@ -56,27 +57,90 @@ class _ParseRecords(ProcessFunction):
         try:
             out = self.parse(raw)
         except RecordError as exc:
-            self.dead.inc()
-            yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
+            yield self.dead_letter(raw, exc)
             return
         self.parsed.inc()
         yield out
 
+    def dead_letter(self, raw: bytes, exc: RecordError) -> tuple[OutputTag, str]:
+        self.dead.inc()
+        return DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
+
+
+def unbundle(bundle: bytes) -> Iterator[bytes]:
+    r"""The records of a bundle made by the Java ``RecordBundler`` (operators/java): each a
+    4-byte big-endian length, then its bytes.
+
+    >>> list(unbundle(b"\x00\x00\x00\x02hi\x00\x00\x00\x00"))
+    [b'hi', b'']
+    """
+    view = memoryview(bundle)
+    at, end = 0, len(bundle)
+    while at < end:
+        n = int.from_bytes(view[at:at + 4], "big")
+        if at + 4 + n > end:
+            raise ValueError(f"bundle of {end} bytes cut inside a record of {n} at {at}")
+        yield bytes(view[at + 4:at + 4 + n])
+        at += 4 + n
+
+
+class _ModelSamples:
+    """JSON samples of one model from one bundle, gathered into one ``SAMPLE_TYPE`` row."""
+
+    __slots__ = ("event_ids", "features", "labels", "model_id", "ts", "with_ids")
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.ts = -(1 << 62)
+        self.features: list[float] = []
+        self.labels: list[float] = []
+        self.event_ids: list[str] = []
+        self.with_ids = False
+
+    def add(self, s: Sample) -> None:
+        self.ts = max(self.ts, s.ts)
+        self.features.extend(s.features.tolist())
+        self.labels.append(s.label)
+        self.event_ids.append(s.event_id or "")
+        self.with_ids = self.with_ids or bool(s.event_id)
+
+    def row(self) -> Row:
+        return Row(self.model_id, Row(self.model_id, self.ts, self.features, self.labels,
+                                      self.event_ids if self.with_ids else []))
+
 
 class ParseSamples(_ParseRecords):
-    """``fl.samples`` (JSON, or bulk Arrow IPC) -> ``KEYED_SAMPLE_TYPE`` pairs (model id,
-    ``SAMPLE_TYPE`` row)."""
+    """Bundles of ``fl.samples`` records (JSON, or bulk Arrow IPC; see :func:`unbundle`) ->
+    ``KEYED_SAMPLE_TYPE`` pairs (model id, ``SAMPLE_TYPE`` row): a row per bulk record, and
+    one for the JSON samples of each model in the bundle. A model's samples keep their order.
+    """
 
     what = "samples"
 
-    def parse(self, raw: bytes) -> Row:
-        if is_bulk(raw):
-            b = parse_sample_batch(raw, self.spec_for)
-            return Row(b.model_id, Row(b.model_id, int(b.ts.max()),
-                                       b.features.ravel().tolist(), b.labels.tolist(), ""))
-        s = parse_sample(raw, self.spec_for)
-        return Row(s.model_id, Row(s.model_id, s.ts, s.features.tolist(), [s.label],
-                                   s.event_id or ""))
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        gathered: dict[str, _ModelSamples] = {}
+        parsed = 0
+        for raw in unbundle(bytes(value)):
+            try:
+                if is_bulk(raw):
+                    b = parse_sample_batch(raw, self.spec_for)
+                    if b.model_id in gathered:  # its JSON samples came first
+                        yield gathered.pop(b.model_id).row()
+                    yield Row(b.model_id, Row(b.model_id, int(b.ts.max()),
+                                              b.features.ravel().tolist(), b.labels.tolist(), []))
+                else:
+                    s = parse_sample(raw, self.spec_for)
+                    samples = gathered.get(s.model_id)
+                    if samples is None:
+                        samples = gathered[s.model_id] = _ModelSamples(s.model_id)
+                    samples.add(s)
+            except RecordError as exc:
+                yield self.dead_letter(raw, exc)
+                continue
+            parsed += 1
+        for samples in gathered.values():
+            yield samples.row()
+        self.parsed.inc(parsed)
 
 
 class _ParseFeedback(_ParseRecords):

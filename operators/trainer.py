@@ -60,6 +60,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.applied_state = runtime_context.get_state(descriptors.SAMPLES_APPLIED)
         self.buffer = runtime_context.get_list_state(descriptors.BATCH_BUFFER)
         self.buffer_v1 = runtime_context.get_list_state(descriptors.BATCH_BUFFER_V1)
+        self.buffer_v2 = runtime_context.get_list_state(descriptors.BATCH_BUFFER_V2)
         self.seen_state = runtime_context.get_map_state(descriptors.SEEN_SAMPLE_IDS)
         self.recent = runtime_context.get_map_state(descriptors.RECENT_VERSIONS)
         self.checkpoints = runtime_context.get_map_state(descriptors.CHECKPOINT_VERSIONS)
@@ -107,38 +108,51 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     def _load(self, model_id: str) -> None:
         """The model's first touch after a (re)start: count the restored buffer and rebuild
-        its seen ids; move rows of a buffer from before event ids (``batch-buffer-v1``)."""
-        old = list(self.buffer_v1.get())
+        its seen ids; move the rows of an older buffer (``batch-buffer-v1``/``-v2``) over."""
+        old = [Row(r[0], r[1], r[2], []) for r in self.buffer_v1.get()]
+        old += [Row(r[0], r[1], r[2], [r[3]] if r[3] else []) for r in self.buffer_v2.get()]
         if old:
-            self.buffer.add_all([Row(r[0], r[1], r[2], "") for r in old])
+            self.buffer.add_all(old)
             self.buffer_v1.clear()
+            self.buffer_v2.clear()
         rows = list(self.buffer.get())
         self.buffered[model_id] = sum(len(row[2]) for row in rows)
         self.seen[model_id] = SeenIds(
             self.settings.job.sample_dedupe_window_ms,
             {int(seq): (int(v[0]), list(v[1])) for seq, v in self.seen_state.items()},
-            [(row[3], int(row[0])) for row in rows if row[3]])
+            [(event_id, int(row[0])) for row in rows for event_id in row[3] if event_id])
 
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # Unpack by position: a Row handed over inside a fused Python chain has no names.
-        model_id, ts, features, labels, event_id = value
+        model_id, ts, features, labels, event_ids = value
         if model_id not in self.buffered:
             self._load(model_id)
-        if event_id and self.settings.job.sample_dedupe_window_ms and not self.seen[
-                model_id].add(event_id, ts):
-            self.duplicates.inc()
-            self.per_model.inc(model_id, "duplicate_samples")
-            return
-        self.buffer.add(Row(ts, features, labels, event_id))
+        if event_ids and self.settings.job.sample_dedupe_window_ms:
+            seen = self.seen[model_id]
+            keep = [i for i, event_id in enumerate(event_ids)
+                    if not event_id or seen.add(event_id, ts)]
+            if len(keep) < len(labels):
+                self.duplicates.inc(len(labels) - len(keep))
+                self.per_model.inc(model_id, "duplicate_samples", len(labels) - len(keep))
+                if not keep:
+                    return
+                width = len(features) // len(labels)
+                features = [x for i in keep for x in features[i * width:(i + 1) * width]]
+                labels = [labels[i] for i in keep]
+                event_ids = [event_ids[i] for i in keep]
+        self.buffer.add(Row(ts, features, labels, event_ids))
         count = self.buffered[model_id] + len(labels)
         self.buffered[model_id] = count
         if count >= self._batch_size(model_id):
-            yield from self._flush(model_id, ctx)
+            yield from self._flush(model_id, ctx, whole=False)
         elif count == len(labels):  # a new batch: bound its latency
-            at = ctx.timer_service().current_processing_time() + self.settings.job.batch_timeout_ms
-            ctx.timer_service().register_processing_time_timer(at)
-            ctx.timer_service().register_event_time_timer(END_OF_INPUT)
-            self.flush_at[model_id] = at
+            self._time_out_batch(model_id, ctx)
+
+    def _time_out_batch(self, model_id: str, ctx: Any) -> None:
+        at = ctx.timer_service().current_processing_time() + self.settings.job.batch_timeout_ms
+        ctx.timer_service().register_processing_time_timer(at)
+        ctx.timer_service().register_event_time_timer(END_OF_INPUT)
+        self.flush_at[model_id] = at
 
     def _batch_size(self, model_id: str) -> int:
         spec = self.settings.model_spec(model_id) or self.settings.model_defaults
@@ -146,9 +160,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext
                  ) -> Iterator[Any]:
-        yield from self._flush(ctx.get_current_key(), ctx)
+        yield from self._flush(ctx.get_current_key(), ctx, whole=True)
 
-    def _flush(self, model_id: str, ctx: Any) -> Iterator[Any]:
+    def _flush(self, model_id: str, ctx: Any, whole: bool) -> Iterator[Any]:
+        """Train the buffer: all of it (``whole``: the batch timed out, the input ended,
+        training resumed), else its full batches, the rest waiting for more. Batches are then
+        the same however the samples were bundled on the way."""
         if self.paused.value():
             return  # samples wait in the buffer until `resume`
         pending = self.flush_at.pop(model_id, None)
@@ -161,18 +178,24 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffered[model_id] = 0
         if not rows:
             return
+        trainer = self._trainer(model_id)
+        X = np.concatenate([np.asarray(r[1], dtype=np.float64) for r in rows]).reshape(
+            -1, trainer.model.n_features)
+        y = np.concatenate([np.asarray(r[2], dtype=np.float64) for r in rows])
+        size = self._batch_size(model_id)
+        trained = len(y) if whole else len(y) - len(y) % size
+        if trained < len(y):
+            self.buffer.add(_tail(rows, trained, X, y))
+            self.buffered[model_id] = len(y) - trained
+            self._time_out_batch(model_id, ctx)
+            X, y = X[:trained], y[:trained]
         sealed = self.seen[model_id].seal()
         if sealed is not None:
             seq, newest, ids, expired = sealed
             self.seen_state.put(seq, Row(newest, ids))
             for old in expired:
                 self.seen_state.remove(old)
-        trainer = self._trainer(model_id)
-        X = np.concatenate([np.asarray(r[1], dtype=np.float64) for r in rows]).reshape(
-            -1, trainer.model.n_features)
-        y = np.concatenate([np.asarray(r[2], dtype=np.float64) for r in rows])
         # One version per batch_size samples: a bulk record may hold several batches.
-        size = self._batch_size(model_id)
         for start in range(0, len(y), size):
             result = trainer.train_batch(X[start:start + size], y[start:start + size])
             self.last_loss = result.prequential_loss
@@ -304,6 +327,22 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             self.paused.update(command == "pause")
             detail["ok"] = True
             if command == "resume":
-                yield from self._flush(model_id, ctx)
+                yield from self._flush(model_id, ctx, whole=True)
         self._save(trainer)
         yield ALERT_TAG, alert(model_id, kind, detail)
+
+
+def _tail(rows: list[Any], start: int, X: np.ndarray, y: np.ndarray) -> Row:
+    """The buffer rows' samples from ``start`` on (X and y are the rows' samples, in order),
+    as one buffer row: the latest time among the rows they came from, their event ids."""
+    ts, at, with_ids = -(1 << 62), 0, False
+    ids: list[str] = []
+    for row in rows:
+        n = len(row[2])
+        if at + n > start:
+            ts = max(ts, int(row[0]))
+            skip = max(start - at, 0)
+            ids.extend(row[3][skip:] if row[3] else [""] * (n - skip))
+            with_ids = with_ids or bool(row[3])
+        at += n
+    return Row(ts, X[start:].ravel().tolist(), y[start:].tolist(), ids if with_ids else [])

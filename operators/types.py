@@ -3,14 +3,16 @@
 from pyflink.common import Types
 
 #: Parsed, validated, labelled samples of one model: n labels and n x n_features features
-#: (row-major, flat); ts is the latest event time among them. One JSON sample is n = 1; a
-#: bulk record keeps its samples together so that the per-record cost is paid once.
-#: ``event_id`` is a JSON sample's own (the trainer drops a sample whose id it has seen),
-#: else "": bulk records, and pairs from the label join, which deduplicates them itself.
+#: (row-major, flat); ts is the latest event time among them. The per-record cost is paid
+#: once for all: a bulk record is one row, and so are the JSON samples of one model within a
+#: bundle of records (``job.sample_bundle_records``). ``event_ids`` holds one id per sample
+#: ("" for a sample without) when any JSON sample had one (the trainer drops a sample whose id
+#: it has seen), else nothing: bulk records, and pairs from the label join, which deduplicates
+#: them itself.
 SAMPLE_TYPE = Types.ROW_NAMED(
-    ["model_id", "ts", "features", "labels", "event_id"],
+    ["model_id", "ts", "features", "labels", "event_ids"],
     [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.STRING()],
+     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.BASIC_ARRAY(Types.STRING())],
 )
 
 #: What the samples parser and the label join emit: the model id, then the sample row (the

@@ -11,15 +11,21 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
-#: Buffered samples as they arrived: event time, flat features, labels, event id or ""
-#: (see SAMPLE_TYPE).
+#: Buffered samples as they arrived: latest event time, flat features, labels, event ids
+#: (none, or one per label, "" for a sample without; see SAMPLE_TYPE).
 BUFFERED_SAMPLE_TYPE = Types.ROW_NAMED(
+    ["ts", "features", "labels", "event_ids"],
+    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
+     Types.BASIC_ARRAY(Types.STRING())],
+)
+#: The rows of older buffers, read once after a restore and moved to BATCH_BUFFER:
+#: ``batch-buffer-v2`` (one event id or "" a row, from before samples were bundled) and
+#: ``batch-buffer-v1`` (from before event ids were kept).
+BUFFERED_SAMPLE_TYPE_V2 = Types.ROW_NAMED(
     ["ts", "features", "labels", "event_id"],
     [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
      Types.STRING()],
 )
-#: The rows of ``batch-buffer-v1`` (savepoints from before event ids were kept): read once
-#: after a restore and moved to BATCH_BUFFER.
 BUFFERED_SAMPLE_TYPE_V1 = Types.ROW_NAMED(
     ["ts", "features", "labels"],
     [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE())],
@@ -41,7 +47,8 @@ CHECKPOINT_VERSIONS = MapStateDescriptor(
 #: True while a ``pause`` command holds training (samples keep buffering).
 PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
-BATCH_BUFFER = ListStateDescriptor("batch-buffer-v2", BUFFERED_SAMPLE_TYPE)
+BATCH_BUFFER = ListStateDescriptor("batch-buffer-v3", BUFFERED_SAMPLE_TYPE)
+BATCH_BUFFER_V2 = ListStateDescriptor("batch-buffer-v2", BUFFERED_SAMPLE_TYPE_V2)
 BATCH_BUFFER_V1 = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE_V1)
 #: Event ids of trained samples (operators.dedupe.SeenIds), one entry per trained buffer:
 #: sequence number -> (the newest event time among them, the ids).

@@ -27,7 +27,7 @@ BAD_RECORDS = {
 
 def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "64", **env_overrides})
-    env = local_environment()
+    env = local_environment(settings)
     sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
                          raw_stream(env, labels), raw_stream(env, control))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
@@ -139,14 +139,17 @@ def test_bulk_records_train_in_batches_beside_json_samples():
 def test_a_sample_sent_twice_is_trained_once_within_the_dedupe_window():
     """Samples 10 ms apart, batches of 64, a window of 1 s of event time: resent samples
     are dropped while their batch is within 1 s of the newest trained one, and trained
-    again once it has left the window."""
+    again once it has left the window. Ids leave it when a newer buffer is trained, and a
+    bundle of records is checked at once: bundles of 16 here, so that the last resend comes
+    after buffers trained since (in bundles of 256 it would share one with them)."""
     recs = DriftingStream(n_features=10, seed=6, model_id="dedupe").take(300, 1000, 10)
     first = [json.dumps(r).encode() for r in recs]
     # 0-49 again after 150 (their batch is at most 1.27 s old: all duplicates), 0-9 again
     # at the end (3 s later: new again); and 200 twice in a row (within one buffer).
     records = [*first[:150], *first[:50], *first[150:201], first[200], *first[201:],
                *first[:10]]
-    out = run_pipeline(records, FLOWLEARN__JOB__SAMPLE_DEDUPE_WINDOW_MS="1000")
+    out = run_pipeline(records, FLOWLEARN__JOB__SAMPLE_DEDUPE_WINDOW_MS="1000",
+                       FLOWLEARN__JOB__SAMPLE_BUNDLE_RECORDS="16")
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "dedupe"]
     assert versions[-1]["applied"] == 300 + 10
     assert not [r for r in out if "reason" in r]

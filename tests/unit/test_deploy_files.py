@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,23 @@ def test_fetch_jars_reads_versions_py_and_skips_what_is_fetched(tmp_path: Path) 
     assert bad.returncode != 0 and "NO_SUCH_CONSTANT" in bad.stderr
 
 
-@pytest.mark.parametrize("script", ["fetch-jars.sh", "submit-job.sh"])
+def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> None:
+    from flowlearn.stack import flink_home
+
+    out = tmp_path / "operators.jar"
+    done = subprocess.run(["bash", str(DEPLOY / "build-operators-jar.sh"),
+                           str(flink_home() / "lib"), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "dev/flowlearn/flink/RecordBundler.class" in zipfile.ZipFile(out).namelist()
+    # Not against a folder without Flink: a clear refusal, nothing written.
+    bad = subprocess.run(["bash", str(DEPLOY / "build-operators-jar.sh"), str(tmp_path),
+                          str(tmp_path / "none.jar")], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "no flink-dist jar" in bad.stderr
+    assert not (tmp_path / "none.jar").exists()
+
+
+@pytest.mark.parametrize("script", ["fetch-jars.sh", "submit-job.sh", "build-operators-jar.sh"])
 def test_shell_scripts_lint(script: str) -> None:
     path = DEPLOY / script
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
@@ -149,6 +166,9 @@ def test_job_image_matches_the_project() -> None:
     # The jar comes from the script the local stack runs, into Flink's lib/.
     assert re.search(r"^RUN bash flink-docker/fetch-jars\.sh (\S+)$", text, re.M)
     assert re.search(r"^COPY --from=jars .*\*\.jar /opt/flink/lib/$", text, re.M)
+    # So does the operators jar.
+    assert re.search(r"^RUN bash flink-docker/build-operators-jar\.sh \S+ (\S+)$", text, re.M)
+    assert re.search(r"^COPY --from=operators .*\.jar /opt/flink/lib/$", text, re.M)
     python = re.search(r"^ARG PYTHON_VERSION=(\d+)\.(\d+)\.\d+$", text, re.M)
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "requires-python"]

@@ -126,21 +126,64 @@ def started(state: KeyedState) -> MiniBatchTrainer:
 
 
 def sample(event_id: str, ts: int = 1000) -> Row:
-    return Row("m", ts, [0.5] * 10, [1.0], event_id)
+    return Row("m", ts, [0.5] * 10, [1.0], [event_id] if event_id else [])
+
+
+def features_of(event_id: str) -> list[float]:
+    """Features of their own for each id (sum of its characters, plus the position)."""
+    return [float(sum(map(ord, event_id)) % 13 + j) / 10 for j in range(10)]
+
+
+def samples(*event_ids: str, ts: int = 1000) -> Row:
+    """The JSON samples of one bundle, as the parser gathers them into one row."""
+    features = [x for event_id in event_ids for x in features_of(event_id)]
+    return Row("m", ts, features, [1.0] * len(event_ids), list(event_ids))
 
 
 def send(trainer: MiniBatchTrainer, row: Row) -> list[Any]:
     return list(trainer.process_element1(row, Context()))
 
 
-def test_buffered_rows_of_a_savepoint_before_event_ids_are_moved_over():
+def test_buffered_rows_of_older_savepoints_are_moved_over_with_their_ids():
     state = KeyedState()
-    state.states["batch-buffer-v1"] = old = ListState()
-    old.rows = [Row(900, [0.1] * 10, [0.0]), Row(950, [0.2] * 10, [1.0])]
+    state.states["batch-buffer-v1"] = v1 = ListState()
+    v1.rows = [Row(900, [0.1] * 10, [0.0]), Row(950, [0.2] * 10, [1.0])]
+    state.states["batch-buffer-v2"] = v2 = ListState()
+    v2.rows = [Row(960, [0.3] * 10, [1.0], "old")]
     trainer = started(state)
-    send(trainer, sample("a"))  # the third sample of a batch of 2: trained at once
-    assert old.rows == [] and state.states["batch-buffer-v2"].rows == []
-    assert state.states["samples-applied-v1"].value() == 3
+    assert send(trainer, sample("old")) == []  # its id came with the v2 row
+    assert send(trainer, sample("a")) != []  # four samples: two batches of 2
+    assert v1.rows == [] and v2.rows == [] and state.states["batch-buffer-v3"].rows == []
+    assert state.states["samples-applied-v1"].value() == 4
+    assert state.group.metrics["duplicate_samples"].count == 1
+
+
+def test_duplicates_within_a_bundle_are_dropped_and_the_rest_trained_in_order():
+    state = KeyedState()
+    trainer = started(state)
+    out = send(trainer, samples("p", "p", "", "q", "p"))
+    assert state.group.metrics["duplicate_samples"].count == 2
+    # "p", "", "q": one batch of 2 trained, the third sample waits with its id.
+    assert state.states["samples-applied-v1"].value() == 2
+    assert len([o for o in out if not isinstance(o, tuple)]) == 1  # one version row
+    (tail,) = state.states["batch-buffer-v3"].rows
+    assert tail[1] == features_of("q") and list(tail[3]) == ["q"]
+
+
+def test_a_batch_is_the_same_however_its_samples_were_bundled():
+    one_by_one, bundled = KeyedState(), KeyedState()
+    a, b = started(one_by_one), started(bundled)
+    ids = [f"s{i}" for i in range(5)]
+    for event_id in ids:
+        send(a, samples(event_id))
+    send(b, samples(*ids[:3]))
+    send(b, samples(*ids[3:]))
+    for state in (one_by_one, bundled):
+        assert state.states["samples-applied-v1"].value() == 4
+        (tail,) = state.states["batch-buffer-v3"].rows
+        assert list(tail[3]) == ["s4"]
+    assert (one_by_one.states["model-state-v1"].value()
+            == bundled.states["model-state-v1"].value())
 
 
 def test_ids_buffered_or_trained_before_a_restart_are_still_duplicates_after_it():

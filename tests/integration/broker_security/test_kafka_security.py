@@ -117,7 +117,7 @@ def test_the_jobs_kafka_connector_gets_in(broker):
     kafka = broker.kafka
     topic = kafka.topics.labels
     send_raw(kafka, topic, [b"a", b"b", b"c"], key="m")
-    env = local_environment()
+    env = local_environment(broker)
     env.add_jars(stack.kafka_connector_jar(broker).resolve().as_uri())
     source = (with_security(KafkaSource.builder(), broker)
               .set_bootstrap_servers(kafka.bootstrap)
