@@ -988,6 +988,8 @@ def main() -> None:
                         help="how long to wait for the last label to be served (default 60)")
     parser.add_argument("--bundle-time-ms", type=int, default=None,
                         help="flink.python_bundle_time_ms of the job (default: the settings')")
+    parser.add_argument("--batch-timeout-ms", type=int, default=None,
+                        help="job.batch_timeout_ms of the job (default: the settings')")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive peer")
     parser.add_argument("--quick", action="store_true",
                         help="15 s measured after 3 s warm-up per run, 30 s drain")
@@ -1004,7 +1006,9 @@ def main() -> None:
     naive_summaries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        bench = BenchStack(tmp, bundle_time_ms=args.bundle_time_ms)
+        extra = ("" if args.batch_timeout_ms is None
+                 else f"[job]\nbatch_timeout_ms = {args.batch_timeout_ms}\n")
+        bench = BenchStack(tmp, extra, bundle_time_ms=args.bundle_time_ms)
         settings = bench.settings
         with bench.running():
             for topic in (settings.kafka.topics.labels, settings.kafka.topics.samples):

@@ -260,7 +260,7 @@ class FlinkConf:
     process_memory_jobmanager: str = "1024m"
     process_memory_taskmanager: str = "2048m"
     python_bundle_size: int = 10000
-    python_bundle_time_ms: int = 100
+    python_bundle_time_ms: int = 50
 
     @property
     def web_ui(self) -> str:
@@ -406,7 +406,7 @@ class JobConf:
     out_of_orderness_ms: int = 2000
     idleness_ms: int = 5000
     batch_size: int = 64
-    batch_timeout_ms: int = 500
+    batch_timeout_ms: int = 200
     keep_versions: int = 20
     drift_features_monitored: int = 3
     drift_cooldown_versions: int = 50
@@ -415,12 +415,12 @@ class JobConf:
     #: much event time before the model's newest is a duplicate: counted, not trained
     #: (0: no deduplication). Memory grows with rate x window (about 100 bytes an id).
     sample_dedupe_window_ms: int = 60_000
-    #: ``fl.samples`` records go to the Python parser in bundles of up to this many records
+    #: Kafka records go to the Python parsers in bundles of up to this many records
     #: (operators/java RecordBundler): one Python call per bundle instead of per record.
-    sample_bundle_records: int = 256
+    input_bundle_records: int = 256
     #: ... and a record waits at most this long (processing time) for its bundle to fill
     #: (0: no wait, records go one by one).
-    sample_bundle_ms: int = 10
+    input_bundle_ms: int = 10
     expired_events: Literal["drop", "default_label"] = "drop"
     default_label: float = 0.0
     unknown_model_policy: Literal["create", "dlq"] = "create"
@@ -435,9 +435,9 @@ class JobConf:
         for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms",
                      "label_window_ms", "keep_versions", "checkpoint_every_versions",
                      "keep_checkpoints", "rollback_window_samples", "rollback_min_samples",
-                     "rollback_cooldown_versions", "sample_bundle_records"):
+                     "rollback_cooldown_versions", "input_bundle_records"):
             _check_positive(f"job.{name}", getattr(self, name))
-        for name in ("drift_features_monitored", "sample_dedupe_window_ms", "sample_bundle_ms"):
+        for name in ("drift_features_monitored", "sample_dedupe_window_ms", "input_bundle_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"job.{name} must be >= 0")
         _check_positive("job.drift_cooldown_versions", self.drift_cooldown_versions)

@@ -118,16 +118,17 @@ def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name:
     return DataStream(j_stream)
 
 
-#: A bundle of ``fl.samples`` records stays under this size (a larger record goes alone):
-#: JSON records above 512 KiB are refused anyway (``too_large``).
-SAMPLE_BUNDLE_MAX_BYTES = 1 << 20
+#: A bundle of records stays under this size (a larger record goes alone): JSON records above
+#: 512 KiB are refused anyway (``too_large``).
+INPUT_BUNDLE_MAX_BYTES = 1 << 20
 RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
 
 
 def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
     """A stream of raw records as bundles of records (``operators.parse.unbundle``), made in
     Java by ``RecordBundler`` (operators/java, in the operators jar): the Python parser after
-    it is called once per bundle, not once per record."""
+    it is called once per bundle, not once per record (in PyFlink each call costs more than
+    parsing a small JSON record)."""
     gateway = get_gateway()
     try:
         gateway.jvm.Thread.currentThread().getContextClassLoader().loadClass(RECORD_BUNDLER)
@@ -139,7 +140,7 @@ def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
             "/opt/flink/lib)") from exc
     job = settings.job
     bundler = gateway.jvm.dev.flowlearn.flink.RecordBundler(
-        job.sample_bundle_records, SAMPLE_BUNDLE_MAX_BYTES, job.sample_bundle_ms)
+        job.input_bundle_records, INPUT_BUNDLE_MAX_BYTES, job.input_bundle_ms)
     raw_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     j_stream = stream._j_data_stream.transform(name, raw_type.get_java_type_info(), bundler)
     return DataStream(j_stream.uid(name))
@@ -175,14 +176,16 @@ def build_pipeline(
         return stream.process(parser, output_type=output_type).name(name).uid(name)
 
     parsed_samples = parse(bundled(raw.samples, settings, "samples-bundles"),
-                           ParseSamples(settings, topics.samples),
-                           KEYED_SAMPLE_TYPE, "parse-samples")
-    parsed_events = parse(raw.events, ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE,
+                           ParseSamples(settings, topics.samples), KEYED_SAMPLE_TYPE,
+                           "parse-samples")
+    parsed_events = parse(bundled(raw.events, settings, "events-bundles"),
+                          ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE,
                           "parse-events")
-    parsed_labels = parse(raw.labels, ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE,
+    parsed_labels = parse(bundled(raw.labels, settings, "labels-bundles"),
+                          ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE,
                           "parse-labels")
-    control = parse(raw.control, ParseControl(settings, topics.control), CONTROL_TYPE,
-                    "parse-control")
+    control = parse(bundled(raw.control, settings, "control-bundles"),
+                    ParseControl(settings, topics.control), CONTROL_TYPE, "parse-control")
     # Event time on each stream before the union: the join's watermark is the lesser of the
     # two (a side idle for idleness_ms is left out).
     feedback = keyed_by_model(

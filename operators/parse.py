@@ -31,7 +31,8 @@ SpecFor = Callable[[str], Mapping[str, Any] | None]
 
 
 class _ParseRecords(ProcessFunction):
-    """Raw bytes of one topic -> typed rows; anything unusable -> :data:`DLQ_TAG`."""
+    """Bundles of raw records of one topic (:func:`unbundle`) -> typed rows, one a record;
+    anything unusable -> :data:`DLQ_TAG`."""
 
     #: Metric prefix: ``<what>_parsed`` and ``<what>_dlq`` counters.
     what = "records"
@@ -53,14 +54,16 @@ class _ParseRecords(ProcessFunction):
         raise NotImplementedError
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        raw = bytes(value)
-        try:
-            out = self.parse(raw)
-        except RecordError as exc:
-            yield self.dead_letter(raw, exc)
-            return
-        self.parsed.inc()
-        yield out
+        parsed = 0
+        for raw in unbundle(bytes(value)):
+            try:
+                out = self.parse(raw)
+            except RecordError as exc:
+                yield self.dead_letter(raw, exc)
+                continue
+            parsed += 1
+            yield out
+        self.parsed.inc(parsed)
 
     def dead_letter(self, raw: bytes, exc: RecordError) -> tuple[OutputTag, str]:
         self.dead.inc()

@@ -5,7 +5,7 @@ from pyflink.common import Types
 #: Parsed, validated, labelled samples of one model: n labels and n x n_features features
 #: (row-major, flat); ts is the latest event time among them. The per-record cost is paid
 #: once for all: a bulk record is one row, and so are the JSON samples of one model within a
-#: bundle of records (``job.sample_bundle_records``). ``event_ids`` holds one id per sample
+#: bundle of records (``job.input_bundle_records``). ``event_ids`` holds one id per sample
 #: ("" for a sample without) when any JSON sample had one (the trainer drops a sample whose id
 #: it has seen), else nothing: bulk records, and pairs from the label join, which deduplicates
 #: them itself.

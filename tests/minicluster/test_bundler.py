@@ -10,7 +10,7 @@ from pyflink.common import Types
 
 from conf import load_settings
 from flowlearn.replay import local_environment, raw_stream
-from jobs.online_learning import SAMPLE_BUNDLE_MAX_BYTES, bundled
+from jobs.online_learning import INPUT_BUNDLE_MAX_BYTES, bundled
 from operators.parse import unbundle
 
 pytestmark = pytest.mark.minicluster
@@ -33,9 +33,9 @@ def bundles_of(records, **env):
 
 def test_records_come_out_whole_in_order_in_bundles_within_the_limits():
     records = [f"r{i}".encode() * (i % 7 + 1) for i in range(200)]
-    records.append(b"x" * (SAMPLE_BUNDLE_MAX_BYTES + 10))  # larger than a bundle: alone
+    records.append(b"x" * (INPUT_BUNDLE_MAX_BYTES + 10))  # larger than a bundle: alone
     records.append(b"last")
-    out = bundles_of(records, FLOWLEARN__JOB__SAMPLE_BUNDLE_RECORDS="16")
+    out = bundles_of(records, FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS="16")
     assert [r for bundle in out for r in bundle] == [digest(r) for r in records]
     assert all(1 <= len(bundle) <= 16 for bundle in out)
     assert [digest(records[-2])] in out
@@ -47,12 +47,12 @@ def test_records_come_out_whole_in_order_in_bundles_within_the_limits():
 @given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=60),
        st.integers(min_value=1, max_value=9))
 def test_any_records_survive_the_framing(records, per_bundle):
-    out = bundles_of(records, FLOWLEARN__JOB__SAMPLE_BUNDLE_RECORDS=str(per_bundle))
+    out = bundles_of(records, FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS=str(per_bundle))
     assert [r for bundle in out for r in bundle] == [digest(r) for r in records]
     assert max(map(len, out)) <= per_bundle
 
 
 def test_no_wait_sends_every_record_alone():
     records = [b"a", b"b", b"c"]
-    out = bundles_of(records, FLOWLEARN__JOB__SAMPLE_BUNDLE_MS="0")
+    out = bundles_of(records, FLOWLEARN__JOB__INPUT_BUNDLE_MS="0")
     assert out == [[digest(r)] for r in records]

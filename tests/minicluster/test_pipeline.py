@@ -149,7 +149,7 @@ def test_a_sample_sent_twice_is_trained_once_within_the_dedupe_window():
     records = [*first[:150], *first[:50], *first[150:201], first[200], *first[201:],
                *first[:10]]
     out = run_pipeline(records, FLOWLEARN__JOB__SAMPLE_DEDUPE_WINDOW_MS="1000",
-                       FLOWLEARN__JOB__SAMPLE_BUNDLE_RECORDS="16")
+                       FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS="16")
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "dedupe"]
     assert versions[-1]["applied"] == 300 + 10
     assert not [r for r in out if "reason" in r]

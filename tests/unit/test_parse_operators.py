@@ -2,11 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conf import load_settings
 from flowlearn.records import now_ms
-from operators.parse import DLQ_TAG, ParseEvents, ParseLabels
+from operators.parse import DLQ_TAG, ParseEvents, ParseLabels, ParseSamples, unbundle
 
 
 class Counter:
@@ -32,8 +35,13 @@ def opened(operator_class, **env):
     return op
 
 
+def framed(*records: bytes) -> bytes:
+    """A bundle as the Java RecordBundler makes it: each record after its 4-byte length."""
+    return b"".join(len(r).to_bytes(4, "big") + r for r in records)
+
+
 def run(op, record):
-    return list(op.process_element(json.dumps(record).encode(), None))
+    return list(op.process_element(framed(json.dumps(record).encode()), None))
 
 
 EVENT = {"model_id": "demo", "event_id": "e1", "features": [0.0] * 10}
@@ -62,3 +70,42 @@ def test_feedback_dated_too_far_ahead_is_dead_lettered(operator_class, record):
     assert letter["reason"] == "bad_field" and "ahead of the clock" in letter["detail"]
     assert letter["source_topic"] == "fl.x"
     assert op.parsed.count == 0 and op.dead.count == 1
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_a_bundle_gives_back_its_records(records):
+    assert list(unbundle(framed(*records))) == records
+
+
+def test_a_bundle_cut_short_is_an_error_not_a_short_read():
+    with pytest.raises(ValueError, match="cut inside a record"):
+        list(unbundle(framed(b"abc", b"defg")[:-1]))
+
+
+def sample(model_id, ts, event_id=None, x=0.0):
+    record = {"model_id": model_id, "ts": ts, "features": [x] * 10, "label": 1}
+    if event_id is not None:
+        record["event_id"] = event_id
+    return json.dumps(record).encode()
+
+
+def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
+    from flowlearn.records import encode_sample_batch
+
+    op = opened(ParseSamples)
+    bulk = encode_sample_batch("a", np.array([5, 6]), np.full((2, 10), 9.0), np.ones(2))
+    out = list(op.process_element(framed(
+        sample("a", 1, "a1", x=1.0), sample("b", 2, x=2.0), b"not json",
+        sample("a", 3, x=3.0), bulk, sample("a", 4, "a4", x=4.0)), None))
+    letters = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+    rows = [(o[0], tuple(o[1])) for o in out if o[0] is not DLQ_TAG]
+    assert [r["reason"] for r in letters] == ["not_json"]
+    # "a": its two JSON samples before the bulk record, the bulk record, the one after it;
+    # ids for a row where any sample had one ("" for the others), none where none had.
+    assert [(key, row[1], row[3], list(row[4]), row[2][::10]) for key, row in rows] == [
+        ("a", 3, [1.0, 1.0], ["a1", ""], [1.0, 3.0]),
+        ("a", 6, [1.0, 1.0], [], [9.0, 9.0]),
+        ("b", 2, [1.0], [], [2.0]),
+        ("a", 4, [1.0], ["a4"], [4.0]),
+    ]
+    assert op.parsed.count == 5 and op.dead.count == 1
