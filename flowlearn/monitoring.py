@@ -112,6 +112,19 @@ class DriftMonitor:
                 detectors[f"ks|feature[{i}]"] = drift.KS(clock=FEATURE_TEST_EVERY)
         return cls(detectors)
 
+    def restarted(self, spec: dict[str, Any]) -> DriftMonitor:
+        """The monitor for new weights (a reset, a rollback): the error and loss detectors
+        start afresh, the feature detectors keep their windows (the inputs did not change).
+
+        Kept, the error detectors would compare the new weights' errors with the old ones':
+        a reset model, young and worse for a while, raised another alarm, hence another
+        reset, one after the other.
+        """
+        fresh = DriftMonitor.create(spec, 0)
+        fresh.detectors.update({name: det for name, det in self.detectors.items()
+                                if "|feature[" in name})
+        return fresh
+
     def update(self, errors: np.ndarray, losses: np.ndarray, X: np.ndarray) -> list[DriftAlarm]:
         """Feed one scored batch (in order); the detections it caused."""
         alarms = []

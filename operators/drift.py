@@ -57,7 +57,14 @@ class DriftOperator(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         model_id, version, kind, applied, errors, losses, features, n_monitored = value[:8]
         if kind != "train":
-            return  # a rollback or reset scored no samples
+            # A rollback or reset scored no samples, but its weights are new: their errors
+            # are not to be compared with the old weights'.
+            if model_id in self.monitors or self.state.value() is not None:
+                spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+                monitor = self._monitor(model_id, n_monitored).restarted(spec.as_dict())
+                self.monitors[model_id] = monitor
+                self.state.update(monitor.to_bytes())
+            return
         monitor = self._monitor(model_id, n_monitored)
         X = np.asarray(features, dtype=np.float64).reshape(len(losses), n_monitored)
         alarms = monitor.update(np.asarray(errors, dtype=np.float64),

@@ -55,3 +55,28 @@ def test_adwin_alarms_say_whether_the_error_rose_or_fell():
     assert rise and rise[0].direction == "up" and rise[0].degraded
     restored = DriftMonitor.from_bytes(monitor.to_bytes())
     assert restored.error_history.tobytes() == monitor.error_history.tobytes()
+
+
+def test_after_a_restart_a_young_model_raises_no_alarm_where_the_old_detectors_would():
+    spec = {"type": "logistic"}
+    rng = np.random.default_rng(7)
+
+    def batch(rate):
+        return (rng.random(64) < rate) * 1.0, rng.normal(rate, 0.05, 64).clip(0), \
+            rng.normal(size=(64, 2))
+
+    good = [batch(0.08) for _ in range(60)]
+    young = [batch(rate) for rate in np.linspace(0.45, 0.1, 30)]  # a reset model learning
+    kept = DriftMonitor.create(spec, 2)
+    alarms(kept, good)
+    features = {n: d for n, d in kept.detectors.items() if "feature" in n}
+    restarted = DriftMonitor.from_bytes(kept.to_bytes()).restarted(spec)
+    assert any(a.degraded for _, a in alarms(kept, young))
+    assert not any(a.degraded for _, a in alarms(restarted, young))
+    # The feature detectors kept their windows; the performance ones are new.
+    fresh = DriftMonitor.create(spec, 0)
+    for name, det in restarted.detectors.items():
+        if name in features:
+            assert det.n_seen == features[name].n_seen > 0
+        else:
+            assert name in fresh.detectors
