@@ -483,6 +483,11 @@ class Settings:
             return self.models[model_id]
         return self.model_defaults if self.job.unknown_model_policy == "create" else None
 
+    def spec_of(self, model_id: str) -> ModelSpec:
+        """The spec a model trains with: its own, else the defaults (a model that the "dlq"
+        policy refuses never gets this far)."""
+        return self.model_spec(model_id) or self.model_defaults
+
     def validate(self) -> Settings:
         for part in (self.kafka, self.redis, self.flink, self.predictor, self.prometheus,
                      self.job, self.mlflow):

@@ -230,7 +230,7 @@ def cmd_train_batch(settings: Settings, args: argparse.Namespace) -> int:
     from flowlearn.registry import Registry
     from flowlearn.serving.baseline import write_baseline
 
-    spec = (settings.model_spec(args.model) or settings.model_defaults).as_dict()
+    spec = settings.spec_of(args.model).as_dict()
     t0 = time.monotonic()
     X, y = read_samples(args.data, args.model, spec)
     result = train_baseline(spec, X, y, epochs=args.epochs, batch_size=args.batch_size,

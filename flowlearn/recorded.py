@@ -224,7 +224,7 @@ def collect(settings: Settings, model_id: str, since_ms: int | None = None, *,
             consumer_factory: Callable[[], Any] | None = None,
             with_registry: bool = True) -> EvaluationData:
     """Read what the system recorded about ``model_id`` (see the module docstring)."""
-    spec = settings.model_spec(model_id) or settings.model_defaults
+    spec = settings.spec_of(model_id)
     topics = settings.kafka.topics
     notes: list[str] = []
     consumer = (consumer_factory or kafka_consumer(settings.kafka))()

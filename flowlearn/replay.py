@@ -337,7 +337,7 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
     for m in models:
         if model_id is not None and m != model_id:
             continue
-        spec = (settings.model_spec(m) or settings.model_defaults).as_dict()
+        spec = settings.spec_of(m).as_dict()
         versions = [r for r in by_tag.get("version", []) if r["model_id"] == m]
         weights = final_weights(versions)
         if weights is not None:

@@ -127,7 +127,7 @@ class CheckpointOperator(KeyedProcessFunction):
 
     def _new_ledger(self, model_id: str) -> CheckpointLedger:
         job = self.settings.job
-        spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+        spec = self.settings.spec_of(model_id)
         return CheckpointLedger(
             every=job.checkpoint_every_versions, keep=job.keep_checkpoints,
             window_samples=job.rollback_window_samples, margin=job.rollback_margin,

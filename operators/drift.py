@@ -49,7 +49,7 @@ class DriftOperator(KeyedProcessFunction):
             if saved is not None:
                 monitor = DriftMonitor.from_bytes(bytes(saved))
             else:
-                spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+                spec = self.settings.spec_of(model_id)
                 monitor = DriftMonitor.create(spec.as_dict(), n_monitored, n_monitored)
             self.monitors[model_id] = monitor
         return monitor
@@ -60,7 +60,7 @@ class DriftOperator(KeyedProcessFunction):
             # A rollback or reset scored no samples, but its weights are new: their errors
             # are not to be compared with the old weights'.
             if model_id in self.monitors or self.state.value() is not None:
-                spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+                spec = self.settings.spec_of(model_id)
                 monitor = self._monitor(model_id, n_monitored).restarted(spec.as_dict())
                 self.monitors[model_id] = monitor
                 self.state.update(monitor.to_bytes())
@@ -80,7 +80,7 @@ class DriftOperator(KeyedProcessFunction):
                                             "samples_applied": applied})
         job = self.settings.job
         performance_alarm = any(a.degraded for a in alarms)
-        spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+        spec = self.settings.spec_of(model_id)
         if (performance_alarm and spec.drift_action == "reset"
                 and version - self.last_adapted.get(model_id, -(1 << 62))
                 >= job.drift_cooldown_versions):

@@ -86,7 +86,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def _trainer(self, model_id: str) -> ModelTrainer:
         trainer = self.trainers.get(model_id)
         if trainer is None:
-            spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+            spec = self.settings.spec_of(model_id)
             state = self.model_state.value()
             if state is None:
                 trainer = ModelTrainer.create(model_id, spec.as_dict())
@@ -155,7 +155,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.flush_at[model_id] = at
 
     def _batch_size(self, model_id: str) -> int:
-        spec = self.settings.model_spec(model_id) or self.settings.model_defaults
+        spec = self.settings.spec_of(model_id)
         return spec.batch_size or self.settings.job.batch_size
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext

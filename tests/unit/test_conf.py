@@ -119,3 +119,11 @@ def test_kafka_security_reaches_both_kinds_of_client(tmp_path):
         ' required username="job" password="p\\"w";')
     assert java["ssl.truststore.type"] == "PEM" and java["ssl.truststore.location"] == str(ca)
     assert "p\"w" not in repr(kafka)  # the password is kept out of reprs (and logs)
+
+
+def test_a_model_trains_with_its_own_spec_else_the_defaults():
+    settings = load_settings(env={"FLOWLEARN__MODELS__M1__LEARNING_RATE": "0.5",
+                                  "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"})
+    assert settings.spec_of("m1").learning_rate == 0.5
+    assert settings.model_spec("other") is None  # refused on parsing ...
+    assert settings.spec_of("other") == settings.model_defaults  # ... so never trained
