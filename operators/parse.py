@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pyflink.common import Row, Types
@@ -31,8 +31,9 @@ SpecFor = Callable[[str], Mapping[str, Any] | None]
 
 
 class _ParseRecords(ProcessFunction):
-    """Bundles of raw records of one topic (:func:`unbundle`) -> typed rows, one a record;
-    anything unusable -> :data:`DLQ_TAG`."""
+    """Bundles of raw records of one topic (:func:`unbundle`) -> typed rows; anything
+    unusable -> :data:`DLQ_TAG`. Subclasses say what a record gives (:meth:`parse`) and, if
+    they gather rows over a bundle, what is left at its end (:meth:`end_of_bundle`)."""
 
     #: Metric prefix: ``<what>_parsed`` and ``<what>_dlq`` counters.
     what = "records"
@@ -50,8 +51,12 @@ class _ParseRecords(ProcessFunction):
                    if self.settings.job.unknown_model_policy == "create" else None)
         self.spec_for: SpecFor = lambda model_id: specs.get(model_id, default)
 
-    def parse(self, raw: bytes) -> Any:
+    def parse(self, raw: bytes) -> Iterable[Any]:
+        """The rows one record gives now (RecordError: a dead letter)."""
         raise NotImplementedError
+
+    def end_of_bundle(self) -> Iterable[Any]:
+        return ()
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
         parsed = 0
@@ -59,15 +64,14 @@ class _ParseRecords(ProcessFunction):
             try:
                 out = self.parse(raw)
             except RecordError as exc:
-                yield self.dead_letter(raw, exc)
+                self.dead.inc()
+                yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(),
+                                          exc.message)
                 continue
             parsed += 1
-            yield out
+            yield from out
         self.parsed.inc(parsed)
-
-    def dead_letter(self, raw: bytes, exc: RecordError) -> tuple[OutputTag, str]:
-        self.dead.inc()
-        return DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
+        yield from self.end_of_bundle()
 
 
 def unbundle(bundle: bytes) -> Iterator[bytes]:
@@ -120,30 +124,29 @@ class ParseSamples(_ParseRecords):
 
     what = "samples"
 
-    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        gathered: dict[str, _ModelSamples] = {}
-        parsed = 0
-        for raw in unbundle(bytes(value)):
-            try:
-                if is_bulk(raw):
-                    b = parse_sample_batch(raw, self.spec_for)
-                    if b.model_id in gathered:  # its JSON samples came first
-                        yield gathered.pop(b.model_id).row()
-                    yield Row(b.model_id, Row(b.model_id, int(b.ts.max()),
-                                              b.features.ravel().tolist(), b.labels.tolist(), []))
-                else:
-                    s = parse_sample(raw, self.spec_for)
-                    samples = gathered.get(s.model_id)
-                    if samples is None:
-                        samples = gathered[s.model_id] = _ModelSamples(s.model_id)
-                    samples.add(s)
-            except RecordError as exc:
-                yield self.dead_letter(raw, exc)
-                continue
-            parsed += 1
-        for samples in gathered.values():
-            yield samples.row()
-        self.parsed.inc(parsed)
+    def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
+        #: The bundle's JSON samples so far, by model.
+        self.gathered: dict[str, _ModelSamples] = {}
+
+    def parse(self, raw: bytes) -> Iterable[Row]:
+        if is_bulk(raw):
+            b = parse_sample_batch(raw, self.spec_for)
+            bulk = Row(b.model_id, Row(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
+                                       b.labels.tolist(), []))
+            earlier = self.gathered.pop(b.model_id, None)  # its JSON samples came first
+            return (bulk,) if earlier is None else (earlier.row(), bulk)
+        s = parse_sample(raw, self.spec_for)
+        samples = self.gathered.get(s.model_id)
+        if samples is None:
+            samples = self.gathered[s.model_id] = _ModelSamples(s.model_id)
+        samples.add(s)
+        return ()
+
+    def end_of_bundle(self) -> Iterable[Row]:
+        rows = [samples.row() for samples in self.gathered.values()]
+        self.gathered.clear()
+        return rows
 
 
 class _ParseFeedback(_ParseRecords):
@@ -166,11 +169,11 @@ class ParseEvents(_ParseFeedback):
 
     what = "events"
 
-    def parse(self, raw: bytes) -> tuple[Row, int]:
+    def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         e = parse_event(raw, self.spec_for)
         self.check_not_ahead(e.ts)
-        return Row(e.model_id, Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(),
-                                   math.nan, b"")), e.ts
+        return (Row(e.model_id, Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(),
+                                    math.nan, b"")), e.ts),
 
 
 class ParseLabels(_ParseFeedback):
@@ -178,11 +181,11 @@ class ParseLabels(_ParseFeedback):
 
     what = "labels"
 
-    def parse(self, raw: bytes) -> tuple[Row, int]:
+    def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
-        return Row(lab.model_id, Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label,
-                                     raw)), lab.ts
+        return (Row(lab.model_id, Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label,
+                                      raw)), lab.ts),
 
 
 class ParseControl(_ParseRecords):
@@ -190,6 +193,6 @@ class ParseControl(_ParseRecords):
 
     what = "control"
 
-    def parse(self, raw: bytes) -> Row:
+    def parse(self, raw: bytes) -> tuple[Row]:
         c = parse_control(raw)
-        return Row(c.model_id, c.command, json.dumps(c.args), c.ts, c.source)
+        return Row(c.model_id, c.command, json.dumps(c.args), c.ts, c.source),
