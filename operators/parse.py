@@ -94,7 +94,7 @@ def unbundle(bundle: bytes) -> Iterator[bytes]:
 class _ModelSamples:
     """JSON samples of one model from one bundle, gathered into one ``SAMPLE_TYPE`` row."""
 
-    __slots__ = ("event_ids", "features", "labels", "model_id", "ts", "with_ids")
+    __slots__ = ("event_ids", "features", "labels", "model_id", "ts")
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
@@ -102,18 +102,16 @@ class _ModelSamples:
         self.features: list[float] = []
         self.labels: list[float] = []
         self.event_ids: list[str] = []
-        self.with_ids = False
 
     def add(self, s: Sample) -> None:
         self.ts = max(self.ts, s.ts)
         self.features.extend(s.features.tolist())
         self.labels.append(s.label)
         self.event_ids.append(s.event_id or "")
-        self.with_ids = self.with_ids or bool(s.event_id)
 
     def row(self) -> Row:
         return Row(self.model_id, Row(self.model_id, self.ts, self.features, self.labels,
-                                      self.event_ids if self.with_ids else []))
+                                      self.event_ids if any(self.event_ids) else []))
 
 
 class ParseSamples(_ParseRecords):

@@ -335,7 +335,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 def _tail(rows: list[Any], start: int, X: np.ndarray, y: np.ndarray) -> Row:
     """The buffer rows' samples from ``start`` on (X and y are the rows' samples, in order),
     as one buffer row: the latest time among the rows they came from, their event ids."""
-    ts, at, with_ids = -(1 << 62), 0, False
+    ts, at = -(1 << 62), 0
     ids: list[str] = []
     for row in rows:
         n = len(row[2])
@@ -343,6 +343,5 @@ def _tail(rows: list[Any], start: int, X: np.ndarray, y: np.ndarray) -> Row:
             ts = max(ts, int(row[0]))
             skip = max(start - at, 0)
             ids.extend(row[3][skip:] if row[3] else [""] * (n - skip))
-            with_ids = with_ids or bool(row[3])
         at += n
-    return Row(ts, X[start:].ravel().tolist(), y[start:].tolist(), ids if with_ids else [])
+    return Row(ts, X[start:].ravel().tolist(), y[start:].tolist(), ids if any(ids) else [])
