@@ -27,7 +27,7 @@ stop: install
 
 lint: install
 	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/mypy flowlearn conf jobs operators state connectors
+	@$(VENV)/bin/mypy -p flowlearn
 
 test-unit: install
 	@$(VENV)/bin/pytest -q tests/unit

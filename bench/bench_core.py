@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn import drift, linear, metrics, optim, preprocessing
+from flowlearn.core import drift, linear, metrics, optim, preprocessing
 
 # ---------------------------------------------------------------------------- data
 

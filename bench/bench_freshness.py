@@ -75,8 +75,8 @@ from typing import Any
 
 import numpy as np
 
-from conf import Settings, load_settings
-from flowlearn import jobctl, stack
+from flowlearn.conf import Settings, load_settings
+from flowlearn.devstack import jobctl, stack
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".flowlearn-bench-fresh"
@@ -112,7 +112,7 @@ def log(msg: str) -> None:
 def _auto_rollback_off() -> str:
     """TOML that turns automatic rollback off (wherever the settings keep it): a rollback
     adds versions without samples and would break the offline replay check."""
-    from conf import settings as conf_settings
+    from flowlearn.conf import settings as conf_settings
 
     for table, cls in (("model_defaults", conf_settings.ModelSpec),
                        ("job", conf_settings.JobConf)):
@@ -254,7 +254,7 @@ def produce_labelled(bootstrap: str, topics: dict[str, str], path: str, model_id
     offset, broker timestamp and send/ack times to ``out`` (.npz)."""
     from kafka import KafkaProducer
 
-    from flowlearn.producer import DriftingStream
+    from flowlearn.devstack.producer import DriftingStream
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1,
                              key_serializer=str.encode,
@@ -333,7 +333,7 @@ class SnapshotTap(threading.Thread):
 
     def __init__(self, settings: Settings, model_id: str) -> None:
         super().__init__(name="snapshot-tap", daemon=True)
-        from flowlearn.redis_contract import Keys
+        from flowlearn.contracts.redis_contract import Keys
 
         # MONITOR blocks between writes: a timeout far beyond any quiet spell of a run.
         self.client = settings.redis.client(timeout_s=3600)
@@ -527,8 +527,8 @@ def replay_check(settings: Settings, model_id: str, seed: int, n: int,
                  boundaries: list[int], published: np.ndarray) -> tuple[bool, str]:
     """Train the same samples in rank order with the observed batch boundaries, offline;
     compare with the published weights."""
-    from flowlearn.producer import DriftingStream
-    from flowlearn.training import ModelTrainer
+    from flowlearn.core.training import ModelTrainer
+    from flowlearn.devstack.producer import DriftingStream
 
     spec = settings.model_spec(model_id)
     assert spec is not None
@@ -715,7 +715,7 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
     checks.append(("every version's snapshot write seen (one epoch, versions 1..V)", complete,
                    f"{len(versions)} versions, epochs {sorted(epochs)}"))
     if complete and final_applied == sent.n:
-        from flowlearn.redis_contract import Keys, read_snapshot
+        from flowlearn.contracts.redis_contract import Keys, read_snapshot
 
         snap = read_snapshot(settings.redis.client(), Keys(settings.redis.prefix), model_id)
         if snap is None or snap.version != versions[-1]:

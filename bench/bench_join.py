@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
-from conf import load_settings
-from flowlearn.producer import DriftingStream
-from flowlearn.records import now_ms
-from flowlearn.replay import local_environment, raw_stream
+from flowlearn.conf import load_settings
+from flowlearn.contracts.records import now_ms
+from flowlearn.devstack.producer import DriftingStream
+from flowlearn.evaluation.replay import local_environment, raw_stream
 
 
 def records(pairs: int) -> tuple[list[bytes], list[bytes]]:
@@ -41,7 +41,7 @@ def records(pairs: int) -> tuple[list[bytes], list[bytes]]:
 def run_job(events: list[bytes], labels: list[bytes]) -> tuple[float, int]:
     from pyflink.common import Types
 
-    from jobs.online_learning import RawSources, build_pipeline
+    from flowlearn.jobs.online_learning import RawSources, build_pipeline
 
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "256"})
     env = local_environment(settings)

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import redis
 
-from conf import Settings, load_settings
-from flowlearn import jobctl
-from flowlearn.producer import produce
-from flowlearn.redis_contract import Keys, read_snapshot
+from flowlearn.conf import Settings, load_settings
+from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.devstack import jobctl
+from flowlearn.devstack.producer import produce
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_CONFIG = f"""

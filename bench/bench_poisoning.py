@@ -4,7 +4,8 @@ and against River's ``LogisticRegression`` (``learn_one``, no protection) on the
 poisoned stream.
 
 The trainer and the checkpoint ledger run in process, as the job runs them
-(:mod:`flowlearn.poisoning`), with the job's default rollback settings; a rollback lands 4
+(:mod:`flowlearn.evaluation.poisoning`), with the job's default rollback settings; a rollback lands
+4
 batches after it is decided (the live job's ``fl.control`` round trip). Accuracies are at
 the end of the poisoning episode (the worst moment) and at the end of the stream (after as
 many clean samples again).
@@ -19,9 +20,9 @@ import time
 
 import numpy as np
 
-from conf import load_settings
-from flowlearn.poisoning import compare, flip_labels, stream_arrays
-from flowlearn.producer import DriftingStream
+from flowlearn.conf import load_settings
+from flowlearn.devstack.producer import DriftingStream
+from flowlearn.evaluation.poisoning import compare, flip_labels, stream_arrays
 
 
 def river_accuracy(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,

@@ -37,8 +37,8 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowlearn import codec  # noqa: E402
-from flowlearn.redis_contract import Keys, ModelVersion, Publisher  # noqa: E402
+from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher  # noqa: E402
+from flowlearn.core import codec  # noqa: E402
 
 PASSWORD = "bench-password"
 PREFIX = "bench:"
@@ -52,8 +52,8 @@ NAIVE = """
 import json, sys
 import numpy as np, redis.asyncio as aioredis, uvloop
 from aiohttp import web
-from flowlearn import codec
-from flowlearn.features import vectorize
+from flowlearn.core import codec
+from flowlearn.core.features import vectorize
 
 port, redis_port, password, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 r = aioredis.Redis(host="127.0.0.1", port=redis_port, password=password)

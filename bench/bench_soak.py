@@ -40,9 +40,9 @@ import numpy as np
 from bench_freshness import BenchStack, log
 from bench_state import job_processes, memory_kb
 
-from conf import Settings
-from flowlearn import stack
-from flowlearn.redis_contract import Keys, read_snapshot
+from flowlearn.conf import Settings
+from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.devstack import stack
 
 
 def other_processes(settings: Settings) -> dict[str, int]:

@@ -48,9 +48,10 @@ from bench_freshness import (
     trigger_checkpoint,
 )
 
-from conf import Settings
-from flowlearn import codec, jobctl, stack
-from flowlearn.redis_contract import Keys
+from flowlearn.conf import Settings
+from flowlearn.contracts.redis_contract import Keys
+from flowlearn.core import codec
+from flowlearn.devstack import jobctl, stack
 
 HASHED_MODEL = "state-hashed"
 HASHED_DIM = 2**18
@@ -68,7 +69,7 @@ KB = 1024
 
 def offline_state(spec: dict[str, Any], settings: Settings, batch_size: int) -> dict[str, int]:
     """Bytes of one model's trainer state as the trainer writes it (after one batch)."""
-    from flowlearn.training import ModelTrainer
+    from flowlearn.core.training import ModelTrainer
 
     trainer = ModelTrainer.create("m", spec)
     n = int(spec["n_features"])
@@ -173,7 +174,7 @@ def kafka_producer(settings: Settings) -> Any:
 
 def send_events(settings: Settings, model_id: str, start: int, n: int, labels: bool) -> None:
     """Events ``start..start+n`` of ``model_id`` (or their labels) as fast as possible."""
-    from flowlearn.producer import DriftingStream
+    from flowlearn.devstack.producer import DriftingStream
 
     producer = kafka_producer(settings)
     now = int(time.time() * 1000)
@@ -369,7 +370,7 @@ def main() -> None:
             # Two 10-feature models, one after the other: the first one's growth also holds
             # what a vertex writes once per state (its meta information and serializers,
             # registered at first use); the second one's is the cost of one more model.
-            from flowlearn.producer import produce
+            from flowlearn.devstack.producer import produce
 
             demo_sizes = [base]
             for i in range(2):

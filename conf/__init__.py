@@ -1,6 +1,6 @@
 """Typed configuration of flowlearn: the only place endpoints, ports and paths are defined."""
 
-from conf.settings import (
+from flowlearn.conf.settings import (
     ConfigError,
     FlinkConf,
     JobConf,

@@ -1,6 +1,6 @@
 """Typed, validated configuration for every flowlearn component.
 
->>> from conf import load_settings
+>>> from flowlearn.conf import load_settings
 >>> s = load_settings(env={})
 >>> s.kafka.bootstrap
 '127.0.0.1:9092'
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from flowlearn.monitoring import ALL_DETECTORS
+from flowlearn.core.monitoring import ALL_DETECTORS
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "FLOWLEARN__"

@@ -1,4 +1,4 @@
-"""Kafka sources and sinks of the job, all configured from :class:`conf.Settings`."""
+"""Kafka sources and sinks of the job, all configured from :class:`flowlearn.conf.Settings`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from conf import Settings
+from flowlearn.conf import Settings
 
 #: Longer than the longest checkpoint plus a restart (EXACTLY_ONCE KafkaSink); the broker's
 #: transaction.max.timeout.ms must allow it.

@@ -12,7 +12,7 @@
 #   FLOWLEARN_FROM_SAVEPOINT  resume from this savepoint or retained checkpoint (flink run -s)
 set -euo pipefail
 
-job_name=$(python3 -c 'from conf import load_settings; print(load_settings().job.name)')
+job_name=$(python3 -c 'from flowlearn.conf import load_settings; print(load_settings().job.name)')
 
 # `flink list -r` prints "<date> : <job id> : <name> (RUNNING)" per running job.
 if flink list -r | grep -Fq -- " : ${job_name} ("; then
@@ -20,7 +20,7 @@ if flink list -r | grep -Fq -- " : ${job_name} ("; then
   exit 0
 fi
 
-args=(run -d -pym jobs.online_learning)
+args=(run -d -pym flowlearn.jobs.online_learning)
 if [ -n "${FLOWLEARN_FROM_SAVEPOINT:-}" ]; then
   args+=(-s "$FLOWLEARN_FROM_SAVEPOINT")
 fi

@@ -6,7 +6,7 @@ Submitted by ``flowlearn submit`` as::
 
     flink run -d -py jobs/online_learning.py -pyfs <project packages> -- --settings FILE
 
-where FILE is the JSON of :meth:`conf.Settings.to_dict`.
+where FILE is the JSON of :meth:`flowlearn.conf.Settings.to_dict`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from pyflink.datastream import (
 )
 from pyflink.java_gateway import get_gateway
 
-from conf import Settings, load_settings, settings_from_dict
-from connectors import kafka
-from operators.checkpoint import CheckpointOperator
-from operators.drift import CONTROL_OUT_TAG, DriftOperator
-from operators.label_join import LabelJoin
-from operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
-from operators.publisher import RedisPublisher
-from operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
-from operators.types import (
+from flowlearn.conf import Settings, load_settings, settings_from_dict
+from flowlearn.connectors import kafka
+from flowlearn.operators.checkpoint import CheckpointOperator
+from flowlearn.operators.drift import CONTROL_OUT_TAG, DriftOperator
+from flowlearn.operators.label_join import LabelJoin
+from flowlearn.operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
+from flowlearn.operators.publisher import RedisPublisher
+from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
+from flowlearn.operators.types import (
     CONTROL_TYPE,
     FEEDBACK_TYPE,
     KEYED_FEEDBACK_TYPE,
@@ -125,7 +125,8 @@ RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
 
 
 def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
-    """A stream of raw records as bundles of records (``operators.parse.unbundle``), made in
+    """A stream of raw records as bundles of records (``flowlearn.operators.parse.unbundle``), made
+    in
     Java by ``RecordBundler`` (operators/java, in the operators jar): the Python parser after
     it is called once per bundle, not once per record (in PyFlink each call costs more than
     parsing a small JSON record)."""
@@ -135,8 +136,8 @@ def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
     except Exception as exc:
         raise RuntimeError(
             f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
-            "(flowlearn.stack.operators_jar builds it; `flowlearn submit` and "
-            "flowlearn.replay.local_environment add it; the job image has it in "
+            "(flowlearn.devstack.stack.operators_jar builds it; `flowlearn submit` and "
+            "flowlearn.evaluation.replay.local_environment add it; the job image has it in "
             "/opt/flink/lib)") from exc
     job = settings.job
     bundler = gateway.jvm.dev.flowlearn.flink.RecordBundler(

@@ -1,4 +1,5 @@
-"""Checkpoint operator keyed by model id: keeps a :class:`flowlearn.checkpointing.CheckpointLedger`
+"""Checkpoint operator keyed by model id: keeps a
+:class:`flowlearn.core.checkpointing.CheckpointLedger`
 per model (checkpoint versions with their windowed metrics), registers chosen checkpoints in
 MLflow, and asks the trainer for an automatic rollback through ``fl.control`` when the live
 model degrades (alert ``degraded``).
@@ -24,13 +25,13 @@ from typing import Any
 
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
-from conf import Settings
-from flowlearn.checkpointing import CheckpointLedger, Register, Retired, Rollback
-from flowlearn.records import now_ms
-from operators.drift import CONTROL_OUT_TAG
-from operators.model_metrics import ModelMetrics
-from operators.trainer import alert
-from state import descriptors
+from flowlearn.conf import Settings
+from flowlearn.contracts.records import now_ms
+from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
+from flowlearn.operators.drift import CONTROL_OUT_TAG
+from flowlearn.operators.model_metrics import ModelMetrics
+from flowlearn.operators.trainer import alert
+from flowlearn.state import descriptors
 
 #: A registration that failed is tried again after this long (MLflow server down, locked DB).
 RETRY_AFTER_S = 30.0
@@ -77,7 +78,10 @@ class Registrar:
         self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        from flowlearn.registry import Registry, RegistryError  # imports mlflow: seconds
+        from flowlearn.registry.mlflow_store import (  # imports mlflow: seconds
+            Registry,
+            RegistryError,
+        )
 
         m = self.settings.mlflow
         registry = Registry(m.resolved_tracking_uri(self.settings.stack), m.name_prefix)

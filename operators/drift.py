@@ -1,5 +1,5 @@
 """Drift operator keyed by model id: feeds the trainer's prequential stream to a
-:class:`flowlearn.monitoring.DriftMonitor`, raises ``drift`` alerts and, when configured,
+:class:`flowlearn.core.monitoring.DriftMonitor`, raises ``drift`` alerts and, when configured,
 adapts the model through ``fl.control`` (Flink 2 has no iterations: the loop closes through
 Kafka)."""
 
@@ -13,14 +13,15 @@ import numpy as np
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
-from conf import Settings
-from flowlearn.monitoring import DriftMonitor
-from flowlearn.records import now_ms
-from operators.model_metrics import ModelMetrics
-from operators.trainer import alert
-from state import descriptors
+from flowlearn.conf import Settings
+from flowlearn.contracts.records import now_ms
+from flowlearn.core.monitoring import DriftMonitor
+from flowlearn.operators.model_metrics import ModelMetrics
+from flowlearn.operators.trainer import alert
+from flowlearn.state import descriptors
 
-#: Control records (JSON, DESIGN's ``fl.control`` format) the drift operator sends.
+#: Control records (JSON, the ``fl.control`` format of docs/architecture.md) the drift operator
+#: sends.
 CONTROL_OUT_TAG = OutputTag("control-out", Types.STRING())
 #: The monitor's state is written every this many batches: detectors are statistical, and a
 #: recovery that replays a few batches into a slightly older monitor changes nothing that

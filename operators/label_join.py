@@ -1,4 +1,4 @@
-"""Event-time join of labels to the events they belong to (DESIGN: "Label join").
+"""Event-time join of labels to the events they belong to (docs/architecture.md, "Label join").
 
 Keyed by model id. Whichever of a pair (same event id) comes first waits in managed state.
 A pair is emitted once, as a ``KEYED_SAMPLE_TYPE`` pair (model id, sample row carrying the
@@ -34,11 +34,11 @@ from typing import Any
 from pyflink.common import Row
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
-from conf import Settings
-from flowlearn.records import dlq_record, now_ms
-from operators.model_metrics import ModelMetrics
-from operators.parse import DLQ_TAG
-from state import descriptors
+from flowlearn.conf import Settings
+from flowlearn.contracts.records import dlq_record, now_ms
+from flowlearn.operators.model_metrics import ModelMetrics
+from flowlearn.operators.parse import DLQ_TAG
+from flowlearn.state import descriptors
 
 TIMER_GRANULARITY_MS = 1000
 

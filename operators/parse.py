@@ -10,8 +10,8 @@ from typing import Any
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
-from conf import Settings
-from flowlearn.records import (
+from flowlearn.conf import Settings
+from flowlearn.contracts.records import (
     RecordError,
     Sample,
     dlq_record,
@@ -24,7 +24,7 @@ from flowlearn.records import (
     parse_sample_batch,
 )
 
-#: Dead-letter records (JSON strings in DESIGN's ``fl.dlq`` format).
+#: Dead-letter records (JSON strings in the ``fl.dlq`` format, docs/architecture.md).
 DLQ_TAG = OutputTag("dlq", Types.STRING())
 
 SpecFor = Callable[[str], Mapping[str, Any] | None]

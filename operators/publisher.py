@@ -1,4 +1,4 @@
-"""Publishes each model version to Redis (DESIGN: Redis contract) under a fresh epoch."""
+"""Publishes each model version to Redis (docs/architecture.md, "Redis") under a fresh epoch."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import redis
 from pyflink.common import Row
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
-from conf import Settings
-from flowlearn.redis_contract import Keys, ModelVersion, Publisher
+from flowlearn.conf import Settings
+from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher
 
 #: Redis write attempts before the operator fails (and Flink restarts from a checkpoint,
 #: which opens a new epoch and republishes a snapshot).

@@ -1,5 +1,5 @@
 """Mini-batch trainer keyed by model id: buffers samples in managed state, trains each batch
-with :class:`flowlearn.training.ModelTrainer`, and emits one ``VERSION_TYPE`` row a version.
+with :class:`flowlearn.core.training.ModelTrainer`, and emits one ``VERSION_TYPE`` row a version.
 Its second input carries the model's control commands (``fl.control``).
 
 A batch is trained when it reaches the model's batch size (its spec's ``batch_size``, else
@@ -12,7 +12,7 @@ weights stay in state, and those of the last ``job.keep_checkpoints`` checkpoint
 
 A JSON sample with an ``event_id`` is trained at most once: the trainer remembers the ids of
 each model's samples over ``job.sample_dedupe_window_ms`` of event time
-(:class:`operators.dedupe.SeenIds`; buffered ids travel in the buffer's rows, trained ones
+(:class:`flowlearn.core.dedupe.SeenIds`; buffered ids travel in the buffer's rows, trained ones
 are written once per batch) and counts a repeated id as a duplicate.
 """
 
@@ -26,21 +26,21 @@ import numpy as np
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 
-from conf import Settings
-from flowlearn import codec
-from flowlearn.records import dlq_record, encode_sample_batch, now_ms
-from flowlearn.redis_contract import ModelVersion
-from flowlearn.training import ModelTrainer
-from operators.dedupe import SeenIds
-from operators.model_metrics import ModelMetrics
-from operators.parse import DLQ_TAG
-from operators.types import EVAL_TYPE
-from state import descriptors
+from flowlearn.conf import Settings
+from flowlearn.contracts.records import dlq_record, encode_sample_batch, now_ms
+from flowlearn.contracts.redis_contract import ModelVersion
+from flowlearn.core import codec
+from flowlearn.core.dedupe import SeenIds
+from flowlearn.core.training import ModelTrainer
+from flowlearn.operators.model_metrics import ModelMetrics
+from flowlearn.operators.parse import DLQ_TAG
+from flowlearn.operators.types import EVAL_TYPE
+from flowlearn.state import descriptors
 
 #: Fires only when the final watermark (end of a bounded input) arrives.
 END_OF_INPUT = (1 << 63) - 2
 
-#: Alerts (JSON strings in DESIGN's ``fl.alerts`` format).
+#: Alerts (JSON strings in the ``fl.alerts`` format, docs/architecture.md).
 ALERT_TAG = OutputTag("alerts", Types.STRING())
 #: Every new version as the drift and checkpoint operators see it (EVAL_TYPE).
 EVAL_TAG = OutputTag("eval", EVAL_TYPE)
@@ -255,7 +255,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     def _baseline_weights(self, model_id: str, version: int) -> np.ndarray:
         """A registered baseline's weights (imports mlflow on first use: seconds, once)."""
-        from flowlearn.registry import Registry
+        from flowlearn.registry.mlflow_store import Registry
 
         m = self.settings.mlflow
         registry = Registry(m.resolved_tracking_uri(self.settings.stack), m.name_prefix)

@@ -16,7 +16,7 @@ SAMPLE_TYPE = Types.ROW_NAMED(
 )
 
 #: What the samples parser and the label join emit: the model id, then the sample row (the
-#: pair a keyed Python operator takes; ``jobs.online_learning.keyed_by_model``).
+#: pair a keyed Python operator takes; ``flowlearn.jobs.online_learning.keyed_by_model``).
 KEYED_SAMPLE_TYPE = Types.ROW([Types.STRING(), SAMPLE_TYPE])
 
 #: An event (kind "e": features, label NaN) or a label (kind "l": label and the record's raw
@@ -31,7 +31,8 @@ FEEDBACK_TYPE = Types.ROW_NAMED(
 KEYED_FEEDBACK_TYPE = Types.ROW([Types.STRING(), FEEDBACK_TYPE])
 
 #: What the events and labels parsers emit: the (model id, row) pair and its event time
-#: (``ts``), for the job's Java timestamp assigner (``jobs.online_learning.with_event_time``).
+#: (``ts``), for the job's Java timestamp assigner
+#: (``flowlearn.jobs.online_learning.with_event_time``).
 TIMED_FEEDBACK_TYPE = Types.TUPLE([KEYED_FEEDBACK_TYPE, Types.LONG()])
 
 #: A control command for one model (args as a JSON object string).

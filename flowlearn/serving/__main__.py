@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from conf import load_settings
+from flowlearn.conf import load_settings
 from flowlearn.serving.app import run
 
 

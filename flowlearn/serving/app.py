@@ -24,9 +24,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from conf import Settings
-from flowlearn.features import FeatureError, vectorize
-from flowlearn.redis_contract import Keys
+from flowlearn.conf import Settings
+from flowlearn.contracts.redis_contract import Keys
+from flowlearn.core.features import FeatureError, vectorize
 from flowlearn.serving.baseline import load_baseline
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.openapi import OPENAPI

@@ -1,6 +1,6 @@
 """A fixed baseline model read from a file: the second variant for shadow and A/B serving.
 
-The file is one codec state bundle (:func:`flowlearn.codec.encode_state`, no pickle): the
+The file is one codec state bundle (:func:`flowlearn.core.codec.encode_state`, no pickle): the
 array ``weights`` (the flat weights vector, laid out as a published snapshot's) and the
 metadata ``{"spec": {...}, "version": n}``, ``spec`` as in a snapshot's ``spec`` field.
 ``version`` names the baseline in responses and in the prediction log (0 when absent).
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn import codec
+from flowlearn.core import codec
 from flowlearn.serving.replica import Version
 
 

@@ -6,7 +6,7 @@ batches into JSON records (one per instance, keyed by model id) and gives them t
 kafka-python producer; while Kafka is unreachable the thread retries the connection with
 backoff, the queue fills, and later batches are dropped — requests are never slowed.
 
-A record is what the label join needs (DESIGN: ``fl.events``) plus what was served::
+A record is what the label join needs (docs/architecture.md: ``fl.events``) plus what was served::
 
     {"event_id", "model_id", "ts", "features", "score", "model_version", "epoch",
      "variant", "shadow": {"variant", "model_version", "score"} | null}
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from conf import KafkaConf
+from flowlearn.conf import KafkaConf
 from flowlearn.serving.metrics import Metrics
 
 log = logging.getLogger("flowlearn.serving.log")

@@ -1,4 +1,4 @@
-"""Bit-exact replicas of published models, following Redis (DESIGN: "Redis contract").
+"""Bit-exact replicas of published models, following Redis (docs/architecture.md, "Redis").
 
 A :class:`ModelReplica` holds the newest version of one model it could build, and a few
 recent ones for pins. A :class:`Follower` keeps every model of the ``models`` set up to
@@ -35,8 +35,14 @@ from typing import Any
 import numpy as np
 import redis
 
-from flowlearn import codec
-from flowlearn.redis_contract import DeltaEntry, Keys, Snapshot, delta_stream_id, read_snapshot
+from flowlearn.contracts.redis_contract import (
+    DeltaEntry,
+    Keys,
+    Snapshot,
+    delta_stream_id,
+    read_snapshot,
+)
+from flowlearn.core import codec
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.scoring import Scorer, scorer
 
@@ -197,7 +203,8 @@ class ModelReplica:
             self.served = Served(latest, latest, None, False)
             return
         # Within an epoch a version names one set of weights, and a new epoch replays the
-        # same ones (DESIGN), so the newest epoch holding the pinned version will do.
+        # same ones (docs/architecture.md, "Redis"), so the newest epoch holding the pinned version
+        # will do.
         pinned = [v for (_, n), v in self._history.items() if n == self._pin]
         chosen = max(pinned, key=lambda v: v.epoch) if pinned else latest
         self.served = Served(chosen, latest, self._pin, not pinned)

@@ -1,9 +1,9 @@
 """Scoring a published weights vector: one small vectorised function per model type.
 
 This is the predictor's hot path, so it does no validation (the features were checked by
-:func:`flowlearn.features.vectorize`, the weights' length when the version was built) and
+:func:`flowlearn.core.features.vectorize`, the weights' length when the version was built) and
 keeps views into the read-only weights instead of copying them. The arithmetic is the
-training core's (``flowlearn.linear``) operation for operation, in float64, so a prediction
+training core's (``flowlearn.core.linear``) operation for operation, in float64, so a prediction
 here is bit-identical to ``linear.from_spec(spec, weights).predict_proba_many(X)``;
 ``tests/unit/serving/test_scoring.py`` holds that equality.
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.linear import sigmoid, softmax
+from flowlearn.core.linear import sigmoid, softmax
 
 #: ``X (n, d) float64 -> scores``: ``(n,)`` for logistic and linear, ``(n, k)`` for softmax.
 Scorer = Callable[[np.ndarray], np.ndarray]

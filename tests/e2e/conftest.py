@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conf import Settings, load_settings
+from flowlearn.conf import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Ports are the defaults plus this offset (FLOWLEARN_E2E_PORT_OFFSET, default 10000), and the

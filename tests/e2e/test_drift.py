@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
-from flowlearn.producer import produce
-from flowlearn.redis_contract import Keys, read_snapshot
-from flowlearn.registry import Registry
+from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.devstack.producer import produce
+from flowlearn.registry.mlflow_store import Registry
 
 from .conftest import wait_until
 

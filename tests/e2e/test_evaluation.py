@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from flowlearn.producer import DriftingStream, send_raw
-from flowlearn.records import encode_sample_batch, now_ms
-from flowlearn.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.records import encode_sample_batch, now_ms
+from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.devstack.producer import DriftingStream, send_raw
 
 from .conftest import ROOT, flowlearn, wait_until
 
@@ -135,8 +135,8 @@ def test_a_replay_gives_the_live_jobs_final_weights(stack, tmp_path):
     history.write_text("".join(json.dumps(r) + "\n" for r in samples))
 
     # The replay in a process of its own (it starts a MiniCluster), with the stack's config.
-    script = ("import sys; from pathlib import Path; from conf import load_settings; "
-              "from flowlearn.replay import replay; "
+    script = ("import sys; from pathlib import Path; from flowlearn.conf import load_settings; "
+              "from flowlearn.evaluation.replay import replay; "
               "r = replay(Path(sys.argv[1]), load_settings(Path(sys.argv[2])), sys.argv[3], "
               "baseline=None); print(r.weights[sys.argv[3]].tobytes().hex())")
     done = subprocess.run([sys.executable, "-c", script, str(history), str(config), model],

@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 import redis
 
-from flowlearn import codec
-from flowlearn import stack as local_stack
-from flowlearn.producer import DriftingStream, produce
-from flowlearn.redis_contract import DeltaEntry, Keys, read_snapshot
+from flowlearn.contracts.redis_contract import DeltaEntry, Keys, read_snapshot
+from flowlearn.core import codec
+from flowlearn.core.training import ModelTrainer
+from flowlearn.devstack import stack as local_stack
+from flowlearn.devstack.producer import DriftingStream, produce
 from flowlearn.serving.scoring import scorer
-from flowlearn.training import ModelTrainer
 
 from .conftest import flowlearn, wait_until
 
@@ -287,8 +287,8 @@ def test_events_waiting_in_the_join_survive_a_taskmanager_kill(stack, status):
     """Events wait in the label join (managed state, mirrored in the Python worker) when the
     TaskManager is SIGKILLed; after recovery their labels arrive and every one is joined:
     the worker's mirror is rebuilt from the restored state, nothing is dead-lettered."""
-    from flowlearn.producer import send_raw
-    from flowlearn.records import now_ms
+    from flowlearn.contracts.records import now_ms
+    from flowlearn.devstack.producer import send_raw
 
     settings, _ = stack
     n = 300

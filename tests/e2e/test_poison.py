@@ -28,8 +28,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
-from flowlearn.records import MAX_DLQ_RAW_BYTES, MAX_RECORD_BYTES, now_ms
-from flowlearn.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.records import MAX_DLQ_RAW_BYTES, MAX_RECORD_BYTES, now_ms
+from flowlearn.contracts.redis_contract import Keys, read_snapshot
 
 from .conftest import wait_until
 from .test_faults import Job

@@ -11,11 +11,11 @@ import uuid
 import numpy as np
 import pytest
 
-from flowlearn import codec
-from flowlearn.producer import DriftingStream, produce, send_raw
-from flowlearn.redis_contract import DeltaEntry, Keys, delta_stream_id, read_snapshot
-from flowlearn.registry import Registry
-from flowlearn.training import ModelTrainer
+from flowlearn.contracts.redis_contract import DeltaEntry, Keys, delta_stream_id, read_snapshot
+from flowlearn.core import codec
+from flowlearn.core.training import ModelTrainer
+from flowlearn.devstack.producer import DriftingStream, produce, send_raw
+from flowlearn.registry.mlflow_store import Registry
 
 from .conftest import flowlearn, wait_until
 from .test_drift import alerts_of
@@ -221,10 +221,11 @@ def test_a_batch_baseline_is_registered_and_warm_starts_the_online_model(stack, 
 
 
 def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
-    """DESIGN: uids and state descriptors unchanged -> the savepoint restores into new code."""
+    """docs/architecture.md: uids and state descriptors unchanged -> the savepoint restores into
+    new code."""
     import shutil
 
-    from flowlearn import jobctl
+    from flowlearn.devstack import jobctl
 
     settings, _ = stack
     model = f"upgrade-{uuid.uuid4().hex[:6]}"

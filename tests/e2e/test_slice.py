@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import redis
 
-from flowlearn.producer import produce, send_raw
-from flowlearn.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.devstack.producer import produce, send_raw
 
 from .conftest import flowlearn, wait_until
 
@@ -85,8 +85,8 @@ def test_events_joined_with_delayed_labels_are_trained_once(stack):
 
 def weights_at(client, keys, model_id, version, size):
     """Replay the delta stream from zeros up to ``version`` (one epoch, as published)."""
-    from flowlearn import codec
-    from flowlearn.redis_contract import DeltaEntry
+    from flowlearn.contracts.redis_contract import DeltaEntry
+    from flowlearn.core import codec
 
     weights = np.zeros(size)
     for stream_id, fields in client.xrange(keys.deltas(model_id)):
@@ -207,9 +207,9 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
     import signal
     import threading
 
-    from flowlearn.producer import DriftingStream
-    from flowlearn.stack import flink_rest
-    from flowlearn.training import ModelTrainer
+    from flowlearn.core.training import ModelTrainer
+    from flowlearn.devstack.producer import DriftingStream
+    from flowlearn.devstack.stack import flink_rest
 
     settings, _ = stack
     batch = settings.job.batch_size

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyflink.common import Types
 
-from conf import load_settings
-from flowlearn.replay import local_environment, raw_stream
-from jobs.online_learning import INPUT_BUNDLE_MAX_BYTES, bundled
-from operators.parse import unbundle
+from flowlearn.conf import load_settings
+from flowlearn.evaluation.replay import local_environment, raw_stream
+from flowlearn.jobs.online_learning import INPUT_BUNDLE_MAX_BYTES, bundled
+from flowlearn.operators.parse import unbundle
 
 pytestmark = pytest.mark.minicluster
 

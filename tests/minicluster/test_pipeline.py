@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from pyflink.common import Types
 
-from conf import load_settings
-from flowlearn import codec
-from flowlearn.producer import DriftingStream
-from flowlearn.replay import local_environment, raw_stream
-from jobs.online_learning import RawSources, build_pipeline
+from flowlearn.conf import load_settings
+from flowlearn.core import codec
+from flowlearn.devstack.producer import DriftingStream
+from flowlearn.evaluation.replay import local_environment, raw_stream
+from flowlearn.jobs.online_learning import RawSources, build_pipeline
 
 pytestmark = pytest.mark.minicluster
 
@@ -115,7 +115,7 @@ def test_expired_events_can_train_with_a_default_label():
 
 
 def test_bulk_records_train_in_batches_beside_json_samples():
-    from flowlearn.records import encode_sample_batch
+    from flowlearn.contracts.records import encode_sample_batch
 
     stream = DriftingStream(n_features=10, seed=5, model_id="bulk")
     recs = stream.take(600, 1000)
@@ -195,7 +195,7 @@ def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
 
 
 def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
-    from flowlearn.registry import Registry
+    from flowlearn.registry.mlflow_store import Registry
 
     stream = DriftingStream(n_features=10, seed=11, model_id="poisoned")
     clean = stream.take(3200, 1000)

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conf import load_settings
-from flowlearn.evaluation import Stats
-from flowlearn.producer import DriftingStream
-from flowlearn.replay import BaselineOptions, replay
-from flowlearn.report import render
-from flowlearn.training import ModelTrainer
+from flowlearn.conf import load_settings
+from flowlearn.core.training import ModelTrainer
+from flowlearn.devstack.producer import DriftingStream
+from flowlearn.evaluation.data import Stats
+from flowlearn.evaluation.replay import BaselineOptions, replay
+from flowlearn.evaluation.report import render
 
 pytestmark = pytest.mark.minicluster
 

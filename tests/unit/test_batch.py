@@ -3,7 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flowlearn.batch import BatchDataError, read_samples, train_baseline
+from flowlearn.evaluation.batch import BatchDataError, read_samples, train_baseline
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.3}
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlearn.checkpointing import CheckpointLedger, Register, Retired, Rollback
+from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
 
 
 def ledger(**kw):

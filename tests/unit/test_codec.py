@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flowlearn import codec
+from flowlearn.core import codec
 
 FLOAT_ARRAYS = hnp.arrays(
     dtype=st.sampled_from([np.float64, np.float32]),

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from conf import ConfigError, load_settings, settings_from_dict, versions
+from flowlearn.conf import ConfigError, load_settings, settings_from_dict, versions
 
 
 def test_defaults_load_and_validate():

@@ -1,11 +1,11 @@
-"""The trainer's memory of sample event ids (operators.dedupe.SeenIds)."""
+"""The trainer's memory of sample event ids (flowlearn.core.dedupe.SeenIds)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.dedupe import SeenIds
+from flowlearn.core.dedupe import SeenIds
 
 WINDOW = 1000
 

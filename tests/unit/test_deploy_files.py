@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conf import load_settings, versions
-from conf.settings import SLOT_GROUPS
+from flowlearn.conf import load_settings, versions
+from flowlearn.conf.settings import SLOT_GROUPS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "flink-docker"
@@ -129,7 +129,7 @@ def test_fetch_jars_reads_versions_py_and_skips_what_is_fetched(tmp_path: Path) 
 
 
 def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> None:
-    from flowlearn.stack import flink_home
+    from flowlearn.devstack.stack import flink_home
 
     out = tmp_path / "operators.jar"
     done = subprocess.run(["bash", str(DEPLOY / "build-operators-jar.sh"),
@@ -253,7 +253,7 @@ def test_compose_job_runs_with_flink_run_on_enough_slots() -> None:
     services = compose()["services"]
     assert services["job-submitter"]["command"] == ["/opt/flowlearn/bin/submit-job.sh"]
     submit = (DEPLOY / "submit-job.sh").read_text()
-    assert "run -d -pym jobs.online_learning" in submit
+    assert "run -d -pym flowlearn.jobs.online_learning" in submit
     assert (ROOT / "jobs" / "online_learning.py").exists()
     props = flink_properties(services["taskmanager"])
     slots = int(props["taskmanager.numberOfTaskSlots"])
@@ -262,7 +262,7 @@ def test_compose_job_runs_with_flink_run_on_enough_slots() -> None:
     mounts = {v.split(":")[1] for v in services["taskmanager"]["volumes"]}
     assert "/flink-data" in mounts
     # kafka-init calls the local stack's own topic creation.
-    from flowlearn import stack
+    from flowlearn.devstack import stack
 
     assert "create_topics(load_settings())" in " ".join(services["kafka-init"]["command"])
     assert callable(stack.create_topics)

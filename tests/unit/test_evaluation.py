@@ -1,5 +1,5 @@
-"""flowlearn.evaluation (windows, calibration, recovery, the replay and live builders) and
-flowlearn.recorded's Kafka reading, against hand computations."""
+"""flowlearn.evaluation.data (windows, calibration, recovery, the replay and live builders) and
+flowlearn.evaluation.recorded's Kafka reading, against hand computations."""
 
 import json
 import math
@@ -7,10 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from conf import load_settings
-from flowlearn import linear, optim
-from flowlearn.batch import train_baseline
-from flowlearn.evaluation import (
+from flowlearn.conf import load_settings
+from flowlearn.contracts.records import dlq_record, encode_sample_batch
+from flowlearn.core import linear, optim
+from flowlearn.core.metrics import Accuracy, ExpectedCalibrationError, LogLoss
+from flowlearn.evaluation.batch import train_baseline
+from flowlearn.evaluation.data import (
     Alert,
     EvalRow,
     EvaluationData,
@@ -26,9 +28,7 @@ from flowlearn.evaluation import (
     headline,
     ledger_checkpoints,
 )
-from flowlearn.metrics import Accuracy, ExpectedCalibrationError, LogLoss
-from flowlearn.recorded import collect, dlq_model, parse_time
-from flowlearn.records import dlq_record, encode_sample_batch
+from flowlearn.evaluation.recorded import collect, dlq_model, parse_time
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.3}
 
@@ -273,7 +273,7 @@ class FakeMessage:
 
 
 class FakeConsumer:
-    """The part of kafka-python's KafkaConsumer that flowlearn.recorded uses."""
+    """The part of kafka-python's KafkaConsumer that flowlearn.evaluation.recorded uses."""
 
     def __init__(self, topics):
         self.topics = topics  # topic -> list of (key, value dict, timestamp), one partition
@@ -373,7 +373,7 @@ def test_replay_input_from_parquet_and_json_lines(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flowlearn.replay import read_records, valid_samples, write_demo
+    from flowlearn.evaluation.replay import read_records, valid_samples, write_demo
 
     settings = load_settings(env={"FLOWLEARN__MODEL_DEFAULTS__N_FEATURES": "2"})
     X = np.array([[0.5, 1.0], [2.0, -1.0], [0.0, 0.0]])

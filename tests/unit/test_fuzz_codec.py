@@ -1,7 +1,7 @@
 """Fuzzing the binary codec: any bytes decode or raise CodecError, round trips are bit-exact.
 
 Every payload that reaches a decoder came from another process (Redis, Flink state, MLflow),
-so a corrupt one must fail as :class:`~flowlearn.codec.CodecError` alone: the callers catch
+so a corrupt one must fail as :class:`~flowlearn.core.codec.CodecError` alone: the callers catch
 that type and nothing else. The examples are derandomized (fixed per test) so CI is stable;
 ``@example`` pins the payloads that once escaped as another exception.
 """
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flowlearn import codec
+from flowlearn.core import codec
 
 FUZZ = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

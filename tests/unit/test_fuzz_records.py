@@ -1,7 +1,8 @@
 """Fuzzing the record parsers: a poison record never crashes the job, nothing is lost silently.
 
-Contract (DESIGN "Kafka topics", docs/job.md "Dead letters and alerts"): every parser in
-``flowlearn.records``, given any bytes, either returns a record that satisfies the documented
+Contract (docs/architecture.md "Topics", docs/job.md "Dead letters and alerts"): every parser in
+``flowlearn.contracts.records``, given any bytes, either returns a record that satisfies the
+documented
 invariants or raises :class:`RecordError` whose ``reason`` is a documented DLQ reason, and
 the DLQ record built from it gives back the original bytes. Any other exception would fail
 the Flink operator, which restarts and meets the same record again: a crash loop.
@@ -29,9 +30,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conf.settings import ModelSpec
-from flowlearn import records
-from flowlearn.records import (
+from flowlearn.conf.settings import ModelSpec
+from flowlearn.contracts import records
+from flowlearn.contracts.records import (
     ARROW_STREAM_PREFIX,
     BINARY_LABELS,
     CONTROL_COMMANDS,
@@ -187,7 +188,7 @@ def check_batch(b: records.SampleBatch) -> None:
 
 
 def route_sample(raw: bytes) -> Any:
-    """What ``operators.parse.ParseSamples`` does with a record of ``fl.samples``."""
+    """What ``flowlearn.operators.parse.ParseSamples`` does with a record of ``fl.samples``."""
     return parse_sample_batch(raw, spec_for) if is_bulk(raw) else parse_sample(raw, spec_for)
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from flowlearn.monitoring import DriftMonitor
+from flowlearn.core.monitoring import DriftMonitor
 
 
 def stream(seed, n_batches=60, change_at=30):

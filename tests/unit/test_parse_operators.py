@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conf import load_settings
-from flowlearn.records import now_ms
-from operators.parse import DLQ_TAG, ParseEvents, ParseLabels, ParseSamples, unbundle
+from flowlearn.conf import load_settings
+from flowlearn.contracts.records import now_ms
+from flowlearn.operators.parse import DLQ_TAG, ParseEvents, ParseLabels, ParseSamples, unbundle
 
 
 class Counter:
@@ -90,7 +90,7 @@ def sample(model_id, ts, event_id=None, x=0.0):
 
 
 def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
-    from flowlearn.records import encode_sample_batch
+    from flowlearn.contracts.records import encode_sample_batch
 
     op = opened(ParseSamples)
     bulk = encode_sample_batch("a", np.array([5, 6]), np.full((2, 10), 9.0), np.ones(2))

@@ -1,11 +1,11 @@
 """Label-flip poisoning at several rates with the job's own trainer and checkpoint ledger
-(flowlearn.poisoning): what the protections hold, and what they cannot."""
+(flowlearn.evaluation.poisoning): what the protections hold, and what they cannot."""
 
 import numpy as np
 import pytest
 
-from flowlearn.poisoning import compare, flip_labels, stream_arrays
-from flowlearn.producer import DriftingStream
+from flowlearn.devstack.producer import DriftingStream
+from flowlearn.evaluation.poisoning import compare, flip_labels, stream_arrays
 
 SPEC = {"type": "logistic", "n_features": 10, "learning_rate": 0.1}
 # The job's defaults (conf/defaults.toml), so the figures are what a deployment gets.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flowlearn.records import (
+from flowlearn.contracts.records import (
     MAX_DLQ_RAW_BYTES,
     MAX_RECORD_BYTES,
     RecordError,
@@ -93,7 +93,7 @@ def test_a_dead_letter_of_a_huge_record_keeps_its_head_size_and_digest():
 def bulk(n=4, d=3, **over):
     import numpy as np
 
-    from flowlearn.records import encode_sample_batch
+    from flowlearn.contracts.records import encode_sample_batch
 
     X = np.arange(n * d, dtype=float).reshape(n, d)
     args = {"model_id": "m", "ts": np.arange(n) + 100, "features": X,
@@ -103,7 +103,7 @@ def bulk(n=4, d=3, **over):
 
 
 def test_bulk_record_round_trip():
-    from flowlearn.records import is_bulk, parse_sample_batch
+    from flowlearn.contracts.records import is_bulk, parse_sample_batch
 
     raw = bulk()
     assert is_bulk(raw) and not is_bulk(b'{"a": 1}')
@@ -122,7 +122,7 @@ def test_bulk_record_round_trip():
     ],
 )
 def test_bad_bulk_records_have_a_reason(raw, reason, fragment):
-    from flowlearn.records import parse_sample_batch
+    from flowlearn.contracts.records import parse_sample_batch
 
     with pytest.raises(RecordError) as info:
         parse_sample_batch(raw, spec_for)
@@ -132,7 +132,7 @@ def test_bad_bulk_records_have_a_reason(raw, reason, fragment):
 def test_bulk_record_with_a_nan_names_the_row():
     import numpy as np
 
-    from flowlearn.records import parse_sample_batch
+    from flowlearn.contracts.records import parse_sample_batch
 
     X = np.ones((4, 3))
     X[2, 1] = np.nan
@@ -141,7 +141,7 @@ def test_bulk_record_with_a_nan_names_the_row():
 
 
 def test_control_commands():
-    from flowlearn.records import parse_control
+    from flowlearn.contracts.records import parse_control
 
     c = parse_control(b'{"model_id": "m", "command": "rollback", "args": {"version": 3},'
                       b' "ts": 5, "source": "cli:alice"}')

@@ -1,4 +1,5 @@
-"""flowlearn.registry against real SQLite MLflow stores (and a stub server for http URIs)."""
+"""flowlearn.registry.mlflow_store against real SQLite MLflow stores (and a stub server for http
+URIs)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 
-from flowlearn.codec import decode_array, encode_array
-from flowlearn.registry import RegisteredVersion, Registry, RegistryError, mask_uri
+from flowlearn.core.codec import decode_array, encode_array
+from flowlearn.registry.mlflow_store import (
+    RegisteredVersion,
+    Registry,
+    RegistryError,
+    mask_uri,
+)
 
 SPEC = '{"type": "logistic", "n_features": 3}'
 
@@ -54,7 +60,8 @@ def mlflow_versions(reg: Registry, model_id: str) -> list[int]:
 
 
 def test_module_imports_neither_mlflow_nor_pyflink() -> None:
-    code = "import sys, flowlearn.registry; print(sorted({'mlflow', 'pyflink'} & set(sys.modules)))"
+    code = ("import sys, flowlearn.registry.mlflow_store; "
+            "print(sorted({'mlflow', 'pyflink'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -203,8 +210,8 @@ def test_two_processes_share_one_sqlite_store(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from flowlearn.codec import encode_array
-        from flowlearn.registry import Registry
+        from flowlearn.core.codec import encode_array
+        from flowlearn.registry.mlflow_store import Registry
         reg = Registry({f"sqlite:///{db}"!r})
         for v in range(1, 6):
             w = encode_array(np.full(4, float(v)))

@@ -1,4 +1,5 @@
-"""flowlearn.report: the HTML page, its PNG plots, escaping, and the numbers it writes."""
+"""flowlearn.evaluation.report: the HTML page, its PNG plots, escaping, and the numbers it
+writes."""
 
 import json
 from html.parser import HTMLParser
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from flowlearn.evaluation import (
+from flowlearn.evaluation.data import (
     AXIS_TIME,
     Alert,
     Checkpoint,
@@ -18,7 +19,7 @@ from flowlearn.evaluation import (
     build_live,
     compute_windows,
 )
-from flowlearn.report import render, safe_name
+from flowlearn.evaluation.report import render, safe_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from pyflink.common import Row
 
-from conf import load_settings
-from operators.trainer import MiniBatchTrainer
+from flowlearn.conf import load_settings
+from flowlearn.operators.trainer import MiniBatchTrainer
 
 
 class Metric:

@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conf import ModelSpec
-from flowlearn import codec, linear, optim, training
-from flowlearn.training import BatchResult, ModelTrainer, build_model
+from flowlearn.conf import ModelSpec
+from flowlearn.core import codec, linear, optim, training
+from flowlearn.core.training import BatchResult, ModelTrainer, build_model
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.1}
 TRUE_W = np.array([1.0, -2.0, 0.5])

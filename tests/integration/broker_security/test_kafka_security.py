@@ -1,5 +1,5 @@
 """Kafka logins and TLS from configuration, on brokers of the local stack's own making
-(`flowlearn.stack.start_kafka`): SASL/SCRAM, SASL/SCRAM over TLS, and TLS with client
+(`flowlearn.devstack.stack.start_kafka`): SASL/SCRAM, SASL/SCRAM over TLS, and TLS with client
 certificates. The kafka-python clients and the job's Flink connector get in; a client
 without the password, the CA or its certificate does not."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conf import KafkaConf, Settings, load_settings
-from flowlearn import stack
-from flowlearn.producer import send_raw
+from flowlearn.conf import KafkaConf, Settings, load_settings
+from flowlearn.devstack import stack
+from flowlearn.devstack.producer import send_raw
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Its own home (the jars are kept between runs, like the e2e stack's).
@@ -111,8 +111,8 @@ def test_the_jobs_kafka_connector_gets_in(broker):
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
-    from connectors.kafka import with_security
-    from flowlearn.replay import local_environment
+    from flowlearn.connectors.kafka import with_security
+    from flowlearn.evaluation.replay import local_environment
 
     kafka = broker.kafka
     topic = kafka.topics.labels

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import redis
 
-from conf import Settings, load_settings
-from flowlearn import codec
-from flowlearn.redis_contract import Keys, ModelVersion, Publisher
+from flowlearn.conf import Settings, load_settings
+from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher
+from flowlearn.core import codec
 
 PASSWORD = "serving-test-password"
 

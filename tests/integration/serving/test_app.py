@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
-from flowlearn import linear
-from flowlearn.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys
+from flowlearn.core import linear
 from flowlearn.serving.app import make_app
 from flowlearn.serving.baseline import write_baseline
 

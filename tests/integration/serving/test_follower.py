@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from flowlearn.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.replica import HISTORY, Follower
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowlearn.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys
 from flowlearn.serving.client import predict
 
 from .conftest import PASSWORD, RedisServer, Trainer, free_port, wait_for

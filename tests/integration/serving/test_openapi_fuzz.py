@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
-from flowlearn.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys
 from flowlearn.serving.app import make_app
 from flowlearn.serving.baseline import write_baseline
 from flowlearn.serving.openapi import OPENAPI

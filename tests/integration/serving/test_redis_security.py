@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from conf import RedisConf
-from flowlearn.stack import redis_auth_lines
+from flowlearn.conf import RedisConf
+from flowlearn.devstack.stack import redis_auth_lines
 
 from .conftest import free_port, wait_for
 
@@ -73,8 +73,8 @@ def test_the_acl_user_works_within_its_prefix_and_nothing_else_gets_in(acl_serve
 def test_the_publisher_and_a_reader_work_as_the_acl_user(acl_server):
     import numpy as np
 
-    from flowlearn import codec
-    from flowlearn.redis_contract import Keys, ModelVersion, Publisher, read_snapshot
+    from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher, read_snapshot
+    from flowlearn.core import codec
 
     keys = Keys(acl_server.prefix)
     weights = np.arange(4.0)

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowlearn.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.replica import Follower
 

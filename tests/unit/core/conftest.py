@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowlearn import drift, linear, metrics, optim, preprocessing
+from flowlearn.core import drift, linear, metrics, optim, preprocessing
 
 D = 4
 

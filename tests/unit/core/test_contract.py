@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowlearn import codec, linear
+from flowlearn.core import codec, linear
 
 from .conftest import (
     DETECTORS,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from river import drift as river_drift
 
-from flowlearn import drift
+from flowlearn.core import drift
 
 CHANGES = (1000, 2000, 3500)
 

@@ -1,4 +1,4 @@
-"""Dense feature validation (flowlearn.features.check_dense_row): the fast path for plain
+"""Dense feature validation (flowlearn.core.features.check_dense_row): the fast path for plain
 lists of numbers gives exactly what the element-by-element check gives."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowlearn.features import FeatureError, check_dense_row
+from flowlearn.core.features import FeatureError, check_dense_row
 
 N = 4
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flowlearn import linear, optim
+from flowlearn.core import linear, optim
 
 
 def numeric_grad(model, X, y, eps=1e-6):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from flowlearn import linear, metrics, optim, preprocessing
+from flowlearn.core import linear, metrics, optim, preprocessing
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlearn import linear, optim
+from flowlearn.core import linear, optim
 
 OPTIMIZERS = {
     "sgd": lambda: optim.SGD(lr=0.1),

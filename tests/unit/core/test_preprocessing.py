@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flowlearn import preprocessing
+from flowlearn.core import preprocessing
 
 ROW = {"country": "fr", "age": 31.5, "premium": True, "n": 3}
 
 
 def test_hasher_is_stable_across_processes():
     code = (
-        "from flowlearn.preprocessing import FeatureHasher;"
+        "from flowlearn.core.preprocessing import FeatureHasher;"
         f"i, v = FeatureHasher(1024, seed=7).transform_one({ROW!r});"
         "print(i.tolist(), v.tolist())"
     )

@@ -10,7 +10,7 @@ from river import datasets, linear_model
 from river import preprocessing as river_pre
 from river.datasets import synth
 
-from flowlearn import linear, metrics, optim, preprocessing
+from flowlearn.core import linear, metrics, optim, preprocessing
 
 
 def materialise(dataset, n):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowlearn import codec
-from flowlearn.redis_contract import DeltaEntry, Snapshot
+from flowlearn.contracts.redis_contract import DeltaEntry, Snapshot
+from flowlearn.core import codec
 from flowlearn.serving.replica import ModelReplica, Offer
 
 SPEC = {"type": "linear", "n_features": 2, "classes": None, "intercept": True}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowlearn import linear
+from flowlearn.core import linear
 from flowlearn.serving.scoring import n_weights, scorer
 
 SPECS = [

@@ -1,0 +1,1 @@
+"""The ``flowlearn`` command line."""

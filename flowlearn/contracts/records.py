@@ -1,0 +1,412 @@
+"""Parsing and validation of the JSON records on flowlearn's Kafka topics (docs/architecture.md,
+"Topics").
+
+A record either parses into a typed value or raises :class:`RecordError`, whose ``reason`` is
+a short machine-readable code (it becomes the ``reason`` of the dead-letter record) and whose
+message says what is wrong.
+
+>>> s = parse_sample(b'{"model_id": "m", "ts": 5, "features": [1, 2], "label": 1}',
+...                  lambda m: {"features": "dense", "n_features": 2, "type": "logistic"})
+>>> s.model_id, s.ts, s.features.tolist(), s.label
+('m', 5, [1.0, 2.0], 1.0)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from flowlearn.core.features import FeatureError, vectorize
+
+#: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``. Half of
+#: Kafka's default message size (1 MiB, the broker's ``message.max.bytes`` and the job's sink
+#: producers' ``max.request.size``), so that any JSON record's dead letter, whose ``raw`` is
+#: base64 (4/3 the size), still fits in one Kafka message and keeps the record whole.
+MAX_RECORD_BYTES = 512 << 10
+#: Longest ``raw`` a dead letter carries whole (bulk records may be larger): beyond it only
+#: the first this many bytes are kept, with ``raw_truncated``, ``raw_size`` and
+#: ``raw_sha256``. A dead letter too large for Kafka would fail the job's DLQ sink, and the
+#: job would fail again on the same record after every restart.
+MAX_DLQ_RAW_BYTES = 640 << 10
+#: Largest bulk (Arrow IPC) record accepted.
+MAX_BULK_RECORD_BYTES = 16 << 20
+#: Labels of a logistic model; a softmax model takes integer class indices.
+BINARY_LABELS = (0.0, 1.0)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds, the unit of every ``ts`` in the records."""
+    return time.time_ns() // 1_000_000
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; ``reason`` is the DLQ reason code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled sample, features already numeric."""
+
+    model_id: str
+    ts: int
+    features: np.ndarray
+    label: float
+    event_id: str | None = None
+
+
+def _load_json_object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_RECORD_BYTES:
+        raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_RECORD_BYTES}")
+    try:
+        # orjson parses a record in a seventh of the time. What it refuses and Python's json
+        # may take (NaN and Infinity literals, numbers beyond float64's range, a BOM, UTF-16
+        # text, lone surrogates) is parsed again by json, so that such records get the same
+        # reason (from the checks that follow) either way. Integers beyond 64 bits come out
+        # as floats, the value every numeric field makes of them anyway.
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            obj = json.loads(raw)
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and int's 4300-digit limit;
+        # RecursionError is arrays or objects nested too deep.
+        except (ValueError, RecursionError) as exc:
+            raise RecordError("not_json", str(exc)[:300]) from exc
+    if not isinstance(obj, dict):
+        raise RecordError("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number (not a bool) that is finite as a float64: a huge int is not (and
+    ``math.isfinite`` would raise OverflowError on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _utf8(value: str) -> bool:
+    """Encodable as UTF-8, as Flink and Kafka write strings: JSON's ``"\\ud800"`` is not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _field(obj: Mapping[str, Any], name: str) -> Any:
+    if name not in obj or obj[name] is None:
+        raise RecordError("missing_field", f"field '{name}' is required")
+    return obj[name]
+
+
+def _model_id(obj: Mapping[str, Any]) -> str:
+    value = _field(obj, "model_id")
+    if not isinstance(value, str) or not value or len(value) > 200 or not _utf8(value):
+        raise RecordError("bad_field", "field 'model_id' must be a non-empty string (<= 200)")
+    return value
+
+
+def _timestamp(obj: Mapping[str, Any]) -> int:
+    value = _field(obj, "ts")
+    if not _finite_number(value):
+        raise RecordError("bad_field", "field 'ts' must be epoch milliseconds (a number)")
+    if not 0 <= value < 1 << 62:
+        raise RecordError("bad_field", f"field 'ts' out of range: {value}")
+    return int(value)
+
+
+def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
+    value = _field(obj, "label")
+    if isinstance(value, bool):
+        value = int(value)
+    if not _finite_number(value):
+        raise RecordError("bad_field", "field 'label' must be a finite number")
+    kind = spec.get("type")
+    if kind == "logistic" and float(value) not in BINARY_LABELS:
+        raise RecordError("bad_field", f"field 'label' must be 0 or 1 for a logistic model, "
+                                       f"got {value}")
+    if kind == "softmax":
+        n_classes = int(spec.get("n_classes") or len(spec.get("classes") or []))
+        if float(value) != int(value) or not 0 <= int(value) < n_classes:
+            raise RecordError("bad_field",
+                              f"field 'label' must be a class index in 0..{n_classes - 1}")
+    return float(value)
+
+
+def parse_sample(
+    raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]
+) -> Sample:
+    """Parse one ``fl.samples`` record; ``spec_for(model_id)`` gives the model's spec or None."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    spec = _spec(model_id, spec_for)
+    ts = _timestamp(obj)
+    label = _label(obj, spec)
+    features = _features(obj, spec)
+    event_id = _event_id(obj) if obj.get("event_id") is not None else None
+    return Sample(model_id, ts, features, label, event_id)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Features seen at prediction time, waiting for their label."""
+
+    event_id: str
+    model_id: str
+    ts: int
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
+class Label:
+    """The label of an earlier event."""
+
+    event_id: str
+    model_id: str
+    ts: int
+    label: float
+
+
+def _event_id(obj: Mapping[str, Any]) -> str:
+    value = _field(obj, "event_id")
+    if not isinstance(value, str) or not value or len(value) > 200 or not _utf8(value):
+        raise RecordError("bad_field", "field 'event_id' must be a non-empty string (<= 200)")
+    return value
+
+
+def _spec(model_id: str, spec_for: Callable[[str], Mapping[str, Any] | None]
+          ) -> Mapping[str, Any]:
+    spec = spec_for(model_id)
+    if spec is None:
+        raise RecordError("unknown_model", f"no spec for model '{model_id}'")
+    return spec
+
+
+def _features(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> np.ndarray:
+    try:
+        return vectorize([_field(obj, "features")], spec)[0]
+    except FeatureError as exc:
+        raise RecordError("bad_features", str(exc)) from exc
+
+
+def parse_event(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Event:
+    """Parse one ``fl.events`` record."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    spec = _spec(model_id, spec_for)
+    return Event(_event_id(obj), model_id, _timestamp(obj), _features(obj, spec))
+
+
+def parse_label(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Label:
+    """Parse one ``fl.labels`` record."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    spec = _spec(model_id, spec_for)
+    return Label(_event_id(obj), model_id, _timestamp(obj), _label(obj, spec))
+
+
+#: Every Arrow IPC stream starts with this continuation marker; JSON never does.
+ARROW_STREAM_PREFIX = b"\xff\xff\xff\xff"
+
+
+def is_bulk(raw: bytes) -> bool:
+    """True for a bulk record (Arrow IPC stream) rather than one JSON sample."""
+    return raw[:4] == ARROW_STREAM_PREFIX
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    """Many labelled samples of one model, from one bulk record."""
+
+    model_id: str
+    ts: np.ndarray  # (n,) int64
+    features: np.ndarray  # (n, d) float64
+    labels: np.ndarray  # (n,) float64
+
+
+def encode_sample_batch(model_id: str, ts: np.ndarray, features: np.ndarray,
+                        labels: np.ndarray) -> bytes:
+    """A bulk record: one Arrow IPC stream with columns model_id, ts, features, label.
+
+    >>> raw = encode_sample_batch("m", np.array([1]), np.ones((1, 2)), np.array([1.0]))
+    >>> is_bulk(raw)
+    True
+    """
+    import pyarrow as pa
+
+    X = np.ascontiguousarray(features, dtype=np.float64)
+    table = pa.table({
+        "model_id": pa.array([model_id] * len(X), pa.string()),
+        "ts": pa.array(np.asarray(ts, dtype=np.int64)),
+        "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
+        "label": pa.array(np.asarray(labels, dtype=np.float64)),
+    })
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def parse_sample_batch(
+    raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]
+) -> SampleBatch:
+    """Parse one bulk ``fl.samples`` record (see :func:`encode_sample_batch`).
+
+    The record is taken or refused whole: a bad row sends it to the DLQ with the row named.
+    """
+    import pyarrow as pa
+
+    if len(raw) > MAX_BULK_RECORD_BYTES:
+        raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_BULK_RECORD_BYTES}")
+    try:
+        table = pa.ipc.open_stream(raw).read_all()
+        # The IPC reader checks buffer sizes, not contents: corrupt offsets would be read out
+        # of bounds (a segfault) by the compute functions below.
+        table.validate(full=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise RecordError("bad_arrow", str(exc)[:300]) from exc
+    missing = {"model_id", "ts", "features", "label"} - set(table.column_names)
+    if missing:
+        raise RecordError("missing_field", f"bulk record lacks column(s) {sorted(missing)}")
+    if len(set(table.column_names)) != len(table.column_names):
+        raise RecordError("bad_field", f"bulk record repeats a column: {table.column_names}")
+    if table.num_rows == 0:
+        raise RecordError("bad_field", "bulk record has no rows")
+    try:
+        models = table.column("model_id").unique().to_pylist()
+    except pa.ArrowException as exc:  # a type 'unique' has no kernel for (a list, a struct)
+        raise RecordError("bad_field", f"column 'model_id' must hold strings: {exc}"[:300]
+                          ) from exc
+    if len(models) != 1 or not isinstance(models[0], str) or not models[0]:
+        raise RecordError("bad_field", f"a bulk record holds one model id, got {models[:5]}")
+    model_id = models[0]
+    spec = _spec(model_id, spec_for)
+    if spec.get("features", "dense") != "dense":
+        raise RecordError("bad_features", "bulk records carry dense features only")
+    d = int(spec["n_features"])
+    try:
+        column = table.column("features").combine_chunks()
+        kind = column.type
+        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
+                or pa.types.is_fixed_size_list(kind)):
+            raise RecordError("bad_features", f"column 'features' must hold lists, got {kind}")
+        if column.null_count:
+            raise ValueError("null feature lists")
+        sizes = (np.full(len(column), column.type.list_size)
+                 if pa.types.is_fixed_size_list(column.type)
+                 else np.diff(np.asarray(column.offsets)))
+        bad = np.flatnonzero(sizes != d)
+        if bad.size:
+            raise RecordError("bad_features", f"row {bad[0]}: expected {d} values, got "
+                                              f"{sizes[bad[0]]}")
+        X = np.asarray(column.flatten(), dtype=np.float64).reshape(-1, d)
+        ts = np.asarray(table.column("ts").combine_chunks(), dtype=np.int64)
+        y = np.asarray(table.column("label").combine_chunks(), dtype=np.float64)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError("bad_field", f"bulk columns of the wrong type: {exc}") from exc
+    for name, values in (("features", X), ("label", y)):
+        rows = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
+        if rows.size:
+            raise RecordError("bad_features" if name == "features" else "bad_field",
+                              f"row {rows[0]}: {name} not finite")
+    if ((ts < 0) | (ts >= 1 << 62)).any():
+        raise RecordError("bad_field", "ts out of range")
+    if spec.get("type") == "logistic" and not np.isin(y, BINARY_LABELS).all():
+        raise RecordError("bad_field", "labels must be 0 or 1 for a logistic model")
+    if spec.get("type") == "softmax":
+        n_classes = int(spec.get("n_classes", 2))
+        if not ((y == np.floor(y)) & (y >= 0) & (y < n_classes)).all():
+            raise RecordError("bad_field", f"labels must be class indices in 0..{n_classes - 1}")
+    return SampleBatch(model_id, ts, X, y)
+
+
+#: Control commands the trainer understands, with the arguments each requires.
+CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
+    "rollback": ("version",),
+    "reset": (),
+    "set_learning_rate": ("learning_rate",),
+    "pause": (),
+    "resume": (),
+    # Publish the current version again as a full snapshot (under the running epoch): after
+    # a resubmission from a savepoint, so that predictors reload before new data arrives.
+    "republish": (),
+    # Continue from a registered batch baseline (`flowlearn train-batch --warm-start`).
+    "warm_start": ("version",),
+}
+
+
+@dataclass(frozen=True)
+class Control:
+    """A command for one model's trainer (docs/architecture.md: ``fl.control``)."""
+
+    model_id: str
+    command: str
+    args: dict[str, Any]
+    ts: int
+    source: str
+
+
+def parse_control(raw: bytes) -> Control:
+    """Parse one ``fl.control`` record; unknown commands and bad arguments are refused."""
+    obj = _load_json_object(raw)
+    model_id = _model_id(obj)
+    command = _field(obj, "command")
+    if not isinstance(command, str):  # a list or an object is not even hashable
+        raise RecordError("bad_field", "field 'command' must be a string")
+    if command not in CONTROL_COMMANDS:
+        raise RecordError("unknown_command",
+                          f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")
+    args = obj.get("args") or {}
+    if not isinstance(args, dict):
+        raise RecordError("bad_field", "field 'args' must be an object")
+    for name in CONTROL_COMMANDS[command]:
+        value = args.get(name)
+        if not _finite_number(value):
+            raise RecordError("bad_field", f"'{command}' needs a number in args.{name}")
+    source = obj.get("source") or "unknown"
+    # Informational only: kept, with what UTF-8 cannot encode (lone surrogates) escaped.
+    source = str(source)[:200].encode("utf-8", "backslashreplace").decode("utf-8")[:200]
+    return Control(model_id, command, args, _timestamp(obj), source)
+
+
+def dlq_record(
+    source_topic: str, reason: str, raw: bytes, ts: int, detail: str = "",
+    partition: int | None = None, offset: int | None = None,
+) -> str:
+    """The JSON of a dead-letter record (docs/architecture.md: ``fl.dlq``); ``raw`` kept whole,
+    base64, up
+    to :data:`MAX_DLQ_RAW_BYTES` (beyond: its head, its size and its SHA-256)."""
+    record: dict[str, Any] = {
+        "source_topic": source_topic,
+        "reason": reason,
+        "detail": detail[:500],
+        "raw": base64.b64encode(raw[:MAX_DLQ_RAW_BYTES]).decode("ascii"),
+        "ts": ts,
+    }
+    if len(raw) > MAX_DLQ_RAW_BYTES:
+        record.update(raw_truncated=True, raw_size=len(raw),
+                      raw_sha256=hashlib.sha256(raw).hexdigest())
+    if partition is not None:
+        record["partition"] = partition
+    if offset is not None:
+        record["offset"] = offset
+    return json.dumps(record)

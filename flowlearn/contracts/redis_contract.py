@@ -1,0 +1,198 @@
+"""Redis keys and records (docs/architecture.md, "Redis"), shared by the publisher and readers.
+
+Keys (``prefix`` defaults to ``fl:``)::
+
+    {prefix}models                 set     model ids
+    {prefix}epoch                  string  counter: each publisher (re)start takes the next epoch
+    {prefix}model:{m}:snapshot     hash    epoch, version, samples_applied, codec, spec, weights, ts
+    {prefix}model:{m}:deltas       stream  epoch, version, base_version, codec, delta, ts
+    {prefix}model:{m}:pin          string  a version the predictor must serve
+
+Delta entries carry the explicit stream id ``{epoch}-{version}``: ids then grow with the
+epoch and, within it, the version, and a retried write of the same version is refused by
+Redis as a duplicate, so writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from flowlearn.contracts.records import now_ms
+from flowlearn.core import codec
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "fl:"
+
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}models"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
+
+    def snapshot(self, model_id: str) -> str:
+        return f"{self.prefix}model:{model_id}:snapshot"
+
+    def deltas(self, model_id: str) -> str:
+        return f"{self.prefix}model:{model_id}:deltas"
+
+    def pin(self, model_id: str) -> str:
+        return f"{self.prefix}model:{model_id}:pin"
+
+
+def delta_stream_id(epoch: int, version: int) -> str:
+    return f"{epoch}-{version}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A decoded ``snapshot`` hash: complete weights of one version."""
+
+    epoch: int
+    version: int
+    samples_applied: int
+    spec: dict[str, Any]
+    weights: np.ndarray
+    ts: int
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> Snapshot:
+        codec_name = fields[b"codec"].decode()
+        if codec_name != codec.CODEC_NAME:
+            raise codec.CodecError(f"snapshot codec {codec_name!r}, expected {codec.CODEC_NAME}")
+        return cls(
+            epoch=int(fields[b"epoch"]),
+            version=int(fields[b"version"]),
+            samples_applied=int(fields[b"samples_applied"]),
+            spec=json.loads(fields[b"spec"]),
+            weights=codec.decode_array(fields[b"weights"]),
+            ts=int(fields[b"ts"]),
+        )
+
+
+@dataclass(frozen=True)
+class DeltaEntry:
+    """A decoded entry of the ``deltas`` stream."""
+
+    stream_id: bytes
+    epoch: int
+    version: int
+    base_version: int
+    delta: codec.Delta
+    ts: int
+
+    @classmethod
+    def from_entry(cls, stream_id: bytes, fields: dict[bytes, bytes]) -> DeltaEntry:
+        codec_name = fields[b"codec"].decode()
+        if codec_name != codec.CODEC_NAME:
+            raise codec.CodecError(f"delta codec {codec_name!r}, expected {codec.CODEC_NAME}")
+        return cls(
+            stream_id=stream_id,
+            epoch=int(fields[b"epoch"]),
+            version=int(fields[b"version"]),
+            base_version=int(fields[b"base_version"]),
+            delta=codec.decode_delta(fields[b"delta"]),
+            ts=int(fields[b"ts"]),
+        )
+
+
+def read_snapshot(client: redis.Redis, keys: Keys, model_id: str) -> Snapshot | None:
+    fields = client.hgetall(keys.snapshot(model_id))
+    return Snapshot.from_hash(fields) if fields else None
+
+
+def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+    """Every published model's ``version``, ``epoch`` and ``samples_applied`` (what
+    ``flowlearn status`` shows and a savepoint's manifest records)."""
+    models = {}
+    for raw in sorted(client.smembers(keys.models)):
+        model_id = raw.decode()
+        version, epoch, applied = client.hmget(
+            keys.snapshot(model_id), "version", "epoch", "samples_applied")
+        if version is not None and epoch is not None and applied is not None:
+            models[model_id] = {"version": int(version), "epoch": int(epoch),
+                                "samples_applied": int(applied)}
+    return models
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version as the trainer hands it to the publisher.
+
+    ``delta`` overwrites the weights of ``base_version`` into this version's;
+    ``weights`` is the full vector, present when a snapshot must be (re)written.
+    """
+
+    model_id: str
+    version: int
+    base_version: int
+    samples_applied: int
+    spec_json: str
+    delta: bytes
+    weights: bytes | None
+
+
+class Publisher:
+    """Writes versions to Redis under one epoch, idempotently.
+
+    >>> # publisher = Publisher(redis.Redis(...), Keys("fl:"), maxlen=1000)
+    >>> # publisher.publish(model_version)
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, maxlen: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.maxlen = maxlen
+        # A new epoch for every (re)start: every reader sees a lineage change.
+        self.epoch = int(client.incr(keys.epoch))
+
+    def publish(self, mv: ModelVersion) -> bool:
+        """Write ``mv``; returns False when this exact entry was already written (a retry)."""
+        ts = now_ms()
+        pipe = self.client.pipeline(transaction=True)
+        if mv.weights is not None:
+            pipe.hset(
+                self.keys.snapshot(mv.model_id),
+                mapping={
+                    "epoch": self.epoch,
+                    "version": mv.version,
+                    "samples_applied": mv.samples_applied,
+                    "codec": codec.CODEC_NAME,
+                    "spec": mv.spec_json,
+                    "weights": mv.weights,
+                    "ts": ts,
+                },
+            )
+        pipe.sadd(self.keys.models, mv.model_id)
+        pipe.xadd(
+            self.keys.deltas(mv.model_id),
+            {
+                "epoch": self.epoch,
+                "version": mv.version,
+                "base_version": mv.base_version,
+                "codec": codec.CODEC_NAME,
+                "delta": mv.delta,
+                "ts": ts,
+            },
+            id=delta_stream_id(self.epoch, mv.version),
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:
+            # The explicit id makes a rewrite of the same (epoch, version) a no-op.
+            if "equal or smaller" in str(exc):
+                return False
+            raise
+        return True

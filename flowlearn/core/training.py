@@ -1,0 +1,431 @@
+"""Flink-free training step of one model: prequential score, safety gates, update, version.
+
+The trainer operator holds this object's state in Flink managed state (as codec bytes and
+two counters) and calls :meth:`ModelTrainer.train_batch` on each mini-batch, which
+
+1. tests: scores the batch with the current weights (per-sample losses and, for
+   classifiers, 0/1 errors), the prequential view that evaluation and drift detection see;
+2. with a replay buffer (``replay_size > 0``), mixes ``round(replay_fraction x batch size)``
+   past samples into the training batch, against forgetting;
+3. trains: one gradient step, its norm clipped to ``clip_grad_norm`` by the model;
+4. gates: non-finite inputs, gradients or weights reject the batch, and so does, with a
+   holdout (``holdout_size > 0``), an update that raises the mean loss on recently seen
+   samples by more than ``holdout_margin``. A rejected update leaves the model exactly as
+   it was, so a restarted job that replays the same batches makes the same decisions;
+5. makes a new version of an applied batch (the update count) and counts its samples.
+
+Everything is deterministic given the batches and the spec's ``seed``, and the whole state
+(model, holdout, reservoir, random generator) serialises through :mod:`flowlearn.core.codec`.
+
+>>> import numpy as np
+>>> t = ModelTrainer.create("m", {"type": "logistic", "n_features": 2, "learning_rate": 0.1})
+>>> r = t.train_batch(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1.0, 0.0]))
+>>> r.version.version, r.version.samples_applied, t.version
+(1, 2, 1)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flowlearn.conf import ModelSpec
+from flowlearn.contracts.redis_contract import ModelVersion
+from flowlearn.core import codec, linear, optim
+
+#: A full snapshot rides along with every version while the weights stay under this size.
+SNAPSHOT_EVERY_VERSION_BYTES = 64 * 1024
+#: Larger models rewrite the snapshot every this many versions (the delta stream keeps more).
+SNAPSHOT_INTERVAL = 100
+#: The holdout gate waits for min(holdout_size, this) samples: a mean loss over a handful
+#: of samples is too noisy to veto an update on.
+HOLDOUT_MIN_SAMPLES = 32
+
+#: Keys a spec given as a plain dict leaves out take ``flowlearn.conf.ModelSpec``'s defaults.
+_SPEC_DEFAULTS: dict[str, Any] = ModelSpec().as_dict()
+
+#: Marks the trainer's own state layout; bytes without it hold a model's state only (the
+#: layout of earlier releases, still written when there is no holdout and no replay).
+_STATE_FORMAT_KEY = "trainer_state"
+_STATE_FORMAT = 1
+_MODEL_PREFIX = "model."
+
+
+Model = linear.LogisticRegression | linear.SoftmaxRegression | linear.LinearRegression
+
+_OPTIMIZERS: dict[str, Callable[[float], optim.Optimizer]] = {
+    "sgd": lambda lr: optim.SGD(lr=lr),
+    "adagrad": lambda lr: optim.AdaGrad(lr=lr),
+    "adam": lambda lr: optim.Adam(lr=lr),
+    # The spec's l1/l2 act in the model for every optimizer (per coefficient, intercept
+    # unpenalised); FTRL's own penalties would add a second, global one, so they are off.
+    "ftrl": lambda lr: optim.FTRL(alpha=lr, l1=0.0, l2=0.0),
+}
+
+
+def _with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {**_SPEC_DEFAULTS, **spec}
+
+
+def build_model(spec: Mapping[str, Any]) -> Model:
+    """A fresh model for a model spec (``flowlearn.conf.ModelSpec.as_dict()``, or a dict with some
+    of
+    its keys: the others take ModelSpec's defaults, which give plain SGD without clipping)."""
+    s = _with_defaults(spec)
+    make_optimizer = _OPTIMIZERS.get(s["optimizer"])
+    if make_optimizer is None:
+        raise ValueError(f"unknown optimizer {s['optimizer']!r}; known: {sorted(_OPTIMIZERS)}")
+    clip = float(s["clip_grad_norm"])
+    common: dict[str, Any] = {
+        "optimizer": make_optimizer(float(s["learning_rate"])),
+        "l1": float(s["l1"]),
+        "l2": float(s["l2"]),
+        "clip_grad_norm": clip if clip > 0 else None,  # 0 turns clipping off
+        "seed": int(s["seed"]),
+    }
+    kind = s["type"]
+    n_features = int(s["n_features"])
+    if kind == "logistic":
+        return linear.LogisticRegression(n_features=n_features, **common)
+    if kind == "softmax":
+        return linear.SoftmaxRegression(
+            n_features=n_features, n_classes=int(s["n_classes"]), **common
+        )
+    if kind == "linear":
+        return linear.LinearRegression(n_features=n_features, **common)
+    raise ValueError(f"unknown model type {kind!r}")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did: the new version (None if rejected, with the reason in
+    ``rejected``) and what the test step saw before training: per-sample losses and, for
+    classifiers, 0/1 errors (None when the test step could not run). ``grad_norm`` is the
+    training gradient's norm before clipping (None when no gradient was computed) and
+    ``clipped`` says whether ``clip_grad_norm`` cut it."""
+
+    version: ModelVersion | None
+    prequential_loss: float
+    rejected: str | None = None
+    losses: np.ndarray | None = None
+    errors: np.ndarray | None = None
+    grad_norm: float | None = None
+    clipped: bool = False
+
+
+def _check_samples(X: np.ndarray, y: np.ndarray, n_features: int, what: str) -> None:
+    if X.ndim != 2 or X.shape[1] != n_features or y.shape != (X.shape[0],):
+        raise codec.CodecError(
+            f"corrupt trainer state: {what} samples of shapes {X.shape} and {y.shape} for "
+            f"{n_features} features"
+        )
+
+
+class _Holdout:
+    """The last ``size`` samples seen, oldest first: a FIFO kept as two float64 arrays (in
+    arrival order, so a loss over it sums in the same order after a restore)."""
+
+    def __init__(self, size: int, n_features: int) -> None:
+        self.size = size
+        self.X = np.empty((0, n_features))
+        self.y = np.empty(0)
+
+    def push(self, X: np.ndarray, y: np.ndarray) -> None:
+        n_new = min(len(y), self.size)
+        n_old = min(len(self.y), self.size - n_new)
+        self.X = np.concatenate([self.X[len(self.y) - n_old:], X[len(y) - n_new:]])
+        self.y = np.concatenate([self.y[len(self.y) - n_old:], y[len(y) - n_new:]])
+
+    def mean_loss(self, model: Model) -> float:
+        return float(np.mean(model.loss_many(self.X, self.y)))
+
+    def load(self, X: np.ndarray, y: np.ndarray) -> None:
+        _check_samples(X, y, self.X.shape[1], "holdout")
+        # The newest ones, should the spec's holdout_size have shrunk since the save.
+        self.X, self.y = X[-self.size:], y[-self.size:]
+
+
+class _Reservoir:
+    """A uniform sample of at most ``size`` of all samples offered so far (Algorithm R),
+    drawn with its own seeded generator so that a run is reproducible."""
+
+    def __init__(self, size: int, n_features: int, seed: int) -> None:
+        self.size = size
+        self.X = np.empty((0, n_features))
+        self.y = np.empty(0)
+        self.seen = 0
+        self.rng = np.random.default_rng(seed)
+
+    def mix(self, X: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``X, y`` followed by ``k`` reservoir samples drawn without replacement (all of
+        them while the reservoir holds fewer)."""
+        k = min(k, len(self.y))
+        if k == 0:
+            return X, y
+        idx = self.rng.choice(len(self.y), size=k, replace=False)
+        return np.concatenate([X, self.X[idx]]), np.concatenate([y, self.y[idx]])
+
+    def offer(self, X: np.ndarray, y: np.ndarray) -> None:
+        n = len(y)
+        fill = max(0, min(n, self.size - len(self.y)))
+        if fill:
+            self.X = np.concatenate([self.X, X[:fill]])
+            self.y = np.concatenate([self.y, y[:fill]])
+        if fill < n:
+            # Sample number t (0-based over all offers) takes a random slot j in [0, t]
+            # and stays if j < size, evicting that slot's sample.
+            t = self.seen + np.arange(fill, n)
+            slots = self.rng.integers(0, t + 1)
+            hit = np.flatnonzero(slots < self.size)
+            # A slot drawn twice in one batch keeps the later sample, as one-by-one would.
+            last_slots, first_from_end = np.unique(slots[hit][::-1], return_index=True)
+            src = fill + hit[::-1][first_from_end]
+            self.X[last_slots] = X[src]
+            self.y[last_slots] = y[src]
+        self.seen += n
+
+    def state(self) -> dict[str, Any]:
+        return {"seen": self.seen, "rng": self.rng.bit_generator.state}
+
+    def load(self, X: np.ndarray, y: np.ndarray, state: Mapping[str, Any]) -> None:
+        _check_samples(X, y, self.X.shape[1], "replay")
+        # The first ``size`` slots, should the spec's replay_size have shrunk since the save.
+        self.X, self.y = X[:self.size], y[:self.size]
+        self.seen = int(state["seen"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+class ModelTrainer:
+    """One model's weights, version counter and applied-sample counter, plus the optional
+    holdout FIFO and replay reservoir that the spec asks for.
+
+    Holdout gate (``holdout_size > 0``): before a batch's update is kept, the mean loss on
+    the last ``holdout_size`` samples seen (from earlier batches) is computed with the
+    weights before and after it; if it rises by more than ``holdout_margin`` the update is
+    rejected and the weights and optimizer state are restored bit for bit. The gate waits
+    until the holdout holds ``min(holdout_size, HOLDOUT_MIN_SAMPLES)`` samples. The batch's
+    samples then join the holdout whether the update was accepted or rejected: a poisoned
+    batch is outvoted by the rest of the holdout, while under a genuine concept change the
+    holdout fills with the new concept within about ``holdout_size`` samples and updates
+    towards it pass again (a gate that only learnt from accepted batches would lock the
+    model to the old concept forever). Batches rejected for non-finite values never join.
+
+    Replay (``replay_size > 0``): a reservoir sample of applied batches' samples, of which
+    ``round(replay_fraction x batch size)`` join each training step. They are not scored
+    (the test step covers the new batch only) and not counted in ``samples_applied``.
+    """
+
+    def __init__(
+        self, model_id: str, spec: Mapping[str, Any], model: Model, version: int,
+        samples_applied: int,
+    ) -> None:
+        self.model_id = model_id
+        self.spec = dict(spec)
+        self.model = model
+        self.version = version
+        self.samples_applied = samples_applied
+        s = _with_defaults(spec)
+        self._published_spec = json.dumps(
+            {**model.spec(), "features": s["features"], "hash_seed": int(s["hash_seed"])},
+            sort_keys=True,
+        )
+        holdout_size, replay_size = int(s["holdout_size"]), int(s["replay_size"])
+        self._holdout = _Holdout(holdout_size, model.n_features) if holdout_size > 0 else None
+        self._holdout_margin = float(s["holdout_margin"])
+        self._holdout_min = min(holdout_size, HOLDOUT_MIN_SAMPLES)
+        self._replay = (
+            _Reservoir(replay_size, model.n_features, int(s["seed"])) if replay_size > 0
+            else None
+        )
+        self._replay_fraction = float(s["replay_fraction"])
+        # Set on construction, i.e. after every (re)start: the first version a (re)started
+        # job publishes carries a full snapshot (docs/architecture.md: a new epoch starts with one).
+        self._needs_snapshot = True
+
+    @classmethod
+    def create(cls, model_id: str, spec: Mapping[str, Any]) -> ModelTrainer:
+        return cls(model_id, spec, build_model(spec), 0, 0)
+
+    @classmethod
+    def restore(
+        cls, model_id: str, spec: Mapping[str, Any], state: bytes, version: int,
+        samples_applied: int,
+    ) -> ModelTrainer:
+        """The trainer that :meth:`state_bytes` saved; also reads the model-only bytes of
+        earlier releases (its holdout and reservoir then start empty).
+
+        The model comes back as saved, its optimizer, penalties and clipping included (its
+        optimizer state only fits the optimizer that made it); the spec decides whether
+        there is a holdout and a reservoir, and one it no longer asks for is dropped.
+        """
+        arrays, meta = codec.decode_state(state)
+        if _STATE_FORMAT_KEY in meta:
+            if meta[_STATE_FORMAT_KEY] != _STATE_FORMAT:
+                raise codec.CodecError(
+                    f"unknown trainer state format {meta[_STATE_FORMAT_KEY]!r}; this build "
+                    f"reads {_STATE_FORMAT}"
+                )
+            model_arrays = {
+                k[len(_MODEL_PREFIX):]: v for k, v in arrays.items() if k.startswith(_MODEL_PREFIX)
+            }
+            model_meta = meta.get("model", {})
+        else:
+            model_arrays, model_meta = arrays, meta
+        model = build_model(spec)
+        model.load_state_dict(model_arrays, model_meta)
+        trainer = cls(model_id, spec, model, version, samples_applied)
+        try:
+            if trainer._holdout is not None and "holdout.X" in arrays:
+                trainer._holdout.load(arrays["holdout.X"], arrays["holdout.y"])
+            if trainer._replay is not None and "replay" in meta:
+                trainer._replay.load(arrays["replay.X"], arrays["replay.y"], meta["replay"])
+        except (KeyError, TypeError) as exc:
+            raise codec.CodecError(f"corrupt trainer state: {exc!r}") from exc
+        return trainer
+
+    def state_bytes(self) -> bytes:
+        """Codec bytes of everything :meth:`restore` needs besides the two counters.
+
+        Layout: without holdout and replay, the model's own state (as earlier releases
+        wrote it, so that they can still read a default deployment's checkpoints).
+        Otherwise arrays ``model.*`` (the model's), ``holdout.X``/``holdout.y`` (oldest
+        first) and ``replay.X``/``replay.y`` (reservoir slots), and meta
+        ``{"trainer_state": 1, "model": <model meta>, "replay": {"seen", "rng"}}``, where
+        ``rng`` is the numpy bit generator's state; each section only when enabled.
+        """
+        model_arrays, model_meta = self.model.state_dict()
+        if self._holdout is None and self._replay is None:
+            return codec.encode_state(model_arrays, model_meta)
+        arrays = {f"{_MODEL_PREFIX}{k}": v for k, v in model_arrays.items()}
+        meta: dict[str, Any] = {_STATE_FORMAT_KEY: _STATE_FORMAT, "model": model_meta}
+        if self._holdout is not None:
+            arrays["holdout.X"], arrays["holdout.y"] = self._holdout.X, self._holdout.y
+        if self._replay is not None:
+            arrays["replay.X"], arrays["replay.y"] = self._replay.X, self._replay.y
+            meta["replay"] = self._replay.state()
+        return codec.encode_state(arrays, meta)
+
+    def train_batch(self, X: np.ndarray, y: np.ndarray) -> BatchResult:
+        """Test then train on one batch; returns the version it made, or why not."""
+        if len(X) == 0:
+            return BatchResult(None, float("nan"), "empty")
+        model = self.model
+        before = model.weights_vector()
+        holdout, replay = self._holdout, self._replay
+        gate = holdout if holdout is not None and len(holdout.y) >= self._holdout_min else None
+        losses = errors = None
+        loss = float("nan")
+        try:
+            losses = model.loss_many(X, y)
+            loss = float(np.mean(losses))
+            if not isinstance(model, linear.LinearRegression):
+                errors = (model.predict_many(X) != y).astype(np.float64)
+            if holdout is not None or replay is not None:
+                # Validated by the test step; these are kept, so float64 arrays of our own.
+                X = np.asarray(X, dtype=np.float64)
+                y = np.asarray(y, dtype=np.float64)
+            X_fit, y_fit = X, y
+            if replay is not None:
+                X_fit, y_fit = replay.mix(X, y, round(self._replay_fraction * len(y)))
+            saved = None if gate is None else _copy_state(model)
+            holdout_before = 0.0 if gate is None else gate.mean_loss(model)
+            model.learn_many(X_fit, y_fit)
+        except ValueError as exc:  # non-finite input or gradient: the model is untouched
+            return BatchResult(None, loss, f"rejected: {exc}", losses, errors)
+        grad_norm = model.last_grad_norm
+        clipped = model.clip_grad_norm is not None and grad_norm > model.clip_grad_norm
+        after = model.weights_vector()
+        if not np.all(np.isfinite(after)):
+            # Safety gate: never publish or keep non-finite weights.
+            self._undo(before, saved)
+            return BatchResult(None, loss, "non_finite_weights", losses, errors, grad_norm,
+                               clipped)
+        rejected = None
+        if gate is not None:
+            increase = gate.mean_loss(model) - holdout_before
+            if not increase <= self._holdout_margin:  # a NaN increase is rejected too
+                self._undo(before, saved)
+                rejected = f"holdout: loss {increase:+.3f} > margin {self._holdout_margin:g}"
+        if holdout is not None:
+            holdout.push(X, y)
+        if rejected is not None:
+            return BatchResult(None, loss, rejected, losses, errors, grad_norm, clipped)
+        if replay is not None:
+            replay.offer(X, y)
+        return BatchResult(self._new_version(before, after, len(X)), loss, None, losses,
+                           errors, grad_norm, clipped)
+
+    def current_version(self) -> ModelVersion:
+        """The current version again, as a full snapshot with an empty delta (a republish:
+        nothing changes, readers of a new epoch get the weights)."""
+        weights = self.model.weights_vector()
+        return ModelVersion(
+            model_id=self.model_id, version=self.version, base_version=self.version,
+            samples_applied=self.samples_applied, spec_json=self._published_spec,
+            delta=codec.make_delta(weights, weights), weights=codec.encode_array(weights))
+
+    def restore_weights(self, weights: np.ndarray) -> ModelVersion:
+        """A new version whose weights equal ``weights`` bit for bit (a rollback); the
+        optimizer keeps its state."""
+        before = self.model.weights_vector()
+        self.model.set_weights_vector(weights)
+        return self._new_version(before, self.model.weights_vector(), 0)
+
+    def reset(self) -> ModelVersion:
+        """A new version holding a freshly initialised model (optimizer state too).
+
+        The holdout and replay buffers stay: they hold recent and past data, not weights,
+        and the fresh model needs both (the gate's yardstick, the memory against
+        forgetting) as much as the old one did; the replay generator keeps its sequence
+        too, so a reset run stays reproducible.
+        """
+        before = self.model.weights_vector()
+        self.model = build_model(self.spec)
+        return self._new_version(before, self.model.weights_vector(), 0)
+
+    def set_learning_rate(self, lr: float) -> None:
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a positive number, got {lr}")
+        self.model.optimizer.set_learning_rate(lr)
+
+    def _undo(self, weights: np.ndarray, saved: tuple[dict[str, np.ndarray], dict[str, Any]]
+              | None) -> None:
+        """Take back a candidate update: the whole model state when it was saved (gated
+        batches), else the weights only (the optimizer state then keeps the step)."""
+        if saved is None:
+            self.model.set_weights_vector(weights)
+        else:
+            self.model.load_state_dict(*saved)
+
+    def _new_version(self, before: np.ndarray, after: np.ndarray, n_samples: int
+                     ) -> ModelVersion:
+        base = self.version
+        self.version += 1
+        self.samples_applied += n_samples
+        snapshot = (
+            self._needs_snapshot
+            or after.nbytes <= SNAPSHOT_EVERY_VERSION_BYTES
+            or self.version % SNAPSHOT_INTERVAL == 0
+        )
+        self._needs_snapshot = False
+        return ModelVersion(
+            model_id=self.model_id,
+            version=self.version,
+            base_version=base,
+            samples_applied=self.samples_applied,
+            spec_json=self._published_spec,
+            delta=codec.make_delta(before, after),
+            weights=codec.encode_array(after) if snapshot else None,
+        )
+
+
+def _copy_state(model: Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The model's full state (weights, optimizer buffers and counters), detached from the
+    live arrays that ``state_dict`` hands out, for an exact :meth:`load_state_dict` later."""
+    arrays, meta = model.state_dict()
+    return {k: v.copy() for k, v in arrays.items()}, meta

@@ -1,0 +1,1 @@
+"""Evaluation: prequential data, statistics, the batch baseline, the report and replay."""

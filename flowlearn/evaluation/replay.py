@@ -1,0 +1,409 @@
+"""``flowlearn replay FILE``: the training job's graph on a bounded file, at full speed, on a
+local Flink MiniCluster, and the evaluation data for a report (docs/evaluation.md).
+
+The file holds labelled samples: JSON lines of ``fl.samples`` records, or Parquet in the
+layout of :mod:`flowlearn.evaluation.batch` (``features``, ``label``, optional ``model_id`` and
+``ts``).
+Its records go, as bytes, through :func:`flowlearn.jobs.online_learning.build_pipeline` (parsing,
+DLQ,
+trainer, drift and checkpoint operators) with Kafka and Redis switched off, and the run
+collects the trainer's prequential rows (``PipelineStreams.evaluated``), the versions, the
+alerts, the dead letters and the commands the job would send to itself.
+
+Differences from a live run, on purpose:
+
+- Batches are cut by size only (and the last, partial one at the end of the input): the
+  processing-time latency bound (``job.batch_timeout_ms``) is off, so a replay is
+  deterministic and its final weights are those of training the same batches directly.
+- The adaptation loop is open: a drift reset or an automatic rollback goes to ``fl.control``
+  in a live job and comes back to the trainer through Kafka; a replay has no Kafka, so it
+  records those commands (the report marks them) without applying them.
+- Checkpoints are registered in a store of the replay's own (a temporary one unless
+  ``registry_dir`` is given), never in the live registry.
+
+This module imports pyflink when :func:`replay` runs, not before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowlearn.conf import Settings
+from flowlearn.contracts.records import RecordError, is_bulk, parse_sample, parse_sample_batch
+from flowlearn.core import codec
+from flowlearn.evaluation.data import (
+    BatchBaseline,
+    EvalRow,
+    EvaluationData,
+    EvaluationError,
+    Side,
+    batch_baseline,
+    build_replay,
+    fixed_baseline,
+    ledger_checkpoints,
+)
+from flowlearn.evaluation.recorded import dlq_model
+
+#: The replay's latency bound on a partial batch (a day: never, in practice).
+REPLAY_BATCH_TIMEOUT_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """The batch baseline to compare with: trained on the first ``train`` samples (a count,
+    or a share of the model's samples when below 1) and refit on all samples so far every
+    ``retrain_every`` samples (0: never); or, with ``registered_version``, a baseline
+    registered in MLflow (``flowlearn train-batch``) scoring every sample. ``None``: none."""
+
+    train: float = 0.25
+    retrain_every: int = 0
+    registered_version: int | None = None
+    epochs: int = 3
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class ReplayResult:
+    """Evaluation data and final weights per model, and what the run itself produced."""
+
+    data: dict[str, EvaluationData]
+    weights: dict[str, np.ndarray]
+    dlq: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+    adaptations: list[dict[str, Any]]
+    seconds: float
+    records: int
+    registry_uri: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- input
+
+
+def read_records(path: Path, model_id: str | None = None) -> list[bytes]:
+    """The file's records as the bytes a Kafka source would give (``fl.samples`` JSON).
+
+    JSON lines: every non-blank line as it is (a bad one goes to the DLQ as on Kafka),
+    only those of ``model_id`` when given (lines that are not JSON objects are kept).
+    Parquet: a JSON sample per row; ``model_id`` (else "demo") where the file has none.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such file")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic == b"PAR1":
+        return _parquet_records(path, model_id)
+    out = []
+    with path.open("rb") as fh:
+        for line in fh:
+            raw = line.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            if model_id is not None and _model_of(raw) not in (None, model_id):
+                continue
+            out.append(raw)
+    return out
+
+
+def _model_of(raw: bytes) -> str | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return str(obj.get("model_id")) if isinstance(obj, dict) else None
+
+
+def _parquet_records(path: Path, model_id: str | None) -> list[bytes]:
+    from flowlearn.evaluation.batch import BatchDataError, read_samples_table
+
+    try:
+        table = read_samples_table(path)
+    except BatchDataError as exc:
+        raise EvaluationError(str(exc)) from exc
+    columns = table.to_pydict()
+    n = table.num_rows
+    ids = columns.get("model_id") or [model_id or "demo"] * n
+    ts = columns.get("ts") or list(range(n))
+    out = []
+    for i in range(n):
+        if model_id is not None and ids[i] != model_id:
+            continue
+        out.append(json.dumps({"model_id": ids[i], "ts": ts[i], "features": columns["features"][i],
+                               "label": columns["label"][i]}).encode())
+    return out
+
+
+def write_demo(path: Path, n: int, drift_at: Sequence[int] = (), seed: int = 0,
+               model_id: str = "demo", n_features: int = 10, start_ts: int = 1_700_000_000_000
+               ) -> Path:
+    """A drifting synthetic stream (:class:`flowlearn.devstack.producer.DriftingStream`) as JSON
+    lines,
+    one sample a millisecond."""
+    from flowlearn.devstack.producer import DriftingStream
+
+    stream = DriftingStream(n_features=n_features, seed=seed, drift_at=tuple(drift_at),
+                            model_id=model_id)
+    path = Path(path)
+    with path.open("w") as fh:
+        for start in range(0, n, 10_000):
+            for rec in stream.take(min(10_000, n - start), start_ts + start):
+                fh.write(json.dumps(rec) + "\n")
+    return path
+
+
+@dataclass
+class _Valid:
+    """A model's samples that parse, in input order (the order its trainer sees them)."""
+
+    X: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+
+    def arrays(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self.y:
+            return np.zeros((0, n_features)), np.zeros(0)
+        return (np.concatenate(self.X).reshape(-1, n_features),
+                np.concatenate(self.y).astype(np.float64))
+
+
+def _spec_for(settings: Settings) -> Callable[[str], Mapping[str, Any] | None]:
+    specs = {m: s.as_dict() for m, s in settings.models.items()}
+    default = (settings.model_defaults.as_dict()
+               if settings.job.unknown_model_policy == "create" else None)
+    return lambda model_id: specs.get(model_id, default)
+
+
+def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Valid]:
+    """What the job's sample parser accepts, per model, in order (same parsing code)."""
+    spec_for = _spec_for(settings)
+    out: dict[str, _Valid] = {}
+    for raw in records:
+        try:
+            if is_bulk(raw):
+                b = parse_sample_batch(raw, spec_for)
+                model_id, X, y = b.model_id, b.features, b.labels
+            else:
+                s = parse_sample(raw, spec_for)
+                model_id, X, y = s.model_id, s.features[None, :], np.array([s.label])
+        except RecordError:
+            continue
+        v = out.setdefault(model_id, _Valid())
+        v.X.append(np.asarray(X, dtype=np.float64).ravel())
+        v.y.append(np.asarray(y, dtype=np.float64))
+    return out
+
+
+# ---------------------------------------------------------------------------- the Flink run
+
+
+def _version_json(v: Any) -> str:
+    return json.dumps({"tag": "version", "model_id": v[0], "version": v[1], "base": v[2],
+                       "applied": v[3], "delta": bytes(v[5]).hex(), "weights": bytes(v[6]).hex()})
+
+
+def _eval_json(e: Any) -> str:
+    return json.dumps({"tag": "eval", "model_id": e[0], "version": e[1], "kind": e[2],
+                       "applied": e[3], "errors": list(e[4]), "losses": list(e[5])})
+
+
+def _tagged(tag: str) -> Callable[[str], str]:
+    def wrap(record: str) -> str:
+        return json.dumps({"tag": tag, "record": json.loads(record)})
+
+    return wrap
+
+
+def local_environment(settings: Settings) -> Any:
+    """A StreamExecutionEnvironment on a local MiniCluster, set up for the job's graph under
+    ``execute_and_collect`` (replays and the MiniCluster tests), with the operators jar
+    (built into ``settings.stack.jars`` if need be)."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from flowlearn.devstack.stack import operators_jar
+
+    # Python operator chaining off: its graph rewriting trips over the job's uids on a
+    # branching graph under execute_and_collect ("Hash collision on user-specified ID"); the
+    # submitted job goes through env.execute() with chaining on. Three slots: the trainer
+    # and the monitoring operators run in slot sharing groups of their own.
+    env = StreamExecutionEnvironment.get_execution_environment(
+        Configuration()
+        .set_string("python.operator-chaining.enabled", "false")
+        .set_string("taskmanager.numberOfTaskSlots", "3"))
+    env.set_parallelism(1)
+    env.set_python_executable(sys.executable)
+    env.add_jars(operators_jar(settings).resolve().as_uri())
+    return env
+
+
+def raw_stream(env: Any, records: Sequence[bytes]) -> Any:
+    """A bounded stream of ``records`` as the bytes a KafkaSource would give."""
+    from pyflink.common import Types
+
+    # from_collection cannot carry byte arrays: latin-1 strings (a lossless byte mapping)
+    # turned back into the bytes a KafkaSource would give.
+    return env.from_collection([r.decode("latin-1") for r in records] or [""],
+                               type_info=Types.STRING()).filter(_non_empty).map(
+        _latin1_bytes, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+
+
+def _non_empty(s: str) -> bool:
+    return s != ""
+
+
+def _latin1_bytes(s: str) -> bytes:
+    return s.encode("latin-1")
+
+
+def run_job(records: Sequence[bytes], settings: Settings) -> list[dict[str, Any]]:
+    """The job graph on ``records`` (``fl.samples`` bytes) on a local MiniCluster; every
+    collected record, tagged ``version``, ``eval``, ``alert``, ``dlq`` or ``control``."""
+    from pyflink.common import Types
+
+    from flowlearn.jobs.online_learning import RawSources, build_pipeline
+
+    env = local_environment(settings)
+    sources = RawSources(raw_stream(env, records), raw_stream(env, []),
+                         raw_stream(env, []), raw_stream(env, []))
+    streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
+    assert streams.evaluated is not None
+    out = streams.versions.map(_version_json, output_type=Types.STRING()).union(
+        streams.evaluated.map(_eval_json, output_type=Types.STRING()),
+        streams.alerts.map(_tagged("alert"), output_type=Types.STRING()),
+        streams.dlq.map(_tagged("dlq"), output_type=Types.STRING()),
+        streams.adaptations.map(_tagged("control"), output_type=Types.STRING()))
+    with out.execute_and_collect() as results:
+        return [json.loads(r) for r in results]
+
+
+def replay_settings(settings: Settings, tracking_uri: str) -> Settings:
+    """``settings`` for a replay: size-cut batches only, checkpoints registered in
+    ``tracking_uri``."""
+    return dataclasses.replace(
+        settings,
+        job=dataclasses.replace(settings.job, batch_timeout_ms=REPLAY_BATCH_TIMEOUT_MS),
+        mlflow=dataclasses.replace(settings.mlflow, tracking_uri=tracking_uri))
+
+
+def final_weights(versions: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+    """The last version's weights: the newest full snapshot with the later deltas on it."""
+    ordered = sorted(versions, key=lambda v: v["version"])
+    last = max((i for i, v in enumerate(ordered) if v["weights"]), default=None)
+    if last is None:
+        return None
+    weights = codec.decode_array(bytes.fromhex(ordered[last]["weights"])).copy()
+    for v in ordered[last + 1:]:
+        codec.apply_delta(weights, codec.decode_delta(bytes.fromhex(v["delta"])))
+    return weights
+
+
+# ---------------------------------------------------------------------------- replay
+
+
+def replay(path: Path, settings: Settings, model_id: str | None = None, *,
+           baseline: BaselineOptions | None = BaselineOptions(),
+           registry_dir: Path | None = None) -> ReplayResult:
+    """Run the job on the file and build each model's :class:`EvaluationData` (only
+    ``model_id``'s when given). See the module docstring for what differs from live."""
+    records = read_records(path, model_id)
+    if not records:
+        raise EvaluationError(f"{path}: no records" + (f" of model {model_id!r}"
+                                                         if model_id else ""))
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="flowlearn-replay-") as tmp:
+        store = Path(registry_dir) if registry_dir is not None else Path(tmp)
+        store.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{store.absolute() / 'mlflow.db'}"
+        out = run_job(records, replay_settings(settings, uri))
+        seconds = time.monotonic() - t0
+    valid = valid_samples(records, settings)
+    by_tag: dict[str, list[dict[str, Any]]] = {}
+    for r in out:
+        by_tag.setdefault(r["tag"], []).append(r)
+    alerts = [r["record"] for r in by_tag.get("alert", [])]
+    dlq = [r["record"] for r in by_tag.get("dlq", [])]
+    controls = [r["record"] for r in by_tag.get("control", [])]
+    result = ReplayResult({}, {}, dlq, alerts, controls, seconds, len(records),
+                          uri if registry_dir is not None else "")
+    models = sorted({r["model_id"] for r in by_tag.get("version", [])} | set(valid))
+    for m in models:
+        if model_id is not None and m != model_id:
+            continue
+        spec = settings.spec_of(m).as_dict()
+        versions = [r for r in by_tag.get("version", []) if r["model_id"] == m]
+        weights = final_weights(versions)
+        if weights is not None:
+            result.weights[m] = weights
+        X, y = valid.get(m, _Valid()).arrays(int(spec["n_features"]))
+        notes = [f"replayed {len(records)} records of {Path(path).name} in {seconds:.1f} s "
+                 f"on a local Flink MiniCluster; batches of "
+                 f"{spec.get('batch_size') or settings.job.batch_size} cut by size only"]
+        model_controls = [c for c in controls if c.get("model_id") == m]
+        if model_controls:
+            notes.append(f"{len(model_controls)} command(s) the job sent itself through "
+                         f"fl.control ({', '.join(sorted({c['command'] for c in model_controls}))}"
+                         f") are marked but not applied: a replay has no Kafka loop")
+        side, name = _baseline(baseline, spec, X, y, m, settings, notes)
+        rows = [EvalRow(r["version"], r["kind"], r["applied"], r["errors"], r["losses"])
+                for r in by_tag.get("eval", []) if r["model_id"] == m]
+        # Dead letters and input records of this model; those that name no model (not
+        # JSON, say) count for every model of the file.
+        model_dlq = [d for d in dlq if dlq_model(d) in (m, None)]
+        n_input = sum(1 for r in records if _model_of(r) in (m, None))
+        if len(models) > 1 and any(dlq_model(d) is None for d in dlq):
+            notes.append("dead letters that name no model are counted for every model")
+        data = build_replay(
+            m, str(spec.get("type", "logistic")), len(y), rows,
+            [a for a in alerts if a.get("model_id") == m], model_dlq,
+            input_records=n_input, baseline=side, baseline_name=name,
+            source=f"replay of {path}", adaptations=model_controls, final_weights=weights,
+            notes=notes)
+        # The checkpoints' windowed metrics, as the checkpoint operator registers them (its
+        # own ledger on the same rows; the replay's store may miss the last registrations,
+        # which a bounded run can end before).
+        ends = {v.version: v.t for v in data.versions}
+        cps = ledger_checkpoints(rows, settings.job.checkpoint_every_versions, ends)
+        result.data[m] = dataclasses.replace(data, checkpoints=tuple(cps))
+    return result
+
+
+def _baseline(options: BaselineOptions | None, spec: dict[str, Any], X: np.ndarray,
+              y: np.ndarray, model_id: str, settings: Settings, notes: list[str]
+              ) -> tuple[BatchBaseline | Side | None, str]:
+    if options is None or not len(y):
+        return None, ""
+    if options.registered_version is not None:
+        from flowlearn.core.training import build_model
+        from flowlearn.registry.mlflow_store import Registry
+
+        m = settings.mlflow
+        registry = Registry(m.resolved_tracking_uri(settings.stack), m.name_prefix)
+        weights = codec.decode_array(registry.load_weights(
+            model_id, options.registered_version, kind="baseline"))
+        model = build_model(spec)
+        if weights.shape != model.weights_vector().shape:
+            raise EvaluationError(f"baseline {options.registered_version} of {model_id!r} has "
+                                  f"{weights.size} weights, the model "
+                                  f"{model.weights_vector().size}")
+        model.set_weights_vector(weights)
+        return (fixed_baseline(model, X, y),
+                f"registered baseline {options.registered_version} ({registry.tracking_uri})")
+    train = (round(options.train * len(y)) if options.train < 1
+             else int(options.train))
+    train = min(train, len(y))
+    if train < 2:
+        notes.append(f"no batch baseline: {len(y)} samples are too few to train one")
+        return None, ""
+    return batch_baseline(spec, X, y, train, options.retrain_every, options.epochs,
+                          options.batch_size, options.seed), ""

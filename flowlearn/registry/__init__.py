@@ -1,0 +1,1 @@
+"""The MLflow model registry, seen through flowlearn's eyes: versions of weights."""
