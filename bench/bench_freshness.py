@@ -76,6 +76,8 @@ from typing import Any
 import numpy as np
 
 from flowlearn.conf import Settings, load_settings
+from flowlearn.contracts.redis_contract import redis_client
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack import jobctl, stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,9 +115,9 @@ def _auto_rollback_off() -> str:
     """TOML that turns automatic rollback off (wherever the settings keep it): a rollback
     adds versions without samples and would break the offline replay check."""
     from flowlearn.conf import settings as conf_settings
+    from flowlearn.core.spec import ModelSpec
 
-    for table, cls in (("model_defaults", conf_settings.ModelSpec),
-                       ("job", conf_settings.JobConf)):
+    for table, cls in (("model_defaults", ModelSpec), ("job", conf_settings.JobConf)):
         if "auto_rollback" in {f.name for f in dataclasses.fields(cls)}:
             return f"[{table}]\nauto_rollback = false\n"
     return ""
@@ -336,7 +338,7 @@ class SnapshotTap(threading.Thread):
         from flowlearn.contracts.redis_contract import Keys
 
         # MONITOR blocks between writes: a timeout far beyond any quiet spell of a run.
-        self.client = settings.redis.client(timeout_s=3600)
+        self.client = redis_client(settings.redis, timeout_s=3600)
         key = re.escape(Keys(settings.redis.prefix).snapshot(model_id))
         self.pattern = re.compile(rf'^(\d+\.\d+) \[[^\]]*\] "HSET" "{key}" ')
         # Field values inside MONITOR's quoted arguments: a '"' in any argument is escaped,
@@ -530,7 +532,7 @@ def replay_check(settings: Settings, model_id: str, seed: int, n: int,
     from flowlearn.core.training import ModelTrainer
     from flowlearn.devstack.producer import DriftingStream
 
-    spec = settings.model_spec(model_id)
+    spec = ModelSpecs(settings).model_spec(model_id)
     assert spec is not None
     records = DriftingStream(n_features=N_FEATURES, seed=seed, model_id=model_id).take(n, 0)
     X = np.array([r["features"] for r in records], dtype=np.float64)
@@ -717,7 +719,7 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
     if complete and final_applied == sent.n:
         from flowlearn.contracts.redis_contract import Keys, read_snapshot
 
-        snap = read_snapshot(settings.redis.client(), Keys(settings.redis.prefix), model_id)
+        snap = read_snapshot(redis_client(settings.redis), Keys(settings.redis.prefix), model_id)
         if snap is None or snap.version != versions[-1]:
             checks.append(("offline replay in rank order == published weights", None,
                            "snapshot moved on"))

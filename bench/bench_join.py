@@ -20,7 +20,8 @@ import numpy as np
 from flowlearn.conf import load_settings
 from flowlearn.contracts.records import now_ms
 from flowlearn.devstack.producer import DriftingStream
-from flowlearn.evaluation.replay import local_environment, raw_stream
+from flowlearn.devstack.stack import operators_jar
+from flowlearn.jobs.local import local_environment, raw_stream
 
 
 def records(pairs: int) -> tuple[list[bytes], list[bytes]]:
@@ -44,7 +45,7 @@ def run_job(events: list[bytes], labels: list[bytes]) -> tuple[float, int]:
     from flowlearn.jobs.online_learning import RawSources, build_pipeline
 
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "256"})
-    env = local_environment(settings)
+    env = local_environment(operators_jar(settings))
     sources = RawSources(raw_stream(env, []), raw_stream(env, events), raw_stream(env, labels),
                          raw_stream(env, []))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)

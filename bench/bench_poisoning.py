@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from flowlearn.conf import load_settings
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack.producer import DriftingStream
 from flowlearn.evaluation.poisoning import compare, flip_labels, stream_arrays
 
@@ -53,7 +54,7 @@ def main() -> None:
                         help="samples in the poisoning episode (default 10000)")
     args = parser.parse_args()
     settings = load_settings()
-    job, spec = settings.job, settings.model_defaults
+    job, spec = settings.job, ModelSpecs(settings).defaults
     ledger = dict(every=job.checkpoint_every_versions, keep=job.keep_checkpoints,
                   window_samples=job.rollback_window_samples, margin=job.rollback_margin,
                   min_samples=job.rollback_min_samples,

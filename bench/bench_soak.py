@@ -41,7 +41,7 @@ from bench_freshness import BenchStack, log
 from bench_state import job_processes, memory_kb
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
 from flowlearn.devstack import stack
 
 
@@ -135,7 +135,7 @@ def main() -> None:
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(**settings.kafka.client_options(), group_id=None)
-        client = settings.redis.client(timeout_s=5)
+        client = redis_client(settings.redis, timeout_s=5)
         keys = Keys(settings.redis.prefix)
         base = samples_in_kafka(consumer, settings)
         load = PredictionLoad(settings, model_id, args.qps)

@@ -49,7 +49,8 @@ from bench_freshness import (
 )
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys, redis_client
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
 from flowlearn.devstack import jobctl, stack
 
@@ -150,13 +151,13 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
 def latest_version(settings: Settings, model_id: str) -> int:
     """The newest version in the model's delta stream (a large model's snapshot is only
     rewritten every SNAPSHOT_INTERVAL versions)."""
-    entries = settings.redis.client().xrevrange(Keys(settings.redis.prefix).deltas(model_id),
+    entries = redis_client(settings.redis).xrevrange(Keys(settings.redis.prefix).deltas(model_id),
                                                count=1)
     return int(entries[0][1][b"version"]) if entries else 0
 
 
 def snapshot_applied(settings: Settings, model_id: str) -> int:
-    raw = settings.redis.client().hget(Keys(settings.redis.prefix).snapshot(model_id),
+    raw = redis_client(settings.redis).hget(Keys(settings.redis.prefix).snapshot(model_id),
                                       "samples_applied")
     return int(raw) if raw is not None else 0
 
@@ -350,8 +351,9 @@ def main() -> None:
         tmp = Path(tmp_name)
         bench = BenchStack(tmp, extra=HASHED_EXTRA)
         settings = bench.settings
-        demo_spec = (settings.models.get("demo") or settings.model_defaults).as_dict()
-        hashed_spec = settings.models[HASHED_MODEL].as_dict()
+        specs = ModelSpecs(settings)
+        demo_spec = specs.spec_of("demo").as_dict()
+        hashed_spec = specs.models[HASHED_MODEL].as_dict()
         batch = settings.job.batch_size
         log("offline state sizes ...")
         offline = {

@@ -22,12 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from flowlearn.core.monitoring import ALL_DETECTORS
-
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "FLOWLEARN__"
-MODEL_TYPES = ("logistic", "softmax", "linear")
-OPTIMIZERS = ("sgd", "adagrad", "adam", "ftrl")
 #: Slot sharing groups of the job (parse, training, monitoring): slots per parallelism.
 SLOT_GROUPS = 3
 
@@ -214,22 +210,6 @@ class RedisConf:
         user = f"{self.username}@" if self.username else ""
         return f"{'rediss' if self.tls else 'redis'}://{user}{self.host}:{self.port}/0"
 
-    def client(self, timeout_s: float = 2.0, connect_timeout_s: float | None = None) -> Any:
-        """A ``redis.Redis`` client for this server, user and TLS included (imported here:
-        conf stays light). ``timeout_s`` bounds each command (it must outlast a blocking
-        XREAD), ``connect_timeout_s`` (default ``timeout_s``) the connection."""
-        import redis
-
-        tls: dict[str, Any] = {}
-        if self.tls:
-            tls = {"ssl": True, "ssl_cert_reqs": "required",
-                   "ssl_ca_certs": self.tls_ca_file or None,
-                   "ssl_certfile": self.tls_cert_file or None,
-                   "ssl_keyfile": self.tls_key_file or None}
-        return redis.Redis(host=self.host, port=self.port, username=self.username or None,
-                           password=self.password or None, socket_timeout=timeout_s,
-                           socket_connect_timeout=connect_timeout_s or timeout_s, **tls)
-
     def validate(self) -> None:
         _check_port("redis.port", self.port)
         _check_positive("redis.deltas_maxlen", self.deltas_maxlen)
@@ -338,69 +318,6 @@ class PredictorConf:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What the trainer builds for one model id.
-
-    ``features = "dense"`` takes lists of ``n_features`` numbers; ``"hashed"`` takes
-    ``{name: value}`` maps hashed into ``n_features`` columns with ``hash_seed``.
-    """
-
-    type: str = "logistic"
-    n_features: int = 10
-    features: Literal["dense", "hashed"] = "dense"
-    hash_seed: int = 0
-    n_classes: int = 2
-    optimizer: Literal["sgd", "adagrad", "adam", "ftrl"] = "sgd"
-    learning_rate: float = 0.05
-    l1: float = 0.0
-    l2: float = 0.0
-    #: Safety gate: the batch gradient's L2 norm is clipped to this (0: no clipping).
-    clip_grad_norm: float = 0.0
-    #: Mini-batch size of this model (0: ``job.batch_size``).
-    batch_size: int = 0
-    #: Drift detectors watching this model (a subset of ALL_DETECTORS).
-    detectors: tuple[str, ...] = ALL_DETECTORS
-    #: Holdout gate: the last ``holdout_size`` samples are held out of training; an update
-    #: that raises their mean loss by more than ``holdout_margin`` is rejected (0: off).
-    holdout_size: int = 0
-    holdout_margin: float = 0.05
-    #: Replay buffer: a reservoir sample of ``replay_size`` past samples, of which
-    #: ``replay_fraction`` x batch size are mixed into every batch (0: off).
-    replay_size: int = 0
-    replay_fraction: float = 0.25
-    #: Seeds the replay reservoir (training is deterministic given the input order).
-    seed: int = 0
-    #: On an error or loss drift alarm: "none" (alert only) or "reset" the model.
-    drift_action: Literal["none", "reset"] = "none"
-    #: Roll back automatically when the live model degrades (``job.rollback_*``).
-    auto_rollback: bool = True
-
-    def as_dict(self) -> dict[str, Any]:
-        spec = dataclasses.asdict(self)
-        spec["detectors"] = list(self.detectors)
-        return spec
-
-    def validate(self, where: str) -> None:
-        if self.type not in MODEL_TYPES:
-            raise ConfigError(f"{where}.type: {self.type!r} is not one of {MODEL_TYPES}")
-        _check_positive(f"{where}.n_features", self.n_features)
-        if self.type == "softmax" and self.n_classes < 2:
-            raise ConfigError(f"{where}.n_classes: a softmax model needs >= 2 classes")
-        _check_positive(f"{where}.learning_rate", self.learning_rate)
-        for name in ("l1", "l2", "clip_grad_norm", "batch_size", "holdout_size", "replay_size",
-                     "holdout_margin"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.replay_fraction <= 1:
-            raise ConfigError(f"{where}.replay_fraction: must be in (0, 1], got "
-                              f"{self.replay_fraction}")
-        unknown = set(self.detectors) - set(ALL_DETECTORS)
-        if unknown:
-            raise ConfigError(f"{where}.detectors: unknown {sorted(unknown)}; known: "
-                              f"{list(ALL_DETECTORS)}")
-
-
-@dataclass(frozen=True)
 class JobConf:
     name: str = "flowlearn-online-learning"
     out_of_orderness_ms: int = 2000
@@ -474,27 +391,16 @@ class Settings:
     prometheus: PrometheusConf = field(default_factory=PrometheusConf)
     job: JobConf = field(default_factory=JobConf)
     mlflow: MlflowConf = field(default_factory=MlflowConf)
-    model_defaults: ModelSpec = field(default_factory=ModelSpec)
-    models: dict[str, ModelSpec] = field(default_factory=dict)
-
-    def model_spec(self, model_id: str) -> ModelSpec | None:
-        """The spec for ``model_id``; None when unknown and the policy says DLQ."""
-        if model_id in self.models:
-            return self.models[model_id]
-        return self.model_defaults if self.job.unknown_model_policy == "create" else None
-
-    def spec_of(self, model_id: str) -> ModelSpec:
-        """The spec a model trains with: its own, else the defaults (a model that the "dlq"
-        policy refuses never gets this far)."""
-        return self.model_spec(model_id) or self.model_defaults
+    #: Model spec tables (``[model_defaults]``, ``[models.ID]``), read and validated as
+    #: specs by :class:`flowlearn.contracts.spec.ModelSpecs`: the spec's schema belongs to
+    #: the learning core, which settings do not import.
+    model_defaults: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> Settings:
         for part in (self.kafka, self.redis, self.flink, self.predictor, self.prometheus,
                      self.job, self.mlflow):
             part.validate()
-        self.model_defaults.validate("model_defaults")
-        for model_id, spec in self.models.items():
-            spec.validate(f"models.{model_id}")
         ports = {
             "kafka.port": self.kafka.port,
             "kafka.controller_port": self.kafka.controller_port,
@@ -516,8 +422,9 @@ class Settings:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, converting and checking each field's type."""
+def build_table(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, converting and checking each field's type
+    (``where`` names the table in errors: ``models.fraud.learning_rate: cannot read ...``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -531,9 +438,11 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
+    if hint is Any:  # a table read by another layer (model specs): kept as written
+        return value
     origin = get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)  # type: ignore[arg-type]
+        return build_table(hint, value, where)  # type: ignore[arg-type]
     if origin is dict:
         _, value_type = get_args(hint)
         if not isinstance(value, Mapping):
@@ -614,11 +523,11 @@ def load_settings(
     if override:
         data = _merge(data, _read_toml(Path(override)))
     data = _merge(data, _env_layer(env))
-    settings: Settings = _build(Settings, data, "")
+    settings: Settings = build_table(Settings, data, "")
     return settings.validate()
 
 
 def settings_from_dict(data: Mapping[str, Any]) -> Settings:
     """Rebuild settings from :meth:`Settings.to_dict` (how a submitted job gets its config)."""
-    settings: Settings = _build(Settings, data, "")
+    settings: Settings = build_table(Settings, data, "")
     return settings.validate()

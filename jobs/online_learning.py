@@ -137,7 +137,7 @@ def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
         raise RuntimeError(
             f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
             "(flowlearn.devstack.stack.operators_jar builds it; `flowlearn submit` and "
-            "flowlearn.evaluation.replay.local_environment add it; the job image has it in "
+            "flowlearn.jobs.local.local_environment add it; the job image has it in "
             "/opt/flink/lib)") from exc
     job = settings.job
     bundler = gateway.jvm.dev.flowlearn.flink.RecordBundler(

@@ -27,6 +27,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import now_ms
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
 from flowlearn.operators.drift import CONTROL_OUT_TAG
 from flowlearn.operators.model_metrics import ModelMetrics
@@ -83,8 +84,7 @@ class Registrar:
             RegistryError,
         )
 
-        m = self.settings.mlflow
-        registry = Registry(m.resolved_tracking_uri(self.settings.stack), m.name_prefix)
+        registry = Registry.from_settings(self.settings)
         while not self.stopping.is_set():
             try:
                 job = self.jobs.get(timeout=0.5)
@@ -115,6 +115,7 @@ class Registrar:
 class CheckpointOperator(KeyedProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.specs = ModelSpecs(settings)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.ledger_state = runtime_context.get_state(descriptors.CHECKPOINT_LEDGER)
@@ -131,7 +132,7 @@ class CheckpointOperator(KeyedProcessFunction):
 
     def _new_ledger(self, model_id: str) -> CheckpointLedger:
         job = self.settings.job
-        spec = self.settings.spec_of(model_id)
+        spec = self.specs.spec_of(model_id)
         return CheckpointLedger(
             every=job.checkpoint_every_versions, keep=job.keep_checkpoints,
             window_samples=job.rollback_window_samples, margin=job.rollback_margin,

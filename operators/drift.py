@@ -15,6 +15,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import now_ms
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.monitoring import DriftMonitor
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
@@ -32,6 +33,7 @@ PERSIST_EVERY_BATCHES = 16
 class DriftOperator(KeyedProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.specs = ModelSpecs(settings)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(descriptors.DRIFT_MONITOR)
@@ -50,7 +52,7 @@ class DriftOperator(KeyedProcessFunction):
             if saved is not None:
                 monitor = DriftMonitor.from_bytes(bytes(saved))
             else:
-                spec = self.settings.spec_of(model_id)
+                spec = self.specs.spec_of(model_id)
                 monitor = DriftMonitor.create(spec.as_dict(), n_monitored, n_monitored)
             self.monitors[model_id] = monitor
         return monitor
@@ -61,7 +63,7 @@ class DriftOperator(KeyedProcessFunction):
             # A rollback or reset scored no samples, but its weights are new: their errors
             # are not to be compared with the old weights'.
             if model_id in self.monitors or self.state.value() is not None:
-                spec = self.settings.spec_of(model_id)
+                spec = self.specs.spec_of(model_id)
                 monitor = self._monitor(model_id, n_monitored).restarted(spec.as_dict())
                 self.monitors[model_id] = monitor
                 self.state.update(monitor.to_bytes())
@@ -81,7 +83,7 @@ class DriftOperator(KeyedProcessFunction):
                                             "samples_applied": applied})
         job = self.settings.job
         performance_alarm = any(a.degraded for a in alarms)
-        spec = self.settings.spec_of(model_id)
+        spec = self.specs.spec_of(model_id)
         if (performance_alarm and spec.drift_action == "reset"
                 and version - self.last_adapted.get(model_id, -(1 << 62))
                 >= job.drift_cooldown_versions):

@@ -23,6 +23,7 @@ from flowlearn.contracts.records import (
     parse_sample,
     parse_sample_batch,
 )
+from flowlearn.contracts.spec import ModelSpecs
 
 #: Dead-letter records (JSON strings in the ``fl.dlq`` format, docs/architecture.md).
 DLQ_TAG = OutputTag("dlq", Types.STRING())
@@ -46,10 +47,7 @@ class _ParseRecords(ProcessFunction):
         group = runtime_context.get_metrics_group()
         self.parsed = group.counter(f"{self.what}_parsed")
         self.dead = group.counter(f"{self.what}_dlq")
-        specs = {m: s.as_dict() for m, s in self.settings.models.items()}
-        default = (self.settings.model_defaults.as_dict()
-                   if self.settings.job.unknown_model_policy == "create" else None)
-        self.spec_for: SpecFor = lambda model_id: specs.get(model_id, default)
+        self.spec_for: SpecFor = ModelSpecs(self.settings).dict_of
 
     def parse(self, raw: bytes) -> Iterable[Any]:
         """The rows one record gives now (RecordError: a dead letter)."""

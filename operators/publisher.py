@@ -11,7 +11,7 @@ from pyflink.common import Row
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher
+from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher, redis_client
 
 #: Redis write attempts before the operator fails (and Flink restarts from a checkpoint,
 #: which opens a new epoch and republishes a snapshot).
@@ -24,7 +24,7 @@ class RedisPublisher(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         r = self.settings.redis
-        self.client = r.client(timeout_s=10, connect_timeout_s=5)
+        self.client = redis_client(r, timeout_s=10, connect_timeout_s=5)
         group = runtime_context.get_metrics_group()
         self.published = group.counter("versions_published")
         self.retries = group.counter("publish_retries")

@@ -29,6 +29,7 @@ from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import dlq_record, encode_sample_batch, now_ms
 from flowlearn.contracts.redis_contract import ModelVersion
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
 from flowlearn.core.dedupe import SeenIds
 from flowlearn.core.training import ModelTrainer
@@ -53,6 +54,7 @@ def alert(model_id: str, kind: str, detail: dict[str, Any]) -> str:
 class MiniBatchTrainer(KeyedCoProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.specs = ModelSpecs(settings)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.model_state = runtime_context.get_state(descriptors.MODEL_STATE)
@@ -86,7 +88,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def _trainer(self, model_id: str) -> ModelTrainer:
         trainer = self.trainers.get(model_id)
         if trainer is None:
-            spec = self.settings.spec_of(model_id)
+            spec = self.specs.spec_of(model_id)
             state = self.model_state.value()
             if state is None:
                 trainer = ModelTrainer.create(model_id, spec.as_dict())
@@ -155,7 +157,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.flush_at[model_id] = at
 
     def _batch_size(self, model_id: str) -> int:
-        spec = self.settings.spec_of(model_id)
+        spec = self.specs.spec_of(model_id)
         return spec.batch_size or self.settings.job.batch_size
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext
@@ -257,8 +259,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         """A registered baseline's weights (imports mlflow on first use: seconds, once)."""
         from flowlearn.registry.mlflow_store import Registry
 
-        m = self.settings.mlflow
-        registry = Registry(m.resolved_tracking_uri(self.settings.stack), m.name_prefix)
+        registry = Registry.from_settings(self.settings)
         return codec.decode_array(registry.load_weights(model_id, version, kind="baseline"))
 
     def _kept_weights(self, version: int) -> bytes | None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import ConfigError, Settings, load_settings
+from flowlearn.contracts.redis_contract import redis_client
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack import jobctl, stack
 from flowlearn.evaluation.batch import BatchDataError
 from flowlearn.registry.mlflow_store import RegistryError
@@ -200,8 +202,7 @@ def cmd_savepoints(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
     from flowlearn.registry.mlflow_store import Registry
 
-    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
-                        settings.mlflow.name_prefix)
+    registry = Registry.from_settings(settings)
     versions = registry.versions(args.model)
     live = jobctl.published_models(settings).get(args.model)
     if args.json:
@@ -230,15 +231,14 @@ def cmd_train_batch(settings: Settings, args: argparse.Namespace) -> int:
     from flowlearn.registry.mlflow_store import Registry
     from flowlearn.serving.baseline import write_baseline
 
-    spec = settings.spec_of(args.model).as_dict()
+    spec = ModelSpecs(settings).spec_of(args.model).as_dict()
     t0 = time.monotonic()
     X, y = read_samples(args.data, args.model, spec)
     result = train_baseline(spec, X, y, epochs=args.epochs, batch_size=args.batch_size,
                             seed=args.seed)
     print(f"trained on {result.n_train} of {len(y)} rows in {time.monotonic() - t0:.1f}s: "
           + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
-                        settings.mlflow.name_prefix)
+    registry = Registry.from_settings(settings)
     latest = registry.latest_baseline(args.model)
     version = (latest.version if latest else 0) + 1
     weights = result.model.weights_vector()
@@ -277,7 +277,7 @@ def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
     """Serving-side rollback: every predictor serves this version while training goes on."""
     from flowlearn.contracts.redis_contract import Keys
 
-    client = settings.redis.client()
+    client = redis_client(settings.redis)
     try:
         key = Keys(settings.redis.prefix).pin(args.model)
         if args.command == "unpin":
@@ -510,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        ModelSpecs(settings)  # a bad model spec fails every command, naming the setting
         return int(args.func(settings, args))
     except (ConfigError, stack.StackError, jobctl.JobError, RegistryError,
             BatchDataError) as exc:

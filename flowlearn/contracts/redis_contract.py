@@ -22,8 +22,26 @@ from typing import Any
 import numpy as np
 import redis
 
+from flowlearn.conf import RedisConf
 from flowlearn.contracts.records import now_ms
 from flowlearn.core import codec
+from flowlearn.core.training import ModelVersion
+
+
+def redis_client(conf: RedisConf, timeout_s: float = 2.0,
+                 connect_timeout_s: float | None = None) -> redis.Redis:
+    """A ``redis.Redis`` client for the server ``conf`` names, user and TLS included.
+    ``timeout_s`` bounds each command (it must outlast a blocking XREAD),
+    ``connect_timeout_s`` (default ``timeout_s``) the connection."""
+    tls: dict[str, Any] = {}
+    if conf.tls:
+        tls = {"ssl": True, "ssl_cert_reqs": "required",
+               "ssl_ca_certs": conf.tls_ca_file or None,
+               "ssl_certfile": conf.tls_cert_file or None,
+               "ssl_keyfile": conf.tls_key_file or None}
+    return redis.Redis(host=conf.host, port=conf.port, username=conf.username or None,
+                       password=conf.password or None, socket_timeout=timeout_s,
+                       socket_connect_timeout=connect_timeout_s or timeout_s, **tls)
 
 
 @dataclass(frozen=True)
@@ -123,23 +141,6 @@ def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]
             models[model_id] = {"version": int(version), "epoch": int(epoch),
                                 "samples_applied": int(applied)}
     return models
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One published version as the trainer hands it to the publisher.
-
-    ``delta`` overwrites the weights of ``base_version`` into this version's;
-    ``weights`` is the full vector, present when a snapshot must be (re)written.
-    """
-
-    model_id: str
-    version: int
-    base_version: int
-    samples_applied: int
-    spec_json: str
-    delta: bytes
-    weights: bytes | None
 
 
 class Publisher:

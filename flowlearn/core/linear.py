@@ -2,7 +2,8 @@
 
 All parameters of a model live in one flat float64 vector, ``coef`` (C order) followed by the
 intercept(s). The optimizer updates that vector in place, :meth:`weights_vector` copies it
-for publication, and :func:`from_spec` rebuilds a servable model from it.
+for publication, and :func:`flowlearn.core.model_types.from_spec` rebuilds a servable model
+from it.
 
 Training is deterministic: weights start at zero and every step is a fixed sequence of
 float64 numpy operations, so the same data in the same batches gives bit-identical weights.
@@ -45,7 +46,6 @@ __all__ = [
     "Model",
     "SoftmaxRegression",
     "from_bytes",
-    "from_spec",
     "sigmoid",
     "softmax",
     "to_bytes",
@@ -353,31 +353,6 @@ class LinearRegression(_LinearModel):
 
 
 Model = LogisticRegression | SoftmaxRegression | LinearRegression
-
-
-def from_spec(spec: Mapping[str, Any], weights_vector: np.ndarray) -> Model:
-    """A servable model from a published :meth:`spec` and weights vector.
-
-    >>> m = from_spec({"type": "logistic", "n_features": 2, "intercept": True},
-    ...               np.array([1.0, -1.0, 0.0]))
-    >>> m.predict_many(np.array([[2.0, 0.0]])).tolist()
-    [1]
-    """
-    kind = spec.get("type")
-    n_features = int(spec["n_features"])
-    intercept = bool(spec.get("intercept", True))
-    model: Model
-    if kind == "logistic":
-        model = LogisticRegression(n_features, intercept=intercept)
-    elif kind == "softmax":
-        classes = spec.get("classes") or []
-        model = SoftmaxRegression(n_features, len(classes), intercept=intercept)
-    elif kind == "linear":
-        model = LinearRegression(n_features, intercept=intercept)
-    else:
-        raise ValueError(f"unknown model type {kind!r}; expected logistic, softmax or linear")
-    model.set_weights_vector(weights_vector)
-    return model
 
 
 # ---------------------------------------------------------------------------- codec registry

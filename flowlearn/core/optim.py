@@ -18,7 +18,7 @@ Learning rates are floats or schedules (:class:`Constant`, :class:`InverseScalin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -308,6 +308,17 @@ class FTRL(Optimizer):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {c.__name__: c for c in (SGD, AdaGrad, Adam, FTRL)}
+
+
+#: The optimizers a model spec names (``optimizer = "adam"``), made from its learning rate.
+SPEC_OPTIMIZERS: dict[str, Callable[[float], Optimizer]] = {
+    "sgd": lambda lr: SGD(lr=lr),
+    "adagrad": lambda lr: AdaGrad(lr=lr),
+    "adam": lambda lr: Adam(lr=lr),
+    # The spec's l1/l2 act in the model for every optimizer (per coefficient, intercept
+    # unpenalised); FTRL's own penalties would add a second, global one, so they are off.
+    "ftrl": lambda lr: FTRL(alpha=lr, l1=0.0, l2=0.0),
+}
 
 
 def optimizer_from_params(spec: Mapping[str, Any]) -> Optimizer:

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from flowlearn.conf import ModelSpec
-from flowlearn.contracts.redis_contract import ModelVersion
 from flowlearn.core import codec, linear, optim
+from flowlearn.core.model_types import model_type
+from flowlearn.core.spec import ModelSpec
 
 #: A full snapshot rides along with every version while the weights stay under this size.
 SNAPSHOT_EVERY_VERSION_BYTES = 64 * 1024
@@ -46,7 +46,7 @@ SNAPSHOT_INTERVAL = 100
 #: of samples is too noisy to veto an update on.
 HOLDOUT_MIN_SAMPLES = 32
 
-#: Keys a spec given as a plain dict leaves out take ``flowlearn.conf.ModelSpec``'s defaults.
+#: Keys a spec given as a plain dict leaves out take :class:`ModelSpec`'s defaults.
 _SPEC_DEFAULTS: dict[str, Any] = ModelSpec().as_dict()
 
 #: Marks the trainer's own state layout; bytes without it hold a model's state only (the
@@ -56,30 +56,20 @@ _STATE_FORMAT = 1
 _MODEL_PREFIX = "model."
 
 
-Model = linear.LogisticRegression | linear.SoftmaxRegression | linear.LinearRegression
-
-_OPTIMIZERS: dict[str, Callable[[float], optim.Optimizer]] = {
-    "sgd": lambda lr: optim.SGD(lr=lr),
-    "adagrad": lambda lr: optim.AdaGrad(lr=lr),
-    "adam": lambda lr: optim.Adam(lr=lr),
-    # The spec's l1/l2 act in the model for every optimizer (per coefficient, intercept
-    # unpenalised); FTRL's own penalties would add a second, global one, so they are off.
-    "ftrl": lambda lr: optim.FTRL(alpha=lr, l1=0.0, l2=0.0),
-}
-
+Model = linear.Model
 
 def _with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {**_SPEC_DEFAULTS, **spec}
 
 
 def build_model(spec: Mapping[str, Any]) -> Model:
-    """A fresh model for a model spec (``flowlearn.conf.ModelSpec.as_dict()``, or a dict with some
-    of
-    its keys: the others take ModelSpec's defaults, which give plain SGD without clipping)."""
+    """A fresh model for a model spec (:meth:`ModelSpec.as_dict`, or a dict with some of its
+    keys: the others take ModelSpec's defaults, which give plain SGD without clipping)."""
     s = _with_defaults(spec)
-    make_optimizer = _OPTIMIZERS.get(s["optimizer"])
+    make_optimizer = optim.SPEC_OPTIMIZERS.get(s["optimizer"])
     if make_optimizer is None:
-        raise ValueError(f"unknown optimizer {s['optimizer']!r}; known: {sorted(_OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {s['optimizer']!r}; known: "
+                         f"{sorted(optim.SPEC_OPTIMIZERS)}")
     clip = float(s["clip_grad_norm"])
     common: dict[str, Any] = {
         "optimizer": make_optimizer(float(s["learning_rate"])),
@@ -88,17 +78,25 @@ def build_model(spec: Mapping[str, Any]) -> Model:
         "clip_grad_norm": clip if clip > 0 else None,  # 0 turns clipping off
         "seed": int(s["seed"]),
     }
-    kind = s["type"]
-    n_features = int(s["n_features"])
-    if kind == "logistic":
-        return linear.LogisticRegression(n_features=n_features, **common)
-    if kind == "softmax":
-        return linear.SoftmaxRegression(
-            n_features=n_features, n_classes=int(s["n_classes"]), **common
-        )
-    if kind == "linear":
-        return linear.LinearRegression(n_features=n_features, **common)
-    raise ValueError(f"unknown model type {kind!r}")
+    return model_type(s["type"]).build(int(s["n_features"]), int(s["n_classes"]), **common)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version as the trainer hands it to the publisher.
+
+    ``delta`` overwrites the weights of ``base_version`` into this version's;
+    ``weights`` is the full vector, present when a snapshot must be (re)written.
+    """
+
+    model_id: str
+    version: int
+    base_version: int
+    samples_applied: int
+    spec_json: str
+    delta: bytes
+    weights: bytes | None
+
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import Settings
+from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.devstack import stack
 
 #: The package shipped with the job (its one import root): a cluster's workers need nothing
@@ -104,7 +105,7 @@ def published_models(settings: Settings) -> dict[str, dict[str, int]]:
 
     from flowlearn.contracts.redis_contract import Keys, model_versions
 
-    client = settings.redis.client()
+    client = redis_client(settings.redis)
     try:
         return model_versions(client, Keys(settings.redis.prefix))
     except redis.RedisError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -483,9 +484,12 @@ def start_redis(settings: Settings) -> None:
 
 
 def flink_home() -> Path:
-    import pyflink
-
-    return Path(pyflink.__file__).resolve().parent
+    """The Flink distribution inside the pyflink package (found, not imported: only the job
+    layer imports pyflink)."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise StackError("pyflink is not installed; run `make install` first")
+    return Path(spec.origin).resolve().parent
 
 
 def flink_conf_dir(settings: Settings) -> Path:

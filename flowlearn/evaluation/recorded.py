@@ -25,6 +25,7 @@ from typing import Any
 
 from flowlearn.conf import KafkaConf, Settings
 from flowlearn.contracts.records import is_bulk
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.evaluation.data import (
     Checkpoint,
     EvaluationData,
@@ -188,8 +189,7 @@ def registered_checkpoints(settings: Settings, model_id: str, since_ms: int | No
     """The online checkpoints in MLflow (windowed metrics at registration time)."""
     from flowlearn.registry.mlflow_store import Registry, RegistryError
 
-    m = settings.mlflow
-    registry = Registry(m.resolved_tracking_uri(settings.stack), m.name_prefix)
+    registry = Registry.from_settings(settings)
     try:
         entries = registry.versions(model_id)
     except RegistryError as exc:
@@ -224,7 +224,7 @@ def collect(settings: Settings, model_id: str, since_ms: int | None = None, *,
             consumer_factory: Callable[[], Any] | None = None,
             with_registry: bool = True) -> EvaluationData:
     """Read what the system recorded about ``model_id`` (see the module docstring)."""
-    spec = settings.spec_of(model_id)
+    spec = ModelSpecs(settings).spec_of(model_id)
     topics = settings.kafka.topics
     notes: list[str] = []
     consumer = (consumer_factory or kafka_consumer(settings.kafka))()

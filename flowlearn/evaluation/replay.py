@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,9 @@ import numpy as np
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import RecordError, is_bulk, parse_sample, parse_sample_batch
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
+from flowlearn.devstack.stack import operators_jar
 from flowlearn.evaluation.data import (
     BatchBaseline,
     EvalRow,
@@ -53,6 +54,7 @@ from flowlearn.evaluation.data import (
     ledger_checkpoints,
 )
 from flowlearn.evaluation.recorded import dlq_model
+from flowlearn.jobs.local import run_job
 
 #: The replay's latency bound on a partial batch (a day: never, in practice).
 REPLAY_BATCH_TIMEOUT_MS = 86_400_000
@@ -177,16 +179,9 @@ class _Valid:
                 np.concatenate(self.y).astype(np.float64))
 
 
-def _spec_for(settings: Settings) -> Callable[[str], Mapping[str, Any] | None]:
-    specs = {m: s.as_dict() for m, s in settings.models.items()}
-    default = (settings.model_defaults.as_dict()
-               if settings.job.unknown_model_policy == "create" else None)
-    return lambda model_id: specs.get(model_id, default)
-
-
 def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Valid]:
     """What the job's sample parser accepts, per model, in order (same parsing code)."""
-    spec_for = _spec_for(settings)
+    spec_for = ModelSpecs(settings).dict_of
     out: dict[str, _Valid] = {}
     for raw in records:
         try:
@@ -202,89 +197,6 @@ def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Va
         v.X.append(np.asarray(X, dtype=np.float64).ravel())
         v.y.append(np.asarray(y, dtype=np.float64))
     return out
-
-
-# ---------------------------------------------------------------------------- the Flink run
-
-
-def _version_json(v: Any) -> str:
-    return json.dumps({"tag": "version", "model_id": v[0], "version": v[1], "base": v[2],
-                       "applied": v[3], "delta": bytes(v[5]).hex(), "weights": bytes(v[6]).hex()})
-
-
-def _eval_json(e: Any) -> str:
-    return json.dumps({"tag": "eval", "model_id": e[0], "version": e[1], "kind": e[2],
-                       "applied": e[3], "errors": list(e[4]), "losses": list(e[5])})
-
-
-def _tagged(tag: str) -> Callable[[str], str]:
-    def wrap(record: str) -> str:
-        return json.dumps({"tag": tag, "record": json.loads(record)})
-
-    return wrap
-
-
-def local_environment(settings: Settings) -> Any:
-    """A StreamExecutionEnvironment on a local MiniCluster, set up for the job's graph under
-    ``execute_and_collect`` (replays and the MiniCluster tests), with the operators jar
-    (built into ``settings.stack.jars`` if need be)."""
-    from pyflink.common import Configuration
-    from pyflink.datastream import StreamExecutionEnvironment
-
-    from flowlearn.devstack.stack import operators_jar
-
-    # Python operator chaining off: its graph rewriting trips over the job's uids on a
-    # branching graph under execute_and_collect ("Hash collision on user-specified ID"); the
-    # submitted job goes through env.execute() with chaining on. Three slots: the trainer
-    # and the monitoring operators run in slot sharing groups of their own.
-    env = StreamExecutionEnvironment.get_execution_environment(
-        Configuration()
-        .set_string("python.operator-chaining.enabled", "false")
-        .set_string("taskmanager.numberOfTaskSlots", "3"))
-    env.set_parallelism(1)
-    env.set_python_executable(sys.executable)
-    env.add_jars(operators_jar(settings).resolve().as_uri())
-    return env
-
-
-def raw_stream(env: Any, records: Sequence[bytes]) -> Any:
-    """A bounded stream of ``records`` as the bytes a KafkaSource would give."""
-    from pyflink.common import Types
-
-    # from_collection cannot carry byte arrays: latin-1 strings (a lossless byte mapping)
-    # turned back into the bytes a KafkaSource would give.
-    return env.from_collection([r.decode("latin-1") for r in records] or [""],
-                               type_info=Types.STRING()).filter(_non_empty).map(
-        _latin1_bytes, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-
-
-def _non_empty(s: str) -> bool:
-    return s != ""
-
-
-def _latin1_bytes(s: str) -> bytes:
-    return s.encode("latin-1")
-
-
-def run_job(records: Sequence[bytes], settings: Settings) -> list[dict[str, Any]]:
-    """The job graph on ``records`` (``fl.samples`` bytes) on a local MiniCluster; every
-    collected record, tagged ``version``, ``eval``, ``alert``, ``dlq`` or ``control``."""
-    from pyflink.common import Types
-
-    from flowlearn.jobs.online_learning import RawSources, build_pipeline
-
-    env = local_environment(settings)
-    sources = RawSources(raw_stream(env, records), raw_stream(env, []),
-                         raw_stream(env, []), raw_stream(env, []))
-    streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
-    assert streams.evaluated is not None
-    out = streams.versions.map(_version_json, output_type=Types.STRING()).union(
-        streams.evaluated.map(_eval_json, output_type=Types.STRING()),
-        streams.alerts.map(_tagged("alert"), output_type=Types.STRING()),
-        streams.dlq.map(_tagged("dlq"), output_type=Types.STRING()),
-        streams.adaptations.map(_tagged("control"), output_type=Types.STRING()))
-    with out.execute_and_collect() as results:
-        return [json.loads(r) for r in results]
 
 
 def replay_settings(settings: Settings, tracking_uri: str) -> Settings:
@@ -325,7 +237,7 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
         store = Path(registry_dir) if registry_dir is not None else Path(tmp)
         store.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{store.absolute() / 'mlflow.db'}"
-        out = run_job(records, replay_settings(settings, uri))
+        out = run_job(records, replay_settings(settings, uri), operators_jar(settings))
         seconds = time.monotonic() - t0
     valid = valid_samples(records, settings)
     by_tag: dict[str, list[dict[str, Any]]] = {}
@@ -340,7 +252,7 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
     for m in models:
         if model_id is not None and m != model_id:
             continue
-        spec = settings.spec_of(m).as_dict()
+        spec = ModelSpecs(settings).spec_of(m).as_dict()
         versions = [r for r in by_tag.get("version", []) if r["model_id"] == m]
         weights = final_weights(versions)
         if weights is not None:
@@ -387,8 +299,7 @@ def _baseline(options: BaselineOptions | None, spec: dict[str, Any], X: np.ndarr
         from flowlearn.core.training import build_model
         from flowlearn.registry.mlflow_store import Registry
 
-        m = settings.mlflow
-        registry = Registry(m.resolved_tracking_uri(settings.stack), m.name_prefix)
+        registry = Registry.from_settings(settings)
         weights = codec.decode_array(registry.load_weights(
             model_id, options.registered_version, kind="baseline"))
         model = build_model(spec)

@@ -54,6 +54,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from flowlearn.conf import Settings
+
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
@@ -188,6 +190,12 @@ class Registry:
         self._mlflow: MlflowClient | None = None
         self._experiment_id = ""
         self._known_models: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        """The registry the settings name (``mlflow.tracking_uri``, else the local store)."""
+        m = settings.mlflow
+        return cls(m.resolved_tracking_uri(settings.stack), m.name_prefix)
 
     @property
     def tracking_uri(self) -> str:

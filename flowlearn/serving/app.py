@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.redis_contract import Keys
+from flowlearn.contracts.redis_contract import Keys, redis_client
 from flowlearn.core.features import FeatureError, vectorize
 from flowlearn.serving.baseline import load_baseline
 from flowlearn.serving.metrics import Metrics
@@ -305,7 +305,7 @@ def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
     metrics_ = Metrics()
     r = settings.redis
     # The socket timeout must outlast a blocking XREAD, or every quiet second is an error.
-    client = r.client(timeout_s=BLOCK_MS / 1000 + 2.0, connect_timeout_s=2.0)
+    client = redis_client(r, timeout_s=BLOCK_MS / 1000 + 2.0, connect_timeout_s=2.0)
     follower = Follower(client, Keys(r.prefix), metrics_)
     prediction_log = None
     if log_predictions:

@@ -4,7 +4,7 @@ This is the predictor's hot path, so it does no validation (the features were ch
 :func:`flowlearn.core.features.vectorize`, the weights' length when the version was built) and
 keeps views into the read-only weights instead of copying them. The arithmetic is the
 training core's (``flowlearn.core.linear``) operation for operation, in float64, so a prediction
-here is bit-identical to ``linear.from_spec(spec, weights).predict_proba_many(X)``;
+here is bit-identical to ``model_types.from_spec(spec, weights).predict_proba_many(X)``;
 ``tests/unit/serving/test_scoring.py`` holds that equality.
 
 >>> import numpy as np
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.core.linear import sigmoid, softmax
+from flowlearn.core.model_types import model_type
 
 #: ``X (n, d) float64 -> scores``: ``(n,)`` for logistic and linear, ``(n, k)`` for softmax.
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -29,7 +29,7 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 def n_weights(spec: Mapping[str, Any]) -> int:
     """Length of the weights vector a spec describes: coef then the intercept(s)."""
-    k = len(spec.get("classes") or ()) if spec.get("type") == "softmax" else 1
+    k = model_type(spec.get("type")).n_outputs(spec)
     return int(spec["n_features"]) * k + (k if spec.get("intercept", True) else 0)
 
 
@@ -38,14 +38,12 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
 
     Raises ValueError for an unknown model type or a weights vector of the wrong length.
     """
-    kind = spec.get("type")
-    if kind not in ("logistic", "softmax", "linear"):
-        raise ValueError(f"unknown model type {kind!r}; expected logistic, softmax or linear")
+    kind = model_type(spec.get("type"))
     if weights.shape != (n_weights(spec),):
         raise ValueError(f"spec needs {n_weights(spec)} weights, got shape {weights.shape}")
     d = int(spec["n_features"])
-    k = len(spec.get("classes") or ()) if kind == "softmax" else 1
-    coef = weights[: d * k].reshape((d, k) if kind == "softmax" else (d,))
+    k = kind.n_outputs(spec)
+    coef = weights[: d * k].reshape((d, k) if kind.multiclass else (d,))
     bias = weights[d * k :] if spec.get("intercept", True) else None
 
     def linear(X: np.ndarray) -> np.ndarray:
@@ -54,10 +52,10 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
             z += bias
         return z
 
-    if kind == "linear":
-        return linear
     # The link functions are the training core's own, so scores are bit-identical to it.
-    link = sigmoid if kind == "logistic" else softmax
+    link = kind.link
+    if link is None:
+        return linear
 
     def score(X: np.ndarray) -> np.ndarray:
         return link(linear(X))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
-from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
 from flowlearn.devstack.producer import produce
 from flowlearn.registry.mlflow_store import Registry
 
@@ -67,8 +67,7 @@ def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
     assert len(resets) > len(early)
     assert all(r["detail"]["source"].startswith("drift:") for r in resets)
 
-    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
-                        settings.mlflow.name_prefix)
+    registry = Registry.from_settings(settings)
 
     def checkpoints():
         found = registry.versions(MODEL)
@@ -91,4 +90,4 @@ def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
 
 
 def stack_redis(settings):
-    return settings.redis.client(timeout_s=5)
+    return redis_client(settings.redis, timeout_s=5)

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from flowlearn.contracts.records import encode_sample_batch, now_ms
-from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
 from flowlearn.devstack.producer import DriftingStream, send_raw
 
 from .conftest import ROOT, flowlearn, wait_until
@@ -64,7 +64,7 @@ def test_the_live_report_renders_and_its_numbers_are_the_recorded_predictions(st
     stream = DriftingStream(n_features=10, seed=51, model_id=model)
     send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples,
              bulk_records(model, stream.take(640, 1000), settings.job.batch_size), key=model)
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
     wait_until(f"{model} trained", lambda: (s := read_snapshot(client, keys, model)) and
                s.samples_applied == 640, timeout_s=60)
@@ -144,7 +144,7 @@ def test_a_replay_gives_the_live_jobs_final_weights(stack, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     replayed = bytes.fromhex(done.stdout.strip().splitlines()[-1])
 
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
     live = wait_until(f"{model}: every sample applied",
                       lambda: (s := read_snapshot(client, keys, model)) and

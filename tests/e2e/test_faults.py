@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 import redis
 
-from flowlearn.contracts.redis_contract import DeltaEntry, Keys, read_snapshot
+from flowlearn.contracts.redis_contract import DeltaEntry, Keys, read_snapshot, redis_client
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
 from flowlearn.core.training import ModelTrainer
 from flowlearn.devstack import stack as local_stack
@@ -84,14 +85,14 @@ class Job:
         return self.rest("")["state"] == "RUNNING" and set(self.task_states()) == {"RUNNING"}
 
 
-def redis_client(settings: Any) -> Any:
-    return settings.redis.client(timeout_s=5)
+def redis_of(settings: Any) -> Any:
+    return redis_client(settings.redis, timeout_s=5)
 
 
 def snapshot_where(settings: Any, model_id: str, check: Callable[[Any], bool]) -> Any:
     """The model's snapshot if ``check`` holds for it (None while Redis is unreachable)."""
     try:
-        snap = read_snapshot(redis_client(settings), Keys(settings.redis.prefix), model_id)
+        snap = read_snapshot(redis_of(settings), Keys(settings.redis.prefix), model_id)
     except redis.RedisError:
         return None
     return snap if snap is not None and check(snap) else None
@@ -121,7 +122,7 @@ def history(settings: Any, model_id: str) -> dict[tuple[int, int], np.ndarray]:
     rebuilds each version. A new epoch starts from a version restored from a checkpoint,
     published earlier by the newest epoch that had it (version 0: zeros).
     """
-    client = redis_client(settings)
+    client = redis_of(settings)
     keys = Keys(settings.redis.prefix)
     snap = read_snapshot(client, keys, model_id)
     assert snap is not None
@@ -147,7 +148,7 @@ def assert_served_was_published(settings: Any, model_id: str,
                                 answers: list[dict[str, Any]]) -> None:
     """Every answer's (epoch, version) was published, and its prediction is that version's."""
     published = history(settings, model_id)
-    spec = read_snapshot(redis_client(settings), Keys(settings.redis.prefix), model_id).spec
+    spec = read_snapshot(redis_of(settings), Keys(settings.redis.prefix), model_id).spec
     expected: dict[tuple[int, int], list[float]] = {}
     for answer in answers:
         key = (answer["epoch"], answer["model_version"])
@@ -161,7 +162,7 @@ def reference_weights(settings: Any, model_id: str, seeds_counts: list[tuple[int
                       ) -> np.ndarray:
     """Train what ``produce(seed=s, count=n, bulk=batch)`` sent, once, without failures."""
     batch = settings.job.batch_size
-    trainer = ModelTrainer.create(model_id, settings.model_defaults.as_dict())
+    trainer = ModelTrainer.create(model_id, ModelSpecs(settings).defaults.as_dict())
     for seed, n in seeds_counts:
         records = DriftingStream(n_features=10, seed=seed, model_id=model_id).take(n, 0)
         X = np.array([r["features"] for r in records])

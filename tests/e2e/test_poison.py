@@ -29,7 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
 from flowlearn.contracts.records import MAX_DLQ_RAW_BYTES, MAX_RECORD_BYTES, now_ms
-from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
 
 from .conftest import wait_until
 from .test_faults import Job
@@ -281,7 +281,7 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
     topics = settings.kafka.topics
     tag = uuid.uuid4().hex[:8]
     model, new_model, huge_model = f"bad-{tag}", f"bad-new-{tag}", f"bad-huge-{tag}"
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
     job = Job(settings, status()["job"]["id"])
     restarts_before = job.restarts()

@@ -11,7 +11,14 @@ import uuid
 import numpy as np
 import pytest
 
-from flowlearn.contracts.redis_contract import DeltaEntry, Keys, delta_stream_id, read_snapshot
+from flowlearn.contracts.redis_contract import (
+    DeltaEntry,
+    Keys,
+    delta_stream_id,
+    read_snapshot,
+    redis_client,
+)
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
 from flowlearn.core.training import ModelTrainer
 from flowlearn.devstack.producer import DriftingStream, produce, send_raw
@@ -67,13 +74,12 @@ def test_a_poisoned_model_is_rolled_back_to_its_registered_checkpoint(stack):
     assert degraded and degraded[0]["detail"]["to_version"] == target
     assert target * settings.job.batch_size <= 3200  # a checkpoint from before the poison
 
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
     snap = wait_until(f"{model} at version {new_version}",
                       lambda: (s := read_snapshot(client, keys, model)) and
                       s.version >= new_version and s, timeout_s=60)
-    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
-                        settings.mlflow.name_prefix)
+    registry = Registry.from_settings(settings)
     registered = wait_until(f"checkpoint {target} registered",
                             lambda: registry.get(model, target), timeout_s=60)
     served = weights_published_at(client, keys, model, snap, new_version)
@@ -86,7 +92,7 @@ def test_a_poisoned_model_is_rolled_back_to_its_registered_checkpoint(stack):
     test = held_out.take(3000, 0)
     X = np.array([r["features"] for r in test])
     y = np.array([r["label"] for r in test])
-    trainer = ModelTrainer.create(model, settings.models[model].as_dict())
+    trainer = ModelTrainer.create(model, ModelSpecs(settings).models[model].as_dict())
     data = clean + poisoned
     Xs = np.array([r["features"] for r in data])
     ys = np.array([r["label"] for r in data], dtype=float)
@@ -127,7 +133,7 @@ def test_savepoint_rollback_resumes_a_new_epoch_and_never_mixes_lineages(stack):
     settings, config = stack
     tag = uuid.uuid4().hex[:6]
     quiet, busy = f"sp-quiet-{tag}", f"sp-busy-{tag}"
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
 
     def applied(model, n):
@@ -207,12 +213,11 @@ def test_a_batch_baseline_is_registered_and_warm_starts_the_online_model(stack, 
         (a for a in alerts_of(settings, model) if a["detail"].get("command") == "warm_start"),
         None), timeout_s=120, every_s=1)
     assert done["detail"]["ok"], done
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     snap = wait_until(f"{model} published", lambda: read_snapshot(
         client, Keys(settings.redis.prefix), model), timeout_s=60)
     assert snap.version == done["detail"]["new_version"] == 1
-    registry = Registry(settings.mlflow.resolved_tracking_uri(settings.stack),
-                        settings.mlflow.name_prefix)
+    registry = Registry.from_settings(settings)
     baseline = registry.latest_baseline(model)
     assert baseline is not None and baseline.metrics["holdout_accuracy"] > 0.75
     registered = registry.load_weights(model, 1, kind="baseline")
@@ -229,7 +234,7 @@ def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
 
     settings, _ = stack
     model = f"upgrade-{uuid.uuid4().hex[:6]}"
-    client = settings.redis.client(timeout_s=5)
+    client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
 
     def applied(n):

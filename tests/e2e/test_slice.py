@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack.producer import produce, send_raw
 
 from .conftest import flowlearn, wait_until
@@ -252,7 +253,7 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
     # The REST metrics are fetched every 10 s by default: wait for them to show the restart.
     wait_until("the job's restart count to grow", lambda: restarts() > restarts_before, 60, 1)
     assert final.epoch > epoch_before  # the restarted publisher opened a new lineage
-    reference = ModelTrainer.create(model_id, settings.model_defaults.as_dict())
+    reference = ModelTrainer.create(model_id, ModelSpecs(settings).defaults.as_dict())
     records = DriftingStream(n_features=10, seed=21, model_id=model_id).take(n, 0)
     X = np.array([r["features"] for r in records])
     y = np.array([r["label"] for r in records], dtype=float)

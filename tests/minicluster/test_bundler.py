@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from pyflink.common import Types
 
 from flowlearn.conf import load_settings
-from flowlearn.evaluation.replay import local_environment, raw_stream
+from flowlearn.devstack.stack import operators_jar
+from flowlearn.jobs.local import local_environment, raw_stream
 from flowlearn.jobs.online_learning import INPUT_BUNDLE_MAX_BYTES, bundled
 from flowlearn.operators.parse import unbundle
 
@@ -24,7 +25,7 @@ def bundles_of(records, **env):
     """The bundles, each a list of its records' digests (records not empty: the test source
     drops empty ones)."""
     conf = load_settings(env=env)
-    flink = local_environment(conf)
+    flink = local_environment(operators_jar(conf))
     out = bundled(raw_stream(flink, records), conf, "bundles").map(
         lambda b: [digest(r) for r in unbundle(bytes(b))], output_type=Types.LIST(Types.STRING()))
     with out.execute_and_collect() as results:

@@ -10,7 +10,8 @@ from pyflink.common import Types
 from flowlearn.conf import load_settings
 from flowlearn.core import codec
 from flowlearn.devstack.producer import DriftingStream
-from flowlearn.evaluation.replay import local_environment, raw_stream
+from flowlearn.devstack.stack import operators_jar
+from flowlearn.jobs.local import local_environment, raw_stream
 from flowlearn.jobs.online_learning import RawSources, build_pipeline
 
 pytestmark = pytest.mark.minicluster
@@ -27,7 +28,7 @@ BAD_RECORDS = {
 
 def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "64", **env_overrides})
-    env = local_environment(settings)
+    env = local_environment(operators_jar(settings))
     sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
                          raw_stream(env, labels), raw_stream(env, control))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)

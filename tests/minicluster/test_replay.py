@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from flowlearn.conf import load_settings
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.training import ModelTrainer
 from flowlearn.devstack.producer import DriftingStream
 from flowlearn.evaluation.data import Stats
@@ -34,7 +35,7 @@ def test_replay_equals_direct_training_and_the_online_model_recovers_first(tmp_p
 
     # The same batches trained directly with the core give the same weights, bit for bit,
     # and the same prequential records.
-    spec = settings.model_spec(MODEL).as_dict()
+    spec = ModelSpecs(settings).model_spec(MODEL).as_dict()
     trainer = ModelTrainer.create(MODEL, spec)
     X = np.array([r["features"] for r in records], dtype=np.float64)
     y = np.array([r["label"] for r in records], dtype=np.float64)

@@ -4,13 +4,14 @@ from pathlib import Path
 import pytest
 
 from flowlearn.conf import ConfigError, load_settings, settings_from_dict, versions
+from flowlearn.contracts.spec import ModelSpecs
 
 
 def test_defaults_load_and_validate():
     s = load_settings(env={})
     assert s.kafka.bootstrap == "127.0.0.1:9092"
     assert s.flink.rest_host == "127.0.0.1"  # loopback unless deliberately exposed
-    assert s.model_spec("demo").n_features == 10
+    assert ModelSpecs(s).model_spec("demo").n_features == 10
     assert s.stack.home.is_absolute()
 
 
@@ -26,8 +27,8 @@ def test_file_layer(tmp_path: Path):
     f.write_text('[job]\nbatch_size = 8\n[models.other]\ntype = "linear"\nn_features = 3\n')
     s = load_settings(f, env={})
     assert s.job.batch_size == 8
-    assert s.models["other"].type == "linear"
-    assert "demo" in s.models  # defaults kept
+    assert ModelSpecs(s).models["other"].type == "linear"
+    assert "demo" in ModelSpecs(s).models  # defaults kept
 
 
 @pytest.mark.parametrize(
@@ -60,13 +61,13 @@ def test_file_layer(tmp_path: Path):
 )
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(ConfigError, match=message):
-        load_settings(env=env)
+        ModelSpecs(load_settings(env=env))  # model specs are read from the settings there
 
 
 def test_unknown_model_policy_dlq_gives_no_spec():
     s = load_settings(env={"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"})
-    assert s.model_spec("nope") is None
-    assert s.model_spec("demo") is not None
+    assert ModelSpecs(s).model_spec("nope") is None
+    assert ModelSpecs(s).model_spec("demo") is not None
 
 
 def test_round_trip_through_dict():
@@ -124,6 +125,7 @@ def test_kafka_security_reaches_both_kinds_of_client(tmp_path):
 def test_a_model_trains_with_its_own_spec_else_the_defaults():
     settings = load_settings(env={"FLOWLEARN__MODELS__M1__LEARNING_RATE": "0.5",
                                   "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"})
-    assert settings.spec_of("m1").learning_rate == 0.5
-    assert settings.model_spec("other") is None  # refused on parsing ...
-    assert settings.spec_of("other") == settings.model_defaults  # ... so never trained
+    specs = ModelSpecs(settings)
+    assert specs.spec_of("m1").learning_rate == 0.5
+    assert specs.model_spec("other") is None  # refused on parsing ...
+    assert specs.spec_of("other") == specs.defaults  # ... so never trained

@@ -30,7 +30,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flowlearn.conf.settings import ModelSpec
 from flowlearn.contracts import records
 from flowlearn.contracts.records import (
     ARROW_STREAM_PREFIX,
@@ -46,6 +45,7 @@ from flowlearn.contracts.records import (
     parse_sample,
     parse_sample_batch,
 )
+from flowlearn.core.spec import ModelSpec
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

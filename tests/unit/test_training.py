@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlearn.conf import ModelSpec
 from flowlearn.core import codec, linear, optim, training
+from flowlearn.core.spec import ModelSpec
 from flowlearn.core.training import BatchResult, ModelTrainer, build_model
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.1}

@@ -112,12 +112,13 @@ def test_the_jobs_kafka_connector_gets_in(broker):
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
     from flowlearn.connectors.kafka import with_security
-    from flowlearn.evaluation.replay import local_environment
+    from flowlearn.devstack.stack import operators_jar
+    from flowlearn.jobs.local import local_environment
 
     kafka = broker.kafka
     topic = kafka.topics.labels
     send_raw(kafka, topic, [b"a", b"b", b"c"], key="m")
-    env = local_environment(broker)
+    env = local_environment(operators_jar(broker))
     env.add_jars(stack.kafka_connector_jar(broker).resolve().as_uri())
     source = (with_security(KafkaSource.builder(), broker)
               .set_bootstrap_servers(kafka.bootstrap)

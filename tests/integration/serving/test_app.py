@@ -13,7 +13,7 @@ import numpy as np
 from aiohttp.test_utils import TestClient, TestServer
 
 from flowlearn.contracts.redis_contract import Keys
-from flowlearn.core import linear
+from flowlearn.core import model_types
 from flowlearn.serving.app import make_app
 from flowlearn.serving.baseline import write_baseline
 
@@ -106,7 +106,7 @@ def test_predict_follows_published_versions(serving_redis, prefix):
         trainer.publish(W)
         await at_version(http, 1)
         body = await predict(http, [[1, 0, 0], {"features": [0, 1, 0], "event_id": "e-1"}])
-        model = linear.from_spec(json.loads(trainer.spec), W)
+        model = model_types.from_spec(json.loads(trainer.spec), W)
         assert body["predictions"] == model.predict_proba_many(
             np.array([[1.0, 0, 0], [0, 1.0, 0]])).tolist()
         assert (body["model_version"], body["epoch"], body["variant"]) == (1, trainer.epoch,
@@ -118,7 +118,7 @@ def test_predict_follows_published_versions(serving_redis, prefix):
         await at_version(http, 2)
         body = await predict(http, [[1, 0, 0]])
         assert body["model_version"] == 2
-        assert body["predictions"] == linear.from_spec(
+        assert body["predictions"] == model_types.from_spec(
             json.loads(trainer.spec), W * 2).predict_proba_many(np.array([[1.0, 0, 0]])).tolist()
         listed = await (await http.get("/v1/models")).json()
         assert [m["name"] for m in listed["models"]] == ["m"]
@@ -150,7 +150,7 @@ def test_softmax_and_linear_models(serving_redis, prefix):
         await at_version(http, 1, "s")
         await at_version(http, 1, "r")
         body = await predict(http, [[1.0, 2.0]], model="s")
-        assert body["predictions"] == linear.from_spec(json.loads(softmax.spec), weights
+        assert body["predictions"] == model_types.from_spec(json.loads(softmax.spec), weights
                                                        ).predict_proba_many([[1.0, 2.0]]).tolist()
         assert (await predict(http, [[1.0, 2.0]], model="r"))["predictions"] == [0.5]
 
@@ -239,7 +239,7 @@ def test_redis_outage_serves_last_good_weights_and_recovers(own_redis, prefix):
             return body if not body["degraded"] and body["model_version"] == 2 else None
 
         body = await until("recovery", recovered)
-        assert body["predictions"] == linear.from_spec(
+        assert body["predictions"] == model_types.from_spec(
             json.loads(fresh.spec), W * 4).predict_proba_many(np.array([[1.0, 0, 0]])).tolist()
         client.close()
 

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from flowlearn.conf import RedisConf
+from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.devstack.stack import redis_auth_lines
 
 from .conftest import free_port, wait_for
@@ -32,7 +33,7 @@ def answering(conf: RedisConf, proc: subprocess.Popen[bytes]) -> None:
     def ping() -> bool:
         assert proc.poll() is None, "redis-server exited"
         try:
-            return bool(conf.client().ping())
+            return bool(redis_client(conf).ping())
         except redis.ConnectionError:
             return False
 
@@ -54,7 +55,7 @@ def acl_server(tmp_path) -> Iterator[RedisConf]:
 
 
 def test_the_acl_user_works_within_its_prefix_and_nothing_else_gets_in(acl_server):
-    client = acl_server.client()
+    client = redis_client(acl_server)
     client.set("fl:probe", b"1")
     assert client.get("fl:probe") == b"1"
     with pytest.raises(redis.exceptions.NoPermissionError):
@@ -64,10 +65,10 @@ def test_the_acl_user_works_within_its_prefix_and_nothing_else_gets_in(acl_serve
     # The default user is off: the password alone no longer logs in.
     default = RedisConf(port=acl_server.port, password=acl_server.password)
     with pytest.raises(redis.exceptions.AuthenticationError):
-        default.client().ping()
+        redis_client(default).ping()
     wrong = RedisConf(port=acl_server.port, username="flowlearn", password="wrong")
     with pytest.raises(redis.exceptions.AuthenticationError):
-        wrong.client().ping()
+        redis_client(wrong).ping()
 
 
 def test_the_publisher_and_a_reader_work_as_the_acl_user(acl_server):
@@ -78,11 +79,11 @@ def test_the_publisher_and_a_reader_work_as_the_acl_user(acl_server):
 
     keys = Keys(acl_server.prefix)
     weights = np.arange(4.0)
-    published = Publisher(acl_server.client(), keys, 100).publish(ModelVersion(
+    published = Publisher(redis_client(acl_server), keys, 100).publish(ModelVersion(
         model_id="m", version=1, base_version=0, samples_applied=8, spec_json="{}",
         delta=codec.make_delta(np.zeros(4), weights), weights=codec.encode_array(weights)))
     assert published
-    snapshot = read_snapshot(acl_server.client(), keys, "m")
+    snapshot = read_snapshot(redis_client(acl_server), keys, "m")
     assert snapshot is not None and snapshot.weights.tolist() == weights.tolist()
 
 
@@ -105,12 +106,12 @@ def tls_server(tmp_path, test_ca) -> Iterator[tuple[RedisConf, Path]]:
 
 def test_tls_verified_against_the_configured_ca(tls_server):
     conf, _ = tls_server
-    client = conf.client()
+    client = redis_client(conf)
     client.set("fl:tls", b"yes")
     assert client.get("fl:tls") == b"yes"
     assert conf.url == f"rediss://127.0.0.1:{conf.port}/0"
     # Without TLS the server does not answer; without our CA its certificate is refused.
     with pytest.raises(redis.ConnectionError):
-        RedisConf(port=conf.port, password=conf.password).client(1).ping()
+        redis_client(RedisConf(port=conf.port, password=conf.password), 1).ping()
     with pytest.raises(redis.ConnectionError):
-        RedisConf(port=conf.port, password=conf.password, tls=True).client(2).ping()
+        redis_client(RedisConf(port=conf.port, password=conf.password, tls=True), 2).ping()

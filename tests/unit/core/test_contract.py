@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowlearn.core import codec, linear
+from flowlearn.core import codec, linear, model_types
 
 from .conftest import (
     DETECTORS,
@@ -117,7 +117,7 @@ class TestEstimatorContract:
 
     def test_spec_and_weights_rebuild_a_servable_twin(self, name):
         model = train(name, ESTIMATORS[name]())
-        served = linear.from_spec(model.spec(), model.weights_vector())
+        served = model_types.from_spec(model.spec(), model.weights_vector())
         X, _ = make_batch(name, np.random.default_rng(9))
         assert np.array_equal(served.predict_many(X), model.predict_many(X))
         if not isinstance(served, linear.LinearRegression):

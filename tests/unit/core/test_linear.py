@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from flowlearn.core import linear, optim
+from flowlearn.core import linear, model_types, optim
 
 
 def numeric_grad(model, X, y, eps=1e-6):
@@ -141,11 +141,11 @@ def test_bad_constructor_arguments():
 
 def test_from_spec_validates():
     with pytest.raises(ValueError, match="unknown model type"):
-        linear.from_spec({"type": "tree", "n_features": 2}, np.zeros(3))
+        model_types.from_spec({"type": "tree", "n_features": 2}, np.zeros(3))
     with pytest.raises(ValueError, match=r"\(3,\)"):
-        linear.from_spec({"type": "logistic", "n_features": 2}, np.zeros(4))
+        model_types.from_spec({"type": "logistic", "n_features": 2}, np.zeros(4))
     with pytest.raises(ValueError, match="NaN or infinity"):
-        linear.from_spec({"type": "logistic", "n_features": 2}, np.array([0.0, np.nan, 0.0]))
+        model_types.from_spec({"type": "logistic", "n_features": 2}, np.array([0.0, np.nan, 0.0]))
 
 
 def test_huge_inputs_are_rejected_before_corrupting_weights():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flowlearn.core import linear
+from flowlearn.core import model_types
 from flowlearn.serving.scoring import n_weights, scorer
 
 SPECS = [
@@ -24,7 +24,7 @@ def test_scores_equal_the_core_models_bit_for_bit(spec):
     weights = rng.normal(scale=3, size=n_weights(spec))
     X = rng.normal(scale=5, size=(50, 4))
     X[0] = 1e3  # saturated probabilities too
-    model = linear.from_spec(spec, weights)
+    model = model_types.from_spec(spec, weights)
     expected = model.predict_many(X) if spec["type"] == "linear" else \
         model.predict_proba_many(X)
     got = scorer(spec, weights)(X)
