@@ -78,7 +78,8 @@ import numpy as np
 from flowlearn.conf import Settings, load_settings
 from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.contracts.spec import ModelSpecs
-from flowlearn.devstack import jobctl, stack
+from flowlearn.devstack import jobctl
+from flowlearn.devstack.flink_cluster import flink_rest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".flowlearn-bench-fresh"
@@ -210,14 +211,14 @@ def trigger_checkpoint(settings: Settings, job_id: str, timeout_s: float = 120.0
                        ) -> int | None:
     """Trigger a full checkpoint through the REST API and wait for it; its id or None."""
     try:
-        trigger = stack.flink_rest(settings, f"/jobs/{job_id}/checkpoints", method="POST",
-                                   body={"checkpointType": "FULL"})
+        trigger = flink_rest(settings, f"/jobs/{job_id}/checkpoints", method="POST",
+                             body={"checkpointType": "FULL"})
     except (OSError, urllib.error.URLError, ValueError) as exc:
         log(f"warning: checkpoint trigger refused: {exc}")
         return None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = stack.flink_rest(settings, f"/jobs/{job_id}/checkpoints/{trigger['request-id']}")
+        status = flink_rest(settings, f"/jobs/{job_id}/checkpoints/{trigger['request-id']}")
         if status["status"]["id"] == "COMPLETED":
             operation = status.get("operation", {})
             if "failure-cause" in operation:
@@ -552,8 +553,8 @@ def vertex_load(settings: Settings, job_id: str) -> dict[str, tuple[float, float
     """Per vertex (by its first operator's name): busy and back-pressured ms per second."""
     out = {}
     try:
-        for v in stack.flink_rest(settings, f"/jobs/{job_id}")["vertices"]:
-            metrics = stack.flink_rest(
+        for v in flink_rest(settings, f"/jobs/{job_id}")["vertices"]:
+            metrics = flink_rest(
                 settings, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
                 "?get=busyTimeMsPerSecond,backPressuredTimeMsPerSecond")
             d = {m["id"]: float(m.get("max", 0)) for m in metrics}
@@ -569,10 +570,10 @@ def last_acknowledged(settings: Settings, job_id: str, checkpoint: dict[str, Any
                       ) -> tuple[str, float] | None:
     """The vertex that acknowledged ``checkpoint`` last, and after how many ms."""
     try:
-        detail = stack.flink_rest(settings,
-                                  f"/jobs/{job_id}/checkpoints/details/{checkpoint['id']}")
+        detail = flink_rest(settings,
+                            f"/jobs/{job_id}/checkpoints/details/{checkpoint['id']}")
         names = {v["id"]: v["name"].split(" -> ")[0].removeprefix("Source: ")
-                 for v in stack.flink_rest(settings, f"/jobs/{job_id}")["vertices"]}
+                 for v in flink_rest(settings, f"/jobs/{job_id}")["vertices"]}
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return None
     tasks = detail.get("tasks", {})
@@ -586,7 +587,7 @@ def last_acknowledged(settings: Settings, job_id: str, checkpoint: dict[str, Any
 def checkpoint_history(settings: Settings, job_id: str, start_s: float, end_s: float
                        ) -> list[dict[str, Any]]:
     try:
-        history = stack.flink_rest(settings, f"/jobs/{job_id}/checkpoints").get("history", [])
+        history = flink_rest(settings, f"/jobs/{job_id}/checkpoints").get("history", [])
     except (OSError, urllib.error.URLError, ValueError):
         return []
     return [h for h in history if start_s * 1000 <= h.get("trigger_timestamp", 0) <= end_s * 1000]

@@ -42,14 +42,14 @@ from bench_state import job_processes, memory_kb
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
-from flowlearn.devstack import stack
+from flowlearn.devstack.processes import running_pid
 
 
 def other_processes(settings: Settings) -> dict[str, int]:
     out = {}
     for name, label in (("predictor", "predictor"), ("kafka", "Kafka broker"),
                         ("redis", "Redis")):
-        pid = stack.running_pid(settings, name)
+        pid = running_pid(settings, name)
         if pid is not None:
             out[label] = pid
     return out

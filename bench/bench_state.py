@@ -52,7 +52,9 @@ from flowlearn.conf import Settings
 from flowlearn.contracts.redis_contract import Keys, redis_client
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
-from flowlearn.devstack import jobctl, stack
+from flowlearn.devstack import jobctl
+from flowlearn.devstack.flink_cluster import flink_rest
+from flowlearn.devstack.processes import running_pid
 
 HASHED_MODEL = "state-hashed"
 HASHED_DIM = 2**18
@@ -101,7 +103,7 @@ def offline_state(spec: dict[str, Any], settings: Settings, batch_size: int) -> 
 
 def vertices(settings: Settings, job_id: str) -> dict[str, str]:
     """First operator name of each vertex -> vertex id."""
-    detail = stack.flink_rest(settings, f"/jobs/{job_id}")
+    detail = flink_rest(settings, f"/jobs/{job_id}")
     return {v["name"].split(" -> ")[0].removeprefix("Source: "): v["id"]
             for v in detail["vertices"]}
 
@@ -116,7 +118,7 @@ def checkpoint_sizes(settings: Settings, job_id: str) -> dict[str, int]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            detail = stack.flink_rest(settings, f"/jobs/{job_id}/checkpoints/details/{cid}")
+            detail = flink_rest(settings, f"/jobs/{job_id}/checkpoints/details/{cid}")
             break
         except urllib.error.HTTPError as exc:
             if exc.code != 404 or time.monotonic() > deadline:
@@ -130,7 +132,7 @@ def checkpoint_sizes(settings: Settings, job_id: str) -> dict[str, int]:
 
 
 def records_in(settings: Settings, job_id: str, vertex_id: str) -> int:
-    metrics = stack.flink_rest(
+    metrics = flink_rest(
         settings, f"/jobs/{job_id}/vertices/{vertex_id}/subtasks/metrics?get=numRecordsIn")
     return int(sum(float(m.get("sum", 0)) for m in metrics))
 
@@ -263,7 +265,7 @@ def cpu_seconds(pid: int) -> float:
 def job_processes(settings: Settings) -> dict[str, int]:
     """Name -> pid: the TaskManager JVM, its Python workers, the JobManager JVM."""
     out: dict[str, int] = {}
-    tm = stack.running_pid(settings, "taskmanager")
+    tm = running_pid(settings, "taskmanager")
     if tm is not None:
         workers = 0
         for pid in descendants(tm):
@@ -273,7 +275,7 @@ def job_processes(settings: Settings) -> dict[str, int]:
             elif "beam_boot" in cmd and "python" in cmd.split(" ", 1)[0]:
                 workers += 1
                 out[f"Python worker {workers}"] = pid
-    jm = stack.running_pid(settings, "jobmanager")
+    jm = running_pid(settings, "jobmanager")
     if jm is not None:
         for pid in descendants(jm):
             if "StandaloneSessionClusterEntrypoint" in cmdline(pid):
@@ -283,8 +285,8 @@ def job_processes(settings: Settings) -> dict[str, int]:
 
 def taskmanager_heap(settings: Settings) -> dict[str, float]:
     try:
-        tms = stack.flink_rest(settings, "/taskmanagers")["taskmanagers"]
-        metrics = stack.flink_rest(
+        tms = flink_rest(settings, "/taskmanagers")["taskmanagers"]
+        metrics = flink_rest(
             settings, f"/taskmanagers/{tms[0]['id']}/metrics?get=Status.JVM.Memory.Heap.Used,"
             "Status.JVM.Memory.Heap.Max,Status.Flink.Memory.Managed.Used")
     except (OSError, urllib.error.URLError, ValueError, IndexError, KeyError):
@@ -444,7 +446,7 @@ def main() -> None:
             behind = n - snapshot_applied(settings, steady_model)
             context = {name: memory_kb(pid)
                        for name in ("kafka", "redis", "predictor")
-                       if (pid := stack.running_pid(settings, name)) is not None}
+                       if (pid := running_pid(settings, name)) is not None}
             live["memory"] = (pids, samples, cpu, heaps, behind, n, context)
             jobctl.cancel(settings, job)
 

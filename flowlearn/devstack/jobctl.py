@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import Settings
+from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import redis_client
-from flowlearn.devstack import stack
+from flowlearn.devstack import flink_cluster, jars, processes
 
 #: The package shipped with the job (its one import root): a cluster's workers need nothing
 #: of the project installed, only its dependencies.
@@ -61,7 +62,7 @@ def stage_job_sources(settings: Settings) -> Path:
 def find_job(settings: Settings) -> JobInfo | None:
     """The newest job of this name that is not in a terminal state, or None."""
     try:
-        jobs = stack.flink_rest(settings, "/jobs/overview").get("jobs", [])
+        jobs = flink_cluster.flink_rest(settings, "/jobs/overview").get("jobs", [])
     except (OSError, urllib.error.URLError, ValueError):
         return None
     live = [j for j in jobs if j.get("name") == settings.job.name
@@ -77,7 +78,7 @@ def wait_job_state(settings: Settings, job_id: str, states: set[str], timeout_s:
     state = "UNKNOWN"
     while time.monotonic() < deadline:
         try:
-            state = stack.flink_rest(settings, f"/jobs/{job_id}")["state"]
+            state = flink_cluster.flink_rest(settings, f"/jobs/{job_id}")["state"]
         except (OSError, urllib.error.URLError, ValueError, KeyError):
             state = "UNKNOWN"
         if state in states:
@@ -91,7 +92,7 @@ def wait_job_state(settings: Settings, job_id: str, states: set[str], timeout_s:
 
 def _all_tasks_running(settings: Settings, job_id: str) -> bool:
     try:
-        detail = stack.flink_rest(settings, f"/jobs/{job_id}")
+        detail = flink_cluster.flink_rest(settings, f"/jobs/{job_id}")
     except (OSError, urllib.error.URLError, ValueError):
         return False
     vertices = detail.get("vertices", [])
@@ -147,13 +148,13 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     settings_file.parent.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(settings.to_dict()))
     settings_file.chmod(0o600)  # holds the Redis password
-    connector = stack.kafka_connector_jar(settings)
-    operators_jar = stack.operators_jar(settings)
+    connector = jars.kafka_connector_jar(settings)
+    operators_jar = jars.operators_jar(settings)
     sources = job_sources or stage_job_sources(settings)
     if not (sources / JOB_ENTRY).exists():
         raise JobError(f"{sources} does not hold the job ({JOB_ENTRY} is missing)")
     cmd = [
-        "bash", str(stack.flink_home() / "bin" / "flink"), "run", "-d",
+        "bash", str(flink_cluster.flink_home() / "bin" / "flink"), "run", "-d",
         # Job-level settings travel with the job, whatever the cluster's own config says.
         f"-Dpython.fn-execution.bundle.size={settings.flink.python_bundle_size}",
         f"-Dpython.fn-execution.bundle.time={settings.flink.python_bundle_time_ms}",
@@ -166,9 +167,9 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     ]
     if from_savepoint:
         cmd += ["-s", from_savepoint]
-        stack.log(f"resuming from savepoint {from_savepoint}")
+        processes.log(f"resuming from savepoint {from_savepoint}")
     cmd += ["--settings", str(settings_file), "--operators-jar", str(operators_jar)]
-    env = stack.flink_env(settings)
+    env = flink_cluster.flink_env(settings)
     result = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PATH": env["PATH"]},
                             timeout=timeout_s)
     out = result.stdout + result.stderr
@@ -179,14 +180,14 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
         raise JobError(f"flink run failed (see {settings.stack.logs / 'submit.out'}): {tail}")
     job_id = match.group(1)
     wait_job_state(settings, job_id, {"RUNNING"}, timeout_s)
-    stack.wait_for("job tasks", lambda: _all_tasks_running(settings, job_id), timeout_s,
-                   settings.stack.logs / "submit.out")
+    processes.wait_for("job tasks", lambda: _all_tasks_running(settings, job_id), timeout_s,
+                       settings.stack.logs / "submit.out")
     return JobInfo(job_id, settings.job.name, "RUNNING")
 
 
 def cancel(settings: Settings, job: JobInfo, timeout_s: float = 60.0) -> None:
     """Cancel ``job`` without a savepoint (its retained checkpoint stays)."""
-    stack.flink_rest(settings, f"/jobs/{job.id}?mode=cancel", method="PATCH")
+    flink_cluster.flink_rest(settings, f"/jobs/{job.id}?mode=cancel", method="PATCH")
     wait_job_state(settings, job.id, {"CANCELED"}, timeout_s)
 
 
@@ -198,7 +199,7 @@ def _await_savepoint(settings: Settings, job: JobInfo, request_id: str, what: st
                      timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = stack.flink_rest(settings, f"/jobs/{job.id}/savepoints/{request_id}")
+        status = flink_cluster.flink_rest(settings, f"/jobs/{job.id}/savepoints/{request_id}")
         if status["status"]["id"] == "COMPLETED":
             operation = status.get("operation", {})
             if "failure-cause" in operation:
@@ -223,9 +224,9 @@ def _record(settings: Settings, path: str, job: JobInfo, reason: str) -> dict[st
 def trigger_savepoint(settings: Settings, job: JobInfo, reason: str = "manual",
                       timeout_s: float = 120.0) -> dict[str, Any]:
     """Take a savepoint of the running ``job``, wait for it, record it in the manifest."""
-    trigger = stack.flink_rest(settings, f"/jobs/{job.id}/savepoints", method="POST",
-                               body={"target-directory": _savepoint_dir(settings),
-                                     "cancel-job": False})
+    trigger = flink_cluster.flink_rest(settings, f"/jobs/{job.id}/savepoints", method="POST",
+                                       body={"target-directory": _savepoint_dir(settings),
+                                             "cancel-job": False})
     path = _await_savepoint(settings, job, trigger["request-id"], "savepoint", timeout_s)
     return _record(settings, path, job, reason)
 
@@ -233,9 +234,9 @@ def trigger_savepoint(settings: Settings, job: JobInfo, reason: str = "manual",
 def stop_with_savepoint(settings: Settings, job: JobInfo, timeout_s: float = 120.0,
                         reason: str = "stop") -> str:
     """Stop ``job`` with a savepoint (drained of nothing: it resumes where it stopped)."""
-    trigger = stack.flink_rest(settings, f"/jobs/{job.id}/stop", method="POST",
-                               body={"targetDirectory": _savepoint_dir(settings),
-                                     "drain": False})
+    trigger = flink_cluster.flink_rest(settings, f"/jobs/{job.id}/stop", method="POST",
+                                       body={"targetDirectory": _savepoint_dir(settings),
+                                             "drain": False})
     path = _await_savepoint(settings, job, trigger["request-id"], "stop-with-savepoint",
                             timeout_s)
     _record(settings, path, job, reason)
@@ -278,7 +279,7 @@ def rollback_to_savepoint(settings: Settings, path: str) -> RollbackReport:
     try:
         new = submit(settings, from_savepoint=path)
     except JobError as exc:
-        stack.log(f"resubmitting from {path} failed ({exc}); going back to {taken}")
+        processes.log(f"resubmitting from {path} failed ({exc}); going back to {taken}")
         submit(settings, from_savepoint=taken)
         raise JobError(f"rollback to {path} failed: {exc}; the job runs again from the "
                        f"savepoint taken before the rollback ({taken})") from exc
@@ -295,7 +296,6 @@ def republish(settings: Settings, model_ids: list[str]) -> None:
     from flowlearn.devstack.producer import send_raw
 
     for model_id in model_ids:
-        record = {"model_id": model_id, "command": "republish", "args": {},
-                  "ts": int(time.time() * 1000), "source": "cli:rollback"}
-        send_raw(settings.kafka, settings.kafka.topics.control,
-                 [json.dumps(record).encode()], key=model_id)
+        record = control_record(model_id, "republish", {}, source="cli:rollback")
+        send_raw(settings.kafka, settings.kafka.topics.control, [record.encode()],
+                 key=model_id)

@@ -34,7 +34,7 @@ from flowlearn.contracts.redis_contract import DeltaEntry, Keys, read_snapshot, 
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
 from flowlearn.core.training import ModelTrainer
-from flowlearn.devstack import stack as local_stack
+from flowlearn.devstack import flink_cluster, processes
 from flowlearn.devstack.producer import DriftingStream, produce
 from flowlearn.serving.scoring import scorer
 
@@ -61,7 +61,7 @@ class Job:
         self.id = job_id
 
     def rest(self, path: str) -> Any:
-        return local_stack.flink_rest(self.settings, f"/jobs/{self.id}{path}")
+        return flink_cluster.flink_rest(self.settings, f"/jobs/{self.id}{path}")
 
     def restarts(self) -> int:
         """``numRestarts`` (Flink refreshes REST metrics every 10 s)."""
@@ -208,7 +208,7 @@ def wait_for_a_checkpoint(job: Job) -> None:
 
 def taskmanager_pid(settings: Any) -> int | None:
     """The supervised TaskManager's current pid (the supervisor's child)."""
-    return local_stack.running_pid(settings, "taskmanager-child")
+    return processes.running_pid(settings, "taskmanager-child")
 
 
 def free_port(host: str) -> int:
@@ -339,9 +339,9 @@ def test_kafka_broker_restart_mid_stream(stack, status):
                timeout_s=60, every_s=0.1)
 
     stopped_at = time.monotonic()
-    assert local_stack.stop_process(settings, "kafka")
+    assert processes.stop_process(settings, "kafka")
     k = settings.kafka
-    wait_until("the broker's port closed", lambda: not local_stack.port_open(k.host, k.port), 30)
+    wait_until("the broker's port closed", lambda: not processes.port_open(k.host, k.port), 30)
     mid = snapshot_where(settings, model_id, lambda s: True)
     assert mid.samples_applied < n, "the stream was over before the broker stopped"
     up = flowlearn("up", config=config)
@@ -400,7 +400,7 @@ def test_redis_outage_predictor_keeps_serving_and_replicas_converge(stack, statu
     producer = Producer(settings, model_id, n_b, rate=batch * 8, seed=46)
     producer.start()
     down_ms = time.time_ns() // 1_000_000
-    assert local_stack.stop_process(settings, "redis")
+    assert processes.stop_process(settings, "redis")
     down_at = time.monotonic()
 
     degraded = wait_until("the predictor answering degraded",
@@ -472,7 +472,7 @@ def test_killing_one_predictor_replica_under_load_leaves_the_other_answering(sta
                                                              lambda s: s.version >= 5), 60)
     port = free_port(settings.predictor.host)
     second_url = f"http://{settings.predictor.host}:{port}"
-    pid = local_stack.start_process(settings, "predictor-2",
+    pid = processes.start_process(settings, "predictor-2",
                               [sys.executable, "-m", "flowlearn.serving", "--config", str(config)],
                               env={"FLOWLEARN__PREDICTOR__PORT": str(port)})
     try:
@@ -523,7 +523,7 @@ def test_killing_one_predictor_replica_under_load_leaves_the_other_answering(sta
         producer.finish(60)
     finally:
         # Killed: this only removes its pid file; otherwise (a failure above) it stops it.
-        local_stack.stop_process(settings, "predictor-2")
+        processes.stop_process(settings, "predictor-2")
     first_ok = [ok for r, _, ok in outcomes if r == 0]
     second_after = [ok for r, when, ok in outcomes if r == 1 and when > killed_at[0] + 0.5]
     report(f"replica kill: {len(answers)} answers, replica 1: {len(first_ok)} requests "

@@ -209,8 +209,8 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
     import threading
 
     from flowlearn.core.training import ModelTrainer
+    from flowlearn.devstack.flink_cluster import flink_rest
     from flowlearn.devstack.producer import DriftingStream
-    from flowlearn.devstack.stack import flink_rest
 
     settings, _ = stack
     batch = settings.job.batch_size

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pyflink.common import Types
 
 from flowlearn.conf import load_settings
-from flowlearn.devstack.stack import operators_jar
+from flowlearn.devstack.jars import operators_jar
 from flowlearn.jobs.local import local_environment, raw_stream
 from flowlearn.jobs.online_learning import INPUT_BUNDLE_MAX_BYTES, bundled
 from flowlearn.operators.parse import unbundle

@@ -129,7 +129,7 @@ def test_fetch_jars_reads_versions_py_and_skips_what_is_fetched(tmp_path: Path) 
 
 
 def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> None:
-    from flowlearn.devstack.stack import flink_home
+    from flowlearn.devstack.flink_cluster import flink_home
 
     out = tmp_path / "operators.jar"
     done = subprocess.run(["bash", str(DEPLOY / "build-operators-jar.sh"),
@@ -262,10 +262,10 @@ def test_compose_job_runs_with_flink_run_on_enough_slots() -> None:
     mounts = {v.split(":")[1] for v in services["taskmanager"]["volumes"]}
     assert "/flink-data" in mounts
     # kafka-init calls the local stack's own topic creation.
-    from flowlearn.devstack import stack
+    from flowlearn.devstack import kafka_broker
 
     assert "create_topics(load_settings())" in " ".join(services["kafka-init"]["command"])
-    assert callable(stack.create_topics)
+    assert callable(kafka_broker.create_topics)
 
 
 def test_compose_secrets_come_from_the_env_file() -> None:

@@ -1,6 +1,6 @@
 """Kafka logins and TLS from configuration, on brokers of the local stack's own making
-(`flowlearn.devstack.stack.start_kafka`): SASL/SCRAM, SASL/SCRAM over TLS, and TLS with client
-certificates. The kafka-python clients and the job's Flink connector get in; a client
+(`flowlearn.devstack.kafka_broker.start_kafka`): SASL/SCRAM, SASL/SCRAM over TLS, and TLS with
+client certificates. The kafka-python clients and the job's Flink connector get in; a client
 without the password, the CA or its certificate does not."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowlearn.conf import KafkaConf, Settings, load_settings
-from flowlearn.devstack import stack
+from flowlearn.devstack import jars, kafka_broker, processes
 from flowlearn.devstack.producer import send_raw
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -57,10 +57,10 @@ def broker(request, test_ca) -> Iterator[Settings]:
                    FLOWLEARN__KAFKA__SSL_KEY_FILE=str(client_key))
     settings = load_settings(env=env)
     try:
-        stack.start_kafka(settings)  # also creates the topics, as its client
+        kafka_broker.start_kafka(settings)  # also creates the topics, as its client
         yield settings
     finally:
-        stack.stop_process(settings, "kafka")
+        processes.stop_process(settings, "kafka")
 
 
 def read_all(kafka: KafkaConf, topic: str) -> list[bytes]:
@@ -112,14 +112,13 @@ def test_the_jobs_kafka_connector_gets_in(broker):
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 
     from flowlearn.connectors.kafka import with_security
-    from flowlearn.devstack.stack import operators_jar
     from flowlearn.jobs.local import local_environment
 
     kafka = broker.kafka
     topic = kafka.topics.labels
     send_raw(kafka, topic, [b"a", b"b", b"c"], key="m")
-    env = local_environment(operators_jar(broker))
-    env.add_jars(stack.kafka_connector_jar(broker).resolve().as_uri())
+    env = local_environment(jars.operators_jar(broker))
+    env.add_jars(jars.kafka_connector_jar(broker).resolve().as_uri())
     source = (with_security(KafkaSource.builder(), broker)
               .set_bootstrap_servers(kafka.bootstrap)
               .set_topics(topic)

@@ -13,7 +13,7 @@ import redis
 
 from flowlearn.conf import RedisConf
 from flowlearn.contracts.redis_contract import redis_client
-from flowlearn.devstack.stack import redis_auth_lines
+from flowlearn.devstack.redis_server import redis_auth_lines
 
 from .conftest import free_port, wait_for
 

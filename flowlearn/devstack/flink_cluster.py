@@ -1,0 +1,156 @@
+"""The local Flink session cluster from the pip package: its distribution, configuration,
+environment, REST API, JobManager and (supervised) TaskManager."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from flowlearn.conf import Settings
+from flowlearn.devstack.processes import (
+    StackError,
+    child_pid_file,
+    require_free_port,
+    require_java,
+    running_pid,
+    start_process,
+    wait_for,
+)
+
+
+def flink_home() -> Path:
+    """The Flink distribution inside the pyflink package (found, not imported: only the job
+    layer imports pyflink)."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise StackError("pyflink is not installed; run `make install` first")
+    return Path(spec.origin).resolve().parent
+
+
+def flink_conf_dir(settings: Settings) -> Path:
+    return settings.stack.home / "flink" / "conf"
+
+
+def write_flink_conf(settings: Settings) -> Path:
+    f = settings.flink
+    conf_dir = flink_conf_dir(settings)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    shipped = flink_home() / "conf"
+    for name in ("log4j-console.properties", "log4j-cli.properties", "log4j.properties",
+                 "logback-console.xml"):
+        shutil.copy(shipped / name, conf_dir / name)
+    java_opts = _shipped_java_opts(shipped / "config.yaml")
+    checkpoints = settings.stack.data / "flink" / "checkpoints"
+    savepoints = settings.stack.data / "flink" / "savepoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    savepoints.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    entries: dict[str, Any] = {
+        "env.java.opts.all": java_opts,
+        "jobmanager.rpc.address": "127.0.0.1",
+        "jobmanager.rpc.port": f.rpc_port,
+        "jobmanager.bind-host": "127.0.0.1",
+        "jobmanager.memory.process.size": f.process_memory_jobmanager,
+        "taskmanager.bind-host": "127.0.0.1",
+        "taskmanager.host": "127.0.0.1",
+        "taskmanager.memory.process.size": f.process_memory_taskmanager,
+        "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
+        "parallelism.default": f.parallelism,
+        "rest.address": f.rest_host,
+        "rest.bind-address": f.rest_host,
+        "rest.port": f.rest_port,
+        "execution.checkpointing.interval": f"{f.checkpoint_interval_ms}ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.dir": f"file://{checkpoints}",
+        "execution.checkpointing.savepoint-dir": f"file://{savepoints}",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": 3,
+        "state.backend.type": "hashmap",
+        "restart-strategy.type": "exponential-delay",
+        "metrics.reporter.prom.factory.class":
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": f.prometheus_ports,
+        "metrics.reporter.prom.host": "127.0.0.1",
+        "python.executable": python,
+        "python.client.executable": python,
+        "python.fn-execution.bundle.size": f.python_bundle_size,
+        "python.fn-execution.bundle.time": f.python_bundle_time_ms,
+    }
+    (conf_dir / "config.yaml").write_text(
+        "".join(f"{key}: {json.dumps(value)}\n" for key, value in entries.items())
+    )
+    return conf_dir
+
+
+def _shipped_java_opts(config_yaml: Path) -> str:
+    """The JVM flags Flink's own config.yaml sets for Java 17 (``env.java.opts.all``)."""
+    lines = config_yaml.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "opts:" and i + 1 < len(lines) and "all:" in lines[i + 1]:
+            return lines[i + 1].split("all:", 1)[1].strip()
+    return ""
+
+
+def flink_env(settings: Settings) -> dict[str, str]:
+    home = flink_home()
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "FLINK_HOME": str(home),
+        "FLINK_CONF_DIR": str(flink_conf_dir(settings)),
+        "FLINK_LOG_DIR": str(settings.stack.logs),
+        "FLINK_PID_DIR": str(settings.stack.run),
+        "FLINK_PLUGINS_DIR": str(home / "plugins"),
+        # Scripts and Python workers must find this venv's python first.
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+    }
+
+
+def flink_rest(settings: Settings, path: str, method: str = "GET",
+               body: dict[str, Any] | None = None, timeout_s: float = 5.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"{settings.flink.web_ui}{path}", data=data, method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _flink_ready(settings: Settings) -> bool:
+    try:
+        overview = flink_rest(settings, "/overview", timeout_s=2)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+    return int(overview.get("taskmanagers", 0)) >= 1
+
+
+def start_flink(settings: Settings) -> None:
+    require_java()
+    write_flink_conf(settings)
+    env = flink_env(settings)
+    bin_dir = flink_home() / "bin"
+    if not running_pid(settings, "jobmanager"):
+        require_free_port(settings.flink.rest_host, settings.flink.rest_port, "flink.rest_port")
+        require_free_port("127.0.0.1", settings.flink.rpc_port, "flink.rpc_port")
+        # Not the project root: Python workers run with their cwd on sys.path, where the
+        # checkout's packages would shadow the job's own (-pyfs), say a new build of it.
+        start_process(settings, "jobmanager",
+                      ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env,
+                      cwd=settings.stack.run)
+    if not running_pid(settings, "taskmanager"):
+        # Supervised: a TaskManager that dies comes back, as a cluster's resource manager
+        # would bring one back, and the job recovers from its last checkpoint.
+        start_process(settings, "taskmanager",
+                      [sys.executable, "-m", "flowlearn.devstack.supervise",
+                       "--pid-file", str(child_pid_file(settings, "taskmanager")), "--",
+                       "bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env,
+                      cwd=settings.stack.run)
+    wait_for("Flink (JobManager with a TaskManager)", lambda: _flink_ready(settings), 120,
+             settings.stack.logs / "jobmanager.out")
