@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import ConfigError, Settings, load_settings
+from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.contracts.spec import ModelSpecs
-from flowlearn.devstack import jobctl, stack
+from flowlearn.devstack import jobctl, processes, stack
 from flowlearn.evaluation.batch import BatchDataError
 from flowlearn.registry.mlflow_store import RegistryError
 
@@ -62,7 +63,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    job = jobctl.find_job(settings) if stack.running_pid(settings, "jobmanager") else None
+    job = jobctl.find_job(settings) if processes.running_pid(settings, "jobmanager") else None
     if job is not None and job.state == "RUNNING":
         try:
             path = jobctl.stop_with_savepoint(settings, job)
@@ -104,8 +105,8 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "flowlearn.cli", *_producer_argv(args)]
         if args.config:
             argv[3:3] = ["--config", str(args.config)]
-        stack.stop_process(settings, "producer")
-        pid = stack.start_process(settings, "producer", argv)
+        processes.stop_process(settings, "producer")
+        pid = processes.start_process(settings, "producer", argv)
         print(f"producer started (pid {pid}); log {settings.stack.logs / 'producer.out'}")
         return 0
     from flowlearn.devstack.producer import produce
@@ -226,31 +227,16 @@ def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_train_batch(settings: Settings, args: argparse.Namespace) -> int:
     """A batch baseline from a Parquet file: trained, registered in MLflow, written as the
     predictor's baseline file, and optionally the online model's new starting point."""
-    from flowlearn.core import codec
-    from flowlearn.evaluation.batch import read_samples, train_baseline
-    from flowlearn.registry.mlflow_store import Registry
-    from flowlearn.serving.baseline import write_baseline
+    from flowlearn.evaluation.batch import train_and_register_baseline
 
-    spec = ModelSpecs(settings).spec_of(args.model).as_dict()
-    t0 = time.monotonic()
-    X, y = read_samples(args.data, args.model, spec)
-    result = train_baseline(spec, X, y, epochs=args.epochs, batch_size=args.batch_size,
-                            seed=args.seed)
-    print(f"trained on {result.n_train} of {len(y)} rows in {time.monotonic() - t0:.1f}s: "
+    done = train_and_register_baseline(settings, args.model, args.data, epochs=args.epochs,
+                                       batch_size=args.batch_size, seed=args.seed,
+                                       out=args.out)
+    result, version = done.result, done.version
+    print(f"trained on {result.n_train} of {done.rows} rows in {done.train_seconds:.1f}s: "
           + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    registry = Registry.from_settings(settings)
-    latest = registry.latest_baseline(args.model)
-    version = (latest.version if latest else 0) + 1
-    weights = result.model.weights_vector()
-    spec_json = json.dumps({**result.model.spec(), "features": spec["features"],
-                            "hash_seed": spec["hash_seed"]}, sort_keys=True)
-    entry = registry.register(args.model, version, codec.encode_array(weights), spec_json,
-                              result.n_train, result.metrics, kind="baseline",
-                              tags={"source_file": str(args.data)})
-    print(f"registered baseline {version} of {args.model!r}: {entry.link}")
-    out = args.out or settings.stack.home / "baselines" / f"{args.model}.flc"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_baseline(out, json.loads(spec_json), weights, version=version)
+    print(f"registered baseline {version} of {args.model!r}: {done.entry.link}")
+    out = done.baseline_file
     print(f"baseline file {out}: serve it beside the online model with\n"
           f"  [predictor.baselines]\n  {json.dumps(args.model)} = {json.dumps(str(out))}")
     if args.warm_start:
@@ -266,11 +252,10 @@ def _send_control(settings: Settings, model_id: str, command: str, args: dict[st
 
     from flowlearn.devstack.producer import send_raw
 
-    record = {"model_id": model_id, "command": command,
-              "args": {**args, **({"reason": reason} if reason else {})},
-              "ts": int(time.time() * 1000), "source": f"cli:{getpass.getuser()}"}
-    send_raw(settings.kafka, settings.kafka.topics.control,
-             [json.dumps(record).encode()], key=model_id)
+    record = control_record(model_id, command,
+                            {**args, **({"reason": reason} if reason else {})},
+                            source=f"cli:{getpass.getuser()}")
+    send_raw(settings.kafka, settings.kafka.topics.control, [record.encode()], key=model_id)
 
 
 def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
@@ -299,7 +284,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     job = jobctl.find_job(settings)
     if job is None:
         job = jobctl.submit(settings)
-    if not stack.running_pid(settings, "producer"):
+    if not processes.running_pid(settings, "producer"):
         args.background = True
         cmd_produce(settings, args)
     print(f"\nready in {time.monotonic() - t0:.1f}s ("
@@ -512,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         ModelSpecs(settings)  # a bad model spec fails every command, naming the setting
         return int(args.func(settings, args))
-    except (ConfigError, stack.StackError, jobctl.JobError, RegistryError,
+    except (ConfigError, processes.StackError, jobctl.JobError, RegistryError,
             BatchDataError) as exc:
         print(f"flowlearn: error: {exc}", file=sys.stderr)
         return 1

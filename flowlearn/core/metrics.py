@@ -34,6 +34,10 @@ __all__ = [
     "Precision",
     "Prequential",
     "Recall",
+    "calibration_bins",
+    "calibration_error",
+    "confidence_bin",
+    "expected_calibration_error",
 ]
 
 _EPS = 1e-15
@@ -215,8 +219,53 @@ class ROCAUC(Metric):
         return {**super()._params(), "n_bins": self.n_bins}
 
 
+def confidence_bin(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """The equal-width bin (``0 .. n_bins - 1``) of each confidence in ``[0, 1]``; 1.0 is in
+    the last bin.
+
+    >>> confidence_bin(np.array([0.0, 0.55, 0.99, 1.0]), 10).tolist()
+    [0, 5, 9, 9]
+    """
+    return np.clip((confidence * n_bins).astype(np.int64), 0, n_bins - 1)
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
+    """The ECE's summed sufficient statistics, shape ``(3 * n_bins,)``: per confidence bin the
+    count, then the summed confidence, then the summed correctness (1/0). Statistics of
+    several batches add up; :func:`calibration_error` reads them."""
+    b = confidence_bin(confidence, n_bins)
+    return np.concatenate(
+        [
+            np.bincount(b, minlength=n_bins),
+            np.bincount(b, weights=confidence, minlength=n_bins),
+            np.bincount(b, weights=correct, minlength=n_bins),
+        ]
+    ).astype(np.float64)
+
+
+def calibration_error(bins: np.ndarray) -> float:
+    """Top-label ECE from :func:`calibration_bins`:
+    ``sum_b |accuracy_b - confidence_b| * n_b / n`` (NaN when there are no samples)."""
+    count, conf, correct = np.split(bins, 3)
+    n = count.sum()
+    return float(np.abs(correct - conf).sum() / n) if n else float("nan")
+
+
+def expected_calibration_error(confidence: Any, correct: Any, n_bins: int = 10) -> float:
+    """Top-label ECE of per-sample confidences (the probability of the predicted label) and
+    correctness (1/0) over ``n_bins`` equal-width confidence bins; NaN for no samples. The one
+    implementation: :class:`ExpectedCalibrationError` and the evaluation's windows use it.
+
+    >>> expected_calibration_error([0.9, 0.9, 0.6, 0.6], [1, 0, 1, 1])
+    0.4
+    """
+    conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    ok = np.asarray(correct, dtype=np.float64).reshape(-1)
+    return calibration_error(calibration_bins(conf, ok, int(n_bins)))
+
+
 class ExpectedCalibrationError(Metric):
-    """Top-label ECE: ``sum_b |accuracy_b - confidence_b| * n_b / n`` over confidence bins.
+    """Top-label ECE (:func:`expected_calibration_error`) over confidence bins.
 
     ``y_pred`` is P(class 1) ``(n,)`` for binary labels or class probabilities ``(n, k)``.
     """
@@ -240,20 +289,10 @@ class ExpectedCalibrationError(Metric):
         else:
             conf, label = np.maximum(y_pred, 1.0 - y_pred), (y_pred > 0.5).astype(np.int64)
         correct = (label == y_true).astype(np.float64)
-        b = np.clip((conf * self.n_bins).astype(np.int64), 0, self.n_bins - 1)
-        nb = self.n_bins
-        return np.concatenate(
-            [
-                np.bincount(b, minlength=nb),
-                np.bincount(b, weights=conf, minlength=nb),
-                np.bincount(b, weights=correct, minlength=nb),
-            ]
-        ).astype(np.float64)
+        return calibration_bins(conf, correct, self.n_bins)
 
     def _value(self, s: np.ndarray) -> float:
-        count, conf, correct = np.split(s, 3)
-        n = count.sum()
-        return float(np.abs(correct - conf).sum() / n) if n else float("nan")
+        return calibration_error(s)
 
     def _params(self) -> dict[str, Any]:
         return {**super()._params(), "n_bins": self.n_bins}

@@ -17,6 +17,8 @@ True
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flowlearn.conf import Settings
+from flowlearn.contracts.spec import ModelSpecs
+from flowlearn.core import codec
 from flowlearn.core.training import Model, build_model
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from flowlearn.registry.mlflow_store import RegisteredVersion
 
 #: Share of the rows (the last ones, in file order: time order for a log) kept out of
 #: training to measure the baseline.
@@ -124,3 +131,54 @@ def train_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, epochs
         if spec.get("type", "logistic") != "linear":
             scores["holdout_accuracy"] = float(np.mean(model.predict_many(X_test) == y_test))
     return BaselineResult(model, n_train, scores)
+
+
+@dataclass(frozen=True)
+class RegisteredBaseline:
+    """What :func:`train_and_register_baseline` did."""
+
+    result: BaselineResult
+    #: Rows of the model read from the file (training and holdout).
+    rows: int
+    #: Seconds spent reading the file and training.
+    train_seconds: float
+    #: The baseline's version (kind ``baseline`` in MLflow) and its registry entry.
+    version: int
+    entry: RegisteredVersion
+    #: The predictor's baseline file that was written.
+    baseline_file: Path
+
+
+def train_and_register_baseline(settings: Settings, model_id: str, data: Path, *,
+                                epochs: int = 3, batch_size: int = 64, seed: int = 0,
+                                out: Path | None = None) -> RegisteredBaseline:
+    """The ``flowlearn train-batch`` use case: train a batch baseline of ``model_id`` (its
+    configured spec) on a Parquet file of samples (:func:`read_samples`,
+    :func:`train_baseline`), register it in MLflow as the next baseline version (kind
+    ``baseline``, tagged with the source file), and write it as the predictor's baseline file
+    (``out``, default ``<stack home>/baselines/<model>.flc``).
+
+    Raises :class:`BatchDataError` for an unusable file and
+    :class:`flowlearn.registry.mlflow_store.RegistryError` when MLflow fails.
+    """
+    from flowlearn.registry.mlflow_store import Registry
+    from flowlearn.serving.baseline import write_baseline
+
+    spec = ModelSpecs(settings).spec_of(model_id).as_dict()
+    t0 = time.monotonic()
+    X, y = read_samples(data, model_id, spec)
+    result = train_baseline(spec, X, y, epochs=epochs, batch_size=batch_size, seed=seed)
+    train_seconds = time.monotonic() - t0
+    registry = Registry.from_settings(settings)
+    latest = registry.latest_baseline(model_id)
+    version = (latest.version if latest else 0) + 1
+    weights = result.model.weights_vector()
+    spec_json = json.dumps({**result.model.spec(), "features": spec["features"],
+                            "hash_seed": spec["hash_seed"]}, sort_keys=True)
+    entry = registry.register(model_id, version, codec.encode_array(weights), spec_json,
+                              result.n_train, result.metrics, kind="baseline",
+                              tags={"source_file": str(data)})
+    baseline_file = out or settings.stack.home / "baselines" / f"{model_id}.flc"
+    baseline_file.parent.mkdir(parents=True, exist_ok=True)
+    write_baseline(baseline_file, json.loads(spec_json), weights, version=version)
+    return RegisteredBaseline(result, len(y), train_seconds, version, entry, baseline_file)

@@ -26,13 +26,8 @@ from typing import Any
 from flowlearn.conf import KafkaConf, Settings
 from flowlearn.contracts.records import is_bulk
 from flowlearn.contracts.spec import ModelSpecs
-from flowlearn.evaluation.data import (
-    Checkpoint,
-    EvaluationData,
-    EvaluationError,
-    VersionPoint,
-    build_live,
-)
+from flowlearn.evaluation.builders import build_live
+from flowlearn.evaluation.data import Checkpoint, EvaluationData, EvaluationError, VersionPoint
 
 #: Records read per topic at most (the newest are what a report is about: use --since).
 MAX_RECORDS = 2_000_000

@@ -41,18 +41,10 @@ from flowlearn.conf import Settings
 from flowlearn.contracts.records import RecordError, is_bulk, parse_sample, parse_sample_batch
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
-from flowlearn.devstack.stack import operators_jar
-from flowlearn.evaluation.data import (
-    BatchBaseline,
-    EvalRow,
-    EvaluationData,
-    EvaluationError,
-    Side,
-    batch_baseline,
-    build_replay,
-    fixed_baseline,
-    ledger_checkpoints,
-)
+from flowlearn.devstack.jars import operators_jar
+from flowlearn.evaluation.baselines import BatchBaseline, batch_baseline, fixed_baseline
+from flowlearn.evaluation.builders import build_replay, ledger_checkpoints
+from flowlearn.evaluation.data import EvalRow, EvaluationData, EvaluationError, Side
 from flowlearn.evaluation.recorded import dlq_model
 from flowlearn.jobs.local import run_job
 

@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.evaluation.data import (
-    AXIS_TIME,
-    EvaluationData,
+from flowlearn.evaluation.data import AXIS_TIME, EvaluationData
+from flowlearn.evaluation.statistics import (
     Headline,
     Recovery,
     Stats,

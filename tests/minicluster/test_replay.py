@@ -11,9 +11,9 @@ from flowlearn.conf import load_settings
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.training import ModelTrainer
 from flowlearn.devstack.producer import DriftingStream
-from flowlearn.evaluation.data import Stats
 from flowlearn.evaluation.replay import BaselineOptions, replay
 from flowlearn.evaluation.report import render
+from flowlearn.evaluation.statistics import Stats
 
 pytestmark = pytest.mark.minicluster
 

@@ -1,5 +1,6 @@
-"""flowlearn.evaluation.data (windows, calibration, recovery, the replay and live builders) and
-flowlearn.evaluation.recorded's Kafka reading, against hand computations."""
+"""flowlearn.evaluation's data model, statistics (windows, calibration, recovery), baselines
+and builders (replay and live) and flowlearn.evaluation.recorded's Kafka reading, against hand
+computations."""
 
 import json
 import math
@@ -11,24 +12,18 @@ from flowlearn.conf import load_settings
 from flowlearn.contracts.records import dlq_record, encode_sample_batch
 from flowlearn.core import linear, optim
 from flowlearn.core.metrics import Accuracy, ExpectedCalibrationError, LogLoss
+from flowlearn.evaluation.baselines import batch_baseline
 from flowlearn.evaluation.batch import train_baseline
-from flowlearn.evaluation.data import (
-    Alert,
-    EvalRow,
-    EvaluationData,
-    Samples,
-    Side,
+from flowlearn.evaluation.builders import build_live, build_replay, ledger_checkpoints
+from flowlearn.evaluation.data import Alert, EvalRow, EvaluationData, Samples, Side
+from flowlearn.evaluation.recorded import collect, dlq_model, parse_time
+from flowlearn.evaluation.statistics import (
     Stats,
-    batch_baseline,
-    build_live,
-    build_replay,
     compute_windows,
     drift_episodes,
     ece,
     headline,
-    ledger_checkpoints,
 )
-from flowlearn.evaluation.recorded import collect, dlq_model, parse_time
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.3}
 

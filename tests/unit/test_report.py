@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from flowlearn.evaluation.builders import build_live
 from flowlearn.evaluation.data import (
     AXIS_TIME,
     Alert,
@@ -16,10 +17,9 @@ from flowlearn.evaluation.data import (
     Samples,
     Side,
     VersionPoint,
-    build_live,
-    compute_windows,
 )
 from flowlearn.evaluation.report import render, safe_name
+from flowlearn.evaluation.statistics import compute_windows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
