@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,10 +33,20 @@ class ModelType:
     name: str
     #: The model's class (its constructor: ``(n_features, [n_classes,] **params)``).
     cls: Callable[..., Model]
-    #: The number of classes comes from the spec's ``n_classes`` (a fresh model) or
-    #: ``classes`` (a published one).
-    multiclass: bool
+    #: What it predicts: "binary" (labels 0 or 1), "multiclass" (class indices; the number
+    #: of classes comes from the spec's ``n_classes``, or ``classes`` once published) or
+    #: "regression" (any finite number).
+    task: Literal["binary", "multiclass", "regression"]
     link: Callable[[np.ndarray], np.ndarray] | None
+
+    @property
+    def multiclass(self) -> bool:
+        return self.task == "multiclass"
+
+    @property
+    def classifier(self) -> bool:
+        """Its predictions are classes, so 0/1 errors exist (and accuracy, calibration)."""
+        return self.task != "regression"
 
     def n_outputs(self, published: Mapping[str, Any]) -> int:
         """Weight columns of a published spec (:meth:`linear._LinearModel.spec`)."""
@@ -63,9 +73,9 @@ class ModelType:
 MODEL_TYPES: dict[str, ModelType] = {
     t.name: t
     for t in (
-        ModelType("logistic", linear.LogisticRegression, multiclass=False, link=linear.sigmoid),
-        ModelType("softmax", linear.SoftmaxRegression, multiclass=True, link=linear.softmax),
-        ModelType("linear", linear.LinearRegression, multiclass=False, link=None),
+        ModelType("logistic", linear.LogisticRegression, "binary", link=linear.sigmoid),
+        ModelType("softmax", linear.SoftmaxRegression, "multiclass", link=linear.softmax),
+        ModelType("linear", linear.LinearRegression, "regression", link=None),
     )
 }
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from flowlearn.core import codec, drift
 from flowlearn.core.linear import from_bytes, to_bytes
+from flowlearn.core.model_types import model_type
 
 #: Features watched by PSI and KS by default (the first ones): each costs two windows of
 #: state and a per-value update, and a hashed model has too many to test all.
@@ -97,7 +98,7 @@ class DriftMonitor:
             # seen within about 4 batches).
             detectors["page_hinkley|loss"] = drift.PageHinkley(min_instances=10,
                                                                threshold=1.0, mode="up")
-        if spec.get("type", "logistic") != "linear":  # 0/1 errors exist for classifiers
+        if model_type(spec.get("type", "logistic")).classifier:  # 0/1 errors exist
             if "adwin" in wanted:
                 detectors["adwin|error"] = drift.ADWIN()
             if "ddm" in wanted:

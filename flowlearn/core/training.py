@@ -228,6 +228,7 @@ class ModelTrainer:
         self.version = version
         self.samples_applied = samples_applied
         s = _with_defaults(spec)
+        self._classifier = model_type(s["type"]).classifier
         self._published_spec = json.dumps(
             {**model.spec(), "features": s["features"], "hash_seed": int(s["hash_seed"])},
             sort_keys=True,
@@ -321,7 +322,7 @@ class ModelTrainer:
         try:
             losses = model.loss_many(X, y)
             loss = float(np.mean(losses))
-            if not isinstance(model, linear.LinearRegression):
+            if self._classifier:
                 errors = (model.predict_many(X) != y).astype(np.float64)
             if holdout is not None or replay is not None:
                 # Validated by the test step; these are kept, so float64 arrays of our own.
