@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from flowlearn.core.control import CONTROL_COMMANDS
 from flowlearn.core.features import FeatureError, vectorize
+from flowlearn.core.model_types import MODEL_TYPES
 
 #: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``. Half of
 #: Kafka's default message size (1 MiB, the broker's ``message.max.bytes`` and the job's sink
@@ -138,11 +140,12 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
         value = int(value)
     if not _finite_number(value):
         raise RecordError("bad_field", "field 'label' must be a finite number")
-    kind = spec.get("type")
-    if kind == "logistic" and float(value) not in BINARY_LABELS:
-        raise RecordError("bad_field", f"field 'label' must be 0 or 1 for a logistic model, "
-                                       f"got {value}")
-    if kind == "softmax":
+    kind = MODEL_TYPES.get(spec.get("type", ""))
+    task = kind.task if kind else "regression"  # a spec without a type checks no labels
+    if task == "binary" and float(value) not in BINARY_LABELS:
+        raise RecordError("bad_field", f"field 'label' must be 0 or 1 for a {spec['type']} "
+                                       f"model, got {value}")
+    if task == "multiclass":
         n_classes = int(spec.get("n_classes") or len(spec.get("classes") or []))
         if float(value) != int(value) or not 0 <= int(value) < n_classes:
             raise RecordError("bad_field",
@@ -330,28 +333,17 @@ def parse_sample_batch(
                               f"row {rows[0]}: {name} not finite")
     if ((ts < 0) | (ts >= 1 << 62)).any():
         raise RecordError("bad_field", "ts out of range")
-    if spec.get("type") == "logistic" and not np.isin(y, BINARY_LABELS).all():
-        raise RecordError("bad_field", "labels must be 0 or 1 for a logistic model")
-    if spec.get("type") == "softmax":
+    kind = MODEL_TYPES.get(spec.get("type", ""))
+    task = kind.task if kind else "regression"
+    if task == "binary" and not np.isin(y, BINARY_LABELS).all():
+        raise RecordError("bad_field", f"labels must be 0 or 1 for a {spec['type']} model")
+    if task == "multiclass":
         n_classes = int(spec.get("n_classes", 2))
         if not ((y == np.floor(y)) & (y >= 0) & (y < n_classes)).all():
             raise RecordError("bad_field", f"labels must be class indices in 0..{n_classes - 1}")
     return SampleBatch(model_id, ts, X, y)
 
 
-#: Control commands the trainer understands, with the arguments each requires.
-CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
-    "rollback": ("version",),
-    "reset": (),
-    "set_learning_rate": ("learning_rate",),
-    "pause": (),
-    "resume": (),
-    # Publish the current version again as a full snapshot (under the running epoch): after
-    # a resubmission from a savepoint, so that predictors reload before new data arrives.
-    "republish": (),
-    # Continue from a registered batch baseline (`flowlearn train-batch --warm-start`).
-    "warm_start": ("version",),
-}
 
 
 @dataclass(frozen=True)
@@ -386,6 +378,18 @@ def parse_control(raw: bytes) -> Control:
     # Informational only: kept, with what UTF-8 cannot encode (lone surrogates) escaped.
     source = str(source)[:200].encode("utf-8", "backslashreplace").decode("utf-8")[:200]
     return Control(model_id, command, args, _timestamp(obj), source)
+
+
+def control_record(model_id: str, command: str, args: dict[str, Any], source: str,
+                   ts: int | None = None) -> str:
+    """The JSON of an ``fl.control`` record (what :func:`parse_control` reads); ``ts``
+    defaults to now.
+
+    >>> control_record("m", "rollback", {"version": 40}, "cli", ts=1)
+    '{"model_id": "m", "command": "rollback", "args": {"version": 40}, "ts": 1, "source": "cli"}'
+    """
+    return json.dumps({"model_id": model_id, "command": command, "args": args,
+                       "ts": now_ms() if ts is None else ts, "source": source})
 
 
 def dlq_record(

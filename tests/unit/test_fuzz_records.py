@@ -34,7 +34,6 @@ from flowlearn.contracts import records
 from flowlearn.contracts.records import (
     ARROW_STREAM_PREFIX,
     BINARY_LABELS,
-    CONTROL_COMMANDS,
     RecordError,
     dlq_record,
     encode_sample_batch,
@@ -45,6 +44,7 @@ from flowlearn.contracts.records import (
     parse_sample,
     parse_sample_batch,
 )
+from flowlearn.core.control import CONTROL_COMMANDS
 from flowlearn.core.spec import ModelSpec
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,

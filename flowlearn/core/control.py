@@ -1,0 +1,134 @@
+"""The commands of ``fl.control`` and what each does to one model's trainer, as plain
+Python: the trainer operator supplies the kept weights and the registry's baseline, then
+stores and emits what the :class:`Outcome` says.
+
+>>> from flowlearn.core.training import ModelTrainer
+>>> trainer = ModelTrainer.create("m", {"type": "logistic", "n_features": 2})
+>>> out = apply_command(trainer, "reset", {}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+>>> out.ok, out.alert_kind, out.detail["new_version"], out.eval_kind
+(True, 'control', 1, 'reset')
+>>> apply_command(trainer, "rollback", {"version": 7}, "cli", NO_KEPT_WEIGHTS,
+...               no_baseline).detail["reason"]
+'version 7 is not among the kept versions []'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from flowlearn.core import codec
+from flowlearn.core.training import ModelTrainer, ModelVersion
+
+#: Control commands the trainer understands, with the numeric arguments each requires.
+CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
+    "rollback": ("version",),
+    "reset": (),
+    "set_learning_rate": ("learning_rate",),
+    "pause": (),
+    "resume": (),
+    # Publish the current version again as a full snapshot (under the running epoch): after
+    # a resubmission from a savepoint, so that predictors reload before new data arrives.
+    "republish": (),
+    # Continue from a registered batch baseline (`flowlearn train-batch --warm-start`).
+    "warm_start": ("version",),
+}
+
+
+class KeptWeights(Protocol):
+    """The weights a trainer kept for rollbacks (``flowlearn.core.retention``)."""
+
+    def weights(self, version: int) -> bytes | None:
+        """Codec array bytes of ``version``, None when it is not kept."""
+        ...
+
+    def versions(self) -> list[int]:
+        """Every kept version, ascending."""
+        ...
+
+
+class _NoKeptWeights:
+    def weights(self, version: int) -> bytes | None:
+        return None
+
+    def versions(self) -> list[int]:
+        return []
+
+
+NO_KEPT_WEIGHTS: KeptWeights = _NoKeptWeights()
+
+
+def no_baseline(version: int) -> np.ndarray:
+    raise ValueError("no registry to load a baseline from")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did. ``detail`` is the alert's (with ``ok``, and ``reason`` when it
+    was refused); ``new_version`` is a version to emit (its evaluation kind
+    ``eval_kind``), ``republish`` one to publish again; ``paused`` the pause flag to store;
+    ``flush`` asks the operator to train what waits in the buffer."""
+
+    alert_kind: str
+    detail: dict[str, Any]
+    new_version: ModelVersion | None = None
+    eval_kind: str = ""
+    republish: ModelVersion | None = None
+    paused: bool | None = None
+    flush: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.detail.get("ok"))
+
+
+def apply_command(trainer: ModelTrainer, command: str, args: Mapping[str, Any], source: str,
+                  kept: KeptWeights, baseline: Callable[[int], np.ndarray]) -> Outcome:
+    """Carry out ``command`` (validated by the record parser: a known command with its
+    numeric arguments) on ``trainer``. A refused command changes nothing."""
+    kind = "rollback" if command == "rollback" else "control"
+    detail: dict[str, Any] = {"command": command, "args": dict(args), "source": source}
+
+    def refused(reason: str) -> Outcome:
+        return Outcome(kind, {**detail, "ok": False, "reason": reason})
+
+    if command == "rollback":
+        target = int(args["version"])
+        weights = kept.weights(target)
+        if weights is None:
+            return refused(f"version {target} is not among the kept versions "
+                           f"{kept.versions()}")
+        mv = trainer.restore_weights(codec.decode_array(weights))
+        return Outcome(kind, {**detail, "ok": True, "from_version": mv.base_version,
+                              "new_version": mv.version}, mv, "rollback")
+    if command == "reset":
+        mv = trainer.reset()
+        return Outcome(kind, {**detail, "ok": True, "new_version": mv.version}, mv, "reset")
+    if command == "set_learning_rate":
+        try:
+            trainer.set_learning_rate(float(args["learning_rate"]))
+        except ValueError as exc:
+            return refused(str(exc))
+        return Outcome(kind, {**detail, "ok": True})
+    if command == "warm_start":
+        try:
+            weights_of_baseline = baseline(int(args["version"]))
+            size = trainer.model.weights_vector().size
+            if weights_of_baseline.shape != (size,):
+                raise ValueError(f"baseline has {weights_of_baseline.size} weights, the model "
+                                 f"{size}")
+        except (ValueError, RuntimeError) as exc:  # RegistryError, CodecError included
+            return refused(str(exc))
+        mv = trainer.restore_weights(weights_of_baseline)
+        return Outcome(kind, {**detail, "ok": True, "new_version": mv.version}, mv,
+                       "warm_start")
+    if command == "republish":
+        mv = trainer.current_version()
+        return Outcome(kind, {**detail, "ok": True, "version": mv.version}, republish=mv)
+    if command in ("pause", "resume"):
+        return Outcome(kind, {**detail, "ok": True}, paused=command == "pause",
+                       flush=command == "resume")
+    return refused(f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")
