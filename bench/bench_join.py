@@ -19,9 +19,10 @@ import numpy as np
 
 from flowlearn.conf import load_settings
 from flowlearn.contracts.records import now_ms
+from flowlearn.devstack.jars import operators_jar
 from flowlearn.devstack.producer import DriftingStream
-from flowlearn.devstack.stack import operators_jar
 from flowlearn.jobs.local import local_environment, raw_stream
+from flowlearn.operators.types import Version
 
 
 def records(pairs: int) -> tuple[list[bytes], list[bytes]]:
@@ -49,7 +50,8 @@ def run_job(events: list[bytes], labels: list[bytes]) -> tuple[float, int]:
     sources = RawSources(raw_stream(env, []), raw_stream(env, events), raw_stream(env, labels),
                          raw_stream(env, []))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
-    applied = streams.versions.map(lambda v: v[3], output_type=Types.LONG())
+    applied = streams.versions.map(lambda v: Version._make(v).samples_applied,
+                                   output_type=Types.LONG())
     t0 = time.perf_counter()
     with applied.execute_and_collect() as results:
         last = max([int(r) for r in results], default=0)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pyflink.common import WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
-from pyflink.datastream.connectors.base import DeliveryGuarantee, Sink
+from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
     KafkaOffsetsInitializer,
@@ -68,11 +68,3 @@ def json_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
         .set_property("transaction.timeout.ms", str(TRANSACTION_TIMEOUT_MS))
         .build()
     )
-
-
-def discarding_sink() -> Sink:
-    """Flink's DiscardingSink: terminates a stream whose operator works by side effect (an
-    operator without a downstream sink is pruned from the job graph)."""
-    from pyflink.java_gateway import get_gateway
-
-    return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())

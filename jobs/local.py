@@ -15,16 +15,21 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from flowlearn.conf import Settings
 from flowlearn.jobs.online_learning import RawSources, build_pipeline
+from flowlearn.operators.types import Evaluated, Version
 
 
-def _version_json(v: Any) -> str:
-    return json.dumps({"tag": "version", "model_id": v[0], "version": v[1], "base": v[2],
-                       "applied": v[3], "delta": bytes(v[5]).hex(), "weights": bytes(v[6]).hex()})
+def _version_json(row: Any) -> str:
+    v = Version._make(row)
+    return json.dumps({"tag": "version", "model_id": v.model_id, "version": v.version,
+                       "base": v.base_version, "applied": v.samples_applied,
+                       "delta": bytes(v.delta).hex(), "weights": bytes(v.weights).hex()})
 
 
-def _eval_json(e: Any) -> str:
-    return json.dumps({"tag": "eval", "model_id": e[0], "version": e[1], "kind": e[2],
-                       "applied": e[3], "errors": list(e[4]), "losses": list(e[5])})
+def _eval_json(row: Any) -> str:
+    e = Evaluated._make(row)
+    return json.dumps({"tag": "eval", "model_id": e.model_id, "version": e.version,
+                       "kind": e.kind, "applied": e.samples_applied, "errors": list(e.errors),
+                       "losses": list(e.losses)})
 
 
 def _tagged(tag: str) -> Callable[[str], str]:
@@ -37,7 +42,7 @@ def _tagged(tag: str) -> Callable[[str], str]:
 def local_environment(operators_jar: Path) -> StreamExecutionEnvironment:
     """A StreamExecutionEnvironment on a local MiniCluster, set up for the job's graph under
     ``execute_and_collect`` (replays and the MiniCluster tests), with the operators jar
-    (``flowlearn.devstack.stack.operators_jar`` builds it)."""
+    (``flowlearn.devstack.jars.operators_jar`` builds it)."""
     # Python operator chaining off: its graph rewriting trips over the job's uids on a
     # branching graph under execute_and_collect ("Hash collision on user-specified ID"); the
     # submitted job goes through env.execute() with chaining on. Three slots: the trainer

@@ -4,7 +4,7 @@ publisher; bad and late records to the dead-letter topic.
 
 Submitted by ``flowlearn submit`` as::
 
-    flink run -d -py jobs/online_learning.py -pyfs <project packages> -- --settings FILE
+    flink run -d -py flowlearn/jobs/online_learning.py -pyfs <staged flowlearn> -- --settings FILE
 
 where FILE is the JSON of :meth:`flowlearn.conf.Settings.to_dict`.
 """
@@ -21,14 +21,13 @@ from typing import Any
 from pyflink.common import Duration, Types, WatermarkStrategy
 from pyflink.datastream import (
     DataStream,
-    KeyedStream,
     ProcessFunction,
     StreamExecutionEnvironment,
 )
-from pyflink.java_gateway import get_gateway
 
 from flowlearn.conf import Settings, load_settings, settings_from_dict
 from flowlearn.connectors import kafka
+from flowlearn.jobs import interop
 from flowlearn.operators.checkpoint import CheckpointOperator
 from flowlearn.operators.drift import CONTROL_OUT_TAG, DriftOperator
 from flowlearn.operators.label_join import LabelJoin
@@ -76,46 +75,16 @@ def model_key(row: Any) -> str:
     return str(row[0])
 
 
-def keyed_by_model(row_type: Any, *streams: DataStream) -> KeyedStream:
-    """Streams of (model id, row) pairs as one stream of rows (``row_type``) keyed by model
-    id, keyed in Java.
-
-    PyFlink's ``key_by`` builds these pairs in a Python operator of its own, and after a
-    union (or a Java operator) that operator cannot share a Python call with the one before
-    it: every record made one more round trip to the Python worker for it. The parsers and
-    the label join emit the pairs themselves (``KEYED_SAMPLE_TYPE``, and the feedback rows
-    in ``TIMED_FEEDBACK_TYPE``), and the Java key selector ``key_by`` uses takes the key.
-    """
-    union = streams[0].union(*streams[1:])
-    j_keyed = union._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
-                                         Types.ROW([Types.STRING()]).get_java_type_info())
-    return KeyedStream(j_keyed, row_type, union)
-
-
 def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name: str
                     ) -> DataStream:
-    """Timestamps and watermarks on a stream of ``(row, event time)`` tuples (what the
-    feedback parsers emit), done in Java; the stream of rows (``row_type``) comes out.
-
-    PyFlink's own ``assign_timestamps_and_watermarks`` with a Python ``TimestampAssigner``
-    does the same after one more Python operator that builds these tuples: a round trip to
-    the Python worker for every record. Its Java classes are used here directly.
-    """
+    """Event time on a stream of ``(row, event time)`` tuples (what the feedback parsers
+    emit): bounded out-of-orderness and idleness from ``job``, assigned in Java."""
     strategy = (
         WatermarkStrategy.for_bounded_out_of_orderness(
             Duration.of_millis(settings.job.out_of_orderness_ms))
         .with_idleness(Duration.of_millis(settings.job.idleness_ms))
     )
-    eventtime = get_gateway().jvm.org.apache.flink.streaming.api.functions.python.eventtime
-    j_stream = (
-        stream._j_data_stream.assignTimestampsAndWatermarks(
-            strategy._j_watermark_strategy.withTimestampAssigner(
-                eventtime.CustomTimestampAssigner()))
-        .name(name).uid(name)
-        .map(eventtime.RemoveTimestampMapFunction(), row_type.get_java_type_info())
-        .name(f"{name}-rows").uid(f"{name}-rows")
-    )
-    return DataStream(j_stream)
+    return interop.event_time_in_java(stream, strategy, row_type, name)
 
 
 #: A bundle of records stays under this size (a larger record goes alone): JSON records above
@@ -125,26 +94,21 @@ RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
 
 
 def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
-    """A stream of raw records as bundles of records (``flowlearn.operators.parse.unbundle``), made
-    in
-    Java by ``RecordBundler`` (operators/java, in the operators jar): the Python parser after
-    it is called once per bundle, not once per record (in PyFlink each call costs more than
-    parsing a small JSON record)."""
-    gateway = get_gateway()
-    try:
-        gateway.jvm.Thread.currentThread().getContextClassLoader().loadClass(RECORD_BUNDLER)
-    except Exception as exc:
+    """A stream of raw records as bundles of records (``flowlearn.operators.parse.unbundle``),
+    made in Java by ``RecordBundler`` (operators/java, in the operators jar): the Python
+    parser after it is called once per bundle, not once per record (in PyFlink each call
+    costs more than parsing a small JSON record)."""
+    if not interop.has_java_class(RECORD_BUNDLER):
         raise RuntimeError(
             f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
-            "(flowlearn.devstack.stack.operators_jar builds it; `flowlearn submit` and "
+            "(flowlearn.devstack.jars.operators_jar builds it; `flowlearn submit` and "
             "flowlearn.jobs.local.local_environment add it; the job image has it in "
-            "/opt/flink/lib)") from exc
+            "/opt/flink/lib)")
     job = settings.job
-    bundler = gateway.jvm.dev.flowlearn.flink.RecordBundler(
-        job.input_bundle_records, INPUT_BUNDLE_MAX_BYTES, job.input_bundle_ms)
-    raw_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
-    j_stream = stream._j_data_stream.transform(name, raw_type.get_java_type_info(), bundler)
-    return DataStream(j_stream.uid(name))
+    return interop.java_operator(
+        stream, name, RECORD_BUNDLER,
+        (job.input_bundle_records, INPUT_BUNDLE_MAX_BYTES, job.input_bundle_ms),
+        Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
 def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
@@ -189,7 +153,7 @@ def build_pipeline(
                     ParseControl(settings, topics.control), CONTROL_TYPE, "parse-control")
     # Event time on each stream before the union: the join's watermark is the lesser of the
     # two (a side idle for idleness_ms is left out).
-    feedback = keyed_by_model(
+    feedback = interop.keyed_in_java(
         FEEDBACK_TYPE,
         with_event_time(parsed_events, settings, KEYED_FEEDBACK_TYPE, "events-watermarks"),
         with_event_time(parsed_labels, settings, KEYED_FEEDBACK_TYPE, "labels-watermarks"))
@@ -207,7 +171,7 @@ def build_pipeline(
     # end-of-input timer, which the final watermark of a bounded input fires anyway. A Python
     # timestamp assigner here cost every sample two more trips between Java and Python (the
     # assigner, then the key selector, on either side of Java's watermark operator).
-    samples = keyed_by_model(SAMPLE_TYPE, parsed_samples, joined)
+    samples = interop.keyed_in_java(SAMPLE_TYPE, parsed_samples, joined)
     versions = (
         samples.connect(control.key_by(model_key, key_type=Types.STRING()))
         .process(MiniBatchTrainer(settings), output_type=VERSION_TYPE)
@@ -239,7 +203,7 @@ def build_pipeline(
             .name("redis-publisher")
             .uid("redis-publisher")
         )
-        published.sink_to(kafka.discarding_sink()).name("published").uid("published")
+        published.sink_to(interop.discarding_sink()).name("published").uid("published")
     if kafka_sinks:
         dlq.sink_to(kafka.json_sink(settings, topics.dlq, "dlq")).name("dlq-sink").uid(
             "dlq-sink")

@@ -13,7 +13,6 @@ creates nothing new.
 
 from __future__ import annotations
 
-import json
 import queue
 import sys
 import threading
@@ -26,12 +25,13 @@ from typing import Any
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.records import now_ms
+from flowlearn.contracts.records import control_record, now_ms
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
 from flowlearn.operators.drift import CONTROL_OUT_TAG
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
+from flowlearn.operators.types import Evaluated
 from flowlearn.state import descriptors
 
 #: A registration that failed is tried again after this long (MLflow server down, locked DB).
@@ -157,7 +157,8 @@ class CheckpointOperator(KeyedProcessFunction):
         return ledger
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        model_id, version, kind, applied, errors, losses, _f, _n, weights, spec = value
+        row = Evaluated._make(value)
+        model_id, version, weights = row.model_id, row.version, row.weights
         ledger = self._ledger(model_id)
         if self.registrar is not None:
             for confirmed in self.registrar.confirmed(model_id):
@@ -165,11 +166,12 @@ class CheckpointOperator(KeyedProcessFunction):
                 self.per_model.inc(model_id, "registered")
         if weights:
             self.weights.put(version, bytes(weights))
-            ledger.spec_json = spec
+            ledger.spec_json = row.spec
             self.per_model.inc(model_id, "checkpoints")
-        decisions = ledger.observe(version, kind, n=len(losses), loss_sum=float(sum(losses)),
-                                   error_sum=float(sum(errors)), samples_applied=applied,
-                                   now_ms=now_ms())
+        decisions = ledger.observe(version, row.kind, n=len(row.losses),
+                                   loss_sum=float(sum(row.losses)),
+                                   error_sum=float(sum(row.errors)),
+                                   samples_applied=row.samples_applied, now_ms=now_ms())
         for decision in decisions:
             if isinstance(decision, Register):
                 self._register(model_id, ledger, decision.version)
@@ -181,10 +183,9 @@ class CheckpointOperator(KeyedProcessFunction):
                           f"{decision.window_samples} samples is worse than checkpoint "
                           f"{decision.to_version}'s {decision.best_loss:.4f} by more than "
                           f"{self.settings.job.rollback_margin:.0%}")
-                yield CONTROL_OUT_TAG, json.dumps({
-                    "model_id": model_id, "command": "rollback",
-                    "args": {"version": decision.to_version, "reason": reason},
-                    "ts": now_ms(), "source": "checkpoint:auto-rollback"})
+                yield CONTROL_OUT_TAG, control_record(
+                    model_id, "rollback", {"version": decision.to_version, "reason": reason},
+                    source="checkpoint:auto-rollback")
                 yield alert(model_id, "degraded", {**decision.as_dict(), "version": version,
                                                    "action": "rollback", "reason": reason})
             elif isinstance(decision, Retired):

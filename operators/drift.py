@@ -5,7 +5,6 @@ Kafka)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,11 +13,12 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.records import now_ms
+from flowlearn.contracts.records import control_record
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.monitoring import DriftMonitor
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
+from flowlearn.operators.types import Evaluated
 from flowlearn.state import descriptors
 
 #: Control records (JSON, the ``fl.control`` format of docs/architecture.md) the drift operator
@@ -39,7 +39,9 @@ class DriftOperator(KeyedProcessFunction):
         self.state = runtime_context.get_state(descriptors.DRIFT_MONITOR)
         self.monitors: dict[str, DriftMonitor] = {}
         self.batches: dict[str, int] = {}
-        self.last_adapted: dict[str, int] = {}
+        # The version of the model's last adaptation, in state: a restart must not let a
+        # model be reset twice within one cooldown.
+        self.last_adapted = runtime_context.get_state(descriptors.DRIFT_LAST_ADAPTED)
         group = runtime_context.get_metrics_group()
         self.alarms = group.counter("drift_alarms")
         self.adaptations = group.counter("drift_adaptations")
@@ -58,8 +60,9 @@ class DriftOperator(KeyedProcessFunction):
         return monitor
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        model_id, version, kind, applied, errors, losses, features, n_monitored = value[:8]
-        if kind != "train":
+        row = Evaluated._make(value)
+        model_id, version, n_monitored = row.model_id, row.version, row.n_monitored
+        if row.kind != "train":
             # A rollback or reset scored no samples, but its weights are new: their errors
             # are not to be compared with the old weights'.
             if model_id in self.monitors or self.state.value() is not None:
@@ -69,9 +72,9 @@ class DriftOperator(KeyedProcessFunction):
                 self.state.update(monitor.to_bytes())
             return
         monitor = self._monitor(model_id, n_monitored)
-        X = np.asarray(features, dtype=np.float64).reshape(len(losses), n_monitored)
-        alarms = monitor.update(np.asarray(errors, dtype=np.float64),
-                                np.asarray(losses, dtype=np.float64), X)
+        X = np.asarray(row.features, dtype=np.float64).reshape(len(row.losses), n_monitored)
+        alarms = monitor.update(np.asarray(row.errors, dtype=np.float64),
+                                np.asarray(row.losses, dtype=np.float64), X)
         count = self.batches.get(model_id, 0) + 1
         self.batches[model_id] = count
         if alarms or count % PERSIST_EVERY_BATCHES == 0:
@@ -80,16 +83,17 @@ class DriftOperator(KeyedProcessFunction):
             self.alarms.inc()
             self.per_model.inc(model_id, "drift_alarms")
             yield alert(model_id, "drift", {**alarm.as_dict(), "version": version,
-                                            "samples_applied": applied})
+                                            "samples_applied": row.samples_applied})
         job = self.settings.job
         performance_alarm = any(a.degraded for a in alarms)
         spec = self.specs.spec_of(model_id)
+        last_adapted = self.last_adapted.value()
         if (performance_alarm and spec.drift_action == "reset"
-                and version - self.last_adapted.get(model_id, -(1 << 62))
-                >= job.drift_cooldown_versions):
-            self.last_adapted[model_id] = version
+                and (last_adapted is None
+                     or version - last_adapted >= job.drift_cooldown_versions)):
+            self.last_adapted.update(version)
             self.adaptations.inc()
             self.per_model.inc(model_id, "drift_adaptations")
-            yield CONTROL_OUT_TAG, json.dumps({
-                "model_id": model_id, "command": "reset", "args": {}, "ts": now_ms(),
-                "source": f"drift:{'+'.join(sorted({a.detector for a in alarms}))}"})
+            yield CONTROL_OUT_TAG, control_record(
+                model_id, "reset", {},
+                source=f"drift:{'+'.join(sorted({a.detector for a in alarms}))}")

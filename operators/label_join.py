@@ -31,22 +31,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pyflink.common import Row
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import dlq_record, now_ms
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.parse import DLQ_TAG
+from flowlearn.operators.types import Feedback, Samples, keyed
 from flowlearn.state import descriptors
+from flowlearn.state.descriptors import JoinEntry
+from flowlearn.state.rows import to_row
 
 TIMER_GRANULARITY_MS = 1000
 
 #: Bits of an entry's ``flags``.
 HAS_EVENT, HAS_LABEL, PAIRED = 1, 2, 4
-
-#: An entry: (flags, event ts, features, label ts, label, raw label bytes).
-Entry = tuple[int, int, list[float], int, float, bytes]
 
 
 def _coalesce(ts: int) -> int:
@@ -61,7 +60,7 @@ class LabelJoin(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.entries = runtime_context.get_map_state(descriptors.JOIN_ENTRIES)
         #: model id -> event id -> entry: the mirror of ``self.entries``, per model.
-        self.mirror: dict[str, dict[str, Entry]] = {}
+        self.mirror: dict[str, dict[str, JoinEntry]] = {}
         #: model id -> timer time -> event ids to look at when that timer fires.
         self.due: dict[str, dict[int, list[str]]] = {}
         # Totals and the same per model (a ``model`` label in Prometheus).
@@ -73,30 +72,30 @@ class LabelJoin(KeyedProcessFunction):
 
     # ------------------------------------------------------------------ the mirror
 
-    def _model(self, model_id: str) -> dict[str, Entry]:
+    def _model(self, model_id: str) -> dict[str, JoinEntry]:
         """The current key's (``model_id``'s) entries, loaded from state the first time."""
         loaded = self.mirror.get(model_id)
         if loaded is not None:
             return loaded
-        entries: dict[str, Entry] = {}
+        entries: dict[str, JoinEntry] = {}
         due: dict[int, list[str]] = {}
         for event_id, row in self.entries.items():
-            entry: Entry = (int(row[0]), int(row[1]), list(row[2]), int(row[3]),
-                            float(row[4]), bytes(row[5]))
+            stored = JoinEntry._make(row)
+            entry = JoinEntry(int(stored.flags), int(stored.event_ts), list(stored.features),
+                              int(stored.label_ts), float(stored.label), bytes(stored.raw))
             entries[event_id] = entry
             due.setdefault(self._deadline(entry), []).append(event_id)
         self.mirror[model_id], self.due[model_id] = entries, due
         return entries
 
-    def _deadline(self, entry: Entry) -> int:
-        flags, event_ts, _, label_ts = entry[:4]
-        if flags & HAS_EVENT:
-            return _coalesce(event_ts + self.window)
-        return _coalesce(label_ts + 1)  # a label whose event has ts <= the label's
+    def _deadline(self, entry: JoinEntry) -> int:
+        if entry.flags & HAS_EVENT:
+            return _coalesce(entry.event_ts + self.window)
+        return _coalesce(entry.label_ts + 1)  # a label whose event has ts <= the label's
 
-    def _put(self, model_id: str, event_id: str, entry: Entry, timers: Any) -> None:
+    def _put(self, model_id: str, event_id: str, entry: JoinEntry, timers: Any) -> None:
         self.mirror[model_id][event_id] = entry
-        self.entries.put(event_id, Row(*entry))
+        self.entries.put(event_id, to_row(entry))
         deadline = self._deadline(entry)
         due = self.due[model_id]
         if deadline not in due:
@@ -120,10 +119,10 @@ class LabelJoin(KeyedProcessFunction):
     # ------------------------------------------------------------------ records
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        kind, model_id, event_id, ts, features, label, raw = value
+        kind, model_id, event_id, ts, features, label, raw = Feedback._make(value)
         entries = self._model(model_id)
         entry = entries.get(event_id)
-        flags = 0 if entry is None else entry[0]
+        flags = 0 if entry is None else entry.flags
         if flags & PAIRED:
             self._count(model_id, "duplicates")
             return
@@ -141,10 +140,10 @@ class LabelJoin(KeyedProcessFunction):
             # a counter: PyFlink has no up-down counter).
             self._count(model_id, "pending_events")
             if entry is not None:  # its label waits
-                yield from self._pair(model_id, event_id, ts, features, entry[3],
-                                      entry[4], entry[5], timers)
+                yield from self._pair(model_id, event_id, ts, features, entry.label_ts,
+                                      entry.label, entry.raw, timers)
             else:
-                self._put(model_id, event_id, (HAS_EVENT, ts, features, 0, 0.0, b""),
+                self._put(model_id, event_id, JoinEntry(HAS_EVENT, ts, features, 0, 0.0, b""),
                           timers)
             return
         if flags & HAS_LABEL:
@@ -156,16 +155,17 @@ class LabelJoin(KeyedProcessFunction):
                                       f"label ts {ts} behind the watermark {watermark}")
             return
         if entry is None:
-            self._put(model_id, event_id, (HAS_LABEL, 0, [], ts, float(label), bytes(raw)),
-                      timers)
+            self._put(model_id, event_id,
+                      JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw)), timers)
             return
-        yield from self._pair(model_id, event_id, entry[1], entry[2], ts, float(label),
-                              bytes(raw), timers)
+        yield from self._pair(model_id, event_id, entry.event_ts, entry.features, ts,
+                              float(label), bytes(raw), timers)
 
     def _pair(self, model_id: str, event_id: str, event_ts: int, features: list[float],
               label_ts: int, label: float, raw: bytes, timers: Any) -> Iterator[Any]:
         # The tombstone: the event's time (its deadline removes it), no features.
-        self._put(model_id, event_id, (HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b""), timers)
+        self._put(model_id, event_id, JoinEntry(HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b""),
+                  timers)
         if not 0 <= label_ts - event_ts <= self.window:
             self._count(model_id, "unmatched_labels")
             yield DLQ_TAG, dlq_record(
@@ -173,7 +173,7 @@ class LabelJoin(KeyedProcessFunction):
                 f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
             return
         self._count(model_id, "joined")
-        yield Row(model_id, Row(model_id, event_ts, features, [label], []))
+        yield keyed(Samples(model_id, event_ts, features, [label], []))
 
     # ------------------------------------------------------------------ timers
 
@@ -187,9 +187,9 @@ class LabelJoin(KeyedProcessFunction):
                 if entry is not None:
                     yield from self._expire(model_id, event_id, entry, timestamp)
 
-    def _expire(self, model_id: str, event_id: str, entry: Entry, timestamp: int
+    def _expire(self, model_id: str, event_id: str, entry: JoinEntry, timestamp: int
                 ) -> Iterator[Any]:
-        flags, event_ts = entry[0], entry[1]
+        flags, event_ts = entry.flags, entry.event_ts
         event_window_passed = timestamp >= _coalesce(event_ts + self.window)
         if flags & PAIRED:
             # Keep the tombstone until the event's window has passed: duplicates stay ignored.
@@ -198,13 +198,13 @@ class LabelJoin(KeyedProcessFunction):
             return
         if not flags & HAS_EVENT:  # a label alone: its event is not coming any more
             self._count(model_id, "unmatched_labels")
-            yield DLQ_TAG, dlq_record(self.labels_topic, "no_event", entry[5], now_ms(),
+            yield DLQ_TAG, dlq_record(self.labels_topic, "no_event", entry.raw, now_ms(),
                                       "no event with this id before the label")
             self._remove(model_id, event_id, had_event=False)
             return
         if event_window_passed:
             self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
-                yield Row(model_id, Row(model_id, event_ts, entry[2],
-                                        [self.settings.job.default_label], []))
+                yield keyed(Samples(model_id, event_ts, entry.features,
+                                    [self.settings.job.default_label], []))
             self._remove(model_id, event_id, had_event=True)

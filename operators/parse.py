@@ -24,6 +24,8 @@ from flowlearn.contracts.records import (
     parse_sample_batch,
 )
 from flowlearn.contracts.spec import ModelSpecs
+from flowlearn.operators.types import ControlCommand, Feedback, Samples, keyed
+from flowlearn.state.rows import to_row
 
 #: Dead-letter records (JSON strings in the ``fl.dlq`` format, docs/architecture.md).
 DLQ_TAG = OutputTag("dlq", Types.STRING())
@@ -108,8 +110,8 @@ class _ModelSamples:
         self.event_ids.append(s.event_id or "")
 
     def row(self) -> Row:
-        return Row(self.model_id, Row(self.model_id, self.ts, self.features, self.labels,
-                                      self.event_ids if any(self.event_ids) else []))
+        return keyed(Samples(self.model_id, self.ts, self.features, self.labels,
+                             self.event_ids if any(self.event_ids) else []))
 
 
 class ParseSamples(_ParseRecords):
@@ -128,8 +130,8 @@ class ParseSamples(_ParseRecords):
     def parse(self, raw: bytes) -> Iterable[Row]:
         if is_bulk(raw):
             b = parse_sample_batch(raw, self.spec_for)
-            bulk = Row(b.model_id, Row(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
-                                       b.labels.tolist(), []))
+            bulk = keyed(Samples(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
+                                 b.labels.tolist(), []))
             earlier = self.gathered.pop(b.model_id, None)  # its JSON samples came first
             return (bulk,) if earlier is None else (earlier.row(), bulk)
         s = parse_sample(raw, self.spec_for)
@@ -168,8 +170,8 @@ class ParseEvents(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         e = parse_event(raw, self.spec_for)
         self.check_not_ahead(e.ts)
-        return (Row(e.model_id, Row("e", e.model_id, e.event_id, e.ts, e.features.tolist(),
-                                    math.nan, b"")), e.ts),
+        return (keyed(Feedback("e", e.model_id, e.event_id, e.ts, e.features.tolist(),
+                               math.nan, b"")), e.ts),
 
 
 class ParseLabels(_ParseFeedback):
@@ -180,8 +182,8 @@ class ParseLabels(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
-        return (Row(lab.model_id, Row("l", lab.model_id, lab.event_id, lab.ts, [], lab.label,
-                                      raw)), lab.ts),
+        return (keyed(Feedback("l", lab.model_id, lab.event_id, lab.ts, [], lab.label,
+                               raw)), lab.ts),
 
 
 class ParseControl(_ParseRecords):
@@ -191,4 +193,5 @@ class ParseControl(_ParseRecords):
 
     def parse(self, raw: bytes) -> tuple[Row]:
         c = parse_control(raw)
-        return Row(c.model_id, c.command, json.dumps(c.args), c.ts, c.source),
+        return to_row(ControlCommand(c.model_id, c.command, json.dumps(c.args), c.ts,
+                                     c.source)),

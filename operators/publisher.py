@@ -11,7 +11,9 @@ from pyflink.common import Row
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher, redis_client
+from flowlearn.contracts.redis_contract import Keys, Publisher, redis_client
+from flowlearn.operators.types import Published, Version
+from flowlearn.state.rows import to_row
 
 #: Redis write attempts before the operator fails (and Flink restarts from a checkpoint,
 #: which opens a new epoch and republishes a snapshot).
@@ -51,18 +53,9 @@ class RedisPublisher(ProcessFunction):
                 attempt += 1
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Row]:
-        # Unpack by position: a Row handed over inside a fused Python chain has no names.
-        model_id, version, base_version, samples_applied, spec, delta, weights = value
-        mv = ModelVersion(
-            model_id=model_id,
-            version=version,
-            base_version=base_version,
-            samples_applied=samples_applied,
-            spec_json=spec,
-            delta=bytes(delta),
-            weights=bytes(weights) or None,
-        )
+        # By field order: a Row handed over inside a fused Python chain has no names.
+        mv = Version._make(value).model_version()
         self._with_retries(lambda: self.publisher.publish(mv))
         self.published.inc()
         self.last_version = mv.version
-        yield Row(mv.model_id, self.publisher.epoch, mv.version, mv.samples_applied)
+        yield to_row(Published(mv.model_id, self.publisher.epoch, mv.version, mv.samples_applied))

@@ -23,20 +23,34 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from pyflink.common import Row, Types
+from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import dlq_record, encode_sample_batch, now_ms
-from flowlearn.contracts.redis_contract import ModelVersion
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
+from flowlearn.core.control import apply_command
 from flowlearn.core.dedupe import SeenIds
-from flowlearn.core.training import ModelTrainer
+from flowlearn.core.retention import Retention
+from flowlearn.core.training import ModelTrainer, ModelVersion
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.parse import DLQ_TAG
-from flowlearn.operators.types import EVAL_TYPE
+from flowlearn.operators.types import (
+    EVAL_TYPE,
+    ControlCommand,
+    Evaluated,
+    Samples,
+    Version,
+)
 from flowlearn.state import descriptors
+from flowlearn.state.descriptors import (
+    BufferedSamples,
+    BufferedSamplesV1,
+    BufferedSamplesV2,
+    SeenBatch,
+)
+from flowlearn.state.rows import to_row
 
 #: Fires only when the final watermark (end of a bounded input) arrives.
 END_OF_INPUT = (1 << 63) - 2
@@ -51,10 +65,30 @@ def alert(model_id: str, kind: str, detail: dict[str, Any]) -> str:
     return json.dumps({"model_id": model_id, "kind": kind, "ts": now_ms(), "detail": detail})
 
 
+class _KeptVersions:
+    """The weights kept for rollbacks (``flowlearn.core.retention``), in the current key's
+    map states, as :class:`flowlearn.core.control.KeptWeights`."""
+
+    def __init__(self, recent: Any, checkpoints: Any) -> None:
+        self.recent, self.checkpoints = recent, checkpoints
+
+    def weights(self, version: int) -> bytes | None:
+        for kept in (self.recent, self.checkpoints):
+            if kept.contains(version):
+                return bytes(kept.get(version))
+        return None
+
+    def versions(self) -> list[int]:
+        return sorted({*self.recent.keys(), *self.checkpoints.keys()})
+
+
 class MiniBatchTrainer(KeyedCoProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.specs = ModelSpecs(settings)
+        job = settings.job
+        self.retention = Retention(job.keep_versions, job.checkpoint_every_versions,
+                                   job.keep_checkpoints)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.model_state = runtime_context.get_state(descriptors.MODEL_STATE)
@@ -66,6 +100,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.seen_state = runtime_context.get_map_state(descriptors.SEEN_SAMPLE_IDS)
         self.recent = runtime_context.get_map_state(descriptors.RECENT_VERSIONS)
         self.checkpoints = runtime_context.get_map_state(descriptors.CHECKPOINT_VERSIONS)
+        self.kept = _KeptVersions(self.recent, self.checkpoints)
         self.paused = runtime_context.get_state(descriptors.PAUSED)
         # Hot caches, rebuilt from state after every (re)start. A restored partial batch
         # still has its flush timer: Flink restores timers with the state.
@@ -111,22 +146,23 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def _load(self, model_id: str) -> None:
         """The model's first touch after a (re)start: count the restored buffer and rebuild
         its seen ids; move the rows of an older buffer (``batch-buffer-v1``/``-v2``) over."""
-        old = [Row(r[0], r[1], r[2], []) for r in self.buffer_v1.get()]
-        old += [Row(r[0], r[1], r[2], [r[3]] if r[3] else []) for r in self.buffer_v2.get()]
+        old = [BufferedSamplesV1._make(r).upgraded() for r in self.buffer_v1.get()]
+        old += [BufferedSamplesV2._make(r).upgraded() for r in self.buffer_v2.get()]
         if old:
-            self.buffer.add_all(old)
+            self.buffer.add_all([to_row(r) for r in old])
             self.buffer_v1.clear()
             self.buffer_v2.clear()
-        rows = list(self.buffer.get())
-        self.buffered[model_id] = sum(len(row[2]) for row in rows)
+        rows = [BufferedSamples._make(r) for r in self.buffer.get()]
+        self.buffered[model_id] = sum(len(row.labels) for row in rows)
+        batches = {int(seq): SeenBatch._make(v) for seq, v in self.seen_state.items()}
         self.seen[model_id] = SeenIds(
             self.settings.job.sample_dedupe_window_ms,
-            {int(seq): (int(v[0]), list(v[1])) for seq, v in self.seen_state.items()},
-            [(event_id, int(row[0])) for row in rows for event_id in row[3] if event_id])
+            {seq: (int(b.ts), list(b.ids)) for seq, b in batches.items()},
+            [(event_id, int(row.ts)) for row in rows for event_id in row.event_ids if event_id])
 
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
-        # Unpack by position: a Row handed over inside a fused Python chain has no names.
-        model_id, ts, features, labels, event_ids = value
+        # By field order: a Row handed over inside a fused Python chain has no names.
+        model_id, ts, features, labels, event_ids = Samples._make(value)
         if model_id not in self.buffered:
             self._load(model_id)
         if event_ids and self.settings.job.sample_dedupe_window_ms:
@@ -142,7 +178,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 features = [x for i in keep for x in features[i * width:(i + 1) * width]]
                 labels = [labels[i] for i in keep]
                 event_ids = [event_ids[i] for i in keep]
-        self.buffer.add(Row(ts, features, labels, event_ids))
+        self.buffer.add(to_row(BufferedSamples(ts, features, labels, event_ids)))
         count = self.buffered[model_id] + len(labels)
         self.buffered[model_id] = count
         if count >= self._batch_size(model_id):
@@ -175,26 +211,26 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             ctx.timer_service().delete_processing_time_timer(pending)
         if model_id not in self.buffered:
             self._load(model_id)
-        rows = list(self.buffer.get())
+        rows = [BufferedSamples._make(r) for r in self.buffer.get()]
         self.buffer.clear()
         self.buffered[model_id] = 0
         if not rows:
             return
         trainer = self._trainer(model_id)
-        X = np.concatenate([np.asarray(r[1], dtype=np.float64) for r in rows]).reshape(
+        X = np.concatenate([np.asarray(r.features, dtype=np.float64) for r in rows]).reshape(
             -1, trainer.model.n_features)
-        y = np.concatenate([np.asarray(r[2], dtype=np.float64) for r in rows])
+        y = np.concatenate([np.asarray(r.labels, dtype=np.float64) for r in rows])
         size = self._batch_size(model_id)
         trained = len(y) if whole else len(y) - len(y) % size
         if trained < len(y):
-            self.buffer.add(_tail(rows, trained, X, y))
+            self.buffer.add(to_row(_tail(rows, trained, X, y)))
             self.buffered[model_id] = len(y) - trained
             self._time_out_batch(model_id, ctx)
             X, y = X[:trained], y[:trained]
         sealed = self.seen[model_id].seal()
         if sealed is not None:
             seq, newest, ids, expired = sealed
-            self.seen_state.put(seq, Row(newest, ids))
+            self.seen_state.put(seq, to_row(SeenBatch(newest, ids)))
             for old in expired:
                 self.seen_state.remove(old)
         # One version per batch_size samples: a bulk record may hold several batches.
@@ -208,7 +244,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 n = len(y[start:start + size])
                 yield DLQ_TAG, dlq_record(
                     "trainer", "gate_rejected",
-                    encode_sample_batch(model_id, np.full(n, max(r[0] for r in rows)),
+                    encode_sample_batch(model_id, np.full(n, max(r.ts for r in rows)),
                                         X[start:start + size], y[start:start + size]),
                     now_ms(), result.rejected or "")
                 yield ALERT_TAG, alert(model_id, "gate_rejected",
@@ -234,26 +270,25 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         for rollbacks."""
         self.versions_made.inc()
         self.per_model.inc(mv.model_id, "versions")
-        job = self.settings.job
         weights = codec.encode_array(trainer.model.weights_vector())
         self.recent.put(mv.version, weights)
-        if self.recent.contains(mv.version - job.keep_versions):
-            self.recent.remove(mv.version - job.keep_versions)
-        is_checkpoint = mv.version % job.checkpoint_every_versions == 0
+        dropped = self.retention.recent_dropped_by(mv.version)
+        if self.recent.contains(dropped):
+            self.recent.remove(dropped)
+        is_checkpoint = self.retention.is_checkpoint(mv.version)
         if is_checkpoint:
             self.checkpoints.put(mv.version, weights)
-            oldest = mv.version - job.keep_checkpoints * job.checkpoint_every_versions
-            if self.checkpoints.contains(oldest):
-                self.checkpoints.remove(oldest)
+            dropped = self.retention.checkpoint_dropped_by(mv.version)
+            if self.checkpoints.contains(dropped):
+                self.checkpoints.remove(dropped)
         if monitored is None:
             monitored = np.zeros((0, 0))
-        yield EVAL_TAG, Row(
+        yield EVAL_TAG, to_row(Evaluated(
             mv.model_id, mv.version, kind, mv.samples_applied,
             [] if errors is None else errors.tolist(), [] if losses is None else losses.tolist(),
             monitored.ravel().tolist(), monitored.shape[1],
-            weights if is_checkpoint else b"", mv.spec_json if is_checkpoint else "")
-        yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
-                  mv.delta, mv.weights or b"")
+            weights if is_checkpoint else b"", mv.spec_json if is_checkpoint else ""))
+        yield to_row(Version.of(mv))
 
     def _baseline_weights(self, model_id: str, version: int) -> np.ndarray:
         """A registered baseline's weights (imports mlflow on first use: seconds, once)."""
@@ -261,12 +296,6 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
         registry = Registry.from_settings(self.settings)
         return codec.decode_array(registry.load_weights(model_id, version, kind="baseline"))
-
-    def _kept_weights(self, version: int) -> bytes | None:
-        for kept in (self.recent, self.checkpoints):
-            if kept.contains(version):
-                return bytes(kept.get(version))
-        return None
 
     def _save(self, trainer: ModelTrainer) -> None:
         self.model_state.update(trainer.state_bytes())
@@ -276,73 +305,38 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     # ------------------------------------------------------------------ control
 
     def process_element2(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
-        model_id, command, args_json, _ts, source = value
-        args = json.loads(args_json)
+        command = ControlCommand._make(value)
+        model_id = command.model_id
         self.commands.inc()
         trainer = self._trainer(model_id)
-        detail: dict[str, Any] = {"command": command, "args": args, "source": source}
-        kind = "rollback" if command == "rollback" else "control"
-        if command == "rollback":
-            target = int(args["version"])
-            weights = self._kept_weights(target)
-            if weights is None:
-                kept = sorted({*self.recent.keys(), *self.checkpoints.keys()})
-                yield ALERT_TAG, alert(model_id, kind, {
-                    **detail, "ok": False,
-                    "reason": f"version {target} is not among the kept versions {kept}"})
-                return
-            mv = trainer.restore_weights(codec.decode_array(weights))
-            detail.update(ok=True, from_version=mv.base_version, new_version=mv.version)
-            yield from self._emit(trainer, mv, "rollback")
-        elif command == "reset":
-            mv = trainer.reset()
-            detail.update(ok=True, new_version=mv.version)
-            yield from self._emit(trainer, mv, "reset")
-        elif command == "set_learning_rate":
-            try:
-                trainer.set_learning_rate(float(args["learning_rate"]))
-            except ValueError as exc:
-                yield ALERT_TAG, alert(model_id, kind, {**detail, "ok": False,
-                                                        "reason": str(exc)})
-                return
-            detail["ok"] = True
-        elif command == "warm_start":
-            try:
-                baseline = self._baseline_weights(model_id, int(args["version"]))
-                if baseline.shape != trainer.model.weights_vector().shape:
-                    raise ValueError(f"baseline has {baseline.size} weights, the model "
-                                     f"{trainer.model.weights_vector().size}")
-            except (ValueError, RuntimeError) as exc:  # RegistryError, CodecError included
-                yield ALERT_TAG, alert(model_id, kind, {**detail, "ok": False,
-                                                        "reason": str(exc)})
-                return
-            mv = trainer.restore_weights(baseline)
-            detail.update(ok=True, new_version=mv.version)
-            yield from self._emit(trainer, mv, "warm_start")
-        elif command == "republish":
-            mv = trainer.current_version()
-            detail.update(ok=True, version=mv.version)
-            yield Row(mv.model_id, mv.version, mv.base_version, mv.samples_applied,
-                      mv.spec_json, mv.delta, mv.weights or b"")
-        elif command in ("pause", "resume"):
-            self.paused.update(command == "pause")
-            detail["ok"] = True
-            if command == "resume":
+        outcome = apply_command(
+            trainer, command.command, json.loads(command.args), command.source, self.kept,
+            lambda version: self._baseline_weights(model_id, version))
+        if outcome.ok:
+            if outcome.paused is not None:
+                self.paused.update(outcome.paused)
+            if outcome.flush:
                 yield from self._flush(model_id, ctx, whole=True)
-        self._save(trainer)
-        yield ALERT_TAG, alert(model_id, kind, detail)
+            if outcome.new_version is not None:
+                yield from self._emit(trainer, outcome.new_version, outcome.eval_kind)
+            if outcome.republish is not None:
+                yield to_row(Version.of(outcome.republish))
+            self._save(trainer)
+        yield ALERT_TAG, alert(model_id, outcome.alert_kind, outcome.detail)
 
 
-def _tail(rows: list[Any], start: int, X: np.ndarray, y: np.ndarray) -> Row:
+def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray
+          ) -> BufferedSamples:
     """The buffer rows' samples from ``start`` on (X and y are the rows' samples, in order),
     as one buffer row: the latest time among the rows they came from, their event ids."""
     ts, at = -(1 << 62), 0
     ids: list[str] = []
     for row in rows:
-        n = len(row[2])
+        n = len(row.labels)
         if at + n > start:
-            ts = max(ts, int(row[0]))
+            ts = max(ts, int(row.ts))
             skip = max(start - at, 0)
-            ids.extend(row[3][skip:] if row[3] else [""] * (n - skip))
+            ids.extend(row.event_ids[skip:] if row.event_ids else [""] * (n - skip))
         at += n
-    return Row(ts, X[start:].ravel().tolist(), y[start:].tolist(), ids if any(ids) else [])
+    return BufferedSamples(ts, X[start:].ravel().tolist(), y[start:].tolist(),
+                           ids if any(ids) else [])

@@ -1,70 +1,151 @@
-"""Typed records flowing between the job's operators (never pickled objects)."""
+"""Typed records flowing between the job's operators (never pickled objects).
 
-from pyflink.common import Types
+Each kind is a NamedTuple (``flowlearn.state.rows``): read a row with ``Kind._make(row)``,
+write one with ``to_row(Kind(...))``; the Flink type beside it takes its field names from
+the NamedTuple, so a field is added in one place.
+"""
 
-#: Parsed, validated, labelled samples of one model: n labels and n x n_features features
-#: (row-major, flat); ts is the latest event time among them. The per-record cost is paid
-#: once for all: a bulk record is one row, and so are the JSON samples of one model within a
-#: bundle of records (``job.input_bundle_records``). ``event_ids`` holds one id per sample
-#: ("" for a sample without) when any JSON sample had one (the trainer drops a sample whose id
-#: it has seen), else nothing: bulk records, and pairs from the label join, which deduplicates
-#: them itself.
-SAMPLE_TYPE = Types.ROW_NAMED(
-    ["model_id", "ts", "features", "labels", "event_ids"],
-    [Types.STRING(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.BASIC_ARRAY(Types.STRING())],
-)
+from __future__ import annotations
 
-#: What the samples parser and the label join emit: the model id, then the sample row (the
-#: pair a keyed Python operator takes; ``flowlearn.jobs.online_learning.keyed_by_model``).
+from typing import NamedTuple
+
+from pyflink.common import Row, Types
+
+from flowlearn.core.training import ModelVersion
+from flowlearn.state.rows import row_type, to_row
+
+_FLOATS = Types.PRIMITIVE_ARRAY(Types.DOUBLE())
+_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+
+
+class Samples(NamedTuple):
+    """Parsed, validated, labelled samples of one model: n labels and n x n_features features
+    (row-major, flat); ts is the latest event time among them. The per-record cost is paid
+    once for all: a bulk record is one row, and so are the JSON samples of one model within
+    a bundle of records (``job.input_bundle_records``). ``event_ids`` holds one id per
+    sample ("" for a sample without) when any JSON sample had one (the trainer drops a
+    sample whose id it has seen), else nothing: bulk records, and pairs from the label join,
+    which deduplicates them itself."""
+
+    model_id: str
+    ts: int
+    features: list[float]
+    labels: list[float]
+    event_ids: list[str]
+
+
+SAMPLE_TYPE = row_type(Samples, [Types.STRING(), Types.LONG(), _FLOATS, _FLOATS,
+                                 Types.BASIC_ARRAY(Types.STRING())])
+
+#: What the samples parser and the label join emit: the model id, then the Samples row (the
+#: pair a keyed Python operator takes; ``flowlearn.jobs.interop.keyed_in_java``).
 KEYED_SAMPLE_TYPE = Types.ROW([Types.STRING(), SAMPLE_TYPE])
 
-#: An event (kind "e": features, label NaN) or a label (kind "l": label and the record's raw
-#: bytes, kept for the DLQ should it come late), on its way to the label join.
-FEEDBACK_TYPE = Types.ROW_NAMED(
-    ["kind", "model_id", "event_id", "ts", "features", "label", "raw"],
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())],
-)
+
+class Feedback(NamedTuple):
+    """An event (kind "e": features, label NaN) or a label (kind "l": label and the record's
+    raw bytes, kept for the DLQ should it come late), on its way to the label join."""
+
+    kind: str
+    model_id: str
+    event_id: str
+    ts: int
+    features: list[float]
+    label: float
+    raw: bytes
+
+
+FEEDBACK_TYPE = row_type(Feedback, [Types.STRING(), Types.STRING(), Types.STRING(),
+                                    Types.LONG(), _FLOATS, Types.DOUBLE(), _BYTES])
 
 #: A feedback row with its model id in front (the pair a keyed Python operator takes).
 KEYED_FEEDBACK_TYPE = Types.ROW([Types.STRING(), FEEDBACK_TYPE])
 
 #: What the events and labels parsers emit: the (model id, row) pair and its event time
 #: (``ts``), for the job's Java timestamp assigner
-#: (``flowlearn.jobs.online_learning.with_event_time``).
+#: (``flowlearn.jobs.interop.event_time_in_java``).
 TIMED_FEEDBACK_TYPE = Types.TUPLE([KEYED_FEEDBACK_TYPE, Types.LONG()])
 
-#: A control command for one model (args as a JSON object string).
-CONTROL_TYPE = Types.ROW_NAMED(
-    ["model_id", "command", "args", "ts", "source"],
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()],
-)
 
-#: One new version as the monitoring operators see it: ``kind`` is "train" (a trained batch,
-#: with what the test step saw: 0/1 errors (empty for regression), per-sample losses and
-#: the monitored features, n x n_monitored, flat), "rollback", "reset" or "warm_start"
-#: (no samples).
-#: ``weights`` (codec array bytes) and ``spec`` are set on checkpoint versions only.
-EVAL_TYPE = Types.ROW_NAMED(
-    ["model_id", "version", "kind", "samples_applied", "errors", "losses", "features",
-     "n_monitored", "weights", "spec"],
-    [Types.STRING(), Types.LONG(), Types.STRING(), Types.LONG(),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
-     Types.STRING()],
-)
+class ControlCommand(NamedTuple):
+    """A control command for one model (``args`` as a JSON object string)."""
 
-#: A new model version, as the trainer hands it to the publisher; ``weights`` is empty when
-#: only the delta is to be published.
-VERSION_TYPE = Types.ROW_NAMED(
-    ["model_id", "version", "base_version", "samples_applied", "spec", "delta", "weights"],
-    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(), Types.STRING(),
-     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
-)
+    model_id: str
+    command: str
+    args: str
+    ts: int
+    source: str
 
-#: What the publisher confirms it wrote to Redis.
-PUBLISHED_TYPE = Types.ROW_NAMED(
-    ["model_id", "epoch", "version", "samples_applied"],
-    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()],
-)
+
+CONTROL_TYPE = row_type(ControlCommand, [Types.STRING(), Types.STRING(), Types.STRING(),
+                                         Types.LONG(), Types.STRING()])
+
+
+class Evaluated(NamedTuple):
+    """One new version as the monitoring operators see it: ``kind`` is "train" (a trained
+    batch, with what the test step saw: 0/1 errors (empty for regression), per-sample losses
+    and the monitored features, n x n_monitored, flat), "rollback", "reset" or "warm_start"
+    (no samples). ``weights`` (codec array bytes) and ``spec`` are set on checkpoint
+    versions only."""
+
+    model_id: str
+    version: int
+    kind: str
+    samples_applied: int
+    errors: list[float]
+    losses: list[float]
+    features: list[float]
+    n_monitored: int
+    weights: bytes
+    spec: str
+
+
+EVAL_TYPE = row_type(Evaluated, [Types.STRING(), Types.LONG(), Types.STRING(), Types.LONG(),
+                                 _FLOATS, _FLOATS, _FLOATS, Types.INT(), _BYTES,
+                                 Types.STRING()])
+
+
+class Version(NamedTuple):
+    """A new model version, as the trainer hands it to the publisher; ``weights`` is empty
+    when only the delta is to be published."""
+
+    model_id: str
+    version: int
+    base_version: int
+    samples_applied: int
+    spec: str
+    delta: bytes
+    weights: bytes
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> Version:
+        return cls(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
+                   mv.delta, mv.weights or b"")
+
+    def model_version(self) -> ModelVersion:
+        return ModelVersion(self.model_id, self.version, self.base_version,
+                            self.samples_applied, self.spec, bytes(self.delta),
+                            bytes(self.weights) or None)
+
+
+VERSION_TYPE = row_type(Version, [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(),
+                                  Types.STRING(), _BYTES, _BYTES])
+
+
+class Published(NamedTuple):
+    """What the publisher confirms it wrote to Redis."""
+
+    model_id: str
+    epoch: int
+    version: int
+    samples_applied: int
+
+
+PUBLISHED_TYPE = row_type(Published, [Types.STRING(), Types.LONG(), Types.LONG(),
+                                      Types.LONG()])
+
+
+def keyed(record: Samples | Feedback) -> Row:
+    """The (model id, row) pair a keyed operator takes (``KEYED_SAMPLE_TYPE``,
+    ``KEYED_FEEDBACK_TYPE``)."""
+    return Row(record.model_id, to_row(record))

@@ -4,6 +4,8 @@ Names and types are part of the savepoint format: change them only with a migrat
 value is typed (primitive arrays and longs), never a pickled Python object.
 """
 
+from typing import NamedTuple
+
 from pyflink.common import Types
 from pyflink.datastream.state import (
     ListStateDescriptor,
@@ -11,25 +13,56 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
-#: Buffered samples as they arrived: latest event time, flat features, labels, event ids
-#: (none, or one per label, "" for a sample without; see SAMPLE_TYPE).
-BUFFERED_SAMPLE_TYPE = Types.ROW_NAMED(
-    ["ts", "features", "labels", "event_ids"],
-    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.BASIC_ARRAY(Types.STRING())],
-)
-#: The rows of older buffers, read once after a restore and moved to BATCH_BUFFER:
-#: ``batch-buffer-v2`` (one event id or "" a row, from before samples were bundled) and
-#: ``batch-buffer-v1`` (from before event ids were kept).
-BUFFERED_SAMPLE_TYPE_V2 = Types.ROW_NAMED(
-    ["ts", "features", "labels", "event_id"],
-    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE()),
-     Types.STRING()],
-)
-BUFFERED_SAMPLE_TYPE_V1 = Types.ROW_NAMED(
-    ["ts", "features", "labels"],
-    [Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.PRIMITIVE_ARRAY(Types.DOUBLE())],
-)
+from flowlearn.state.rows import row_type
+
+_FLOATS = Types.PRIMITIVE_ARRAY(Types.DOUBLE())
+_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+
+
+class BufferedSamples(NamedTuple):
+    """Buffered samples as they arrived: latest event time, flat features, labels, event ids
+    (none, or one per label, "" for a sample without; see ``operators.types.Samples``)."""
+
+    ts: int
+    features: list[float]
+    labels: list[float]
+    event_ids: list[str]
+
+
+BUFFERED_SAMPLE_TYPE = row_type(BufferedSamples, [Types.LONG(), _FLOATS, _FLOATS,
+                                                  Types.BASIC_ARRAY(Types.STRING())])
+
+
+class BufferedSamplesV2(NamedTuple):
+    """A ``batch-buffer-v2`` row (one event id or "" a row, from before samples were
+    bundled): read once after a restore and moved to BATCH_BUFFER."""
+
+    ts: int
+    features: list[float]
+    labels: list[float]
+    event_id: str
+
+    def upgraded(self) -> BufferedSamples:
+        return BufferedSamples(self.ts, self.features, self.labels,
+                               [self.event_id] if self.event_id else [])
+
+
+BUFFERED_SAMPLE_TYPE_V2 = row_type(BufferedSamplesV2, [Types.LONG(), _FLOATS, _FLOATS,
+                                                       Types.STRING()])
+
+
+class BufferedSamplesV1(NamedTuple):
+    """A ``batch-buffer-v1`` row (from before event ids were kept), moved like v2's."""
+
+    ts: int
+    features: list[float]
+    labels: list[float]
+
+    def upgraded(self) -> BufferedSamples:
+        return BufferedSamples(self.ts, self.features, self.labels, [])
+
+
+BUFFERED_SAMPLE_TYPE_V1 = row_type(BufferedSamplesV1, [Types.LONG(), _FLOATS, _FLOATS])
 
 #: The model's full state (weights and optimizer), as ``flowlearn.core.codec`` state bytes.
 MODEL_STATE = ValueStateDescriptor("model-state-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))
@@ -50,20 +83,39 @@ PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 BATCH_BUFFER = ListStateDescriptor("batch-buffer-v3", BUFFERED_SAMPLE_TYPE)
 BATCH_BUFFER_V2 = ListStateDescriptor("batch-buffer-v2", BUFFERED_SAMPLE_TYPE_V2)
 BATCH_BUFFER_V1 = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE_V1)
-#: Event ids of trained samples (flowlearn.core.dedupe.SeenIds), one entry per trained buffer:
-#: sequence number -> (the newest event time among them, the ids).
+
+
+class SeenBatch(NamedTuple):
+    """Event ids of one trained buffer (flowlearn.core.dedupe.SeenIds): the newest event time
+    among them, the ids."""
+
+    ts: int
+    ids: list[str]
+
+
+#: Event ids of trained samples, one entry per trained buffer: sequence number -> SeenBatch.
 SEEN_SAMPLE_IDS = MapStateDescriptor(
     "seen-sample-ids-v1", Types.LONG(),
-    Types.ROW_NAMED(["ts", "ids"], [Types.LONG(), Types.BASIC_ARRAY(Types.STRING())]))
+    row_type(SeenBatch, [Types.LONG(), Types.BASIC_ARRAY(Types.STRING())]))
 
-#: Label join, keyed by model id: the entries of the model's event ids that wait for their
-#: other half, or that were paired and keep duplicates out until their window has passed.
-#: Value: ``flags`` (flowlearn.operators.label_join: event, label, paired), the event's time and
-#: features, the label's time, value and raw bytes (kept for the DLQ).
-JOIN_ENTRY_TYPE = Types.ROW_NAMED(
-    ["flags", "event_ts", "features", "label_ts", "label", "raw"],
-    [Types.INT(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.DOUBLE()), Types.LONG(),
-     Types.DOUBLE(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+
+class JoinEntry(NamedTuple):
+    """Label join: the entry of one event id that waits for its other half, or that was
+    paired and keeps duplicates out until its window has passed: ``flags``
+    (flowlearn.operators.label_join: event, label, paired), the event's time and features,
+    the label's time, value and raw bytes (kept for the DLQ)."""
+
+    flags: int
+    event_ts: int
+    features: list[float]
+    label_ts: int
+    label: float
+    raw: bytes
+
+
+#: Label join, keyed by model id: event id -> JoinEntry.
+JOIN_ENTRY_TYPE = row_type(JoinEntry, [Types.INT(), Types.LONG(), _FLOATS, Types.LONG(),
+                                       Types.DOUBLE(), _BYTES])
 JOIN_ENTRIES = MapStateDescriptor("join-entries-v2", Types.STRING(), JOIN_ENTRY_TYPE)
 
 #: The checkpoint operator's ledger of one model (``flowlearn.core.checkpointing`` bytes) and
@@ -75,3 +127,6 @@ CHECKPOINT_WEIGHTS = MapStateDescriptor(
 
 #: The drift operator's detectors of one model (``flowlearn.core.monitoring`` bytes).
 DRIFT_MONITOR = ValueStateDescriptor("drift-monitor-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+#: The version at which the drift operator last adapted the model (its cooldown counts from
+#: there); kept in state so that a restart does not reset a model twice within a cooldown.
+DRIFT_LAST_ADAPTED = ValueStateDescriptor("drift-last-adapted-v1", Types.LONG())

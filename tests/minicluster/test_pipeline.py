@@ -9,10 +9,11 @@ from pyflink.common import Types
 
 from flowlearn.conf import load_settings
 from flowlearn.core import codec
+from flowlearn.devstack.jars import operators_jar
 from flowlearn.devstack.producer import DriftingStream
-from flowlearn.devstack.stack import operators_jar
 from flowlearn.jobs.local import local_environment, raw_stream
 from flowlearn.jobs.online_learning import RawSources, build_pipeline
+from flowlearn.operators.types import Version
 
 pytestmark = pytest.mark.minicluster
 
@@ -33,9 +34,11 @@ def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
                          raw_stream(env, labels), raw_stream(env, control))
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
     as_json = streams.versions.map(
-        lambda v: json.dumps({"kind": "version", "model_id": v[0], "version": v[1],
-                              "base": v[2], "applied": v[3],
-                              "weights": bytes(v[6]).hex(), "delta": bytes(v[5]).hex()}),
+        lambda row: (lambda v: json.dumps({
+            "kind": "version", "model_id": v.model_id, "version": v.version,
+            "base": v.base_version, "applied": v.samples_applied,
+            "weights": bytes(v.weights).hex(), "delta": bytes(v.delta).hex()}))(
+                Version._make(row)),
         output_type=Types.STRING(),
     )
     alerts = streams.alerts.map(lambda a: json.dumps({"alert": json.loads(a)}),
