@@ -49,11 +49,13 @@ OPENAPI: dict[str, Any] = {
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Features": {
-            "description": "A dense list of n_features numbers, or a {name: number or string} "
-                           "map for hashed models",
+            "description": "A dense list of n_features numbers, or a {name: number, string "
+                           "or null} map for hashed models",
             "oneOf": [{"type": "array", "items": {"type": "number"}},
+                      # null: the feature is absent (the hasher's default for it)
                       {"type": "object", "additionalProperties": {
-                          "oneOf": [{"type": "number"}, {"type": "string"}]}}]},
+                          "oneOf": [{"type": "number", "nullable": True},
+                                    {"type": "string"}]}}]},
         "Instance": {"oneOf": [
             {"$ref": "#/components/schemas/Features"},
             {"type": "object", "required": ["features"], "properties": {
