@@ -1,5 +1,6 @@
 """Typed configuration of flowlearn: the only place endpoints, ports and paths are defined."""
 
+from flowlearn.conf.loader import load_settings, settings_from_dict
 from flowlearn.conf.settings import (
     ConfigError,
     FlinkConf,
@@ -12,8 +13,6 @@ from flowlearn.conf.settings import (
     Settings,
     StackConf,
     TopicsConf,
-    load_settings,
-    settings_from_dict,
 )
 
 __all__ = [

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowlearn.conf import ConfigError, Settings
-from flowlearn.conf.settings import build_table
+from flowlearn.conf.loader import build_table
 from flowlearn.core.spec import ModelSpec, SpecError
 
 
