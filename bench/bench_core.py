@@ -59,27 +59,36 @@ def streams(n: int) -> Iterator[Stream | str]:
 
     yield _materialise(
         "Hyperplane(drift)",
-        synth.Hyperplane(seed=42, n_features=10, n_drift_features=4, mag_change=0.001,
-                         noise_percentage=0.05),
+        synth.Hyperplane(
+            seed=42, n_features=10, n_drift_features=4, mag_change=0.001, noise_percentage=0.05
+        ),
         n,
     )
     yield _materialise(
         "SEA(abrupt)",
         # Built by hand: River's ConceptDriftStream overflows with width=1.
-        itertools.chain(itertools.islice(synth.SEA(variant=0, seed=1), n // 2),
-                        synth.SEA(variant=2, seed=2)),
+        itertools.chain(
+            itertools.islice(synth.SEA(variant=0, seed=1), n // 2), synth.SEA(variant=2, seed=2)
+        ),
         n,
     )
     yield _materialise(
         "Agrawal(drift)",
-        synth.ConceptDriftStream(synth.Agrawal(classification_function=0, seed=1),
-                                 synth.Agrawal(classification_function=2, seed=2),
-                                 position=n // 2, width=max(1, n // 20), seed=3),
+        synth.ConceptDriftStream(
+            synth.Agrawal(classification_function=0, seed=1),
+            synth.Agrawal(classification_function=2, seed=2),
+            position=n // 2,
+            width=max(1, n // 20),
+            seed=3,
+        ),
         n,
     )
     # River's names for them: Segment is ImageSegments; Shuttle is not bundled.
-    for name, attr in (("Phishing", "Phishing"), ("Shuttle", "Shuttle"),
-                       ("Segment", "ImageSegments")):
+    for name, attr in (
+        ("Phishing", "Phishing"),
+        ("Shuttle", "Shuttle"),
+        ("Segment", "ImageSegments"),
+    ):
         cls = getattr(datasets, attr, None)
         if cls is None:
             yield f"{name}: not in the installed river (needs a download); skipped"
@@ -116,11 +125,12 @@ def run_flowlearn(
         model = linear.LogisticRegression(d, optimizer=opt)
     else:
         model = linear.SoftmaxRegression(d, s.n_classes, optimizer=opt)
-    ev = metrics.Prequential(model, [metrics.Accuracy(), metrics.LogLoss()],
-                             scaler=preprocessing.StandardScaler())
+    ev = metrics.Prequential(
+        model, [metrics.Accuracy(), metrics.LogLoss()], scaler=preprocessing.StandardScaler()
+    )
     start = time.perf_counter()
     for i in range(0, len(s.y), batch):
-        ev.step(s.X[i:i + batch], s.y[i:i + batch])
+        ev.step(s.X[i : i + batch], s.y[i : i + batch])
     elapsed = time.perf_counter() - start
     got = ev.get()
     return Result(got["Accuracy"], got["LogLoss"], len(s.y) / elapsed)
@@ -130,8 +140,9 @@ def run_river(s: Stream) -> Result:
     from river import linear_model
     from river import preprocessing as rp
 
-    inner = linear_model.LogisticRegression() if s.n_classes == 2 else \
-        linear_model.SoftmaxRegression()
+    inner = (
+        linear_model.LogisticRegression() if s.n_classes == 2 else linear_model.SoftmaxRegression()
+    )
     model = rp.StandardScaler() | inner
     acc, loss = metrics.Accuracy(), metrics.LogLoss()
     preds = np.zeros(len(s.y))
@@ -214,8 +225,11 @@ def bench_detectors(quick: bool) -> None:
 
     pairs: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
         ("ADWIN", drift.ADWIN, rd.ADWIN),
-        ("PageHinkley", lambda: drift.PageHinkley(threshold=10.0),
-         lambda: rd.PageHinkley(threshold=10.0)),
+        (
+            "PageHinkley",
+            lambda: drift.PageHinkley(threshold=10.0),
+            lambda: rd.PageHinkley(threshold=10.0),
+        ),
     ]
     n_streams, length = (6, 4000) if quick else (20, 20_000)
     print(f"\nDetectors on {n_streams} streams of {length} values, 3 known changes each")
@@ -242,8 +256,10 @@ def bench_detectors(quick: bool) -> None:
                 delays += d
                 false_alarms += fa
             rate = n_streams * length / elapsed
-            print(f"{name:<12} {impl:<10} {np.mean(delays):>11.1f} {false_alarms:>13d} "
-                  f"{rate:>10.0f}", flush=True)
+            print(
+                f"{name:<12} {impl:<10} {np.mean(delays):>11.1f} {false_alarms:>13d} {rate:>10.0f}",
+                flush=True,
+            )
 
 
 # ---------------------------------------------------------------------------- main
@@ -252,15 +268,22 @@ def bench_detectors(quick: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short streams (a few seconds)")
-    parser.add_argument("--batch", type=int, default=64,
-                        help="flowlearn mini-batch size for the throughput target")
-    parser.add_argument("--acc-batch", type=int, default=32,
-                        help="a second, smaller mini-batch size also reported (accuracy)")
+    parser.add_argument(
+        "--batch", type=int, default=64, help="flowlearn mini-batch size for the throughput target"
+    )
+    parser.add_argument(
+        "--acc-batch",
+        type=int,
+        default=32,
+        help="a second, smaller mini-batch size also reported (accuracy)",
+    )
     args = parser.parse_args(argv)
     n = 5_000 if args.quick else 50_000
     print(f"Prequential, synthetic streams of {n} samples; flowlearn batch {args.batch}")
-    header = (f"{'stream':<18} {'learner':<13} {'accuracy':>9} {'logloss':>8} {'samples/s':>10}"
-              f" {'Δacc':>6} {'speed×':>7}")
+    header = (
+        f"{'stream':<18} {'learner':<13} {'accuracy':>9} {'logloss':>8} {'samples/s':>10}"
+        f" {'Δacc':>6} {'speed×':>7}"
+    )
     rows: list[str] = []
     failures: list[str] = []
     for s in streams(n):
@@ -268,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  skip: {s}", flush=True)
             rows.append(f"{s}")
             continue
-        print(f"  running {s.name} ({len(s.y)} samples, {s.X.shape[1]} features, "
-              f"{s.n_classes} classes) ...", flush=True)
+        print(
+            f"  running {s.name} ({len(s.y)} samples, {s.X.shape[1]} features, "
+            f"{s.n_classes} classes) ...",
+            flush=True,
+        )
         river = run_river(s)
         results = {
             f"flowlearn/{args.batch}": run_flowlearn(s, args.batch),
@@ -281,16 +307,20 @@ def main(argv: list[str] | None = None) -> int:
             if r is None:
                 continue
             dacc = 100 * (r.accuracy - river.accuracy)
-            rows.append(f"{s.name:<18} {learner:<13} {r.accuracy:>9.4f} {r.log_loss:>8.4f} "
-                        f"{r.rate:>10.0f} {dacc:>+6.2f} {r.rate / river.rate:>7.1f}")
+            rows.append(
+                f"{s.name:<18} {learner:<13} {r.accuracy:>9.4f} {r.log_loss:>8.4f} "
+                f"{r.rate:>10.0f} {dacc:>+6.2f} {r.rate / river.rate:>7.1f}"
+            )
         fast, small = results[f"flowlearn/{args.batch}"], results[f"flowlearn/{args.acc_batch}"]
         assert fast is not None and small is not None
         best = max(fast.accuracy, small.accuracy)
         if best < river.accuracy - 0.005:
             failures.append(f"{s.name}: accuracy {best:.4f} < river {river.accuracy:.4f} - 0.005")
         if fast.rate < 10 * river.rate:
-            failures.append(f"{s.name}: only {fast.rate / river.rate:.1f}× river's throughput "
-                            f"at batch {args.batch}")
+            failures.append(
+                f"{s.name}: only {fast.rate / river.rate:.1f}× river's throughput "
+                f"at batch {args.batch}"
+            )
     print()
     print(header)
     for row in rows:
@@ -300,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print("targets missed:\n  " + "\n  ".join(failures))
     else:
-        print(f"targets met: accuracy within 0.5 point of River or better (best of batch "
-              f"{args.batch}/{args.acc_batch}), ≥10× its throughput at batch {args.batch}")
+        print(
+            f"targets met: accuracy within 0.5 point of River or better (best of batch "
+            f"{args.batch}/{args.acc_batch}), ≥10× its throughput at batch {args.batch}"
+        )
     return 0
 
 

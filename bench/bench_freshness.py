@@ -127,26 +127,35 @@ def _auto_rollback_off() -> str:
 class BenchStack:
     """The bench's own stack; config files for it live in a temporary folder."""
 
-    def __init__(self, folder: Path, extra: str = "", bundle_time_ms: int | None = None
-                 ) -> None:
+    def __init__(self, folder: Path, extra: str = "", bundle_time_ms: int | None = None) -> None:
         self.folder = folder
         self.extra = extra
-        self.flink_extra = ("" if bundle_time_ms is None
-                            else f"python_bundle_time_ms = {bundle_time_ms}\n")
+        self.flink_extra = (
+            "" if bundle_time_ms is None else f"python_bundle_time_ms = {bundle_time_ms}\n"
+        )
         self.config = self.write_config(5000)
         self.settings = load_settings(self.config, env={})
 
     def write_config(self, checkpoint_interval_ms: int) -> Path:
         path = self.folder / f"bench-{checkpoint_interval_ms}.toml"
-        path.write_text(CONFIG.format(home=HOME, checkpoint_interval_ms=checkpoint_interval_ms,
-                                      flink_extra=self.flink_extra)
-                        + _auto_rollback_off() + self.extra)
+        path.write_text(
+            CONFIG.format(
+                home=HOME,
+                checkpoint_interval_ms=checkpoint_interval_ms,
+                flink_extra=self.flink_extra,
+            )
+            + _auto_rollback_off()
+            + self.extra
+        )
         return path
 
     def cli(self, *args: str, config: Path | None = None, timeout_s: float = 600) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "flowlearn.cli", "--config", str(config or self.config),
-             *args], capture_output=True, text=True, timeout=timeout_s)
+            [sys.executable, "-m", "flowlearn.cli", "--config", str(config or self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
             raise RuntimeError(f"flowlearn {' '.join(args)} failed:\n{tail}")
@@ -193,13 +202,22 @@ def set_log_append_time(settings: Settings, topic: str) -> None:
     """Make the broker stamp ``topic``'s records with its own clock at append."""
     from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap,
-                             client_id="bench-freshness-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap, client_id="bench-freshness-admin"
+    )
     try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={
-            "message.timestamp.type": "LogAppendTime"})])
-        found = admin.describe_configs([ConfigResource(
-            ConfigResourceType.TOPIC, topic, configs=["message.timestamp.type"])])
+        admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    topic,
+                    configs={"message.timestamp.type": "LogAppendTime"},
+                )
+            ]
+        )
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=["message.timestamp.type"])]
+        )
     finally:
         admin.close()
     value = found.get("topic", {}).get(topic, {}).get("message.timestamp.type", {})
@@ -207,12 +225,12 @@ def set_log_append_time(settings: Settings, topic: str) -> None:
         raise SystemExit(f"error: could not set LogAppendTime on {topic}: {found}")
 
 
-def trigger_checkpoint(settings: Settings, job_id: str, timeout_s: float = 120.0
-                       ) -> int | None:
+def trigger_checkpoint(settings: Settings, job_id: str, timeout_s: float = 120.0) -> int | None:
     """Trigger a full checkpoint through the REST API and wait for it; its id or None."""
     try:
-        trigger = flink_rest(settings, f"/jobs/{job_id}/checkpoints", method="POST",
-                             body={"checkpointType": "FULL"})
+        trigger = flink_rest(
+            settings, f"/jobs/{job_id}/checkpoints", method="POST", body={"checkpointType": "FULL"}
+        )
     except (OSError, urllib.error.URLError, ValueError) as exc:
         log(f"warning: checkpoint trigger refused: {exc}")
         return None
@@ -249,8 +267,17 @@ class Sent:
         return len(self.offsets)
 
 
-def produce_labelled(bootstrap: str, topics: dict[str, str], path: str, model_id: str,
-                     rate: float, n: int, label_delay_ms: int, seed: int, out: str) -> None:
+def produce_labelled(
+    bootstrap: str,
+    topics: dict[str, str],
+    path: str,
+    model_id: str,
+    rate: float,
+    n: int,
+    label_delay_ms: int,
+    seed: int,
+    out: str,
+) -> None:
     """(A producer process) ``n`` labelled samples at ``rate``/s. Path "join": each event to
     ``fl.events`` at once and its label ``label_delay_ms`` later to ``fl.labels``; path
     "samples": each labelled sample to ``fl.samples``. Saves, per label (or sample), its
@@ -259,10 +286,14 @@ def produce_labelled(bootstrap: str, topics: dict[str, str], path: str, model_id
 
     from flowlearn.devstack.producer import DriftingStream
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1,
-                             key_serializer=str.encode,
-                             value_serializer=lambda v: json.dumps(v).encode(),
-                             client_id=f"bench-freshness-{uuid.uuid4().hex[:6]}")
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=1,
+        key_serializer=str.encode,
+        value_serializer=lambda v: json.dumps(v).encode(),
+        client_id=f"bench-freshness-{uuid.uuid4().hex[:6]}",
+    )
     stream = DriftingStream(n_features=N_FEATURES, seed=seed, model_id=model_id)
     offsets = np.full(n, -1, dtype=np.int64)
     append_ms = np.zeros(n, dtype=np.int64)
@@ -286,14 +317,20 @@ def produce_labelled(bootstrap: str, topics: dict[str, str], path: str, model_id
                 if path == "samples":
                     send_s[produced] = time.time()
                     producer.send(topics["samples"], key=model_id, value=rec).add_callback(
-                        acked, produced)
+                        acked, produced
+                    )
                     labelled += 1
                 else:
                     event = {k: rec[k] for k in ("event_id", "model_id", "ts", "features")}
-                    producer.send(topics["events"], key=model_id, value=event,
-                                  timestamp_ms=rec["ts"])
-                    label = {"event_id": rec["event_id"], "model_id": model_id,
-                             "ts": rec["ts"] + label_delay_ms, "label": rec["label"]}
+                    producer.send(
+                        topics["events"], key=model_id, value=event, timestamp_ms=rec["ts"]
+                    )
+                    label = {
+                        "event_id": rec["event_id"],
+                        "model_id": model_id,
+                        "ts": rec["ts"] + label_delay_ms,
+                        "label": rec["label"],
+                    }
                     pending.append((now + delay, produced, label))
                 produced += 1
         while pending and pending[0][0] <= now:
@@ -304,27 +341,57 @@ def produce_labelled(bootstrap: str, topics: dict[str, str], path: str, model_id
         time.sleep(0.002)
     producer.flush()
     producer.close()
-    np.savez(out, offsets=offsets, append_ms=append_ms, send_s=send_s, ack_s=ack_s,
-             span=np.array([start, time.time()]))
+    np.savez(
+        out,
+        offsets=offsets,
+        append_ms=append_ms,
+        send_s=send_s,
+        ack_s=ack_s,
+        span=np.array([start, time.time()]),
+    )
 
 
-def start_producer(settings: Settings, model_id: str, rate: float, n: int,
-                   label_delay_ms: int, seed: int, out: Path, path: str = "join"
-                   ) -> multiprocessing.Process:
+def start_producer(
+    settings: Settings,
+    model_id: str,
+    rate: float,
+    n: int,
+    label_delay_ms: int,
+    seed: int,
+    out: Path,
+    path: str = "join",
+) -> multiprocessing.Process:
     t = settings.kafka.topics
     topics = {"events": t.events, "labels": t.labels, "samples": t.samples}
     proc = multiprocessing.get_context("spawn").Process(
-        target=produce_labelled, name="bench-producer",
-        args=(settings.kafka.bootstrap, topics, path, model_id, rate, n, label_delay_ms, seed,
-              str(out)))
+        target=produce_labelled,
+        name="bench-producer",
+        args=(
+            settings.kafka.bootstrap,
+            topics,
+            path,
+            model_id,
+            rate,
+            n,
+            label_delay_ms,
+            seed,
+            str(out),
+        ),
+    )
     proc.start()
     return proc
 
 
 def load_sent(path: Path) -> Sent:
     d = np.load(path)
-    return Sent(d["offsets"], d["append_ms"], d["send_s"], d["ack_s"], float(d["span"][0]),
-                float(d["span"][1]))
+    return Sent(
+        d["offsets"],
+        d["append_ms"],
+        d["send_s"],
+        d["ack_s"],
+        float(d["span"][0]),
+        float(d["span"][1]),
+    )
 
 
 # --------------------------------------------------------------------------- observing
@@ -344,8 +411,10 @@ class SnapshotTap(threading.Thread):
         self.pattern = re.compile(rf'^(\d+\.\d+) \[[^\]]*\] "HSET" "{key}" ')
         # Field values inside MONITOR's quoted arguments: a '"' in any argument is escaped,
         # so '"name" "123"' only matches a field and its value.
-        self.fields = {name: re.compile(rf'"{name}" "(\d+)"')
-                       for name in ("epoch", "version", "samples_applied")}
+        self.fields = {
+            name: re.compile(rf'"{name}" "(\d+)"')
+            for name in ("epoch", "version", "samples_applied")
+        }
         self.writes: list[tuple[float, int, int, int]] = []
         self._monitor: Any = None
         self.ready = threading.Event()
@@ -379,9 +448,14 @@ class SnapshotTap(threading.Thread):
         return max((sa for _, _, _, sa in list(self.writes)), default=0)
 
 
-async def _poll(fetch: Callable[[], Any], poll_s: float, out: list[Any],
-                done: Callable[[], bool], producer: multiprocessing.Process,
-                drain_s: float) -> bool:
+async def _poll(
+    fetch: Callable[[], Any],
+    poll_s: float,
+    out: list[Any],
+    done: Callable[[], bool],
+    producer: multiprocessing.Process,
+    drain_s: float,
+) -> bool:
     """Call ``fetch`` every ``poll_s`` into ``out`` until ``done()`` after the producer
     ended, or ``drain_s`` after it; True when done."""
     drain_deadline = None
@@ -399,9 +473,14 @@ async def _poll(fetch: Callable[[], Any], poll_s: float, out: list[Any],
         await asyncio.sleep(poll_s)
 
 
-async def poll_predictor(settings: Settings, model_id: str, poll_s: float,
-                         done: Callable[[list[Any]], bool], producer: multiprocessing.Process,
-                         drain_s: float) -> tuple[list[tuple[float, int, int]], bool]:
+async def poll_predictor(
+    settings: Settings,
+    model_id: str,
+    poll_s: float,
+    done: Callable[[list[Any]], bool],
+    producer: multiprocessing.Process,
+    drain_s: float,
+) -> tuple[list[tuple[float, int, int]], bool]:
     """(response time, epoch, served version) of every poll of GET /v1/models/{m}."""
     import aiohttp
 
@@ -423,9 +502,14 @@ async def poll_predictor(settings: Settings, model_id: str, poll_s: float,
     return polls, ok
 
 
-async def poll_redis_counter(settings: Settings, key: str, poll_s: float, expected: int,
-                             producer: multiprocessing.Process, drain_s: float
-                             ) -> tuple[list[tuple[float, int]], bool]:
+async def poll_redis_counter(
+    settings: Settings,
+    key: str,
+    poll_s: float,
+    expected: int,
+    producer: multiprocessing.Process,
+    drain_s: float,
+) -> tuple[list[tuple[float, int]], bool]:
     """(time, n) of every poll of the naive loop's hash field ``n`` (read directly)."""
     import redis.asyncio as aredis
 
@@ -438,8 +522,14 @@ async def poll_redis_counter(settings: Settings, key: str, poll_s: float, expect
         return None if raw is None else (time.time(), int(raw))
 
     try:
-        ok = await _poll(fetch, poll_s, polls, lambda: bool(polls) and polls[-1][1] >= expected,
-                         producer, drain_s)
+        ok = await _poll(
+            fetch,
+            poll_s,
+            polls,
+            lambda: bool(polls) and polls[-1][1] >= expected,
+            producer,
+            drain_s,
+        )
     finally:
         await client.aclose()
     return polls, ok
@@ -464,11 +554,22 @@ def first_reaching(times: np.ndarray, counts: np.ndarray, ranks: np.ndarray) -> 
 def stats(x: np.ndarray) -> dict[str, float]:
     x = x[np.isfinite(x)]
     if len(x) == 0:
-        return {"n": 0, "p50": np.nan, "p95": np.nan, "p99": np.nan, "max": np.nan,
-                "over_1s": np.nan}
-    return {"n": len(x), "p50": float(np.percentile(x, 50)),
-            "p95": float(np.percentile(x, 95)), "p99": float(np.percentile(x, 99)),
-            "max": float(x.max()), "over_1s": float(np.mean(x > 1.0))}
+        return {
+            "n": 0,
+            "p50": np.nan,
+            "p95": np.nan,
+            "p99": np.nan,
+            "max": np.nan,
+            "over_1s": np.nan,
+        }
+    return {
+        "n": len(x),
+        "p50": float(np.percentile(x, 50)),
+        "p95": float(np.percentile(x, 95)),
+        "p99": float(np.percentile(x, 99)),
+        "max": float(x.max()),
+        "over_1s": float(np.mean(x > 1.0)),
+    }
 
 
 @dataclasses.dataclass
@@ -492,8 +593,7 @@ class RunResult:
     applied_rate: float = float("nan")
 
 
-def applied_rate(times: np.ndarray, counts: np.ndarray, start_s: float, end_s: float
-                 ) -> float:
+def applied_rate(times: np.ndarray, counts: np.ndarray, start_s: float, end_s: float) -> float:
     """Growth of ``counts`` per second between ``start_s`` and ``end_s`` (running max)."""
     if len(times) == 0:
         return float("nan")
@@ -517,17 +617,26 @@ def check_sent(sent: Sent) -> list[tuple[str, bool | None, str]]:
     # Not part of the freshness: the producer's send call -> the broker's append.
     ingest = stats(sent.append_ms / 1000 - sent.send_s)
     return [
-        ("labels acked, offsets contiguous in send order (rank = offset order)",
-         contiguous, f"{int(acked.sum()):,}/{sent.n:,} acked; send call -> broker append "
-         f"p50 {ingest['p50'] * 1000:.1f} ms, p95 {ingest['p95'] * 1000:.1f} ms, not counted"),
+        (
+            "labels acked, offsets contiguous in send order (rank = offset order)",
+            contiguous,
+            f"{int(acked.sum()):,}/{sent.n:,} acked; send call -> broker append "
+            f"p50 {ingest['p50'] * 1000:.1f} ms, p95 {ingest['p95'] * 1000:.1f} ms, not counted",
+        ),
     ]
 
 
 # --------------------------------------------------------------------------- flowlearn run
 
 
-def replay_check(settings: Settings, model_id: str, seed: int, n: int,
-                 boundaries: list[int], published: np.ndarray) -> tuple[bool, str]:
+def replay_check(
+    settings: Settings,
+    model_id: str,
+    seed: int,
+    n: int,
+    boundaries: list[int],
+    published: np.ndarray,
+) -> tuple[bool, str]:
     """Train the same samples in rank order with the observed batch boundaries, offline;
     compare with the published weights."""
     from flowlearn.core.training import ModelTrainer
@@ -555,37 +664,46 @@ def vertex_load(settings: Settings, job_id: str) -> dict[str, tuple[float, float
     try:
         for v in flink_rest(settings, f"/jobs/{job_id}")["vertices"]:
             metrics = flink_rest(
-                settings, f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
-                "?get=busyTimeMsPerSecond,backPressuredTimeMsPerSecond")
+                settings,
+                f"/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
+                "?get=busyTimeMsPerSecond,backPressuredTimeMsPerSecond",
+            )
             d = {m["id"]: float(m.get("max", 0)) for m in metrics}
             name = v["name"].split(" -> ")[0].removeprefix("Source: ")
-            out[name] = (d.get("busyTimeMsPerSecond", float("nan")),
-                         d.get("backPressuredTimeMsPerSecond", float("nan")))
+            out[name] = (
+                d.get("busyTimeMsPerSecond", float("nan")),
+                d.get("backPressuredTimeMsPerSecond", float("nan")),
+            )
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         pass
     return out
 
 
-def last_acknowledged(settings: Settings, job_id: str, checkpoint: dict[str, Any]
-                      ) -> tuple[str, float] | None:
+def last_acknowledged(
+    settings: Settings, job_id: str, checkpoint: dict[str, Any]
+) -> tuple[str, float] | None:
     """The vertex that acknowledged ``checkpoint`` last, and after how many ms."""
     try:
-        detail = flink_rest(settings,
-                            f"/jobs/{job_id}/checkpoints/details/{checkpoint['id']}")
-        names = {v["id"]: v["name"].split(" -> ")[0].removeprefix("Source: ")
-                 for v in flink_rest(settings, f"/jobs/{job_id}")["vertices"]}
+        detail = flink_rest(settings, f"/jobs/{job_id}/checkpoints/details/{checkpoint['id']}")
+        names = {
+            v["id"]: v["name"].split(" -> ")[0].removeprefix("Source: ")
+            for v in flink_rest(settings, f"/jobs/{job_id}")["vertices"]
+        }
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return None
     tasks = detail.get("tasks", {})
     if not tasks:
         return None
     vid, task = max(tasks.items(), key=lambda kv: kv[1].get("latest_ack_timestamp", 0))
-    return (names.get(vid, vid),
-            task.get("latest_ack_timestamp", 0) - checkpoint["trigger_timestamp"])
+    return (
+        names.get(vid, vid),
+        task.get("latest_ack_timestamp", 0) - checkpoint["trigger_timestamp"],
+    )
 
 
-def checkpoint_history(settings: Settings, job_id: str, start_s: float, end_s: float
-                       ) -> list[dict[str, Any]]:
+def checkpoint_history(
+    settings: Settings, job_id: str, start_s: float, end_s: float
+) -> list[dict[str, Any]]:
     try:
         history = flink_rest(settings, f"/jobs/{job_id}/checkpoints").get("history", [])
     except (OSError, urllib.error.URLError, ValueError):
@@ -593,16 +711,25 @@ def checkpoint_history(settings: Settings, job_id: str, start_s: float, end_s: f
     return [h for h in history if start_s * 1000 <= h.get("trigger_timestamp", 0) <= end_s * 1000]
 
 
-def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
-                  args: argparse.Namespace, tmp: Path, seed: int, overload: bool = False
-                  ) -> RunResult:
+def run_flowlearn(
+    bench: BenchStack,
+    path: str,
+    rate: float,
+    interval_ms: int,
+    args: argparse.Namespace,
+    tmp: Path,
+    seed: int,
+    overload: bool = False,
+) -> RunResult:
     """One measured run. ``overload``: a rate the job is known not to sustain, measured to
     show how far behind it falls (short drain; the run's offsets are not committed)."""
     drain_s = 10.0 if overload else args.drain_s
     config = bench.write_config(interval_ms)
     settings = load_settings(config, env={})
-    log(f"{path} path, {rate:,.0f}/s, checkpoint interval {interval_ms / 1000:g}s: "
-        f"submitting the job ...")
+    log(
+        f"{path} path, {rate:,.0f}/s, checkpoint interval {interval_ms / 1000:g}s: "
+        f"submitting the job ..."
+    )
     job = bench.submit(settings, config)
     model_id = f"fresh-{path}-{interval_ms // 1000}s-{uuid.uuid4().hex[:6]}"
     n = int(rate * (args.warmup_s + args.seconds))
@@ -611,8 +738,10 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
     tap.ready.wait(10)
     out = tmp / f"{model_id}.npz"
     what = "events + delayed labels" if path == "join" else "labelled samples"
-    log(f"producing {n:,} {what} for {model_id} at {rate:,.0f}/s, polling the predictor every "
-        f"{args.poll_ms:g} ms ...")
+    log(
+        f"producing {n:,} {what} for {model_id} at {rate:,.0f}/s, polling the predictor every "
+        f"{args.poll_ms:g} ms ..."
+    )
     producer = start_producer(settings, model_id, rate, n, args.label_delay_ms, seed, out, path)
     # Which operators are busy: the median of 5 samples over the measured input.
     load: dict[str, tuple[float, float]] = {}
@@ -621,8 +750,9 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
         t0 = time.monotonic()
         samples = []
         for k in range(5):
-            time.sleep(max(0.0, t0 + args.warmup_s + args.seconds * (k + 0.5) / 5
-                           - time.monotonic()))
+            time.sleep(
+                max(0.0, t0 + args.warmup_s + args.seconds * (k + 0.5) / 5 - time.monotonic())
+            )
             samples.append(vertex_load(settings, job.id))
         for name in samples[-1]:
             values = np.array([x[name] for x in samples if name in x])
@@ -638,8 +768,9 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
         applied = tap.applied()
         return bool(polls) and applied.get(polls[-1][1:], 0) >= n
 
-    polls, ok = asyncio.run(poll_predictor(settings, model_id, args.poll_ms / 1000, done,
-                                           producer, drain_s))
+    polls, ok = asyncio.run(
+        poll_predictor(settings, model_id, args.poll_ms / 1000, done, producer, drain_s)
+    )
     producer.join()
     timer.join()
     tap.stop()
@@ -647,8 +778,10 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
         raise SystemExit(f"error: the producer process failed (exit {producer.exitcode})")
     sent = load_sent(out)
     if not ok and not overload:
-        log(f"warning: the predictor did not serve all {n:,} samples within "
-            f"{drain_s:.0f}s of the last label")
+        log(
+            f"warning: the predictor did not serve all {n:,} samples within "
+            f"{drain_s:.0f}s of the last label"
+        )
     checkpoints = checkpoint_history(settings, job.id, sent.start_s, sent.end_s)
     slowest = max(checkpoints, key=lambda h: h.get("end_to_end_duration", 0), default=None)
     if slowest is not None:
@@ -704,49 +837,106 @@ def run_flowlearn(bench: BenchStack, path: str, rate: float, interval_ms: int,
 
     checks = check_sent(sent)
     if overload:
-        checks.append((f"overload run: {sent.n - final_applied:,} of {sent.n:,} samples still "
-                       f"unapplied {drain_s:.0f}s after the last label (expected)", None,
-                       "freshness percentiles cover the served labels only"))
-        return RunResult("flowlearn (overloaded)", f"flowlearn {path} {rate:g}/s "
-                         f"{interval_ms / 1000:g}s (overload)", interval_ms, path, rate, sent,
-                         freshness, int(np.sum(~np.isfinite(freshness))), checks, breakdown,
-                         checkpoints, freshness[near], load=load,
-                         applied_rate=applied_rate(w_t, w_sa, sent.start_s + args.warmup_s,
-                                                   sent.end_s))
-    checks.append(("final samples_applied == labels sent", final_applied == sent.n,
-                   f"{final_applied:,} vs {sent.n:,}"))
-    checks.append(("every version's snapshot write seen (one epoch, versions 1..V)", complete,
-                   f"{len(versions)} versions, epochs {sorted(epochs)}"))
+        checks.append(
+            (
+                f"overload run: {sent.n - final_applied:,} of {sent.n:,} samples still "
+                f"unapplied {drain_s:.0f}s after the last label (expected)",
+                None,
+                "freshness percentiles cover the served labels only",
+            )
+        )
+        return RunResult(
+            "flowlearn (overloaded)",
+            f"flowlearn {path} {rate:g}/s {interval_ms / 1000:g}s (overload)",
+            interval_ms,
+            path,
+            rate,
+            sent,
+            freshness,
+            int(np.sum(~np.isfinite(freshness))),
+            checks,
+            breakdown,
+            checkpoints,
+            freshness[near],
+            load=load,
+            applied_rate=applied_rate(w_t, w_sa, sent.start_s + args.warmup_s, sent.end_s),
+        )
+    checks.append(
+        (
+            "final samples_applied == labels sent",
+            final_applied == sent.n,
+            f"{final_applied:,} vs {sent.n:,}",
+        )
+    )
+    checks.append(
+        (
+            "every version's snapshot write seen (one epoch, versions 1..V)",
+            complete,
+            f"{len(versions)} versions, epochs {sorted(epochs)}",
+        )
+    )
     if complete and final_applied == sent.n:
         from flowlearn.contracts.redis_contract import Keys, read_snapshot
 
         snap = read_snapshot(redis_client(settings.redis), Keys(settings.redis.prefix), model_id)
         if snap is None or snap.version != versions[-1]:
-            checks.append(("offline replay in rank order == published weights", None,
-                           "snapshot moved on"))
+            checks.append(
+                ("offline replay in rank order == published weights", None, "snapshot moved on")
+            )
         else:
-            same, detail = replay_check(settings, model_id, seed, sent.n,
-                                        [applied[(snap.epoch, v)] for v in versions],
-                                        snap.weights.astype(np.float64).reshape(-1))
-            checks.append(("offline replay in rank order == published weights (bit-exact)",
-                           same, detail))
+            same, detail = replay_check(
+                settings,
+                model_id,
+                seed,
+                sent.n,
+                [applied[(snap.epoch, v)] for v in versions],
+                snap.weights.astype(np.float64).reshape(-1),
+            )
+            checks.append(
+                ("offline replay in rank order == published weights (bit-exact)", same, detail)
+            )
     else:
-        checks.append(("offline replay in rank order == published weights", None,
-                       "skipped: the version map is incomplete"))
-    return RunResult("flowlearn job -> predictor", f"flowlearn {path} {rate:g}/s "
-                     f"{interval_ms / 1000:g}s", interval_ms, path, rate, sent, freshness,
-                     int(np.sum(~np.isfinite(freshness))), checks, breakdown, checkpoints,
-                     freshness[near], load=load,
-                     applied_rate=applied_rate(w_t, w_sa, sent.start_s + args.warmup_s,
-                                               sent.end_s))
+        checks.append(
+            (
+                "offline replay in rank order == published weights",
+                None,
+                "skipped: the version map is incomplete",
+            )
+        )
+    return RunResult(
+        "flowlearn job -> predictor",
+        f"flowlearn {path} {rate:g}/s {interval_ms / 1000:g}s",
+        interval_ms,
+        path,
+        rate,
+        sent,
+        freshness,
+        int(np.sum(~np.isfinite(freshness))),
+        checks,
+        breakdown,
+        checkpoints,
+        freshness[near],
+        load=load,
+        applied_rate=applied_rate(w_t, w_sa, sent.start_s + args.warmup_s, sent.end_s),
+    )
 
 
 # --------------------------------------------------------------------------- naive peer
 
 
-def naive_loop(bootstrap: str, events_topic: str, labels_topic: str, redis_host: str,
-               redis_port: int, redis_password: str, key: str, model_id: str, batch: int,
-               expected: int, timeout_s: float) -> None:
+def naive_loop(
+    bootstrap: str,
+    events_topic: str,
+    labels_topic: str,
+    redis_host: str,
+    redis_port: int,
+    redis_password: str,
+    key: str,
+    model_id: str,
+    batch: int,
+    expected: int,
+    timeout_s: float,
+) -> None:
     """The naive peer, run by itself in a bare ``python -c`` (only what it imports here):
     prints ``ready`` once positioned at the end of both topics, then a JSON summary."""
     import json
@@ -756,9 +946,13 @@ def naive_loop(bootstrap: str, events_topic: str, labels_topic: str, redis_host:
     from kafka import KafkaConsumer, TopicPartition
     from river import linear_model
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, max_poll_records=5000,
-                             fetch_max_wait_ms=100)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+        fetch_max_wait_ms=100,
+    )
     parts = [TopicPartition(events_topic, 0), TopicPartition(labels_topic, 0)]
     consumer.assign(parts)
     consumer.seek_to_end()
@@ -778,8 +972,10 @@ def naive_loop(bootstrap: str, events_topic: str, labels_topic: str, redis_host:
 
     def publish() -> None:
         nonlocal since_publish
-        client.hset(key, mapping={"weights": json.dumps(model.weights), "n": n,
-                                  "ts": int(time.time() * 1000)})
+        client.hset(
+            key,
+            mapping={"weights": json.dumps(model.weights), "n": n, "ts": int(time.time() * 1000)},
+        )
         since_publish = 0
 
     print("ready", flush=True)
@@ -813,26 +1009,51 @@ def naive_loop(bootstrap: str, events_topic: str, labels_topic: str, redis_host:
     if since_publish:
         publish()
     with open("/proc/self/status") as status:
-        mem = {k: v.split()[0] for k, v in (line.split(":", 1) for line in status)
-               if k in ("VmRSS", "VmHWM")}
-    print(json.dumps({"n": n, "labels_first": labels_first, "rss_kb": int(mem["VmRSS"]),
-                      "hwm_kb": int(mem["VmHWM"])}), flush=True)
+        mem = {
+            k: v.split()[0]
+            for k, v in (line.split(":", 1) for line in status)
+            if k in ("VmRSS", "VmHWM")
+        }
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "labels_first": labels_first,
+                "rss_kb": int(mem["VmRSS"]),
+                "hwm_kb": int(mem["VmHWM"]),
+            }
+        ),
+        flush=True,
+    )
 
 
-def start_naive(settings: Settings, key: str, model_id: str, batch: int, expected: int,
-                timeout_s: float) -> subprocess.Popen[str]:
+def start_naive(
+    settings: Settings, key: str, model_id: str, batch: int, expected: int, timeout_s: float
+) -> subprocess.Popen[str]:
     """Start :func:`naive_loop` in a bare interpreter and wait until it is positioned."""
     r = settings.redis
-    kwargs = {"bootstrap": settings.kafka.bootstrap,
-              "events_topic": settings.kafka.topics.events,
-              "labels_topic": settings.kafka.topics.labels, "redis_host": r.host,
-              "redis_port": r.port, "redis_password": r.password, "key": key,
-              "model_id": model_id, "batch": batch, "expected": expected,
-              "timeout_s": timeout_s}
-    code = (textwrap.dedent(inspect.getsource(naive_loop))
-            + "\nimport json, sys\nnaive_loop(**json.loads(sys.argv[1]))\n")
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code, json.dumps(kwargs)],
-                            stdout=subprocess.PIPE, text=True)
+    kwargs = {
+        "bootstrap": settings.kafka.bootstrap,
+        "events_topic": settings.kafka.topics.events,
+        "labels_topic": settings.kafka.topics.labels,
+        "redis_host": r.host,
+        "redis_port": r.port,
+        "redis_password": r.password,
+        "key": key,
+        "model_id": model_id,
+        "batch": batch,
+        "expected": expected,
+        "timeout_s": timeout_s,
+    }
+    code = (
+        textwrap.dedent(inspect.getsource(naive_loop))
+        + "\nimport json, sys\nnaive_loop(**json.loads(sys.argv[1]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", code, json.dumps(kwargs)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if line != "ready":
@@ -841,19 +1062,29 @@ def start_naive(settings: Settings, key: str, model_id: str, batch: int, expecte
     return proc
 
 
-def run_naive(settings: Settings, rate: float, args: argparse.Namespace, tmp: Path,
-              seed: int) -> tuple[RunResult, dict[str, Any]]:
+def run_naive(
+    settings: Settings, rate: float, args: argparse.Namespace, tmp: Path, seed: int
+) -> tuple[RunResult, dict[str, Any]]:
     model_id = f"naive-{uuid.uuid4().hex[:6]}"
     key = f"naive:model:{model_id}"
     n = int(rate * (args.warmup_s + args.seconds))
-    naive = start_naive(settings, key, model_id, settings.job.batch_size, n,
-                        timeout_s=args.warmup_s + args.seconds + args.drain_s + 30)
+    naive = start_naive(
+        settings,
+        key,
+        model_id,
+        settings.job.batch_size,
+        n,
+        timeout_s=args.warmup_s + args.seconds + args.drain_s + 30,
+    )
     out = tmp / f"{model_id}.npz"
-    log(f"naive loop: producing {n:,} events + delayed labels at {rate:,.0f}/s, "
-        f"polling Redis every {args.poll_ms:g} ms ...")
+    log(
+        f"naive loop: producing {n:,} events + delayed labels at {rate:,.0f}/s, "
+        f"polling Redis every {args.poll_ms:g} ms ..."
+    )
     producer = start_producer(settings, model_id, rate, n, args.label_delay_ms, seed, out)
-    polls, ok = asyncio.run(poll_redis_counter(settings, key, args.poll_ms / 1000, n, producer,
-                                               args.drain_s))
+    polls, ok = asyncio.run(
+        poll_redis_counter(settings, key, args.poll_ms / 1000, n, producer, args.drain_s)
+    )
     producer.join()
     stdout, _ = naive.communicate(timeout=60)
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -865,16 +1096,30 @@ def run_naive(settings: Settings, rate: float, args: argparse.Namespace, tmp: Pa
     served_at = first_reaching(poll_t, poll_n, idx + 1)
     freshness = served_at - sent.append_ms[idx] / 1000
     checks = check_sent(sent)
-    checks.append(("final n == labels sent", summary["n"] == sent.n,
-                   f"{summary['n']:,} vs {sent.n:,}"))
-    checks.append(("no label arrived before its event (rank = label order)",
-                   summary["labels_first"] == 0, f"{summary['labels_first']} did"))
+    checks.append(
+        ("final n == labels sent", summary["n"] == sent.n, f"{summary['n']:,} vs {sent.n:,}")
+    )
+    checks.append(
+        (
+            "no label arrived before its event (rank = label order)",
+            summary["labels_first"] == 0,
+            f"{summary['labels_first']} did",
+        )
+    )
     if not ok:
         log("warning: the naive loop did not publish every sample in time")
-    result = RunResult("naive loop -> Redis", f"naive {rate:g}/s", None, "join", rate, sent,
-                       freshness, int(np.sum(~np.isfinite(freshness))), checks,
-                       applied_rate=applied_rate(poll_t, poll_n, sent.start_s + args.warmup_s,
-                                                 sent.end_s))
+    result = RunResult(
+        "naive loop -> Redis",
+        f"naive {rate:g}/s",
+        None,
+        "join",
+        rate,
+        sent,
+        freshness,
+        int(np.sum(~np.isfinite(freshness))),
+        checks,
+        applied_rate=applied_rate(poll_t, poll_n, sent.start_s + args.warmup_s, sent.end_s),
+    )
     return result, summary
 
 
@@ -885,22 +1130,36 @@ def fmt_s(x: float) -> str:
     return "   n/a" if not np.isfinite(x) else f"{x:6.3f}"
 
 
-def report(results: list[RunResult], naive_summaries: list[dict[str, Any]],
-           args: argparse.Namespace, settings: Settings) -> None:
+def report(
+    results: list[RunResult],
+    naive_summaries: list[dict[str, Any]],
+    args: argparse.Namespace,
+    settings: Settings,
+) -> None:
     f = settings.flink
-    print("\nFreshness: label (or labelled sample) appended to Kafka (broker LogAppendTime) -> "
-          "the predictor serving a version trained on it")
-    print(f"  one model a run; path join: events + their labels {args.label_delay_ms} ms later "
-          f"(fl.events + fl.labels, label join); path samples: labelled samples (fl.samples)")
-    print(f"  {args.seconds:g}s measured after {args.warmup_s:g}s warm-up; 1 partition, "
-          f"parallelism 1, batch {settings.job.batch_size} / timeout "
-          f"{settings.job.batch_timeout_ms} ms, Python bundle {f.python_bundle_time_ms} ms / "
-          f"{f.python_bundle_size:,} records; poll every {args.poll_ms:g} ms")
-    print("  2 shared, noisy cores run everything (Kafka, Redis, Flink with 3 Python workers, "
-          "the predictor, producer, poller, and other people's work): read ratios")
-    head = (f"  {'system':27s} {'path':7s} {'in/s':>6s} {'ckpt':>5s} {'done/s':>7s} "
-            f"{'labels':>7s} {'p50 s':>7s} {'p95 s':>7s} {'p99 s':>7s} {'max s':>7s} "
-            f"{'>1 s':>6s} {'ckpts':>5s}")
+    print(
+        "\nFreshness: label (or labelled sample) appended to Kafka (broker LogAppendTime) -> "
+        "the predictor serving a version trained on it"
+    )
+    print(
+        f"  one model a run; path join: events + their labels {args.label_delay_ms} ms later "
+        f"(fl.events + fl.labels, label join); path samples: labelled samples (fl.samples)"
+    )
+    print(
+        f"  {args.seconds:g}s measured after {args.warmup_s:g}s warm-up; 1 partition, "
+        f"parallelism 1, batch {settings.job.batch_size} / timeout "
+        f"{settings.job.batch_timeout_ms} ms, Python bundle {f.python_bundle_time_ms} ms / "
+        f"{f.python_bundle_size:,} records; poll every {args.poll_ms:g} ms"
+    )
+    print(
+        "  2 shared, noisy cores run everything (Kafka, Redis, Flink with 3 Python workers, "
+        "the predictor, producer, poller, and other people's work): read ratios"
+    )
+    head = (
+        f"  {'system':27s} {'path':7s} {'in/s':>6s} {'ckpt':>5s} {'done/s':>7s} "
+        f"{'labels':>7s} {'p50 s':>7s} {'p95 s':>7s} {'p99 s':>7s} {'max s':>7s} "
+        f"{'>1 s':>6s} {'ckpts':>5s}"
+    )
     print(head)
     print("  " + "-" * (len(head) - 2))
     for r in results:
@@ -908,16 +1167,22 @@ def report(results: list[RunResult], naive_summaries: list[dict[str, Any]],
         ckpt = "-" if r.checkpoint_interval_ms is None else f"{r.checkpoint_interval_ms / 1000:g}s"
         ckpts = "-" if r.checkpoint_interval_ms is None else str(len(r.checkpoints))
         over = f"{st['over_1s']:.1%}" if st["n"] else "-"
-        print(f"  {r.name:27s} {r.path:7s} {r.rate:>6,.0f} {ckpt:>5s} {r.applied_rate:>7,.0f} "
-              f"{st['n']:>7,} {fmt_s(st['p50']):>7s} {fmt_s(st['p95']):>7s} "
-              f"{fmt_s(st['p99']):>7s} {fmt_s(st['max']):>7s} "
-              f"{over:>6s} "
-              f"{ckpts:>5s}")
+        print(
+            f"  {r.name:27s} {r.path:7s} {r.rate:>6,.0f} {ckpt:>5s} {r.applied_rate:>7,.0f} "
+            f"{st['n']:>7,} {fmt_s(st['p50']):>7s} {fmt_s(st['p95']):>7s} "
+            f"{fmt_s(st['p99']):>7s} {fmt_s(st['max']):>7s} "
+            f"{over:>6s} "
+            f"{ckpts:>5s}"
+        )
         if r.missing:
-            print(f"  {'':27s} ({r.missing:,} measured labels not yet served when the run "
-                  f"ended; the percentiles are of the {st['n']:,} served)")
-    print("  done/s: samples applied (flowlearn) or learnt (naive) per second while the input "
-          "ran; below in/s the system fell behind and its freshness is its backlog")
+            print(
+                f"  {'':27s} ({r.missing:,} measured labels not yet served when the run "
+                f"ended; the percentiles are of the {st['n']:,} served)"
+            )
+    print(
+        "  done/s: samples applied (flowlearn) or learnt (naive) per second while the input "
+        "ran; below in/s the system fell behind and its freshness is its backlog"
+    )
     naives = {r.rate: r for r in results if r.checkpoint_interval_ms is None}
     for r in results:
         peer = naives.get(r.rate)
@@ -926,9 +1191,11 @@ def report(results: list[RunResult], naive_summaries: list[dict[str, Any]],
         a, b = stats(r.freshness), stats(peer.freshness)
         if not (a["n"] and b["n"]) or r.name.endswith("(overloaded)"):
             continue
-        print(f"  ratio flowlearn {r.path} (ckpt {r.checkpoint_interval_ms / 1000:g}s) / naive, "
-              f"both at {r.rate:,.0f}/s: p50 {a['p50'] / b['p50']:.1f}x, "
-              f"p95 {a['p95'] / b['p95']:.1f}x")
+        print(
+            f"  ratio flowlearn {r.path} (ckpt {r.checkpoint_interval_ms / 1000:g}s) / naive, "
+            f"both at {r.rate:,.0f}/s: p50 {a['p50'] / b['p50']:.1f}x, "
+            f"p95 {a['p95'] / b['p95']:.1f}x"
+        )
     for r in results:
         if r.checkpoint_interval_ms is None:
             continue
@@ -939,63 +1206,112 @@ def report(results: list[RunResult], naive_summaries: list[dict[str, Any]],
         if r.load:
             # Sources are left out: with Python operators chained to them, Flink reports
             # them 1000 ms/s busy even without input.
-            busiest = sorted(((n, v) for n, v in r.load.items() if not n.endswith("-source")),
-                             key=lambda kv: -kv[1][0])[:3]
-            print("    busiest non-source vertices half-way (busy / back-pressured ms per s): "
-                  + ", ".join(f"{name} {busy:.0f}/{bp:.0f}" for name, (busy, bp) in busiest))
+            busiest = sorted(
+                ((n, v) for n, v in r.load.items() if not n.endswith("-source")),
+                key=lambda kv: -kv[1][0],
+            )[:3]
+            print(
+                "    busiest non-source vertices half-way (busy / back-pressured ms per s): "
+                + ", ".join(f"{name} {busy:.0f}/{bp:.0f}" for name, (busy, bp) in busiest)
+            )
         if r.checkpoints:
             durations = [h.get("end_to_end_duration", 0) for h in r.checkpoints]
             near = stats(r.near_checkpoint if r.near_checkpoint is not None else np.array([]))
-            print(f"    {len(r.checkpoints)} checkpoints during the input (end-to-end "
-                  f"{min(durations):,}-{max(durations):,} ms); labels arriving from 1 s before "
-                  f"a checkpoint to its end: {near['n']:,}, p95 {fmt_s(near['p95']).strip()} s")
-            last = max(r.checkpoints, key=lambda h: h.get("end_to_end_duration", 0)).get(
-                "last_ack")
+            print(
+                f"    {len(r.checkpoints)} checkpoints during the input (end-to-end "
+                f"{min(durations):,}-{max(durations):,} ms); labels arriving from 1 s before "
+                f"a checkpoint to its end: {near['n']:,}, p95 {fmt_s(near['p95']).strip()} s"
+            )
+            last = max(r.checkpoints, key=lambda h: h.get("end_to_end_duration", 0)).get("last_ack")
             if last:
-                print(f"    slowest checkpoint: last acknowledged by {last[0]} after "
-                      f"{last[1]:,.0f} ms")
-    print("\n  Checks (fl.labels and fl.samples set to LogAppendTime, read back with "
-          "describe_configs)")
+                print(
+                    f"    slowest checkpoint: last acknowledged by {last[0]} after "
+                    f"{last[1]:,.0f} ms"
+                )
+    print(
+        "\n  Checks (fl.labels and fl.samples set to LogAppendTime, read back with "
+        "describe_configs)"
+    )
     for r in results:
         for what, ok, detail in r.checks:
             mark = "ok  " if ok else ("n/a " if ok is None else "FAIL")
             print(f"    [{mark}] {r.tag}: {what} ({detail})")
     for summary in naive_summaries:
-        print(f"  naive loop at {summary['rate']:,.0f}/s: process RSS "
-              f"{summary['rss_kb'] / 1024:.0f} MiB at the end (peak "
-              f"{summary['hwm_kb'] / 1024:.0f} MiB)")
+        print(
+            f"  naive loop at {summary['rate']:,.0f}/s: process RSS "
+            f"{summary['rss_kb'] / 1024:.0f} MiB at the end (peak "
+            f"{summary['hwm_kb'] / 1024:.0f} MiB)"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=2000.0,
-                        help="labelled samples/s (default 2000)")
-    parser.add_argument("--join-rate", type=float, default=50.0,
-                        help="labelled samples/s on the join path (default 50; the label join "
-                             "keeps up with about 800/s on the 2-core machine; without --quick "
-                             "one more join run at --rate shows the overload)")
-    parser.add_argument("--paths", default="join,samples",
-                        help="input paths to measure the job on: join, samples (default both)")
-    parser.add_argument("--seconds", type=float, default=30.0,
-                        help="measured seconds of input per run (default 30)")
-    parser.add_argument("--warmup-s", type=float, default=5.0,
-                        help="seconds of input before the measured labels (default 5)")
-    parser.add_argument("--label-delay-ms", type=int, default=500,
-                        help="each label is sent this long after its event (default 500)")
-    parser.add_argument("--poll-ms", type=float, default=5.0,
-                        help="poll interval of the predictor / Redis: the resolution (5)")
-    parser.add_argument("--checkpoint-intervals", default="5000,30000",
-                        help="flink.checkpoint_interval_ms values, comma-separated")
-    parser.add_argument("--drain-s", type=float, default=60.0,
-                        help="how long to wait for the last label to be served (default 60)")
-    parser.add_argument("--bundle-time-ms", type=int, default=None,
-                        help="flink.python_bundle_time_ms of the job (default: the settings')")
-    parser.add_argument("--batch-timeout-ms", type=int, default=None,
-                        help="job.batch_timeout_ms of the job (default: the settings')")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rate", type=float, default=2000.0, help="labelled samples/s (default 2000)"
+    )
+    parser.add_argument(
+        "--join-rate",
+        type=float,
+        default=50.0,
+        help="labelled samples/s on the join path (default 50; the label join "
+        "keeps up with about 800/s on the 2-core machine; without --quick "
+        "one more join run at --rate shows the overload)",
+    )
+    parser.add_argument(
+        "--paths",
+        default="join,samples",
+        help="input paths to measure the job on: join, samples (default both)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="measured seconds of input per run (default 30)"
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=5.0,
+        help="seconds of input before the measured labels (default 5)",
+    )
+    parser.add_argument(
+        "--label-delay-ms",
+        type=int,
+        default=500,
+        help="each label is sent this long after its event (default 500)",
+    )
+    parser.add_argument(
+        "--poll-ms",
+        type=float,
+        default=5.0,
+        help="poll interval of the predictor / Redis: the resolution (5)",
+    )
+    parser.add_argument(
+        "--checkpoint-intervals",
+        default="5000,30000",
+        help="flink.checkpoint_interval_ms values, comma-separated",
+    )
+    parser.add_argument(
+        "--drain-s",
+        type=float,
+        default=60.0,
+        help="how long to wait for the last label to be served (default 60)",
+    )
+    parser.add_argument(
+        "--bundle-time-ms",
+        type=int,
+        default=None,
+        help="flink.python_bundle_time_ms of the job (default: the settings')",
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=int,
+        default=None,
+        help="job.batch_timeout_ms of the job (default: the settings')",
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive peer")
-    parser.add_argument("--quick", action="store_true",
-                        help="15 s measured after 3 s warm-up per run, 30 s drain")
+    parser.add_argument(
+        "--quick", action="store_true", help="15 s measured after 3 s warm-up per run, 30 s drain"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.warmup_s, args.drain_s = 15.0, 3.0, 30.0
@@ -1009,8 +1325,11 @@ def main() -> None:
     naive_summaries: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        extra = ("" if args.batch_timeout_ms is None
-                 else f"[job]\nbatch_timeout_ms = {args.batch_timeout_ms}\n")
+        extra = (
+            ""
+            if args.batch_timeout_ms is None
+            else f"[job]\nbatch_timeout_ms = {args.batch_timeout_ms}\n"
+        )
         bench = BenchStack(tmp, extra, bundle_time_ms=args.bundle_time_ms)
         settings = bench.settings
         with bench.running():
@@ -1025,8 +1344,11 @@ def main() -> None:
             if "join" in paths and join_rate < args.rate and not args.quick:
                 # The issue's rate on the join path, above what the label join sustains here.
                 seed += 1
-                results.append(run_flowlearn(bench, "join", args.rate, intervals[0], args, tmp,
-                                             seed, overload=True))
+                results.append(
+                    run_flowlearn(
+                        bench, "join", args.rate, intervals[0], args, tmp, seed, overload=True
+                    )
+                )
             if not args.no_naive:
                 for rate in sorted({join_rate, args.rate}):
                     seed += 1

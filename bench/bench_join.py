@@ -32,11 +32,23 @@ def records(pairs: int) -> tuple[list[bytes], list[bytes]]:
     # One timestamp for all: however the two sources interleave, no label is behind the
     # watermark (the events source may run far ahead of the labels source).
     samples = DriftingStream(n_features=10, seed=5, model_id="join-bench").take(
-        pairs, start, step_ms=0)
-    events = [json.dumps({k: r[k] for k in ("event_id", "model_id", "ts", "features")}).encode()
-              for r in samples]
-    labels = [json.dumps({"event_id": r["event_id"], "model_id": r["model_id"],
-                          "ts": r["ts"] + 5, "label": r["label"]}).encode() for r in samples]
+        pairs, start, step_ms=0
+    )
+    events = [
+        json.dumps({k: r[k] for k in ("event_id", "model_id", "ts", "features")}).encode()
+        for r in samples
+    ]
+    labels = [
+        json.dumps(
+            {
+                "event_id": r["event_id"],
+                "model_id": r["model_id"],
+                "ts": r["ts"] + 5,
+                "label": r["label"],
+            }
+        ).encode()
+        for r in samples
+    ]
     return events, labels
 
 
@@ -47,11 +59,13 @@ def run_job(events: list[bytes], labels: list[bytes]) -> tuple[float, int]:
 
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "256"})
     env = local_environment(operators_jar(settings))
-    sources = RawSources(raw_stream(env, []), raw_stream(env, events), raw_stream(env, labels),
-                         raw_stream(env, []))
+    sources = RawSources(
+        raw_stream(env, []), raw_stream(env, events), raw_stream(env, labels), raw_stream(env, [])
+    )
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
-    applied = streams.versions.map(lambda v: Version._make(v).samples_applied,
-                                   output_type=Types.LONG())
+    applied = streams.versions.map(
+        lambda v: Version._make(v).samples_applied, output_type=Types.LONG()
+    )
     t0 = time.perf_counter()
     with applied.execute_and_collect() as results:
         last = max([int(r) for r in results], default=0)
@@ -88,8 +102,10 @@ def main() -> None:
     peer_s = dict_join(events, labels)
     net = max(job_s - empty_s, 1e-9)
     print(f"label join, {pairs:,} event/label pairs, parallelism 1")
-    print(f"  job (MiniCluster): {job_s:.1f}s, of which start/stop {empty_s:.1f}s; "
-          f"{applied:,} samples applied: {applied / net:,.0f} joined samples/s")
+    print(
+        f"  job (MiniCluster): {job_s:.1f}s, of which start/stop {empty_s:.1f}s; "
+        f"{applied:,} samples applied: {applied / net:,.0f} joined samples/s"
+    )
     print(f"  peer (dict join in one Python loop): {pairs / peer_s:,.0f} pairs/s")
     print(f"  ratio job / peer: {(applied / net) / (pairs / peer_s):.3f}")
 

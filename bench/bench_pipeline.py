@@ -39,7 +39,7 @@ from flowlearn.devstack.producer import produce
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_CONFIG = f"""
 [stack]
-home = "{ROOT / '.flowlearn-bench'}"
+home = "{ROOT / ".flowlearn-bench"}"
 [kafka]
 port = 29092
 controller_port = 29093
@@ -64,8 +64,11 @@ def log(msg: str) -> None:
 
 
 def cli(config: Path, *args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "flowlearn.cli", "--config", str(config),
-                             *args], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowlearn.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"flowlearn {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
 
@@ -73,13 +76,22 @@ def cli(config: Path, *args: str) -> None:
 def produce_all(settings: Settings, model_id: str, n: int, bulk: int = 0) -> float:
     """Send n samples as fast as the producer can; returns the seconds it took."""
     t0 = time.monotonic()
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=n,
-            rate=1e12, seed=1, bulk=bulk, quiet=True)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model_id,
+        count=n,
+        rate=1e12,
+        seed=1,
+        bulk=bulk,
+        quiet=True,
+    )
     return time.monotonic() - t0
 
 
-def job_rate(config: Path, settings: Settings, client: redis.Redis, n: int, bulk: int
-             ) -> tuple[float, float, float]:
+def job_rate(
+    config: Path, settings: Settings, client: redis.Redis, n: int, bulk: int
+) -> tuple[float, float, float]:
     """Produce n samples (JSON, or bulk records of ``bulk``), then run the job over them.
 
     Returns (samples/s once training runs: from the first published version to the last,
@@ -102,8 +114,13 @@ def job_rate(config: Path, settings: Settings, client: redis.Redis, n: int, bulk
     return (n - applied_first) / (done - first), running - t0, first - running
 
 
-def wait_applied(client: redis.Redis, keys: Keys, model_id: str, n: int, timeout_s: float,
-                 ) -> tuple[float, int]:
+def wait_applied(
+    client: redis.Redis,
+    keys: Keys,
+    model_id: str,
+    n: int,
+    timeout_s: float,
+) -> tuple[float, int]:
     """When the model's snapshot first shows n samples applied, and how many it shows."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -118,10 +135,14 @@ def naive_loop(settings: Settings, n: int, batch: int) -> float:
     """Consume n JSON samples from the start of the topic, train, publish; samples/s."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(settings.kafka.topics.samples,
-                             bootstrap_servers=settings.kafka.bootstrap,
-                             auto_offset_reset="earliest", group_id=f"naive-{uuid.uuid4()}",
-                             enable_auto_commit=False, max_poll_records=5000)
+    consumer = KafkaConsumer(
+        settings.kafka.topics.samples,
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"naive-{uuid.uuid4()}",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     from river import linear_model
 
     r = settings.redis
@@ -140,18 +161,22 @@ def naive_loop(settings: Settings, n: int, batch: int) -> float:
                 model.learn_one(dict(enumerate(rec["features"])), bool(rec["label"]))
                 seen += 1
                 if seen % batch == 0:
-                    client.hset("naive:model", mapping={
-                        "weights": json.dumps(dict(model.weights)), "n": seen})
+                    client.hset(
+                        "naive:model",
+                        mapping={"weights": json.dumps(dict(model.weights)), "n": seen},
+                    )
     elapsed = time.monotonic() - (t0 or 0.0)
     consumer.close()
     return n / elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=200_000,
-                        help="JSON samples; the bulk run sends 4x as many")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--samples", type=int, default=200_000, help="JSON samples; the bulk run sends 4x as many"
+    )
     parser.add_argument("--quick", action="store_true", help="50,000 samples (x4 in bulk)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
     args = parser.parse_args()
@@ -179,16 +204,22 @@ def main() -> None:
         finally:
             if not args.keep:
                 cli(config, "down")
-    print(f"\nEnd-to-end training throughput (Kafka -> train -> Redis), batch "
-          f"{settings.job.batch_size}, 2 cores")
-    print(f"  stack up {t_up:.1f}s, submit to RUNNING {t_submit:.1f}s, RUNNING to the first "
-          f"version {json_start:.1f}s (JSON) / {bulk_start:.1f}s (bulk); rates from the first "
-          f"version to the last")
+    print(
+        f"\nEnd-to-end training throughput (Kafka -> train -> Redis), batch "
+        f"{settings.job.batch_size}, 2 cores"
+    )
+    print(
+        f"  stack up {t_up:.1f}s, submit to RUNNING {t_submit:.1f}s, RUNNING to the first "
+        f"version {json_start:.1f}s (JSON) / {bulk_start:.1f}s (bulk); rates from the first "
+        f"version to the last"
+    )
     print(f"  {'flowlearn job, JSON samples':42s} {json_rate:>10,.0f} samples/s")
     print(f"  {'flowlearn job, bulk Arrow records of 256':42s} {bulk_rate:>10,.0f} samples/s")
     print(f"  {'naive loop, River learn_one, JSON samples':42s} {naive_rate:>10,.0f} samples/s")
-    print(f"  ratios: JSON job / naive {json_rate / naive_rate:.2f}x, "
-          f"bulk job / naive {bulk_rate / naive_rate:.2f}x")
+    print(
+        f"  ratios: JSON job / naive {json_rate / naive_rate:.2f}x, "
+        f"bulk job / naive {bulk_rate / naive_rate:.2f}x"
+    )
 
 
 if __name__ == "__main__":

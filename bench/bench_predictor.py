@@ -44,8 +44,16 @@ PASSWORD = "bench-password"
 PREFIX = "bench:"
 MODEL = "bench"
 N_FEATURES = 10
-SPEC = json.dumps({"type": "logistic", "n_features": N_FEATURES, "classes": [0, 1],
-                   "intercept": True, "features": "dense", "hash_seed": 0})
+SPEC = json.dumps(
+    {
+        "type": "logistic",
+        "n_features": N_FEATURES,
+        "classes": [0, 1],
+        "intercept": True,
+        "features": "dense",
+        "hash_seed": 0,
+    }
+)
 
 # The same work as the predictor minus the follower: what "reading Redis per request" costs.
 NAIVE = """
@@ -125,10 +133,12 @@ def wait_http(url: str, what: str, proc: subprocess.Popen[bytes], timeout_s: flo
 
 
 @contextmanager
-def process(argv: list[str], what: str, env: dict[str, str] | None = None
-            ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def process(
+    argv: list[str], what: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     progress(f"started {what} (pid {proc.pid})")
     try:
         yield proc
@@ -145,25 +155,54 @@ def process(argv: list[str], what: str, env: dict[str, str] | None = None
 def wrk(url: str, body: str, duration: int, connections: int, tmp: Path) -> dict[str, float]:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT % body)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script),
-                          url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     match = re.search(r"^BENCH (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.M)
     if match is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     requests, micros, p50, p95, p99, errors = (int(x) for x in match.groups())
-    return {"rps": requests / (micros / 1e6), "p50_ms": p50 / 1000, "p95_ms": p95 / 1000,
-            "p99_ms": p99 / 1000, "errors": errors}
+    return {
+        "rps": requests / (micros / 1e6),
+        "p50_ms": p50 / 1000,
+        "p95_ms": p95 / 1000,
+        "p99_ms": p99 / 1000,
+        "errors": errors,
+    }
 
 
-def publish(client: redis.Redis, publisher: Publisher, version: int, old: np.ndarray,
-            new: np.ndarray, snapshot: bool) -> None:
-    publisher.publish(ModelVersion(MODEL, version, version - 1, version, SPEC,
-                                   codec.make_delta(old, new),
-                                   codec.encode_array(new) if snapshot else None))
+def publish(
+    client: redis.Redis,
+    publisher: Publisher,
+    version: int,
+    old: np.ndarray,
+    new: np.ndarray,
+    snapshot: bool,
+) -> None:
+    publisher.publish(
+        ModelVersion(
+            MODEL,
+            version,
+            version - 1,
+            version,
+            SPEC,
+            codec.make_delta(old, new),
+            codec.encode_array(new) if snapshot else None,
+        )
+    )
 
 
-def delta_to_served(predictor_url: str, client: redis.Redis, publisher: Publisher,
-                    weights: np.ndarray, first_version: int, count: int) -> list[float]:
+def delta_to_served(
+    predictor_url: str,
+    client: redis.Redis,
+    publisher: Publisher,
+    weights: np.ndarray,
+    first_version: int,
+    count: int,
+) -> list[float]:
     """Publish ``count`` versions; for each, poll the model until it is served (ms)."""
     rng = np.random.default_rng(1)
     latencies = []
@@ -197,9 +236,26 @@ def main() -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-predictor-")))
         redis_port = free_port()
-        stack.enter_context(process(
-            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--requirepass",
-             PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(tmp)], "redis-server"))
+        stack.enter_context(
+            process(
+                [
+                    "redis-server",
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--requirepass",
+                    PASSWORD,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp),
+                ],
+                "redis-server",
+            )
+        )
         client = redis.Redis(host="127.0.0.1", port=redis_port, password=PASSWORD)
         deadline = time.monotonic() + 20
         while True:
@@ -215,18 +271,39 @@ def main() -> None:
         publish(client, publisher, 1, np.zeros_like(weights), weights, snapshot=True)
 
         ports = {name: free_port() for name in ("predictor", "hello", "naive")}
-        env = dict(os.environ, FLOWLEARN__REDIS__PORT=str(redis_port),
-                   FLOWLEARN__REDIS__PASSWORD=PASSWORD, FLOWLEARN__REDIS__PREFIX=PREFIX,
-                   FLOWLEARN__PREDICTOR__PORT=str(ports["predictor"]),
-                   FLOWLEARN__PREDICTOR__HOST="127.0.0.1", PYTHONPATH=str(ROOT))
+        env = dict(
+            os.environ,
+            FLOWLEARN__REDIS__PORT=str(redis_port),
+            FLOWLEARN__REDIS__PASSWORD=PASSWORD,
+            FLOWLEARN__REDIS__PREFIX=PREFIX,
+            FLOWLEARN__PREDICTOR__PORT=str(ports["predictor"]),
+            FLOWLEARN__PREDICTOR__HOST="127.0.0.1",
+            PYTHONPATH=str(ROOT),
+        )
         servers = {
-            "predictor": stack.enter_context(process(
-                [sys.executable, "-m", "flowlearn.serving", "--no-log"], "predictor", env)),
-            "hello": stack.enter_context(process(
-                [sys.executable, "-c", HELLO, str(ports["hello"])], "hello-world aiohttp", env)),
-            "naive": stack.enter_context(process(
-                [sys.executable, "-c", NAIVE, str(ports["naive"]), str(redis_port), PASSWORD,
-                 Keys(PREFIX).snapshot(MODEL)], "naive predictor", env)),
+            "predictor": stack.enter_context(
+                process([sys.executable, "-m", "flowlearn.serving", "--no-log"], "predictor", env)
+            ),
+            "hello": stack.enter_context(
+                process(
+                    [sys.executable, "-c", HELLO, str(ports["hello"])], "hello-world aiohttp", env
+                )
+            ),
+            "naive": stack.enter_context(
+                process(
+                    [
+                        sys.executable,
+                        "-c",
+                        NAIVE,
+                        str(ports["naive"]),
+                        str(redis_port),
+                        PASSWORD,
+                        Keys(PREFIX).snapshot(MODEL),
+                    ],
+                    "naive predictor",
+                    env,
+                )
+            ),
         }
         base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         wait_http(f"{base['predictor']}/readyz", "predictor", servers["predictor"])
@@ -247,9 +324,11 @@ def main() -> None:
         batch = json.dumps({"instances": [row] * 100})
         path = f"/v1/models/{MODEL}:predict"
         results: dict[str, dict[str, float]] = {}
-        for name, label in (("hello", "(b) hello-world aiohttp (ceiling)"),
-                            ("predictor", "(a) predictor, 1 instance a request"),
-                            ("naive", "(c) naive: Redis read per request (floor)")):
+        for name, label in (
+            ("hello", "(b) hello-world aiohttp (ceiling)"),
+            ("predictor", "(a) predictor, 1 instance a request"),
+            ("naive", "(c) naive: Redis read per request (floor)"),
+        ):
             progress(f"wrk {duration}s, {args.connections} connections: {label}")
             results[name] = wrk(base[name] + path, single, duration, args.connections, tmp)
         progress(f"wrk {duration}s: predictor, 100 instances a request")
@@ -260,22 +339,32 @@ def main() -> None:
         latencies = delta_to_served(base["predictor"], client, publisher, weights, 2, count)
         client.close()
 
-    print(f"\npredictor benchmark: wrk -t1 -c{args.connections}, {duration}s a run, loopback, "
-          f"{os.cpu_count()} CPUs, logistic model with {N_FEATURES} dense features")
+    print(
+        f"\npredictor benchmark: wrk -t1 -c{args.connections}, {duration}s a run, loopback, "
+        f"{os.cpu_count()} CPUs, logistic model with {N_FEATURES} dense features"
+    )
     print(f"{'endpoint':44} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for name, label in (("predictor", "(a) predictor, 1 instance"),
-                        ("hello", "(b) hello-world aiohttp (ceiling)"),
-                        ("naive", "(c) naive, Redis per request (floor)"),
-                        ("batch", "(a) predictor, 100 instances a request")):
+    for name, label in (
+        ("predictor", "(a) predictor, 1 instance"),
+        ("hello", "(b) hello-world aiohttp (ceiling)"),
+        ("naive", "(c) naive, Redis per request (floor)"),
+        ("batch", "(a) predictor, 100 instances a request"),
+    ):
         r = results[name]
-        print(f"{label:44} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
-              f"{r['p99_ms']:8.2f} {r['errors']:7.0f}")
+        print(
+            f"{label:44} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
+            f"{r['p99_ms']:8.2f} {r['errors']:7.0f}"
+        )
     print(f"batched predictions/s (100 a request): {results['batch']['rps'] * 100:,.0f}")
-    print(f"predictor / ceiling: {results['predictor']['rps'] / results['hello']['rps']:.2f}; "
-          f"predictor / floor: {results['predictor']['rps'] / results['naive']['rps']:.2f}")
+    print(
+        f"predictor / ceiling: {results['predictor']['rps'] / results['hello']['rps']:.2f}; "
+        f"predictor / floor: {results['predictor']['rps'] / results['naive']['rps']:.2f}"
+    )
     q = statistics.quantiles(latencies, n=20)
-    print(f"delta-to-served latency over {count} versions: p50 {statistics.median(latencies):.2f}"
-          f" ms, p95 {q[18]:.2f} ms (includes the HTTP polling that observes it)")
+    print(
+        f"delta-to-served latency over {count} versions: p50 {statistics.median(latencies):.2f}"
+        f" ms, p95 {q[18]:.2f} ms (includes the HTTP polling that observes it)"
+    )
 
 
 if __name__ == "__main__":

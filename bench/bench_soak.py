@@ -47,8 +47,7 @@ from flowlearn.devstack.processes import running_pid
 
 def other_processes(settings: Settings) -> dict[str, int]:
     out = {}
-    for name, label in (("predictor", "predictor"), ("kafka", "Kafka broker"),
-                        ("redis", "Redis")):
+    for name, label in (("predictor", "predictor"), ("kafka", "Kafka broker"), ("redis", "Redis")):
         pid = running_pid(settings, name)
         if pid is not None:
             out[label] = pid
@@ -78,8 +77,9 @@ class PredictionLoad(threading.Thread):
         body = json.dumps({"instances": [[0.1] * 10]}).encode()
         next_at = time.monotonic()
         while not self.stop.is_set():
-            req = urllib.request.Request(self.url, data=body,
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                self.url, data=body, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=2) as resp:
                     resp.read()
@@ -101,14 +101,18 @@ def slope_mib_per_hour(t_s: np.ndarray, rss_kb: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="length (default 10)")
-    parser.add_argument("--rate", type=float, default=2000.0,
-                        help="labelled samples/s to fl.samples (default 2000)")
-    parser.add_argument("--qps", type=float, default=20.0,
-                        help="predictions/s asked of the predictor (default 20)")
-    parser.add_argument("--every", type=float, default=15.0,
-                        help="seconds between samples (default 15)")
-    parser.add_argument("--warmup-s", type=float, default=60.0,
-                        help="left out of the growth line (default 60)")
+    parser.add_argument(
+        "--rate", type=float, default=2000.0, help="labelled samples/s to fl.samples (default 2000)"
+    )
+    parser.add_argument(
+        "--qps", type=float, default=20.0, help="predictions/s asked of the predictor (default 20)"
+    )
+    parser.add_argument(
+        "--every", type=float, default=15.0, help="seconds between samples (default 15)"
+    )
+    parser.add_argument(
+        "--warmup-s", type=float, default=60.0, help="left out of the growth line (default 60)"
+    )
     parser.add_argument("--quick", action="store_true", help="3 minutes, 30 s warm-up")
     args = parser.parse_args()
     if args.quick:
@@ -116,22 +120,40 @@ def main() -> None:
     seconds = args.minutes * 60
     # SIGTERM ends it like Ctrl-C: the stack it started is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="flowlearn-soak-") as tmp, \
-            BenchStack(Path(tmp)).running() as bench:
+    with (
+        tempfile.TemporaryDirectory(prefix="flowlearn-soak-") as tmp,
+        BenchStack(Path(tmp)).running() as bench,
+    ):
         settings = bench.settings
         bench.submit(settings, bench.config)
         model_id = f"soak-{uuid.uuid4().hex[:6]}"
         count = int(args.rate * (seconds + 30))
-        log(f"soak: {args.minutes:g} min, {args.rate:,.0f} samples/s for {model_id}, "
-            f"{args.qps:g} predictions/s; a sample every {args.every:g}s")
+        log(
+            f"soak: {args.minutes:g} min, {args.rate:,.0f} samples/s for {model_id}, "
+            f"{args.qps:g} predictions/s; a sample every {args.every:g}s"
+        )
         # Its progress goes to a file: a pipe nobody reads fills up (64 KiB, about 25 minutes
         # of progress lines) and then blocks the producer.
         producer_log = Path(tmp) / "producer.log"
         with producer_log.open("wb") as out:
             producer = subprocess.Popen(
-                [sys.executable, "-m", "flowlearn.cli", "--config", str(bench.config), "produce",
-                 "--model", model_id, "--count", str(count), "--rate", str(args.rate)],
-                stdout=subprocess.DEVNULL, stderr=out)
+                [
+                    sys.executable,
+                    "-m",
+                    "flowlearn.cli",
+                    "--config",
+                    str(bench.config),
+                    "produce",
+                    "--model",
+                    model_id,
+                    "--count",
+                    str(count),
+                    "--rate",
+                    str(args.rate),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(**settings.kafka.client_options(), group_id=None)
@@ -148,16 +170,22 @@ def main() -> None:
             while (elapsed := time.monotonic() - started) < seconds:
                 sent = samples_in_kafka(consumer, settings) - base
                 if producer.poll() is not None or (elapsed > args.every and sent == sent_before):
-                    raise SystemExit(f"error: the producer stopped sending at {sent:,} "
-                                     f"samples: {producer_log.read_text()[-2000:]}")
+                    raise SystemExit(
+                        f"error: the producer stopped sending at {sent:,} "
+                        f"samples: {producer_log.read_text()[-2000:]}"
+                    )
                 sent_before = sent
                 snap = read_snapshot(client, keys, model_id)
                 applied = snap.samples_applied if snap else 0
                 lag = sent - applied
                 rss = {name: memory_kb(pid)[0] for name, pid in pids.items()}
                 rows.append((elapsed, rss, lag))
-                log(f"  {elapsed:5.0f}s  lag {lag:7,d}  applied {applied:9,d}  " + "  ".join(
-                    f"{name.split()[0][:6]} {kb / 1024:.0f}M" for name, kb in rss.items()))
+                log(
+                    f"  {elapsed:5.0f}s  lag {lag:7,d}  applied {applied:9,d}  "
+                    + "  ".join(
+                        f"{name.split()[0][:6]} {kb / 1024:.0f}M" for name, kb in rss.items()
+                    )
+                )
                 time.sleep(max(0.0, started + len(rows) * args.every - time.monotonic()))
         finally:
             load.stop.set()
@@ -167,17 +195,23 @@ def main() -> None:
     t = np.array([r[0] for r in rows])
     steady = t >= args.warmup_s
     lags = np.array([r[2] for r in rows])
-    print(f"\nsoak: {args.minutes:g} min at {args.rate:,.0f} samples/s and {args.qps:g} "
-          f"predictions/s ({load.ok:,} answered, {load.failed:,} failed after the first answer)")
+    print(
+        f"\nsoak: {args.minutes:g} min at {args.rate:,.0f} samples/s and {args.qps:g} "
+        f"predictions/s ({load.ok:,} answered, {load.failed:,} failed after the first answer)"
+    )
     print(f"{'process':<18} {'RSS start':>10} {'RSS end':>10} {'growth MiB/h':>13}")
     for name in pids:
         rss = np.array([r[1][name] for r in rows], dtype=float)
         start = rss[steady][0] if steady.any() else rss[0]
-        print(f"{name:<18} {start / 1024:>9.0f}M {rss[-1] / 1024:>9.0f}M "
-              f"{slope_mib_per_hour(t[steady], rss[steady]):>+13.1f}")
-    print(f"lag (samples in Kafka not yet applied): median {np.median(lags[steady]):,.0f}, "
-          f"max {lags[steady].max():,.0f}, last {lags[-1]:,.0f} "
-          f"(= {lags[steady].max() / args.rate:.2f} s of input at most)")
+        print(
+            f"{name:<18} {start / 1024:>9.0f}M {rss[-1] / 1024:>9.0f}M "
+            f"{slope_mib_per_hour(t[steady], rss[steady]):>+13.1f}"
+        )
+    print(
+        f"lag (samples in Kafka not yet applied): median {np.median(lags[steady]):,.0f}, "
+        f"max {lags[steady].max():,.0f}, last {lags[-1]:,.0f} "
+        f"(= {lags[steady].max() / args.rate:.2f} s of input at most)"
+    )
 
 
 if __name__ == "__main__":

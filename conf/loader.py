@@ -41,8 +41,10 @@ def build_table(cls: type, data: Mapping[str, Any], where: str) -> Any:
     unknown = set(data) - names
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {key: _convert(hints[key], value, f"{where}.{key}" if where else key)
-              for key, value in data.items()}
+    kwargs = {
+        key: _convert(hints[key], value, f"{where}.{key}" if where else key)
+        for key, value in data.items()
+    }
     return cls(**kwargs)
 
 
@@ -104,7 +106,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         node = layer
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -122,9 +124,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"configuration file {path}: {exc}") from exc
 
 
-def load_settings(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Load, merge and validate the configuration (see the module docstring)."""
     env = os.environ if env is None else env
     data = _read_toml(DEFAULTS_FILE)

@@ -110,16 +110,22 @@ class KafkaConf:
         ...           sasl_password="p").client_options()["sasl_mechanism"]
         'SCRAM-SHA-512'
         """
-        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap,
-                                   "security_protocol": self.security_protocol}
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
         if self.sasl:
-            options.update(sasl_mechanism=self.sasl_mechanism,
-                           sasl_plain_username=self.sasl_username,
-                           sasl_plain_password=self.sasl_password)
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
         if self.ssl:
-            options.update(ssl_cafile=self.ssl_ca_file or None,
-                           ssl_certfile=self.ssl_cert_file or None,
-                           ssl_keyfile=self.ssl_key_file or None)
+            options.update(
+                ssl_cafile=self.ssl_ca_file or None,
+                ssl_certfile=self.ssl_cert_file or None,
+                ssl_keyfile=self.ssl_key_file or None,
+            )
         return options
 
     def java_properties(self) -> dict[str, str]:
@@ -132,13 +138,17 @@ class KafkaConf:
         """
         props: dict[str, str] = {"security.protocol": self.security_protocol}
         if self.sasl:
-            module = ("plain.PlainLoginModule" if self.sasl_mechanism == "PLAIN"
-                      else "scram.ScramLoginModule")
+            module = (
+                "plain.PlainLoginModule"
+                if self.sasl_mechanism == "PLAIN"
+                else "scram.ScramLoginModule"
+            )
             props["sasl.mechanism"] = self.sasl_mechanism
             props["sasl.jaas.config"] = (
                 f"org.apache.flink.kafka.shaded.org.apache.kafka.common.security.{module} "
                 f"required username={json.dumps(self.sasl_username)} "
-                f"password={json.dumps(self.sasl_password)};")
+                f"password={json.dumps(self.sasl_password)};"
+            )
         if self.ssl and self.ssl_ca_file:
             props["ssl.truststore.type"] = "PEM"
             props["ssl.truststore.location"] = self.ssl_ca_file
@@ -155,18 +165,29 @@ class KafkaConf:
             raise ConfigError("kafka.port and kafka.controller_port must differ")
         _check_positive("kafka.partitions", self.partitions)
         if self.sasl and not (self.sasl_username and self.sasl_password):
-            raise ConfigError(f"kafka.security_protocol {self.security_protocol} needs "
-                              f"kafka.sasl_username and kafka.sasl_password")
-        for cert, key in (("ssl_cert_file", "ssl_key_file"),
-                          ("broker_ssl_cert_file", "broker_ssl_key_file")):
+            raise ConfigError(
+                f"kafka.security_protocol {self.security_protocol} needs "
+                f"kafka.sasl_username and kafka.sasl_password"
+            )
+        for cert, key in (
+            ("ssl_cert_file", "ssl_key_file"),
+            ("broker_ssl_cert_file", "broker_ssl_key_file"),
+        ):
             if bool(getattr(self, cert)) != bool(getattr(self, key)):
                 raise ConfigError(f"kafka.{cert} and kafka.{key} go together")
-        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file", "broker_ssl_cert_file",
-                     "broker_ssl_key_file"):
+        for name in (
+            "ssl_ca_file",
+            "ssl_cert_file",
+            "ssl_key_file",
+            "broker_ssl_cert_file",
+            "broker_ssl_key_file",
+        ):
             path = getattr(self, name)
             if path and not self.ssl:
-                raise ConfigError(f"kafka.{name} is set but kafka.security_protocol "
-                                  f"{self.security_protocol} has no TLS")
+                raise ConfigError(
+                    f"kafka.{name} is set but kafka.security_protocol "
+                    f"{self.security_protocol} has no TLS"
+                )
             if path and not Path(path).is_file():
                 raise ConfigError(f"kafka.{name}: no such file: {path}")
 
@@ -203,8 +224,11 @@ class RedisConf:
             raise ConfigError("redis.username needs redis.password (an ACL user's password)")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("redis.tls_cert_file and redis.tls_key_file go together")
-        files = (("tls_ca_file", self.tls_ca_file), ("tls_cert_file", self.tls_cert_file),
-                 ("tls_key_file", self.tls_key_file))
+        files = (
+            ("tls_ca_file", self.tls_ca_file),
+            ("tls_cert_file", self.tls_cert_file),
+            ("tls_key_file", self.tls_key_file),
+        )
         for name, path in files:
             if path and not self.tls:
                 raise ConfigError(f"redis.{name} is set but redis.tls is false")
@@ -241,20 +265,28 @@ class FlinkConf:
         # Parsing, training and drift detection run in three slot sharing groups (three
         # Python worker processes).
         if self.taskmanager_slots < SLOT_GROUPS * self.parallelism:
-            raise ConfigError(f"flink.taskmanager_slots must be >= {SLOT_GROUPS} x "
-                              f"flink.parallelism ({SLOT_GROUPS * self.parallelism}), got "
-                              f"{self.taskmanager_slots}")
+            raise ConfigError(
+                f"flink.taskmanager_slots must be >= {SLOT_GROUPS} x "
+                f"flink.parallelism ({SLOT_GROUPS * self.parallelism}), got "
+                f"{self.taskmanager_slots}"
+            )
         try:
             ports = self.prometheus_port_list()
         except ValueError as exc:
-            raise ConfigError(f"flink.prometheus_ports: expected 'FIRST-LAST', got "
-                              f"{self.prometheus_ports!r}") from exc
+            raise ConfigError(
+                f"flink.prometheus_ports: expected 'FIRST-LAST', got {self.prometheus_ports!r}"
+            ) from exc
         if not ports:
             raise ConfigError("flink.prometheus_ports: the range is empty")
         for port in (ports[0], ports[-1]):
             _check_port("flink.prometheus_ports", port)
-        for name in ("taskmanager_slots", "parallelism", "checkpoint_interval_ms",
-                     "python_bundle_size", "python_bundle_time_ms"):
+        for name in (
+            "taskmanager_slots",
+            "parallelism",
+            "checkpoint_interval_ms",
+            "python_bundle_size",
+            "python_bundle_time_ms",
+        ):
             _check_positive(f"flink.{name}", getattr(self, name))
 
 
@@ -297,8 +329,9 @@ class PredictorConf:
         for name in ("stale_after_s", "max_instances", "max_body_bytes", "idle_timeout_s"):
             _check_positive(f"predictor.{name}", getattr(self, name))
         if not 0.0 <= self.ab_fraction <= 1.0:
-            raise ConfigError(f"predictor.ab_fraction must be within [0, 1], got "
-                              f"{self.ab_fraction}")
+            raise ConfigError(
+                f"predictor.ab_fraction must be within [0, 1], got {self.ab_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -333,10 +366,20 @@ class JobConf:
     rollback_cooldown_versions: int = 100
 
     def validate(self) -> None:
-        for name in ("out_of_orderness_ms", "idleness_ms", "batch_size", "batch_timeout_ms",
-                     "label_window_ms", "keep_versions", "checkpoint_every_versions",
-                     "keep_checkpoints", "rollback_window_samples", "rollback_min_samples",
-                     "rollback_cooldown_versions", "input_bundle_records"):
+        for name in (
+            "out_of_orderness_ms",
+            "idleness_ms",
+            "batch_size",
+            "batch_timeout_ms",
+            "label_window_ms",
+            "keep_versions",
+            "checkpoint_every_versions",
+            "keep_checkpoints",
+            "rollback_window_samples",
+            "rollback_min_samples",
+            "rollback_cooldown_versions",
+            "input_bundle_records",
+        ):
             _check_positive(f"job.{name}", getattr(self, name))
         for name in ("drift_features_monitored", "sample_dedupe_window_ms", "input_bundle_ms"):
             if getattr(self, name) < 0:
@@ -382,8 +425,15 @@ class Settings:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> Settings:
-        for part in (self.kafka, self.redis, self.flink, self.predictor, self.prometheus,
-                     self.job, self.mlflow):
+        for part in (
+            self.kafka,
+            self.redis,
+            self.flink,
+            self.predictor,
+            self.prometheus,
+            self.job,
+            self.mlflow,
+        ):
             part.validate()
         ports = {
             "kafka.port": self.kafka.port,

@@ -38,7 +38,8 @@ def bytes_source(settings: Settings, topic: str) -> KafkaSource:
         .set_group_id(f"{settings.job.name}-{topic}")
         # First start: from the beginning; afterwards the checkpointed offsets rule.
         .set_starting_offsets(
-            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+        )
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("isolation.level", "read_committed")
         .set_property("partition.discovery.interval.ms", "60000")

@@ -31,13 +31,15 @@ def keyed_in_java(row_type: Any, *streams: DataStream) -> KeyedStream:
     ``key_by`` uses (``KeyByKeySelector``) takes the key.
     """
     union = streams[0].union(*streams[1:])
-    j_keyed = union._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(),
-                                         Types.ROW([Types.STRING()]).get_java_type_info())
+    j_keyed = union._j_data_stream.keyBy(
+        get_gateway().jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info()
+    )
     return KeyedStream(j_keyed, row_type, union)
 
 
-def event_time_in_java(stream: DataStream, strategy: WatermarkStrategy, row_type: Any,
-                       name: str) -> DataStream:
+def event_time_in_java(
+    stream: DataStream, strategy: WatermarkStrategy, row_type: Any, name: str
+) -> DataStream:
     """Timestamps and watermarks (``strategy``) on a stream of ``(row, event time)`` tuples,
     done in Java; the stream of rows (``row_type``) comes out.
 
@@ -49,10 +51,14 @@ def event_time_in_java(stream: DataStream, strategy: WatermarkStrategy, row_type
     j_stream = (
         stream._j_data_stream.assignTimestampsAndWatermarks(
             strategy._j_watermark_strategy.withTimestampAssigner(
-                eventtime.CustomTimestampAssigner()))
-        .name(name).uid(name)
+                eventtime.CustomTimestampAssigner()
+            )
+        )
+        .name(name)
+        .uid(name)
         .map(eventtime.RemoveTimestampMapFunction(), row_type.get_java_type_info())
-        .name(f"{name}-rows").uid(f"{name}-rows")
+        .name(f"{name}-rows")
+        .uid(f"{name}-rows")
     )
     return DataStream(j_stream)
 
@@ -67,20 +73,19 @@ def has_java_class(class_name: str) -> bool:
     return True
 
 
-def java_operator(stream: DataStream, name: str, class_name: str, args: tuple[Any, ...],
-                  output_type: Any) -> DataStream:
+def java_operator(
+    stream: DataStream, name: str, class_name: str, args: tuple[Any, ...], output_type: Any
+) -> DataStream:
     """``stream`` through the Java stream operator ``class_name(*args)`` (uid ``name``)."""
     java_class = get_gateway().jvm
     for part in class_name.split("."):
         java_class = getattr(java_class, part)
     operator = java_class(*args)
-    j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(),
-                                               operator)
+    j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
     return DataStream(j_stream.uid(name))
 
 
 def discarding_sink() -> Sink:
     """Flink's DiscardingSink: terminates a stream whose operator works by side effect (an
     operator without a downstream sink is pruned from the job graph)."""
-    return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2
-                .DiscardingSink())
+    return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())

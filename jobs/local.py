@@ -20,16 +20,32 @@ from flowlearn.operators.types import Evaluated, Version
 
 def _version_json(row: Any) -> str:
     v = Version._make(row)
-    return json.dumps({"tag": "version", "model_id": v.model_id, "version": v.version,
-                       "base": v.base_version, "applied": v.samples_applied,
-                       "delta": bytes(v.delta).hex(), "weights": bytes(v.weights).hex()})
+    return json.dumps(
+        {
+            "tag": "version",
+            "model_id": v.model_id,
+            "version": v.version,
+            "base": v.base_version,
+            "applied": v.samples_applied,
+            "delta": bytes(v.delta).hex(),
+            "weights": bytes(v.weights).hex(),
+        }
+    )
 
 
 def _eval_json(row: Any) -> str:
     e = Evaluated._make(row)
-    return json.dumps({"tag": "eval", "model_id": e.model_id, "version": e.version,
-                       "kind": e.kind, "applied": e.samples_applied, "errors": list(e.errors),
-                       "losses": list(e.losses)})
+    return json.dumps(
+        {
+            "tag": "eval",
+            "model_id": e.model_id,
+            "version": e.version,
+            "kind": e.kind,
+            "applied": e.samples_applied,
+            "errors": list(e.errors),
+            "losses": list(e.losses),
+        }
+    )
 
 
 def _tagged(tag: str) -> Callable[[str], str]:
@@ -50,7 +66,8 @@ def local_environment(operators_jar: Path) -> StreamExecutionEnvironment:
     env = StreamExecutionEnvironment.get_execution_environment(
         Configuration()
         .set_string("python.operator-chaining.enabled", "false")
-        .set_string("taskmanager.numberOfTaskSlots", "3"))
+        .set_string("taskmanager.numberOfTaskSlots", "3")
+    )
     env.set_parallelism(1)
     env.set_python_executable(sys.executable)
     env.add_jars(operators_jar.resolve().as_uri())
@@ -61,9 +78,13 @@ def raw_stream(env: StreamExecutionEnvironment, records: Sequence[bytes]) -> Dat
     """A bounded stream of ``records`` as the bytes a KafkaSource would give."""
     # from_collection cannot carry byte arrays: latin-1 strings (a lossless byte mapping)
     # turned back into the bytes a KafkaSource would give.
-    return env.from_collection([r.decode("latin-1") for r in records] or [""],
-                               type_info=Types.STRING()).filter(_non_empty).map(
-        _latin1_bytes, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    return (
+        env.from_collection(
+            [r.decode("latin-1") for r in records] or [""], type_info=Types.STRING()
+        )
+        .filter(_non_empty)
+        .map(_latin1_bytes, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    )
 
 
 def _non_empty(s: str) -> bool:
@@ -74,19 +95,22 @@ def _latin1_bytes(s: str) -> bytes:
     return s.encode("latin-1")
 
 
-def run_job(records: Sequence[bytes], settings: Settings,
-            operators_jar: Path) -> list[dict[str, Any]]:
+def run_job(
+    records: Sequence[bytes], settings: Settings, operators_jar: Path
+) -> list[dict[str, Any]]:
     """The job graph on ``records`` (``fl.samples`` bytes) on a local MiniCluster; every
     collected record, tagged ``version``, ``eval``, ``alert``, ``dlq`` or ``control``."""
     env = local_environment(operators_jar)
-    sources = RawSources(raw_stream(env, records), raw_stream(env, []),
-                         raw_stream(env, []), raw_stream(env, []))
+    sources = RawSources(
+        raw_stream(env, records), raw_stream(env, []), raw_stream(env, []), raw_stream(env, [])
+    )
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
     assert streams.evaluated is not None
     out = streams.versions.map(_version_json, output_type=Types.STRING()).union(
         streams.evaluated.map(_eval_json, output_type=Types.STRING()),
         streams.alerts.map(_tagged("alert"), output_type=Types.STRING()),
         streams.dlq.map(_tagged("dlq"), output_type=Types.STRING()),
-        streams.adaptations.map(_tagged("control"), output_type=Types.STRING()))
+        streams.adaptations.map(_tagged("control"), output_type=Types.STRING()),
+    )
     with out.execute_and_collect() as results:
         return [json.loads(r) for r in results]

@@ -75,15 +75,12 @@ def model_key(row: Any) -> str:
     return str(row[0])
 
 
-def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name: str
-                    ) -> DataStream:
+def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name: str) -> DataStream:
     """Event time on a stream of ``(row, event time)`` tuples (what the feedback parsers
     emit): bounded out-of-orderness and idleness from ``job``, assigned in Java."""
-    strategy = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(settings.job.out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(settings.job.idleness_ms))
-    )
+    strategy = WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(settings.job.out_of_orderness_ms)
+    ).with_idleness(Duration.of_millis(settings.job.idleness_ms))
     return interop.event_time_in_java(stream, strategy, row_type, name)
 
 
@@ -103,25 +100,32 @@ def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
             f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
             "(flowlearn.devstack.jars.operators_jar builds it; `flowlearn submit` and "
             "flowlearn.jobs.local.local_environment add it; the job image has it in "
-            "/opt/flink/lib)")
+            "/opt/flink/lib)"
+        )
     job = settings.job
     return interop.java_operator(
-        stream, name, RECORD_BUNDLER,
+        stream,
+        name,
+        RECORD_BUNDLER,
         (job.input_bundle_records, INPUT_BUNDLE_MAX_BYTES, job.input_bundle_ms),
-        Types.PRIMITIVE_ARRAY(Types.BYTE()))
+        Types.PRIMITIVE_ARRAY(Types.BYTE()),
+    )
 
 
 def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
     topics = settings.kafka.topics
 
     def source(topic: str, name: str) -> DataStream:
-        return env.from_source(kafka.bytes_source(settings, topic), kafka.source_watermarks(),
-                               name).uid(name)
+        return env.from_source(
+            kafka.bytes_source(settings, topic), kafka.source_watermarks(), name
+        ).uid(name)
 
-    return RawSources(source(topics.samples, "samples-source"),
-                      source(topics.events, "events-source"),
-                      source(topics.labels, "labels-source"),
-                      source(topics.control, "control-source"))
+    return RawSources(
+        source(topics.samples, "samples-source"),
+        source(topics.events, "events-source"),
+        source(topics.labels, "labels-source"),
+        source(topics.control, "control-source"),
+    )
 
 
 def build_pipeline(
@@ -136,36 +140,52 @@ def build_pipeline(
     topics = settings.kafka.topics
     raw = sources or _kafka_sources(env, settings)
 
-    def parse(stream: DataStream, parser: ProcessFunction, output_type: Any, name: str
-              ) -> DataStream:
+    def parse(
+        stream: DataStream, parser: ProcessFunction, output_type: Any, name: str
+    ) -> DataStream:
         return stream.process(parser, output_type=output_type).name(name).uid(name)
 
-    parsed_samples = parse(bundled(raw.samples, settings, "samples-bundles"),
-                           ParseSamples(settings, topics.samples), KEYED_SAMPLE_TYPE,
-                           "parse-samples")
-    parsed_events = parse(bundled(raw.events, settings, "events-bundles"),
-                          ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE,
-                          "parse-events")
-    parsed_labels = parse(bundled(raw.labels, settings, "labels-bundles"),
-                          ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE,
-                          "parse-labels")
-    control = parse(bundled(raw.control, settings, "control-bundles"),
-                    ParseControl(settings, topics.control), CONTROL_TYPE, "parse-control")
+    parsed_samples = parse(
+        bundled(raw.samples, settings, "samples-bundles"),
+        ParseSamples(settings, topics.samples),
+        KEYED_SAMPLE_TYPE,
+        "parse-samples",
+    )
+    parsed_events = parse(
+        bundled(raw.events, settings, "events-bundles"),
+        ParseEvents(settings, topics.events),
+        TIMED_FEEDBACK_TYPE,
+        "parse-events",
+    )
+    parsed_labels = parse(
+        bundled(raw.labels, settings, "labels-bundles"),
+        ParseLabels(settings, topics.labels),
+        TIMED_FEEDBACK_TYPE,
+        "parse-labels",
+    )
+    control = parse(
+        bundled(raw.control, settings, "control-bundles"),
+        ParseControl(settings, topics.control),
+        CONTROL_TYPE,
+        "parse-control",
+    )
     # Event time on each stream before the union: the join's watermark is the lesser of the
     # two (a side idle for idleness_ms is left out).
     feedback = interop.keyed_in_java(
         FEEDBACK_TYPE,
         with_event_time(parsed_events, settings, KEYED_FEEDBACK_TYPE, "events-watermarks"),
-        with_event_time(parsed_labels, settings, KEYED_FEEDBACK_TYPE, "labels-watermarks"))
+        with_event_time(parsed_labels, settings, KEYED_FEEDBACK_TYPE, "labels-watermarks"),
+    )
     joined = (
         feedback.process(LabelJoin(settings), output_type=KEYED_SAMPLE_TYPE)
         .name("label-join")
         .uid("label-join")
     )
-    dlq = (
-        parsed_samples.get_side_output(DLQ_TAG)
-        .union(parsed_events.get_side_output(DLQ_TAG), parsed_labels.get_side_output(DLQ_TAG),
-               control.get_side_output(DLQ_TAG), joined.get_side_output(DLQ_TAG))
+    dlq = parsed_samples.get_side_output(DLQ_TAG).union(
+        parsed_events.get_side_output(DLQ_TAG),
+        parsed_labels.get_side_output(DLQ_TAG),
+        control.get_side_output(DLQ_TAG),
+        joined.get_side_output(DLQ_TAG),
     )
     # Samples get no watermarks: nothing after the join runs on event time but the trainer's
     # end-of-input timer, which the final watermark of a bounded input fires anyway. A Python
@@ -187,14 +207,19 @@ def build_pipeline(
     # training and monitoring each get one.
     drift_alerts = (
         evaluated.process(DriftOperator(settings), output_type=Types.STRING())
-        .name("drift").uid("drift").slot_sharing_group("monitoring")
+        .name("drift")
+        .uid("drift")
+        .slot_sharing_group("monitoring")
     )
     checkpoint_alerts = (
         evaluated.process(CheckpointOperator(settings), output_type=Types.STRING())
-        .name("checkpoint").uid("checkpoint").slot_sharing_group("monitoring")
+        .name("checkpoint")
+        .uid("checkpoint")
+        .slot_sharing_group("monitoring")
     )
     adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG).union(
-        checkpoint_alerts.get_side_output(CONTROL_OUT_TAG))
+        checkpoint_alerts.get_side_output(CONTROL_OUT_TAG)
+    )
     alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts, checkpoint_alerts)
     published = None
     if publish:
@@ -205,26 +230,33 @@ def build_pipeline(
         )
         published.sink_to(interop.discarding_sink()).name("published").uid("published")
     if kafka_sinks:
-        dlq.sink_to(kafka.json_sink(settings, topics.dlq, "dlq")).name("dlq-sink").uid(
-            "dlq-sink")
-        alerts.sink_to(kafka.json_sink(settings, topics.alerts, "alerts")).name(
-            "alerts-sink").uid("alerts-sink")
+        dlq.sink_to(kafka.json_sink(settings, topics.dlq, "dlq")).name("dlq-sink").uid("dlq-sink")
+        alerts.sink_to(kafka.json_sink(settings, topics.alerts, "alerts")).name("alerts-sink").uid(
+            "alerts-sink"
+        )
         adaptations.sink_to(kafka.json_sink(settings, topics.control, "control")).name(
-            "adaptation-sink").uid("adaptation-sink")
-    return PipelineStreams(versions, dlq, alerts, adaptations, published,
-                           evaluated)
+            "adaptation-sink"
+        ).uid("adaptation-sink")
+    return PipelineStreams(versions, dlq, alerts, adaptations, published, evaluated)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--settings", type=Path,
-                        help="JSON settings written by `flowlearn submit` (default: conf/)")
-    parser.add_argument("--operators-jar", type=Path,
-                        help="the jar of the job's Java operators, shipped with the job "
-                             "(default: none, for a cluster that has it in lib/)")
+    parser.add_argument(
+        "--settings", type=Path, help="JSON settings written by `flowlearn submit` (default: conf/)"
+    )
+    parser.add_argument(
+        "--operators-jar",
+        type=Path,
+        help="the jar of the job's Java operators, shipped with the job "
+        "(default: none, for a cluster that has it in lib/)",
+    )
     args = parser.parse_args(argv)
-    settings = (settings_from_dict(json.loads(args.settings.read_text()))
-                if args.settings else load_settings())
+    settings = (
+        settings_from_dict(json.loads(args.settings.read_text()))
+        if args.settings
+        else load_settings()
+    )
     env = StreamExecutionEnvironment.get_execution_environment()
     if args.operators_jar:
         env.add_jars(args.operators_jar.resolve().as_uri())

@@ -91,18 +91,29 @@ class Registrar:
             except queue.Empty:
                 continue
             try:
-                registry.register(job.model_id, job.version, job.weights, job.spec_json,
-                                  job.samples_applied, job.metrics)
+                registry.register(
+                    job.model_id,
+                    job.version,
+                    job.weights,
+                    job.spec_json,
+                    job.samples_applied,
+                    job.metrics,
+                )
             except ValueError as exc:  # a bad registration: retrying cannot help
                 self.failures += 1
-                print(f"flowlearn checkpoint: {job.model_id} v{job.version} not registered: "
-                      f"{exc}", file=sys.stderr)
+                print(
+                    f"flowlearn checkpoint: {job.model_id} v{job.version} not registered: {exc}",
+                    file=sys.stderr,
+                )
                 self.jobs.task_done()
                 continue
             except RegistryError as exc:
                 self.failures += 1
-                print(f"flowlearn checkpoint: registering {job.model_id} v{job.version} "
-                      f"failed, retrying in {RETRY_AFTER_S:.0f}s: {exc}", file=sys.stderr)
+                print(
+                    f"flowlearn checkpoint: registering {job.model_id} v{job.version} "
+                    f"failed, retrying in {RETRY_AFTER_S:.0f}s: {exc}",
+                    file=sys.stderr,
+                )
                 self.stopping.wait(RETRY_AFTER_S)
                 self.jobs.put(job)
                 self.jobs.task_done()
@@ -134,11 +145,15 @@ class CheckpointOperator(KeyedProcessFunction):
         job = self.settings.job
         spec = self.specs.spec_of(model_id)
         return CheckpointLedger(
-            every=job.checkpoint_every_versions, keep=job.keep_checkpoints,
-            window_samples=job.rollback_window_samples, margin=job.rollback_margin,
+            every=job.checkpoint_every_versions,
+            keep=job.keep_checkpoints,
+            window_samples=job.rollback_window_samples,
+            margin=job.rollback_margin,
             min_samples=job.rollback_min_samples,
-            cooldown_versions=job.rollback_cooldown_versions, auto_rollback=spec.auto_rollback,
-            register_interval_ms=int(self.settings.mlflow.register_min_interval_s * 1000))
+            cooldown_versions=job.rollback_cooldown_versions,
+            auto_rollback=spec.auto_rollback,
+            register_interval_ms=int(self.settings.mlflow.register_min_interval_s * 1000),
+        )
 
     def _ledger(self, model_id: str) -> CheckpointLedger:
         ledger = self.ledgers.get(model_id)
@@ -152,8 +167,11 @@ class CheckpointOperator(KeyedProcessFunction):
                     self._register(model_id, ledger, version)
             self.ledgers[model_id] = ledger
             # Gauges are integers in PyFlink: the loss in millionths.
-            self.per_model.gauge(model_id, "windowed_loss",
-                                 lambda: _millionths(self.ledgers[model_id].live_loss()[0]))
+            self.per_model.gauge(
+                model_id,
+                "windowed_loss",
+                lambda: _millionths(self.ledgers[model_id].live_loss()[0]),
+            )
         return ledger
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
@@ -168,10 +186,15 @@ class CheckpointOperator(KeyedProcessFunction):
             self.weights.put(version, bytes(weights))
             ledger.spec_json = row.spec
             self.per_model.inc(model_id, "checkpoints")
-        decisions = ledger.observe(version, row.kind, n=len(row.losses),
-                                   loss_sum=float(sum(row.losses)),
-                                   error_sum=float(sum(row.errors)),
-                                   samples_applied=row.samples_applied, now_ms=now_ms())
+        decisions = ledger.observe(
+            version,
+            row.kind,
+            n=len(row.losses),
+            loss_sum=float(sum(row.losses)),
+            error_sum=float(sum(row.errors)),
+            samples_applied=row.samples_applied,
+            now_ms=now_ms(),
+        )
         for decision in decisions:
             if isinstance(decision, Register):
                 self._register(model_id, ledger, decision.version)
@@ -179,19 +202,41 @@ class CheckpointOperator(KeyedProcessFunction):
                 self._register(model_id, ledger, decision.to_version)
                 self.auto_rollbacks.inc()
                 self.per_model.inc(model_id, "auto_rollbacks")
-                reason = (f"live loss {decision.live_loss:.4f} over the last "
-                          f"{decision.window_samples} samples is worse than checkpoint "
-                          f"{decision.to_version}'s {decision.best_loss:.4f} by more than "
-                          f"{self.settings.job.rollback_margin:.0%}")
-                yield CONTROL_OUT_TAG, control_record(
-                    model_id, "rollback", {"version": decision.to_version, "reason": reason},
-                    source="checkpoint:auto-rollback")
-                yield alert(model_id, "degraded", {**decision.as_dict(), "version": version,
-                                                   "action": "rollback", "reason": reason})
+                reason = (
+                    f"live loss {decision.live_loss:.4f} over the last "
+                    f"{decision.window_samples} samples is worse than checkpoint "
+                    f"{decision.to_version}'s {decision.best_loss:.4f} by more than "
+                    f"{self.settings.job.rollback_margin:.0%}"
+                )
+                yield (
+                    CONTROL_OUT_TAG,
+                    control_record(
+                        model_id,
+                        "rollback",
+                        {"version": decision.to_version, "reason": reason},
+                        source="checkpoint:auto-rollback",
+                    ),
+                )
+                yield alert(
+                    model_id,
+                    "degraded",
+                    {
+                        **decision.as_dict(),
+                        "version": version,
+                        "action": "rollback",
+                        "reason": reason,
+                    },
+                )
             elif isinstance(decision, Retired):
-                yield alert(model_id, "checkpoints_retired",
-                            {"versions": list(decision.versions), "reason": decision.reason,
-                             "version": version})
+                yield alert(
+                    model_id,
+                    "checkpoints_retired",
+                    {
+                        "versions": list(decision.versions),
+                        "reason": decision.reason,
+                        "version": version,
+                    },
+                )
         kept = {c.version for c in ledger.checkpoints()}
         stored = list(self.weights.keys())  # MapState: keys() reads them from the backend
         for stale in [v for v in stored if v not in kept]:
@@ -204,9 +249,16 @@ class CheckpointOperator(KeyedProcessFunction):
             return
         if self.registrar is None:
             self.registrar = Registrar(self.settings)
-        self.registrar.submit(Registration(
-            model_id, version, bytes(self.weights.get(version)), ledger.spec_json,
-            checkpoint.samples_applied, checkpoint.metrics()))
+        self.registrar.submit(
+            Registration(
+                model_id,
+                version,
+                bytes(self.weights.get(version)),
+                ledger.spec_json,
+                checkpoint.samples_applied,
+                checkpoint.metrics(),
+            )
+        )
 
 
 def _millionths(value: float) -> int:

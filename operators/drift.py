@@ -73,8 +73,9 @@ class DriftOperator(KeyedProcessFunction):
             return
         monitor = self._monitor(model_id, n_monitored)
         X = np.asarray(row.features, dtype=np.float64).reshape(len(row.losses), n_monitored)
-        alarms = monitor.update(np.asarray(row.errors, dtype=np.float64),
-                                np.asarray(row.losses, dtype=np.float64), X)
+        alarms = monitor.update(
+            np.asarray(row.errors, dtype=np.float64), np.asarray(row.losses, dtype=np.float64), X
+        )
         count = self.batches.get(model_id, 0) + 1
         self.batches[model_id] = count
         if alarms or count % PERSIST_EVERY_BATCHES == 0:
@@ -82,18 +83,29 @@ class DriftOperator(KeyedProcessFunction):
         for alarm in alarms:
             self.alarms.inc()
             self.per_model.inc(model_id, "drift_alarms")
-            yield alert(model_id, "drift", {**alarm.as_dict(), "version": version,
-                                            "samples_applied": row.samples_applied})
+            yield alert(
+                model_id,
+                "drift",
+                {**alarm.as_dict(), "version": version, "samples_applied": row.samples_applied},
+            )
         job = self.settings.job
         performance_alarm = any(a.degraded for a in alarms)
         spec = self.specs.spec_of(model_id)
         last_adapted = self.last_adapted.value()
-        if (performance_alarm and spec.drift_action == "reset"
-                and (last_adapted is None
-                     or version - last_adapted >= job.drift_cooldown_versions)):
+        if (
+            performance_alarm
+            and spec.drift_action == "reset"
+            and (last_adapted is None or version - last_adapted >= job.drift_cooldown_versions)
+        ):
             self.last_adapted.update(version)
             self.adaptations.inc()
             self.per_model.inc(model_id, "drift_adaptations")
-            yield CONTROL_OUT_TAG, control_record(
-                model_id, "reset", {},
-                source=f"drift:{'+'.join(sorted({a.detector for a in alarms}))}")
+            yield (
+                CONTROL_OUT_TAG,
+                control_record(
+                    model_id,
+                    "reset",
+                    {},
+                    source=f"drift:{'+'.join(sorted({a.detector for a in alarms}))}",
+                ),
+            )

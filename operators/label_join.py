@@ -65,8 +65,9 @@ class LabelJoin(KeyedProcessFunction):
         self.due: dict[str, dict[int, list[str]]] = {}
         # Totals and the same per model (a ``model`` label in Prometheus).
         group = runtime_context.get_metrics_group()
-        self.metrics = ModelMetrics(group, ("joined", "duplicates", "late", "expired",
-                                            "unmatched_labels", "pending_events"))
+        self.metrics = ModelMetrics(
+            group, ("joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events")
+        )
         self.totals = {name: group.counter(name) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms
 
@@ -81,8 +82,14 @@ class LabelJoin(KeyedProcessFunction):
         due: dict[int, list[str]] = {}
         for event_id, row in self.entries.items():
             stored = JoinEntry._make(row)
-            entry = JoinEntry(int(stored.flags), int(stored.event_ts), list(stored.features),
-                              int(stored.label_ts), float(stored.label), bytes(stored.raw))
+            entry = JoinEntry(
+                int(stored.flags),
+                int(stored.event_ts),
+                list(stored.features),
+                int(stored.label_ts),
+                float(stored.label),
+                bytes(stored.raw),
+            )
             entries[event_id] = entry
             due.setdefault(self._deadline(entry), []).append(event_id)
         self.mirror[model_id], self.due[model_id] = entries, due
@@ -140,37 +147,69 @@ class LabelJoin(KeyedProcessFunction):
             # a counter: PyFlink has no up-down counter).
             self._count(model_id, "pending_events")
             if entry is not None:  # its label waits
-                yield from self._pair(model_id, event_id, ts, features, entry.label_ts,
-                                      entry.label, entry.raw, timers)
+                yield from self._pair(
+                    model_id, event_id, ts, features, entry.label_ts, entry.label, entry.raw, timers
+                )
             else:
-                self._put(model_id, event_id, JoinEntry(HAS_EVENT, ts, features, 0, 0.0, b""),
-                          timers)
+                self._put(
+                    model_id, event_id, JoinEntry(HAS_EVENT, ts, features, 0, 0.0, b""), timers
+                )
             return
         if flags & HAS_LABEL:
             self._count(model_id, "duplicates")
             return
         if ts < watermark:
             self._count(model_id, "late")
-            yield DLQ_TAG, dlq_record(self.labels_topic, "late", bytes(raw), now_ms(),
-                                      f"label ts {ts} behind the watermark {watermark}")
+            yield (
+                DLQ_TAG,
+                dlq_record(
+                    self.labels_topic,
+                    "late",
+                    bytes(raw),
+                    now_ms(),
+                    f"label ts {ts} behind the watermark {watermark}",
+                ),
+            )
             return
         if entry is None:
-            self._put(model_id, event_id,
-                      JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw)), timers)
+            self._put(
+                model_id,
+                event_id,
+                JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw)),
+                timers,
+            )
             return
-        yield from self._pair(model_id, event_id, entry.event_ts, entry.features, ts,
-                              float(label), bytes(raw), timers)
+        yield from self._pair(
+            model_id, event_id, entry.event_ts, entry.features, ts, float(label), bytes(raw), timers
+        )
 
-    def _pair(self, model_id: str, event_id: str, event_ts: int, features: list[float],
-              label_ts: int, label: float, raw: bytes, timers: Any) -> Iterator[Any]:
+    def _pair(
+        self,
+        model_id: str,
+        event_id: str,
+        event_ts: int,
+        features: list[float],
+        label_ts: int,
+        label: float,
+        raw: bytes,
+        timers: Any,
+    ) -> Iterator[Any]:
         # The tombstone: the event's time (its deadline removes it), no features.
-        self._put(model_id, event_id, JoinEntry(HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b""),
-                  timers)
+        self._put(
+            model_id, event_id, JoinEntry(HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b""), timers
+        )
         if not 0 <= label_ts - event_ts <= self.window:
             self._count(model_id, "unmatched_labels")
-            yield DLQ_TAG, dlq_record(
-                self.labels_topic, "outside_window", raw, now_ms(),
-                f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms")
+            yield (
+                DLQ_TAG,
+                dlq_record(
+                    self.labels_topic,
+                    "outside_window",
+                    raw,
+                    now_ms(),
+                    f"label ts {label_ts} - event ts {event_ts} outside [0, {self.window}] ms",
+                ),
+            )
             return
         self._count(model_id, "joined")
         yield keyed(Samples(model_id, event_ts, features, [label], []))
@@ -187,8 +226,9 @@ class LabelJoin(KeyedProcessFunction):
                 if entry is not None:
                     yield from self._expire(model_id, event_id, entry, timestamp)
 
-    def _expire(self, model_id: str, event_id: str, entry: JoinEntry, timestamp: int
-                ) -> Iterator[Any]:
+    def _expire(
+        self, model_id: str, event_id: str, entry: JoinEntry, timestamp: int
+    ) -> Iterator[Any]:
         flags, event_ts = entry.flags, entry.event_ts
         event_window_passed = timestamp >= _coalesce(event_ts + self.window)
         if flags & PAIRED:
@@ -198,13 +238,24 @@ class LabelJoin(KeyedProcessFunction):
             return
         if not flags & HAS_EVENT:  # a label alone: its event is not coming any more
             self._count(model_id, "unmatched_labels")
-            yield DLQ_TAG, dlq_record(self.labels_topic, "no_event", entry.raw, now_ms(),
-                                      "no event with this id before the label")
+            yield (
+                DLQ_TAG,
+                dlq_record(
+                    self.labels_topic,
+                    "no_event",
+                    entry.raw,
+                    now_ms(),
+                    "no event with this id before the label",
+                ),
+            )
             self._remove(model_id, event_id, had_event=False)
             return
         if event_window_passed:
             self._count(model_id, "expired")
             if self.settings.job.expired_events == "default_label":
-                yield keyed(Samples(model_id, event_ts, entry.features,
-                                    [self.settings.job.default_label], []))
+                yield keyed(
+                    Samples(
+                        model_id, event_ts, entry.features, [self.settings.job.default_label], []
+                    )
+                )
             self._remove(model_id, event_id, had_event=True)

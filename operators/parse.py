@@ -65,8 +65,7 @@ class _ParseRecords(ProcessFunction):
                 out = self.parse(raw)
             except RecordError as exc:
                 self.dead.inc()
-                yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(),
-                                          exc.message)
+                yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
                 continue
             parsed += 1
             yield from out
@@ -84,10 +83,10 @@ def unbundle(bundle: bytes) -> Iterator[bytes]:
     view = memoryview(bundle)
     at, end = 0, len(bundle)
     while at < end:
-        n = int.from_bytes(view[at:at + 4], "big")
+        n = int.from_bytes(view[at : at + 4], "big")
         if at + 4 + n > end:
             raise ValueError(f"bundle of {end} bytes cut inside a record of {n} at {at}")
-        yield bytes(view[at + 4:at + 4 + n])
+        yield bytes(view[at + 4 : at + 4 + n])
         at += 4 + n
 
 
@@ -110,8 +109,15 @@ class _ModelSamples:
         self.event_ids.append(s.event_id or "")
 
     def row(self) -> Row:
-        return keyed(Samples(self.model_id, self.ts, self.features, self.labels,
-                             self.event_ids if any(self.event_ids) else []))
+        return keyed(
+            Samples(
+                self.model_id,
+                self.ts,
+                self.features,
+                self.labels,
+                self.event_ids if any(self.event_ids) else [],
+            )
+        )
 
 
 class ParseSamples(_ParseRecords):
@@ -130,8 +136,11 @@ class ParseSamples(_ParseRecords):
     def parse(self, raw: bytes) -> Iterable[Row]:
         if is_bulk(raw):
             b = parse_sample_batch(raw, self.spec_for)
-            bulk = keyed(Samples(b.model_id, int(b.ts.max()), b.features.ravel().tolist(),
-                                 b.labels.tolist(), []))
+            bulk = keyed(
+                Samples(
+                    b.model_id, int(b.ts.max()), b.features.ravel().tolist(), b.labels.tolist(), []
+                )
+            )
             earlier = self.gathered.pop(b.model_id, None)  # its JSON samples came first
             return (bulk,) if earlier is None else (earlier.row(), bulk)
         s = parse_sample(raw, self.spec_for)
@@ -158,8 +167,11 @@ class _ParseFeedback(_ParseRecords):
         ahead = ts - now_ms()
         limit = self.settings.job.out_of_orderness_ms
         if ahead > limit:
-            raise RecordError("bad_field", f"field 'ts' is {ahead} ms ahead of the clock "
-                                           f"(more than job.out_of_orderness_ms = {limit})")
+            raise RecordError(
+                "bad_field",
+                f"field 'ts' is {ahead} ms ahead of the clock "
+                f"(more than job.out_of_orderness_ms = {limit})",
+            )
 
 
 class ParseEvents(_ParseFeedback):
@@ -170,8 +182,14 @@ class ParseEvents(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         e = parse_event(raw, self.spec_for)
         self.check_not_ahead(e.ts)
-        return (keyed(Feedback("e", e.model_id, e.event_id, e.ts, e.features.tolist(),
-                               math.nan, b"")), e.ts),
+        return (
+            (
+                keyed(
+                    Feedback("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b"")
+                ),
+                e.ts,
+            ),
+        )
 
 
 class ParseLabels(_ParseFeedback):
@@ -182,8 +200,9 @@ class ParseLabels(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
-        return (keyed(Feedback("l", lab.model_id, lab.event_id, lab.ts, [], lab.label,
-                               raw)), lab.ts),
+        return (
+            (keyed(Feedback("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw)), lab.ts),
+        )
 
 
 class ParseControl(_ParseRecords):
@@ -193,5 +212,4 @@ class ParseControl(_ParseRecords):
 
     def parse(self, raw: bytes) -> tuple[Row]:
         c = parse_control(raw)
-        return to_row(ControlCommand(c.model_id, c.command, json.dumps(c.args), c.ts,
-                                     c.source)),
+        return (to_row(ControlCommand(c.model_id, c.command, json.dumps(c.args), c.ts, c.source)),)

@@ -33,7 +33,8 @@ class RedisPublisher(ProcessFunction):
         self.last_version = 0
         group.gauge("last_published_version", lambda: self.last_version)
         self.publisher = self._with_retries(
-            lambda: Publisher(self.client, Keys(r.prefix), r.deltas_maxlen))
+            lambda: Publisher(self.client, Keys(r.prefix), r.deltas_maxlen)
+        )
 
     def close(self) -> None:
         self.client.close()

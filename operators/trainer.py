@@ -87,8 +87,9 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.settings = settings
         self.specs = ModelSpecs(settings)
         job = settings.job
-        self.retention = Retention(job.keep_versions, job.checkpoint_every_versions,
-                                   job.keep_checkpoints)
+        self.retention = Retention(
+            job.keep_versions, job.checkpoint_every_versions, job.keep_checkpoints
+        )
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.model_state = runtime_context.get_state(descriptors.MODEL_STATE)
@@ -109,8 +110,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.seen: dict[str, SeenIds] = {}
         self.flush_at: dict[str, int] = {}
         group = runtime_context.get_metrics_group()
-        self.per_model = ModelMetrics(group, ("samples_trained", "versions", "gate_rejected",
-                                              "grad_clipped", "duplicate_samples"))
+        self.per_model = ModelMetrics(
+            group,
+            ("samples_trained", "versions", "gate_rejected", "grad_clipped", "duplicate_samples"),
+        )
         self.duplicates = group.counter("duplicate_samples")
         self.model_loss: dict[str, float] = {}
         self.samples_trained = group.counter("samples_trained")
@@ -129,16 +132,20 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 trainer = ModelTrainer.create(model_id, spec.as_dict())
             else:
                 trainer = ModelTrainer.restore(
-                    model_id, spec.as_dict(), bytes(state),
-                    self.version_state.value() or 0, self.applied_state.value() or 0,
+                    model_id,
+                    spec.as_dict(),
+                    bytes(state),
+                    self.version_state.value() or 0,
+                    self.applied_state.value() or 0,
                 )
             self.trainers[model_id] = trainer
             if model_id not in self.model_loss:  # gauges once per model and process
                 self.model_loss[model_id] = 0.0
                 self.per_model.gauge(model_id, "version", lambda: self.trainers[model_id].version)
                 # Gauges are integers in PyFlink: the loss in millionths.
-                self.per_model.gauge(model_id, "prequential_loss",
-                                     lambda: int(self.model_loss[model_id] * 1e6))
+                self.per_model.gauge(
+                    model_id, "prequential_loss", lambda: int(self.model_loss[model_id] * 1e6)
+                )
         return trainer
 
     # ------------------------------------------------------------------ samples
@@ -158,7 +165,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.seen[model_id] = SeenIds(
             self.settings.job.sample_dedupe_window_ms,
             {seq: (int(b.ts), list(b.ids)) for seq, b in batches.items()},
-            [(event_id, int(row.ts)) for row in rows for event_id in row.event_ids if event_id])
+            [(event_id, int(row.ts)) for row in rows for event_id in row.event_ids if event_id],
+        )
 
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # By field order: a Row handed over inside a fused Python chain has no names.
@@ -167,15 +175,16 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             self._load(model_id)
         if event_ids and self.settings.job.sample_dedupe_window_ms:
             seen = self.seen[model_id]
-            keep = [i for i, event_id in enumerate(event_ids)
-                    if not event_id or seen.add(event_id, ts)]
+            keep = [
+                i for i, event_id in enumerate(event_ids) if not event_id or seen.add(event_id, ts)
+            ]
             if len(keep) < len(labels):
                 self.duplicates.inc(len(labels) - len(keep))
                 self.per_model.inc(model_id, "duplicate_samples", len(labels) - len(keep))
                 if not keep:
                     return
                 width = len(features) // len(labels)
-                features = [x for i in keep for x in features[i * width:(i + 1) * width]]
+                features = [x for i in keep for x in features[i * width : (i + 1) * width]]
                 labels = [labels[i] for i in keep]
                 event_ids = [event_ids[i] for i in keep]
         self.buffer.add(to_row(BufferedSamples(ts, features, labels, event_ids)))
@@ -196,8 +205,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         spec = self.specs.spec_of(model_id)
         return spec.batch_size or self.settings.job.batch_size
 
-    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext
-                 ) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext) -> Iterator[Any]:
         yield from self._flush(ctx.get_current_key(), ctx, whole=True)
 
     def _flush(self, model_id: str, ctx: Any, whole: bool) -> Iterator[Any]:
@@ -218,7 +226,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             return
         trainer = self._trainer(model_id)
         X = np.concatenate([np.asarray(r.features, dtype=np.float64) for r in rows]).reshape(
-            -1, trainer.model.n_features)
+            -1, trainer.model.n_features
+        )
         y = np.concatenate([np.asarray(r.labels, dtype=np.float64) for r in rows])
         size = self._batch_size(model_id)
         trained = len(y) if whole else len(y) - len(y) % size
@@ -235,37 +244,59 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 self.seen_state.remove(old)
         # One version per batch_size samples: a bulk record may hold several batches.
         for start in range(0, len(y), size):
-            result = trainer.train_batch(X[start:start + size], y[start:start + size])
+            result = trainer.train_batch(X[start : start + size], y[start : start + size])
             self.last_loss = result.prequential_loss
             if result.version is None:
                 # Safety gate: the batch is kept, whole, in the DLQ (as a bulk record).
                 self.rejected.inc()
                 self.per_model.inc(model_id, "gate_rejected")
-                n = len(y[start:start + size])
-                yield DLQ_TAG, dlq_record(
-                    "trainer", "gate_rejected",
-                    encode_sample_batch(model_id, np.full(n, max(r.ts for r in rows)),
-                                        X[start:start + size], y[start:start + size]),
-                    now_ms(), result.rejected or "")
-                yield ALERT_TAG, alert(model_id, "gate_rejected",
-                                       {"reason": result.rejected, "samples": n,
-                                        "version": trainer.version})
+                n = len(y[start : start + size])
+                yield (
+                    DLQ_TAG,
+                    dlq_record(
+                        "trainer",
+                        "gate_rejected",
+                        encode_sample_batch(
+                            model_id,
+                            np.full(n, max(r.ts for r in rows)),
+                            X[start : start + size],
+                            y[start : start + size],
+                        ),
+                        now_ms(),
+                        result.rejected or "",
+                    ),
+                )
+                yield (
+                    ALERT_TAG,
+                    alert(
+                        model_id,
+                        "gate_rejected",
+                        {"reason": result.rejected, "samples": n, "version": trainer.version},
+                    ),
+                )
                 continue
-            self.samples_trained.inc(len(y[start:start + size]))
-            self.per_model.inc(model_id, "samples_trained", len(y[start:start + size]))
+            self.samples_trained.inc(len(y[start : start + size]))
+            self.per_model.inc(model_id, "samples_trained", len(y[start : start + size]))
             if result.clipped:
                 self.per_model.inc(model_id, "grad_clipped")
             self.model_loss[model_id] = result.prequential_loss
-            monitored = X[start:start + size, :self.settings.job.drift_features_monitored]
-            yield from self._emit(trainer, result.version, "train", result.errors,
-                                  result.losses, monitored)
+            monitored = X[start : start + size, : self.settings.job.drift_features_monitored]
+            yield from self._emit(
+                trainer, result.version, "train", result.errors, result.losses, monitored
+            )
         self._save(trainer)
 
     # ------------------------------------------------------------------ versions
 
-    def _emit(self, trainer: ModelTrainer, mv: ModelVersion, kind: str,
-              errors: np.ndarray | None = None, losses: np.ndarray | None = None,
-              monitored: np.ndarray | None = None) -> Iterator[Any]:
+    def _emit(
+        self,
+        trainer: ModelTrainer,
+        mv: ModelVersion,
+        kind: str,
+        errors: np.ndarray | None = None,
+        losses: np.ndarray | None = None,
+        monitored: np.ndarray | None = None,
+    ) -> Iterator[Any]:
         """The version row, and its view for the monitoring operators; keeps the weights
         for rollbacks."""
         self.versions_made.inc()
@@ -283,11 +314,23 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 self.checkpoints.remove(dropped)
         if monitored is None:
             monitored = np.zeros((0, 0))
-        yield EVAL_TAG, to_row(Evaluated(
-            mv.model_id, mv.version, kind, mv.samples_applied,
-            [] if errors is None else errors.tolist(), [] if losses is None else losses.tolist(),
-            monitored.ravel().tolist(), monitored.shape[1],
-            weights if is_checkpoint else b"", mv.spec_json if is_checkpoint else ""))
+        yield (
+            EVAL_TAG,
+            to_row(
+                Evaluated(
+                    mv.model_id,
+                    mv.version,
+                    kind,
+                    mv.samples_applied,
+                    [] if errors is None else errors.tolist(),
+                    [] if losses is None else losses.tolist(),
+                    monitored.ravel().tolist(),
+                    monitored.shape[1],
+                    weights if is_checkpoint else b"",
+                    mv.spec_json if is_checkpoint else "",
+                )
+            ),
+        )
         yield to_row(Version.of(mv))
 
     def _baseline_weights(self, model_id: str, version: int) -> np.ndarray:
@@ -310,8 +353,13 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.commands.inc()
         trainer = self._trainer(model_id)
         outcome = apply_command(
-            trainer, command.command, json.loads(command.args), command.source, self.kept,
-            lambda version: self._baseline_weights(model_id, version))
+            trainer,
+            command.command,
+            json.loads(command.args),
+            command.source,
+            self.kept,
+            lambda version: self._baseline_weights(model_id, version),
+        )
         if outcome.ok:
             if outcome.paused is not None:
                 self.paused.update(outcome.paused)
@@ -325,8 +373,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         yield ALERT_TAG, alert(model_id, outcome.alert_kind, outcome.detail)
 
 
-def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray
-          ) -> BufferedSamples:
+def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray) -> BufferedSamples:
     """The buffer rows' samples from ``start`` on (X and y are the rows' samples, in order),
     as one buffer row: the latest time among the rows they came from, their event ids."""
     ts, at = -(1 << 62), 0
@@ -338,5 +385,6 @@ def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray
             skip = max(start - at, 0)
             ids.extend(row.event_ids[skip:] if row.event_ids else [""] * (n - skip))
         at += n
-    return BufferedSamples(ts, X[start:].ravel().tolist(), y[start:].tolist(),
-                           ids if any(ids) else [])
+    return BufferedSamples(
+        ts, X[start:].ravel().tolist(), y[start:].tolist(), ids if any(ids) else []
+    )

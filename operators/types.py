@@ -34,8 +34,9 @@ class Samples(NamedTuple):
     event_ids: list[str]
 
 
-SAMPLE_TYPE = row_type(Samples, [Types.STRING(), Types.LONG(), _FLOATS, _FLOATS,
-                                 Types.BASIC_ARRAY(Types.STRING())])
+SAMPLE_TYPE = row_type(
+    Samples, [Types.STRING(), Types.LONG(), _FLOATS, _FLOATS, Types.BASIC_ARRAY(Types.STRING())]
+)
 
 #: What the samples parser and the label join emit: the model id, then the Samples row (the
 #: pair a keyed Python operator takes; ``flowlearn.jobs.interop.keyed_in_java``).
@@ -55,8 +56,10 @@ class Feedback(NamedTuple):
     raw: bytes
 
 
-FEEDBACK_TYPE = row_type(Feedback, [Types.STRING(), Types.STRING(), Types.STRING(),
-                                    Types.LONG(), _FLOATS, Types.DOUBLE(), _BYTES])
+FEEDBACK_TYPE = row_type(
+    Feedback,
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), _FLOATS, Types.DOUBLE(), _BYTES],
+)
 
 #: A feedback row with its model id in front (the pair a keyed Python operator takes).
 KEYED_FEEDBACK_TYPE = Types.ROW([Types.STRING(), FEEDBACK_TYPE])
@@ -77,8 +80,9 @@ class ControlCommand(NamedTuple):
     source: str
 
 
-CONTROL_TYPE = row_type(ControlCommand, [Types.STRING(), Types.STRING(), Types.STRING(),
-                                         Types.LONG(), Types.STRING()])
+CONTROL_TYPE = row_type(
+    ControlCommand, [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), Types.STRING()]
+)
 
 
 class Evaluated(NamedTuple):
@@ -100,9 +104,21 @@ class Evaluated(NamedTuple):
     spec: str
 
 
-EVAL_TYPE = row_type(Evaluated, [Types.STRING(), Types.LONG(), Types.STRING(), Types.LONG(),
-                                 _FLOATS, _FLOATS, _FLOATS, Types.INT(), _BYTES,
-                                 Types.STRING()])
+EVAL_TYPE = row_type(
+    Evaluated,
+    [
+        Types.STRING(),
+        Types.LONG(),
+        Types.STRING(),
+        Types.LONG(),
+        _FLOATS,
+        _FLOATS,
+        _FLOATS,
+        Types.INT(),
+        _BYTES,
+        Types.STRING(),
+    ],
+)
 
 
 class Version(NamedTuple):
@@ -119,17 +135,32 @@ class Version(NamedTuple):
 
     @classmethod
     def of(cls, mv: ModelVersion) -> Version:
-        return cls(mv.model_id, mv.version, mv.base_version, mv.samples_applied, mv.spec_json,
-                   mv.delta, mv.weights or b"")
+        return cls(
+            mv.model_id,
+            mv.version,
+            mv.base_version,
+            mv.samples_applied,
+            mv.spec_json,
+            mv.delta,
+            mv.weights or b"",
+        )
 
     def model_version(self) -> ModelVersion:
-        return ModelVersion(self.model_id, self.version, self.base_version,
-                            self.samples_applied, self.spec, bytes(self.delta),
-                            bytes(self.weights) or None)
+        return ModelVersion(
+            self.model_id,
+            self.version,
+            self.base_version,
+            self.samples_applied,
+            self.spec,
+            bytes(self.delta),
+            bytes(self.weights) or None,
+        )
 
 
-VERSION_TYPE = row_type(Version, [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(),
-                                  Types.STRING(), _BYTES, _BYTES])
+VERSION_TYPE = row_type(
+    Version,
+    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(), Types.STRING(), _BYTES, _BYTES],
+)
 
 
 class Published(NamedTuple):
@@ -141,8 +172,7 @@ class Published(NamedTuple):
     samples_applied: int
 
 
-PUBLISHED_TYPE = row_type(Published, [Types.STRING(), Types.LONG(), Types.LONG(),
-                                      Types.LONG()])
+PUBLISHED_TYPE = row_type(Published, [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG()])
 
 
 def keyed(record: Samples | Feedback) -> Row:

@@ -29,8 +29,9 @@ class BufferedSamples(NamedTuple):
     event_ids: list[str]
 
 
-BUFFERED_SAMPLE_TYPE = row_type(BufferedSamples, [Types.LONG(), _FLOATS, _FLOATS,
-                                                  Types.BASIC_ARRAY(Types.STRING())])
+BUFFERED_SAMPLE_TYPE = row_type(
+    BufferedSamples, [Types.LONG(), _FLOATS, _FLOATS, Types.BASIC_ARRAY(Types.STRING())]
+)
 
 
 class BufferedSamplesV2(NamedTuple):
@@ -43,12 +44,14 @@ class BufferedSamplesV2(NamedTuple):
     event_id: str
 
     def upgraded(self) -> BufferedSamples:
-        return BufferedSamples(self.ts, self.features, self.labels,
-                               [self.event_id] if self.event_id else [])
+        return BufferedSamples(
+            self.ts, self.features, self.labels, [self.event_id] if self.event_id else []
+        )
 
 
-BUFFERED_SAMPLE_TYPE_V2 = row_type(BufferedSamplesV2, [Types.LONG(), _FLOATS, _FLOATS,
-                                                       Types.STRING()])
+BUFFERED_SAMPLE_TYPE_V2 = row_type(
+    BufferedSamplesV2, [Types.LONG(), _FLOATS, _FLOATS, Types.STRING()]
+)
 
 
 class BufferedSamplesV1(NamedTuple):
@@ -72,11 +75,13 @@ MODEL_VERSION = ValueStateDescriptor("model-version-v1", Types.LONG())
 SAMPLES_APPLIED = ValueStateDescriptor("samples-applied-v1", Types.LONG())
 #: The weights (``flowlearn.core.codec`` array bytes) of the last ``job.keep_versions`` versions.
 RECENT_VERSIONS = MapStateDescriptor(
-    "recent-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    "recent-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())
+)
 #: The weights of the last ``job.keep_checkpoints`` checkpoint versions (every
 #: ``job.checkpoint_every_versions``-th), kept beside RECENT_VERSIONS for longer rollbacks.
 CHECKPOINT_VERSIONS = MapStateDescriptor(
-    "checkpoint-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    "checkpoint-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())
+)
 #: True while a ``pause`` command holds training (samples keep buffering).
 PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
@@ -95,8 +100,10 @@ class SeenBatch(NamedTuple):
 
 #: Event ids of trained samples, one entry per trained buffer: sequence number -> SeenBatch.
 SEEN_SAMPLE_IDS = MapStateDescriptor(
-    "seen-sample-ids-v1", Types.LONG(),
-    row_type(SeenBatch, [Types.LONG(), Types.BASIC_ARRAY(Types.STRING())]))
+    "seen-sample-ids-v1",
+    Types.LONG(),
+    row_type(SeenBatch, [Types.LONG(), Types.BASIC_ARRAY(Types.STRING())]),
+)
 
 
 class JoinEntry(NamedTuple):
@@ -114,16 +121,19 @@ class JoinEntry(NamedTuple):
 
 
 #: Label join, keyed by model id: event id -> JoinEntry.
-JOIN_ENTRY_TYPE = row_type(JoinEntry, [Types.INT(), Types.LONG(), _FLOATS, Types.LONG(),
-                                       Types.DOUBLE(), _BYTES])
+JOIN_ENTRY_TYPE = row_type(
+    JoinEntry, [Types.INT(), Types.LONG(), _FLOATS, Types.LONG(), Types.DOUBLE(), _BYTES]
+)
 JOIN_ENTRIES = MapStateDescriptor("join-entries-v2", Types.STRING(), JOIN_ENTRY_TYPE)
 
 #: The checkpoint operator's ledger of one model (``flowlearn.core.checkpointing`` bytes) and
 #: the weights of its kept checkpoints (codec array bytes by version), to register them.
 CHECKPOINT_LEDGER = ValueStateDescriptor(
-    "checkpoint-ledger-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    "checkpoint-ledger-v1", Types.PRIMITIVE_ARRAY(Types.BYTE())
+)
 CHECKPOINT_WEIGHTS = MapStateDescriptor(
-    "checkpoint-weights-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    "checkpoint-weights-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())
+)
 
 #: The drift operator's detectors of one model (``flowlearn.core.monitoring`` bytes).
 DRIFT_MONITOR = ValueStateDescriptor("drift-monitor-v1", Types.PRIMITIVE_ARRAY(Types.BYTE()))

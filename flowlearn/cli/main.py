@@ -1,7 +1,7 @@
 """The ``flowlearn`` command line: the local stack, the job, the demo stream, predictions.
 
-    flowlearn up | down | status [--json] | submit | produce | predict | run
-    flowlearn versions | savepoint | savepoints | rollback | pin | unpin | train-batch
+flowlearn up | down | status [--json] | submit | produce | predict | run
+flowlearn versions | savepoint | savepoints | rollback | pin | unpin | train-batch
 """
 
 from __future__ import annotations
@@ -29,11 +29,15 @@ def status_dict(settings: Settings) -> dict[str, Any]:
     job = jobctl.find_job(settings) if components["jobmanager"]["state"] == "running" else None
     return {
         "components": components,
-        "job": {"id": job.id if job else None, "state": job.state if job else "NONE",
-                "web_ui": settings.flink.web_ui},
+        "job": {
+            "id": job.id if job else None,
+            "state": job.state if job else "NONE",
+            "web_ui": settings.flink.web_ui,
+        },
         "predictor": {"url": settings.predictor.url},
-        "models": (jobctl.published_models(settings)
-                   if components["redis"]["state"] == "running" else {}),
+        "models": (
+            jobctl.published_models(settings) if components["redis"]["state"] == "running" else {}
+        ),
     }
 
 
@@ -48,8 +52,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     job = status["job"]
     print(f"{'job':12s} {job['state']:8s} {job['id'] or '-'}  {job['web_ui']}")
     for model_id, m in status["models"].items():
-        print(f"model {model_id}: version {m['version']} epoch {m['epoch']} "
-              f"samples_applied {m['samples_applied']}")
+        print(
+            f"model {model_id}: version {m['version']} epoch {m['epoch']} "
+            f"samples_applied {m['samples_applied']}"
+        )
     return 0
 
 
@@ -57,8 +63,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     steps = stack.up(settings, args.config)
     total = sum(s.seconds for s in steps)
     print(f"stack up in {total:.1f}s: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps))
-    print(f"Flink web UI: {settings.flink.web_ui}\nPredictor:    {settings.predictor.url}\n"
-          f"Prometheus:   {settings.prometheus.url}")
+    print(
+        f"Flink web UI: {settings.flink.web_ui}\nPredictor:    {settings.predictor.url}\n"
+        f"Prometheus:   {settings.prometheus.url}"
+    )
     return 0
 
 
@@ -69,8 +77,11 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
             path = jobctl.stop_with_savepoint(settings, job)
             print(f"job {job.id} stopped with savepoint {path} (the next submit resumes it)")
         except (jobctl.JobError, OSError, KeyError) as exc:
-            print(f"warning: stop-with-savepoint failed ({exc}); the next submit resumes from "
-                  f"the last savepoint or starts fresh", file=sys.stderr)
+            print(
+                f"warning: stop-with-savepoint failed ({exc}); the next submit resumes from "
+                f"the last savepoint or starts fresh",
+                file=sys.stderr,
+            )
     stopped = stack.down(settings)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
@@ -78,17 +89,28 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    job = jobctl.submit(settings, from_savepoint=args.from_savepoint, fresh=args.fresh,
-                        job_sources=args.job_src)
+    job = jobctl.submit(
+        settings, from_savepoint=args.from_savepoint, fresh=args.fresh, job_sources=args.job_src
+    )
     print(f"job {job.id} RUNNING in {time.monotonic() - t0:.1f}s")
     print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
     return 0
 
 
 def _producer_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["produce", "--model", args.model, "--rate", str(args.rate), "--seed",
-            str(args.seed), "--n-features", str(args.n_features),
-            "--label-delay-ms", str(args.label_delay_ms)]
+    argv = [
+        "produce",
+        "--model",
+        args.model,
+        "--rate",
+        str(args.rate),
+        "--seed",
+        str(args.seed),
+        "--n-features",
+        str(args.n_features),
+        "--label-delay-ms",
+        str(args.label_delay_ms),
+    ]
     if args.count is not None:
         argv += ["--count", str(args.count)]
     if args.drift_at:
@@ -111,11 +133,19 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from flowlearn.devstack.producer import produce
 
-    sent = produce(settings.kafka, settings.kafka.topics, model_id=args.model,
-                   count=args.count, rate=args.rate, seed=args.seed,
-                   n_features=args.n_features, drift_at=args.drift_at,
-                   drift_every=args.drift_every, label_delay_ms=args.label_delay_ms,
-                   bulk=args.bulk)
+    sent = produce(
+        settings.kafka,
+        settings.kafka.topics,
+        model_id=args.model,
+        count=args.count,
+        rate=args.rate,
+        seed=args.seed,
+        n_features=args.n_features,
+        drift_at=args.drift_at,
+        drift_every=args.drift_every,
+        label_delay_ms=args.label_delay_ms,
+        bulk=args.bulk,
+    )
     print(f"produced {sent} samples for model {args.model!r}")
     return 0
 
@@ -139,10 +169,13 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
         return _rollback_job(settings, args)
     if args.model is None or args.to_version is None:
         raise jobctl.JobError("rollback needs --model and --to-version, or --savepoint/--before")
-    _send_control(settings, args.model, "rollback", {"version": args.to_version},
-                  reason=args.reason)
-    print(f"rollback of {args.model!r} to version {args.to_version} sent; the trainer publishes "
-          f"it as a new version and reports on {settings.kafka.topics.alerts}")
+    _send_control(
+        settings, args.model, "rollback", {"version": args.to_version}, reason=args.reason
+    )
+    print(
+        f"rollback of {args.model!r} to version {args.to_version} sent; the trainer publishes "
+        f"it as a new version and reports on {settings.kafka.topics.alerts}"
+    )
     return 0
 
 
@@ -169,8 +202,10 @@ def _rollback_job(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  total: {sum(s for _, s in report.steps):.1f}s")
     after = jobctl.published_models(settings)
     for model_id, m in before.items():
-        print(f"model {model_id}: was version {m['version']} epoch {m['epoch']}; the new epoch "
-              f"republishes from the savepoint (now: {after.get(model_id, 'not yet')})")
+        print(
+            f"model {model_id}: was version {m['version']} epoch {m['epoch']}; the new epoch "
+            f"republishes from the savepoint (now: {after.get(model_id, 'not yet')})"
+        )
     return 0
 
 
@@ -194,8 +229,9 @@ def cmd_savepoints(settings: Settings, args: argparse.Namespace) -> int:
     if not entries:
         print("no savepoints recorded (flowlearn savepoint, or flowlearn down, takes one)")
     for e in entries:
-        models = ", ".join(f"{m} v{v['version']}/e{v['epoch']}"
-                           for m, v in e.get("models", {}).items())
+        models = ", ".join(
+            f"{m} v{v['version']}/e{v['epoch']}" for m, v in e.get("models", {}).items()
+        )
         print(f"{e['time']}  {e['reason']:<24} {e['path']}  {models}")
     return 0
 
@@ -207,20 +243,31 @@ def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
     versions = registry.versions(args.model)
     live = jobctl.published_models(settings).get(args.model)
     if args.json:
-        print(json.dumps({"model_id": args.model, "live": live,
-                          "versions": [dataclasses.asdict(v) for v in versions]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model_id": args.model,
+                    "live": live,
+                    "versions": [dataclasses.asdict(v) for v in versions],
+                },
+                indent=2,
+            )
+        )
         return 0
     if live:
-        print(f"live: version {live['version']} epoch {live['epoch']} "
-              f"samples_applied {live['samples_applied']}")
+        print(
+            f"live: version {live['version']} epoch {live['epoch']} "
+            f"samples_applied {live['samples_applied']}"
+        )
     if not versions:
-        print(f"no registered versions of {args.model!r} in "
-              f"{registry.model_name(args.model)}")
+        print(f"no registered versions of {args.model!r} in {registry.model_name(args.model)}")
     for v in versions:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_ms / 1000))
         metrics = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
-        print(f"{v.kind:<8} v{v.version:<6} {when}  samples {v.samples_applied:<8} {metrics}  "
-              f"{v.link}")
+        print(
+            f"{v.kind:<8} v{v.version:<6} {when}  samples {v.samples_applied:<8} {metrics}  "
+            f"{v.link}"
+        )
     return 0
 
 
@@ -229,32 +276,48 @@ def cmd_train_batch(settings: Settings, args: argparse.Namespace) -> int:
     predictor's baseline file, and optionally the online model's new starting point."""
     from flowlearn.evaluation.batch import train_and_register_baseline
 
-    done = train_and_register_baseline(settings, args.model, args.data, epochs=args.epochs,
-                                       batch_size=args.batch_size, seed=args.seed,
-                                       out=args.out)
+    done = train_and_register_baseline(
+        settings,
+        args.model,
+        args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        out=args.out,
+    )
     result, version = done.result, done.version
-    print(f"trained on {result.n_train} of {done.rows} rows in {done.train_seconds:.1f}s: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(
+        f"trained on {result.n_train} of {done.rows} rows in {done.train_seconds:.1f}s: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    )
     print(f"registered baseline {version} of {args.model!r}: {done.entry.link}")
     out = done.baseline_file
-    print(f"baseline file {out}: serve it beside the online model with\n"
-          f"  [predictor.baselines]\n  {json.dumps(args.model)} = {json.dumps(str(out))}")
+    print(
+        f"baseline file {out}: serve it beside the online model with\n"
+        f"  [predictor.baselines]\n  {json.dumps(args.model)} = {json.dumps(str(out))}"
+    )
     if args.warm_start:
         _send_control(settings, args.model, "warm_start", {"version": version})
-        print(f"warm start sent: the trainer of {args.model!r} continues from baseline "
-              f"{version} as a new version (alert on {settings.kafka.topics.alerts})")
+        print(
+            f"warm start sent: the trainer of {args.model!r} continues from baseline "
+            f"{version} as a new version (alert on {settings.kafka.topics.alerts})"
+        )
     return 0
 
 
-def _send_control(settings: Settings, model_id: str, command: str, args: dict[str, Any],
-                  reason: str = "") -> None:
+def _send_control(
+    settings: Settings, model_id: str, command: str, args: dict[str, Any], reason: str = ""
+) -> None:
     import getpass
 
     from flowlearn.devstack.producer import send_raw
 
-    record = control_record(model_id, command,
-                            {**args, **({"reason": reason} if reason else {})},
-                            source=f"cli:{getpass.getuser()}")
+    record = control_record(
+        model_id,
+        command,
+        {**args, **({"reason": reason} if reason else {})},
+        source=f"cli:{getpass.getuser()}",
+    )
     send_raw(settings.kafka, settings.kafka.topics.control, [record.encode()], key=model_id)
 
 
@@ -270,8 +333,10 @@ def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
             print(f"model {args.model!r} unpinned: predictors follow the latest version")
         else:
             client.set(key, str(args.version))
-            print(f"model {args.model!r} pinned to version {args.version}: predictors serve it "
-                  f"while it is among their recent versions (see the response's flags)")
+            print(
+                f"model {args.model!r} pinned to version {args.version}: predictors serve it "
+                f"while it is among their recent versions (see the response's flags)"
+            )
     finally:
         client.close()
     return 0
@@ -287,13 +352,18 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if not processes.running_pid(settings, "producer"):
         args.background = True
         cmd_produce(settings, args)
-    print(f"\nready in {time.monotonic() - t0:.1f}s ("
-          + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps) + ")")
+    print(
+        f"\nready in {time.monotonic() - t0:.1f}s ("
+        + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in steps)
+        + ")"
+    )
     print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
     print(f"Predictor:    {settings.predictor.url}/v1/models/{args.model}")
     print(f"Prometheus:   {settings.prometheus.url}")
-    print(f"Try:          flowlearn predict --model {args.model} "
-          f"--instances '[{[0.5] * args.n_features}]'")
+    print(
+        f"Try:          flowlearn predict --model {args.model} "
+        f"--instances '[{[0.5] * args.n_features}]'"
+    )
     print("Stop with:    make stop")
     return 0
 
@@ -331,16 +401,30 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.demo:
             drift_at = args.drift_at or [args.demo // 2]
-            write_demo(args.file, args.demo, drift_at=drift_at, seed=args.seed,
-                       model_id=args.model or "demo")
+            write_demo(
+                args.file,
+                args.demo,
+                drift_at=drift_at,
+                seed=args.seed,
+                model_id=args.model or "demo",
+            )
             print(f"wrote {args.demo} samples of a stream drifting at {drift_at} to {args.file}")
-        baseline = None if args.no_baseline else BaselineOptions(
-            train=args.baseline_train, retrain_every=args.retrain_every,
-            registered_version=args.baseline_version)
-        result = replay(args.file, settings, args.model, baseline=baseline,
-                        registry_dir=args.registry)
-        print(f"replayed {result.records} records in {result.seconds:.1f}s; "
-              f"{len(result.dlq)} dead-lettered")
+        baseline = (
+            None
+            if args.no_baseline
+            else BaselineOptions(
+                train=args.baseline_train,
+                retrain_every=args.retrain_every,
+                registered_version=args.baseline_version,
+            )
+        )
+        result = replay(
+            args.file, settings, args.model, baseline=baseline, registry_dir=args.registry
+        )
+        print(
+            f"replayed {result.records} records in {result.seconds:.1f}s; "
+            f"{len(result.dlq)} dead-lettered"
+        )
         out = args.out or default_out(settings.stack.home, f"replay-{args.file.stem}")
         for model_id, data in result.data.items():
             folder = out if len(result.data) == 1 else out / safe_name(model_id)
@@ -362,51 +446,77 @@ def _add_producer_options(p: argparse.ArgumentParser, demo: bool = False) -> Non
     p.add_argument("--rate", type=float, default=200.0, help="samples per second")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-features", type=int, default=10)
-    p.add_argument("--drift-at", type=lambda s: [int(x) for x in s.split(",") if x],
-                   default=[], help="comma-separated sample indices where the concept changes")
-    p.add_argument("--drift-every", type=int, default=20_000 if demo else 0,
-                   help="also change the concept every N samples (0: never)")
-    p.add_argument("--bulk", type=int, default=0,
-                   help="send bulk records (Arrow IPC) of N samples each (0: JSON)")
-    p.add_argument("--label-delay-ms", type=int, default=2_000 if demo else 0,
-                   help="0: labelled samples to fl.samples; >0: events now, labels later "
-                        "(joined by the job)")
+    p.add_argument(
+        "--drift-at",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[],
+        help="comma-separated sample indices where the concept changes",
+    )
+    p.add_argument(
+        "--drift-every",
+        type=int,
+        default=20_000 if demo else 0,
+        help="also change the concept every N samples (0: never)",
+    )
+    p.add_argument(
+        "--bulk",
+        type=int,
+        default=0,
+        help="send bulk records (Arrow IPC) of N samples each (0: JSON)",
+    )
+    p.add_argument(
+        "--label-delay-ms",
+        type=int,
+        default=2_000 if demo else 0,
+        help="0: labelled samples to fl.samples; >0: events now, labels later (joined by the job)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowlearn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None,
-                        help="a TOML file overriding conf/defaults.toml")
+    parser = argparse.ArgumentParser(
+        prog="flowlearn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="a TOML file overriding conf/defaults.toml"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start Kafka, Redis, Flink and the predictor").set_defaults(
-        func=cmd_up)
-    sub.add_parser("down", help="stop the job with a savepoint, then everything up started"
-                   ).set_defaults(func=cmd_down)
+        func=cmd_up
+    )
+    sub.add_parser(
+        "down", help="stop the job with a savepoint, then everything up started"
+    ).set_defaults(func=cmd_down)
     p = sub.add_parser("status", help="components, job and models")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("submit", help="submit the training job (flink run -d)")
     p.add_argument("--from-savepoint", default=None, help="resume from this savepoint")
     p.add_argument("--fresh", action="store_true", help="ignore recorded savepoints")
-    p.add_argument("--job-src", type=Path, default=None,
-                   help="a folder with the job's packages (another build of the job; "
-                        "default: staged from this checkout)")
+    p.add_argument(
+        "--job-src",
+        type=Path,
+        default=None,
+        help="a folder with the job's packages (another build of the job; "
+        "default: staged from this checkout)",
+    )
     p.set_defaults(func=cmd_submit)
     p = sub.add_parser("produce", help="send a synthetic drifting stream to Kafka")
     _add_producer_options(p)
     p.add_argument("--background", action="store_true", help="run as a stack component")
     p.set_defaults(func=cmd_produce)
     p = sub.add_parser(
-        "rollback", help="a model to an earlier version (--model, --to-version), or the job to "
-                         "a savepoint (--savepoint PATH or --before TIME)")
+        "rollback",
+        help="a model to an earlier version (--model, --to-version), or the job to "
+        "a savepoint (--savepoint PATH or --before TIME)",
+    )
     p.add_argument("--model")
     p.add_argument("--to-version", type=int)
     p.add_argument("--reason", default="", help="recorded in the rollback alert")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--savepoint", help="resume the job from this savepoint")
-    where.add_argument("--before", help="resume from the newest savepoint before this time "
-                                        "(ISO 8601 or epoch ms)")
+    where.add_argument(
+        "--before", help="resume from the newest savepoint before this time (ISO 8601 or epoch ms)"
+    )
     p.set_defaults(func=cmd_rollback)
     p = sub.add_parser("savepoint", help="take a savepoint of the running job and record it")
     p.add_argument("--reason", default="", help="kept in the manifest")
@@ -418,18 +528,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_versions)
-    p = sub.add_parser("train-batch", help="train a batch baseline from a Parquet file, "
-                                           "register it in MLflow, optionally warm-start")
+    p = sub.add_parser(
+        "train-batch",
+        help="train a batch baseline from a Parquet file, "
+        "register it in MLflow, optionally warm-start",
+    )
     p.add_argument("--model", default="demo")
-    p.add_argument("--data", type=Path, required=True,
-                   help="Parquet: features (list), label, optional model_id")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="Parquet: features (list), label, optional model_id",
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None,
-                   help="baseline file for the predictor (default: <stack home>/baselines/)")
-    p.add_argument("--warm-start", action="store_true",
-                   help="the online model continues from this baseline (a control command)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="baseline file for the predictor (default: <stack home>/baselines/)",
+    )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="the online model continues from this baseline (a control command)",
+    )
     p.set_defaults(func=cmd_train_batch)
     p = sub.add_parser("pin", help="make the predictors serve one version of a model")
     p.add_argument("--model", required=True)
@@ -445,47 +569,97 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="up + submit + demo producer (what `make run` does)")
     _add_producer_options(p, demo=True)
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("report", help="evaluation report of a model (HTML and PNG plots): "
-                                      "online model vs baseline, drift, versions, label "
-                                      "delay, dead letters, from what the system recorded")
+    p = sub.add_parser(
+        "report",
+        help="evaluation report of a model (HTML and PNG plots): "
+        "online model vs baseline, drift, versions, label "
+        "delay, dead letters, from what the system recorded",
+    )
     p.add_argument("--model", default="demo")
-    p.add_argument("--since", default=None,
-                   help="only what happened from this time (ISO 8601 or epoch ms)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for index.html and the plots (default: <stack home>/reports/"
-                        "<model>-live)")
+    p.add_argument(
+        "--since", default=None, help="only what happened from this time (ISO 8601 or epoch ms)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for index.html and the plots (default: <stack home>/reports/<model>-live)",
+    )
     p.add_argument("--window", type=int, default=500, help="samples per window (default 500)")
-    p.add_argument("--tolerance", type=float, default=0.05,
-                   help="recovered: windowed accuracy back within this of the level before "
-                        "the drift (default 0.05)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="recovered: windowed accuracy back within this of the level before "
+        "the drift (default 0.05)",
+    )
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("replay", help="run the job graph on a file of samples (JSON lines or "
-                                      "Parquet) at full speed and write the report")
-    p.add_argument("file", type=Path, help="fl.samples JSON lines, or Parquet (features, "
-                                           "label, optional model_id and ts)")
+    p = sub.add_parser(
+        "replay",
+        help="run the job graph on a file of samples (JSON lines or "
+        "Parquet) at full speed and write the report",
+    )
+    p.add_argument(
+        "file",
+        type=Path,
+        help="fl.samples JSON lines, or Parquet (features, label, optional model_id and ts)",
+    )
     p.add_argument("--model", default=None, help="only this model (default: every model)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="report folder (default: <stack home>/reports/replay-<file name>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report folder (default: <stack home>/reports/replay-<file name>)",
+    )
     p.add_argument("--window", type=int, default=500, help="samples per window (default 500)")
-    p.add_argument("--tolerance", type=float, default=0.05,
-                   help="recovered: windowed accuracy back within this of the level before "
-                        "the drift (default 0.05)")
-    p.add_argument("--baseline-train", type=float, default=0.25,
-                   help="the batch baseline is trained on the first N samples, or this share "
-                        "of them when below 1 (default 0.25)")
-    p.add_argument("--retrain-every", type=int, default=0,
-                   help="refit the batch baseline on all samples so far every N samples "
-                        "(default 0: trained once)")
-    p.add_argument("--baseline-version", type=int, default=None,
-                   help="compare with this registered baseline (flowlearn train-batch) "
-                        "instead of training one")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="recovered: windowed accuracy back within this of the level before "
+        "the drift (default 0.05)",
+    )
+    p.add_argument(
+        "--baseline-train",
+        type=float,
+        default=0.25,
+        help="the batch baseline is trained on the first N samples, or this share "
+        "of them when below 1 (default 0.25)",
+    )
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=0,
+        help="refit the batch baseline on all samples so far every N samples "
+        "(default 0: trained once)",
+    )
+    p.add_argument(
+        "--baseline-version",
+        type=int,
+        default=None,
+        help="compare with this registered baseline (flowlearn train-batch) "
+        "instead of training one",
+    )
     p.add_argument("--no-baseline", action="store_true", help="no baseline")
-    p.add_argument("--registry", type=Path, default=None,
-                   help="keep the replay's MLflow store in this folder (default: temporary)")
-    p.add_argument("--demo", type=int, default=0, metavar="N",
-                   help="first write a synthetic drifting stream of N samples to FILE")
-    p.add_argument("--drift-at", type=lambda s: [int(x) for x in s.split(",") if x],
-                   default=[], help="with --demo: where the concept changes (default: N/2)")
+    p.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="keep the replay's MLflow store in this folder (default: temporary)",
+    )
+    p.add_argument(
+        "--demo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first write a synthetic drifting stream of N samples to FILE",
+    )
+    p.add_argument(
+        "--drift-at",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[],
+        help="with --demo: where the concept changes (default: N/2)",
+    )
     p.add_argument("--seed", type=int, default=0, help="with --demo: the stream's seed")
     p.set_defaults(func=cmd_replay)
     return parser
@@ -497,10 +671,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         ModelSpecs(settings)  # a bad model spec fails every command, naming the setting
         return int(args.func(settings, args))
-    except (ConfigError, processes.StackError, jobctl.JobError, RegistryError,
-            BatchDataError) as exc:
+    except (
+        ConfigError,
+        processes.StackError,
+        jobctl.JobError,
+        RegistryError,
+        BatchDataError,
+    ) as exc:
         print(f"flowlearn: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-

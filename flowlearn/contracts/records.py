@@ -143,19 +143,19 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
     kind = MODEL_TYPES.get(spec.get("type", ""))
     task = kind.task if kind else "regression"  # a spec without a type checks no labels
     if task == "binary" and float(value) not in BINARY_LABELS:
-        raise RecordError("bad_field", f"field 'label' must be 0 or 1 for a {spec['type']} "
-                                       f"model, got {value}")
+        raise RecordError(
+            "bad_field", f"field 'label' must be 0 or 1 for a {spec['type']} model, got {value}"
+        )
     if task == "multiclass":
         n_classes = int(spec.get("n_classes") or len(spec.get("classes") or []))
         if float(value) != int(value) or not 0 <= int(value) < n_classes:
-            raise RecordError("bad_field",
-                              f"field 'label' must be a class index in 0..{n_classes - 1}")
+            raise RecordError(
+                "bad_field", f"field 'label' must be a class index in 0..{n_classes - 1}"
+            )
     return float(value)
 
 
-def parse_sample(
-    raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]
-) -> Sample:
+def parse_sample(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Sample:
     """Parse one ``fl.samples`` record; ``spec_for(model_id)`` gives the model's spec or None."""
     obj = _load_json_object(raw)
     model_id = _model_id(obj)
@@ -194,8 +194,7 @@ def _event_id(obj: Mapping[str, Any]) -> str:
     return value
 
 
-def _spec(model_id: str, spec_for: Callable[[str], Mapping[str, Any] | None]
-          ) -> Mapping[str, Any]:
+def _spec(model_id: str, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Mapping[str, Any]:
     spec = spec_for(model_id)
     if spec is None:
         raise RecordError("unknown_model", f"no spec for model '{model_id}'")
@@ -244,8 +243,9 @@ class SampleBatch:
     labels: np.ndarray  # (n,) float64
 
 
-def encode_sample_batch(model_id: str, ts: np.ndarray, features: np.ndarray,
-                        labels: np.ndarray) -> bytes:
+def encode_sample_batch(
+    model_id: str, ts: np.ndarray, features: np.ndarray, labels: np.ndarray
+) -> bytes:
     """A bulk record: one Arrow IPC stream with columns model_id, ts, features, label.
 
     >>> raw = encode_sample_batch("m", np.array([1]), np.ones((1, 2)), np.array([1.0]))
@@ -255,12 +255,14 @@ def encode_sample_batch(model_id: str, ts: np.ndarray, features: np.ndarray,
     import pyarrow as pa
 
     X = np.ascontiguousarray(features, dtype=np.float64)
-    table = pa.table({
-        "model_id": pa.array([model_id] * len(X), pa.string()),
-        "ts": pa.array(np.asarray(ts, dtype=np.int64)),
-        "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
-        "label": pa.array(np.asarray(labels, dtype=np.float64)),
-    })
+    table = pa.table(
+        {
+            "model_id": pa.array([model_id] * len(X), pa.string()),
+            "ts": pa.array(np.asarray(ts, dtype=np.int64)),
+            "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
+            "label": pa.array(np.asarray(labels, dtype=np.float64)),
+        }
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -295,8 +297,7 @@ def parse_sample_batch(
     try:
         models = table.column("model_id").unique().to_pylist()
     except pa.ArrowException as exc:  # a type 'unique' has no kernel for (a list, a struct)
-        raise RecordError("bad_field", f"column 'model_id' must hold strings: {exc}"[:300]
-                          ) from exc
+        raise RecordError("bad_field", f"column 'model_id' must hold strings: {exc}"[:300]) from exc
     if len(models) != 1 or not isinstance(models[0], str) or not models[0]:
         raise RecordError("bad_field", f"a bulk record holds one model id, got {models[:5]}")
     model_id = models[0]
@@ -307,18 +308,24 @@ def parse_sample_batch(
     try:
         column = table.column("features").combine_chunks()
         kind = column.type
-        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
-                or pa.types.is_fixed_size_list(kind)):
+        if not (
+            pa.types.is_list(kind)
+            or pa.types.is_large_list(kind)
+            or pa.types.is_fixed_size_list(kind)
+        ):
             raise RecordError("bad_features", f"column 'features' must hold lists, got {kind}")
         if column.null_count:
             raise ValueError("null feature lists")
-        sizes = (np.full(len(column), column.type.list_size)
-                 if pa.types.is_fixed_size_list(column.type)
-                 else np.diff(np.asarray(column.offsets)))
+        sizes = (
+            np.full(len(column), column.type.list_size)
+            if pa.types.is_fixed_size_list(column.type)
+            else np.diff(np.asarray(column.offsets))
+        )
         bad = np.flatnonzero(sizes != d)
         if bad.size:
-            raise RecordError("bad_features", f"row {bad[0]}: expected {d} values, got "
-                                              f"{sizes[bad[0]]}")
+            raise RecordError(
+                "bad_features", f"row {bad[0]}: expected {d} values, got {sizes[bad[0]]}"
+            )
         X = np.asarray(column.flatten(), dtype=np.float64).reshape(-1, d)
         ts = np.asarray(table.column("ts").combine_chunks(), dtype=np.int64)
         y = np.asarray(table.column("label").combine_chunks(), dtype=np.float64)
@@ -329,8 +336,10 @@ def parse_sample_batch(
     for name, values in (("features", X), ("label", y)):
         rows = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
         if rows.size:
-            raise RecordError("bad_features" if name == "features" else "bad_field",
-                              f"row {rows[0]}: {name} not finite")
+            raise RecordError(
+                "bad_features" if name == "features" else "bad_field",
+                f"row {rows[0]}: {name} not finite",
+            )
     if ((ts < 0) | (ts >= 1 << 62)).any():
         raise RecordError("bad_field", "ts out of range")
     kind = MODEL_TYPES.get(spec.get("type", ""))
@@ -342,8 +351,6 @@ def parse_sample_batch(
         if not ((y == np.floor(y)) & (y >= 0) & (y < n_classes)).all():
             raise RecordError("bad_field", f"labels must be class indices in 0..{n_classes - 1}")
     return SampleBatch(model_id, ts, X, y)
-
-
 
 
 @dataclass(frozen=True)
@@ -365,8 +372,9 @@ def parse_control(raw: bytes) -> Control:
     if not isinstance(command, str):  # a list or an object is not even hashable
         raise RecordError("bad_field", "field 'command' must be a string")
     if command not in CONTROL_COMMANDS:
-        raise RecordError("unknown_command",
-                          f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")
+        raise RecordError(
+            "unknown_command", f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}"
+        )
     args = obj.get("args") or {}
     if not isinstance(args, dict):
         raise RecordError("bad_field", "field 'args' must be an object")
@@ -380,21 +388,34 @@ def parse_control(raw: bytes) -> Control:
     return Control(model_id, command, args, _timestamp(obj), source)
 
 
-def control_record(model_id: str, command: str, args: dict[str, Any], source: str,
-                   ts: int | None = None) -> str:
+def control_record(
+    model_id: str, command: str, args: dict[str, Any], source: str, ts: int | None = None
+) -> str:
     """The JSON of an ``fl.control`` record (what :func:`parse_control` reads); ``ts``
     defaults to now.
 
     >>> control_record("m", "rollback", {"version": 40}, "cli", ts=1)
     '{"model_id": "m", "command": "rollback", "args": {"version": 40}, "ts": 1, "source": "cli"}'
     """
-    return json.dumps({"model_id": model_id, "command": command, "args": args,
-                       "ts": now_ms() if ts is None else ts, "source": source})
+    return json.dumps(
+        {
+            "model_id": model_id,
+            "command": command,
+            "args": args,
+            "ts": now_ms() if ts is None else ts,
+            "source": source,
+        }
+    )
 
 
 def dlq_record(
-    source_topic: str, reason: str, raw: bytes, ts: int, detail: str = "",
-    partition: int | None = None, offset: int | None = None,
+    source_topic: str,
+    reason: str,
+    raw: bytes,
+    ts: int,
+    detail: str = "",
+    partition: int | None = None,
+    offset: int | None = None,
 ) -> str:
     """The JSON of a dead-letter record (docs/architecture.md: ``fl.dlq``); ``raw`` kept whole,
     base64, up
@@ -407,8 +428,9 @@ def dlq_record(
         "ts": ts,
     }
     if len(raw) > MAX_DLQ_RAW_BYTES:
-        record.update(raw_truncated=True, raw_size=len(raw),
-                      raw_sha256=hashlib.sha256(raw).hexdigest())
+        record.update(
+            raw_truncated=True, raw_size=len(raw), raw_sha256=hashlib.sha256(raw).hexdigest()
+        )
     if partition is not None:
         record["partition"] = partition
     if offset is not None:

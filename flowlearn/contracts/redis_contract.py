@@ -28,20 +28,30 @@ from flowlearn.core import codec
 from flowlearn.core.training import ModelVersion
 
 
-def redis_client(conf: RedisConf, timeout_s: float = 2.0,
-                 connect_timeout_s: float | None = None) -> redis.Redis:
+def redis_client(
+    conf: RedisConf, timeout_s: float = 2.0, connect_timeout_s: float | None = None
+) -> redis.Redis:
     """A ``redis.Redis`` client for the server ``conf`` names, user and TLS included.
     ``timeout_s`` bounds each command (it must outlast a blocking XREAD),
     ``connect_timeout_s`` (default ``timeout_s``) the connection."""
     tls: dict[str, Any] = {}
     if conf.tls:
-        tls = {"ssl": True, "ssl_cert_reqs": "required",
-               "ssl_ca_certs": conf.tls_ca_file or None,
-               "ssl_certfile": conf.tls_cert_file or None,
-               "ssl_keyfile": conf.tls_key_file or None}
-    return redis.Redis(host=conf.host, port=conf.port, username=conf.username or None,
-                       password=conf.password or None, socket_timeout=timeout_s,
-                       socket_connect_timeout=connect_timeout_s or timeout_s, **tls)
+        tls = {
+            "ssl": True,
+            "ssl_cert_reqs": "required",
+            "ssl_ca_certs": conf.tls_ca_file or None,
+            "ssl_certfile": conf.tls_cert_file or None,
+            "ssl_keyfile": conf.tls_key_file or None,
+        }
+    return redis.Redis(
+        host=conf.host,
+        port=conf.port,
+        username=conf.username or None,
+        password=conf.password or None,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s or timeout_s,
+        **tls,
+    )
 
 
 @dataclass(frozen=True)
@@ -136,10 +146,14 @@ def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]
     for raw in sorted(client.smembers(keys.models)):
         model_id = raw.decode()
         version, epoch, applied = client.hmget(
-            keys.snapshot(model_id), "version", "epoch", "samples_applied")
+            keys.snapshot(model_id), "version", "epoch", "samples_applied"
+        )
         if version is not None and epoch is not None and applied is not None:
-            models[model_id] = {"version": int(version), "epoch": int(epoch),
-                                "samples_applied": int(applied)}
+            models[model_id] = {
+                "version": int(version),
+                "epoch": int(epoch),
+                "samples_applied": int(applied),
+            }
     return models
 
 

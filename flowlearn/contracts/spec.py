@@ -34,8 +34,10 @@ class ModelSpecs:
     def __init__(self, settings: Settings) -> None:
         self.policy = settings.job.unknown_model_policy
         self.defaults = read_spec(settings.model_defaults, "model_defaults")
-        self.models = {model_id: read_spec(table, f"models.{model_id}")
-                       for model_id, table in settings.models.items()}
+        self.models = {
+            model_id: read_spec(table, f"models.{model_id}")
+            for model_id, table in settings.models.items()
+        }
         self._dicts: dict[str, dict[str, Any]] | None = None
         self._default_dict: dict[str, Any] | None = None
 

@@ -36,8 +36,17 @@ import numpy as np
 from flowlearn.core import codec
 
 #: Columns of the checkpoint table (float64 rows; versions and counts are exact below 2**53).
-_COLUMNS = ("version", "samples_applied", "ts_ms", "n", "loss_sum", "error_sum", "registered",
-            "chosen", "retired")
+_COLUMNS = (
+    "version",
+    "samples_applied",
+    "ts_ms",
+    "n",
+    "loss_sum",
+    "error_sum",
+    "registered",
+    "chosen",
+    "retired",
+)
 _C = {name: i for i, name in enumerate(_COLUMNS)}
 
 
@@ -79,8 +88,12 @@ class Rollback:
     window_samples: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"to_version": self.to_version, "live_loss": self.live_loss,
-                "best_loss": self.best_loss, "window_samples": self.window_samples}
+        return {
+            "to_version": self.to_version,
+            "live_loss": self.live_loss,
+            "best_loss": self.best_loss,
+            "window_samples": self.window_samples,
+        }
 
 
 @dataclass(frozen=True)
@@ -99,9 +112,17 @@ class CheckpointLedger:
     in version order; ``kind`` is ``"train"`` (a trained batch, scored by ``version - 1``),
     ``"rollback"``, ``"reset"`` or ``"warm_start"`` (no samples)."""
 
-    def __init__(self, every: int = 50, keep: int = 20, window_samples: int = 2000,
-                 margin: float = 0.1, min_samples: int = 1000, cooldown_versions: int = 100,
-                 auto_rollback: bool = True, register_interval_ms: int = 0) -> None:
+    def __init__(
+        self,
+        every: int = 50,
+        keep: int = 20,
+        window_samples: int = 2000,
+        margin: float = 0.1,
+        min_samples: int = 1000,
+        cooldown_versions: int = 100,
+        auto_rollback: bool = True,
+        register_interval_ms: int = 0,
+    ) -> None:
         self.every = every
         self.keep = keep
         self.window_samples = window_samples
@@ -143,9 +164,17 @@ class CheckpointLedger:
 
     # ------------------------------------------------------------------ updating
 
-    def observe(self, version: int, kind: str, *, n: int = 0, loss_sum: float = 0.0,
-                error_sum: float = 0.0, samples_applied: int = 0, now_ms: int = 0
-                ) -> list[Decision]:
+    def observe(
+        self,
+        version: int,
+        kind: str,
+        *,
+        n: int = 0,
+        loss_sum: float = 0.0,
+        error_sum: float = 0.0,
+        samples_applied: int = 0,
+        now_ms: int = 0,
+    ) -> list[Decision]:
         """Account for one new version; the decisions it leads to."""
         decisions: list[Decision] = []
         if kind == "train" and n:
@@ -166,9 +195,11 @@ class CheckpointLedger:
                 self._evaluating = (degraded, target, decided_at, True)
                 self._evaluation_sums = np.zeros(2)
             if kind != "rollback":
-                decisions.extend(self._retire(lambda v: v < version,
-                                              f"{kind}: earlier checkpoints are another "
-                                              f"lineage"))
+                decisions.extend(
+                    self._retire(
+                        lambda v: v < version, f"{kind}: earlier checkpoints are another lineage"
+                    )
+                )
                 self._evaluating = None
         if self.is_checkpoint(version):
             decisions.extend(self._close(version, now_ms))
@@ -194,8 +225,10 @@ class CheckpointLedger:
     def pending_registrations(self) -> list[int]:
         """Chosen checkpoints not yet confirmed registered (re-queued after a restart)."""
         t = self._table
-        return [int(v) for v in t[(t[:, _C["chosen"]] == 1) & (t[:, _C["registered"]] == 0),
-                                  _C["version"]]]
+        return [
+            int(v)
+            for v in t[(t[:, _C["chosen"]] == 1) & (t[:, _C["registered"]] == 0), _C["version"]]
+        ]
 
     # ------------------------------------------------------------------ internals
 
@@ -214,11 +247,15 @@ class CheckpointLedger:
     def _checkpoint(self, row: np.ndarray) -> Checkpoint:
         n = int(row[_C["n"]])
         return Checkpoint(
-            version=int(row[_C["version"]]), samples_applied=int(row[_C["samples_applied"]]),
-            ts_ms=int(row[_C["ts_ms"]]), n=n,
+            version=int(row[_C["version"]]),
+            samples_applied=int(row[_C["samples_applied"]]),
+            ts_ms=int(row[_C["ts_ms"]]),
+            n=n,
             loss=float(row[_C["loss_sum"]] / n) if n else float("nan"),
             error=float(row[_C["error_sum"]] / n) if n else float("nan"),
-            registered=bool(row[_C["registered"]]), retired=bool(row[_C["retired"]]))
+            registered=bool(row[_C["registered"]]),
+            retired=bool(row[_C["retired"]]),
+        )
 
     def _add_to_window(self, n: int, loss_sum: float, error_sum: float) -> None:
         self._window = np.vstack([self._window, [n, loss_sum, error_sum]])
@@ -230,9 +267,12 @@ class CheckpointLedger:
         if self._index(version) is not None:
             return  # a replayed version after recovery
         row = np.zeros(len(_COLUMNS))
-        row[[_C["version"], _C["samples_applied"], _C["ts_ms"]]] = (version, samples_applied,
-                                                                      now_ms)
-        self._table = np.vstack([self._table, row])[-self.keep:]
+        row[[_C["version"], _C["samples_applied"], _C["ts_ms"]]] = (
+            version,
+            samples_applied,
+            now_ms,
+        )
+        self._table = np.vstack([self._table, row])[-self.keep :]
 
     def _close(self, version: int, now_ms: int) -> list[Decision]:
         """The previous checkpoint's interval ends at ``version``: maybe register it."""
@@ -250,15 +290,18 @@ class CheckpointLedger:
         """Rows that may be rolled back to: closed (a later checkpoint exists), not retired,
         and measured on at least half a window."""
         t = self._table[:-1]
-        ok = (t[:, _C["retired"]] == 0) & (t[:, _C["n"]] >= min(self.min_samples,
-                                                               self.window_samples) / 2)
+        ok = (t[:, _C["retired"]] == 0) & (
+            t[:, _C["n"]] >= min(self.min_samples, self.window_samples) / 2
+        )
         return t[ok]
 
     def _check_rollback(self, version: int) -> list[Decision]:
         if not self.auto_rollback or self._evaluating is not None:
             return []
-        if (self.since_change < self.min_samples
-                or version - self.last_rollback_version < self.cooldown_versions):
+        if (
+            self.since_change < self.min_samples
+            or version - self.last_rollback_version < self.cooldown_versions
+        ):
             return []
         live, n = self.live_loss()
         candidates = self._candidates()
@@ -290,14 +333,19 @@ class CheckpointLedger:
         after = self._evaluation_sums[1] / self._evaluation_sums[0]
         if after * (1.0 + self.margin) < degraded:
             return []  # the rollback helped: the model had broken
-        return self._retire(lambda v: v <= restored,
-                            f"rollback to {restored} did not help (loss {after:.4f} vs "
-                            f"{degraded:.4f} before): the data changed")
+        return self._retire(
+            lambda v: v <= restored,
+            f"rollback to {restored} did not help (loss {after:.4f} vs "
+            f"{degraded:.4f} before): the data changed",
+        )
 
     def _retire(self, which: Any, reason: str) -> list[Decision]:
         t = self._table
-        hit = [i for i in range(t.shape[0])
-               if not t[i, _C["retired"]] and which(int(t[i, _C["version"]]))]
+        hit = [
+            i
+            for i in range(t.shape[0])
+            if not t[i, _C["retired"]] and which(int(t[i, _C["version"]]))
+        ]
         if not hit:
             return []
         t[hit, _C["retired"]] = 1.0
@@ -307,21 +355,24 @@ class CheckpointLedger:
 
     def to_bytes(self) -> bytes:
         meta = {
-            "class": "CheckpointLedger", "since_change": self.since_change,
+            "class": "CheckpointLedger",
+            "since_change": self.since_change,
             "last_rollback_version": self.last_rollback_version,
             "last_register_ms": self.last_register_ms,
             "evaluating": list(self._evaluating) if self._evaluating else None,
             "spec_json": self.spec_json,
         }
-        return codec.encode_state({"table": self._table, "window": self._window,
-                                   "evaluation": self._evaluation_sums}, meta)
+        return codec.encode_state(
+            {"table": self._table, "window": self._window, "evaluation": self._evaluation_sums},
+            meta,
+        )
 
     def load_bytes(self, payload: bytes) -> CheckpointLedger:
         """Restore the state written by :meth:`to_bytes` into this (configured) ledger."""
         arrays, meta = codec.decode_state(payload)
         if meta.get("class") != "CheckpointLedger":
             raise codec.CodecError(f"not a CheckpointLedger state: {meta.get('class')!r}")
-        self._table = arrays["table"].reshape(-1, len(_COLUMNS))[-self.keep:]
+        self._table = arrays["table"].reshape(-1, len(_COLUMNS))[-self.keep :]
         self._window = arrays["window"].reshape(-1, 3)
         self._evaluation_sums = arrays["evaluation"]
         self.since_change = int(meta["since_change"])
@@ -329,6 +380,9 @@ class CheckpointLedger:
         self.last_register_ms = int(meta["last_register_ms"])
         self.spec_json = str(meta.get("spec_json", ""))
         evaluating = meta.get("evaluating")
-        self._evaluating = ((float(evaluating[0]), int(evaluating[1]), int(evaluating[2]),
-                             bool(evaluating[3])) if evaluating else None)
+        self._evaluating = (
+            (float(evaluating[0]), int(evaluating[1]), int(evaluating[2]), bool(evaluating[3]))
+            if evaluating
+            else None
+        )
         return self

@@ -129,8 +129,11 @@ class _Reader:
         raw = self.take(count * dtype.itemsize)
         try:
             # Copy so the result owns writable memory in native byte order.
-            return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="),
-                                                          copy=True).reshape(shape)
+            return (
+                np.frombuffer(raw, dtype=dtype)
+                .astype(dtype.newbyteorder("="), copy=True)
+                .reshape(shape)
+            )
         except ValueError as exc:  # more dimensions than numpy has, or one it cannot index
             raise CodecError(f"corrupt payload: bad array shape ({exc})") from exc
 
@@ -234,9 +237,7 @@ def make_delta(old: np.ndarray, new: np.ndarray) -> bytes:
 def apply_delta(weights: np.ndarray, delta: Delta) -> None:
     """Overwrite ``weights`` (flat, in place) with the delta's coordinates."""
     if delta.indices.size and (delta.indices.min() < 0 or delta.indices.max() >= weights.size):
-        raise CodecError(
-            f"delta index out of range for weights of size {weights.size}"
-        )
+        raise CodecError(f"delta index out of range for weights of size {weights.size}")
     # np.put indexes the C-order flattening in place whatever the layout; reshape(-1) of a
     # non-contiguous array would be a copy, and the write would be lost.
     np.put(weights, delta.indices, delta.values)

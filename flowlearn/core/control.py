@@ -85,8 +85,14 @@ class Outcome:
         return bool(self.detail.get("ok"))
 
 
-def apply_command(trainer: ModelTrainer, command: str, args: Mapping[str, Any], source: str,
-                  kept: KeptWeights, baseline: Callable[[int], np.ndarray]) -> Outcome:
+def apply_command(
+    trainer: ModelTrainer,
+    command: str,
+    args: Mapping[str, Any],
+    source: str,
+    kept: KeptWeights,
+    baseline: Callable[[int], np.ndarray],
+) -> Outcome:
     """Carry out ``command`` (validated by the record parser: a known command with its
     numeric arguments) on ``trainer``. A refused command changes nothing."""
     kind = "rollback" if command == "rollback" else "control"
@@ -99,11 +105,14 @@ def apply_command(trainer: ModelTrainer, command: str, args: Mapping[str, Any], 
         target = int(args["version"])
         weights = kept.weights(target)
         if weights is None:
-            return refused(f"version {target} is not among the kept versions "
-                           f"{kept.versions()}")
+            return refused(f"version {target} is not among the kept versions {kept.versions()}")
         mv = trainer.restore_weights(codec.decode_array(weights))
-        return Outcome(kind, {**detail, "ok": True, "from_version": mv.base_version,
-                              "new_version": mv.version}, mv, "rollback")
+        return Outcome(
+            kind,
+            {**detail, "ok": True, "from_version": mv.base_version, "new_version": mv.version},
+            mv,
+            "rollback",
+        )
     if command == "reset":
         mv = trainer.reset()
         return Outcome(kind, {**detail, "ok": True, "new_version": mv.version}, mv, "reset")
@@ -118,17 +127,18 @@ def apply_command(trainer: ModelTrainer, command: str, args: Mapping[str, Any], 
             weights_of_baseline = baseline(int(args["version"]))
             size = trainer.model.weights_vector().size
             if weights_of_baseline.shape != (size,):
-                raise ValueError(f"baseline has {weights_of_baseline.size} weights, the model "
-                                 f"{size}")
+                raise ValueError(
+                    f"baseline has {weights_of_baseline.size} weights, the model {size}"
+                )
         except (ValueError, RuntimeError) as exc:  # RegistryError, CodecError included
             return refused(str(exc))
         mv = trainer.restore_weights(weights_of_baseline)
-        return Outcome(kind, {**detail, "ok": True, "new_version": mv.version}, mv,
-                       "warm_start")
+        return Outcome(kind, {**detail, "ok": True, "new_version": mv.version}, mv, "warm_start")
     if command == "republish":
         mv = trainer.current_version()
         return Outcome(kind, {**detail, "ok": True, "version": mv.version}, republish=mv)
     if command in ("pause", "resume"):
-        return Outcome(kind, {**detail, "ok": True}, paused=command == "pause",
-                       flush=command == "resume")
+        return Outcome(
+            kind, {**detail, "ok": True}, paused=command == "pause", flush=command == "resume"
+        )
     return refused(f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")

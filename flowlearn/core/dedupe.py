@@ -25,9 +25,12 @@ from collections.abc import Iterable, Mapping
 
 
 class SeenIds:
-    def __init__(self, window_ms: int,
-                 batches: Mapping[int, tuple[int, list[str]]] | None = None,
-                 pending: Iterable[tuple[str, int]] = ()) -> None:
+    def __init__(
+        self,
+        window_ms: int,
+        batches: Mapping[int, tuple[int, list[str]]] | None = None,
+        pending: Iterable[tuple[str, int]] = (),
+    ) -> None:
         """``batches`` (sequence number -> (newest event time, ids)) and ``pending``
         ((id, event time) of the buffered samples) are what state holds after a restart."""
         self.window_ms = window_ms

@@ -205,8 +205,10 @@ class ADWIN(DriftDetector):
                 if (i == 0 and k == len(row) - 1) or n0 < mwl or n1 < mwl:
                     continue
                 m_recip = 1.0 / (n0 - mwl + 1) + 1.0 / (n1 - mwl + 1)
-                eps = (math.sqrt(2.0 * m_recip * var_window * delta_prime)
-                       + 2.0 / 3.0 * delta_prime * m_recip)
+                eps = (
+                    math.sqrt(2.0 * m_recip * var_window * delta_prime)
+                    + 2.0 / 3.0 * delta_prime * m_recip
+                )
                 ratio = abs(u0 / n0 - u1 / n1) / eps
                 if ratio > best:
                     best, best_n1 = ratio, int(n1)
@@ -327,8 +329,16 @@ class PageHinkley(DriftDetector):
             "mode": self.mode,
         }
 
-    _FIELDS = ("_n", "_mean", "_sum_up", "_sum_down", "_min_up", "_max_down",
-               "_argmin_up", "_argmax_down")
+    _FIELDS = (
+        "_n",
+        "_mean",
+        "_sum_up",
+        "_sum_down",
+        "_min_up",
+        "_max_down",
+        "_argmin_up",
+        "_argmax_down",
+    )
 
     def _state(self) -> tuple[Arrays, Meta]:
         # The extrema start at +-inf, which JSON cannot hold: they travel as an array.
@@ -339,8 +349,9 @@ class PageHinkley(DriftDetector):
         self._load_counters(meta)
         values = check_array(arrays, "fields", (len(self._FIELDS),)).tolist()
         for name, value in zip(self._FIELDS, values, strict=True):
-            setattr(self, name, int(value) if name in ("_n", "_argmin_up", "_argmax_down")
-                    else value)
+            setattr(
+                self, name, int(value) if name in ("_n", "_argmin_up", "_argmax_down") else value
+            )
 
 
 class DDM(DriftDetector):
@@ -400,8 +411,10 @@ class DDM(DriftDetector):
         }
 
     def _state(self) -> tuple[Arrays, Meta]:
-        values = np.array([self._n, self._p, self._p_min, self._s_min, self._ps_min,
-                           self._warning_start], dtype=np.float64)
+        values = np.array(
+            [self._n, self._p, self._p_min, self._s_min, self._ps_min, self._warning_start],
+            dtype=np.float64,
+        )
         return {"fields": values}, {**self._counters(), "warning_detected": self.warning_detected}
 
     def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
@@ -461,18 +474,20 @@ class _ReferenceWindowTest(DriftDetector):
         out = np.zeros(len(values), dtype=bool)
         i = 0
         while i < len(values):
-            if (self.drift_detected or len(self._reference) < self.reference_size
-                    or self._count < self.window_size):
+            if (
+                self.drift_detected
+                or len(self._reference) < self.reference_size
+                or self._count < self.window_size
+            ):
                 out[i] = self._step(float(values[i]))
                 i += 1
                 continue
             # Steps before the next tested one (a test runs when the count hits a multiple
             # of the clock), written as one slice.
-            bulk = min(self.clock - 1 - self._count % self.clock, len(values) - i,
-                       self.window_size)
+            bulk = min(self.clock - 1 - self._count % self.clock, len(values) - i, self.window_size)
             if bulk > 0:
                 slots = (self._count + np.arange(bulk)) % self.window_size
-                self._window[slots] = values[i:i + bulk]
+                self._window[slots] = values[i : i + bulk]
                 self._count += bulk
                 self.n_seen += bulk
                 i += bulk
@@ -488,8 +503,7 @@ class _ReferenceWindowTest(DriftDetector):
         self._edges = np.unique(qs)
         # Bins are (-inf, e1], (e1, e2], ...: a value equal to an edge goes below it, which
         # keeps the values of a discrete stream (say 0/1 errors) in separate bins.
-        counts = np.bincount(np.searchsorted(self._edges, ref),
-                             minlength=len(self._edges) + 1)
+        counts = np.bincount(np.searchsorted(self._edges, ref), minlength=len(self._edges) + 1)
         # Laplace smoothing: an empty reference bin must not make the log ratio infinite.
         self._ref_frac = (counts + 0.5) / (len(ref) + 0.5 * len(counts))
 
@@ -522,8 +536,7 @@ class _ReferenceWindowTest(DriftDetector):
         }
 
     def _state(self) -> tuple[Arrays, Meta]:
-        arrays = {"reference": np.array(self._reference, dtype=np.float64),
-                  "window": self._window}
+        arrays = {"reference": np.array(self._reference, dtype=np.float64), "window": self._window}
         return arrays, {**self._counters(), "count": self._count}
 
     def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:

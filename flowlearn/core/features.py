@@ -33,8 +33,11 @@ def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[
     """Validate one dense feature list: numbers only, finite, of the expected length."""
     # The common case, a JSON list of finite numbers, checked with C-level loops: this runs
     # for every record the job parses (per-element isinstance cost a sixth of its time).
-    if (type(row) is list and len(row) == n_features
-            and _JSON_NUMBER_TYPES.issuperset(map(type, row))):
+    if (
+        type(row) is list
+        and len(row) == n_features
+        and _JSON_NUMBER_TYPES.issuperset(map(type, row))
+    ):
         try:
             values = list(map(float, row))
         except OverflowError:  # an int beyond float64's range: the loop below says which
@@ -53,8 +56,9 @@ def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[
         except OverflowError:  # an int beyond float64's range
             finite = False
         if not finite:
-            raise FeatureError(f"{where}[{i}]: not a finite number "
-                               f"({v if isinstance(v, float) else 'too large'})")
+            raise FeatureError(
+                f"{where}[{i}]: not a finite number ({v if isinstance(v, float) else 'too large'})"
+            )
     return [float(v) for v in row]
 
 
@@ -70,8 +74,9 @@ def vectorize(rows: Sequence[Any], spec: Mapping[str, Any]) -> np.ndarray:
     if kind == "dense":
         out = np.empty((len(rows), n_features), dtype=np.float64)
         for i, row in enumerate(rows):
-            out[i] = check_dense_row(row, n_features, f"instances[{i}]" if len(rows) > 1
-                                     else "features")
+            out[i] = check_dense_row(
+                row, n_features, f"instances[{i}]" if len(rows) > 1 else "features"
+            )
         return out
     if kind == "hashed":
         for i, row in enumerate(rows):
@@ -85,8 +90,9 @@ def vectorize(rows: Sequence[Any], spec: Mapping[str, Any]) -> np.ndarray:
         except FeatureError:
             raise
         except FloatingPointError:
-            raise FeatureError("features: values in one hashed column add up beyond "
-                               "float64's range") from None
+            raise FeatureError(
+                "features: values in one hashed column add up beyond float64's range"
+            ) from None
         except OverflowError:  # an int beyond float64's range
             raise FeatureError("features: a value is beyond float64's range") from None
         except ValueError as exc:

@@ -201,8 +201,9 @@ class _LinearModel(Stateful):
     @classmethod
     def _from_params(cls, params: Mapping[str, Any]) -> Self:
         opt = params.get("optimizer")
-        return cls(**{**params, "optimizer": None if opt is None else
-                      optim.optimizer_from_params(opt)})
+        return cls(
+            **{**params, "optimizer": None if opt is None else optim.optimizer_from_params(opt)}
+        )
 
     def _state(self) -> tuple[Arrays, Meta]:
         opt_arrays, opt_meta = self.optimizer._state()
@@ -212,7 +213,7 @@ class _LinearModel(Stateful):
     def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         self._w[:] = check_array(arrays, "w", self._w.shape)
         prefix = "optimizer."
-        opt_arrays = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        opt_arrays = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
         self.optimizer._load_state(opt_arrays, meta["optimizer_state"])
         self.last_grad_norm = float(meta["last_grad_norm"])
 

@@ -67,37 +67,48 @@ class DriftAlarm:
         return self.direction == "up"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"detector": self.detector, "signal": self.signal,
-                "statistic": self.statistic, "change_point": self.change_point,
-                "direction": self.direction}
+        return {
+            "detector": self.detector,
+            "signal": self.signal,
+            "statistic": self.statistic,
+            "change_point": self.change_point,
+            "direction": self.direction,
+        }
 
 
 class DriftMonitor:
     """The detectors of one model, by name."""
 
-    def __init__(self, detectors: dict[str, drift.DriftDetector],
-                 error_history: np.ndarray | None = None) -> None:
+    def __init__(
+        self, detectors: dict[str, drift.DriftDetector], error_history: np.ndarray | None = None
+    ) -> None:
         self.detectors = detectors
         #: Mean error of the last batches, oldest first (for the direction of an alarm).
-        self.error_history = (np.zeros(0) if error_history is None
-                              else error_history[-(RECENT_BATCHES + HISTORY_BATCHES):])
+        self.error_history = (
+            np.zeros(0)
+            if error_history is None
+            else error_history[-(RECENT_BATCHES + HISTORY_BATCHES) :]
+        )
 
     @classmethod
-    def create(cls, spec: dict[str, Any], n_features: int,
-               n_features_monitored: int = N_FEATURES_MONITORED) -> DriftMonitor:
+    def create(
+        cls, spec: dict[str, Any], n_features: int, n_features_monitored: int = N_FEATURES_MONITORED
+    ) -> DriftMonitor:
         """The detectors the spec names (``detectors``; all of them by default)."""
         wanted = set(spec.get("detectors", ALL_DETECTORS))
         unknown = wanted - set(ALL_DETECTORS)
         if unknown:
-            raise ValueError(f"unknown drift detectors {sorted(unknown)}; known: "
-                             f"{list(ALL_DETECTORS)}")
+            raise ValueError(
+                f"unknown drift detectors {sorted(unknown)}; known: {list(ALL_DETECTORS)}"
+            )
         detectors: dict[str, drift.DriftDetector] = {}
         if "page_hinkley" in wanted:
             # On batch means: a rise of the loss only (it falls while a model learns), after
             # 10 batches, by a cumulative excess of 1 (a jump of 0.3 in mean log loss is
             # seen within about 4 batches).
-            detectors["page_hinkley|loss"] = drift.PageHinkley(min_instances=10,
-                                                               threshold=1.0, mode="up")
+            detectors["page_hinkley|loss"] = drift.PageHinkley(
+                min_instances=10, threshold=1.0, mode="up"
+            )
         if model_type(spec.get("type", "logistic")).classifier:  # 0/1 errors exist
             if "adwin" in wanted:
                 detectors["adwin|error"] = drift.ADWIN()
@@ -122,8 +133,9 @@ class DriftMonitor:
         reset, one after the other.
         """
         fresh = DriftMonitor.create(spec, 0)
-        fresh.detectors.update({name: det for name, det in self.detectors.items()
-                                if "|feature[" in name})
+        fresh.detectors.update(
+            {name: det for name, det in self.detectors.items() if "|feature[" in name}
+        )
         return fresh
 
     def update(self, errors: np.ndarray, losses: np.ndarray, X: np.ndarray) -> list[DriftAlarm]:
@@ -131,7 +143,8 @@ class DriftMonitor:
         alarms = []
         if len(errors):
             self.error_history = np.append(self.error_history, errors.mean())[
-                -(RECENT_BATCHES + HISTORY_BATCHES):]
+                -(RECENT_BATCHES + HISTORY_BATCHES) :
+            ]
         for name, detector in self.detectors.items():
             kind, signal = name.split("|")
             if signal == "error":
@@ -139,10 +152,17 @@ class DriftMonitor:
             elif signal == "loss":
                 values = np.array([losses.mean()]) if len(losses) else losses
             else:
-                values = X[:, int(signal[len("feature["):-1])]
+                values = X[:, int(signal[len("feature[") : -1])]
             if len(values) and detector.update_many(values).any():
-                alarms.append(DriftAlarm(kind, signal, float(detector.statistic),
-                                         detector.change_point, self._direction(kind, signal)))
+                alarms.append(
+                    DriftAlarm(
+                        kind,
+                        signal,
+                        float(detector.statistic),
+                        detector.change_point,
+                        self._direction(kind, signal),
+                    )
+                )
         return alarms
 
     def _direction(self, kind: str, signal: str) -> str:
@@ -157,8 +177,10 @@ class DriftMonitor:
         return "up" if recent > history[:-RECENT_BATCHES].mean() else "down"
 
     def to_bytes(self) -> bytes:
-        arrays: dict[str, np.ndarray] = {name: np.frombuffer(to_bytes(det), dtype=np.uint8)
-                                         for name, det in self.detectors.items()}
+        arrays: dict[str, np.ndarray] = {
+            name: np.frombuffer(to_bytes(det), dtype=np.uint8)
+            for name, det in self.detectors.items()
+        }
         arrays["error_history"] = self.error_history
         return codec.encode_state(arrays, {"class": "DriftMonitor"})
 

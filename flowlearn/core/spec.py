@@ -81,20 +81,30 @@ class ModelSpec:
         except ValueError as exc:
             raise SpecError(f"{where}.type: {exc}") from None
         if self.optimizer not in SPEC_OPTIMIZERS:
-            raise SpecError(f"{where}.optimizer: {self.optimizer!r} is not one of "
-                            f"{tuple(SPEC_OPTIMIZERS)}")
+            raise SpecError(
+                f"{where}.optimizer: {self.optimizer!r} is not one of {tuple(SPEC_OPTIMIZERS)}"
+            )
         _check_positive(f"{where}.n_features", self.n_features)
         if kind.multiclass and self.n_classes < 2:
             raise SpecError(f"{where}.n_classes: a {self.type} model needs >= 2 classes")
         _check_positive(f"{where}.learning_rate", self.learning_rate)
-        for name in ("l1", "l2", "clip_grad_norm", "batch_size", "holdout_size", "replay_size",
-                     "holdout_margin"):
+        for name in (
+            "l1",
+            "l2",
+            "clip_grad_norm",
+            "batch_size",
+            "holdout_size",
+            "replay_size",
+            "holdout_margin",
+        ):
             if getattr(self, name) < 0:
                 raise SpecError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 < self.replay_fraction <= 1:
-            raise SpecError(f"{where}.replay_fraction: must be in (0, 1], got "
-                              f"{self.replay_fraction}")
+            raise SpecError(
+                f"{where}.replay_fraction: must be in (0, 1], got {self.replay_fraction}"
+            )
         unknown = set(self.detectors) - set(ALL_DETECTORS)
         if unknown:
-            raise SpecError(f"{where}.detectors: unknown {sorted(unknown)}; known: "
-                              f"{list(ALL_DETECTORS)}")
+            raise SpecError(
+                f"{where}.detectors: unknown {sorted(unknown)}; known: {list(ALL_DETECTORS)}"
+            )

@@ -58,6 +58,7 @@ _MODEL_PREFIX = "model."
 
 Model = linear.Model
 
+
 def _with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {**_SPEC_DEFAULTS, **spec}
 
@@ -68,8 +69,9 @@ def build_model(spec: Mapping[str, Any]) -> Model:
     s = _with_defaults(spec)
     make_optimizer = optim.SPEC_OPTIMIZERS.get(s["optimizer"])
     if make_optimizer is None:
-        raise ValueError(f"unknown optimizer {s['optimizer']!r}; known: "
-                         f"{sorted(optim.SPEC_OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown optimizer {s['optimizer']!r}; known: {sorted(optim.SPEC_OPTIMIZERS)}"
+        )
     clip = float(s["clip_grad_norm"])
     common: dict[str, Any] = {
         "optimizer": make_optimizer(float(s["learning_rate"])),
@@ -96,7 +98,6 @@ class ModelVersion:
     spec_json: str
     delta: bytes
     weights: bytes | None
-
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,8 @@ class _Holdout:
     def push(self, X: np.ndarray, y: np.ndarray) -> None:
         n_new = min(len(y), self.size)
         n_old = min(len(self.y), self.size - n_new)
-        self.X = np.concatenate([self.X[len(self.y) - n_old:], X[len(y) - n_new:]])
-        self.y = np.concatenate([self.y[len(self.y) - n_old:], y[len(y) - n_new:]])
+        self.X = np.concatenate([self.X[len(self.y) - n_old :], X[len(y) - n_new :]])
+        self.y = np.concatenate([self.y[len(self.y) - n_old :], y[len(y) - n_new :]])
 
     def mean_loss(self, model: Model) -> float:
         return float(np.mean(model.loss_many(self.X, self.y)))
@@ -145,7 +146,7 @@ class _Holdout:
     def load(self, X: np.ndarray, y: np.ndarray) -> None:
         _check_samples(X, y, self.X.shape[1], "holdout")
         # The newest ones, should the spec's holdout_size have shrunk since the save.
-        self.X, self.y = X[-self.size:], y[-self.size:]
+        self.X, self.y = X[-self.size :], y[-self.size :]
 
 
 class _Reservoir:
@@ -193,7 +194,7 @@ class _Reservoir:
     def load(self, X: np.ndarray, y: np.ndarray, state: Mapping[str, Any]) -> None:
         _check_samples(X, y, self.X.shape[1], "replay")
         # The first ``size`` slots, should the spec's replay_size have shrunk since the save.
-        self.X, self.y = X[:self.size], y[:self.size]
+        self.X, self.y = X[: self.size], y[: self.size]
         self.seen = int(state["seen"])
         self.rng.bit_generator.state = state["rng"]
 
@@ -219,7 +220,11 @@ class ModelTrainer:
     """
 
     def __init__(
-        self, model_id: str, spec: Mapping[str, Any], model: Model, version: int,
+        self,
+        model_id: str,
+        spec: Mapping[str, Any],
+        model: Model,
+        version: int,
         samples_applied: int,
     ) -> None:
         self.model_id = model_id
@@ -238,8 +243,7 @@ class ModelTrainer:
         self._holdout_margin = float(s["holdout_margin"])
         self._holdout_min = min(holdout_size, HOLDOUT_MIN_SAMPLES)
         self._replay = (
-            _Reservoir(replay_size, model.n_features, int(s["seed"])) if replay_size > 0
-            else None
+            _Reservoir(replay_size, model.n_features, int(s["seed"])) if replay_size > 0 else None
         )
         self._replay_fraction = float(s["replay_fraction"])
         # Set on construction, i.e. after every (re)start: the first version a (re)started
@@ -252,7 +256,11 @@ class ModelTrainer:
 
     @classmethod
     def restore(
-        cls, model_id: str, spec: Mapping[str, Any], state: bytes, version: int,
+        cls,
+        model_id: str,
+        spec: Mapping[str, Any],
+        state: bytes,
+        version: int,
         samples_applied: int,
     ) -> ModelTrainer:
         """The trainer that :meth:`state_bytes` saved; also reads the model-only bytes of
@@ -270,7 +278,7 @@ class ModelTrainer:
                     f"reads {_STATE_FORMAT}"
                 )
             model_arrays = {
-                k[len(_MODEL_PREFIX):]: v for k, v in arrays.items() if k.startswith(_MODEL_PREFIX)
+                k[len(_MODEL_PREFIX) :]: v for k, v in arrays.items() if k.startswith(_MODEL_PREFIX)
             }
             model_meta = meta.get("model", {})
         else:
@@ -342,8 +350,7 @@ class ModelTrainer:
         if not np.all(np.isfinite(after)):
             # Safety gate: never publish or keep non-finite weights.
             self._undo(before, saved)
-            return BatchResult(None, loss, "non_finite_weights", losses, errors, grad_norm,
-                               clipped)
+            return BatchResult(None, loss, "non_finite_weights", losses, errors, grad_norm, clipped)
         rejected = None
         if gate is not None:
             increase = gate.mean_loss(model) - holdout_before
@@ -356,17 +363,23 @@ class ModelTrainer:
             return BatchResult(None, loss, rejected, losses, errors, grad_norm, clipped)
         if replay is not None:
             replay.offer(X, y)
-        return BatchResult(self._new_version(before, after, len(X)), loss, None, losses,
-                           errors, grad_norm, clipped)
+        return BatchResult(
+            self._new_version(before, after, len(X)), loss, None, losses, errors, grad_norm, clipped
+        )
 
     def current_version(self) -> ModelVersion:
         """The current version again, as a full snapshot with an empty delta (a republish:
         nothing changes, readers of a new epoch get the weights)."""
         weights = self.model.weights_vector()
         return ModelVersion(
-            model_id=self.model_id, version=self.version, base_version=self.version,
-            samples_applied=self.samples_applied, spec_json=self._published_spec,
-            delta=codec.make_delta(weights, weights), weights=codec.encode_array(weights))
+            model_id=self.model_id,
+            version=self.version,
+            base_version=self.version,
+            samples_applied=self.samples_applied,
+            spec_json=self._published_spec,
+            delta=codec.make_delta(weights, weights),
+            weights=codec.encode_array(weights),
+        )
 
     def restore_weights(self, weights: np.ndarray) -> ModelVersion:
         """A new version whose weights equal ``weights`` bit for bit (a rollback); the
@@ -392,8 +405,9 @@ class ModelTrainer:
             raise ValueError(f"learning rate must be a positive number, got {lr}")
         self.model.optimizer.set_learning_rate(lr)
 
-    def _undo(self, weights: np.ndarray, saved: tuple[dict[str, np.ndarray], dict[str, Any]]
-              | None) -> None:
+    def _undo(
+        self, weights: np.ndarray, saved: tuple[dict[str, np.ndarray], dict[str, Any]] | None
+    ) -> None:
         """Take back a candidate update: the whole model state when it was saved (gated
         batches), else the weights only (the optimizer state then keeps the step)."""
         if saved is None:
@@ -401,8 +415,7 @@ class ModelTrainer:
         else:
             self.model.load_state_dict(*saved)
 
-    def _new_version(self, before: np.ndarray, after: np.ndarray, n_samples: int
-                     ) -> ModelVersion:
+    def _new_version(self, before: np.ndarray, after: np.ndarray, n_samples: int) -> ModelVersion:
         base = self.version
         self.version += 1
         self.samples_applied += n_samples

@@ -43,8 +43,12 @@ def write_flink_conf(settings: Settings) -> Path:
     conf_dir = flink_conf_dir(settings)
     conf_dir.mkdir(parents=True, exist_ok=True)
     shipped = flink_home() / "conf"
-    for name in ("log4j-console.properties", "log4j-cli.properties", "log4j.properties",
-                 "logback-console.xml"):
+    for name in (
+        "log4j-console.properties",
+        "log4j-cli.properties",
+        "log4j.properties",
+        "logback-console.xml",
+    ):
         shutil.copy(shipped / name, conf_dir / name)
     java_opts = _shipped_java_opts(shipped / "config.yaml")
     checkpoints = settings.stack.data / "flink" / "checkpoints"
@@ -74,8 +78,9 @@ def write_flink_conf(settings: Settings) -> Path:
         "execution.checkpointing.num-retained": 3,
         "state.backend.type": "hashmap",
         "restart-strategy.type": "exponential-delay",
-        "metrics.reporter.prom.factory.class":
-            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.factory.class": (
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+        ),
         "metrics.reporter.prom.port": f.prometheus_ports,
         "metrics.reporter.prom.host": "127.0.0.1",
         "python.executable": python,
@@ -112,11 +117,18 @@ def flink_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def flink_rest(settings: Settings, path: str, method: str = "GET",
-               body: dict[str, Any] | None = None, timeout_s: float = 5.0) -> Any:
+def flink_rest(
+    settings: Settings,
+    path: str,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    timeout_s: float = 5.0,
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        f"{settings.flink.web_ui}{path}", data=data, method=method,
+        f"{settings.flink.web_ui}{path}",
+        data=data,
+        method=method,
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
@@ -141,16 +153,36 @@ def start_flink(settings: Settings) -> None:
         require_free_port("127.0.0.1", settings.flink.rpc_port, "flink.rpc_port")
         # Not the project root: Python workers run with their cwd on sys.path, where the
         # checkout's packages would shadow the job's own (-pyfs), say a new build of it.
-        start_process(settings, "jobmanager",
-                      ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"], env=env,
-                      cwd=settings.stack.run)
+        start_process(
+            settings,
+            "jobmanager",
+            ["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"],
+            env=env,
+            cwd=settings.stack.run,
+        )
     if not running_pid(settings, "taskmanager"):
         # Supervised: a TaskManager that dies comes back, as a cluster's resource manager
         # would bring one back, and the job recovers from its last checkpoint.
-        start_process(settings, "taskmanager",
-                      [sys.executable, "-m", "flowlearn.devstack.supervise",
-                       "--pid-file", str(child_pid_file(settings, "taskmanager")), "--",
-                       "bash", str(bin_dir / "taskmanager.sh"), "start-foreground"], env=env,
-                      cwd=settings.stack.run)
-    wait_for("Flink (JobManager with a TaskManager)", lambda: _flink_ready(settings), 120,
-             settings.stack.logs / "jobmanager.out")
+        start_process(
+            settings,
+            "taskmanager",
+            [
+                sys.executable,
+                "-m",
+                "flowlearn.devstack.supervise",
+                "--pid-file",
+                str(child_pid_file(settings, "taskmanager")),
+                "--",
+                "bash",
+                str(bin_dir / "taskmanager.sh"),
+                "start-foreground",
+            ],
+            env=env,
+            cwd=settings.stack.run,
+        )
+    wait_for(
+        "Flink (JobManager with a TaskManager)",
+        lambda: _flink_ready(settings),
+        120,
+        settings.stack.logs / "jobmanager.out",
+    )

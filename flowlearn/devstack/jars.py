@@ -25,10 +25,17 @@ def fetch_jars(settings: Settings, label: str, constant: str, transitive: bool) 
     require_tool("mvn", "install Maven (apt-get install -y maven) to fetch the jars")
     if not (target / ".complete").exists():
         log(f"fetching {getattr(versions, constant)} with Maven into {target} ...")
-    cmd = ["bash", str(FETCH_JARS), "--artifact", constant,
-           *(["--transitive"] if transitive else []), str(target)]
-    result = subprocess.run(cmd, capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})
+    cmd = [
+        "bash",
+        str(FETCH_JARS),
+        "--artifact",
+        constant,
+        *(["--transitive"] if transitive else []),
+        str(target),
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}
+    )
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
         raise StackError(f"fetching {constant} failed: {lines[-1]}")
@@ -61,8 +68,11 @@ def operators_jar(settings: Settings) -> Path:
     if target.exists():
         return target
     require_tool("javac", "install a JDK 17 (apt-get install -y openjdk-17-jdk-headless)")
-    result = subprocess.run(["bash", str(BUILD_OPERATORS_JAR), str(flink_home() / "lib"),
-                             str(target)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(BUILD_OPERATORS_JAR), str(flink_home() / "lib"), str(target)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise StackError(f"building the operators jar failed:\n{result.stderr.strip()}")
     for old in folder.glob("operators-*.jar"):

@@ -54,8 +54,11 @@ def stage_job_sources(settings: Settings) -> Path:
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for name in JOB_PACKAGES:
-        shutil.copytree(_package_dir(name), target / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "java"))
+        shutil.copytree(
+            _package_dir(name),
+            target / name,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "java"),
+        )
     return target
 
 
@@ -65,8 +68,12 @@ def find_job(settings: Settings) -> JobInfo | None:
         jobs = flink_cluster.flink_rest(settings, "/jobs/overview").get("jobs", [])
     except (OSError, urllib.error.URLError, ValueError):
         return None
-    live = [j for j in jobs if j.get("name") == settings.job.name
-            and j.get("state") not in ("FINISHED", "CANCELED", "FAILED")]
+    live = [
+        j
+        for j in jobs
+        if j.get("name") == settings.job.name
+        and j.get("state") not in ("FINISHED", "CANCELED", "FAILED")
+    ]
     if not live:
         return None
     newest = max(live, key=lambda j: j.get("start-time", 0))
@@ -86,8 +93,9 @@ def wait_job_state(settings: Settings, job_id: str, states: set[str], timeout_s:
         if state in ("FAILED", "CANCELED", "FINISHED") and state not in states:
             raise JobError(f"job {job_id} ended {state}; see {settings.stack.logs}")
         time.sleep(0.5)
-    raise JobError(f"job {job_id} not {'/'.join(sorted(states))} within {timeout_s:.0f}s "
-                   f"(last state {state})")
+    raise JobError(
+        f"job {job_id} not {'/'.join(sorted(states))} within {timeout_s:.0f}s (last state {state})"
+    )
 
 
 def _all_tasks_running(settings: Settings, job_id: str) -> bool:
@@ -129,8 +137,13 @@ def record_savepoint(settings: Settings, entry: dict[str, Any]) -> None:
     savepoint_manifest(settings).write_text(json.dumps(entries, indent=2))
 
 
-def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = False,
-           timeout_s: float = 180.0, job_sources: Path | None = None) -> JobInfo:
+def submit(
+    settings: Settings,
+    from_savepoint: str | None = None,
+    fresh: bool = False,
+    timeout_s: float = 180.0,
+    job_sources: Path | None = None,
+) -> JobInfo:
     """Submit the job with ``flink run -d``; resumes from the last recorded savepoint unless
     ``fresh`` or an explicit ``from_savepoint``. Waits until every task is RUNNING.
 
@@ -138,8 +151,10 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     example another build of the job; by default they are staged from this checkout."""
     existing = find_job(settings)
     if existing is not None:
-        raise JobError(f"job {existing.id} is already {existing.state}; stop it first "
-                       f"(flowlearn down, or flowlearn rollback --savepoint ...)")
+        raise JobError(
+            f"job {existing.id} is already {existing.state}; stop it first "
+            f"(flowlearn down, or flowlearn rollback --savepoint ...)"
+        )
     if from_savepoint is None and not fresh:
         recorded = read_savepoints(settings)
         if recorded:
@@ -154,24 +169,33 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
     if not (sources / JOB_ENTRY).exists():
         raise JobError(f"{sources} does not hold the job ({JOB_ENTRY} is missing)")
     cmd = [
-        "bash", str(flink_cluster.flink_home() / "bin" / "flink"), "run", "-d",
+        "bash",
+        str(flink_cluster.flink_home() / "bin" / "flink"),
+        "run",
+        "-d",
         # Job-level settings travel with the job, whatever the cluster's own config says.
         f"-Dpython.fn-execution.bundle.size={settings.flink.python_bundle_size}",
         f"-Dpython.fn-execution.bundle.time={settings.flink.python_bundle_time_ms}",
         # -j, not pipeline.jars: the Python client needs the connector's classes too.
-        "-j", str(connector),
-        "-py", str(sources / JOB_ENTRY),
-        "-pyfs", str(sources),
-        "-pyexec", sys.executable,
-        "-pyclientexec", sys.executable,
+        "-j",
+        str(connector),
+        "-py",
+        str(sources / JOB_ENTRY),
+        "-pyfs",
+        str(sources),
+        "-pyexec",
+        sys.executable,
+        "-pyclientexec",
+        sys.executable,
     ]
     if from_savepoint:
         cmd += ["-s", from_savepoint]
         processes.log(f"resuming from savepoint {from_savepoint}")
     cmd += ["--settings", str(settings_file), "--operators-jar", str(operators_jar)]
     env = flink_cluster.flink_env(settings)
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PATH": env["PATH"]},
-                            timeout=timeout_s)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, env={**env, "PATH": env["PATH"]}, timeout=timeout_s
+    )
     out = result.stdout + result.stderr
     (settings.stack.logs / "submit.out").write_text(out)
     match = re.search(r"JobID ([0-9a-f]{32})", out)
@@ -180,8 +204,12 @@ def submit(settings: Settings, from_savepoint: str | None = None, fresh: bool = 
         raise JobError(f"flink run failed (see {settings.stack.logs / 'submit.out'}): {tail}")
     job_id = match.group(1)
     wait_job_state(settings, job_id, {"RUNNING"}, timeout_s)
-    processes.wait_for("job tasks", lambda: _all_tasks_running(settings, job_id), timeout_s,
-                       settings.stack.logs / "submit.out")
+    processes.wait_for(
+        "job tasks",
+        lambda: _all_tasks_running(settings, job_id),
+        timeout_s,
+        settings.stack.logs / "submit.out",
+    )
     return JobInfo(job_id, settings.job.name, "RUNNING")
 
 
@@ -195,8 +223,9 @@ def _savepoint_dir(settings: Settings) -> str:
     return f"file://{settings.stack.data / 'flink' / 'savepoints'}"
 
 
-def _await_savepoint(settings: Settings, job: JobInfo, request_id: str, what: str,
-                     timeout_s: float) -> str:
+def _await_savepoint(
+    settings: Settings, job: JobInfo, request_id: str, what: str, timeout_s: float
+) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = flink_cluster.flink_rest(settings, f"/jobs/{job.id}/savepoints/{request_id}")
@@ -204,41 +233,55 @@ def _await_savepoint(settings: Settings, job: JobInfo, request_id: str, what: st
             operation = status.get("operation", {})
             if "failure-cause" in operation:
                 cause = operation["failure-cause"]
-                raise JobError(f"{what} failed: {cause.get('class')}: "
-                               f"{str(cause.get('stack-trace', '')).splitlines()[:1]}")
+                raise JobError(
+                    f"{what} failed: {cause.get('class')}: "
+                    f"{str(cause.get('stack-trace', '')).splitlines()[:1]}"
+                )
             return str(operation["location"])
         time.sleep(0.5)
     raise JobError(f"{what} of job {job.id} did not finish within {timeout_s:.0f}s")
 
 
 def _record(settings: Settings, path: str, job: JobInfo, reason: str) -> dict[str, Any]:
-    entry = {"path": path, "job_id": job.id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "time_ms": int(time.time() * 1000), "reason": reason,
-             # What Redis holds right after the savepoint: the versions it contains, or a
-             # batch or two later (the job runs on while the savepoint completes).
-             "models": published_models(settings)}
+    entry = {
+        "path": path,
+        "job_id": job.id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time_ms": int(time.time() * 1000),
+        "reason": reason,
+        # What Redis holds right after the savepoint: the versions it contains, or a
+        # batch or two later (the job runs on while the savepoint completes).
+        "models": published_models(settings),
+    }
     record_savepoint(settings, entry)
     return entry
 
 
-def trigger_savepoint(settings: Settings, job: JobInfo, reason: str = "manual",
-                      timeout_s: float = 120.0) -> dict[str, Any]:
+def trigger_savepoint(
+    settings: Settings, job: JobInfo, reason: str = "manual", timeout_s: float = 120.0
+) -> dict[str, Any]:
     """Take a savepoint of the running ``job``, wait for it, record it in the manifest."""
-    trigger = flink_cluster.flink_rest(settings, f"/jobs/{job.id}/savepoints", method="POST",
-                                       body={"target-directory": _savepoint_dir(settings),
-                                             "cancel-job": False})
+    trigger = flink_cluster.flink_rest(
+        settings,
+        f"/jobs/{job.id}/savepoints",
+        method="POST",
+        body={"target-directory": _savepoint_dir(settings), "cancel-job": False},
+    )
     path = _await_savepoint(settings, job, trigger["request-id"], "savepoint", timeout_s)
     return _record(settings, path, job, reason)
 
 
-def stop_with_savepoint(settings: Settings, job: JobInfo, timeout_s: float = 120.0,
-                        reason: str = "stop") -> str:
+def stop_with_savepoint(
+    settings: Settings, job: JobInfo, timeout_s: float = 120.0, reason: str = "stop"
+) -> str:
     """Stop ``job`` with a savepoint (drained of nothing: it resumes where it stopped)."""
-    trigger = flink_cluster.flink_rest(settings, f"/jobs/{job.id}/stop", method="POST",
-                                       body={"targetDirectory": _savepoint_dir(settings),
-                                             "drain": False})
-    path = _await_savepoint(settings, job, trigger["request-id"], "stop-with-savepoint",
-                            timeout_s)
+    trigger = flink_cluster.flink_rest(
+        settings,
+        f"/jobs/{job.id}/stop",
+        method="POST",
+        body={"targetDirectory": _savepoint_dir(settings), "drain": False},
+    )
+    path = _await_savepoint(settings, job, trigger["request-id"], "stop-with-savepoint", timeout_s)
     _record(settings, path, job, reason)
     return path
 
@@ -281,8 +324,10 @@ def rollback_to_savepoint(settings: Settings, path: str) -> RollbackReport:
     except JobError as exc:
         processes.log(f"resubmitting from {path} failed ({exc}); going back to {taken}")
         submit(settings, from_savepoint=taken)
-        raise JobError(f"rollback to {path} failed: {exc}; the job runs again from the "
-                       f"savepoint taken before the rollback ({taken})") from exc
+        raise JobError(
+            f"rollback to {path} failed: {exc}; the job runs again from the "
+            f"savepoint taken before the rollback ({taken})"
+        ) from exc
     steps.append(("submit from savepoint, all tasks running", time.monotonic() - t1))
     t2 = time.monotonic()
     republish(settings, list(published_models(settings)))
@@ -297,5 +342,4 @@ def republish(settings: Settings, model_ids: list[str]) -> None:
 
     for model_id in model_ids:
         record = control_record(model_id, "republish", {}, source="cli:rollback")
-        send_raw(settings.kafka, settings.kafka.topics.control, [record.encode()],
-                 key=model_id)
+        send_raw(settings.kafka, settings.kafka.topics.control, [record.encode()], key=model_id)

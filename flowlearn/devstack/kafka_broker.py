@@ -76,15 +76,21 @@ def _broker_keystore(k: KafkaConf, conf_dir: Path) -> Path | None:
         raise StackError(
             f"kafka.security_protocol {k.security_protocol}: the local broker needs its "
             f"certificate (kafka.broker_ssl_cert_file, kafka.broker_ssl_key_file) and the CA "
-            f"that signed it (kafka.ssl_ca_file)")
+            f"that signed it (kafka.ssl_ca_file)"
+        )
     if k.security_protocol == "SSL" and not k.ssl_cert_file:
-        raise StackError("kafka.security_protocol SSL: the local broker requires client "
-                         "certificates: set kafka.ssl_cert_file and kafka.ssl_key_file")
+        raise StackError(
+            "kafka.security_protocol SSL: the local broker requires client "
+            "certificates: set kafka.ssl_cert_file and kafka.ssl_key_file"
+        )
     keystore = conf_dir / "broker-keystore.pem"
     keystore.touch(mode=0o600)
     keystore.chmod(0o600)
-    keystore.write_text(Path(k.broker_ssl_key_file).read_text().rstrip("\n") + "\n"
-                        + Path(k.broker_ssl_cert_file).read_text())
+    keystore.write_text(
+        Path(k.broker_ssl_key_file).read_text().rstrip("\n")
+        + "\n"
+        + Path(k.broker_ssl_cert_file).read_text()
+    )
     return keystore
 
 
@@ -93,8 +99,10 @@ def start_kafka(settings: Settings) -> None:
         return
     k = settings.kafka
     if k.sasl and k.sasl_mechanism == "PLAIN":
-        raise StackError("the local stack's broker takes SCRAM logins: set "
-                         "kafka.sasl_mechanism to SCRAM-SHA-512 or SCRAM-SHA-256")
+        raise StackError(
+            "the local stack's broker takes SCRAM logins: set "
+            "kafka.sasl_mechanism to SCRAM-SHA-512 or SCRAM-SHA-256"
+        )
     require_free_port(k.host, k.port, "kafka.port")
     require_free_port(k.host, k.controller_port, "kafka.controller_port")
     java = require_java()
@@ -138,23 +146,47 @@ def start_kafka(settings: Settings) -> None:
     props.chmod(0o600)  # with SASL it holds the broker's password
     classpath = f"{jars}/*"
     scram_marker = log_dir / "flowlearn-scram-user"
-    if (log_dir / "meta.properties").exists() and k.sasl and (
-            not scram_marker.exists() or scram_marker.read_text() != k.sasl_username):
-        raise StackError(f"the Kafka storage in {log_dir} was formatted without the SCRAM user "
-                         f"{k.sasl_username!r} (users are created when it is formatted): "
-                         f"`flowlearn down`, delete {log_dir}, `flowlearn up`")
+    if (
+        (log_dir / "meta.properties").exists()
+        and k.sasl
+        and (not scram_marker.exists() or scram_marker.read_text() != k.sasl_username)
+    ):
+        raise StackError(
+            f"the Kafka storage in {log_dir} was formatted without the SCRAM user "
+            f"{k.sasl_username!r} (users are created when it is formatted): "
+            f"`flowlearn down`, delete {log_dir}, `flowlearn up`"
+        )
     if not (log_dir / "meta.properties").exists():
         cluster_id = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         log(f"formatting Kafka storage in {log_dir} (cluster id {cluster_id})")
         result = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(props),
-             *(["--add-scram", f"{k.sasl_mechanism}=[name={k.sasl_username},"
-                               f"password={k.sasl_password}]"] if k.sasl else [])],
-            capture_output=True, text=True,
+            [
+                java,
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+                *(
+                    [
+                        "--add-scram",
+                        f"{k.sasl_mechanism}=[name={k.sasl_username},password={k.sasl_password}]",
+                    ]
+                    if k.sasl
+                    else []
+                ),
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise StackError(f"Kafka storage format failed: {result.stdout}{result.stderr}")
@@ -163,9 +195,17 @@ def start_kafka(settings: Settings) -> None:
     start_process(
         settings,
         "kafka",
-        [java, f"-Xmx{k.heap}", f"-Xms{k.heap}", "-cp", classpath,
-         f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={settings.stack.logs}",
-         "kafka.Kafka", str(props)],
+        [
+            java,
+            f"-Xmx{k.heap}",
+            f"-Xms{k.heap}",
+            "-cp",
+            classpath,
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={settings.stack.logs}",
+            "kafka.Kafka",
+            str(props),
+        ],
     )
     wait_for("Kafka", lambda: port_open(k.host, k.port), 90, settings.stack.logs / "kafka.out")
     create_topics(settings)
@@ -178,8 +218,11 @@ def create_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(**settings.kafka.client_options(),
-                                     client_id="flowlearn-admin", request_timeout_ms=10000)
+            admin = KafkaAdminClient(
+                **settings.kafka.client_options(),
+                client_id="flowlearn-admin",
+                request_timeout_ms=10000,
+            )
             break
         except KafkaError as exc:
             if time.monotonic() > deadline:

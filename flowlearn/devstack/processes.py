@@ -42,8 +42,9 @@ def _cmdline(pid: int) -> str:
 
 def _environ(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode(
-            errors="replace")
+        return (
+            Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -156,10 +157,12 @@ def debian_binary(binary: str, package: str) -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         log(f"installing {package} with apt-get ...")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
-                       stdout=subprocess.DEVNULL)
-        result = subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env,
-                                capture_output=True, text=True)
+        subprocess.run(
+            ["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL
+        )
+        result = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package], env=env, capture_output=True, text=True
+        )
         path = shutil.which(binary)
         if result.returncode == 0 and path:
             # Debian may start its own service on install; ours runs on our port, by our pid.

@@ -62,13 +62,15 @@ class DriftingStream:
             x = self._rng.normal(size=self.n_features)
             p = 1.0 / (1.0 + np.exp(-float(x @ self._weights)))
             label = int(self._rng.random() < p)
-            out.append({
-                "event_id": f"{self.model_id}-{self.seed}-{self._index}",
-                "model_id": self.model_id,
-                "ts": start_ts + k * step_ms,
-                "features": [round(float(v), 6) for v in x],
-                "label": label,
-            })
+            out.append(
+                {
+                    "event_id": f"{self.model_id}-{self.seed}-{self._index}",
+                    "model_id": self.model_id,
+                    "ts": start_ts + k * step_ms,
+                    "features": [round(float(v), 6) for v in x],
+                    "label": label,
+                }
+            )
             self._index += 1
         return out
 
@@ -110,8 +112,13 @@ def produce(
         linger_ms=20,
         client_id=f"flowlearn-producer-{uuid.uuid4().hex[:8]}",
     )
-    stream = DriftingStream(n_features=n_features, seed=seed, drift_at=drift_at,
-                            model_id=model_id, drift_every=drift_every)
+    stream = DriftingStream(
+        n_features=n_features,
+        seed=seed,
+        drift_at=drift_at,
+        model_id=model_id,
+        drift_every=drift_every,
+    )
     delayed: list[tuple[int, int, dict[str, Any]]] = []  # (due ms, seq, label record)
     sent = 0
     started = time.monotonic()
@@ -123,8 +130,12 @@ def produce(
             now = now_ms()
             records = stream.take(n, start_ts=now, step_ms=0)
             if bulk:
-                producer.send(topics.samples, key=model_id, timestamp_ms=now,
-                              value=_bulk_value(model_id, records))
+                producer.send(
+                    topics.samples,
+                    key=model_id,
+                    timestamp_ms=now,
+                    value=_bulk_value(model_id, records),
+                )
                 records = []
                 sent += n
             for rec in records:
@@ -132,10 +143,13 @@ def produce(
                     producer.send(topics.samples, key=model_id, value=rec, timestamp_ms=rec["ts"])
                 else:
                     event = {k: rec[k] for k in ("event_id", "model_id", "ts", "features")}
-                    producer.send(topics.events, key=model_id, value=event,
-                                  timestamp_ms=rec["ts"])
-                    label = {"event_id": rec["event_id"], "model_id": model_id,
-                             "ts": rec["ts"] + label_delay_ms, "label": rec["label"]}
+                    producer.send(topics.events, key=model_id, value=event, timestamp_ms=rec["ts"])
+                    label = {
+                        "event_id": rec["event_id"],
+                        "model_id": model_id,
+                        "ts": rec["ts"] + label_delay_ms,
+                        "label": rec["label"],
+                    }
                     heapq.heappush(delayed, (label["ts"], sent, label))
                 sent += 1
             _send_due(producer, topics.labels, delayed, model_id, now_ms())
@@ -162,25 +176,35 @@ class _Raw(bytes):
 
 
 def _bulk_value(model_id: str, records: list[dict[str, Any]]) -> _Raw:
-    return _Raw(encode_sample_batch(
-        model_id, np.array([r["ts"] for r in records]),
-        np.array([r["features"] for r in records]),
-        np.array([r["label"] for r in records], dtype=np.float64)))
+    return _Raw(
+        encode_sample_batch(
+            model_id,
+            np.array([r["ts"] for r in records]),
+            np.array([r["features"] for r in records]),
+            np.array([r["label"] for r in records], dtype=np.float64),
+        )
+    )
 
 
 def _serialize(value: Any) -> bytes:
     return bytes(value) if isinstance(value, _Raw) else json.dumps(value).encode()
 
 
-def _send_due(producer: Any, topic: str, delayed: list[tuple[int, int, dict[str, Any]]],
-              model_id: str, now: int) -> None:
+def _send_due(
+    producer: Any,
+    topic: str,
+    delayed: list[tuple[int, int, dict[str, Any]]],
+    model_id: str,
+    now: int,
+) -> None:
     while delayed and delayed[0][0] <= now:
         _, _, label = heapq.heappop(delayed)
         producer.send(topic, key=model_id, value=label, timestamp_ms=label["ts"])
 
 
-def send_raw(bootstrap: str | KafkaConf, topic: str, records: Sequence[bytes],
-             key: str = "demo") -> None:
+def send_raw(
+    bootstrap: str | KafkaConf, topic: str, records: Sequence[bytes], key: str = "demo"
+) -> None:
     """Send raw record values as they are (used to feed malformed input on purpose)."""
     from kafka import KafkaProducer
 
@@ -191,4 +215,3 @@ def send_raw(bootstrap: str | KafkaConf, topic: str, records: Sequence[bytes],
     finally:
         producer.flush()
         producer.close()
-

@@ -26,23 +26,35 @@ def start_prometheus(settings: Settings) -> None:
     conf_dir.mkdir(parents=True, exist_ok=True)
     flink_targets = [f"127.0.0.1:{port}" for port in settings.flink.prometheus_port_list()]
     config = {
-        "global": {"scrape_interval": f"{p.scrape_interval_s}s",
-                   "evaluation_interval": f"{p.scrape_interval_s}s"},
+        "global": {
+            "scrape_interval": f"{p.scrape_interval_s}s",
+            "evaluation_interval": f"{p.scrape_interval_s}s",
+        },
         "scrape_configs": [
             # One reporter port per Flink process, taken in start order from the range.
             {"job_name": "flink", "static_configs": [{"targets": flink_targets}]},
-            {"job_name": "predictor", "metrics_path": "/metrics",
-             "static_configs": [{"targets": [f"{settings.predictor.host}:"
-                                             f"{settings.predictor.port}"]}]},
+            {
+                "job_name": "predictor",
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": [f"{settings.predictor.host}:{settings.predictor.port}"]}
+                ],
+            },
         ],
     }
     config_file = conf_dir / "prometheus.yml"
     config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    start_process(settings, "prometheus", [
-        binary, f"--config.file={config_file}",
-        f"--storage.tsdb.path={settings.stack.data / 'prometheus'}",
-        f"--web.listen-address={p.host}:{p.port}",
-        "--storage.tsdb.retention.time=7d",
-    ])
-    wait_for("Prometheus", lambda: port_open(p.host, p.port), 60,
-             settings.stack.logs / "prometheus.out")
+    start_process(
+        settings,
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={settings.stack.data / 'prometheus'}",
+            f"--web.listen-address={p.host}:{p.port}",
+            "--storage.tsdb.retention.time=7d",
+        ],
+    )
+    wait_for(
+        "Prometheus", lambda: port_open(p.host, p.port), 60, settings.stack.logs / "prometheus.out"
+    )

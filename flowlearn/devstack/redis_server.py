@@ -24,9 +24,10 @@ def redis_auth_lines(username: str, password: str, prefix: str) -> list[str]:
     """
     if not username:
         return [f"requirepass {password}"]
-    return ["user default off",
-            f"user {username} on >{password} resetkeys ~{prefix}* resetchannels "
-            f"+@all -@dangerous"]
+    return [
+        "user default off",
+        f"user {username} on >{password} resetkeys ~{prefix}* resetchannels +@all -@dangerous",
+    ]
 
 
 def start_redis(settings: Settings) -> None:
@@ -34,8 +35,10 @@ def start_redis(settings: Settings) -> None:
         return
     r = settings.redis
     if r.tls:
-        raise StackError("the local stack runs Redis without TLS: set redis.tls = false, or "
-                         "point redis.host at a Redis server that has TLS")
+        raise StackError(
+            "the local stack runs Redis without TLS: set redis.tls = false, or "
+            "point redis.host at a Redis server that has TLS"
+        )
     require_free_port(r.host, r.port, "redis.port")
     server = debian_binary("redis-server", "redis-server")
     data = settings.stack.data / "redis"

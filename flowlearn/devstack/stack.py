@@ -34,8 +34,7 @@ from flowlearn.devstack.processes import (
 from flowlearn.devstack.prometheus_server import start_prometheus
 from flowlearn.devstack.redis_server import start_redis
 
-COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "prometheus",
-              "producer")
+COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "prometheus", "producer")
 
 
 # --------------------------------------------------------------------------- predictor
@@ -50,8 +49,9 @@ def start_predictor(settings: Settings, config_path: Path | None) -> None:
     if config_path:
         argv += ["--config", str(config_path)]
     start_process(settings, "predictor", argv)
-    wait_for("predictor", lambda: port_open(p.host, p.port), 60,
-             settings.stack.logs / "predictor.out")
+    wait_for(
+        "predictor", lambda: port_open(p.host, p.port), 60, settings.stack.logs / "predictor.out"
+    )
 
 
 # --------------------------------------------------------------------------- up / down
@@ -84,8 +84,15 @@ def up(settings: Settings, config_path: Path | None = None) -> list[Step]:
 def down(settings: Settings) -> list[str]:
     """Stop everything this stack started, in dependency order; returns what was stopped."""
     stopped = []
-    for name in ("producer", "prometheus", "predictor", "taskmanager", "jobmanager", "redis",
-                 "kafka"):
+    for name in (
+        "producer",
+        "prometheus",
+        "predictor",
+        "taskmanager",
+        "jobmanager",
+        "redis",
+        "kafka",
+    ):
         if stop_process(settings, name):
             stopped.append(name)
             log(f"stopped {name}")

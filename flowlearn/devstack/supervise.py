@@ -63,8 +63,7 @@ def supervise(cmd: list[str], pid_file: Path) -> int:
             break
         lived = time.monotonic() - started
         backoff = MIN_BACKOFF_S if lived > HEALTHY_AFTER_S else min(backoff * 2, MAX_BACKOFF_S)
-        log(f"pid {child.pid} exited with {code} after {lived:.0f}s; restarting in "
-            f"{backoff:.0f}s")
+        log(f"pid {child.pid} exited with {code} after {lived:.0f}s; restarting in {backoff:.0f}s")
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -81,10 +80,12 @@ def supervise(cmd: list[str], pid_file: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pid-file", type=Path, required=True,
-                        help="where the current child's pid is written")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pid-file", type=Path, required=True, help="where the current child's pid is written"
+    )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd

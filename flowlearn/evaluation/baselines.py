@@ -44,9 +44,16 @@ class BatchBaseline:
     name: str
 
 
-def batch_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, train: int,
-                   retrain_every: int = 0, epochs: int = 3, batch_size: int = 64,
-                   seed: int = 0) -> BatchBaseline:
+def batch_baseline(
+    spec: Mapping[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    train: int,
+    retrain_every: int = 0,
+    epochs: int = 3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> BatchBaseline:
     """The batch baseline practitioners compare with:
     :func:`flowlearn.evaluation.batch.train_baseline`
     on the first ``train`` samples (which fits their first 80% and measures the rest), then,
@@ -58,8 +65,7 @@ def batch_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, train:
     """
     n = len(y)
     if not 1 <= train <= n:
-        raise EvaluationError(f"the baseline's training part must be 1..{n} samples, got "
-                              f"{train}")
+        raise EvaluationError(f"the baseline's training part must be 1..{n} samples, got {train}")
     if retrain_every < 0:
         raise EvaluationError("retrain_every must be >= 0")
     cuts = [train]
@@ -70,8 +76,9 @@ def batch_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, train:
     covered = 0
     for k, cut in enumerate(cuts):
         try:
-            result = train_baseline(spec, X[:cut], y[:cut], epochs=epochs,
-                                    batch_size=batch_size, seed=seed)
+            result = train_baseline(
+                spec, X[:cut], y[:cut], epochs=epochs, batch_size=batch_size, seed=seed
+            )
         except BatchDataError as exc:
             raise EvaluationError(f"baseline on the first {cut} samples: {exc}") from exc
         start = result.n_train if k == 0 else cut
@@ -82,6 +89,8 @@ def batch_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, train:
         covered = end
         fits.append((start, result.n_train, dict(result.metrics)))
     every = f", refit on all samples so far every {retrain_every}" if retrain_every else ""
-    name = (f"batch baseline (flowlearn.evaluation.batch.train_baseline, {epochs} epochs) fit "
-            f"on the first {fits[0][1]} of {train} samples{every}")
+    name = (
+        f"batch baseline (flowlearn.evaluation.batch.train_baseline, {epochs} epochs) fit "
+        f"on the first {fits[0][1]} of {train} samples{every}"
+    )
     return BatchBaseline(Side.concat(parts), tuple(fits), name)

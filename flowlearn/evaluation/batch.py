@@ -63,13 +63,15 @@ def read_samples_table(path: Path) -> pa.Table:
         raise BatchDataError(f"{path}: not a readable Parquet file: {exc}") from exc
     missing = {"features", "label"} - set(table.column_names)
     if missing:
-        raise BatchDataError(f"{path}: missing column(s) {sorted(missing)}; has "
-                             f"{table.column_names}")
+        raise BatchDataError(
+            f"{path}: missing column(s) {sorted(missing)}; has {table.column_names}"
+        )
     return table
 
 
-def read_samples(path: Path, model_id: str, spec: Mapping[str, Any]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def read_samples(
+    path: Path, model_id: str, spec: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """Features (n x n_features, float64) and labels of ``model_id`` from a Parquet file."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -88,10 +90,11 @@ def read_samples(path: Path, model_id: str, spec: Mapping[str, Any]
     lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(lengths != n_features)
     if bad.size:
-        raise BatchDataError(f"{path}: row {int(bad[0])} has {int(lengths[bad[0]])} features, "
-                             f"the model takes {n_features}")
-    X = features.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(
-        -1, n_features)
+        raise BatchDataError(
+            f"{path}: row {int(bad[0])} has {int(lengths[bad[0]])} features, "
+            f"the model takes {n_features}"
+        )
+    X = features.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, n_features)
     y = table["label"].to_numpy(zero_copy_only=False).astype(np.float64)
     for name, values in (("features", X), ("label", y)):
         rows = np.flatnonzero(~np.isfinite(values).reshape(len(y), -1).all(axis=1))
@@ -102,13 +105,21 @@ def read_samples(path: Path, model_id: str, spec: Mapping[str, Any]
         classes = 2 if kind == "logistic" else int(spec.get("n_classes", 2))
         rows = np.flatnonzero((y != np.floor(y)) | (y < 0) | (y >= classes))
         if rows.size:
-            raise BatchDataError(f"{path}: row {int(rows[0])}: label {y[rows[0]]} is not a "
-                                 f"class index in 0..{classes - 1}")
+            raise BatchDataError(
+                f"{path}: row {int(rows[0])}: label {y[rows[0]]} is not a "
+                f"class index in 0..{classes - 1}"
+            )
     return X, y
 
 
-def train_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, epochs: int = 3,
-                   batch_size: int = 64, seed: int = 0) -> BaselineResult:
+def train_baseline(
+    spec: Mapping[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    epochs: int = 3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> BaselineResult:
     """Train on the first rows for ``epochs`` shuffled passes; measure on the last
     :data:`HOLDOUT_FRACTION` (time order: the baseline is judged on what came after)."""
     if epochs < 1 or batch_size < 1:
@@ -121,11 +132,13 @@ def train_baseline(spec: Mapping[str, Any], X: np.ndarray, y: np.ndarray, epochs
     for _ in range(epochs):
         order = rng.permutation(n_train)
         for start in range(0, n_train, batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             model.learn_many(X[rows], y[rows])
     X_test, y_test = X[n_train:], y[n_train:]
-    scores: dict[str, float] = {"train_samples": float(n_train),
-                                "holdout_samples": float(len(y_test))}
+    scores: dict[str, float] = {
+        "train_samples": float(n_train),
+        "holdout_samples": float(len(y_test)),
+    }
     if len(y_test):
         scores["holdout_loss"] = float(np.mean(model.loss_many(X_test, y_test)))
         if spec.get("type", "logistic") != "linear":
@@ -149,9 +162,16 @@ class RegisteredBaseline:
     baseline_file: Path
 
 
-def train_and_register_baseline(settings: Settings, model_id: str, data: Path, *,
-                                epochs: int = 3, batch_size: int = 64, seed: int = 0,
-                                out: Path | None = None) -> RegisteredBaseline:
+def train_and_register_baseline(
+    settings: Settings,
+    model_id: str,
+    data: Path,
+    *,
+    epochs: int = 3,
+    batch_size: int = 64,
+    seed: int = 0,
+    out: Path | None = None,
+) -> RegisteredBaseline:
     """The ``flowlearn train-batch`` use case: train a batch baseline of ``model_id`` (its
     configured spec) on a Parquet file of samples (:func:`read_samples`,
     :func:`train_baseline`), register it in MLflow as the next baseline version (kind
@@ -173,11 +193,20 @@ def train_and_register_baseline(settings: Settings, model_id: str, data: Path, *
     latest = registry.latest_baseline(model_id)
     version = (latest.version if latest else 0) + 1
     weights = result.model.weights_vector()
-    spec_json = json.dumps({**result.model.spec(), "features": spec["features"],
-                            "hash_seed": spec["hash_seed"]}, sort_keys=True)
-    entry = registry.register(model_id, version, codec.encode_array(weights), spec_json,
-                              result.n_train, result.metrics, kind="baseline",
-                              tags={"source_file": str(data)})
+    spec_json = json.dumps(
+        {**result.model.spec(), "features": spec["features"], "hash_seed": spec["hash_seed"]},
+        sort_keys=True,
+    )
+    entry = registry.register(
+        model_id,
+        version,
+        codec.encode_array(weights),
+        spec_json,
+        result.n_train,
+        result.metrics,
+        kind="baseline",
+        tags={"source_file": str(data)},
+    )
     baseline_file = out or settings.stack.home / "baselines" / f"{model_id}.flc"
     baseline_file.parent.mkdir(parents=True, exist_ok=True)
     write_baseline(baseline_file, json.loads(spec_json), weights, version=version)

@@ -46,13 +46,22 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def build_replay(model_id: str, model_type: str, n_samples: int, rows: Sequence[EvalRow],
-                 alerts: Sequence[Mapping[str, Any]], dlq: Sequence[Mapping[str, Any]] = (),
-                 *, input_records: int = 0, baseline: BatchBaseline | Side | None = None,
-                 baseline_name: str = "", source: str = "",
-                 adaptations: Sequence[Mapping[str, Any]] = (),
-                 final_weights: np.ndarray | None = None,
-                 notes: Sequence[str] = ()) -> EvaluationData:
+def build_replay(
+    model_id: str,
+    model_type: str,
+    n_samples: int,
+    rows: Sequence[EvalRow],
+    alerts: Sequence[Mapping[str, Any]],
+    dlq: Sequence[Mapping[str, Any]] = (),
+    *,
+    input_records: int = 0,
+    baseline: BatchBaseline | Side | None = None,
+    baseline_name: str = "",
+    source: str = "",
+    adaptations: Sequence[Mapping[str, Any]] = (),
+    final_weights: np.ndarray | None = None,
+    notes: Sequence[str] = (),
+) -> EvaluationData:
     """Place a bounded run's prequential rows on the samples axis.
 
     The trainer sees the model's valid samples in input order (``n_samples`` of them) and
@@ -63,8 +72,11 @@ def build_replay(model_id: str, model_type: str, n_samples: int, rows: Sequence[
     the batches rejected before it.
     """
     rows = sorted(rows, key=lambda r: r.version)
-    rejected = sorted((int(a["detail"].get("version", 0)), int(a["detail"].get("samples", 0)))
-                      for a in alerts if a.get("kind") == "gate_rejected")
+    rejected = sorted(
+        (int(a["detail"].get("version", 0)), int(a["detail"].get("samples", 0)))
+        for a in alerts
+        if a.get("kind") == "gate_rejected"
+    )
     online = Side.missing(n_samples)
     version = np.full(n_samples, -1, dtype=np.int64)
     end_of: dict[int, int] = {}  # version -> stream position after its batch
@@ -79,18 +91,20 @@ def build_replay(model_id: str, model_type: str, n_samples: int, rows: Sequence[
             if start < 0 or start + n > n_samples:
                 raise EvaluationError(
                     f"{model_id}: version {row.version} scored samples {start}..{start + n} "
-                    f"of {n_samples}: the run's output does not match the input")
+                    f"of {n_samples}: the run's output does not match the input"
+                )
             side = Side.from_prequential(row.errors, row.losses, model_type)
             for name in ("correct", "loss", "confidence"):
-                getattr(online, name)[start:start + n] = getattr(side, name)
-            version[start:start + n] = row.version - 1  # scored by the version before
+                getattr(online, name)[start : start + n] = getattr(side, name)
+            version[start : start + n] = row.version - 1  # scored by the version before
             batch_start.append(start)
             scored_positions.append(np.arange(start, start + n))
             end_of[row.version] = start + n
         else:
             end_of[row.version] = row.samples_applied + skipped
-        versions.append(VersionPoint(row.version, float(end_of[row.version]), row.kind,
-                                     row.samples_applied))
+        versions.append(
+            VersionPoint(row.version, float(end_of[row.version]), row.kind, row.samples_applied)
+        )
     scored = np.concatenate(scored_positions) if scored_positions else np.zeros(0, np.int64)
 
     def place(a: Mapping[str, Any]) -> Alert:
@@ -117,32 +131,59 @@ def build_replay(model_id: str, model_type: str, n_samples: int, rows: Sequence[
         baseline = baseline.side
     samples = Samples.build(np.arange(1, n_samples + 1), online, baseline, version)
     return EvaluationData(
-        model_id, AXIS_SAMPLES, source, model_type, samples, placed, tuple(versions), (),
-        np.zeros(0), _dlq_counts(dlq), input_records, 0,
-        baseline_name if baseline is not None else "", tuple(adaptations), tuple(notes),
-        final_weights)
+        model_id,
+        AXIS_SAMPLES,
+        source,
+        model_type,
+        samples,
+        placed,
+        tuple(versions),
+        (),
+        np.zeros(0),
+        _dlq_counts(dlq),
+        input_records,
+        0,
+        baseline_name if baseline is not None else "",
+        tuple(adaptations),
+        tuple(notes),
+        final_weights,
+    )
 
 
-def ledger_checkpoints(rows: Sequence[EvalRow], every: int, end_of: Mapping[int, float]
-                       ) -> list[Checkpoint]:
+def ledger_checkpoints(
+    rows: Sequence[EvalRow], every: int, end_of: Mapping[int, float]
+) -> list[Checkpoint]:
     """The checkpoints' windowed metrics as the checkpoint operator computes them (and
     registers them in MLflow): :class:`flowlearn.core.checkpointing.CheckpointLedger` fed the same
     rows. Each is placed at the end of the interval it covers (``end_of``: version -> t)."""
     ledger = CheckpointLedger(every=every, keep=1 << 40, auto_rollback=False)
     last = 0
     for row in sorted(rows, key=lambda r: r.version):
-        ledger.observe(row.version, row.kind, n=len(row.losses),
-                       loss_sum=float(sum(row.losses)), error_sum=float(sum(row.errors)),
-                       samples_applied=row.samples_applied)
+        ledger.observe(
+            row.version,
+            row.kind,
+            n=len(row.losses),
+            loss_sum=float(sum(row.losses)),
+            error_sum=float(sum(row.errors)),
+            samples_applied=row.samples_applied,
+        )
         last = row.version
     out = []
     for c in ledger.checkpoints():
         if c.version + every > last or c.n == 0:
             continue  # its interval has not closed: not registered yet
         t = end_of.get(c.version + every, end_of.get(c.version, 0.0))
-        out.append(Checkpoint(c.version, t, c.samples_applied, c.n, c.loss,
-                              1.0 - c.error if c.error == c.error else math.nan,
-                              end_of.get(c.version)))
+        out.append(
+            Checkpoint(
+                c.version,
+                t,
+                c.samples_applied,
+                c.n,
+                c.loss,
+                1.0 - c.error if c.error == c.error else math.nan,
+                end_of.get(c.version),
+            )
+        )
     return out
 
 
@@ -156,8 +197,12 @@ def _served_scores(record: Mapping[str, Any]) -> tuple[Any, Any, int, str]:
     if isinstance(shadow, Mapping) and shadow.get("variant"):
         scores[str(shadow["variant"])] = shadow.get("score")
         versions[str(shadow["variant"])] = shadow.get("model_version")
-    return (scores.get("online"), scores.get("baseline"),
-            _int_or_none(versions.get("online")) or -1, variant)
+    return (
+        scores.get("online"),
+        scores.get("baseline"),
+        _int_or_none(versions.get("online")) or -1,
+        variant,
+    )
 
 
 def _proba(scores: Sequence[Any], model_type: str) -> np.ndarray:
@@ -168,16 +213,27 @@ def _proba(scores: Sequence[Any], model_type: str) -> np.ndarray:
             if isinstance(s, list) and len(s) == width:
                 out[i] = s
         return out
-    return np.array([s if isinstance(s, int | float) and not isinstance(s, bool) else np.nan
-                     for s in scores], dtype=np.float64)
+    return np.array(
+        [s if isinstance(s, int | float) and not isinstance(s, bool) else np.nan for s in scores],
+        dtype=np.float64,
+    )
 
 
-def build_live(model_id: str, model_type: str, *, events: Iterable[Mapping[str, Any]],
-               labels: Iterable[Mapping[str, Any]], alerts: Iterable[Mapping[str, Any]] = (),
-               dlq: Iterable[Mapping[str, Any]] = (), checkpoints: Sequence[Checkpoint] = (),
-               versions: Sequence[VersionPoint] = (), input_records: int = 0,
-               source: str = "", baseline_name: str = "", notes: Sequence[str] = ()
-               ) -> EvaluationData:
+def build_live(
+    model_id: str,
+    model_type: str,
+    *,
+    events: Iterable[Mapping[str, Any]],
+    labels: Iterable[Mapping[str, Any]],
+    alerts: Iterable[Mapping[str, Any]] = (),
+    dlq: Iterable[Mapping[str, Any]] = (),
+    checkpoints: Sequence[Checkpoint] = (),
+    versions: Sequence[VersionPoint] = (),
+    input_records: int = 0,
+    source: str = "",
+    baseline_name: str = "",
+    notes: Sequence[str] = (),
+) -> EvaluationData:
     """The served view, on the time axis: the prediction log (``fl.events`` records that
     carry a ``score``) joined with ``fl.labels`` on ``event_id`` (the first label of an
     event counts), plus alerts, DLQ counts and registered checkpoints. Every event joined to
@@ -206,20 +262,23 @@ def build_live(model_id: str, model_type: str, *, events: Iterable[Mapping[str, 
             online, base, version, variant = _served_scores(ev)
             rows.append((ev_ts, online, base, version, variant, lab.get("label")))
     rows.sort(key=lambda r: r[0])
-    y = np.array([r[5] if isinstance(r[5], int | float) else np.nan for r in rows],
-                 dtype=np.float64)
+    y = np.array(
+        [r[5] if isinstance(r[5], int | float) else np.nan for r in rows], dtype=np.float64
+    )
 
     def side(col: int) -> Side:
         scores = [r[col] for r in rows]
         if model_type == "linear":
-            pred = np.array([s if isinstance(s, int | float) else np.nan for s in scores],
-                            dtype=np.float64)
+            pred = np.array(
+                [s if isinstance(s, int | float) else np.nan for s in scores], dtype=np.float64
+            )
             nan = np.full(len(rows), np.nan)
             return Side(nan, (pred - y) ** 2, nan.copy())  # the trainer's loss
         return Side.from_probabilities(_proba(scores, model_type), y)
 
-    samples = Samples.build([r[0] for r in rows], side(1), side(2), [r[3] for r in rows],
-                            [r[4] for r in rows])
+    samples = Samples.build(
+        [r[0] for r in rows], side(1), side(2), [r[3] for r in rows], [r[4] for r in rows]
+    )
     placed = []
     for a in alerts:
         d = a.get("detail") or {}
@@ -228,17 +287,28 @@ def build_live(model_id: str, model_type: str, *, events: Iterable[Mapping[str, 
             v = _int_or_none(d.get("new_version")) or v
         ts = _int_or_none(a.get("ts")) or 0
         placed.append(Alert(str(a.get("kind")), float(ts), v, d, ts))
-    served_versions = [VersionPoint(int(v), float(t), "served")
-                       for t, v in _changes(samples.t, samples.version)]
+    served_versions = [
+        VersionPoint(int(v), float(t), "served") for t, v in _changes(samples.t, samples.version)
+    ]
     has_baseline = bool(samples.baseline.scored().any())
     return EvaluationData(
-        model_id, AXIS_TIME, source, model_type, samples,
+        model_id,
+        AXIS_TIME,
+        source,
+        model_type,
+        samples,
         tuple(sorted(placed, key=lambda a: a.t)),
         tuple(sorted([*versions, *served_versions], key=lambda v: (v.t, v.version))),
-        tuple(checkpoints), np.asarray(delays, dtype=np.float64), _dlq_counts(dlq),
-        input_records, n_labels,
+        tuple(checkpoints),
+        np.asarray(delays, dtype=np.float64),
+        _dlq_counts(dlq),
+        input_records,
+        n_labels,
         (baseline_name or "served baseline (prediction log)") if has_baseline else "",
-        (), tuple(notes), None)
+        (),
+        tuple(notes),
+        None,
+    )
 
 
 def _changes(t: np.ndarray, version: np.ndarray) -> list[tuple[float, int]]:

@@ -130,8 +130,12 @@ class Side:
     def concat(cls, parts: Sequence[Side]) -> Side:
         if not parts:
             return cls.missing(0)
-        return cls(*(np.concatenate([getattr(s, f) for s in parts])
-                     for f in ("correct", "loss", "confidence")))
+        return cls(
+            *(
+                np.concatenate([getattr(s, f) for s in parts])
+                for f in ("correct", "loss", "confidence")
+            )
+        )
 
     def take(self, index: Any) -> Side:
         return Side(self.correct[index], self.loss[index], self.confidence[index])
@@ -157,16 +161,26 @@ class Samples:
     served: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, t: Any, online: Side, baseline: Side | None = None,
-              version: Any = None, served: Sequence[str] = ()) -> Samples:
+    def build(
+        cls,
+        t: Any,
+        online: Side,
+        baseline: Side | None = None,
+        version: Any = None,
+        served: Sequence[str] = (),
+    ) -> Samples:
         t = as_floats(t)
         n = len(t)
         if len(online) != n or (baseline is not None and len(baseline) != n):
             raise EvaluationError("per-sample arrays of different lengths")
-        v = (np.full(n, -1, dtype=np.int64) if version is None
-             else np.asarray(version, dtype=np.int64).reshape(-1))
-        return cls(t, v, online, baseline if baseline is not None else Side.missing(n),
-                   tuple(served))
+        v = (
+            np.full(n, -1, dtype=np.int64)
+            if version is None
+            else np.asarray(version, dtype=np.int64).reshape(-1)
+        )
+        return cls(
+            t, v, online, baseline if baseline is not None else Side.missing(n), tuple(served)
+        )
 
     def __len__(self) -> int:
         return len(self.t)
@@ -194,8 +208,11 @@ class Alert:
     @property
     def performance(self) -> bool:
         """A rise of the error or the loss: a drift the model suffers from."""
-        return (self.kind == "drift" and self.detail.get("direction") == "up"
-                and self.detail.get("signal") in ("error", "loss"))
+        return (
+            self.kind == "drift"
+            and self.detail.get("direction") == "up"
+            and self.detail.get("signal") in ("error", "loss")
+        )
 
     @property
     def label(self) -> str:
@@ -203,8 +220,11 @@ class Alert:
         if self.kind == "drift":
             return f"drift {d.get('detector', '?')} {d.get('signal', '?')} {d.get('direction', '')}"
         if self.kind == "rollback":
-            return (f"rollback v{d.get('from_version', '?')} -> v{d.get('new_version', '?')}"
-                    if d.get("ok") else f"rollback failed: {d.get('reason', '')}")
+            return (
+                f"rollback v{d.get('from_version', '?')} -> v{d.get('new_version', '?')}"
+                if d.get("ok")
+                else f"rollback failed: {d.get('reason', '')}"
+            )
         if self.kind == "degraded":
             return f"degraded: rollback to v{d.get('to_version', '?')} decided"
         if self.kind == "control":

@@ -59,12 +59,13 @@ class PoisoningRun:
 def stream_arrays(stream: DriftingStream, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The next ``n`` samples of ``stream`` as features (n x d) and labels."""
     records = stream.take(n, 0)
-    return (np.array([r["features"] for r in records], dtype=np.float64),
-            np.array([r["label"] for r in records], dtype=np.float64))
+    return (
+        np.array([r["features"] for r in records], dtype=np.float64),
+        np.array([r["label"] for r in records], dtype=np.float64),
+    )
 
 
-def flip_labels(y: np.ndarray, rate: float, episode: tuple[int, int], seed: int = 0
-                ) -> np.ndarray:
+def flip_labels(y: np.ndarray, rate: float, episode: tuple[int, int], seed: int = 0) -> np.ndarray:
     """``y`` with a share ``rate`` of the labels in ``episode`` (start, end) flipped."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be within [0, 1], got {rate}")
@@ -79,10 +80,21 @@ def _accuracy(trainer: ModelTrainer, X: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(trainer.model.predict_many(X) == y))
 
 
-def run(name: str, X: np.ndarray, y_given: np.ndarray, y_true: np.ndarray,
-        X_test: np.ndarray, y_test: np.ndarray, *, spec: Mapping[str, Any], batch_size: int,
-        episode: tuple[int, int], ledger_options: Mapping[str, Any],
-        auto_rollback: bool, command_delay_batches: int = 4) -> PoisoningRun:
+def run(
+    name: str,
+    X: np.ndarray,
+    y_given: np.ndarray,
+    y_true: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    spec: Mapping[str, Any],
+    batch_size: int,
+    episode: tuple[int, int],
+    ledger_options: Mapping[str, Any],
+    auto_rollback: bool,
+    command_delay_batches: int = 4,
+) -> PoisoningRun:
     """Train on ``(X, y_given)`` batch by batch as the job does; see the module docstring."""
     trainer = ModelTrainer.create(name, spec)
     ledger = CheckpointLedger(**ledger_options, auto_rollback=auto_rollback)
@@ -100,19 +112,25 @@ def run(name: str, X: np.ndarray, y_given: np.ndarray, y_true: np.ndarray,
                 rollbacks += 1
         if start >= episode[1] and episode_end_accuracy is None:
             episode_end_accuracy = _accuracy(trainer, X_test, y_test)
-        Xb, yb = X[start:start + batch_size], y_given[start:start + batch_size]
-        right[start:start + len(Xb)] = trainer.model.predict_many(Xb) == y_true[
-            start:start + len(Xb)]
+        Xb, yb = X[start : start + batch_size], y_given[start : start + batch_size]
+        right[start : start + len(Xb)] = (
+            trainer.model.predict_many(Xb) == y_true[start : start + len(Xb)]
+        )
         result = trainer.train_batch(Xb, yb)
         if result.version is None:
             rejections += 1
             continue
         version = result.version.version
         assert result.losses is not None and result.errors is not None
-        decisions = ledger.observe(version, "train", n=len(yb),
-                                   loss_sum=float(np.sum(result.losses)),
-                                   error_sum=float(np.sum(result.errors)),
-                                   samples_applied=trainer.samples_applied, now_ms=b)
+        decisions = ledger.observe(
+            version,
+            "train",
+            n=len(yb),
+            loss_sum=float(np.sum(result.losses)),
+            error_sum=float(np.sum(result.errors)),
+            samples_applied=trainer.samples_applied,
+            now_ms=b,
+        )
         if ledger.is_checkpoint(version):
             checkpoints[version] = trainer.model.weights_vector()
         for decision in decisions:
@@ -123,27 +141,67 @@ def run(name: str, X: np.ndarray, y_given: np.ndarray, y_true: np.ndarray,
                     checkpoints.pop(retired, None)
     final_accuracy = _accuracy(trainer, X_test, y_test)
     inside = slice(*episode)
-    return PoisoningRun(name, final_accuracy if episode_end_accuracy is None
-                        else episode_end_accuracy, final_accuracy,
-                        float(np.mean(right[inside])), float(np.mean(right[episode[1]:])),
-                        rollbacks, rejections)
+    return PoisoningRun(
+        name,
+        final_accuracy if episode_end_accuracy is None else episode_end_accuracy,
+        final_accuracy,
+        float(np.mean(right[inside])),
+        float(np.mean(right[episode[1] :])),
+        rollbacks,
+        rejections,
+    )
 
 
-def compare(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *,
-            rate: float, episode: tuple[int, int], spec: Mapping[str, Any], batch_size: int,
-            ledger_options: Mapping[str, Any], holdout_size: int, holdout_margin: float = 0.05,
-            command_delay_batches: int = 4, seed: int = 0) -> dict[str, PoisoningRun]:
+def compare(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    rate: float,
+    episode: tuple[int, int],
+    spec: Mapping[str, Any],
+    batch_size: int,
+    ledger_options: Mapping[str, Any],
+    holdout_size: int,
+    holdout_margin: float = 0.05,
+    command_delay_batches: int = 4,
+    seed: int = 0,
+) -> dict[str, PoisoningRun]:
     """The clean, unprotected and protected runs (module docstring) at one flip ``rate``."""
     poisoned = flip_labels(y, rate, episode, seed)
     protected = {**spec, "holdout_size": holdout_size, "holdout_margin": holdout_margin}
     unprotected = {**spec, "holdout_size": 0}
-    common = dict(batch_size=batch_size, episode=episode, ledger_options=ledger_options,
-                  command_delay_batches=command_delay_batches)
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        episode=episode,
+        ledger_options=ledger_options,
+        command_delay_batches=command_delay_batches,
+    )
     return {
-        "clean": run("clean", X, y, y, X_test, y_test, spec=protected, auto_rollback=True,
-                     **common),  # type: ignore[arg-type]
-        "unprotected": run("unprotected", X, poisoned, y, X_test, y_test, spec=unprotected,
-                           auto_rollback=False, **common),  # type: ignore[arg-type]
-        "protected": run("protected", X, poisoned, y, X_test, y_test, spec=protected,
-                         auto_rollback=True, **common),  # type: ignore[arg-type]
+        "clean": run(
+            "clean", X, y, y, X_test, y_test, spec=protected, auto_rollback=True, **common
+        ),
+        "unprotected": run(
+            "unprotected",
+            X,
+            poisoned,
+            y,
+            X_test,
+            y_test,
+            spec=unprotected,
+            auto_rollback=False,
+            **common,
+        ),
+        "protected": run(
+            "protected",
+            X,
+            poisoned,
+            y,
+            X_test,
+            y_test,
+            spec=protected,
+            auto_rollback=True,
+            **common,
+        ),
     }

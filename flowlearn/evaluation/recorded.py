@@ -53,20 +53,32 @@ def kafka_consumer(kafka: KafkaConf) -> Callable[[], Any]:
 
         try:
             return KafkaConsumer(
-                **kafka.client_options(), group_id=None, enable_auto_commit=False,
-                isolation_level="read_committed", max_poll_records=5000,
-                bootstrap_timeout_ms=5000, request_timeout_ms=15000,
-                client_id="flowlearn-report")
+                **kafka.client_options(),
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                max_poll_records=5000,
+                bootstrap_timeout_ms=5000,
+                request_timeout_ms=15000,
+                client_id="flowlearn-report",
+            )
         except KafkaError as exc:
-            raise EvaluationError(f"Kafka at {kafka.bootstrap} is unreachable ({exc}): is the "
-                                  f"stack up (flowlearn up)?") from exc
+            raise EvaluationError(
+                f"Kafka at {kafka.bootstrap} is unreachable ({exc}): is the "
+                f"stack up (flowlearn up)?"
+            ) from exc
 
     return make
 
 
-def read_topic(consumer: Any, topic: str, keep: Callable[[bytes | None, bytes], bool],
-               since_ms: int | None = None, max_records: int = MAX_RECORDS,
-               idle_ms: int = IDLE_MS) -> TopicRead:
+def read_topic(
+    consumer: Any,
+    topic: str,
+    keep: Callable[[bytes | None, bytes], bool],
+    since_ms: int | None = None,
+    max_records: int = MAX_RECORDS,
+    idle_ms: int = IDLE_MS,
+) -> TopicRead:
     """The records of ``topic`` that ``keep(key, value)`` accepts, from ``since_ms`` (Kafka
     record time) or the beginning, up to the end offsets at the start."""
     from kafka import TopicPartition
@@ -179,8 +191,9 @@ def _decoded(read: TopicRead, since_ms: int | None) -> Iterator[dict[str, Any]]:
             yield obj
 
 
-def registered_checkpoints(settings: Settings, model_id: str, since_ms: int | None,
-                           notes: list[str]) -> tuple[list[Checkpoint], list[VersionPoint]]:
+def registered_checkpoints(
+    settings: Settings, model_id: str, since_ms: int | None, notes: list[str]
+) -> tuple[list[Checkpoint], list[VersionPoint]]:
     """The online checkpoints in MLflow (windowed metrics at registration time)."""
     from flowlearn.registry.mlflow_store import Registry, RegistryError
 
@@ -194,30 +207,53 @@ def registered_checkpoints(settings: Settings, model_id: str, since_ms: int | No
     online = [e for e in online if since_ms is None or e.created_ms >= since_ms]
     baselines = [e for e in entries if e.kind == "baseline"]
     if baselines:
-        notes.append("registered baselines: " + ", ".join(
-            f"v{b.version} (" + ", ".join(f"{k} {v:.4f}" for k, v in sorted(b.metrics.items()))
-            + ")" for b in baselines))
+        notes.append(
+            "registered baselines: "
+            + ", ".join(
+                f"v{b.version} ("
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(b.metrics.items()))
+                + ")"
+                for b in baselines
+            )
+        )
     every = settings.job.checkpoint_every_versions
     checkpoints = []
     previous: Any = None
     for e in online:
-        start = (float(previous.created_ms) if previous is not None
-                 and previous.version + every == e.version else None)
-        checkpoints.append(Checkpoint(
-            e.version, float(e.created_ms), e.samples_applied,
-            int(e.metrics.get("window_samples", 0)), e.metrics.get("windowed_loss", float("nan")),
-            e.metrics.get("windowed_accuracy", float("nan")), start))
+        start = (
+            float(previous.created_ms)
+            if previous is not None and previous.version + every == e.version
+            else None
+        )
+        checkpoints.append(
+            Checkpoint(
+                e.version,
+                float(e.created_ms),
+                e.samples_applied,
+                int(e.metrics.get("window_samples", 0)),
+                e.metrics.get("windowed_loss", float("nan")),
+                e.metrics.get("windowed_accuracy", float("nan")),
+                start,
+            )
+        )
         previous = e
-    versions = [VersionPoint(e.version, float(e.created_ms), "registered", e.samples_applied)
-                for e in online]
+    versions = [
+        VersionPoint(e.version, float(e.created_ms), "registered", e.samples_applied)
+        for e in online
+    ]
     notes.append(f"MLflow {registry.tracking_uri}: {len(online)} registered checkpoint(s)")
     return checkpoints, versions
 
 
-def collect(settings: Settings, model_id: str, since_ms: int | None = None, *,
-            max_records: int = MAX_RECORDS,
-            consumer_factory: Callable[[], Any] | None = None,
-            with_registry: bool = True) -> EvaluationData:
+def collect(
+    settings: Settings,
+    model_id: str,
+    since_ms: int | None = None,
+    *,
+    max_records: int = MAX_RECORDS,
+    consumer_factory: Callable[[], Any] | None = None,
+    with_registry: bool = True,
+) -> EvaluationData:
     """Read what the system recorded about ``model_id`` (see the module docstring)."""
     spec = ModelSpecs(settings).spec_of(model_id)
     topics = settings.kafka.topics
@@ -238,27 +274,37 @@ def collect(settings: Settings, model_id: str, since_ms: int | None = None, *,
         if read.missing:
             notes.append(f"topic {read.topic} does not exist (yet)")
         if read.truncated:
-            notes.append(f"{read.topic}: only the last {max_records} records of the model "
-                         f"were read (narrow the period with --since)")
+            notes.append(
+                f"{read.topic}: only the last {max_records} records of the model "
+                f"were read (narrow the period with --since)"
+            )
         if read.stalled:
-            notes.append(f"{read.topic}: reading stopped before the end offsets "
-                         f"({IDLE_MS / 1000:.0f} s without records)")
+            notes.append(
+                f"{read.topic}: reading stopped before the end offsets "
+                f"({IDLE_MS / 1000:.0f} s without records)"
+            )
     dlq_all = list(_decoded(reads["dlq"], since_ms))
     dlq = [r for r in dlq_all if dlq_model(r) == model_id]
     unattributed = sum(1 for r in dlq_all if dlq_model(r) is None)
     if unattributed:
-        notes.append(f"{unattributed} dead letter(s) could not be attributed to a model "
-                     f"(their original bytes are not JSON naming one); not counted here")
+        notes.append(
+            f"{unattributed} dead letter(s) could not be attributed to a model "
+            f"(their original bytes are not JSON naming one); not counted here"
+        )
     events = list(_decoded(reads["events"], since_ms))
     labels = list(_decoded(reads["labels"], since_ms))
     served = sum(1 for e in events if "score" in e)
-    notes.append(f"{len(events)} events ({served} served predictions logged by the predictor) "
-                 f"and {len(labels)} labels of the model on {topics.events} / "
-                 f"{topics.labels}")
+    notes.append(
+        f"{len(events)} events ({served} served predictions logged by the predictor) "
+        f"and {len(labels)} labels of the model on {topics.events} / "
+        f"{topics.labels}"
+    )
     if not served:
-        notes.append("the prediction log is empty (no predictor traffic with "
-                     "predictor.log_predictions): the accuracy and loss come from the "
-                     "checkpoints registered in MLflow")
+        notes.append(
+            "the prediction log is empty (no predictor traffic with "
+            "predictor.log_predictions): the accuracy and loss come from the "
+            "checkpoints registered in MLflow"
+        )
     checkpoints: list[Checkpoint] = []
     versions: list[VersionPoint] = []
     if with_registry:
@@ -266,8 +312,15 @@ def collect(settings: Settings, model_id: str, since_ms: int | None = None, *,
     n_samples = len(reads["samples"].records)
     period = "" if since_ms is None else f" since {since_ms} ms"
     return build_live(
-        model_id, spec.type, events=events, labels=labels,
-        alerts=_decoded(reads["alerts"], since_ms), dlq=dlq, checkpoints=checkpoints,
-        versions=versions, input_records=n_samples + len(events) + len(labels),
+        model_id,
+        spec.type,
+        events=events,
+        labels=labels,
+        alerts=_decoded(reads["alerts"], since_ms),
+        dlq=dlq,
+        checkpoints=checkpoints,
+        versions=versions,
+        input_records=n_samples + len(events) + len(labels),
         source=f"recorded by the live system (Kafka {settings.kafka.bootstrap}){period}",
-        notes=notes)
+        notes=notes,
+    )

@@ -134,21 +134,36 @@ def _parquet_records(path: Path, model_id: str | None) -> list[bytes]:
     for i in range(n):
         if model_id is not None and ids[i] != model_id:
             continue
-        out.append(json.dumps({"model_id": ids[i], "ts": ts[i], "features": columns["features"][i],
-                               "label": columns["label"][i]}).encode())
+        out.append(
+            json.dumps(
+                {
+                    "model_id": ids[i],
+                    "ts": ts[i],
+                    "features": columns["features"][i],
+                    "label": columns["label"][i],
+                }
+            ).encode()
+        )
     return out
 
 
-def write_demo(path: Path, n: int, drift_at: Sequence[int] = (), seed: int = 0,
-               model_id: str = "demo", n_features: int = 10, start_ts: int = 1_700_000_000_000
-               ) -> Path:
+def write_demo(
+    path: Path,
+    n: int,
+    drift_at: Sequence[int] = (),
+    seed: int = 0,
+    model_id: str = "demo",
+    n_features: int = 10,
+    start_ts: int = 1_700_000_000_000,
+) -> Path:
     """A drifting synthetic stream (:class:`flowlearn.devstack.producer.DriftingStream`) as JSON
     lines,
     one sample a millisecond."""
     from flowlearn.devstack.producer import DriftingStream
 
-    stream = DriftingStream(n_features=n_features, seed=seed, drift_at=tuple(drift_at),
-                            model_id=model_id)
+    stream = DriftingStream(
+        n_features=n_features, seed=seed, drift_at=tuple(drift_at), model_id=model_id
+    )
     path = Path(path)
     with path.open("w") as fh:
         for start in range(0, n, 10_000):
@@ -167,8 +182,10 @@ class _Valid:
     def arrays(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.y:
             return np.zeros((0, n_features)), np.zeros(0)
-        return (np.concatenate(self.X).reshape(-1, n_features),
-                np.concatenate(self.y).astype(np.float64))
+        return (
+            np.concatenate(self.X).reshape(-1, n_features),
+            np.concatenate(self.y).astype(np.float64),
+        )
 
 
 def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Valid]:
@@ -197,7 +214,8 @@ def replay_settings(settings: Settings, tracking_uri: str) -> Settings:
     return dataclasses.replace(
         settings,
         job=dataclasses.replace(settings.job, batch_timeout_ms=REPLAY_BATCH_TIMEOUT_MS),
-        mlflow=dataclasses.replace(settings.mlflow, tracking_uri=tracking_uri))
+        mlflow=dataclasses.replace(settings.mlflow, tracking_uri=tracking_uri),
+    )
 
 
 def final_weights(versions: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
@@ -207,7 +225,7 @@ def final_weights(versions: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
     if last is None:
         return None
     weights = codec.decode_array(bytes.fromhex(ordered[last]["weights"])).copy()
-    for v in ordered[last + 1:]:
+    for v in ordered[last + 1 :]:
         codec.apply_delta(weights, codec.decode_delta(bytes.fromhex(v["delta"])))
     return weights
 
@@ -215,15 +233,21 @@ def final_weights(versions: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- replay
 
 
-def replay(path: Path, settings: Settings, model_id: str | None = None, *,
-           baseline: BaselineOptions | None = BaselineOptions(),
-           registry_dir: Path | None = None) -> ReplayResult:
+def replay(
+    path: Path,
+    settings: Settings,
+    model_id: str | None = None,
+    *,
+    baseline: BaselineOptions | None = BaselineOptions(),
+    registry_dir: Path | None = None,
+) -> ReplayResult:
     """Run the job on the file and build each model's :class:`EvaluationData` (only
     ``model_id``'s when given). See the module docstring for what differs from live."""
     records = read_records(path, model_id)
     if not records:
-        raise EvaluationError(f"{path}: no records" + (f" of model {model_id!r}"
-                                                         if model_id else ""))
+        raise EvaluationError(
+            f"{path}: no records" + (f" of model {model_id!r}" if model_id else "")
+        )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="flowlearn-replay-") as tmp:
         store = Path(registry_dir) if registry_dir is not None else Path(tmp)
@@ -238,8 +262,16 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
     alerts = [r["record"] for r in by_tag.get("alert", [])]
     dlq = [r["record"] for r in by_tag.get("dlq", [])]
     controls = [r["record"] for r in by_tag.get("control", [])]
-    result = ReplayResult({}, {}, dlq, alerts, controls, seconds, len(records),
-                          uri if registry_dir is not None else "")
+    result = ReplayResult(
+        {},
+        {},
+        dlq,
+        alerts,
+        controls,
+        seconds,
+        len(records),
+        uri if registry_dir is not None else "",
+    )
     models = sorted({r["model_id"] for r in by_tag.get("version", [])} | set(valid))
     for m in models:
         if model_id is not None and m != model_id:
@@ -250,17 +282,24 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
         if weights is not None:
             result.weights[m] = weights
         X, y = valid.get(m, _Valid()).arrays(int(spec["n_features"]))
-        notes = [f"replayed {len(records)} records of {Path(path).name} in {seconds:.1f} s "
-                 f"on a local Flink MiniCluster; batches of "
-                 f"{spec.get('batch_size') or settings.job.batch_size} cut by size only"]
+        notes = [
+            f"replayed {len(records)} records of {Path(path).name} in {seconds:.1f} s "
+            f"on a local Flink MiniCluster; batches of "
+            f"{spec.get('batch_size') or settings.job.batch_size} cut by size only"
+        ]
         model_controls = [c for c in controls if c.get("model_id") == m]
         if model_controls:
-            notes.append(f"{len(model_controls)} command(s) the job sent itself through "
-                         f"fl.control ({', '.join(sorted({c['command'] for c in model_controls}))}"
-                         f") are marked but not applied: a replay has no Kafka loop")
+            notes.append(
+                f"{len(model_controls)} command(s) the job sent itself through "
+                f"fl.control ({', '.join(sorted({c['command'] for c in model_controls}))}"
+                f") are marked but not applied: a replay has no Kafka loop"
+            )
         side, name = _baseline(baseline, spec, X, y, m, settings, notes)
-        rows = [EvalRow(r["version"], r["kind"], r["applied"], r["errors"], r["losses"])
-                for r in by_tag.get("eval", []) if r["model_id"] == m]
+        rows = [
+            EvalRow(r["version"], r["kind"], r["applied"], r["errors"], r["losses"])
+            for r in by_tag.get("eval", [])
+            if r["model_id"] == m
+        ]
         # Dead letters and input records of this model; those that name no model (not
         # JSON, say) count for every model of the file.
         model_dlq = [d for d in dlq if dlq_model(d) in (m, None)]
@@ -268,11 +307,20 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
         if len(models) > 1 and any(dlq_model(d) is None for d in dlq):
             notes.append("dead letters that name no model are counted for every model")
         data = build_replay(
-            m, str(spec.get("type", "logistic")), len(y), rows,
-            [a for a in alerts if a.get("model_id") == m], model_dlq,
-            input_records=n_input, baseline=side, baseline_name=name,
-            source=f"replay of {path}", adaptations=model_controls, final_weights=weights,
-            notes=notes)
+            m,
+            str(spec.get("type", "logistic")),
+            len(y),
+            rows,
+            [a for a in alerts if a.get("model_id") == m],
+            model_dlq,
+            input_records=n_input,
+            baseline=side,
+            baseline_name=name,
+            source=f"replay of {path}",
+            adaptations=model_controls,
+            final_weights=weights,
+            notes=notes,
+        )
         # The checkpoints' windowed metrics, as the checkpoint operator registers them (its
         # own ledger on the same rows; the replay's store may miss the last registrations,
         # which a bounded run can end before).
@@ -282,9 +330,15 @@ def replay(path: Path, settings: Settings, model_id: str | None = None, *,
     return result
 
 
-def _baseline(options: BaselineOptions | None, spec: dict[str, Any], X: np.ndarray,
-              y: np.ndarray, model_id: str, settings: Settings, notes: list[str]
-              ) -> tuple[BatchBaseline | Side | None, str]:
+def _baseline(
+    options: BaselineOptions | None,
+    spec: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    model_id: str,
+    settings: Settings,
+    notes: list[str],
+) -> tuple[BatchBaseline | Side | None, str]:
     if options is None or not len(y):
         return None, ""
     if options.registered_version is not None:
@@ -292,21 +346,26 @@ def _baseline(options: BaselineOptions | None, spec: dict[str, Any], X: np.ndarr
         from flowlearn.registry.mlflow_store import Registry
 
         registry = Registry.from_settings(settings)
-        weights = codec.decode_array(registry.load_weights(
-            model_id, options.registered_version, kind="baseline"))
+        weights = codec.decode_array(
+            registry.load_weights(model_id, options.registered_version, kind="baseline")
+        )
         model = build_model(spec)
         if weights.shape != model.weights_vector().shape:
-            raise EvaluationError(f"baseline {options.registered_version} of {model_id!r} has "
-                                  f"{weights.size} weights, the model "
-                                  f"{model.weights_vector().size}")
+            raise EvaluationError(
+                f"baseline {options.registered_version} of {model_id!r} has "
+                f"{weights.size} weights, the model "
+                f"{model.weights_vector().size}"
+            )
         model.set_weights_vector(weights)
-        return (fixed_baseline(model, X, y),
-                f"registered baseline {options.registered_version} ({registry.tracking_uri})")
-    train = (round(options.train * len(y)) if options.train < 1
-             else int(options.train))
+        return (
+            fixed_baseline(model, X, y),
+            f"registered baseline {options.registered_version} ({registry.tracking_uri})",
+        )
+    train = round(options.train * len(y)) if options.train < 1 else int(options.train)
     train = min(train, len(y))
     if train < 2:
         notes.append(f"no batch baseline: {len(y)} samples are too few to train one")
         return None, ""
-    return batch_baseline(spec, X, y, train, options.retrain_every, options.epochs,
-                          options.batch_size, options.seed), ""
+    return batch_baseline(
+        spec, X, y, train, options.retrain_every, options.epochs, options.batch_size, options.seed
+    ), ""

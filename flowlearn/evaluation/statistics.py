@@ -93,8 +93,12 @@ class Stats:
             return cls(0, math.nan, math.nan, math.nan)
         correct = side.correct[sel]
         correct = correct[~np.isnan(correct)]
-        return cls(n, float(correct.mean()) if len(correct) else math.nan,
-                   float(side.loss[sel].mean()), ece(side.confidence[sel], side.correct[sel]))
+        return cls(
+            n,
+            float(correct.mean()) if len(correct) else math.nan,
+            float(side.loss[sel].mean()),
+            ece(side.confidence[sel], side.correct[sel]),
+        )
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,17 @@ def compute_windows(data: EvaluationData, window: int) -> list[Window]:
     for i, start in enumerate(range(0, len(s), window)):
         end = min(start + window, len(s))
         sl = slice(start, end)
-        out.append(Window(i, start, end, float(s.t[start]), float(s.t[end - 1]),
-                          Stats.of(s.online.take(sl)), Stats.of(s.baseline.take(sl))))
+        out.append(
+            Window(
+                i,
+                start,
+                end,
+                float(s.t[start]),
+                float(s.t[end - 1]),
+                Stats.of(s.online.take(sl)),
+                Stats.of(s.baseline.take(sl)),
+            )
+        )
     return out
 
 
@@ -137,8 +150,7 @@ class Bin:
     accuracy: float
 
 
-def reliability(side: Side, mask: np.ndarray | None = None, n_bins: int = N_BINS
-                ) -> list[Bin]:
+def reliability(side: Side, mask: np.ndarray | None = None, n_bins: int = N_BINS) -> list[Bin]:
     """The reliability diagram's bins: mean confidence against accuracy (empty bins out)."""
     keep = ~(np.isnan(side.confidence) | np.isnan(side.correct))
     if mask is not None:
@@ -149,8 +161,15 @@ def reliability(side: Side, mask: np.ndarray | None = None, n_bins: int = N_BINS
     for k in range(n_bins):
         sel = b == k
         if sel.any():
-            out.append(Bin(k / n_bins, (k + 1) / n_bins, int(sel.sum()),
-                           float(conf[sel].mean()), float(ok_[sel].mean())))
+            out.append(
+                Bin(
+                    k / n_bins,
+                    (k + 1) / n_bins,
+                    int(sel.sum()),
+                    float(conf[sel].mean()),
+                    float(ok_[sel].mean()),
+                )
+            )
     return out
 
 
@@ -184,8 +203,11 @@ def drift_episodes(data: EvaluationData, gap: int) -> list[Episode]:
     previous = 0
     for group in groups:
         at = s.position(group[0].t)
-        changes = [int(np.searchsorted(s.t, a.change_t, side="left"))
-                   for a in group if a.change_t is not None]
+        changes = [
+            int(np.searchsorted(s.t, a.change_t, side="left"))
+            for a in group
+            if a.change_t is not None
+        ]
         change = min([at, *changes])
         change = max(change, previous)
         episodes.append(Episode(tuple(group), change, at))
@@ -217,8 +239,16 @@ def _accuracy(side: Side, start: int, end: int) -> tuple[float, int]:
     return (float(part.mean()) if len(part) else math.nan), len(part)
 
 
-def _recovery(name: str, side: Side, s: Samples, ep: Episode, limit: int, window: int,
-              tolerance: float, reference: int) -> Recovery:
+def _recovery(
+    name: str,
+    side: Side,
+    s: Samples,
+    ep: Episode,
+    limit: int,
+    window: int,
+    tolerance: float,
+    reference: int,
+) -> Recovery:
     level, n_level = _accuracy(side, max(0, ep.change - reference), ep.change)
     if n_level < min(window, reference) // 2:
         level = math.nan
@@ -232,8 +262,13 @@ def _recovery(name: str, side: Side, s: Samples, ep: Episode, limit: int, window
         if found is None and level == level and acc >= level - tolerance:
             end = start + window
             found = (end - ep.alert, float(s.t[end - 1] - ep.t))
-    return Recovery(name, level, lowest if lowest != math.inf else math.nan,
-                    found[0] if found else None, found[1] if found else None)
+    return Recovery(
+        name,
+        level,
+        lowest if lowest != math.inf else math.nan,
+        found[0] if found else None,
+        found[1] if found else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -259,33 +294,50 @@ class Headline:
 
     def lines(self) -> list[str]:
         """The summary as plain text (the CLI prints it)."""
+
         def pct(v: float) -> str:
             return "n/a" if v != v else f"{v:.1%}"
 
-        out = [f"online: accuracy {pct(self.online_all.accuracy)}, log loss "
-               f"{self.online_all.log_loss:.4f} over {self.online_all.n} samples"]
+        out = [
+            f"online: accuracy {pct(self.online_all.accuracy)}, log loss "
+            f"{self.online_all.log_loss:.4f} over {self.online_all.n} samples"
+        ]
         if self.both:
-            out.append(f"both scored {self.both} samples: online {pct(self.online.accuracy)}"
-                       f" / baseline {pct(self.baseline.accuracy)} accuracy, log loss "
-                       f"{self.online.log_loss:.4f} / {self.baseline.log_loss:.4f}")
+            out.append(
+                f"both scored {self.both} samples: online {pct(self.online.accuracy)}"
+                f" / baseline {pct(self.baseline.accuracy)} accuracy, log loss "
+                f"{self.online.log_loss:.4f} / {self.baseline.log_loss:.4f}"
+            )
         if self.post_drift is not None:
             on, base = self.post_drift
-            out.append(f"after the first drift: online {pct(on.accuracy)} / baseline "
-                       f"{pct(base.accuracy)} accuracy ({on.n} samples)")
+            out.append(
+                f"after the first drift: online {pct(on.accuracy)} / baseline "
+                f"{pct(base.accuracy)} accuracy ({on.n} samples)"
+            )
         for k, rep in enumerate(self.episodes, 1):
             for r in (rep.online, rep.baseline):
                 if r is None:
                     continue
-                got = (f"recovered {r.samples} samples after the alert" if r.recovered
-                       else "not recovered")
-                out.append(f"drift {k} (alert at sample {rep.episode.alert}): {r.model} "
-                           f"level {pct(r.level)}, lowest {pct(r.lowest)}, {got} "
-                           f"(within {self.tolerance * 100:g} points)")
+                got = (
+                    f"recovered {r.samples} samples after the alert"
+                    if r.recovered
+                    else "not recovered"
+                )
+                out.append(
+                    f"drift {k} (alert at sample {rep.episode.alert}): {r.model} "
+                    f"level {pct(r.level)}, lowest {pct(r.lowest)}, {got} "
+                    f"(within {self.tolerance * 100:g} points)"
+                )
         return out
 
 
-def headline(data: EvaluationData, window: int, tolerance: float = 0.05,
-             reference: int | None = None, gap: int | None = None) -> Headline:
+def headline(
+    data: EvaluationData,
+    window: int,
+    tolerance: float = 0.05,
+    reference: int | None = None,
+    gap: int | None = None,
+) -> Headline:
     """See the module docstring; ``reference`` defaults to 4 windows, ``gap`` to 5."""
     s = data.samples
     reference = 4 * window if reference is None else reference
@@ -297,12 +349,23 @@ def headline(data: EvaluationData, window: int, tolerance: float = 0.05,
     for k, ep in enumerate(episodes):
         limit = episodes[k + 1].alert if k + 1 < len(episodes) else len(s)
         online = _recovery("online", s.online, s, ep, limit, window, tolerance, reference)
-        baseline = (_recovery("baseline", s.baseline, s, ep, limit, window, tolerance,
-                              reference) if has_baseline else None)
+        baseline = (
+            _recovery("baseline", s.baseline, s, ep, limit, window, tolerance, reference)
+            if has_baseline
+            else None
+        )
         reports.append(EpisodeReport(ep, online, baseline))
     post = None
     if episodes:
         after = np.arange(len(s)) >= episodes[0].change
         post = (Stats.of(s.online, both & after), Stats.of(s.baseline, both & after))
-    return Headline(window, tolerance, Stats.of(s.online), int(both.sum()),
-                    Stats.of(s.online, both), Stats.of(s.baseline, both), post, tuple(reports))
+    return Headline(
+        window,
+        tolerance,
+        Stats.of(s.online),
+        int(both.sum()),
+        Stats.of(s.online, both),
+        Stats.of(s.baseline, both),
+        post,
+        tuple(reports),
+    )

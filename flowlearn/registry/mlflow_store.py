@@ -143,7 +143,7 @@ def _local_store(uri: str) -> tuple[str, Path] | None:
     """
     parts = urlsplit(uri)
     if parts.scheme == "sqlite":
-        rest = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        rest = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
         path_text, sep, query = rest.partition("?")
         if path_text in ("", ":memory:"):
             raise ValueError(f"an in-memory SQLite store cannot hold a registry: {uri!r}")
@@ -277,12 +277,22 @@ class Registry:
             name = self.model_name(model_id)
             self._ensure_model(client, name)
             run_id, artifact_uri = self._log_run(
-                client, f"{model_id}-{kind}-v{version}", fields, finite, mv_tags, version,
+                client,
+                f"{model_id}-{kind}-v{version}",
+                fields,
+                finite,
+                mv_tags,
+                version,
                 {WEIGHTS_ARTIFACT: weights, SPEC_ARTIFACT: spec_json.encode()},
             )
             mv = self._call(
-                "create model version", client.create_model_version, name, artifact_uri,
-                run_id=run_id, tags=mv_tags, await_creation_for=0,
+                "create model version",
+                client.create_model_version,
+                name,
+                artifact_uri,
+                run_id=run_id,
+                tags=mv_tags,
+                await_creation_for=0,
             )
         return self._entry(mv)
 
@@ -300,14 +310,19 @@ class Registry:
         from mlflow.entities import Metric, Param
 
         run = self._call(
-            "create run", client.create_run, self._experiment_id, tags=dict(tags),
+            "create run",
+            client.create_run,
+            self._experiment_id,
+            tags=dict(tags),
             run_name=run_name,
         )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         try:
             self._call(
-                "log metrics and params", client.log_batch, run_id,
+                "log metrics and params",
+                client.log_batch,
+                run_id,
                 metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
                 params=[Param(k, v) for k, v in params.items()],
             )
@@ -405,8 +420,11 @@ class Registry:
         client = self._client()
         with tempfile.TemporaryDirectory(prefix="flowlearn-registry-") as folder:
             path = self._call(
-                f"download {artifact} of run {entry.run_id}", client.download_artifacts,
-                entry.run_id, artifact, folder,
+                f"download {artifact} of run {entry.run_id}",
+                client.download_artifacts,
+                entry.run_id,
+                artifact,
+                folder,
             )
             return Path(path).read_bytes()
 
@@ -425,8 +443,11 @@ class Registry:
         token: str | None = None
         while True:
             page = self._call(
-                "search model versions", client.search_model_versions, query,
-                max_results=_PAGE_SIZE, page_token=token,
+                "search model versions",
+                client.search_model_versions,
+                query,
+                max_results=_PAGE_SIZE,
+                page_token=token,
             )
             found += [self._entry(mv) for mv in page if f"{_TAG}version" in mv.tags]
             token = page.token
@@ -447,7 +468,8 @@ class Registry:
             samples_applied=int(tags[f"{_TAG}samples_applied"]),
             epoch=None if epoch is None else int(epoch),
             metrics={
-                k[len(_METRIC_TAG):]: float(v) for k, v in tags.items()
+                k[len(_METRIC_TAG) :]: float(v)
+                for k, v in tags.items()
                 if k.startswith(_METRIC_TAG)
             },
             created_ms=int(mv.creation_timestamp),
@@ -476,7 +498,9 @@ class Registry:
                     from mlflow.tracking import MlflowClient
 
                     client = self._call(
-                        "open the store", MlflowClient, tracking_uri=self._uri,
+                        "open the store",
+                        MlflowClient,
+                        tracking_uri=self._uri,
                         registry_uri=self._uri,
                     )
                     self._experiment_id = self._call(

@@ -19,26 +19,42 @@ def _baseline(text: str) -> tuple[str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flowlearn.serving", description=__doc__)
-    parser.add_argument("--config", type=Path, default=None,
-                        help="TOML file over conf/defaults.toml (else FLOWLEARN_CONFIG)")
-    parser.add_argument("--baseline", type=_baseline, action="append", default=[],
-                        metavar="MODEL=PATH",
-                        help="a baseline file scored beside MODEL (repeatable; adds to "
-                             "predictor.baselines)")
-    parser.add_argument("--ab-fraction", type=float, default=None,
-                        help="share of requests answered by the baseline (0: shadow only; "
-                             "default predictor.ab_fraction)")
-    parser.add_argument("--no-log", action="store_true",
-                        help="do not log predictions to the events topic (default "
-                             "predictor.log_predictions)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file over conf/defaults.toml (else FLOWLEARN_CONFIG)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=_baseline,
+        action="append",
+        default=[],
+        metavar="MODEL=PATH",
+        help="a baseline file scored beside MODEL (repeatable; adds to predictor.baselines)",
+    )
+    parser.add_argument(
+        "--ab-fraction",
+        type=float,
+        default=None,
+        help="share of requests answered by the baseline (0: shadow only; "
+        "default predictor.ab_fraction)",
+    )
+    parser.add_argument(
+        "--no-log",
+        action="store_true",
+        help="do not log predictions to the events topic (default predictor.log_predictions)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = load_settings(args.config)
     p = settings.predictor
-    run(settings, baselines={**p.baselines, **dict(args.baseline)},
+    run(
+        settings,
+        baselines={**p.baselines, **dict(args.baseline)},
         ab_fraction=p.ab_fraction if args.ab_fraction is None else args.ab_fraction,
-        log_predictions=p.log_predictions and not args.no_log)
+        log_predictions=p.log_predictions and not args.no_log,
+    )
 
 
 if __name__ == "__main__":

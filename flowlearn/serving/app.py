@@ -45,9 +45,15 @@ SHUTDOWN_TIMEOUT_S = 5.0
 class Predictor:
     """What the handlers share: settings, the follower, the log, the baselines, metrics."""
 
-    def __init__(self, settings: Settings, follower: Follower, metrics: Metrics,
-                 prediction_log: PredictionLog | None, baselines: Mapping[str, Version],
-                 ab_fraction: float) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        follower: Follower,
+        metrics: Metrics,
+        prediction_log: PredictionLog | None,
+        baselines: Mapping[str, Version],
+        ab_fraction: float,
+    ) -> None:
         self.settings = settings
         self.follower = follower
         self.metrics = metrics
@@ -55,15 +61,17 @@ class Predictor:
         self.baselines = dict(baselines)
         self.ab_fraction = ab_fraction
         self._requests: dict[tuple[str, int], Any] = {}
-        self._latency = {route: metrics.latency.labels(route)
-                         for route in ("predict", "models", "model")}
+        self._latency = {
+            route: metrics.latency.labels(route) for route in ("predict", "models", "model")
+        }
 
     def done(self, route: str, status: int, started: float) -> None:
         """Count a request and its latency (label children cached: this is the hot path)."""
         child = self._requests.get((route, status))
         if child is None:
             child = self._requests[(route, status)] = self.metrics.requests.labels(
-                route, str(status))
+                route, str(status)
+            )
         child.inc()
         self._latency[route].observe(time.perf_counter() - started)
 
@@ -79,20 +87,41 @@ class Predictor:
         degraded = not self.follower.redis_ok
         if served is None:
             if baseline is None:
-                return {"name": model_id, "ready": False, "state": "loading",
-                        "variants": variants, "degraded": degraded}
-            return {"name": model_id, "ready": True, "state": "fallback",
-                    "version": baseline.version, "epoch": baseline.epoch,
-                    "spec": baseline.spec, "variants": variants, "degraded": degraded}
+                return {
+                    "name": model_id,
+                    "ready": False,
+                    "state": "loading",
+                    "variants": variants,
+                    "degraded": degraded,
+                }
+            return {
+                "name": model_id,
+                "ready": True,
+                "state": "fallback",
+                "version": baseline.version,
+                "epoch": baseline.epoch,
+                "spec": baseline.spec,
+                "variants": variants,
+                "degraded": degraded,
+            }
         age = self.age_s(served.latest)
         stale = age > self.settings.predictor.stale_after_s
         state = "degraded" if degraded else "stale" if stale else "ready"
-        return {"name": model_id, "ready": True, "state": state,
-                "version": served.version.version, "epoch": served.version.epoch,
-                "latest_version": served.latest.version, "age_s": round(age, 3),
-                "spec": served.version.spec, "pinned": served.pin,
-                "pin_missing": served.pin_missing, "stale": stale, "degraded": degraded,
-                "variants": variants}
+        return {
+            "name": model_id,
+            "ready": True,
+            "state": state,
+            "version": served.version.version,
+            "epoch": served.version.epoch,
+            "latest_version": served.latest.version,
+            "age_s": round(age, 3),
+            "spec": served.version.spec,
+            "pinned": served.pin,
+            "pin_missing": served.pin_missing,
+            "stale": stale,
+            "degraded": degraded,
+            "variants": variants,
+        }
 
     @staticmethod
     def age_s(version: Version) -> float:
@@ -103,12 +132,10 @@ PREDICTOR = web.AppKey("predictor", Predictor)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status,
-                        content_type="application/json")
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(p: Predictor, route: str, status: int, message: str, started: float
-           ) -> web.Response:
+def _error(p: Predictor, route: str, status: int, message: str, started: float) -> web.Response:
     p.done(route, status, started)
     return _json({"error": message}, status)
 
@@ -154,18 +181,15 @@ async def predict(request: web.Request) -> web.Response:
     if served is None and baseline is None:
         if replica is None:
             return _error(p, "predict", 404, f"model '{model_id}' not found", started)
-        return _error(p, "predict", 503, f"model '{model_id}' has no weights loaded yet",
-                      started)
+        return _error(p, "predict", 503, f"model '{model_id}' has no weights loaded yet", started)
     if (request.content_length or 0) > limits.max_body_bytes:
-        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes",
-                      started)
+        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes", started)
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             raw = await request.read()
         body = orjson.loads(raw)
     except web.HTTPRequestEntityTooLarge:
-        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes",
-                      started)
+        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes", started)
     except TimeoutError:
         return _error(p, "predict", 408, "request body not received in time", started)
     except ValueError:
@@ -174,8 +198,13 @@ async def predict(request: web.Request) -> web.Response:
     if not isinstance(instances, list) or not instances:
         return _error(p, "predict", 400, "instances: expected a non-empty list", started)
     if len(instances) > limits.max_instances:
-        return _error(p, "predict", 413, f"instances: at most {limits.max_instances} per "
-                      f"request, got {len(instances)}", started)
+        return _error(
+            p,
+            "predict",
+            413,
+            f"instances: at most {limits.max_instances} per request, got {len(instances)}",
+            started,
+        )
     try:
         rows, event_ids = _split(instances)
         if served is None:
@@ -193,33 +222,66 @@ async def predict(request: web.Request) -> web.Response:
     # no such numbers (orjson would write null), and the documented answer is numbers.
     bad = np.flatnonzero(~np.isfinite(scores.reshape(len(rows), -1)).all(axis=1))
     if bad.size:
-        return _error(p, "predict", 400, f"instances[{bad[0]}]: the score is not a finite "
-                      f"number (feature values too large for this model)", started)
+        return _error(
+            p,
+            "predict",
+            400,
+            f"instances[{bad[0]}]: the score is not a finite "
+            f"number (feature values too large for this model)",
+            started,
+        )
     predictions = scores.tolist()
-    answer: dict[str, Any] = {"predictions": predictions, "model_version": primary.version,
-                              "epoch": primary.epoch, "variant": primary_name}
+    answer: dict[str, Any] = {
+        "predictions": predictions,
+        "model_version": primary.version,
+        "epoch": primary.epoch,
+        "variant": primary_name,
+    }
     shadow = None
     if other is not None:
         try:
-            X_other = X if _same_features(primary.spec, other.spec) else vectorize(
-                rows, other.spec)
+            X_other = X if _same_features(primary.spec, other.spec) else vectorize(rows, other.spec)
         except FeatureError:
             pass  # a shadow that cannot read these features must not fail the request
         else:
-            shadow = Shadow(ONLINE if primary_name == BASELINE else BASELINE, other.version,
-                            other.score(X_other).tolist())
-            answer["shadow"] = {"variant": shadow.variant, "model_version": shadow.model_version,
-                                "predictions": shadow.scores}
+            shadow = Shadow(
+                ONLINE if primary_name == BASELINE else BASELINE,
+                other.version,
+                other.score(X_other).tolist(),
+            )
+            answer["shadow"] = {
+                "variant": shadow.variant,
+                "model_version": shadow.model_version,
+                "predictions": shadow.scores,
+            }
     if served is not None:
         age = p.age_s(served.latest)
         stale = age > limits.stale_after_s
-        answer.update(age_s=round(age, 3), stale=stale, degraded=not p.follower.redis_ok,
-                      fallback=False, pinned=served.pin, pin_missing=served.pin_missing)
-        reasons = [name for name, flag in (("stale", stale), ("degraded", answer["degraded"]),
-                                           ("pin_missing", served.pin_missing)) if flag]
+        answer.update(
+            age_s=round(age, 3),
+            stale=stale,
+            degraded=not p.follower.redis_ok,
+            fallback=False,
+            pinned=served.pin,
+            pin_missing=served.pin_missing,
+        )
+        reasons = [
+            name
+            for name, flag in (
+                ("stale", stale),
+                ("degraded", answer["degraded"]),
+                ("pin_missing", served.pin_missing),
+            )
+            if flag
+        ]
     else:
-        answer.update(stale=False, degraded=not p.follower.redis_ok, fallback=True,
-                      pinned=None, pin_missing=False)
+        answer.update(
+            stale=False,
+            degraded=not p.follower.redis_ok,
+            fallback=True,
+            pinned=None,
+            pin_missing=False,
+        )
         reasons = [BASELINE]
     for reason in reasons:
         p.metrics.fallbacks.labels(model_id, reason).inc()
@@ -227,8 +289,19 @@ async def predict(request: web.Request) -> web.Response:
     if p.log is not None:
         ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
         answer["event_ids"] = ids
-        p.log.offer(Batch(model_id, time.time_ns() // 1_000_000, ids, rows, predictions,
-                          primary.version, primary.epoch, primary_name, shadow))
+        p.log.offer(
+            Batch(
+                model_id,
+                time.time_ns() // 1_000_000,
+                ids,
+                rows,
+                predictions,
+                primary.version,
+                primary.epoch,
+                primary_name,
+                shadow,
+            )
+        )
     p.done("predict", 200, started)
     return _json(answer)
 
@@ -258,11 +331,14 @@ async def healthz(_request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     p = request.app[PREDICTOR]
     # list(): the follower thread may add a model meanwhile (a C-level copy is atomic).
-    waiting = [m for m, r in list(p.follower.replicas.items())
-               if r.served is None and m not in p.baselines]
+    waiting = [
+        m for m, r in list(p.follower.replicas.items()) if r.served is None and m not in p.baselines
+    ]
     ready = p.follower.models_known and not waiting
-    return _json({"ready": ready, "loading": sorted(waiting),
-                  "redis": p.follower.redis_ok}, 200 if ready else 503)
+    return _json(
+        {"ready": ready, "loading": sorted(waiting), "redis": p.follower.redis_ok},
+        200 if ready else 503,
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -281,17 +357,23 @@ async def metrics(request: web.Request) -> web.Response:
         m.pin_missing.labels(model_id).set(int(served.pin_missing))
     if p.log is not None:
         m.log_queue.set(p.log.depth())
-    return web.Response(body=generate_latest(m.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 async def openapi(_request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
-def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
-             ab_fraction: float = 0.0, log_predictions: bool = True,
-             producer_factory: Callable[[], Producer] | None = None) -> web.Application:
+def make_app(
+    settings: Settings,
+    *,
+    baselines: Mapping[str, Path] | None = None,
+    ab_fraction: float = 0.0,
+    log_predictions: bool = True,
+    producer_factory: Callable[[], Producer] | None = None,
+) -> web.Application:
     """The predictor app; the follower and log threads run between startup and cleanup.
 
     ``baselines`` maps model ids to baseline files (see :mod:`flowlearn.serving.baseline`),
@@ -311,10 +393,11 @@ def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
     if log_predictions:
         prediction_log = PredictionLog(
             settings.kafka.topics.events,
-            producer_factory or kafka_producer(settings.kafka), metrics_)
+            producer_factory or kafka_producer(settings.kafka),
+            metrics_,
+        )
     app = web.Application(client_max_size=settings.predictor.max_body_bytes)
-    app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded,
-                               ab_fraction)
+    app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded, ab_fraction)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/models/{model}:predict", predict)
@@ -339,8 +422,13 @@ def make_app(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
     return app
 
 
-def run(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
-        ab_fraction: float = 0.0, log_predictions: bool = True) -> None:
+def run(
+    settings: Settings,
+    *,
+    baselines: Mapping[str, Path] | None = None,
+    ab_fraction: float = 0.0,
+    log_predictions: bool = True,
+) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully (uvloop when available)."""
     loop: asyncio.AbstractEventLoop | None = None
     try:
@@ -349,13 +437,22 @@ def run(settings: Settings, *, baselines: Mapping[str, Path] | None = None,
         loop = uvloop.new_event_loop()
     except ImportError:
         log.info("uvloop is not installed; using asyncio's event loop")
-    app = make_app(settings, baselines=baselines, ab_fraction=ab_fraction,
-                   log_predictions=log_predictions)
+    app = make_app(
+        settings, baselines=baselines, ab_fraction=ab_fraction, log_predictions=log_predictions
+    )
     p = settings.predictor
-    log.info("predictor on %s (Redis %s, prefix %r)", p.url, settings.redis.url,
-             settings.redis.prefix)
+    log.info(
+        "predictor on %s (Redis %s, prefix %r)", p.url, settings.redis.url, settings.redis.prefix
+    )
     # aiohttp's keep-alive timer starts when a connection opens and again after each answer,
     # and partial headers do not reset it: it is the header timeout too.
-    web.run_app(app, host=p.host, port=p.port, access_log=None, loop=loop,
-                keepalive_timeout=p.idle_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-                print=None)
+    web.run_app(
+        app,
+        host=p.host,
+        port=p.port,
+        access_log=None,
+        loop=loop,
+        keepalive_timeout=p.idle_timeout_s,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        print=None,
+    )

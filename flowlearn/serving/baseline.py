@@ -26,12 +26,16 @@ from flowlearn.core import codec
 from flowlearn.serving.replica import Version
 
 
-def write_baseline(path: Path, spec: Mapping[str, Any], weights: np.ndarray,
-                   version: int = 0) -> None:
+def write_baseline(
+    path: Path, spec: Mapping[str, Any], weights: np.ndarray, version: int = 0
+) -> None:
     """Write a baseline file (for example from a batch-trained model's weights vector)."""
-    path.write_bytes(codec.encode_state(
-        {"weights": np.asarray(weights, dtype=np.float64).reshape(-1)},
-        {"spec": dict(spec), "version": int(version)}))
+    path.write_bytes(
+        codec.encode_state(
+            {"weights": np.asarray(weights, dtype=np.float64).reshape(-1)},
+            {"spec": dict(spec), "version": int(version)},
+        )
+    )
 
 
 def load_baseline(path: Path) -> Version:
@@ -40,5 +44,6 @@ def load_baseline(path: Path) -> Version:
     if "weights" not in arrays or not isinstance(meta.get("spec"), dict):
         raise ValueError(f"{path}: a baseline needs the array 'weights' and the metadata 'spec'")
     weights = arrays["weights"].astype(np.float64, copy=False).reshape(-1)
-    return Version.build(0, int(meta.get("version", 0)), meta["spec"], weights,
-                         int(path.stat().st_mtime * 1000))
+    return Version.build(
+        0, int(meta.get("version", 0)), meta["spec"], weights, int(path.stat().st_mtime * 1000)
+    )

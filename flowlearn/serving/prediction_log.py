@@ -68,15 +68,25 @@ class Batch(NamedTuple):
     def records(self) -> Iterator[bytes]:
         shadow = self.shadow
         for i, event_id in enumerate(self.event_ids):
-            yield json.dumps({
-                "event_id": event_id, "model_id": self.model_id, "ts": self.ts,
-                "features": self.features[i], "score": self.scores[i],
-                "model_version": self.model_version, "epoch": self.epoch,
-                "variant": self.variant,
-                "shadow": None if shadow is None else {
-                    "variant": shadow.variant, "model_version": shadow.model_version,
-                    "score": shadow.scores[i]},
-            }).encode()
+            yield json.dumps(
+                {
+                    "event_id": event_id,
+                    "model_id": self.model_id,
+                    "ts": self.ts,
+                    "features": self.features[i],
+                    "score": self.scores[i],
+                    "model_version": self.model_version,
+                    "epoch": self.epoch,
+                    "variant": self.variant,
+                    "shadow": None
+                    if shadow is None
+                    else {
+                        "variant": shadow.variant,
+                        "model_version": shadow.model_version,
+                        "score": shadow.scores[i],
+                    },
+                }
+            ).encode()
 
 
 def kafka_producer(kafka: KafkaConf) -> Callable[[], Producer]:
@@ -86,8 +96,14 @@ def kafka_producer(kafka: KafkaConf) -> Callable[[], Producer]:
         from kafka import KafkaProducer
 
         producer: Producer = KafkaProducer(
-            **kafka.client_options(), client_id="flowlearn-predictor", acks=1,
-            linger_ms=20, max_block_ms=2000, request_timeout_ms=5000, retries=3)
+            **kafka.client_options(),
+            client_id="flowlearn-predictor",
+            acks=1,
+            linger_ms=20,
+            max_block_ms=2000,
+            request_timeout_ms=5000,
+            retries=3,
+        )
         return producer
 
     return make
@@ -96,8 +112,13 @@ def kafka_producer(kafka: KafkaConf) -> Callable[[], Producer]:
 class PredictionLog:
     """Bounded queue plus one producer thread; see the module docstring."""
 
-    def __init__(self, topic: str, producer_factory: Callable[[], Producer], metrics: Metrics,
-                 maxsize: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        topic: str,
+        producer_factory: Callable[[], Producer],
+        metrics: Metrics,
+        maxsize: int = QUEUE_SIZE,
+    ) -> None:
         self.topic = topic
         self._factory = producer_factory
         self._metrics = metrics
@@ -141,8 +162,9 @@ class PredictionLog:
             try:
                 return self._factory()
             except Exception as exc:  # kafka-python raises several unrelated types
-                log.warning("prediction log: Kafka unreachable (%s); retrying in %.1fs",
-                            exc, backoff)
+                log.warning(
+                    "prediction log: Kafka unreachable (%s); retrying in %.1fs", exc, backoff
+                )
             finally:
                 self._connecting.clear()
             if self._stop.wait(backoff):

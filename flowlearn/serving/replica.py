@@ -70,8 +70,14 @@ class Version:
     score: Scorer
 
     @classmethod
-    def build(cls, epoch: int, version: int, spec: Mapping[str, Any], weights: np.ndarray,
-              published_ms: int) -> Version:
+    def build(
+        cls,
+        epoch: int,
+        version: int,
+        spec: Mapping[str, Any],
+        weights: np.ndarray,
+        published_ms: int,
+    ) -> Version:
         """Freeze ``weights`` (owned by the new version) and bind the scorer to them."""
         weights.setflags(write=False)
         return cls(epoch, version, spec, weights, published_ms, scorer(spec, weights))
@@ -126,8 +132,11 @@ class ModelReplica:
         counter starting again) produces one.
         """
         held = self.latest
-        if held is not None and not reset and (snap.epoch, snap.version) <= (
-                held.epoch, held.version):
+        if (
+            held is not None
+            and not reset
+            and (snap.epoch, snap.version) <= (held.epoch, held.version)
+        ):
             return False
         if reset:
             self._history.clear()
@@ -135,8 +144,9 @@ class ModelReplica:
         self.snapshot_seen = (snap.epoch, snap.version, snap.ts)
         weights = snap.weights.astype(np.float64, copy=True).reshape(-1)
         self._hold(Version.build(snap.epoch, snap.version, snap.spec, weights, snap.ts))
-        self.position = (snap.epoch, snap.version) if reset else max(
-            self.position, (snap.epoch, snap.version))
+        self.position = (
+            (snap.epoch, snap.version) if reset else max(self.position, (snap.epoch, snap.version))
+        )
         return True
 
     def check_snapshot(self, header: tuple[int, int, int] | None) -> str | None:
@@ -155,8 +165,11 @@ class ModelReplica:
         if held is None:
             return "start"
         snap = header[:2]
-        if self.lost or snap[0] < held.epoch or (
-                header != seen and snap < (held.epoch, held.version)):
+        if (
+            self.lost
+            or snap[0] < held.epoch
+            or (header != seen and snap < (held.epoch, held.version))
+        ):
             return "reset"
         if snap > (held.epoch, held.version):
             # Normally the stream gets there first; this catches a replica whose stream
@@ -217,8 +230,14 @@ class Follower:
     without blocking (tests drive it step by step). Only this object writes to replicas.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, metrics: Metrics,
-                 history: int = HISTORY, refresh_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        metrics: Metrics,
+        history: int = HISTORY,
+        refresh_s: float = 1.0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.metrics = metrics
@@ -253,7 +272,8 @@ class Follower:
             replica = self.replicas[model_id]
             header, pin = answers[2 * i], answers[2 * i + 1]
             reason = replica.check_snapshot(
-                None if None in header else (int(header[0]), int(header[1]), int(header[2])))
+                None if None in header else (int(header[0]), int(header[1]), int(header[2]))
+            )
             if reason is not None:
                 self._reload(replica, reason)
             replica.set_pin(self._parse_pin(model_id, pin))
@@ -264,7 +284,9 @@ class Follower:
         """Read and handle the entries after each replica's position; how many were read."""
         streams: dict[bytes | str, bytes | str] = {
             self.keys.deltas(m): delta_stream_id(*r.position)
-            for m, r in self.replicas.items() if r.latest is not None}
+            for m, r in self.replicas.items()
+            if r.latest is not None
+        }
         if not streams:
             return 0
         count = 0
@@ -329,8 +351,7 @@ class Follower:
             self.redis_ok = ok
             self.metrics.redis_up.set(1 if ok else 0)
 
-    def _handle(self, replica: ModelReplica, stream_id: bytes, fields: dict[bytes, bytes]
-                ) -> None:
+    def _handle(self, replica: ModelReplica, stream_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
             entry = DeltaEntry.from_entry(stream_id, fields)
         except (codec.CodecError, KeyError, ValueError) as exc:
@@ -340,8 +361,14 @@ class Follower:
             outcome = replica.offer(entry)
             if outcome is Offer.RELOAD:
                 held = replica.latest
-                self._reload(replica, "reset" if replica.lost else
-                             "epoch" if held and entry.epoch != held.epoch else "gap")
+                self._reload(
+                    replica,
+                    "reset"
+                    if replica.lost
+                    else "epoch"
+                    if held and entry.epoch != held.epoch
+                    else "gap",
+                )
                 outcome = replica.offer(entry)
             if outcome is Offer.APPLIED:
                 self.metrics.deltas_applied.labels(replica.model_id).inc()

@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Ports are the defaults plus this offset (FLOWLEARN_E2E_PORT_OFFSET, default 10000), and the
 #: home is per offset, so that two e2e sessions can run side by side.
 PORT_OFFSET = int(os.environ.get("FLOWLEARN_E2E_PORT_OFFSET", "10000"))
-TEST_HOME = ROOT / (".flowlearn-test" if PORT_OFFSET == 10000 else
-                    f".flowlearn-test-{PORT_OFFSET}")
+TEST_HOME = ROOT / (".flowlearn-test" if PORT_OFFSET == 10000 else f".flowlearn-test-{PORT_OFFSET}")
 TEST_CONFIG = f"""
 [stack]
 home = "{TEST_HOME}"
@@ -79,7 +78,10 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float, every_s: f
 def flowlearn(*args: str, config: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flowlearn.cli", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 

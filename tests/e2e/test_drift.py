@@ -28,9 +28,13 @@ DETECTION_BOUND = 1500
 
 def alerts_of(settings, model_id):
     consumer = KafkaConsumer(
-        settings.kafka.topics.alerts, bootstrap_servers=settings.kafka.bootstrap,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        consumer_timeout_ms=1000, group_id=None)
+        settings.kafka.topics.alerts,
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        consumer_timeout_ms=1000,
+        group_id=None,
+    )
     try:
         return [a for a in (json.loads(m.value) for m in consumer) if a["model_id"] == model_id]
     finally:
@@ -41,27 +45,43 @@ def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
     settings, _ = stack
     # Slow enough that the reset, which closes its loop through Kafka (committed at the next
     # checkpoint, 2 s here), lands while most of the new concept is still to come.
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=MODEL, count=TOTAL,
-            rate=1000, seed=21, drift_at=(CHANGE_AT,), quiet=True)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=MODEL,
+        count=TOTAL,
+        rate=1000,
+        seed=21,
+        drift_at=(CHANGE_AT,),
+        quiet=True,
+    )
     client = stack_redis(settings)
     keys = Keys(settings.redis.prefix)
-    wait_until(f"{MODEL}: all {TOTAL} samples applied",
-               lambda: (s := read_snapshot(client, keys, MODEL)) and
-               s.samples_applied == TOTAL, timeout_s=120)
+    wait_until(
+        f"{MODEL}: all {TOTAL} samples applied",
+        lambda: (s := read_snapshot(client, keys, MODEL)) and s.samples_applied == TOTAL,
+        timeout_s=120,
+    )
 
     alerts = alerts_of(settings, MODEL)
-    performance = [a for a in alerts if a["kind"] == "drift"
-                   and a["detail"]["direction"] == "up"]
+    performance = [a for a in alerts if a["kind"] == "drift" and a["detail"]["direction"] == "up"]
     assert performance, f"no error/loss drift alert among {alerts}"
     # The detectors run from the first batch, while the model still converges: a false
     # alarm there happens now and then (seen in CI at 932 samples, and as ADWIN and
     # Page-Hinkley on the same version). One such version is tolerated; its reset restarts
     # the error detectors, so it does not lead to more (three in a row before they did).
-    early = {a["detail"]["version"] for a in performance
-             if a["detail"]["samples_applied"] <= CHANGE_AT}
+    early = {
+        a["detail"]["version"] for a in performance if a["detail"]["samples_applied"] <= CHANGE_AT
+    }
     assert len(early) <= 1, performance
-    first = min((a["detail"]["samples_applied"] for a in performance
-                 if a["detail"]["samples_applied"] > CHANGE_AT), default=None)
+    first = min(
+        (
+            a["detail"]["samples_applied"]
+            for a in performance
+            if a["detail"]["samples_applied"] > CHANGE_AT
+        ),
+        default=None,
+    )
     assert first is not None and first <= CHANGE_AT + DETECTION_BOUND, performance
     resets = [a for a in alerts if a["kind"] == "control" and a["detail"]["command"] == "reset"]
     assert len(resets) > len(early)
@@ -74,8 +94,11 @@ def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
         return found if found and max(v.samples_applied for v in found) >= TOTAL - 700 else None
 
     found = wait_until("the last checkpoints registered", checkpoints, timeout_s=60)
-    error = {v.samples_applied: v.metrics["windowed_error"] for v in found
-             if "windowed_error" in v.metrics}
+    error = {
+        v.samples_applied: v.metrics["windowed_error"]
+        for v in found
+        if "windowed_error" in v.metrics
+    }
 
     def mean_error(lo, hi):
         values = [e for applied, e in error.items() if lo <= applied < hi]

@@ -42,18 +42,25 @@ def bulk_records(model_id, samples, batch):
     batches a size-cut run (the reference, a replay) trains."""
     out = []
     for i in range(0, len(samples), batch):
-        chunk = samples[i:i + batch]
-        out.append(encode_sample_batch(
-            model_id, np.array([r["ts"] for r in chunk]),
-            np.array([r["features"] for r in chunk], dtype=np.float64),
-            np.array([r["label"] for r in chunk], dtype=np.float64)))
+        chunk = samples[i : i + batch]
+        out.append(
+            encode_sample_batch(
+                model_id,
+                np.array([r["ts"] for r in chunk]),
+                np.array([r["features"] for r in chunk], dtype=np.float64),
+                np.array([r["label"] for r in chunk], dtype=np.float64),
+            )
+        )
     return out
 
 
 def predict(url, model_id, features, event_id):
     body = json.dumps({"instances": [{"features": features, "event_id": event_id}]}).encode()
-    req = urllib.request.Request(f"{url}/v1/models/{model_id}:predict", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/v1/models/{model_id}:predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
 
@@ -62,12 +69,19 @@ def test_the_live_report_renders_and_its_numbers_are_the_recorded_predictions(st
     settings, config = stack
     model = f"report-{uuid.uuid4().hex[:6]}"
     stream = DriftingStream(n_features=10, seed=51, model_id=model)
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples,
-             bulk_records(model, stream.take(640, 1000), settings.job.batch_size), key=model)
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.samples,
+        bulk_records(model, stream.take(640, 1000), settings.job.batch_size),
+        key=model,
+    )
     client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
-    wait_until(f"{model} trained", lambda: (s := read_snapshot(client, keys, model)) and
-               s.samples_applied == 640, timeout_s=60)
+    wait_until(
+        f"{model} trained",
+        lambda: (s := read_snapshot(client, keys, model)) and s.samples_applied == 640,
+        timeout_s=60,
+    )
 
     def served():
         try:
@@ -84,22 +98,42 @@ def test_the_live_report_renders_and_its_numbers_are_the_recorded_predictions(st
         answer = predict(settings.predictor.url, model, r["features"], f"{model}-{i}")
         scores.append(answer["predictions"][0])
     labels = [r["label"] for r in asked]
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.labels,
-             [json.dumps({"model_id": model, "event_id": f"{model}-{i}", "label": y,
-                          "ts": now_ms()}).encode() for i, y in enumerate(labels)], key=model)
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.labels,
+        [
+            json.dumps(
+                {"model_id": model, "event_id": f"{model}-{i}", "label": y, "ts": now_ms()}
+            ).encode()
+            for i, y in enumerate(labels)
+        ],
+        key=model,
+    )
 
     out = tmp_path / "report"
 
     def report():
-        done = flowlearn("report", "--model", model, "--out", str(out), "--window",
-                         str(WINDOW), config=config, timeout=180)
+        done = flowlearn(
+            "report",
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--window",
+            str(WINDOW),
+            config=config,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stderr
         summary = json.loads((out / "summary.json").read_text())
-        return summary if sum(w["online"]["n"] for w in summary["windows"]) == len(asked) \
-            else None
+        return summary if sum(w["online"]["n"] for w in summary["windows"]) == len(asked) else None
 
-    summary = wait_until("every logged prediction joined with its label in the report",
-                         report, timeout_s=90, every_s=2)
+    summary = wait_until(
+        "every logged prediction joined with its label in the report",
+        report,
+        timeout_s=90,
+        every_s=2,
+    )
 
     page = Images()
     page.feed((out / "index.html").read_text())
@@ -118,8 +152,7 @@ def test_the_live_report_renders_and_its_numbers_are_the_recorded_predictions(st
     for k, w in enumerate(summary["windows"]):
         part = slice(k * WINDOW, (k + 1) * WINDOW)
         assert w["online"]["accuracy"] == np.mean((p[part] > 0.5) == y[part])
-        assert w["online"]["log_loss"] == pytest.approx(np.mean(-np.log(p_true[part])),
-                                                        rel=1e-12)
+        assert w["online"]["log_loss"] == pytest.approx(np.mean(-np.log(p_true[part])), rel=1e-12)
     assert summary["labels"] == len(asked)
 
 
@@ -127,27 +160,43 @@ def test_a_replay_gives_the_live_jobs_final_weights(stack, tmp_path):
     settings, config = stack
     model = f"replay-{uuid.uuid4().hex[:6]}"
     batch = settings.job.batch_size
-    samples = DriftingStream(n_features=10, seed=53, model_id=model,
-                             drift_at=(1600,)).take(100 * batch, 1_700_000_000_000)
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples,
-             bulk_records(model, samples, batch), key=model)
+    samples = DriftingStream(n_features=10, seed=53, model_id=model, drift_at=(1600,)).take(
+        100 * batch, 1_700_000_000_000
+    )
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.samples,
+        bulk_records(model, samples, batch),
+        key=model,
+    )
     history = tmp_path / "history.jsonl"
     history.write_text("".join(json.dumps(r) + "\n" for r in samples))
 
     # The replay in a process of its own (it starts a MiniCluster), with the stack's config.
-    script = ("import sys; from pathlib import Path; from flowlearn.conf import load_settings; "
-              "from flowlearn.evaluation.replay import replay; "
-              "r = replay(Path(sys.argv[1]), load_settings(Path(sys.argv[2])), sys.argv[3], "
-              "baseline=None); print(r.weights[sys.argv[3]].tobytes().hex())")
-    done = subprocess.run([sys.executable, "-c", script, str(history), str(config), model],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    script = (
+        "import sys; from pathlib import Path; from flowlearn.conf import load_settings; "
+        "from flowlearn.evaluation.replay import replay; "
+        "r = replay(Path(sys.argv[1]), load_settings(Path(sys.argv[2])), sys.argv[3], "
+        "baseline=None); print(r.weights[sys.argv[3]].tobytes().hex())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(history), str(config), model],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     replayed = bytes.fromhex(done.stdout.strip().splitlines()[-1])
 
     client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
-    live = wait_until(f"{model}: every sample applied",
-                      lambda: (s := read_snapshot(client, keys, model)) and
-                      s.samples_applied == len(samples) and s, timeout_s=120)
+    live = wait_until(
+        f"{model}: every sample applied",
+        lambda: (
+            (s := read_snapshot(client, keys, model)) and s.samples_applied == len(samples) and s
+        ),
+        timeout_s=120,
+    )
     assert live.version == 100
     assert live.weights.tobytes() == replayed

@@ -102,7 +102,8 @@ def predict(url: str, model_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
     req = urllib.request.Request(
         f"{url}/v1/models/{model_id}:predict",
         data=json.dumps({"instances": [X_PROBE]}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         return json.loads(resp.read())
@@ -144,8 +145,9 @@ def history(settings: Any, model_id: str) -> dict[tuple[int, int], np.ndarray]:
     return out
 
 
-def assert_served_was_published(settings: Any, model_id: str,
-                                answers: list[dict[str, Any]]) -> None:
+def assert_served_was_published(
+    settings: Any, model_id: str, answers: list[dict[str, Any]]
+) -> None:
     """Every answer's (epoch, version) was published, and its prediction is that version's."""
     published = history(settings, model_id)
     spec = read_snapshot(redis_of(settings), Keys(settings.redis.prefix), model_id).spec
@@ -158,8 +160,9 @@ def assert_served_was_published(settings: Any, model_id: str,
         assert answer["predictions"] == expected[key], key
 
 
-def reference_weights(settings: Any, model_id: str, seeds_counts: list[tuple[int, int]]
-                      ) -> np.ndarray:
+def reference_weights(
+    settings: Any, model_id: str, seeds_counts: list[tuple[int, int]]
+) -> np.ndarray:
     """Train what ``produce(seed=s, count=n, bulk=batch)`` sent, once, without failures."""
     batch = settings.job.batch_size
     trainer = ModelTrainer.create(model_id, ModelSpecs(settings).defaults.as_dict())
@@ -168,7 +171,7 @@ def reference_weights(settings: Any, model_id: str, seeds_counts: list[tuple[int
         X = np.array([r["features"] for r in records])
         y = np.array([r["label"] for r in records], dtype=float)
         for i in range(0, n, batch):
-            trainer.train_batch(X[i:i + batch], y[i:i + batch])
+            trainer.train_batch(X[i : i + batch], y[i : i + batch])
     return trainer.model.weights_vector()
 
 
@@ -177,9 +180,16 @@ class Producer(threading.Thread):
 
     def __init__(self, settings: Any, model_id: str, count: int, rate: float, seed: int) -> None:
         super().__init__(daemon=True)
-        self.kwargs = dict(bootstrap=settings.kafka.bootstrap, topics=settings.kafka.topics,
-                           model_id=model_id, count=count, rate=rate, seed=seed,
-                           bulk=settings.job.batch_size, quiet=True)
+        self.kwargs = dict(
+            bootstrap=settings.kafka.bootstrap,
+            topics=settings.kafka.topics,
+            model_id=model_id,
+            count=count,
+            rate=rate,
+            seed=seed,
+            bulk=settings.job.batch_size,
+            quiet=True,
+        )
         self.count = count
         self.sent = 0
         self.error: BaseException | None = None
@@ -233,9 +243,12 @@ def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(s
     restarts_before = job.restarts()
     producer = Producer(settings, model_id, n, rate=batch * 8, seed=41)
     producer.start()
-    wait_until("a few versions", lambda: snapshot_where(settings, model_id,
-                                                        lambda s: s.version >= 10),
-               timeout_s=60, every_s=0.1)
+    wait_until(
+        "a few versions",
+        lambda: snapshot_where(settings, model_id, lambda s: s.version >= 10),
+        timeout_s=60,
+        every_s=0.1,
+    )
     wait_for_a_checkpoint(job)
     epoch_before = snapshot_where(settings, model_id, lambda s: True).epoch
 
@@ -252,35 +265,51 @@ def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(s
         states = job.task_states()
         return states if states.keys() & {"DEPLOYING", "INITIALIZING"} else None
 
-    states = wait_until("the job restoring its tasks on a new TaskManager", restoring,
-                        timeout_s=120, every_s=0.2)
+    states = wait_until(
+        "the job restoring its tasks on a new TaskManager", restoring, timeout_s=120, every_s=0.2
+    )
     second = taskmanager_pid(settings)
     assert second is not None and second != first
     os.kill(second, signal.SIGKILL)
     second_killed_at = time.monotonic()
-    report(f"double kill: first SIGKILL, then the replacement (pid {second}) "
-           f"{second_killed_at - killed_at:.1f}s later while restoring {states}")
+    report(
+        f"double kill: first SIGKILL, then the replacement (pid {second}) "
+        f"{second_killed_at - killed_at:.1f}s later while restoring {states}"
+    )
 
     producer.finish(120)
-    final = wait_until(f"{n} samples applied after recovery",
-                       lambda: snapshot_where(settings, model_id,
-                                              lambda s: s.samples_applied >= n),
-                       timeout_s=240, every_s=0.2)
+    final = wait_until(
+        f"{n} samples applied after recovery",
+        lambda: snapshot_where(settings, model_id, lambda s: s.samples_applied >= n),
+        timeout_s=240,
+        every_s=0.2,
+    )
     applied_at = time.monotonic()
     wait_until("every task RUNNING again", job.running, timeout_s=120, every_s=0.5)
-    report(f"double kill: all {n} samples applied {applied_at - second_killed_at:.1f}s after "
-           f"the second kill ({applied_at - killed_at:.1f}s after the first)")
+    report(
+        f"double kill: all {n} samples applied {applied_at - second_killed_at:.1f}s after "
+        f"the second kill ({applied_at - killed_at:.1f}s after the first)"
+    )
     assert final.samples_applied == n
     assert final.version == n_batches
     assert final.epoch > epoch_before
     assert final.weights.tobytes() == reference_weights(settings, model_id, [(41, n)]).tobytes()
     # Both failures were failovers of the job (the first restore was cut short).
-    wait_until("the restart count to show both failovers",
-               lambda: job.restarts() >= restarts_before + 2, timeout_s=60, every_s=1)
-    answer = wait_until("the predictor serving the final version",
-                        lambda: (a := try_predict(settings.predictor.url, model_id)) and
-                        (a["epoch"], a["model_version"]) == (final.epoch, final.version) and a,
-                        timeout_s=30)
+    wait_until(
+        "the restart count to show both failovers",
+        lambda: job.restarts() >= restarts_before + 2,
+        timeout_s=60,
+        every_s=1,
+    )
+    answer = wait_until(
+        "the predictor serving the final version",
+        lambda: (
+            (a := try_predict(settings.predictor.url, model_id))
+            and (a["epoch"], a["model_version"]) == (final.epoch, final.version)
+            and a
+        ),
+        timeout_s=30,
+    )
     assert_served_was_published(settings, model_id, [answer])
 
 
@@ -298,23 +327,50 @@ def test_events_waiting_in_the_join_survive_a_taskmanager_kill(stack, status):
     restarts_before = job.restarts()
     ts = now_ms()
     samples = DriftingStream(n_features=10, seed=47, model_id=model_id).take(n, ts, step_ms=0)
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.events,
-             [json.dumps({k: r[k] for k in ("event_id", "model_id", "ts", "features")}).encode()
-              for r in samples], key=model_id)
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.events,
+        [
+            json.dumps({k: r[k] for k in ("event_id", "model_id", "ts", "features")}).encode()
+            for r in samples
+        ],
+        key=model_id,
+    )
     # Twice: the second checkpoint surely began after every event was in the join's state.
     wait_for_a_checkpoint(job)
     wait_for_a_checkpoint(job)
     pid = taskmanager_pid(settings)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    wait_until("the restart count to grow", lambda: job.restarts() > restarts_before,
-               timeout_s=120, every_s=1)
+    wait_until(
+        "the restart count to grow",
+        lambda: job.restarts() > restarts_before,
+        timeout_s=120,
+        every_s=1,
+    )
     wait_until("every task RUNNING again", job.running, timeout_s=120, every_s=0.5)
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.labels,
-             [json.dumps({"event_id": r["event_id"], "model_id": model_id, "ts": ts + 10,
-                          "label": r["label"]}).encode() for r in samples], key=model_id)
-    final = wait_until(f"{n} samples applied", lambda: snapshot_where(
-        settings, model_id, lambda s: s.samples_applied >= n), timeout_s=120, every_s=0.2)
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.labels,
+        [
+            json.dumps(
+                {
+                    "event_id": r["event_id"],
+                    "model_id": model_id,
+                    "ts": ts + 10,
+                    "label": r["label"],
+                }
+            ).encode()
+            for r in samples
+        ],
+        key=model_id,
+    )
+    final = wait_until(
+        f"{n} samples applied",
+        lambda: snapshot_where(settings, model_id, lambda s: s.samples_applied >= n),
+        timeout_s=120,
+        every_s=0.2,
+    )
     assert final.samples_applied == n
 
 
@@ -334,9 +390,12 @@ def test_kafka_broker_restart_mid_stream(stack, status):
     restarts_before = job.restarts()
     producer = Producer(settings, model_id, n, rate=batch * 6, seed=43)
     producer.start()
-    wait_until("a few versions", lambda: snapshot_where(settings, model_id,
-                                                        lambda s: s.version >= 10),
-               timeout_s=60, every_s=0.1)
+    wait_until(
+        "a few versions",
+        lambda: snapshot_where(settings, model_id, lambda s: s.version >= 10),
+        timeout_s=60,
+        every_s=0.1,
+    )
 
     stopped_at = time.monotonic()
     assert processes.stop_process(settings, "kafka")
@@ -354,19 +413,25 @@ def test_kafka_broker_restart_mid_stream(stack, status):
     assert after["components"]["kafka"]["pids"] != before["components"]["kafka"]["pids"]
 
     producer.finish(180)
-    final = wait_until(f"{n} samples applied",
-                       lambda: snapshot_where(settings, model_id,
-                                              lambda s: s.samples_applied >= n),
-                       timeout_s=180, every_s=0.2)
+    final = wait_until(
+        f"{n} samples applied",
+        lambda: snapshot_where(settings, model_id, lambda s: s.samples_applied >= n),
+        timeout_s=180,
+        every_s=0.2,
+    )
     done_at = time.monotonic()
-    report(f"kafka restart: broker down {up_at - stopped_at:.1f}s (stop + start); all {n} "
-           f"samples applied {done_at - up_at:.1f}s after it was back")
+    report(
+        f"kafka restart: broker down {up_at - stopped_at:.1f}s (stop + start); all {n} "
+        f"samples applied {done_at - up_at:.1f}s after it was back"
+    )
     assert final.samples_applied == n
     assert final.version == n_batches
     assert final.weights.tobytes() == reference_weights(settings, model_id, [(43, n)]).tobytes()
     wait_until("every task RUNNING", job.running, timeout_s=120, every_s=0.5)
-    report(f"kafka restart: job restarts during the outage: {job.restarts() - restarts_before} "
-           f"(REST metric, up to 10 s old)")
+    report(
+        f"kafka restart: job restarts during the outage: {job.restarts() - restarts_before} "
+        f"(REST metric, up to 10 s old)"
+    )
 
 
 # --------------------------------------------------------------------------- Redis
@@ -385,15 +450,28 @@ def test_redis_outage_predictor_keeps_serving_and_replicas_converge(stack, statu
     model_id = f"redis-{uuid.uuid4().hex[:8]}"
     url = settings.predictor.url
     n_a, n_b = batch * 10, batch * 40
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=n_a,
-            rate=batch * 40, seed=45, bulk=batch, quiet=True)
-    first = wait_until("the first batches published",
-                       lambda: snapshot_where(settings, model_id,
-                                              lambda s: s.samples_applied == n_a),
-                       timeout_s=60, every_s=0.2)
-    wait_until("the predictor serving them",
-               lambda: (a := try_predict(url, model_id)) and
-               a["model_version"] == first.version, timeout_s=30, every_s=0.2)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model_id,
+        count=n_a,
+        rate=batch * 40,
+        seed=45,
+        bulk=batch,
+        quiet=True,
+    )
+    first = wait_until(
+        "the first batches published",
+        lambda: snapshot_where(settings, model_id, lambda s: s.samples_applied == n_a),
+        timeout_s=60,
+        every_s=0.2,
+    )
+    wait_until(
+        "the predictor serving them",
+        lambda: (a := try_predict(url, model_id)) and a["model_version"] == first.version,
+        timeout_s=30,
+        every_s=0.2,
+    )
     job = Job(settings, status()["job"]["id"])
     restarts_before = job.restarts()
 
@@ -403,21 +481,30 @@ def test_redis_outage_predictor_keeps_serving_and_replicas_converge(stack, statu
     assert processes.stop_process(settings, "redis")
     down_at = time.monotonic()
 
-    degraded = wait_until("the predictor answering degraded",
-                          lambda: (a := try_predict(url, model_id)) and a["degraded"] and a,
-                          timeout_s=20, every_s=0.2)
+    degraded = wait_until(
+        "the predictor answering degraded",
+        lambda: (a := try_predict(url, model_id)) and a["degraded"] and a,
+        timeout_s=20,
+        every_s=0.2,
+    )
     answers = [degraded]
 
     def failed_over() -> list[dict[str, Any]]:
         answers.append(predict(url, model_id))  # keeps answering all along
-        return [e for e in job.exceptions()
-                if e["timestamp"] >= down_ms and "redis" in e["stacktrace"].lower()]
+        return [
+            e
+            for e in job.exceptions()
+            if e["timestamp"] >= down_ms and "redis" in e["stacktrace"].lower()
+        ]
 
-    failures = wait_until("the job failing over on Redis errors", failed_over, timeout_s=90,
-                          every_s=1)
+    failures = wait_until(
+        "the job failing over on Redis errors", failed_over, timeout_s=90, every_s=1
+    )
     failed_at = time.monotonic()
-    report(f"redis outage: the job failed over {failed_at - down_at:.1f}s after Redis stopped "
-           f"({failures[0]['exceptionName']})")
+    report(
+        f"redis outage: the job failed over {failed_at - down_at:.1f}s after Redis stopped "
+        f"({failures[0]['exceptionName']})"
+    )
     for answer in answers:
         assert (answer["epoch"], answer["model_version"]) == (first.epoch, first.version)
         assert answer["degraded"] is True
@@ -430,29 +517,45 @@ def test_redis_outage_predictor_keeps_serving_and_replicas_converge(stack, statu
     up_at = time.monotonic()
     producer.finish(120)
     n = n_a + n_b
-    final = wait_until(f"{n} samples applied",
-                       lambda: snapshot_where(settings, model_id,
-                                              lambda s: s.samples_applied >= n),
-                       timeout_s=180, every_s=0.2)
+    final = wait_until(
+        f"{n} samples applied",
+        lambda: snapshot_where(settings, model_id, lambda s: s.samples_applied >= n),
+        timeout_s=180,
+        every_s=0.2,
+    )
     applied_at = time.monotonic()
     converged = wait_until(
         "the predictor on the trainer's latest version",
-        lambda: (a := try_predict(url, model_id)) and not a["degraded"] and
-        (a["epoch"], a["model_version"]) == (final.epoch, final.version) and a,
-        timeout_s=60, every_s=0.2)
+        lambda: (
+            (a := try_predict(url, model_id))
+            and not a["degraded"]
+            and (a["epoch"], a["model_version"]) == (final.epoch, final.version)
+            and a
+        ),
+        timeout_s=60,
+        every_s=0.2,
+    )
     converged_at = time.monotonic()
-    report(f"redis outage: down {up_at - down_at:.1f}s; after it came back, all samples "
-           f"applied in {applied_at - up_at:.1f}s and the predictor converged in "
-           f"{converged_at - up_at:.1f}s")
+    report(
+        f"redis outage: down {up_at - down_at:.1f}s; after it came back, all samples "
+        f"applied in {applied_at - up_at:.1f}s and the predictor converged in "
+        f"{converged_at - up_at:.1f}s"
+    )
     assert final.samples_applied == n
     assert final.version == n // batch
     assert final.epoch > first.epoch
-    assert final.weights.tobytes() == reference_weights(
-        settings, model_id, [(45, n_a), (46, n_b)]).tobytes()
+    assert (
+        final.weights.tobytes()
+        == reference_weights(settings, model_id, [(45, n_a), (46, n_b)]).tobytes()
+    )
     assert_served_was_published(settings, model_id, [*answers, converged])
     wait_until("every task RUNNING", job.running, timeout_s=120, every_s=0.5)
-    restarts = wait_until("the restart count to show the failover",
-                          lambda: (r := job.restarts() - restarts_before) >= 1 and r, 60, 1)
+    restarts = wait_until(
+        "the restart count to show the failover",
+        lambda: (r := job.restarts() - restarts_before) >= 1 and r,
+        60,
+        1,
+    )
     report(f"redis outage: {restarts} job restart(s) (failed attempts included)")
 
 
@@ -466,20 +569,35 @@ def test_killing_one_predictor_replica_under_load_leaves_the_other_answering(sta
     settings, config = stack
     batch = settings.job.batch_size
     model_id = f"replicas-{uuid.uuid4().hex[:8]}"
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=batch * 5,
-            rate=batch * 40, seed=47, bulk=batch, quiet=True)
-    wait_until("the model published", lambda: snapshot_where(settings, model_id,
-                                                             lambda s: s.version >= 5), 60)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model_id,
+        count=batch * 5,
+        rate=batch * 40,
+        seed=47,
+        bulk=batch,
+        quiet=True,
+    )
+    wait_until(
+        "the model published",
+        lambda: snapshot_where(settings, model_id, lambda s: s.version >= 5),
+        60,
+    )
     port = free_port(settings.predictor.host)
     second_url = f"http://{settings.predictor.host}:{port}"
-    pid = processes.start_process(settings, "predictor-2",
-                              [sys.executable, "-m", "flowlearn.serving", "--config", str(config)],
-                              env={"FLOWLEARN__PREDICTOR__PORT": str(port)})
+    pid = processes.start_process(
+        settings,
+        "predictor-2",
+        [sys.executable, "-m", "flowlearn.serving", "--config", str(config)],
+        env={"FLOWLEARN__PREDICTOR__PORT": str(port)},
+    )
     try:
         urls = [settings.predictor.url, second_url]
         for url in urls:
-            wait_until(f"{url} serving the model", lambda u=url: try_predict(u, model_id), 60,
-                       every_s=0.2)
+            wait_until(
+                f"{url} serving the model", lambda u=url: try_predict(u, model_id), 60, every_s=0.2
+            )
         # The model keeps changing under the load: 10 more versions a second.
         producer = Producer(settings, model_id, batch * 60, rate=batch * 10, seed=48)
         producer.start()
@@ -509,14 +627,20 @@ def test_killing_one_predictor_replica_under_load_leaves_the_other_answering(sta
         clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
         for t in clients:
             t.start()
-        wait_until("load on both replicas",
-                   lambda: {r for r, _, ok in outcomes if ok} == {0, 1} and len(outcomes) > 200,
-                   timeout_s=30, every_s=0.1)
+        wait_until(
+            "load on both replicas",
+            lambda: {r for r, _, ok in outcomes if ok} == {0, 1} and len(outcomes) > 200,
+            timeout_s=30,
+            every_s=0.1,
+        )
         os.kill(pid, signal.SIGKILL)
         killed_at.append(time.monotonic())
-        wait_until("load after the kill",
-                   lambda: sum(1 for _, when, _ in outcomes if when > killed_at[0] + 1) > 300,
-                   timeout_s=60, every_s=0.1)
+        wait_until(
+            "load after the kill",
+            lambda: sum(1 for _, when, _ in outcomes if when > killed_at[0] + 1) > 300,
+            timeout_s=60,
+            every_s=0.1,
+        )
         stop.set()
         for t in clients:
             t.join(10)
@@ -526,10 +650,12 @@ def test_killing_one_predictor_replica_under_load_leaves_the_other_answering(sta
         processes.stop_process(settings, "predictor-2")
     first_ok = [ok for r, _, ok in outcomes if r == 0]
     second_after = [ok for r, when, ok in outcomes if r == 1 and when > killed_at[0] + 0.5]
-    report(f"replica kill: {len(answers)} answers, replica 1: {len(first_ok)} requests "
-           f"({first_ok.count(False)} failed); replica 2: "
-           f"{sum(1 for r, _, ok in outcomes if r == 1 and ok)} answered, "
-           f"{sum(1 for r, _, ok in outcomes if r == 1 and not ok)} failed after its kill")
+    report(
+        f"replica kill: {len(answers)} answers, replica 1: {len(first_ok)} requests "
+        f"({first_ok.count(False)} failed); replica 2: "
+        f"{sum(1 for r, _, ok in outcomes if r == 1 and ok)} answered, "
+        f"{sum(1 for r, _, ok in outcomes if r == 1 and not ok)} failed after its kill"
+    )
     assert unanswered == []
     assert first_ok and all(first_ok), "the surviving replica failed requests"
     assert second_after and not any(second_after), "the killed replica kept answering?"

@@ -83,14 +83,16 @@ class Poison:
         elif kind == "label":
             base.update(event_id=f"ev-{self._mark()}", label=1)
         else:
-            base.update(command="set_learning_rate", args={"learning_rate": 0.05},
-                        source="test:poison")
+            base.update(
+                command="set_learning_rate", args={"learning_rate": 0.05}, source="test:poison"
+            )
         base.update(over)
         base["poison"] = self._mark()
         return {k: v for k, v in base.items() if v is not DROP}
 
-    def add(self, topic: str, what: str, raw: bytes | dict[str, Any] | str, expect: str,
-            model: str = "") -> bytes:
+    def add(
+        self, topic: str, what: str, raw: bytes | dict[str, Any] | str, expect: str, model: str = ""
+    ) -> bytes:
         if isinstance(raw, dict):
             raw = json.dumps(raw).encode()
         elif isinstance(raw, str):  # JSON text written as is (NaN, 1e400, huge ints)
@@ -107,15 +109,27 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
     p = Poison(model)
     far_future = now_ms() + 10 * YEAR_MS
     pad = "x" * (MAX_RECORD_BYTES + 1000)  # a record just over the parser's limit
-    for topic, kind in ((topics.samples, "sample"), (topics.events, "event"),
-                        (topics.labels, "label"), (topics.control, "control")):
+    for topic, kind in (
+        (topics.samples, "sample"),
+        (topics.events, "event"),
+        (topics.labels, "label"),
+        (topics.control, "control"),
+    ):
         add = p.add
         add(topic, "not JSON", f"\x00\x01 not json {p._mark()}".encode(), "not_json")
-        add(topic, "invalid UTF-8", b'{"model_id": "\xff\xfe' + p._mark().encode() + b'"}',
-            "not_json")
+        add(
+            topic,
+            "invalid UTF-8",
+            b'{"model_id": "\xff\xfe' + p._mark().encode() + b'"}',
+            "not_json",
+        )
         add(topic, "truncated JSON", json.dumps(p.obj(kind)).encode()[:-3], "not_json")
-        add(topic, "nested 100k deep", p.text(kind, '"x": ' + "[" * 100_000 + "]" * 100_000),
-            "not_json")
+        add(
+            topic,
+            "nested 100k deep",
+            p.text(kind, '"x": ' + "[" * 100_000 + "]" * 100_000),
+            "not_json",
+        )
         add(topic, "an int of 5000 digits", p.text(kind, '"big": ' + "9" * 5000), "not_json")
         add(topic, "a JSON array", json.dumps([p._mark(), 1, 2]), "not_object")
         add(topic, "a JSON string", json.dumps(p._mark()), "not_object")
@@ -129,8 +143,12 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
         add(topic, "ts 1e30", p.obj(kind, ts=1e30), "bad_field")
         add(topic, "ts NaN", p.text(kind, '"ts": NaN', ts=DROP), "bad_field")
         add(topic, "oversized (limit + 1000 bytes)", p.obj(kind, pad=pad), "too_large")
-        add(topic, "oversized, beyond the DLQ's whole-raw limit",
-            f"\x00{p._mark()}".encode() + b"z" * (MAX_DLQ_RAW_BYTES + 1000), "too_large")
+        add(
+            topic,
+            "oversized, beyond the DLQ's whole-raw limit",
+            f"\x00{p._mark()}".encode() + b"z" * (MAX_DLQ_RAW_BYTES + 1000),
+            "too_large",
+        )
 
     s = topics.samples
     add = p.add
@@ -146,29 +164,47 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
     add(s, "event_id empty", p.obj("sample", event_id=""), "bad_field")
     add(s, "features a string", p.obj("sample", features="1,2,3"), "bad_features")
     add(s, "features a map (dense model)", p.obj("sample", features={"a": 1}), "bad_features")
-    add(s, "a string among the features", p.obj("sample", features=["x"] + [0.0] * 9),
-        "bad_features")
-    add(s, "a bool among the features", p.obj("sample", features=[True] + [0.0] * 9),
-        "bad_features")
+    add(
+        s,
+        "a string among the features",
+        p.obj("sample", features=["x"] + [0.0] * 9),
+        "bad_features",
+    )
+    add(
+        s, "a bool among the features", p.obj("sample", features=[True] + [0.0] * 9), "bad_features"
+    )
     for literal in ("NaN", "Infinity", "-Infinity", "1e400", "9" * 400):
-        add(s, f"{literal[:12]} among the features",
-            p.text("sample", f'"features": [{literal}, 0, 0, 0, 0, 0, 0, 0, 0, 0]',
-                   features=DROP), "bad_features")
+        add(
+            s,
+            f"{literal[:12]} among the features",
+            p.text("sample", f'"features": [{literal}, 0, 0, 0, 0, 0, 0, 0, 0, 0]', features=DROP),
+            "bad_features",
+        )
     for count in (0, 9, 11):
         add(s, f"{count} features", p.obj("sample", features=[0.5] * count), "bad_features")
     # Accepted, and trained:
     add(s, "ts far in the past (1 ms)", p.obj("sample", ts=1), TRAINED)
     add(s, "ts 10 years ahead", p.obj("sample", ts=far_future), TRAINED)
     add(s, "unknown extra fields", p.obj("sample", extra={"a": [1, 2]}), TRAINED)
-    twice = add(s, "sent twice (same event_id)", p.obj("sample", event_id=f"dup-{p.marker}"),
-                TRAINED)
+    twice = add(
+        s, "sent twice (same event_id)", p.obj("sample", event_id=f"dup-{p.marker}"), TRAINED
+    )
     add(s, "... the same bytes again", twice, DUPLICATE)
     add(s, "an unknown model id", p.obj("sample", model_id=new_model), TRAINED, new_model)
     # Finite, but beyond what training can take: the trainer's gate refuses the batch.
     for value in ("1e300", "9" * 308):
-        add(s, f"features {value[:5]}... (finite)",
-            p.text("sample", f'"features": [{", ".join([value] * 10)}]', features=DROP,
-                   model_id=huge_model), GATE, huge_model)
+        add(
+            s,
+            f"features {value[:5]}... (finite)",
+            p.text(
+                "sample",
+                f'"features": [{", ".join([value] * 10)}]',
+                features=DROP,
+                model_id=huge_model,
+            ),
+            GATE,
+            huge_model,
+        )
 
     e = topics.events
     add(e, "no event_id", p.obj("event", event_id=DROP), "missing_field")
@@ -176,9 +212,12 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
     add(e, "event_id a number", p.obj("event", event_id=5), "bad_field")
     add(e, "event_id empty", p.obj("event", event_id=""), "bad_field")
     add(e, "3 features", p.obj("event", features=[0.5] * 3), "bad_features")
-    add(e, "NaN among the features",
+    add(
+        e,
+        "NaN among the features",
         p.text("event", '"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]', features=DROP),
-        "bad_features")
+        "bad_features",
+    )
     add(e, "ts 10 years ahead", p.obj("event", ts=far_future), "bad_field")
     add(e, "ts far in the past (1 ms)", p.obj("event", ts=1), EXPIRED)
 
@@ -198,15 +237,26 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
     add(c, "unknown command", p.obj("control", command="self_destruct"), "unknown_command")
     add(c, "empty command", p.obj("control", command=""), "unknown_command")
     add(c, "args a list", p.obj("control", args=[1]), "bad_field")
-    add(c, "rollback without a version", p.obj("control", command="rollback", args={}),
-        "bad_field")
-    add(c, "rollback to version \"3\"",
-        p.obj("control", command="rollback", args={"version": "3"}), "bad_field")
-    add(c, "learning rate NaN",
-        p.text("control", '"args": {"learning_rate": NaN}', args=DROP), "bad_field")
+    add(c, "rollback without a version", p.obj("control", command="rollback", args={}), "bad_field")
+    add(
+        c,
+        'rollback to version "3"',
+        p.obj("control", command="rollback", args={"version": "3"}),
+        "bad_field",
+    )
+    add(
+        c,
+        "learning rate NaN",
+        p.text("control", '"args": {"learning_rate": NaN}', args=DROP),
+        "bad_field",
+    )
     # Well-formed, so taken by the trainer, which answers each on fl.alerts:
-    add(c, "rollback to a version never made",
-        p.obj("control", command="rollback", args={"version": 10**9}), APPLIED)
+    add(
+        c,
+        "rollback to a version never made",
+        p.obj("control", command="rollback", args={"version": 10**9}),
+        APPLIED,
+    )
     add(c, "a negative learning rate", p.obj("control", args={"learning_rate": -1}), APPLIED)
     add(c, "ts 10 years ahead (the default rate)", p.obj("control", ts=far_future), APPLIED)
     return p
@@ -217,11 +267,13 @@ def good_pairs(p: Poison, topics: Any, n: int) -> tuple[list[Sent], list[Sent]]:
     events, labels = [], []
     for _ in range(n):
         event = p.obj("event")
-        events.append(Sent(topics.events, "a good event", json.dumps(event).encode(), TRAINED,
-                           p.model))
+        events.append(
+            Sent(topics.events, "a good event", json.dumps(event).encode(), TRAINED, p.model)
+        )
         label = p.obj("label", event_id=event["event_id"], ts=event["ts"])
-        labels.append(Sent(topics.labels, "its label", json.dumps(label).encode(), TRAINED,
-                           p.model))
+        labels.append(
+            Sent(topics.labels, "its label", json.dumps(label).encode(), TRAINED, p.model)
+        )
     return events, labels
 
 
@@ -240,9 +292,14 @@ class Dlq:
 
     def __init__(self, settings: Any) -> None:
         self.consumer = KafkaConsumer(
-            settings.kafka.topics.dlq, bootstrap_servers=settings.kafka.bootstrap,
-            auto_offset_reset="earliest", isolation_level="read_committed",
-            consumer_timeout_ms=500, group_id=None, max_partition_fetch_bytes=4 << 20)
+            settings.kafka.topics.dlq,
+            bootstrap_servers=settings.kafka.bootstrap,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            consumer_timeout_ms=500,
+            group_id=None,
+            max_partition_fetch_bytes=4 << 20,
+        )
         self.records: list[dict[str, Any]] = []
 
     def read(self) -> list[dict[str, Any]]:
@@ -267,9 +324,13 @@ def model_metrics(job: Job, operator: str, model: str) -> dict[str, int]:
 
 def alerts_of(settings: Any, model: str) -> list[dict[str, Any]]:
     consumer = KafkaConsumer(
-        settings.kafka.topics.alerts, bootstrap_servers=settings.kafka.bootstrap,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        consumer_timeout_ms=500, group_id=None)
+        settings.kafka.topics.alerts,
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        consumer_timeout_ms=500,
+        group_id=None,
+    )
     try:
         return [a for m in consumer if (a := json.loads(m.value))["model_id"] == model]
     finally:
@@ -294,17 +355,25 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
 
     # 1. Good traffic first: the model exists and the join's watermark is running.
     p = build_poison(topics, model, new_model, huge_model)
-    good_samples = [Sent(topics.samples, "a good sample", json.dumps(p.obj("sample")).encode(),
-                         TRAINED, model) for _ in range(40)]
+    good_samples = [
+        Sent(topics.samples, "a good sample", json.dumps(p.obj("sample")).encode(), TRAINED, model)
+        for _ in range(40)
+    ]
     events, labels = good_pairs(p, topics, 20)
-    send(settings.kafka.bootstrap, [(topics.samples, r.raw) for r in good_samples] +
-         [(topics.events, r.raw) for r in events] + [(topics.labels, r.raw) for r in labels],
-         key=model)
+    send(
+        settings.kafka.bootstrap,
+        [(topics.samples, r.raw) for r in good_samples]
+        + [(topics.events, r.raw) for r in events]
+        + [(topics.labels, r.raw) for r in labels],
+        key=model,
+    )
     wait_until("the good records trained", lambda: applied(model) == 60, 60, 0.2)
 
     # 2. The poison, and duplicates of a good event and label (counted, not trained).
-    duplicates = [Sent(topics.events, "a good event again", events[0].raw, DUPLICATE, model),
-                  Sent(topics.labels, "a good label again", labels[0].raw, DUPLICATE, model)]
+    duplicates = [
+        Sent(topics.events, "a good event again", events[0].raw, DUPLICATE, model),
+        Sent(topics.labels, "a good label again", labels[0].raw, DUPLICATE, model),
+    ]
     poison = p.records + duplicates
     send(settings.kafka.bootstrap, [(r.topic, r.raw) for r in poison], key=model)
     # A record beyond Kafka's message size never gets in: the producer is told.
@@ -314,19 +383,27 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
     producer.close()
 
     # 3. Event time moves on (the orphan label's deadline passes) with more good pairs.
-    orphan_ts = max(json.loads(r.raw)["ts"] for r in p.records
-                    if r.expect == "no_event")
+    orphan_ts = max(json.loads(r.raw)["ts"] for r in p.records if r.expect == "no_event")
     out_of_order = settings.job.out_of_orderness_ms
-    wait_until("event time past the orphan label",
-               lambda: now_ms() > orphan_ts + 1000 + out_of_order + 500, 10, 0.1)
+    wait_until(
+        "event time past the orphan label",
+        lambda: now_ms() > orphan_ts + 1000 + out_of_order + 500,
+        10,
+        0.1,
+    )
     more_events, more_labels = good_pairs(p, topics, 5)
-    send(settings.kafka.bootstrap, [(topics.events, r.raw) for r in more_events] +
-         [(topics.labels, r.raw) for r in more_labels], key=model)
+    send(
+        settings.kafka.bootstrap,
+        [(topics.events, r.raw) for r in more_events]
+        + [(topics.labels, r.raw) for r in more_labels],
+        key=model,
+    )
     sent = good_samples + events + labels + poison + more_events + more_labels
 
     # Every DLQ-bound record comes back once, with its reason.
-    expected = {r.sha: r for r in poison if r.expect not in (TRAINED, DUPLICATE, EXPIRED,
-                                                             APPLIED, GATE)}
+    expected = {
+        r.sha: r for r in poison if r.expect not in (TRAINED, DUPLICATE, EXPIRED, APPLIED, GATE)
+    }
     assert len(expected) == sum(1 for r in poison if r.sha in expected), "markers not unique"
     dlq = Dlq(settings)
     found: Counter[str] = Counter()
@@ -357,11 +434,11 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
         dlq.close()
     assert set(found.values()) == {1}, "a record dead-lettered twice"
 
-    trained_samples = [r for r in good_samples + poison
-                       if r.topic == topics.samples and r.expect == TRAINED]
+    trained_samples = [
+        r for r in good_samples + poison if r.topic == topics.samples and r.expect == TRAINED
+    ]
     n_model = sum(1 for r in trained_samples if r.model == model) + len(events + more_events)
-    wait_until(f"{n_model} samples of {model} applied", lambda: applied(model) >= n_model, 60,
-               0.2)
+    wait_until(f"{n_model} samples of {model} applied", lambda: applied(model) >= n_model, 60, 0.2)
     assert applied(model) == n_model
     assert applied(new_model) == 1  # unknown_model_policy = "create"
     assert read_snapshot(client, keys, huge_model) is None  # never a version
@@ -370,13 +447,20 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
     # samples by the trainer (REST metrics lag ~10 s). (The join's ``unmatched_labels``,
     # counted in the event-time timer for ``no_event``, never reaches Flink's metrics: see
     # docs/reliability.md.)
-    want = {"joined": len(events + more_events), "duplicates": 2, "expired": 1, "late": 1,
-            "duplicate_samples": 1}
+    want = {
+        "joined": len(events + more_events),
+        "duplicates": 2,
+        "expired": 1,
+        "late": 1,
+        "duplicate_samples": 1,
+    }
     seen: list[dict[str, int]] = [{}]
 
     def counted() -> bool:
-        seen[0] = {**model_metrics(job, "label-join", model),
-                   **model_metrics(job, "trainer", model)}
+        seen[0] = {
+            **model_metrics(job, "label-join", model),
+            **model_metrics(job, "trainer", model),
+        }
         return all(seen[0].get(k) == v for k, v in want.items())
 
     try:
@@ -386,17 +470,25 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
     metrics = seen[0]
 
     # The control commands that parsed were taken, each answered on fl.alerts.
-    answered = wait_until("an alert for each command taken", lambda: (a := [
-        x for x in alerts_of(settings, model) if x["kind"] in ("control", "rollback")])
-        and len(a) >= 3 and a, 60, 1)
+    answered = wait_until(
+        "an alert for each command taken",
+        lambda: (
+            (a := [x for x in alerts_of(settings, model) if x["kind"] in ("control", "rollback")])
+            and len(a) >= 3
+            and a
+        ),
+        60,
+        1,
+    )
     assert len(answered) == 3
     assert sorted(a["detail"]["ok"] for a in answered) == [False, False, True]
     gate_alerts = [a for a in alerts_of(settings, huge_model) if a["kind"] == GATE]
     assert sum(a["detail"]["samples"] for a in gate_alerts) == 2
 
     # The books balance: every record sent is one of these.
-    outcome = Counter("dlq" if r.expect not in (TRAINED, DUPLICATE, EXPIRED, APPLIED)
-                      else r.expect for r in sent)
+    outcome = Counter(
+        "dlq" if r.expect not in (TRAINED, DUPLICATE, EXPIRED, APPLIED) else r.expect for r in sent
+    )
     trained_records = applied(model) + applied(new_model) + len(events + more_events)
     assert outcome["dlq"] == len(expected) + sum(gate_rows)
     assert outcome[TRAINED] == trained_records  # a joined sample is two records
@@ -409,6 +501,8 @@ def test_every_poison_record_is_accounted_for_and_the_job_keeps_running(stack, s
     assert [e for e in job.exceptions() if e["timestamp"] >= started_ms] == []
     assert job.rest("")["state"] == "RUNNING"
     assert job.restarts() == restarts_before
-    print(f"[poison] {len(sent)} records: {dict(outcome)}; duplicates and expiry counted by "
-          f"the join and the trainer: {metrics}; {time.monotonic() - started:.1f}s",
-          file=sys.stderr)
+    print(
+        f"[poison] {len(sent)} records: {dict(outcome)}; duplicates and expiry counted by "
+        f"the join and the trainer: {metrics}; {time.monotonic() - started:.1f}s",
+        file=sys.stderr,
+    )

@@ -60,12 +60,22 @@ def test_a_poisoned_model_is_rolled_back_to_its_registered_checkpoint(stack):
     clean, poisoned = stream.take(3200, 1000), stream.take(1600, 4200)
     for r in poisoned:
         r["label"] = 1 - r["label"]
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples,
-             [json.dumps(r).encode() for r in clean + poisoned], key=model)
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.samples,
+        [json.dumps(r).encode() for r in clean + poisoned],
+        key=model,
+    )
 
     def rollback_done():
-        return next((a for a in alerts_of(settings, model)
-                     if a["kind"] == "rollback" and a["detail"].get("ok")), None)
+        return next(
+            (
+                a
+                for a in alerts_of(settings, model)
+                if a["kind"] == "rollback" and a["detail"].get("ok")
+            ),
+            None,
+        )
 
     done = wait_until("the trainer's rollback alert", rollback_done, timeout_s=120, every_s=1)
     assert done["detail"]["source"] == "checkpoint:auto-rollback"
@@ -76,12 +86,15 @@ def test_a_poisoned_model_is_rolled_back_to_its_registered_checkpoint(stack):
 
     client = redis_client(settings.redis, timeout_s=5)
     keys = Keys(settings.redis.prefix)
-    snap = wait_until(f"{model} at version {new_version}",
-                      lambda: (s := read_snapshot(client, keys, model)) and
-                      s.version >= new_version and s, timeout_s=60)
+    snap = wait_until(
+        f"{model} at version {new_version}",
+        lambda: (s := read_snapshot(client, keys, model)) and s.version >= new_version and s,
+        timeout_s=60,
+    )
     registry = Registry.from_settings(settings)
-    registered = wait_until(f"checkpoint {target} registered",
-                            lambda: registry.get(model, target), timeout_s=60)
+    registered = wait_until(
+        f"checkpoint {target} registered", lambda: registry.get(model, target), timeout_s=60
+    )
     served = weights_published_at(client, keys, model, snap, new_version)
     assert codec.encode_array(served) == registry.load_weights(model, target)
     assert registered.metrics["windowed_accuracy"] > 0.75
@@ -97,7 +110,7 @@ def test_a_poisoned_model_is_rolled_back_to_its_registered_checkpoint(stack):
     Xs = np.array([r["features"] for r in data])
     ys = np.array([r["label"] for r in data], dtype=float)
     for i in range(0, len(ys), settings.job.batch_size):
-        trainer.train_batch(Xs[i:i + 32], ys[i:i + 32])
+        trainer.train_batch(Xs[i : i + 32], ys[i : i + 32])
     poisoned_accuracy = accuracy(trainer.model.weights_vector(), X, y)
     restored_accuracy = accuracy(served, X, y)
     assert restored_accuracy > poisoned_accuracy + 0.2, (restored_accuracy, poisoned_accuracy)
@@ -118,8 +131,11 @@ class Poller(threading.Thread):
         body = json.dumps({"instances": [[0.3] * 10]}).encode()
         while not self.stop.is_set():
             for m in self.model_ids:
-                req = urllib.request.Request(f"{self.url}/v1/models/{m}:predict", data=body,
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    f"{self.url}/v1/models/{m}:predict",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=2) as resp:
                         a = json.loads(resp.read())
@@ -137,22 +153,40 @@ def test_savepoint_rollback_resumes_a_new_epoch_and_never_mixes_lineages(stack):
     keys = Keys(settings.redis.prefix)
 
     def applied(model, n):
-        return wait_until(f"{model}: {n} samples applied",
-                          lambda: (s := read_snapshot(client, keys, model)) and
-                          s.samples_applied == n and s, timeout_s=120)
+        return wait_until(
+            f"{model}: {n} samples applied",
+            lambda: (s := read_snapshot(client, keys, model)) and s.samples_applied == n and s,
+            timeout_s=120,
+        )
 
     # Bulk records of one batch each: batch boundaries, hence versions, replay identically.
     for model in (quiet, busy):
-        produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model, count=640,
-                rate=1e9, seed=3, bulk=settings.job.batch_size, quiet=True)
+        produce(
+            settings.kafka.bootstrap,
+            settings.kafka.topics,
+            model_id=model,
+            count=640,
+            rate=1e9,
+            seed=3,
+            bulk=settings.job.batch_size,
+            quiet=True,
+        )
     before = {m: applied(m, 640) for m in (quiet, busy)}
     out = flowlearn("savepoint", "--reason", "e2e", config=config)
     assert out.returncode == 0, out.stderr
     entry = json.loads(flowlearn("savepoints", "--json", config=config).stdout)[-1]
     assert entry["models"][quiet]["version"] == before[quiet].version
     # After the savepoint only the busy model learns more (replayed after the rollback).
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=busy, count=640,
-            rate=1e9, seed=4, bulk=settings.job.batch_size, quiet=True)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=busy,
+        count=640,
+        rate=1e9,
+        seed=4,
+        bulk=settings.job.batch_size,
+        quiet=True,
+    )
     busy_final = applied(busy, 1280)
 
     poller = Poller(settings, [quiet, busy])
@@ -163,12 +197,21 @@ def test_savepoint_rollback_resumes_a_new_epoch_and_never_mixes_lineages(stack):
         assert out.returncode == 0, out.stdout + out.stderr
         rollback_s = time.monotonic() - t0
         assert "stop with savepoint" in out.stdout and "total" in out.stdout
-        wait_until("both models served under the new epoch", lambda: {
-            m for m, e, _, _ in poller.seen[-20:] if e > before[quiet].epoch} == {quiet, busy},
-            timeout_s=90)
-        wait_until("the busy model replayed to its final version", lambda: any(
-            m == busy and e > busy_final.epoch and v == busy_final.version
-            for m, e, v, _ in poller.seen), timeout_s=90)
+        wait_until(
+            "both models served under the new epoch",
+            lambda: (
+                {m for m, e, _, _ in poller.seen[-20:] if e > before[quiet].epoch} == {quiet, busy}
+            ),
+            timeout_s=90,
+        )
+        wait_until(
+            "the busy model replayed to its final version",
+            lambda: any(
+                m == busy and e > busy_final.epoch and v == busy_final.version
+                for m, e, v, _ in poller.seen
+            ),
+            timeout_s=90,
+        )
     finally:
         poller.stop.set()
         poller.join()
@@ -200,22 +243,47 @@ def test_a_batch_baseline_is_registered_and_warm_starts_the_online_model(stack, 
     model = f"warm-{uuid.uuid4().hex[:6]}"
     history = DriftingStream(n_features=10, seed=41, model_id=model).take(3000, 0)
     data = tmp_path / "history.parquet"
-    pq.write_table(pa.table({"model_id": [r["model_id"] for r in history],
-                             "features": [r["features"] for r in history],
-                             "label": [float(r["label"]) for r in history]}), data)
+    pq.write_table(
+        pa.table(
+            {
+                "model_id": [r["model_id"] for r in history],
+                "features": [r["features"] for r in history],
+                "label": [float(r["label"]) for r in history],
+            }
+        ),
+        data,
+    )
     baseline_file = tmp_path / "baseline.flc"
-    out = flowlearn("train-batch", "--model", model, "--data", str(data), "--warm-start",
-                    "--out", str(baseline_file), config=config)
+    out = flowlearn(
+        "train-batch",
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--warm-start",
+        "--out",
+        str(baseline_file),
+        config=config,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "registered baseline 1" in out.stdout
 
-    done = wait_until("the warm start alert", lambda: next(
-        (a for a in alerts_of(settings, model) if a["detail"].get("command") == "warm_start"),
-        None), timeout_s=120, every_s=1)
+    done = wait_until(
+        "the warm start alert",
+        lambda: next(
+            (a for a in alerts_of(settings, model) if a["detail"].get("command") == "warm_start"),
+            None,
+        ),
+        timeout_s=120,
+        every_s=1,
+    )
     assert done["detail"]["ok"], done
     client = redis_client(settings.redis, timeout_s=5)
-    snap = wait_until(f"{model} published", lambda: read_snapshot(
-        client, Keys(settings.redis.prefix), model), timeout_s=60)
+    snap = wait_until(
+        f"{model} published",
+        lambda: read_snapshot(client, Keys(settings.redis.prefix), model),
+        timeout_s=60,
+    )
     assert snap.version == done["detail"]["new_version"] == 1
     registry = Registry.from_settings(settings)
     baseline = registry.latest_baseline(model)
@@ -238,12 +306,22 @@ def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
     keys = Keys(settings.redis.prefix)
 
     def applied(n):
-        return wait_until(f"{model}: {n} samples applied",
-                          lambda: (s := read_snapshot(client, keys, model)) and
-                          s.samples_applied == n and s, timeout_s=120)
+        return wait_until(
+            f"{model}: {n} samples applied",
+            lambda: (s := read_snapshot(client, keys, model)) and s.samples_applied == n and s,
+            timeout_s=120,
+        )
 
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model, count=320,
-            rate=1e9, seed=5, bulk=settings.job.batch_size, quiet=True)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model,
+        count=320,
+        rate=1e9,
+        seed=5,
+        bulk=settings.job.batch_size,
+        quiet=True,
+    )
     before = applied(320)
     # "Version 2" of the job: the trainer's alerts carry a new field; layout unchanged.
     v2 = tmp_path / "job-v2"
@@ -251,27 +329,62 @@ def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
     trainer = v2 / "operators" / "trainer.py"
     code = trainer.read_text()
     assert '"ts": now_ms(), "detail": detail}' in code
-    trainer.write_text(code.replace('"ts": now_ms(), "detail": detail}',
-                                    '"ts": now_ms(), "detail": detail, "code": "v2"}'))
+    trainer.write_text(
+        code.replace(
+            '"ts": now_ms(), "detail": detail}', '"ts": now_ms(), "detail": detail, "code": "v2"}'
+        )
+    )
     job = jobctl.find_job(settings)
     path = jobctl.stop_with_savepoint(settings, job, reason="upgrade test")
     try:
         jobctl.submit(settings, from_savepoint=path, job_sources=v2)
-        produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model, count=320,
-                rate=1e9, seed=6, bulk=settings.job.batch_size, quiet=True)
+        produce(
+            settings.kafka.bootstrap,
+            settings.kafka.topics,
+            model_id=model,
+            count=320,
+            rate=1e9,
+            seed=6,
+            bulk=settings.job.batch_size,
+            quiet=True,
+        )
         after = applied(640)  # the restored state went on counting
         assert after.version == before.version + 10
-        send_raw(settings.kafka.bootstrap, settings.kafka.topics.control,
-                 [json.dumps({"model_id": model, "command": "set_learning_rate",
-                              "args": {"learning_rate": 0.01}, "ts": 1,
-                              "source": "test"}).encode()], key=model)
-        alert = wait_until("the set_learning_rate alert", lambda: next(
-            (a for a in alerts_of(settings, model)
-             if a["detail"].get("command") == "set_learning_rate"), None),
-            timeout_s=60, every_s=1)
+        send_raw(
+            settings.kafka.bootstrap,
+            settings.kafka.topics.control,
+            [
+                json.dumps(
+                    {
+                        "model_id": model,
+                        "command": "set_learning_rate",
+                        "args": {"learning_rate": 0.01},
+                        "ts": 1,
+                        "source": "test",
+                    }
+                ).encode()
+            ],
+            key=model,
+        )
+        alert = wait_until(
+            "the set_learning_rate alert",
+            lambda: next(
+                (
+                    a
+                    for a in alerts_of(settings, model)
+                    if a["detail"].get("command") == "set_learning_rate"
+                ),
+                None,
+            ),
+            timeout_s=60,
+            every_s=1,
+        )
         assert alert["detail"]["ok"] and alert.get("code") == "v2", alert  # the new code
     finally:  # back to this checkout's code for the tests that follow
         running = jobctl.find_job(settings)
-        back = (jobctl.stop_with_savepoint(settings, running, reason="upgrade test done")
-                if running else path)
+        back = (
+            jobctl.stop_with_savepoint(settings, running, reason="upgrade test done")
+            if running
+            else path
+        )
         jobctl.submit(settings, from_savepoint=back)

@@ -30,7 +30,8 @@ def predict(settings, model_id, instances):
     req = urllib.request.Request(
         f"{settings.predictor.url}/v1/models/{model_id}:predict",
         data=json.dumps({"instances": instances}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
@@ -47,8 +48,15 @@ def test_samples_are_trained_published_and_served(stack):
     settings, _ = stack
     model_id = f"e2e-{uuid.uuid4().hex[:8]}"
     n = 2000
-    sent = produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id,
-                   count=n, rate=20_000, seed=7, quiet=True)
+    sent = produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model_id,
+        count=n,
+        rate=20_000,
+        seed=7,
+        quiet=True,
+    )
     assert sent == n
     client = redis_client(settings)
     keys = Keys(settings.redis.prefix)
@@ -61,8 +69,11 @@ def test_samples_are_trained_published_and_served(stack):
     assert snap.spec["n_features"] == 10
     answer = wait_until(
         f"predictor serving version {snap.version}",
-        lambda: (a := try_predict(settings, model_id, [[0.1] * 10])) and
-        a["model_version"] == snap.version and a,
+        lambda: (
+            (a := try_predict(settings, model_id, [[0.1] * 10]))
+            and a["model_version"] == snap.version
+            and a
+        ),
         timeout_s=30,
     )
     assert answer["epoch"] == snap.epoch
@@ -73,8 +84,16 @@ def test_events_joined_with_delayed_labels_are_trained_once(stack):
     settings, _ = stack
     model_id = f"join-{uuid.uuid4().hex[:8]}"
     n = 600
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=n,
-            rate=2_000, seed=11, label_delay_ms=1_000, quiet=True)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model_id,
+        count=n,
+        rate=2_000,
+        seed=11,
+        label_delay_ms=1_000,
+        quiet=True,
+    )
     client = redis_client(settings)
     keys = Keys(settings.redis.prefix)
     wait_until(
@@ -101,22 +120,43 @@ def weights_at(client, keys, model_id, version, size):
 def test_model_rollback_republishes_old_weights_bit_for_bit(stack):
     settings, config = stack
     model_id = f"rb-{uuid.uuid4().hex[:8]}"
-    produce(settings.kafka.bootstrap, settings.kafka.topics, model_id=model_id, count=320,
-            rate=10_000, seed=3, quiet=True)
+    produce(
+        settings.kafka.bootstrap,
+        settings.kafka.topics,
+        model_id=model_id,
+        count=320,
+        rate=10_000,
+        seed=3,
+        quiet=True,
+    )
     client = redis_client(settings)
     keys = Keys(settings.redis.prefix)
-    snap = wait_until("10 versions", lambda: (s := read_snapshot(client, keys, model_id)) and
-                      s.samples_applied == 320 and s, timeout_s=90)
+    snap = wait_until(
+        "10 versions",
+        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == 320 and s,
+        timeout_s=90,
+    )
     target = weights_at(client, keys, model_id, 3, snap.weights.size)
     t0 = time.monotonic()
     out = flowlearn("rollback", "--model", model_id, "--to-version", "3", config=config)
     assert out.returncode == 0, out.stderr
-    rolled = wait_until("the rollback version", lambda: (s := read_snapshot(
-        client, keys, model_id)) and s.version == snap.version + 1 and s, timeout_s=60,
-        every_s=0.05)
-    served = wait_until("the predictor serving it", lambda: (a := try_predict(
-        settings, model_id, [[0.1] * 10])) and a["model_version"] == rolled.version,
-        timeout_s=30, every_s=0.05)
+    rolled = wait_until(
+        "the rollback version",
+        lambda: (
+            (s := read_snapshot(client, keys, model_id)) and s.version == snap.version + 1 and s
+        ),
+        timeout_s=60,
+        every_s=0.05,
+    )
+    served = wait_until(
+        "the predictor serving it",
+        lambda: (
+            (a := try_predict(settings, model_id, [[0.1] * 10]))
+            and a["model_version"] == rolled.version
+        ),
+        timeout_s=30,
+        every_s=0.05,
+    )
     # The command's path: the CLI process (Python start-up included), Kafka, the trainer,
     # Redis, the predictor.
     print(f"model rollback: command to served version in {time.monotonic() - t0:.2f}s")
@@ -128,8 +168,9 @@ BAD = {
     b"this is not json": "not_json",
     b'{"model_id": "demo", "ts": 5, "label": 1}': "missing_field",
     b'{"model_id": "demo", "ts": 5, "features": [1,2,3], "label": 1}': "bad_features",
-    b'{"model_id": "demo", "ts": 5, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}':
-        "bad_features",
+    (
+        b'{"model_id": "demo", "ts": 5, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}'
+    ): "bad_features",
 }
 
 
@@ -138,13 +179,18 @@ def test_malformed_records_reach_the_dlq_and_the_job_keeps_running(stack, status
 
     settings, _ = stack
     marker = uuid.uuid4().hex.encode()
-    records = {raw.replace(b"demo", b"demo-" + marker) if b"demo" in raw else raw + marker:
-               reason for raw, reason in BAD.items()}
+    records = {
+        raw.replace(b"demo", b"demo-" + marker) if b"demo" in raw else raw + marker: reason
+        for raw, reason in BAD.items()
+    }
     send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples, list(records))
     consumer = KafkaConsumer(
-        settings.kafka.topics.dlq, bootstrap_servers=settings.kafka.bootstrap,
-        auto_offset_reset="earliest", isolation_level="read_committed",
-        consumer_timeout_ms=1000, group_id=None,
+        settings.kafka.topics.dlq,
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        consumer_timeout_ms=1000,
+        group_id=None,
     )
     found: dict[bytes, str] = {}
 
@@ -178,19 +224,33 @@ def test_status_json_shows_components_job_and_models(stack, status):
 
 def test_job_and_predictor_metrics_reach_prometheus(stack):
     settings, _ = stack
-    job = {f"flink_taskmanager_job_task_operator_{name}" for name in (
-        "samples_parsed", "samples_trained", "versions_published", "model_version",
-        "model_samples_trained")}
-    predictor = {"flowlearn_predictor_requests_total", "flowlearn_predictor_model_version",
-                 "flowlearn_predictor_request_seconds_bucket"}
+    job = {
+        f"flink_taskmanager_job_task_operator_{name}"
+        for name in (
+            "samples_parsed",
+            "samples_trained",
+            "versions_published",
+            "model_version",
+            "model_samples_trained",
+        )
+    }
+    predictor = {
+        "flowlearn_predictor_requests_total",
+        "flowlearn_predictor_model_version",
+        "flowlearn_predictor_request_seconds_bucket",
+    }
 
     def missing():
         url = f"{settings.prometheus.url}/api/v1/label/__name__/values"
         with urllib.request.urlopen(url, timeout=5) as resp:
             return (job | predictor) - set(json.loads(resp.read())["data"])
 
-    wait_until("the job's and the predictor's metrics in Prometheus", lambda: not missing(),
-               timeout_s=90, every_s=1)
+    wait_until(
+        "the job's and the predictor's metrics in Prometheus",
+        lambda: not missing(),
+        timeout_s=90,
+        every_s=1,
+    )
 
 
 def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
@@ -225,29 +285,49 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
         return int(got[0]["value"]) if got else 0
 
     restarts_before = restarts()
-    producer = threading.Thread(target=produce, kwargs=dict(
-        bootstrap=settings.kafka.bootstrap, topics=settings.kafka.topics, model_id=model_id,
-        count=n, rate=batch * 8, seed=21, bulk=batch, quiet=True))
+    producer = threading.Thread(
+        target=produce,
+        kwargs=dict(
+            bootstrap=settings.kafka.bootstrap,
+            topics=settings.kafka.topics,
+            model_id=model_id,
+            count=n,
+            rate=batch * 8,
+            seed=21,
+            bulk=batch,
+            quiet=True,
+        ),
+    )
     producer.start()
     client = redis_client(settings)
     keys = Keys(settings.redis.prefix)
     # Kill once a few versions are out and a checkpoint has completed since.
-    wait_until("a few versions", lambda: (s := read_snapshot(client, keys, model_id)) and
-               s.version >= 10, timeout_s=60, every_s=0.1)
+    wait_until(
+        "a few versions",
+        lambda: (s := read_snapshot(client, keys, model_id)) and s.version >= 10,
+        timeout_s=60,
+        every_s=0.1,
+    )
 
     def completed_checkpoints() -> int:
         return int(flink_rest(settings, f"/jobs/{job_id}/checkpoints")["counts"]["completed"])
 
     seen = completed_checkpoints()
-    wait_until("a checkpoint with some of this model's versions",
-               lambda: completed_checkpoints() > seen, timeout_s=60, every_s=0.2)
+    wait_until(
+        "a checkpoint with some of this model's versions",
+        lambda: completed_checkpoints() > seen,
+        timeout_s=60,
+        every_s=0.2,
+    )
     epoch_before = read_snapshot(client, keys, model_id).epoch
     tm_java = status()["components"]["taskmanager"]["pids"][-1]
     os.kill(tm_java, signal.SIGKILL)
     producer.join(timeout=120)
-    final = wait_until(f"{n} samples applied after recovery",
-                       lambda: (s := read_snapshot(client, keys, model_id)) and
-                       s.samples_applied >= n and s, timeout_s=240)
+    final = wait_until(
+        f"{n} samples applied after recovery",
+        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied >= n and s,
+        timeout_s=240,
+    )
     assert final.samples_applied == n
     assert final.version == n_batches
     # The REST metrics are fetched every 10 s by default: wait for them to show the restart.
@@ -258,6 +338,6 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
     X = np.array([r["features"] for r in records])
     y = np.array([r["label"] for r in records], dtype=float)
     for i in range(0, n, batch):
-        reference.train_batch(X[i:i + batch], y[i:i + batch])
+        reference.train_batch(X[i : i + batch], y[i : i + batch])
     assert final.weights.tobytes() == reference.model.weights_vector().tobytes()
     wait_until("the job RUNNING again", lambda: status()["job"]["state"] == "RUNNING", 120)

@@ -22,18 +22,56 @@ class TestCA:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.key, self.cert = directory / "ca.key", directory / "ca.crt"
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                "/CN=flowlearn test CA", "-keyout", self.key, "-out", self.cert)
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=flowlearn test CA",
+            "-keyout",
+            self.key,
+            "-out",
+            self.cert,
+        )
 
     def issue(self, name: str, san: str = "IP:127.0.0.1") -> tuple[Path, Path]:
         """A certificate for ``name`` valid for ``san``: (certificate, key) files."""
         key, csr, cert = (self.directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", key, "-out", csr)
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+        )
         ext = self.directory / f"{name}.ext"
         ext.write_text(f"subjectAltName={san}\n")
-        openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
-                "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", cert)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            self.cert,
+            "-CAkey",
+            self.key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+            "-out",
+            cert,
+        )
         return cert, key
 
 

@@ -27,7 +27,8 @@ def bundles_of(records, **env):
     conf = load_settings(env=env)
     flink = local_environment(operators_jar(conf))
     out = bundled(raw_stream(flink, records), conf, "bundles").map(
-        lambda b: [digest(r) for r in unbundle(bytes(b))], output_type=Types.LIST(Types.STRING()))
+        lambda b: [digest(r) for r in unbundle(bytes(b))], output_type=Types.LIST(Types.STRING())
+    )
     with out.execute_and_collect() as results:
         return [list(bundle) for bundle in results]
 
@@ -45,8 +46,10 @@ def test_records_come_out_whole_in_order_in_bundles_within_the_limits():
 
 
 @settings(max_examples=5, deadline=None)
-@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=60),
-       st.integers(min_value=1, max_value=9))
+@given(
+    st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=60),
+    st.integers(min_value=1, max_value=9),
+)
 def test_any_records_survive_the_framing(records, per_bundle):
     out = bundles_of(records, FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS=str(per_bundle))
     assert [r for bundle in out for r in bundle] == [digest(r) for r in records]

@@ -22,45 +22,65 @@ BAD_RECORDS = {
     b"\xff\xfe\x00binary": "not_json",
     b'{"model_id": "demo", "ts": 1, "label": 1}': "missing_field",
     b'{"model_id": "demo", "ts": 1, "features": [1, 2], "label": 1}': "bad_features",
-    b'{"model_id": "demo", "ts": 1, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}':
-        "bad_features",
+    (
+        b'{"model_id": "demo", "ts": 1, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}'
+    ): "bad_features",
 }
 
 
 def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "64", **env_overrides})
     env = local_environment(operators_jar(settings))
-    sources = RawSources(raw_stream(env, samples), raw_stream(env, events),
-                         raw_stream(env, labels), raw_stream(env, control))
+    sources = RawSources(
+        raw_stream(env, samples),
+        raw_stream(env, events),
+        raw_stream(env, labels),
+        raw_stream(env, control),
+    )
     streams = build_pipeline(env, settings, sources, publish=False, kafka_sinks=False)
     as_json = streams.versions.map(
-        lambda row: (lambda v: json.dumps({
-            "kind": "version", "model_id": v.model_id, "version": v.version,
-            "base": v.base_version, "applied": v.samples_applied,
-            "weights": bytes(v.weights).hex(), "delta": bytes(v.delta).hex()}))(
-                Version._make(row)),
+        lambda row: (
+            lambda v: json.dumps(
+                {
+                    "kind": "version",
+                    "model_id": v.model_id,
+                    "version": v.version,
+                    "base": v.base_version,
+                    "applied": v.samples_applied,
+                    "weights": bytes(v.weights).hex(),
+                    "delta": bytes(v.delta).hex(),
+                }
+            )
+        )(Version._make(row)),
         output_type=Types.STRING(),
     )
-    alerts = streams.alerts.map(lambda a: json.dumps({"alert": json.loads(a)}),
-                                output_type=Types.STRING())
-    adaptations = streams.adaptations.map(lambda a: json.dumps({"control": json.loads(a)}),
-                                          output_type=Types.STRING())
+    alerts = streams.alerts.map(
+        lambda a: json.dumps({"alert": json.loads(a)}), output_type=Types.STRING()
+    )
+    adaptations = streams.adaptations.map(
+        lambda a: json.dumps({"control": json.loads(a)}), output_type=Types.STRING()
+    )
     out = as_json.union(streams.dlq, alerts, adaptations)
     with out.execute_and_collect() as results:
         return [json.loads(r) for r in results]
 
 
 def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
-    good = [json.dumps(r).encode()
-            for r in DriftingStream(n_features=10, seed=3, model_id="demo").take(200, 1000)]
-    other = [json.dumps(r).encode()
-             for r in DriftingStream(n_features=10, seed=4, model_id="other").take(70, 1000)]
+    good = [
+        json.dumps(r).encode()
+        for r in DriftingStream(n_features=10, seed=3, model_id="demo").take(200, 1000)
+    ]
+    other = [
+        json.dumps(r).encode()
+        for r in DriftingStream(n_features=10, seed=4, model_id="other").take(70, 1000)
+    ]
     records = good[:100] + list(BAD_RECORDS) + other + good[100:]
     out = run_pipeline(records)
 
     dlq = [r for r in out if "reason" in r]
     assert sorted((base64.b64decode(r["raw"]), r["reason"]) for r in dlq) == sorted(
-        BAD_RECORDS.items())
+        BAD_RECORDS.items()
+    )
 
     for model_id, n in (("demo", 200), ("other", 70)):
         versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == model_id]
@@ -80,13 +100,20 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
 
 
 def event(model_id, event_id, ts, features=None):
-    return json.dumps({"model_id": model_id, "event_id": event_id, "ts": ts,
-                       "features": features or [float(ts % 7)] * 10}).encode()
+    return json.dumps(
+        {
+            "model_id": model_id,
+            "event_id": event_id,
+            "ts": ts,
+            "features": features or [float(ts % 7)] * 10,
+        }
+    ).encode()
 
 
 def label(model_id, event_id, ts, value=1):
-    return json.dumps({"model_id": model_id, "event_id": event_id, "ts": ts,
-                       "label": value}).encode()
+    return json.dumps(
+        {"model_id": model_id, "event_id": event_id, "ts": ts, "label": value}
+    ).encode()
 
 
 def test_label_join_pairs_either_order_once_and_dead_letters_the_rest():
@@ -98,9 +125,12 @@ def test_label_join_pairs_either_order_once_and_dead_letters_the_rest():
     labels += [label("j", "e4", 5_004, 0), label("j", "e5", 5_005, 1)]  # duplicate labels
     orphan = label("j", "ghost", 9_000)  # no event ever
     too_late = label("j", "e30", 1_030 + window + 1)  # outside the window
-    out = run_pipeline([], events=events, labels=[*labels, orphan, too_late],
-                       **{"FLOWLEARN__JOB__LABEL_WINDOW_MS": str(window),
-                          "FLOWLEARN__JOB__BATCH_SIZE": "8"})
+    out = run_pipeline(
+        [],
+        events=events,
+        labels=[*labels, orphan, too_late],
+        **{"FLOWLEARN__JOB__LABEL_WINDOW_MS": str(window), "FLOWLEARN__JOB__BATCH_SIZE": "8"},
+    )
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "j"]
     # e0..e29 joined exactly once each; e31..e39 expire without a label (dropped).
     assert versions[-1]["applied"] == 30
@@ -111,9 +141,12 @@ def test_label_join_pairs_either_order_once_and_dead_letters_the_rest():
 def test_expired_events_can_train_with_a_default_label():
     events = [event("d", f"e{i}", 1_000 + i) for i in range(10)]
     labels = [label("d", f"e{i}", 2_000 + i) for i in range(4)]
-    out = run_pipeline([], events=events, labels=labels,
-                       **{"FLOWLEARN__JOB__EXPIRED_EVENTS": "default_label",
-                          "FLOWLEARN__JOB__BATCH_SIZE": "4"})
+    out = run_pipeline(
+        [],
+        events=events,
+        labels=labels,
+        **{"FLOWLEARN__JOB__EXPIRED_EVENTS": "default_label", "FLOWLEARN__JOB__BATCH_SIZE": "4"},
+    )
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "d"]
     assert versions[-1]["applied"] == 10
 
@@ -126,8 +159,10 @@ def test_bulk_records_train_in_batches_beside_json_samples():
     X = np.array([r["features"] for r in recs])
     y = np.array([r["label"] for r in recs], dtype=float)
     ts = np.array([r["ts"] for r in recs])
-    bulk = [encode_sample_batch("bulk", ts[i:i + 256], X[i:i + 256], y[i:i + 256])
-            for i in range(0, 512, 256)]
+    bulk = [
+        encode_sample_batch("bulk", ts[i : i + 256], X[i : i + 256], y[i : i + 256])
+        for i in range(0, 512, 256)
+    ]
     singles = [json.dumps(r).encode() for r in recs[512:]]
     bad_bulk = encode_sample_batch("bulk", ts[:2], X[:2, :3], y[:2])  # 3 features, not 10
     out = run_pipeline([*bulk, bad_bulk, *singles])
@@ -136,8 +171,7 @@ def test_bulk_records_train_in_batches_beside_json_samples():
     assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
     assert len(versions) >= 600 // 64  # a bulk record of 256 makes 4 versions of 64
     dlq = [r for r in out if "reason" in r]
-    assert [(base64.b64decode(r["raw"]), r["reason"]) for r in dlq] == [
-        (bad_bulk, "bad_features")]
+    assert [(base64.b64decode(r["raw"]), r["reason"]) for r in dlq] == [(bad_bulk, "bad_features")]
 
 
 def test_a_sample_sent_twice_is_trained_once_within_the_dedupe_window():
@@ -150,26 +184,32 @@ def test_a_sample_sent_twice_is_trained_once_within_the_dedupe_window():
     first = [json.dumps(r).encode() for r in recs]
     # 0-49 again after 150 (their batch is at most 1.27 s old: all duplicates), 0-9 again
     # at the end (3 s later: new again); and 200 twice in a row (within one buffer).
-    records = [*first[:150], *first[:50], *first[150:201], first[200], *first[201:],
-               *first[:10]]
-    out = run_pipeline(records, FLOWLEARN__JOB__SAMPLE_DEDUPE_WINDOW_MS="1000",
-                       FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS="16")
+    records = [*first[:150], *first[:50], *first[150:201], first[200], *first[201:], *first[:10]]
+    out = run_pipeline(
+        records,
+        FLOWLEARN__JOB__SAMPLE_DEDUPE_WINDOW_MS="1000",
+        FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS="16",
+    )
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "dedupe"]
     assert versions[-1]["applied"] == 300 + 10
     assert not [r for r in out if "reason" in r]
 
 
 def control(model_id, command, **args):
-    return json.dumps({"model_id": model_id, "command": command, "args": args, "ts": 1,
-                       "source": "test"}).encode()
+    return json.dumps(
+        {"model_id": model_id, "command": command, "args": args, "ts": 1, "source": "test"}
+    ).encode()
 
 
 def test_control_commands_reach_the_trainer_and_raise_alerts():
-    samples = [json.dumps(r).encode()
-               for r in DriftingStream(n_features=10, seed=6, model_id="c").take(128, 1000)]
+    samples = [
+        json.dumps(r).encode()
+        for r in DriftingStream(n_features=10, seed=6, model_id="c").take(128, 1000)
+    ]
     bad = [b'{"model_id": "c", "command": "explode", "ts": 1}', b"nope"]
-    out = run_pipeline(samples, control=[control("c", "reset"),
-                                         control("c", "rollback", version=999), *bad])
+    out = run_pipeline(
+        samples, control=[control("c", "reset"), control("c", "rollback", version=999), *bad]
+    )
     alerts = [r["alert"] for r in out if "alert" in r]
     by_command = {a["detail"]["command"]: a for a in alerts}
     assert by_command["reset"]["kind"] == "control" and by_command["reset"]["detail"]["ok"]
@@ -194,8 +234,7 @@ def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
     # Detected after the change (3000 samples = version ~47 at batch 64), not before it.
     assert min(a["detail"]["version"] for a in performance) > 3000 // 64
     resets = [r["control"] for r in out if "control" in r]
-    assert resets and all(c["command"] == "reset" and c["model_id"] == "drifty"
-                          for c in resets)
+    assert resets and all(c["command"] == "reset" and c["model_id"] == "drifty" for c in resets)
 
 
 def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
@@ -206,13 +245,16 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
     poisoned = [{**r, "label": 1 - r["label"]} for r in stream.take(1600, 1000)]
     records = [json.dumps(r).encode() for r in clean + poisoned]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = run_pipeline(records, **{
-        "FLOWLEARN__MLFLOW__TRACKING_URI": uri,
-        "FLOWLEARN__MLFLOW__REGISTER_MIN_INTERVAL_S": "0",
-        "FLOWLEARN__JOB__CHECKPOINT_EVERY_VERSIONS": "5",
-        "FLOWLEARN__JOB__ROLLBACK_WINDOW_SAMPLES": "512",
-        "FLOWLEARN__JOB__ROLLBACK_MIN_SAMPLES": "512",
-    })
+    out = run_pipeline(
+        records,
+        **{
+            "FLOWLEARN__MLFLOW__TRACKING_URI": uri,
+            "FLOWLEARN__MLFLOW__REGISTER_MIN_INTERVAL_S": "0",
+            "FLOWLEARN__JOB__CHECKPOINT_EVERY_VERSIONS": "5",
+            "FLOWLEARN__JOB__ROLLBACK_WINDOW_SAMPLES": "512",
+            "FLOWLEARN__JOB__ROLLBACK_MIN_SAMPLES": "512",
+        },
+    )
     controls = [r["control"] for r in out if "control" in r]
     degraded = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "degraded"]
     assert [c["command"] for c in controls] == ["rollback"] and len(degraded) == 1
@@ -222,12 +264,12 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
     assert target % 5 == 0 and target <= 50
     assert 50 < degraded[0]["detail"]["version"] <= 50 + 512 // 64 + 4
     # The target was registered with the weights the trainer published for it, bit for bit.
-    versions = {r["version"]: r for r in out
-                if r.get("kind") == "version" and r["model_id"] == "poisoned"}
+    versions = {
+        r["version"]: r for r in out if r.get("kind") == "version" and r["model_id"] == "poisoned"
+    }
     registry = Registry(uri)
     registered = registry.get("poisoned", target)
     assert registered is not None and registered.metrics["windowed_loss"] < 0.6
-    assert registry.load_weights("poisoned", target) == bytes.fromhex(
-        versions[target]["weights"])
+    assert registry.load_weights("poisoned", target) == bytes.fromhex(versions[target]["weights"])
     # Every closed checkpoint was registered (interval 0), in order.
     assert [v.version for v in registry.versions("poisoned")][:5] == [5, 10, 15, 20, 25]

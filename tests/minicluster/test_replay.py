@@ -23,8 +23,9 @@ N, CHANGE = 6400, 3200  # 100 batches of 64: the last batch is a full one
 
 def test_replay_equals_direct_training_and_the_online_model_recovers_first(tmp_path):
     settings = load_settings(env={"FLOWLEARN__MODEL_DEFAULTS__LEARNING_RATE": "0.25"})
-    records = DriftingStream(n_features=10, seed=2, model_id=MODEL,
-                             drift_at=(CHANGE,)).take(N, 1_700_000_000_000)
+    records = DriftingStream(n_features=10, seed=2, model_id=MODEL, drift_at=(CHANGE,)).take(
+        N, 1_700_000_000_000
+    )
     lines = [json.dumps(r) for r in records]
     bad = ["not json", json.dumps({**records[0], "features": [1.0, 2.0]})]
     lines[1000:1000] = bad  # dead-lettered; the trainer never sees them
@@ -42,7 +43,7 @@ def test_replay_equals_direct_training_and_the_online_model_recovers_first(tmp_p
     errors, losses = [], []
     size = settings.job.batch_size
     for start in range(0, N, size):
-        batch = trainer.train_batch(X[start:start + size], y[start:start + size])
+        batch = trainer.train_batch(X[start : start + size], y[start : start + size])
         errors.append(batch.errors)
         losses.append(batch.losses)
     assert result.weights[MODEL].tobytes() == trainer.model.weights_vector().tobytes()
@@ -67,7 +68,6 @@ def test_replay_equals_direct_training_and_the_online_model_recovers_first(tmp_p
     assert CHANGE < first.episode.alert < CHANGE + 1000
     assert abs(first.episode.change - CHANGE) < 200
     assert first.online.recovered
-    assert (not first.baseline.recovered
-            or first.baseline.samples > first.online.samples)
+    assert not first.baseline.recovered or first.baseline.samples > first.online.samples
     on, base = files.headline.post_drift
     assert on.accuracy > base.accuracy + 0.1

@@ -20,8 +20,12 @@ def lint_imports(package_parent: Path) -> subprocess.CompletedProcess[str]:
     ``package_parent`` (first on the path)."""
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-        cwd=package_parent, capture_output=True, text=True, timeout=300,
-        env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(package_parent)})
+        cwd=package_parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(package_parent)},
+    )
 
 
 def test_the_contracts_hold() -> None:
@@ -34,20 +38,27 @@ def test_the_contracts_hold() -> None:
 def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package as a plain tree (its links to the job's folders followed), to break."""
     parent = tmp_path_factory.mktemp("tree")
-    shutil.copytree(ROOT / "flowlearn", parent / "flowlearn",
-                    ignore=shutil.ignore_patterns("__pycache__", "java"))
+    shutil.copytree(
+        ROOT / "flowlearn",
+        parent / "flowlearn",
+        ignore=shutil.ignore_patterns("__pycache__", "java"),
+    )
     return parent
 
 
-@pytest.mark.parametrize(("module", "wrong_import", "broken"), [
-    ("core/linear.py", "import flowlearn.serving.app", "Layers"),
-    ("core/codec.py", "import redis", "The core imports no service client"),
-    ("contracts/records.py", "from pyflink.common import Row", "Only the job layer"),
-    ("conf/settings.py", "import flowlearn.core.codec", "Settings import"),
-    ("operators/parse.py", "import flowlearn.jobs.online_learning", "Layers"),
-])
-def test_a_wrong_import_breaks_a_contract(package_copy: Path, module: str, wrong_import: str,
-                                          broken: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "wrong_import", "broken"),
+    [
+        ("core/linear.py", "import flowlearn.serving.app", "Layers"),
+        ("core/codec.py", "import redis", "The core imports no service client"),
+        ("contracts/records.py", "from pyflink.common import Row", "Only the job layer"),
+        ("conf/settings.py", "import flowlearn.core.codec", "Settings import"),
+        ("operators/parse.py", "import flowlearn.jobs.online_learning", "Layers"),
+    ],
+)
+def test_a_wrong_import_breaks_a_contract(
+    package_copy: Path, module: str, wrong_import: str, broken: str
+) -> None:
     path = package_copy / "flowlearn" / module
     original = path.read_text()
     path.write_text(f"{original}\n{wrong_import}  # deliberately wrong\n")

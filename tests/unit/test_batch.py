@@ -33,16 +33,26 @@ def test_rows_of_the_model_are_read_and_a_good_baseline_is_trained(tmp_path):
     assert again.model.weights_vector().tobytes() == result.model.weights_vector().tobytes()
 
 
-@pytest.mark.parametrize("columns, message", [
-    (lambda X, y: {"features": list(X)}, "missing column"),
-    (lambda X, y: {"features": list(X[:, :2]), "label": y}, "has 2 features"),
-    (lambda X, y: {"features": list(np.where(np.arange(30)[:, None] == 7, np.nan, X)),
-                   "label": y}, "row 7 has a non-finite features"),
-    (lambda X, y: {"features": list(X), "label": np.where(np.arange(30) == 3, 2.0, y)},
-     "row 3: label 2.0"),
-    (lambda X, y: {"features": X[:, 0], "label": y}, "must be a list column"),
-    (lambda X, y: {"model_id": ["x"] * 30, "features": list(X), "label": y}, "no rows"),
-])
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        (lambda X, y: {"features": list(X)}, "missing column"),
+        (lambda X, y: {"features": list(X[:, :2]), "label": y}, "has 2 features"),
+        (
+            lambda X, y: {
+                "features": list(np.where(np.arange(30)[:, None] == 7, np.nan, X)),
+                "label": y,
+            },
+            "row 7 has a non-finite features",
+        ),
+        (
+            lambda X, y: {"features": list(X), "label": np.where(np.arange(30) == 3, 2.0, y)},
+            "row 3: label 2.0",
+        ),
+        (lambda X, y: {"features": X[:, 0], "label": y}, "must be a list column"),
+        (lambda X, y: {"model_id": ["x"] * 30, "features": list(X), "label": y}, "no rows"),
+    ],
+)
 def test_unusable_files_are_refused_saying_what_and_where(tmp_path, columns, message):
     X, y = stream(30)
     path = write(tmp_path, **columns(X, y))

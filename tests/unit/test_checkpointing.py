@@ -9,8 +9,15 @@ from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Ro
 
 
 def ledger(**kw):
-    args = dict(every=5, keep=4, window_samples=100, margin=0.2, min_samples=100,
-                cooldown_versions=10, register_interval_ms=0)
+    args = dict(
+        every=5,
+        keep=4,
+        window_samples=100,
+        margin=0.2,
+        min_samples=100,
+        cooldown_versions=10,
+        register_interval_ms=0,
+    )
     return CheckpointLedger(**{**args, **kw})
 
 
@@ -18,16 +25,23 @@ def feed(lg, versions, loss, n=20, error=0.1, start_ms=0):
     """Train versions (each scored by the one before) with a constant per-sample loss."""
     out = []
     for v in versions:
-        out += lg.observe(v, "train", n=n, loss_sum=loss * n, error_sum=error * n,
-                          samples_applied=v * n, now_ms=start_ms + v)
+        out += lg.observe(
+            v,
+            "train",
+            n=n,
+            loss_sum=loss * n,
+            error_sum=error * n,
+            samples_applied=v * n,
+            now_ms=start_ms + v,
+        )
     return out
 
 
 def test_a_checkpoint_measures_the_samples_its_lineage_scored():
     lg = ledger()
-    feed(lg, range(1, 6), 0.5)      # v5 is the first checkpoint
-    feed(lg, range(6, 11), 0.3)     # scored by v5..v9: checkpoint 5's interval
-    feed(lg, range(11, 13), 0.7)    # scored by v10, v11: checkpoint 10's
+    feed(lg, range(1, 6), 0.5)  # v5 is the first checkpoint
+    feed(lg, range(6, 11), 0.3)  # scored by v5..v9: checkpoint 5's interval
+    feed(lg, range(11, 13), 0.7)  # scored by v10, v11: checkpoint 10's
     c5, c10 = lg.get(5), lg.get(10)
     assert (c5.n, c5.samples_applied) == (100, 100)
     assert c5.loss == pytest.approx(0.3) and c5.error == pytest.approx(0.1)
@@ -110,17 +124,32 @@ def test_no_rollback_when_disabled():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["train", "train", "train", "rollback", "reset"]),
-                          st.integers(1, 40), st.floats(0.0, 3.0)), max_size=80),
-       st.integers(0, 80))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["train", "train", "train", "rollback", "reset"]),
+            st.integers(1, 40),
+            st.floats(0.0, 3.0),
+        ),
+        max_size=80,
+    ),
+    st.integers(0, 80),
+)
 def test_state_round_trip_at_any_point_changes_nothing(steps, cut):
     def run(round_trip_at):
         lg, out = ledger(), []
         for i, (kind, n, loss) in enumerate(steps, start=1):
             if i == round_trip_at:
                 lg = ledger().load_bytes(lg.to_bytes())
-            out += lg.observe(i, kind, n=n if kind == "train" else 0, loss_sum=loss * n,
-                              error_sum=0.0, samples_applied=i, now_ms=i)
+            out += lg.observe(
+                i,
+                kind,
+                n=n if kind == "train" else 0,
+                loss_sum=loss * n,
+                error_sum=0.0,
+                samples_applied=i,
+                now_ms=i,
+            )
         return out, lg.to_bytes()
 
     assert run(-1) == run(cut)

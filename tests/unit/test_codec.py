@@ -30,8 +30,7 @@ def test_signed_zero_and_nan_payload_survive():
 
 
 @settings(max_examples=60, deadline=None)
-@given(hnp.arrays(np.float64, st.integers(1, 50), elements={"allow_nan": False}),
-       st.data())
+@given(hnp.arrays(np.float64, st.integers(1, 50), elements={"allow_nan": False}), st.data())
 def test_delta_turns_old_into_new_exactly(old, data):
     new = old.copy()
     idx = data.draw(st.lists(st.integers(0, old.size - 1), max_size=10))

@@ -16,8 +16,9 @@ def test_defaults_load_and_validate():
 
 
 def test_environment_overrides_nested_keys():
-    s = load_settings(env={"FLOWLEARN__REDIS__PORT": "6400",
-                           "FLOWLEARN__KAFKA__TOPICS__DLQ": "x.dlq"})
+    s = load_settings(
+        env={"FLOWLEARN__REDIS__PORT": "6400", "FLOWLEARN__KAFKA__TOPICS__DLQ": "x.dlq"}
+    )
     assert s.redis.port == 6400
     assert s.kafka.topics.dlq == "x.dlq"
 
@@ -37,22 +38,39 @@ def test_file_layer(tmp_path: Path):
         ({"FLOWLEARN__REDIS__PORT": "99999"}, "redis.port: port 99999"),
         ({"FLOWLEARN__REDIS__PORT": "abc"}, "redis.port: cannot read 'abc' as int"),
         ({"FLOWLEARN__REDIS__NOPE": "1"}, r"redis: unknown key\(s\) \['nope'\]"),
-        ({"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
-         "needs kafka.sasl_username and kafka.sasl_password"),
+        (
+            {"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SASL_SSL"},
+            "needs kafka.sasl_username and kafka.sasl_password",
+        ),
         ({"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol"),
         ({"FLOWLEARN__KAFKA__SSL_CA_FILE": "/etc/hostname"}, "PLAINTEXT has no TLS"),
-        ({"FLOWLEARN__REDIS__USERNAME": "fl", "FLOWLEARN__REDIS__PASSWORD": ""},
-         "redis.username needs redis.password"),
+        (
+            {"FLOWLEARN__REDIS__USERNAME": "fl", "FLOWLEARN__REDIS__PASSWORD": ""},
+            "redis.username needs redis.password",
+        ),
         ({"FLOWLEARN__REDIS__TLS_CA_FILE": "/etc/hostname"}, "redis.tls is false"),
-        ({"FLOWLEARN__REDIS__TLS": "true", "FLOWLEARN__REDIS__TLS_CA_FILE": "/nope/ca.crt"},
-         "redis.tls_ca_file: no such file"),
-        ({"FLOWLEARN__REDIS__TLS": "true", "FLOWLEARN__REDIS__TLS_CERT_FILE": "/etc/hostname"},
-         "go together"),
-        ({"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SSL",
-          "FLOWLEARN__KAFKA__BROKER_SSL_CERT_FILE": "/etc/hostname"},
-         "kafka.broker_ssl_cert_file and kafka.broker_ssl_key_file go together"),
-        ({"FLOWLEARN__KAFKA__BROKER_SSL_CERT_FILE": "/etc/hostname",
-          "FLOWLEARN__KAFKA__BROKER_SSL_KEY_FILE": "/etc/hostname"}, "PLAINTEXT has no TLS"),
+        (
+            {"FLOWLEARN__REDIS__TLS": "true", "FLOWLEARN__REDIS__TLS_CA_FILE": "/nope/ca.crt"},
+            "redis.tls_ca_file: no such file",
+        ),
+        (
+            {"FLOWLEARN__REDIS__TLS": "true", "FLOWLEARN__REDIS__TLS_CERT_FILE": "/etc/hostname"},
+            "go together",
+        ),
+        (
+            {
+                "FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SSL",
+                "FLOWLEARN__KAFKA__BROKER_SSL_CERT_FILE": "/etc/hostname",
+            },
+            "kafka.broker_ssl_cert_file and kafka.broker_ssl_key_file go together",
+        ),
+        (
+            {
+                "FLOWLEARN__KAFKA__BROKER_SSL_CERT_FILE": "/etc/hostname",
+                "FLOWLEARN__KAFKA__BROKER_SSL_KEY_FILE": "/etc/hostname",
+            },
+            "PLAINTEXT has no TLS",
+        ),
         ({"FLOWLEARN__PREDICTOR__IDLE_TIMEOUT_S": "0"}, "predictor.idle_timeout_s"),
         ({"FLOWLEARN__PREDICTOR__PORT": "9092"}, "both use port 9092"),
         ({"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "drop"}, "is not one of"),
@@ -83,13 +101,18 @@ def test_pyproject_pins_the_flink_version_of_conf():
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert f"apache-flink=={versions.FLINK_VERSION}" in pyproject["project"]["dependencies"]
     assert versions.KAFKA_CONNECTOR_ARTIFACT.endswith(
-        "-" + ".".join(versions.FLINK_VERSION.split(".")[:2]))
+        "-" + ".".join(versions.FLINK_VERSION.split(".")[:2])
+    )
 
 
 def test_predictor_options_come_from_conf():
-    s = load_settings(env={"FLOWLEARN__PREDICTOR__LOG_PREDICTIONS": "false",
-                           "FLOWLEARN__PREDICTOR__AB_FRACTION": "0.25",
-                           "FLOWLEARN__PREDICTOR__BASELINES__demo": "/tmp/demo-baseline.flc"})
+    s = load_settings(
+        env={
+            "FLOWLEARN__PREDICTOR__LOG_PREDICTIONS": "false",
+            "FLOWLEARN__PREDICTOR__AB_FRACTION": "0.25",
+            "FLOWLEARN__PREDICTOR__BASELINES__demo": "/tmp/demo-baseline.flc",
+        }
+    )
     assert s.predictor.log_predictions is False and s.predictor.ab_fraction == 0.25
     assert s.predictor.baselines == {"demo": Path("/tmp/demo-baseline.flc")}
     assert load_settings(env={}).predictor.log_predictions is True
@@ -107,24 +130,33 @@ def test_a_bool_setting_refuses_a_number(tmp_path: Path):
 def test_kafka_security_reaches_both_kinds_of_client(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    kafka = load_settings(env={"FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
-                               "FLOWLEARN__KAFKA__SASL_USERNAME": "job",
-                               "FLOWLEARN__KAFKA__SASL_PASSWORD": 'p"w',
-                               "FLOWLEARN__KAFKA__SSL_CA_FILE": str(ca)}).kafka
+    kafka = load_settings(
+        env={
+            "FLOWLEARN__KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "FLOWLEARN__KAFKA__SASL_USERNAME": "job",
+            "FLOWLEARN__KAFKA__SASL_PASSWORD": 'p"w',
+            "FLOWLEARN__KAFKA__SSL_CA_FILE": str(ca),
+        }
+    ).kafka
     python = kafka.client_options()
     assert python["security_protocol"] == "SASL_SSL" and python["ssl_cafile"] == str(ca)
     assert python["sasl_plain_username"] == "job" and python["sasl_plain_password"] == 'p"w'
     java = kafka.java_properties()
     assert java["sasl.jaas.config"] == (
         "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule"
-        ' required username="job" password="p\\"w";')
+        ' required username="job" password="p\\"w";'
+    )
     assert java["ssl.truststore.type"] == "PEM" and java["ssl.truststore.location"] == str(ca)
-    assert "p\"w" not in repr(kafka)  # the password is kept out of reprs (and logs)
+    assert 'p"w' not in repr(kafka)  # the password is kept out of reprs (and logs)
 
 
 def test_a_model_trains_with_its_own_spec_else_the_defaults():
-    settings = load_settings(env={"FLOWLEARN__MODELS__M1__LEARNING_RATE": "0.5",
-                                  "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"})
+    settings = load_settings(
+        env={
+            "FLOWLEARN__MODELS__M1__LEARNING_RATE": "0.5",
+            "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq",
+        }
+    )
     specs = ModelSpecs(settings)
     assert specs.spec_of("m1").learning_rate == 0.5
     assert specs.model_spec("other") is None  # refused on parsing ...

@@ -11,11 +11,14 @@ WINDOW = 1000
 
 #: A stream of steps: add (id, ts), seal (the buffer was trained), restart (rebuilt from
 #: what state would hold).
-steps = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.sampled_from("abcdefgh"), st.integers(0, 5000)),
-    st.tuples(st.just("seal")),
-    st.tuples(st.just("restart")),
-), max_size=60)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.sampled_from("abcdefgh"), st.integers(0, 5000)),
+        st.tuples(st.just("seal")),
+        st.tuples(st.just("restart")),
+    ),
+    max_size=60,
+)
 
 
 class StateMirror:
@@ -74,4 +77,5 @@ def test_an_id_is_accepted_again_only_after_its_batch_left_the_window(ops):
             pending.clear()
             seen.seal()
     assert len(seen) == len(pending) + sum(
-        1 for ts in sealed_at.values() if ts >= (newest or 0) - WINDOW)
+        1 for ts in sealed_at.values() if ts >= (newest or 0) - WINDOW
+    )

@@ -50,8 +50,21 @@ FLINK_BUILTIN_METRICS = {
 }
 #: Series Prometheus itself adds to every scrape target.
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-                "unless", "bool", "offset", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -119,12 +132,18 @@ def test_fetch_jars_reads_versions_py_and_skips_what_is_fetched(tmp_path: Path) 
     (out / ".complete").write_text(versions.KAFKA_CONNECTOR_ARTIFACT + "\n")
     # Already fetched: done without Maven (MVN points nowhere) and without the network.
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "MVN": "/nonexistent/mvn"}
-    done = subprocess.run(["bash", str(script), str(out)], env=env, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(
+        ["bash", str(script), str(out)], env=env, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done.stderr
     assert versions.KAFKA_CONNECTOR_ARTIFACT in done.stderr
-    bad = subprocess.run(["bash", str(script), "--artifact", "NO_SUCH_CONSTANT", str(out)],
-                         env=env, capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        ["bash", str(script), "--artifact", "NO_SUCH_CONSTANT", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode != 0 and "NO_SUCH_CONSTANT" in bad.stderr
 
 
@@ -132,14 +151,21 @@ def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> N
     from flowlearn.devstack.flink_cluster import flink_home
 
     out = tmp_path / "operators.jar"
-    done = subprocess.run(["bash", str(DEPLOY / "build-operators-jar.sh"),
-                           str(flink_home() / "lib"), str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(DEPLOY / "build-operators-jar.sh"), str(flink_home() / "lib"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "dev/flowlearn/flink/RecordBundler.class" in zipfile.ZipFile(out).namelist()
     # Not against a folder without Flink: a clear refusal, nothing written.
-    bad = subprocess.run(["bash", str(DEPLOY / "build-operators-jar.sh"), str(tmp_path),
-                          str(tmp_path / "none.jar")], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        ["bash", str(DEPLOY / "build-operators-jar.sh"), str(tmp_path), str(tmp_path / "none.jar")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode != 0 and "no flink-dist jar" in bad.stderr
     assert not (tmp_path / "none.jar").exists()
 
@@ -170,13 +196,13 @@ def test_job_image_matches_the_project() -> None:
     assert re.search(r"^RUN bash flink-docker/build-operators-jar\.sh \S+ (\S+)$", text, re.M)
     assert re.search(r"^COPY --from=operators .*\.jar /opt/flink/lib/$", text, re.M)
     python = re.search(r"^ARG PYTHON_VERSION=(\d+)\.(\d+)\.\d+$", text, re.M)
-    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "requires-python"]
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert python and f"{python.group(1)}.{python.group(2)}" == "3.11" and "<3.12" in requires
     assert re.search(r"^ARG PYTHON_SHA256=[0-9a-f]{64}$", text, re.M)
     options = dockerfile_flink_options(text)
     assert options["metrics.reporter.prom.factory.class"] == (
-        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
+        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    )
     assert options["metrics.reporter.prom.port"] == "9249"
     defaults = load_settings(env={}).flink
     assert int(options["python.fn-execution.bundle.size"]) == defaults.python_bundle_size
@@ -193,7 +219,8 @@ def test_docker_contexts_hold_what_the_images_copy() -> None:
         for src in re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+) ", text, re.M):
             assert (ROOT / src).exists(), f"{dockerfile} copies missing {src}"
             assert any(src == a or src.startswith(a + "/") for a in allowed), (
-                f"{dockerfile} copies {src}, which its .dockerignore leaves out")
+                f"{dockerfile} copies {src}, which its .dockerignore leaves out"
+            )
         for package in ("conf", "flowlearn"):
             assert package in allowed
 
@@ -212,10 +239,10 @@ def test_predictor_imports_without_the_job_dependencies() -> None:
     """The predictor image installs neither apache-flink nor mlflow."""
     if not (ROOT / "flowlearn" / "serving").exists():
         pytest.skip("flowlearn/serving is not in the tree yet")
-    code = ("import sys; sys.modules.update(pyflink=None, mlflow=None); "
-            "import flowlearn.serving")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    code = "import sys; sys.modules.update(pyflink=None, mlflow=None); import flowlearn.serving"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -224,13 +251,25 @@ def test_predictor_imports_without_the_job_dependencies() -> None:
 
 def test_compose_services_and_images() -> None:
     services = compose()["services"]
-    assert {"kafka", "kafka-init", "redis", "mlflow", "jobmanager", "taskmanager",
-            "job-submitter", "predictor", "prometheus", "grafana"} <= set(services)
+    assert {
+        "kafka",
+        "kafka-init",
+        "redis",
+        "mlflow",
+        "jobmanager",
+        "taskmanager",
+        "job-submitter",
+        "predictor",
+        "prometheus",
+        "grafana",
+    } <= set(services)
     for name, service in services.items():
         image = service["image"]
         if "build" in service:
             assert service["build"]["dockerfile"] in (
-                "flink-docker/Dockerfile", "flink-docker/Dockerfile.predictor"), name
+                "flink-docker/Dockerfile",
+                "flink-docker/Dockerfile.predictor",
+            ), name
         else:
             tag = image.rsplit(":", 1)
             assert len(tag) == 2 and tag[1] not in ("latest", ""), f"{name}: pin {image}"
@@ -243,9 +282,13 @@ def test_compose_services_and_images() -> None:
 def test_compose_kafka_is_single_node_kraft_fit_for_transactions() -> None:
     env = compose()["services"]["kafka"]["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for key in ("OFFSETS_TOPIC_REPLICATION_FACTOR", "TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "TRANSACTION_STATE_LOG_MIN_ISR", "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
-                "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+    for key in (
+        "OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "TRANSACTION_STATE_LOG_MIN_ISR",
+        "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+        "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+    ):
         assert env[f"KAFKA_{key}"] == 1, key
 
 
@@ -276,7 +319,8 @@ def test_compose_secrets_come_from_the_env_file() -> None:
             if secret.search(key):
                 checked += 1
                 assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), (
-                    f"{name}.{key} must be ${{VAR:?...}} from .env, not {value!r}")
+                    f"{name}.{key} must be ${{VAR:?...}} from .env, not {value!r}"
+                )
     assert checked >= 4
     example = (DEPLOY / ".env.example").read_text()
     for line in example.splitlines():
@@ -308,14 +352,32 @@ def test_compose_mounts_exist() -> None:
 
 def test_docker_compose_config() -> None:
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"],
-                                        capture_output=True).returncode != 0:
+    if (
+        docker is None
+        or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0
+    ):
         pytest.skip("the docker compose plugin is not installed")
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "REDIS_PASSWORD": "x",
-           "GRAFANA_ADMIN_PASSWORD": "x"}
-    result = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"),
-                             "--profile", "demo", "config", "--quiet"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin:/usr/local/bin",
+        "REDIS_PASSWORD": "x",
+        "GRAFANA_ADMIN_PASSWORD": "x",
+    }
+    result = subprocess.run(
+        [
+            docker,
+            "compose",
+            "-f",
+            str(DEPLOY / "docker-compose.yml"),
+            "--profile",
+            "demo",
+            "config",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -337,12 +399,19 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     if promtool is None:
         pytest.skip("promtool not installed (apt-get install prometheus)")
     # The rules path inside the container, made relative to check the files as they are.
-    config = (DEPLOY / "prometheus.yml").read_text().replace(
-        "/etc/prometheus/prometheus-rules.yml", "prometheus-rules.yml")
+    config = (
+        (DEPLOY / "prometheus.yml")
+        .read_text()
+        .replace("/etc/prometheus/prometheus-rules.yml", "prometheus-rules.yml")
+    )
     (tmp_path / "prometheus.yml").write_text(config)
     shutil.copy(DEPLOY / "prometheus-rules.yml", tmp_path / "prometheus-rules.yml")
-    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -360,7 +429,8 @@ def job_metric_names() -> set[str]:
         text = path.read_text()
         whats = re.findall(r'^\s+what = "(\w+)"', text, re.M)
         for is_f, name in re.findall(
-                r'\.(?:counter|gauge|meter|distribution)\(\s*(f?)"([^"]+)"', text):
+            r'\.(?:counter|gauge|meter|distribution)\(\s*(f?)"([^"]+)"', text
+        ):
             if is_f:
                 names |= {re.sub(r"\{self\.what\}", w, name) for w in whats}
             else:
@@ -378,8 +448,9 @@ def predictor_metric_names() -> set[str]:
     """prometheus_client metrics of flowlearn/serving, with the suffixes they are exposed as."""
     names = set()
     for path in (ROOT / "flowlearn" / "serving").glob("**/*.py"):
-        for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(\w+)"',
-                                     path.read_text()):
+        for kind, name in re.findall(
+            r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(\w+)"', path.read_text()
+        ):
             if kind == "Counter":
                 base = name.removesuffix("_total")
                 names |= {base + "_total", base + "_created"}
@@ -393,8 +464,9 @@ def predictor_metric_names() -> set[str]:
 
 
 def known_metric_names() -> set[str]:
-    return (job_metric_names() | predictor_metric_names() | FLINK_BUILTIN_METRICS
-            | PROMETHEUS_SYNTHETIC)
+    return (
+        job_metric_names() | predictor_metric_names() | FLINK_BUILTIN_METRICS | PROMETHEUS_SYNTHETIC
+    )
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -406,7 +478,7 @@ def promql_metric_names(expr: str) -> set[str]:
     e = re.sub(r"\b\d+(?:\.\d+)?(?:e[+-]?\d+)?\b", "", e)
     names = set()
     for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", e):
-        if e[match.end():].lstrip().startswith("(") or match.group(0) in PROMQL_WORDS:
+        if e[match.end() :].lstrip().startswith("(") or match.group(0) in PROMQL_WORDS:
             continue
         names.add(match.group(0))
     return names
@@ -414,14 +486,25 @@ def promql_metric_names(expr: str) -> set[str]:
 
 def test_promql_metric_name_extraction() -> None:
     assert promql_metric_names(
-        'sum by (operator_name) (rate(a_b[1m])) / 1e6 + max(up{job="x"}) and c') == {
-        "a_b", "up", "c"}
+        'sum by (operator_name) (rate(a_b[1m])) / 1e6 + max(up{job="x"}) and c'
+    ) == {"a_b", "up", "c"}
 
 
 def test_job_metrics_are_found_in_operators() -> None:
-    assert {OP + n for n in ("samples_parsed", "samples_dlq", "samples_trained", "versions",
-                             "gate_rejected", "prequential_loss", "versions_published",
-                             "publish_retries", "last_published_version")} <= job_metric_names()
+    assert {
+        OP + n
+        for n in (
+            "samples_parsed",
+            "samples_dlq",
+            "samples_trained",
+            "versions",
+            "gate_rejected",
+            "prequential_loss",
+            "versions_published",
+            "publish_retries",
+            "last_published_version",
+        )
+    } <= job_metric_names()
 
 
 def dashboard() -> dict[str, Any]:
@@ -461,8 +544,17 @@ def test_dashboard_structure_and_coverage() -> None:
         assert panel["datasource"]["uid"] == uid, panel["title"]
         assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
     titles = " | ".join(p["title"].lower() for p in dashboard_panels())
-    for topic in ("samples/s", "consumer lag", "model version", "staleness", "loss", "drift",
-                  "gate rejections", "dead letters", "predictor"):
+    for topic in (
+        "samples/s",
+        "consumer lag",
+        "model version",
+        "staleness",
+        "loss",
+        "drift",
+        "gate rejections",
+        "dead letters",
+        "predictor",
+    ):
         assert topic in titles, f"no panel about {topic}"
     provider = load_yaml(DEPLOY / "grafana/provisioning/dashboards/flowlearn.yml")
     mounts = dict(v.split(":")[:2] for v in compose()["services"]["grafana"]["volumes"])
@@ -496,8 +588,11 @@ def test_flink_deployment() -> None:
     (container,) = spec["podTemplate"]["spec"]["containers"]
     assert container["name"] == "flink-main-container"
     mount = container["volumeMounts"][0]["mountPath"]
-    for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir",
-                "high-availability.storageDir"):
+    for key in (
+        "execution.checkpointing.dir",
+        "execution.checkpointing.savepoint-dir",
+        "high-availability.storageDir",
+    ):
         assert conf[key].startswith(f"file://{mount}/"), key
     claim = spec["podTemplate"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
     (pvc,) = k8s_kind("PersistentVolumeClaim")
@@ -526,8 +621,10 @@ def test_predictor_deployment_and_service() -> None:
 
 def test_k8s_secrets_are_referenced_not_inlined() -> None:
     assert not k8s_kind("Secret"), "create the Secret out of band (docs/operations.md)"
-    containers = [flink_deployment()["spec"]["podTemplate"]["spec"]["containers"][0],
-                  k8s_kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0]]
+    containers = [
+        flink_deployment()["spec"]["podTemplate"]["spec"]["containers"][0],
+        k8s_kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0],
+    ]
     for container in containers:
         env = {e["name"]: e for e in container["env"]}
         ref = env["FLOWLEARN__REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]
@@ -546,8 +643,9 @@ def test_kustomize_renders_with_images_rewritten() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed")
-    result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     kustomization = load_yaml(K8S / "kustomization.yaml")
@@ -555,6 +653,8 @@ def test_kustomize_renders_with_images_rewritten() -> None:
     (fd,) = [d for d in docs if d["kind"] == "FlinkDeployment"]
     assert fd["spec"]["image"] == registry["flowlearn-flink"]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == registry[
-        "flowlearn-predictor"]
+    assert (
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        == registry["flowlearn-predictor"]
+    )
     assert {d["metadata"]["namespace"] for d in docs} == {kustomization["namespace"]}

@@ -44,18 +44,25 @@ def degraded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def started(state: KeyedState) -> DriftOperator:
-    operator = DriftOperator(load_settings(env={
-        "FLOWLEARN__MODEL_DEFAULTS__DRIFT_ACTION": "reset",
-        "FLOWLEARN__JOB__DRIFT_COOLDOWN_VERSIONS": str(COOLDOWN)}))
+    operator = DriftOperator(
+        load_settings(
+            env={
+                "FLOWLEARN__MODEL_DEFAULTS__DRIFT_ACTION": "reset",
+                "FLOWLEARN__JOB__DRIFT_COOLDOWN_VERSIONS": str(COOLDOWN),
+            }
+        )
+    )
     operator.open(state)
     return operator
 
 
 def resets(operator: DriftOperator, version: int) -> list[dict[str, Any]]:
-    row = to_row(Evaluated("m", version, "train", version * 10, [1.0], [2.0], [0.5], 1,
-                           b"", ""))
-    return [json.loads(out[1]) for out in operator.process_element(row, None)
-            if isinstance(out, tuple) and out[0] is CONTROL_OUT_TAG]
+    row = to_row(Evaluated("m", version, "train", version * 10, [1.0], [2.0], [0.5], 1, b"", ""))
+    return [
+        json.loads(out[1])
+        for out in operator.process_element(row, None)
+        if isinstance(out, tuple) and out[0] is CONTROL_OUT_TAG
+    ]
 
 
 def test_a_restart_does_not_shorten_the_cooldown(degraded: None) -> None:

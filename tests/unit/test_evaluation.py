@@ -32,12 +32,20 @@ def test_windows_equal_a_hand_computation():
     p_online = [0.9, 0.2, 0.6, 0.4, 0.7, 0.7, 0.3, 0.95, 0.5, 0.1]
     p_base = [math.nan, math.nan, math.nan, 0.6, 0.6, 0.2, 0.2, 0.8, 0.9, 0.4]
     y = [1, 0, 0, 0, 1, 0, 0, 1, 1, 0]
-    data = EvaluationData("m", samples=Samples.build(
-        np.arange(1, 11), Side.from_probabilities(p_online, y),
-        Side.from_probabilities(p_base, y)))
+    data = EvaluationData(
+        "m",
+        samples=Samples.build(
+            np.arange(1, 11),
+            Side.from_probabilities(p_online, y),
+            Side.from_probabilities(p_base, y),
+        ),
+    )
     w = compute_windows(data, 4)
     assert [(x.start, x.end, x.t_start, x.t_end) for x in w] == [
-        (0, 4, 1, 4), (4, 8, 5, 8), (8, 10, 9, 10)]
+        (0, 4, 1, 4),
+        (4, 8, 5, 8),
+        (8, 10, 9, 10),
+    ]
     # Window 0, online: predictions 1, 0, 1, 0 against 1, 0, 0, 0 -> 3 of 4 right.
     assert w[0].online.n == 4 and w[0].online.accuracy == 0.75
     loss0 = -(math.log(0.9) + math.log(0.8) + math.log(0.4) + math.log(0.6)) / 4
@@ -64,8 +72,7 @@ def test_numbers_agree_with_flowlearn_metrics():
     s = Stats.of(side)
     assert s.accuracy == Accuracy().update_many(y, (p > 0.5).astype(float)).get()
     assert s.log_loss == pytest.approx(LogLoss().update_many(y, p).get(), rel=1e-12)
-    assert s.ece == pytest.approx(ExpectedCalibrationError().update_many(y, p).get(),
-                                  rel=1e-12)
+    assert s.ece == pytest.approx(ExpectedCalibrationError().update_many(y, p).get(), rel=1e-12)
     assert ece([0.9, 0.9, 0.6, 0.6], [1, 0, 1, 1]) == pytest.approx(0.4)
 
 
@@ -98,13 +105,19 @@ def side_of(correct):
 
 
 def drift(t, change_t=None, direction="up", signal="error", detector="adwin"):
-    return Alert("drift", float(t), None, {"direction": direction, "signal": signal,
-                                           "detector": detector}, change_t=change_t)
+    return Alert(
+        "drift",
+        float(t),
+        None,
+        {"direction": direction, "signal": signal, "detector": detector},
+        change_t=change_t,
+    )
 
 
 def test_recovery_counts_samples_from_the_alert_to_the_first_window_back_at_the_level():
-    online = np.concatenate([correct_pattern(0.9, 2000), correct_pattern(0.5, 600),
-                             correct_pattern(0.9, 1400)])
+    online = np.concatenate(
+        [correct_pattern(0.9, 2000), correct_pattern(0.5, 600), correct_pattern(0.9, 1400)]
+    )
     baseline = np.concatenate([correct_pattern(0.9, 2000), correct_pattern(0.5, 2000)])
     alerts = (
         drift(2100, change_t=2001),  # position 2100; change from position 2000
@@ -113,8 +126,11 @@ def test_recovery_counts_samples_from_the_alert_to_the_first_window_back_at_the_
         Alert("drift", 2400.0, None, {"direction": "", "signal": "feature[0]"}),
         Alert("degraded", 2500.0, 40, {"to_version": 30}),
     )
-    data = EvaluationData("m", samples=Samples.build(np.arange(1, 4001), side_of(online),
-                                                     side_of(baseline)), alerts=alerts)
+    data = EvaluationData(
+        "m",
+        samples=Samples.build(np.arange(1, 4001), side_of(online), side_of(baseline)),
+        alerts=alerts,
+    )
     episodes = drift_episodes(data, gap=500)
     assert [(e.alert, e.change, len(e.alerts)) for e in episodes] == [(2100, 2000, 2)]
     h = headline(data, window=100, tolerance=0.05, reference=400)
@@ -130,8 +146,7 @@ def test_recovery_counts_samples_from_the_alert_to_the_first_window_back_at_the_
     assert "recovered 600 samples after the alert" in "\n".join(h.lines())
     # A second alert further than the gap opens another episode; the first one's
     # recovery search then stops there.
-    later = EvaluationData("m", samples=data.samples,
-                           alerts=(*alerts, drift(3500, change_t=3401)))
+    later = EvaluationData("m", samples=data.samples, alerts=(*alerts, drift(3500, change_t=3401)))
     assert [e.alert for e in drift_episodes(later, gap=500)] == [2100, 3500]
 
 
@@ -143,14 +158,35 @@ def test_replay_rows_are_placed_on_the_input_stream_rejected_batches_included():
         EvalRow(3, "train", 8, [0, 0], [0.2, 0.1]),
     ]
     alerts = [
-        {"model_id": "m", "kind": "gate_rejected", "ts": 5,
-         "detail": {"reason": "non_finite", "samples": 3, "version": 1}},
-        {"model_id": "m", "kind": "drift", "ts": 6,
-         "detail": {"detector": "adwin", "signal": "error", "direction": "up",
-                    "change_point": 4, "version": 2, "samples_applied": 6}},
+        {
+            "model_id": "m",
+            "kind": "gate_rejected",
+            "ts": 5,
+            "detail": {"reason": "non_finite", "samples": 3, "version": 1},
+        },
+        {
+            "model_id": "m",
+            "kind": "drift",
+            "ts": 6,
+            "detail": {
+                "detector": "adwin",
+                "signal": "error",
+                "direction": "up",
+                "change_point": 4,
+                "version": 2,
+                "samples_applied": 6,
+            },
+        },
     ]
-    data = build_replay("m", "logistic", 11, rows, alerts,
-                        [{"reason": "not_json"}, {"reason": "late"}], input_records=13)
+    data = build_replay(
+        "m",
+        "logistic",
+        11,
+        rows,
+        alerts,
+        [{"reason": "not_json"}, {"reason": "late"}],
+        input_records=13,
+    )
     s = data.samples
     assert s.online.correct.tolist()[:4] == [1, 0, 1, 1]
     assert np.isnan(s.online.loss[4:7]).all()  # the rejected batch
@@ -168,8 +204,16 @@ def test_replay_rows_are_placed_on_the_input_stream_rejected_batches_included():
 
 def test_checkpoint_metrics_equal_the_windows_over_their_interval():
     rng = np.random.default_rng(0)
-    rows = [EvalRow(v, "train", 10 * v, (rng.random(10) < 0.3).astype(float).tolist(),
-                    rng.random(10).tolist()) for v in range(1, 31)]
+    rows = [
+        EvalRow(
+            v,
+            "train",
+            10 * v,
+            (rng.random(10) < 0.3).astype(float).tolist(),
+            rng.random(10).tolist(),
+        )
+        for v in range(1, 31)
+    ]
     data = build_replay("m", "logistic", 300, rows, [])
     ends = {v.version: v.t for v in data.versions}
     cps = ledger_checkpoints(rows, 10, ends)
@@ -193,8 +237,9 @@ def test_batch_baseline_scores_only_samples_it_was_not_fit_on_and_refits():
     assert [(start, fit) for start, fit, _ in b.fits] == [(80, 80), (150, 120), (200, 160)]
     assert np.isnan(b.side.loss[:80]).all() and not np.isnan(b.side.loss[80:]).any()
     second = train_baseline(SPEC, X[:150], y[:150]).model
-    assert np.array_equal(b.side.correct[150:200],
-                          (second.predict_many(X[150:200]) == y[150:200]).astype(float))
+    assert np.array_equal(
+        b.side.correct[150:200], (second.predict_many(X[150:200]) == y[150:200]).astype(float)
+    )
     np.testing.assert_allclose(b.side.loss[150:200], second.loss_many(X[150:200], y[150:200]))
     assert "refit on all samples so far every 50" in b.name
     with pytest.raises(ValueError):
@@ -202,19 +247,38 @@ def test_batch_baseline_scores_only_samples_it_was_not_fit_on_and_refits():
 
 
 def served(event_id, ts, score, variant="online", version=7, shadow=None):
-    return {"event_id": event_id, "model_id": "m", "ts": ts, "features": [0.0],
-            "score": score, "model_version": version, "epoch": 1, "variant": variant,
-            "shadow": shadow}
+    return {
+        "event_id": event_id,
+        "model_id": "m",
+        "ts": ts,
+        "features": [0.0],
+        "score": score,
+        "model_version": version,
+        "epoch": 1,
+        "variant": variant,
+        "shadow": shadow,
+    }
 
 
 def test_the_served_view_joins_the_prediction_log_with_labels():
     events = [
         served("a", 1000, 0.8, shadow={"variant": "baseline", "model_version": 2, "score": 0.4}),
-        served("b", 2000, 0.3, version=8,
-               shadow={"variant": "baseline", "model_version": 2, "score": 0.6}),
+        served(
+            "b",
+            2000,
+            0.3,
+            version=8,
+            shadow={"variant": "baseline", "model_version": 2, "score": 0.6},
+        ),
         # A/B: the baseline answered, the online model was scored in its shadow.
-        served("c", 3000, 0.9, variant="baseline", version=2,
-               shadow={"variant": "online", "model_version": 8, "score": 0.2}),
+        served(
+            "c",
+            3000,
+            0.9,
+            variant="baseline",
+            version=2,
+            shadow={"variant": "online", "model_version": 8, "score": 0.2},
+        ),
         served("d", 4000, 0.7),  # no label ever
         {"event_id": "e", "model_id": "m", "ts": 500, "features": [0.0]},  # not served
     ]
@@ -226,10 +290,22 @@ def test_the_served_view_joins_the_prediction_log_with_labels():
         {"event_id": "e", "model_id": "m", "ts": 800, "label": 0},
     ]
     dlq = [{"reason": "late"}, {"reason": "not_json"}]
-    data = build_live("m", "logistic", events=events, labels=labels, dlq=dlq,
-                      alerts=[{"model_id": "m", "kind": "drift", "ts": 2500,
-                               "detail": {"direction": "up", "signal": "error"}}],
-                      input_records=10)
+    data = build_live(
+        "m",
+        "logistic",
+        events=events,
+        labels=labels,
+        dlq=dlq,
+        alerts=[
+            {
+                "model_id": "m",
+                "kind": "drift",
+                "ts": 2500,
+                "detail": {"direction": "up", "signal": "error"},
+            }
+        ],
+        input_records=10,
+    )
     s = data.samples
     assert s.t.tolist() == [1000, 2000, 3000] and s.served == ("online", "online", "baseline")
     assert s.version.tolist() == [7, 8, 8]
@@ -311,10 +387,12 @@ class FakeConsumer:
         for tp in self.assigned:
             records = self.topics[tp.topic]
             start = self.positions[tp]
-            chunk = records[start:start + 2]  # two at a time: several polls
+            chunk = records[start : start + 2]  # two at a time: several polls
             if chunk:
-                out[tp] = [FakeMessage(start + i, k, json.dumps(v).encode(), ts)
-                           for i, (k, v, ts) in enumerate(chunk)]
+                out[tp] = [
+                    FakeMessage(start + i, k, json.dumps(v).encode(), ts)
+                    for i, (k, v, ts) in enumerate(chunk)
+                ]
                 self.positions[tp] = start + len(chunk)
         return out
 
@@ -327,26 +405,44 @@ def test_collect_reads_the_models_records_from_kafka():
     t = settings.kafka.topics
     label = {"event_id": "x1", "model_id": "m", "ts": 2_000, "label": 1}
     topics = {
-        t.alerts: [(None, {"model_id": "m", "kind": "drift", "ts": 5_000,
-                           "detail": {"direction": "up", "signal": "error"}}, 5_000),
-                   (None, {"model_id": "other", "kind": "drift", "ts": 5_000,
-                           "detail": {}}, 5_000)],
-        t.dlq: [(None, json.loads(dlq_record("fl.labels", "late",
-                                             json.dumps(label).encode(), 6_000)), 6_000),
-                (None, json.loads(dlq_record("fl.samples", "not_json", b"??", 6_000)), 6_000)],
-        t.events: [(b"m", served("x0", 500, 0.9), 500),  # before --since
-                   (b"m", served("x1", 1_000, 0.9), 1_000),
-                   (b"m", served("x2", 1_100, 0.2), 1_100),
-                   (b"other", {**served("x3", 1_200, 0.9), "model_id": "other"}, 1_200)],
-        t.labels: [(b"m", {"event_id": "x0", "model_id": "m", "ts": 600, "label": 1}, 600),
-                   (b"m", label, 2_000),
-                   (b"m", {"event_id": "x2", "model_id": "m", "ts": 2_100, "label": 1},
-                    2_100)],
+        t.alerts: [
+            (
+                None,
+                {
+                    "model_id": "m",
+                    "kind": "drift",
+                    "ts": 5_000,
+                    "detail": {"direction": "up", "signal": "error"},
+                },
+                5_000,
+            ),
+            (None, {"model_id": "other", "kind": "drift", "ts": 5_000, "detail": {}}, 5_000),
+        ],
+        t.dlq: [
+            (
+                None,
+                json.loads(dlq_record("fl.labels", "late", json.dumps(label).encode(), 6_000)),
+                6_000,
+            ),
+            (None, json.loads(dlq_record("fl.samples", "not_json", b"??", 6_000)), 6_000),
+        ],
+        t.events: [
+            (b"m", served("x0", 500, 0.9), 500),  # before --since
+            (b"m", served("x1", 1_000, 0.9), 1_000),
+            (b"m", served("x2", 1_100, 0.2), 1_100),
+            (b"other", {**served("x3", 1_200, 0.9), "model_id": "other"}, 1_200),
+        ],
+        t.labels: [
+            (b"m", {"event_id": "x0", "model_id": "m", "ts": 600, "label": 1}, 600),
+            (b"m", label, 2_000),
+            (b"m", {"event_id": "x2", "model_id": "m", "ts": 2_100, "label": 1}, 2_100),
+        ],
         t.samples: [(b"m", {}, 900), (b"m", {}, 1_000), (b"other", {}, 1_000)],
     }
     consumer = FakeConsumer(topics)
-    data = collect(settings, "m", since_ms=800, consumer_factory=lambda: consumer,
-                   with_registry=False)
+    data = collect(
+        settings, "m", since_ms=800, consumer_factory=lambda: consumer, with_registry=False
+    )
     assert consumer.closed
     s = data.samples
     assert s.t.tolist() == [1_000, 1_100]
@@ -357,8 +453,12 @@ def test_collect_reads_the_models_records_from_kafka():
     assert sorted(data.label_delays_ms.tolist()) == [1_000, 1_000]
     assert any("could not be attributed" in n for n in data.notes)
     # Without predictor traffic, the report says where its numbers come from.
-    quiet = collect(settings, "m", consumer_factory=lambda: FakeConsumer(
-        {k: v for k, v in topics.items() if k != t.events}), with_registry=False)
+    quiet = collect(
+        settings,
+        "m",
+        consumer_factory=lambda: FakeConsumer({k: v for k, v in topics.items() if k != t.events}),
+        with_registry=False,
+    )
     assert not len(quiet.samples)
     assert any("prediction log is empty" in n for n in quiet.notes)
     assert any("does not exist" in n for n in quiet.notes)
@@ -373,21 +473,33 @@ def test_replay_input_from_parquet_and_json_lines(tmp_path):
     settings = load_settings(env={"FLOWLEARN__MODEL_DEFAULTS__N_FEATURES": "2"})
     X = np.array([[0.5, 1.0], [2.0, -1.0], [0.0, 0.0]])
     path = tmp_path / "h.parquet"
-    pq.write_table(pa.table({"model_id": ["m", "o", "m"], "ts": [10, 11, 12],
-                             "features": list(X), "label": [1.0, 0.0, 0.0]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "model_id": ["m", "o", "m"],
+                "ts": [10, 11, 12],
+                "features": list(X),
+                "label": [1.0, 0.0, 0.0],
+            }
+        ),
+        path,
+    )
     records = read_records(path, "m")
     assert [json.loads(r) for r in records] == [
         {"model_id": "m", "ts": 10, "features": [0.5, 1.0], "label": 1.0},
-        {"model_id": "m", "ts": 12, "features": [0.0, 0.0], "label": 0.0}]
+        {"model_id": "m", "ts": 12, "features": [0.0, 0.0], "label": 0.0},
+    ]
     valid = valid_samples(records, settings)
     Xm, ym = valid["m"].arrays(2)
     assert np.array_equal(Xm, X[[0, 2]]) and ym.tolist() == [1.0, 0.0]
 
     lines = tmp_path / "s.jsonl"
-    lines.write_bytes(b'{"model_id": "m", "ts": 1, "features": [1, 2], "label": 1}\n\n'
-                      b'{"model_id": "o", "ts": 2, "features": [1, 2], "label": 0}\n'
-                      b'\xff not json\n'
-                      b'{"model_id": "m", "ts": 3, "features": [1], "label": 0}\n')
+    lines.write_bytes(
+        b'{"model_id": "m", "ts": 1, "features": [1, 2], "label": 1}\n\n'
+        b'{"model_id": "o", "ts": 2, "features": [1, 2], "label": 0}\n'
+        b"\xff not json\n"
+        b'{"model_id": "m", "ts": 3, "features": [1], "label": 0}\n'
+    )
     records = read_records(lines, "m")
     assert len(records) == 3 and records[1] == b"\xff not json"  # unattributable: kept
     assert valid_samples(records, settings)["m"].arrays(2)[1].tolist() == [1.0]

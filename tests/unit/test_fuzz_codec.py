@@ -22,12 +22,19 @@ from hypothesis.extra import numpy as hnp
 
 from flowlearn.core import codec
 
-FUZZ = settings(max_examples=400, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 ROUND_TRIP = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
 DECODERS: dict[str, Callable[[bytes], Any]] = {
-    "array": codec.decode_array, "state": codec.decode_state, "delta": codec.decode_delta,
+    "array": codec.decode_array,
+    "state": codec.decode_state,
+    "delta": codec.decode_delta,
 }
 KINDS = {"array": 1, "state": 2, "delta": 3}
 # dtype code -> the unsigned type of the same width, to draw arbitrary bit patterns.
@@ -88,11 +95,28 @@ def headed_payloads(draw: st.DrawFn) -> tuple[str, bytes]:
     dims = draw(st.lists(st.one_of(st.integers(0, 4), st.integers(0, 2**64 - 1)), max_size=4))
     array = array_head(draw(st.integers(0, 9)), *dims) + draw(st.binary(max_size=64))
     if kind == "state":
-        meta = draw(st.sampled_from([b"{}", b'{"a": 1}', b"[]", b"{", b"\xff", b"1" * 5000,
-                                     b"[" * 5000, b'{"x": ' + b"[" * 3000]))
-        body = (u32(draw(st.sampled_from([len(meta), len(meta) + 1, 2**32 - 1]))) + meta
-                + u32(draw(st.integers(0, 3))) + u32(draw(st.integers(0, 8)))
-                + draw(st.sampled_from([b"w", b"\xff\xfe", b""])) + array)
+        meta = draw(
+            st.sampled_from(
+                [
+                    b"{}",
+                    b'{"a": 1}',
+                    b"[]",
+                    b"{",
+                    b"\xff",
+                    b"1" * 5000,
+                    b"[" * 5000,
+                    b'{"x": ' + b"[" * 3000,
+                ]
+            )
+        )
+        body = (
+            u32(draw(st.sampled_from([len(meta), len(meta) + 1, 2**32 - 1])))
+            + meta
+            + u32(draw(st.integers(0, 3)))
+            + u32(draw(st.integers(0, 8)))
+            + draw(st.sampled_from([b"w", b"\xff\xfe", b""]))
+            + array
+        )
     elif kind == "delta":
         body = array + draw(st.binary(max_size=40))
     else:
@@ -125,8 +149,9 @@ def valid_payloads(draw: st.DrawFn) -> tuple[str, bytes]:
 
 @FUZZ
 @given(valid_payloads(), st.data())
-def test_mutated_valid_payloads_raise_only_codec_error(case: tuple[str, bytes],
-                                                       data: st.DataObject) -> None:
+def test_mutated_valid_payloads_raise_only_codec_error(
+    case: tuple[str, bytes], data: st.DataObject
+) -> None:
     """Flipped, overwritten, cut or extended bytes of real payloads."""
     kind, payload = case
     buf = bytearray(payload)
@@ -200,17 +225,23 @@ def test_array_round_trip_is_bit_exact(a: np.ndarray) -> None:
 
 NAMES = st.text(st.characters(codec="utf-8"), max_size=12)
 META = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 @ROUND_TRIP
-@given(st.dictionaries(NAMES, any_arrays(), max_size=4),
-       st.dictionaries(st.text(max_size=8), META, max_size=5))
+@given(
+    st.dictionaries(NAMES, any_arrays(), max_size=4),
+    st.dictionaries(st.text(max_size=8), META, max_size=5),
+)
 def test_state_round_trip_is_exact(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     got_arrays, got_meta = codec.decode_state(codec.encode_state(arrays, meta))
     assert got_meta == json.loads(json.dumps(meta))
@@ -236,9 +267,10 @@ def weight_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     new = old.copy()
     flat = new.reshape(-1)
     for i in draw(st.lists(st.integers(0, flat.size - 1), max_size=flat.size)):
-        flat[i:i + 1].view(unsigned)[0] = draw(st.sampled_from(
-            [0, 1 << (dtype.itemsize * 8 - 1), int(np.iinfo(unsigned).max)]) | st.integers(
-                0, int(np.iinfo(unsigned).max)))
+        flat[i : i + 1].view(unsigned)[0] = draw(
+            st.sampled_from([0, 1 << (dtype.itemsize * 8 - 1), int(np.iinfo(unsigned).max)])
+            | st.integers(0, int(np.iinfo(unsigned).max))
+        )
     return old, new
 
 
@@ -258,8 +290,9 @@ def test_delta_applies_exactly(pair: tuple[np.ndarray, np.ndarray], layout: str)
 
 
 @ROUND_TRIP
-@given(hnp.arrays(np.int64, st.integers(0, 6), elements=st.integers(-(2**63), 2**63 - 1)),
-       st.data())
+@given(
+    hnp.arrays(np.int64, st.integers(0, 6), elements=st.integers(-(2**63), 2**63 - 1)), st.data()
+)
 def test_delta_round_trip_and_bounds(indices: np.ndarray, data: st.DataObject) -> None:
     values = data.draw(hnp.arrays(np.float64, indices.size))
     delta = codec.decode_delta(codec.encode_delta(indices, values))

@@ -47,8 +47,13 @@ from flowlearn.contracts.records import (
 from flowlearn.core.control import CONTROL_COMMANDS
 from flowlearn.core.spec import ModelSpec
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 SPECS: dict[str, dict[str, Any]] = {
     "dense": ModelSpec(type="logistic", n_features=3).as_dict(),
@@ -67,14 +72,31 @@ def documented_reasons() -> set[str]:
     """The DLQ reasons of docs/job.md's table, so the tests hold the code to its docs."""
     text = (Path(__file__).parents[2] / "docs" / "job.md").read_text()
     table = text.split("## Dead letters and alerts", 1)[1].split("\n\n")[2]
-    return {m for row in table.splitlines() if row.startswith("| `")
-            for m in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    return {
+        m
+        for row in table.splitlines()
+        if row.startswith("| `")
+        for m in re.findall(r"`([a-z_]+)`", row.split("|")[1])
+    }
 
 
-PARSE_REASONS = {"not_json", "not_object", "too_large", "missing_field", "bad_field",
-                 "bad_features", "unknown_model"}
-CONTROL_REASONS = {"not_json", "not_object", "too_large", "missing_field", "bad_field",
-                   "unknown_command"}
+PARSE_REASONS = {
+    "not_json",
+    "not_object",
+    "too_large",
+    "missing_field",
+    "bad_field",
+    "bad_features",
+    "unknown_model",
+}
+CONTROL_REASONS = {
+    "not_json",
+    "not_object",
+    "too_large",
+    "missing_field",
+    "bad_field",
+    "unknown_command",
+}
 BULK_REASONS = PARSE_REASONS | {"bad_arrow"}
 
 
@@ -88,17 +110,21 @@ def test_the_reasons_used_here_are_the_documented_ones() -> None:
 
 def assert_dlq_keeps(raw: bytes, exc: RecordError, topic: str) -> None:
     """What the parse operator does with a RecordError must keep the record whole."""
-    text = dlq_record(topic, exc.reason, raw, records.now_ms(), exc.message, partition=0,
-                      offset=7)
+    text = dlq_record(topic, exc.reason, raw, records.now_ms(), exc.message, partition=0, offset=7)
     text.encode("ascii")  # whatever the detail holds, the DLQ record is plain ASCII JSON
     d = json.loads(text)
     assert base64.b64decode(d["raw"], validate=True) == raw
-    assert (d["source_topic"], d["reason"], d["partition"], d["offset"]) == (topic, exc.reason,
-                                                                             0, 7)
+    assert (d["source_topic"], d["reason"], d["partition"], d["offset"]) == (
+        topic,
+        exc.reason,
+        0,
+        7,
+    )
 
 
-def parse_or_dead_letter(parse: Callable[[bytes], Any], raw: bytes, reasons: set[str],
-                         topic: str) -> Any | None:
+def parse_or_dead_letter(
+    parse: Callable[[bytes], Any], raw: bytes, reasons: set[str], topic: str
+) -> Any | None:
     """Run ``parse``; a RecordError must carry an allowed reason and a message. Any other
     exception propagates and fails the test."""
     try:
@@ -193,8 +219,11 @@ def route_sample(raw: bytes) -> Any:
 
 
 PARSERS: dict[str, tuple[Callable[[bytes], Any], Callable[[Any], None], set[str]]] = {
-    "fl.samples": (route_sample, lambda r: (check_batch if isinstance(r, records.SampleBatch)
-                                            else check_sample)(r), BULK_REASONS),
+    "fl.samples": (
+        route_sample,
+        lambda r: (check_batch if isinstance(r, records.SampleBatch) else check_sample)(r),
+        BULK_REASONS,
+    ),
     "fl.events": (lambda raw: parse_event(raw, spec_for), check_event, PARSE_REASONS),
     "fl.labels": (lambda raw: parse_label(raw, spec_for), check_label_record, PARSE_REASONS),
     "fl.control": (parse_control, check_control, CONTROL_REASONS),
@@ -213,11 +242,15 @@ def assert_contract(topic: str, raw: bytes) -> Any | None:
 
 
 @FUZZ
-@given(topic=st.sampled_from(sorted(PARSERS)),
-       raw=st.one_of(st.binary(max_size=200),
-                     st.binary(max_size=200).map(lambda b: ARROW_STREAM_PREFIX + b),
-                     st.text(max_size=100).map(lambda t: t.encode("utf-8")),
-                     st.text(max_size=60).map(lambda t: t.encode("utf-16"))))
+@given(
+    topic=st.sampled_from(sorted(PARSERS)),
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.binary(max_size=200).map(lambda b: ARROW_STREAM_PREFIX + b),
+        st.text(max_size=100).map(lambda t: t.encode("utf-8")),
+        st.text(max_size=60).map(lambda t: t.encode("utf-16")),
+    ),
+)
 @example(topic="fl.samples", raw=b" " * (records.MAX_RECORD_BYTES + 1))
 @example(topic="fl.samples", raw=ARROW_STREAM_PREFIX + b"\0" * 4)
 def test_any_bytes_parse_or_go_to_the_dlq(topic: str, raw: bytes) -> None:
@@ -246,20 +279,38 @@ def dumps(value: Any) -> str:
 
 
 DEEP = "[" * 5000 + "]" * 5000
-SPECIAL_TOKENS = st.sampled_from([
-    Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("1e309"), Raw("-1e309"), Raw("1e-400"),
-    Raw("1" + "0" * 400), Raw("-" + "9" * 5000), Raw(DEEP), Raw('{"a": ' * 3000 + "1" + "}" * 3000),
-])
+SPECIAL_TOKENS = st.sampled_from(
+    [
+        Raw("NaN"),
+        Raw("Infinity"),
+        Raw("-Infinity"),
+        Raw("1e309"),
+        Raw("-1e309"),
+        Raw("1e-400"),
+        Raw("1" + "0" * 400),
+        Raw("-" + "9" * 5000),
+        Raw(DEEP),
+        Raw('{"a": ' * 3000 + "1" + "}" * 3000),
+    ]
+)
 LONE_SURROGATES = st.sampled_from(["\ud800", "model\udfff", "\udc80x"])
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(2**62 - 2, 2**64 + 2),
-    st.floats(), st.text(max_size=12), LONE_SURROGATES, SPECIAL_TOKENS,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(2**62 - 2, 2**64 + 2),
+    st.floats(),
+    st.text(max_size=12),
+    LONE_SURROGATES,
+    SPECIAL_TOKENS,
     st.sampled_from(["x" * 201, "y" * 100_000]),
 )
 JUNK = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.lists(st.tuples(st.text(max_size=6), inner), max_size=4).map(Obj),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(st.tuples(st.text(max_size=6), inner), max_size=4).map(Obj)
+    ),
     max_leaves=8,
 )
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
@@ -276,7 +327,8 @@ def features_for(spec: Mapping[str, Any]) -> st.SearchStrategy[Any]:
     values = st.one_of(NUMBERS, st.text(max_size=8), st.none(), st.booleans())
     good_map = st.dictionaries(st.text(max_size=8), values, max_size=5)
     near_map: st.SearchStrategy[Any] = st.lists(
-        st.tuples(st.text(max_size=8) | LONE_SURROGATES, values | JUNK), max_size=5).map(Obj)
+        st.tuples(st.text(max_size=8) | LONE_SURROGATES, values | JUNK), max_size=5
+    ).map(Obj)
     return st.one_of(good_map, good_map, near_map, st.lists(NUMBERS, max_size=3))
 
 
@@ -295,7 +347,8 @@ NEAR_MISS: dict[str, st.SearchStrategy[Any]] = {
     "label": st.sampled_from([2, -1, 0.5, 3, "1", [1], 10**400]) | SPECIAL_TOKENS,
     "event_id": st.sampled_from(["", "e" * 201, 7, ["e"]]) | LONE_SURROGATES,
     "command": st.sampled_from(["pin", "unpin", "ROLLBACK", "", 5, ["reset"], None])
-    | LONE_SURROGATES | JUNK,
+    | LONE_SURROGATES
+    | JUNK,
     "args": st.sampled_from([[], "v", 0, Obj([("version", "3")])]) | JUNK,
     "source": JUNK,
 }
@@ -368,12 +421,18 @@ POISON = [
     ("fl.samples", _sample(model_id='"lin"', features='{"a": 1e308, "b": 1e308}', label="0")),
     ("fl.samples", _sample(model_id='"dense"', event_id='"\\ud800"')),
     ("fl.events", b'{"event_id": "\\udfff", "model_id": "dense", "ts": 1, "features": [1,2,3]}'),
-    ("fl.labels", b'{"event_id": "e", "model_id": "dense", "ts": 1, "label": -1' + b"0" * 400
-                  + b"}"),
+    (
+        "fl.labels",
+        b'{"event_id": "e", "model_id": "dense", "ts": 1, "label": -1' + b"0" * 400 + b"}",
+    ),
     ("fl.control", b'{"model_id": "m", "command": ["reset"], "ts": 1}'),  # unhashable
     ("fl.control", b'{"model_id": "m", "command": {"a": 1}, "ts": 1}'),
-    ("fl.control", b'{"model_id": "m", "command": "rollback", "ts": 1, "args": {"version": 1'
-                   + b"0" * 400 + b"}}"),
+    (
+        "fl.control",
+        b'{"model_id": "m", "command": "rollback", "ts": 1, "args": {"version": 1'
+        + b"0" * 400
+        + b"}}",
+    ),
     ("fl.control", b'{"model_id": "\\ud800", "command": "reset", "ts": 1}'),
 ]
 
@@ -410,10 +469,12 @@ def test_valid_records_parse_to_their_values(data: st.DataObject) -> None:
     if spec["features"] == "dense":
         features: Any = data.draw(st.lists(FINITE, min_size=n, max_size=n))
     else:
-        features = data.draw(st.dictionaries(st.text(max_size=8), st.floats(-1e300, 1e300),
-                                             max_size=1))
-    raw = json.dumps({"model_id": model_id, "ts": ts, "features": features, "label": label,
-                      "event_id": "e1"}).encode()
+        features = data.draw(
+            st.dictionaries(st.text(max_size=8), st.floats(-1e300, 1e300), max_size=1)
+        )
+    raw = json.dumps(
+        {"model_id": model_id, "ts": ts, "features": features, "label": label, "event_id": "e1"}
+    ).encode()
     s = parse_sample(raw, spec_for)
     check_sample(s)
     assert (s.model_id, s.ts, s.label, s.event_id) == (model_id, ts, float(label), "e1")
@@ -421,13 +482,20 @@ def test_valid_records_parse_to_their_values(data: st.DataObject) -> None:
         assert s.features.tolist() == [float(x) for x in features]
     else:
         assert np.abs(s.features).sum() == sum(abs(float(v)) for v in features.values())
-    event = parse_event(json.dumps({"event_id": "e1", "model_id": model_id, "ts": ts,
-                                    "features": features}).encode(), spec_for)
+    event = parse_event(
+        json.dumps(
+            {"event_id": "e1", "model_id": model_id, "ts": ts, "features": features}
+        ).encode(),
+        spec_for,
+    )
     assert event.features.tobytes() == s.features.tobytes()
     command = data.draw(st.sampled_from(sorted(CONTROL_COMMANDS)))
     args = {name: data.draw(NUMBERS) for name in CONTROL_COMMANDS[command]}
-    c = parse_control(json.dumps({"model_id": model_id, "command": command, "args": args,
-                                  "ts": ts, "source": "cli"}).encode())
+    c = parse_control(
+        json.dumps(
+            {"model_id": model_id, "command": command, "args": args, "ts": ts, "source": "cli"}
+        ).encode()
+    )
     check_control(c)
     assert (c.command, c.args, c.ts, c.source) == (command, args, ts, "cli")
 
@@ -436,12 +504,24 @@ def test_valid_records_parse_to_their_values(data: st.DataObject) -> None:
 
 
 @FUZZ
-@given(raw=st.binary(max_size=500), topic=st.text(max_size=20), reason=st.text(max_size=20),
-       detail=st.text(max_size=700) | LONE_SURROGATES, ts=st.integers(0, 2**62),
-       partition=st.none() | st.integers(0, 2**31), offset=st.none() | st.integers(0, 2**63))
-def test_dlq_record_gives_back_the_exact_bytes(raw: bytes, topic: str, reason: str, detail: str,
-                                               ts: int, partition: int | None,
-                                               offset: int | None) -> None:
+@given(
+    raw=st.binary(max_size=500),
+    topic=st.text(max_size=20),
+    reason=st.text(max_size=20),
+    detail=st.text(max_size=700) | LONE_SURROGATES,
+    ts=st.integers(0, 2**62),
+    partition=st.none() | st.integers(0, 2**31),
+    offset=st.none() | st.integers(0, 2**63),
+)
+def test_dlq_record_gives_back_the_exact_bytes(
+    raw: bytes,
+    topic: str,
+    reason: str,
+    detail: str,
+    ts: int,
+    partition: int | None,
+    offset: int | None,
+) -> None:
     text = dlq_record(topic, reason, raw, ts, detail, partition, offset)
     text.encode("ascii")
     d = json.loads(text)
@@ -473,83 +553,114 @@ def bulk_tables(draw: st.DrawFn) -> pa.Table:
     def right(name: str) -> bool:
         return ok == "all" or (ok == name) or (ok != "none" and draw(st.booleans()))
 
-    x = draw(st.lists(st.lists(st.floats(width=64), min_size=d, max_size=d), min_size=n,
-                      max_size=n))
+    x = draw(
+        st.lists(st.lists(st.floats(width=64), min_size=d, max_size=d), min_size=n, max_size=n)
+    )
     if right("features"):
         flat = pa.array([v for row in x for v in row], pa.float64())
-        features: pa.Array = draw(st.sampled_from([
-            pa.FixedSizeListArray.from_arrays(flat, d),
-            pa.array(x, pa.list_(pa.float64())),
-            pa.array(x, pa.large_list(pa.float64())),
-        ]))
+        features: pa.Array = draw(
+            st.sampled_from(
+                [
+                    pa.FixedSizeListArray.from_arrays(flat, d),
+                    pa.array(x, pa.list_(pa.float64())),
+                    pa.array(x, pa.large_list(pa.float64())),
+                ]
+            )
+        )
     else:
-        features = draw(st.sampled_from([
-            lambda: pa.array([r[:-1] for r in x], pa.list_(pa.float64())),
-            lambda: pa.array([[*r, 1.0] for r in x], pa.list_(pa.float64())),
-            lambda: pa.array([None] * n, pa.list_(pa.float64())),
-            lambda: pa.array([[None] * d] * n, pa.list_(pa.float64())),
-            lambda: pa.array([[str(v) for v in r] for r in x], pa.list_(pa.string())),
-            lambda: pa.array([[int(v) % 7 for v in r if math.isfinite(v)] for r in x],
-                             pa.list_(pa.int64())),
-            lambda: pa.array([[[v] for v in r] for r in x], pa.list_(pa.list_(pa.float64()))),
-            lambda: pa.array([r[0] if r else 0.0 for r in x], pa.float64()),
-            lambda: pa.array([{"a": 1.0}] * n),
-            lambda: pa.array(["1,2,3"] * n, pa.string()),
-            lambda: pa.array([[True] * d] * n, pa.list_(pa.bool_())),
-            lambda: pa.FixedSizeListArray.from_arrays(
-                pa.array([1.0] * (n * (d + 1)), pa.float64()), d + 1),
-        ]))()
+        features = draw(
+            st.sampled_from(
+                [
+                    lambda: pa.array([r[:-1] for r in x], pa.list_(pa.float64())),
+                    lambda: pa.array([[*r, 1.0] for r in x], pa.list_(pa.float64())),
+                    lambda: pa.array([None] * n, pa.list_(pa.float64())),
+                    lambda: pa.array([[None] * d] * n, pa.list_(pa.float64())),
+                    lambda: pa.array([[str(v) for v in r] for r in x], pa.list_(pa.string())),
+                    lambda: pa.array(
+                        [[int(v) % 7 for v in r if math.isfinite(v)] for r in x],
+                        pa.list_(pa.int64()),
+                    ),
+                    lambda: pa.array(
+                        [[[v] for v in r] for r in x], pa.list_(pa.list_(pa.float64()))
+                    ),
+                    lambda: pa.array([r[0] if r else 0.0 for r in x], pa.float64()),
+                    lambda: pa.array([{"a": 1.0}] * n),
+                    lambda: pa.array(["1,2,3"] * n, pa.string()),
+                    lambda: pa.array([[True] * d] * n, pa.list_(pa.bool_())),
+                    lambda: pa.FixedSizeListArray.from_arrays(
+                        pa.array([1.0] * (n * (d + 1)), pa.float64()), d + 1
+                    ),
+                ]
+            )
+        )()
     ts_good = draw(st.lists(st.integers(0, 2**62 - 1), min_size=n, max_size=n))
     if right("ts"):
         ts = pa.array(ts_good, pa.int64())
     else:
-        ts = draw(st.sampled_from([
-            lambda: pa.array([-1] * n, pa.int64()),
-            lambda: pa.array([2**62] * n, pa.int64()),
-            lambda: pa.array([2**64 - 1] * n, pa.uint64()),
-            lambda: pa.array([1.5] * n, pa.float64()),
-            lambda: pa.array([math.nan] * n, pa.float64()),
-            lambda: pa.array([1e300] * n, pa.float64()),
-            lambda: pa.array([None] * n, pa.int64()),
-            lambda: pa.array(["5"] * n, pa.string()),
-            lambda: pa.array(["soon"] * n, pa.string()),
-            lambda: pa.array(ts_good, pa.timestamp("ms")),
-            lambda: pa.array([[1]] * n, pa.list_(pa.int64())),
-            lambda: pa.array([{"t": 1}] * n),
-        ]))()
-    labels = draw(st.lists(label_for(SPECS.get(model_id, SPECS["dense"])).map(float),
-                           min_size=n, max_size=n))
+        ts = draw(
+            st.sampled_from(
+                [
+                    lambda: pa.array([-1] * n, pa.int64()),
+                    lambda: pa.array([2**62] * n, pa.int64()),
+                    lambda: pa.array([2**64 - 1] * n, pa.uint64()),
+                    lambda: pa.array([1.5] * n, pa.float64()),
+                    lambda: pa.array([math.nan] * n, pa.float64()),
+                    lambda: pa.array([1e300] * n, pa.float64()),
+                    lambda: pa.array([None] * n, pa.int64()),
+                    lambda: pa.array(["5"] * n, pa.string()),
+                    lambda: pa.array(["soon"] * n, pa.string()),
+                    lambda: pa.array(ts_good, pa.timestamp("ms")),
+                    lambda: pa.array([[1]] * n, pa.list_(pa.int64())),
+                    lambda: pa.array([{"t": 1}] * n),
+                ]
+            )
+        )()
+    labels = draw(
+        st.lists(label_for(SPECS.get(model_id, SPECS["dense"])).map(float), min_size=n, max_size=n)
+    )
     if right("label"):
         label = pa.array(labels, pa.float64())
     else:
-        label = draw(st.sampled_from([
-            lambda: pa.array([math.nan] * n, pa.float64()),
-            lambda: pa.array([math.inf] * n, pa.float64()),
-            lambda: pa.array([2.0] * n, pa.float64()),
-            lambda: pa.array([0.5] * n, pa.float64()),
-            lambda: pa.array([None] * n, pa.float64()),
-            lambda: pa.array([True] * n, pa.bool_()),
-            lambda: pa.array(["1"] * n, pa.string()),
-            lambda: pa.array(["one"] * n, pa.string()),
-            lambda: pa.array([[1.0]] * n, pa.list_(pa.float64())),
-            lambda: pa.array([1] * n, pa.int8()),
-        ]))()
+        label = draw(
+            st.sampled_from(
+                [
+                    lambda: pa.array([math.nan] * n, pa.float64()),
+                    lambda: pa.array([math.inf] * n, pa.float64()),
+                    lambda: pa.array([2.0] * n, pa.float64()),
+                    lambda: pa.array([0.5] * n, pa.float64()),
+                    lambda: pa.array([None] * n, pa.float64()),
+                    lambda: pa.array([True] * n, pa.bool_()),
+                    lambda: pa.array(["1"] * n, pa.string()),
+                    lambda: pa.array(["one"] * n, pa.string()),
+                    lambda: pa.array([[1.0]] * n, pa.list_(pa.float64())),
+                    lambda: pa.array([1] * n, pa.int8()),
+                ]
+            )
+        )()
     if right("model_id"):
-        ids: pa.Array = draw(st.sampled_from([
-            pa.array([model_id] * n, pa.string()),
-            pa.array([model_id] * n, pa.large_string()),
-            pa.array([model_id] * n, pa.string()).dictionary_encode(),
-        ]))
+        ids: pa.Array = draw(
+            st.sampled_from(
+                [
+                    pa.array([model_id] * n, pa.string()),
+                    pa.array([model_id] * n, pa.large_string()),
+                    pa.array([model_id] * n, pa.string()).dictionary_encode(),
+                ]
+            )
+        )
     else:
-        ids = draw(st.sampled_from([
-            lambda: pa.array([model_id, "other"] * n, pa.string())[:n],
-            lambda: pa.array([None] * n, pa.string()),
-            lambda: pa.array([7] * n, pa.int64()),
-            lambda: pa.array([model_id.encode()] * n, pa.binary()),
-            lambda: pa.array([[model_id]] * n, pa.list_(pa.string())),
-            lambda: pa.array([{"m": model_id}] * n),
-            lambda: pa.array(["\u00e9" * 300] * n, pa.string()),
-        ]))()
+        ids = draw(
+            st.sampled_from(
+                [
+                    lambda: pa.array([model_id, "other"] * n, pa.string())[:n],
+                    lambda: pa.array([None] * n, pa.string()),
+                    lambda: pa.array([7] * n, pa.int64()),
+                    lambda: pa.array([model_id.encode()] * n, pa.binary()),
+                    lambda: pa.array([[model_id]] * n, pa.list_(pa.string())),
+                    lambda: pa.array([{"m": model_id}] * n),
+                    lambda: pa.array(["\u00e9" * 300] * n, pa.string()),
+                ]
+            )
+        )()
     columns = {"model_id": ids, "ts": ts, "features": features, "label": label}
     names = [c for c in columns if ok == "all" or draw(st.integers(0, 9)) != 0]
     arrays = [columns[c] for c in names]
@@ -566,8 +677,9 @@ def bulk_tables(draw: st.DrawFn) -> pa.Table:
 
 @FUZZ
 @given(bulk_tables(), st.sampled_from([None, 1, 2]))
-def test_bulk_records_of_any_schema_parse_or_go_to_the_dlq(table: pa.Table,
-                                                           chunk: int | None) -> None:
+def test_bulk_records_of_any_schema_parse_or_go_to_the_dlq(
+    table: pa.Table, chunk: int | None
+) -> None:
     raw = ipc(table, chunk)
     assert is_bulk(raw)
     assert_contract("fl.samples", raw)
@@ -578,19 +690,20 @@ def valid_bulk(draw: st.DrawFn) -> tuple[str, np.ndarray, np.ndarray, np.ndarray
     model_id = draw(st.sampled_from(["dense", "soft"]))
     spec = SPECS[model_id]
     n = draw(st.integers(1, 6))
-    ts = np.array(draw(st.lists(st.integers(0, 2**62 - 1), min_size=n, max_size=n)),
-                  dtype=np.int64)
-    X = np.array(draw(st.lists(FINITE, min_size=n * spec["n_features"],
-                               max_size=n * spec["n_features"])),
-                 dtype=np.float64).reshape(n, spec["n_features"])
+    ts = np.array(draw(st.lists(st.integers(0, 2**62 - 1), min_size=n, max_size=n)), dtype=np.int64)
+    X = np.array(
+        draw(st.lists(FINITE, min_size=n * spec["n_features"], max_size=n * spec["n_features"])),
+        dtype=np.float64,
+    ).reshape(n, spec["n_features"])
     y = np.array(draw(st.lists(label_for(spec).map(float), min_size=n, max_size=n)))
     return model_id, ts, X, y
 
 
 @FUZZ
 @given(valid_bulk())
-def test_valid_bulk_records_parse_exactly(case: tuple[str, np.ndarray, np.ndarray, np.ndarray]
-                                          ) -> None:
+def test_valid_bulk_records_parse_exactly(
+    case: tuple[str, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     model_id, ts, X, y = case
     b = parse_sample_batch(encode_sample_batch(model_id, ts, X, y), spec_for)
     check_batch(b)
@@ -610,10 +723,19 @@ def test_bulk_record_with_corrupt_offsets_goes_to_the_dlq(column: str) -> None:
     if column == "model_id":
         ids = pa.Array.from_buffers(pa.string(), 2, [None, bad, pa.py_buffer(b"densedense")])
     else:
-        features = pa.Array.from_buffers(features.type, 2, [None, bad],
-                                         children=[pa.array([1.0] * 6)])
-    raw = ipc(pa.table({"model_id": ids, "ts": pa.array([1, 2]), "features": features,
-                        "label": pa.array([0.0, 1.0])}))
+        features = pa.Array.from_buffers(
+            features.type, 2, [None, bad], children=[pa.array([1.0] * 6)]
+        )
+    raw = ipc(
+        pa.table(
+            {
+                "model_id": ids,
+                "ts": pa.array([1, 2]),
+                "features": features,
+                "label": pa.array([0.0, 1.0]),
+            }
+        )
+    )
     with pytest.raises(RecordError) as info:
         parse_sample_batch(raw, spec_for)
     assert info.value.reason == "bad_arrow"
@@ -622,7 +744,8 @@ def test_bulk_record_with_corrupt_offsets_goes_to_the_dlq(column: str) -> None:
 @FUZZ
 @given(valid_bulk(), st.data())
 def test_corrupted_bulk_records_parse_or_go_to_the_dlq(
-        case: tuple[str, np.ndarray, np.ndarray, np.ndarray], data: st.DataObject) -> None:
+    case: tuple[str, np.ndarray, np.ndarray, np.ndarray], data: st.DataObject
+) -> None:
     """Bytes of a real bulk record flipped, overwritten, cut or extended."""
     buf = bytearray(encode_sample_batch(*case))
     for _ in range(data.draw(st.integers(1, 4))):
@@ -633,20 +756,26 @@ def test_corrupted_bulk_records_parse_or_go_to_the_dlq(
         elif op == "set":
             buf[pos] = data.draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x10]))
         elif op == "cut":
-            del buf[max(pos, 8):]
+            del buf[max(pos, 8) :]
         else:
             buf += data.draw(st.binary(min_size=1, max_size=16))
     assert_contract("fl.samples", bytes(buf))
 
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=5),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-(10**30), max_value=10**30),
 )
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
-    max_leaves=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def as_float64_numbers(value: Any) -> Any:
@@ -669,9 +798,13 @@ def python_json_object(raw: bytes) -> Any:
     return as_float64_numbers(obj) if isinstance(obj, dict) else "not_object"
 
 
-@given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()),
-                 json_values.map(lambda v: json.dumps(v).encode("utf-16")),
-                 st.binary(max_size=40)))
+@given(
+    st.one_of(
+        json_values.map(lambda v: json.dumps(v).encode()),
+        json_values.map(lambda v: json.dumps(v).encode("utf-16")),
+        st.binary(max_size=40),
+    )
+)
 @example(b'{"a": NaN, "b": -Infinity, "c": 1e400}')
 @example(b'\xef\xbb\xbf{"a": 1}')
 @example(b'{"a": "\\ud800"}')

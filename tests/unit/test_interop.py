@@ -11,5 +11,6 @@ from flowlearn.jobs import interop
 def test_the_interop_module_was_written_for_the_pinned_flink() -> None:
     assert versions.FLINK_VERSION == interop.WRITTEN_FOR_FLINK, (
         "the Flink pin moved: re-check every function of flowlearn.jobs.interop against the "
-        "new PyFlink (its Java classes and private attributes), then update WRITTEN_FOR_FLINK")
+        "new PyFlink (its Java classes and private attributes), then update WRITTEN_FOR_FLINK"
+    )
     assert pyflink.version.__version__ == versions.FLINK_VERSION

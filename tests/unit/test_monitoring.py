@@ -7,8 +7,11 @@ def stream(seed, n_batches=60, change_at=30):
     rng = np.random.default_rng(seed)
     for b in range(n_batches):
         rate, loss = (0.1, 0.3) if b < change_at else (0.5, 0.9)
-        yield ((rng.random(64) < rate) * 1.0, rng.normal(loss, 0.1, 64).clip(0),
-               rng.normal(size=(64, 3)))
+        yield (
+            (rng.random(64) < rate) * 1.0,
+            rng.normal(loss, 0.1, 64).clip(0),
+            rng.normal(size=(64, 3)),
+        )
 
 
 def alarms(monitor, batches):
@@ -44,8 +47,9 @@ def test_adwin_alarms_say_whether_the_error_rose_or_fell():
     def run(rates):
         found = []
         for rate in rates:
-            found += monitor.update((rng.random(64) < rate) * 1.0, rng.random(64),
-                                    rng.normal(size=(64, 1)))
+            found += monitor.update(
+                (rng.random(64) < rate) * 1.0, rng.random(64), rng.normal(size=(64, 1))
+            )
         return found
 
     learning = run(np.linspace(0.5, 0.1, 60))  # a model getting better
@@ -62,8 +66,11 @@ def test_after_a_restart_a_young_model_raises_no_alarm_where_the_old_detectors_w
     rng = np.random.default_rng(7)
 
     def batch(rate):
-        return (rng.random(64) < rate) * 1.0, rng.normal(rate, 0.05, 64).clip(0), \
-            rng.normal(size=(64, 2))
+        return (
+            (rng.random(64) < rate) * 1.0,
+            rng.normal(rate, 0.05, 64).clip(0),
+            rng.normal(size=(64, 2)),
+        )
 
     good = [batch(0.08) for _ in range(60)]
     young = [batch(rate) for rate in np.linspace(0.45, 0.1, 30)]  # a reset model learning

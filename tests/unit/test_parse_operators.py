@@ -94,9 +94,19 @@ def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
 
     op = opened(ParseSamples)
     bulk = encode_sample_batch("a", np.array([5, 6]), np.full((2, 10), 9.0), np.ones(2))
-    out = list(op.process_element(framed(
-        sample("a", 1, "a1", x=1.0), sample("b", 2, x=2.0), b"not json",
-        sample("a", 3, x=3.0), bulk, sample("a", 4, "a4", x=4.0)), None))
+    out = list(
+        op.process_element(
+            framed(
+                sample("a", 1, "a1", x=1.0),
+                sample("b", 2, x=2.0),
+                b"not json",
+                sample("a", 3, x=3.0),
+                bulk,
+                sample("a", 4, "a4", x=4.0),
+            ),
+            None,
+        )
+    )
     letters = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
     rows = [(o[0], tuple(o[1])) for o in out if o[0] is not DLQ_TAG]
     assert [r["reason"] for r in letters] == ["not_json"]

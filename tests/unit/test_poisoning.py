@@ -9,8 +9,14 @@ from flowlearn.evaluation.poisoning import compare, flip_labels, stream_arrays
 
 SPEC = {"type": "logistic", "n_features": 10, "learning_rate": 0.1}
 # The job's defaults (conf/defaults.toml), so the figures are what a deployment gets.
-LEDGER = {"every": 50, "keep": 20, "window_samples": 2000, "min_samples": 1000,
-          "margin": 0.1, "cooldown_versions": 100}
+LEDGER = {
+    "every": 50,
+    "keep": 20,
+    "window_samples": 2000,
+    "min_samples": 1000,
+    "margin": 0.1,
+    "cooldown_versions": 100,
+}
 #: The stated margin: the protected run's accuracy on clean held-out data within this of
 #: the clean run's, for flip rates up to 40% (docs/reliability.md).
 MARGIN = 0.02
@@ -24,8 +30,18 @@ def data():
 
 def runs_at(data, rate, episode):
     X, y, X_test, y_test = data
-    return compare(X, y, X_test, y_test, rate=rate, episode=episode, spec=SPEC,
-                   batch_size=64, ledger_options=LEDGER, holdout_size=512)
+    return compare(
+        X,
+        y,
+        X_test,
+        y_test,
+        rate=rate,
+        episode=episode,
+        spec=SPEC,
+        batch_size=64,
+        ledger_options=LEDGER,
+        holdout_size=512,
+    )
 
 
 def test_flip_labels_flips_that_share_inside_the_episode_only():

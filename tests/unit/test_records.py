@@ -96,8 +96,12 @@ def bulk(n=4, d=3, **over):
     from flowlearn.contracts.records import encode_sample_batch
 
     X = np.arange(n * d, dtype=float).reshape(n, d)
-    args = {"model_id": "m", "ts": np.arange(n) + 100, "features": X,
-            "labels": np.array([0.0, 1.0] * (n // 2))}
+    args = {
+        "model_id": "m",
+        "ts": np.arange(n) + 100,
+        "features": X,
+        "labels": np.array([0.0, 1.0] * (n // 2)),
+    }
     args.update(over)
     return encode_sample_batch(**args)
 
@@ -143,16 +147,20 @@ def test_bulk_record_with_a_nan_names_the_row():
 def test_control_commands():
     from flowlearn.contracts.records import parse_control
 
-    c = parse_control(b'{"model_id": "m", "command": "rollback", "args": {"version": 3},'
-                      b' "ts": 5, "source": "cli:alice"}')
-    assert (c.model_id, c.command, c.args["version"], c.source) == ("m", "rollback", 3,
-                                                                    "cli:alice")
+    c = parse_control(
+        b'{"model_id": "m", "command": "rollback", "args": {"version": 3},'
+        b' "ts": 5, "source": "cli:alice"}'
+    )
+    assert (c.model_id, c.command, c.args["version"], c.source) == ("m", "rollback", 3, "cli:alice")
     assert parse_control(b'{"model_id": "m", "command": "pause", "ts": 5}').args == {}
     for raw, reason in [
         (b'{"model_id": "m", "command": "explode", "ts": 5}', "unknown_command"),
         (b'{"model_id": "m", "command": "rollback", "ts": 5}', "bad_field"),
-        (b'{"model_id": "m", "command": "set_learning_rate", "args": {"learning_rate": "x"},'
-         b' "ts": 5}', "bad_field"),
+        (
+            b'{"model_id": "m", "command": "set_learning_rate", "args": {"learning_rate": "x"},'
+            b' "ts": 5}',
+            "bad_field",
+        ),
     ]:
         with pytest.raises(RecordError) as info:
             parse_control(raw)

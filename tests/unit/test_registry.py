@@ -60,8 +60,10 @@ def mlflow_versions(reg: Registry, model_id: str) -> list[int]:
 
 
 def test_module_imports_neither_mlflow_nor_pyflink() -> None:
-    code = ("import sys, flowlearn.registry.mlflow_store; "
-            "print(sorted({'mlflow', 'pyflink'} & set(sys.modules)))")
+    code = (
+        "import sys, flowlearn.registry.mlflow_store; "
+        "print(sorted({'mlflow', 'pyflink'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -70,13 +72,19 @@ def test_round_trip_is_bit_exact(reg: Registry, model_id: str) -> None:
     w = np.array([0.5, -0.0, np.nan, np.inf, 1e-310, -3.25])
     w.view(np.uint64)[2] |= 0xBEEF  # a NaN with a payload
     payload = encode_array(w)
-    got = reg.register(model_id, 7, payload, SPEC, 700, {"logloss": 0.25}, epoch=2,
-                       tags={"source": "test"})
+    got = reg.register(
+        model_id, 7, payload, SPEC, 700, {"logloss": 0.25}, epoch=2, tags={"source": "test"}
+    )
 
     assert got == reg.get(model_id, 7)
     assert reg.versions(model_id) == [got]
     assert (got.model_id, got.version, got.kind, got.samples_applied, got.epoch) == (
-        model_id, 7, "online", 700, 2)
+        model_id,
+        7,
+        "online",
+        700,
+        2,
+    )
     assert got.registry_version == 1 and got.run_id and got.created_ms > 1_600_000_000_000
     loaded = reg.load_weights(model_id, 7)
     assert loaded == payload
@@ -218,8 +226,10 @@ def test_two_processes_share_one_sqlite_store(tmp_path: Path) -> None:
             reg.register("shared", v, w, "{{}}", v, {{"loss": 1.0 / v}})
             reg.register("own-" + sys.argv[1], v, w, "{{}}", v, {{}})
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, name], stderr=subprocess.PIPE,
-                              text=True) for name in ("a", "b")]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, name], stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
@@ -235,7 +245,8 @@ def test_two_processes_share_one_sqlite_store(tmp_path: Path) -> None:
 def test_mask_uri() -> None:
     assert mask_uri("https://ann:s3cret@host:5000/mlflow") == "https://ann:***@host:5000/mlflow"
     assert mask_uri("postgresql://u:p%40ss@db/mlflow?sslmode=require&password=x") == (
-        "postgresql://u:***@db/mlflow?sslmode=require&password=***")
+        "postgresql://u:***@db/mlflow?sslmode=require&password=***"
+    )
     assert mask_uri("http://token@host") == "http://token@host"
     assert mask_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
@@ -247,18 +258,39 @@ class _StubMlflow(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         if url.path.endswith("/experiments/get-by-name"):
-            body: dict[str, object] = {"experiment": {
-                "experiment_id": "7", "name": "flowlearn", "lifecycle_stage": "active"}}
+            body: dict[str, object] = {
+                "experiment": {
+                    "experiment_id": "7",
+                    "name": "flowlearn",
+                    "lifecycle_stage": "active",
+                }
+            }
         elif url.path.endswith("/model-versions/search"):
             page = query.get("page_token", [""])[0]
             version = 2 if page else 1
-            tags = {"model_id": "m", "version": version, "kind": "online",
-                    "samples_applied": 10, "weights_sha256": "ab", "metric.loss": 0.5}
-            body = {"model_versions": [{
-                "name": "flowlearn-m", "version": str(version), "run_id": f"run{version}",
-                "creation_timestamp": 1_700_000_000_000, "status": "READY",
-                "tags": [{"key": f"flowlearn.{k}", "value": str(v)} for k, v in tags.items()],
-            }], "next_page_token": "" if page else "page2"}
+            tags = {
+                "model_id": "m",
+                "version": version,
+                "kind": "online",
+                "samples_applied": 10,
+                "weights_sha256": "ab",
+                "metric.loss": 0.5,
+            }
+            body = {
+                "model_versions": [
+                    {
+                        "name": "flowlearn-m",
+                        "version": str(version),
+                        "run_id": f"run{version}",
+                        "creation_timestamp": 1_700_000_000_000,
+                        "status": "READY",
+                        "tags": [
+                            {"key": f"flowlearn.{k}", "value": str(v)} for k, v in tags.items()
+                        ],
+                    }
+                ],
+                "next_page_token": "" if page else "page2",
+            }
         else:
             self.send_error(404)
             return
@@ -289,9 +321,18 @@ def test_server_links_are_ui_urls_without_the_password(stub_server: str) -> None
     found = reg.versions("m")
     assert [(e.version, e.registry_version) for e in found] == [(1, 1), (2, 2)]  # both pages
     assert found[0] == RegisteredVersion(
-        model_id="m", version=1, registry_version=1, kind="online", run_id="run1",
-        samples_applied=10, epoch=None, metrics={"loss": 0.5}, created_ms=1_700_000_000_000,
-        weights_sha256="ab", link=f"http://ann:***@{stub_server}/#/experiments/7/runs/run1")
+        model_id="m",
+        version=1,
+        registry_version=1,
+        kind="online",
+        run_id="run1",
+        samples_applied=10,
+        epoch=None,
+        metrics={"loss": 0.5},
+        created_ms=1_700_000_000_000,
+        weights_sha256="ab",
+        link=f"http://ann:***@{stub_server}/#/experiments/7/runs/run1",
+    )
 
 
 def test_errors_never_show_the_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,34 +45,57 @@ def drifting_run(model_id="demo", n=4000, change=2000):
     the baseline dips for good."""
     rng = np.random.default_rng(0)
     y = (rng.random(n) < 0.5).astype(float)
-    quality = np.where(np.arange(n) < change, 0.9,
-                       np.minimum(0.9, 0.5 + (np.arange(n) - change) / 1500))
+    quality = np.where(
+        np.arange(n) < change, 0.9, np.minimum(0.9, 0.5 + (np.arange(n) - change) / 1500)
+    )
     right = rng.random(n) < quality
     p_online = np.where(right == (y == 1), 0.8, 0.2)
     base_right = rng.random(n) < np.where(np.arange(n) < change, 0.9, 0.5)
     p_base = np.where(base_right == (y == 1), 0.85, 0.15)
     p_base[:500] = np.nan
-    samples = Samples.build(np.arange(1, n + 1), Side.from_probabilities(p_online, y),
-                            Side.from_probabilities(p_base, y),
-                            version=np.arange(n) // 64)
-    alerts = (
-        Alert("drift", change + 100.0, 33, {"detector": "adwin", "signal": "error",
-                                            "direction": "up"}, change_t=change + 1.0),
-        Alert("drift", change + 300.0, 36, {"detector": "psi", "signal": "feature[0]",
-                                            "direction": ""}),
-        Alert("degraded", change + 900.0, 45, {"to_version": 30, "reason": "<i>worse</i>"}),
-        Alert("rollback", change + 1000.0, 46, {"ok": True, "from_version": 45,
-                                                "new_version": 46}),
+    samples = Samples.build(
+        np.arange(1, n + 1),
+        Side.from_probabilities(p_online, y),
+        Side.from_probabilities(p_base, y),
+        version=np.arange(n) // 64,
     )
-    versions = tuple(VersionPoint(v, 64.0 * v, "rollback" if v == 46 else "train")
-                     for v in range(1, n // 64 + 1))
-    checkpoints = (Checkpoint(10, 1280.0, 640, 640, 0.4, 0.9, 640.0),
-                   Checkpoint(20, 1920.0, 1280, 640, 0.41, 0.89, 1280.0))
+    alerts = (
+        Alert(
+            "drift",
+            change + 100.0,
+            33,
+            {"detector": "adwin", "signal": "error", "direction": "up"},
+            change_t=change + 1.0,
+        ),
+        Alert(
+            "drift",
+            change + 300.0,
+            36,
+            {"detector": "psi", "signal": "feature[0]", "direction": ""},
+        ),
+        Alert("degraded", change + 900.0, 45, {"to_version": 30, "reason": "<i>worse</i>"}),
+        Alert("rollback", change + 1000.0, 46, {"ok": True, "from_version": 45, "new_version": 46}),
+    )
+    versions = tuple(
+        VersionPoint(v, 64.0 * v, "rollback" if v == 46 else "train") for v in range(1, n // 64 + 1)
+    )
+    checkpoints = (
+        Checkpoint(10, 1280.0, 640, 640, 0.4, 0.9, 640.0),
+        Checkpoint(20, 1920.0, 1280, 640, 0.41, 0.89, 1280.0),
+    )
     return EvaluationData(
-        model_id, source="a test run", samples=samples, alerts=alerts, versions=versions,
-        checkpoints=checkpoints, label_delays_ms=rng.exponential(2000, 300),
-        dlq={"late": 3, "not_json": 2}, input_records=n + 5, labels=n,
-        baseline_name="batch baseline")
+        model_id,
+        source="a test run",
+        samples=samples,
+        alerts=alerts,
+        versions=versions,
+        checkpoints=checkpoints,
+        label_delays_ms=rng.exponential(2000, 300),
+        dlq={"late": 3, "not_json": 2},
+        input_records=n + 5,
+        labels=n,
+        baseline_name="batch baseline",
+    )
 
 
 def test_the_report_renders_with_valid_png_plots(tmp_path):
@@ -81,8 +104,14 @@ def test_the_report_renders_with_valid_png_plots(tmp_path):
     page = Page()
     page.feed(files.index.read_text())
     names = {p.name for p in files.pngs}
-    assert names == {"accuracy.png", "logloss.png", "calibration.png", "versions.png",
-                     "label_delay.png", "dlq.png"}
+    assert names == {
+        "accuracy.png",
+        "logloss.png",
+        "calibration.png",
+        "versions.png",
+        "label_delay.png",
+        "dlq.png",
+    }
     assert set(page.images) == names  # every plot is on the page, and nothing else
     for png in files.pngs:
         raw = png.read_bytes()
@@ -122,9 +151,14 @@ def test_summary_numbers_are_the_windows(tmp_path):
 def test_strings_from_the_data_are_escaped(tmp_path):
     evil = "<script>alert('x')</script>"
     data = drifting_run(model_id=evil)
-    data = EvaluationData(**{**data.__dict__, "dlq": {"<b>bad</b>": 1},
-                             "source": "<img src=x onerror=alert(1)>",
-                             "notes": ("<iframe>",)})
+    data = EvaluationData(
+        **{
+            **data.__dict__,
+            "dlq": {"<b>bad</b>": 1},
+            "source": "<img src=x onerror=alert(1)>",
+            "notes": ("<iframe>",),
+        }
+    )
     files = render(data, tmp_path, window=200)
     raw = files.index.read_text()
     assert "<script" not in raw and "<b>bad" not in raw and "<iframe" not in raw
@@ -138,14 +172,26 @@ def test_strings_from_the_data_are_escaped(tmp_path):
 
 
 def test_without_a_prediction_log_the_report_says_what_it_has_no_data_for(tmp_path):
-    checkpoints = [Checkpoint(50 * k, 1.7e12 + 60_000 * k, 3200 * k, 3200, 0.5, 0.8 - 0.01 * k)
-                   for k in range(1, 6)]
-    data = build_live("m", "logistic", events=[], labels=[],
-                      alerts=[{"model_id": "m", "kind": "drift", "ts": int(1.7e12 + 90_000),
-                               "detail": {"direction": "up", "signal": "error"}}],
-                      checkpoints=checkpoints,
-                      versions=[VersionPoint(c.version, c.t, "registered")
-                                for c in checkpoints])
+    checkpoints = [
+        Checkpoint(50 * k, 1.7e12 + 60_000 * k, 3200 * k, 3200, 0.5, 0.8 - 0.01 * k)
+        for k in range(1, 6)
+    ]
+    data = build_live(
+        "m",
+        "logistic",
+        events=[],
+        labels=[],
+        alerts=[
+            {
+                "model_id": "m",
+                "kind": "drift",
+                "ts": int(1.7e12 + 90_000),
+                "detail": {"direction": "up", "signal": "error"},
+            }
+        ],
+        checkpoints=checkpoints,
+        versions=[VersionPoint(c.version, c.t, "registered") for c in checkpoints],
+    )
     assert data.axis == AXIS_TIME
     files = render(data, tmp_path, window=100)
     page = Page()

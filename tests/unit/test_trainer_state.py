@@ -76,8 +76,7 @@ def test_a_batch_is_the_same_however_its_samples_were_bundled():
         assert state.states["samples-applied-v1"].value() == 4
         (tail,) = state.states["batch-buffer-v3"].rows
         assert list(tail[3]) == ["s4"]
-    assert (one_by_one.states["model-state-v1"].value()
-            == bundled.states["model-state-v1"].value())
+    assert one_by_one.states["model-state-v1"].value() == bundled.states["model-state-v1"].value()
 
 
 def test_ids_buffered_or_trained_before_a_restart_are_still_duplicates_after_it():

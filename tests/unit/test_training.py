@@ -106,9 +106,15 @@ def test_default_spec_trains_exactly_like_plain_sgd_without_clipping(spec):
     assert t.model.weights_vector().tobytes() == reference.weights_vector().tobytes()
 
 
-@pytest.mark.parametrize(("name", "cls"), [
-    ("sgd", optim.SGD), ("adagrad", optim.AdaGrad), ("adam", optim.Adam), ("ftrl", optim.FTRL),
-])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("sgd", optim.SGD),
+        ("adagrad", optim.AdaGrad),
+        ("adam", optim.Adam),
+        ("ftrl", optim.FTRL),
+    ],
+)
 def test_the_optimizer_named_in_the_spec_is_built_and_trains(name, cls):
     t = ModelTrainer.create("m", full_spec(optimizer=name, learning_rate=0.2))
     assert type(t.model.optimizer) is cls
@@ -179,8 +185,13 @@ def test_holdout_gate_rejects_a_poisoned_batch_and_accepts_a_clean_one():
 
 
 def test_a_rejected_update_restores_weights_and_optimizer_state_bit_for_bit():
-    spec = {**GATED, "optimizer": "adam", "learning_rate": 0.3, "holdout_margin": 0.0,
-            "clip_grad_norm": 5.0}
+    spec = {
+        **GATED,
+        "optimizer": "adam",
+        "learning_rate": 0.3,
+        "holdout_margin": 0.0,
+        "clip_grad_norm": 5.0,
+    }
     t = warmed_up(spec)
     before = model_bytes(t)
     result = t.train_batch(*batch(100, flip=True))
@@ -356,15 +367,22 @@ batches_st = st.lists(
 def test_a_restore_at_any_batch_boundary_changes_nothing(
     optimizer, holdout_size, margin, replay_size, replay_fraction, seed, batches, cuts
 ):
-    spec = full_spec(optimizer=optimizer, learning_rate=0.5, holdout_size=holdout_size,
-                     holdout_margin=margin, replay_size=replay_size,
-                     replay_fraction=replay_fraction, seed=seed)
+    spec = full_spec(
+        optimizer=optimizer,
+        learning_rate=0.5,
+        holdout_size=holdout_size,
+        holdout_margin=margin,
+        replay_size=replay_size,
+        replay_fraction=replay_fraction,
+        seed=seed,
+    )
     straight = ModelTrainer.create("m", spec)
     resumed = ModelTrainer.create("m", spec)
     for (data_seed, n, flip), cut in zip(batches, cuts, strict=False):
         if cut:
-            resumed = ModelTrainer.restore("m", spec, resumed.state_bytes(), resumed.version,
-                                           resumed.samples_applied)
+            resumed = ModelTrainer.restore(
+                "m", spec, resumed.state_bytes(), resumed.version, resumed.samples_applied
+            )
         a = straight.train_batch(*batch(data_seed, n, flip))
         b = resumed.train_batch(*batch(data_seed, n, flip))
         assert a.rejected == b.rejected
@@ -372,7 +390,8 @@ def test_a_restore_at_any_batch_boundary_changes_nothing(
         if a.version is not None:
             assert a.version.delta == b.version.delta
         assert (straight.version, straight.samples_applied) == (
-            resumed.version, resumed.samples_applied)
-        assert straight.model.weights_vector().tobytes() == resumed.model.weights_vector(
-        ).tobytes()
+            resumed.version,
+            resumed.samples_applied,
+        )
+        assert straight.model.weights_vector().tobytes() == resumed.model.weights_vector().tobytes()
     assert straight.state_bytes() == resumed.state_bytes()

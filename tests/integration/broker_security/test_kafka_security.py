@@ -44,17 +44,23 @@ def broker(request, test_ca) -> Iterator[Settings]:
         "FLOWLEARN__KAFKA__SECURITY_PROTOCOL": protocol,
     }
     if protocol.startswith("SASL_"):
-        env.update(FLOWLEARN__KAFKA__SASL_USERNAME="flowlearn-job",
-                   FLOWLEARN__KAFKA__SASL_PASSWORD="scram-secret")
+        env.update(
+            FLOWLEARN__KAFKA__SASL_USERNAME="flowlearn-job",
+            FLOWLEARN__KAFKA__SASL_PASSWORD="scram-secret",
+        )
     if protocol.endswith("SSL"):
         broker_cert, broker_key = test_ca.issue("kafka-broker")
-        env.update(FLOWLEARN__KAFKA__SSL_CA_FILE=str(test_ca.cert),
-                   FLOWLEARN__KAFKA__BROKER_SSL_CERT_FILE=str(broker_cert),
-                   FLOWLEARN__KAFKA__BROKER_SSL_KEY_FILE=str(broker_key))
+        env.update(
+            FLOWLEARN__KAFKA__SSL_CA_FILE=str(test_ca.cert),
+            FLOWLEARN__KAFKA__BROKER_SSL_CERT_FILE=str(broker_cert),
+            FLOWLEARN__KAFKA__BROKER_SSL_KEY_FILE=str(broker_key),
+        )
     if protocol == "SSL":
         client_cert, client_key = test_ca.issue("flowlearn-job")
-        env.update(FLOWLEARN__KAFKA__SSL_CERT_FILE=str(client_cert),
-                   FLOWLEARN__KAFKA__SSL_KEY_FILE=str(client_key))
+        env.update(
+            FLOWLEARN__KAFKA__SSL_CERT_FILE=str(client_cert),
+            FLOWLEARN__KAFKA__SSL_KEY_FILE=str(client_key),
+        )
     settings = load_settings(env=env)
     try:
         kafka_broker.start_kafka(settings)  # also creates the topics, as its client
@@ -66,8 +72,13 @@ def broker(request, test_ca) -> Iterator[Settings]:
 def read_all(kafka: KafkaConf, topic: str) -> list[bytes]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, **kafka.client_options(), group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        topic,
+        **kafka.client_options(),
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
     try:
         return [m.value for m in consumer]
     finally:
@@ -76,16 +87,18 @@ def read_all(kafka: KafkaConf, topic: str) -> list[bytes]:
 
 def refused_variants(kafka: KafkaConf) -> dict[str, KafkaConf]:
     """Clients that must not get in: each lacks one thing the broker asks for."""
-    out = {"plaintext": dataclasses.replace(kafka, security_protocol="PLAINTEXT",
-                                            ssl_ca_file="", ssl_cert_file="", ssl_key_file="")}
+    out = {
+        "plaintext": dataclasses.replace(
+            kafka, security_protocol="PLAINTEXT", ssl_ca_file="", ssl_cert_file="", ssl_key_file=""
+        )
+    }
     if kafka.sasl:
         out["wrong password"] = dataclasses.replace(kafka, sasl_password="not-the-secret")
     if kafka.ssl:
         # The system's CAs did not sign the broker's certificate.
         out["not trusting the CA"] = dataclasses.replace(kafka, ssl_ca_file="")
     if kafka.security_protocol == "SSL":
-        out["no client certificate"] = dataclasses.replace(kafka, ssl_cert_file="",
-                                                           ssl_key_file="")
+        out["no client certificate"] = dataclasses.replace(kafka, ssl_cert_file="", ssl_key_file="")
     return out
 
 
@@ -100,8 +113,9 @@ def test_clients_get_in_and_others_are_refused(broker):
 
     for what, conf in refused_variants(kafka).items():
         with pytest.raises(KafkaError):
-            KafkaAdminClient(**conf.client_options(), request_timeout_ms=3000,
-                             api_version_auto_timeout_ms=3000).list_topics()
+            KafkaAdminClient(
+                **conf.client_options(), request_timeout_ms=3000, api_version_auto_timeout_ms=3000
+            ).list_topics()
             pytest.fail(f"a client with {what} got in")
 
 
@@ -119,13 +133,15 @@ def test_the_jobs_kafka_connector_gets_in(broker):
     send_raw(kafka, topic, [b"a", b"b", b"c"], key="m")
     env = local_environment(jars.operators_jar(broker))
     env.add_jars(jars.kafka_connector_jar(broker).resolve().as_uri())
-    source = (with_security(KafkaSource.builder(), broker)
-              .set_bootstrap_servers(kafka.bootstrap)
-              .set_topics(topic)
-              .set_starting_offsets(KafkaOffsetsInitializer.earliest())
-              .set_bounded(KafkaOffsetsInitializer.latest())
-              .set_value_only_deserializer(SimpleStringSchema())
-              .build())
+    source = (
+        with_security(KafkaSource.builder(), broker)
+        .set_bootstrap_servers(kafka.bootstrap)
+        .set_topics(topic)
+        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+        .set_bounded(KafkaOffsetsInitializer.latest())
+        .set_value_only_deserializer(SimpleStringSchema())
+        .build()
+    )
     stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "secured-source")
     with stream.map(lambda v: v, output_type=Types.STRING()).execute_and_collect() as rows:
         assert sorted(rows) == ["a", "b", "c"]

@@ -55,15 +55,28 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD,
-                           socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, socket_timeout=5)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--requirepass", PASSWORD, "--save", "", "--appendonly", "no",
-             "--dir", str(self.data)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                PASSWORD,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         client = self.client()
 
         def answers() -> bool:
@@ -86,11 +99,14 @@ class RedisServer:
 
     def settings(self, prefix: str, **predictor: Any) -> Settings:
         """Settings pointing at this server under ``prefix`` (predictor fields overridable)."""
-        env = {"FLOWLEARN__REDIS__HOST": "127.0.0.1",
-               "FLOWLEARN__REDIS__PORT": str(self.port),
-               "FLOWLEARN__REDIS__PASSWORD": PASSWORD, "FLOWLEARN__REDIS__PREFIX": prefix,
-               # Nothing listens there: the prediction log must cope with a Kafka that is down.
-               "FLOWLEARN__KAFKA__PORT": str(free_port())}
+        env = {
+            "FLOWLEARN__REDIS__HOST": "127.0.0.1",
+            "FLOWLEARN__REDIS__PORT": str(self.port),
+            "FLOWLEARN__REDIS__PASSWORD": PASSWORD,
+            "FLOWLEARN__REDIS__PREFIX": prefix,
+            # Nothing listens there: the prediction log must cope with a Kafka that is down.
+            "FLOWLEARN__KAFKA__PORT": str(free_port()),
+        }
         env |= {f"FLOWLEARN__PREDICTOR__{k.upper()}": str(v) for k, v in predictor.items()}
         return load_settings(env=env)
 
@@ -124,12 +140,17 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}:"
 
 
-def spec_json(kind: str = "logistic", n_features: int = 3, classes: list[int] | None = None
-              ) -> str:
-    return json.dumps({"type": kind, "n_features": n_features,
-                       "classes": classes if kind == "softmax" else
-                       ([0, 1] if kind == "logistic" else None),
-                       "intercept": True, "features": "dense", "hash_seed": 0})
+def spec_json(kind: str = "logistic", n_features: int = 3, classes: list[int] | None = None) -> str:
+    return json.dumps(
+        {
+            "type": kind,
+            "n_features": n_features,
+            "classes": classes if kind == "softmax" else ([0, 1] if kind == "logistic" else None),
+            "intercept": True,
+            "features": "dense",
+            "hash_seed": 0,
+        }
+    )
 
 
 class Trainer:
@@ -138,8 +159,9 @@ class Trainer:
     ``published`` maps every ``(epoch, version)`` written to its weights' bytes.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, model_id: str, size: int = 4,
-                 spec: str | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, model_id: str, size: int = 4, spec: str | None = None
+    ) -> None:
         self.client, self.keys, self.model_id = client, keys, model_id
         self.spec = spec or spec_json(n_features=size - 1)
         self.publisher = Publisher(client, keys, maxlen=1000)
@@ -156,10 +178,17 @@ class Trainer:
         """Publish ``weights`` as the next version; returns the version number."""
         before, self.weights = self.weights, np.array(weights, dtype=np.float64)
         self.version += 1
-        self.publisher.publish(ModelVersion(
-            self.model_id, self.version, self.version - 1, self.version * 10, self.spec,
-            codec.make_delta(before, self.weights),
-            codec.encode_array(self.weights) if snapshot or self.first else None))
+        self.publisher.publish(
+            ModelVersion(
+                self.model_id,
+                self.version,
+                self.version - 1,
+                self.version * 10,
+                self.spec,
+                codec.make_delta(before, self.weights),
+                codec.encode_array(self.weights) if snapshot or self.first else None,
+            )
+        )
         self.first = False
         self.published[(self.epoch, self.version)] = self.weights.tobytes()
         return self.version

@@ -88,8 +88,9 @@ async def at_version(http: TestClient, version: int, model: str = "m") -> dict[s
     return answer
 
 
-async def predict(http: TestClient, instances: Any, model: str = "m", status: int = 200
-                  ) -> dict[str, Any]:
+async def predict(
+    http: TestClient, instances: Any, model: str = "m", status: int = 200
+) -> dict[str, Any]:
     resp = await http.post(f"/v1/models/{model}:predict", json={"instances": instances})
     body: dict[str, Any] = await resp.json()
     assert resp.status == status, body
@@ -107,10 +108,15 @@ def test_predict_follows_published_versions(serving_redis, prefix):
         await at_version(http, 1)
         body = await predict(http, [[1, 0, 0], {"features": [0, 1, 0], "event_id": "e-1"}])
         model = model_types.from_spec(json.loads(trainer.spec), W)
-        assert body["predictions"] == model.predict_proba_many(
-            np.array([[1.0, 0, 0], [0, 1.0, 0]])).tolist()
-        assert (body["model_version"], body["epoch"], body["variant"]) == (1, trainer.epoch,
-                                                                          "online")
+        assert (
+            body["predictions"]
+            == model.predict_proba_many(np.array([[1.0, 0, 0], [0, 1.0, 0]])).tolist()
+        )
+        assert (body["model_version"], body["epoch"], body["variant"]) == (
+            1,
+            trainer.epoch,
+            "online",
+        )
         assert body["stale"] is body["degraded"] is body["fallback"] is False
         assert body["event_ids"][1] == "e-1" and len(body["event_ids"][0]) == 32
         # A new version is served as soon as it is published.
@@ -118,8 +124,12 @@ def test_predict_follows_published_versions(serving_redis, prefix):
         await at_version(http, 2)
         body = await predict(http, [[1, 0, 0]])
         assert body["model_version"] == 2
-        assert body["predictions"] == model_types.from_spec(
-            json.loads(trainer.spec), W * 2).predict_proba_many(np.array([[1.0, 0, 0]])).tolist()
+        assert (
+            body["predictions"]
+            == model_types.from_spec(json.loads(trainer.spec), W * 2)
+            .predict_proba_many(np.array([[1.0, 0, 0]]))
+            .tolist()
+        )
         listed = await (await http.get("/v1/models")).json()
         assert [m["name"] for m in listed["models"]] == ["m"]
         described = listed["models"][0]
@@ -131,7 +141,7 @@ def test_predict_follows_published_versions(serving_redis, prefix):
         assert "/v1/models/{model}:predict" in doc["paths"]
         text = await metrics_text(http)
         assert 'flowlearn_predictor_model_version{model="m"} 2.0' in text
-        assert 'flowlearn_predictor_redis_up 1.0' in text
+        assert "flowlearn_predictor_redis_up 1.0" in text
         assert 'flowlearn_predictor_requests_total{route="predict",status="200"} 2.0' in text
         assert 'flowlearn_predictor_predictions_total{model="m",variant="online"} 3.0' in text
         assert 'flowlearn_predictor_request_seconds_count{route="predict"} 2.0' in text
@@ -141,8 +151,13 @@ def test_predict_follows_published_versions(serving_redis, prefix):
 
 def test_softmax_and_linear_models(serving_redis, prefix):
     async def scenario(http: TestClient, trainer: Trainer) -> None:
-        softmax = Trainer(trainer.client, trainer.keys, "s", size=9,
-                          spec=spec_json("softmax", 2, classes=[0, 1, 2]))
+        softmax = Trainer(
+            trainer.client,
+            trainer.keys,
+            "s",
+            size=9,
+            spec=spec_json("softmax", 2, classes=[0, 1, 2]),
+        )
         weights = np.arange(9.0) / 10  # (2, 3) coef then 3 intercepts
         softmax.publish(weights)
         regression = Trainer(trainer.client, trainer.keys, "r", size=3, spec=spec_json("linear", 2))
@@ -150,8 +165,12 @@ def test_softmax_and_linear_models(serving_redis, prefix):
         await at_version(http, 1, "s")
         await at_version(http, 1, "r")
         body = await predict(http, [[1.0, 2.0]], model="s")
-        assert body["predictions"] == model_types.from_spec(json.loads(softmax.spec), weights
-                                                       ).predict_proba_many([[1.0, 2.0]]).tolist()
+        assert (
+            body["predictions"]
+            == model_types.from_spec(json.loads(softmax.spec), weights)
+            .predict_proba_many([[1.0, 2.0]])
+            .tolist()
+        )
         assert (await predict(http, [[1.0, 2.0]], model="r"))["predictions"] == [0.5]
 
     serve(serving_redis, prefix, scenario, log_predictions=False)
@@ -164,11 +183,15 @@ def test_input_errors(serving_redis, prefix):
         body = await predict(http, [[1, 2, 3]], model="nope", status=404)
         assert "nope" in body["error"]
         assert (await http.get("/v1/models/nope")).status == 404
-        assert "instances[1][1]" in (await predict(http, [[1, 2, 3], [1, "x", 3]], status=400)
-                                     )["error"]
+        assert (
+            "instances[1][1]"
+            in (await predict(http, [[1, 2, 3], [1, "x", 3]], status=400))["error"]
+        )
         assert "expected 3 values" in (await predict(http, [[1, 2]], status=400))["error"]
-        assert "event_id" in (await predict(
-            http, [{"features": [1, 2, 3], "event_id": 5}], status=400))["error"]
+        assert (
+            "event_id"
+            in (await predict(http, [{"features": [1, 2, 3], "event_id": 5}], status=400))["error"]
+        )
         assert "instances" in (await predict(http, [], status=400))["error"]
         assert "at most 5" in (await predict(http, [[1, 2, 3]] * 6, status=413))["error"]
         resp = await http.post("/v1/models/m:predict", data=b"x" * 5000)
@@ -178,8 +201,13 @@ def test_input_errors(serving_redis, prefix):
         text = await metrics_text(http)
         assert 'flowlearn_predictor_requests_total{route="predict",status="413"} 2.0' in text
 
-    serve(serving_redis, prefix, scenario, log_predictions=False,
-          predictor={"max_instances": 5, "max_body_bytes": 4096})
+    serve(
+        serving_redis,
+        prefix,
+        scenario,
+        log_predictions=False,
+        predictor={"max_instances": 5, "max_body_bytes": 4096},
+    )
 
 
 def test_pin_and_staleness_are_flagged(serving_redis, prefix):
@@ -210,8 +238,7 @@ def test_pin_and_staleness_are_flagged(serving_redis, prefix):
         assert 'flowlearn_predictor_fallbacks_total{model="m",reason="stale"}' in text
         assert 'flowlearn_predictor_fallbacks_total{model="m",reason="pin_missing"}' in text
 
-    serve(serving_redis, prefix, scenario, log_predictions=False,
-          predictor={"stale_after_s": 0.2})
+    serve(serving_redis, prefix, scenario, log_predictions=False, predictor={"stale_after_s": 0.2})
 
 
 def test_redis_outage_serves_last_good_weights_and_recovers(own_redis, prefix):
@@ -226,7 +253,7 @@ def test_redis_outage_serves_last_good_weights_and_recovers(own_redis, prefix):
 
         body = await until("the degraded flag", degraded)
         assert body["model_version"] == 1 and len(body["predictions"]) == 1
-        assert 'flowlearn_predictor_redis_up 0.0' in await metrics_text(http)
+        assert "flowlearn_predictor_redis_up 0.0" in await metrics_text(http)
         assert (await http.get("/readyz")).status == 200  # it still serves
         own_redis.start()  # empty: no persistence
         client = own_redis.client()
@@ -239,8 +266,12 @@ def test_redis_outage_serves_last_good_weights_and_recovers(own_redis, prefix):
             return body if not body["degraded"] and body["model_version"] == 2 else None
 
         body = await until("recovery", recovered)
-        assert body["predictions"] == model_types.from_spec(
-            json.loads(fresh.spec), W * 4).predict_proba_many(np.array([[1.0, 0, 0]])).tolist()
+        assert (
+            body["predictions"]
+            == model_types.from_spec(json.loads(fresh.spec), W * 4)
+            .predict_proba_many(np.array([[1.0, 0, 0]]))
+            .tolist()
+        )
         client.close()
 
     serve(own_redis, prefix, scenario, log_predictions=False)
@@ -257,8 +288,11 @@ def test_prediction_log_records_what_was_served(serving_redis, prefix, tmp_path:
         body = await predict(http, [{"features": [1, 0, 0], "event_id": "ev-9"}, [0, 1, 0]])
         assert body["variant"] == "online"
         expected_shadow = (1 / (1 + np.exp(-np.array([2.0, 2.0])))).tolist()
-        assert body["shadow"] == {"variant": "baseline", "model_version": 7,
-                                  "predictions": expected_shadow}
+        assert body["shadow"] == {
+            "variant": "baseline",
+            "model_version": 7,
+            "predictions": expected_shadow,
+        }
         await until("two log records", lambda: asyncio.sleep(0, len(producer.sent) == 2))
         topic, key, value = producer.sent[0]
         record = json.loads(value)
@@ -266,16 +300,27 @@ def test_prediction_log_records_what_was_served(serving_redis, prefix, tmp_path:
         assert record["event_id"] == "ev-9" and record["model_id"] == "m"
         assert record["features"] == [1, 0, 0] and record["score"] == body["predictions"][0]
         assert (record["model_version"], record["epoch"], record["variant"]) == (
-            1, trainer.epoch, "online")
-        assert record["shadow"] == {"variant": "baseline", "model_version": 7,
-                                    "score": expected_shadow[0]}
+            1,
+            trainer.epoch,
+            "online",
+        )
+        assert record["shadow"] == {
+            "variant": "baseline",
+            "model_version": 7,
+            "score": expected_shadow[0],
+        }
         assert abs(record["ts"] - time.time() * 1000) < 60_000
         second = json.loads(producer.sent[1][2])
         assert second["event_id"] == body["event_ids"][1] != "ev-9"
-        assert 'flowlearn_predictor_log_sent_total 2.0' in await metrics_text(http)
+        assert "flowlearn_predictor_log_sent_total 2.0" in await metrics_text(http)
 
-    serve(serving_redis, prefix, scenario, baselines={"m": tmp_path / "m.flc"},
-          producer_factory=lambda: producer)
+    serve(
+        serving_redis,
+        prefix,
+        scenario,
+        baselines={"m": tmp_path / "m.flc"},
+        producer_factory=lambda: producer,
+    )
 
 
 def test_ab_split_and_baseline_fallback(serving_redis, prefix, tmp_path: Path):
@@ -285,8 +330,7 @@ def test_ab_split_and_baseline_fallback(serving_redis, prefix, tmp_path: Path):
     async def scenario(http: TestClient, trainer: Trainer) -> None:
         # A model only a baseline knows is served from it, flagged as a fallback.
         body = await predict(http, [[1, 2, 3]], model="only")
-        assert (body["variant"], body["fallback"], body["predictions"]) == ("baseline", True,
-                                                                           [0.5])
+        assert (body["variant"], body["fallback"], body["predictions"]) == ("baseline", True, [0.5])
         trainer.publish(W)
         await at_version(http, 1)
         variants = set()
@@ -299,9 +343,14 @@ def test_ab_split_and_baseline_fallback(serving_redis, prefix, tmp_path: Path):
             assert again["variant"] == body["variant"]  # stable per event id
         assert variants == {"online", "baseline"}
 
-    serve(serving_redis, prefix, scenario, baselines={"m": tmp_path / "m.flc",
-                                                      "only": tmp_path / "only.flc"},
-          ab_fraction=0.5, log_predictions=False)
+    serve(
+        serving_redis,
+        prefix,
+        scenario,
+        baselines={"m": tmp_path / "m.flc", "only": tmp_path / "only.flc"},
+        ab_fraction=0.5,
+        log_predictions=False,
+    )
 
 
 def test_kafka_down_never_slows_requests(serving_redis, prefix):

@@ -34,8 +34,11 @@ def follower(server: RedisServer, trainer: Trainer) -> Follower:
 def holds(f: Follower, trainer: Trainer) -> bool:
     replica = f.replicas.get(trainer.model_id)
     latest = replica.latest if replica else None
-    return latest is not None and (latest.epoch, latest.version) == (
-        trainer.epoch, trainer.version) and latest.weights.tobytes() == trainer.weights.tobytes()
+    return (
+        latest is not None
+        and (latest.epoch, latest.version) == (trainer.epoch, trainer.version)
+        and latest.weights.tobytes() == trainer.weights.tobytes()
+    )
 
 
 def test_running_replicas_converge_and_a_late_one_catches_up(serving_redis, trainer):
@@ -50,8 +53,10 @@ def test_running_replicas_converge_and_a_late_one_catches_up(serving_redis, trai
             weights = trainer.weights.copy()
             weights[rng.integers(0, 6, size=2)] = rng.normal(size=2)
             trainer.publish(weights, snapshot=i % 50 == 0)
-        wait_for("three running replicas at the last version",
-                 lambda: all(holds(f, trainer) for f in followers))
+        wait_for(
+            "three running replicas at the last version",
+            lambda: all(holds(f, trainer) for f in followers),
+        )
         for f in followers:
             assert sample(f.metrics, "flowlearn_predictor_deltas_applied_total", model="m") > 0
     finally:
@@ -63,8 +68,10 @@ def test_running_replicas_converge_and_a_late_one_catches_up(serving_redis, trai
     late = follower(serving_redis, trainer)
     late.sync()
     assert holds(late, trainer)
-    assert sample(late.metrics, "flowlearn_predictor_snapshot_loads_total", model="m",
-                  reason="start") == 1
+    assert (
+        sample(late.metrics, "flowlearn_predictor_snapshot_loads_total", model="m", reason="start")
+        == 1
+    )
 
 
 def test_a_new_epoch_reloads_the_restarted_lineage(serving_redis, trainer):
@@ -77,8 +84,10 @@ def test_a_new_epoch_reloads_the_restarted_lineage(serving_redis, trainer):
     trainer.publish(np.full(6, 99.0))  # version 6 of the new epoch, with its snapshot
     f.sync()
     assert holds(f, trainer) and trainer.epoch > old_epoch
-    assert sample(f.metrics, "flowlearn_predictor_snapshot_loads_total", model="m",
-                  reason="epoch") == 1
+    assert (
+        sample(f.metrics, "flowlearn_predictor_snapshot_loads_total", model="m", reason="epoch")
+        == 1
+    )
 
 
 def test_a_gap_reloads_the_snapshot_and_never_mixes(serving_redis, trainer):
@@ -95,8 +104,9 @@ def test_a_gap_reloads_the_snapshot_and_never_mixes(serving_redis, trainer):
     while f.poll(None):  # the stream reader meets the gap first (before any refresh)
         pass
     assert holds(f, trainer)
-    assert sample(f.metrics, "flowlearn_predictor_snapshot_loads_total", model="m",
-                  reason="gap") == 1
+    assert (
+        sample(f.metrics, "flowlearn_predictor_snapshot_loads_total", model="m", reason="gap") == 1
+    )
 
 
 def test_an_unbuildable_gap_keeps_the_held_version(serving_redis, trainer):
@@ -112,8 +122,7 @@ def test_an_unbuildable_gap_keeps_the_held_version(serving_redis, trainer):
     latest = f.replicas["m"].latest
     assert latest is not None and latest.version == 1
     assert latest.weights.tobytes() == trainer.published[(trainer.epoch, 1)]
-    assert sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m",
-                  kind="gap") == 1
+    assert sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m", kind="gap") == 1
     trainer.publish(np.full(6, 7.0), snapshot=True)  # a new snapshot moves it on
     f.sync()
     assert holds(f, trainer)
@@ -129,10 +138,12 @@ def test_pins_are_served_from_recent_versions(serving_redis, trainer):
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and not served.pin_missing
-    assert served.version.version == trainer.version - 3 and served.latest.version == \
-        trainer.version
-    assert served.version.weights.tobytes() == trainer.published[(trainer.epoch,
-                                                                   trainer.version - 3)]
+    assert (
+        served.version.version == trainer.version - 3 and served.latest.version == trainer.version
+    )
+    assert (
+        served.version.weights.tobytes() == trainer.published[(trainer.epoch, trainer.version - 3)]
+    )
     trainer.client.set(pin, 1)  # older than anything this replica ever held
     f.sync()
     served = f.replicas["m"].served
@@ -149,24 +160,30 @@ def test_unusable_entries_and_snapshots_are_counted_not_fatal(serving_redis, tra
     f = follower(serving_redis, trainer)
     f.sync()
     keys = trainer.keys
-    trainer.client.xadd(keys.deltas("m"), {"epoch": trainer.epoch, "codec": "flc1",
-                                           "delta": b"garbage"},
-                        id=f"{trainer.epoch}-{trainer.version + 1}")
+    trainer.client.xadd(
+        keys.deltas("m"),
+        {"epoch": trainer.epoch, "codec": "flc1", "delta": b"garbage"},
+        id=f"{trainer.epoch}-{trainer.version + 1}",
+    )
     trainer.client.set(keys.pin("m"), "not-a-version")
     f.sync()
-    assert sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m",
-                  kind="bad_entry") == 1
-    assert sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m",
-                  kind="bad_pin") == 1
+    assert (
+        sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m", kind="bad_entry")
+        == 1
+    )
+    assert (
+        sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m", kind="bad_pin") == 1
+    )
     # A snapshot whose weights do not fit its spec is refused; the held version stays.
-    trainer.client.hset(keys.snapshot("m"), mapping={"epoch": trainer.epoch + 5,
-                                                     "version": 1})
+    trainer.client.hset(keys.snapshot("m"), mapping={"epoch": trainer.epoch + 5, "version": 1})
     trainer.client.hset(keys.snapshot("m"), "spec", '{"type": "logistic", "n_features": 9}')
     f.sync()
     latest = f.replicas["m"].latest
     assert latest is not None and latest.weights.tobytes() == trainer.weights.tobytes()
-    assert sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m",
-                  kind="bad_snapshot") >= 1
+    assert (
+        sample(f.metrics, "flowlearn_predictor_stream_errors_total", model="m", kind="bad_snapshot")
+        >= 1
+    )
 
 
 @pytest.mark.parametrize("seen_missing", [True, False])
@@ -187,8 +204,10 @@ def test_redis_losing_its_data_starts_a_new_lineage(serving_redis, trainer, seen
         fresh.publish(np.full(6, 40.0 + i))
     f.sync()
     assert fresh.epoch == trainer.epoch and holds(f, fresh)
-    assert sample(f.metrics, "flowlearn_predictor_snapshot_loads_total", model="m",
-                  reason="reset") == 1
+    assert (
+        sample(f.metrics, "flowlearn_predictor_snapshot_loads_total", model="m", reason="reset")
+        == 1
+    )
 
 
 def test_many_models_are_followed(serving_redis, prefix):

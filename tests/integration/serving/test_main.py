@@ -30,8 +30,9 @@ def ready(url: str) -> bool:
         return False
 
 
-def start_predictor(redis_server: RedisServer, prefix: str, tmp_path: Path,
-                    predictor_conf: str = "") -> tuple[subprocess.Popen[str], str]:
+def start_predictor(
+    redis_server: RedisServer, prefix: str, tmp_path: Path, predictor_conf: str = ""
+) -> tuple[subprocess.Popen[str], str]:
     """``python -m flowlearn.serving`` from a config file, once ready: (process, url)."""
     port = free_port()
     config = tmp_path / "flowlearn.toml"
@@ -47,9 +48,13 @@ port = {port}
 port = {free_port()}
 """)
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "flowlearn.serving", "--config", str(config),
-                             "--no-log"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.serving", "--config", str(config), "--no-log"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for("the predictor to be ready", lambda: proc.poll() is None and ready(url), 30)
     except BaseException:
@@ -60,8 +65,9 @@ port = {free_port()}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_runs_from_a_config_file_and_stops_gracefully(serving_redis: RedisServer, prefix,
-                                                      tmp_path, sig):
+def test_runs_from_a_config_file_and_stops_gracefully(
+    serving_redis: RedisServer, prefix, tmp_path, sig
+):
     client = serving_redis.client()
     trainer = Trainer(client, Keys(prefix), "m")
     trainer.publish(np.array([1.0, 0.0, 0.0, 0.0]))
@@ -86,8 +92,7 @@ def test_the_client_reports_an_unreachable_predictor():
     assert answer["status"] is None and "unreachable" in answer["error"]
 
 
-def test_a_client_trickling_its_headers_is_cut_off(serving_redis: RedisServer, prefix,
-                                                     tmp_path):
+def test_a_client_trickling_its_headers_is_cut_off(serving_redis: RedisServer, prefix, tmp_path):
     """Slowloris: a connection that keeps sending header bytes but never ends its headers
     is closed after ``predictor.idle_timeout_s``, while other clients are answered."""
     client = serving_redis.client()

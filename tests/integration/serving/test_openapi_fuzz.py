@@ -39,16 +39,25 @@ from flowlearn.serving.openapi import OPENAPI
 from .conftest import RedisServer, Trainer, wait_for
 
 SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
-OPERATIONS = {f"{method.upper()} {path}": SCHEMA[path][method.upper()]
-              for path, methods in OPENAPI["paths"].items() for method in methods}
+OPERATIONS = {
+    f"{method.upper()} {path}": SCHEMA[path][method.upper()]
+    for path, methods in OPENAPI["paths"].items()
+    for method in methods
+}
 PREDICT = "POST /v1/models/{model}:predict"
 
 
-def spec(kind: str, n_features: int, features: str = "dense", classes: list[int] | None = None
-         ) -> dict[str, Any]:
-    return {"type": kind, "n_features": n_features, "features": features, "hash_seed": 0,
-            "intercept": True, "classes": classes if kind == "softmax" else
-            ([0, 1] if kind == "logistic" else None)}
+def spec(
+    kind: str, n_features: int, features: str = "dense", classes: list[int] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "n_features": n_features,
+        "features": features,
+        "hash_seed": 0,
+        "intercept": True,
+        "classes": classes if kind == "softmax" else ([0, 1] if kind == "logistic" else None),
+    }
 
 
 # Online models of every kind, their weights (coef then intercepts), and a model without.
@@ -100,8 +109,7 @@ class LiveServer:
 
     def __init__(self, app: web.Application) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="predictor",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="predictor", daemon=True)
         self.runner = web.AppRunner(app, access_log=None)
         self.url = ""
 
@@ -133,26 +141,32 @@ class Predictor:
 
 
 @pytest.fixture(scope="module")
-def predictor(serving_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[Predictor]:
+def predictor(
+    serving_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Predictor]:
     prefix = "fuzz:"
     client = serving_redis.client()
     keys = Keys(prefix)
     for model_id, (model_spec, weights) in ONLINE.items():
-        Trainer(client, keys, model_id, size=len(weights), spec=json.dumps(model_spec)
-                ).publish(np.array(weights))
+        Trainer(client, keys, model_id, size=len(weights), spec=json.dumps(model_spec)).publish(
+            np.array(weights)
+        )
     client.sadd(keys.models, LOADING)
     folder = tmp_path_factory.mktemp("baselines")
     for model_id, (model_spec, weights) in BASELINES.items():
         write_baseline(folder / f"{model_id}.flc", model_spec, np.array(weights), version=7)
     producer = Producer()
-    app = make_app(serving_redis.settings(prefix),
-                   baselines={m: folder / f"{m}.flc" for m in BASELINES}, ab_fraction=0.3,
-                   producer_factory=lambda: producer)
+    app = make_app(
+        serving_redis.settings(prefix),
+        baselines={m: folder / f"{m}.flc" for m in BASELINES},
+        ab_fraction=0.3,
+        producer_factory=lambda: producer,
+    )
     server = LiveServer(app)
     server.start()
     session = requests.Session()
     try:
+
         def ready(model_id: str) -> bool:
             answer = session.get(f"{server.url}/v1/models/{model_id}", timeout=5).json()
             return bool(answer.get("state") == "ready")
@@ -197,11 +211,14 @@ def instances_for(model_spec: dict[str, Any]) -> st.SearchStrategy[list[Any]]:
     """Instances that fit the schema and the model: the right count of numbers (any
     magnitude, so scores may overflow), or maps of numbers and strings; some wrapped."""
     n = model_spec["n_features"]
-    features = (st.lists(NUMBERS, min_size=n, max_size=n) if model_spec["features"] == "dense"
-                else st.dictionaries(st.text(max_size=10), NUMBERS | st.text(max_size=10),
-                                     max_size=6))
-    instance = features | st.fixed_dictionaries({"features": features},
-                                                optional={"event_id": st.text(max_size=20)})
+    features = (
+        st.lists(NUMBERS, min_size=n, max_size=n)
+        if model_spec["features"] == "dense"
+        else st.dictionaries(st.text(max_size=10), NUMBERS | st.text(max_size=10), max_size=6)
+    )
+    instance = features | st.fixed_dictionaries(
+        {"features": features}, optional={"event_id": st.text(max_size=20)}
+    )
     return st.lists(instance, min_size=1, max_size=5)
 
 
@@ -210,26 +227,35 @@ def readable_requests() -> st.SearchStrategy[Any]:
     op = OPERATIONS[PREDICT]
     return st.sampled_from(sorted({*ONLINE, *BASELINES})).flatmap(
         lambda m: instances_for(model_spec_of(m)).flatmap(
-            lambda instances: op.as_strategy(GenerationMode.POSITIVE, path_parameters={
-                "model": m}, body={"instances": instances})))
+            lambda instances: op.as_strategy(
+                GenerationMode.POSITIVE, path_parameters={"model": m}, body={"instances": instances}
+            )
+        )
+    )
 
 
 def features_of(instance: Any) -> Any:
     """An instance's features, as the predictor reads them (a wrapper map or the features)."""
-    return instance["features"] if isinstance(instance, dict) and "features" in instance \
-        else instance
+    return (
+        instance["features"] if isinstance(instance, dict) and "features" in instance else instance
+    )
 
 
 def readable(model_spec: dict[str, Any], features: Any) -> bool:
     """Features the model can take, with values small enough that no score overflows."""
+
     def small(v: Any) -> bool:
         return not isinstance(v, bool) and isinstance(v, int | float) and abs(v) < 1e300
 
     if model_spec["features"] == "dense":
-        return (isinstance(features, list) and len(features) == model_spec["n_features"]
-                and all(small(v) for v in features))
-    return isinstance(features, dict) and all(isinstance(v, str) or small(v)
-                                              for v in features.values())
+        return (
+            isinstance(features, list)
+            and len(features) == model_spec["n_features"]
+            and all(small(v) for v in features)
+        )
+    return isinstance(features, dict) and all(
+        isinstance(v, str) or small(v) for v in features.values()
+    )
 
 
 def must_be_accepted(model: str, body: Any) -> bool:
@@ -240,14 +266,19 @@ def must_be_accepted(model: str, body: Any) -> bool:
     instances = body.get("instances")
     if not isinstance(instances, list) or not 1 <= len(instances) <= 1000:
         return False
-    if any(isinstance(i, dict) and "features" in i and not isinstance(i.get("event_id", ""), str)
-           for i in instances):
+    if any(
+        isinstance(i, dict) and "features" in i and not isinstance(i.get("event_id", ""), str)
+        for i in instances
+    ):
         return False
     return all(readable(model_spec, features_of(i)) for i in instances)
 
 
-CHECKS = [checks.status_code_conformance, checks.content_type_conformance,
-          checks.response_schema_conformance]
+CHECKS = [
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+]
 
 
 def exercise(predictor: Predictor, case: Any) -> Any:
@@ -257,14 +288,23 @@ def exercise(predictor: Predictor, case: Any) -> Any:
     if response.status_code >= 500:
         documented = DOCUMENTED_5XX.get((label, model if label == PREDICT else None))
         assert response.status_code == documented, (
-            f"{label} model={model!r}: {response.status_code} {response.text[:300]}")
+            f"{label} model={model!r}: {response.status_code} {response.text[:300]}"
+        )
     mode = case.meta.generation.mode if case.meta is not None else GenerationMode.POSITIVE
-    case.validate_response(response, checks=CHECKS + (
-        [checks.negative_data_rejection] if mode is GenerationMode.NEGATIVE else []))
-    if (label == PREDICT and mode is GenerationMode.POSITIVE and model is not None
-            and must_be_accepted(model, case.body)):
+    case.validate_response(
+        response,
+        checks=CHECKS
+        + ([checks.negative_data_rejection] if mode is GenerationMode.NEGATIVE else []),
+    )
+    if (
+        label == PREDICT
+        and mode is GenerationMode.POSITIVE
+        and model is not None
+        and must_be_accepted(model, case.body)
+    ):
         assert response.status_code == 200, (
-            f"valid request refused: {response.status_code} {response.text[:300]}")
+            f"valid request refused: {response.status_code} {response.text[:300]}"
+        )
     if label == PREDICT and response.status_code == 200:
         answer = response.json()
         n = len(case.body["instances"])
@@ -276,9 +316,16 @@ def exercise(predictor: Predictor, case: Any) -> Any:
     return response
 
 
-FUZZ = settings(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much])
+FUZZ = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 
 
 @settings(FUZZ, max_examples=150)
@@ -302,20 +349,27 @@ def test_schema_invalid_requests_are_refused(predictor: Predictor, case: Any) ->
     predictor.fuzzed.add("invalid")
 
 
-@pytest.mark.parametrize("model, instances, status", [
-    ("lin", [{"a": 1e308}], 400),  # 3.0 x 1e308 overflows: the answer was [null]
-    ("lin", [{"a": 1.0}, {"b": -1e308}], 400),
-    ("soft", [[1e308, 1e308]], 400),  # two infinite logits make softmax NaN
-    ("soft", [[1e308, 0.0]], 200),  # one dominates: probabilities 1, 0, 0
-    ("dense", [[1e308, -1e308, 1e308]], 200),  # a logistic score saturates: finite
-])
-def test_overflowing_scores_are_refused_not_nulled(predictor: Predictor, model: str,
-                                                   instances: list[Any], status: int) -> None:
+@pytest.mark.parametrize(
+    "model, instances, status",
+    [
+        ("lin", [{"a": 1e308}], 400),  # 3.0 x 1e308 overflows: the answer was [null]
+        ("lin", [{"a": 1.0}, {"b": -1e308}], 400),
+        ("soft", [[1e308, 1e308]], 400),  # two infinite logits make softmax NaN
+        ("soft", [[1e308, 0.0]], 200),  # one dominates: probabilities 1, 0, 0
+        ("dense", [[1e308, -1e308, 1e308]], 200),  # a logistic score saturates: finite
+    ],
+)
+def test_overflowing_scores_are_refused_not_nulled(
+    predictor: Predictor, model: str, instances: list[Any], status: int
+) -> None:
     """Found by the fuzzing: a linear or softmax score of large finite features is not
     finite, and the predictor answered 200 with null predictions, which the documented
     schema does not allow."""
-    case = OPERATIONS[PREDICT].Case(path_parameters={"model": model},
-                                    body={"instances": instances}, media_type="application/json")
+    case = OPERATIONS[PREDICT].Case(
+        path_parameters={"model": model},
+        body={"instances": instances},
+        media_type="application/json",
+    )
     response = exercise(predictor, case)
     assert response.status_code == status, response.text
 
@@ -329,15 +383,21 @@ def test_server_is_up_and_every_prediction_was_logged(predictor: Predictor) -> N
     instance it answered went to the prediction log, none lost silently."""
     s = predictor.session
     assert s.get(f"{predictor.url}/healthz", timeout=5).status_code == 200
-    answer = s.post(f"{predictor.url}/v1/models/dense:predict",
-                    json={"instances": [{"features": [0.0, 0.0, 0.0], "event_id": "x"}]},
-                    timeout=5).json()
-    assert answer["predictions"][0] in (pytest.approx(1 / (1 + math.exp(-0.25))),
-                                        pytest.approx(1 / (1 + math.exp(-2.0))))
+    answer = s.post(
+        f"{predictor.url}/v1/models/dense:predict",
+        json={"instances": [{"features": [0.0, 0.0, 0.0], "event_id": "x"}]},
+        timeout=5,
+    ).json()
+    assert answer["predictions"][0] in (
+        pytest.approx(1 / (1 + math.exp(-0.25))),
+        pytest.approx(1 / (1 + math.exp(-2.0))),
+    )
     predictor.served += 1
     if predictor.fuzzed == {"valid", "readable", "invalid"}:
         assert predictor.served > 100, "the fuzzing made too few predictions to mean much"
-    wait_for("every served prediction in the log",
-             lambda: len(predictor.producer.sent) == predictor.served)
+    wait_for(
+        "every served prediction in the log",
+        lambda: len(predictor.producer.sent) == predictor.served,
+    )
     time.sleep(0.2)
     assert len(predictor.producer.sent) == predictor.served

@@ -23,10 +23,12 @@ def start_server(conf_lines: list[str], data: Path) -> subprocess.Popen[bytes]:
     if binary is None:
         pytest.skip("redis-server is not on PATH (apt-get install -y redis-server)")
     conf = data / "redis.conf"
-    conf.write_text("\n".join(["bind 127.0.0.1", "save \"\"", "appendonly no",
-                               f"dir {data}", *conf_lines, ""]))
-    return subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    conf.write_text(
+        "\n".join(["bind 127.0.0.1", 'save ""', "appendonly no", f"dir {data}", *conf_lines, ""])
+    )
+    return subprocess.Popen(
+        [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
 
 
 def answering(conf: RedisConf, proc: subprocess.Popen[bytes]) -> None:
@@ -44,8 +46,9 @@ def answering(conf: RedisConf, proc: subprocess.Popen[bytes]) -> None:
 def acl_server(tmp_path) -> Iterator[RedisConf]:
     port = free_port()
     conf = RedisConf(port=port, username="flowlearn", password="acl-secret", prefix="fl:")
-    proc = start_server([f"port {port}", *redis_auth_lines(conf.username, conf.password,
-                                                           conf.prefix)], tmp_path)
+    proc = start_server(
+        [f"port {port}", *redis_auth_lines(conf.username, conf.password, conf.prefix)], tmp_path
+    )
     try:
         answering(conf, proc)
         yield conf
@@ -79,9 +82,17 @@ def test_the_publisher_and_a_reader_work_as_the_acl_user(acl_server):
 
     keys = Keys(acl_server.prefix)
     weights = np.arange(4.0)
-    published = Publisher(redis_client(acl_server), keys, 100).publish(ModelVersion(
-        model_id="m", version=1, base_version=0, samples_applied=8, spec_json="{}",
-        delta=codec.make_delta(np.zeros(4), weights), weights=codec.encode_array(weights)))
+    published = Publisher(redis_client(acl_server), keys, 100).publish(
+        ModelVersion(
+            model_id="m",
+            version=1,
+            base_version=0,
+            samples_applied=8,
+            spec_json="{}",
+            delta=codec.make_delta(np.zeros(4), weights),
+            weights=codec.encode_array(weights),
+        )
+    )
     assert published
     snapshot = read_snapshot(redis_client(acl_server), keys, "m")
     assert snapshot is not None and snapshot.weights.tolist() == weights.tolist()
@@ -93,9 +104,18 @@ def tls_server(tmp_path, test_ca) -> Iterator[tuple[RedisConf, Path]]:
     ca = test_ca.cert
     port = free_port()
     conf = RedisConf(port=port, password="tls-secret", tls=True, tls_ca_file=str(ca))
-    proc = start_server(["port 0", f"tls-port {port}", f"tls-cert-file {cert}",
-                         f"tls-key-file {key}", f"tls-ca-cert-file {ca}",
-                         "tls-auth-clients no", f"requirepass {conf.password}"], tmp_path)
+    proc = start_server(
+        [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {cert}",
+            f"tls-key-file {key}",
+            f"tls-ca-cert-file {ca}",
+            "tls-auth-clients no",
+            f"requirepass {conf.password}",
+        ],
+        tmp_path,
+    )
     try:
         answering(conf, proc)
         yield conf, ca

@@ -22,21 +22,26 @@ SIZE = 5
 MODEL = "m"
 
 VALUES = st.one_of(st.floats(width=64), st.sampled_from([0.0, -0.0, math.nan, 1e-310]))
-TRAIN = st.tuples(st.just("train"), st.lists(st.integers(0, SIZE - 1), min_size=1, max_size=3,
-                                             unique=True),
-                  VALUES, st.booleans())  # the last: also rewrite the snapshot
+TRAIN = st.tuples(
+    st.just("train"),
+    st.lists(st.integers(0, SIZE - 1), min_size=1, max_size=3, unique=True),
+    VALUES,
+    st.booleans(),
+)  # the last: also rewrite the snapshot
 ACTIONS = st.one_of(
-        # Training is the common case: three branches of ten.
-        TRAIN, TRAIN, TRAIN,
-        # The job restarts from a checkpoint some versions back: a new epoch.
-        st.tuples(st.just("restart_job"), st.integers(0, 6)),
-        # Trimmed as the publisher does (never past the snapshot) ...
-        st.tuples(st.just("trim")),
-        # ... or harder than it ever should: the replica must still never serve a mix.
-        st.tuples(st.just("trim_hard"), st.integers(0, 3)),
-        st.tuples(st.just("restart_replica")),
-        st.tuples(st.just("pin"), st.integers(0, 20)),
-        st.tuples(st.just("unpin")),
+    # Training is the common case: three branches of ten.
+    TRAIN,
+    TRAIN,
+    TRAIN,
+    # The job restarts from a checkpoint some versions back: a new epoch.
+    st.tuples(st.just("restart_job"), st.integers(0, 6)),
+    # Trimmed as the publisher does (never past the snapshot) ...
+    st.tuples(st.just("trim")),
+    # ... or harder than it ever should: the replica must still never serve a mix.
+    st.tuples(st.just("trim_hard"), st.integers(0, 3)),
+    st.tuples(st.just("restart_replica")),
+    st.tuples(st.just("pin"), st.integers(0, 20)),
+    st.tuples(st.just("unpin")),
 )
 #: Each action, then whether the replica catches up at once or lags behind for a while.
 STEPS = st.lists(st.tuples(ACTIONS, st.booleans()), min_size=1, max_size=30)
@@ -78,12 +83,10 @@ def test_replica_holds_only_published_versions(serving_redis: RedisServer, steps
             candidates = [v for (e, v) in trainer.published if e == trainer.epoch]
             if candidates:
                 version = max(min(candidates), trainer.version - step[1])
-                trainer.restart(version, np.frombuffer(
-                    trainer.published[(trainer.epoch, version)]))
+                trainer.restart(version, np.frombuffer(trainer.published[(trainer.epoch, version)]))
         elif kind == "trim":
             epoch, version = r.hmget(keys.snapshot(MODEL), "epoch", "version")
-            r.xtrim(keys.deltas(MODEL), minid=f"{int(epoch)}-{int(version)}",
-                    approximate=False)
+            r.xtrim(keys.deltas(MODEL), minid=f"{int(epoch)}-{int(version)}", approximate=False)
         elif kind == "trim_hard":
             r.xtrim(keys.deltas(MODEL), maxlen=step[1], approximate=False)
         elif kind == "restart_replica":

@@ -155,8 +155,7 @@ class TestDetectorContract:
         one_by_one, chunked = DETECTORS[name](), DETECTORS[name]()
         flags = [one_by_one.update(x) for x in stream]
         cuts = np.sort(np.random.default_rng(4).choice(len(stream), 40, replace=False))
-        chunk_flags = np.concatenate([chunked.update_many(part)
-                                      for part in np.split(stream, cuts)])
+        chunk_flags = np.concatenate([chunked.update_many(part) for part in np.split(stream, cuts)])
         assert np.array_equal(flags, chunk_flags)
         assert linear.to_bytes(chunked) == linear.to_bytes(one_by_one)
 

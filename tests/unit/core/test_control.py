@@ -23,8 +23,7 @@ class Kept:
 
 def trained(batches: int = 3) -> tuple[ModelTrainer, dict[int, np.ndarray]]:
     rng = np.random.default_rng(0)
-    trainer = ModelTrainer.create("m", {"type": "logistic", "n_features": 3,
-                                        "learning_rate": 0.5})
+    trainer = ModelTrainer.create("m", {"type": "logistic", "n_features": 3, "learning_rate": 0.5})
     history = {}
     for _ in range(batches):
         X = rng.normal(size=(16, 3))
@@ -38,8 +37,14 @@ def test_rollback_restores_a_kept_version_bit_for_bit_as_a_new_version() -> None
     out = apply_command(trainer, "rollback", {"version": 1}, "cli", Kept(history), no_baseline)
     assert out.ok and out.alert_kind == "rollback" and out.eval_kind == "rollback"
     assert out.new_version is not None and out.new_version.version == 4
-    assert out.detail == {"command": "rollback", "args": {"version": 1}, "source": "cli",
-                          "ok": True, "from_version": 3, "new_version": 4}
+    assert out.detail == {
+        "command": "rollback",
+        "args": {"version": 1},
+        "source": "cli",
+        "ok": True,
+        "from_version": 3,
+        "new_version": 4,
+    }
     assert trainer.model.weights_vector().tobytes() == history[1].tobytes()
 
 
@@ -55,23 +60,27 @@ def test_rollback_to_a_version_not_kept_changes_nothing() -> None:
 def test_warm_start_takes_a_baseline_of_the_right_shape_only() -> None:
     trainer, _ = trained()
     baseline = np.array([0.1, 0.2, 0.3, 0.4])
-    out = apply_command(trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS,
-                        lambda version: baseline)
+    out = apply_command(
+        trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS, lambda version: baseline
+    )
     assert out.ok and out.eval_kind == "warm_start"
     assert trainer.model.weights_vector().tolist() == baseline.tolist()
-    refused = apply_command(trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS,
-                            lambda version: np.zeros(7))
+    refused = apply_command(
+        trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS, lambda version: np.zeros(7)
+    )
     assert refused.detail["reason"] == "baseline has 7 weights, the model 4"
-    missing = apply_command(trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS,
-                            no_baseline)
+    missing = apply_command(
+        trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS, no_baseline
+    )
     assert not missing.ok and "no registry" in missing.detail["reason"]
 
 
 @pytest.mark.parametrize("rate", [0.0, -1.0, float("inf")])
 def test_a_learning_rate_must_be_positive_and_finite(rate: float) -> None:
     trainer, _ = trained()
-    out = apply_command(trainer, "set_learning_rate", {"learning_rate": rate}, "cli",
-                        NO_KEPT_WEIGHTS, no_baseline)
+    out = apply_command(
+        trainer, "set_learning_rate", {"learning_rate": rate}, "cli", NO_KEPT_WEIGHTS, no_baseline
+    )
     assert not out.ok and "positive" in out.detail["reason"]
 
 
@@ -93,6 +102,7 @@ def test_every_command_the_parser_accepts_is_carried_out() -> None:
     for command, needs in CONTROL_COMMANDS.items():
         trainer, history = trained()
         args = {name: 1 for name in needs}
-        out = apply_command(trainer, command, args, "test", Kept(history),
-                            lambda v, first=history[1]: first)
+        out = apply_command(
+            trainer, command, args, "test", Kept(history), lambda v, first=history[1]: first
+        )
         assert out.ok, (command, out.detail)

@@ -36,10 +36,14 @@ def river_detections(det, xs) -> list[int]:
     [
         (drift.ADWIN, river_drift.ADWIN),
         (lambda: drift.ADWIN(delta=0.05, clock=1), lambda: river_drift.ADWIN(0.05, clock=1)),
-        (lambda: drift.PageHinkley(threshold=10.0),
-         lambda: river_drift.PageHinkley(threshold=10.0)),
-        (lambda: drift.PageHinkley(threshold=5.0, mode="up"),
-         lambda: river_drift.PageHinkley(threshold=5.0, mode="up")),
+        (
+            lambda: drift.PageHinkley(threshold=10.0),
+            lambda: river_drift.PageHinkley(threshold=10.0),
+        ),
+        (
+            lambda: drift.PageHinkley(threshold=5.0, mode="up"),
+            lambda: river_drift.PageHinkley(threshold=5.0, mode="up"),
+        ),
     ],
     ids=["adwin", "adwin-clock1", "page-hinkley", "page-hinkley-up"],
 )
@@ -57,7 +61,9 @@ def test_ddm_matches_river(seed):
         det.update(x)
         ref.update(x)
         assert (det.drift_detected, det.warning_detected) == (
-            ref.drift_detected, ref.warning_detected), i
+            ref.drift_detected,
+            ref.warning_detected,
+        ), i
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -116,8 +122,13 @@ def test_detector_restarts_after_a_detection():
 
 
 def test_bad_parameters():
-    for make in (lambda: drift.ADWIN(delta=0), lambda: drift.PageHinkley(mode="sideways"),
-                 lambda: drift.DDM(warning_threshold=4.0), lambda: drift.PSI(n_bins=1),
-                 lambda: drift.KS(alpha=2.0), lambda: drift.KS(window_size=1)):
+    for make in (
+        lambda: drift.ADWIN(delta=0),
+        lambda: drift.PageHinkley(mode="sideways"),
+        lambda: drift.DDM(warning_threshold=4.0),
+        lambda: drift.PSI(n_bins=1),
+        lambda: drift.KS(alpha=2.0),
+        lambda: drift.KS(window_size=1),
+    ):
         with pytest.raises(ValueError):
             make()

@@ -50,18 +50,29 @@ def test_weights_vector_layout_is_coef_c_order_then_intercepts():
     model.set_weights_vector(v)
     assert model.coef.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert model.intercept_.tolist() == [6.0, 7.0, 8.0]
-    assert model.spec() == {"type": "softmax", "n_features": 2, "classes": [0, 1, 2],
-                            "intercept": True}
+    assert model.spec() == {
+        "type": "softmax",
+        "n_features": 2,
+        "classes": [0, 1, 2],
+        "intercept": True,
+    }
     z = np.array([[1.0, 1.0]]) @ model.coef + model.intercept_
-    np.testing.assert_allclose(model.predict_proba_many([[1.0, 1.0]]),
-                               np.exp(z) / np.exp(z).sum())
+    np.testing.assert_allclose(model.predict_proba_many([[1.0, 1.0]]), np.exp(z) / np.exp(z).sum())
 
 
 def test_spec_of_each_model():
     assert linear.LogisticRegression(3).spec() == {
-        "type": "logistic", "n_features": 3, "classes": [0, 1], "intercept": True}
+        "type": "logistic",
+        "n_features": 3,
+        "classes": [0, 1],
+        "intercept": True,
+    }
     assert linear.LinearRegression(3, intercept=False).spec() == {
-        "type": "linear", "n_features": 3, "classes": None, "intercept": False}
+        "type": "linear",
+        "n_features": 3,
+        "classes": None,
+        "intercept": False,
+    }
     assert linear.LinearRegression(3, intercept=False).weights_vector().shape == (3,)
 
 
@@ -72,7 +83,7 @@ def test_logistic_learns_a_separable_problem():
     model = linear.LogisticRegression(5, optimizer=optim.Adam(lr=0.1))
     for _ in range(3):
         for start in range(0, 2000, 64):
-            model.learn_many(X[start:start + 64], y[start:start + 64])
+            model.learn_many(X[start : start + 64], y[start : start + 64])
     assert (model.predict_many(X) == y).mean() > 0.95
     loss = model.loss_many(X, y)
     p = model.predict_proba_many(X)
@@ -87,8 +98,8 @@ def test_softmax_and_regression_learn():
     reg = linear.LinearRegression(3, optimizer=optim.SGD(lr=0.05, momentum=0.5))
     t = X @ np.array([1.0, 2.0, -3.0]) + 4.0
     for s in range(0, 3000, 50):
-        soft.learn_many(X[s:s + 50], y[s:s + 50])
-        reg.learn_many(X[s:s + 50], t[s:s + 50])
+        soft.learn_many(X[s : s + 50], y[s : s + 50])
+        reg.learn_many(X[s : s + 50], t[s : s + 50])
     assert (soft.predict_many(X) == y).mean() > 0.9
     np.testing.assert_allclose(soft.predict_proba_many(X).sum(axis=1), 1.0)
     np.testing.assert_allclose(reg.coef, [1.0, 2.0, -3.0], atol=0.05)
@@ -103,7 +114,7 @@ def test_l1_gives_exact_zeros_on_noise_features():
         # FTRL's own l1 acts on summed gradients, hence its larger scale.
         model = linear.LogisticRegression(6, optimizer=opt, l1=0.1)
         for s in range(0, 4000, 64):
-            model.learn_many(X[s:s + 64], y[s:s + 64])
+            model.learn_many(X[s : s + 64], y[s : s + 64])
         # Proximal steps leave the noise features at (almost always exactly) zero.
         assert np.count_nonzero(model.coef[2:]) <= 1, type(opt).__name__
         assert np.all(np.abs(model.coef[2:]) < 0.01)
@@ -157,8 +168,9 @@ def test_huge_inputs_are_rejected_before_corrupting_weights():
 
 @settings(max_examples=50, deadline=None)
 @given(
-    hnp.arrays(np.float64, st.tuples(st.integers(0, 20), st.just(3)),
-               elements=st.floats(-1e3, 1e3)),
+    hnp.arrays(
+        np.float64, st.tuples(st.integers(0, 20), st.just(3)), elements=st.floats(-1e3, 1e3)
+    ),
     st.integers(0, 2**32 - 1),
 )
 def test_logistic_outputs_are_sane_and_batching_of_predictions_is_irrelevant(X, seed):
@@ -171,4 +183,6 @@ def test_logistic_outputs_are_sane_and_batching_of_predictions_is_irrelevant(X, 
     assert np.all((p >= 0) & (p <= 1))
     assert np.all(model.loss_many(X, y) >= 0)
     for i in range(len(X)):
-        assert model.predict_proba_many(X[i:i + 1])[0] == pytest.approx(p[i], rel=1e-12, abs=1e-15)
+        assert model.predict_proba_many(X[i : i + 1])[0] == pytest.approx(
+            p[i], rel=1e-12, abs=1e-15
+        )

@@ -19,7 +19,7 @@ def binary():
 
 def feed(metric, y, p, batch=37):
     for s in range(0, len(y), batch):
-        metric.update_many(y[s:s + batch], p[s:s + batch])
+        metric.update_many(y[s : s + batch], p[s : s + batch])
     return metric.get()
 
 
@@ -35,7 +35,8 @@ def test_classification_metrics_match_sklearn(binary):
     # With scores on the bin grid, the binned AUC is exact (ties counted as halves).
     q = np.round(p * 10) / 10 - 1e-9
     assert feed(metrics.ROCAUC(n_bins=10), y, np.clip(q, 0, 1)) == pytest.approx(
-        skm.roc_auc_score(y, np.floor(np.clip(q, 0, 1) * 10)))
+        skm.roc_auc_score(y, np.floor(np.clip(q, 0, 1) * 10))
+    )
 
 
 def test_multiclass_log_loss_and_ece():
@@ -45,10 +46,15 @@ def test_multiclass_log_loss_and_ece():
     assert feed(metrics.LogLoss(), y, P) == pytest.approx(skm.log_loss(y, P, labels=[0, 1, 2]))
     conf, pred = P.max(axis=1), P.argmax(axis=1)
     bins = np.minimum((conf * 10).astype(int), 9)
-    expected = sum(
-        abs((pred[bins == b] == y[bins == b]).mean() - conf[bins == b].mean()) * (bins == b).sum()
-        for b in range(10) if (bins == b).any()
-    ) / 200
+    expected = (
+        sum(
+            abs((pred[bins == b] == y[bins == b]).mean() - conf[bins == b].mean())
+            * (bins == b).sum()
+            for b in range(10)
+            if (bins == b).any()
+        )
+        / 200
+    )
     assert feed(metrics.ExpectedCalibrationError(), y, P) == pytest.approx(expected)
 
 
@@ -70,8 +76,11 @@ def test_regression_metrics_match_sklearn():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(1, 30), st.lists(st.integers(0, 25), min_size=1, max_size=8),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 30),
+    st.lists(st.integers(0, 25), min_size=1, max_size=8),
+    st.integers(0, 2**32 - 1),
+)
 def test_window_equals_cumulative_on_the_last_window(window, sizes, seed):
     rng = np.random.default_rng(seed)
     n = sum(sizes)
@@ -81,7 +90,7 @@ def test_window_equals_cumulative_on_the_last_window(window, sizes, seed):
         windowed = make(window_size=window)
         start = 0
         for size in sizes:
-            windowed.update_many(y[start:start + size], p[start:start + size])
+            windowed.update_many(y[start : start + size], p[start : start + size])
             start += size
         tail = make().update_many(y[-window:], p[-window:]) if n else make()
         got, want = windowed.get(), tail.get()
@@ -102,13 +111,16 @@ def test_prequential_tests_before_training():
     X = rng.normal(size=(640, 3)) * 10 + 5
     y = (X[:, 0] > 5).astype(int)
     model = linear.LogisticRegression(3, optimizer=optim.SGD(lr=0.5))
-    ev = metrics.Prequential(model, [metrics.Accuracy(), metrics.LogLoss(window_size=64)],
-                             scaler=preprocessing.StandardScaler())
+    ev = metrics.Prequential(
+        model,
+        [metrics.Accuracy(), metrics.LogLoss(window_size=64)],
+        scaler=preprocessing.StandardScaler(),
+    )
     ev.step(X[:64], y[:64])
     # First batch scored by the untrained model: log loss exactly log 2.
     assert ev.get()["LogLoss@64"] == pytest.approx(np.log(2))
     for s in range(64, 640, 64):
-        ev.step(X[s:s + 64], y[s:s + 64])
+        ev.step(X[s : s + 64], y[s : s + 64])
     result = ev.get()
     assert ev.n_seen == 640 and result["Accuracy"] > 0.85 and result["LogLoss@64"] < 0.5
     assert ev.step(np.empty((0, 3)), np.empty(0)).n_seen == 640

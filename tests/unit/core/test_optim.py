@@ -73,9 +73,14 @@ def test_schedules():
 
 
 def test_bad_hyperparameters():
-    for make in (lambda: optim.SGD(lr=-1.0), lambda: optim.SGD(momentum=1.0),
-                 lambda: optim.SGD(nesterov=True), lambda: optim.Adam(beta1=1.0),
-                 lambda: optim.FTRL(alpha=0.0), lambda: optim.SGD(lr=float("nan"))):
+    for make in (
+        lambda: optim.SGD(lr=-1.0),
+        lambda: optim.SGD(momentum=1.0),
+        lambda: optim.SGD(nesterov=True),
+        lambda: optim.Adam(beta1=1.0),
+        lambda: optim.FTRL(alpha=0.0),
+        lambda: optim.SGD(lr=float("nan")),
+    ):
         with pytest.raises(ValueError):
             make()
     with pytest.raises(ValueError, match="unknown optimizer"):

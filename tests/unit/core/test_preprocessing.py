@@ -23,8 +23,13 @@ def test_hasher_is_stable_across_processes():
         "print(i.tolist(), v.tolist())"
     )
     outs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
         for seed in (1, 2)
     }
     assert len(outs) == 1
@@ -105,15 +110,16 @@ def test_spec_round_trip_and_dense_sparse_agree():
 
 @settings(max_examples=50, deadline=None)
 @given(
-    hnp.arrays(np.float64, st.tuples(st.integers(1, 40), st.integers(1, 4)),
-               elements=st.floats(-1e6, 1e6)),
+    hnp.arrays(
+        np.float64, st.tuples(st.integers(1, 40), st.integers(1, 4)), elements=st.floats(-1e6, 1e6)
+    ),
     st.lists(st.integers(1, 10), min_size=1, max_size=6),
 )
 def test_scaler_matches_numpy_whatever_the_batching(X, cuts):
     scaler = preprocessing.StandardScaler()
     start = 0
     for size in [*cuts, len(X)]:
-        scaler.learn_many(X[start:start + size])
+        scaler.learn_many(X[start : start + size])
         start += size
         if start >= len(X):
             break
@@ -123,8 +129,9 @@ def test_scaler_matches_numpy_whatever_the_batching(X, cuts):
     Z = scaler.transform_many(X)
     std = X.std(axis=0)
     ok = std > 1e-3 * (np.abs(X).max(axis=0) + 1)
-    np.testing.assert_allclose(Z[:, ok], (X[:, ok] - X[:, ok].mean(axis=0)) / std[ok],
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        Z[:, ok], (X[:, ok] - X[:, ok].mean(axis=0)) / std[ok], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_scaler_is_stable_for_large_offsets():
@@ -132,7 +139,7 @@ def test_scaler_is_stable_for_large_offsets():
     X = 1e9 + rng.normal(size=(10_000, 1))
     scaler = preprocessing.StandardScaler()
     for s in range(0, 10_000, 64):
-        scaler.learn_many(X[s:s + 64])
+        scaler.learn_many(X[s : s + 64])
     assert scaler.var[0] == pytest.approx(X.var(), rel=1e-6)
 
 
@@ -148,5 +155,5 @@ def test_scaler_edge_cases():
     with pytest.raises(ValueError, match="NaN or infinity"):
         s.learn_many(np.array([[1.0, np.nan, 1.0]]))
     assert preprocessing.StandardScaler(2, with_std=False).learn_many(
-        np.array([[1.0, 1.0], [3.0, 5.0]])).transform_many(np.array([[3.0, 5.0]])).tolist() == [
-        [1.0, 2.0]]
+        np.array([[1.0, 1.0], [3.0, 5.0]])
+    ).transform_many(np.array([[3.0, 5.0]])).tolist() == [[1.0, 2.0]]

@@ -33,20 +33,29 @@ def river_accuracy(dicts, y) -> float:
 def our_accuracy(X, y, batch=32) -> float:
     ev = metrics.Prequential(
         linear.LogisticRegression(X.shape[1], optimizer=optim.SGD(lr=0.64)),
-        [metrics.Accuracy()], scaler=preprocessing.StandardScaler(),
+        [metrics.Accuracy()],
+        scaler=preprocessing.StandardScaler(),
     )
     for s in range(0, len(y), batch):
-        ev.step(X[s:s + batch], y[s:s + batch])
+        ev.step(X[s : s + batch], y[s : s + batch])
     return ev.get()["Accuracy"]
 
 
 @pytest.mark.parametrize(
     "name,dataset",
     [
-        ("hyperplane", lambda: synth.Hyperplane(seed=42, n_features=10, n_drift_features=4,
-                                                mag_change=0.001, noise_percentage=0.05)),
-        ("sea-abrupt", lambda: itertools.chain(
-            itertools.islice(synth.SEA(variant=0, seed=1), 1500), synth.SEA(variant=2, seed=2))),
+        (
+            "hyperplane",
+            lambda: synth.Hyperplane(
+                seed=42, n_features=10, n_drift_features=4, mag_change=0.001, noise_percentage=0.05
+            ),
+        ),
+        (
+            "sea-abrupt",
+            lambda: itertools.chain(
+                itertools.islice(synth.SEA(variant=0, seed=1), 1500), synth.SEA(variant=2, seed=2)
+            ),
+        ),
         ("phishing", datasets.Phishing),
     ],
 )

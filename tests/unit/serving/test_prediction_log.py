@@ -12,8 +12,17 @@ from flowlearn.serving.prediction_log import Batch, PredictionLog, Shadow
 
 
 def batch(n: int = 2) -> Batch:
-    return Batch("m", 1700000000000, [f"e{i}" for i in range(n)], [[float(i)] for i in range(n)],
-                 [0.5] * n, 4, 2, "online", Shadow("baseline", 0, [0.25] * n))
+    return Batch(
+        "m",
+        1700000000000,
+        [f"e{i}" for i in range(n)],
+        [[float(i)] for i in range(n)],
+        [0.5] * n,
+        4,
+        2,
+        "online",
+        Shadow("baseline", 0, [0.25] * n),
+    )
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -65,9 +74,16 @@ def test_records_are_one_json_object_per_instance_keyed_by_model():
     log.close()
     assert producer.closed and [(t, k) for t, k, _ in producer.sent] == [("fl.events", b"m")] * 2
     assert json.loads(producer.sent[1][2]) == {
-        "event_id": "e1", "model_id": "m", "ts": 1700000000000, "features": [1.0],
-        "score": 0.5, "model_version": 4, "epoch": 2, "variant": "online",
-        "shadow": {"variant": "baseline", "model_version": 0, "score": 0.25}}
+        "event_id": "e1",
+        "model_id": "m",
+        "ts": 1700000000000,
+        "features": [1.0],
+        "score": 0.5,
+        "model_version": 4,
+        "epoch": 2,
+        "variant": "online",
+        "shadow": {"variant": "baseline", "model_version": 0, "score": 0.25},
+    }
     assert sample(metrics, "flowlearn_predictor_log_sent_total") == 2
 
 
@@ -102,8 +118,10 @@ def test_kafka_unreachable_retries_and_failed_deliveries_are_counted():
     log = PredictionLog("fl.events", factory, metrics)
     log.start()
     log.offer(batch(3))
-    wait_for("delivery failures", lambda: sample(
-        metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3)
+    wait_for(
+        "delivery failures",
+        lambda: sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3,
+    )
     log.close()
     assert len(attempts) == 2 and sample(metrics, "flowlearn_predictor_log_sent_total") == 0
 

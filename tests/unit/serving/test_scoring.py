@@ -25,8 +25,7 @@ def test_scores_equal_the_core_models_bit_for_bit(spec):
     X = rng.normal(scale=5, size=(50, 4))
     X[0] = 1e3  # saturated probabilities too
     model = model_types.from_spec(spec, weights)
-    expected = model.predict_many(X) if spec["type"] == "linear" else \
-        model.predict_proba_many(X)
+    expected = model.predict_many(X) if spec["type"] == "linear" else model.predict_proba_many(X)
     got = scorer(spec, weights)(X)
     assert got.dtype == np.float64 and got.shape == expected.shape
     assert got.tobytes() == expected.tobytes()
