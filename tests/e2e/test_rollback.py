@@ -326,7 +326,7 @@ def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
     # "Version 2" of the job: the trainer's alerts carry a new field; layout unchanged.
     v2 = tmp_path / "job-v2"
     shutil.copytree(jobctl.stage_job_sources(settings), v2)
-    trainer = v2 / "operators" / "trainer.py"
+    trainer = v2 / "flowlearn" / "operators" / "trainer.py"
     code = trainer.read_text()
     assert '"ts": now_ms(), "detail": detail}' in code
     trainer.write_text(
