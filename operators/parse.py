@@ -50,6 +50,9 @@ class _ParseRecords(ProcessFunction):
         self.parsed = group.counter(f"{self.what}_parsed")
         self.dead = group.counter(f"{self.what}_dlq")
         self.spec_for: SpecFor = ModelSpecs(self.settings).dict_of
+        unknown = group.counter(f"{self.what}_unknown_features")
+        #: Hears every feature name a record gives that its model does not have.
+        self.on_unknown = lambda _name: unknown.inc()
 
     def parse(self, raw: bytes) -> Iterable[Any]:
         """The rows one record gives now (RecordError: a dead letter)."""
@@ -143,7 +146,7 @@ class ParseSamples(_ParseRecords):
             )
             earlier = self.gathered.pop(b.model_id, None)  # its JSON samples came first
             return (bulk,) if earlier is None else (earlier.row(), bulk)
-        s = parse_sample(raw, self.spec_for)
+        s = parse_sample(raw, self.spec_for, self.on_unknown)
         samples = self.gathered.get(s.model_id)
         if samples is None:
             samples = self.gathered[s.model_id] = _ModelSamples(s.model_id)
@@ -180,7 +183,7 @@ class ParseEvents(_ParseFeedback):
     what = "events"
 
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
-        e = parse_event(raw, self.spec_for)
+        e = parse_event(raw, self.spec_for, self.on_unknown)
         self.check_not_ahead(e.ts)
         return (
             (

@@ -155,14 +155,19 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
     return float(value)
 
 
-def parse_sample(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Sample:
-    """Parse one ``fl.samples`` record; ``spec_for(model_id)`` gives the model's spec or None."""
+def parse_sample(
+    raw: bytes,
+    spec_for: Callable[[str], Mapping[str, Any] | None],
+    on_unknown: Callable[[str], None] | None = None,
+) -> Sample:
+    """Parse one ``fl.samples`` record; ``spec_for(model_id)`` gives the model's spec or None,
+    ``on_unknown`` hears feature names the model does not have."""
     obj = _load_json_object(raw)
     model_id = _model_id(obj)
     spec = _spec(model_id, spec_for)
     ts = _timestamp(obj)
     label = _label(obj, spec)
-    features = _features(obj, spec)
+    features = _features(obj, spec, on_unknown)
     event_id = _event_id(obj) if obj.get("event_id") is not None else None
     return Sample(model_id, ts, features, label, event_id)
 
@@ -201,19 +206,27 @@ def _spec(model_id: str, spec_for: Callable[[str], Mapping[str, Any] | None]) ->
     return spec
 
 
-def _features(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> np.ndarray:
+def _features(
+    obj: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    on_unknown: Callable[[str], None] | None = None,
+) -> np.ndarray:
     try:
-        return vectorize([_field(obj, "features")], spec)[0]
+        return vectorize([_field(obj, "features")], spec, on_unknown)[0]
     except FeatureError as exc:
         raise RecordError("bad_features", str(exc)) from exc
 
 
-def parse_event(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Event:
-    """Parse one ``fl.events`` record."""
+def parse_event(
+    raw: bytes,
+    spec_for: Callable[[str], Mapping[str, Any] | None],
+    on_unknown: Callable[[str], None] | None = None,
+) -> Event:
+    """Parse one ``fl.events`` record (``on_unknown`` as in :func:`parse_sample`)."""
     obj = _load_json_object(raw)
     model_id = _model_id(obj)
     spec = _spec(model_id, spec_for)
-    return Event(_event_id(obj), model_id, _timestamp(obj), _features(obj, spec))
+    return Event(_event_id(obj), model_id, _timestamp(obj), _features(obj, spec, on_unknown))
 
 
 def parse_label(raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]) -> Label:
@@ -287,11 +300,15 @@ def parse_sample_batch(
         table.validate(full=True)
     except (pa.ArrowException, OSError) as exc:
         raise RecordError("bad_arrow", str(exc)[:300]) from exc
-    missing = {"model_id", "ts", "features", "label"} - set(table.column_names)
+    try:
+        column_names = table.column_names
+    except UnicodeDecodeError as exc:  # validate() does not check that names are UTF-8
+        raise RecordError("bad_arrow", f"a column name is not UTF-8: {exc}"[:300]) from exc
+    missing = {"model_id", "ts", "features", "label"} - set(column_names)
     if missing:
         raise RecordError("missing_field", f"bulk record lacks column(s) {sorted(missing)}")
-    if len(set(table.column_names)) != len(table.column_names):
-        raise RecordError("bad_field", f"bulk record repeats a column: {table.column_names}")
+    if len(set(column_names)) != len(column_names):
+        raise RecordError("bad_field", f"bulk record repeats a column: {column_names}")
     if table.num_rows == 0:
         raise RecordError("bad_field", "bulk record has no rows")
     try:
@@ -333,8 +350,10 @@ def parse_sample_batch(
         if isinstance(exc, RecordError):
             raise
         raise RecordError("bad_field", f"bulk columns of the wrong type: {exc}") from exc
-    for name, values in (("features", X), ("label", y)):
-        rows = np.flatnonzero(~np.isfinite(values).reshape(len(values), -1).all(axis=1))
+    # NaN features are missing values where the model's pipeline imputes them.
+    features_ok = ~np.isinf(X) if spec.get("missing") == "impute" else np.isfinite(X)
+    for name, ok in (("features", features_ok), ("label", np.isfinite(y))):
+        rows = np.flatnonzero(~ok.reshape(len(ok), -1).all(axis=1))
         if rows.size:
             raise RecordError(
                 "bad_features" if name == "features" else "bad_field",

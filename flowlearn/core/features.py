@@ -2,8 +2,10 @@
 
 One function serves the training job and the predictor, so a model sees the same numbers
 in both. A model's published ``spec`` says how: ``"features": "dense"`` takes a list of
-exactly ``n_features`` numbers; ``"features": "hashed"`` takes a ``{name: number or string}``
-map hashed into ``n_features`` columns (``hash_seed`` picks the hash).
+exactly ``n_features`` numbers (or a ``{name: value}`` map of its ``feature_names``; missing
+values are NaN, for the model's pipeline to fill); ``"features": "hashed"`` takes a
+``{name: number or string}`` map hashed into ``n_features`` columns (``hash_seed`` picks the
+hash).
 
 >>> vectorize([[1, 2.5]], {"features": "dense", "n_features": 2}).tolist()
 [[1.0, 2.5]]
@@ -12,7 +14,7 @@ map hashed into ``n_features`` columns (``hash_seed`` picks the hash).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -29,8 +31,11 @@ class FeatureError(ValueError):
 _JSON_NUMBER_TYPES = frozenset({int, float})
 
 
-def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[float]:
-    """Validate one dense feature list: numbers only, finite, of the expected length."""
+def check_dense_row(
+    row: Any, n_features: int, where: str = "features", allow_missing: bool = False
+) -> list[float]:
+    """Validate one dense feature list: numbers only, finite, of the expected length; with
+    ``allow_missing``, ``null`` and NaN are missing values (NaN in the result)."""
     # The common case, a JSON list of finite numbers, checked with C-level loops: this runs
     # for every record the job parses (per-element isinstance cost a sixth of its time).
     if (
@@ -48,18 +53,70 @@ def check_dense_row(row: Any, n_features: int, where: str = "features") -> list[
         raise FeatureError(f"{where}: expected a list of {n_features} numbers")
     if len(row) != n_features:
         raise FeatureError(f"{where}: expected {n_features} values, got {len(row)}")
+    out = []
     for i, v in enumerate(row):
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise FeatureError(f"{where}[{i}]: expected a number, got {type(v).__name__}")
-        try:
-            finite = math.isfinite(v)
-        except OverflowError:  # an int beyond float64's range
-            finite = False
-        if not finite:
-            raise FeatureError(
-                f"{where}[{i}]: not a finite number ({v if isinstance(v, float) else 'too large'})"
-            )
-    return [float(v) for v in row]
+        out.append(_value(v, f"{where}[{i}]", allow_missing))
+    return out
+
+
+def _value(v: Any, where: str, allow_missing: bool, bools: bool = False) -> float:
+    """One dense value as a float (NaN: missing, where allowed); FeatureError naming it."""
+    if v is None:
+        if allow_missing:
+            return math.nan
+        raise FeatureError(f"{where}: missing (null), and the model's missing policy is dlq")
+    if isinstance(v, bool) and bools:
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise FeatureError(f"{where}: expected a number, got {type(v).__name__}")
+    try:
+        x = float(v)
+    except OverflowError:  # an int beyond float64's range
+        raise FeatureError(f"{where}: not a finite number (too large)") from None
+    if math.isnan(x) and allow_missing:
+        return x
+    if not math.isfinite(x):
+        raise FeatureError(f"{where}: not a finite number ({x})")
+    return x
+
+
+@lru_cache(maxsize=64)
+def _columns(names: tuple[str, ...]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(names)}
+
+
+def named_row(
+    row: Mapping[str, Any],
+    names: Sequence[str],
+    where: str = "features",
+    allow_missing: bool = True,
+    on_unknown: Callable[[str], None] | None = None,
+) -> list[float]:
+    """A ``{name: value}`` map as the dense row of the columns ``names`` (NaN: missing).
+
+    Names the model does not have go to ``on_unknown`` (the job and the predictor count
+    them); true/false count as 1/0.
+
+    >>> named_row({"b": 2, "a": True, "z": 1}, ("a", "b", "c"), on_unknown=print)
+    z
+    [1.0, 2.0, nan]
+    """
+    columns = _columns(tuple(names))
+    out = [math.nan] * len(columns)
+    for name, v in row.items():
+        col = columns.get(name)
+        if col is None:
+            if on_unknown is not None:
+                on_unknown(str(name))
+            continue
+        out[col] = _value(v, f"{where}.{name}", allow_missing=True, bools=True)
+    if not allow_missing:
+        for col, x in enumerate(out):
+            if math.isnan(x):
+                raise FeatureError(
+                    f"{where}.{names[col]}: missing, and the model's missing policy is dlq"
+                )
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -67,16 +124,35 @@ def _hasher(n_features: int, seed: int) -> FeatureHasher:
     return FeatureHasher(n_features=n_features, seed=seed)
 
 
-def vectorize(rows: Sequence[Any], spec: Mapping[str, Any]) -> np.ndarray:
-    """Rows of features -> float64 matrix ``(len(rows), n_features)`` as the spec says."""
+def vectorize(
+    rows: Sequence[Any],
+    spec: Mapping[str, Any],
+    on_unknown: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Rows of features -> float64 matrix ``(len(rows), n_features)`` as the spec says.
+
+    A dense row is a list of ``n_features`` numbers or, when the spec has
+    ``feature_names``, a ``{name: value}`` map (unknown names go to ``on_unknown``). With
+    ``missing = "impute"`` a missing value (an absent name, null) is NaN, which the model's
+    feature pipeline fills; otherwise it is an error naming the feature.
+    """
     n_features = int(spec["n_features"])
     kind = spec.get("features", "dense")
     if kind == "dense":
+        names = spec.get("feature_names") or ()
+        allow_missing = spec.get("missing") == "impute"
         out = np.empty((len(rows), n_features), dtype=np.float64)
         for i, row in enumerate(rows):
-            out[i] = check_dense_row(
-                row, n_features, f"instances[{i}]" if len(rows) > 1 else "features"
-            )
+            where = f"instances[{i}]" if len(rows) > 1 else "features"
+            if isinstance(row, Mapping):
+                if not names:
+                    raise FeatureError(
+                        f"{where}: expected a list of {n_features} numbers (a {{name: value}} "
+                        "map needs the model's feature_names)"
+                    )
+                out[i] = named_row(row, names, where, allow_missing, on_unknown)
+            else:
+                out[i] = check_dense_row(row, n_features, where, allow_missing)
         return out
     if kind == "hashed":
         for i, row in enumerate(rows):

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from flowlearn.core import codec, drift, metrics, optim, preprocessing
+from flowlearn.core import codec, drift, metrics, optim, pipeline, preprocessing
 from flowlearn.core.validation import (
     Arrays,
     Meta,
@@ -367,6 +367,7 @@ _REGISTRY: dict[str, type[Stateful]] = {
         *optim.OPTIMIZERS.values(),
         *optim.SCHEDULERS.values(),
         *preprocessing.CLASSES,
+        pipeline.FeatureTransform,
         *metrics.CLASSES,
         *drift.CLASSES,
     )

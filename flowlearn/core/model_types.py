@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 
 from flowlearn.core import linear
+from flowlearn.core import pipeline
+from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
 
 Model = linear.Model
 
@@ -88,12 +90,39 @@ def model_type(name: Any) -> ModelType:
     return found
 
 
-def from_spec(published: Mapping[str, Any], weights: np.ndarray) -> Model:
-    """A servable model from a published spec and weights vector.
+def pipeline_of(
+    published: Mapping[str, Any], weights: np.ndarray
+) -> tuple[FeatureTransform, TargetScaler | None] | None:
+    """The feature pipeline (and target scaler) of a published version; None for a version
+    published before models had one (it predicts from the raw features)."""
+    config = published.get("pipeline")
+    if config is None:
+        return None
+    d = int(published["n_features"])
+    size = pipeline.statistics_size(d, config)
+    if weights.ndim != 1 or len(weights) < size:
+        raise ValueError(f"weights vector of shape {weights.shape} has no pipeline statistics")
+    return pipeline.servable(d, config, weights[len(weights) - size :])
+
+
+def n_model_weights(published: Mapping[str, Any], weights: np.ndarray) -> int:
+    """How many of ``weights`` are the model's (the rest are its pipeline's statistics)."""
+    config = published.get("pipeline")
+    if config is None:
+        return len(weights)
+    return len(weights) - pipeline.statistics_size(int(published["n_features"]), config)
+
+
+def from_spec(published: Mapping[str, Any], weights: np.ndarray) -> Model | Pipeline:
+    """A servable model (behind its feature pipeline, when it has one) from a published
+    spec and weights vector.
 
     >>> m = from_spec({"type": "logistic", "n_features": 2, "intercept": True},
     ...               np.array([1.0, -1.0, 0.0]))
     >>> m.predict_many(np.array([[2.0, 0.0]])).tolist()
     [1]
     """
-    return model_type(published.get("type")).servable(published, weights)
+    kind = model_type(published.get("type"))
+    parts = pipeline_of(published, weights)
+    model = kind.servable(published, weights[: n_model_weights(published, weights)])
+    return model if parts is None else Pipeline(parts[0], model, parts[1])

@@ -14,7 +14,9 @@ flowlearn.core.spec.SpecError: m.type: unknown model type 'tree'; known: linear,
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flowlearn.core.model_types import model_type
@@ -35,18 +37,39 @@ def _check_positive(where: str, value: float) -> None:
 class ModelSpec:
     """What the trainer builds for one model id.
 
-    ``features = "dense"`` takes lists of ``n_features`` numbers; ``"hashed"`` takes
-    ``{name: value}`` maps hashed into ``n_features`` columns with ``hash_seed``.
+    ``features = "dense"`` takes lists of ``n_features`` numbers, or ``{name: value}`` maps
+    when ``feature_names`` names the columns; ``"hashed"`` takes ``{name: value}`` maps
+    hashed into ``n_features`` columns with ``hash_seed`` (a string value is a one-hot
+    token ``name=value``). The feature pipeline (:mod:`flowlearn.core.pipeline`) then fills
+    missing values, scales and clips, on statistics learnt from the training data.
     """
 
     type: str = "logistic"
     n_features: int = 10
     features: Literal["dense", "hashed"] = "dense"
     hash_seed: int = 0
+    #: Names of a dense model's columns, in order (``n_features`` is their number): records
+    #: may then give ``features`` as a ``{name: value}`` map. Unknown names are counted.
+    feature_names: tuple[str, ...] = ()
+    #: "auto": "standard" for dense features, "rms" for hashed ones; or "standard", "rms",
+    #: "none" (:mod:`flowlearn.core.pipeline`).
+    scale: Literal["auto", "standard", "rms", "none"] = "auto"
+    #: A missing dense feature (absent from a map, or null): "impute" takes its value from
+    #: ``feature_defaults``, else the running mean; "dlq" sends the record to the dead letters.
+    missing: Literal["impute", "dlq"] = "impute"
+    #: Values for missing features, by name (or by column index for unnamed columns).
+    feature_defaults: dict[str, float] = field(default_factory=dict)
+    #: Scaled values are cut to ``[-clip, clip]`` (an outlier guard; 0: off).
+    clip: float = 0.0
+    #: A regression model's target: "auto" (standardised for regression), "standard" or
+    #: "none" (learnt as it is).
+    target_scale: Literal["auto", "standard", "none"] = "auto"
     n_classes: int = 2
     #: One of :data:`flowlearn.core.optim.SPEC_OPTIMIZERS`.
     optimizer: str = "sgd"
-    learning_rate: float = 0.05
+    #: 0: the measured default of the optimizer for the model's task
+    #: (:func:`default_learning_rate`).
+    learning_rate: float = 0.0
     l1: float = 0.0
     l2: float = 0.0
     #: Safety gate: the batch gradient's L2 norm is clipped to this (0: no clipping).
@@ -73,6 +96,7 @@ class ModelSpec:
     def as_dict(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self)
         spec["detectors"] = list(self.detectors)
+        spec["feature_names"] = list(self.feature_names)
         return spec
 
     def validate(self, where: str) -> None:
@@ -87,7 +111,12 @@ class ModelSpec:
         _check_positive(f"{where}.n_features", self.n_features)
         if kind.multiclass and self.n_classes < 2:
             raise SpecError(f"{where}.n_classes: a {self.type} model needs >= 2 classes")
-        _check_positive(f"{where}.learning_rate", self.learning_rate)
+        if not (self.learning_rate >= 0 and math.isfinite(self.learning_rate)):
+            raise SpecError(
+                f"{where}.learning_rate: must be > 0 (or 0: the default), got {self.learning_rate}"
+            )
+        if self.target_scale == "standard" and kind.task != "regression":
+            raise SpecError(f"{where}.target_scale: only a regression model scales its target")
         for name in (
             "l1",
             "l2",
@@ -103,8 +132,85 @@ class ModelSpec:
             raise SpecError(
                 f"{where}.replay_fraction: must be in (0, 1], got {self.replay_fraction}"
             )
+        if self.feature_names:
+            if self.features != "dense":
+                raise SpecError(f"{where}.feature_names: only a dense model names its columns")
+            if len(self.feature_names) != self.n_features:
+                raise SpecError(
+                    f"{where}.feature_names: {len(self.feature_names)} names for "
+                    f"n_features = {self.n_features}"
+                )
+            if len(set(self.feature_names)) != len(self.feature_names):
+                raise SpecError(f"{where}.feature_names: names must be unique")
+        try:
+            default_columns(self.feature_defaults, self.feature_names, self.n_features)
+        except ValueError as exc:
+            raise SpecError(f"{where}.feature_defaults: {exc}") from None
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
+            raise SpecError(f"{where}.clip: must be a finite number >= 0, got {self.clip}")
         unknown = set(self.detectors) - set(ALL_DETECTORS)
         if unknown:
             raise SpecError(
                 f"{where}.detectors: unknown {sorted(unknown)}; known: {list(ALL_DETECTORS)}"
             )
+
+
+def default_columns(
+    defaults: Mapping[str, float], names: Sequence[str], n_features: int
+) -> dict[int, float]:
+    """``feature_defaults`` by column: keys are feature names, or column indices of unnamed
+    columns; ValueError names a key that is neither, or a value that is not finite.
+
+    >>> default_columns({"age": 40.0}, ["city_size", "age"], 2)
+    {1: 40.0}
+    """
+    columns = {name: i for i, name in enumerate(names)}
+    out: dict[int, float] = {}
+    for key, value in defaults.items():
+        col = columns.get(key)
+        if col is None and not names and key.isdigit() and int(key) < n_features:
+            col = int(key)
+        if col is None:
+            raise ValueError(f"{key!r} is not a feature of this model")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{key!r}: not a finite number ({value})")
+        out[col] = float(value)
+    return out
+
+
+def pipeline_scale(spec: Mapping[str, Any]) -> str:
+    """The scaling a spec (dict) asks for, "auto" resolved by its feature kind."""
+    scale = str(spec.get("scale", "auto"))
+    if scale == "auto":
+        return "rms" if spec.get("features") == "hashed" else "standard"
+    return scale
+
+
+#: The default learning rate per optimizer and task, chosen on public streams (River's
+#: synthetic generators and datasets, mini-batches of 64 on standardised features, a grid
+#: of rates against River's default pipeline; docs/learning.md). SGD steps on the batch's
+#: mean gradient; the regression rates of the adaptive optimizers assume the standardised
+#: target (``target_scale``).
+DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
+    "sgd": {"binary": 0.5, "multiclass": 1.0, "regression": 0.1},
+    "adagrad": {"binary": 0.5, "multiclass": 0.5, "regression": 0.1},
+    "adam": {"binary": 0.1, "multiclass": 0.1, "regression": 0.01},
+    "ftrl": {"binary": 1.0, "multiclass": 1.0, "regression": 0.1},
+}
+
+
+def default_learning_rate(type_name: str, optimizer: str) -> float:
+    """The learning rate a spec with ``learning_rate = 0`` trains with.
+
+    >>> default_learning_rate("logistic", "sgd")
+    0.5
+    """
+    return DEFAULT_LEARNING_RATES[optimizer][model_type(type_name).task]
+
+
+def target_scaled(spec: Mapping[str, Any]) -> bool:
+    """Whether a spec (dict) standardises its target ("auto": a regression model does)."""
+    scale = spec.get("target_scale", "auto")
+    if scale == "auto":
+        return model_type(spec.get("type", "logistic")).task == "regression"
+    return bool(scale == "standard")

@@ -34,9 +34,22 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.core import codec, linear, optim
+from flowlearn.core import codec, optim
 from flowlearn.core.model_types import model_type
-from flowlearn.core.spec import ModelSpec
+from flowlearn.core.pipeline import (
+    FeatureTransform,
+    Pipeline,
+    TargetScaler,
+    remap_columns,
+    take_columns,
+)
+from flowlearn.core.spec import (
+    ModelSpec,
+    default_columns,
+    default_learning_rate,
+    pipeline_scale,
+    target_scaled,
+)
 
 #: A full snapshot rides along with every version while the weights stay under this size.
 SNAPSHOT_EVERY_VERSION_BYTES = 64 * 1024
@@ -56,17 +69,32 @@ _STATE_FORMAT = 1
 _MODEL_PREFIX = "model."
 
 
-Model = linear.Model
+Model = Pipeline
 
 
 def _with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {**_SPEC_DEFAULTS, **spec}
 
 
-def build_model(spec: Mapping[str, Any]) -> Model:
-    """A fresh model for a model spec (:meth:`ModelSpec.as_dict`, or a dict with some of its
-    keys: the others take ModelSpec's defaults, which give plain SGD without clipping)."""
+def build_model(spec: Mapping[str, Any], scale: str | None = None) -> Model:
+    """A fresh model behind its feature pipeline, for a model spec (:meth:`ModelSpec.as_dict`,
+    or a dict with some of its keys: the others take ModelSpec's defaults); ``scale``
+    overrides the spec's scaling."""
     s = _with_defaults(spec)
+    n_features = int(s["n_features"])
+    names = tuple(s["feature_names"])
+    features = FeatureTransform(
+        n_features,
+        scale=scale or pipeline_scale(s),  # type: ignore[arg-type]
+        defaults=default_columns(s["feature_defaults"], names, n_features),
+        clip=float(s["clip"]),
+        names=names,
+    )
+    return Pipeline(features, _build_learner(s), TargetScaler() if target_scaled(s) else None)
+
+
+def _build_learner(s: Mapping[str, Any]) -> Any:
+    """The model itself (what the pipeline feeds)."""
     make_optimizer = optim.SPEC_OPTIMIZERS.get(s["optimizer"])
     if make_optimizer is None:
         raise ValueError(
@@ -74,13 +102,32 @@ def build_model(spec: Mapping[str, Any]) -> Model:
         )
     clip = float(s["clip_grad_norm"])
     common: dict[str, Any] = {
-        "optimizer": make_optimizer(float(s["learning_rate"])),
+        "optimizer": make_optimizer(
+            float(s["learning_rate"]) or default_learning_rate(s["type"], s["optimizer"])
+        ),
         "l1": float(s["l1"]),
         "l2": float(s["l2"]),
         "clip_grad_norm": clip if clip > 0 else None,  # 0 turns clipping off
         "seed": int(s["seed"]),
     }
     return model_type(s["type"]).build(int(s["n_features"]), int(s["n_classes"]), **common)
+
+
+def published_spec(model: Model, spec: Mapping[str, Any]) -> str:
+    """The spec published with each version of ``model`` (built from ``spec``), as JSON:
+    what a predictor needs to rebuild the model and its pipeline, and to read a request's
+    features as the job does."""
+    s = _with_defaults(spec)
+    return json.dumps(
+        {
+            **model.spec(),
+            "features": s["features"],
+            "hash_seed": int(s["hash_seed"]),
+            "feature_names": list(s["feature_names"]),
+            "missing": s["missing"],
+        },
+        sort_keys=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -234,10 +281,7 @@ class ModelTrainer:
         self.samples_applied = samples_applied
         s = _with_defaults(spec)
         self._classifier = model_type(s["type"]).classifier
-        self._published_spec = json.dumps(
-            {**model.spec(), "features": s["features"], "hash_seed": int(s["hash_seed"])},
-            sort_keys=True,
-        )
+        self._published_spec = self._publishable_spec()
         holdout_size, replay_size = int(s["holdout_size"]), int(s["replay_size"])
         self._holdout = _Holdout(holdout_size, model.n_features) if holdout_size > 0 else None
         self._holdout_margin = float(s["holdout_margin"])
@@ -249,6 +293,9 @@ class ModelTrainer:
         # Set on construction, i.e. after every (re)start: the first version a (re)started
         # job publishes carries a full snapshot (docs/architecture.md: a new epoch starts with one).
         self._needs_snapshot = True
+
+    def _publishable_spec(self) -> str:
+        return published_spec(self.model, self.spec)
 
     @classmethod
     def create(cls, model_id: str, spec: Mapping[str, Any]) -> ModelTrainer:
@@ -283,14 +330,38 @@ class ModelTrainer:
             model_meta = meta.get("model", {})
         else:
             model_arrays, model_meta = arrays, meta
-        model = build_model(spec)
-        model.load_state_dict(model_arrays, model_meta)
+        names = list(_with_defaults(spec)["feature_names"])
+        source = None
+        try:
+            if model_meta.get("class") == Pipeline.__name__:
+                model = build_model(spec)
+                saved_names = list(model_meta["features"]["params"]["names"])
+                if saved_names and names and saved_names != names:
+                    source = remap_columns(saved_names, names)
+                    model_arrays, model_meta = _remap_pipeline_state(
+                        model_arrays, model_meta, source
+                    )
+                model.load_state_dict(model_arrays, model_meta)
+            else:
+                # Saved before models had a feature pipeline: the weights fit raw features,
+                # so the model keeps them unscaled (a reset adopts the spec's scaling).
+                model = build_model(spec, scale="none")
+                model.model.load_state_dict(model_arrays, model_meta)
+        except (KeyError, TypeError) as exc:
+            raise codec.CodecError(f"corrupt trainer state: {exc!r}") from exc
         trainer = cls(model_id, spec, model, version, samples_applied)
+
+        def columns(X: np.ndarray) -> np.ndarray:
+            # Kept samples of features that a spec change added are missing values.
+            return X if source is None else take_columns(X, source, math.nan, axis=1)
+
         try:
             if trainer._holdout is not None and "holdout.X" in arrays:
-                trainer._holdout.load(arrays["holdout.X"], arrays["holdout.y"])
+                trainer._holdout.load(columns(arrays["holdout.X"]), arrays["holdout.y"])
             if trainer._replay is not None and "replay" in meta:
-                trainer._replay.load(arrays["replay.X"], arrays["replay.y"], meta["replay"])
+                trainer._replay.load(
+                    columns(arrays["replay.X"]), arrays["replay.y"], meta["replay"]
+                )
         except (KeyError, TypeError) as exc:
             raise codec.CodecError(f"corrupt trainer state: {exc!r}") from exc
         return trainer
@@ -341,7 +412,9 @@ class ModelTrainer:
                 X_fit, y_fit = replay.mix(X, y, round(self._replay_fraction * len(y)))
             saved = None if gate is None else _copy_state(model)
             holdout_before = 0.0 if gate is None else gate.mean_loss(model)
-            model.learn_many(X_fit, y_fit)
+            # The statistics learn from the new samples only (replayed ones were counted).
+            model.observe(X, y)
+            model.fit(X_fit, y_fit)
         except ValueError as exc:  # non-finite input or gradient: the model is untouched
             return BatchResult(None, loss, f"rejected: {exc}", losses, errors)
         grad_norm = model.last_grad_norm
@@ -398,6 +471,7 @@ class ModelTrainer:
         """
         before = self.model.weights_vector()
         self.model = build_model(self.spec)
+        self._published_spec = self._publishable_spec()
         return self._new_version(before, self.model.weights_vector(), 0)
 
     def set_learning_rate(self, lr: float) -> None:
@@ -434,6 +508,54 @@ class ModelTrainer:
             delta=codec.make_delta(before, after),
             weights=codec.encode_array(after) if snapshot else None,
         )
+
+
+def _remap_pipeline_state(
+    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A pipeline's saved state moved to new columns (``source``: for each new column its
+    old one, or -1): coefficients and optimizer buffers of a kept feature move with it, a
+    new feature starts at zero weight and no statistics. Only linear models have columns
+    that can move; another model needs a reset to change its features."""
+    model_meta = json.loads(json.dumps(meta["model"]))
+    params = model_meta["params"]
+    if model_meta.get("class") not in (
+        "LogisticRegression",
+        "SoftmaxRegression",
+        "LinearRegression",
+    ):
+        raise codec.CodecError(
+            f"a {model_meta.get('class')} cannot change its feature names; reset the model"
+        )
+    d_old, d_new = int(params["n_features"]), len(source)
+    k = int(params.get("n_classes", 1))
+    n_coef = d_old * k
+
+    def move_weights(v: np.ndarray) -> np.ndarray:
+        coef = take_columns(v[:n_coef].reshape(d_old, k), source, 0.0)
+        return np.concatenate([coef.ravel(), v[n_coef:]])
+
+    out: dict[str, np.ndarray] = {}
+    size = None
+    for key, value in arrays.items():
+        if key.startswith("model.") and value.ndim == 1 and len(value) == len(arrays["model.w"]):
+            out[key] = move_weights(value)
+            size = len(out[key])
+        elif key.startswith("features.stats"):
+            out[key] = np.concatenate(
+                [take_columns(part, source, 0.0) for part in value.reshape(3, d_old)]
+            )
+        elif key.startswith("features.missing"):
+            out[key] = take_columns(value, source, 0.0)
+        else:
+            out[key] = np.asarray(value)
+    params["n_features"] = d_new
+    opt_state = model_meta.get("optimizer_state", {})
+    if opt_state.get("size") is not None:
+        opt_state["size"] = size
+    feature_meta = json.loads(json.dumps(meta["features"]))
+    feature_meta["params"]["n_features"] = d_new
+    return out, {**meta, "model": model_meta, "features": feature_meta}
 
 
 def _copy_state(model: Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

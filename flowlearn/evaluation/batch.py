@@ -29,7 +29,7 @@ import numpy as np
 from flowlearn.conf import Settings
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
-from flowlearn.core.training import Model, build_model
+from flowlearn.core.training import Model, build_model, published_spec
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -193,10 +193,7 @@ def train_and_register_baseline(
     latest = registry.latest_baseline(model_id)
     version = (latest.version if latest else 0) + 1
     weights = result.model.weights_vector()
-    spec_json = json.dumps(
-        {**result.model.spec(), "features": spec["features"], "hash_seed": spec["hash_seed"]},
-        sort_keys=True,
-    )
+    spec_json = published_spec(result.model, spec)
     entry = registry.register(
         model_id,
         version,

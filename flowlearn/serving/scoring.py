@@ -21,16 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.core.model_types import model_type
+from flowlearn.core.model_types import model_type, n_model_weights, pipeline_of
+from flowlearn.core.pipeline import statistics_size
 
 #: ``X (n, d) float64 -> scores``: ``(n,)`` for logistic and linear, ``(n, k)`` for softmax.
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
 def n_weights(spec: Mapping[str, Any]) -> int:
-    """Length of the weights vector a spec describes: coef then the intercept(s)."""
+    """Length of the weights vector a spec describes: coef, the intercept(s), then the
+    feature pipeline's statistics (:mod:`flowlearn.core.pipeline`) when it has one."""
     k = model_type(spec.get("type")).n_outputs(spec)
-    return int(spec["n_features"]) * k + (k if spec.get("intercept", True) else 0)
+    d = int(spec["n_features"])
+    config = spec.get("pipeline")
+    statistics = 0 if config is None else statistics_size(d, config)
+    return d * k + (k if spec.get("intercept", True) else 0) + statistics
 
 
 def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
@@ -44,9 +49,15 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
     d = int(spec["n_features"])
     k = kind.n_outputs(spec)
     coef = weights[: d * k].reshape((d, k) if kind.multiclass else (d,))
-    bias = weights[d * k :] if spec.get("intercept", True) else None
+    bias = weights[d * k : n_model_weights(spec, weights)] if spec.get("intercept", True) else None
+    # The pipeline is the training core's own object: the same transform, bit for bit.
+    parts = pipeline_of(spec, weights)
+    transform = None if parts is None else parts[0].transform_many
+    target = None if parts is None else parts[1]
 
     def linear(X: np.ndarray) -> np.ndarray:
+        if transform is not None:
+            X = transform(X)
         z = X @ coef
         if bias is not None:
             z += bias
@@ -55,6 +66,9 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
     # The link functions are the training core's own, so scores are bit-identical to it.
     link = kind.link
     if link is None:
+        if target is not None:
+            inverse = target.inverse
+            return lambda X: inverse(linear(X))
         return linear
 
     def score(X: np.ndarray) -> np.ndarray:

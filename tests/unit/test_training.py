@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowlearn.core import codec, linear, optim, training
+from flowlearn.core import codec, linear, optim, preprocessing, training
 from flowlearn.core.spec import ModelSpec
 from flowlearn.core.training import BatchResult, ModelTrainer, build_model
 
@@ -34,7 +34,7 @@ def model_bytes(trainer):
 
 def test_versions_count_up_and_deltas_rebuild_the_weights():
     t = ModelTrainer.create("m", SPEC)
-    replica = np.zeros(4)
+    replica = np.zeros(t.model.weights_vector().size)  # weights, then pipeline statistics
     for i in range(5):
         mv = t.train_batch(*batch(i)).version
         assert (mv.version, mv.base_version, mv.samples_applied) == (i + 1, i, 16 * (i + 1))
@@ -95,15 +95,31 @@ def test_a_batch_with_non_finite_input_is_rejected_and_changes_nothing():
 # ---------------------------------------------------------------------------- model spec
 
 
-@pytest.mark.parametrize("spec", [SPEC, full_spec(learning_rate=0.1)], ids=["partial", "full"])
-def test_default_spec_trains_exactly_like_plain_sgd_without_clipping(spec):
+@pytest.mark.parametrize(
+    "spec",
+    [{**SPEC, "scale": "none"}, full_spec(learning_rate=0.1, scale="none")],
+    ids=["partial", "full"],
+)
+def test_an_unscaled_spec_trains_exactly_like_plain_sgd_without_clipping(spec):
     t = ModelTrainer.create("m", spec)
     reference = linear.LogisticRegression(3, optimizer=optim.SGD(lr=0.1))
     for i in range(5):
         t.train_batch(*batch(i))
         reference.learn_many(*batch(i))
     assert type(t.model.optimizer) is optim.SGD and t.model.clip_grad_norm is None
-    assert t.model.weights_vector().tobytes() == reference.weights_vector().tobytes()
+    assert t.model.model.weights_vector().tobytes() == reference.weights_vector().tobytes()
+
+
+def test_the_default_pipeline_standardises_with_the_statistics_of_training_data():
+    t = ModelTrainer.create("m", SPEC)
+    reference = linear.LogisticRegression(3, optimizer=optim.SGD(lr=0.1))
+    scaler = preprocessing.StandardScaler(3)
+    for i in range(5):
+        X, y = batch(i)
+        t.train_batch(X, y)
+        reference.learn_many(scaler.learn_many(X).transform_many(X), y)
+    np.testing.assert_allclose(t.model.model.weights_vector(), reference.weights_vector())
+    np.testing.assert_allclose(t.model.features.mean, scaler.mean)
 
 
 @pytest.mark.parametrize(
@@ -132,10 +148,10 @@ def test_unknown_optimizer_is_an_error():
 
 
 def test_l1_l2_clip_and_seed_reach_the_model():
-    model = build_model(full_spec(l1=0.01, l2=0.02, clip_grad_norm=0.5, seed=7))
+    model = build_model(full_spec(l1=0.01, l2=0.02, clip_grad_norm=0.5, seed=7)).model
     assert (model.l1, model.l2, model.clip_grad_norm, model.seed) == (0.01, 0.02, 0.5, 7)
     assert build_model(full_spec(clip_grad_norm=0.0)).clip_grad_norm is None
-    softmax = build_model({**full_spec(n_classes=4), "type": "softmax"})
+    softmax = build_model({**full_spec(n_classes=4), "type": "softmax"}).model
     assert isinstance(softmax, linear.SoftmaxRegression) and softmax.n_classes == 4
 
 
@@ -146,7 +162,8 @@ def test_l1_from_the_spec_makes_irrelevant_weights_exactly_zero():
     for _ in range(50):
         X = rng.normal(size=(256, 4))
         t.train_batch(X, (X[:, 0] > 0).astype(float))
-    assert t.model.coef[0] > 0 and (t.model.coef[1:] == 0.0).all()
+    coef = t.model.model.coef
+    assert coef[0] > 0 and (coef[1:] == 0.0).all()
 
 
 def test_clipping_is_reported_in_the_batch_result():
@@ -160,7 +177,8 @@ def test_clipping_is_reported_in_the_batch_result():
 
 # ---------------------------------------------------------------------------- holdout gate
 
-GATED = full_spec(learning_rate=0.5, holdout_size=64, holdout_margin=0.01)
+# Unscaled: these tests are about the gate, on data that needs no scaling.
+GATED = full_spec(learning_rate=0.5, holdout_size=64, holdout_margin=0.01, scale="none")
 
 
 def warmed_up(spec, batches=20):
@@ -223,13 +241,13 @@ def test_holdout_moves_to_a_new_concept_and_updates_pass_again():
 
 def record_fit_batches(trainer):
     seen = []
-    learn = trainer.model.learn_many
+    fit = trainer.model.fit
 
     def spy(X, y):
         seen.append((np.array(X), np.array(y)))
-        return learn(X, y)
+        return fit(X, y)
 
-    trainer.model.learn_many = spy
+    trainer.model.fit = spy
     return seen
 
 
@@ -329,7 +347,7 @@ def test_state_bytes_of_the_model_only_layout_still_restore():
 
 def test_buffers_the_spec_no_longer_asks_for_are_dropped_on_restore():
     t = warmed_up({**GATED, "replay_size": 100}, batches=5)
-    plain = ModelTrainer.restore("m", full_spec(learning_rate=0.5), t.state_bytes(), 5, 80)
+    plain = ModelTrainer.restore("m", {**GATED, "holdout_size": 0}, t.state_bytes(), 5, 80)
     assert plain.model.weights_vector().tobytes() == t.model.weights_vector().tobytes()
     assert plain.state_bytes() == model_bytes(t)
 

@@ -59,7 +59,8 @@ def test_rollback_to_a_version_not_kept_changes_nothing() -> None:
 
 def test_warm_start_takes_a_baseline_of_the_right_shape_only() -> None:
     trainer, _ = trained()
-    baseline = np.array([0.1, 0.2, 0.3, 0.4])
+    size = trainer.model.weights_vector().size  # weights, then the pipeline's statistics
+    baseline = np.linspace(0.1, 0.4, size)
     out = apply_command(
         trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS, lambda version: baseline
     )
@@ -68,7 +69,7 @@ def test_warm_start_takes_a_baseline_of_the_right_shape_only() -> None:
     refused = apply_command(
         trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS, lambda version: np.zeros(7)
     )
-    assert refused.detail["reason"] == "baseline has 7 weights, the model 4"
+    assert refused.detail["reason"] == f"baseline has 7 weights, the model {size}"
     missing = apply_command(
         trainer, "warm_start", {"version": 2}, "cli", NO_KEPT_WEIGHTS, no_baseline
     )
