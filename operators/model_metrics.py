@@ -42,3 +42,10 @@ class ModelMetrics:
         """Register a gauge for the model (once, when its counters are created)."""
         self._model(model_id)
         self.group.add_group("model", model_id).gauge(name, read)
+
+    def feature_gauge(
+        self, model_id: str, feature: str, name: str, read: Callable[[], int]
+    ) -> None:
+        """Register a gauge for one feature of the model (a ``feature`` label)."""
+        self._model(model_id)
+        self.group.add_group("model", model_id).add_group("feature", feature).gauge(name, read)

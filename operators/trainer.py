@@ -52,6 +52,8 @@ from flowlearn.state.descriptors import (
 )
 from flowlearn.state.rows import to_row
 
+#: Per-feature gauges (missing values filled) are registered for at most this many features.
+MAX_FEATURE_GAUGES = 256
 #: Fires only when the final watermark (end of a bounded input) arrives.
 END_OF_INPUT = (1 << 63) - 2
 
@@ -146,7 +148,23 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 self.per_model.gauge(
                     model_id, "prequential_loss", lambda: int(self.model_loss[model_id] * 1e6)
                 )
+                self._missing_value_gauges(model_id, trainer)
         return trainer
+
+    def _missing_value_gauges(self, model_id: str, trainer: ModelTrainer) -> None:
+        """``missing_values{model, feature}``: training values the pipeline had to fill, per
+        feature of a dense model (up to MAX_FEATURE_GAUGES features)."""
+        features = trainer.model.features
+        if trainer.spec.get("features") != "dense":
+            return
+        names = features.names or tuple(str(i) for i in range(features.n_features))
+        for col, name in enumerate(names[:MAX_FEATURE_GAUGES]):
+
+            def read(col: int = col) -> int:
+                missing = self.trainers[model_id].model.features.missing
+                return int(missing[col]) if col < len(missing) else 0
+
+            self.per_model.feature_gauge(model_id, name, "missing_values", read)
 
     # ------------------------------------------------------------------ samples
 

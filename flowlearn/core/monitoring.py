@@ -153,6 +153,8 @@ class DriftMonitor:
                 values = np.array([losses.mean()]) if len(losses) else losses
             else:
                 values = X[:, int(signal[len("feature[") : -1])]
+                # A missing value (NaN, filled by the model's pipeline) is no drift signal.
+                values = values[~np.isnan(values)]
             if len(values) and detector.update_many(values).any():
                 alarms.append(
                     DriftAlarm(

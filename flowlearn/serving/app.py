@@ -158,7 +158,8 @@ def _split(instances: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
 
 
 def _same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("features", "n_features", "hash_seed"))
+    keys = ("features", "n_features", "hash_seed", "feature_names", "missing")
+    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def _to_baseline(event_ids: list[str | None], fraction: float) -> bool:
@@ -214,7 +215,8 @@ async def predict(request: web.Request) -> web.Response:
             primary, primary_name, other = baseline, BASELINE, served.version
         else:
             primary, primary_name, other = served.version, ONLINE, baseline
-        X = vectorize(rows, primary.spec)
+        unknown = p.metrics.unknown_features.labels(model_id)
+        X = vectorize(rows, primary.spec, lambda _name: unknown.inc())
     except FeatureError as exc:
         return _error(p, "predict", 400, str(exc), started)
     scores = primary.score(X)

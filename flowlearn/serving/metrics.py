@@ -38,6 +38,12 @@ class Metrics:
             ["model", "variant"],
             registry=r,
         )
+        self.unknown_features = Counter(
+            "flowlearn_predictor_unknown_features",
+            "Feature names in requests that the model does not have (ignored), by model",
+            ["model"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "flowlearn_predictor_fallbacks",
             "Requests answered in a degraded way, by model and reason "

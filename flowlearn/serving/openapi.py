@@ -95,15 +95,21 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"error": {"type": "string"}},
             },
             "Features": {
-                "description": "A dense list of n_features numbers, or a {name: number, string "
-                "or null} map for hashed models",
+                "description": "A dense list of n_features numbers (null: missing), or a "
+                "{name: value} map: of the model's feature_names for a dense model (numbers, "
+                "booleans, null), of any names for a hashed model (numbers, strings, null)",
                 "oneOf": [
-                    {"type": "array", "items": {"type": "number"}},
-                    # null: the feature is absent (the hasher's default for it)
+                    # null: a missing value, which the model's pipeline fills
+                    {"type": "array", "items": {"type": "number", "nullable": True}},
+                    # null: the feature is absent
                     {
                         "type": "object",
                         "additionalProperties": {
-                            "oneOf": [{"type": "number", "nullable": True}, {"type": "string"}]
+                            "oneOf": [
+                                {"type": "number", "nullable": True},
+                                {"type": "string"},
+                                {"type": "boolean"},
+                            ]
                         },
                     },
                 ],

@@ -23,7 +23,8 @@ BAD_RECORDS = {
     b'{"model_id": "demo", "ts": 1, "label": 1}': "missing_field",
     b'{"model_id": "demo", "ts": 1, "features": [1, 2], "label": 1}': "bad_features",
     (
-        b'{"model_id": "demo", "ts": 1, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}'
+        # (NaN or null would be a missing value, which the model's pipeline fills.)
+        b'{"model_id": "demo", "ts": 1, "features": [Infinity,0,0,0,0,0,0,0,0,0], "label": 1}'
     ): "bad_features",
 }
 
@@ -92,7 +93,7 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
         for v in versions:
             delta = codec.decode_delta(bytes.fromhex(v["delta"]))
             if weights is None:
-                weights = np.zeros(11)
+                weights = np.zeros(11 + 3 * 10)  # weights, then the pipeline's statistics
             codec.apply_delta(weights, delta)
             if v["weights"]:
                 snap = codec.decode_array(bytes.fromhex(v["weights"]))
