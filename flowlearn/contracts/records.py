@@ -138,6 +138,14 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
     value = _field(obj, "label")
     if isinstance(value, bool):
         value = int(value)
+    names = spec.get("class_names")
+    if isinstance(value, str) and names:
+        try:
+            return float(names.index(value))
+        except ValueError:
+            raise RecordError(
+                "bad_field", f"field 'label': {value!r} is not one of the classes {list(names)}"
+            ) from None
     if not _finite_number(value):
         raise RecordError("bad_field", "field 'label' must be a finite number")
     kind = MODEL_TYPES.get(spec.get("type", ""))

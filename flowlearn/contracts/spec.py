@@ -19,10 +19,14 @@ from flowlearn.core.spec import ModelSpec, SpecError
 
 def read_spec(table: Mapping[str, Any], where: str) -> ModelSpec:
     """One spec table, typed and validated (:class:`ConfigError` naming ``where.field``);
-    a table that names its features and not their number has ``n_features`` = the names'."""
+    a table that names its features (classes) and not their number has ``n_features``
+    (``n_classes``) = the names'."""
     if "feature_names" in table and "n_features" not in table:
         names = table["feature_names"]
         table = {**table, "n_features": len(names) if isinstance(names, list | tuple) else 0}
+    names = table.get("class_names")
+    if isinstance(names, list | tuple) and "n_classes" not in table:
+        table = {**table, "n_classes": len(names)}
     spec: ModelSpec = build_table(ModelSpec, table, where)
     try:
         spec.validate(where)

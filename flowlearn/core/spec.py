@@ -65,6 +65,9 @@ class ModelSpec:
     #: "none" (learnt as it is).
     target_scale: Literal["auto", "standard", "none"] = "auto"
     n_classes: int = 2
+    #: Names of a classifier's classes, in order (``n_classes`` is their number): labels may
+    #: then be given by name, and the predictor answers with the predicted class's name.
+    class_names: tuple[str, ...] = ()
     #: One of :data:`flowlearn.core.optim.SPEC_OPTIMIZERS`.
     optimizer: str = "sgd"
     #: 0: the measured default of the optimizer for the model's task
@@ -97,6 +100,7 @@ class ModelSpec:
         spec = dataclasses.asdict(self)
         spec["detectors"] = list(self.detectors)
         spec["feature_names"] = list(self.feature_names)
+        spec["class_names"] = list(self.class_names)
         return spec
 
     def validate(self, where: str) -> None:
@@ -111,6 +115,15 @@ class ModelSpec:
         _check_positive(f"{where}.n_features", self.n_features)
         if kind.multiclass and self.n_classes < 2:
             raise SpecError(f"{where}.n_classes: a {self.type} model needs >= 2 classes")
+        if self.class_names:
+            n_classes = self.n_classes if kind.multiclass else 2
+            if not kind.classifier:
+                raise SpecError(f"{where}.class_names: a {self.type} model has no classes")
+            if len(self.class_names) != n_classes or len(set(self.class_names)) != n_classes:
+                raise SpecError(
+                    f"{where}.class_names: {n_classes} unique names needed, got "
+                    f"{list(self.class_names)}"
+                )
         if not (self.learning_rate >= 0 and math.isfinite(self.learning_rate)):
             raise SpecError(
                 f"{where}.learning_rate: must be > 0 (or 0: the default), got {self.learning_rate}"

@@ -124,6 +124,7 @@ def published_spec(model: Model, spec: Mapping[str, Any]) -> str:
             "features": s["features"],
             "hash_seed": int(s["hash_seed"]),
             "feature_names": list(s["feature_names"]),
+            "class_names": list(s["class_names"]),
             "missing": s["missing"],
         },
         sort_keys=True,

@@ -157,6 +157,15 @@ def _split(instances: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
     return rows, event_ids
 
 
+def _labels(spec: Mapping[str, Any], scores: np.ndarray) -> dict[str, list[str]]:
+    """``{"labels": [...]}``: the predicted classes by name, when the spec names them."""
+    names = spec.get("class_names")
+    if not names:
+        return {}
+    index = scores.argmax(axis=1) if scores.ndim == 2 else (scores > 0.5).astype(np.int64)
+    return {"labels": [names[i] for i in index.tolist()]}
+
+
 def _same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     keys = ("features", "n_features", "hash_seed", "feature_names", "missing")
     return all(a.get(k) == b.get(k) for k in keys)
@@ -235,6 +244,7 @@ async def predict(request: web.Request) -> web.Response:
     predictions = scores.tolist()
     answer: dict[str, Any] = {
         "predictions": predictions,
+        **_labels(primary.spec, scores),
         "model_version": primary.version,
         "epoch": primary.epoch,
         "variant": primary_name,

@@ -155,6 +155,12 @@ OPENAPI: dict[str, Any] = {
                             ]
                         },
                     },
+                    "labels": {
+                        "type": "array",
+                        "description": "the predicted class by name, for a classifier whose "
+                        "spec names its classes (class_names)",
+                        "items": {"type": "string"},
+                    },
                     "model_version": {"type": "integer"},
                     "epoch": {"type": "integer"},
                     "variant": {"type": "string", "enum": ["online", "baseline"]},

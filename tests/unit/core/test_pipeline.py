@@ -301,3 +301,31 @@ def test_bad_pipeline_specs_name_the_field(fields, message):
 def test_pipeline_refuses_a_model_of_another_width():
     with pytest.raises(ValueError, match="cannot feed a model of 3 features"):
         Pipeline(FeatureTransform(2), linear.LogisticRegression(3))
+
+
+# ---------------------------------------------------------------------------- class names
+
+
+def test_labels_may_be_class_names_which_the_published_spec_keeps_in_order():
+    from flowlearn.contracts.records import RecordError, parse_sample
+
+    spec = ModelSpec(type="softmax", n_classes=3, n_features=1, class_names=("cat", "dog", "owl"))
+    spec.validate("models.m")
+
+    def spec_for(model_id):
+        return spec.as_dict()
+
+    raw = b'{"model_id": "m", "ts": 1, "features": [0.5], "label": "owl"}'
+    assert parse_sample(raw, spec_for).label == 2.0
+    assert parse_sample(raw.replace(b'"owl"', b"1"), spec_for).label == 1.0
+    with pytest.raises(RecordError, match=r"'emu' is not one of the classes"):
+        parse_sample(raw.replace(b"owl", b"emu"), spec_for)
+    t = ModelTrainer.create("m", spec.as_dict())
+    assert json.loads(t._published_spec)["class_names"] == ["cat", "dog", "owl"]
+
+
+def test_class_names_must_match_the_classes():
+    with pytest.raises(SpecError, match="3 unique names needed"):
+        ModelSpec(type="softmax", n_classes=3, class_names=("a", "b")).validate("m")
+    with pytest.raises(SpecError, match="a linear model has no classes"):
+        ModelSpec(type="linear", class_names=("a", "b")).validate("m")
