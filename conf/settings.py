@@ -395,6 +395,9 @@ class MlflowConf:
     the stack home (no server to start); set one (``http://host:5000``) to use a server."""
 
     tracking_uri: str = ""
+    #: False: nothing is registered (checkpoints and automatic rollback work all the same);
+    #: a replay without a registry directory runs so.
+    enabled: bool = True
     #: Each model is the registered model ``{name_prefix}{model id}``.
     name_prefix: str = "flowlearn-"
     #: Checkpoint versions are registered at most this often per model (0: every one).

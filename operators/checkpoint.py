@@ -244,6 +244,8 @@ class CheckpointOperator(KeyedProcessFunction):
         self.ledger_state.update(ledger.to_bytes())
 
     def _register(self, model_id: str, ledger: CheckpointLedger, version: int) -> None:
+        if not self.settings.mlflow.enabled:
+            return
         checkpoint = ledger.get(version)
         if checkpoint is None or checkpoint.registered or not self.weights.contains(version):
             return

@@ -645,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry",
         type=Path,
         default=None,
-        help="keep the replay's MLflow store in this folder (default: temporary)",
+        help="register the replay's checkpoints in an MLflow store in this folder "
+        "(default: none registered)",
     )
     p.add_argument(
         "--demo",

@@ -19,8 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flowlearn.core import linear
-from flowlearn.core import pipeline
+from flowlearn.core import linear, pipeline
 from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
 
 Model = linear.Model

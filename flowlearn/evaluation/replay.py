@@ -18,8 +18,8 @@ Differences from a live run, on purpose:
 - The adaptation loop is open: a drift reset or an automatic rollback goes to ``fl.control``
   in a live job and comes back to the trainer through Kafka; a replay has no Kafka, so it
   records those commands (the report marks them) without applying them.
-- Checkpoints are registered in a store of the replay's own (a temporary one unless
-  ``registry_dir`` is given), never in the live registry.
+- Checkpoints are registered only when ``registry_dir`` is given, in a store there, never
+  in the live registry.
 
 This module imports pyflink when :func:`replay` runs, not before.
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -208,13 +207,15 @@ def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Va
     return out
 
 
-def replay_settings(settings: Settings, tracking_uri: str) -> Settings:
+def replay_settings(settings: Settings, tracking_uri: str | None) -> Settings:
     """``settings`` for a replay: size-cut batches only, checkpoints registered in
-    ``tracking_uri``."""
+    ``tracking_uri`` (None: not registered)."""
     return dataclasses.replace(
         settings,
         job=dataclasses.replace(settings.job, batch_timeout_ms=REPLAY_BATCH_TIMEOUT_MS),
-        mlflow=dataclasses.replace(settings.mlflow, tracking_uri=tracking_uri),
+        mlflow=dataclasses.replace(
+            settings.mlflow, tracking_uri=tracking_uri or "", enabled=tracking_uri is not None
+        ),
     )
 
 
@@ -228,6 +229,16 @@ def final_weights(versions: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
     for v in ordered[last + 1 :]:
         codec.apply_delta(weights, codec.decode_delta(bytes.fromhex(v["delta"])))
     return weights
+
+
+def published_spec(settings: Settings, model_id: str) -> dict[str, Any]:
+    """The spec the trainer publishes with every version of ``model_id`` under ``settings``
+    (a version's ``spec_json``, which the replay's version records leave out): with
+    :attr:`ReplayResult.weights`, what :func:`flowlearn.core.model_types.from_spec` serves."""
+    from flowlearn.core.training import ModelTrainer
+
+    spec = ModelSpecs(settings).spec_of(model_id).as_dict()
+    return dict(json.loads(ModelTrainer.create(model_id, spec).current_version().spec_json))
 
 
 # ---------------------------------------------------------------------------- replay
@@ -249,12 +260,14 @@ def replay(
             f"{path}: no records" + (f" of model {model_id!r}" if model_id else "")
         )
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="flowlearn-replay-") as tmp:
-        store = Path(registry_dir) if registry_dir is not None else Path(tmp)
-        store.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{store.absolute() / 'mlflow.db'}"
-        out = run_job(records, replay_settings(settings, uri), operators_jar(settings))
-        seconds = time.monotonic() - t0
+    # Registrations run on the checkpoint operator's own thread, which a bounded run can
+    # outlive: without a registry directory of the caller's, nothing is registered.
+    uri = None
+    if registry_dir is not None:
+        Path(registry_dir).mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{Path(registry_dir).absolute() / 'mlflow.db'}"
+    out = run_job(records, replay_settings(settings, uri), operators_jar(settings))
+    seconds = time.monotonic() - t0
     valid = valid_samples(records, settings)
     by_tag: dict[str, list[dict[str, Any]]] = {}
     for r in out:
@@ -270,7 +283,7 @@ def replay(
         controls,
         seconds,
         len(records),
-        uri if registry_dir is not None else "",
+        uri or "",
     )
     models = sorted({r["model_id"] for r in by_tag.get("version", [])} | set(valid))
     for m in models:
