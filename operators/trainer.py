@@ -2,8 +2,9 @@
 with :class:`flowlearn.core.training.ModelTrainer`, and emits one ``VERSION_TYPE`` row a version.
 Its second input carries the model's control commands (``fl.control``).
 
-A batch is trained when it reaches the model's batch size (its spec's ``batch_size``, else
-``job.batch_size``) samples, or ``job.batch_timeout_ms``
+A batch is trained when it reaches the model's next batch size
+(:meth:`flowlearn.core.training.ModelTrainer.next_batch_size`: the spec's ``batch_size``, else
+``job.batch_size``, and fewer while the model is young) samples, or ``job.batch_timeout_ms``
 (processing time) after its first sample, whichever comes first. At the end of a bounded
 input the remaining partial batch is trained too (an event-time timer at the largest
 timestamp, which only the final watermark reaches). The last ``job.keep_versions`` versions'
@@ -208,7 +209,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffer.add(to_row(BufferedSamples(ts, features, labels, event_ids)))
         count = self.buffered[model_id] + len(labels)
         self.buffered[model_id] = count
-        if count >= self._batch_size(model_id):
+        if count >= self._trainer(model_id).next_batch_size():
             yield from self._flush(model_id, ctx, whole=False)
         elif count == len(labels):  # a new batch: bound its latency
             self._time_out_batch(model_id, ctx)
@@ -219,17 +220,14 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         ctx.timer_service().register_event_time_timer(END_OF_INPUT)
         self.flush_at[model_id] = at
 
-    def _batch_size(self, model_id: str) -> int:
-        spec = self.specs.spec_of(model_id)
-        return spec.batch_size or self.settings.job.batch_size
-
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext) -> Iterator[Any]:
         yield from self._flush(ctx.get_current_key(), ctx, whole=True)
 
     def _flush(self, model_id: str, ctx: Any, whole: bool) -> Iterator[Any]:
         """Train the buffer: all of it (``whole``: the batch timed out, the input ended,
         training resumed), else its full batches, the rest waiting for more. Batches are then
-        the same however the samples were bundled on the way."""
+        the same however the samples were bundled on the way (each batch's size is asked of
+        the trainer after the one before)."""
         if self.paused.value():
             return  # samples wait in the buffer until `resume`
         pending = self.flush_at.pop(model_id, None)
@@ -247,28 +245,26 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             -1, trainer.model.n_features
         )
         y = np.concatenate([np.asarray(r.labels, dtype=np.float64) for r in rows])
-        size = self._batch_size(model_id)
-        trained = len(y) if whole else len(y) - len(y) % size
-        if trained < len(y):
-            self.buffer.add(to_row(_tail(rows, trained, X, y)))
-            self.buffered[model_id] = len(y) - trained
-            self._time_out_batch(model_id, ctx)
-            X, y = X[:trained], y[:trained]
         sealed = self.seen[model_id].seal()
         if sealed is not None:
             seq, newest, ids, expired = sealed
             self.seen_state.put(seq, to_row(SeenBatch(newest, ids)))
             for old in expired:
                 self.seen_state.remove(old)
-        # One version per batch_size samples: a bulk record may hold several batches.
-        for start in range(0, len(y), size):
-            result = trainer.train_batch(X[start : start + size], y[start : start + size])
+        # One version per batch: a bulk record may hold several batches.
+        start = 0
+        while start < len(y):
+            end = start + trainer.next_batch_size()
+            if end > len(y) and not whole:
+                break
+            X_batch, y_batch = X[start:end], y[start:end]
+            start += len(y_batch)
+            result = trainer.train_batch(X_batch, y_batch)
             self.last_loss = result.prequential_loss
             if result.version is None:
                 # Safety gate: the batch is kept, whole, in the DLQ (as a bulk record).
                 self.rejected.inc()
                 self.per_model.inc(model_id, "gate_rejected")
-                n = len(y[start : start + size])
                 yield (
                     DLQ_TAG,
                     dlq_record(
@@ -276,9 +272,9 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                         "gate_rejected",
                         encode_sample_batch(
                             model_id,
-                            np.full(n, max(r.ts for r in rows)),
-                            X[start : start + size],
-                            y[start : start + size],
+                            np.full(len(y_batch), max(r.ts for r in rows)),
+                            X_batch,
+                            y_batch,
                         ),
                         now_ms(),
                         result.rejected or "",
@@ -289,19 +285,27 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                     alert(
                         model_id,
                         "gate_rejected",
-                        {"reason": result.rejected, "samples": n, "version": trainer.version},
+                        {
+                            "reason": result.rejected,
+                            "samples": len(y_batch),
+                            "version": trainer.version,
+                        },
                     ),
                 )
                 continue
-            self.samples_trained.inc(len(y[start : start + size]))
-            self.per_model.inc(model_id, "samples_trained", len(y[start : start + size]))
+            self.samples_trained.inc(len(y_batch))
+            self.per_model.inc(model_id, "samples_trained", len(y_batch))
             if result.clipped:
                 self.per_model.inc(model_id, "grad_clipped")
             self.model_loss[model_id] = result.prequential_loss
-            monitored = X[start : start + size, : self.settings.job.drift_features_monitored]
+            monitored = X_batch[:, : self.settings.job.drift_features_monitored]
             yield from self._emit(
                 trainer, result.version, "train", result.errors, result.losses, monitored
             )
+        if start < len(y):  # not a full batch yet: it waits, its latency bounded
+            self.buffer.add(to_row(_tail(rows, start, X, y)))
+            self.buffered[model_id] = len(y) - start
+            self._time_out_batch(model_id, ctx)
         self._save(trainer)
 
     # ------------------------------------------------------------------ versions

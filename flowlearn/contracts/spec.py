@@ -5,10 +5,13 @@ as :class:`flowlearn.core.spec.ModelSpec` and validated, with errors that name t
 >>> specs = ModelSpecs(load_settings())
 >>> specs.spec_of("demo").n_features
 10
+>>> specs.spec_of("demo").batch_size  # 0 in the spec: job.batch_size
+64
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,9 +44,16 @@ class ModelSpecs:
 
     def __init__(self, settings: Settings) -> None:
         self.policy = settings.job.unknown_model_policy
-        self.defaults = read_spec(settings.model_defaults, "model_defaults")
+
+        def read(table: Mapping[str, Any], where: str) -> ModelSpec:
+            # A spec's batch_size 0 is the job's: resolved here, once, so that every
+            # reader (the trainer cutting batches, a published spec) sees the same number.
+            spec = read_spec(table, where)
+            return dataclasses.replace(spec, batch_size=spec.batch_size or settings.job.batch_size)
+
+        self.defaults = read(settings.model_defaults, "model_defaults")
         self.models = {
-            model_id: read_spec(table, f"models.{model_id}")
+            model_id: read(table, f"models.{model_id}")
             for model_id, table in settings.models.items()
         }
         self._dicts: dict[str, dict[str, Any]] | None = None

@@ -1,5 +1,11 @@
 """Linear models trained by mini-batch gradient steps: logistic, softmax and least squares.
 
+A model's ``batch_size`` is the batch its learning rate is set for. A batch of ``n``
+samples steps on the sum of its per-sample gradients divided by ``max(n, batch_size)``, so
+every sample moves the weights alike however the stream was cut: a batch of 8 takes an
+eighth of a full batch's step, not a full step on a noisier gradient. With ``batch_size =
+0`` every batch steps on its mean gradient.
+
 All parameters of a model live in one flat float64 vector, ``coef`` (C order) followed by the
 intercept(s). The optimizer updates that vector in place, :meth:`weights_vector` copies it
 for publication, and :func:`flowlearn.core.model_types.from_spec` rebuilds a servable model
@@ -41,6 +47,7 @@ from flowlearn.core.validation import (
 )
 
 __all__ = [
+    "MODEL_CLASSES",
     "LinearRegression",
     "LogisticRegression",
     "Model",
@@ -79,6 +86,7 @@ class _LinearModel(Stateful):
         intercept: bool,
         clip_grad_norm: float | None,
         seed: int,
+        batch_size: int,
     ) -> None:
         if int(n_features) < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
@@ -86,7 +94,11 @@ class _LinearModel(Stateful):
             raise ValueError(f"l1 and l2 must be finite and >= 0, got l1={l1}, l2={l2}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm}")
+        if int(batch_size) < 0:
+            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
         self.n_features = int(n_features)
+        #: The batch the learning rate is for (0: every batch steps on its mean gradient).
+        self.batch_size = int(batch_size)
         self.optimizer = optim.SGD(lr=0.05) if optimizer is None else optimizer
         self.l2 = float(l2)
         self.l1 = float(l1)
@@ -134,6 +146,38 @@ class _LinearModel(Stateful):
         """Overwrite all serving parameters from a :meth:`weights_vector`-shaped vector."""
         self._w[:] = check_vector(v, self._w.size, "weights vector")
 
+    def set_learning_rate(self, lr: float) -> None:
+        """Replace the optimizer's learning rate, keeping its state (an operator command)."""
+        self.optimizer.set_learning_rate(lr)
+
+    def with_columns(self, source: np.ndarray) -> Self:
+        """This model over new feature columns: for each new column, ``source`` names the
+        old one it takes (:func:`flowlearn.core.pipeline.remap_columns`; -1: a new feature,
+        weight 0). The coefficients and optimizer buffers of a kept feature move with it;
+        the intercept, the optimizer's step count and parameters stay.
+
+        >>> m = LinearRegression(2)
+        >>> m.set_weights_vector(np.array([1.0, 2.0, 3.0]))
+        >>> m.with_columns(np.array([1, -1, 0])).weights_vector().tolist()
+        [2.0, 0.0, 1.0, 3.0]
+        """
+        params = {**self._params(), "n_features": len(source)}
+        moved = self._from_params(params)
+        n_coef = self.n_features * self._k
+
+        def move(v: np.ndarray) -> np.ndarray:
+            coef = pipeline.take_columns(v[:n_coef].reshape(self.n_features, self._k), source, 0.0)
+            return np.concatenate([coef.ravel(), v[n_coef:]])
+
+        moved._w[:] = move(self._w)
+        opt_arrays, opt_meta = self.optimizer._state()
+        size = None if opt_meta["size"] is None else moved._w.size
+        moved.optimizer._load_state(
+            {k: move(v) for k, v in opt_arrays.items()}, {**opt_meta, "size": size}
+        )
+        moved.last_grad_norm = self.last_grad_norm
+        return moved
+
     def spec(self) -> dict[str, Any]:
         """What a server needs besides the weights vector to rebuild the model."""
         return {
@@ -162,14 +206,15 @@ class _LinearModel(Stateful):
         raise NotImplementedError
 
     def learn_many(self, X: Any, y: Any) -> Self:
-        """One gradient step on the mean loss of the batch; an empty batch is a no-op."""
+        """One gradient step: the batch's summed loss over ``max(n, batch_size)`` samples
+        (its mean loss when ``batch_size`` is 0 or smaller); an empty batch is a no-op."""
         X = check_matrix(X, self.n_features)
         n = X.shape[0]
         y = self._check_y(y, n)
         if n == 0:
             return self
         r = self._residual(self._scores(X), y)
-        r /= n
+        r /= max(n, self.batch_size)
         np.dot(X.T, r, out=self._g_coef)
         if self.intercept:
             self._g_bias[:] = r.sum(axis=0)
@@ -196,13 +241,19 @@ class _LinearModel(Stateful):
             "intercept": self.intercept,
             "clip_grad_norm": self.clip_grad_norm,
             "seed": self.seed,
+            "batch_size": self.batch_size,
         }
 
     @classmethod
     def _from_params(cls, params: Mapping[str, Any]) -> Self:
         opt = params.get("optimizer")
+        # Saved before models had a batch size: mean-gradient steps, as they took.
         return cls(
-            **{**params, "optimizer": None if opt is None else optim.optimizer_from_params(opt)}
+            **{
+                "batch_size": 0,
+                **params,
+                "optimizer": None if opt is None else optim.optimizer_from_params(opt),
+            }
         )
 
     def _state(self) -> tuple[Arrays, Meta]:
@@ -235,8 +286,11 @@ class LogisticRegression(_LinearModel):
         intercept: bool = True,
         clip_grad_norm: float | None = None,
         seed: int = 0,
+        batch_size: int = 0,
     ) -> None:
-        super().__init__(n_features, 1, optimizer, l2, l1, intercept, clip_grad_norm, seed)
+        super().__init__(
+            n_features, 1, optimizer, l2, l1, intercept, clip_grad_norm, seed, batch_size
+        )
 
     def _check_y(self, y: Any, n: int) -> np.ndarray:
         return check_labels(y, n, 2).astype(np.float64)
@@ -278,11 +332,20 @@ class SoftmaxRegression(_LinearModel):
         intercept: bool = True,
         clip_grad_norm: float | None = None,
         seed: int = 0,
+        batch_size: int = 0,
     ) -> None:
         if int(n_classes) < 2:
             raise ValueError(f"n_classes must be >= 2, got {n_classes}")
         super().__init__(
-            n_features, int(n_classes), optimizer, l2, l1, intercept, clip_grad_norm, seed
+            n_features,
+            int(n_classes),
+            optimizer,
+            l2,
+            l1,
+            intercept,
+            clip_grad_norm,
+            seed,
+            batch_size,
         )
 
     @property
@@ -330,8 +393,11 @@ class LinearRegression(_LinearModel):
         intercept: bool = True,
         clip_grad_norm: float | None = None,
         seed: int = 0,
+        batch_size: int = 0,
     ) -> None:
-        super().__init__(n_features, 1, optimizer, l2, l1, intercept, clip_grad_norm, seed)
+        super().__init__(
+            n_features, 1, optimizer, l2, l1, intercept, clip_grad_norm, seed, batch_size
+        )
 
     def _classes(self) -> None:
         return None
@@ -354,6 +420,10 @@ class LinearRegression(_LinearModel):
 
 
 Model = LogisticRegression | SoftmaxRegression | LinearRegression
+#: The linear model classes by name (what a saved self-tuning model names its members by).
+MODEL_CLASSES: dict[str, type[Model]] = {
+    c.__name__: c for c in (LogisticRegression, SoftmaxRegression, LinearRegression)
+}
 
 
 # ---------------------------------------------------------------------------- codec registry

@@ -153,6 +153,16 @@ class FeatureTransform(Stateful):
         fill[self._default_cols] = self._default_values
         self._fill = fill
 
+    def take_statistics(self, old: FeatureTransform, source: np.ndarray) -> None:
+        """Adopt ``old``'s statistics over new columns (``source``: for each column, the
+        old one it was, or -1 for a new feature, which starts with none)."""
+        d_old = old.n_features
+        self._stats = np.concatenate(
+            [take_columns(part, source, 0.0) for part in old._stats.reshape(3, d_old)]
+        )
+        self.missing = take_columns(old.missing, source, 0.0).astype(np.int64)
+        self._refresh()
+
     def learn_many(self, X: np.ndarray) -> Self:
         """Merge a batch's observed values into the running statistics."""
         X = self._check(X)
@@ -329,15 +339,17 @@ class Pipeline(Stateful):
         self.model = model
         #: Standardises a regression model's target (None: the model learns ``y`` as it is).
         self.target = target
+        #: Training samples this pipeline has learnt from (since it was built: a reset
+        #: starts again at 0); the trainer sizes a young model's batches by it.
+        self.samples_learnt = 0
 
     # The attributes the trainer reads on any model.
     @property
     def n_features(self) -> int:
         return int(self.model.n_features)
 
-    @property
-    def optimizer(self) -> Any:
-        return self.model.optimizer
+    def set_learning_rate(self, lr: float) -> None:
+        self.model.set_learning_rate(lr)
 
     @property
     def last_grad_norm(self) -> float:
@@ -347,11 +359,25 @@ class Pipeline(Stateful):
     def clip_grad_norm(self) -> float | None:
         return self.model.clip_grad_norm
 
+    def adopt(self, saved: Pipeline, source: np.ndarray) -> None:
+        """Take over what ``saved`` learnt, its columns renamed into this pipeline's
+        (``source``: :func:`remap_columns` of the two name lists): each kept feature's
+        coefficients, optimizer buffers and statistics move to its new column, a new
+        feature starts at weight 0 with no statistics. The model comes as it was saved
+        (its optimizer, penalties, members); this pipeline's configuration (clip,
+        defaults) applies."""
+        self.features.take_statistics(saved.features, source)
+        self.model = saved.model.with_columns(source)
+        if self.target is not None and saved.target is not None:
+            self.target.set_vector(saved.target.vector())
+        self.samples_learnt = saved.samples_learnt
+
     def observe(self, X: np.ndarray, y: Any) -> None:
         """Learn the statistics of a batch of training data."""
         self.features.learn_many(X)
         if self.target is not None:
             self.target.learn_many(y)
+        self.samples_learnt += len(X)
 
     def fit(self, X: np.ndarray, y: Any) -> Self:
         """The model's step on a batch, transformed with the current statistics."""
@@ -408,7 +434,12 @@ class Pipeline(Stateful):
         feature_arrays, feature_meta = self.features.state_dict()
         arrays = {f"model.{k}": v for k, v in model_arrays.items()}
         arrays.update({f"features.{k}": v for k, v in feature_arrays.items()})
-        meta = {"class": type(self).__name__, "model": model_meta, "features": feature_meta}
+        meta = {
+            "class": type(self).__name__,
+            "model": model_meta,
+            "features": feature_meta,
+            "samples_learnt": self.samples_learnt,
+        }
         if self.target is not None:
             arrays["target.stats"] = self.target.vector()
         return arrays, meta
@@ -422,6 +453,7 @@ class Pipeline(Stateful):
         try:
             self.model.load_state_dict(*split_state(arrays, meta, "model"))
             self.features._load_state(*split_state(arrays, meta, "features"))
+            self.samples_learnt = int(meta["samples_learnt"])
             if self.target is not None:
                 # A pipeline saved without target scaling starts its statistics empty.
                 stats = arrays.get("target.stats")

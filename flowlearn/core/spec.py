@@ -5,10 +5,10 @@ A spec is written as a table in the configuration (``[model_defaults]``, ``[mode
 with every published version as JSON.
 
 >>> ModelSpec(type="softmax", n_features=4, n_classes=3).validate("models.m")
->>> ModelSpec(type="tree").validate("m")
+>>> ModelSpec(type="tree").validate("m")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-flowlearn.core.spec.SpecError: m.type: unknown model type 'tree'; known: linear, logistic, softmax
+flowlearn.core.spec.SpecError: m.type: unknown model type 'tree'; known: auto_linear, ..., softmax
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flowlearn.core.ensemble import DEFAULT_RATE_FACTORS
 from flowlearn.core.model_types import model_type
 from flowlearn.core.monitoring import ALL_DETECTORS
 from flowlearn.core.optim import SPEC_OPTIMIZERS
@@ -73,6 +74,9 @@ class ModelSpec:
     #: 0: the measured default of the optimizer for the model's task
     #: (:func:`default_learning_rate`).
     learning_rate: float = 0.0
+    #: A self-tuning type's (``auto_*``) members' learning rates; empty: the learning
+    #: rate (or its default) times :data:`flowlearn.core.ensemble.DEFAULT_RATE_FACTORS`.
+    learning_rates: tuple[float, ...] = ()
     l1: float = 0.0
     l2: float = 0.0
     #: Safety gate: the batch gradient's L2 norm is clipped to this (0: no clipping).
@@ -99,6 +103,7 @@ class ModelSpec:
     def as_dict(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self)
         spec["detectors"] = list(self.detectors)
+        spec["learning_rates"] = list(self.learning_rates)
         spec["feature_names"] = list(self.feature_names)
         spec["class_names"] = list(self.class_names)
         return spec
@@ -128,6 +133,16 @@ class ModelSpec:
             raise SpecError(
                 f"{where}.learning_rate: must be > 0 (or 0: the default), got {self.learning_rate}"
             )
+        if self.learning_rates:
+            if not kind.self_tuning:
+                raise SpecError(
+                    f"{where}.learning_rates: only a self-tuning type (auto_*) trains at "
+                    f"several rates; a {self.type} model has learning_rate"
+                )
+            if not all(lr > 0 and math.isfinite(lr) for lr in self.learning_rates):
+                raise SpecError(
+                    f"{where}.learning_rates: must all be > 0, got {list(self.learning_rates)}"
+                )
         if self.target_scale == "standard" and kind.task != "regression":
             raise SpecError(f"{where}.target_scale: only a regression model scales its target")
         for name in (
@@ -200,15 +215,15 @@ def pipeline_scale(spec: Mapping[str, Any]) -> str:
 
 
 #: The default learning rate per optimizer and task, chosen on public streams (River's
-#: synthetic generators and datasets, mini-batches of 64 on standardised features, a grid
-#: of rates against River's default pipeline; docs/learning.md). SGD steps on the batch's
-#: mean gradient; the regression rates of the adaptive optimizers assume the standardised
-#: target (``target_scale``).
+#: synthetic generators and datasets, batches of 64 cut as the job cuts them, on
+#: standardised features, a grid of rates against River's default pipeline;
+#: docs/learning.md). A rate is the step of a full batch (:mod:`flowlearn.core.linear`);
+#: the regression rates assume the standardised target (``target_scale``).
 DEFAULT_LEARNING_RATES: dict[str, dict[str, float]] = {
-    "sgd": {"binary": 0.5, "multiclass": 1.0, "regression": 0.1},
-    "adagrad": {"binary": 0.5, "multiclass": 0.5, "regression": 0.1},
-    "adam": {"binary": 0.1, "multiclass": 0.1, "regression": 0.01},
-    "ftrl": {"binary": 1.0, "multiclass": 1.0, "regression": 0.1},
+    "sgd": {"binary": 0.5, "multiclass": 0.5, "regression": 0.1},
+    "adagrad": {"binary": 0.3, "multiclass": 0.3, "regression": 0.1},
+    "adam": {"binary": 0.03, "multiclass": 0.03, "regression": 0.01},
+    "ftrl": {"binary": 1.0, "multiclass": 1.0, "regression": 0.3},
 }
 
 
@@ -219,6 +234,21 @@ def default_learning_rate(type_name: str, optimizer: str) -> float:
     0.5
     """
     return DEFAULT_LEARNING_RATES[optimizer][model_type(type_name).task]
+
+
+def learning_rates(spec: Mapping[str, Any]) -> list[float]:
+    """The learning rate of each member a spec (dict with every key) trains: one for a plain
+    type; for a self-tuning one its ``learning_rates``, else the learning rate (or its
+    default) times :data:`~flowlearn.core.ensemble.DEFAULT_RATE_FACTORS`.
+
+    >>> learning_rates({"type": "auto_logistic", "optimizer": "sgd", "learning_rate": 0.0,
+    ...                 "learning_rates": []})
+    [0.125, 0.25, 0.5, 1.0, 2.0]
+    """
+    rate = float(spec["learning_rate"]) or default_learning_rate(spec["type"], spec["optimizer"])
+    if not model_type(spec["type"]).self_tuning:
+        return [rate]
+    return [float(r) for r in spec["learning_rates"]] or [rate * f for f in DEFAULT_RATE_FACTORS]
 
 
 def target_scaled(spec: Mapping[str, Any]) -> bool:

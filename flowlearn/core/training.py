@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.core import codec, optim
+from flowlearn.core import codec, model_types, optim
 from flowlearn.core.model_types import model_type
 from flowlearn.core.pipeline import (
     FeatureTransform,
@@ -46,7 +46,7 @@ from flowlearn.core.pipeline import (
 from flowlearn.core.spec import (
     ModelSpec,
     default_columns,
-    default_learning_rate,
+    learning_rates,
     pipeline_scale,
     target_scaled,
 )
@@ -58,6 +58,11 @@ SNAPSHOT_INTERVAL = 100
 #: The holdout gate waits for min(holdout_size, this) samples: a mean loss over a handful
 #: of samples is too noisy to veto an update on.
 HOLDOUT_MIN_SAMPLES = 32
+#: A young model's batch holds at most 1/RAMP_FRACTION of the samples it has learnt (at
+#: least one, at most the spec's batch size), so its first versions come after 1, 2, 3...
+#: samples instead of a whole batch, and what it serves early is never far behind what it
+#: has seen; batches of 64 from 1,024 samples on (docs/learning.md).
+RAMP_FRACTION = 16
 
 #: Keys a spec given as a plain dict leaves out take :class:`ModelSpec`'s defaults.
 _SPEC_DEFAULTS: dict[str, Any] = ModelSpec().as_dict()
@@ -70,6 +75,36 @@ _MODEL_PREFIX = "model."
 
 
 Model = Pipeline
+
+
+def ramp_size(samples_learnt: int, batch_size: int) -> int:
+    """The size of the next batch of a model that has learnt ``samples_learnt`` samples:
+    ``batch_size``, or less while the model is young: the largest power of two at most
+    ``samples_learnt / RAMP_FRACTION`` (at least 1). A young model's batches are then
+    powers of two that start where a batch of their size would, so a stream sent in
+    records of ``batch_size`` (a power of two) is cut at its records' boundaries, as a
+    grown model's is."""
+    young = max(1, samples_learnt // RAMP_FRACTION)
+    return min(batch_size, 1 << (young.bit_length() - 1))
+
+
+def batch_plan(n_samples: int, batch_size: int, samples_learnt: int = 0) -> list[int]:
+    """The sizes of the batches the job cuts ``n_samples`` samples into, the last one
+    partial, for a model that has learnt ``samples_learnt`` so far (and rejects none).
+
+    >>> plan = batch_plan(1100, 64)
+    >>> plan[:3], plan[-3:], len(plan), sum(plan)
+    ([1, 1, 1], [32, 64, 12], 114, 1100)
+    >>> batch_plan(130, 64, samples_learnt=2000)
+    [64, 64, 2]
+    """
+    sizes: list[int] = []
+    done = 0
+    while done < n_samples:
+        size = min(ramp_size(samples_learnt + done, batch_size), n_samples - done)
+        sizes.append(size)
+        done += size
+    return sizes
 
 
 def _with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,7 +128,7 @@ def build_model(spec: Mapping[str, Any], scale: str | None = None) -> Model:
     return Pipeline(features, _build_learner(s), TargetScaler() if target_scaled(s) else None)
 
 
-def _build_learner(s: Mapping[str, Any]) -> Any:
+def _build_learner(s: Mapping[str, Any]) -> model_types.Model:
     """The model itself (what the pipeline feeds)."""
     make_optimizer = optim.SPEC_OPTIMIZERS.get(s["optimizer"])
     if make_optimizer is None:
@@ -101,16 +136,17 @@ def _build_learner(s: Mapping[str, Any]) -> Any:
             f"unknown optimizer {s['optimizer']!r}; known: {sorted(optim.SPEC_OPTIMIZERS)}"
         )
     clip = float(s["clip_grad_norm"])
-    common: dict[str, Any] = {
-        "optimizer": make_optimizer(
-            float(s["learning_rate"]) or default_learning_rate(s["type"], s["optimizer"])
-        ),
-        "l1": float(s["l1"]),
-        "l2": float(s["l2"]),
-        "clip_grad_norm": clip if clip > 0 else None,  # 0 turns clipping off
-        "seed": int(s["seed"]),
-    }
-    return model_type(s["type"]).build(int(s["n_features"]), int(s["n_classes"]), **common)
+    kind = model_type(s["type"])
+    return kind.build(
+        int(s["n_features"]),
+        int(s["n_classes"]),
+        [make_optimizer(lr) for lr in learning_rates(s)],
+        l1=float(s["l1"]),
+        l2=float(s["l2"]),
+        clip_grad_norm=clip if clip > 0 else None,  # 0 turns clipping off
+        seed=int(s["seed"]),
+        batch_size=int(s["batch_size"]),
+    )
 
 
 def published_spec(model: Model, spec: Mapping[str, Any]) -> str:
@@ -121,6 +157,8 @@ def published_spec(model: Model, spec: Mapping[str, Any]) -> str:
     return json.dumps(
         {
             **model.spec(),
+            # The spec's own name: a self-tuning type's model says its members' type.
+            "type": s["type"],
             "features": s["features"],
             "hash_seed": int(s["hash_seed"]),
             "feature_names": list(s["feature_names"]),
@@ -281,6 +319,7 @@ class ModelTrainer:
         self.version = version
         self.samples_applied = samples_applied
         s = _with_defaults(spec)
+        self.batch_size = int(s["batch_size"])
         self._classifier = model_type(s["type"]).classifier
         self._published_spec = self._publishable_spec()
         holdout_size, replay_size = int(s["holdout_size"]), int(s["replay_size"])
@@ -338,16 +377,28 @@ class ModelTrainer:
                 model = build_model(spec)
                 saved_names = list(model_meta["features"]["params"]["names"])
                 if saved_names and names and saved_names != names:
+                    # The spec renamed, added or dropped features: the model as saved,
+                    # then moved to the new columns.
                     source = remap_columns(saved_names, names)
-                    model_arrays, model_meta = _remap_pipeline_state(
-                        model_arrays, model_meta, source
+                    saved = build_model(
+                        {
+                            **spec,
+                            "feature_names": saved_names,
+                            "n_features": len(saved_names),
+                            "feature_defaults": {},
+                        }
                     )
-                model.load_state_dict(model_arrays, model_meta)
+                    saved.load_state_dict(model_arrays, model_meta)
+                    model.adopt(saved, source)
+                else:
+                    model.load_state_dict(model_arrays, model_meta)
             else:
                 # Saved before models had a feature pipeline: the weights fit raw features,
-                # so the model keeps them unscaled (a reset adopts the spec's scaling).
+                # so the model keeps them unscaled (a reset adopts the spec's scaling), and
+                # it is no young model.
                 model = build_model(spec, scale="none")
                 model.model.load_state_dict(model_arrays, model_meta)
+                model.samples_learnt = samples_applied
         except (KeyError, TypeError) as exc:
             raise codec.CodecError(f"corrupt trainer state: {exc!r}") from exc
         trainer = cls(model_id, spec, model, version, samples_applied)
@@ -388,6 +439,26 @@ class ModelTrainer:
             arrays["replay.X"], arrays["replay.y"] = self._replay.X, self._replay.y
             meta["replay"] = self._replay.state()
         return codec.encode_state(arrays, meta)
+
+    def next_batch_size(self) -> int:
+        """How many samples the next batch takes (:func:`ramp_size`). Read again after
+        every batch, so the cut depends on the samples' order only, never on how they were
+        bundled."""
+        if self.batch_size <= 0:
+            raise ValueError("a trainer whose spec has batch_size 0 cuts no batches itself")
+        return ramp_size(self.model.samples_learnt, self.batch_size)
+
+    def train_samples(self, X: np.ndarray, y: np.ndarray) -> list[BatchResult]:
+        """Train samples in order, cut into batches as the job cuts them
+        (:meth:`next_batch_size`), the last one partial: what the job does with the same
+        samples when its input ends."""
+        results = []
+        start = 0
+        while start < len(y):
+            end = min(len(y), start + self.next_batch_size())
+            results.append(self.train_batch(X[start:end], y[start:end]))
+            start = end
+        return results
 
     def train_batch(self, X: np.ndarray, y: np.ndarray) -> BatchResult:
         """Test then train on one batch; returns the version it made, or why not."""
@@ -478,7 +549,7 @@ class ModelTrainer:
     def set_learning_rate(self, lr: float) -> None:
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr}")
-        self.model.optimizer.set_learning_rate(lr)
+        self.model.set_learning_rate(lr)
 
     def _undo(
         self, weights: np.ndarray, saved: tuple[dict[str, np.ndarray], dict[str, Any]] | None
@@ -509,54 +580,6 @@ class ModelTrainer:
             delta=codec.make_delta(before, after),
             weights=codec.encode_array(after) if snapshot else None,
         )
-
-
-def _remap_pipeline_state(
-    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: np.ndarray
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A pipeline's saved state moved to new columns (``source``: for each new column its
-    old one, or -1): coefficients and optimizer buffers of a kept feature move with it, a
-    new feature starts at zero weight and no statistics. Only linear models have columns
-    that can move; another model needs a reset to change its features."""
-    model_meta = json.loads(json.dumps(meta["model"]))
-    params = model_meta["params"]
-    if model_meta.get("class") not in (
-        "LogisticRegression",
-        "SoftmaxRegression",
-        "LinearRegression",
-    ):
-        raise codec.CodecError(
-            f"a {model_meta.get('class')} cannot change its feature names; reset the model"
-        )
-    d_old, d_new = int(params["n_features"]), len(source)
-    k = int(params.get("n_classes", 1))
-    n_coef = d_old * k
-
-    def move_weights(v: np.ndarray) -> np.ndarray:
-        coef = take_columns(v[:n_coef].reshape(d_old, k), source, 0.0)
-        return np.concatenate([coef.ravel(), v[n_coef:]])
-
-    out: dict[str, np.ndarray] = {}
-    size = None
-    for key, value in arrays.items():
-        if key.startswith("model.") and value.ndim == 1 and len(value) == len(arrays["model.w"]):
-            out[key] = move_weights(value)
-            size = len(out[key])
-        elif key.startswith("features.stats"):
-            out[key] = np.concatenate(
-                [take_columns(part, source, 0.0) for part in value.reshape(3, d_old)]
-            )
-        elif key.startswith("features.missing"):
-            out[key] = take_columns(value, source, 0.0)
-        else:
-            out[key] = np.asarray(value)
-    params["n_features"] = d_new
-    opt_state = model_meta.get("optimizer_state", {})
-    if opt_state.get("size") is not None:
-        opt_state["size"] = size
-    feature_meta = json.loads(json.dumps(meta["features"]))
-    feature_meta["params"]["n_features"] = d_new
-    return out, {**meta, "model": model_meta, "features": feature_meta}
 
 
 def _copy_state(model: Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

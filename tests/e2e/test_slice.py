@@ -261,14 +261,14 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
       trained twice), and the version equals the number of batches;
     - the published weights equal, bit for bit, those of training the same batches in the
       same order from scratch without a failure (flowlearn's training is deterministic,
-      and each bulk record here is exactly one batch, so the batches cannot be cut
+      and the batches are cut at the bulk records' boundaries, so they cannot be cut
       differently on replay).
     """
     import os
     import signal
     import threading
 
-    from flowlearn.core.training import ModelTrainer
+    from flowlearn.core.training import ModelTrainer, batch_plan
     from flowlearn.devstack.flink_cluster import flink_rest
     from flowlearn.devstack.producer import DriftingStream
 
@@ -329,7 +329,7 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
         timeout_s=240,
     )
     assert final.samples_applied == n
-    assert final.version == n_batches
+    assert final.version == len(batch_plan(n, batch))
     # The REST metrics are fetched every 10 s by default: wait for them to show the restart.
     wait_until("the job's restart count to grow", lambda: restarts() > restarts_before, 60, 1)
     assert final.epoch > epoch_before  # the restarted publisher opened a new lineage
@@ -337,7 +337,6 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
     records = DriftingStream(n_features=10, seed=21, model_id=model_id).take(n, 0)
     X = np.array([r["features"] for r in records])
     y = np.array([r["label"] for r in records], dtype=float)
-    for i in range(0, n, batch):
-        reference.train_batch(X[i : i + batch], y[i : i + batch])
+    reference.train_samples(X, y)
     assert final.weights.tobytes() == reference.model.weights_vector().tobytes()
     wait_until("the job RUNNING again", lambda: status()["job"]["state"] == "RUNNING", 120)

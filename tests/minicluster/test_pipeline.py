@@ -9,6 +9,7 @@ from pyflink.common import Types
 
 from flowlearn.conf import load_settings
 from flowlearn.core import codec
+from flowlearn.core.training import batch_plan
 from flowlearn.devstack.jars import operators_jar
 from flowlearn.devstack.producer import DriftingStream
 from flowlearn.jobs.local import local_environment, raw_stream
@@ -170,7 +171,7 @@ def test_bulk_records_train_in_batches_beside_json_samples():
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "bulk"]
     assert versions[-1]["applied"] == 600
     assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
-    assert len(versions) >= 600 // 64  # a bulk record of 256 makes 4 versions of 64
+    assert len(versions) == len(batch_plan(600, 64))  # cut alike from a bulk record
     dlq = [r for r in out if "reason" in r]
     assert [(base64.b64decode(r["raw"]), r["reason"]) for r in dlq] == [(bad_bulk, "bad_features")]
 
@@ -220,9 +221,11 @@ def test_control_commands_reach_the_trainer_and_raise_alerts():
     dlq = {base64.b64decode(r["raw"]): r["reason"] for r in out if "reason" in r}
     assert dlq == {bad[0]: "unknown_command", bad[1]: "not_json"}
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "c"]
-    # 2 batches of 64 and the reset: three versions, numbered without a gap.
-    assert [v["version"] for v in versions] == [1, 2, 3]
-    assert versions[-1]["applied"] == 128
+    # The batches of 128 samples and the reset, numbered without a gap (a reset before
+    # the last sample makes the model young again: more, smaller batches after it).
+    assert [v["version"] for v in versions] == list(range(1, len(versions) + 1))
+    assert len(versions) >= len(batch_plan(128, 64)) + 1
+    assert max(v["applied"] for v in versions) == 128
 
 
 def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
@@ -232,8 +235,8 @@ def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
     drift = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "drift"]
     performance = [a for a in drift if a["detail"]["direction"] == "up"]
     assert performance, f"no error/loss drift alarm among {drift}"
-    # Detected after the change (3000 samples = version ~47 at batch 64), not before it.
-    assert min(a["detail"]["version"] for a in performance) > 3000 // 64
+    # Detected after the change (the version that trained sample 3000), not before it.
+    assert min(a["detail"]["version"] for a in performance) > len(batch_plan(3000, 64))
     resets = [r["control"] for r in out if "control" in r]
     assert resets and all(c["command"] == "reset" and c["model_id"] == "drifty" for c in resets)
 
@@ -260,10 +263,11 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
     degraded = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "degraded"]
     assert [c["command"] for c in controls] == ["rollback"] and len(degraded) == 1
     target = controls[0]["args"]["version"]
-    # The poison starts after 3200 samples = version 50: a clean checkpoint is chosen,
-    # soon after the damage (within the 512-sample window and a few batches).
-    assert target % 5 == 0 and target <= 50
-    assert 50 < degraded[0]["detail"]["version"] <= 50 + 512 // 64 + 4
+    # The poison starts after 3200 samples: a clean checkpoint is chosen, soon after the
+    # damage (within the 512-sample window and a few batches).
+    clean_version = len(batch_plan(3200, 64))
+    assert target % 5 == 0 and target <= clean_version
+    assert clean_version < degraded[0]["detail"]["version"] <= clean_version + 512 // 64 + 4
     # The target was registered with the weights the trainer published for it, bit for bit.
     versions = {
         r["version"]: r for r in out if r.get("kind") == "version" and r["model_id"] == "poisoned"

@@ -5,18 +5,42 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pytest
 from pyflink.common import Row
 
 from flowlearn.conf import load_settings
+from flowlearn.contracts.spec import ModelSpecs
+from flowlearn.core.training import RAMP_FRACTION, ModelTrainer
 from flowlearn.operators.trainer import MiniBatchTrainer
-from tests.unit.flink_stand_ins import Context, KeyedState, ListState
+from tests.unit.flink_stand_ins import Context, KeyedState, ListState, ValueState
+
+SETTINGS = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "2"})
+#: Samples a model has learnt before its batches are full (batches of 2, RAMP_FRACTION).
+GROWN = 2 * RAMP_FRACTION
 
 
 def started(state: KeyedState) -> MiniBatchTrainer:
     """A trainer opened over ``state`` (batches of 2): a (re)start of the job."""
-    trainer = MiniBatchTrainer(load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "2"}))
+    trainer = MiniBatchTrainer(SETTINGS)
     trainer.open(state)
     return trainer
+
+
+def grown() -> KeyedState:
+    """The state of a model that has learnt GROWN samples: its batches are full ones."""
+    trainer = ModelTrainer.create("m", ModelSpecs(SETTINGS).spec_of("m").as_dict())
+    trainer.train_samples(np.zeros((GROWN, 10)), np.ones(GROWN))
+    assert trainer.next_batch_size() == 2
+    state = KeyedState()
+    for name, value in (
+        ("model-state-v1", trainer.state_bytes()),
+        ("model-version-v1", trainer.version),
+        ("samples-applied-v1", GROWN),
+    ):
+        state.states[name] = ValueState()
+        state.states[name].update(value)
+    return state
 
 
 def sample(event_id: str, ts: int = 1000) -> Row:
@@ -39,7 +63,7 @@ def send(trainer: MiniBatchTrainer, row: Row) -> list[Any]:
 
 
 def test_buffered_rows_of_older_savepoints_are_moved_over_with_their_ids():
-    state = KeyedState()
+    state = grown()
     state.states["batch-buffer-v1"] = v1 = ListState()
     v1.rows = [Row(900, [0.1] * 10, [0.0]), Row(950, [0.2] * 10, [1.0])]
     state.states["batch-buffer-v2"] = v2 = ListState()
@@ -48,24 +72,25 @@ def test_buffered_rows_of_older_savepoints_are_moved_over_with_their_ids():
     assert send(trainer, sample("old")) == []  # its id came with the v2 row
     assert send(trainer, sample("a")) != []  # four samples: two batches of 2
     assert v1.rows == [] and v2.rows == [] and state.states["batch-buffer-v3"].rows == []
-    assert state.states["samples-applied-v1"].value() == 4
+    assert state.states["samples-applied-v1"].value() == GROWN + 4
     assert state.group.metrics["duplicate_samples"].count == 1
 
 
 def test_duplicates_within_a_bundle_are_dropped_and_the_rest_trained_in_order():
-    state = KeyedState()
+    state = grown()
     trainer = started(state)
     out = send(trainer, samples("p", "p", "", "q", "p"))
     assert state.group.metrics["duplicate_samples"].count == 2
     # "p", "", "q": one batch of 2 trained, the third sample waits with its id.
-    assert state.states["samples-applied-v1"].value() == 2
+    assert state.states["samples-applied-v1"].value() == GROWN + 2
     assert len([o for o in out if not isinstance(o, tuple)]) == 1  # one version row
     (tail,) = state.states["batch-buffer-v3"].rows
     assert tail[1] == features_of("q") and list(tail[3]) == ["q"]
 
 
-def test_a_batch_is_the_same_however_its_samples_were_bundled():
-    one_by_one, bundled = KeyedState(), KeyedState()
+@pytest.mark.parametrize("young", [True, False], ids=["young model", "grown model"])
+def test_a_batch_is_the_same_however_its_samples_were_bundled(young):
+    one_by_one, bundled = (KeyedState(), KeyedState()) if young else (grown(), grown())
     a, b = started(one_by_one), started(bundled)
     ids = [f"s{i}" for i in range(5)]
     for event_id in ids:
@@ -73,14 +98,19 @@ def test_a_batch_is_the_same_however_its_samples_were_bundled():
     send(b, samples(*ids[:3]))
     send(b, samples(*ids[3:]))
     for state in (one_by_one, bundled):
-        assert state.states["samples-applied-v1"].value() == 4
-        (tail,) = state.states["batch-buffer-v3"].rows
-        assert list(tail[3]) == ["s4"]
+        if young:  # batches of one sample each: a young model learns from the first
+            assert state.states["samples-applied-v1"].value() == 5
+            assert state.states["model-version-v1"].value() == 5
+            assert state.states["batch-buffer-v3"].rows == []
+        else:
+            assert state.states["samples-applied-v1"].value() == GROWN + 4
+            (tail,) = state.states["batch-buffer-v3"].rows
+            assert list(tail[3]) == ["s4"]
     assert one_by_one.states["model-state-v1"].value() == bundled.states["model-state-v1"].value()
 
 
 def test_ids_buffered_or_trained_before_a_restart_are_still_duplicates_after_it():
-    state = KeyedState()
+    state = grown()
     trainer = started(state)
     assert send(trainer, sample("x1")) == []
     assert send(trainer, sample("x2")) != []  # a batch of 2: trained, a version out
@@ -92,4 +122,4 @@ def test_ids_buffered_or_trained_before_a_restart_are_still_duplicates_after_it(
     assert send(restarted, sample("z")) != []  # with the restored "y", a batch of 2
     assert state.group.metrics["duplicate_samples"].count == 3
     # x1, x2, then y and z: each trained once.
-    assert state.states["samples-applied-v1"].value() == 4
+    assert state.states["samples-applied-v1"].value() == GROWN + 4

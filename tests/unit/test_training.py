@@ -5,7 +5,13 @@ from hypothesis import strategies as st
 
 from flowlearn.core import codec, linear, optim, preprocessing, training
 from flowlearn.core.spec import ModelSpec
-from flowlearn.core.training import BatchResult, ModelTrainer, build_model
+from flowlearn.core.training import (
+    RAMP_FRACTION,
+    BatchResult,
+    ModelTrainer,
+    batch_plan,
+    build_model,
+)
 
 SPEC = {"type": "logistic", "n_features": 3, "learning_rate": 0.1}
 TRUE_W = np.array([1.0, -2.0, 0.5])
@@ -106,7 +112,7 @@ def test_an_unscaled_spec_trains_exactly_like_plain_sgd_without_clipping(spec):
     for i in range(5):
         t.train_batch(*batch(i))
         reference.learn_many(*batch(i))
-    assert type(t.model.optimizer) is optim.SGD and t.model.clip_grad_norm is None
+    assert type(t.model.model.optimizer) is optim.SGD and t.model.clip_grad_norm is None
     assert t.model.model.weights_vector().tobytes() == reference.weights_vector().tobytes()
 
 
@@ -133,8 +139,8 @@ def test_the_default_pipeline_standardises_with_the_statistics_of_training_data(
 )
 def test_the_optimizer_named_in_the_spec_is_built_and_trains(name, cls):
     t = ModelTrainer.create("m", full_spec(optimizer=name, learning_rate=0.2))
-    assert type(t.model.optimizer) is cls
-    assert t.model.optimizer.learning_rate == 0.2
+    assert type(t.model.model.optimizer) is cls
+    assert t.model.model.optimizer.learning_rate == 0.2
     first = t.train_batch(*batch(0)).prequential_loss
     for i in range(1, 30):
         last = t.train_batch(*batch(i))
@@ -413,3 +419,65 @@ def test_a_restore_at_any_batch_boundary_changes_nothing(
         )
         assert straight.model.weights_vector().tobytes() == resumed.model.weights_vector().tobytes()
     assert straight.state_bytes() == resumed.state_bytes()
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 5000),
+    batch=st.sampled_from([1, 2, 32, 64, 100, 256]),
+    learnt=st.integers(0, 3000),
+)
+def test_a_young_models_batches_grow_with_what_it_has_learnt(n, batch, learnt):
+    plan = batch_plan(n, batch, learnt)
+    assert sum(plan) == n and all(size >= 1 for size in plan)
+    assert plan[:-1] == sorted(plan[:-1]) and max(plan, default=1) <= batch
+    done = learnt
+    for size in plan[:-1]:
+        # Never more than 1/RAMP_FRACTION of what the model has learnt (nor less than half
+        # of that, nor less than a full batch once that is allowed).
+        assert size == batch or (size <= max(1, done // RAMP_FRACTION) < 2 * size)
+        if batch & (batch - 1) == 0 and learnt % batch == 0:
+            # A power of two, from a record boundary: batches stay within records of it.
+            assert done // batch == (done + size - 1) // batch
+        done += size
+
+
+def test_a_partial_batch_steps_in_proportion_to_its_size():
+    """The learning rate is a full batch's: a batch of 16 of a batch size of 64 moves the
+    weights as a quarter of the rate would on its mean gradient."""
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(16, 3)), rng.integers(0, 2, 16)
+    full = linear.LogisticRegression(3, optimizer=optim.SGD(0.4), batch_size=64)
+    mean = linear.LogisticRegression(3, optimizer=optim.SGD(0.1))
+    full.learn_many(X, y)
+    mean.learn_many(X, y)
+    np.testing.assert_allclose(full.weights_vector(), mean.weights_vector(), rtol=1e-14)
+    big = rng.normal(size=(80, 3))  # more than a batch: its mean gradient, the full rate
+    a = linear.LogisticRegression(3, optimizer=optim.SGD(0.4), batch_size=64)
+    b = linear.LogisticRegression(3, optimizer=optim.SGD(0.4))
+    a.learn_many(big, np.ones(80))
+    b.learn_many(big, np.ones(80))
+    assert a.weights_vector().tobytes() == b.weights_vector().tobytes()
+
+
+def test_the_trainer_cuts_as_the_plan_says_and_a_reset_makes_the_model_young_again():
+    rng = np.random.default_rng(6)
+    t = ModelTrainer.create("m", {**SPEC, "batch_size": 32})
+    X, y = rng.normal(size=(700, 3)), rng.integers(0, 2, 700).astype(float)
+    results = t.train_samples(X, y)
+    assert [len(r.losses) for r in results] == batch_plan(700, 32)
+    assert t.next_batch_size() == 32 and t.model.samples_learnt == 700
+    t.reset()
+    assert t.next_batch_size() == 1 and t.samples_applied == 700
+    with pytest.raises(ValueError, match="batch_size 0"):
+        ModelTrainer.create("m", SPEC).next_batch_size()
+
+
+def test_a_model_restored_from_before_the_pipeline_is_not_young():
+    legacy = linear.LogisticRegression(3)
+    state = codec.encode_state(*legacy.state_dict())
+    t = ModelTrainer.restore("m", {**SPEC, "batch_size": 32}, state, 50, 1600)
+    assert t.next_batch_size() == 32
