@@ -1,44 +1,47 @@
 """The model types, in one place: the spec, training, the codec and scoring all look a type
 up here, so adding one is adding an entry (docs/architecture.md, "Where to add...").
 
->>> model_type("softmax").n_outputs({"classes": [0, 1, 2]})
-3
+>>> model_type("auto_softmax").task
+'multiclass'
 >>> sorted(MODEL_TYPES)
-['linear', 'logistic', 'softmax']
->>> model_type("tree")
+['auto_linear', 'auto_logistic', 'auto_softmax', 'linear', 'logistic', 'softmax']
+>>> model_type("tree")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown model type 'tree'; known: linear, logistic, softmax
+ValueError: unknown model type 'tree'; known: auto_linear, ..., softmax
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from flowlearn.core import linear, pipeline
+from flowlearn.core.ensemble import SelfTuning
+from flowlearn.core.optim import Optimizer
 from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
 
-Model = linear.Model
+#: A model of any type: a linear model, or a self-tuning mixture of them.
+Model = linear.Model | SelfTuning
 
 
 @dataclass(frozen=True)
 class ModelType:
-    """One kind of model: its class, how many outputs (weight columns) a published spec
-    gives it, and the link from linear scores to predictions (None: the scores are the
-    predictions)."""
+    """One kind of model: its linear model class, what it predicts, and whether it is a
+    self-tuning mixture of that class at several learning rates (:mod:`ensemble`)."""
 
     name: str
-    #: The model's class (its constructor: ``(n_features, [n_classes,] **params)``).
-    cls: Callable[..., Model]
+    #: The (member) model's class (its constructor: ``(n_features, [n_classes,] **params)``).
+    cls: type[linear.Model]
     #: What it predicts: "binary" (labels 0 or 1), "multiclass" (class indices; the number
     #: of classes comes from the spec's ``n_classes``, or ``classes`` once published) or
     #: "regression" (any finite number).
     task: Literal["binary", "multiclass", "regression"]
-    link: Callable[[np.ndarray], np.ndarray] | None
+    #: Several copies of ``cls``, one per learning rate, served as their mixture.
+    self_tuning: bool = False
 
     @property
     def multiclass(self) -> bool:
@@ -49,24 +52,37 @@ class ModelType:
         """Its predictions are classes, so 0/1 errors exist (and accuracy, calibration)."""
         return self.task != "regression"
 
-    def n_outputs(self, published: Mapping[str, Any]) -> int:
-        """Weight columns of a published spec (:meth:`linear._LinearModel.spec`)."""
-        return len(published.get("classes") or ()) if self.multiclass else 1
+    def build(
+        self, n_features: int, n_classes: int, optimizers: Sequence[Optimizer], **params: Any
+    ) -> Model:
+        """A fresh model: one member per optimizer (a plain type takes exactly one);
+        ``params`` are the members' other keyword arguments (l1, batch_size, ...)."""
+        if not self.self_tuning and len(optimizers) != 1:
+            raise ValueError(f"a {self.name} model trains with one optimizer")
+        members = [
+            self._member(n_features, n_classes, optimizer=opt, **params) for opt in optimizers
+        ]
+        return SelfTuning(members) if self.self_tuning else members[0]
 
-    def build(self, n_features: int, n_classes: int, **params: Any) -> Model:
-        """A fresh model; ``params`` are the model's keyword arguments (optimizer, l1, ...)."""
+    def _member(self, n_features: int, n_classes: int, **params: Any) -> linear.Model:
         if self.multiclass:
-            return self.cls(n_features, n_classes, **params)
+            return self.cls(n_features, n_classes, **params)  # type: ignore[arg-type]
         return self.cls(n_features, **params)
 
-    def servable(self, published: Mapping[str, Any], weights: np.ndarray) -> Model:
-        """A model that predicts with a published spec and weights vector."""
+    def unfitted(self, published: Mapping[str, Any]) -> Model:
+        """A model of a published spec's shape, its weights at zero."""
         intercept = bool(published.get("intercept", True))
-        n_features = int(published["n_features"])
-        if self.multiclass:
-            model = self.cls(n_features, self.n_outputs(published), intercept=intercept)
-        else:
-            model = self.cls(n_features, intercept=intercept)
+        n_features, n_classes = int(published["n_features"]), len(published.get("classes") or ())
+        n_members = int(published.get("members", 1)) if self.self_tuning else 1
+        members = [
+            self._member(n_features, n_classes, intercept=intercept) for _ in range(n_members)
+        ]
+        return SelfTuning(members) if self.self_tuning else members[0]
+
+    def servable(self, published: Mapping[str, Any], weights: np.ndarray) -> Model:
+        """A model that predicts with a published spec and weights vector (the model's
+        part of it: no pipeline statistics)."""
+        model = self.unfitted(published)
         model.set_weights_vector(weights)
         return model
 
@@ -74,9 +90,12 @@ class ModelType:
 MODEL_TYPES: dict[str, ModelType] = {
     t.name: t
     for t in (
-        ModelType("logistic", linear.LogisticRegression, "binary", link=linear.sigmoid),
-        ModelType("softmax", linear.SoftmaxRegression, "multiclass", link=linear.softmax),
-        ModelType("linear", linear.LinearRegression, "regression", link=None),
+        ModelType("logistic", linear.LogisticRegression, "binary"),
+        ModelType("softmax", linear.SoftmaxRegression, "multiclass"),
+        ModelType("linear", linear.LinearRegression, "regression"),
+        ModelType("auto_logistic", linear.LogisticRegression, "binary", self_tuning=True),
+        ModelType("auto_softmax", linear.SoftmaxRegression, "multiclass", self_tuning=True),
+        ModelType("auto_linear", linear.LinearRegression, "regression", self_tuning=True),
     )
 }
 
@@ -110,6 +129,20 @@ def n_model_weights(published: Mapping[str, Any], weights: np.ndarray) -> int:
     if config is None:
         return len(weights)
     return len(weights) - pipeline.statistics_size(int(published["n_features"]), config)
+
+
+def n_weights(published: Mapping[str, Any]) -> int:
+    """Length of the weights vector a published spec describes: the model's, then its
+    pipeline's statistics (when it has one).
+
+    >>> n_weights({"type": "logistic", "n_features": 2, "intercept": True})
+    3
+    """
+    size = model_type(published.get("type")).unfitted(published).weights_vector().size
+    config = published.get("pipeline")
+    if config is None:
+        return int(size)
+    return int(size) + pipeline.statistics_size(int(published["n_features"]), config)
 
 
 def from_spec(published: Mapping[str, Any], weights: np.ndarray) -> Model | Pipeline:

@@ -119,3 +119,53 @@ def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
         ("a", 4, [1.0], ["a4"], [4.0]),
     ]
     assert op.parsed.count == 5 and op.dead.count == 1
+
+
+class KeptCounters(RuntimeContext):
+    """A metrics group that keeps its counters, to read them after a run."""
+
+    def __init__(self):
+        self.counters: dict[str, Counter] = {}
+
+    def counter(self, name):
+        return self.counters.setdefault(name, Counter())
+
+
+def test_named_features_unknown_names_counted_bad_values_dead_lettered_naming_them(tmp_path):
+    config = tmp_path / "shop.toml"
+    config.write_text(
+        '[models.shop]\nfeature_names = ["age", "spend"]\n'
+        '[models.strict]\nfeature_names = ["age", "spend"]\nmissing = "dlq"\n'
+    )
+    op = ParseSamples(load_settings(config, env={}), "fl.samples")
+    metrics = KeptCounters()
+    op.open(metrics)
+    good = [
+        {"model_id": "shop", "ts": 1, "features": {"age": 31, "spend": 9.5, "zip": 75}, "label": 1},
+        {"model_id": "shop", "ts": 2, "features": {"age": None}, "label": 0},  # spend absent
+        {"model_id": "shop", "ts": 3, "features": {"age": float("nan"), "spend": 1.0}, "label": 0},
+    ]
+    bad = {
+        "features.spend: expected a number, got str": {"age": 1, "spend": "lots"},
+        "features.age: not a finite number (inf)": {"age": float("inf"), "spend": 1.0},
+    }
+    strict = {"model_id": "strict", "ts": 4, "features": {"age": 1.0}, "label": 1}
+    records = [
+        *good,
+        *({"model_id": "shop", "ts": 5, "features": f, "label": 1} for f in bad.values()),
+        strict,
+    ]
+    out = list(op.process_element(framed(*(json.dumps(r).encode() for r in records)), None))
+    letters = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+    assert [(d["reason"], d["detail"]) for d in letters] == [
+        *(("bad_features", detail) for detail in bad),
+        ("bad_features", "features.spend: missing, and the model's missing policy is dlq"),
+    ]
+    ((model_id, row),) = [o for o in out if o[0] is not DLQ_TAG]
+    features = np.array(row[2]).reshape(3, 2)
+    assert model_id == "shop" and row[3] == [1.0, 0.0, 0.0]
+    assert features[0].tolist() == [31.0, 9.5]
+    assert np.isnan(features[1, 1]) and features[1, 0] != features[1, 0]  # null and absent
+    assert np.isnan(features[2, 0]) and features[2, 1] == 1.0  # NaN is missing, not an error
+    assert metrics.counters["samples_unknown_features"].count == 1  # "zip"
+    assert metrics.counters["samples_dlq"].count == 3

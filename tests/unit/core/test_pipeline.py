@@ -37,6 +37,7 @@ def named_rows(rng: np.random.Generator, n: int, names=NAMES, p_missing=0.2) -> 
 
 def labels(kind: str, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     z = np.nan_to_num(X) @ np.linspace(-1.0, 1.0, X.shape[1])
+    kind = kind.removeprefix("auto_")
     if kind == "logistic":
         return (z > np.median(z)).astype(float)
     if kind == "softmax":
@@ -54,9 +55,11 @@ def replay_versions(trainer: ModelTrainer, batches) -> np.ndarray:
     return replica
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
-    kind=st.sampled_from(["logistic", "softmax", "linear"]),
+    kind=st.sampled_from(
+        ["logistic", "softmax", "linear", "auto_logistic", "auto_softmax", "auto_linear"]
+    ),
     clip=st.sampled_from([0.0, 2.5]),
     defaults=st.sampled_from([{}, {"income": 55.0}]),
     p_missing=st.sampled_from([0.0, 0.3]),
@@ -87,7 +90,7 @@ def test_served_scores_equal_the_trainers_bit_for_bit(kind, clip, defaults, p_mi
     assert np.array_equal(X_served, X_trained, equal_nan=True)
     served = scorer(published, replica)(X_served)
     model = trainer.model
-    expected = model.predict_many(X_trained) if kind == "linear" else None
+    expected = model.predict_many(X_trained) if kind.endswith("linear") else None
     if expected is None:
         expected = model.predict_proba_many(X_trained)
     assert served.tobytes() == expected.tobytes()
@@ -203,8 +206,8 @@ def test_a_rollback_restores_the_statistics_with_the_weights():
 # ---------------------------------------------------------------------------- spec changes
 
 
-def trained(names, seed=3):
-    spec = ModelSpec(type="logistic", n_features=len(names), feature_names=names).as_dict()
+def trained(names, seed=3, kind="logistic"):
+    spec = ModelSpec(type=kind, n_features=len(names), feature_names=names).as_dict()
     t = ModelTrainer.create("m", spec)
     rng = np.random.default_rng(seed)
     for _ in range(5):
@@ -213,10 +216,11 @@ def trained(names, seed=3):
     return t, spec
 
 
-def test_a_new_feature_name_keeps_the_model_and_starts_the_feature_empty():
-    t, spec = trained(("age", "income"))
+@pytest.mark.parametrize("kind", ["logistic", "auto_logistic"])
+def test_a_new_feature_name_keeps_the_model_and_starts_the_feature_empty(kind):
+    t, spec = trained(("age", "income"), kind=kind)
     grown = ModelSpec(
-        type="logistic", n_features=3, feature_names=("income", "city_size", "age")
+        type=kind, n_features=3, feature_names=("income", "city_size", "age")
     ).as_dict()
     restored = ModelTrainer.restore("m", grown, t.state_bytes(), t.version, t.samples_applied)
     assert restored.version == t.version and restored.model.n_features == 3
