@@ -57,6 +57,7 @@ bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
 	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || { echo "error: wrk not found: apt-get install -y wrk"; exit 1; }
 	@$(PY) bench/bench_core.py $(BENCH_ARGS) $(CORE_ARGS)
+	@$(PY) bench/bench_quality.py $(BENCH_ARGS) $(QUALITY_ARGS)
 	@$(PY) bench/bench_predictor.py $(BENCH_ARGS) $(PREDICTOR_ARGS)
 	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS) $(PIPELINE_ARGS)
 	@$(PY) bench/bench_join.py $(BENCH_ARGS) $(JOIN_ARGS)
