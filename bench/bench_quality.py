@@ -98,6 +98,13 @@ def _drift(first: Any, second: Any, n_train: int) -> Any:
     )
 
 
+def _dataset(key: str, regression: bool, cls: Callable[[], Any]) -> Source:
+    """One of River's bundled datasets (its class: iterable, with ``n_samples``)."""
+    return Source(
+        key, cls.__name__, regression, lambda n, t: itertools.islice(cls(), t), cls().n_samples
+    )
+
+
 def sources() -> list[Source]:
     from river import datasets
     from river.datasets import synth
@@ -145,34 +152,10 @@ def sources() -> list[Source]:
             ).take(t),
         ),
         Source("friedman", "Friedman", True, lambda n, t: synth.Friedman(seed=42).take(t)),
-        Source(
-            "phishing",
-            "Phishing",
-            False,
-            lambda n, t: itertools.islice(datasets.Phishing(), t),
-            datasets.Phishing().n_samples,
-        ),
-        Source(
-            "bananas",
-            "Bananas",
-            False,
-            lambda n, t: itertools.islice(datasets.Bananas(), t),
-            datasets.Bananas().n_samples,
-        ),
-        Source(
-            "segments",
-            "ImageSegments",
-            False,
-            lambda n, t: itertools.islice(datasets.ImageSegments(), t),
-            datasets.ImageSegments().n_samples,
-        ),
-        Source(
-            "trump",
-            "TrumpApproval",
-            True,
-            lambda n, t: itertools.islice(datasets.TrumpApproval(), t),
-            datasets.TrumpApproval().n_samples,
-        ),
+        _dataset("phishing", False, datasets.Phishing),
+        _dataset("bananas", False, datasets.Bananas),
+        _dataset("segments", False, datasets.ImageSegments),
+        _dataset("trump", True, datasets.TrumpApproval),
     ]
 
 
