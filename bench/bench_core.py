@@ -3,8 +3,8 @@
 For each stream (River's synthetic streams with drift and its bundled real datasets) the same
 samples are scored then trained on by
 
-- flowlearn: ``StandardScaler`` + ``LogisticRegression`` (``SoftmaxRegression`` for
-  multiclass) in mini-batches,
+- flowlearn: the feature pipeline's standardisation + ``LogisticRegression``
+  (``SoftmaxRegression`` for multiclass) in mini-batches,
 - River: ``StandardScaler() | LogisticRegression()`` (``SoftmaxRegression``), one at a time,
 - Vowpal Wabbit: logistic loss (``--oaa`` for multiclass), one at a time,
 
@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.core import drift, linear, metrics, optim, preprocessing
+from flowlearn.core import drift, linear, metrics, optim
+from flowlearn.core.pipeline import FeatureTransform, Pipeline
 
 # ---------------------------------------------------------------------------- data
 
@@ -126,7 +127,7 @@ def run_flowlearn(
     else:
         model = linear.SoftmaxRegression(d, s.n_classes, optimizer=opt)
     ev = metrics.Prequential(
-        model, [metrics.Accuracy(), metrics.LogLoss()], scaler=preprocessing.StandardScaler()
+        Pipeline(FeatureTransform(d), model), [metrics.Accuracy(), metrics.LogLoss()]
     )
     start = time.perf_counter()
     for i in range(0, len(s.y), batch):

@@ -384,16 +384,12 @@ class _Model(Protocol):
     def predict_many(self, X: Any) -> np.ndarray: ...
 
 
-class _Scaler(Protocol):
-    def learn_many(self, X: Any) -> Any: ...
-    def transform_many(self, X: Any) -> np.ndarray: ...
-
-
 class Prequential:
     """Test-then-train evaluation, batch by batch.
 
     Each batch is first scored with the current model (labels, or probabilities for metrics
-    that need them), then the scaler (if any) learns it and the model trains on it.
+    that need them), then the model trains on it; a model with a feature pipeline
+    (:class:`flowlearn.core.pipeline.Pipeline`) scales what it learns and scores.
 
     >>> from flowlearn.core import linear
     >>> ev = Prequential(linear.LogisticRegression(n_features=1), [Accuracy(), LogLoss()])
@@ -402,32 +398,27 @@ class Prequential:
     {'Accuracy': 0.5, 'LogLoss': 0.6931471805599453}
     """
 
-    def __init__(self, model: Any, metrics: Sequence[Metric], scaler: _Scaler | None = None):
+    def __init__(self, model: Any, metrics: Sequence[Metric]):
         names = [m.name for m in metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names must be unique, got {names}")
         self.model = model
         self.metrics = list(metrics)
-        self.scaler = scaler
         self.n_seen = 0
 
     def step(self, X: Any, y: Any) -> Self:
         X = np.asarray(X, dtype=np.float64)
         if len(X) == 0:
             return self
-        Xs = self.scaler.transform_many(X) if self.scaler is not None else X
-        labels = self.model.predict_many(Xs)
+        labels = self.model.predict_many(X)
         probas = (
-            self.model.predict_proba_many(Xs)
+            self.model.predict_proba_many(X)
             if any(m.requires_proba for m in self.metrics)
             else None
         )
         for m in self.metrics:
             m.update_many(y, probas if m.requires_proba else labels)
-        if self.scaler is not None:
-            self.scaler.learn_many(X)
-            Xs = self.scaler.transform_many(X)
-        self.model.learn_many(Xs, y)
+        self.model.learn_many(X, y)
         self.n_seen += len(X)
         return self
 

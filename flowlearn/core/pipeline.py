@@ -43,8 +43,9 @@ Scaling = Literal["standard", "rms", "none"]
 SCALINGS: tuple[str, ...] = ("standard", "rms", "none")
 
 #: A column whose standard deviation is below this share of its typical magnitude is
-#: constant (its variance is rounding noise): it maps to 0 instead of amplified noise.
-_RELATIVE_STD_FLOOR = 1e-9
+#: constant (its variance is rounding noise, some 1e-16 of the magnitude): it maps to 0
+#: instead of amplified noise. A spread of 1 around 1e9 is real.
+_RELATIVE_STD_FLOOR = 1e-12
 
 
 class FeatureTransform(Stateful):

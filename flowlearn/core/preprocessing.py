@@ -1,12 +1,10 @@
-"""Feature preprocessing: signed feature hashing and running standardisation.
+"""Feature preprocessing: signed feature hashing (running standardisation is the feature
+pipeline's, :mod:`flowlearn.core.pipeline`).
 
 >>> h = FeatureHasher(n_features=8)
 >>> X = h.transform_many([{"country": "fr", "age": 31.0}, {"country": "de"}])
 >>> X.shape
 (2, 8)
->>> scaler = StandardScaler().learn_many(np.array([[1.0], [3.0]]))
->>> scaler.transform_many(np.array([[2.0], [4.0]])).tolist()
-[[0.0], [2.0]]
 """
 
 from __future__ import annotations
@@ -19,9 +17,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from flowlearn.core.validation import Arrays, Meta, Stateful, check_array, check_matrix
+from flowlearn.core.validation import Stateful
 
-__all__ = ["FeatureHasher", "StandardScaler"]
+__all__ = ["FeatureHasher"]
 
 Value = float | int | bool | str
 
@@ -181,89 +179,4 @@ class FeatureHasher(Stateful):
         }
 
 
-class StandardScaler(Stateful):
-    """Running standardisation ``(x - mean) / std`` per column.
-
-    Batches merge into the running moments with Chan et al.'s pairwise update, which stays
-    accurate where the textbook ``E[x^2] - E[x]^2`` cancels catastrophically. A column with
-    zero variance maps to 0, as in River.
-
-    ``n_features`` may be left to the first non-empty batch.
-    """
-
-    def __init__(self, n_features: int | None = None, with_std: bool = True) -> None:
-        if n_features is not None and int(n_features) < 1:
-            raise ValueError(f"n_features must be >= 1, got {n_features}")
-        self.n_features: int | None = None
-        self.with_std = bool(with_std)
-        self.n = 0
-        self._allocate(n_features)
-
-    def _allocate(self, n_features: int | None) -> None:
-        self.n_features = None if n_features is None else int(n_features)
-        self._mean = np.zeros(self.n_features or 0)
-        self._m2 = np.zeros(self.n_features or 0)
-        self._inv_std = np.zeros(self.n_features or 0)
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self._mean.copy()
-
-    @property
-    def var(self) -> np.ndarray:
-        """Population variance of what was learned (zeros before any data)."""
-        return self._m2 / self.n if self.n else np.zeros_like(self._m2)
-
-    def _check(self, X: Any) -> np.ndarray:
-        if self.n_features is None:
-            arr = np.asarray(X, dtype=np.float64)
-            if arr.ndim != 2:
-                raise ValueError(f"X must have shape (n, n_features), got {arr.shape}")
-            return check_matrix(arr, arr.shape[1])
-        return check_matrix(X, self.n_features)
-
-    def learn_many(self, X: Any) -> Self:
-        X = self._check(X)
-        nb = X.shape[0]
-        if nb == 0:
-            return self
-        if self.n_features is None:
-            self._allocate(X.shape[1])
-        mb = X.mean(axis=0)
-        d = X - mb
-        m2b = np.einsum("ij,ij->j", d, d)
-        n = self.n + nb
-        delta = mb - self._mean
-        self._mean += delta * (nb / n)
-        self._m2 += m2b + delta * delta * (self.n * nb / n)
-        self.n = n
-        self._refresh()
-        return self
-
-    def _refresh(self) -> None:
-        std = np.sqrt(self._m2 / self.n) if self.n else np.zeros_like(self._m2)
-        self._inv_std = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
-
-    def transform_many(self, X: Any) -> np.ndarray:
-        X = self._check(X)
-        if self.n_features is None:
-            return np.zeros_like(X)
-        out = X - self._mean
-        if self.with_std:
-            out *= self._inv_std
-        return out
-
-    def _params(self) -> dict[str, Any]:
-        return {"n_features": self.n_features, "with_std": self.with_std}
-
-    def _state(self) -> tuple[Arrays, Meta]:
-        return {"mean": self._mean, "m2": self._m2}, {"n": self.n}
-
-    def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        self.n = int(meta["n"])
-        self._mean = check_array(arrays, "mean", self._mean.shape)
-        self._m2 = check_array(arrays, "m2", self._m2.shape)
-        self._refresh()
-
-
-CLASSES: tuple[type[Stateful], ...] = (FeatureHasher, StandardScaler)
+CLASSES: tuple[type[Stateful], ...] = (FeatureHasher,)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flowlearn.core import drift, linear, metrics, optim, preprocessing
+from flowlearn.core.pipeline import FeatureTransform
 
 D = 4
 
@@ -89,7 +90,7 @@ def metric_batch(metric: metrics.Metric, rng: np.random.Generator, n: int = 40):
 
 
 OTHERS: dict[str, Callable[[], Any]] = {
-    "scaler": preprocessing.StandardScaler,
+    "feature transform": lambda: FeatureTransform(16, defaults={2: 1.5}, clip=3.0),
     "hasher": lambda: preprocessing.FeatureHasher(16, seed=3, defaults={"x": 1.0}),
 }
 

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from flowlearn.core import linear, metrics, optim, preprocessing
+from flowlearn.core import linear, metrics, optim
+from flowlearn.core.pipeline import FeatureTransform, Pipeline
 
 
 @pytest.fixture
@@ -110,12 +111,8 @@ def test_prequential_tests_before_training():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(640, 3)) * 10 + 5
     y = (X[:, 0] > 5).astype(int)
-    model = linear.LogisticRegression(3, optimizer=optim.SGD(lr=0.5))
-    ev = metrics.Prequential(
-        model,
-        [metrics.Accuracy(), metrics.LogLoss(window_size=64)],
-        scaler=preprocessing.StandardScaler(),
-    )
+    model = Pipeline(FeatureTransform(3), linear.LogisticRegression(3, optimizer=optim.SGD(0.5)))
+    ev = metrics.Prequential(model, [metrics.Accuracy(), metrics.LogLoss(window_size=64)])
     ev.step(X[:64], y[:64])
     # First batch scored by the untrained model: log loss exactly log 2.
     assert ev.get()["LogLoss@64"] == pytest.approx(np.log(2))

@@ -124,6 +124,18 @@ def test_statistics_are_those_of_the_observed_training_values(sizes, seed):
     assert (t.count[~has] == 0).all() and (t.mean[~has] == 0).all()
 
 
+def test_statistics_stay_accurate_for_large_offsets():
+    """Chan's pairwise update, not E[x^2] - E[x]^2, which cancels at 1e9 (variance 1)."""
+    rng = np.random.default_rng(0)
+    X = 1e9 + rng.normal(size=(10_000, 1))
+    t = FeatureTransform(1)
+    for s in range(0, 10_000, 64):
+        t.learn_many(X[s : s + 64])
+    assert t.var[0] == pytest.approx(X.var(), rel=1e-6)
+    Z = t.transform_many(X[:5])
+    assert Z[:, 0] == pytest.approx((X[:5, 0] - X.mean()) / X.std(), abs=1e-6)
+
+
 def test_missing_values_take_the_default_else_the_running_mean():
     t = FeatureTransform(2, defaults={1: 7.0}).learn_many(np.array([[1.0, 2.0], [3.0, 6.0]]))
     Z = t.transform_many(np.array([[np.nan, np.nan]]))

@@ -10,7 +10,8 @@ from river import datasets, linear_model
 from river import preprocessing as river_pre
 from river.datasets import synth
 
-from flowlearn.core import linear, metrics, optim, preprocessing
+from flowlearn.core import linear, metrics, optim
+from flowlearn.core.pipeline import FeatureTransform, Pipeline
 
 
 def materialise(dataset, n):
@@ -31,10 +32,10 @@ def river_accuracy(dicts, y) -> float:
 
 
 def our_accuracy(X, y, batch=32) -> float:
+    d = X.shape[1]
     ev = metrics.Prequential(
-        linear.LogisticRegression(X.shape[1], optimizer=optim.SGD(lr=0.64)),
+        Pipeline(FeatureTransform(d), linear.LogisticRegression(d, optimizer=optim.SGD(lr=0.64))),
         [metrics.Accuracy()],
-        scaler=preprocessing.StandardScaler(),
     )
     for s in range(0, len(y), batch):
         ev.step(X[s : s + batch], y[s : s + batch])
