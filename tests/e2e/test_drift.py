@@ -100,14 +100,16 @@ def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
         if "windowed_error" in v.metrics
     }
 
-    def mean_error(lo, hi):
+    def errors(lo, hi):
         values = [e for applied, e in error.items() if lo <= applied < hi]
         assert len(values) >= 3, f"too few checkpoints in [{lo}, {hi}): {sorted(error)}"
-        return float(np.mean(values))
+        return values
 
-    before = mean_error(2000, CHANGE_AT - 320)
-    after_change = mean_error(CHANGE_AT, CHANGE_AT + 1000)
-    recovered = mean_error(TOTAL - 2500, TOTAL)
+    before = float(np.mean(errors(2000, CHANGE_AT - 320)))
+    # The worst checkpoint interval after the change: a reset model learns again within a
+    # few hundred samples, so the damage shows in the intervals that span the change.
+    after_change = max(errors(CHANGE_AT - 320, CHANGE_AT + 1000))
+    recovered = float(np.mean(errors(TOTAL - 2500, TOTAL)))
     assert after_change > before + 0.1  # the change hurt ...
     assert recovered <= before + 0.05  # ... and the adapted model is back to its level
 

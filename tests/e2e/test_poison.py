@@ -173,13 +173,20 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
     add(
         s, "a bool among the features", p.obj("sample", features=[True] + [0.0] * 9), "bad_features"
     )
-    for literal in ("NaN", "Infinity", "-Infinity", "1e400", "9" * 400):
+    for literal in ("Infinity", "-Infinity", "1e400", "9" * 400):
         add(
             s,
             f"{literal[:12]} among the features",
             p.text("sample", f'"features": [{literal}, 0, 0, 0, 0, 0, 0, 0, 0, 0]', features=DROP),
             "bad_features",
         )
+    # A missing value, which the model's feature pipeline fills (missing = "impute").
+    add(
+        s,
+        "NaN among the features",
+        p.text("sample", '"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]', features=DROP),
+        TRAINED,
+    )
     for count in (0, 9, 11):
         add(s, f"{count} features", p.obj("sample", features=[0.5] * count), "bad_features")
     # Accepted, and trained:
@@ -214,8 +221,8 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
     add(e, "3 features", p.obj("event", features=[0.5] * 3), "bad_features")
     add(
         e,
-        "NaN among the features",
-        p.text("event", '"features": [NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]', features=DROP),
+        "Infinity among the features",
+        p.text("event", '"features": [Infinity, 0, 0, 0, 0, 0, 0, 0, 0, 0]', features=DROP),
         "bad_features",
     )
     add(e, "ts 10 years ahead", p.obj("event", ts=far_future), "bad_field")

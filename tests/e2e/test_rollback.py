@@ -19,7 +19,7 @@ from flowlearn.contracts.redis_contract import (
     redis_client,
 )
 from flowlearn.contracts.spec import ModelSpecs
-from flowlearn.core import codec
+from flowlearn.core import codec, model_types
 from flowlearn.core.training import ModelTrainer, batch_plan
 from flowlearn.devstack.producer import DriftingStream, produce, send_raw
 from flowlearn.registry.mlflow_store import Registry
@@ -30,8 +30,9 @@ from .test_drift import alerts_of
 pytestmark = pytest.mark.e2e
 
 
-def accuracy(weights, X, y):
-    return float((((X @ weights[:-1] + weights[-1]) > 0) == y).mean())
+def accuracy(spec, weights, X, y):
+    """Of the model a published spec and weights vector serve (its feature pipeline too)."""
+    return float((model_types.from_spec(spec, weights).predict_many(X) == y).mean())
 
 
 def weights_published_at(client, keys, model, snap, version):
@@ -110,8 +111,8 @@ def test_a_poisoned_model_is_rolled_back_to_its_registered_checkpoint(stack):
     Xs = np.array([r["features"] for r in data])
     ys = np.array([r["label"] for r in data], dtype=float)
     trainer.train_samples(Xs, ys)
-    poisoned_accuracy = accuracy(trainer.model.weights_vector(), X, y)
-    restored_accuracy = accuracy(served, X, y)
+    poisoned_accuracy = accuracy(snap.spec, trainer.model.weights_vector(), X, y)
+    restored_accuracy = accuracy(snap.spec, served, X, y)
     assert restored_accuracy > poisoned_accuracy + 0.2, (restored_accuracy, poisoned_accuracy)
     assert restored_accuracy > 0.75
 

@@ -132,13 +132,14 @@ def test_model_rollback_republishes_old_weights_bit_for_bit(stack):
     client = redis_client(settings)
     keys = Keys(settings.redis.prefix)
     snap = wait_until(
-        "10 versions",
+        "320 samples applied",
         lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == 320 and s,
         timeout_s=90,
     )
-    target = weights_at(client, keys, model_id, 3, snap.weights.size)
+    version = snap.version - 5  # among the last job.keep_versions, kept for rollbacks
+    target = weights_at(client, keys, model_id, version, snap.weights.size)
     t0 = time.monotonic()
-    out = flowlearn("rollback", "--model", model_id, "--to-version", "3", config=config)
+    out = flowlearn("rollback", "--model", model_id, "--to-version", str(version), config=config)
     assert out.returncode == 0, out.stderr
     rolled = wait_until(
         "the rollback version",
@@ -169,7 +170,8 @@ BAD = {
     b'{"model_id": "demo", "ts": 5, "label": 1}': "missing_field",
     b'{"model_id": "demo", "ts": 5, "features": [1,2,3], "label": 1}': "bad_features",
     (
-        b'{"model_id": "demo", "ts": 5, "features": [NaN,0,0,0,0,0,0,0,0,0], "label": 1}'
+        # (NaN or null is a missing value, which the model's pipeline fills.)
+        b'{"model_id": "demo", "ts": 5, "features": [Infinity,0,0,0,0,0,0,0,0,0], "label": 1}'
     ): "bad_features",
 }
 
