@@ -2,10 +2,11 @@
 in managed state as codec bytes).
 
 Error-rate detectors watch what the trainer's test step saw: ADWIN and DDM the 0/1 errors
-(classifiers), Page-Hinkley the mean loss of each batch (per-sample log losses are
+(classifiers), Page-Hinkley the mean loss of every :data:`SIGNAL_CHUNK` samples or more (a
+batch, or consecutive small batches of a young model: per-sample log losses are
 heavy-tailed enough to trip it while a fresh model is still learning; its change point is
-then counted in batches). Feature-distribution tests (PSI and KS
-against a reference window) watch the first ``n_features_monitored`` features.
+then counted in chunks). Feature-distribution tests (PSI and KS against a reference window)
+watch the first ``n_features_monitored`` features.
 
 >>> import numpy as np
 >>> m = DriftMonitor.create({"type": "logistic"}, n_features=2)
@@ -40,10 +41,14 @@ N_FEATURES_MONITORED = 3
 ALL_DETECTORS = ("adwin", "ddm", "page_hinkley", "psi", "ks")
 
 #: ADWIN is two-sided: it also fires when a model gets better (while it learns). The mean
-#: error of the last RECENT_BATCHES batches against that of the HISTORY_BATCHES before them
+#: error of the last RECENT_BATCHES chunks against that of the HISTORY_BATCHES before them
 #: tells a rise ("up", a degradation worth adapting to) from a fall ("down").
 RECENT_BATCHES = 3
 HISTORY_BATCHES = 20
+#: Page-Hinkley's loss and the error history take means over at least this many samples,
+#: whatever the batches: a young model's batches of one or two samples would make them
+#: noise (Page-Hinkley's threshold is for means of 64 log losses).
+SIGNAL_CHUNK = 64
 
 #: PSI and KS compare the current window with the reference every this many values.
 FEATURE_TEST_EVERY = 100
@@ -80,15 +85,20 @@ class DriftMonitor:
     """The detectors of one model, by name."""
 
     def __init__(
-        self, detectors: dict[str, drift.DriftDetector], error_history: np.ndarray | None = None
+        self,
+        detectors: dict[str, drift.DriftDetector],
+        error_history: np.ndarray | None = None,
+        pending: np.ndarray | None = None,
     ) -> None:
         self.detectors = detectors
-        #: Mean error of the last batches, oldest first (for the direction of an alarm).
+        #: Mean error of the last chunks, oldest first (for the direction of an alarm).
         self.error_history = (
             np.zeros(0)
             if error_history is None
             else error_history[-(RECENT_BATCHES + HISTORY_BATCHES) :]
         )
+        #: Samples scored since the last chunk closed: count, loss sum, error sum.
+        self.pending = np.zeros(3) if pending is None else np.asarray(pending, dtype=np.float64)
 
     @classmethod
     def create(
@@ -103,9 +113,9 @@ class DriftMonitor:
             )
         detectors: dict[str, drift.DriftDetector] = {}
         if "page_hinkley" in wanted:
-            # On batch means: a rise of the loss only (it falls while a model learns), after
-            # 10 batches, by a cumulative excess of 1 (a jump of 0.3 in mean log loss is
-            # seen within about 4 batches).
+            # On chunk means: a rise of the loss only (it falls while a model learns), after
+            # 10 chunks, by a cumulative excess of 1 (a jump of 0.3 in mean log loss is
+            # seen within about 4 chunks).
             detectors["page_hinkley|loss"] = drift.PageHinkley(
                 min_instances=10, threshold=1.0, mode="up"
             )
@@ -141,16 +151,13 @@ class DriftMonitor:
     def update(self, errors: np.ndarray, losses: np.ndarray, X: np.ndarray) -> list[DriftAlarm]:
         """Feed one scored batch (in order); the detections it caused."""
         alarms = []
-        if len(errors):
-            self.error_history = np.append(self.error_history, errors.mean())[
-                -(RECENT_BATCHES + HISTORY_BATCHES) :
-            ]
+        chunk_loss = self._chunk(errors, losses)
         for name, detector in self.detectors.items():
             kind, signal = name.split("|")
             if signal == "error":
                 values = errors
             elif signal == "loss":
-                values = np.array([losses.mean()]) if len(losses) else losses
+                values = chunk_loss
             else:
                 values = X[:, int(signal[len("feature[") : -1])]
                 # A missing value (NaN, filled by the model's pipeline) is no drift signal.
@@ -166,6 +173,21 @@ class DriftMonitor:
                     )
                 )
         return alarms
+
+    def _chunk(self, errors: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        """Add a batch to the open chunk; the chunk's mean loss once it holds SIGNAL_CHUNK
+        samples (and its mean error joins the history), else nothing."""
+        n = len(losses)
+        self.pending += (n, float(losses.sum()) if n else 0.0, float(errors.sum()))
+        count, loss_sum, error_sum = self.pending
+        if count < SIGNAL_CHUNK:
+            return np.zeros(0)
+        self.pending = np.zeros(3)
+        if len(errors):
+            self.error_history = np.append(self.error_history, error_sum / count)[
+                -(RECENT_BATCHES + HISTORY_BATCHES) :
+            ]
+        return np.array([loss_sum / count])
 
     def _direction(self, kind: str, signal: str) -> str:
         if signal.startswith("feature"):
@@ -184,6 +206,7 @@ class DriftMonitor:
             for name, det in self.detectors.items()
         }
         arrays["error_history"] = self.error_history
+        arrays["pending"] = self.pending
         return codec.encode_state(arrays, {"class": "DriftMonitor"})
 
     @classmethod
@@ -192,10 +215,12 @@ class DriftMonitor:
         if meta.get("class") != "DriftMonitor":
             raise codec.CodecError(f"not a DriftMonitor state: {meta.get('class')!r}")
         history = arrays.pop("error_history", None)
+        # Saved before chunks (every batch was one): nothing pending.
+        pending = arrays.pop("pending", None)
         detectors = {}
         for name, raw in arrays.items():
             det = from_bytes(raw.tobytes())
             if not isinstance(det, drift.DriftDetector):
                 raise codec.CodecError(f"{name}: not a drift detector")
             detectors[name] = det
-        return cls(detectors, history)
+        return cls(detectors, history, pending)

@@ -87,3 +87,25 @@ def test_after_a_restart_a_young_model_raises_no_alarm_where_the_old_detectors_w
             assert det.n_seen == features[name].n_seen > 0
         else:
             assert name in fresh.detectors
+
+
+def test_the_loss_signal_is_the_same_however_small_the_batches():
+    """A young model's batches of 1, 2, 4... samples: Page-Hinkley and the error history
+    see means over chunks of at least SIGNAL_CHUNK samples, as with batches of 64."""
+    spec = {"type": "logistic", "detectors": ["page_hinkley", "adwin"]}
+    whole, small = DriftMonitor.create(spec, 0), DriftMonitor.create(spec, 0)
+    for errors, losses, _ in stream(3, n_batches=40):
+        whole.update(errors, losses, np.zeros((64, 0)))
+        for start, size in ((0, 1), (1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32)):
+            part = slice(start, start + size)
+            small.update(errors[part], losses[part], np.zeros((size, 0)))
+    ph_whole, ph_small = whole.detectors["page_hinkley|loss"], small.detectors["page_hinkley|loss"]
+    # The same means (up to the order of their sums), in order: the same Page-Hinkley.
+    np.testing.assert_allclose(
+        ph_small.state_dict()[0]["fields"], ph_whole.state_dict()[0]["fields"], rtol=1e-12
+    )
+    assert ph_small.n_seen == ph_whole.n_seen == 40
+    assert ph_small.n_detections == ph_whole.n_detections
+    np.testing.assert_allclose(small.error_history, whole.error_history, rtol=1e-12)
+    restored = DriftMonitor.from_bytes(small.to_bytes())
+    assert restored.pending.tolist() == small.pending.tolist() == [0.0, 0.0, 0.0]
