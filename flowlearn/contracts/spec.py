@@ -2,7 +2,7 @@
 as :class:`flowlearn.core.spec.ModelSpec` and validated, with errors that name the setting.
 
 >>> from flowlearn.conf import load_settings
->>> specs = ModelSpecs(load_settings())
+>>> specs = ModelSpecs(load_settings(env={}))
 >>> specs.spec_of("demo").n_features
 10
 >>> specs.spec_of("demo").batch_size  # 0 in the spec: job.batch_size

@@ -165,13 +165,13 @@ class SelfTuning(Stateful):
         """The members' weights vectors, then the mixture weights."""
         return np.concatenate([*(m.weights_vector() for m in self.members), self.mixture_weights])
 
-    def set_weights_vector(self, v: np.ndarray) -> None:
+    def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
         size = self.members[0].weights_vector().size
         k = len(self.members)
         if np.shape(v) != (k * size + k,):
             raise ValueError(f"weights vector must have shape ({k * size + k},), got {np.shape(v)}")
         for i, m in enumerate(self.members):
-            m.set_weights_vector(v[i * size : (i + 1) * size])
+            m.set_weights_vector(v[i * size : (i + 1) * size], finite=finite)
         self.mixture_weights = np.array(v[k * size :], dtype=np.float64)
 
     def spec(self) -> dict[str, Any]:

@@ -142,9 +142,16 @@ class _LinearModel(Stateful):
         """Flat float64 copy of every serving parameter: coef (C order), then intercept(s)."""
         return self._w.copy()
 
-    def set_weights_vector(self, v: np.ndarray) -> None:
-        """Overwrite all serving parameters from a :meth:`weights_vector`-shaped vector."""
-        self._w[:] = check_vector(v, self._w.size, "weights vector")
+    def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
+        """Overwrite all serving parameters from a :meth:`weights_vector`-shaped vector
+        (``finite=False``: as they are, NaN and infinity included, as a predictor serves a
+        published version)."""
+        if finite:
+            self._w[:] = check_vector(v, self._w.size, "weights vector")
+            return
+        if np.shape(v) != self._w.shape:
+            raise ValueError(f"weights vector must have shape {self._w.shape}, got {np.shape(v)}")
+        self._w[:] = v
 
     def set_learning_rate(self, lr: float) -> None:
         """Replace the optimizer's learning rate, keeping its state (an operator command)."""

@@ -81,9 +81,10 @@ class ModelType:
 
     def servable(self, published: Mapping[str, Any], weights: np.ndarray) -> Model:
         """A model that predicts with a published spec and weights vector (the model's
-        part of it: no pipeline statistics)."""
+        part of it: no pipeline statistics), as published: non-finite weights, which the
+        trainer never publishes, give non-finite scores, which the predictor refuses."""
         model = self.unfitted(published)
-        model.set_weights_vector(weights)
+        model.set_weights_vector(weights, finite=False)
         return model
 
 

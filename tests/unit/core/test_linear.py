@@ -155,8 +155,14 @@ def test_from_spec_validates():
         model_types.from_spec({"type": "tree", "n_features": 2}, np.zeros(3))
     with pytest.raises(ValueError, match=r"\(3,\)"):
         model_types.from_spec({"type": "logistic", "n_features": 2}, np.zeros(4))
+    # A version is served as published: a NaN weight (never published by the trainer, whose
+    # gate refuses it) gives a NaN score, which the predictor refuses per request.
+    served = model_types.from_spec(
+        {"type": "logistic", "n_features": 2}, np.array([0.0, np.nan, 0.0])
+    )
+    assert np.isnan(served.predict_proba_many(np.ones((1, 2)))).all()
     with pytest.raises(ValueError, match="NaN or infinity"):
-        model_types.from_spec({"type": "logistic", "n_features": 2}, np.array([0.0, np.nan, 0.0]))
+        linear.LogisticRegression(2).set_weights_vector(np.array([0.0, np.nan, 0.0]))
 
 
 def test_huge_inputs_are_rejected_before_corrupting_weights():
