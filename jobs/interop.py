@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyflink.common import Types, WatermarkStrategy
+from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.datastream import DataStream, KeyedStream
 from pyflink.datastream.connectors.base import Sink
 from pyflink.java_gateway import get_gateway
+from pyflink.util.java_utils import add_jars_to_context_class_loader
 
 #: The Flink version these internals were written against.
 WRITTEN_FOR_FLINK = "2.2.1"
@@ -63,11 +64,27 @@ def event_time_in_java(
     return DataStream(j_stream)
 
 
-def has_java_class(class_name: str) -> bool:
-    """Whether ``class_name`` is on the job's classpath (a jar added to the environment)."""
+def _with_job_jars(stream: DataStream) -> None:
+    """Put the jars of ``stream``'s environment (``pipeline.jars``) on the context class
+    loader of the JVM thread that serves this call. ``add_jars`` loads them on the thread
+    that served it, but Py4J may serve a later call of the same Python thread from another
+    JVM thread (its connections are pooled across Python threads), whose loader lacks them:
+    the operators jar then seemed missing in some MiniCluster tests but not others."""
     gateway = get_gateway()
+    j_env = stream._j_data_stream.getExecutionEnvironment()
+    config = gateway.jvm.org.apache.flink.python.util.PythonConfigUtil.getEnvironmentConfig(j_env)
+    jars_key = gateway.jvm.org.apache.flink.configuration.PipelineOptions.JARS.key()
+    jars = Configuration.parse_list_value(config.getString(jars_key, None))
+    if jars:
+        add_jars_to_context_class_loader(jars)
+
+
+def has_java_class(stream: DataStream, class_name: str) -> bool:
+    """Whether ``class_name`` is on the classpath of ``stream``'s job (a jar added to its
+    environment)."""
+    _with_job_jars(stream)
     try:
-        gateway.jvm.Thread.currentThread().getContextClassLoader().loadClass(class_name)
+        get_gateway().jvm.Thread.currentThread().getContextClassLoader().loadClass(class_name)
     except Exception:  # Py4J raises its own error types for a missing class
         return False
     return True
@@ -77,6 +94,7 @@ def java_operator(
     stream: DataStream, name: str, class_name: str, args: tuple[Any, ...], output_type: Any
 ) -> DataStream:
     """``stream`` through the Java stream operator ``class_name(*args)`` (uid ``name``)."""
+    _with_job_jars(stream)
     java_class = get_gateway().jvm
     for part in class_name.split("."):
         java_class = getattr(java_class, part)

@@ -95,7 +95,7 @@ def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
     made in Java by ``RecordBundler`` (operators/java, in the operators jar): the Python
     parser after it is called once per bundle, not once per record (in PyFlink each call
     costs more than parsing a small JSON record)."""
-    if not interop.has_java_class(RECORD_BUNDLER):
+    if not interop.has_java_class(stream, RECORD_BUNDLER):
         raise RuntimeError(
             f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
             "(flowlearn.devstack.jars.operators_jar builds it; `flowlearn submit` and "

@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,25 @@ SIGNAL_CHUNK = 64
 
 #: PSI and KS compare the current window with the reference every this many values.
 FEATURE_TEST_EVERY = 100
+
+
+def chunk_starts(batch_sizes: Sequence[int]) -> list[int]:
+    """For batches of these sizes fed to a monitor in order, the index of the first batch of
+    each chunk it closes: where a loss alarm's change point (counted in chunks) falls.
+
+    >>> chunk_starts([1, 1, 62, 64, 30, 40, 1])
+    [0, 3, 4]
+    """
+    starts: list[int] = []
+    pending = first = 0
+    for i, n in enumerate(batch_sizes):
+        if pending == 0:
+            first = i
+        pending += n
+        if pending >= SIGNAL_CHUNK:  # the rule of DriftMonitor._chunk
+            starts.append(first)
+            pending = 0
+    return starts
 
 
 @dataclass(frozen=True)

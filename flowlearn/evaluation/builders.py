@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from flowlearn.core.checkpointing import CheckpointLedger
+from flowlearn.core.monitoring import chunk_starts
 from flowlearn.evaluation.baselines import BatchBaseline
 from flowlearn.evaluation.data import (
     AXIS_SAMPLES,
@@ -106,6 +107,8 @@ def build_replay(
             VersionPoint(row.version, float(end_of[row.version]), row.kind, row.samples_applied)
         )
     scored = np.concatenate(scored_positions) if scored_positions else np.zeros(0, np.int64)
+    # The loss detector counts chunks of batches (flowlearn.core.monitoring.SIGNAL_CHUNK).
+    chunks = chunk_starts([len(p) for p in scored_positions])
 
     def place(a: Mapping[str, Any]) -> Alert:
         d = a.get("detail") or {}
@@ -121,8 +124,8 @@ def build_replay(
         if a.get("kind") == "drift" and cp is not None:
             if d.get("signal") == "error" and 0 <= cp < len(scored):
                 change_t = float(scored[cp] + 1)
-            elif d.get("signal") == "loss" and 0 <= cp < len(batch_start):
-                change_t = float(batch_start[cp] + 1)
+            elif d.get("signal") == "loss" and 0 <= cp < len(chunks):
+                change_t = float(batch_start[chunks[cp]] + 1)
         return Alert(str(a.get("kind")), t, v, d, int(a.get("ts") or 0), change_t)
 
     placed = tuple(sorted((place(a) for a in alerts), key=lambda a: a.t))

@@ -35,14 +35,14 @@ class KeyAndTime(KeyedProcessFunction):
 def test_keyed_and_timed_in_java_and_a_java_operator_and_the_discarding_sink() -> None:
     settings = load_settings(env={})
     env = local_environment(operators_jar(settings))
-    assert interop.has_java_class(RECORD_BUNDLER)
-    assert not interop.has_java_class("dev.flowlearn.flink.NoSuchOperator")
     timed = [
         (keyed(Feedback("e", model, f"{model}-{i}", 1000 + i, [], math.nan, b"")), 1000 + i)
         for model in ("a", "b")
         for i in range(3)
     ]
     source = env.from_collection(timed, type_info=TIMED_FEEDBACK_TYPE)
+    assert interop.has_java_class(source, RECORD_BUNDLER)
+    assert not interop.has_java_class(source, "dev.flowlearn.flink.NoSuchOperator")
     strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(10))
     rows = interop.event_time_in_java(source, strategy, KEYED_FEEDBACK_TYPE, "wm")
     seen = interop.keyed_in_java(FEEDBACK_TYPE, rows).process(

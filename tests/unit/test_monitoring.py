@@ -1,6 +1,6 @@
 import numpy as np
 
-from flowlearn.core.monitoring import DriftMonitor
+from flowlearn.core.monitoring import DriftMonitor, chunk_starts
 
 
 def stream(seed, n_batches=60, change_at=30):
@@ -94,17 +94,20 @@ def test_the_loss_signal_is_the_same_however_small_the_batches():
     see means over chunks of at least SIGNAL_CHUNK samples, as with batches of 64."""
     spec = {"type": "logistic", "detectors": ["page_hinkley", "adwin"]}
     whole, small = DriftMonitor.create(spec, 0), DriftMonitor.create(spec, 0)
+    sizes = []
     for errors, losses, _ in stream(3, n_batches=40):
         whole.update(errors, losses, np.zeros((64, 0)))
         for start, size in ((0, 1), (1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (32, 32)):
             part = slice(start, start + size)
             small.update(errors[part], losses[part], np.zeros((size, 0)))
+            sizes.append(size)
     ph_whole, ph_small = whole.detectors["page_hinkley|loss"], small.detectors["page_hinkley|loss"]
     # The same means (up to the order of their sums), in order: the same Page-Hinkley.
     np.testing.assert_allclose(
         ph_small.state_dict()[0]["fields"], ph_whole.state_dict()[0]["fields"], rtol=1e-12
     )
-    assert ph_small.n_seen == ph_whole.n_seen == 40
+    assert ph_small.n_seen == ph_whole.n_seen == 40 == len(chunk_starts(sizes))
+    assert chunk_starts(sizes) == list(range(0, 7 * 40, 7))  # a chunk starts at each 1
     assert ph_small.n_detections == ph_whole.n_detections
     np.testing.assert_allclose(small.error_history, whole.error_history, rtol=1e-12)
     restored = DriftMonitor.from_bytes(small.to_bytes())
