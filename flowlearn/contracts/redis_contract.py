@@ -3,6 +3,7 @@
 Keys (``prefix`` defaults to ``fl:``)::
 
     {prefix}models                 set     model ids
+    {prefix}deleted                hash    model id -> deletion time (ms since epoch)
     {prefix}epoch                  string  counter: each publisher (re)start takes the next epoch
     {prefix}model:{m}:snapshot     hash    epoch, version, samples_applied, codec, spec, weights, ts
     {prefix}model:{m}:deltas       stream  epoch, version, base_version, codec, delta, ts
@@ -11,6 +12,10 @@ Keys (``prefix`` defaults to ``fl:``)::
 Delta entries carry the explicit stream id ``{epoch}-{version}``: ids then grow with the
 epoch and, within it, the version, and a retried write of the same version is refused by
 Redis as a duplicate, so writes are idempotent.
+
+A deleted model's keys are removed and its id moves from ``models`` to ``deleted`` in one
+transaction: a reader then tells a deleted model (forget it) from one that is merely missing
+(Redis may have lost its data: keep serving it). Publishing the id again moves it back.
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ class Keys:
     @property
     def models(self) -> str:
         return f"{self.prefix}models"
+
+    @property
+    def deleted(self) -> str:
+        return f"{self.prefix}deleted"
 
     @property
     def epoch(self) -> str:
@@ -189,6 +198,8 @@ class Publisher:
                 },
             )
         pipe.sadd(self.keys.models, mv.model_id)
+        # A model created again after a delete is live again.
+        pipe.hdel(self.keys.deleted, mv.model_id)
         pipe.xadd(
             self.keys.deltas(mv.model_id),
             {
@@ -211,3 +222,18 @@ class Publisher:
                 return False
             raise
         return True
+
+    def delete(self, model_id: str) -> None:
+        """Remove ``model_id``'s keys and record when it was deleted; idempotent (a retry
+        only moves the recorded time on).
+
+        One transaction, so a reader never sees the model listed without its keys, nor
+        gone from ``models`` without the ``deleted`` entry that says it was on purpose.
+        """
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(
+            self.keys.snapshot(model_id), self.keys.deltas(model_id), self.keys.pin(model_id)
+        )
+        pipe.srem(self.keys.models, model_id)
+        pipe.hset(self.keys.deleted, model_id, now_ms())
+        pipe.execute()

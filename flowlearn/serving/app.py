@@ -9,6 +9,7 @@ See docs/predictor.md for the API, the flags and the metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -31,7 +32,7 @@ from flowlearn.serving.baseline import load_baseline
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.openapi import OPENAPI
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
-from flowlearn.serving.replica import BLOCK_MS, Follower, Served, Version
+from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
 
 log = logging.getLogger("flowlearn.serving")
 
@@ -76,7 +77,21 @@ class Predictor:
         self._latency[route].observe(time.perf_counter() - started)
 
     def model_ids(self) -> list[str]:
-        return sorted(set(self.follower.replicas) | set(self.baselines))
+        return sorted(
+            set(self.follower.replicas) | (set(self.baselines) - set(self.follower.deleted))
+        )
+
+    def missing(self, model_id: str, replica: ModelReplica | None) -> str | None:
+        """Why ``model_id`` (whose replica the caller looked up once) answers 404, or None.
+
+        A deleted model is gone even where a baseline could answer for it: deleting a model
+        means the predictor forgets it.
+        """
+        if replica is not None:
+            return None
+        if model_id in self.follower.deleted:
+            return f"model '{model_id}' was deleted"
+        return None if model_id in self.baselines else f"model '{model_id}' not found"
 
     def describe(self, model_id: str) -> dict[str, Any]:
         """A model's state as GET /v1/models/{m} shows it."""
@@ -186,11 +201,12 @@ async def predict(request: web.Request) -> web.Response:
     limits = p.settings.predictor
     model_id = request.match_info["model"]
     replica = p.follower.replicas.get(model_id)
+    missing = p.missing(model_id, replica)
+    if missing is not None:
+        return _error(p, "predict", 404, missing, started)
     served: Served | None = replica.served if replica is not None else None
     baseline = p.baselines.get(model_id)
     if served is None and baseline is None:
-        if replica is None:
-            return _error(p, "predict", 404, f"model '{model_id}' not found", started)
         return _error(p, "predict", 503, f"model '{model_id}' has no weights loaded yet", started)
     if (request.content_length or 0) > limits.max_body_bytes:
         return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes", started)
@@ -330,8 +346,9 @@ async def get_model(request: web.Request) -> web.Response:
     started = time.perf_counter()
     p = request.app[PREDICTOR]
     model_id = request.match_info["model"]
-    if model_id not in p.follower.replicas and model_id not in p.baselines:
-        return _error(p, "model", 404, f"model '{model_id}' not found", started)
+    missing = p.missing(model_id, p.follower.replicas.get(model_id))
+    if missing is not None:
+        return _error(p, "model", 404, missing, started)
     p.done("model", 200, started)
     return _json(p.describe(model_id))
 
@@ -367,6 +384,20 @@ async def metrics(request: web.Request) -> web.Response:
         m.model_age.labels(model_id).set(age)
         m.model_stale.labels(model_id).set(int(age > p.settings.predictor.stale_after_s))
         m.pin_missing.labels(model_id).set(int(served.pin_missing))
+    # A deleted model's gauges would otherwise show its last state for as long as we run.
+    model_gauges = (
+        m.model_version,
+        m.model_latest_version,
+        m.model_epoch,
+        m.model_age,
+        m.model_stale,
+        m.pin_missing,
+    )
+    for model_id in p.follower.deleted:
+        for gauge in model_gauges:
+            # Older prometheus-client versions raise for a label set they do not have.
+            with contextlib.suppress(KeyError):
+                gauge.remove(model_id)
     if p.log is not None:
         m.log_queue.set(p.log.depth())
     return web.Response(

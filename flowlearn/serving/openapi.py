@@ -10,6 +10,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERROR = _json({"$ref": "#/components/schemas/Error"}, "error, with a message naming the field")
+_NOT_FOUND = _json(
+    {"$ref": "#/components/schemas/Error"},
+    "no such model: never known here, or deleted (the message says which)",
+)
 _MODEL_PARAM = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 
 OPENAPI: dict[str, Any] = {
@@ -45,7 +49,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_MODEL_PARAM],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Model"}, "the model"),
-                    "404": _ERROR,
+                    "404": _NOT_FOUND,
                 },
             }
         },
@@ -64,7 +68,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/PredictResponse"}, "predictions"),
                     "400": _ERROR,
-                    "404": _ERROR,
+                    "404": _NOT_FOUND,
                     "413": _ERROR,
                     "503": _json(
                         {"$ref": "#/components/schemas/Error"},

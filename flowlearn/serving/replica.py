@@ -16,6 +16,9 @@ snapshot headers: a snapshot ahead of the replica is loaded, and a snapshot that
 missing or moved backwards means Redis lost its data — the replica then keeps serving what
 it holds but applies nothing more until it can load the new lineage's snapshot.
 
+A model in the ``deleted`` hash was deleted on purpose, unlike one that merely went missing:
+its replica is dropped, and it is served again only once it is published again.
+
 A new version's weights are built completely, made read-only, and only then published by
 one reference assignment (``replica.served``), so a request sees exactly one published
 version, never a mix; the follower thread is the only writer.
@@ -246,6 +249,9 @@ class Follower:
         self.redis_ok = False
         #: True once the models set has been read: only then is "every model loaded" known.
         self.models_known = False
+        #: Deleted models (no replica) -> deletion time in ms; replaced whole, never modified,
+        #: so a request reads one consistent mapping.
+        self.deleted: Mapping[str, int] = {}
         self._history = history
         self._refresh_s = refresh_s
         self._last_refresh = float("-inf")
@@ -255,13 +261,31 @@ class Follower:
     # ------------------------------------------------------------------ one round
 
     def refresh(self) -> None:
-        """Re-read the models set, each model's snapshot header, and the pins."""
-        for raw in self.client.smembers(self.keys.models):
-            model_id = raw.decode()
-            if model_id not in self.replicas:
-                self.replicas[model_id] = ModelReplica(model_id, self._history)
-                self._stream_models[self.keys.deltas(model_id).encode()] = model_id
-        # Every model held, listed or not: a model missing from Redis may mean lost data.
+        """Re-read the models set, the deleted models, each model's snapshot header, and the
+        pins."""
+        # No MULTI: a predictor may log in as a read-only user (docs/security.md). In this
+        # order, a delete between the two reads shows the model in neither (missing: kept, as
+        # before the delete) and a publish shows it in both (listed wins, as after it).
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.deleted)
+        pipe.smembers(self.keys.models)
+        deletions, members = pipe.execute()
+        listed = {raw.decode() for raw in members}
+        for model_id in sorted(listed - self.replicas.keys()):
+            self.replicas[model_id] = ModelReplica(model_id, self._history)
+            self._stream_models[self.keys.deltas(model_id).encode()] = model_id
+        deleted: dict[str, int] = {}
+        for key, raw in deletions.items():
+            if (model_id := key.decode()) not in listed:
+                deleted[model_id] = self._parse_deleted(model_id, raw)
+        # The new mapping before the replicas go: a request that finds no replica then finds
+        # the model here (and a re-created one has its replica before it leaves the mapping).
+        self.deleted = deleted
+        for model_id in deleted.keys() & self.replicas.keys():
+            del self.replicas[model_id]
+            del self._stream_models[self.keys.deltas(model_id).encode()]
+            log.info("%s: deleted; no longer served", model_id)
+        # Every other model held, listed or not: a model missing from Redis may mean lost data.
         models = sorted(self.replicas)
         pipe = self.client.pipeline(transaction=False)
         for model_id in models:
@@ -388,6 +412,16 @@ class Follower:
             return
         if loaded:
             self.metrics.reloads.labels(replica.model_id, reason).inc()
+
+    def _parse_deleted(self, model_id: str, raw: bytes) -> int:
+        """The deletion time; an unreadable one still deletes the model (membership says
+        so), recorded as 0 rather than stopping every refresh."""
+        try:
+            return int(raw)
+        except ValueError:
+            log.warning("%s: deletion time %r is not a number; taken as 0", model_id, raw)
+            self.metrics.stream_errors.labels(model_id, "bad_deleted").inc()
+            return 0
 
     def _parse_pin(self, model_id: str, raw: bytes | None) -> int | None:
         if raw is None:
