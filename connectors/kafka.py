@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyflink.common import WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, SimpleStringSchema
+from pyflink.common.serialization import ByteArraySchema, SerializationSchema, SimpleStringSchema
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -52,18 +52,22 @@ def source_watermarks() -> WatermarkStrategy:
     return WatermarkStrategy.no_watermarks()
 
 
-def json_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
+def json_sink(
+    settings: Settings, topic: str, name: str, key: SerializationSchema | None = None
+) -> KafkaSink:
     """An exactly-once sink of JSON strings (visible to read_committed consumers after a
-    checkpoint completes)."""
+    checkpoint completes); ``key`` makes each record's Kafka key (none: no key)."""
+    records = (
+        KafkaRecordSerializationSchema.builder()
+        .set_topic(topic)
+        .set_value_serialization_schema(SimpleStringSchema())
+    )
+    if key is not None:
+        records = records.set_key_serialization_schema(key)
     return (
         with_security(KafkaSink.builder(), settings)
         .set_bootstrap_servers(settings.kafka.bootstrap)
-        .set_record_serializer(
-            KafkaRecordSerializationSchema.builder()
-            .set_topic(topic)
-            .set_value_serialization_schema(SimpleStringSchema())
-            .build()
-        )
+        .set_record_serializer(records.build())
         .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
         .set_transactional_id_prefix(f"{settings.job.name}-{name}")
         .set_property("transaction.timeout.ms", str(TRANSACTION_TIMEOUT_MS))

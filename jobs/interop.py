@@ -94,13 +94,19 @@ def java_operator(
     stream: DataStream, name: str, class_name: str, args: tuple[Any, ...], output_type: Any
 ) -> DataStream:
     """``stream`` through the Java stream operator ``class_name(*args)`` (uid ``name``)."""
+    operator = java_object(stream, class_name, *args)
+    j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
+    return DataStream(j_stream.uid(name))
+
+
+def java_object(stream: DataStream, class_name: str, *args: Any) -> Any:
+    """A new ``class_name(*args)`` of ``stream``'s job classpath (the operators jar), as a
+    Py4J object to hand to a PyFlink wrapper."""
     _with_job_jars(stream)
     java_class = get_gateway().jvm
     for part in class_name.split("."):
         java_class = getattr(java_class, part)
-    operator = java_class(*args)
-    j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
-    return DataStream(j_stream.uid(name))
+    return java_class(*args)
 
 
 def discarding_sink() -> Sink:

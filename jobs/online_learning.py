@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Duration, Types, WatermarkStrategy
+from pyflink.common.serialization import SerializationSchema
 from pyflink.datastream import (
+    BroadcastProcessFunction,
     DataStream,
-    ProcessFunction,
     StreamExecutionEnvironment,
 )
 
@@ -44,6 +45,7 @@ from flowlearn.operators.types import (
     TIMED_FEEDBACK_TYPE,
     VERSION_TYPE,
 )
+from flowlearn.state import descriptors
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name:
 #: 512 KiB are refused anyway (``too_large``).
 INPUT_BUNDLE_MAX_BYTES = 1 << 20
 RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
+#: The Kafka key of the job's JSON records: their model id (in the operators jar too).
+MODEL_ID_KEY = "dev.flowlearn.flink.ModelIdKey"
 
 
 def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
@@ -140,35 +144,29 @@ def build_pipeline(
     topics = settings.kafka.topics
     raw = sources or _kafka_sources(env, settings)
 
-    def parse(
-        stream: DataStream, parser: ProcessFunction, output_type: Any, name: str
-    ) -> DataStream:
-        return stream.process(parser, output_type=output_type).name(name).uid(name)
+    control = (
+        bundled(raw.control, settings, "control-bundles")
+        .process(ParseControl(settings, topics.control), output_type=CONTROL_TYPE)
+        .name("parse-control")
+        .uid("parse-control")
+    )
+    # Every parser of model records sees every control row: `create` and `delete` change
+    # which spec a model's records are checked against (docs/models.md).
+    spec_changes = control.broadcast(descriptors.RUNTIME_SPECS)
 
-    parsed_samples = parse(
-        bundled(raw.samples, settings, "samples-bundles"),
-        ParseSamples(settings, topics.samples),
-        KEYED_SAMPLE_TYPE,
-        "parse-samples",
-    )
-    parsed_events = parse(
-        bundled(raw.events, settings, "events-bundles"),
-        ParseEvents(settings, topics.events),
-        TIMED_FEEDBACK_TYPE,
-        "parse-events",
-    )
-    parsed_labels = parse(
-        bundled(raw.labels, settings, "labels-bundles"),
-        ParseLabels(settings, topics.labels),
-        TIMED_FEEDBACK_TYPE,
-        "parse-labels",
-    )
-    control = parse(
-        bundled(raw.control, settings, "control-bundles"),
-        ParseControl(settings, topics.control),
-        CONTROL_TYPE,
-        "parse-control",
-    )
+    def parse(topic: str, parser: BroadcastProcessFunction, output_type: Any) -> DataStream:
+        name = f"parse-{topic}"
+        return (
+            bundled(getattr(raw, topic), settings, f"{topic}-bundles")
+            .connect(spec_changes)
+            .process(parser, output_type=output_type)
+            .name(name)
+            .uid(name)
+        )
+
+    parsed_samples = parse("samples", ParseSamples(settings, topics.samples), KEYED_SAMPLE_TYPE)
+    parsed_events = parse("events", ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE)
+    parsed_labels = parse("labels", ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE)
     # Event time on each stream before the union: the join's watermark is the lesser of the
     # two (a side idle for idleness_ms is left out).
     feedback = interop.keyed_in_java(
@@ -230,13 +228,18 @@ def build_pipeline(
         )
         published.sink_to(interop.discarding_sink()).name("published").uid("published")
     if kafka_sinks:
+        # Alerts and commands carry their model id as the Kafka key: one model's records
+        # keep their order (the job's commands after a user's, say).
+        def model_key_schema() -> SerializationSchema:
+            return SerializationSchema(interop.java_object(alerts, MODEL_ID_KEY))
+
         dlq.sink_to(kafka.json_sink(settings, topics.dlq, "dlq")).name("dlq-sink").uid("dlq-sink")
-        alerts.sink_to(kafka.json_sink(settings, topics.alerts, "alerts")).name("alerts-sink").uid(
+        alerts.sink_to(kafka.json_sink(settings, topics.alerts, "alerts", model_key_schema())).name(
             "alerts-sink"
-        )
-        adaptations.sink_to(kafka.json_sink(settings, topics.control, "control")).name(
-            "adaptation-sink"
-        ).uid("adaptation-sink")
+        ).uid("alerts-sink")
+        adaptations.sink_to(
+            kafka.json_sink(settings, topics.control, "control", model_key_schema())
+        ).name("adaptation-sink").uid("adaptation-sink")
     return PipelineStreams(versions, dlq, alerts, adaptations, published, evaluated)
 
 

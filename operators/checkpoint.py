@@ -13,6 +13,7 @@ creates nothing new.
 
 from __future__ import annotations
 
+import json
 import queue
 import sys
 import threading
@@ -29,6 +30,7 @@ from flowlearn.contracts.records import control_record, now_ms
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
 from flowlearn.operators.drift import CONTROL_OUT_TAG
+from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
 from flowlearn.operators.types import Evaluated
@@ -131,6 +133,7 @@ class CheckpointOperator(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.ledger_state = runtime_context.get_state(descriptors.CHECKPOINT_LEDGER)
         self.weights = runtime_context.get_map_state(descriptors.CHECKPOINT_WEIGHTS)
+        self.model_specs = KeyedSpecs(self.specs, runtime_context)
         self.ledgers: dict[str, CheckpointLedger] = {}
         self.registrar: Registrar | None = None
         group = runtime_context.get_metrics_group()
@@ -143,7 +146,7 @@ class CheckpointOperator(KeyedProcessFunction):
 
     def _new_ledger(self, model_id: str) -> CheckpointLedger:
         job = self.settings.job
-        spec = self.specs.spec_of(model_id)
+        spec = self.model_specs.spec_of(model_id)
         return CheckpointLedger(
             every=job.checkpoint_every_versions,
             keep=job.keep_checkpoints,
@@ -177,7 +180,17 @@ class CheckpointOperator(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         row = Evaluated._make(value)
         model_id, version, weights = row.model_id, row.version, row.weights
+        if row.kind in ("create", "delete"):  # a new model, or none: its checkpoints go
+            self.ledger_state.clear()
+            self.weights.clear()
+            self.ledgers.pop(model_id, None)
+            self.model_specs.set_entry(model_id, row.spec)
+            if row.kind == "delete":
+                return
         ledger = self._ledger(model_id)
+        if row.kind == "update":  # of the live fields, this operator reads auto_rollback
+            self.model_specs.set_changes(model_id, json.loads(row.spec))
+            ledger.auto_rollback = self.model_specs.spec_of(model_id).auto_rollback
         if self.registrar is not None:
             for confirmed in self.registrar.confirmed(model_id):
                 ledger.mark_registered(confirmed)

@@ -5,6 +5,7 @@ Kafka)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from flowlearn.conf import Settings
 from flowlearn.contracts.records import control_record
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.monitoring import DriftMonitor
+from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
 from flowlearn.operators.types import Evaluated
@@ -42,6 +44,7 @@ class DriftOperator(KeyedProcessFunction):
         # The version of the model's last adaptation, in state: a restart must not let a
         # model be reset twice within one cooldown.
         self.last_adapted = runtime_context.get_state(descriptors.DRIFT_LAST_ADAPTED)
+        self.model_specs = KeyedSpecs(self.specs, runtime_context)
         group = runtime_context.get_metrics_group()
         self.alarms = group.counter("drift_alarms")
         self.adaptations = group.counter("drift_adaptations")
@@ -54,7 +57,7 @@ class DriftOperator(KeyedProcessFunction):
             if saved is not None:
                 monitor = DriftMonitor.from_bytes(bytes(saved))
             else:
-                spec = self.specs.spec_of(model_id)
+                spec = self.model_specs.spec_of(model_id)
                 monitor = DriftMonitor.create(spec.as_dict(), n_monitored, n_monitored)
             self.monitors[model_id] = monitor
         return monitor
@@ -62,11 +65,23 @@ class DriftOperator(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         row = Evaluated._make(value)
         model_id, version, n_monitored = row.model_id, row.version, row.n_monitored
+        if row.kind in ("create", "update", "delete"):
+            # A new model, new detectors, or no model: the detectors start again.
+            self.state.clear()
+            if row.kind != "update":  # the cooldown of the model's last adaptation holds
+                self.last_adapted.clear()
+            self.monitors.pop(model_id, None)
+            self.batches.pop(model_id, None)
+            if row.kind == "update":
+                self.model_specs.set_changes(model_id, json.loads(row.spec))
+            else:
+                self.model_specs.set_entry(model_id, row.spec)
+            return
         if row.kind != "train":
             # A rollback or reset scored no samples, but its weights are new: their errors
             # are not to be compared with the old weights'.
             if model_id in self.monitors or self.state.value() is not None:
-                spec = self.specs.spec_of(model_id)
+                spec = self.model_specs.spec_of(model_id)
                 monitor = self._monitor(model_id, n_monitored).restarted(spec.as_dict())
                 self.monitors[model_id] = monitor
                 self.state.update(monitor.to_bytes())
@@ -90,7 +105,7 @@ class DriftOperator(KeyedProcessFunction):
             )
         job = self.settings.job
         performance_alarm = any(a.degraded for a in alarms)
-        spec = self.specs.spec_of(model_id)
+        spec = self.model_specs.spec_of(model_id)
         last_adapted = self.last_adapted.value()
         if (
             performance_alarm

@@ -8,9 +8,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pyflink.common import Row, Types
-from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import (
+    BroadcastProcessFunction,
+    OutputTag,
+    ProcessFunction,
+    RuntimeContext,
+)
 
-from flowlearn.conf import Settings
+from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import (
     RecordError,
     Sample,
@@ -23,8 +28,10 @@ from flowlearn.contracts.records import (
     parse_sample,
     parse_sample_batch,
 )
-from flowlearn.contracts.spec import ModelSpecs
+from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
+from flowlearn.core.control import SHAPE_COMMANDS
 from flowlearn.operators.types import ControlCommand, Feedback, Samples, keyed
+from flowlearn.state import descriptors
 from flowlearn.state.rows import to_row
 
 #: Dead-letter records (JSON strings in the ``fl.dlq`` format, docs/architecture.md).
@@ -33,7 +40,7 @@ DLQ_TAG = OutputTag("dlq", Types.STRING())
 SpecFor = Callable[[str], Mapping[str, Any] | None]
 
 
-class _ParseRecords(ProcessFunction):
+class _ParseRecords:
     """Bundles of raw records of one topic (:func:`unbundle`) -> typed rows; anything
     unusable -> :data:`DLQ_TAG`. Subclasses say what a record gives (:meth:`parse`) and, if
     they gather rows over a bundle, what is left at its end (:meth:`end_of_bundle`)."""
@@ -49,7 +56,7 @@ class _ParseRecords(ProcessFunction):
         group = runtime_context.get_metrics_group()
         self.parsed = group.counter(f"{self.what}_parsed")
         self.dead = group.counter(f"{self.what}_dlq")
-        self.spec_for: SpecFor = ModelSpecs(self.settings).dict_of
+        self.specs = ModelSpecs(self.settings)
         unknown = group.counter(f"{self.what}_unknown_features")
         #: Hears every feature name a record gives that its model does not have.
         self.on_unknown = lambda _name: unknown.inc()
@@ -61,9 +68,9 @@ class _ParseRecords(ProcessFunction):
     def end_of_bundle(self) -> Iterable[Any]:
         return ()
 
-    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+    def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
         parsed = 0
-        for raw in unbundle(bytes(value)):
+        for raw in unbundle(bundle):
             try:
                 out = self.parse(raw)
             except RecordError as exc:
@@ -74,6 +81,65 @@ class _ParseRecords(ProcessFunction):
             yield from out
         self.parsed.inc(parsed)
         yield from self.end_of_bundle()
+
+
+class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
+    """A parser of one model's records (samples, events, labels): it checks them against the
+    model's spec, which is ``conf/``'s unless a ``create`` or ``delete`` command (its
+    broadcast input: every ``fl.control`` row) gave the model a runtime entry. The entries
+    live in the broadcast state (:data:`flowlearn.state.descriptors.RUNTIME_SPECS`), so they
+    survive restarts; a dict mirrors them for the per-record lookups."""
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
+        #: Spec dicts of the models with a runtime entry (None: unknown, the policy says DLQ);
+        #: None until the broadcast state has been read after a (re)start.
+        self.runtime_dicts: dict[str, dict[str, Any] | None] | None = None
+        self.spec_for: SpecFor = self._spec_for
+
+    def _spec_for(self, model_id: str) -> Mapping[str, Any] | None:
+        assert self.runtime_dicts is not None
+        if model_id in self.runtime_dicts:
+            return self.runtime_dicts[model_id]
+        return self.specs.dict_of(model_id)
+
+    def _learn(self, model_id: str, entry: str) -> None:
+        assert self.runtime_dicts is not None
+        spec = self.specs.model_spec(model_id, entry)
+        self.runtime_dicts[model_id] = None if spec is None else spec.as_dict()
+
+    def _restore(self, ctx: Any) -> None:
+        if self.runtime_dicts is None:
+            self.runtime_dicts = {}
+            for model_id, entry in ctx.get_broadcast_state(descriptors.RUNTIME_SPECS).items():
+                self._learn(model_id, entry)
+
+    def process_element(self, value: Any, ctx: BroadcastProcessFunction.ReadOnlyContext) -> Any:
+        self._restore(ctx)
+        yield from self.parse_bundle(bytes(value))
+
+    def process_broadcast_element(self, value: Any, ctx: BroadcastProcessFunction.Context) -> Any:
+        command = ControlCommand._make(value)
+        if command.command not in SHAPE_COMMANDS:
+            return
+        self._restore(ctx)
+        entries = ctx.get_broadcast_state(descriptors.RUNTIME_SPECS)
+        entry = runtime_entry_of(command)
+        if command.command == "create":
+            current = entries.get(command.model_id) if entries.contains(command.model_id) else None
+            if not create_applies(current, entry):
+                return  # the trainer refuses it too (the same rule, on the same entries)
+        entries.put(command.model_id, entry)
+        self._learn(command.model_id, entry)
+        yield from ()
+
+
+def runtime_entry_of(command: ControlCommand) -> str:
+    """The runtime entry a ``create`` or ``delete`` command gives its model (the parser
+    left a ``create``'s spec complete and validated in its args)."""
+    if command.command == "delete":
+        return DELETED
+    return json.dumps(json.loads(command.args)["spec"], sort_keys=True)
 
 
 def unbundle(bundle: bytes) -> Iterator[bytes]:
@@ -123,7 +189,7 @@ class _ModelSamples:
         )
 
 
-class ParseSamples(_ParseRecords):
+class ParseSamples(_ParseModelRecords):
     """Bundles of ``fl.samples`` records (JSON, or bulk Arrow IPC; see :func:`unbundle`) ->
     ``KEYED_SAMPLE_TYPE`` pairs (model id, ``SAMPLE_TYPE`` row): a row per bulk record, and
     one for the JSON samples of each model in the bundle. A model's samples keep their order.
@@ -159,7 +225,7 @@ class ParseSamples(_ParseRecords):
         return rows
 
 
-class _ParseFeedback(_ParseRecords):
+class _ParseFeedback(_ParseModelRecords):
     """Events and labels, as ``TIMED_FEEDBACK_TYPE`` tuples ((model id, row) and its ``ts``,
     for the job's timestamp assigner): their ``ts`` drives the label join's watermark (one for all
     models). A record dated further ahead of this operator's clock than
@@ -208,11 +274,27 @@ class ParseLabels(_ParseFeedback):
         )
 
 
-class ParseControl(_ParseRecords):
-    """``fl.control`` -> ``CONTROL_TYPE`` rows (unknown commands to the DLQ)."""
+class ParseControl(_ParseRecords, ProcessFunction):
+    """``fl.control`` -> ``CONTROL_TYPE`` rows (unknown commands to the DLQ). A ``create``
+    leaves with its spec validated and complete, an ``update`` with its changes checked
+    (``bad_spec``, naming the field, when they are not valid)."""
 
     what = "control"
 
+    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        yield from self.parse_bundle(bytes(value))
+
     def parse(self, raw: bytes) -> tuple[Row]:
         c = parse_control(raw)
-        return (to_row(ControlCommand(c.model_id, c.command, json.dumps(c.args), c.ts, c.source)),)
+        args = c.args
+        try:
+            if c.command == "create":
+                args = {
+                    **args,
+                    "spec": json.loads(self.specs.runtime_entry(args["spec"], "args.spec")),
+                }
+            elif c.command == "update":  # checked again by the trainer, on the model's own spec
+                self.specs.updated_entry(self.specs.defaults, args["changes"], "args.changes")
+        except ConfigError as exc:
+            raise RecordError("bad_spec", str(exc)) from None
+        return (to_row(ControlCommand(c.model_id, c.command, json.dumps(args), c.ts, c.source)),)

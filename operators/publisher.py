@@ -1,4 +1,5 @@
-"""Publishes each model version to Redis (docs/architecture.md, "Redis") under a fresh epoch."""
+"""Publishes each model version to Redis (docs/architecture.md, "Redis") under a fresh epoch,
+and removes a deleted model from it."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class RedisPublisher(ProcessFunction):
         group = runtime_context.get_metrics_group()
         self.published = group.counter("versions_published")
         self.retries = group.counter("publish_retries")
+        self.deleted = group.counter("models_deleted")
         self.last_version = 0
         group.gauge("last_published_version", lambda: self.last_version)
         self.publisher = self._with_retries(
@@ -55,7 +57,12 @@ class RedisPublisher(ProcessFunction):
 
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Row]:
         # By field order: a Row handed over inside a fused Python chain has no names.
-        mv = Version._make(value).model_version()
+        version = Version._make(value)
+        if version.is_deletion:
+            self._with_retries(lambda: self.publisher.delete(version.model_id))
+            self.deleted.inc()
+            return
+        mv = version.model_version()
         self._with_retries(lambda: self.publisher.publish(mv))
         self.published.inc()
         self.last_version = mv.version

@@ -27,16 +27,19 @@ import numpy as np
 from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 
-from flowlearn.conf import Settings
+from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import dlq_record, encode_sample_batch, now_ms
-from flowlearn.contracts.spec import ModelSpecs
+from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
 from flowlearn.core import codec
-from flowlearn.core.control import apply_command
+from flowlearn.core.control import LIFECYCLE_COMMANDS, apply_command
 from flowlearn.core.dedupe import SeenIds
+from flowlearn.core.model_types import model_type
 from flowlearn.core.retention import Retention
+from flowlearn.core.spec import learning_rates
 from flowlearn.core.training import ModelTrainer, ModelVersion
+from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
-from flowlearn.operators.parse import DLQ_TAG
+from flowlearn.operators.parse import DLQ_TAG, runtime_entry_of
 from flowlearn.operators.types import (
     EVAL_TYPE,
     ControlCommand,
@@ -106,6 +109,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.checkpoints = runtime_context.get_map_state(descriptors.CHECKPOINT_VERSIONS)
         self.kept = _KeptVersions(self.recent, self.checkpoints)
         self.paused = runtime_context.get_state(descriptors.PAUSED)
+        self.model_specs = KeyedSpecs(self.specs, runtime_context)
         # Hot caches, rebuilt from state after every (re)start. A restored partial batch
         # still has its flush timer: Flink restores timers with the state.
         self.trainers: dict[str, ModelTrainer] = {}
@@ -126,10 +130,14 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.last_loss = 0.0
         group.gauge("prequential_loss", lambda: int(self.last_loss * 1e6))
 
+    def _version_of(self, model_id: str) -> int:
+        trainer = self.trainers.get(model_id)
+        return 0 if trainer is None else trainer.version
+
     def _trainer(self, model_id: str) -> ModelTrainer:
         trainer = self.trainers.get(model_id)
         if trainer is None:
-            spec = self.specs.spec_of(model_id)
+            spec = self.model_specs.spec_of(model_id)
             state = self.model_state.value()
             if state is None:
                 trainer = ModelTrainer.create(model_id, spec.as_dict())
@@ -144,10 +152,13 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             self.trainers[model_id] = trainer
             if model_id not in self.model_loss:  # gauges once per model and process
                 self.model_loss[model_id] = 0.0
-                self.per_model.gauge(model_id, "version", lambda: self.trainers[model_id].version)
+                # A deleted model's gauges stay registered (Flink cannot drop them) and read 0.
+                self.per_model.gauge(model_id, "version", lambda: self._version_of(model_id))
                 # Gauges are integers in PyFlink: the loss in millionths.
                 self.per_model.gauge(
-                    model_id, "prequential_loss", lambda: int(self.model_loss[model_id] * 1e6)
+                    model_id,
+                    "prequential_loss",
+                    lambda: int(self.model_loss.get(model_id, 0.0) * 1e6),
                 )
                 self._missing_value_gauges(model_id, trainer)
         return trainer
@@ -162,7 +173,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         for col, name in enumerate(names[:MAX_FEATURE_GAUGES]):
 
             def read(col: int = col) -> int:
-                missing = self.trainers[model_id].model.features.missing
+                trainer = self.trainers.get(model_id)
+                if trainer is None:
+                    return 0
+                missing = trainer.model.features.missing
                 return int(missing[col]) if col < len(missing) else 0
 
             self.per_model.feature_gauge(model_id, name, "missing_values", read)
@@ -190,6 +204,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # By field order: a Row handed over inside a fused Python chain has no names.
         model_id, ts, features, labels, event_ids = Samples._make(value)
+        refused = self._misfit(model_id, len(features), len(labels))
+        if refused is not None:
+            yield from self._refuse(model_id, ts, features, labels, *refused)
+            return
         if model_id not in self.buffered:
             self._load(model_id)
         if event_ids and self.settings.job.sample_dedupe_window_ms:
@@ -213,6 +231,37 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             yield from self._flush(model_id, ctx, whole=False)
         elif count == len(labels):  # a new batch: bound its latency
             self._time_out_batch(model_id, ctx)
+
+    def _misfit(self, model_id: str, n_values: int, n_samples: int) -> tuple[str, str] | None:
+        """Why samples the parser let through do not fit the model here, or None. It
+        happens only around a ``create`` or ``delete``: the parser and the trainer hear of
+        it on two paths, and a record checked under the one spec can reach the trainer
+        under the other."""
+        spec = self.model_specs.model_spec(model_id)
+        if spec is None:
+            return "unknown_model", f"no spec for model '{model_id}' (it was deleted)"
+        width = self._trainer(model_id).model.n_features
+        if n_values != width * n_samples:
+            return (
+                "bad_features",
+                f"expected {width} values a sample, got {n_values} for {n_samples} samples "
+                "(checked under another spec of the model, around a create or delete)",
+            )
+        return None
+
+    def _refuse(
+        self,
+        model_id: str,
+        ts: int,
+        features: list[float],
+        labels: list[float],
+        reason: str,
+        detail: str,
+    ) -> Iterator[Any]:
+        """Samples to the DLQ, whole, as a bulk record (a parser's row holds whole samples)."""
+        X = np.asarray(features, dtype=np.float64).reshape(len(labels), -1)
+        raw = encode_sample_batch(model_id, np.full(len(labels), ts), X, np.asarray(labels))
+        yield DLQ_TAG, dlq_record("trainer", reason, raw, now_ms(), detail)
 
     def _time_out_batch(self, model_id: str, ctx: Any) -> None:
         at = ctx.timer_service().current_processing_time() + self.settings.job.batch_timeout_ms
@@ -318,9 +367,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         errors: np.ndarray | None = None,
         losses: np.ndarray | None = None,
         monitored: np.ndarray | None = None,
+        spec: str = "",
     ) -> Iterator[Any]:
         """The version row, and its view for the monitoring operators; keeps the weights
-        for rollbacks."""
+        for rollbacks. ``spec`` is a "create" row's runtime entry."""
         self.versions_made.inc()
         self.per_model.inc(mv.model_id, "versions")
         weights = codec.encode_array(trainer.model.weights_vector())
@@ -348,8 +398,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                     [] if losses is None else losses.tolist(),
                     monitored.ravel().tolist(),
                     monitored.shape[1],
-                    weights if is_checkpoint else b"",
-                    mv.spec_json if is_checkpoint else "",
+                    weights if is_checkpoint and not spec else b"",
+                    spec or (mv.spec_json if is_checkpoint else ""),
                 )
             ),
         )
@@ -373,6 +423,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         command = ControlCommand._make(value)
         model_id = command.model_id
         self.commands.inc()
+        if command.command in LIFECYCLE_COMMANDS:
+            yield from self._lifecycle(command, ctx)
+            return
+        if self.model_specs.model_spec(model_id) is None:
+            yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
+            return
         trainer = self._trainer(model_id)
         outcome = apply_command(
             trainer,
@@ -393,6 +449,141 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 yield to_row(Version.of(outcome.republish))
             self._save(trainer)
         yield ALERT_TAG, alert(model_id, outcome.alert_kind, outcome.detail)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _has_model(self, model_id: str) -> bool:
+        """Whether the model exists here: with a live runtime entry, trained, with samples
+        waiting, or with a ``[models.ID]`` table (and no entry)."""
+        entry = self.model_specs.runtime_entry()
+        if entry is not None:
+            return entry != DELETED
+        return (
+            self.model_state.value() is not None
+            or next(iter(self.buffer.get()), None) is not None  # an iterable, not a list
+            or model_id in self.specs.models
+        )
+
+    def _lifecycle(self, command: ControlCommand, ctx: Any) -> Iterator[Any]:
+        """``create``, ``update`` and ``delete`` (docs/models.md): the answer is an alert,
+        ok or with the reason it was refused; a refused command changes nothing."""
+        model_id = command.model_id
+        if command.command == "update":
+            yield from self._update(command)
+            return
+        if command.command == "delete":
+            # Applied whatever the answer, as the parsers apply it: a deleted and an unknown
+            # model are alike.
+            if self._has_model(model_id):
+                yield from self._delete(model_id, ctx)
+                detail = {**_detail(command), "ok": True}
+            else:  # nothing to drop, anywhere; the entry is the parsers' (see _has_model)
+                self.model_specs.set_entry(model_id, DELETED)
+                detail = _refusal(command, _NO_SUCH_MODEL)
+            yield ALERT_TAG, alert(model_id, "control", detail)
+            return
+        entry = runtime_entry_of(command)
+        applies = create_applies(self.model_specs.runtime_entry(), entry)
+        if not applies:
+            detail = (
+                {**_detail(command), "ok": True, "existed": True}
+                if applies is None
+                else _refusal(
+                    command,
+                    f"model '{model_id}' exists with another spec; `flowlearn models delete` "
+                    "it first",
+                )
+            )
+            yield ALERT_TAG, alert(model_id, "control", detail)
+            return
+        replaced = self.model_state.value() is not None  # trained under conf/ or the defaults
+        replaced_version = self.version_state.value() or 0
+        self._forget(model_id, ctx)
+        self.model_specs.set_entry(model_id, entry)
+        trainer = self._trainer(model_id)
+        mv = trainer.reset()  # version 1: the untrained model, served from now on
+        yield from self._emit(trainer, mv, "create", spec=entry)
+        self._save(trainer)
+        detail = {**_detail(command), "ok": True, "new_version": 1}
+        if replaced:
+            detail["replaced_version"] = replaced_version
+        yield ALERT_TAG, alert(model_id, "control", detail)
+
+    def _update(self, command: ControlCommand) -> Iterator[Any]:
+        """The model's live fields changed: the trainer rebuilt around its state under the
+        new spec (batch size, holdout, replay), its learning rate set if it changed, and a
+        new version (same weights) that records the change."""
+        model_id = command.model_id
+        if not self._has_model(model_id) or self.model_specs.model_spec(model_id) is None:
+            yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
+            return
+        changes = json.loads(command.args)["changes"]
+        spec = self.model_specs.spec_of(model_id)
+        try:
+            new_spec = json.loads(self.specs.updated_entry(spec, changes))
+            if "learning_rate" in changes and model_type(spec.type).self_tuning:
+                raise ValueError(
+                    f"a {spec.type} model trains at its learning_rates, not one learning_rate"
+                )
+        except (ConfigError, ValueError) as exc:
+            yield ALERT_TAG, alert(model_id, "control", _refusal(command, str(exc)))
+            return
+        old = self._trainer(model_id)
+        trainer = ModelTrainer.restore(
+            model_id, new_spec, old.state_bytes(), old.version, old.samples_applied
+        )
+        if "learning_rate" in changes:
+            trainer.set_learning_rate(learning_rates(new_spec)[0])
+        self.trainers[model_id] = trainer
+        live = {**self.model_specs.live_changes(), **changes}
+        self.model_specs.set_changes(model_id, live)
+        mv = trainer.restore_weights(trainer.model.weights_vector())
+        yield from self._emit(trainer, mv, "update", spec=json.dumps(live, sort_keys=True))
+        self._save(trainer)
+        detail = {**_detail(command), "ok": True, "new_version": mv.version, "spec": new_spec}
+        yield ALERT_TAG, alert(model_id, "control", detail)
+
+    def _delete(self, model_id: str, ctx: Any) -> Iterator[Any]:
+        """Drop everything kept of the model; the publisher removes it from Redis and the
+        monitoring operators forget it too. Its later records follow
+        ``job.unknown_model_policy``."""
+        self._forget(model_id, ctx)
+        self.model_specs.set_entry(model_id, DELETED)
+        yield to_row(Version.deletion(model_id))
+        yield EVAL_TAG, to_row(Evaluated(model_id, 0, "delete", 0, [], [], [], 0, b"", DELETED))
+
+    def _forget(self, model_id: str, ctx: Any) -> None:
+        """The current key's training state and caches cleared, its pending timer deleted
+        (its spec is the caller's to set)."""
+        for state in (
+            self.model_state,
+            self.version_state,
+            self.applied_state,
+            self.buffer,
+            self.buffer_v1,
+            self.buffer_v2,
+            self.seen_state,
+            self.recent,
+            self.checkpoints,
+            self.paused,
+        ):
+            state.clear()
+        pending = self.flush_at.pop(model_id, None)
+        if pending is not None:
+            ctx.timer_service().delete_processing_time_timer(pending)
+        for cache in (self.trainers, self.buffered, self.seen, self.model_loss):
+            cache.pop(model_id, None)
+
+
+_NO_SUCH_MODEL = "no such model: nothing trained, buffered or specified for it"
+
+
+def _detail(command: ControlCommand) -> dict[str, Any]:
+    return {"command": command.command, "args": json.loads(command.args), "source": command.source}
+
+
+def _refusal(command: ControlCommand, reason: str) -> dict[str, Any]:
+    return {**_detail(command), "ok": False, "reason": reason}
 
 
 def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray) -> BufferedSamples:

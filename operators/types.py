@@ -90,7 +90,10 @@ class Evaluated(NamedTuple):
     batch, with what the test step saw: 0/1 errors (empty for regression), per-sample losses
     and the monitored features, n x n_monitored, flat), "rollback", "reset" or "warm_start"
     (no samples). ``weights`` (codec array bytes) and ``spec`` are set on checkpoint
-    versions only."""
+    versions only. Three kinds are a model's lifecycle: "create" (version 1,
+    ``spec`` the model's runtime entry, no weights), "update" (a new version, ``spec`` its
+    live changes so far, a JSON object; no weights) and "delete" (version 0): the monitoring
+    operators keep them, or forget the model."""
 
     model_id: str
     version: int
@@ -132,6 +135,16 @@ class Version(NamedTuple):
     spec: str
     delta: bytes
     weights: bytes
+
+    @classmethod
+    def deletion(cls, model_id: str) -> Version:
+        """What tells the publisher that ``model_id`` was deleted: version 0, which no model
+        publishes (a model's first version is 1)."""
+        return cls(model_id, 0, 0, 0, "", b"", b"")
+
+    @property
+    def is_deletion(self) -> bool:
+        return self.version == 0
 
     @classmethod
     def of(cls, mv: ModelVersion) -> Version:

@@ -82,6 +82,17 @@ RECENT_VERSIONS = MapStateDescriptor(
 CHECKPOINT_VERSIONS = MapStateDescriptor(
     "checkpoint-versions-v1", Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE())
 )
+#: The runtime entry of a model (``flowlearn.contracts.spec``: its spec as JSON after a
+#: ``create``, "" after a ``delete``); absent for a model that ``conf/`` alone describes.
+#: The trainer, drift and checkpoint operators each keep it for their key.
+RUNTIME_SPEC = ValueStateDescriptor("runtime-spec-v1", Types.STRING())
+#: The live changes of a model's ``update`` commands (a JSON object of spec fields, all of
+#: them so far) over the spec its runtime entry or ``conf/`` gives; trainer, drift and
+#: checkpoint operators.
+LIVE_CHANGES = ValueStateDescriptor("live-changes-v1", Types.STRING())
+#: The same entries for every model, in the broadcast state of the parsers (which are not
+#: keyed): model id -> runtime entry.
+RUNTIME_SPECS = MapStateDescriptor("runtime-specs-v1", Types.STRING(), Types.STRING())
 #: True while a ``pause`` command holds training (samples keep buffering).
 PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.

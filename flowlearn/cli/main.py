@@ -2,6 +2,7 @@
 
 flowlearn up | down | status [--json] | submit | produce | predict | run
 flowlearn versions | savepoint | savepoints | rollback | pin | unpin | train-batch
+flowlearn models create | update | delete | list
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack import jobctl, processes, stack
+from flowlearn.devstack.lifecycle import LifecycleError
 from flowlearn.evaluation.batch import BatchDataError
 from flowlearn.registry.mlflow_store import RegistryError
 
@@ -342,6 +344,129 @@ def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_table(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec of ``models create`` (``--spec``'s TOML table, then the flags over it), or
+    the changes of ``models update`` (the flags)."""
+    import tomllib
+
+    table: dict[str, Any] = {}
+    if getattr(args, "spec", None) is not None:
+        try:
+            table = tomllib.loads(args.spec.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--spec {args.spec}: {exc}") from None
+    flags = {
+        name: getattr(args, name, None)
+        for name in ("type", "features", "n_features", "n_classes", "learning_rate", "batch_size")
+    }
+    for name in ("feature_names", "class_names"):
+        listed = getattr(args, name, None)
+        flags[name] = listed.split(",") if listed else None
+    table.update({key: value for key, value in flags.items() if value is not None})
+    for assignment in args.set:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word: a string
+        table[key.strip()] = value
+    return table
+
+
+def _checked_model_id(model_id: str) -> str:
+    from flowlearn.core.spec import model_id_problem
+
+    problem = model_id_problem(model_id)
+    if problem is not None:
+        raise ConfigError(f"--model: {problem}")
+    return model_id
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """``models create | update | delete | list``: a model's lifecycle while the job runs."""
+    import getpass
+
+    from flowlearn.devstack import lifecycle
+
+    if args.action == "list":
+        models = lifecycle.served_models(settings)
+        if args.json:
+            print(json.dumps(models, indent=2))
+            return 0
+        print(f"{'model':24s} {'type':14s} {'features':8s} {'n':>8s} {'version':>8s} samples")
+        for model_id, m in models.items():
+            spec = m["spec"]
+            print(
+                f"{model_id:24s} {spec.get('type', '?'):14s} {spec.get('features', '?'):8s} "
+                f"{spec.get('n_features', 0):8d} {m['version']:8d} {m['samples_applied']}"
+            )
+        return 0
+    model_id = _checked_model_id(args.model)
+    source = f"cli:{getpass.getuser()}"
+    command_args: dict[str, Any] = {}
+    specs = ModelSpecs(settings)
+    if args.action == "create":
+        command_args = {"spec": json.loads(specs.runtime_entry(_spec_table(args), "spec"))}
+        published = lifecycle.served_models(settings).get(model_id)
+        if published is not None and not args.replace:
+            raise ConfigError(
+                f"model {model_id!r} exists (version {published['version']}); a create "
+                "replaces a model that was not made by `models create` (its state is lost): "
+                "add --replace, or `flowlearn models delete` it first"
+            )
+    elif args.action == "update":
+        changes = _spec_table(args)
+        if not changes:
+            raise ConfigError("models update: nothing to change (--set KEY=VALUE, ...)")
+        specs.updated_entry(specs.defaults, changes)  # the job checks them on the model's spec
+        command_args = {"changes": changes}
+    answer = lifecycle.send_and_wait(
+        settings, model_id, args.action, command_args, source, timeout_s=args.wait_s
+    )
+    if not answer.ok:
+        print(f"flowlearn: {args.action} {model_id!r} refused: {answer.reason}", file=sys.stderr)
+        return 1
+    if args.action == "create":
+        existed = " (it existed with this spec)" if answer.detail.get("existed") else ""
+        if "replaced_version" in answer.detail:
+            existed = f" (replacing its version {answer.detail['replaced_version']})"
+        said = f"model {model_id!r} created{existed}: served from now on"
+    elif args.action == "update":
+        said = f"model {model_id!r} updated: version {answer.detail['new_version']} records it"
+    else:
+        said = f"model {model_id!r} deleted: Redis and the predictors forget it"
+    print(said + _record_in_registry(settings, args, model_id, answer.detail, source))
+    return 0
+
+
+def _record_in_registry(
+    settings: Settings,
+    args: argparse.Namespace,
+    model_id: str,
+    detail: dict[str, Any],
+    source: str,
+) -> str:
+    """The registry's part of a lifecycle command the job carried out: a created or updated
+    model's spec as its registered model's description and tags, a deleted model's entry
+    removed (unless ``--keep-registry``). What was done, as a phrase to print."""
+    if not settings.mlflow.enabled or getattr(args, "keep_registry", False):
+        return ""
+    from flowlearn.registry.mlflow_store import Registry
+
+    registry = Registry.from_settings(settings)
+    name = registry.model_name(model_id)
+    try:
+        if args.action == "delete":
+            return f"; {name} deleted from MLflow" if registry.delete_model(model_id) else ""
+        # An update's answer has the spec it made; a create's args have the spec it took.
+        registry.describe_model(model_id, detail.get("spec") or detail["args"]["spec"], source)
+    except RegistryError as exc:  # the job did its part: say what is left to do
+        return f"; MLflow not updated: {exc}"
+    return f"; spec recorded in MLflow as {name}"
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """``make run``: the stack, the job (resumed if it was stopped), the demo producer."""
     t0 = time.monotonic()
@@ -562,6 +687,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unpin", help="let the predictors follow the latest version again")
     p.add_argument("--model", required=True)
     p.set_defaults(func=cmd_pin)
+    p = sub.add_parser("models", help="create, update, delete and list models while the job runs")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", help="a new model, its spec validated and held by the job")
+    a.add_argument("--model", required=True, help="[A-Za-z0-9._-], up to 200 characters")
+    a.add_argument("--spec", type=Path, default=None, help="a TOML file: the spec table")
+    a.add_argument("--type", default=None, help="logistic, softmax, linear, auto_logistic ...")
+    a.add_argument("--features", choices=("dense", "hashed"), default=None)
+    a.add_argument("--n-features", type=int, default=None)
+    a.add_argument("--n-classes", type=int, default=None)
+    a.add_argument("--feature-names", default=None, help="comma-separated column names")
+    a.add_argument("--class-names", default=None, help="comma-separated class labels")
+    a.add_argument("--learning-rate", type=float, default=None)
+    a.add_argument("--batch-size", type=int, default=None)
+    a.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any spec field (TOML)"
+    )
+    a.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a model of this id that is already served (conf/ or defaults)",
+    )
+    a = actions.add_parser(
+        "update", help="change a running model's live fields (a new version records it)"
+    )
+    a.add_argument("--model", required=True)
+    a.add_argument("--learning-rate", type=float, default=None)
+    a.add_argument("--batch-size", type=int, default=None)
+    a.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a live field (TOML): detectors, drift_action, auto_rollback, holdout_size ...",
+    )
+    a = actions.add_parser("delete", help="drop a model's state, Redis keys and registry entry")
+    a.add_argument("--model", required=True)
+    a.add_argument(
+        "--keep-registry", action="store_true", help="keep its registered versions in MLflow"
+    )
+    for name in ("create", "update", "delete"):
+        a = actions.choices[name]
+        a.add_argument(
+            "--wait-s", type=float, default=60.0, help="how long to wait for the job's answer"
+        )
+    a = actions.add_parser("list", help="the models in Redis, with their specs")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
     p = sub.add_parser("predict", help="ask the predictor")
     p.add_argument("--model", default="demo")
     p.add_argument("--instances", required=True, help="JSON: one instance or a list of them")
@@ -678,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         jobctl.JobError,
         RegistryError,
         BatchDataError,
+        LifecycleError,
     ) as exc:
         print(f"flowlearn: error: {exc}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ import orjson
 from flowlearn.core.control import CONTROL_COMMANDS
 from flowlearn.core.features import FeatureError, vectorize
 from flowlearn.core.model_types import MODEL_TYPES
+from flowlearn.core.spec import model_id_problem
 
 #: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``. Half of
 #: Kafka's default message size (1 MiB, the broker's ``message.max.bytes`` and the job's sink
@@ -118,11 +119,17 @@ def _field(obj: Mapping[str, Any], name: str) -> Any:
     return obj[name]
 
 
+def check_model_id(value: Any) -> str:
+    """``value`` as a model id, else :class:`RecordError` ``bad_model_id`` saying why (the
+    rule: :data:`flowlearn.core.spec.MODEL_ID_PATTERN`)."""
+    problem = model_id_problem(value)
+    if problem is not None:
+        raise RecordError("bad_model_id", f"field 'model_id': {problem}")
+    return str(value)
+
+
 def _model_id(obj: Mapping[str, Any]) -> str:
-    value = _field(obj, "model_id")
-    if not isinstance(value, str) or not value or len(value) > 200 or not _utf8(value):
-        raise RecordError("bad_field", "field 'model_id' must be a non-empty string (<= 200)")
-    return value
+    return check_model_id(_field(obj, "model_id"))
 
 
 def _timestamp(obj: Mapping[str, Any]) -> int:
@@ -323,9 +330,9 @@ def parse_sample_batch(
         models = table.column("model_id").unique().to_pylist()
     except pa.ArrowException as exc:  # a type 'unique' has no kernel for (a list, a struct)
         raise RecordError("bad_field", f"column 'model_id' must hold strings: {exc}"[:300]) from exc
-    if len(models) != 1 or not isinstance(models[0], str) or not models[0]:
+    if len(models) != 1:
         raise RecordError("bad_field", f"a bulk record holds one model id, got {models[:5]}")
-    model_id = models[0]
+    model_id = check_model_id(models[0])
     spec = _spec(model_id, spec_for)
     if spec.get("features", "dense") != "dense":
         raise RecordError("bad_features", "bulk records carry dense features only")
@@ -409,6 +416,10 @@ def parse_control(raw: bytes) -> Control:
         value = args.get(name)
         if not _finite_number(value):
             raise RecordError("bad_field", f"'{command}' needs a number in args.{name}")
+    if command == "create" and not isinstance(args.get("spec"), dict):
+        raise RecordError("bad_field", "'create' needs the model's spec table in args.spec")
+    if command == "update" and not (isinstance(args.get("changes"), dict) and args["changes"]):
+        raise RecordError("bad_field", "'update' needs the changed spec fields in args.changes")
     source = obj.get("source") or "unknown"
     # Informational only: kept, with what UTF-8 cannot encode (lone surrogates) escaped.
     source = str(source)[:200].encode("utf-8", "backslashreplace").decode("utf-8")[:200]

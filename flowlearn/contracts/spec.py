@@ -12,12 +12,13 @@ as :class:`flowlearn.core.spec.ModelSpec` and validated, with errors that name t
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from flowlearn.conf import ConfigError, Settings
 from flowlearn.conf.loader import build_table
-from flowlearn.core.spec import ModelSpec, SpecError
+from flowlearn.core.spec import LIVE_FIELDS, ModelSpec, SpecError, model_id_problem
 
 
 def read_spec(table: Mapping[str, Any], where: str) -> ModelSpec:
@@ -38,40 +39,116 @@ def read_spec(table: Mapping[str, Any], where: str) -> ModelSpec:
     return spec
 
 
+#: A model's runtime entry after ``delete``: the model is unknown again (its records follow
+#: ``job.unknown_model_policy``), whatever ``conf/`` says of it.
+DELETED = ""
+
+
+def create_applies(entry: str | None, created: str) -> bool | None:
+    """Whether a ``create`` giving the runtime entry ``created`` applies to a model whose
+    runtime entry is ``entry``: True, or None when the model already has this spec, or
+    False when it has another. One rule for the trainer and the parsers, on what both see
+    alike (the entries, in the order of the model's commands): a model without a live entry
+    (never created, or deleted) takes the new spec, whatever it trained under ``conf/``.
+
+    >>> create_applies(None, "{}"), create_applies("{}", "{}"), create_applies('{"a": 1}', "{}")
+    (True, None, False)
+    """
+    if not entry:  # None, or DELETED
+        return True
+    return None if entry == created else False
+
+
 class ModelSpecs:
     """The specs a configuration gives its models; built once per process (operators build
-    it in ``open``), it raises :class:`ConfigError` for the first bad spec."""
+    it in ``open``), it raises :class:`ConfigError` for the first bad spec or model id.
+
+    A model created at runtime (the ``create`` command) has a *runtime entry*: its spec as
+    JSON (:meth:`runtime_entry`), or :data:`DELETED` once deleted. The job keeps these in
+    its state; every lookup takes the model's entry (None: it has none) and the entry wins
+    over ``conf/``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.policy = settings.job.unknown_model_policy
-
-        def read(table: Mapping[str, Any], where: str) -> ModelSpec:
-            # A spec's batch_size 0 is the job's: resolved here, once, so that every
-            # reader (the trainer cutting batches, a published spec) sees the same number.
-            spec = read_spec(table, where)
-            return dataclasses.replace(spec, batch_size=spec.batch_size or settings.job.batch_size)
-
-        self.defaults = read(settings.model_defaults, "model_defaults")
+        self.job_batch_size = settings.job.batch_size
+        for model_id in settings.models:
+            problem = model_id_problem(model_id)
+            if problem is not None:
+                raise ConfigError(f"models.{model_id}: {problem}")
+        self.defaults = self.read(settings.model_defaults, "model_defaults")
         self.models = {
-            model_id: read(table, f"models.{model_id}")
+            model_id: self.read(table, f"models.{model_id}")
             for model_id, table in settings.models.items()
         }
         self._dicts: dict[str, dict[str, Any]] | None = None
         self._default_dict: dict[str, Any] | None = None
 
-    def model_spec(self, model_id: str) -> ModelSpec | None:
-        """The spec for ``model_id``; None when unknown and the policy says DLQ."""
-        if model_id in self.models:
+    def read(self, table: Mapping[str, Any], where: str) -> ModelSpec:
+        """A spec table as the job trains it: validated (:func:`read_spec`), its
+        ``batch_size`` 0 resolved to ``job.batch_size`` here, once, so that every reader
+        (the trainer cutting batches, a published spec) sees the same number."""
+        spec = read_spec(table, where)
+        return dataclasses.replace(spec, batch_size=spec.batch_size or self.job_batch_size)
+
+    def runtime_entry(self, table: Mapping[str, Any], where: str = "spec") -> str:
+        """The runtime entry of a model created with spec ``table`` (:class:`ConfigError`
+        naming ``where.field`` when it is not a valid spec).
+
+        >>> from flowlearn.conf import load_settings
+        >>> specs = ModelSpecs(load_settings(env={}))
+        >>> entry = specs.runtime_entry({"type": "linear", "n_features": 3})
+        >>> specs.spec_of("m", entry).n_features, specs.spec_of("m", entry).batch_size
+        (3, 64)
+        >>> specs.runtime_entry({"n_features": -3})
+        Traceback (most recent call last):
+        ...
+        flowlearn.conf.settings.ConfigError: spec.n_features must be > 0, got -3
+        """
+        return json.dumps(self.read(table, where).as_dict(), sort_keys=True)
+
+    def updated_entry(
+        self, current: ModelSpec, changes: Mapping[str, Any], where: str = "changes"
+    ) -> str:
+        """The runtime entry of a model of spec ``current`` after ``changes``: only
+        :data:`flowlearn.core.spec.LIVE_FIELDS` may change (:class:`ConfigError` naming the
+        field otherwise, or when the result is not a valid spec).
+
+        >>> from flowlearn.conf import load_settings
+        >>> specs = ModelSpecs(load_settings(env={}))
+        >>> entry = specs.updated_entry(specs.defaults, {"learning_rate": 0.2})
+        >>> specs.spec_of("m", entry).learning_rate
+        0.2
+        >>> specs.updated_entry(specs.defaults, {"n_features": 4})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        flowlearn.conf.settings.ConfigError: changes.n_features: cannot change while the ...
+        """
+        for name in changes:
+            if name not in LIVE_FIELDS:
+                raise ConfigError(
+                    f"{where}.{name}: cannot change while the model runs (delete it and "
+                    f"create it again); live fields: {', '.join(sorted(LIVE_FIELDS))}"
+                )
+        return self.runtime_entry({**current.as_dict(), **changes}, where)
+
+    def model_spec(self, model_id: str, runtime: str | None = None) -> ModelSpec | None:
+        """The spec for ``model_id`` given its runtime entry; None when it is unknown and
+        the policy says DLQ."""
+        if runtime:
+            return self.read(json.loads(runtime), f"runtime spec of {model_id}")
+        if runtime is None and model_id in self.models:
             return self.models[model_id]
         return self.defaults if self.policy == "create" else None
 
-    def spec_of(self, model_id: str) -> ModelSpec:
-        """The spec a model trains with: its own, else the defaults (a model that the "dlq"
-        policy refuses never gets this far)."""
-        return self.model_spec(model_id) or self.defaults
+    def spec_of(self, model_id: str, runtime: str | None = None) -> ModelSpec:
+        """The spec a model trains with: :meth:`model_spec`, else the defaults (a model
+        that the "dlq" policy refuses never gets this far)."""
+        return self.model_spec(model_id, runtime) or self.defaults
 
     def dict_of(self, model_id: str) -> dict[str, Any] | None:
-        """:meth:`model_spec` as a dict, made once (the parsers ask for every record)."""
+        """:meth:`model_spec` of a model without a runtime entry as a dict, made once (the
+        parsers ask for every record)."""
         if self._dicts is None:
             self._dicts = {m: s.as_dict() for m, s in self.models.items()}
             self._default_dict = self.defaults.as_dict() if self.policy == "create" else None

@@ -35,7 +35,18 @@ CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
     "republish": (),
     # Continue from a registered batch baseline (`flowlearn train-batch --warm-start`).
     "warm_start": ("version",),
+    # A model's lifecycle (docs/models.md): the spec travels in args.spec (create) or the
+    # changed fields in args.changes (update); the trainer operator carries them out itself
+    # (they change its state, not only the model's).
+    "create": (),
+    "update": (),
+    "delete": (),
 }
+#: The commands that change a model's spec: the trainer and the monitoring operators see them.
+LIFECYCLE_COMMANDS = ("create", "update", "delete")
+#: Those that change which records fit a model: the parsers see them too (an update changes
+#: only fields that no record depends on).
+SHAPE_COMMANDS = ("create", "delete")
 
 
 class KeptWeights(Protocol):

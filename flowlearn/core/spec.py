@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,50 @@ from flowlearn.core.optim import SPEC_OPTIMIZERS
 
 class SpecError(ValueError):
     """A spec field has a value the model cannot be built with; the message names it."""
+
+
+#: A model id goes into Redis keys, MLflow model names, metric labels and file names: 1 to
+#: :data:`MODEL_ID_MAX` of these characters, nothing that needs escaping anywhere.
+MODEL_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+MODEL_ID_MAX = 200
+
+
+def model_id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a model id, or None when it can.
+
+    >>> model_id_problem("fraud-eu.v2") is None
+    True
+    >>> model_id_problem("fraud eu")
+    "'fraud eu' has characters outside [A-Za-z0-9._-]"
+    """
+    if not isinstance(value, str):
+        return f"a model id is a string, got {type(value).__name__}"
+    if not value:
+        return "a model id cannot be empty"
+    if MODEL_ID_PATTERN.fullmatch(value) is None:
+        shown = value[:60].encode("ascii", "backslashreplace").decode("ascii")
+        return f"{shown!r} has characters outside [A-Za-z0-9._-]"
+    if len(value) > MODEL_ID_MAX:  # ASCII by now: as many bytes as characters
+        return f"a model id has at most {MODEL_ID_MAX} characters, got {len(value)}"
+    return None
+
+
+#: The spec fields a running model can change (the ``update`` command): how it trains and how
+#: it is watched. The others (its type, its features, its pipeline) make another model: a
+#: record that fits the one need not fit the other, and the weights would not carry over.
+LIVE_FIELDS = frozenset(
+    {
+        "learning_rate",
+        "batch_size",
+        "detectors",
+        "drift_action",
+        "auto_rollback",
+        "holdout_size",
+        "holdout_margin",
+        "replay_size",
+        "replay_fraction",
+    }
+)
 
 
 def _check_positive(where: str, value: float) -> None:

@@ -354,6 +354,58 @@ class Registry:
         self._call("create registered model", create)
         self._known_models.add(name)
 
+    def describe_model(self, model_id: str, spec: Mapping[str, Any], source: str) -> None:
+        """Record a created model's spec: the registered model (made if need be) gets the
+        spec as its description (JSON) and its shape as tags, so that the registry tells
+        what each model is before it has a version."""
+        client = self._client()
+        name = self.model_name(model_id)
+        with self._writers_lock():
+            self._ensure_model(client, name)
+            self._call(
+                "describe registered model",
+                client.update_registered_model,
+                name,
+                description=json.dumps(dict(spec), sort_keys=True),
+            )
+            for key in ("type", "features", "n_features", "n_classes"):
+                if key in spec:
+                    self._call(
+                        "tag registered model",
+                        client.set_registered_model_tag,
+                        name,
+                        f"flowlearn.{key}",
+                        str(spec[key]),
+                    )
+            self._call(
+                "tag registered model",
+                client.set_registered_model_tag,
+                name,
+                "flowlearn.created_by",
+                source,
+            )
+
+    def delete_model(self, model_id: str) -> bool:
+        """Delete the registered model and all its versions; False when there was none."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        name = self.model_name(model_id)
+
+        def delete() -> bool:
+            try:
+                client.delete_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return False
+                raise
+            return True
+
+        with self._writers_lock():
+            deleted = self._call("delete registered model", delete)
+        self._known_models.discard(name)
+        return deleted
+
     # -- reading -----------------------------------------------------------------------------
 
     def versions(self, model_id: str, kind: str | None = None) -> list[RegisteredVersion]:

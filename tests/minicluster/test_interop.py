@@ -54,3 +54,14 @@ def test_keyed_and_timed_in_java_and_a_java_operator_and_the_discarding_sink() -
         out = sorted(results)
     assert out == sorted(f"{m} {m}-{i} {1000 + i}" for m in ("a", "b") for i in range(3))
     assert isinstance(timed[0][0], Row)
+
+
+def test_the_kafka_key_of_the_jobs_json_records_is_their_model_id() -> None:
+    """``ModelIdKey`` (operators jar), as the job's alert and control sinks use it."""
+    from flowlearn.jobs.online_learning import MODEL_ID_KEY
+
+    env = local_environment(operators_jar(load_settings(env={})))
+    key = interop.java_object(raw_stream(env, [b"x"]), MODEL_ID_KEY)
+    assert bytes(key.serialize('{"model_id": "fraud-eu", "kind": "control"}')) == b"fraud-eu"
+    assert key.serialize('{"model_id": 7}') is None
+    assert key.serialize("not json") is None

@@ -300,3 +300,54 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
     assert registry.load_weights("poisoned", target) == bytes.fromhex(versions[target]["weights"])
     # Every closed checkpoint was registered (interval 0), in order.
     assert [v.version for v in registry.versions("poisoned")][:5] == [5, 10, 15, 20, 25]
+
+
+def test_lifecycle_commands_of_one_model_take_effect_in_their_order():
+    """create / delete through the whole graph: one model's commands keep their order, each
+    is answered, bad ones are dead-lettered with the reason."""
+    commands = [
+        control("fresh", "create", spec={"type": "linear", "n_features": 3}),
+        control("fresh", "create", spec={"type": "logistic", "n_features": 4}),  # exists
+        control("fresh", "delete"),
+        control("fresh", "create", spec={"type": "softmax", "n_features": 2, "n_classes": 3}),
+        control("ghost", "delete"),
+        control("bad id", "delete"),
+        control("fresh2", "create", spec={"n_features": 0}),
+    ]
+    out = run_pipeline([], control=commands)
+    answers = [
+        (a["model_id"], a["detail"]["command"], a["detail"]["ok"])
+        for a in (r["alert"] for r in out if "alert" in r)
+        if a["kind"] == "control"
+    ]
+    assert [a for a in answers if a[0] == "fresh"] == [
+        ("fresh", "create", True),
+        ("fresh", "create", False),
+        ("fresh", "delete", True),
+        ("fresh", "create", True),
+    ]
+    assert [a for a in answers if a[0] != "fresh"] == [("ghost", "delete", False)]
+    versions = [(r["model_id"], r["version"]) for r in out if r.get("kind") == "version"]
+    assert versions == [("fresh", 1), ("fresh", 0), ("fresh", 1)]  # 0: the deletion
+    dlq = sorted((r["reason"], r["detail"]) for r in out if "reason" in r)
+    assert dlq == [
+        ("bad_model_id", "field 'model_id': 'bad id' has characters outside [A-Za-z0-9._-]"),
+        ("bad_spec", "args.spec.n_features must be > 0, got 0"),
+    ]
+
+
+def test_samples_of_a_model_created_meanwhile_are_trained_or_dead_lettered_never_lost():
+    """The samples race the create (two sources): each is trained under the created spec,
+    or dead-lettered (checked under the defaults first), none lost and none crashing."""
+    samples = [
+        json.dumps(
+            {"model_id": "wide", "ts": 1000 + i, "features": [i % 7, 1.0, -1.0], "label": i % 2}
+        ).encode()
+        for i in range(300)
+    ]
+    out = run_pipeline(samples, control=[control("wide", "create", spec={"n_features": 3})])
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "wide"]
+    trained = max((v["applied"] for v in versions), default=0)
+    dead = [r for r in out if "reason" in r]
+    assert {r["reason"] for r in dead} <= {"bad_features"}
+    assert trained + len(dead) == len(samples)

@@ -42,6 +42,9 @@ class ValueState:
     def update(self, v: Any) -> None:
         self.v = v
 
+    def clear(self) -> None:
+        self.v = None
+
 
 class ListState:
     def __init__(self) -> None:

@@ -88,6 +88,7 @@ PARSE_REASONS = {
     "bad_field",
     "bad_features",
     "unknown_model",
+    "bad_model_id",
 }
 CONTROL_REASONS = {
     "not_json",
@@ -96,6 +97,7 @@ CONTROL_REASONS = {
     "missing_field",
     "bad_field",
     "unknown_command",
+    "bad_model_id",
 }
 BULK_REASONS = PARSE_REASONS | {"bad_arrow"}
 
@@ -193,6 +195,10 @@ def check_control(c: records.Control) -> None:
     for name in CONTROL_COMMANDS[c.command]:
         value = c.args[name]
         assert type(value) in (int, float) and math.isfinite(value)
+    if c.command == "create":
+        assert isinstance(c.args["spec"], dict)
+    if c.command == "update":
+        assert isinstance(c.args["changes"], dict) and c.args["changes"]
     check_ts(c.ts)
     check_text(c.source)
 
@@ -490,7 +496,11 @@ def test_valid_records_parse_to_their_values(data: st.DataObject) -> None:
     )
     assert event.features.tobytes() == s.features.tobytes()
     command = data.draw(st.sampled_from(sorted(CONTROL_COMMANDS)))
-    args = {name: data.draw(NUMBERS) for name in CONTROL_COMMANDS[command]}
+    args: dict[str, Any] = {name: data.draw(NUMBERS) for name in CONTROL_COMMANDS[command]}
+    if command == "create":  # its spec is checked by the operator, against the settings
+        args["spec"] = {"n_features": data.draw(st.integers(1, 5))}
+    if command == "update":
+        args["changes"] = {"batch_size": data.draw(st.integers(0, 512))}
     c = parse_control(
         json.dumps(
             {"model_id": model_id, "command": command, "args": args, "ts": ts, "source": "cli"}

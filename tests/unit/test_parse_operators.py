@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from flowlearn.conf import load_settings
 from flowlearn.contracts.records import now_ms
-from flowlearn.operators.parse import DLQ_TAG, ParseEvents, ParseLabels, ParseSamples, unbundle
+from flowlearn.operators.parse import (
+    DLQ_TAG,
+    ParseControl,
+    ParseEvents,
+    ParseLabels,
+    ParseSamples,
+    unbundle,
+)
+from flowlearn.operators.types import ControlCommand
 
 
 class Counter:
@@ -40,8 +48,31 @@ def framed(*records: bytes) -> bytes:
     return b"".join(len(r).to_bytes(4, "big") + r for r in records)
 
 
-def run(op, record):
-    return list(op.process_element(framed(json.dumps(record).encode()), None))
+class BroadcastContext:
+    """What a parser's process_element reads the runtime specs from: the broadcast state."""
+
+    def __init__(self, entries=None):
+        self.entries = {} if entries is None else entries
+
+    def get_broadcast_state(self, descriptor):
+        assert descriptor.name == "runtime-specs-v1"
+        return self
+
+    def items(self):
+        return list(self.entries.items())
+
+    def put(self, key, value):
+        self.entries[key] = value
+
+    def get(self, key):
+        return self.entries[key]
+
+    def contains(self, key):
+        return key in self.entries
+
+
+def run(op, record, ctx=None):
+    return list(op.process_element(framed(json.dumps(record).encode()), ctx or BroadcastContext()))
 
 
 EVENT = {"model_id": "demo", "event_id": "e1", "features": [0.0] * 10}
@@ -104,7 +135,7 @@ def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
                 bulk,
                 sample("a", 4, "a4", x=4.0),
             ),
-            None,
+            BroadcastContext(),
         )
     )
     letters = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
@@ -155,7 +186,9 @@ def test_named_features_unknown_names_counted_bad_values_dead_lettered_naming_th
         *({"model_id": "shop", "ts": 5, "features": f, "label": 1} for f in bad.values()),
         strict,
     ]
-    out = list(op.process_element(framed(*(json.dumps(r).encode() for r in records)), None))
+    out = list(
+        op.process_element(framed(*(json.dumps(r).encode() for r in records)), BroadcastContext())
+    )
     letters = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
     assert [(d["reason"], d["detail"]) for d in letters] == [
         *(("bad_features", detail) for detail in bad),
@@ -169,3 +202,54 @@ def test_named_features_unknown_names_counted_bad_values_dead_lettered_naming_th
     assert np.isnan(features[2, 0]) and features[2, 1] == 1.0  # NaN is missing, not an error
     assert metrics.counters["samples_unknown_features"].count == 1  # "zip"
     assert metrics.counters["samples_dlq"].count == 3
+
+
+def control(op, record):
+    """ParseControl's rows and dead letters for one fl.control record."""
+    out = list(op.process_element(framed(json.dumps(record).encode()), None))
+    rows = [ControlCommand._make(o) for o in out if o[0] is not DLQ_TAG]
+    return rows, [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+
+
+def test_a_create_leaves_the_control_parser_validated_and_complete_or_dead_lettered():
+    op = opened(ParseControl)
+    create = {"model_id": "fraud-eu", "command": "create", "ts": 1}
+    ((row,), letters) = control(op, {**create, "args": {"spec": {"n_features": 3}}})
+    spec = json.loads(row.args)["spec"]
+    assert not letters and spec["n_features"] == 3 and spec["type"] == "logistic"
+    assert spec["batch_size"] == 64  # the job's: resolved once, for every reader
+    bad = {"spec": {"n_features": 3, "learning_rat": 0.1}}
+    rows, (letter,) = control(op, {**create, "args": bad})
+    assert not rows and letter["reason"] == "bad_spec"
+    assert "args.spec: unknown key(s) ['learning_rat']" in letter["detail"]
+    rows, (letter,) = control(op, {**create, "args": {"spec": {"n_features": -3}}})
+    assert letter["detail"] == "args.spec.n_features must be > 0, got -3"
+
+
+def test_created_and_deleted_models_are_checked_against_their_runtime_spec():
+    """Under the "dlq" policy: a model is unknown until created, checked against the created
+    spec, unknown again once deleted; the entries outlive the operator (broadcast state)."""
+    env = {"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"}
+    parser, commands = opened(ParseSamples, **env), opened(ParseControl, **env)
+    state = BroadcastContext()
+    record = {"model_id": "fresh", "ts": 1, "features": [1.0, 2.0, 3.0], "label": 1}
+
+    def reasons(op):
+        return [json.loads(o[1])["reason"] for o in run(op, record, state) if o[0] is DLQ_TAG]
+
+    def broadcast(command, args):
+        ((row,), _) = control(
+            commands, {"model_id": "fresh", "command": command, "ts": 1, "args": args}
+        )
+        assert list(parser.process_broadcast_element(row, state)) == []
+
+    assert reasons(parser) == ["unknown_model"]
+    broadcast("create", {"spec": {"n_features": 3}})
+    assert reasons(parser) == []
+    broadcast("create", {"spec": {"n_features": 4}})  # refused, as by the trainer
+    assert reasons(parser) == []
+    restarted = opened(ParseSamples, **env)  # a restart reads the broadcast state back
+    assert reasons(restarted) == []
+    broadcast("delete", {})
+    assert reasons(parser) == ["unknown_model"]
+    assert reasons(opened(ParseSamples, **env)) == ["unknown_model"]

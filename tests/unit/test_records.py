@@ -45,7 +45,10 @@ def test_valid_sample():
         (rec(ts="yesterday"), "bad_field", "'ts'"),
         (rec(ts=-5), "bad_field", "out of range"),
         (rec(label=0.5), "bad_field", "0 or 1"),
-        (rec(model_id=7), "bad_field", "'model_id'"),
+        (rec(model_id=7), "bad_model_id", "'model_id'"),
+        (rec(model_id="fraud eu"), "bad_model_id", "outside [A-Za-z0-9._-]"),
+        (rec(model_id="m" * 201), "bad_model_id", "at most 200"),
+        (rec(model_id="m/x"), "bad_model_id", "outside"),
         (rec(model_id="nope"), "unknown_model", "nope"),
         (rec(features=[1, 2]), "bad_features", "expected 3 values, got 2"),
         (rec(features=[1, "x", 3]), "bad_features", "features[1]"),
@@ -161,6 +164,9 @@ def test_control_commands():
             b' "ts": 5}',
             "bad_field",
         ),
+        (b'{"model_id": "m", "command": "create", "ts": 5}', "bad_field"),
+        (b'{"model_id": "m", "command": "create", "args": {"spec": [1]}, "ts": 5}', "bad_field"),
+        (b'{"model_id": "a b", "command": "delete", "ts": 5}', "bad_model_id"),
     ]:
         with pytest.raises(RecordError) as info:
             parse_control(raw)

@@ -1,0 +1,161 @@
+"""``create`` and ``delete`` in the trainer outside Flink: one model (one key) over stand-in
+keyed state, commands as the control parser forwards them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyflink.common import Row
+
+from flowlearn.conf import load_settings
+from flowlearn.contracts.spec import DELETED, ModelSpecs
+from flowlearn.operators.parse import DLQ_TAG
+from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
+from flowlearn.operators.types import Evaluated, Version
+from tests.unit.flink_stand_ins import Context, KeyedState
+
+SETTINGS = load_settings(
+    env={"FLOWLEARN__JOB__BATCH_SIZE": "2", "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"}
+)
+SPECS = ModelSpecs(SETTINGS)
+
+
+def started(state: KeyedState) -> MiniBatchTrainer:
+    trainer = MiniBatchTrainer(SETTINGS)
+    trainer.open(state)
+    return trainer
+
+
+def command(trainer: MiniBatchTrainer, name: str, **args: Any) -> list[Any]:
+    if "spec" in args:  # completed and validated, as the control parser forwards it
+        args["spec"] = json.loads(SPECS.runtime_entry(args["spec"]))
+    row = Row("fresh", name, json.dumps(args), 1, "test")
+    return list(trainer.process_element2(row, Context()))
+
+
+def samples(trainer: MiniBatchTrainer, n: int, width: int) -> list[Any]:
+    row = Row("fresh", 5, [0.5] * (n * width), [1.0] * n, [])
+    return list(trainer.process_element1(row, Context()))
+
+
+def answer(out: list[Any]) -> dict[str, Any]:
+    (alert,) = [json.loads(o[1]) for o in out if o[0] is ALERT_TAG]
+    assert alert["kind"] == "control" and alert["model_id"] == "fresh"
+    return dict(alert["detail"])
+
+
+def versions(out: list[Any]) -> list[Version]:
+    return [Version._make(o) for o in out if not isinstance(o, tuple)]
+
+
+def evaluated(out: list[Any]) -> list[Evaluated]:
+    return [Evaluated._make(o[1]) for o in out if o[0] is EVAL_TAG]
+
+
+def test_a_created_model_trains_with_its_spec_and_a_delete_forgets_it():
+    state = KeyedState()
+    trainer = started(state)
+    out = command(trainer, "create", spec={"type": "linear", "n_features": 3})
+    assert answer(out)["ok"] and answer(out)["new_version"] == 1
+    (v1,) = versions(out)
+    assert (v1.version, json.loads(v1.spec)["type"]) == (1, "linear")
+    (created,) = evaluated(out)
+    assert created.kind == "create" and json.loads(created.spec)["n_features"] == 3
+    assert samples(trainer, 1, 3)  # the first batch of a young model is one sample
+    restarted = started(state)  # the spec is in state: it outlives the process
+    trained = versions(samples(restarted, 1, 3))
+    assert trained and trained[-1].version == 3
+
+    out = command(restarted, "delete")
+    assert answer(out)["ok"]
+    (tombstone,) = versions(out)
+    assert tombstone.is_deletion and tombstone.model_id == "fresh"
+    assert [e.kind for e in evaluated(out)] == ["delete"]
+    assert state.states["model-state-v1"].value() is None
+    assert state.states["runtime-spec-v1"].value() == DELETED
+    assert not state.states["recent-versions-v1"]
+    # Deleted under the "dlq" policy: its commands are refused, a late sample dead-lettered.
+    assert "no such model" in answer(command(restarted, "reset"))["reason"]
+    assert "no such model" in answer(command(restarted, "delete"))["reason"]
+    (letter,) = [json.loads(o[1]) for o in samples(restarted, 1, 3) if o[0] is DLQ_TAG]
+    assert letter["reason"] == "unknown_model"
+
+
+def test_create_again_is_ok_with_the_same_spec_refused_with_another():
+    trainer = started(KeyedState())
+    command(trainer, "create", spec={"n_features": 3})
+    samples(trainer, 1, 3)
+    same = command(trainer, "create", spec={"n_features": 3})
+    assert answer(same)["ok"] and answer(same)["existed"]
+    assert versions(same) == []
+    other = answer(command(trainer, "create", spec={"n_features": 4}))
+    assert not other["ok"] and "exists with another spec" in other["reason"]
+    # A model created again after a delete starts from version 1 under its new spec.
+    command(trainer, "delete")
+    out = command(trainer, "create", spec={"n_features": 4})
+    assert answer(out)["ok"] and [v.version for v in versions(out)] == [1]
+
+
+def test_samples_of_another_width_are_dead_lettered_whole_not_trained():
+    """A record checked by a parser under another spec (around a create) must not crash the
+    trainer: it goes to the DLQ, whole."""
+    trainer = started(KeyedState())
+    command(trainer, "create", spec={"n_features": 3})
+    out = samples(trainer, 2, 5)
+    (letter,) = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+    assert letter["reason"] == "bad_features" and "expected 3 values" in letter["detail"]
+    assert not versions(out)
+
+
+def test_a_delete_of_a_model_never_seen_is_refused():
+    trainer = started(KeyedState())
+    detail = answer(command(trainer, "delete"))
+    assert not detail["ok"] and "no such model" in detail["reason"]
+    assert versions(command(trainer, "delete")) == []
+
+
+def test_an_update_changes_live_fields_with_a_new_version_and_refuses_the_others():
+    state = KeyedState()
+    trainer = started(state)
+    command(trainer, "create", spec={"type": "linear", "n_features": 3})
+    samples(trainer, 1, 3)
+    before = trainer.trainers["fresh"]
+    weights = before.model.weights_vector()
+    out = command(trainer, "update", changes={"learning_rate": 0.007, "batch_size": 8})
+    detail = answer(out)
+    assert detail["ok"] and detail["spec"]["learning_rate"] == 0.007
+    (version,) = versions(out)
+    assert version.version == before.version + 1
+    after = trainer.trainers["fresh"]
+    assert after.model.weights_vector().tobytes() == weights.tobytes()
+    assert after.batch_size == 8
+    # The learning rate is the optimizer's from now on, and the entry outlives a restart.
+    assert started(state).model_specs.spec_of("fresh").learning_rate == 0.007
+    assert [e.kind for e in evaluated(out)] == ["update"]
+    for changes, reason in (
+        ({"n_features": 4}, "changes.n_features: cannot change while the model runs"),
+        ({"batch_size": -1}, "changes.batch_size: must be >= 0"),
+    ):
+        refused = answer(command(trainer, "update", changes=changes))
+        assert not refused["ok"] and reason in refused["reason"]
+
+
+def test_a_self_tuning_model_keeps_its_rates():
+    trainer = started(KeyedState())
+    command(trainer, "create", spec={"type": "auto_linear", "n_features": 2})
+    refused = answer(command(trainer, "update", changes={"learning_rate": 0.1}))
+    assert not refused["ok"] and "learning_rates" in refused["reason"]
+
+
+def test_a_create_replaces_a_model_that_trained_under_the_defaults():
+    """The parsers cannot see what a model trained, so a create applies to any model
+    without a live runtime entry: the answer says what it replaced."""
+    settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "2"})  # policy "create"
+    trainer = MiniBatchTrainer(settings)
+    trainer.open(KeyedState())
+    assert versions(samples(trainer, 1, 10))  # the defaults: 10 features
+    out = command(trainer, "create", spec={"n_features": 3})
+    assert answer(out)["ok"] and answer(out)["replaced_version"] == 1
+    assert [v.version for v in versions(out)] == [1]
+    assert versions(samples(trainer, 1, 3))
