@@ -364,6 +364,11 @@ class JobConf:
     rollback_margin: float = 0.1
     rollback_min_samples: int = 1000
     rollback_cooldown_versions: int = 100
+    #: Per-model metrics (a ``model`` label) for at most this many models per operator
+    #: instance, the first it sees; the others add up under ``model="(other)"``.
+    model_metrics_limit: int = 100
+    #: Models that get per-model metrics whatever the limit.
+    model_metrics: tuple[str, ...] = ()
 
     def validate(self) -> None:
         for name in (
@@ -381,7 +386,12 @@ class JobConf:
             "input_bundle_records",
         ):
             _check_positive(f"job.{name}", getattr(self, name))
-        for name in ("drift_features_monitored", "sample_dedupe_window_ms", "input_bundle_ms"):
+        for name in (
+            "drift_features_monitored",
+            "sample_dedupe_window_ms",
+            "input_bundle_ms",
+            "model_metrics_limit",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"job.{name} must be >= 0")
         _check_positive("job.drift_cooldown_versions", self.drift_cooldown_versions)

@@ -137,7 +137,9 @@ class CheckpointOperator(KeyedProcessFunction):
         self.ledgers: dict[str, CheckpointLedger] = {}
         self.registrar: Registrar | None = None
         group = runtime_context.get_metrics_group()
-        self.per_model = ModelMetrics(group, ("checkpoints", "registered", "auto_rollbacks"))
+        self.per_model = ModelMetrics(
+            group, ("checkpoints", "registered", "auto_rollbacks"), self.settings.job
+        )
         self.auto_rollbacks = group.counter("auto_rollbacks")
 
     def close(self) -> None:

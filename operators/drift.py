@@ -48,7 +48,9 @@ class DriftOperator(KeyedProcessFunction):
         group = runtime_context.get_metrics_group()
         self.alarms = group.counter("drift_alarms")
         self.adaptations = group.counter("drift_adaptations")
-        self.per_model = ModelMetrics(group, ("drift_alarms", "drift_adaptations"))
+        self.per_model = ModelMetrics(
+            group, ("drift_alarms", "drift_adaptations"), self.settings.job
+        )
 
     def _monitor(self, model_id: str, n_monitored: int) -> DriftMonitor:
         monitor = self.monitors.get(model_id)

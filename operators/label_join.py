@@ -66,7 +66,9 @@ class LabelJoin(KeyedProcessFunction):
         # Totals and the same per model (a ``model`` label in Prometheus).
         group = runtime_context.get_metrics_group()
         self.metrics = ModelMetrics(
-            group, ("joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events")
+            group,
+            ("joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events"),
+            self.settings.job,
         )
         self.totals = {name: group.counter(name) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms

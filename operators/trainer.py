@@ -120,6 +120,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.per_model = ModelMetrics(
             group,
             ("samples_trained", "versions", "gate_rejected", "grad_clipped", "duplicate_samples"),
+            self.settings.job,
         )
         self.duplicates = group.counter("duplicate_samples")
         self.model_loss: dict[str, float] = {}
