@@ -357,7 +357,9 @@ class JobConf:
     input_bundle_ms: int = 10
     expired_events: Literal["drop", "default_label"] = "drop"
     default_label: float = 0.0
-    unknown_model_policy: Literal["create", "dlq"] = "create"
+    #: A record of a model that no spec names: "create" it from ``[model_defaults]``,
+    #: "infer" its shape from its first record (dense count, or names), or "dlq" it.
+    unknown_model_policy: Literal["create", "infer", "dlq"] = "infer"
     checkpoint_every_versions: int = 50
     keep_checkpoints: int = 20
     rollback_window_samples: int = 2000

@@ -32,7 +32,14 @@ from flowlearn.jobs import interop
 from flowlearn.operators.checkpoint import CheckpointOperator
 from flowlearn.operators.drift import CONTROL_OUT_TAG, DriftOperator
 from flowlearn.operators.label_join import LabelJoin
-from flowlearn.operators.parse import DLQ_TAG, ParseControl, ParseEvents, ParseLabels, ParseSamples
+from flowlearn.operators.parse import (
+    DLQ_TAG,
+    INFERRED_TAG,
+    ParseControl,
+    ParseEvents,
+    ParseLabels,
+    ParseSamples,
+)
 from flowlearn.operators.publisher import RedisPublisher
 from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from flowlearn.operators.types import (
@@ -215,8 +222,11 @@ def build_pipeline(
         .uid("checkpoint")
         .slot_sharing_group("monitoring")
     )
+    # Commands the job sends itself, through fl.control (Flink 2 has no iterations).
     adaptations = drift_alerts.get_side_output(CONTROL_OUT_TAG).union(
-        checkpoint_alerts.get_side_output(CONTROL_OUT_TAG)
+        checkpoint_alerts.get_side_output(CONTROL_OUT_TAG),
+        parsed_samples.get_side_output(INFERRED_TAG),
+        parsed_events.get_side_output(INFERRED_TAG),
     )
     alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts, checkpoint_alerts)
     published = None

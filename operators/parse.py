@@ -19,7 +19,9 @@ from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import (
     RecordError,
     Sample,
+    control_record,
     dlq_record,
+    first_sample_shape,
     is_bulk,
     now_ms,
     parse_control,
@@ -36,6 +38,9 @@ from flowlearn.state.rows import to_row
 
 #: Dead-letter records (JSON strings in the ``fl.dlq`` format, docs/architecture.md).
 DLQ_TAG = OutputTag("dlq", Types.STRING())
+#: ``create`` commands for models whose spec a record showed (``job.unknown_model_policy =
+#: "infer"``; JSON ``fl.control`` records): the job sends them to ``fl.control``.
+INFERRED_TAG = OutputTag("inferred", Types.STRING())
 
 SpecFor = Callable[[str], Mapping[str, Any] | None]
 
@@ -68,11 +73,24 @@ class _ParseRecords:
     def end_of_bundle(self) -> Iterable[Any]:
         return ()
 
+    def inferred_create(self, raw: bytes, error: RecordError) -> str | None:
+        """A ``create`` command (JSON) for the model of ``raw``, which ``error`` refused,
+        when the unknown-model policy infers its spec from this record; the record is then
+        parsed again."""
+        return None
+
     def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
         parsed = 0
         for raw in unbundle(bundle):
             try:
-                out = self.parse(raw)
+                try:
+                    out = self.parse(raw)
+                except RecordError as exc:
+                    inferred = self.inferred_create(raw, exc)
+                    if inferred is None:
+                        raise
+                    yield INFERRED_TAG, inferred
+                    out = self.parse(raw)
             except RecordError as exc:
                 self.dead.inc()
                 yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
@@ -90,23 +108,49 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
     live in the broadcast state (:data:`flowlearn.state.descriptors.RUNTIME_SPECS`), so they
     survive restarts; a dict mirrors them for the per-record lookups."""
 
+    #: Whether this topic's records show a model's shape (samples and events do; labels
+    #: carry no features).
+    shows_shape = True
+
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
         #: Spec dicts of the models with a runtime entry (None: unknown, the policy says DLQ);
         #: None until the broadcast state has been read after a (re)start.
         self.runtime_dicts: dict[str, dict[str, Any] | None] | None = None
         self.spec_for: SpecFor = self._spec_for
+        self.infers = self.settings.job.unknown_model_policy == "infer"
+        #: Specs this parser inferred ("infer" policy), until their create comes back from
+        #: fl.control as a runtime entry.
+        self.inferred: dict[str, dict[str, Any]] = {}
 
     def _spec_for(self, model_id: str) -> Mapping[str, Any] | None:
         assert self.runtime_dicts is not None
         if model_id in self.runtime_dicts:
             return self.runtime_dicts[model_id]
-        return self.specs.dict_of(model_id)
+        spec = self.specs.dict_of(model_id)
+        if spec is None and self.infers:
+            # An inferred spec takes everything but the shape from the defaults.
+            return self.inferred.get(model_id) or (
+                None if self.shows_shape else self.specs.defaults.as_dict()
+            )
+        return spec
+
+    def inferred_create(self, raw: bytes, error: RecordError) -> str | None:
+        if not (self.infers and self.shows_shape and error.reason == "unknown_model"):
+            return None
+        shape = first_sample_shape(raw)
+        entry = None if shape is None else self.specs.inferred_entry(shape[1])
+        if shape is None or entry is None:
+            return None
+        model_id, spec = shape[0], json.loads(entry)
+        self.inferred[model_id] = spec
+        return control_record(model_id, "create", {"spec": spec}, source="infer")
 
     def _learn(self, model_id: str, entry: str) -> None:
         assert self.runtime_dicts is not None
         spec = self.specs.model_spec(model_id, entry)
         self.runtime_dicts[model_id] = None if spec is None else spec.as_dict()
+        self.inferred.pop(model_id, None)  # the job's answer to this parser's inference
 
     def _restore(self, ctx: Any) -> None:
         if self.runtime_dicts is None:
@@ -265,6 +309,7 @@ class ParseLabels(_ParseFeedback):
     """``fl.labels`` -> ``FEEDBACK_TYPE`` rows of kind "l" (raw kept for a late DLQ)."""
 
     what = "labels"
+    shows_shape = False
 
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         lab = parse_label(raw, self.spec_for)

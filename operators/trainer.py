@@ -110,6 +110,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.kept = _KeptVersions(self.recent, self.checkpoints)
         self.paused = runtime_context.get_state(descriptors.PAUSED)
         self.model_specs = KeyedSpecs(self.specs, runtime_context)
+        self.infers = self.settings.job.unknown_model_policy == "infer"
         # Hot caches, rebuilt from state after every (re)start. A restored partial batch
         # still has its flush timer: Flink restores timers with the state.
         self.trainers: dict[str, ModelTrainer] = {}
@@ -228,6 +229,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffer.add(to_row(BufferedSamples(ts, features, labels, event_ids)))
         count = self.buffered[model_id] + len(labels)
         self.buffered[model_id] = count
+        if self.model_specs.model_spec(model_id) is None:
+            return  # held: a parser inferred the model's spec, its create is on the way
         if count >= self._trainer(model_id).next_batch_size():
             yield from self._flush(model_id, ctx, whole=False)
         elif count == len(labels):  # a new batch: bound its latency
@@ -240,6 +243,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         under the other."""
         spec = self.model_specs.model_spec(model_id)
         if spec is None:
+            if self.infers:  # held in the buffer until the model's inferred create comes
+                return None
             return "unknown_model", f"no spec for model '{model_id}' (it was deleted)"
         width = self._trainer(model_id).model.n_features
         if n_values != width * n_samples:
@@ -499,16 +504,39 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             return
         replaced = self.model_state.value() is not None  # trained under conf/ or the defaults
         replaced_version = self.version_state.value() or 0
+        waiting = [BufferedSamples._make(r) for r in self.buffer.get()]
         self._forget(model_id, ctx)
         self.model_specs.set_entry(model_id, entry)
         trainer = self._trainer(model_id)
         mv = trainer.reset()  # version 1: the untrained model, served from now on
         yield from self._emit(trainer, mv, "create", spec=entry)
         self._save(trainer)
+        yield from self._take_waiting(model_id, waiting, ctx)
         detail = {**_detail(command), "ok": True, "new_version": 1}
         if replaced:
             detail["replaced_version"] = replaced_version
         yield ALERT_TAG, alert(model_id, "control", detail)
+
+    def _take_waiting(
+        self, model_id: str, waiting: list[BufferedSamples], ctx: Any
+    ) -> Iterator[Any]:
+        """Samples that waited in the buffer across a create (held until an inferred spec
+        came, or short of a batch): those of the new shape are trained as they would have
+        been, the others dead-lettered whole."""
+        width = self._trainer(model_id).model.n_features
+        fit = []
+        for row in waiting:
+            if len(row.features) == width * len(row.labels):
+                fit.append(row)
+            else:
+                detail = f"expected {width} values a sample: buffered before the model's create"
+                yield from self._refuse(
+                    model_id, row.ts, row.features, row.labels, "bad_features", detail
+                )
+        if fit:
+            self.buffer.add_all([to_row(row) for row in fit])
+            self._load(model_id)
+            yield from self._flush(model_id, ctx, whole=False)
 
     def _update(self, command: ControlCommand) -> Iterator[Any]:
         """The model's live fields changed: the trainer rebuilt around its state under the

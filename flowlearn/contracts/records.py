@@ -297,6 +297,27 @@ def encode_sample_batch(
     return bytes(sink.getvalue().to_pybytes())
 
 
+def first_sample_shape(raw: bytes) -> tuple[str, Any] | None:
+    """The model id of a samples or events record and the features of its first sample, as
+    given (a JSON record's ``features``; a bulk record's first row, a list), or None when it
+    shows none: what ``job.unknown_model_policy = "infer"`` fixes a new model's shape from.
+
+    >>> first_sample_shape(b'{"model_id": "m", "features": {"a": 1}}')
+    ('m', {'a': 1})
+    """
+    try:
+        if is_bulk(raw):
+            import pyarrow as pa
+
+            table = pa.ipc.open_stream(raw).read_all()
+            model_id, features = table.column("model_id")[0], table.column("features")[0]
+            return str(model_id.as_py()), features.as_py()
+        obj = _load_json_object(raw)
+        return str(obj["model_id"]), obj["features"]
+    except Exception:  # any way of being malformed: the record's own parse says which
+        return None
+
+
 def parse_sample_batch(
     raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]
 ) -> SampleBatch:

@@ -107,6 +107,35 @@ class ModelSpecs:
         """
         return json.dumps(self.read(table, where).as_dict(), sort_keys=True)
 
+    def inferred_entry(self, features: Any) -> str | None:
+        """The runtime entry ``job.unknown_model_policy = "infer"`` gives a new model whose
+        first record has ``features``: ``[model_defaults]`` with, for dense features, the
+        list's length or the map's names (in their order); None when the features show no
+        shape (an empty list, a value of another kind).
+
+        >>> from flowlearn.conf import load_settings
+        >>> specs = ModelSpecs(load_settings(env={}))
+        >>> spec = specs.spec_of("m", specs.inferred_entry({"age": 41, "spend": 9.5}))
+        >>> spec.n_features, spec.feature_names
+        (2, ('age', 'spend'))
+        >>> specs.spec_of("m", specs.inferred_entry([0.5] * 8)).n_features
+        8
+        """
+        table = self.defaults.as_dict()
+        if self.defaults.features == "dense":
+            if isinstance(features, list) and features:
+                names: list[str] = []
+            elif isinstance(features, dict) and features:
+                names = [str(name) for name in features]
+            else:
+                return None
+            n = len(names) or len(features)
+            table.update(n_features=n, feature_names=names, feature_defaults={})
+        try:
+            return self.runtime_entry(table, "inferred spec")
+        except ConfigError:
+            return None
+
     def updated_entry(
         self, current: ModelSpec, changes: Mapping[str, Any], where: str = "changes"
     ) -> str:
@@ -139,6 +168,7 @@ class ModelSpecs:
             return self.read(json.loads(runtime), f"runtime spec of {model_id}")
         if runtime is None and model_id in self.models:
             return self.models[model_id]
+        # "infer": none until the model's first record has fixed one (inferred_entry).
         return self.defaults if self.policy == "create" else None
 
     def spec_of(self, model_id: str, runtime: str | None = None) -> ModelSpec:

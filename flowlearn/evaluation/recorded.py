@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,26 @@ def _decoded(read: TopicRead, since_ms: int | None) -> Iterator[dict[str, Any]]:
             yield obj
 
 
+def created_type(alerts: Iterable[Mapping[str, Any]]) -> str | None:
+    """The model type the job's answers to ``create`` commands give (the last one that
+    holds, a ``delete`` undoing it), or None: a model made at runtime is not in ``conf/``.
+
+    >>> created_type([{"kind": "control", "detail": {"command": "create", "ok": True,
+    ...                "args": {"spec": {"type": "linear"}}}}])
+    'linear'
+    """
+    kind = None
+    for alert in alerts:
+        detail = alert.get("detail") or {}
+        if alert.get("kind") != "control" or not detail.get("ok"):
+            continue
+        if detail.get("command") == "create":
+            kind = (detail.get("args") or {}).get("spec", {}).get("type")
+        elif detail.get("command") == "delete":
+            kind = None
+    return kind
+
+
 def registered_checkpoints(
     settings: Settings, model_id: str, since_ms: int | None, notes: list[str]
 ) -> tuple[list[Checkpoint], list[VersionPoint]]:
@@ -255,7 +275,6 @@ def collect(
     with_registry: bool = True,
 ) -> EvaluationData:
     """Read what the system recorded about ``model_id`` (see the module docstring)."""
-    spec = ModelSpecs(settings).spec_of(model_id)
     topics = settings.kafka.topics
     notes: list[str] = []
     consumer = (consumer_factory or kafka_consumer(settings.kafka))()
@@ -311,12 +330,14 @@ def collect(
         checkpoints, versions = registered_checkpoints(settings, model_id, since_ms, notes)
     n_samples = len(reads["samples"].records)
     period = "" if since_ms is None else f" since {since_ms} ms"
+    alerts = list(_decoded(reads["alerts"], None))
+    model_type = created_type(alerts) or ModelSpecs(settings).spec_of(model_id).type
     return build_live(
         model_id,
-        spec.type,
+        model_type,
         events=events,
         labels=labels,
-        alerts=_decoded(reads["alerts"], since_ms),
+        alerts=[a for a in alerts if since_ms is None or int(a.get("ts") or 0) >= since_ms],
         dlq=dlq,
         checkpoints=checkpoints,
         versions=versions,

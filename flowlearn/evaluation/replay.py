@@ -37,7 +37,13 @@ from typing import Any
 import numpy as np
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.records import RecordError, is_bulk, parse_sample, parse_sample_batch
+from flowlearn.contracts.records import (
+    RecordError,
+    first_sample_shape,
+    is_bulk,
+    parse_sample,
+    parse_sample_batch,
+)
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
 from flowlearn.devstack.jars import operators_jar
@@ -187,9 +193,30 @@ class _Valid:
         )
 
 
+def with_inferred_specs(records: Sequence[bytes], settings: Settings) -> Settings:
+    """``settings`` with a ``[models.ID]`` table for each model of ``records`` that the
+    ``"infer"`` policy would create from its first record (``settings`` as they are under
+    another policy). A replay has no Kafka to send the job's inferred creates back through:
+    it gives the job the specs the live job would have inferred."""
+    if settings.job.unknown_model_policy != "infer":
+        return settings
+    specs = ModelSpecs(settings)
+    inferred: dict[str, dict[str, Any]] = {}
+    for raw in records:
+        shape = first_sample_shape(raw)
+        if shape is None or shape[0] in settings.models or shape[0] in inferred:
+            continue
+        entry = specs.inferred_entry(shape[1])
+        if entry is not None:
+            inferred[shape[0]] = json.loads(entry)
+    if not inferred:
+        return settings
+    return dataclasses.replace(settings, models={**settings.models, **inferred})
+
+
 def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Valid]:
     """What the job's sample parser accepts, per model, in order (same parsing code)."""
-    spec_for = ModelSpecs(settings).dict_of
+    spec_for = ModelSpecs(with_inferred_specs(records, settings)).dict_of
     out: dict[str, _Valid] = {}
     for raw in records:
         try:
@@ -259,6 +286,7 @@ def replay(
         raise EvaluationError(
             f"{path}: no records" + (f" of model {model_id!r}" if model_id else "")
         )
+    settings = with_inferred_specs(records, settings)
     t0 = time.monotonic()
     # Registrations run on the checkpoint operator's own thread, which a bounded run can
     # outlive: without a registry directory of the caller's, nothing is registered.

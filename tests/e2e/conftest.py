@@ -43,6 +43,9 @@ port = {8080 + PORT_OFFSET}
 port = {9090 + PORT_OFFSET}
 scrape_interval_s = 2
 [job]
+# Models made up by tests take [model_defaults] at once (their shape is the defaults'): the
+# "infer" policy's round trip through fl.control is covered by the MiniCluster tests.
+unknown_model_policy = "create"
 batch_size = 32
 batch_timeout_ms = 200
 checkpoint_every_versions = 10

@@ -33,7 +33,13 @@ BAD_RECORDS = {
 
 def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
     # Nothing registered in MLflow unless a test asks (the stack home's store is not ours).
-    defaults = {"FLOWLEARN__JOB__BATCH_SIZE": "64", "FLOWLEARN__MLFLOW__ENABLED": "false"}
+    # Models that no spec names take the defaults: with "infer", their samples would wait
+    # for a create that only a Kafka sink sends back.
+    defaults = {
+        "FLOWLEARN__JOB__BATCH_SIZE": "64",
+        "FLOWLEARN__MLFLOW__ENABLED": "false",
+        "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "create",
+    }
     settings = load_settings(env={**defaults, **env_overrides})
     env = local_environment(operators_jar(settings))
     sources = RawSources(
@@ -351,3 +357,34 @@ def test_samples_of_a_model_created_meanwhile_are_trained_or_dead_lettered_never
     dead = [r for r in out if "reason" in r]
     assert {r["reason"] for r in dead} <= {"bad_features"}
     assert trained + len(dead) == len(samples)
+
+
+def test_the_infer_policy_sends_a_create_and_the_model_trains_every_sample_once_created():
+    """A model no spec names: the parser infers its shape from its first record and sends a
+    create through fl.control (here: the adaptations stream); meanwhile its samples wait in
+    the trainer. Fed back, the create trains them all, whichever arrives first."""
+    samples = [
+        json.dumps(
+            {
+                "model_id": "guess",
+                "ts": 1000 + i,
+                "features": {"a": i % 5, "b": 1.0},
+                "label": i % 2,
+            }
+        ).encode()
+        for i in range(200)
+    ]
+    infer = {"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "infer"}
+    out = run_pipeline(samples, **infer)
+    creates = {json.dumps(r["control"]["args"]) for r in out if "control" in r}
+    assert len(creates) == 1  # one parser: one inference, sent once
+    (create,) = [r["control"] for r in out if "control" in r][:1]
+    assert create["command"] == "create" and create["source"] == "infer"
+    assert create["args"]["spec"]["feature_names"] == ["a", "b"]
+    assert not [r for r in out if "reason" in r or r.get("kind") == "version"]
+
+    fed_back = json.dumps(create).encode()
+    out = run_pipeline(samples, control=[fed_back], **infer)
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "guess"]
+    assert max(v["applied"] for v in versions) == len(samples)
+    assert not [r for r in out if "reason" in r]

@@ -36,7 +36,7 @@ def test_replay_equals_direct_training_and_the_online_model_recovers_first(tmp_p
 
     # The same batches trained directly with the core give the same weights, bit for bit,
     # and the same prequential records.
-    spec = ModelSpecs(settings).model_spec(MODEL).as_dict()
+    spec = ModelSpecs(settings).spec_of(MODEL).as_dict()  # the defaults: the inferred shape
     trainer = ModelTrainer.create(MODEL, spec)
     X = np.array([r["features"] for r in records], dtype=np.float64)
     y = np.array([r["label"] for r in records], dtype=np.float64)

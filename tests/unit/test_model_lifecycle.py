@@ -151,7 +151,9 @@ def test_a_self_tuning_model_keeps_its_rates():
 def test_a_create_replaces_a_model_that_trained_under_the_defaults():
     """The parsers cannot see what a model trained, so a create applies to any model
     without a live runtime entry: the answer says what it replaced."""
-    settings = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "2"})  # policy "create"
+    settings = load_settings(
+        env={"FLOWLEARN__JOB__BATCH_SIZE": "2", "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "create"}
+    )
     trainer = MiniBatchTrainer(settings)
     trainer.open(KeyedState())
     assert versions(samples(trainer, 1, 10))  # the defaults: 10 features
@@ -159,3 +161,19 @@ def test_a_create_replaces_a_model_that_trained_under_the_defaults():
     assert answer(out)["ok"] and answer(out)["replaced_version"] == 1
     assert [v.version for v in versions(out)] == [1]
     assert versions(samples(trainer, 1, 3))
+
+
+def test_under_the_infer_policy_samples_wait_for_their_models_create():
+    settings = load_settings(
+        env={"FLOWLEARN__JOB__BATCH_SIZE": "2", "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "infer"}
+    )
+    trainer = MiniBatchTrainer(settings)
+    trainer.open(KeyedState())
+    assert samples(trainer, 3, 3) == []  # held: neither trained nor dead-lettered
+    assert samples(trainer, 1, 5) == []  # another parser's guess at the shape
+    out = command(trainer, "create", spec={"n_features": 3})
+    assert answer(out)["ok"]
+    assert [v.version for v in versions(out)][:2] == [1, 2]  # created, then the held trained
+    (letter,) = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+    assert letter["reason"] == "bad_features" and "before the model's create" in letter["detail"]
+    assert trainer.trainers["fresh"].samples_applied == 3

@@ -37,7 +37,12 @@ class RuntimeContext:
 
 
 def opened(operator_class, **env):
-    settings = load_settings(env={"FLOWLEARN__JOB__OUT_OF_ORDERNESS_MS": "5000", **env})
+    """The operator under the defaults, models that no spec names taking them at once."""
+    defaults = {
+        "FLOWLEARN__JOB__OUT_OF_ORDERNESS_MS": "5000",
+        "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "create",
+    }
+    settings = load_settings(env={**defaults, **env})
     op = operator_class(settings, "fl.x")
     op.open(RuntimeContext())
     return op
@@ -253,3 +258,26 @@ def test_created_and_deleted_models_are_checked_against_their_runtime_spec():
     broadcast("delete", {})
     assert reasons(parser) == ["unknown_model"]
     assert reasons(opened(ParseSamples, **env)) == ["unknown_model"]
+
+
+def test_the_infer_policy_fixes_a_new_models_shape_from_its_first_record():
+    from flowlearn.operators.parse import INFERRED_TAG
+
+    env = {"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "infer"}
+    parser, labels = opened(ParseSamples, **env), opened(ParseLabels, **env)
+    dense = {"model_id": "fresh", "ts": 1, "features": [1.0, 2.0, 3.0], "label": 1}
+    out = run(parser, dense)
+    ((_, create),) = [o for o in out if o[0] is INFERRED_TAG]
+    create = json.loads(create)
+    assert (create["model_id"], create["command"], create["source"]) == ("fresh", "create", "infer")
+    assert create["args"]["spec"]["n_features"] == 3
+    assert [o[0] for o in out if o[0] is not INFERRED_TAG] == ["fresh"]  # parsed, not lost
+    # Later records of the model are checked against the inferred shape; no second create.
+    out = run(parser, {**dense, "features": [1.0, 2.0]})
+    assert [json.loads(o[1])["reason"] for o in out] == ["bad_features"]
+    named = {"model_id": "named", "ts": 1, "features": {"age": 41, "spend": 9.5}, "label": 0}
+    ((_, create),) = [o for o in run(parser, named) if o[0] is INFERRED_TAG]
+    assert json.loads(create)["args"]["spec"]["feature_names"] == ["age", "spend"]
+    # A label shows no shape: checked against the defaults' type, which an inferred spec keeps.
+    label = {"model_id": "unseen", "event_id": "e1", "ts": now_ms(), "label": 1}
+    assert [o for o in run(labels, label) if o[0] is DLQ_TAG] == []

@@ -15,7 +15,10 @@ from flowlearn.core.training import RAMP_FRACTION, ModelTrainer
 from flowlearn.operators.trainer import MiniBatchTrainer
 from tests.unit.flink_stand_ins import Context, KeyedState, ListState, ValueState
 
-SETTINGS = load_settings(env={"FLOWLEARN__JOB__BATCH_SIZE": "2"})
+# "m" is named by no spec: it takes the defaults at once.
+SETTINGS = load_settings(
+    env={"FLOWLEARN__JOB__BATCH_SIZE": "2", "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "create"}
+)
 #: Samples a model has learnt before its batches are full (batches of 2, RAMP_FRACTION).
 GROWN = 2 * RAMP_FRACTION
 
