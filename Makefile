@@ -63,6 +63,7 @@ bench: install
 	@$(PY) bench/bench_join.py $(BENCH_ARGS) $(JOIN_ARGS)
 	@$(PY) bench/bench_freshness.py $(BENCH_ARGS) $(FRESHNESS_ARGS)
 	@$(PY) bench/bench_state.py $(BENCH_ARGS) $(STATE_ARGS)
+	@$(PY) bench/bench_models.py $(BENCH_ARGS) $(MODELS_ARGS)
 	@$(PY) bench/bench_poisoning.py $(BENCH_ARGS) $(POISONING_ARGS)
 	@$(PY) bench/bench_soak.py $(BENCH_ARGS) $(SOAK_ARGS)
 

@@ -127,10 +127,17 @@ def _auto_rollback_off() -> str:
 class BenchStack:
     """The bench's own stack; config files for it live in a temporary folder."""
 
-    def __init__(self, folder: Path, extra: str = "", bundle_time_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        extra: str = "",
+        bundle_time_ms: int | None = None,
+        flink_extra: str = "",
+    ) -> None:
+        """``extra``: TOML tables appended; ``flink_extra``: keys of the ``[flink]`` table."""
         self.folder = folder
         self.extra = extra
-        self.flink_extra = (
+        self.flink_extra = flink_extra + (
             "" if bundle_time_ms is None else f"python_bundle_time_ms = {bundle_time_ms}\n"
         )
         self.config = self.write_config(5000)

@@ -247,6 +247,10 @@ class FlinkConf:
     prometheus_ports: str = "9249-9252"
     process_memory_jobmanager: str = "1024m"
     process_memory_taskmanager: str = "2048m"
+    #: Where keyed state lives: "hashmap" (the TaskManager heap: fastest) or "rocksdb" (on
+    #: local disk, incremental checkpoints: for state larger than the heap, e.g. thousands
+    #: of models).
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
     python_bundle_size: int = 10000
     python_bundle_time_ms: int = 50
 

@@ -76,7 +76,9 @@ def write_flink_conf(settings: Settings) -> Path:
         "execution.checkpointing.savepoint-dir": f"file://{savepoints}",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": 3,
-        "state.backend.type": "hashmap",
+        "state.backend.type": f.state_backend,
+        # RocksDB uploads only the files that changed since the last checkpoint.
+        "execution.checkpointing.incremental": f.state_backend == "rocksdb",
         "restart-strategy.type": "exponential-delay",
         "metrics.reporter.prom.factory.class": (
             "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
