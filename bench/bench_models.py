@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 from bench_freshness import BenchStack, log
-from bench_state import job_processes, memory_kb
+from bench_state import job_processes, memory_kb, wait_until
 
 from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import Keys, redis_client
@@ -54,6 +54,8 @@ from flowlearn.devstack import jobctl, processes
 from flowlearn.devstack.flink_cluster import flink_rest
 
 DENSE_FEATURES = 10
+#: A prediction slower than this counts as timed out.
+REQUEST_TIMEOUT_S = 10.0
 HASHED_COLUMNS = 1024
 TOKENS = [f"t{i}" for i in range(200)]
 ZIPF_EXPONENT = 1.1
@@ -120,42 +122,38 @@ def applied(client: Any, keys: Keys, models: list[str]) -> tuple[int, int]:
     return sum(int(v) for v in values if v is not None), sum(v is not None for v in values)
 
 
-def wait(what: str, check: Any, timeout_s: float, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise SystemExit(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
-
-
 def latest_checkpoint(settings: Any, job_id: str) -> dict[str, Any]:
     stats = flink_rest(settings, f"/jobs/{job_id}/checkpoints")
     return dict(stats["latest"]["completed"] or {})
 
 
-def predictor_latency(url: str, models: list[str], n: int, seed: int) -> list[float]:
-    """Seconds of ``n`` sequential predictions over random models (one connection)."""
+def predictor_latency(url: str, models: list[str], n: int, seed: int) -> tuple[list[float], int]:
+    """Seconds of ``n`` sequential predictions over random models (one connection), and how
+    many of them took longer than REQUEST_TIMEOUT_S (left out of the seconds)."""
     rng = random.Random(seed)
     host, port = url.split("//", 1)[1].rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    times = []
+    connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+    times, timeouts = [], 0
     for i in range(n):
         model_id = rng.choice(models)
         body = json.dumps({"instances": [sample(model_id, i, rng)["features"]]})
         t0 = time.perf_counter()
-        connection.request(
-            "POST", f"/v1/models/{model_id}:predict", body, {"Content-Type": "application/json"}
-        )
-        response = connection.getresponse()
-        response.read()
+        try:
+            connection.request(
+                "POST", f"/v1/models/{model_id}:predict", body, {"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            response.read()
+        except TimeoutError:
+            timeouts += 1
+            connection.close()
+            connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+            continue
         times.append(time.perf_counter() - t0)
         if response.status != 200:
             raise SystemExit(f"the predictor answered {response.status} for {model_id}")
     connection.close()
-    return times
+    return times, timeouts
 
 
 def model_series(settings: Any) -> tuple[int, set[str]]:
@@ -235,7 +233,7 @@ def main() -> None:
                 for m in hashed
             ]
             send(settings, settings.kafka.topics.control, creates)
-            wait(
+            wait_until(
                 "every hashed model's version 1",
                 lambda: applied(client, keys, hashed)[1] == len(hashed),
                 timeout_s=600,
@@ -257,35 +255,30 @@ def main() -> None:
                     last_report[0] = time.monotonic()
                 return total >= len(records)
 
-            wait("every sample trained", all_trained, timeout_s=3600, every_s=2)
+            wait_until("every sample trained", all_trained, timeout_s=3600)
             t_train = time.monotonic() - t0
             log("waiting for a checkpoint after the last sample ...")
             before = latest_checkpoint(settings, job.id).get("id", -1)
-            checkpoint = wait(
+            wait_until(
                 "a checkpoint",
-                lambda: (c := latest_checkpoint(settings, job.id)).get("id", -1) > before and c,
+                lambda: latest_checkpoint(settings, job.id).get("id", -1) > before,
                 timeout_s=120,
             )
+            checkpoint = latest_checkpoint(settings, job.id)
             memory = {
                 name: memory_kb(pid)[0] / 1024 for name, pid in job_processes(settings).items()
             }
             predictor_pid = processes.running_pid(settings, "predictor")
-            log("predictor: waiting for every model, then timing requests ...")
-            wait(
-                "the predictor to list every model",
-                lambda: (
-                    len(
-                        json.loads(
-                            urllib.request.urlopen(f"{settings.predictor.url}/v1/models").read()
-                        )["models"]
-                    )
-                    >= n_models
-                ),
-                timeout_s=300,
-                every_s=2,
+            log("predictor: waiting for every model to be loaded, then timing requests ...")
+            t_ready = wait_until(
+                "the predictor to load every model",
+                lambda: urllib.request.urlopen(f"{settings.predictor.url}/readyz").status == 200,
+                timeout_s=900,
             )
             predictor_rss = memory_kb(predictor_pid)[0] / 1024 if predictor_pid else 0.0
-            latencies = predictor_latency(settings.predictor.url, models, args.requests, seed=3)
+            latencies, timeouts = predictor_latency(
+                settings.predictor.url, models, args.requests, seed=3
+            )
             series, labels = model_series(settings)
     log("River peer: the same samples, one pipeline per model, in process ...")
     river_rate, river_mib = river_peer(records)
@@ -311,7 +304,11 @@ def main() -> None:
         ("Python workers RSS", f"{workers:,.0f} MiB ({workers * 1024 / n_models:.1f} KiB a model)"),
         ("River peer: memory held by the models", f"{river_mib:,.0f} MiB"),
         ("predictor RSS, every model loaded", f"{predictor_rss:,.0f} MiB"),
-        (f"predictor latency p50 / p99 ({len(latencies):,} requests)", f"{p50:.2f} / {p99:.2f} ms"),
+        ("predictor: every model loaded, after the last sample", f"{t_ready:.0f} s"),
+        (
+            f"predictor latency p50 / p99 ({len(latencies):,} requests)",
+            f"{p50:.2f} / {p99:.2f} ms, {timeouts} over {REQUEST_TIMEOUT_S:.0f} s",
+        ),
         ("per-model Prometheus series (TaskManager)", f"{series:,} over {len(labels):,} labels"),
     ]
     for name, value in rows:

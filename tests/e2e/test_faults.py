@@ -46,6 +46,10 @@ pytestmark = pytest.mark.e2e
 X_PROBE = [0.25, -0.5, 1.0, 0.0, 0.75, -1.0, 0.5, -0.25, 0.125, 2.0]
 
 
+#: Flink refreshes the metrics its REST API serves at most this often (plus a margin).
+REST_METRICS_REFRESH_S = 11.0
+
+
 def report(msg: str) -> None:
     print(f"[faults] {msg}", file=sys.stderr, flush=True)
 
@@ -67,6 +71,21 @@ class Job:
         """``numRestarts`` (Flink refreshes REST metrics every 10 s)."""
         got = self.rest("/metrics?get=numRestarts")
         return int(got[0]["value"]) if got else 0
+
+    def settled_restarts(self) -> int:
+        """``numRestarts`` once the REST metrics have caught up with earlier failovers: the
+        same value on reads more than a refresh interval apart (a failover may restart the
+        job twice, the second time when no slot was free yet)."""
+        first = [self.restarts(), time.monotonic()]
+
+        def settled() -> tuple[int] | None:
+            value = self.restarts()
+            if value != first[0]:
+                first[:] = [value, time.monotonic()]
+                return None
+            return (value,) if time.monotonic() - first[1] > REST_METRICS_REFRESH_S else None
+
+        return int(wait_until("the restart count to settle", settled, timeout_s=120)[0])
 
     def exceptions(self) -> list[dict[str, Any]]:
         return self.rest("/exceptions")["exceptionHistory"]["entries"]
