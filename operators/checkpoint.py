@@ -13,7 +13,6 @@ creates nothing new.
 
 from __future__ import annotations
 
-import json
 import queue
 import sys
 import threading
@@ -182,16 +181,16 @@ class CheckpointOperator(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         row = Evaluated._make(value)
         model_id, version, weights = row.model_id, row.version, row.weights
+        if row.kind in ("create", "update", "delete"):
+            self.model_specs.follow(model_id, row.kind, row.spec)
         if row.kind in ("create", "delete"):  # a new model, or none: its checkpoints go
             self.ledger_state.clear()
             self.weights.clear()
             self.ledgers.pop(model_id, None)
-            self.model_specs.set_entry(model_id, row.spec)
             if row.kind == "delete":
                 return
         ledger = self._ledger(model_id)
         if row.kind == "update":  # of the live fields, this operator reads auto_rollback
-            self.model_specs.set_changes(model_id, json.loads(row.spec))
             ledger.auto_rollback = self.model_specs.spec_of(model_id).auto_rollback
         if self.registrar is not None:
             for confirmed in self.registrar.confirmed(model_id):

@@ -5,7 +5,6 @@ Kafka)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,10 +73,7 @@ class DriftOperator(KeyedProcessFunction):
                 self.last_adapted.clear()
             self.monitors.pop(model_id, None)
             self.batches.pop(model_id, None)
-            if row.kind == "update":
-                self.model_specs.set_changes(model_id, json.loads(row.spec))
-            else:
-                self.model_specs.set_entry(model_id, row.spec)
+            self.model_specs.follow(model_id, row.kind, row.spec)
             return
         if row.kind != "train":
             # A rollback or reset scored no samples, but its weights are new: their errors

@@ -35,8 +35,8 @@ class KeyedSpecs:
         if model_id not in self._cache:
             spec = self.specs.model_spec(model_id, self.entry.value())
             changes = self.live_changes()
-            if spec is not None and changes:
-                spec = self.specs.spec_of(model_id, self.specs.updated_entry(spec, changes))
+            if spec is not None and changes:  # checked when they came (updated_entry)
+                spec = self.specs.read({**spec.as_dict(), **changes}, f"changes of {model_id}")
             self._cache[model_id] = spec
         return self._cache[model_id]
 
@@ -62,3 +62,11 @@ class KeyedSpecs:
         """The current key's model's live changes, all of them so far."""
         self.changes.update(json.dumps(changes, sort_keys=True))
         self._cache.pop(model_id, None)
+
+    def follow(self, model_id: str, kind: str, spec: str) -> None:
+        """What the trainer's lifecycle row (``Evaluated`` of kind "create", "update" or
+        "delete") says of the current key's model: its new entry, or its live changes."""
+        if kind == "update":
+            self.set_changes(model_id, json.loads(spec))
+        else:
+            self.set_entry(model_id, spec)

@@ -119,6 +119,8 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
         self.runtime_dicts: dict[str, dict[str, Any] | None] | None = None
         self.spec_for: SpecFor = self._spec_for
         self.infers = self.settings.job.unknown_model_policy == "infer"
+        #: What a record that shows no shape is checked against for a model not yet inferred.
+        self.shapeless_default = None if self.shows_shape else self.specs.defaults.as_dict()
         #: Specs this parser inferred ("infer" policy), until their create comes back from
         #: fl.control as a runtime entry.
         self.inferred: dict[str, dict[str, Any]] = {}
@@ -130,9 +132,7 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
         spec = self.specs.dict_of(model_id)
         if spec is None and self.infers:
             # An inferred spec takes everything but the shape from the defaults.
-            return self.inferred.get(model_id) or (
-                None if self.shows_shape else self.specs.defaults.as_dict()
-            )
+            return self.inferred.get(model_id) or self.shapeless_default
         return spec
 
     def inferred_create(self, raw: bytes, error: RecordError) -> str | None:

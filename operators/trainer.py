@@ -31,7 +31,7 @@ from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import dlq_record, encode_sample_batch, now_ms
 from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
 from flowlearn.core import codec
-from flowlearn.core.control import LIFECYCLE_COMMANDS, apply_command
+from flowlearn.core.control import LIFECYCLE_COMMANDS, apply_command, command_detail
 from flowlearn.core.dedupe import SeenIds
 from flowlearn.core.model_types import model_type
 from flowlearn.core.retention import Retention
@@ -160,7 +160,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 self.per_model.gauge(
                     model_id,
                     "prequential_loss",
-                    lambda: int(self.model_loss.get(model_id, 0.0) * 1e6),
+                    lambda: int(self.model_loss[model_id] * 1e6),
                 )
                 self._missing_value_gauges(model_id, trainer)
         return trainer
@@ -600,15 +600,17 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         pending = self.flush_at.pop(model_id, None)
         if pending is not None:
             ctx.timer_service().delete_processing_time_timer(pending)
-        for cache in (self.trainers, self.buffered, self.seen, self.model_loss):
+        for cache in (self.trainers, self.buffered, self.seen):
             cache.pop(model_id, None)
+        if model_id in self.model_loss:  # its gauges stay registered: Flink cannot drop them
+            self.model_loss[model_id] = 0.0
 
 
 _NO_SUCH_MODEL = "no such model: nothing trained, buffered or specified for it"
 
 
 def _detail(command: ControlCommand) -> dict[str, Any]:
-    return {"command": command.command, "args": json.loads(command.args), "source": command.source}
+    return command_detail(command.command, json.loads(command.args), command.source)
 
 
 def _refusal(command: ControlCommand, reason: str) -> dict[str, Any]:

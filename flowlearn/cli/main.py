@@ -409,7 +409,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     specs = ModelSpecs(settings)
     if args.action == "create":
         command_args = {"spec": json.loads(specs.runtime_entry(_spec_table(args), "spec"))}
-        published = lifecycle.served_models(settings).get(model_id)
+        published = lifecycle.served_models(settings, [model_id]).get(model_id)
         if published is not None and not args.replace:
             raise ConfigError(
                 f"model {model_id!r} exists (version {published['version']}); a create "

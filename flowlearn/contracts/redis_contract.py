@@ -21,6 +21,7 @@ transaction: a reader then tells a deleted model (forget it) from one that is me
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,22 +149,41 @@ def read_snapshot(client: redis.Redis, keys: Keys, model_id: str) -> Snapshot | 
     return Snapshot.from_hash(fields) if fields else None
 
 
-def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
-    """Every published model's ``version``, ``epoch`` and ``samples_applied`` (what
-    ``flowlearn status`` shows and a savepoint's manifest records)."""
-    models = {}
-    for raw in sorted(client.smembers(keys.models)):
-        model_id = raw.decode()
-        version, epoch, applied = client.hmget(
-            keys.snapshot(model_id), "version", "epoch", "samples_applied"
-        )
-        if version is not None and epoch is not None and applied is not None:
-            models[model_id] = {
+#: The fields of a snapshot hash that say which version it holds (not its weights: they can
+#: be megabytes a model).
+HEADER_FIELDS = ("version", "epoch", "samples_applied", "spec")
+
+
+def model_headers(
+    client: redis.Redis, keys: Keys, model_ids: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The ``version``, ``epoch``, ``samples_applied`` and ``spec`` of each published model
+    (of ``model_ids``, default every model of the ``models`` set), in one round trip."""
+    if model_ids is None:
+        model_ids = sorted(raw.decode() for raw in client.smembers(keys.models))
+    model_ids = list(model_ids)
+    pipe = client.pipeline(transaction=False)
+    for model_id in model_ids:
+        pipe.hmget(keys.snapshot(model_id), *HEADER_FIELDS)
+    headers = {}
+    for model_id, (version, epoch, applied, spec) in zip(model_ids, pipe.execute(), strict=True):
+        if version is not None and epoch is not None and applied is not None and spec is not None:
+            headers[model_id] = {
                 "version": int(version),
                 "epoch": int(epoch),
                 "samples_applied": int(applied),
+                "spec": json.loads(spec),
             }
-    return models
+    return headers
+
+
+def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
+    """Every published model's ``version``, ``epoch`` and ``samples_applied`` (what
+    ``flowlearn status`` shows and a savepoint's manifest records)."""
+    return {
+        model_id: {name: header[name] for name in ("version", "epoch", "samples_applied")}
+        for model_id, header in model_headers(client, keys).items()
+    }
 
 
 class Publisher:

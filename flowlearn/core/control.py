@@ -96,6 +96,12 @@ class Outcome:
         return bool(self.detail.get("ok"))
 
 
+def command_detail(command: str, args: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The start of every answer's alert detail: what was asked, by whom. The answer adds
+    ``ok`` and, when it was refused, the ``reason``."""
+    return {"command": command, "args": dict(args), "source": source}
+
+
 def apply_command(
     trainer: ModelTrainer,
     command: str,
@@ -107,7 +113,7 @@ def apply_command(
     """Carry out ``command`` (validated by the record parser: a known command with its
     numeric arguments) on ``trainer``. A refused command changes nothing."""
     kind = "rollback" if command == "rollback" else "control"
-    detail: dict[str, Any] = {"command": command, "args": dict(args), "source": source}
+    detail = command_detail(command, args, source)
 
     def refused(reason: str) -> Outcome:
         return Outcome(kind, {**detail, "ok": False, "reason": reason})

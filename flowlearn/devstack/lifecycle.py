@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ import redis
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import control_record
-from flowlearn.contracts.redis_contract import Keys, redis_client
+from flowlearn.contracts.redis_contract import Keys, model_headers, redis_client
+from flowlearn.devstack.producer import send_raw
 
 
 class LifecycleError(RuntimeError):
@@ -44,7 +46,7 @@ def send_and_wait(
     """Send ``command`` for ``model_id`` and wait for the trainer's answer on ``fl.alerts``
     (matched by a request id in the args). The job's alerts are written transactionally, so
     an answer shows once the checkpoint after the command completes."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
     topics = settings.kafka.topics
@@ -68,13 +70,8 @@ def send_and_wait(
         consumer.assign(tps)
         for tp, offset in consumer.end_offsets(tps).items():
             consumer.seek(tp, offset)  # answers come after the command
-        producer = KafkaProducer(**settings.kafka.client_options(), acks="all")
-        try:
-            record = control_record(model_id, command, {**args, "request": request}, source)
-            producer.send(topics.control, key=model_id.encode(), value=record.encode())
-        finally:
-            producer.flush()
-            producer.close()
+        record = control_record(model_id, command, {**args, "request": request}, source)
+        send_raw(settings.kafka, topics.control, [record.encode()], key=model_id)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for messages in consumer.poll(timeout_ms=500).values():
@@ -101,25 +98,14 @@ def _answer(value: bytes, model_id: str, request: str) -> Answer | None:
     return None
 
 
-def served_models(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Every model in Redis with its version, samples applied and spec (what
-    ``flowlearn models list`` shows)."""
-    keys = Keys(settings.redis.prefix)
+def served_models(
+    settings: Settings, model_ids: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The models in Redis (of ``model_ids``, default all) with their version, samples
+    applied and published spec (what ``flowlearn models list`` shows)."""
     client = redis_client(settings.redis)
     try:
-        model_ids = sorted(raw.decode() for raw in client.smembers(keys.models))
-        pipe = client.pipeline(transaction=False)
-        for model_id in model_ids:  # the header only: weights can be megabytes a model
-            pipe.hmget(keys.snapshot(model_id), "version", "samples_applied", "spec")
-        models = {}
-        for model_id, (version, applied, spec) in zip(model_ids, pipe.execute(), strict=True):
-            if version is not None and applied is not None and spec is not None:
-                models[model_id] = {
-                    "version": int(version),
-                    "samples_applied": int(applied),
-                    "spec": json.loads(spec),
-                }
-        return models
+        headers = model_headers(client, Keys(settings.redis.prefix), model_ids)
     except redis.RedisError as exc:
         raise LifecycleError(
             f"Redis at {settings.redis.host}:{settings.redis.port} is unreachable ({exc}): "
@@ -127,3 +113,7 @@ def served_models(settings: Settings) -> dict[str, dict[str, Any]]:
         ) from None
     finally:
         client.close()
+    return {
+        model_id: {name: header[name] for name in ("version", "samples_applied", "spec")}
+        for model_id, header in headers.items()
+    }

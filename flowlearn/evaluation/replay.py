@@ -215,8 +215,9 @@ def with_inferred_specs(records: Sequence[bytes], settings: Settings) -> Setting
 
 
 def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Valid]:
-    """What the job's sample parser accepts, per model, in order (same parsing code)."""
-    spec_for = ModelSpecs(with_inferred_specs(records, settings)).dict_of
+    """What the job's sample parser accepts, per model, in order (same parsing code), under
+    ``settings`` (with the specs the "infer" policy gives: :func:`with_inferred_specs`)."""
+    spec_for = ModelSpecs(settings).dict_of
     out: dict[str, _Valid] = {}
     for raw in records:
         try:

@@ -468,7 +468,12 @@ def test_replay_input_from_parquet_and_json_lines(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flowlearn.evaluation.replay import read_records, valid_samples, write_demo
+    from flowlearn.evaluation.replay import (
+        read_records,
+        valid_samples,
+        with_inferred_specs,
+        write_demo,
+    )
 
     settings = load_settings(env={"FLOWLEARN__MODEL_DEFAULTS__N_FEATURES": "2"})
     X = np.array([[0.5, 1.0], [2.0, -1.0], [0.0, 0.0]])
@@ -489,7 +494,7 @@ def test_replay_input_from_parquet_and_json_lines(tmp_path):
         {"model_id": "m", "ts": 10, "features": [0.5, 1.0], "label": 1.0},
         {"model_id": "m", "ts": 12, "features": [0.0, 0.0], "label": 0.0},
     ]
-    valid = valid_samples(records, settings)
+    valid = valid_samples(records, with_inferred_specs(records, settings))
     Xm, ym = valid["m"].arrays(2)
     assert np.array_equal(Xm, X[[0, 2]]) and ym.tolist() == [1.0, 0.0]
 
@@ -502,7 +507,8 @@ def test_replay_input_from_parquet_and_json_lines(tmp_path):
     )
     records = read_records(lines, "m")
     assert len(records) == 3 and records[1] == b"\xff not json"  # unattributable: kept
-    assert valid_samples(records, settings)["m"].arrays(2)[1].tolist() == [1.0]
+    inferred = with_inferred_specs(records, settings)
+    assert valid_samples(records, inferred)["m"].arrays(2)[1].tolist() == [1.0]
     with pytest.raises(ValueError, match="no such file"):
         read_records(tmp_path / "missing.jsonl")
     demo = write_demo(tmp_path / "demo.jsonl", 25, drift_at=(10,), model_id="d")
