@@ -1,5 +1,5 @@
 """Publishes each model version to Redis (docs/architecture.md, "Redis") under a fresh epoch,
-and removes a deleted model from it."""
+removes a deleted model from it, and writes a model's pin."""
 
 from __future__ import annotations
 
@@ -58,9 +58,12 @@ class RedisPublisher(ProcessFunction):
     def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Row]:
         # By field order: a Row handed over inside a fused Python chain has no names.
         version = Version._make(value)
-        if version.is_deletion:
+        if version.action == "delete":
             self._with_retries(lambda: self.publisher.delete(version.model_id))
             self.deleted.inc()
+            return
+        if version.action == "pin":
+            self._with_retries(lambda: self.publisher.pin(version.model_id, version.version))
             return
         mv = version.model_version()
         self._with_retries(lambda: self.publisher.publish(mv))

@@ -453,6 +453,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 yield from self._emit(trainer, outcome.new_version, outcome.eval_kind)
             if outcome.republish is not None:
                 yield to_row(Version.of(outcome.republish))
+            if outcome.pin is not None:
+                yield to_row(Version.pinning(model_id, outcome.pin))
             self._save(trainer)
         yield ALERT_TAG, alert(model_id, outcome.alert_kind, outcome.detail)
 

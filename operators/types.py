@@ -125,8 +125,9 @@ EVAL_TYPE = row_type(
 
 
 class Version(NamedTuple):
-    """A new model version, as the trainer hands it to the publisher; ``weights`` is empty
-    when only the delta is to be published."""
+    """What the trainer hands the publisher: a new model version (``action`` "publish";
+    ``weights`` is empty when only the delta is to be published), a model's deletion, or
+    its pin (``version`` the pinned one, 0 for none)."""
 
     model_id: str
     version: int
@@ -135,16 +136,16 @@ class Version(NamedTuple):
     spec: str
     delta: bytes
     weights: bytes
+    action: str
 
     @classmethod
     def deletion(cls, model_id: str) -> Version:
-        """What tells the publisher that ``model_id`` was deleted: version 0, which no model
-        publishes (a model's first version is 1)."""
-        return cls(model_id, 0, 0, 0, "", b"", b"")
+        return cls(model_id, 0, 0, 0, "", b"", b"", "delete")
 
-    @property
-    def is_deletion(self) -> bool:
-        return self.version == 0
+    @classmethod
+    def pinning(cls, model_id: str, version: int) -> Version:
+        """Predictors are to serve ``version`` of ``model_id``; 0: its latest again."""
+        return cls(model_id, version, 0, 0, "", b"", b"", "pin")
 
     @classmethod
     def of(cls, mv: ModelVersion) -> Version:
@@ -156,6 +157,7 @@ class Version(NamedTuple):
             mv.spec_json,
             mv.delta,
             mv.weights or b"",
+            "publish",
         )
 
     def model_version(self) -> ModelVersion:
@@ -172,7 +174,16 @@ class Version(NamedTuple):
 
 VERSION_TYPE = row_type(
     Version,
-    [Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(), Types.STRING(), _BYTES, _BYTES],
+    [
+        Types.STRING(),
+        Types.LONG(),
+        Types.LONG(),
+        Types.LONG(),
+        Types.STRING(),
+        _BYTES,
+        _BYTES,
+        Types.STRING(),
+    ],
 )
 
 

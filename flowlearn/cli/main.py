@@ -17,7 +17,6 @@ from typing import Any
 
 from flowlearn.conf import ConfigError, Settings, load_settings
 from flowlearn.contracts.records import control_record
-from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack import jobctl, processes, stack
 from flowlearn.devstack.lifecycle import LifecycleError
@@ -324,23 +323,32 @@ def _send_control(
 
 
 def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
-    """Serving-side rollback: every predictor serves this version while training goes on."""
-    from flowlearn.contracts.redis_contract import Keys
+    """Serving-side rollback: every predictor serves this version while training goes on.
+    A control command, so it keeps its order among the model's other commands."""
+    import getpass
 
-    client = redis_client(settings.redis)
-    try:
-        key = Keys(settings.redis.prefix).pin(args.model)
-        if args.command == "unpin":
-            client.delete(key)
-            print(f"model {args.model!r} unpinned: predictors follow the latest version")
-        else:
-            client.set(key, str(args.version))
-            print(
-                f"model {args.model!r} pinned to version {args.version}: predictors serve it "
-                f"while it is among their recent versions (see the response's flags)"
-            )
-    finally:
-        client.close()
+    from flowlearn.devstack import lifecycle
+
+    model_id = _checked_model_id(args.model)
+    command_args = {} if args.command == "unpin" else {"version": args.version}
+    answer = lifecycle.send_and_wait(
+        settings,
+        model_id,
+        args.command,
+        command_args,
+        f"cli:{getpass.getuser()}",
+        timeout_s=args.wait_s,
+    )
+    if not answer.ok:
+        print(f"flowlearn: {args.command} {model_id!r} refused: {answer.reason}", file=sys.stderr)
+        return 1
+    if args.command == "unpin":
+        print(f"model {model_id!r} unpinned: predictors follow the latest version")
+    else:
+        print(
+            f"model {model_id!r} pinned to version {args.version}: predictors serve it "
+            "while it is among their recent versions (see the response's flags)"
+        )
     return 0
 
 
@@ -680,13 +688,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the online model continues from this baseline (a control command)",
     )
     p.set_defaults(func=cmd_train_batch)
-    p = sub.add_parser("pin", help="make the predictors serve one version of a model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", type=int, required=True)
-    p.set_defaults(func=cmd_pin)
-    p = sub.add_parser("unpin", help="let the predictors follow the latest version again")
-    p.add_argument("--model", required=True)
-    p.set_defaults(func=cmd_pin)
+    for name, help_text in (
+        ("pin", "make the predictors serve one version of a model"),
+        ("unpin", "let the predictors follow the latest version again"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model", required=True)
+        if name == "pin":
+            p.add_argument("--version", type=int, required=True)
+        p.add_argument(
+            "--wait-s", type=float, default=60.0, help="how long to wait for the job's answer"
+        )
+        p.set_defaults(func=cmd_pin)
     p = sub.add_parser("models", help="create, update, delete and list models while the job runs")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("create", help="a new model, its spec validated and held by the job")

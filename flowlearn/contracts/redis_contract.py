@@ -243,6 +243,13 @@ class Publisher:
             raise
         return True
 
+    def pin(self, model_id: str, version: int) -> None:
+        """Predictors serve ``version`` of ``model_id`` while they hold it; 0: the latest."""
+        if version:
+            self.client.set(self.keys.pin(model_id), version)
+        else:
+            self.client.delete(self.keys.pin(model_id))
+
     def delete(self, model_id: str) -> None:
         """Remove ``model_id``'s keys and record when it was deleted; idempotent (a retry
         only moves the recorded time on).

@@ -35,6 +35,10 @@ CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
     "republish": (),
     # Continue from a registered batch baseline (`flowlearn train-batch --warm-start`).
     "warm_start": ("version",),
+    # Serving-side rollback: predictors serve one version while training goes on (the
+    # publisher writes the pin to Redis), until `unpin`.
+    "pin": ("version",),
+    "unpin": (),
     # A model's lifecycle (docs/models.md): the spec travels in args.spec (create) or the
     # changed fields in args.changes (update); the trainer operator carries them out itself
     # (they change its state, not only the model's).
@@ -81,7 +85,8 @@ class Outcome:
     """What a command did. ``detail`` is the alert's (with ``ok``, and ``reason`` when it
     was refused); ``new_version`` is a version to emit (its evaluation kind
     ``eval_kind``), ``republish`` one to publish again; ``paused`` the pause flag to store;
-    ``flush`` asks the operator to train what waits in the buffer."""
+    ``flush`` asks the operator to train what waits in the buffer; ``pin`` is the version
+    the predictors are to serve from now on (0: the latest again), None to leave it."""
 
     alert_kind: str
     detail: dict[str, Any]
@@ -90,6 +95,7 @@ class Outcome:
     republish: ModelVersion | None = None
     paused: bool | None = None
     flush: bool = False
+    pin: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +124,10 @@ def apply_command(
     def refused(reason: str) -> Outcome:
         return Outcome(kind, {**detail, "ok": False, "reason": reason})
 
+    if command in ("rollback", "warm_start", "pin"):
+        problem = _version_problem(args["version"], command == "warm_start")
+        if problem:
+            return refused(problem)
     if command == "rollback":
         target = int(args["version"])
         weights = kept.weights(target)
@@ -154,8 +164,27 @@ def apply_command(
     if command == "republish":
         mv = trainer.current_version()
         return Outcome(kind, {**detail, "ok": True, "version": mv.version}, republish=mv)
+    if command == "pin":
+        target = int(args["version"])
+        if target > trainer.version:
+            return refused(f"version {target} is newer than the model's {trainer.version}")
+        return Outcome(kind, {**detail, "ok": True, "pinned": target}, pin=target)
+    if command == "unpin":
+        return Outcome(kind, {**detail, "ok": True}, pin=0)
     if command in ("pause", "resume"):
         return Outcome(
             kind, {**detail, "ok": True}, paused=command == "pause", flush=command == "resume"
         )
     return refused(f"'{command}' is not one of {sorted(CONTROL_COMMANDS)}")
+
+
+#: Versions are 64-bit in state and Redis; a larger number names no version.
+MAX_VERSION = (1 << 62) - 1
+
+
+def _version_problem(value: float, registry_version: bool) -> str:
+    """Why ``value`` (a finite number, checked by the parser) names no version, or ""."""
+    if value != int(value) or not 1 <= value <= MAX_VERSION:
+        what = "a registered baseline's version" if registry_version else "a model version"
+        return f"{value!r} is not {what}: a whole number from 1"
+    return ""

@@ -60,6 +60,7 @@ def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
                     "applied": v.samples_applied,
                     "weights": bytes(v.weights).hex(),
                     "delta": bytes(v.delta).hex(),
+                    "action": v.action,
                 }
             )
         )(Version._make(row)),
@@ -309,13 +310,16 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
 
 
 def test_lifecycle_commands_of_one_model_take_effect_in_their_order():
-    """create / delete through the whole graph: one model's commands keep their order, each
-    is answered, bad ones are dead-lettered with the reason."""
+    """create / delete / pin through the whole graph: one model's commands keep their order,
+    each is answered, bad ones are dead-lettered with the reason."""
     commands = [
         control("fresh", "create", spec={"type": "linear", "n_features": 3}),
         control("fresh", "create", spec={"type": "logistic", "n_features": 4}),  # exists
         control("fresh", "delete"),
         control("fresh", "create", spec={"type": "softmax", "n_features": 2, "n_classes": 3}),
+        control("fresh", "pin", version=1),
+        control("fresh", "pin", version=2),  # not reached yet
+        control("fresh", "unpin"),
         control("ghost", "delete"),
         control("bad id", "delete"),
         control("fresh2", "create", spec={"n_features": 0}),
@@ -331,10 +335,21 @@ def test_lifecycle_commands_of_one_model_take_effect_in_their_order():
         ("fresh", "create", False),
         ("fresh", "delete", True),
         ("fresh", "create", True),
+        ("fresh", "pin", True),
+        ("fresh", "pin", False),
+        ("fresh", "unpin", True),
     ]
     assert [a for a in answers if a[0] != "fresh"] == [("ghost", "delete", False)]
-    versions = [(r["model_id"], r["version"]) for r in out if r.get("kind") == "version"]
-    assert versions == [("fresh", 1), ("fresh", 0), ("fresh", 1)]  # 0: the deletion
+    to_publisher = [
+        (r["model_id"], r["action"], r["version"]) for r in out if r.get("kind") == "version"
+    ]
+    assert to_publisher == [
+        ("fresh", "publish", 1),
+        ("fresh", "delete", 0),
+        ("fresh", "publish", 1),
+        ("fresh", "pin", 1),
+        ("fresh", "pin", 0),  # unpin
+    ]
     dlq = sorted((r["reason"], r["detail"]) for r in out if "reason" in r)
     assert dlq == [
         ("bad_model_id", "field 'model_id': 'bad id' has characters outside [A-Za-z0-9._-]"),

@@ -352,7 +352,7 @@ NEAR_MISS: dict[str, st.SearchStrategy[Any]] = {
     "ts": st.sampled_from([-1, 2**62, 2**63, 2**64, -1.5, 1e19, "5", True, [5]]) | SPECIAL_TOKENS,
     "label": st.sampled_from([2, -1, 0.5, 3, "1", [1], 10**400]) | SPECIAL_TOKENS,
     "event_id": st.sampled_from(["", "e" * 201, 7, ["e"]]) | LONE_SURROGATES,
-    "command": st.sampled_from(["pin", "unpin", "ROLLBACK", "", 5, ["reset"], None])
+    "command": st.sampled_from(["Pin", "unpin ", "ROLLBACK", "", 5, ["reset"], None])
     | LONE_SURROGATES
     | JUNK,
     "args": st.sampled_from([[], "v", 0, Obj([("version", "3")])]) | JUNK,

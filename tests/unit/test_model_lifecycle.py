@@ -67,10 +67,12 @@ def test_a_created_model_trains_with_its_spec_and_a_delete_forgets_it():
     trained = versions(samples(restarted, 1, 3))
     assert trained and trained[-1].version == 3
 
+    out = command(restarted, "pin", version=2)
+    assert answer(out)["pinned"] == 2 and versions(out) == [Version.pinning("fresh", 2)]
     out = command(restarted, "delete")
     assert answer(out)["ok"]
     (tombstone,) = versions(out)
-    assert tombstone.is_deletion and tombstone.model_id == "fresh"
+    assert tombstone.action == "delete" and tombstone.model_id == "fresh"
     assert [e.kind for e in evaluated(out)] == ["delete"]
     assert state.states["model-state-v1"].value() is None
     assert state.states["runtime-spec-v1"].value() == DELETED

@@ -133,8 +133,7 @@ def test_pins_are_served_from_recent_versions(serving_redis, trainer):
         trainer.publish(np.full(6, float(i)))
     f = follower(serving_redis, trainer)
     f.sync()
-    pin = trainer.keys.pin("m")
-    trainer.client.set(pin, trainer.version - 3)
+    trainer.publisher.pin("m", trainer.version - 3)  # what the job's publisher writes
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and not served.pin_missing
@@ -144,12 +143,13 @@ def test_pins_are_served_from_recent_versions(serving_redis, trainer):
     assert (
         served.version.weights.tobytes() == trainer.published[(trainer.epoch, trainer.version - 3)]
     )
-    trainer.client.set(pin, 1)  # older than anything this replica ever held
+    trainer.publisher.pin("m", 1)  # older than anything this replica ever held
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and served.pin == 1 and served.pin_missing
     assert served.version is served.latest
-    trainer.client.delete(pin)
+    trainer.publisher.pin("m", 0)  # unpin
+    assert not trainer.client.exists(trainer.keys.pin("m"))
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and served.pin is None and served.version is served.latest

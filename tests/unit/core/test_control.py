@@ -105,6 +105,29 @@ def test_pause_resume_republish_reset() -> None:
     assert not trainer.model.weights_vector().any()
 
 
+def test_pin_names_a_version_the_model_has_had_and_unpin_clears_it() -> None:
+    trainer, _ = trained()
+    before = trainer.state_bytes()
+    pin = apply_command(trainer, "pin", {"version": 2}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+    assert pin.ok and (pin.pin, pin.detail["pinned"]) == (2, 2)
+    assert pin.new_version is None and trainer.state_bytes() == before
+    ahead = apply_command(trainer, "pin", {"version": 4}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+    assert ahead.detail["reason"] == "version 4 is newer than the model's 3" and ahead.pin is None
+    unpin = apply_command(trainer, "unpin", {}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+    assert unpin.ok and unpin.pin == 0
+
+
+@pytest.mark.parametrize("command", ["pin", "rollback", "warm_start"])
+@pytest.mark.parametrize("version", [0, -1, 2.5, 1e19, 2.0**63])
+def test_a_version_argument_is_a_whole_number_in_range(command: str, version: float) -> None:
+    # 1e19 passes the parser (a finite number) but is no 64-bit state key: refused here.
+    trainer, history = trained()
+    before = trainer.state_bytes()
+    out = apply_command(trainer, command, {"version": version}, "cli", Kept(history), no_baseline)
+    assert not out.ok and "a whole number from 1" in out.detail["reason"]
+    assert out.pin is None and out.new_version is None and trainer.state_bytes() == before
+
+
 def test_every_command_the_parser_accepts_is_carried_out() -> None:
     # create and delete change the operator's state, not only the model: its tests have them.
     for command, needs in CONTROL_COMMANDS.items():
