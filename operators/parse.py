@@ -31,7 +31,7 @@ from flowlearn.contracts.records import (
     parse_sample_batch,
 )
 from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
-from flowlearn.core.control import SHAPE_COMMANDS
+from flowlearn.core.control import changes_shape
 from flowlearn.operators.types import ControlCommand, Feedback, Samples, keyed
 from flowlearn.state import descriptors
 from flowlearn.state.rows import to_row
@@ -164,15 +164,24 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
 
     def process_broadcast_element(self, value: Any, ctx: BroadcastProcessFunction.Context) -> Any:
         command = ControlCommand._make(value)
-        if command.command not in SHAPE_COMMANDS:
+        args = json.loads(command.args)
+        if not changes_shape(command.command, args):
             return
         self._restore(ctx)
         entries = ctx.get_broadcast_state(descriptors.RUNTIME_SPECS)
-        entry = runtime_entry_of(command)
-        if command.command == "create":
-            current = entries.get(command.model_id) if entries.contains(command.model_id) else None
-            if not create_applies(current, entry):
-                return  # the trainer refuses it too (the same rule, on the same entries)
+        current = entries.get(command.model_id) if entries.contains(command.model_id) else None
+        # The trainer refuses what is refused here: the same rules, on the same entries.
+        if command.command == "update":  # with reset
+            try:
+                entry = self.specs.reset_entry(command.model_id, current, args["changes"])
+            except ConfigError:
+                return
+            if entry is None:
+                return
+        else:
+            entry = runtime_entry_of(command)
+            if command.command == "create" and not create_applies(current, entry):
+                return
         entries.put(command.model_id, entry)
         self._learn(command.model_id, entry)
         yield from ()
@@ -339,7 +348,12 @@ class ParseControl(_ParseRecords, ProcessFunction):
                     "spec": json.loads(self.specs.runtime_entry(args["spec"], "args.spec")),
                 }
             elif c.command == "update":  # checked again by the trainer, on the model's own spec
-                self.specs.updated_entry(self.specs.defaults, args["changes"], "args.changes")
+                if "reset" in args and not isinstance(args["reset"], bool):
+                    raise ConfigError("args.reset: must be true or false")
+                if args.get("reset"):
+                    self.specs.check_field_names(args["changes"], "args.changes")
+                else:
+                    self.specs.updated_entry(self.specs.defaults, args["changes"], "args.changes")
         except ConfigError as exc:
             raise RecordError("bad_spec", str(exc)) from None
         return (to_row(ControlCommand(c.model_id, c.command, json.dumps(args), c.ts, c.source)),)

@@ -477,7 +477,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         ok or with the reason it was refused; a refused command changes nothing."""
         model_id = command.model_id
         if command.command == "update":
-            yield from self._update(command)
+            if json.loads(command.args).get("reset") is True:
+                yield from self._reshape(command, ctx)
+            else:
+                yield from self._update(command)
             return
         if command.command == "delete":
             # Applied whatever the answer, as the parsers apply it: a deleted and an unknown
@@ -541,9 +544,9 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             yield from self._flush(model_id, ctx, whole=False)
 
     def _update(self, command: ControlCommand) -> Iterator[Any]:
-        """The model's live fields changed: the trainer rebuilt around its state under the
-        new spec (batch size, holdout, replay), its learning rate set if it changed, and a
-        new version (same weights) that records the change."""
+        """An ``update`` without ``reset``: the model's live fields changed. The trainer is
+        rebuilt around its state under the new spec (batch size, holdout, replay), its
+        learning rate set if it changed, and a new version (same weights) records it."""
         model_id = command.model_id
         if not self._has_model(model_id) or self.model_specs.model_spec(model_id) is None:
             yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
@@ -572,6 +575,47 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         yield from self._emit(trainer, mv, "update", spec=json.dumps(live, sort_keys=True))
         self._save(trainer)
         detail = {**_detail(command), "ok": True, "new_version": mv.version, "spec": new_spec}
+        yield ALERT_TAG, alert(model_id, "control", detail)
+
+    def _reshape(self, command: ControlCommand, ctx: Any) -> Iterator[Any]:
+        """An ``update`` with ``reset``: any field may change, so the model starts again,
+        untrained, under the new spec (its earlier live changes taken in), at the next
+        version number. Its kept versions and checkpoints go (they have the old shape), and
+        so does its pin; samples waiting in the buffer are trained if they fit the new
+        shape, dead-lettered otherwise. The parsers apply the same change
+        (:meth:`flowlearn.contracts.spec.ModelSpecs.reset_entry`)."""
+        model_id = command.model_id
+        changes = json.loads(command.args)["changes"]
+        try:
+            entry = self.specs.reset_entry(
+                model_id,
+                self.model_specs.runtime_entry(),
+                changes,
+                self.model_specs.live_changes(),
+            )
+        except ConfigError as exc:
+            yield ALERT_TAG, alert(model_id, "control", _refusal(command, str(exc)))
+            return
+        if entry is None:
+            yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
+            return
+        old = self._trainer(model_id)
+        waiting = [BufferedSamples._make(r) for r in self.buffer.get()]
+        self._forget(model_id, ctx)
+        self.model_specs.set_entry(model_id, entry)
+        trainer, mv = old.reshaped(self.model_specs.spec_of(model_id).as_dict())
+        self.trainers[model_id] = trainer
+        yield from self._emit(trainer, mv, "create", spec=entry)
+        yield to_row(Version.pinning(model_id, 0))
+        self._save(trainer)
+        yield from self._take_waiting(model_id, waiting, ctx)
+        detail = {
+            **_detail(command),
+            "ok": True,
+            "from_version": mv.version - 1,
+            "new_version": mv.version,
+            "spec": json.loads(entry),
+        }
         yield ALERT_TAG, alert(model_id, "control", detail)
 
     def _delete(self, model_id: str, ctx: Any) -> Iterator[Any]:

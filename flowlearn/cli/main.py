@@ -383,6 +383,19 @@ def _spec_table(args: argparse.Namespace) -> dict[str, Any]:
     return table
 
 
+def _add_shape_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The flags of the fields that make a model's shape (``models create``, and
+    ``models update --reset``)."""
+    parser.add_argument(
+        "--type", default=None, help=prefix + "logistic, softmax, linear, auto_logistic ..."
+    )
+    parser.add_argument("--features", choices=("dense", "hashed"), default=None)
+    parser.add_argument("--n-features", type=int, default=None)
+    parser.add_argument("--n-classes", type=int, default=None)
+    parser.add_argument("--feature-names", default=None, help="comma-separated column names")
+    parser.add_argument("--class-names", default=None, help="comma-separated class labels")
+
+
 def _checked_model_id(model_id: str) -> str:
     from flowlearn.core.spec import model_id_problem
 
@@ -428,8 +441,12 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         changes = _spec_table(args)
         if not changes:
             raise ConfigError("models update: nothing to change (--set KEY=VALUE, ...)")
-        specs.updated_entry(specs.defaults, changes)  # the job checks them on the model's spec
-        command_args = {"changes": changes}
+        # The job checks them on the model's own spec; these checks catch a typo early.
+        if args.reset:
+            specs.check_field_names(changes, "changes")
+        else:
+            specs.updated_entry(specs.defaults, changes)
+        command_args = {"changes": changes, "reset": args.reset}
     answer = lifecycle.send_and_wait(
         settings, model_id, args.action, command_args, source, timeout_s=args.wait_s
     )
@@ -441,6 +458,11 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         if "replaced_version" in answer.detail:
             existed = f" (replacing its version {answer.detail['replaced_version']})"
         said = f"model {model_id!r} created{existed}: served from now on"
+    elif args.action == "update" and args.reset:
+        said = (
+            f"model {model_id!r} reset under its new spec: version "
+            f"{answer.detail['new_version']}, untrained, served from now on"
+        )
     elif args.action == "update":
         said = f"model {model_id!r} updated: version {answer.detail['new_version']} records it"
     else:
@@ -705,12 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("create", help="a new model, its spec validated and held by the job")
     a.add_argument("--model", required=True, help="[A-Za-z0-9._-], up to 200 characters")
     a.add_argument("--spec", type=Path, default=None, help="a TOML file: the spec table")
-    a.add_argument("--type", default=None, help="logistic, softmax, linear, auto_logistic ...")
-    a.add_argument("--features", choices=("dense", "hashed"), default=None)
-    a.add_argument("--n-features", type=int, default=None)
-    a.add_argument("--n-classes", type=int, default=None)
-    a.add_argument("--feature-names", default=None, help="comma-separated column names")
-    a.add_argument("--class-names", default=None, help="comma-separated class labels")
+    _add_shape_options(a)
     a.add_argument("--learning-rate", type=float, default=None)
     a.add_argument("--batch-size", type=int, default=None)
     a.add_argument(
@@ -732,8 +749,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a live field (TOML): detectors, drift_action, auto_rollback, holdout_size ...",
+        help="a live field (TOML): detectors, drift_action, auto_rollback, holdout_size ...; "
+        "any spec field with --reset",
     )
+    a.add_argument(
+        "--reset",
+        action="store_true",
+        help="change any field (type, features ...): the model starts again, untrained, at "
+        "its next version",
+    )
+    _add_shape_options(a, "with --reset: ")
     a = actions.add_parser("delete", help="drop a model's state, Redis keys and registry entry")
     a.add_argument("--model", required=True)
     a.add_argument(

@@ -156,10 +156,56 @@ class ModelSpecs:
         for name in changes:
             if name not in LIVE_FIELDS:
                 raise ConfigError(
-                    f"{where}.{name}: cannot change while the model runs (delete it and "
-                    f"create it again); live fields: {', '.join(sorted(LIVE_FIELDS))}"
+                    f"{where}.{name}: cannot change while the model runs (an update with "
+                    f"reset starts it again under the new spec); live fields: "
+                    f"{', '.join(sorted(LIVE_FIELDS))}"
                 )
         return self.runtime_entry({**current.as_dict(), **changes}, where)
+
+    def reset_entry(
+        self,
+        model_id: str,
+        runtime: str | None,
+        changes: Mapping[str, Any],
+        live: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """The runtime entry of ``model_id`` after an ``update`` with ``reset``: its spec
+        (from its runtime entry ``runtime`` and its ``live`` changes) with ``changes``, any
+        field included; None when the model has no spec (:meth:`model_spec`).
+        :class:`ConfigError` names the field when the result is not a valid spec.
+
+        The parsers call it without ``live`` (they keep no live changes): live fields are
+        valid on their own, so both get the same shape and the same verdict.
+
+        >>> from flowlearn.conf import load_settings
+        >>> specs = ModelSpecs(load_settings(env={}))
+        >>> entry = specs.reset_entry("demo", None, {"feature_names": ["a", "b"]})
+        >>> specs.spec_of("demo", entry).n_features  # a count that names gave follows them
+        2
+        """
+        spec = self.model_spec(model_id, runtime)
+        if spec is None:
+            return None
+        table = {**spec.as_dict(), **(live or {}), **changes}
+        # Fields that follow from others unless given: the count from the names, the
+        # names (and defaults by name) dropped with a new shape or kind of features.
+        for derived, source in (("n_features", "feature_names"), ("n_classes", "class_names")):
+            if source in changes and derived not in changes:
+                del table[derived]
+        if ("n_features" in changes or "features" in changes) and "feature_names" not in changes:
+            table["feature_names"] = []
+            if "feature_defaults" not in changes:
+                table["feature_defaults"] = {}
+        if ("n_classes" in changes or "type" in changes) and "class_names" not in changes:
+            table["class_names"] = []
+        return self.runtime_entry(table, "changes")
+
+    def check_field_names(self, changes: Mapping[str, Any], where: str) -> None:
+        """:class:`ConfigError` for the first name in ``changes`` that is no spec field."""
+        known = {f.name for f in dataclasses.fields(ModelSpec)}
+        for name in changes:
+            if name not in known:
+                raise ConfigError(f"{where}.{name}: not a spec field; known: {sorted(known)}")
 
     def model_spec(self, model_id: str, runtime: str | None = None) -> ModelSpec | None:
         """The spec for ``model_id`` given its runtime entry; None when it is unknown and

@@ -40,17 +40,22 @@ CONTROL_COMMANDS: dict[str, tuple[str, ...]] = {
     "pin": ("version",),
     "unpin": (),
     # A model's lifecycle (docs/models.md): the spec travels in args.spec (create) or the
-    # changed fields in args.changes (update); the trainer operator carries them out itself
-    # (they change its state, not only the model's).
+    # changed fields in args.changes (update, with args.reset true for fields that make
+    # another model); the trainer operator carries them out itself (they change its state,
+    # not only the model's).
     "create": (),
     "update": (),
     "delete": (),
 }
 #: The commands that change a model's spec: the trainer and the monitoring operators see them.
 LIFECYCLE_COMMANDS = ("create", "update", "delete")
-#: Those that change which records fit a model: the parsers see them too (an update changes
-#: only fields that no record depends on).
-SHAPE_COMMANDS = ("create", "delete")
+
+
+def changes_shape(command: str, args: Mapping[str, Any]) -> bool:
+    """Whether ``command`` changes which records fit a model, so that the parsers must
+    follow it too: a ``create``, a ``delete``, an ``update`` with ``reset`` (a plain update
+    changes only fields that no record depends on)."""
+    return command in ("create", "delete") or (command == "update" and args.get("reset") is True)
 
 
 class KeptWeights(Protocol):

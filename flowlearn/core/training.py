@@ -546,6 +546,27 @@ class ModelTrainer:
         self._published_spec = self._publishable_spec()
         return self._new_version(before, self.model.weights_vector(), 0)
 
+    def reshaped(self, spec: Mapping[str, Any]) -> tuple[ModelTrainer, ModelVersion]:
+        """A trainer of another model (``spec``: another type or shape) that goes on from
+        this one's version and sample count, and its first version: the untrained model,
+        published whole. Its delta has no base (``base_version`` 0: the weights of
+        another shape cannot be a difference), so a replica loads the snapshot."""
+        trainer = ModelTrainer(
+            self.model_id, spec, build_model(spec), self.version, self.samples_applied
+        )
+        weights = trainer.model.weights_vector()
+        trainer.version += 1
+        mv = ModelVersion(
+            model_id=self.model_id,
+            version=trainer.version,
+            base_version=0,
+            samples_applied=trainer.samples_applied,
+            spec_json=trainer._published_spec,
+            delta=codec.encode_delta(np.arange(weights.size), weights),
+            weights=codec.encode_array(weights),
+        )
+        return trainer, mv
+
     def set_learning_rate(self, lr: float) -> None:
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr}")

@@ -1,7 +1,8 @@
 """A model's lifecycle on the real local stack (docs/models.md): two models of different
 shapes created while the job runs, trained, one's learning rate changed, the TaskManager
 killed (the created specs are in the job's state, the parsers' included), both continuing
-exactly, then one deleted: Redis and the predictor forget it, the other is still served."""
+exactly, then one deleted: Redis and the predictor forget it, the other is still served;
+that one pinned through the job, then reset under another shape."""
 
 from __future__ import annotations
 
@@ -168,9 +169,28 @@ def test_models_created_at_runtime_train_survive_a_kill_and_are_deleted(stack, s
     )
     assert "was deleted" in json.dumps(body)
     assert served(settings, linear, 3)[0] == 200
-    keys = alert_keys(settings, linear)  # create, the refused create, update
-    assert len(keys) >= 3 and set(keys) == {linear.encode()}
+    kafka_keys = alert_keys(settings, linear)  # create, the refused create, update
+    assert len(kafka_keys) >= 3 and set(kafka_keys) == {linear.encode()}
     listed = json.loads(flowlearn("models", "list", "--json", config=config).stdout)
     assert softmax not in listed and linear in listed
     again = flowlearn("models", "delete", "--model", softmax, config=config)
     assert again.returncode == 1 and "no such model" in again.stderr
+
+    # Pinned through the job (a control command), then reset under another shape.
+    latest = applied(settings, linear, 2 * n).version
+    pinned = flowlearn("pin", "--model", linear, "--version", str(latest - 1), config=config)
+    assert pinned.returncode == 0, pinned.stderr
+    assert client.get(keys.pin(linear)) == str(latest - 1).encode()
+    ahead = flowlearn("pin", "--model", linear, "--version", str(latest + 5), config=config)
+    assert ahead.returncode == 1 and "newer than the model's" in ahead.stderr
+    reset = flowlearn(
+        "models", "update", "--model", linear, "--reset", "--n-features", "4", config=config
+    )
+    assert reset.returncode == 0 and "reset under its new spec" in reset.stdout, reset.stderr
+    assert not client.exists(keys.pin(linear))
+    _, body = wait_until(
+        "the predictor to serve the reset model's shape",
+        lambda: (answer := served(settings, linear, 4))[0] == 200 and answer,
+        timeout_s=30,
+    )
+    assert body["model_version"] == latest + 1, body

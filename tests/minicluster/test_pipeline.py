@@ -320,6 +320,8 @@ def test_lifecycle_commands_of_one_model_take_effect_in_their_order():
         control("fresh", "pin", version=1),
         control("fresh", "pin", version=2),  # not reached yet
         control("fresh", "unpin"),
+        control("fresh", "update", changes={"n_features": 5}),  # dead-lettered: not live
+        control("fresh", "update", changes={"type": "linear", "n_features": 5}, reset=True),
         control("ghost", "delete"),
         control("bad id", "delete"),
         control("fresh2", "create", spec={"n_features": 0}),
@@ -338,6 +340,7 @@ def test_lifecycle_commands_of_one_model_take_effect_in_their_order():
         ("fresh", "pin", True),
         ("fresh", "pin", False),
         ("fresh", "unpin", True),
+        ("fresh", "update", True),
     ]
     assert [a for a in answers if a[0] != "fresh"] == [("ghost", "delete", False)]
     to_publisher = [
@@ -349,12 +352,14 @@ def test_lifecycle_commands_of_one_model_take_effect_in_their_order():
         ("fresh", "publish", 1),
         ("fresh", "pin", 1),
         ("fresh", "pin", 0),  # unpin
+        ("fresh", "publish", 2),  # the reset: another shape, the next version
+        ("fresh", "pin", 0),  # a reset drops the pin
     ]
     dlq = sorted((r["reason"], r["detail"]) for r in out if "reason" in r)
-    assert dlq == [
-        ("bad_model_id", "field 'model_id': 'bad id' has characters outside [A-Za-z0-9._-]"),
-        ("bad_spec", "args.spec.n_features must be > 0, got 0"),
-    ]
+    assert [reason for reason, _ in dlq] == ["bad_model_id", "bad_spec", "bad_spec"]
+    assert dlq[0][1] == "field 'model_id': 'bad id' has characters outside [A-Za-z0-9._-]"
+    assert dlq[1][1].startswith("args.changes.n_features: cannot change while the model runs")
+    assert dlq[2][1] == "args.spec.n_features must be > 0, got 0"
 
 
 def test_samples_of_a_model_created_meanwhile_are_trained_or_dead_lettered_never_lost():

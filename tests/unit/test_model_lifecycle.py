@@ -179,3 +179,35 @@ def test_under_the_infer_policy_samples_wait_for_their_models_create():
     (letter,) = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
     assert letter["reason"] == "bad_features" and "before the model's create" in letter["detail"]
     assert trainer.trainers["fresh"].samples_applied == 3
+
+
+def test_an_update_with_reset_starts_another_model_at_the_next_version():
+    state = KeyedState()
+    trainer = started(state)
+    command(trainer, "create", spec={"type": "linear", "n_features": 3})
+    samples(trainer, 3, 3)
+    command(trainer, "update", changes={"learning_rate": 0.2})  # live: taken into the reset
+    (before,) = versions(command(trainer, "republish"))  # the current version
+    refused = answer(command(trainer, "update", changes={"n_features": -1}, reset=True))
+    assert refused["reason"] == "changes.n_features must be > 0, got -1"
+    out = command(trainer, "update", changes={"type": "logistic", "n_features": 2}, reset=True)
+    reply = answer(out)
+    assert reply["ok"] and reply["new_version"] == before.version + 1
+    assert reply["spec"]["learning_rate"] == 0.2 and reply["spec"]["n_features"] == 2
+    first, unpin = versions(out)
+    assert (first.version, first.base_version, first.action) == (before.version + 1, 0, "publish")
+    assert json.loads(first.spec)["type"] == "logistic" and first.weights
+    assert first.samples_applied == before.samples_applied  # samples applied over its life
+    assert unpin == Version.pinning("fresh", 0)
+    (created,) = evaluated(out)
+    assert created.kind == "create" and json.loads(created.spec)["n_features"] == 2
+    assert not state.states["recent-versions-v1"].contains(before.version)  # another shape
+    restarted = started(state)
+    assert versions(samples(restarted, 1, 2))[-1].version == first.version + 1
+    (letter,) = [o for o in samples(restarted, 1, 3) if o[0] is DLQ_TAG]
+    assert json.loads(letter[1])["reason"] == "bad_features"
+
+
+def test_an_update_with_reset_of_a_model_never_seen_is_refused():
+    reply = answer(command(started(KeyedState()), "update", changes={"n_features": 2}, reset=True))
+    assert "no such model" in reply["reason"]

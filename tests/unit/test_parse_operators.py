@@ -231,6 +231,22 @@ def test_a_create_leaves_the_control_parser_validated_and_complete_or_dead_lette
     assert letter["detail"] == "args.spec.n_features must be > 0, got -3"
 
 
+def test_an_update_with_reset_may_name_any_spec_field_and_nothing_else():
+    op = opened(ParseControl)
+    update = {"model_id": "m", "command": "update", "ts": 1}
+    ((row,), _) = control(op, {**update, "args": {"changes": {"n_features": 4}, "reset": True}})
+    assert json.loads(row.args)["reset"] is True
+    _, (letter,) = control(op, {**update, "args": {"changes": {"n_features": 4}}})
+    assert (
+        letter["reason"] == "bad_spec"
+        and "cannot change while the model runs" in (letter["detail"])
+    )
+    _, (letter,) = control(op, {**update, "args": {"changes": {"size": 4}, "reset": True}})
+    assert letter["detail"].startswith("args.changes.size: not a spec field")
+    _, (letter,) = control(op, {**update, "args": {"changes": {"n_features": 4}, "reset": 1}})
+    assert letter["detail"] == "args.reset: must be true or false"
+
+
 def test_created_and_deleted_models_are_checked_against_their_runtime_spec():
     """Under the "dlq" policy: a model is unknown until created, checked against the created
     spec, unknown again once deleted; the entries outlive the operator (broadcast state)."""
@@ -255,6 +271,15 @@ def test_created_and_deleted_models_are_checked_against_their_runtime_spec():
     assert reasons(parser) == []
     restarted = opened(ParseSamples, **env)  # a restart reads the broadcast state back
     assert reasons(restarted) == []
+    broadcast("update", {"changes": {"learning_rate": 0.5}})  # a live field: the shape stays
+    assert reasons(parser) == []
+    # Refused, as by the trainer:
+    broadcast("update", {"changes": {"n_features": -2}, "reset": True})
+    assert reasons(parser) == []
+    broadcast("update", {"changes": {"n_features": 2}, "reset": True})
+    assert reasons(parser) == ["bad_features"]
+    record["features"] = [1.0, 2.0]
+    assert reasons(parser) == [] and reasons(opened(ParseSamples, **env)) == []
     broadcast("delete", {})
     assert reasons(parser) == ["unknown_model"]
     assert reasons(opened(ParseSamples, **env)) == ["unknown_model"]

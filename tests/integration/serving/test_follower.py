@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flowlearn.contracts.redis_contract import Keys
+from flowlearn.core.training import ModelTrainer
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.replica import HISTORY, Follower
 
@@ -223,3 +224,20 @@ def test_many_models_are_followed(serving_redis, prefix):
     f.sync()
     assert all(holds(f, t) for t in trainers)
     client.close()
+
+
+def test_a_version_of_another_shape_is_loaded_whole_from_its_snapshot(serving_redis, trainer):
+    """``models update --reset``: the trainer's ``reshaped`` version has no delta base, so
+    the replica reloads the snapshot and serves the new spec, even when the new weights are
+    fewer (an overwrite delta would fit the old array)."""
+    linear = ModelTrainer.create("m", {"type": "linear", "n_features": 5})
+    trainer.publisher.publish(linear.reset())
+    f = follower(serving_redis, trainer)
+    f.sync()
+    smaller, mv = linear.reshaped({"type": "logistic", "n_features": 2})
+    trainer.publisher.publish(mv)
+    f.sync()
+    latest = f.replicas["m"].latest
+    assert latest is not None and latest.version == mv.version == 2
+    assert latest.spec["n_features"] == 2 and latest.spec["type"] == "logistic"
+    assert latest.weights.tobytes() == smaller.model.weights_vector().tobytes()
