@@ -1,8 +1,9 @@
 """Bit-exact replicas of published models, following Redis (docs/architecture.md, "Redis").
 
 A :class:`ModelReplica` holds the newest version of one model it could build, and a few
-recent ones for pins. A :class:`Follower` keeps every model of the ``models`` set up to
-date: it loads a snapshot, then reads the delta stream from the snapshot's id onwards
+recent ones for pins (:class:`Kept`: little memory, a scoring model only for the one
+served). A :class:`Follower` keeps every model of the ``models`` set up to date: it loads a
+snapshot, then reads the delta stream from the snapshot's id onwards
 (blocking ``XREAD``). For each entry, with ``(e, v)`` the held epoch and version:
 
 - an entry of an older epoch, or of epoch ``e`` with version ``<= v``, is already included:
@@ -26,6 +27,7 @@ version, never a mix; the follower thread is the only writer.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import threading
@@ -87,6 +89,49 @@ class Version:
 
 
 @dataclass(frozen=True, eq=False)
+class Kept:
+    """A version kept for pins, in little memory: no scoring model (it would cost more than
+    the weights: its own copy, the pipeline's arrays), and its weights either whole
+    (``indices`` None: the newest version, or one of another shape or spec than the next),
+    or as the coordinates where they differ from the next newer version's, with their
+    values here (an *undo*: a version changes few coordinates of a large model)."""
+
+    epoch: int
+    version: int
+    spec: Mapping[str, Any]
+    published_ms: int
+    weights: np.ndarray
+    indices: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, version: Version) -> Kept:
+        return cls(
+            version.epoch, version.version, version.spec, version.published_ms, version.weights
+        )
+
+    def undone_by(self, newer: Kept) -> Kept:
+        """This version as an undo of ``newer``, when both have the same spec and shape."""
+        if self.indices is not None or newer.spec != self.spec:
+            return self
+        try:
+            indices = codec.changed_indices(newer.weights, self.weights)
+        except ValueError:  # another shape
+            return self
+        values = self.weights[indices]
+        values.setflags(write=False)
+        return dataclasses.replace(self, weights=values, indices=indices)
+
+    def weights_from(self, newer: np.ndarray) -> np.ndarray:
+        """Its weights, given the next newer version's."""
+        if self.indices is None:
+            return self.weights
+        weights = newer.copy()
+        weights[self.indices] = self.weights
+        weights.setflags(write=False)
+        return weights
+
+
+@dataclass(frozen=True, eq=False)
 class Served:
     """What a request scores with: one version, plus how it was chosen."""
 
@@ -124,9 +169,12 @@ class ModelReplica:
         self.snapshot_seen: tuple[int, int, int] | None = None
         #: Set when Redis no longer has the model: the next snapshot starts a new lineage.
         self.lost = False
-        self._history: OrderedDict[tuple[int, int], Version] = OrderedDict()
+        #: The latest versions held, the newest last (``latest`` itself included).
+        self._history: OrderedDict[tuple[int, int], Kept] = OrderedDict()
         self._keep = history
         self._pin: int | None = None
+        #: The pinned version, ready to score, while a pin chooses an older version.
+        self._pinned: Version | None = None
 
     def load(self, snap: Snapshot, reset: bool = False) -> bool:
         """Adopt a snapshot if it is newer than what is held; True when adopted.
@@ -204,8 +252,13 @@ class ModelReplica:
 
     def _hold(self, version: Version) -> None:
         key = (version.epoch, version.version)
-        self._history[key] = version
-        self._history.move_to_end(key)
+        if key in self._history:  # never seen: keys grow; an undo chain must not break
+            self._history.clear()
+        kept = Kept.of(version)
+        if self._history:
+            newest, previous = next(reversed(self._history.items()))
+            self._history[newest] = previous.undone_by(kept)
+        self._history[key] = kept
         while len(self._history) > self._keep:
             self._history.popitem(last=False)
         self.latest = version
@@ -221,9 +274,31 @@ class ModelReplica:
         # Within an epoch a version names one set of weights, and a new epoch replays the
         # same ones (docs/architecture.md, "Redis"), so the newest epoch holding the pinned version
         # will do.
-        pinned = [v for (_, n), v in self._history.items() if n == self._pin]
-        chosen = max(pinned, key=lambda v: v.epoch) if pinned else latest
-        self.served = Served(chosen, latest, self._pin, not pinned)
+        pinned = [key for key in self._history if key[1] == self._pin]
+        if not pinned:
+            self._pinned = None
+            self.served = Served(latest, latest, self._pin, True)
+            return
+        key = max(pinned)
+        if key == (latest.epoch, latest.version):
+            chosen = latest
+        elif self._pinned is not None and (self._pinned.epoch, self._pinned.version) == key:
+            chosen = self._pinned
+        else:  # built once per pinned version, not per request
+            chosen = self._rebuild(key)
+        self._pinned = chosen if chosen is not latest else None
+        self.served = Served(chosen, latest, self._pin, False)
+
+    def _rebuild(self, key: tuple[int, int]) -> Version:
+        """A kept version, ready to score: its weights undone from the newest's."""
+        weights = self.latest.weights if self.latest is not None else np.empty(0)
+        for at, kept in reversed(self._history.items()):
+            weights = kept.weights_from(weights)
+            if at == key:
+                return Version.build(
+                    kept.epoch, kept.version, kept.spec, weights, kept.published_ms
+                )
+        raise KeyError(key)
 
 
 class Follower:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flowlearn.contracts.redis_contract import Keys
+from flowlearn.core import codec
 from flowlearn.core.training import ModelTrainer
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.replica import HISTORY, Follower
@@ -231,7 +232,8 @@ def test_a_version_of_another_shape_is_loaded_whole_from_its_snapshot(serving_re
     the replica reloads the snapshot and serves the new spec, even when the new weights are
     fewer (an overwrite delta would fit the old array)."""
     linear = ModelTrainer.create("m", {"type": "linear", "n_features": 5})
-    trainer.publisher.publish(linear.reset())
+    first = linear.reset()
+    trainer.publisher.publish(first)
     f = follower(serving_redis, trainer)
     f.sync()
     smaller, mv = linear.reshaped({"type": "logistic", "n_features": 2})
@@ -241,3 +243,9 @@ def test_a_version_of_another_shape_is_loaded_whole_from_its_snapshot(serving_re
     assert latest is not None and latest.version == mv.version == 2
     assert latest.spec["n_features"] == 2 and latest.spec["type"] == "logistic"
     assert latest.weights.tobytes() == smaller.model.weights_vector().tobytes()
+    trainer.publisher.pin("m", 1)  # a version of the old shape, kept whole
+    f.sync()
+    served = f.replicas["m"].served
+    assert served is not None and served.version.spec["type"] == "linear"
+    assert served.version.weights.tobytes() == codec.decode_array(first.weights).tobytes()
+    assert served.version.score(np.ones((1, 5))).shape == (1,)
