@@ -444,13 +444,16 @@ class _ReferenceWindowTest(DriftDetector):
         super().__init__()
 
     def _reset(self) -> None:
-        self._reference: list[float] = []
-        self._window = np.zeros(self.window_size)
+        # The reference grows value by value, then is frozen as an array; the window is
+        # allocated when the reference is complete (it takes no value before). A model with
+        # little traffic then keeps a few values, not two full windows per feature.
+        self._reference: list[float] | np.ndarray = []
+        self._window = np.zeros(0)
         self._count = 0  # values in the window (ring buffer) so far
         self._edges = np.zeros(0)
 
     def _update(self, x: float) -> bool:
-        if len(self._reference) < self.reference_size:
+        if isinstance(self._reference, list):
             self._reference.append(x)
             if len(self._reference) == self.reference_size:
                 self._on_reference()
@@ -497,7 +500,9 @@ class _ReferenceWindowTest(DriftDetector):
         return out
 
     def _on_reference(self) -> None:
-        ref = np.sort(np.array(self._reference))
+        self._reference = np.array(self._reference, dtype=np.float64)
+        self._window = np.zeros(self.window_size)
+        ref = np.sort(self._reference)
         self._sorted_ref = ref
         qs = np.quantile(ref, np.linspace(0, 1, self._n_bins() + 1)[1:-1])
         self._edges = np.unique(qs)
@@ -547,7 +552,9 @@ class _ReferenceWindowTest(DriftDetector):
         self._reference = ref.tolist()
         if len(self._reference) == self.reference_size:
             self._on_reference()
-        self._window = check_array(arrays, "window", (self.window_size,))
+            self._window = check_array(arrays, "window", (self.window_size,))
+        else:  # empty until the reference is complete (zeros in states of earlier releases)
+            self._window = np.zeros(0)
         self._count = int(meta["count"])
 
 

@@ -7,6 +7,7 @@ import pytest
 from river import drift as river_drift
 
 from flowlearn.core import drift
+from flowlearn.core.linear import from_bytes, to_bytes
 
 CHANGES = (1000, 2000, 3500)
 
@@ -106,6 +107,26 @@ def test_distribution_tests(make):
     first.update_many(shifted[: hits[0] + 1])
     assert first.change_point is not None and abs(first.change_point - 2000) <= 30
     assert first.statistic > 0
+
+
+@pytest.mark.parametrize("make", [drift.PSI, drift.KS])
+def test_a_young_distribution_test_holds_only_its_values_and_resumes_exactly(make):
+    """Before its reference is complete a test holds the values so far, no window (a
+    model with little traffic must not cost two windows a feature); restored at any point,
+    it goes on as if never stopped."""
+    rng = np.random.default_rng(8)
+    xs = np.concatenate([rng.normal(size=1500), rng.normal(loc=1.5, size=1500)])
+    young = make()
+    young.update_many(xs[:40])
+    assert young.state_dict()[0]["window"].size == 0
+    for cut in (40, 499, 500, 1700):
+        whole, parts = make(), make()
+        expected = whole.update_many(xs)
+        first = parts.update_many(xs[:cut])
+        restored = from_bytes(to_bytes(parts))
+        again = np.concatenate([first, restored.update_many(xs[cut:])])
+        assert again.tolist() == expected.tolist() and expected.any()
+        assert to_bytes(restored) == to_bytes(whole)
 
 
 def test_ks_detects_a_change_of_shape_with_equal_mean():
