@@ -375,6 +375,10 @@ class JobConf:
     model_metrics_limit: int = 100
     #: Models that get per-model metrics whatever the limit.
     model_metrics: tuple[str, ...] = ()
+    #: Models whose trainer stays in Python memory between their records, per trainer
+    #: instance (the most recently touched, and the labelled ones); the others are read back
+    #: from Flink state when their next record or command comes.
+    hot_models: int = 1000
 
     def validate(self) -> None:
         for name in (
@@ -390,6 +394,7 @@ class JobConf:
             "rollback_min_samples",
             "rollback_cooldown_versions",
             "input_bundle_records",
+            "hot_models",
         ):
             _check_positive(f"job.{name}", getattr(self, name))
         for name in (

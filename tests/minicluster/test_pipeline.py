@@ -111,6 +111,44 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
                 assert snap.tobytes() == weights.tobytes()
 
 
+def test_models_dropped_from_memory_train_exactly_as_models_kept_in_it():
+    """job.hot_models = 1: every record of three interleaved models reads its model back from
+    state (the trainer's cache holds one); versions and weights are those of a job that
+    keeps them all, dedupe included (a sample sent twice is trained once)."""
+    streams = {
+        m: DriftingStream(n_features=10, seed=i, model_id=m).take(150, 1000)
+        for i, m in enumerate(("a", "b", "c"))
+    }
+    records = []
+    for i in range(150):
+        for m in streams:
+            records.append(json.dumps({**streams[m][i], "event_id": f"{m}-{i}"}).encode())
+        if i % 40 == 5:  # duplicates of samples still buffered (or trained already)
+            records += records[-3:]
+    # Batches cut by count and at the end of the input only, never by the clock; one record
+    # a bundle, so that the trainer sees the models one sample at a time, interleaved.
+    same = {
+        "FLOWLEARN__JOB__BATCH_TIMEOUT_MS": "3600000",
+        "FLOWLEARN__JOB__MODEL_METRICS_LIMIT": "0",
+        "FLOWLEARN__JOB__INPUT_BUNDLE_RECORDS": "1",
+    }
+    runs = [run_pipeline(records, FLOWLEARN__JOB__HOT_MODELS=hot, **same) for hot in ("1", "1000")]
+    published = [
+        sorted(
+            (r["model_id"], r["version"], r["applied"], r["weights"], r["delta"])
+            for r in out
+            if r.get("kind") == "version"
+        )
+        for out in runs
+    ]
+    assert published[0] == published[1]
+    assert {(m, applied) for m, _, applied, _, _ in published[0] if applied == 150} == {
+        ("a", 150),
+        ("b", 150),
+        ("c", 150),
+    }
+
+
 def event(model_id, event_id, ts, features=None):
     return json.dumps(
         {

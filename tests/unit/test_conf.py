@@ -74,6 +74,7 @@ def test_file_layer(tmp_path: Path):
         ({"FLOWLEARN__PREDICTOR__IDLE_TIMEOUT_S": "0"}, "predictor.idle_timeout_s"),
         ({"FLOWLEARN__PREDICTOR__PORT": "9092"}, "both use port 9092"),
         ({"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "drop"}, "is not one of"),
+        ({"FLOWLEARN__JOB__HOT_MODELS": "0"}, "job.hot_models"),
         ({"FLOWLEARN__MODELS__X__TYPE": "tree"}, "models.x.type"),
     ],
 )
