@@ -29,6 +29,7 @@ from flowlearn.contracts.records import control_record, now_ms
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
 from flowlearn.operators.drift import CONTROL_OUT_TAG
+from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
@@ -140,6 +141,11 @@ class CheckpointOperator(KeyedProcessFunction):
             group, ("checkpoints", "registered", "auto_rollbacks"), self.settings.job
         )
         self.auto_rollbacks = group.counter("auto_rollbacks")
+        # A ledger is written to state after every row: one dropped from memory comes back
+        # whole. Labelled models keep theirs (their gauge reads it).
+        self.hot = HotModels(
+            self.settings.job.hot_models, self.per_model.is_labelled, (self.ledgers,)
+        )
 
     def close(self) -> None:
         if self.registrar is not None:
@@ -181,6 +187,7 @@ class CheckpointOperator(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         row = Evaluated._make(value)
         model_id, version, weights = row.model_id, row.version, row.weights
+        self.hot.touch(model_id)
         if row.kind in ("create", "update", "delete"):
             self.model_specs.follow(model_id, row.kind, row.spec)
         if row.kind in ("create", "delete"):  # a new model, or none: its checkpoints go

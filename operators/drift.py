@@ -16,6 +16,7 @@ from flowlearn.conf import Settings
 from flowlearn.contracts.records import control_record
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.monitoring import DriftMonitor
+from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.trainer import alert
@@ -50,6 +51,11 @@ class DriftOperator(KeyedProcessFunction):
         self.per_model = ModelMetrics(
             group, ("drift_alarms", "drift_adaptations"), self.settings.job
         )
+        # A monitor dropped from memory comes back from its last write (PERSIST_EVERY_BATCHES):
+        # it misses at most that many batches, as after a recovery.
+        self.hot = HotModels(
+            self.settings.job.hot_models, lambda model_id: False, (self.monitors, self.batches)
+        )
 
     def _monitor(self, model_id: str, n_monitored: int) -> DriftMonitor:
         monitor = self.monitors.get(model_id)
@@ -66,6 +72,7 @@ class DriftOperator(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         row = Evaluated._make(value)
         model_id, version, n_monitored = row.model_id, row.version, row.n_monitored
+        self.hot.touch(model_id)
         if row.kind in ("create", "update", "delete"):
             # A new model, new detectors, or no model: the detectors start again.
             self.state.clear()

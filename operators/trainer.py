@@ -20,7 +20,6 @@ are written once per batch) and counts a repeated id as a duplicate.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from flowlearn.core.model_types import model_type
 from flowlearn.core.retention import Retention
 from flowlearn.core.spec import learning_rates
 from flowlearn.core.training import ModelTrainer, ModelVersion
+from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.parse import DLQ_TAG, runtime_entry_of
@@ -112,20 +112,25 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.paused = runtime_context.get_state(descriptors.PAUSED)
         self.model_specs = KeyedSpecs(self.specs, runtime_context)
         self.infers = self.settings.job.unknown_model_policy == "infer"
-        # Hot caches, rebuilt from state after every (re)start, and for at most
-        # job.hot_models models (_touch). A restored partial batch still has its flush
-        # timer: Flink restores timers with the state.
+        # Caches, rebuilt from state after every (re)start and for a model dropped from
+        # memory (HotModels). A restored partial batch still has its flush timer: Flink
+        # restores timers with the state.
         self.trainers: dict[str, ModelTrainer] = {}
         self.buffered: dict[str, int] = {}
         self.seen: dict[str, SeenIds] = {}
         self.flush_at: dict[str, int] = {}
-        #: The models whose caches may be dropped, the least recently touched first.
-        self.recency: OrderedDict[str, None] = OrderedDict()
         group = runtime_context.get_metrics_group()
         self.per_model = ModelMetrics(
             group,
             ("samples_trained", "versions", "gate_rejected", "grad_clipped", "duplicate_samples"),
             self.settings.job,
+        )
+        # Nothing is lost when a model's entries go: state holds everything they do once a
+        # record, timer or command is handled (_save after every change).
+        self.hot = HotModels(
+            self.settings.job.hot_models,
+            self.per_model.is_labelled,
+            (self.trainers, self.buffered, self.seen),
         )
         self.duplicates = group.counter("duplicate_samples")
         self.model_loss: dict[str, float] = {}
@@ -135,23 +140,6 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.commands = group.counter("control_commands")
         self.last_loss = 0.0
         group.gauge("prequential_loss", lambda: int(self.last_loss * 1e6))
-
-    def _touch(self, model_id: str) -> None:
-        """``model_id`` is being handled: keep the caches of the job.hot_models models
-        touched last, drop those of the one before. Nothing is lost: state holds everything
-        a cache does once a record or command is handled (``_save`` after every change).
-        Labelled models keep theirs (their gauges read them)."""
-        if self.per_model.is_labelled(model_id):
-            return
-        recency = self.recency
-        if model_id in recency:
-            recency.move_to_end(model_id)
-            return
-        recency[model_id] = None
-        if len(recency) > self.settings.job.hot_models:
-            cold, _ = recency.popitem(last=False)
-            for cache in (self.trainers, self.buffered, self.seen):
-                cache.pop(cold, None)
 
     def _version_of(self, model_id: str) -> int:
         trainer = self.trainers.get(model_id)
@@ -227,7 +215,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # By field order: a Row handed over inside a fused Python chain has no names.
         model_id, ts, features, labels, event_ids = Samples._make(value)
-        self._touch(model_id)
+        self.hot.touch(model_id)
         refused = self._misfit(model_id, len(features), len(labels))
         if refused is not None:
             yield from self._refuse(model_id, ts, features, labels, *refused)
@@ -299,7 +287,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext) -> Iterator[Any]:
         model_id = ctx.get_current_key()
-        self._touch(model_id)
+        self.hot.touch(model_id)
         yield from self._flush(model_id, ctx, whole=True)
 
     def _flush(self, model_id: str, ctx: Any, whole: bool) -> Iterator[Any]:
@@ -452,7 +440,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def process_element2(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         command = ControlCommand._make(value)
         model_id = command.model_id
-        self._touch(model_id)
+        self.hot.touch(model_id)
         self.commands.inc()
         if command.command in LIFECYCLE_COMMANDS:
             yield from self._lifecycle(command, ctx)
