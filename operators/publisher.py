@@ -62,8 +62,15 @@ class RedisPublisher(ProcessFunction):
             self._with_retries(lambda: self.publisher.delete(version.model_id))
             self.deleted.inc()
             return
+        if version.action == "pin" and version.version:
+            self._with_retries(
+                lambda: self.publisher.pin(
+                    version.model_id, version.version, version.spec, bytes(version.weights)
+                )
+            )
+            return
         if version.action == "pin":
-            self._with_retries(lambda: self.publisher.pin(version.model_id, version.version))
+            self._with_retries(lambda: self.publisher.unpin(version.model_id))
             return
         mv = version.model_version()
         self._with_retries(lambda: self.publisher.publish(mv))

@@ -467,7 +467,11 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             if outcome.republish is not None:
                 yield to_row(Version.of(outcome.republish))
             if outcome.pin is not None:
-                yield to_row(Version.pinning(model_id, outcome.pin))
+                yield to_row(
+                    Version.pinning(
+                        model_id, outcome.pin, trainer.published_spec, outcome.pin_weights
+                    )
+                )
             self._save(trainer)
         yield ALERT_TAG, alert(model_id, outcome.alert_kind, outcome.detail)
 

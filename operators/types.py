@@ -143,9 +143,10 @@ class Version(NamedTuple):
         return cls(model_id, 0, 0, 0, "", b"", b"", "delete")
 
     @classmethod
-    def pinning(cls, model_id: str, version: int) -> Version:
-        """Predictors are to serve ``version`` of ``model_id``; 0: its latest again."""
-        return cls(model_id, version, 0, 0, "", b"", b"", "pin")
+    def pinning(cls, model_id: str, version: int, spec: str = "", weights: bytes = b"") -> Version:
+        """Predictors are to serve ``version`` of ``model_id`` (its spec and weights); 0:
+        its latest again."""
+        return cls(model_id, version, 0, 0, spec, b"", weights, "pin")
 
     @classmethod
     def of(cls, mv: ModelVersion) -> Version:

@@ -8,6 +8,7 @@ Keys (``prefix`` defaults to ``fl:``)::
     {prefix}model:{m}:snapshot     hash    epoch, version, samples_applied, codec, spec, weights, ts
     {prefix}model:{m}:deltas       stream  epoch, version, base_version, codec, delta, ts
     {prefix}model:{m}:pin          string  a version the predictor must serve
+    {prefix}model:{m}:pinned       hash    that version's weights, as a snapshot (samples_applied 0)
 
 Delta entries carry the explicit stream id ``{epoch}-{version}``: ids then grow with the
 epoch and, within it, the version, and a retried write of the same version is refused by
@@ -87,6 +88,9 @@ class Keys:
     def pin(self, model_id: str) -> str:
         return f"{self.prefix}model:{model_id}:pin"
 
+    def pinned(self, model_id: str) -> str:
+        return f"{self.prefix}model:{model_id}:pinned"
+
 
 def delta_stream_id(epoch: int, version: int) -> str:
     return f"{epoch}-{version}"
@@ -146,6 +150,12 @@ class DeltaEntry:
 
 def read_snapshot(client: redis.Redis, keys: Keys, model_id: str) -> Snapshot | None:
     fields = client.hgetall(keys.snapshot(model_id))
+    return Snapshot.from_hash(fields) if fields else None
+
+
+def read_pinned(client: redis.Redis, keys: Keys, model_id: str) -> Snapshot | None:
+    """The weights of the model's pinned version (None: no pin, or none written with it)."""
+    fields = client.hgetall(keys.pinned(model_id))
     return Snapshot.from_hash(fields) if fields else None
 
 
@@ -243,12 +253,30 @@ class Publisher:
             raise
         return True
 
-    def pin(self, model_id: str, version: int) -> None:
-        """Predictors serve ``version`` of ``model_id`` while they hold it; 0: the latest."""
-        if version:
-            self.client.set(self.keys.pin(model_id), version)
-        else:
-            self.client.delete(self.keys.pin(model_id))
+    def pin(self, model_id: str, version: int, spec_json: str, weights: bytes) -> None:
+        """Predictors serve ``version`` of ``model_id`` (``weights``: its codec array bytes,
+        ``spec_json`` its spec) for as long as the pin lasts. The weights are written with
+        it, so that a predictor that never held the version, or holds it no more, serves it
+        all the same."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(
+            self.keys.pinned(model_id),
+            mapping={
+                "epoch": self.epoch,
+                "version": version,
+                "samples_applied": 0,
+                "codec": codec.CODEC_NAME,
+                "spec": spec_json,
+                "weights": weights,
+                "ts": now_ms(),
+            },
+        )
+        pipe.set(self.keys.pin(model_id), version)
+        pipe.execute()
+
+    def unpin(self, model_id: str) -> None:
+        """Predictors serve the latest version of ``model_id`` again."""
+        self.client.delete(self.keys.pin(model_id), self.keys.pinned(model_id))
 
     def delete(self, model_id: str) -> None:
         """Remove ``model_id``'s keys and record when it was deleted; idempotent (a retry
@@ -259,7 +287,10 @@ class Publisher:
         """
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(
-            self.keys.snapshot(model_id), self.keys.deltas(model_id), self.keys.pin(model_id)
+            self.keys.snapshot(model_id),
+            self.keys.deltas(model_id),
+            self.keys.pin(model_id),
+            self.keys.pinned(model_id),
         )
         pipe.srem(self.keys.models, model_id)
         pipe.hset(self.keys.deleted, model_id, now_ms())

@@ -91,7 +91,8 @@ class Outcome:
     was refused); ``new_version`` is a version to emit (its evaluation kind
     ``eval_kind``), ``republish`` one to publish again; ``paused`` the pause flag to store;
     ``flush`` asks the operator to train what waits in the buffer; ``pin`` is the version
-    the predictors are to serve from now on (0: the latest again), None to leave it."""
+    the predictors are to serve from now on (0: the latest again), None to leave it, and
+    ``pin_weights`` its weights (codec array bytes)."""
 
     alert_kind: str
     detail: dict[str, Any]
@@ -101,6 +102,7 @@ class Outcome:
     paused: bool | None = None
     flush: bool = False
     pin: int | None = None
+    pin_weights: bytes = b""
 
     @property
     def ok(self) -> bool:
@@ -170,10 +172,20 @@ def apply_command(
         mv = trainer.current_version()
         return Outcome(kind, {**detail, "ok": True, "version": mv.version}, republish=mv)
     if command == "pin":
+        # The weights go with the pin: predictors serve them for as long as it lasts.
         target = int(args["version"])
-        if target > trainer.version:
-            return refused(f"version {target} is newer than the model's {trainer.version}")
-        return Outcome(kind, {**detail, "ok": True, "pinned": target}, pin=target)
+        if target == trainer.version:
+            weights = codec.encode_array(trainer.model.weights_vector())
+        elif (kept_weights := kept.weights(target)) is not None:
+            weights = kept_weights
+        else:
+            return refused(
+                f"version {target} is neither the current one ({trainer.version}) nor among "
+                f"the kept versions {kept.versions()}"
+            )
+        return Outcome(
+            kind, {**detail, "ok": True, "pinned": target}, pin=target, pin_weights=weights
+        )
     if command == "unpin":
         return Outcome(kind, {**detail, "ok": True}, pin=0)
     if command in ("pause", "resume"):

@@ -512,6 +512,11 @@ class ModelTrainer:
             self._new_version(before, after, len(X)), loss, None, losses, errors, grad_norm, clipped
         )
 
+    @property
+    def published_spec(self) -> str:
+        """The spec JSON its versions are published with."""
+        return self._published_spec
+
     def current_version(self) -> ModelVersion:
         """The current version again, as a full snapshot with an empty delta (a republish:
         nothing changes, readers of a new epoch get the weights)."""

@@ -173,8 +173,11 @@ class ModelReplica:
         self._history: OrderedDict[tuple[int, int], Kept] = OrderedDict()
         self._keep = history
         self._pin: int | None = None
-        #: The pinned version, ready to score, while a pin chooses an older version.
+        #: The pinned version, ready to score, while a pin chooses an older version; held for
+        #: as long as the pin lasts, even once newer versions push it out of the history.
         self._pinned: Version | None = None
+        #: The pin whose weights were last asked of Redis (``{prefix}model:{m}:pinned``).
+        self.pinned_asked: int | None = None
 
     def load(self, snap: Snapshot, reset: bool = False) -> bool:
         """Adopt a snapshot if it is newer than what is held; True when adopted.
@@ -248,6 +251,7 @@ class ModelReplica:
     def set_pin(self, pin: int | None) -> None:
         if pin != self._pin:
             self._pin = pin
+            self.pinned_asked = None
             self._resolve()
 
     def _hold(self, version: Version) -> None:
@@ -276,6 +280,10 @@ class ModelReplica:
         # will do.
         pinned = [key for key in self._history if key[1] == self._pin]
         if not pinned:
+            held = self._pinned
+            if held is not None and held.version == self._pin:
+                self.served = Served(held, latest, self._pin, False)
+                return
             self._pinned = None
             self.served = Served(latest, latest, self._pin, True)
             return
@@ -288,6 +296,26 @@ class ModelReplica:
             chosen = self._rebuild(key)
         self._pinned = chosen if chosen is not latest else None
         self.served = Served(chosen, latest, self._pin, False)
+
+    def wants_pinned(self) -> bool:
+        """Whether the pinned version is missing and its weights not yet asked of Redis."""
+        served = self.served
+        return (
+            served is not None
+            and served.pin_missing
+            and self._pin is not None
+            and self.pinned_asked != self._pin
+        )
+
+    def adopt_pinned(self, snap: Snapshot | None) -> None:
+        """The pinned version's weights as Redis has them (None: it has none): served
+        while the pin names that version."""
+        self.pinned_asked = self._pin
+        if snap is None or snap.version != self._pin:
+            return
+        weights = snap.weights.astype(np.float64, copy=True).reshape(-1)
+        self._pinned = Version.build(snap.epoch, snap.version, snap.spec, weights, snap.ts)
+        self._resolve()
 
     def _rebuild(self, key: tuple[int, int]) -> Version:
         """A kept version, ready to score: its weights undone from the newest's."""
@@ -376,6 +404,7 @@ class Follower:
             if reason is not None:
                 self._reload(replica, reason)
             replica.set_pin(self._parse_pin(model_id, pin))
+        self._fetch_pinned([m for m in models if self.replicas[m].wants_pinned()])
         self.models_known = True
         self._last_refresh = time.monotonic()
 
@@ -487,6 +516,22 @@ class Follower:
             return
         if loaded:
             self.metrics.reloads.labels(replica.model_id, reason).inc()
+
+    def _fetch_pinned(self, model_ids: list[str]) -> None:
+        """The weights of pinned versions that replicas do not hold (once per pin)."""
+        if not model_ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for model_id in model_ids:
+            pipe.hgetall(self.keys.pinned(model_id))
+        for model_id, fields in zip(model_ids, pipe.execute(), strict=True):
+            replica = self.replicas[model_id]
+            try:
+                replica.adopt_pinned(Snapshot.from_hash(fields) if fields else None)
+            except (codec.CodecError, KeyError, ValueError) as exc:
+                log.warning("%s: the pinned version's weights are unusable (%s)", model_id, exc)
+                self.metrics.stream_errors.labels(model_id, "bad_pinned").inc()
+                replica.adopt_pinned(None)
 
     def _parse_deleted(self, model_id: str, raw: bytes) -> int:
         """The deletion time; an unreadable one still deletes the model (membership says

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from flowlearn.contracts.records import encode_sample_batch
-from flowlearn.contracts.redis_contract import Keys, read_snapshot
+from flowlearn.contracts.redis_contract import Keys, read_pinned, read_snapshot
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.training import ModelTrainer
 from flowlearn.devstack.producer import send_raw
@@ -182,12 +182,18 @@ def test_models_created_at_runtime_train_survive_a_kill_and_are_deleted(stack, s
     assert pinned.returncode == 0, pinned.stderr
     assert client.get(keys.pin(linear)) == str(latest - 1).encode()
     ahead = flowlearn("pin", "--model", linear, "--version", str(latest + 5), config=config)
-    assert ahead.returncode == 1 and "newer than the model's" in ahead.stderr
+    assert ahead.returncode == 1 and "neither the current one" in ahead.stderr
+    assert read_pinned(client, keys, linear).version == latest - 1  # its weights, for predictors
+    wait_until(
+        "the predictor to serve the pinned version",
+        lambda: served(settings, linear, 3)[1].get("model_version") == latest - 1,
+        timeout_s=30,
+    )
     reset = flowlearn(
         "models", "update", "--model", linear, "--reset", "--n-features", "4", config=config
     )
     assert reset.returncode == 0 and "reset under its new spec" in reset.stdout, reset.stderr
-    assert not client.exists(keys.pin(linear))
+    assert not client.exists(keys.pin(linear), keys.pinned(linear))
     _, body = wait_until(
         "the predictor to serve the reset model's shape",
         lambda: (answer := served(settings, linear, 4))[0] == 200 and answer,

@@ -68,7 +68,9 @@ def test_a_created_model_trains_with_its_spec_and_a_delete_forgets_it():
     assert trained and trained[-1].version == 3
 
     out = command(restarted, "pin", version=2)
-    assert answer(out)["pinned"] == 2 and versions(out) == [Version.pinning("fresh", 2)]
+    (pinned,) = versions(out)
+    assert answer(out)["pinned"] == 2 and (pinned.action, pinned.version) == ("pin", 2)
+    assert pinned.weights == state.states["recent-versions-v1"][2]  # its kept weights
     out = command(restarted, "delete")
     assert answer(out)["ok"]
     (tombstone,) = versions(out)

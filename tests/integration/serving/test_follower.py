@@ -130,12 +130,18 @@ def test_an_unbuildable_gap_keeps_the_held_version(serving_redis, trainer):
     assert holds(f, trainer)
 
 
+def pin(trainer: Trainer, version: int) -> None:
+    """Pin ``version`` as the job's publisher does: with its weights."""
+    weights = np.frombuffer(trainer.published[(trainer.epoch, version)])
+    trainer.publisher.pin("m", version, trainer.spec, codec.encode_array(weights))
+
+
 def test_pins_are_served_from_recent_versions(serving_redis, trainer):
     for i in range(HISTORY + 5):
         trainer.publish(np.full(6, float(i)))
     f = follower(serving_redis, trainer)
     f.sync()
-    trainer.publisher.pin("m", trainer.version - 3)  # what the job's publisher writes
+    pin(trainer, trainer.version - 3)
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and not served.pin_missing
@@ -145,16 +151,38 @@ def test_pins_are_served_from_recent_versions(serving_redis, trainer):
     assert (
         served.version.weights.tobytes() == trainer.published[(trainer.epoch, trainer.version - 3)]
     )
-    trainer.publisher.pin("m", 1)  # older than anything this replica ever held
+    # A pin written without its weights (not by the job), to a version the replica never
+    # held: the latest is served, flagged.
+    trainer.client.set(trainer.keys.pin("m"), 1)
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and served.pin == 1 and served.pin_missing
     assert served.version is served.latest
-    trainer.publisher.pin("m", 0)  # unpin
-    assert not trainer.client.exists(trainer.keys.pin("m"))
+    trainer.publisher.unpin("m")
+    assert not trainer.client.exists(trainer.keys.pin("m"), trainer.keys.pinned("m"))
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and served.pin is None and served.version is served.latest
+
+
+def test_a_pin_holds_however_many_versions_come_and_for_a_replica_that_never_held_it(
+    serving_redis, trainer
+):
+    for i in range(3):
+        trainer.publish(np.full(6, float(i)))
+    f = follower(serving_redis, trainer)
+    f.sync()
+    pin(trainer, 2)
+    expected = trainer.published[(trainer.epoch, 2)]
+    for i in range(2 * HISTORY):  # version 2 leaves the history of recent versions
+        trainer.publish(np.full(6, 10.0 + i))
+    late = follower(serving_redis, trainer)  # started after the pin: never held version 2
+    for replica_of in (f, late):
+        replica_of.sync()
+        served = replica_of.replicas["m"].served
+        assert served is not None and not served.pin_missing
+        assert served.version.version == 2 and served.version.weights.tobytes() == expected
+        assert served.latest.version == trainer.version
 
 
 def test_unusable_entries_and_snapshots_are_counted_not_fatal(serving_redis, trainer):
@@ -243,7 +271,7 @@ def test_a_version_of_another_shape_is_loaded_whole_from_its_snapshot(serving_re
     assert latest is not None and latest.version == mv.version == 2
     assert latest.spec["n_features"] == 2 and latest.spec["type"] == "logistic"
     assert latest.weights.tobytes() == smaller.model.weights_vector().tobytes()
-    trainer.publisher.pin("m", 1)  # a version of the old shape, kept whole
+    trainer.publisher.pin("m", 1, first.spec_json, first.weights or b"")  # the old shape
     f.sync()
     served = f.replicas["m"].served
     assert served is not None and served.version.spec["type"] == "linear"

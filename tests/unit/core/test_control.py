@@ -105,14 +105,21 @@ def test_pause_resume_republish_reset() -> None:
     assert not trainer.model.weights_vector().any()
 
 
-def test_pin_names_a_version_the_model_has_had_and_unpin_clears_it() -> None:
-    trainer, _ = trained()
+def test_pin_takes_a_kept_or_the_current_versions_weights_and_unpin_clears_it() -> None:
+    trainer, history = trained()
     before = trainer.state_bytes()
-    pin = apply_command(trainer, "pin", {"version": 2}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+    pin = apply_command(trainer, "pin", {"version": 2}, "cli", Kept(history), no_baseline)
     assert pin.ok and (pin.pin, pin.detail["pinned"]) == (2, 2)
+    assert codec.decode_array(pin.pin_weights).tobytes() == history[2].tobytes()
     assert pin.new_version is None and trainer.state_bytes() == before
-    ahead = apply_command(trainer, "pin", {"version": 4}, "cli", NO_KEPT_WEIGHTS, no_baseline)
-    assert ahead.detail["reason"] == "version 4 is newer than the model's 3" and ahead.pin is None
+    current = apply_command(trainer, "pin", {"version": 3}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+    assert current.ok and codec.decode_array(current.pin_weights).tobytes() == (
+        trainer.model.weights_vector().tobytes()
+    )
+    gone = apply_command(trainer, "pin", {"version": 2}, "cli", NO_KEPT_WEIGHTS, no_baseline)
+    assert gone.pin is None and gone.detail["reason"] == (
+        "version 2 is neither the current one (3) nor among the kept versions []"
+    )
     unpin = apply_command(trainer, "unpin", {}, "cli", NO_KEPT_WEIGHTS, no_baseline)
     assert unpin.ok and unpin.pin == 0
 
