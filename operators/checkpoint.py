@@ -25,14 +25,13 @@ from typing import Any
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.records import control_record, now_ms
+from flowlearn.contracts.records import alert_record, control_record, now_ms
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.checkpointing import CheckpointLedger, Register, Retired, Rollback
 from flowlearn.operators.drift import CONTROL_OUT_TAG
 from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
-from flowlearn.operators.trainer import alert
 from flowlearn.operators.types import Evaluated
 from flowlearn.state import descriptors
 
@@ -238,7 +237,7 @@ class CheckpointOperator(KeyedProcessFunction):
                         source="checkpoint:auto-rollback",
                     ),
                 )
-                yield alert(
+                yield alert_record(
                     model_id,
                     "degraded",
                     {
@@ -249,7 +248,7 @@ class CheckpointOperator(KeyedProcessFunction):
                     },
                 )
             elif isinstance(decision, Retired):
-                yield alert(
+                yield alert_record(
                     model_id,
                     "checkpoints_retired",
                     {

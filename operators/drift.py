@@ -13,13 +13,12 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.records import control_record
+from flowlearn.contracts.records import alert_record, control_record
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core.monitoring import DriftMonitor
 from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
-from flowlearn.operators.trainer import alert
 from flowlearn.operators.types import Evaluated
 from flowlearn.state import descriptors
 
@@ -103,7 +102,7 @@ class DriftOperator(KeyedProcessFunction):
         for alarm in alarms:
             self.alarms.inc()
             self.per_model.inc(model_id, "drift_alarms")
-            yield alert(
+            yield alert_record(
                 model_id,
                 "drift",
                 {**alarm.as_dict(), "version": version, "samples_applied": row.samples_applied},

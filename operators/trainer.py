@@ -28,7 +28,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, OutputTag, RuntimeContext
 
 from flowlearn.conf import ConfigError, Settings
-from flowlearn.contracts.records import dlq_record, encode_sample_batch, now_ms
+from flowlearn.contracts.records import alert_record, dlq_record, encode_sample_batch, now_ms
 from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
 from flowlearn.core import codec
 from flowlearn.core.control import LIFECYCLE_COMMANDS, apply_command, command_detail
@@ -66,10 +66,6 @@ END_OF_INPUT = (1 << 63) - 2
 ALERT_TAG = OutputTag("alerts", Types.STRING())
 #: Every new version as the drift and checkpoint operators see it (EVAL_TYPE).
 EVAL_TAG = OutputTag("eval", EVAL_TYPE)
-
-
-def alert(model_id: str, kind: str, detail: dict[str, Any]) -> str:
-    return json.dumps({"model_id": model_id, "kind": kind, "ts": now_ms(), "detail": detail})
 
 
 class _KeptVersions:
@@ -349,7 +345,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 )
                 yield (
                     ALERT_TAG,
-                    alert(
+                    alert_record(
                         model_id,
                         "gate_rejected",
                         {
@@ -446,7 +442,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             yield from self._lifecycle(command, ctx)
             return
         if self.model_specs.model_spec(model_id) is None:
-            yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
+            yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
             return
         trainer = self._trainer(model_id)
         outcome = apply_command(
@@ -473,7 +469,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                     )
                 )
             self._save(trainer)
-        yield ALERT_TAG, alert(model_id, outcome.alert_kind, outcome.detail)
+        yield ALERT_TAG, alert_record(model_id, outcome.alert_kind, outcome.detail)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -508,7 +504,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             else:  # nothing to drop, anywhere; the entry is the parsers' (see _has_model)
                 self.model_specs.set_entry(model_id, DELETED)
                 detail = _refusal(command, _NO_SUCH_MODEL)
-            yield ALERT_TAG, alert(model_id, "control", detail)
+            yield ALERT_TAG, alert_record(model_id, "control", detail)
             return
         entry = runtime_entry_of(command)
         applies = create_applies(self.model_specs.runtime_entry(), entry)
@@ -522,7 +518,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                     "it first",
                 )
             )
-            yield ALERT_TAG, alert(model_id, "control", detail)
+            yield ALERT_TAG, alert_record(model_id, "control", detail)
             return
         replaced = self.model_state.value() is not None  # trained under conf/ or the defaults
         replaced_version = self.version_state.value() or 0
@@ -537,7 +533,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         detail = {**_detail(command), "ok": True, "new_version": 1}
         if replaced:
             detail["replaced_version"] = replaced_version
-        yield ALERT_TAG, alert(model_id, "control", detail)
+        yield ALERT_TAG, alert_record(model_id, "control", detail)
 
     def _take_waiting(
         self, model_id: str, waiting: list[BufferedSamples], ctx: Any
@@ -566,7 +562,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         learning rate set if it changed, and a new version (same weights) records it."""
         model_id = command.model_id
         if not self._has_model(model_id) or self.model_specs.model_spec(model_id) is None:
-            yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
+            yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
             return
         changes = json.loads(command.args)["changes"]
         spec = self.model_specs.spec_of(model_id)
@@ -577,7 +573,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                     f"a {spec.type} model trains at its learning_rates, not one learning_rate"
                 )
         except (ConfigError, ValueError) as exc:
-            yield ALERT_TAG, alert(model_id, "control", _refusal(command, str(exc)))
+            yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, str(exc)))
             return
         old = self._trainer(model_id)
         trainer = ModelTrainer.restore(
@@ -592,7 +588,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         yield from self._emit(trainer, mv, "update", spec=json.dumps(live, sort_keys=True))
         self._save(trainer)
         detail = {**_detail(command), "ok": True, "new_version": mv.version, "spec": new_spec}
-        yield ALERT_TAG, alert(model_id, "control", detail)
+        yield ALERT_TAG, alert_record(model_id, "control", detail)
 
     def _reshape(self, command: ControlCommand, ctx: Any) -> Iterator[Any]:
         """An ``update`` with ``reset``: any field may change, so the model starts again,
@@ -611,10 +607,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 self.model_specs.live_changes(),
             )
         except ConfigError as exc:
-            yield ALERT_TAG, alert(model_id, "control", _refusal(command, str(exc)))
+            yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, str(exc)))
             return
         if entry is None:
-            yield ALERT_TAG, alert(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
+            yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
             return
         old = self._trainer(model_id)
         waiting = [BufferedSamples._make(r) for r in self.buffer.get()]
@@ -633,7 +629,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             "new_version": mv.version,
             "spec": json.loads(entry),
         }
-        yield ALERT_TAG, alert(model_id, "control", detail)
+        yield ALERT_TAG, alert_record(model_id, "control", detail)
 
     def _delete(self, model_id: str, ctx: Any) -> Iterator[Any]:
         """Drop everything kept of the model; the publisher removes it from Redis and the

@@ -467,6 +467,58 @@ def control_record(
     )
 
 
+#: Largest alert (JSON) written whole. An answer echoes its command's args, which may be
+#: anything up to a record's size, and JSON escaping can make them six times larger; an alert
+#: too large for Kafka would fail the job's alerts sink again on every replay.
+MAX_ALERT_BYTES = 64 << 10
+#: What a cut alert keeps: this many characters of a string, and this many fields or items.
+ALERT_FIELD_CHARS, ALERT_FIELDS = 200, 20
+
+
+def alert_record(model_id: str, kind: str, detail: dict[str, Any], ts: int | None = None) -> str:
+    """The JSON of an ``fl.alerts`` record (docs/architecture.md); ``ts`` defaults to now.
+    Beyond :data:`MAX_ALERT_BYTES` the detail is cut (``truncated``): its strings to
+    :data:`ALERT_FIELD_CHARS` characters and its objects and lists to :data:`ALERT_FIELDS`
+    entries, or, if that is still too large, to its plain fields and the command's
+    ``request`` id (what ``flowlearn models`` waits for).
+
+    >>> alert_record("m", "control", {"command": "reset", "ok": True}, ts=1)
+    '{"model_id": "m", "kind": "control", "ts": 1, "detail": {"command": "reset", "ok": true}}'
+    >>> len(alert_record("m", "control", {"args": {"x": "é" * 10**6}})) < MAX_ALERT_BYTES
+    True
+    """
+    record = {"model_id": model_id, "kind": kind, "ts": now_ms() if ts is None else ts}
+    text = json.dumps({**record, "detail": detail})
+    if len(text) <= MAX_ALERT_BYTES:
+        return text
+    text = json.dumps({**record, "detail": {**_cut(detail, 3), "truncated": True}})
+    if len(text) <= MAX_ALERT_BYTES:
+        return text
+    args = detail.get("args")
+    request = args.get("request") if isinstance(args, dict) else None
+    plain = {
+        str(k)[:ALERT_FIELD_CHARS]: _cut(v, 0)
+        for k, v in list(detail.items())[:ALERT_FIELDS]
+        if not isinstance(v, dict | list)
+    }
+    if isinstance(request, str):
+        plain["args"] = {"request": request[:ALERT_FIELD_CHARS]}
+    return json.dumps({**record, "detail": {**plain, "truncated": True}})
+
+
+def _cut(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return value[:ALERT_FIELD_CHARS]
+    if isinstance(value, dict):
+        if depth == 0:
+            return "..."
+        items = list(value.items())[:ALERT_FIELDS]
+        return {str(k)[:ALERT_FIELD_CHARS]: _cut(v, depth - 1) for k, v in items}
+    if isinstance(value, list):
+        return [_cut(v, depth - 1) for v in value[:ALERT_FIELDS]] if depth else "..."
+    return value
+
+
 def dlq_record(
     source_topic: str,
     reason: str,

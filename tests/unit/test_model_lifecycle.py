@@ -9,6 +9,7 @@ from typing import Any
 from pyflink.common import Row
 
 from flowlearn.conf import load_settings
+from flowlearn.contracts.records import MAX_ALERT_BYTES
 from flowlearn.contracts.spec import DELETED, ModelSpecs
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
@@ -213,3 +214,18 @@ def test_an_update_with_reset_starts_another_model_at_the_next_version():
 def test_an_update_with_reset_of_a_model_never_seen_is_refused():
     reply = answer(command(started(KeyedState()), "update", changes={"n_features": 2}, reset=True))
     assert "no such model" in reply["reason"]
+
+
+def test_an_answer_stays_within_kafkas_limit_whatever_the_args():
+    """Args of any size up to a record's (here ~520 KB of 4-byte characters, ~1.5 MB as
+    escaped JSON) are cut in the answer, which keeps the request id the CLI waits for."""
+    trainer = started(KeyedState())
+    command(trainer, "create", spec={"n_features": 3})
+    (reply,) = [
+        o[1]
+        for o in command(trainer, "reset", request="r1", note="\U0001d11e" * 130_000)
+        if o[0] is ALERT_TAG
+    ]
+    assert len(reply.encode()) <= MAX_ALERT_BYTES
+    detail = json.loads(reply)["detail"]
+    assert detail["ok"] and detail["truncated"] and detail["args"]["request"] == "r1"
