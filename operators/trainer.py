@@ -256,8 +256,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         if n_values != width * n_samples:
             return (
                 "bad_features",
-                f"expected {width} values a sample, got {n_values} for {n_samples} samples "
-                "(checked under another spec of the model, around a create or delete)",
+                f"expected {width} values a sample (the model's shape), got {n_values} for "
+                f"{n_samples} samples: checked under another spec of the model (a create or "
+                "delete around the record, or conf/ changed; a reset gives the model its "
+                "spec's shape)",
             )
         return None
 

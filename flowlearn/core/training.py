@@ -376,7 +376,21 @@ class ModelTrainer:
             if model_meta.get("class") == Pipeline.__name__:
                 model = build_model(spec)
                 saved_names = list(model_meta["features"]["params"]["names"])
-                if saved_names and names and saved_names != names:
+                saved_n = int(model_meta["features"]["params"]["n_features"])
+                if saved_n != model.n_features and not (saved_names and names):
+                    # The spec's feature count changed (conf/ edited) with no names to move
+                    # the columns by: the model comes back in the shape it was saved in,
+                    # and a reset gives it the spec's.
+                    model = build_model(
+                        {
+                            **spec,
+                            "feature_names": saved_names,
+                            "n_features": saved_n,
+                            "feature_defaults": {},
+                        }
+                    )
+                    model.load_state_dict(model_arrays, model_meta)
+                elif saved_names and names and saved_names != names:
                     # The spec renamed, added or dropped features: the model as saved,
                     # then moved to the new columns.
                     source = remap_columns(saved_names, names)
@@ -549,28 +563,41 @@ class ModelTrainer:
         before = self.model.weights_vector()
         self.model = build_model(self.spec)
         self._published_spec = self._publishable_spec()
-        return self._new_version(before, self.model.weights_vector(), 0)
+        after = self.model.weights_vector()
+        if after.shape != before.shape:
+            # The spec's shape changed since the model trained (conf/ edited): the buffers
+            # hold samples of the old shape, so they go too.
+            fresh = ModelTrainer(
+                self.model_id, self.spec, self.model, self.version, self.samples_applied
+            )
+            self._holdout, self._replay = fresh._holdout, fresh._replay
+            return self._whole_version(after)
+        return self._new_version(before, after, 0)
 
     def reshaped(self, spec: Mapping[str, Any]) -> tuple[ModelTrainer, ModelVersion]:
         """A trainer of another model (``spec``: another type or shape) that goes on from
         this one's version and sample count, and its first version: the untrained model,
-        published whole. Its delta has no base (``base_version`` 0: the weights of
-        another shape cannot be a difference), so a replica loads the snapshot."""
+        published whole (:meth:`_whole_version`)."""
         trainer = ModelTrainer(
             self.model_id, spec, build_model(spec), self.version, self.samples_applied
         )
-        weights = trainer.model.weights_vector()
-        trainer.version += 1
-        mv = ModelVersion(
+        return trainer, trainer._whole_version(trainer.model.weights_vector())
+
+    def _whole_version(self, weights: np.ndarray) -> ModelVersion:
+        """A new version whose weights are no difference from the last one's (another
+        shape): its delta has no base (``base_version`` 0) and overwrites every coordinate,
+        and it carries the weights, so a replica loads it whole."""
+        self.version += 1
+        self._needs_snapshot = False
+        return ModelVersion(
             model_id=self.model_id,
-            version=trainer.version,
+            version=self.version,
             base_version=0,
-            samples_applied=trainer.samples_applied,
-            spec_json=trainer._published_spec,
+            samples_applied=self.samples_applied,
+            spec_json=self._published_spec,
             delta=codec.encode_delta(np.arange(weights.size), weights),
             weights=codec.encode_array(weights),
         )
-        return trainer, mv
 
     def set_learning_rate(self, lr: float) -> None:
         if not (math.isfinite(lr) and lr > 0):

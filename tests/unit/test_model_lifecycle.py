@@ -229,3 +229,32 @@ def test_an_answer_stays_within_kafkas_limit_whatever_the_args():
     assert len(reply.encode()) <= MAX_ALERT_BYTES
     detail = json.loads(reply)["detail"]
     assert detail["ok"] and detail["truncated"] and detail["args"]["request"] == "r1"
+
+
+def test_a_model_whose_conf_changed_shape_dead_letters_until_a_reset_then_trains_it():
+    """conf/ gives the model 4 features where it trained with 3 (a resubmission): samples of
+    the new shape are dead-lettered by the trainer (the parser checked them under the new
+    spec), never a crash; a reset, with a replay reservoir of old-shape samples, gives the
+    model its spec's shape, published whole."""
+    state = KeyedState()
+
+    def with_conf(n_features: int) -> MiniBatchTrainer:
+        env = {
+            "FLOWLEARN__JOB__BATCH_SIZE": "2",
+            "FLOWLEARN__MODELS__FRESH__N_FEATURES": str(n_features),
+            "FLOWLEARN__MODELS__FRESH__REPLAY_SIZE": "8",
+        }
+        trainer = MiniBatchTrainer(load_settings(env=env))
+        trainer.open(state)
+        return trainer
+
+    trained = versions(samples(with_conf(3), 6, 3))[-1]
+    resubmitted = with_conf(4)
+    (letter,) = [json.loads(o[1]) for o in samples(resubmitted, 2, 4) if o[0] is DLQ_TAG]
+    assert letter["reason"] == "bad_features" and "a reset gives the model" in letter["detail"]
+    out = command(resubmitted, "reset")
+    assert answer(out)["ok"]
+    (reset,) = versions(out)
+    assert (reset.version, reset.base_version) == (trained.version + 1, 0)
+    assert json.loads(reset.spec)["n_features"] == 4
+    assert versions(samples(resubmitted, 6, 4))[-1].samples_applied == trained.samples_applied + 6
