@@ -26,7 +26,7 @@ rollbacks (``job.keep_versions``, ``job.keep_checkpoints``);
 
 It starts its own stack (home ``.flowlearn-bench-fresh``, ports 3xxxx) and stops it.
 
-    python bench/bench_models.py [--models 10000] [--samples 200000] [--quick]
+    python bench/bench_models.py [--models 10000] [--samples 200000] [--quick] [--hot-models N]
 """
 
 from __future__ import annotations
@@ -209,6 +209,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=2_000, help="predictions timed")
     parser.add_argument("--quick", action="store_true", help="2,000 models, 40,000 samples")
+    parser.add_argument(
+        "--hot-models",
+        type=int,
+        default=None,
+        help="job.hot_models (default: the job's): models kept in Python memory per operator",
+    )
     args = parser.parse_args()
     n_models, n_samples = (2_000, 40_000) if args.quick else (args.models, args.samples)
     models = model_ids(n_models)
@@ -218,7 +224,10 @@ def main() -> None:
     hashed_spec = {"type": "logistic", "features": "hashed", "n_features": HASHED_COLUMNS}
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench = BenchStack(Path(tmp), extra=JOB_CONFIG, flink_extra='state_backend = "rocksdb"\n')
+        job_config = JOB_CONFIG
+        if args.hot_models is not None:
+            job_config += f"hot_models = {args.hot_models}\n"
+        bench = BenchStack(Path(tmp), extra=job_config, flink_extra='state_backend = "rocksdb"\n')
         settings = bench.settings
         with bench.running():
             bench.cli("submit", "--fresh")
@@ -291,7 +300,8 @@ def main() -> None:
     print(
         f"\n{n_models:,} models in one job ({len(hashed):,} hashed with {HASHED_COLUMNS} "
         f"columns, {n_models - len(hashed):,} dense with {DENSE_FEATURES} features), "
-        f"{len(records):,} samples, Zipf {ZIPF_EXPONENT} traffic, 2 cores"
+        f"{len(records):,} samples, Zipf {ZIPF_EXPONENT} traffic, 2 cores, job.hot_models "
+        f"{'default' if args.hot_models is None else f'{args.hot_models:,}'}"
     )
     rows = [
         ("hashed models created (create commands)", f"{t_created:.1f} s"),

@@ -323,17 +323,14 @@ def test_a_savepoint_restores_into_changed_operator_code(stack, tmp_path):
         quiet=True,
     )
     before = applied(320)
-    # "Version 2" of the job: the trainer's alerts carry a new field; layout unchanged.
+    # "Version 2" of the job: its alerts carry a new field; state layout unchanged.
     v2 = tmp_path / "job-v2"
     shutil.copytree(jobctl.stage_job_sources(settings), v2)
-    trainer = v2 / "flowlearn" / "operators" / "trainer.py"
-    code = trainer.read_text()
-    assert '"ts": now_ms(), "detail": detail}' in code
-    trainer.write_text(
-        code.replace(
-            '"ts": now_ms(), "detail": detail}', '"ts": now_ms(), "detail": detail, "code": "v2"}'
-        )
-    )
+    records = v2 / "flowlearn" / "contracts" / "records.py"
+    code = records.read_text()
+    line = '"ts": now_ms() if ts is None else ts}'
+    assert line in code
+    records.write_text(code.replace(line, line[:-1] + ', "code": "v2"}'))
     job = jobctl.find_job(settings)
     path = jobctl.stop_with_savepoint(settings, job, reason="upgrade test")
     try:
