@@ -378,7 +378,7 @@ class JobConf:
     #: Models whose trainer stays in Python memory between their records, per trainer
     #: instance (the most recently touched, and the labelled ones); the others are read back
     #: from Flink state when their next record or command comes.
-    hot_models: int = 1000
+    hot_models: int = 100_000
 
     def validate(self) -> None:
         for name in (
