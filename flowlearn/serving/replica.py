@@ -87,6 +87,12 @@ class Version:
         weights.setflags(write=False)
         return cls(epoch, version, spec, weights, published_ms, scorer(spec, weights))
 
+    @classmethod
+    def of_snapshot(cls, snap: Snapshot) -> Version:
+        """The version a snapshot hash holds (its weights copied: the array becomes ours)."""
+        weights = snap.weights.astype(np.float64, copy=True).reshape(-1)
+        return cls.build(snap.epoch, snap.version, snap.spec, weights, snap.ts)
+
 
 @dataclass(frozen=True, eq=False)
 class Kept:
@@ -196,8 +202,7 @@ class ModelReplica:
             self._history.clear()
             self.lost = False
         self.snapshot_seen = (snap.epoch, snap.version, snap.ts)
-        weights = snap.weights.astype(np.float64, copy=True).reshape(-1)
-        self._hold(Version.build(snap.epoch, snap.version, snap.spec, weights, snap.ts))
+        self._hold(Version.of_snapshot(snap))
         self.position = (
             (snap.epoch, snap.version) if reset else max(self.position, (snap.epoch, snap.version))
         )
@@ -313,8 +318,7 @@ class ModelReplica:
         self.pinned_asked = self._pin
         if snap is None or snap.version != self._pin:
             return
-        weights = snap.weights.astype(np.float64, copy=True).reshape(-1)
-        self._pinned = Version.build(snap.epoch, snap.version, snap.spec, weights, snap.ts)
+        self._pinned = Version.of_snapshot(snap)
         self._resolve()
 
     def _rebuild(self, key: tuple[int, int]) -> Version:
