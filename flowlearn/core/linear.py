@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from flowlearn.core import codec, drift, metrics, optim, pipeline, preprocessing
+from flowlearn.core import codec, drift, metrics, optim, pipeline, preprocessing, trees
 from flowlearn.core.validation import (
     Arrays,
     Meta,
@@ -447,6 +447,7 @@ _REGISTRY: dict[str, type[Stateful]] = {
         pipeline.FeatureTransform,
         *metrics.CLASSES,
         *drift.CLASSES,
+        *trees.CLASSES,
     )
 }
 

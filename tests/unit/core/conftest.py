@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowlearn.core import drift, linear, metrics, optim, preprocessing
+from flowlearn.core import drift, linear, metrics, optim, preprocessing, trees
 from flowlearn.core.pipeline import FeatureTransform
 
 D = 4
@@ -31,6 +31,10 @@ ESTIMATORS: dict[str, Callable[[], Any]] = {
     "softmax": lambda: linear.SoftmaxRegression(D, 3, optimizer=optim.Adam(lr=0.05)),
     "linear": lambda: linear.LinearRegression(
         D, optimizer=optim.SGD(lr=optim.ExponentialDecay(0.05, 0.99)), l2=0.001
+    ),
+    "hoeffding-tree": lambda: trees.HoeffdingTreeClassifier(D, 2, grace_period=20, max_nodes=31),
+    "random-forest": lambda: trees.RandomForestClassifier(
+        D, 2, n_trees=3, grace_period=10, max_nodes=31, seed=1
     ),
 }
 

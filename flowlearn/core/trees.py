@@ -1,0 +1,1171 @@
+"""Online Hoeffding-tree classifiers: a VFDT and an adaptive random forest of them, learning
+mini-batches with numpy.
+
+Both classes run on one engine, :class:`_Grove`: a fixed number of tree *slots*, each a set
+of node arrays with room for ``max_nodes`` nodes, and a pool of attribute observers, one per
+leaf that may still split. A batch is routed through every slot at once (one numpy step per
+depth level), its class counts and observer statistics are accumulated with ``np.add.at`` in
+sample order, and the leaves whose weight since their last split attempt reached
+``grace_period`` attempt a split, all at once: River's Gaussian splitter (per leaf, feature
+and class a weight, mean, variance, min and max; ten thresholds evenly between the min and
+max; the class weights left of a threshold from the normal CDF), information gain, and the
+Hoeffding bound with range ``log2(n_classes)``.
+
+Serving reads nothing but the weights vector: for each tree a block of
+``max_nodes * (3 + n_classes)`` floats, ``split`` (feature + 1; 0 for a leaf or an unused
+node), ``threshold`` (``x[feature] <= threshold`` goes left), ``left`` (the left child; the
+right one is ``left + 1``) and ``counts`` (``(max_nodes, n_classes)``, a leaf's weighted
+class counts; a leaf predicts ``counts / counts.sum()``, uniform when empty); a forest then
+appends one vote weight per tree. Internal nodes hold no counts: a split hands its leaf's
+counts to the two children.
+
+What depends on how the stream is cut into batches:
+
+- :class:`HoeffdingTreeClassifier`: nothing. A batch is learnt in segments that end where a
+  leaf's weight since its last attempt reaches the grace period, so every split is attempted
+  at the very sample one-by-one learning (and River) attempts it; statistics accumulate in
+  sample order. Any cut gives a bit-identical state.
+- :class:`RandomForestClassifier`: split attempts happen at the end of a batch (every leaf
+  that is due then), and the predictions that feed the vote weights and the drift detectors
+  are made by the trees as they were when the batch began. The bagging weights (their own
+  generator) and the detectors' block structure do not depend on the cut.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> X = rng.random((2000, 2))
+>>> y = (X[:, 0] > 0.5).astype(np.int64)
+>>> tree = HoeffdingTreeClassifier(n_features=2, n_classes=2, grace_period=100)
+>>> tree = tree.learn_many(X, y)
+>>> tree.predict_many(np.array([[0.2, 0.9], [0.8, 0.1]])).tolist()
+[0, 1]
+>>> int(tree.weights_vector()[0])  # the root splits on feature 0 (stored as 0 + 1)
+1
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from flowlearn.core.validation import (
+    Arrays,
+    Meta,
+    Stateful,
+    check_array,
+    check_labels,
+    check_matrix,
+    check_vector,
+)
+
+__all__ = ["CLASSES", "HoeffdingTreeClassifier", "RandomForestClassifier"]
+
+#: Candidate thresholds per feature and split attempt (River's GaussianSplitter).
+_N_SPLITS = 10
+#: A leaf whose majority class holds more of its weight than this stops splitting (River's
+#: max_share_to_split): it frees its observers.
+_MAX_SHARE = 0.99
+#: A split must send more than this fraction of the weight down each branch (River's
+#: min_branch_fraction).
+_MIN_BRANCH_FRACTION = 0.01
+#: Probabilities are clipped to this before a log loss is taken.
+_PROBA_FLOOR = 1e-15
+#: The drift detectors read the errors in blocks of this many samples (ADWIN's clock).
+_CLOCK = 32
+#: ADWIN's exponential histogram keeps at most this many buckets of each size.
+_MAX_BUCKETS = 5
+#: ADWIN's minimum sub-window length.
+_MIN_WINDOW = 5
+#: A pool of observers shrinks when fewer than a quarter of its records are in use.
+_MIN_POOL = 64
+
+
+def _entropy(d: np.ndarray) -> np.ndarray:
+    """Entropy (bits) of the class distributions along the last axis, as River computes it."""
+    total = d.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(d > 0.0, d * np.log2(np.where(d > 0.0, d, 1.0)), 0.0).sum(axis=-1)
+        return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
+
+
+def _erf(z: np.ndarray) -> np.ndarray:
+    # numpy has no erf and scipy is no dependency; math.erf (what River calls) on the few
+    # values a split attempt needs.
+    return np.array(list(map(math.erf, z.tolist())), dtype=np.float64)
+
+
+def _group_rank(keys: np.ndarray) -> np.ndarray:
+    """For sorted ``keys``, each entry's position within its run of equal keys."""
+    idx = np.arange(len(keys))
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return idx - np.maximum.accumulate(np.where(first, idx, 0))
+
+
+class _Grove:
+    """The shared engine: ``n_slots`` trees of at most ``max_nodes`` nodes each, the
+    observers of their splittable leaves, and the learning step.
+
+    Per node (fixed, ``n_slots x max_nodes``): split, threshold, left, counts (the served
+    arrays), depth, the weight at the last split attempt and the leaf's observer record.
+    The observer pool holds one record per splittable leaf; it grows by doubling and
+    shrinks when mostly free, so it stays proportional to the splittable leaves.
+    """
+
+    _POOL = ("w", "s1", "s2", "lo", "hi", "shift", "feat", "used")
+
+    def __init__(
+        self,
+        n_slots: int,
+        n_features: int,
+        n_classes: int,
+        *,
+        max_nodes: int,
+        max_depth: int,
+        n_sub: int,
+        grace_period: float,
+        split_confidence: float,
+        tie_threshold: float,
+        exact: bool,
+        rng: np.random.Generator,
+    ) -> None:
+        self.F, self.K, self.M = n_features, n_classes, max_nodes
+        self.n_sub = n_sub
+        self.max_depth = max_depth
+        self.grace = float(grace_period)
+        self.tau = tie_threshold
+        # The Hoeffding bound is sqrt(R^2 ln(1/delta) / (2 n)) with R = log2(n_classes).
+        self._bound_numerator = math.log2(n_classes) ** 2 * math.log(1.0 / split_confidence)
+        self.exact = exact
+        self.rng = rng
+        S, M, K = n_slots, max_nodes, n_classes
+        self.split = np.zeros((S, M), dtype=np.int64)
+        self.threshold = np.zeros((S, M))
+        self.left = np.zeros((S, M), dtype=np.int64)
+        self.counts = np.zeros((S, M, K))
+        self.size = np.ones(S, dtype=np.int64)
+        self.depth = np.zeros((S, M), dtype=np.int64)
+        self.last = np.zeros((S, M))
+        self.record = np.full((S, M), -1, dtype=np.int64)
+        self.pool = self._new_pool(0)
+
+    # ------------------------------------------------------------------ observer pool
+
+    def _new_pool(self, n: int) -> dict[str, np.ndarray]:
+        shape = (n, self.n_sub, self.K)
+        return {
+            "w": np.zeros(shape),
+            "s1": np.zeros(shape),
+            "s2": np.zeros(shape),
+            "lo": np.full(shape, np.inf),
+            "hi": np.full(shape, -np.inf),
+            "shift": np.zeros((n, self.n_sub)),
+            "feat": np.zeros((n, self.n_sub), dtype=np.int64),
+            "used": np.zeros(n, dtype=bool),
+        }
+
+    def _alloc(self, k: int) -> np.ndarray:
+        """``k`` fresh records (the lowest free ones), each with its feature subspace."""
+        free = np.flatnonzero(~self.pool["used"])
+        if len(free) < k:
+            cap = len(self.pool["used"])
+            grown = self._new_pool(max(2 * cap, cap + k - len(free), 8))
+            for name, arr in self.pool.items():
+                grown[name][:cap] = arr
+            self.pool = grown
+            free = np.flatnonzero(~self.pool["used"])
+        idx = free[:k]
+        fresh = self._new_pool(k)
+        for name in ("w", "s1", "s2", "lo", "hi", "shift"):
+            self.pool[name][idx] = fresh[name]
+        self.pool["used"][idx] = True
+        if self.n_sub == self.F:
+            self.pool["feat"][idx] = np.arange(self.F)
+        else:
+            # A uniform subset without replacement per record, sorted: ties between equally
+            # good features go to the highest index, as with all features.
+            draw = self.rng.random((k, self.F)).argsort(axis=1)[:, : self.n_sub]
+            self.pool["feat"][idx] = np.sort(draw, axis=1)
+        return idx
+
+    def _free(self, nodes: np.ndarray) -> None:
+        """Drop the records of these flat node ids (their leaves stop splitting)."""
+        rec = self.record.reshape(-1)
+        r = rec[nodes]
+        self.pool["used"][r[r >= 0]] = False
+        rec[nodes] = -1
+        cap = len(self.pool["used"])
+        if cap > _MIN_POOL and 4 * int(self.pool["used"].sum()) < cap:
+            self.compact()
+
+    def compact(self) -> None:
+        """Keep only the records in use, renumbered in order."""
+        keep = np.flatnonzero(self.pool["used"])
+        new_of = np.full(len(self.pool["used"]) + 1, -1, dtype=np.int64)
+        new_of[keep] = np.arange(len(keep))
+        self.record = new_of[self.record]  # -1 maps to the extra last entry, -1
+        self.pool = {name: arr[keep] for name, arr in self.pool.items()}
+
+    def _activate(self, slots: np.ndarray, nodes: np.ndarray) -> None:
+        """Give these leaves observers where they may still split (depth and room allow)."""
+        ok = self.size[slots] + 2 <= self.M
+        if self.max_depth:
+            ok &= self.depth[slots, nodes] < self.max_depth
+        slots, nodes = slots[ok], nodes[ok]
+        if len(slots):
+            self.record[slots, nodes] = self._alloc(len(slots))
+
+    # ------------------------------------------------------------------ slots
+
+    def clear(self, slots: np.ndarray) -> None:
+        """Empty these slots: a root leaf without counts or observers."""
+        for s in slots.tolist():
+            self._free(s * self.M + np.flatnonzero(self.record[s] >= 0))
+        for arr in (self.split, self.threshold, self.left, self.counts, self.depth, self.last):
+            arr[slots] = 0
+        self.size[slots] = 1
+
+    def plant(self, slots: np.ndarray) -> None:
+        """A fresh tree in each of these slots: a root leaf that learns."""
+        self.clear(slots)
+        self._activate(slots, np.zeros(len(slots), dtype=np.int64))
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot ``src``'s tree, observers included, replaces ``dst``'s; ``src`` is emptied."""
+        self.clear(np.array([dst]))
+        for arr in (self.split, self.threshold, self.left, self.counts, self.depth, self.last):
+            arr[dst] = arr[src]
+        self.record[dst] = self.record[src]
+        self.size[dst] = self.size[src]
+        self.record[src] = -1
+        self.clear(np.array([src]))
+
+    def adopt(
+        self, slot: int, split: np.ndarray, left: np.ndarray, depth: np.ndarray, tree: np.ndarray
+    ) -> None:
+        """Restart the training statistics of a slot whose threshold and counts were just
+        set: ``tree`` marks the nodes of the tree; every leaf that may split gets fresh
+        observers, its grace period counting from now."""
+        self._free(slot * self.M + np.flatnonzero(self.record[slot] >= 0))
+        self.split[slot], self.left[slot], self.depth[slot] = split, left, depth
+        # New nodes go after the last one in use (a hole before it stays unused).
+        self.size[slot] = int(np.flatnonzero(tree).max()) + 1
+        self.last[slot] = self.counts[slot].sum(axis=1)
+        leaves = np.flatnonzero(tree & (split == 0))
+        self._activate(np.full(len(leaves), slot), leaves)
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The leaf each sample reaches in each slot: ``(len(slots), n)``, one step per level."""
+        n = len(X)
+        base = np.repeat(slots * self.M, n)
+        sample = np.tile(np.arange(n), len(slots))
+        node = np.zeros(len(base), dtype=np.int64)
+        split, thr, left = self.split.reshape(-1), self.threshold.reshape(-1), self.left.reshape(-1)
+        live = np.arange(len(base))
+        while live.size:
+            gid = base[live] + node[live]
+            f = split[gid]
+            inner = f > 0
+            live, gid, f = live[inner], gid[inner], f[inner]
+            node[live] = left[gid] + (X[sample[live], f - 1] > thr[gid])
+        return node.reshape(len(slots), n)
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(self, X: np.ndarray, y: np.ndarray, W: np.ndarray, slots: np.ndarray) -> None:
+        """Learn samples ``X, y`` with weight ``W[j, i]`` in slot ``slots[j]`` (0: not at all)."""
+        start, n = 0, len(y)
+        while start < n:
+            Xs, ys, Ws = X[start:], y[start:], W[:, start:]
+            node = slots[:, None] * self.M + self.route(Xs, slots)
+            if self.exact:
+                stop = self._first_due(node, Ws)
+                Xs, ys, Ws, node = Xs[:stop], ys[:stop], Ws[:, :stop], node[:, :stop]
+            self._accumulate(Xs, ys, Ws, node)
+            self._attempt(np.unique(node[Ws > 0]))
+            start += len(ys)
+
+    def _first_due(self, node: np.ndarray, W: np.ndarray) -> int:
+        """Samples up to and including the first one after which some leaf may be due for a
+        split attempt (all of them when none is). A candidate that rounding then finds not
+        due costs a segment, never a missed attempt: the attempt checks the real weights."""
+        m = node.shape[1]
+        mask = (W > 0) & (self.record.reshape(-1)[node] >= 0)
+        sel = np.flatnonzero(mask.reshape(-1))
+        if not sel.size:
+            return m
+        keys = node.reshape(-1)[sel]
+        order = np.argsort(keys, kind="stable")
+        k, w = keys[order], W.reshape(-1)[sel][order]
+        cs = np.cumsum(w)
+        rank = _group_rank(k)
+        first = np.arange(len(k)) - rank
+        running = cs - (cs[first] - w[first])
+        seen = self.counts.reshape(-1, self.K)[k].sum(axis=1)
+        need = self.grace - (seen - self.last.reshape(-1)[k])
+        hit = running >= need - 1e-6
+        if not hit.any():
+            return m
+        return int((sel[order][hit] % m).min()) + 1
+
+    def _accumulate(self, X: np.ndarray, y: np.ndarray, W: np.ndarray, node: np.ndarray) -> None:
+        # Pairs (slot, sample) in slot-major order: each node belongs to one slot, so every
+        # node and record accumulates its samples in sample order, however the stream was cut.
+        j, i = np.nonzero(W > 0)
+        if not i.size:
+            return
+        g, w, c = node[j, i], W[j, i], y[i]
+        np.add.at(self.counts.reshape(-1), g * self.K + c, w)
+        r = self.record.reshape(-1)[g]
+        has = r >= 0
+        r, i, w, c = r[has], i[has], w[has], c[has]
+        if not r.size:
+            return
+        p = self.pool
+        feat = p["feat"][r]
+        x = X[i[:, None], feat]
+        # A record's values are taken relative to the first one it sees (a shift that keeps
+        # the sums of squares from cancelling), set by its first sample in stream order.
+        uniq, first = np.unique(r, return_index=True)
+        new = p["w"][uniq, 0].sum(axis=1) == 0.0
+        p["shift"][uniq[new]] = x[first[new]]
+        flat = (r[:, None] * self.n_sub + np.arange(self.n_sub)) * self.K + c[:, None]
+        d = x - p["shift"][r]
+        wd = w[:, None] * d
+        np.add.at(p["w"].reshape(-1), flat, np.broadcast_to(w[:, None], flat.shape))
+        np.add.at(p["s1"].reshape(-1), flat, wd)
+        np.add.at(p["s2"].reshape(-1), flat, wd * d)
+        np.minimum.at(p["lo"].reshape(-1), flat, x)
+        np.maximum.at(p["hi"].reshape(-1), flat, x)
+
+    def _attempt(self, nodes: np.ndarray) -> None:
+        """Split attempts at the due leaves among ``nodes`` (flat ids), all at once."""
+        nodes = nodes[self.record.reshape(-1)[nodes] >= 0]
+        cnt = self.counts.reshape(-1, self.K)[nodes]
+        seen = cnt.sum(axis=1)
+        last = self.last.reshape(-1)
+        due = seen - last[nodes] >= self.grace
+        nodes, cnt, seen = nodes[due], cnt[due], seen[due]
+        last[nodes] = seen
+        # A pure leaf has nothing to split; River skips it the same way.
+        mixed = (cnt > 0.0).sum(axis=1) >= 2
+        nodes, cnt, seen = nodes[mixed], cnt[mixed], seen[mixed]
+        if not nodes.size:
+            return
+        drop, split, feature, thr, lhs, rhs = self._evaluate(nodes, cnt, seen)
+        self._free(nodes[drop])
+        self._split(nodes[split], feature[split], thr[split], lhs[split], rhs[split])
+
+    def _evaluate(
+        self, nodes: np.ndarray, cnt: np.ndarray, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """River's split decision for each leaf: (deactivate?, split?, feature, threshold,
+        left and right class weights)."""
+        L, F, K = len(nodes), self.n_sub, self.K
+        p = self.pool
+        r = self.record.reshape(-1)[nodes]
+        w, lo_k, hi_k = p["w"][r], p["lo"][r], p["hi"][r]
+        present = w > 0.0
+        lo = np.where(present, lo_k, np.inf).min(axis=2)
+        hi = np.where(present, hi_k, -np.inf).max(axis=2)
+        with np.errstate(invalid="ignore"):
+            step = (hi - lo) / (_N_SPLITS + 1.0)
+            thr = lo[..., None] + step[..., None] * np.arange(1.0, _N_SPLITS + 1.0)
+        valid = (lo[..., None] < thr) & (thr < hi[..., None])
+        # Each class's Gaussian: mean and (ddof=1) variance from the shifted sums.
+        safe = np.where(present, w, 1.0)
+        s1 = p["s1"][r]
+        mean = p["shift"][r][..., None] + s1 / safe
+        var = np.where(w > 1.0, np.maximum(p["s2"][r] - s1 * s1 / safe, 0.0), 0.0)
+        sigma = np.sqrt(var / np.where(w > 1.0, w - 1.0, 1.0))
+        t = thr[..., None]  # (L, F, S, 1) against (L, F, 1, K)
+        below, above = t < lo_k[:, :, None], t >= hi_k[:, :, None]
+        wk = np.broadcast_to(w[:, :, None], (L, F, _N_SPLITS, K))
+        lhs = np.where(above, wk, 0.0)
+        inside = valid[..., None] & present[:, :, None] & ~below & ~above
+        inside &= (sigma > 0.0)[:, :, None]
+        if inside.any():
+            m_in = np.broadcast_to(mean[:, :, None], inside.shape)[inside]
+            s_in = np.broadcast_to(sigma[:, :, None], inside.shape)[inside]
+            z = (np.broadcast_to(t, inside.shape)[inside] - m_in) / (s_in * math.sqrt(2.0))
+            lhs[inside] = 0.5 * (1.0 + _erf(z)) * wk[inside]
+        rhs = wk - lhs
+        lw, rw = lhs.sum(axis=-1), rhs.sum(axis=-1)
+        total = lw + rw
+        with np.errstate(divide="ignore", invalid="ignore"):
+            branches = (lw / total > _MIN_BRANCH_FRACTION).astype(int) + (
+                rw / total > _MIN_BRANCH_FRACTION
+            )
+            post = (lw * _entropy(lhs) + rw * _entropy(rhs)) / total
+        merit = np.where(valid & (branches >= 2), _entropy(cnt)[:, None, None] - post, -np.inf)
+        best_t = merit.argmax(axis=2)  # the first best threshold, as River's strict ">"
+        per_feature = np.take_along_axis(merit, best_t[..., None], axis=2)[..., 0]
+        # River sorts [null split, features...] stably by merit: the best is the last of the
+        # ties, the runner-up the entry before it.
+        cand = np.concatenate([np.full((L, 1), -np.inf), per_feature], axis=1)
+        order = np.argsort(cand, axis=1, kind="stable")
+        rows = np.arange(L)
+        best, second = cand[rows, order[:, -1]], cand[rows, order[:, -2]]
+        bound = np.sqrt(self._bound_numerator / (2.0 * seen))
+        with np.errstate(invalid="ignore"):
+            decide = (best - second > bound) | (bound < self.tau)
+        null = best == -np.inf
+        crowded = cnt.max(axis=1) / seen > _MAX_SHARE
+        drop = (decide & null) | crowded
+        split = decide & ~null & ~crowded
+        fpos = np.maximum(order[:, -1] - 1, 0)
+        tpos = best_t[rows, fpos]
+        return (
+            drop,
+            split,
+            p["feat"][r, fpos],
+            thr[rows, fpos, tpos],
+            lhs[rows, fpos, tpos],
+            rhs[rows, fpos, tpos],
+        )
+
+    def _split(
+        self,
+        nodes: np.ndarray,
+        feature: np.ndarray,
+        thr: np.ndarray,
+        lhs: np.ndarray,
+        rhs: np.ndarray,
+    ) -> None:
+        """Turn these leaves (flat ids, ascending) into split nodes, in order, while their
+        tree has room for two more nodes; a leaf that does not fit stops splitting."""
+        if not nodes.size:
+            return
+        slot, node = nodes // self.M, nodes % self.M
+        left = self.size[slot] + 2 * _group_rank(slot)
+        fits = left + 2 <= self.M
+        self._free(nodes[~fits])
+        slot, node, left = slot[fits], node[fits], left[fits]
+        feature, thr, lhs, rhs = feature[fits], thr[fits], lhs[fits], rhs[fits]
+        if not slot.size:
+            return
+        self._free(nodes[fits])
+        self.split[slot, node] = feature + 1
+        self.threshold[slot, node] = thr
+        self.left[slot, node] = left
+        self.counts[slot, node] = 0.0
+        children = np.stack([left, left + 1], axis=1).reshape(-1)
+        cslot = np.repeat(slot, 2)
+        self.counts[cslot, children] = np.stack([lhs, rhs], axis=1).reshape(-1, self.K)
+        self.depth[cslot, children] = np.repeat(self.depth[slot, node] + 1, 2)
+        self.last[cslot, children] = self.counts[cslot, children].sum(axis=1)
+        np.add.at(self.size, slot, 2)
+        self._activate(cslot, children)
+        # A tree without room for another split: none of its leaves will split again.
+        for s in np.unique(slot[self.size[slot] + 2 > self.M]).tolist():
+            self._free(s * self.M + np.flatnonzero(self.record[s] >= 0))
+
+    # ------------------------------------------------------------------ prediction
+
+    def proba(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Each slot's class probabilities: ``(len(slots), n, n_classes)``."""
+        leaf = self.route(X, slots)
+        c = self.counts[slots[:, None], leaf]
+        total = c.sum(axis=2, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0.0, c / total, 1.0 / self.K)
+
+    # ------------------------------------------------------------------ state
+
+    _NODE_ARRAYS = ("split", "threshold", "left", "counts", "size", "depth", "last", "record")
+
+    def state(self) -> Arrays:
+        self.compact()
+        arrays = {f"node.{name}": getattr(self, name) for name in self._NODE_ARRAYS}
+        arrays.update({f"pool.{name}": arr for name, arr in self.pool.items() if name != "used"})
+        return arrays
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        for name in self._NODE_ARRAYS:
+            old = getattr(self, name)
+            new = check_array(arrays, f"node.{name}", old.shape)
+            setattr(self, name, new.astype(old.dtype))
+        n = len(np.asarray(arrays["pool.w"]))
+        pool = self._new_pool(n)
+        for name, arr in pool.items():
+            if name != "used":
+                pool[name] = check_array(arrays, f"pool.{name}", arr.shape).astype(arr.dtype)
+        pool["used"][:] = True
+        self.pool = pool
+        r = self.record
+        if r.min() < -1 or r.max() >= n or len(np.unique(r[r >= 0])) != n:
+            raise ValueError("corrupt tree state: observer records do not match the pool")
+
+
+class _ErrorWindows:
+    """ADWIN (River's defaults: clock 32, 5 buckets per size, minimum sub-window 5) over the
+    0/1 errors of many detectors at once, one row per detector.
+
+    The values come in blocks of ``_CLOCK`` (ADWIN tests only every ``clock`` values); the
+    exponential histogram's finest buckets are whole blocks, so cuts fall on block
+    boundaries. For 0/1 values a bucket's count and error sum determine its variance, and
+    both are integers: the detector is exact and independent of how its input is cut.
+    """
+
+    def __init__(self, deltas: np.ndarray) -> None:
+        self.delta = deltas
+        D = len(deltas)
+        # sums[d, i, k]: errors in the k-th oldest bucket of _CLOCK * 2**i values.
+        self.sums = np.zeros((D, 1, _MAX_BUCKETS + 1))
+        self.count = np.zeros((D, 1), dtype=np.int64)
+        self.pending = np.zeros(D)
+        self.n_pending = 0
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.sums[rows] = 0.0
+        self.count[rows] = 0
+        self.pending[rows] = 0.0
+
+    def close_block(self) -> np.ndarray:
+        """Insert the pending block as a bucket and test every cut: which rows detect."""
+        rows = np.arange(len(self.delta))
+        self.sums[rows, 0, self.count[:, 0]] = self.pending
+        self.count[:, 0] += 1
+        self.pending[:] = 0.0
+        self.n_pending = 0
+        i = 0
+        while (over := np.flatnonzero(self.count[:, i] > _MAX_BUCKETS)).size:
+            if i + 1 == self.sums.shape[1]:
+                self.sums = np.concatenate([self.sums, np.zeros_like(self.sums[:, :1])], axis=1)
+                self.count = np.concatenate([self.count, np.zeros_like(self.count[:, :1])], axis=1)
+            merged = self.sums[over, i, 0] + self.sums[over, i, 1]
+            self.sums[over, i, :-2] = self.sums[over, i, 2:]
+            self.sums[over, i, -2:] = 0.0
+            self.count[over, i] -= 2
+            self.sums[over, i + 1, self.count[over, i + 1]] = merged
+            self.count[over, i + 1] += 1
+            i += 1
+        return self._scan()
+
+    def _scan(self) -> np.ndarray:
+        R = self.sums.shape[1]
+        # Buckets oldest first: the largest size first, each row oldest first.
+        valid = (np.arange(_MAX_BUCKETS) < self.count[:, ::-1, None]).reshape(len(self.delta), -1)
+        sizes = np.repeat(_CLOCK * 2.0 ** np.arange(R - 1, -1, -1), _MAX_BUCKETS)
+        n0 = np.cumsum(np.where(valid, sizes, 0.0), axis=1)
+        u0 = np.cumsum(
+            np.where(valid, self.sums[:, ::-1, :_MAX_BUCKETS].reshape(valid.shape), 0.0), axis=1
+        )
+        width, total = n0[:, -1:], u0[:, -1:]
+        n1, u1 = width - n0, total - u0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = total / width
+            var = mean - mean * mean
+            dprime = np.log(2.0 * np.log(width) / self.delta[:, None])
+            m = 1.0 / (n0 - _MIN_WINDOW + 1.0) + 1.0 / (n1 - _MIN_WINDOW + 1.0)
+            eps = np.sqrt(2.0 * m * var * dprime) + 2.0 / 3.0 * dprime * m
+            cut = valid & (n1 > 0.0) & (np.abs(u0 / n0 - u1 / n1) > eps)
+        return cut.any(axis=1)
+
+    def state(self) -> Arrays:
+        return {"sums": self.sums, "count": self.count, "pending": self.pending}
+
+    def load(self, arrays: Mapping[str, np.ndarray], n_pending: int) -> None:
+        D = len(self.delta)
+        rows = np.asarray(arrays["count"]).shape[1] if np.ndim(arrays["count"]) == 2 else 0
+        if rows < 1:
+            raise ValueError("corrupt forest state: detector buckets")
+        self.sums = check_array(arrays, "sums", (D, rows, _MAX_BUCKETS + 1))
+        self.count = check_array(arrays, "count", (D, rows)).astype(np.int64)
+        self.pending = check_array(arrays, "pending", (D,))
+        self.n_pending = n_pending
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= low
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_open_unit(name: str, value: Any) -> float:
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
+class _TreeModel(Stateful):
+    """What both classifiers share: parameters, the served vector, prediction, state."""
+
+    _type: ClassVar[str]
+    #: Trees served (1 for the single tree).
+    n_trees: int
+    #: The forest appends one vote weight per tree to the vector.
+    _voting: ClassVar[bool]
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        *,
+        n_slots: int,
+        grace_period: int,
+        split_confidence: float,
+        tie_threshold: float,
+        max_depth: int,
+        max_nodes: int,
+        max_features: int,
+        n_sub: int,
+        exact: bool,
+        seed: int,
+    ) -> None:
+        self.n_features = _check_int("n_features", n_features, 1)
+        self.n_classes = _check_int("n_classes", n_classes, 2)
+        self.grace_period = _check_int("grace_period", grace_period, 1)
+        self.split_confidence = _check_open_unit("split_confidence", split_confidence)
+        if not (math.isfinite(float(tie_threshold)) and float(tie_threshold) >= 0.0):
+            raise ValueError(f"tie_threshold must be finite and >= 0, got {tie_threshold!r}")
+        self.tie_threshold = float(tie_threshold)
+        self.max_depth = _check_int("max_depth", max_depth, 0)
+        self.max_nodes = _check_int("max_nodes", max_nodes, 1)
+        if self.max_nodes % 2 == 0:
+            # A binary tree always has an odd number of nodes: an even budget's last node
+            # could never be used.
+            raise ValueError(f"max_nodes must be odd, got {max_nodes!r}")
+        self.max_features = _check_int("max_features", max_features, 0)
+        if self.max_features > self.n_features:
+            raise ValueError(
+                f"max_features must be in 0..n_features={self.n_features}, got {max_features!r}"
+            )
+        self.seed = _check_int("seed", seed, 0)
+        #: Trees learn no gradient; the trainer's gates read these.
+        self.last_grad_norm = 0.0
+        self.clip_grad_norm: float | None = None
+        # Independent streams: the bagging weights stay the same whatever the splits draw.
+        bag_seq, feat_seq = np.random.SeedSequence(self.seed).spawn(2)
+        self._bag_rng = np.random.default_rng(bag_seq)
+        self._grove = _Grove(
+            n_slots,
+            self.n_features,
+            self.n_classes,
+            max_nodes=self.max_nodes,
+            max_depth=self.max_depth,
+            n_sub=n_sub,
+            grace_period=self.grace_period,
+            split_confidence=self.split_confidence,
+            tie_threshold=self.tie_threshold,
+            exact=exact,
+            rng=np.random.default_rng(feat_seq),
+        )
+        self._served = np.arange(self.n_trees)
+        self._grove.plant(self._served)
+        #: Each tree's vote weight (forest), as served.
+        self._vote = np.zeros(self.n_trees)
+        # False after a non-finite vector was adopted for serving: every probability is NaN.
+        self._finite = True
+
+    # ------------------------------------------------------------------ served vector
+
+    @property
+    def max_observer_bytes(self) -> int:
+        """The most its attribute observers can take: every leaf of every tree slot (a
+        forest's background trees included) still able to split."""
+        g = self._grove
+        per_leaf = (5 * self.n_classes + 2) * 8 * g.n_sub
+        return int(g.split.shape[0]) * (self.max_nodes + 1) // 2 * per_leaf
+
+    @property
+    def _block(self) -> int:
+        return self.max_nodes * (3 + self.n_classes)
+
+    def weights_vector(self) -> np.ndarray:
+        """The served trees' node arrays, tree by tree (then the vote weights of a forest)."""
+        g, T = self._grove, self.n_trees
+        blocks = np.concatenate(
+            [
+                g.split[:T].astype(np.float64),
+                g.threshold[:T],
+                g.left[:T].astype(np.float64),
+                g.counts[:T].reshape(T, -1),
+            ],
+            axis=1,
+        )
+        parts = [blocks.reshape(-1), self._vote] if self._voting else [blocks.reshape(-1)]
+        return np.concatenate(parts)
+
+    def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
+        """Adopt a vector (a rollback). A tree whose block (or vote weight) differs from the
+        current one restarts its training statistics on the adopted nodes: fresh observers
+        for its leaves (their grace periods counting from now), no background tree, fresh
+        drift detectors and vote counters; an unchanged tree keeps everything.
+
+        ``finite=False`` serves a vector as published: non-finite values are accepted and
+        the model then predicts NaN probabilities (which the predictor refuses)."""
+        size = self.n_trees * self._block + (self.n_trees if self._voting else 0)
+        if finite:
+            v = check_vector(v, size, "weights vector")
+        else:
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != (size,):
+                raise ValueError(f"weights vector must have shape ({size},), got {v.shape}")
+            if not np.isfinite(v).all():
+                self._finite = False
+                return
+        current = self.weights_vector()
+        if self._finite and current.tobytes() == v.tobytes():
+            return
+        M, K, T = self.max_nodes, self.n_classes, self.n_trees
+        blocks = v[: T * self._block].reshape(T, self._block)
+        parsed = [self._parse_tree(b) for b in blocks]
+        vote = v[T * self._block :] if self._voting else np.zeros(T)
+        if (vote < 0).any():
+            raise ValueError("weights vector: vote weights must be >= 0")
+        old = current[: T * self._block].reshape(T, self._block)
+        old_vote = self._vote.copy()
+        self._finite = True
+        for t, (split, thr, left, counts, depth, tree) in enumerate(parsed):
+            if old[t].tobytes() == blocks[t].tobytes() and old_vote[t] == vote[t]:
+                continue
+            self._grove.threshold[t] = thr
+            self._grove.counts[t] = counts.reshape(M, K)
+            self._grove.adopt(t, split, left, depth, tree)
+            self._vote[t] = vote[t]
+            self._restart_tree(t)
+
+    def _restart_tree(self, t: int) -> None:
+        """Forget what tree ``t`` learnt besides its nodes (forest: background, detectors)."""
+
+    def _parse_tree(self, block: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One tree's split, threshold, left and counts from its block, its structure
+        checked; and its nodes' depths and which nodes belong to the tree."""
+        M, K = self.max_nodes, self.n_classes
+        split_f, thr, left_f = block[:M], block[M : 2 * M], block[2 * M : 3 * M]
+        counts = block[3 * M :]
+        if (split_f != np.round(split_f)).any() or (left_f != np.round(left_f)).any():
+            raise ValueError("weights vector: split and left must hold integers")
+        split, left = split_f.astype(np.int64), left_f.astype(np.int64)
+        if (split < 0).any() or (split > self.n_features).any():
+            raise ValueError(f"weights vector: split must be in 0..{self.n_features}")
+        if (counts < 0).any():
+            raise ValueError("weights vector: class counts must be >= 0")
+        inner = split > 0
+        if ((left < 1) | (left > M - 2))[inner].any() or (left[~inner] != 0).any():
+            raise ValueError("weights vector: a child index is out of range")
+        if (thr[~inner] != 0.0).any():
+            raise ValueError("weights vector: a leaf has a threshold")
+        # Walk from the root, a level at a time: every node must be reached at most once
+        # (no cycle, no shared child) and a node never reached must be empty.
+        depth = np.zeros(M, dtype=np.int64)
+        seen = np.zeros(M, dtype=bool)
+        seen[0] = True
+        frontier, level = np.array([0]), 0
+        while frontier.size:
+            frontier = frontier[inner[frontier]]
+            kids = np.stack([left[frontier], left[frontier] + 1], axis=1).reshape(-1)
+            level += 1
+            if seen[kids].any() or len(np.unique(kids)) != len(kids):
+                raise ValueError("weights vector: the nodes do not form a tree (cycle?)")
+            seen[kids] = True
+            depth[kids] = level
+            frontier = kids
+        blank = ~seen & ((split != 0) | (thr != 0.0) | (counts.reshape(M, K) != 0.0).any(axis=1))
+        if blank.any():
+            raise ValueError("weights vector: a node outside the tree holds values")
+        return split, thr, left, counts, depth, seen
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict_proba_many(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)``: the leaf's class frequencies (a forest:
+        their vote-weighted mean; all weights 0 means equal votes)."""
+        X = check_matrix(X, self.n_features)
+        if not self._finite:
+            return np.full((len(X), self.n_classes), np.nan)
+        p = self._grove.proba(X, self._served)
+        if self.n_trees == 1:
+            return p[0]
+        vote = self._vote if self._vote.sum() > 0.0 else np.ones(self.n_trees)
+        return np.tensordot(vote / vote.sum(), p, axes=1)
+
+    def predict_many(self, X: Any) -> np.ndarray:
+        """The most probable class (the lowest index on ties), int64."""
+        return self.predict_proba_many(X).argmax(axis=1).astype(np.int64)
+
+    def loss_many(self, X: Any, y: Any) -> np.ndarray:
+        """Per-sample log loss, probabilities clipped to [1e-15, 1]."""
+        p = self.predict_proba_many(X)
+        labels = check_labels(y, len(p), self.n_classes)
+        chosen = p[np.arange(len(labels)), labels]
+        return -np.log(np.clip(chosen, _PROBA_FLOOR, 1.0))
+
+    # ------------------------------------------------------------------ model interface
+
+    def set_learning_rate(self, lr: float) -> None:
+        raise ValueError(
+            "a tree model has no learning rate; its splits are steered by grace_period, "
+            "split_confidence and tie_threshold in its spec"
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """What a server needs besides the weights vector: every constructor argument but
+        the seed, ``n_classes`` as ``classes`` (the published form of every classifier)."""
+        params = {k: v for k, v in self._params().items() if k not in ("seed", "n_classes")}
+        return {"type": self._type, "classes": list(range(self.n_classes)), **params}
+
+    def with_columns(self, source: np.ndarray) -> Self:
+        """This model over new feature columns (``source[j]``: the old column of new column
+        ``j``, -1 for a new feature). Splits on kept features are renumbered; a node that
+        splits on a dropped feature becomes a leaf holding its subtree's counts (the node
+        arrays are compacted); every leaf's observers restart; a forest keeps its vote
+        counters and detectors and drops its background trees."""
+        source = np.asarray(source, dtype=np.int64)
+        params = {
+            **self._params(),
+            "n_features": len(source),
+            "max_features": min(self.max_features, len(source)),
+        }
+        moved = self._from_params(params)
+        # The random streams go on where they were (the fresh model's restarted them).
+        moved._bag_rng.bit_generator.state = self._bag_rng.bit_generator.state
+        moved._grove.rng.bit_generator.state = self._grove.rng.bit_generator.state
+        new_of = np.full(self.n_features, -1, dtype=np.int64)
+        kept = source >= 0
+        new_of[source[kept]] = np.flatnonzero(kept)
+        g, m = self._grove, moved._grove
+        M = self.max_nodes
+        for t in range(self.n_trees):
+            split, left, counts = g.split[t], g.left[t], g.counts[t]
+            # Subtree counts bottom-up: children always have higher indices than parents.
+            sub = np.where(split[:, None] == 0, counts, 0.0)
+            for i in np.flatnonzero(split > 0)[::-1].tolist():
+                sub[i] = sub[left[i]] + sub[left[i] + 1]
+            new_split, new_thr = np.zeros(M, dtype=np.int64), np.zeros(M)
+            new_left, new_counts = np.zeros(M, dtype=np.int64), np.zeros((M, self.n_classes))
+            depth = np.zeros(M, dtype=np.int64)
+            queue, size = [(0, 0, 0)], 1  # (old node, new node, depth)
+            while queue:
+                old, new, d = queue.pop(0)
+                depth[new] = d
+                f = int(split[old]) - 1
+                if f < 0 or new_of[f] < 0:
+                    new_counts[new] = sub[old]
+                    continue
+                new_split[new], new_thr[new], new_left[new] = (
+                    new_of[f] + 1,
+                    g.threshold[t, old],
+                    size,
+                )
+                queue += [(int(left[old]), size, d + 1), (int(left[old]) + 1, size + 1, d + 1)]
+                size += 2
+            m.threshold[t], m.counts[t] = new_thr, new_counts
+            m.adopt(t, new_split, new_left, depth, np.arange(M) < size)
+        moved._vote = self._vote.copy()
+        moved._finite = self._finite
+        self._carry_over(moved)
+        return moved
+
+    def _carry_over(self, moved: Self) -> None:
+        """What :meth:`with_columns` keeps besides the trees (forest: vote counters, detectors)."""
+
+    # ------------------------------------------------------------------ state
+
+    def _params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _state(self) -> tuple[Arrays, Meta]:
+        arrays = {f"grove.{k}": v for k, v in self._grove.state().items()}
+        arrays["vote"] = self._vote
+        meta = {
+            "bag_rng": self._bag_rng.bit_generator.state,
+            "feature_rng": self._grove.rng.bit_generator.state,
+            "finite": self._finite,
+        }
+        return arrays, meta
+
+    def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        prefix = "grove."
+        self._grove.load({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+        self._vote = check_array(arrays, "vote", (self.n_trees,))
+        self._bag_rng.bit_generator.state = meta["bag_rng"]
+        self._grove.rng.bit_generator.state = meta["feature_rng"]
+        self._finite = bool(meta["finite"])
+
+
+class HoeffdingTreeClassifier(_TreeModel):
+    """A Hoeffding tree (VFDT, Domingos & Hulten 2000) as River's
+    ``tree.HoeffdingTreeClassifier`` with majority-class leaves: Gaussian attribute
+    observers, information gain, Hoeffding bound ``split_confidence`` (River's delta), tie
+    threshold ``tie_threshold`` (tau), a split attempt whenever a leaf's weight since its
+    last attempt reaches ``grace_period``; a leaf whose majority class holds more than 99%
+    of its weight stops splitting (River's max_share_to_split).
+
+    ``max_features`` (0: all) limits the features a leaf considers (a random subset).
+    ``max_depth`` (0: unbounded) and ``max_nodes`` (odd: a binary tree's node count) bound
+    the tree; a leaf that may no longer split frees its observers and keeps counting.
+
+    Memory: ``max_nodes * (6 + n_classes) * 8`` bytes of node arrays, plus per splittable
+    leaf ``(5 * n_classes + 2) * 8 * max_features`` bytes of observers (weight, shifted sum,
+    shifted sum of squares, min and max per feature and class; the shift and the feature
+    index per feature), e.g. 864 B for 9 features and 2 classes.
+    """
+
+    _type = "hoeffding_tree"
+    _voting = False
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        *,
+        grace_period: int = 200,
+        split_confidence: float = 1e-7,
+        tie_threshold: float = 0.05,
+        max_depth: int = 0,
+        max_nodes: int = 1023,
+        max_features: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.n_trees = 1
+        n_sub = int(max_features) if max_features else int(n_features)
+        super().__init__(
+            n_features,
+            n_classes,
+            n_slots=1,
+            grace_period=grace_period,
+            split_confidence=split_confidence,
+            tie_threshold=tie_threshold,
+            max_depth=max_depth,
+            max_nodes=max_nodes,
+            max_features=max_features,
+            n_sub=n_sub,
+            exact=True,
+            seed=seed,
+        )
+
+    def learn_many(self, X: Any, y: Any) -> Self:
+        """Learn a batch, sample by sample in effect: bit-identical to any other cut."""
+        X = check_matrix(X, self.n_features)
+        y = check_labels(y, X.shape[0], self.n_classes)
+        if len(y):
+            self._grove.learn(X, y, np.ones((1, len(y))), self._served)
+        return self
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "n_features": self.n_features,
+            "n_classes": self.n_classes,
+            "grace_period": self.grace_period,
+            "split_confidence": self.split_confidence,
+            "tie_threshold": self.tie_threshold,
+            "max_depth": self.max_depth,
+            "max_nodes": self.max_nodes,
+            "max_features": self.max_features,
+            "seed": self.seed,
+        }
+
+
+class RandomForestClassifier(_TreeModel):
+    """An adaptive random forest (Gomes et al. 2017) as River's ``forest.ARFClassifier``
+    with majority-class leaves: ``n_trees`` Hoeffding trees, each sample weighing
+    Poisson(``poisson_lambda``) in each tree, each leaf splitting on a random subset of
+    ``max_features`` features (0: ``round(sqrt(n_features))``, at least 1). A tree's vote
+    weight is its accuracy on the samples it predicted since it became a tree of the forest.
+    Each tree's 0/1 errors feed two ADWIN detectors: at ``warning_confidence`` a background
+    tree starts learning (afresh at each warning), at ``drift_confidence`` it replaces the
+    tree (a fresh tree does when there is none) and the tree's counters restart.
+
+    The detectors are :class:`_ErrorWindows`, not :class:`flowlearn.core.drift.ADWIN`: that
+    one costs ~2 us per value in Python, i.e. 2 x n_trees x 2 us per sample, more than all
+    the rest of learning; these test all trees' windows at once with numpy, every 32 errors,
+    at a resolution of 32 samples.
+
+    Memory per tree: two slots (the tree and its background tree) of
+    ``max_nodes * (6 + n_classes) * 8`` bytes, the detectors' ``O(log samples)`` buckets,
+    and per splittable leaf ``(5 * n_classes + 2) * 8 * max_features`` bytes of observers
+    (e.g. 288 B for 3 features and 2 classes).
+    """
+
+    _type = "random_forest"
+    _voting = True
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        *,
+        n_trees: int = 10,
+        grace_period: int = 50,
+        split_confidence: float = 0.01,
+        tie_threshold: float = 0.05,
+        max_depth: int = 0,
+        max_nodes: int = 255,
+        max_features: int = 0,
+        poisson_lambda: float = 6.0,
+        warning_confidence: float = 0.01,
+        drift_confidence: float = 0.001,
+        seed: int = 0,
+    ) -> None:
+        self.n_trees = _check_int("n_trees", n_trees, 1)
+        if not (math.isfinite(float(poisson_lambda)) and float(poisson_lambda) > 0.0):
+            raise ValueError(f"poisson_lambda must be finite and > 0, got {poisson_lambda!r}")
+        self.poisson_lambda = float(poisson_lambda)
+        self.warning_confidence = _check_open_unit("warning_confidence", warning_confidence)
+        self.drift_confidence = _check_open_unit("drift_confidence", drift_confidence)
+        d = _check_int("n_features", n_features, 1)
+        n_sub = int(max_features) if max_features else max(1, round(math.sqrt(d)))
+        super().__init__(
+            n_features,
+            n_classes,
+            n_slots=2 * self.n_trees,
+            grace_period=grace_period,
+            split_confidence=split_confidence,
+            tie_threshold=tie_threshold,
+            max_depth=max_depth,
+            max_nodes=max_nodes,
+            max_features=max_features,
+            n_sub=n_sub,
+            exact=False,
+            seed=seed,
+        )
+        T = self.n_trees
+        #: Slot ``n_trees + t`` holds tree t's background tree while ``_background[t]``.
+        self._background = np.zeros(T, dtype=bool)
+        self._n_predicted = np.zeros(T)
+        self._n_correct = np.zeros(T)
+        # Rows 0..T-1 warn, rows T..2T-1 detect drift.
+        self._windows = _ErrorWindows(
+            np.concatenate([np.full(T, self.warning_confidence), np.full(T, self.drift_confidence)])
+        )
+
+    def learn_many(self, X: Any, y: Any) -> Self:
+        """Test then train on a batch: every tree (and background tree) predicts it, the
+        errors update the vote weights and the detectors, whose warnings and drifts take
+        effect at the sample where they fire; then all trees learn it at once."""
+        X = check_matrix(X, self.n_features)
+        y = check_labels(y, X.shape[0], self.n_classes)
+        n, T = len(y), self.n_trees
+        if not n:
+            return self
+        g = self._grove
+        bags = self._bag_rng.poisson(self.poisson_lambda, size=(n, T)).T.astype(np.float64)
+        # Errors by source: the tree, its background tree, a tree planted in this batch
+        # (an empty tree predicts class 0).
+        slots = np.concatenate([self._served, T + np.flatnonzero(self._background)])
+        wrong = g.proba(X, slots).argmax(axis=2) != y
+        errors = np.ones((3, T, n), dtype=bool)
+        errors[0] = wrong[:T]
+        errors[1][self._background] = wrong[T:]
+        errors[2] = y != 0
+        fg_src, fg_start, bg_src, bg_start = self._monitor(errors)
+        # Apply the events: promote background trees, plant fresh ones, drop the others.
+        for t in np.flatnonzero(fg_src == 1).tolist():
+            g.move(T + t, t)
+        g.plant(np.flatnonzero(fg_src == 2))
+        g.plant(T + np.flatnonzero(bg_src == 2))
+        g.clear(T + np.flatnonzero((bg_src < 0) & self._background))
+        self._background = bg_src >= 0
+        after = np.arange(n)
+        W = np.concatenate(
+            [
+                bags * (after >= fg_start[:, None]),
+                (bags * (after >= bg_start[:, None]))[self._background],
+            ]
+        )
+        g.learn(X, y, W, np.concatenate([self._served, T + np.flatnonzero(self._background)]))
+        return self
+
+    def _monitor(self, errors: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Feed the errors to the vote counters and detectors, block by block, following
+        which tree each one's source is. Returns where each tree and background tree come
+        from after the batch (0: the tree, 1: the background tree, 2: planted in this
+        batch, -1: none) and the first sample of the batch each learns."""
+        T, n = self.n_trees, errors.shape[2]
+        rows = np.arange(T)
+        fg_src, fg_start = np.zeros(T, dtype=np.int64), np.zeros(T, dtype=np.int64)
+        bg_src = np.where(self._background, 1, -1)
+        bg_start = np.zeros(T, dtype=np.int64)
+        win = self._windows
+        pos = 0
+        while pos < n:
+            end = min(n, pos + _CLOCK - win.n_pending)
+            wrong = errors[fg_src, rows, pos:end].sum(axis=1)
+            self._n_predicted += end - pos
+            self._n_correct += (end - pos) - wrong
+            win.pending += np.concatenate([wrong, wrong])
+            win.n_pending += end - pos
+            pos = end
+            if win.n_pending < _CLOCK:
+                break
+            fired = win.close_block()
+            warn, drift = fired[:T], fired[T:]
+            # River's order at one sample: the warning first (a fresh background tree),
+            # then the drift (the background tree, even that fresh one, takes over).
+            bg_src[warn], bg_start[warn] = 2, pos
+            win.reset(np.flatnonzero(warn))
+            if drift.any():
+                has = drift & (bg_src >= 0)
+                fg_src[has], fg_start[has] = bg_src[has], bg_start[has]
+                fresh = drift & ~has
+                fg_src[fresh], fg_start[fresh] = 2, pos
+                bg_src[drift] = -1
+                win.reset(np.concatenate([np.flatnonzero(drift), T + np.flatnonzero(drift)]))
+                self._n_predicted[drift] = 0.0
+                self._n_correct[drift] = 0.0
+                self._vote[drift] = 0.0
+        seen = self._n_predicted > 0
+        self._vote[seen] = self._n_correct[seen] / self._n_predicted[seen]
+        return fg_src, fg_start, bg_src, bg_start
+
+    def _restart_tree(self, t: int) -> None:
+        self._grove.clear(np.array([self.n_trees + t]))
+        self._background[t] = False
+        self._windows.reset(np.array([t, self.n_trees + t]))
+        self._n_predicted[t] = self._n_correct[t] = 0.0
+
+    def _carry_over(self, moved: Self) -> None:
+        moved._n_predicted = self._n_predicted.copy()
+        moved._n_correct = self._n_correct.copy()
+        arrays = self._windows.state()
+        moved._windows.load({k: v.copy() for k, v in arrays.items()}, self._windows.n_pending)
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "n_features": self.n_features,
+            "n_classes": self.n_classes,
+            "n_trees": self.n_trees,
+            "grace_period": self.grace_period,
+            "split_confidence": self.split_confidence,
+            "tie_threshold": self.tie_threshold,
+            "max_depth": self.max_depth,
+            "max_nodes": self.max_nodes,
+            "max_features": self.max_features,
+            "poisson_lambda": self.poisson_lambda,
+            "warning_confidence": self.warning_confidence,
+            "drift_confidence": self.drift_confidence,
+            "seed": self.seed,
+        }
+
+    def _state(self) -> tuple[Arrays, Meta]:
+        arrays, meta = super()._state()
+        arrays.update({f"windows.{k}": v for k, v in self._windows.state().items()})
+        arrays["background"] = self._background.astype(np.float64)
+        arrays["n_predicted"] = self._n_predicted
+        arrays["n_correct"] = self._n_correct
+        return arrays, {**meta, "n_pending": self._windows.n_pending}
+
+    def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        super()._load_state(arrays, meta)
+        T = self.n_trees
+        prefix = "windows."
+        self._windows.load(
+            {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+            int(meta["n_pending"]),
+        )
+        self._background = check_array(arrays, "background", (T,)) != 0.0
+        self._n_predicted = check_array(arrays, "n_predicted", (T,))
+        self._n_correct = check_array(arrays, "n_correct", (T,))
+
+
+CLASSES: tuple[type[Stateful], ...] = (HoeffdingTreeClassifier, RandomForestClassifier)
