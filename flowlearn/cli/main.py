@@ -387,7 +387,9 @@ def _add_shape_options(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     """The flags of the fields that make a model's shape (``models create``, and
     ``models update --reset``)."""
     parser.add_argument(
-        "--type", default=None, help=prefix + "logistic, softmax, linear, auto_logistic ..."
+        "--type",
+        default=None,
+        help=prefix + "logistic, softmax, linear, auto_logistic ..., hoeffding_tree, random_forest",
     )
     parser.add_argument("--features", choices=("dense", "hashed"), default=None)
     parser.add_argument("--n-features", type=int, default=None)

@@ -3,8 +3,9 @@ up here, so adding one is adding an entry (docs/architecture.md, "Where to add..
 
 >>> model_type("auto_softmax").task
 'multiclass'
->>> sorted(MODEL_TYPES)
-['auto_linear', 'auto_logistic', 'auto_softmax', 'linear', 'logistic', 'softmax']
+>>> sorted(MODEL_TYPES)  # doctest: +NORMALIZE_WHITESPACE
+['auto_linear', 'auto_logistic', 'auto_softmax', 'hoeffding_tree', 'linear', 'logistic',
+ 'random_forest', 'softmax']
 >>> model_type("tree")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -13,29 +14,32 @@ ValueError: unknown model type 'tree'; known: auto_linear, ..., softmax
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from flowlearn.core import linear, pipeline
+from flowlearn.core import linear, pipeline, trees
 from flowlearn.core.ensemble import SelfTuning
 from flowlearn.core.optim import Optimizer
 from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
 
-#: A model of any type: a linear model, or a self-tuning mixture of them.
-Model = linear.Model | SelfTuning
+#: A tree model: one Hoeffding tree, or an adaptive random forest of them.
+TreeModel = trees.HoeffdingTreeClassifier | trees.RandomForestClassifier
+#: A model of any type: a linear model, a self-tuning mixture of them, or a tree model.
+Model = linear.Model | SelfTuning | TreeModel
 
 
 @dataclass(frozen=True)
 class ModelType:
-    """One kind of model: its linear model class, what it predicts, and whether it is a
+    """One kind of model: its model class, what it predicts, and whether it is a
     self-tuning mixture of that class at several learning rates (:mod:`ensemble`)."""
 
     name: str
     #: The (member) model's class (its constructor: ``(n_features, [n_classes,] **params)``).
-    cls: type[linear.Model]
+    cls: type[linear.Model] | type[TreeModel]
     #: What it predicts: "binary" (labels 0 or 1), "multiclass" (class indices; the number
     #: of classes comes from the spec's ``n_classes``, or ``classes`` once published) or
     #: "regression" (any finite number).
@@ -48,6 +52,12 @@ class ModelType:
         return self.task == "multiclass"
 
     @property
+    def tree(self) -> bool:
+        """A tree model (:mod:`flowlearn.core.trees`): it learns by splitting, not by
+        gradient steps, so it has tree parameters and no optimizer."""
+        return issubclass(self.cls, TREE_CLASSES)
+
+    @property
     def classifier(self) -> bool:
         """Its predictions are classes, so 0/1 errors exist (and accuracy, calibration)."""
         return self.task != "regression"
@@ -57,6 +67,8 @@ class ModelType:
     ) -> Model:
         """A fresh model: one member per optimizer (a plain type takes exactly one);
         ``params`` are the members' other keyword arguments (l1, batch_size, ...)."""
+        if self.tree:
+            raise ValueError(f"a {self.name} model has no optimizer; build_tree builds it")
         if not self.self_tuning and len(optimizers) != 1:
             raise ValueError(f"a {self.name} model trains with one optimizer")
         members = [
@@ -64,13 +76,31 @@ class ModelType:
         ]
         return SelfTuning(members) if self.self_tuning else members[0]
 
+    def build_tree(self, n_features: int, n_classes: int, **params: Any) -> TreeModel:
+        """A fresh tree model; ``params`` are its class's keyword arguments (the spec's
+        :data:`~flowlearn.core.spec.TREE_FIELDS` it sets, and ``seed``)."""
+        cls = self.cls
+        if not issubclass(cls, TREE_CLASSES):
+            raise ValueError(f"a {self.name} model is no tree model")
+        return cls(n_features, n_classes, **params)
+
     def _member(self, n_features: int, n_classes: int, **params: Any) -> linear.Model:
-        if self.multiclass:
-            return self.cls(n_features, n_classes, **params)  # type: ignore[arg-type]
-        return self.cls(n_features, **params)
+        cls = self.cls
+        if issubclass(cls, TREE_CLASSES):
+            raise ValueError(f"a {self.name} model has no members")
+        if issubclass(cls, linear.SoftmaxRegression):
+            return cls(n_features, n_classes, **params)
+        return cls(n_features, **params)
 
     def unfitted(self, published: Mapping[str, Any]) -> Model:
         """A model of a published spec's shape, its weights at zero."""
+        if self.tree:
+            # A tree's published spec names every constructor argument its vector's
+            # length depends on (the seed only steers training).
+            accepted = inspect.signature(self.cls).parameters
+            params = {k: v for k, v in published.items() if k in accepted and k != "n_features"}
+            n_classes = len(published.get("classes") or ())
+            return self.build_tree(int(published["n_features"]), n_classes, **params)
         intercept = bool(published.get("intercept", True))
         n_features, n_classes = int(published["n_features"]), len(published.get("classes") or ())
         n_members = int(published.get("members", 1)) if self.self_tuning else 1
@@ -97,8 +127,14 @@ MODEL_TYPES: dict[str, ModelType] = {
         ModelType("auto_logistic", linear.LogisticRegression, "binary", self_tuning=True),
         ModelType("auto_softmax", linear.SoftmaxRegression, "multiclass", self_tuning=True),
         ModelType("auto_linear", linear.LinearRegression, "regression", self_tuning=True),
+        ModelType("hoeffding_tree", trees.HoeffdingTreeClassifier, "multiclass"),
+        ModelType("random_forest", trees.RandomForestClassifier, "multiclass"),
     )
 }
+
+
+#: The tree model classes (:attr:`ModelType.tree`).
+TREE_CLASSES = (trees.HoeffdingTreeClassifier, trees.RandomForestClassifier)
 
 
 def model_type(name: Any) -> ModelType:

@@ -144,6 +144,27 @@ class ModelSpec:
     drift_action: Literal["none", "reset"] = "none"
     #: Roll back automatically when the live model degrades (``job.rollback_*``).
     auto_rollback: bool = True
+    # A tree type's parameters (:mod:`flowlearn.core.trees`; docs/models.md). 0 takes the
+    # type's default, which differs between a single tree and a forest's trees.
+    #: Trees of a ``random_forest`` (default 10).
+    n_trees: int = 0
+    #: Weight a leaf sees between two split attempts (tree 200, forest 50).
+    grace_period: int = 0
+    #: The Hoeffding bound's delta: a split is taken when its gain beats the runner-up's
+    #: by the bound at this confidence (tree 1e-7, forest 0.01).
+    split_confidence: float = 0.0
+    #: Split anyway once the bound is below this (the two best are tied; default 0.05).
+    tie_threshold: float = 0.0
+    #: Deepest a tree grows (0: only ``max_nodes`` bounds it).
+    max_depth: int = 0
+    #: Nodes per tree, the memory bound: a full tree's leaves stop splitting (tree 1023,
+    #: forest 255).
+    max_nodes: int = 0
+    #: Features a leaf considers for its split (tree: all; forest: sqrt(n_features)).
+    max_features: int = 0
+    #: A forest's online bagging: each sample weighs Poisson(poisson_lambda) in each tree
+    #: (default 6).
+    poisson_lambda: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self)
@@ -188,6 +209,7 @@ class ModelSpec:
                 raise SpecError(
                     f"{where}.learning_rates: must all be > 0, got {list(self.learning_rates)}"
                 )
+        self._validate_model_params(where, kind.tree)
         if self.target_scale == "standard" and kind.task != "regression":
             raise SpecError(f"{where}.target_scale: only a regression model scales its target")
         for name in (
@@ -227,6 +249,86 @@ class ModelSpec:
                 f"{where}.detectors: unknown {sorted(unknown)}; known: {list(ALL_DETECTORS)}"
             )
 
+    def _validate_model_params(self, where: str, tree: bool) -> None:
+        """A tree type takes tree parameters and no optimizer settings; a linear type the
+        other way round (a setting the model would ignore is a mistake worth naming)."""
+        ignored = (
+            ("learning_rate", "learning_rates", "l1", "l2", "clip_grad_norm")
+            if tree
+            else TREE_FIELDS
+        )
+        defaults = ModelSpec()
+        for name in ignored:
+            if getattr(self, name) != getattr(defaults, name):
+                family = "tree" if tree else "linear"
+                raise SpecError(f"{where}.{name}: a {self.type} model ({family}) has no {name}")
+        if self.optimizer != defaults.optimizer and tree:
+            raise SpecError(f"{where}.optimizer: a {self.type} model (tree) has no optimizer")
+        for name in TREE_FIELDS:
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise SpecError(
+                    f"{where}.{name}: must be >= 0 (0: the type's default), got {value}"
+                )
+        if self.split_confidence >= 1:
+            raise SpecError(
+                f"{where}.split_confidence: must be in (0, 1), got {self.split_confidence}"
+            )
+        if self.max_features > self.n_features:
+            raise SpecError(
+                f"{where}.max_features: at most n_features = {self.n_features}, "
+                f"got {self.max_features}"
+            )
+        if self.n_trees and self.type != "random_forest":
+            raise SpecError(f"{where}.n_trees: only a random_forest has several trees")
+        if self.poisson_lambda and self.type != "random_forest":
+            raise SpecError(f"{where}.poisson_lambda: only a random_forest bags its samples")
+        if tree:
+            self._validate_tree(where)
+
+    def _validate_tree(self, where: str) -> None:
+        """The tree's own checks (a parameter's range, an odd ``max_nodes``), and the
+        memory bound: hashed features with every feature per leaf would not fit."""
+        params = tree_params(self.as_dict())
+        try:
+            tree = model_type(self.type).build_tree(self.n_features, self.n_classes, **params)
+        except ValueError as exc:
+            name = next((f for f in TREE_FIELDS if f in str(exc)), "type")
+            raise SpecError(f"{where}.{name}: {exc}") from None
+        if tree.max_observer_bytes > MAX_TREE_OBSERVER_BYTES:
+            raise SpecError(
+                f"{where}.max_features: a {self.type} of {self.n_features} features could "
+                f"hold {tree.max_observer_bytes / 2**20:,.0f} MiB of split statistics, more "
+                f"than {MAX_TREE_OBSERVER_BYTES // 2**20} MiB: set max_features (the features "
+                "a leaf considers) or a smaller max_nodes"
+            )
+
+
+#: The most a tree model's split statistics may take (every leaf still splitting).
+MAX_TREE_OBSERVER_BYTES = 64 * 2**20
+
+#: A tree type's parameters (spec fields named as the tree classes' constructor arguments).
+TREE_FIELDS = (
+    "n_trees",
+    "grace_period",
+    "split_confidence",
+    "tie_threshold",
+    "max_depth",
+    "max_nodes",
+    "max_features",
+    "poisson_lambda",
+)
+
+
+def tree_params(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The tree parameters a spec (dict) sets, as constructor arguments: those it leaves at
+    0 take the type's default.
+
+    >>> tree_params({"type": "random_forest", "n_trees": 3, "grace_period": 0})
+    {'n_trees': 3}
+    """
+    return {name: spec[name] for name in TREE_FIELDS if spec.get(name)}
+
 
 def default_columns(
     defaults: Mapping[str, float], names: Sequence[str], n_features: int
@@ -255,6 +357,8 @@ def pipeline_scale(spec: Mapping[str, Any]) -> str:
     """The scaling a spec (dict) asks for, "auto" resolved by its feature kind."""
     scale = str(spec.get("scale", "auto"))
     if scale == "auto":
+        if model_type(spec.get("type", "logistic")).tree:
+            return "none"  # a split's threshold is the same test on any monotone scale
         return "rms" if spec.get("features") == "hashed" else "standard"
     return scale
 

@@ -49,6 +49,7 @@ from flowlearn.core.spec import (
     learning_rates,
     pipeline_scale,
     target_scaled,
+    tree_params,
 )
 
 #: A full snapshot rides along with every version while the weights stay under this size.
@@ -130,13 +131,17 @@ def build_model(spec: Mapping[str, Any], scale: str | None = None) -> Model:
 
 def _build_learner(s: Mapping[str, Any]) -> model_types.Model:
     """The model itself (what the pipeline feeds)."""
+    kind = model_type(s["type"])
+    if kind.tree:
+        return kind.build_tree(
+            int(s["n_features"]), int(s["n_classes"]), seed=int(s["seed"]), **tree_params(s)
+        )
     make_optimizer = optim.SPEC_OPTIMIZERS.get(s["optimizer"])
     if make_optimizer is None:
         raise ValueError(
             f"unknown optimizer {s['optimizer']!r}; known: {sorted(optim.SPEC_OPTIMIZERS)}"
         )
     clip = float(s["clip_grad_norm"])
-    kind = model_type(s["type"])
     return kind.build(
         int(s["n_features"]),
         int(s["n_classes"]),

@@ -29,6 +29,7 @@ import numpy as np
 from flowlearn.conf import Settings
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
+from flowlearn.core.model_types import model_type
 from flowlearn.core.training import Model, build_model, published_spec
 
 if TYPE_CHECKING:
@@ -100,9 +101,9 @@ def read_samples(
         rows = np.flatnonzero(~np.isfinite(values).reshape(len(y), -1).all(axis=1))
         if rows.size:
             raise BatchDataError(f"{path}: row {int(rows[0])} has a non-finite {name}")
-    kind = spec.get("type", "logistic")
-    if kind != "linear":
-        classes = 2 if kind == "logistic" else int(spec.get("n_classes", 2))
+    kind = model_type(spec.get("type", "logistic"))
+    if kind.classifier:
+        classes = int(spec.get("n_classes", 2)) if kind.multiclass else 2
         rows = np.flatnonzero((y != np.floor(y)) | (y < 0) | (y >= classes))
         if rows.size:
             raise BatchDataError(
@@ -141,7 +142,7 @@ def train_baseline(
     }
     if len(y_test):
         scores["holdout_loss"] = float(np.mean(model.loss_many(X_test, y_test)))
-        if spec.get("type", "logistic") != "linear":
+        if model_type(spec.get("type", "logistic")).classifier:
             scores["holdout_accuracy"] = float(np.mean(model.predict_many(X_test) == y_test))
     return BaselineResult(model, n_train, scores)
 

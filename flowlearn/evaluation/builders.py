@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from flowlearn.core.checkpointing import CheckpointLedger
+from flowlearn.core.model_types import model_type as model_type_of
 from flowlearn.core.monitoring import chunk_starts
 from flowlearn.evaluation.baselines import BatchBaseline
 from flowlearn.evaluation.data import (
@@ -209,7 +210,7 @@ def _served_scores(record: Mapping[str, Any]) -> tuple[Any, Any, int, str]:
 
 
 def _proba(scores: Sequence[Any], model_type: str) -> np.ndarray:
-    if model_type == "softmax":
+    if model_type_of(model_type).multiclass:
         width = max((len(s) for s in scores if isinstance(s, list)), default=0)
         out = np.full((len(scores), width), np.nan)
         for i, s in enumerate(scores):

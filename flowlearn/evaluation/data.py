@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from flowlearn.core.model_types import model_type as model_type_of
+
 __all__ = [
     "AXIS_SAMPLES",
     "AXIS_TIME",
@@ -115,12 +117,13 @@ class Side:
         model has no accuracy; its loss is the trainer's.
         """
         loss = as_floats(losses)
-        if model_type == "linear" or errors is None or len(errors) == 0:
+        task = model_type_of(model_type).task
+        if task == "regression" or errors is None or len(errors) == 0:
             nan = np.full(len(loss), np.nan)
             return cls(nan, loss, nan.copy())
         correct = 1.0 - as_floats(errors)
         p_true = np.exp(-loss)
-        if model_type == "logistic":
+        if task == "binary":
             confidence = np.where(correct == 1.0, p_true, 1.0 - p_true)
         else:
             confidence = np.full(len(loss), np.nan)
@@ -293,7 +296,7 @@ class EvaluationData:
 
     @property
     def classifier(self) -> bool:
-        return self.model_type != "linear"
+        return model_type_of(self.model_type).classifier
 
     @property
     def late(self) -> int:

@@ -97,13 +97,23 @@ def test_models_created_at_runtime_train_survive_a_kill_and_are_deleted(stack, s
     specs = {
         f"lc-linear-{tag}": {"type": "linear", "n_features": 3},
         f"lc-softmax-{tag}": {"type": "softmax", "n_features": 5, "n_classes": 3},
+        f"lc-forest-{tag}": {
+            "type": "random_forest",
+            "n_features": 4,
+            "n_classes": 3,
+            "n_trees": 3,
+        },
     }
+    shape_flags = ("type", "n_features", "n_classes")
     for model_id, spec in specs.items():
-        flags = [f"--{key.replace('_', '-')}={value}" for key, value in spec.items()]
+        flags = [
+            f"--{key.replace('_', '-')}={value}" if key in shape_flags else f"--set={key}={value}"
+            for key, value in spec.items()
+        ]
         created = flowlearn("models", "create", "--model", model_id, *flags, config=config)
         assert created.returncode == 0, created.stderr
         assert "created" in created.stdout
-    linear, softmax = specs
+    linear, softmax, forest = specs
     args = ("models", "create", "--model", linear, "--type", "linear", "--n-features", "4")
     refused = flowlearn(*args, config=config)  # by the CLI: the model is served
     assert refused.returncode == 1 and "--replace" in refused.stderr
@@ -150,12 +160,25 @@ def test_models_created_at_runtime_train_survive_a_kill_and_are_deleted(stack, s
     wait_until("every task RUNNING again", job.running, timeout_s=180, every_s=0.5)
     part(seed=11, count=2 * n)  # parsed and trained under the specs restored from state
 
+    last_versions = {}
     for model_id, spec in specs.items():
         snap = applied(settings, model_id, 2 * n)
+        last_versions[model_id] = snap.version
         assert snap.samples_applied == 2 * n
         assert snap.spec["type"] == spec["type"]
         expected = references[model_id].model.weights_vector()
         assert snap.weights.tobytes() == expected.tobytes(), model_id
+    # The forest is served as trained: its scores are the reference's, bit for bit.
+    expected_scores = references[forest].model.predict_proba_many(np.full((1, 4), 0.5))
+    _, body = wait_until(
+        "the predictor to serve the forest's last version",
+        lambda: (
+            (a := served(settings, forest, 4))[1].get("model_version") == last_versions[forest]
+            and a
+        ),
+        timeout_s=30,
+    )
+    assert np.array(body["predictions"]).tobytes() == expected_scores.tobytes()
 
     deleted = flowlearn("models", "delete", "--model", softmax, config=config)
     assert deleted.returncode == 0, deleted.stderr

@@ -9,8 +9,10 @@ import pytest
 from pyflink.common import Types
 
 from flowlearn.conf import load_settings
+from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
-from flowlearn.core.training import batch_plan
+from flowlearn.core.model_types import from_spec
+from flowlearn.core.training import ModelTrainer, batch_plan
 from flowlearn.devstack.jars import operators_jar
 from flowlearn.devstack.producer import DriftingStream
 from flowlearn.jobs.local import local_environment, raw_stream
@@ -109,6 +111,42 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
             if v["weights"]:
                 snap = codec.decode_array(bytes.fromhex(v["weights"]))
                 assert snap.tobytes() == weights.tobytes()
+
+
+def test_a_forest_trains_in_the_job_as_in_process_and_its_versions_serve_its_scores():
+    """A random_forest model through the job's graph: every version's delta rebuilds its
+    snapshot, the last version is what training the same samples in process gives, bit
+    for bit, and the forest rebuilt from it scores as the trainer does."""
+    records = DriftingStream(n_features=10, seed=6, model_id="forest").take(700, 1000)
+    forest = {
+        "FLOWLEARN__MODELS__FOREST__TYPE": "random_forest",
+        "FLOWLEARN__MODELS__FOREST__N_FEATURES": "10",
+        "FLOWLEARN__MODELS__FOREST__N_TREES": "3",
+        "FLOWLEARN__MODELS__FOREST__MAX_NODES": "31",
+    }
+    out = run_pipeline([json.dumps(r).encode() for r in records], **forest)
+    versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "forest"]
+    assert versions[-1]["applied"] == len(records)
+    weights = None
+    for v in versions:
+        if weights is None:
+            weights = codec.decode_array(bytes.fromhex(v["weights"]))
+        else:
+            codec.apply_delta(weights, codec.decode_delta(bytes.fromhex(v["delta"])))
+            if v["weights"]:
+                assert codec.decode_array(bytes.fromhex(v["weights"])).tobytes() == (
+                    weights.tobytes()
+                )
+    settings = load_settings(env=forest)
+    spec = ModelSpecs(settings).spec_of("forest").as_dict()
+    reference = ModelTrainer.create("forest", spec)
+    X = np.array([r["features"] for r in records])
+    y = np.array([r["label"] for r in records], dtype=float)
+    reference.train_samples(X, y)
+    assert weights is not None
+    assert weights.tobytes() == reference.model.weights_vector().tobytes()
+    served = from_spec(json.loads(reference.published_spec), weights)
+    assert served.predict_proba_many(X).tobytes() == reference.model.predict_proba_many(X).tobytes()
 
 
 def test_models_dropped_from_memory_train_exactly_as_models_kept_in_it():
