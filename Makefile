@@ -52,12 +52,15 @@ test: lint
 	@$(VENV)/bin/pytest tests flowlearn
 
 # BENCH_ARGS goes to every benchmark (only --quick is common to all); the per-benchmark
-# variables (e.g. PIPELINE_ARGS="--samples 500000") to one.
+# variables (CORE_ARGS, QUALITY_ARGS, TREES_ARGS, PREDICTOR_ARGS, PIPELINE_ARGS, JOIN_ARGS,
+# FRESHNESS_ARGS, STATE_ARGS, MODELS_ARGS, POISONING_ARGS, SOAK_ARGS; e.g.
+# PIPELINE_ARGS="--samples 500000", TREES_ARGS="--streams agrawal,phishing") to one.
 bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
 	@command -v wrk >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || { echo "error: wrk not found: apt-get install -y wrk"; exit 1; }
 	@$(PY) bench/bench_core.py $(BENCH_ARGS) $(CORE_ARGS)
 	@$(PY) bench/bench_quality.py $(BENCH_ARGS) $(QUALITY_ARGS)
+	@$(PY) bench/bench_trees.py $(BENCH_ARGS) $(TREES_ARGS)
 	@$(PY) bench/bench_predictor.py $(BENCH_ARGS) $(PREDICTOR_ARGS)
 	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS) $(PIPELINE_ARGS)
 	@$(PY) bench/bench_join.py $(BENCH_ARGS) $(JOIN_ARGS)
