@@ -83,14 +83,19 @@ def test_prequential_rows_give_a_logistic_models_probabilities_back():
     model = linear.LogisticRegression(3, optimizer=optim.SGD(lr=0.5))
     model.learn_many(X[:100], y[:100])
     errors = (model.predict_many(X) != y).astype(float)
-    side = Side.from_prequential(errors, model.loss_many(X, y), "logistic")
     direct = Side.from_probabilities(model.predict_proba_many(X), y)
-    assert np.array_equal(side.correct, direct.correct)
-    np.testing.assert_allclose(side.loss, direct.loss, rtol=1e-9)
-    np.testing.assert_allclose(side.confidence, direct.confidence, rtol=1e-9)
-    # Softmax: the confidence of a wrong prediction is not in the row.
-    soft = Side.from_prequential([0, 1], [0.1, 2.0], "softmax")
-    assert soft.correct.tolist() == [1.0, 0.0] and np.isnan(soft.confidence).all()
+    # By the type's task: a self-tuning logistic model's rows read as a logistic one's.
+    for type_name in ("logistic", "auto_logistic"):
+        side = Side.from_prequential(errors, model.loss_many(X, y), type_name)
+        assert np.array_equal(side.correct, direct.correct)
+        np.testing.assert_allclose(side.loss, direct.loss, rtol=1e-9)
+        np.testing.assert_allclose(side.confidence, direct.confidence, rtol=1e-9)
+    # Multiclass (softmax, trees): the confidence of a wrong prediction is not in the row.
+    for type_name in ("softmax", "random_forest"):
+        soft = Side.from_prequential([0, 1], [0.1, 2.0], type_name)
+        assert soft.correct.tolist() == [1.0, 0.0] and np.isnan(soft.confidence).all()
+    # A regressor has no 0/1 errors, whatever the row says.
+    assert np.isnan(Side.from_prequential([0, 1], [0.1, 2.0], "auto_linear").correct).all()
 
 
 def correct_pattern(accuracy, n):
