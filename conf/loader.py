@@ -9,6 +9,11 @@
 
 Layers, later ones winning: ``defaults.toml`` beside this file, the TOML file named by
 ``FLOWLEARN_CONFIG`` (or passed as ``path``), then ``FLOWLEARN__SECTION__KEY`` variables.
+A setting that another tool has its own variable for takes that variable when no layer set
+it (:data:`FOREIGN_VARIABLES`: ``MLFLOW_TRACKING_URI``, as MLflow's clients read it).
+
+>>> load_settings(env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"}).mlflow.tracking_uri
+'http://mlflow:5000'
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from flowlearn.conf.settings import ConfigError, Settings
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 ENV_PREFIX = "FLOWLEARN__"
+#: Other tools' variables for a setting: (section, key) by variable. The setting's own
+#: layers win; the variable fills it where they left it empty.
+FOREIGN_VARIABLES = {"MLFLOW_TRACKING_URI": ("mlflow", "tracking_uri")}
 
 
 def _project_root() -> Path:
@@ -132,6 +140,9 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     if override:
         data = _merge(data, _read_toml(Path(override)))
     data = _merge(data, _env_layer(env))
+    for variable, (section, key) in FOREIGN_VARIABLES.items():
+        if env.get(variable) and not data.get(section, {}).get(key):
+            data = _merge(data, {section: {key: env[variable]}})
     settings: Settings = build_table(Settings, data, "")
     return settings.validate()
 

@@ -412,8 +412,9 @@ class JobConf:
 
 @dataclass(frozen=True)
 class MlflowConf:
-    """Where versions are registered. An empty tracking URI means a local SQLite store in
-    the stack home (no server to start); set one (``http://host:5000``) to use a server."""
+    """Where versions are registered. An empty tracking URI means MLflow's own
+    ``MLFLOW_TRACKING_URI`` when it is set, else a local SQLite store in the stack home (no
+    server to start); set one (``http://host:5000``) to use a server."""
 
     tracking_uri: str = ""
     #: False: nothing is registered (checkpoints and automatic rollback work all the same);

@@ -162,3 +162,17 @@ def test_a_model_trains_with_its_own_spec_else_the_defaults():
     assert specs.spec_of("m1").learning_rate == 0.5
     assert specs.model_spec("other") is None  # refused on parsing ...
     assert specs.spec_of("other") == specs.defaults  # ... so never trained
+
+
+def test_mlflows_own_tracking_uri_variable_fills_the_setting_and_ours_wins(tmp_path: Path):
+    uri = "http://mlflow.example:5000"
+    assert load_settings(env={"MLFLOW_TRACKING_URI": uri}).mlflow.tracking_uri == uri
+    ours = {"MLFLOW_TRACKING_URI": uri, "FLOWLEARN__MLFLOW__TRACKING_URI": "http://ours:5000"}
+    assert load_settings(env=ours).mlflow.tracking_uri == "http://ours:5000"
+    config = tmp_path / "c.toml"
+    config.write_text('[mlflow]\ntracking_uri = "http://file:5000"\n')
+    assert load_settings(config, env={"MLFLOW_TRACKING_URI": uri}).mlflow.tracking_uri == (
+        "http://file:5000"
+    )
+    # Unset or empty: the local store.
+    assert load_settings(env={"MLFLOW_TRACKING_URI": ""}).mlflow.tracking_uri == ""
