@@ -11,24 +11,61 @@ and class a weight, mean, variance, min and max; ten thresholds evenly between t
 max; the class weights left of a threshold from the normal CDF), information gain, and the
 Hoeffding bound with range ``log2(n_classes)``.
 
+Leaves predict with naive Bayes adaptive (``leaf_prediction="nba"``, the default, River's
+``"nba"``) or their majority class (``"mc"``). An NBA leaf keeps per class, and per feature
+it considers and class, a Gaussian (the split evaluation's: one set of statistics serves
+both), and two counters: before it learns a sample, the sample's weight is added to the MC
+counter if the leaf's class counts' argmax is its class (or the leaf has no counts), to the
+NB counter if naive Bayes' argmax is (and the leaf has counts). It predicts naive Bayes
+when its NB counter is >= its MC counter (River's rule), its class frequencies otherwise.
+Unlike River, a leaf that stops splitting keeps learning its Gaussians and counters (River
+drops them and predicts its majority class): a full tree's leaves keep improving.
+
 Serving reads nothing but the weights vector: for each tree a block of
 ``max_nodes * (3 + n_classes)`` floats, ``split`` (feature + 1; 0 for a leaf or an unused
 node), ``threshold`` (``x[feature] <= threshold`` goes left), ``left`` (the left child; the
 right one is ``left + 1``) and ``counts`` (``(max_nodes, n_classes)``, a leaf's weighted
-class counts; a leaf predicts ``counts / counts.sum()``, uniform when empty); a forest then
-appends one vote weight per tree. Internal nodes hold no counts: a split hands its leaf's
-counts to the two children.
+class counts; a leaf predicts ``counts / counts.sum()``, uniform when empty). Internal
+nodes hold no counts: a split hands its leaf's counts to the two children.
+
+With ``leaf_prediction="nba"`` the block goes on with the NB arrays, each of ``H =
+(max_nodes + 1) // 2`` rows (a tree has at most H leaves), ``J`` the features a leaf
+considers (``max_features``; with 0 all of them for the single tree, ``round(sqrt(
+n_features))`` for the forest), ``K = n_classes``:
+
+- ``nb_w`` ``(H, K)``: per class the weight the leaf learnt since it became a leaf;
+- ``nb_s1``, ``nb_s2`` ``(H, J, K)``: per feature and class the weighted sums of
+  ``x - shift`` and of ``(x - shift) ** 2`` over those samples;
+- ``nb_shift`` ``(H, J)``: per feature the value of the leaf's first such sample;
+- ``nb_feat`` ``(H, J)``: the features (0-based, distinct, in the order of the other
+  arrays), only when ``J < n_features`` (otherwise entry ``j`` is feature ``j``);
+- ``nb_mc``, ``nb_nb`` ``(H,)``: the MC and NB counters.
+
+A leaf's row: the root's is 0; a split node's left child takes its parent's row, its right
+child ``r`` takes row ``(r + 1) // 2`` (so a split leaves its leaf's row to its left child
+and touches one new row). A row that is no leaf's, or whose ``nb_w`` is all 0, holds zeros.
+A leaf with counts whose ``nb_nb >= nb_mc`` predicts the softmax over classes of
+``log(counts[k] / counts.sum())`` (-inf for a class without counts) plus, for each feature
+``j`` and class with ``w = nb_w[k] > 1`` and ``var = (s2 - s1**2 / w) / (w - 1) > 0``, the
+Gaussian log density ``-log(2 pi var) / 2 - (x[feat_j] - shift_j - s1 / w)**2 / (2 var)``
+(numpy sums a class's J terms along the contiguous axis: a predictor that wants the
+trainer's bits runs this module). A leaf without NB statistics (fresh after a split)
+therefore predicts its counts. A forest then appends one vote weight per tree.
 
 What depends on how the stream is cut into batches:
 
-- :class:`HoeffdingTreeClassifier`: nothing. A batch is learnt in segments that end where a
-  leaf's weight since its last attempt reaches the grace period, so every split is attempted
-  at the very sample one-by-one learning (and River) attempts it; statistics accumulate in
-  sample order. Any cut gives a bit-identical state.
+- :class:`HoeffdingTreeClassifier`: nothing with ``"mc"``; with ``"nba"`` only the two
+  counters. A batch is learnt in segments that end where a leaf's weight since its last
+  attempt reaches the grace period, so every split is attempted at the very sample
+  one-by-one learning (and River) attempts it; statistics accumulate in sample order. Any
+  cut gives a bit-identical state, but for the counters: a segment's NB and MC predictions
+  use the leaf statistics as of the segment's start (one sample at a time: River's).
 - :class:`RandomForestClassifier`: split attempts happen at the end of a batch (every leaf
-  that is due then), and the predictions that feed the vote weights and the drift detectors
-  are made by the trees as they were when the batch began. The bagging weights (their own
-  generator) and the detectors' block structure do not depend on the cut.
+  that is due then), and the predictions that feed the vote weights, the drift detectors
+  and the NBA counters are made by the trees as they were when the batch began; a leaf
+  draws its feature subspace (NBA) when it meets its first sample, in the order of the
+  rows that do in a batch. The bagging weights (their own generator) and the detectors'
+  block structure do not depend on the cut.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -62,10 +99,13 @@ from flowlearn.core.validation import (
 
 __all__ = ["CLASSES", "HoeffdingTreeClassifier", "RandomForestClassifier"]
 
+#: Leaf predictions: naive Bayes adaptive, majority class.
+_LEAF_PREDICTIONS = ("nba", "mc")
 #: Candidate thresholds per feature and split attempt (River's GaussianSplitter).
 _N_SPLITS = 10
-#: A leaf whose majority class holds more of its weight than this stops splitting (River's
-#: max_share_to_split): it frees its observers.
+#: A leaf whose majority class holds more of its weight than this skips its split attempt
+#: (River's max_share_to_split). River then deactivates the leaf for good; here it keeps its
+#: observers, so a leaf that was nearly pure can still split when the concept drifts.
 _MAX_SHARE = 0.99
 #: A split must send more than this fraction of the weight down each branch (River's
 #: min_branch_fraction).
@@ -104,14 +144,35 @@ def _group_rank(keys: np.ndarray) -> np.ndarray:
     return idx - np.maximum.accumulate(np.where(first, idx, 0))
 
 
+def leaf_rows(split: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Each node's NB row (a tree's nodes; 0 elsewhere): the root's is 0; a split node's
+    left child takes its row, its right child ``r`` takes row ``(r + 1) // 2``. Two leaves
+    never share a row: the right children of distinct splits are distinct nodes, at least
+    two apart, and a left child's row is that of an internal node, its ancestor."""
+    rows = np.zeros(len(split), dtype=np.int64)
+    frontier = np.array([0])
+    while frontier.size:
+        frontier = frontier[split[frontier] > 0]
+        lefts = left[frontier]
+        rows[lefts] = rows[frontier]
+        rows[lefts + 1] = (lefts + 2) // 2
+        frontier = np.concatenate([lefts, lefts + 1])
+    return rows
+
+
 class _Grove:
     """The shared engine: ``n_slots`` trees of at most ``max_nodes`` nodes each, the
     observers of their splittable leaves, and the learning step.
 
     Per node (fixed, ``n_slots x max_nodes``): split, threshold, left, counts (the served
-    arrays), depth, the weight at the last split attempt and the leaf's observer record.
-    The observer pool holds one record per splittable leaf; it grows by doubling and
-    shrinks when mostly free, so it stays proportional to the splittable leaves.
+    arrays), depth, the weight at the last split attempt, the leaf's observer record and
+    (NBA) its NB row number. NBA: a table ``rowid`` (``n_slots x H``) of each slot's NB rows
+    in the pool ``rows`` (the served NB arrays, feature indices kept even when all features
+    make them derivable), a row taken when a leaf meets its first sample. The observer
+    pool holds one record per splittable leaf: its min and max per feature and class, and
+    with majority-class leaves also the Gaussians and feature indices (which NBA keeps in
+    the rows). Both pools grow by doubling and shrink when mostly free, so they stay
+    proportional to the splittable leaves, and the leaves that learnt.
     """
 
     _POOL = ("w", "s1", "s2", "lo", "hi", "shift", "feat", "used")
@@ -129,9 +190,15 @@ class _Grove:
         split_confidence: float,
         tie_threshold: float,
         exact: bool,
+        nb: bool,
         rng: np.random.Generator,
     ) -> None:
         self.F, self.K, self.M = n_features, n_classes, max_nodes
+        #: Naive-Bayes-adaptive leaves: the Gaussian statistics live in the served per-leaf
+        #: rows (``self.nb``), the pool keeps only each splittable leaf's min and max.
+        self.nb = nb
+        #: NB rows per slot: a tree of ``max_nodes`` nodes has at most this many leaves.
+        self.H = (max_nodes + 1) // 2
         self.n_sub = n_sub
         self.max_depth = max_depth
         self.grace = float(grace_period)
@@ -149,22 +216,124 @@ class _Grove:
         self.depth = np.zeros((S, M), dtype=np.int64)
         self.last = np.zeros((S, M))
         self.record = np.full((S, M), -1, dtype=np.int64)
+        #: A leaf's NB row within its slot (meaningful for the nodes of a tree).
+        self.nbs = np.zeros((S, M), dtype=np.int64)
         self.pool = self._new_pool(0)
+        #: NBA: each slot's NB rows in :attr:`rows` (-1: none yet). A leaf's row is taken
+        #: when it meets its first sample, so the rows grow with the leaves that learnt.
+        self.rowid = np.full((S, self.H if nb else 0), -1, dtype=np.int64)
+        self.rows = {**self._new_rows(0), "used": np.zeros(0, dtype=bool)}
 
     # ------------------------------------------------------------------ observer pool
 
     def _new_pool(self, n: int) -> dict[str, np.ndarray]:
         shape = (n, self.n_sub, self.K)
+        pool = {"lo": np.full(shape, np.inf), "hi": np.full(shape, -np.inf)}
+        if not self.nb:
+            pool.update(self._new_rows(n))
+            del pool["mc"], pool["nb"]
+        pool["used"] = np.zeros(n, dtype=bool)
+        return pool
+
+    def _new_rows(self, n: int) -> dict[str, np.ndarray]:
+        """Gaussian statistics of ``n`` leaves: per class the weight, per feature and class
+        the sums of ``x - shift`` and of its square, per feature the shift and the feature
+        index; the NBA counters (MC right, NB right)."""
+        J, K = self.n_sub, self.K
         return {
-            "w": np.zeros(shape),
-            "s1": np.zeros(shape),
-            "s2": np.zeros(shape),
-            "lo": np.full(shape, np.inf),
-            "hi": np.full(shape, -np.inf),
-            "shift": np.zeros((n, self.n_sub)),
-            "feat": np.zeros((n, self.n_sub), dtype=np.int64),
-            "used": np.zeros(n, dtype=bool),
+            "w": np.zeros((n, K)),
+            "s1": np.zeros((n, J, K)),
+            "s2": np.zeros((n, J, K)),
+            "shift": np.zeros((n, J)),
+            "feat": np.zeros((n, J), dtype=np.int64),
+            "mc": np.zeros(n),
+            "nb": np.zeros(n),
         }
+
+    @property
+    def gauss(self) -> dict[str, np.ndarray]:
+        """Where the Gaussian statistics live: the NB rows, or (majority-class leaves) the pool."""
+        return self.rows if self.nb else self.pool
+
+    def gauss_index(self, nodes: np.ndarray) -> np.ndarray:
+        """The row of :attr:`gauss` of these flat node ids (-1: none)."""
+        if self.nb:
+            return self.rowid[nodes // self.M, self.nbs.reshape(-1)[nodes]]
+        return self.record.reshape(-1)[nodes]
+
+    def _rows_alloc(self, k: int) -> np.ndarray:
+        """``k`` empty NB rows (the lowest free ones)."""
+        used = self.rows["used"]
+        free = np.flatnonzero(~used)
+        if len(free) < k:
+            cap = len(used)
+            grown = {**self._new_rows(max(2 * cap, cap + k - len(free), 8))}
+            grown["used"] = np.zeros(len(grown["w"]), dtype=bool)
+            for name, arr in self.rows.items():
+                grown[name][:cap] = arr
+            self.rows = grown
+            free = np.flatnonzero(~self.rows["used"])
+        idx = free[:k]
+        for arr in self.rows.values():
+            arr[idx] = 0
+        self.rows["used"][idx] = True
+        return idx
+
+    def _rows_free(self, slots: np.ndarray, h: np.ndarray) -> None:
+        """Give back the NB rows of these (slot, row) pairs."""
+        r = self.rowid[slots, h]
+        self.rows["used"][r[r >= 0]] = False
+        self.rowid[slots, h] = -1
+        cap = len(self.rows["used"])
+        if cap > _MIN_POOL and 4 * int(self.rows["used"].sum()) < cap:
+            self.compact_rows()
+
+    def compact_rows(self) -> None:
+        """Keep only the NB rows in use, renumbered in order."""
+        keep = np.flatnonzero(self.rows["used"])
+        new_of = np.full(len(self.rows["used"]) + 1, -1, dtype=np.int64)
+        new_of[keep] = np.arange(len(keep))
+        self.rowid = new_of[self.rowid]
+        self.rows = {name: arr[keep] for name, arr in self.rows.items()}
+
+    def dense_rows(self, slot: int) -> dict[str, np.ndarray]:
+        """Slot ``slot``'s NB rows as served: ``H`` rows each, zeros where none."""
+        return {name: arr[0] for name, arr in self.served_rows(np.array([slot])).items()}
+
+    def served_rows(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """These slots' NB rows as served: ``(len(slots), H, ...)``, zeros where none."""
+        r = self.rowid[slots]
+        has = r >= 0
+        out = {}
+        for name, arr in self.rows.items():
+            if name != "used":
+                out[name] = np.zeros((*r.shape, *arr.shape[1:]), dtype=arr.dtype)
+                out[name][has] = arr[r[has]]
+        return out
+
+    def put_rows(self, slot: int, dense: Mapping[str, np.ndarray]) -> None:
+        """Slot ``slot``'s NB rows from served ones (``H`` rows each): a row with weight
+        takes a row of :attr:`rows`, the others none."""
+        self._rows_free(np.full(self.H, slot), np.arange(self.H))
+        h = np.flatnonzero(np.asarray(dense["w"]).reshape(self.H, -1).sum(axis=1) > 0.0)
+        r = self._rows_alloc(len(h))
+        self.rowid[slot, h] = r
+        for name, arr in dense.items():
+            target = self.rows[name]
+            target[r] = np.asarray(arr).reshape((self.H, *target.shape[1:]))[h]
+
+    def _draw(self, k: int) -> np.ndarray:
+        """``k`` feature subspaces: a uniform subset without replacement each, sorted (ties
+        between equally good features go to the highest index, as with all features)."""
+        if self.n_sub == self.F:
+            return np.broadcast_to(np.arange(self.F), (k, self.F))
+        return np.sort(self.rng.random((k, self.F)).argsort(axis=1)[:, : self.n_sub], axis=1)
+
+    def _fresh_rows(self, slots: np.ndarray, nodes: np.ndarray) -> None:
+        """New leaves (NB): no row (a leaf takes one, and draws its features, with its
+        first sample)."""
+        if self.nb and len(slots):
+            self._rows_free(slots, self.nbs[slots, nodes])
 
     def _alloc(self, k: int) -> np.ndarray:
         """``k`` fresh records (the lowest free ones), each with its feature subspace."""
@@ -178,16 +347,12 @@ class _Grove:
             free = np.flatnonzero(~self.pool["used"])
         idx = free[:k]
         fresh = self._new_pool(k)
-        for name in ("w", "s1", "s2", "lo", "hi", "shift"):
-            self.pool[name][idx] = fresh[name]
+        for name, arr in fresh.items():
+            if name not in ("feat", "used"):
+                self.pool[name][idx] = arr
         self.pool["used"][idx] = True
-        if self.n_sub == self.F:
-            self.pool["feat"][idx] = np.arange(self.F)
-        else:
-            # A uniform subset without replacement per record, sorted: ties between equally
-            # good features go to the highest index, as with all features.
-            draw = self.rng.random((k, self.F)).argsort(axis=1)[:, : self.n_sub]
-            self.pool["feat"][idx] = np.sort(draw, axis=1)
+        if not self.nb:
+            self.pool["feat"][idx] = self._draw(k)
         return idx
 
     def _free(self, nodes: np.ndarray) -> None:
@@ -225,18 +390,33 @@ class _Grove:
             self._free(s * self.M + np.flatnonzero(self.record[s] >= 0))
         for arr in (self.split, self.threshold, self.left, self.counts, self.depth, self.last):
             arr[slots] = 0
+        self.nbs[slots] = 0
+        if self.nb:
+            self._rows_free(np.repeat(slots, self.H), np.tile(np.arange(self.H), len(slots)))
         self.size[slots] = 1
 
     def plant(self, slots: np.ndarray) -> None:
         """A fresh tree in each of these slots: a root leaf that learns."""
         self.clear(slots)
-        self._activate(slots, np.zeros(len(slots), dtype=np.int64))
+        root = np.zeros(len(slots), dtype=np.int64)
+        self._fresh_rows(slots, root)
+        self._activate(slots, root)
 
     def move(self, src: int, dst: int) -> None:
         """Slot ``src``'s tree, observers included, replaces ``dst``'s; ``src`` is emptied."""
         self.clear(np.array([dst]))
-        for arr in (self.split, self.threshold, self.left, self.counts, self.depth, self.last):
+        for arr in (
+            self.split,
+            self.threshold,
+            self.left,
+            self.counts,
+            self.depth,
+            self.last,
+            self.nbs,
+        ):
             arr[dst] = arr[src]
+        self.rowid[dst] = self.rowid[src]
+        self.rowid[src] = -1
         self.record[dst] = self.record[src]
         self.size[dst] = self.size[src]
         self.record[src] = -1
@@ -245,11 +425,13 @@ class _Grove:
     def adopt(
         self, slot: int, split: np.ndarray, left: np.ndarray, depth: np.ndarray, tree: np.ndarray
     ) -> None:
-        """Restart the training statistics of a slot whose threshold and counts were just
-        set: ``tree`` marks the nodes of the tree; every leaf that may split gets fresh
-        observers, its grace period counting from now."""
+        """Restart the training statistics of a slot whose threshold, counts (and NB rows)
+        were just set: ``tree`` marks the nodes of the tree; every leaf that may split gets
+        fresh observers (NB: its min and max; its Gaussian statistics are the adopted
+        ones), its grace period counting from now."""
         self._free(slot * self.M + np.flatnonzero(self.record[slot] >= 0))
         self.split[slot], self.left[slot], self.depth[slot] = split, left, depth
+        self.nbs[slot] = leaf_rows(split, left)
         # New nodes go after the last one in use (a hole before it stays unused).
         self.size[slot] = int(np.flatnonzero(tree).max()) + 1
         self.last[slot] = self.counts[slot].sum(axis=1)
@@ -319,28 +501,87 @@ class _Grove:
         if not i.size:
             return
         g, w, c = node[j, i], W[j, i], y[i]
+        if self.nb:
+            # NBA: before a leaf learns a sample, credit the weight to MC and NB if each was
+            # right (from the statistics as of the start of this segment).
+            q = self.gauss_index(g)
+            if (q < 0).any():
+                # A leaf takes its row and draws its features with its first sample (the
+                # leaves in the order of their slot and row).
+                key = np.unique((g // self.M * self.H + self.nbs.reshape(-1)[g])[q < 0])
+                r = self._rows_alloc(len(key))
+                self.rowid.reshape(-1)[key] = r
+                self.rows["feat"][r] = self._draw(len(key))
+                q = self.gauss_index(g)
+            cnt = self.counts.reshape(-1, self.K)[g]
+            rows = self.rows
+            x = X[i[:, None], rows["feat"][q]]
+            mc_right = (cnt.sum(axis=1) == 0.0) | (cnt.argmax(axis=1) == c)
+            joint = self.log_joint(x, q, cnt)
+            nb_right = (cnt.sum(axis=1) > 0.0) & (joint.argmax(axis=1) == c)
+            np.add.at(rows["mc"], q[mc_right], w[mc_right])
+            np.add.at(rows["nb"], q[nb_right], w[nb_right])
         np.add.at(self.counts.reshape(-1), g * self.K + c, w)
         r = self.record.reshape(-1)[g]
-        has = r >= 0
-        r, i, w, c = r[has], i[has], w[has], c[has]
+        if self.nb:
+            # Every leaf learns its Gaussians (they serve its NB prediction); only the
+            # leaves that may split keep a min and a max.
+            self._gaussians(x, q, w, c)
+            has = r >= 0
+            r, x, c = r[has], x[has], c[has]
+        else:
+            has = r >= 0
+            r, i, w, c = r[has], i[has], w[has], c[has]
+            if not r.size:
+                return
+            x = X[i[:, None], self.pool["feat"][r]]
+            self._gaussians(x, r, w, c)
         if not r.size:
             return
-        p = self.pool
-        feat = p["feat"][r]
-        x = X[i[:, None], feat]
-        # A record's values are taken relative to the first one it sees (a shift that keeps
+        flat = (r[:, None] * self.n_sub + np.arange(self.n_sub)) * self.K + c[:, None]
+        np.minimum.at(self.pool["lo"].reshape(-1), flat, x)
+        np.maximum.at(self.pool["hi"].reshape(-1), flat, x)
+
+    def _gaussians(self, x: np.ndarray, r: np.ndarray, w: np.ndarray, c: np.ndarray) -> None:
+        """Add samples (values ``x`` of the row's features, weights, classes) to rows ``r``
+        of :attr:`gauss`."""
+        p = self.gauss
+        # A row's values are taken relative to the first one it sees (a shift that keeps
         # the sums of squares from cancelling), set by its first sample in stream order.
         uniq, first = np.unique(r, return_index=True)
-        new = p["w"][uniq, 0].sum(axis=1) == 0.0
+        new = p["w"][uniq].sum(axis=1) == 0.0
         p["shift"][uniq[new]] = x[first[new]]
         flat = (r[:, None] * self.n_sub + np.arange(self.n_sub)) * self.K + c[:, None]
         d = x - p["shift"][r]
         wd = w[:, None] * d
-        np.add.at(p["w"].reshape(-1), flat, np.broadcast_to(w[:, None], flat.shape))
+        np.add.at(p["w"].reshape(-1), r * self.K + c, w)
         np.add.at(p["s1"].reshape(-1), flat, wd)
         np.add.at(p["s2"].reshape(-1), flat, wd * d)
-        np.minimum.at(p["lo"].reshape(-1), flat, x)
-        np.maximum.at(p["hi"].reshape(-1), flat, x)
+
+    def log_joint(self, x: np.ndarray, q: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+        """Naive Bayes' log joint ``(len(q), n_classes)`` of values ``x`` (``(len(q),
+        n_sub)``, the row's features) at rows ``q``, with class counts ``cnt``: the log
+        prior ``log(cnt / cnt.sum())`` (-inf for a class without weight) plus, per feature
+        and class whose Gaussian has a positive (ddof=1) variance, the log density. A
+        Gaussian without variance adds nothing (River's density is 0 and skipped)."""
+        p = self.rows
+        w = p["w"][q][:, None, :]
+        s1 = p["s1"][q]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # A class of weight <= 1 has no (ddof=1) variance: its mean is not needed.
+            ok = w > 1.0
+            safe = np.where(ok, w, 2.0)
+            var = (p["s2"][q] - s1 * s1 / safe) / (safe - 1.0)
+            ok = ok & (var > 0.0)
+            var = np.where(ok, var, 1.0)
+            d = x[:, :, None] - (p["shift"][q][..., None] + s1 / safe)
+            term = np.where(ok, -0.5 * np.log(2.0 * math.pi * var) - d * d / (2.0 * var), 0.0)
+            # (n, K, n_sub): each row summed along its last, contiguous axis, so a sample's
+            # sum does not depend on the other samples of the call.
+            ll = np.ascontiguousarray(term.transpose(0, 2, 1))
+            total = cnt.sum(axis=1, keepdims=True)
+            prior = np.log(cnt / np.where(total > 0.0, total, 1.0))
+        return prior + ll.sum(axis=2)
 
     def _attempt(self, nodes: np.ndarray) -> None:
         """Split attempts at the due leaves among ``nodes`` (flat ids), all at once."""
@@ -366,9 +607,10 @@ class _Grove:
         """River's split decision for each leaf: (deactivate?, split?, feature, threshold,
         left and right class weights)."""
         L, F, K = len(nodes), self.n_sub, self.K
-        p = self.pool
-        r = self.record.reshape(-1)[nodes]
-        w, lo_k, hi_k = p["w"][r], p["lo"][r], p["hi"][r]
+        p, pool = self.gauss, self.pool
+        r, q = self.record.reshape(-1)[nodes], self.gauss_index(nodes)
+        lo_k, hi_k = pool["lo"][r], pool["hi"][r]
+        w = np.broadcast_to(p["w"][q][:, None, :], lo_k.shape)
         present = w > 0.0
         lo = np.where(present, lo_k, np.inf).min(axis=2)
         hi = np.where(present, hi_k, -np.inf).max(axis=2)
@@ -378,12 +620,15 @@ class _Grove:
         valid = (lo[..., None] < thr) & (thr < hi[..., None])
         # Each class's Gaussian: mean and (ddof=1) variance from the shifted sums.
         safe = np.where(present, w, 1.0)
-        s1 = p["s1"][r]
-        mean = p["shift"][r][..., None] + s1 / safe
-        var = np.where(w > 1.0, np.maximum(p["s2"][r] - s1 * s1 / safe, 0.0), 0.0)
+        s1 = p["s1"][q]
+        mean = p["shift"][q][..., None] + s1 / safe
+        var = np.where(w > 1.0, np.maximum(p["s2"][q] - s1 * s1 / safe, 0.0), 0.0)
         sigma = np.sqrt(var / np.where(w > 1.0, w - 1.0, 1.0))
         t = thr[..., None]  # (L, F, S, 1) against (L, F, 1, K)
-        below, above = t < lo_k[:, :, None], t >= hi_k[:, :, None]
+        # A class without a range (NB statistics adopted from a vector, observers restarted
+        # since) is split by its Gaussian alone.
+        ranged = (lo_k <= hi_k)[:, :, None]
+        below, above = (t < lo_k[:, :, None]) & ranged, (t >= hi_k[:, :, None]) & ranged
         wk = np.broadcast_to(w[:, :, None], (L, F, _N_SPLITS, K))
         lhs = np.where(above, wk, 0.0)
         inside = valid[..., None] & present[:, :, None] & ~below & ~above
@@ -415,14 +660,14 @@ class _Grove:
             decide = (best - second > bound) | (bound < self.tau)
         null = best == -np.inf
         crowded = cnt.max(axis=1) / seen > _MAX_SHARE
-        drop = (decide & null) | crowded
+        drop = decide & null
         split = decide & ~null & ~crowded
         fpos = np.maximum(order[:, -1] - 1, 0)
         tpos = best_t[rows, fpos]
         return (
             drop,
             split,
-            p["feat"][r, fpos],
+            p["feat"][q, fpos],
             thr[rows, fpos, tpos],
             lhs[rows, fpos, tpos],
             rhs[rows, fpos, tpos],
@@ -458,7 +703,11 @@ class _Grove:
         self.counts[cslot, children] = np.stack([lhs, rhs], axis=1).reshape(-1, self.K)
         self.depth[cslot, children] = np.repeat(self.depth[slot, node] + 1, 2)
         self.last[cslot, children] = self.counts[cslot, children].sum(axis=1)
+        # The left child takes its parent's NB row, the right one the row of its index.
+        self.nbs[slot, left] = self.nbs[slot, node]
+        self.nbs[slot, left + 1] = (left + 2) // 2
         np.add.at(self.size, slot, 2)
+        self._fresh_rows(cslot, children)
         self._activate(cslot, children)
         # A tree without room for another split: none of its leaves will split again.
         for s in np.unique(slot[self.size[slot] + 2 > self.M]).tolist():
@@ -472,33 +721,81 @@ class _Grove:
         c = self.counts[slots[:, None], leaf]
         total = c.sum(axis=2, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0.0, c / total, 1.0 / self.K)
+            p = np.where(total > 0.0, c / total, 1.0 / self.K)
+        if not self.nb:
+            return p
+        # NBA: a leaf whose NB counter is >= its MC counter predicts naive Bayes (River's
+        # rule); the class frequencies otherwise (and when it has no weight).
+        q = self.rowid[slots[:, None], self.nbs[slots[:, None], leaf]]
+        use = q >= 0
+        if not use.any():
+            return p
+        q = np.where(use, q, 0)
+        use &= (self.rows["nb"][q] >= self.rows["mc"][q]) & (total[..., 0] > 0.0)
+        if use.any():
+            t, i = np.nonzero(use)
+            qu = q[t, i]
+            joint = self.log_joint(X[i[:, None], self.rows["feat"][qu]], qu, c[t, i])
+            top = joint.max(axis=1, keepdims=True)
+            # Only values so far out that every class's density underflows to -inf are
+            # left to the class frequencies.
+            fine = np.isfinite(top[:, 0])
+            with np.errstate(invalid="ignore"):
+                e = np.exp(joint - top)
+                p[t[fine], i[fine]] = (e / e.sum(axis=1, keepdims=True))[fine]
+        return p
 
     # ------------------------------------------------------------------ state
 
     _NODE_ARRAYS = ("split", "threshold", "left", "counts", "size", "depth", "last", "record")
 
+    def _node_arrays(self) -> tuple[str, ...]:
+        return (*self._NODE_ARRAYS, "nbs") if self.nb else self._NODE_ARRAYS
+
     def state(self) -> Arrays:
         self.compact()
-        arrays = {f"node.{name}": getattr(self, name) for name in self._NODE_ARRAYS}
+        arrays = {f"node.{name}": getattr(self, name) for name in self._node_arrays()}
         arrays.update({f"pool.{name}": arr for name, arr in self.pool.items() if name != "used"})
+        if self.nb:
+            self.compact_rows()
+            arrays.update({f"rows.{k}": a for k, a in self.rows.items() if k != "used"})
+            arrays["rowid"] = self.rowid
         return arrays
 
     def load(self, arrays: Mapping[str, np.ndarray]) -> None:
-        for name in self._NODE_ARRAYS:
+        for name in self._node_arrays():
             old = getattr(self, name)
             new = check_array(arrays, f"node.{name}", old.shape)
             setattr(self, name, new.astype(old.dtype))
-        n = len(np.asarray(arrays["pool.w"]))
+        n = len(np.asarray(arrays["pool.lo"]))
         pool = self._new_pool(n)
         for name, arr in pool.items():
             if name != "used":
                 pool[name] = check_array(arrays, f"pool.{name}", arr.shape).astype(arr.dtype)
         pool["used"][:] = True
         self.pool = pool
+        if self.nb:
+            rows = self._new_rows(len(np.asarray(arrays["rows.w"])))
+            for name, arr in rows.items():
+                rows[name] = check_array(arrays, f"rows.{name}", arr.shape).astype(arr.dtype)
+            self.rows = {**rows, "used": np.ones(len(rows["w"]), dtype=bool)}
+            rowid = check_array(arrays, "rowid", self.rowid.shape).astype(np.int64)
+            used = rowid[rowid >= 0]
+            if (
+                rowid.min(initial=0) < -1
+                or len(np.unique(used)) != len(used)
+                or (len(used) != len(rows["w"]))
+            ):
+                raise ValueError("corrupt tree state: NB rows do not match their table")
+            self.rowid = rowid
         r = self.record
         if r.min() < -1 or r.max() >= n or len(np.unique(r[r >= 0])) != n:
             raise ValueError("corrupt tree state: observer records do not match the pool")
+        if self.nb and ((self.nbs < 0) | (self.nbs >= self.H)).any():
+            raise ValueError("corrupt tree state: NB rows out of range")
+        feat = self.gauss["feat"]
+        if feat.size and ((feat < 0) | (feat >= self.F)).any():
+            raise ValueError("corrupt tree state: feature indices out of range")
 
 
 class _ErrorWindows:
@@ -619,8 +916,15 @@ class _TreeModel(Stateful):
         max_features: int,
         n_sub: int,
         exact: bool,
+        leaf_prediction: str,
         seed: int,
     ) -> None:
+        if leaf_prediction not in _LEAF_PREDICTIONS:
+            raise ValueError(
+                f"leaf_prediction must be one of {', '.join(_LEAF_PREDICTIONS)}, "
+                f"got {leaf_prediction!r}"
+            )
+        self.leaf_prediction = leaf_prediction
         self.n_features = _check_int("n_features", n_features, 1)
         self.n_classes = _check_int("n_classes", n_classes, 2)
         self.grace_period = _check_int("grace_period", grace_period, 1)
@@ -657,6 +961,7 @@ class _TreeModel(Stateful):
             split_confidence=self.split_confidence,
             tie_threshold=self.tie_threshold,
             exact=exact,
+            nb=leaf_prediction == "nba",
             rng=np.random.default_rng(feat_seq),
         )
         self._served = np.arange(self.n_trees)
@@ -665,44 +970,68 @@ class _TreeModel(Stateful):
         self._vote = np.zeros(self.n_trees)
         # False after a non-finite vector was adopted for serving: every probability is NaN.
         self._finite = True
+        # The last X the served trees predicted and their probabilities (see _served_proba);
+        # every method that changes the trees drops it.
+        self._memo: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ served vector
 
     @property
     def max_observer_bytes(self) -> int:
-        """The most its attribute observers can take: every leaf of every tree slot (a
-        forest's background trees included) still able to split."""
+        """The most its per-leaf statistics can take: every leaf of every tree slot (a
+        forest's background trees included) still able to split. Majority-class leaves:
+        the observer records; NBA: the NB rows (allocated for every possible leaf) plus
+        the records' min and max."""
         g = self._grove
-        per_leaf = (5 * self.n_classes + 2) * 8 * g.n_sub
-        return int(g.split.shape[0]) * (self.max_nodes + 1) // 2 * per_leaf
+        J, K = g.n_sub, self.n_classes
+        # Per leaf: weights, sums, squares, shifts, feature indices; min and max (records);
+        # NBA adds the two counters.
+        per_leaf = (K + 4 * J * K + 2 * J + (2 if g.nb else 0)) * 8
+        return int(g.split.shape[0]) * g.H * per_leaf
+
+    @property
+    def _nb_served(self) -> tuple[tuple[str, int], ...]:
+        """The NB arrays of a tree's block: (name, floats per row), in order."""
+        g = self._grove
+        if not g.nb:
+            return ()
+        J, K = g.n_sub, self.n_classes
+        feat = (("feat", J),) if self.n_features > J else ()
+        return (("w", K), ("s1", J * K), ("s2", J * K), ("shift", J), *feat, ("mc", 1), ("nb", 1))
 
     @property
     def _block(self) -> int:
-        return self.max_nodes * (3 + self.n_classes)
+        H = self._grove.H
+        return self.max_nodes * (3 + self.n_classes) + H * sum(n for _, n in self._nb_served)
 
     def weights_vector(self) -> np.ndarray:
-        """The served trees' node arrays, tree by tree (then the vote weights of a forest)."""
+        """The served trees' node arrays (and NB arrays), tree by tree (then the vote
+        weights of a forest)."""
         g, T = self._grove, self.n_trees
-        blocks = np.concatenate(
-            [
-                g.split[:T].astype(np.float64),
-                g.threshold[:T],
-                g.left[:T].astype(np.float64),
-                g.counts[:T].reshape(T, -1),
-            ],
-            axis=1,
-        )
+        parts = [
+            g.split[:T].astype(np.float64),
+            g.threshold[:T],
+            g.left[:T].astype(np.float64),
+            g.counts[:T].reshape(T, -1),
+        ]
+        if g.nb:
+            dense = g.served_rows(np.arange(T))
+            for name, _ in self._nb_served:
+                parts.append(dense[name].reshape(T, -1).astype(np.float64))
+        blocks = np.concatenate(parts, axis=1)
         parts = [blocks.reshape(-1), self._vote] if self._voting else [blocks.reshape(-1)]
         return np.concatenate(parts)
 
     def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
         """Adopt a vector (a rollback). A tree whose block (or vote weight) differs from the
         current one restarts its training statistics on the adopted nodes: fresh observers
-        for its leaves (their grace periods counting from now), no background tree, fresh
+        for its leaves (their grace periods counting from now; NB leaves keep the adopted
+        Gaussians and counters, their min and max restart), no background tree, fresh
         drift detectors and vote counters; an unchanged tree keeps everything.
 
         ``finite=False`` serves a vector as published: non-finite values are accepted and
         the model then predicts NaN probabilities (which the predictor refuses)."""
+        self._memo = None
         size = self.n_trees * self._block + (self.n_trees if self._voting else 0)
         if finite:
             v = check_vector(v, size, "weights vector")
@@ -725,24 +1054,28 @@ class _TreeModel(Stateful):
         old = current[: T * self._block].reshape(T, self._block)
         old_vote = self._vote.copy()
         self._finite = True
-        for t, (split, thr, left, counts, depth, tree) in enumerate(parsed):
+        g = self._grove
+        for t, (split, thr, left, counts, depth, tree, nb) in enumerate(parsed):
             if old[t].tobytes() == blocks[t].tobytes() and old_vote[t] == vote[t]:
                 continue
-            self._grove.threshold[t] = thr
-            self._grove.counts[t] = counts.reshape(M, K)
-            self._grove.adopt(t, split, left, depth, tree)
+            g.threshold[t] = thr
+            g.counts[t] = counts.reshape(M, K)
+            if g.nb:
+                g.put_rows(t, nb)
+            g.adopt(t, split, left, depth, tree)
             self._vote[t] = vote[t]
             self._restart_tree(t)
 
     def _restart_tree(self, t: int) -> None:
         """Forget what tree ``t`` learnt besides its nodes (forest: background, detectors)."""
 
-    def _parse_tree(self, block: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _parse_tree(self, block: np.ndarray) -> tuple[Any, ...]:
         """One tree's split, threshold, left and counts from its block, its structure
-        checked; and its nodes' depths and which nodes belong to the tree."""
+        checked; its nodes' depths, which nodes belong to the tree, and its NB arrays
+        (checked; the feature indices of all-feature leaves filled in)."""
         M, K = self.max_nodes, self.n_classes
         split_f, thr, left_f = block[:M], block[M : 2 * M], block[2 * M : 3 * M]
-        counts = block[3 * M :]
+        counts = block[3 * M : 3 * M + M * K]
         if (split_f != np.round(split_f)).any() or (left_f != np.round(left_f)).any():
             raise ValueError("weights vector: split and left must hold integers")
         split, left = split_f.astype(np.int64), left_f.astype(np.int64)
@@ -773,7 +1106,43 @@ class _TreeModel(Stateful):
         blank = ~seen & ((split != 0) | (thr != 0.0) | (counts.reshape(M, K) != 0.0).any(axis=1))
         if blank.any():
             raise ValueError("weights vector: a node outside the tree holds values")
-        return split, thr, left, counts, depth, seen
+        return split, thr, left, counts, depth, seen, self._parse_nb(block, split, left, seen)
+
+    def _parse_nb(
+        self, block: np.ndarray, split: np.ndarray, left: np.ndarray, seen: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """A tree's NB arrays from its block: a leaf's row holds non-negative weights and
+        counters, no sums for a class without weight, and (feature subspaces) strictly
+        increasing feature indices; a row of no leaf holds nothing."""
+        g = self._grove
+        if not g.nb:
+            return {}
+        H, J, F = g.H, g.n_sub, self.n_features
+        pos = self.max_nodes * (3 + self.n_classes)
+        nb: dict[str, np.ndarray] = {}
+        for name, n in self._nb_served:
+            nb[name] = block[pos : pos + H * n].reshape(H, n)
+            pos += H * n
+        # The rows of the tree's leaves that have learnt (a row without weight is empty).
+        used = np.zeros(H, dtype=bool)
+        used[leaf_rows(split, left)[seen & (split == 0)]] = True
+        used &= nb["w"].sum(axis=1) > 0.0
+        if (nb["w"] < 0).any() or (nb["mc"] < 0).any() or (nb["nb"] < 0).any():
+            raise ValueError("weights vector: NB weights and counters must be >= 0")
+        weightless = np.tile(nb["w"] == 0.0, J)  # (H, n_sub * n_classes) as s1 and s2
+        if ((nb["s1"] != 0.0) | (nb["s2"] != 0.0))[weightless].any() or (nb["s2"] < 0.0).any():
+            raise ValueError("weights vector: NB sums without weight, or negative squares")
+        if "feat" in nb:
+            f = nb["feat"]
+            if (f != np.round(f)).any() or (f < 0).any() or (f >= F).any():
+                raise ValueError(f"weights vector: NB features must be integers in 0..{F - 1}")
+            if (np.diff(np.sort(f[used], axis=1), axis=1) == 0).any():
+                raise ValueError("weights vector: a leaf's NB features must be distinct")
+        else:
+            nb["feat"] = np.where(used[:, None], np.arange(J), 0).astype(np.float64)
+        if any((arr[~used] != 0.0).any() for arr in nb.values()):
+            raise ValueError("weights vector: an NB row of no leaf holds values")
+        return nb
 
     # ------------------------------------------------------------------ prediction
 
@@ -783,11 +1152,28 @@ class _TreeModel(Stateful):
         X = check_matrix(X, self.n_features)
         if not self._finite:
             return np.full((len(X), self.n_classes), np.nan)
-        p = self._grove.proba(X, self._served)
+        p = self._served_proba(X)
         if self.n_trees == 1:
-            return p[0]
+            return p[0].copy()
         vote = self._vote if self._vote.sum() > 0.0 else np.ones(self.n_trees)
-        return np.tensordot(vote / vote.sum(), p, axes=1)
+        share = vote / vote.sum()
+        # Tree by tree (not a matrix product, whose rounding depends on the batch size): a
+        # sample's probabilities are the same bits whatever else is predicted with it.
+        out = share[0] * p[0]
+        for t in range(1, self.n_trees):
+            out += share[t] * p[t]
+        return out
+
+    def _served_proba(self, X: np.ndarray) -> np.ndarray:
+        """The served trees' probabilities ``(n_trees, n, n_classes)``, remembered for the
+        last ``X`` until the model changes (a trainer predicts, scores, then learns a batch:
+        one routing for the three)."""
+        memo = self._memo
+        if memo is not None and memo[0].shape == X.shape and np.array_equal(memo[0], X):
+            return memo[1]
+        p = self._grove.proba(X, self._served)
+        self._memo = (X.copy(), p)
+        return p
 
     def predict_many(self, X: Any) -> np.ndarray:
         """The most probable class (the lowest index on ties), int64."""
@@ -844,6 +1230,7 @@ class _TreeModel(Stateful):
             new_split, new_thr = np.zeros(M, dtype=np.int64), np.zeros(M)
             new_left, new_counts = np.zeros(M, dtype=np.int64), np.zeros((M, self.n_classes))
             depth = np.zeros(M, dtype=np.int64)
+            leaves: list[tuple[int, int]] = []  # (old node or -1 when collapsed, new node)
             queue, size = [(0, 0, 0)], 1  # (old node, new node, depth)
             while queue:
                 old, new, d = queue.pop(0)
@@ -851,6 +1238,7 @@ class _TreeModel(Stateful):
                 f = int(split[old]) - 1
                 if f < 0 or new_of[f] < 0:
                     new_counts[new] = sub[old]
+                    leaves.append((old if f < 0 else -1, new))
                     continue
                 new_split[new], new_thr[new], new_left[new] = (
                     new_of[f] + 1,
@@ -860,11 +1248,54 @@ class _TreeModel(Stateful):
                 queue += [(int(left[old]), size, d + 1), (int(left[old]) + 1, size + 1, d + 1)]
                 size += 2
             m.threshold[t], m.counts[t] = new_thr, new_counts
+            if m.nb:
+                self._move_rows(t, moved, leaves, leaf_rows(new_split, new_left), new_of)
             m.adopt(t, new_split, new_left, depth, np.arange(M) < size)
         moved._vote = self._vote.copy()
         moved._finite = self._finite
         self._carry_over(moved)
         return moved
+
+    def _move_rows(
+        self,
+        t: int,
+        moved: Self,
+        leaves: list[tuple[int, int]],
+        new_rows: np.ndarray,
+        new_of: np.ndarray,
+    ) -> None:
+        """Tree ``t``'s NB rows in ``moved`` (new columns ``new_of[old]``, nodes renumbered):
+        a leaf of all features (before and after) keeps its Gaussians, a new feature's as if
+        its past samples had 0 there; a leaf of a feature subspace keeps them, renumbered,
+        when it keeps all its features and ``moved`` draws as many; any other leaf (a
+        collapsed subtree, a lost feature) starts afresh. Kept leaves keep their counters."""
+        g, m = self._grove, moved._grove
+        J, J2 = g.n_sub, m.n_sub
+        all_features = self.n_features == J and moved.n_features == J2
+        old_rows = g.dense_rows(t)
+        rows = {k: np.zeros_like(v) for k, v in m.dense_rows(t).items()}
+        for old, new in leaves:
+            if old < 0:
+                continue
+            q, q2 = int(g.nbs[t, old]), int(new_rows[new])
+            if old_rows["w"][q].sum() == 0.0:
+                continue
+            feats = new_of[old_rows["feat"][q]]
+            if all_features:
+                kept = feats >= 0
+                rows["feat"][q2] = np.arange(J2)
+                for name in ("s1", "s2", "shift"):
+                    rows[name][q2][feats[kept]] = old_rows[name][q][kept]
+            elif J2 == J and (feats >= 0).all():
+                # In the same order: the NB sums add the same terms in the same order.
+                rows["feat"][q2] = feats
+                for name in ("s1", "s2", "shift"):
+                    rows[name][q2] = old_rows[name][q]
+            else:
+                continue
+            for name in ("w", "mc", "nb"):
+                rows[name][q2] = old_rows[name][q]
+        m.put_rows(t, rows)
 
     def _carry_over(self, moved: Self) -> None:
         """What :meth:`with_columns` keeps besides the trees (forest: vote counters, detectors)."""
@@ -885,6 +1316,7 @@ class _TreeModel(Stateful):
         return arrays, meta
 
     def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        self._memo = None
         prefix = "grove."
         self._grove.load({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
         self._vote = check_array(arrays, "vote", (self.n_trees,))
@@ -899,16 +1331,25 @@ class HoeffdingTreeClassifier(_TreeModel):
     observers, information gain, Hoeffding bound ``split_confidence`` (River's delta), tie
     threshold ``tie_threshold`` (tau), a split attempt whenever a leaf's weight since its
     last attempt reaches ``grace_period``; a leaf whose majority class holds more than 99%
-    of its weight stops splitting (River's max_share_to_split).
+    of its weight skips its attempts (River's max_share_to_split, which in River also
+    deactivates the leaf for good; here it can split again after a drift).
 
     ``max_features`` (0: all) limits the features a leaf considers (a random subset).
     ``max_depth`` (0: unbounded) and ``max_nodes`` (odd: a binary tree's node count) bound
     the tree; a leaf that may no longer split frees its observers and keeps counting.
 
-    Memory: ``max_nodes * (6 + n_classes) * 8`` bytes of node arrays, plus per splittable
-    leaf ``(5 * n_classes + 2) * 8 * max_features`` bytes of observers (weight, shifted sum,
-    shifted sum of squares, min and max per feature and class; the shift and the feature
-    index per feature), e.g. 864 B for 9 features and 2 classes.
+    ``leaf_prediction``: ``"nba"`` (naive Bayes adaptive, the default) or ``"mc"``
+    (majority class); see the module docstring.
+
+    Memory, ``J`` the features a leaf considers and ``K = n_classes``: ``max_nodes * (6 +
+    K) * 8`` bytes of node arrays (NBA: ``+ 12`` per node: the NB row and its table entry);
+    NBA: per leaf that learnt an NB row of ``(K + 2 J K + 2 J + 2) * 8`` bytes (weights,
+    shifted sums and squares, shifts, feature indices, counters), and per splittable leaf
+    an observer record of ``2 J K * 8`` bytes (min and max per feature and class);
+    majority-class leaves: per splittable leaf a record of ``(K + 4 J K + 2 J) * 8`` bytes
+    (the Gaussians and feature indices too). E.g. 9 features and 2 classes: NBA 464 B per
+    leaf + 288 B while it may split, majority class 736 B while it may split (before this
+    layout: 864 B). :attr:`max_observer_bytes` bounds all of it but the node arrays.
     """
 
     _type = "hoeffding_tree"
@@ -925,6 +1366,7 @@ class HoeffdingTreeClassifier(_TreeModel):
         max_depth: int = 0,
         max_nodes: int = 1023,
         max_features: int = 0,
+        leaf_prediction: str = "nba",
         seed: int = 0,
     ) -> None:
         self.n_trees = 1
@@ -941,6 +1383,7 @@ class HoeffdingTreeClassifier(_TreeModel):
             max_features=max_features,
             n_sub=n_sub,
             exact=True,
+            leaf_prediction=leaf_prediction,
             seed=seed,
         )
 
@@ -949,6 +1392,7 @@ class HoeffdingTreeClassifier(_TreeModel):
         X = check_matrix(X, self.n_features)
         y = check_labels(y, X.shape[0], self.n_classes)
         if len(y):
+            self._memo = None
             self._grove.learn(X, y, np.ones((1, len(y))), self._served)
         return self
 
@@ -962,6 +1406,7 @@ class HoeffdingTreeClassifier(_TreeModel):
             "max_depth": self.max_depth,
             "max_nodes": self.max_nodes,
             "max_features": self.max_features,
+            "leaf_prediction": self.leaf_prediction,
             "seed": self.seed,
         }
 
@@ -981,10 +1426,13 @@ class RandomForestClassifier(_TreeModel):
     the rest of learning; these test all trees' windows at once with numpy, every 32 errors,
     at a resolution of 32 samples.
 
-    Memory per tree: two slots (the tree and its background tree) of
-    ``max_nodes * (6 + n_classes) * 8`` bytes, the detectors' ``O(log samples)`` buckets,
-    and per splittable leaf ``(5 * n_classes + 2) * 8 * max_features`` bytes of observers
-    (e.g. 288 B for 3 features and 2 classes).
+    ``leaf_prediction``: ``"nba"`` (naive Bayes adaptive, the default) or ``"mc"``
+    (majority class); see the module docstring.
+
+    Memory per tree: two slots (the tree and its background tree), each of the single
+    tree's node arrays, the detectors' ``O(log samples)`` buckets, and the single tree's
+    per-leaf statistics (e.g. 3 of 9 features and 2 classes: NBA 176 B per leaf that learnt
+    + 96 B while it may split; majority class 256 B while it may split, 288 B before).
     """
 
     _type = "random_forest"
@@ -1005,6 +1453,7 @@ class RandomForestClassifier(_TreeModel):
         poisson_lambda: float = 6.0,
         warning_confidence: float = 0.01,
         drift_confidence: float = 0.001,
+        leaf_prediction: str = "nba",
         seed: int = 0,
     ) -> None:
         self.n_trees = _check_int("n_trees", n_trees, 1)
@@ -1027,6 +1476,7 @@ class RandomForestClassifier(_TreeModel):
             max_features=max_features,
             n_sub=n_sub,
             exact=False,
+            leaf_prediction=leaf_prediction,
             seed=seed,
         )
         T = self.n_trees
@@ -1052,8 +1502,12 @@ class RandomForestClassifier(_TreeModel):
         bags = self._bag_rng.poisson(self.poisson_lambda, size=(n, T)).T.astype(np.float64)
         # Errors by source: the tree, its background tree, a tree planted in this batch
         # (an empty tree predicts class 0).
-        slots = np.concatenate([self._served, T + np.flatnonzero(self._background)])
-        wrong = g.proba(X, slots).argmax(axis=2) != y
+        back = T + np.flatnonzero(self._background)
+        served = self._served_proba(X)
+        self._memo = None
+        if back.size:
+            served = np.concatenate([served, g.proba(X, back)])
+        wrong = served.argmax(axis=2) != y
         errors = np.ones((3, T, n), dtype=bool)
         errors[0] = wrong[:T]
         errors[1][self._background] = wrong[T:]
@@ -1141,6 +1595,7 @@ class RandomForestClassifier(_TreeModel):
             "max_depth": self.max_depth,
             "max_nodes": self.max_nodes,
             "max_features": self.max_features,
+            "leaf_prediction": self.leaf_prediction,
             "poisson_lambda": self.poisson_lambda,
             "warning_confidence": self.warning_confidence,
             "drift_confidence": self.drift_confidence,

@@ -1,6 +1,7 @@
 """Hoeffding trees and the adaptive random forest: parameters, the served vector's layout,
 determinism, cut independence, rollbacks, column remapping, memory bounds, River as the
-reference, and the forest's gain on a drifting stream."""
+reference (majority-class and naive-Bayes-adaptive leaves), and the forest's gain on a
+drifting stream."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def small_forest(**kw) -> RandomForestClassifier:
     return RandomForestClassifier(9, 2, n_trees=4, seed=3, **kw)
 
 
+def nb_block(M: int, K: int, J: int, F: int) -> int:
+    """The NB arrays of a tree's block, as the module docstring lays them out."""
+    H = (M + 1) // 2
+    return H * (K + 2 * J * K + J + (J if J < F else 0) + 2)
+
+
 # ----------------------------------------------------------------------------- parameters
 
 
@@ -67,6 +74,7 @@ def small_forest(**kw) -> RandomForestClassifier:
         ("max_features", 5),
         ("max_features", -1),
         ("seed", "x"),
+        ("leaf_prediction", "nb"),
     ],
 )
 def test_bad_parameters_name_themselves(cls, name, value):
@@ -98,6 +106,7 @@ def test_interface_and_spec_rebuild(cls):
         model.set_learning_rate(0.1)
     spec = model.spec()
     assert spec["classes"] == [0, 1, 2] and spec["n_features"] == 5
+    assert spec["leaf_prediction"] == "nba"
     params = [p for p in inspect.signature(cls).parameters if p not in ("seed", "n_classes")]
     assert set(params) <= set(spec)
     twin = cls(n_classes=len(spec["classes"]), **{k: spec[k] for k in params})
@@ -107,12 +116,16 @@ def test_interface_and_spec_rebuild(cls):
 # ----------------------------------------------------------------------------- layout
 
 
+@pytest.mark.parametrize("leaf_prediction", ["mc", "nba"])
 @pytest.mark.parametrize("cls", TREE_CLASSES)
-def test_fresh_vector_is_zeros_of_the_documented_length(cls):
-    model = cls(4, 3, max_nodes=15)
+def test_fresh_vector_is_zeros_of_the_documented_length(cls, leaf_prediction):
+    model = cls(4, 3, max_nodes=15, leaf_prediction=leaf_prediction)
     trees = getattr(model, "n_trees", 1)
     v = model.weights_vector()
-    expected = trees * 15 * (3 + 3) + (trees if cls is RandomForestClassifier else 0)
+    block = 15 * (3 + 3)  # majority-class leaves: today's layout, unchanged
+    if leaf_prediction == "nba":
+        block += nb_block(15, 3, 2 if cls is RandomForestClassifier else 4, 4)
+    expected = trees * block + (trees if cls is RandomForestClassifier else 0)
     assert v.shape == (expected,) and not v.any()
     assert np.allclose(model.predict_proba_many(np.zeros((2, 4))), 1 / 3)
 
@@ -128,7 +141,7 @@ def handmade(M: int = 5, K: int = 2) -> np.ndarray:
 
 
 def test_traversal_by_hand():
-    model = HoeffdingTreeClassifier(2, 2, max_nodes=5)
+    model = HoeffdingTreeClassifier(2, 2, max_nodes=5, leaf_prediction="mc")
     model.set_weights_vector(handmade())
     X = np.array([[9.0, 0.5], [-2.0, 0.6], [0.0, 0.7]])
     assert model.predict_proba_many(X).tolist() == [[0.75, 0.25], [0.0, 1.0], [0.5, 0.5]]
@@ -138,7 +151,7 @@ def test_traversal_by_hand():
 
 def test_traversal_of_a_learnt_tree_by_hand(stream):
     X, y = stream
-    model = learn(HoeffdingTreeClassifier(9, 2, max_nodes=31), X, y)
+    model = learn(HoeffdingTreeClassifier(9, 2, max_nodes=31, leaf_prediction="mc"), X, y)
     M, K = 31, 2
     v = model.weights_vector()
     split, thr, left = v[:M], v[M : 2 * M], v[2 * M : 3 * M]
@@ -154,7 +167,7 @@ def test_traversal_of_a_learnt_tree_by_hand(stream):
 def test_forest_vote_weights_are_served_and_used(stream):
     X, y = stream
     model = learn(small_forest(), X[:2000], y[:2000])
-    T, block = 4, 255 * 5
+    T, block = 4, 255 * 5 + nb_block(255, 2, 3, 9)
     vote = model.weights_vector()[T * block :]
     assert ((vote > 0.5) & (vote <= 1.0)).all()
     twin = RandomForestClassifier(9, 2, n_trees=4)
@@ -162,7 +175,7 @@ def test_forest_vote_weights_are_served_and_used(stream):
     twin.set_weights_vector(v)
     v[T * block :] = [1.0, 0.0, 0.0, 0.0]  # only the first tree votes
     twin.set_weights_vector(v)
-    first = HoeffdingTreeClassifier(9, 2, max_nodes=255)
+    first = HoeffdingTreeClassifier(9, 2, max_nodes=255, max_features=3)
     first.set_weights_vector(v[:block])
     assert np.allclose(twin.predict_proba_many(X[:100]), first.predict_proba_many(X[:100]))
 
@@ -202,21 +215,33 @@ CUT_STREAM = agrawal(3000, function=2, seed=5)
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(1, 3000), min_size=1, max_size=30))
 def test_a_single_tree_is_independent_of_the_batch_cuts(cuts):
+    """Majority-class leaves: the whole state. NBA leaves: all but the two NBA counters
+    (their predictions come from the statistics as of the start of a segment)."""
     X, y = CUT_STREAM
-    reference = learn(HoeffdingTreeClassifier(9, 2, grace_period=40), X, y, batch=len(y))
-    model = HoeffdingTreeClassifier(9, 2, grace_period=40)
     bounds = [0, *sorted(set(cuts)), len(y)]
-    for a, b in itertools.pairwise(bounds):
-        model.learn_many(X[a:b], y[a:b])
-    assert linear.to_bytes(model) == linear.to_bytes(reference)
+    for lp in ("mc", "nba"):
+        reference = HoeffdingTreeClassifier(9, 2, grace_period=40, leaf_prediction=lp)
+        reference.learn_many(X, y)
+        model = HoeffdingTreeClassifier(9, 2, grace_period=40, leaf_prediction=lp)
+        for a, b in itertools.pairwise(bounds):
+            model.learn_many(X[a:b], y[a:b])
+        if lp == "mc":
+            assert linear.to_bytes(model) == linear.to_bytes(reference)
+            continue
+        ours, theirs = model.state_dict()[0], reference.state_dict()[0]
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if key not in ("grove.rows.mc", "grove.rows.nb"):
+                assert same_bits(ours[key], theirs[key]), key
 
 
 def test_one_sample_at_a_time_equals_one_batch(stream):
     X, y = stream
-    one = HoeffdingTreeClassifier(9, 2, grace_period=40)
+    one = HoeffdingTreeClassifier(9, 2, grace_period=40, leaf_prediction="mc")
     for i in range(1500):
         one.learn_many(X[i : i + 1], y[i : i + 1])
-    whole = HoeffdingTreeClassifier(9, 2, grace_period=40).learn_many(X[:1500], y[:1500])
+    whole = HoeffdingTreeClassifier(9, 2, grace_period=40, leaf_prediction="mc")
+    whole.learn_many(X[:1500], y[:1500])
     assert int(whole._grove.size[0]) > 1
     assert linear.to_bytes(one) == linear.to_bytes(whole)
 
@@ -281,7 +306,7 @@ def test_malformed_vectors_raise(corrupt, match):
     v = handmade()
     result = corrupt(v)
     v = v if result is None else result
-    model = HoeffdingTreeClassifier(2, 2, max_nodes=5)
+    model = HoeffdingTreeClassifier(2, 2, max_nodes=5, leaf_prediction="mc")
     with pytest.raises(ValueError, match=match):
         model.set_weights_vector(v)
     assert not model.weights_vector().any()
@@ -290,7 +315,7 @@ def test_malformed_vectors_raise(corrupt, match):
 def test_non_finite_vector_is_served_as_nan():
     v = handmade()
     v[15] = np.nan
-    model = HoeffdingTreeClassifier(2, 2, max_nodes=5)
+    model = HoeffdingTreeClassifier(2, 2, max_nodes=5, leaf_prediction="mc")
     with pytest.raises(ValueError, match="NaN"):
         model.set_weights_vector(v)
     model.set_weights_vector(v, finite=False)
@@ -303,7 +328,7 @@ def test_non_finite_vector_is_served_as_nan():
 
 
 def test_with_columns_renumbers_and_collapses():
-    model = HoeffdingTreeClassifier(2, 2, max_nodes=5)
+    model = HoeffdingTreeClassifier(2, 2, max_nodes=5, leaf_prediction="mc")
     model.set_weights_vector(handmade())
     X = np.array([[9.0, 0.5], [-2.0, 0.6], [0.0, 0.7]])
     swapped = model.with_columns(np.array([1, 0]))
@@ -403,7 +428,182 @@ def test_forest_beats_a_single_tree_on_a_drifting_stream():
             model.learn_many(X[s : s + 64], y[s : s + 64])
         return hits / len(y)
 
+    # Majority-class leaves: the gain of the forest itself (bagging, drift detection).
     assert (
-        prequential(RandomForestClassifier(9, 2))
-        > prequential(HoeffdingTreeClassifier(9, 2)) + 0.05
+        prequential(RandomForestClassifier(9, 2, leaf_prediction="mc"))
+        > prequential(HoeffdingTreeClassifier(9, 2, leaf_prediction="mc")) + 0.05
     )
+
+
+# ----------------------------------------------------------------------------- NBA leaves
+
+
+def read_nba_tree(v: np.ndarray, M: int, K: int, J: int, F: int):
+    """A predictor written from the module docstring's layout alone (one tree's block)."""
+    H = (M + 1) // 2
+    split, thr, left = v[:M].astype(int), v[M : 2 * M], v[2 * M : 3 * M].astype(int)
+    counts = v[3 * M : 3 * M + M * K].reshape(M, K)
+    pos, arrays = 3 * M + M * K, {}
+    sizes = [("w", K), ("s1", J * K), ("s2", J * K), ("shift", J)]
+    sizes += [("feat", J)] if J < F else []
+    for name, n in [*sizes, ("mc", 1), ("nb", 1)]:
+        arrays[name] = v[pos : pos + H * n].reshape(H, n)
+        pos += H * n
+    assert pos == len(v)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        node, row = 0, 0  # a left child keeps its parent's row, a right child r: (r + 1) // 2
+        while split[node]:
+            right = x[split[node] - 1] > thr[node]
+            node = left[node] + int(right)
+            row = (node + 1) // 2 if right else row
+        c = counts[node]
+        if c.sum() == 0:
+            return np.full(K, 1 / K)
+        if arrays["nb"][row, 0] < arrays["mc"][row, 0]:
+            return c / c.sum()
+        feat = arrays["feat"][row].astype(int) if J < F else np.arange(F)
+        w = arrays["w"][row]
+        s1, s2 = arrays["s1"][row].reshape(J, K), arrays["s2"][row].reshape(J, K)
+        with np.errstate(divide="ignore"):
+            joint = np.log(c / c.sum())
+        for j, f in enumerate(feat):
+            for k in range(K):
+                if w[k] <= 1:
+                    continue
+                mean = arrays["shift"][row, j] + s1[j, k] / w[k]
+                var = (s2[j, k] - s1[j, k] ** 2 / w[k]) / (w[k] - 1)
+                if var > 0:
+                    joint[k] += -0.5 * np.log(2 * np.pi * var) - (x[f] - mean) ** 2 / (2 * var)
+        e = np.exp(joint - joint.max())
+        return e / e.sum()
+
+    return predict
+
+
+@pytest.mark.parametrize("max_features", [0, 3])
+def test_nba_leaves_predict_as_the_documented_layout_says(stream, max_features):
+    X, y = stream
+    model = learn(HoeffdingTreeClassifier(9, 2, max_features=max_features), X, y)
+    v = model.weights_vector()
+    J = max_features or 9
+    assert v.size == 1023 * 5 + nb_block(1023, 2, J, 9)
+    predict = read_nba_tree(v, 1023, 2, J, 9)
+    Xt = agrawal(300, seed=11)[0]
+    got = model.predict_proba_many(Xt)
+    assert np.allclose(got, [predict(x) for x in Xt], rtol=1e-9, atol=1e-12)
+    # Some leaves predict naive Bayes (not their class frequencies).
+    H = 512
+    rows = v[1023 * 5 :]
+    mc, nb = rows[-2 * H : -H], rows[-H:]
+    assert ((nb >= mc) & (nb > 0)).any()
+
+
+def test_nba_single_tree_predicts_as_river_one_sample_at_a_time():
+    pairs = list(itertools.islice(synth.SEA(seed=3), 2000))
+    keys = list(pairs[0][0])
+    X = np.array([[float(x[k]) for k in keys] for x, _ in pairs])
+    y = np.array([int(t) for _, t in pairs])
+    river = river_tree.HoeffdingTreeClassifier()  # leaf_prediction="nba"
+    ours = HoeffdingTreeClassifier(3, 2)
+    agree = 0
+    for i in range(1, len(y)):
+        x = dict(zip(keys, X[i].tolist(), strict=True))
+        if i > 1:
+            agree += river.predict_one(x) == int(ours.predict_many(X[i : i + 1])[0])
+        river.learn_one(x, int(y[i]))
+        ours.learn_many(X[i : i + 1], y[i : i + 1])
+    assert agree / (len(y) - 2) > 0.99
+
+
+@pytest.mark.parametrize("factory", [lambda: HoeffdingTreeClassifier(9, 2), small_forest])
+def test_one_instance_predictions_equal_the_batch_bit_for_bit(stream, factory):
+    X, y = stream
+    model = learn(factory(), X[:3000], y[:3000])
+    batch = model.predict_proba_many(X[3000:3200])
+    ones = np.concatenate([model.predict_proba_many(X[i : i + 1]) for i in range(3000, 3200)])
+    assert same_bits(batch, ones)
+
+
+def test_a_batch_changes_only_the_rows_of_the_leaves_it_reaches(stream):
+    X, y = stream
+    model = learn(HoeffdingTreeClassifier(9, 2, grace_period=10**6), X[:2000], y[:2000])
+    g = model._grove
+    # A fixed structure (no split attempt yet): force a few splits by hand for leaves.
+    model.set_weights_vector(model.weights_vector())
+    before = model.weights_vector()
+    model.learn_many(X[2000:2010], y[2000:2010])
+    changed = np.flatnonzero(before != model.weights_vector())
+    M, K = 1023, 2
+    # Only the root leaf: its counts and its row 0 of each NB array.
+    H, J = 512, 9
+    allowed = set(range(3 * M, 3 * M + K))
+    pos = M * (3 + K)
+    for n in (K, J * K, J * K, J, 1, 1):
+        allowed |= set(range(pos, pos + n))
+        pos += H * n
+    assert changed.size and set(changed.tolist()) <= allowed
+    assert int(g.size[0]) == 1
+
+
+def test_nba_memory_bound_and_pool(stream):
+    X, y = stream
+    for lp in ("mc", "nba"):
+        model = learn(small_forest(leaf_prediction=lp), X, y)
+        g = model._grove
+        held = sum(a.nbytes for k, a in g.pool.items() if k != "used")
+        held += sum(a.nbytes for a in g.rows.values())
+        assert held <= model.max_observer_bytes
+        assert set(g.pool) == (
+            {"lo", "hi", "used"}
+            if lp == "nba"
+            else {"lo", "hi", "used", "w", "s1", "s2", "shift", "feat"}
+        )
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda v, o: v.__setitem__(o, -1.0), "NB weights"),  # w of row 0, class 0
+        (lambda v, o: v.__setitem__(o + 2, 5.0), "NB row of no leaf"),  # w of row 1
+        (lambda v, o: v.__setitem__(o, 0.0), "sums without weight"),  # class 0's sums stay
+        (lambda v, o: v.__setitem__(o + 96, 3.0), "features"),  # feature 3 of 3
+        (lambda v, o: v.__setitem__(o + 97, v[o + 96]), "distinct"),
+        (lambda v, o: v.__setitem__(o + 96, 0.5), "integers"),
+    ],
+)
+def test_malformed_nb_arrays_raise(corrupt, match):
+    # A root leaf considering 2 of 3 features (served), M = 15: H = 8 rows; the NB arrays
+    # start at 15 * 5: w 8 x 2, s1 and s2 8 x 4 each, shift 8 x 2, then feat.
+    model = HoeffdingTreeClassifier(3, 2, max_nodes=15, max_features=2)
+    rng = np.random.default_rng(0)
+    X = rng.random((50, 3))
+    model.learn_many(X, (X[:, 0] > 0.5).astype(int))
+    assert int(model._grove.size[0]) == 1
+    v = model.weights_vector()
+    offset = 15 * 5
+    corrupt(v, offset)
+    fresh = HoeffdingTreeClassifier(3, 2, max_nodes=15, max_features=2)
+    with pytest.raises(ValueError, match=match):
+        fresh.set_weights_vector(v)
+    assert not fresh.weights_vector().any()
+
+
+def test_a_nearly_pure_leaf_keeps_its_observers_and_splits_when_the_concept_changes():
+    """River deactivates a leaf whose majority class passes 99% for good; such a leaf here
+    only skips its split attempts, so after a drift it learns the new concept's split."""
+    rng = np.random.default_rng(5)
+    X = rng.random((12000, 2))
+    y = (X[:, 0] > 0.5).astype(np.int64)
+    noisy = rng.random(6000) < 0.004  # a few labels off: the leaves are 99.6% pure, not 100%
+    y[:6000][noisy] = 1 - y[:6000][noisy]
+    y[6000:] = (X[6000:, 1] > 0.5).astype(np.int64)
+    tree = HoeffdingTreeClassifier(2, 2, grace_period=100, leaf_prediction="mc")
+    tree.learn_many(X[:6000], y[:6000])
+    splits = tree.weights_vector()[: tree.max_nodes]
+    assert set(splits[splits > 0].tolist()) == {1.0}  # only feature 0 so far
+    tree.learn_many(X[6000:], y[6000:])
+    splits = tree.weights_vector()[: tree.max_nodes]
+    assert 2.0 in splits.tolist()  # feature 1 (stored + 1)
+    probe = rng.random((2000, 2))
+    assert np.mean(tree.predict_many(probe) == (probe[:, 1] > 0.5)) > 0.9
