@@ -165,6 +165,9 @@ class ModelSpec:
     #: A forest's online bagging: each sample weighs Poisson(poisson_lambda) in each tree
     #: (default 6).
     poisson_lambda: float = 0.0
+    #: A leaf's prediction: "nba" (naive Bayes while it beats the majority class, the
+    #: default) or "mc" (the majority class); "": the default.
+    leaf_prediction: Literal["", "nba", "mc"] = ""
 
     def as_dict(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self)
@@ -266,6 +269,8 @@ class ModelSpec:
             raise SpecError(f"{where}.optimizer: a {self.type} model (tree) has no optimizer")
         for name in TREE_FIELDS:
             value = getattr(self, name)
+            if isinstance(value, str):  # a choice, its values checked by the type
+                continue
             if not (value >= 0 and math.isfinite(value)):
                 raise SpecError(
                     f"{where}.{name}: must be >= 0 (0: the type's default), got {value}"
@@ -317,6 +322,7 @@ TREE_FIELDS = (
     "max_nodes",
     "max_features",
     "poisson_lambda",
+    "leaf_prediction",
 )
 
 

@@ -107,13 +107,26 @@ def test_trees_take_their_features_unscaled_unless_told():
 
 
 def test_tree_parameters_reach_the_model_and_its_published_spec():
-    spec = {**SPECS["random_forest"], "grace_period": 25, "max_depth": 5, "max_features": 2}
+    spec = {
+        **SPECS["random_forest"],
+        "grace_period": 25,
+        "max_depth": 5,
+        "max_features": 2,
+        "leaf_prediction": "mc",
+    }
     trainer = ModelTrainer.create("m", spec)
     published = json.loads(trainer.published_spec)
     assert published["n_trees"] == 3
     assert published["grace_period"] == 25
     assert published["max_depth"] == 5
     assert published["max_features"] == 2
+    assert published["leaf_prediction"] == "mc"
+    assert (
+        json.loads(ModelTrainer.create("m", SPECS["random_forest"]).published_spec)[
+            "leaf_prediction"
+        ]
+        == "nba"
+    )
     assert published["classes"] == [0, 1, 2]
     assert model_type("random_forest").unfitted(published).weights_vector().size == len(
         trainer.model.model.weights_vector()
@@ -132,6 +145,7 @@ def test_tree_parameters_reach_the_model_and_its_published_spec():
         ({"type": "random_forest", "max_features": 11}, "m.max_features: at most n_features"),
         ({"type": "hoeffding_tree", "poisson_lambda": 2.0}, "m.poisson_lambda: only a"),
         ({"type": "random_forest", "max_nodes": 100}, "m.max_nodes: max_nodes must be odd"),
+        ({"type": "logistic", "leaf_prediction": "mc"}, "m.leaf_prediction: a logistic"),
         (
             {"type": "hoeffding_tree", "features": "hashed", "n_features": 2**20},
             "m.max_features: a hoeffding_tree of 1048576 features could hold",
