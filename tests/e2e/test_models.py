@@ -102,6 +102,8 @@ def test_models_created_at_runtime_train_survive_a_kill_and_are_deleted(stack, s
             "n_features": 4,
             "n_classes": 3,
             "n_trees": 3,
+            # Weights under 64 KiB: every version then rewrites the snapshot this test reads.
+            "max_nodes": 31,
         },
     }
     shape_flags = ("type", "n_features", "n_classes")
