@@ -89,6 +89,7 @@ from bench_quality import (
 
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
+from flowlearn.core.spec import TREE_FIELDS
 
 #: The forest at most this many points of accuracy below River ARF's, on every stream.
 TARGET_POINTS = 0.5
@@ -111,17 +112,6 @@ MODELS = (
     ("hgb", "sk HGB"),
 )
 REFERENCE = "river_arf"
-#: The tree parameters of a spec, shown with the results.
-TREE_KEYS = (
-    "n_trees",
-    "grace_period",
-    "split_confidence",
-    "tie_threshold",
-    "max_depth",
-    "max_nodes",
-    "max_features",
-    "poisson_lambda",
-)
 
 # ---------------------------------------------------------------------------- flowlearn
 
@@ -690,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = next(
                 (r.notes[f"{prefix}_spec"] for r in rows if f"{prefix}_spec" in r.notes), {}
             )
-            shown = {k: spec[k] for k in TREE_KEYS if spec.get(k)}
+            shown = {k: spec[k] for k in TREE_FIELDS if spec.get(k)}
             print(f"{prefix} parameters set in the spec (the others: the type's default): {shown}")
     if lat is not None:
         print(
