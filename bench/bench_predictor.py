@@ -113,6 +113,20 @@ def progress(message: str) -> None:
     print(f"[bench_predictor] {message}", file=sys.stderr, flush=True)
 
 
+def wait_redis(client: redis.Redis, timeout_s: float = 20.0) -> None:
+    """Until a just-started redis-server answers ``client``'s PING (ConnectionError past
+    the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -257,15 +271,7 @@ def main() -> None:
             )
         )
         client = redis.Redis(host="127.0.0.1", port=redis_port, password=PASSWORD)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_redis(client)
         publisher = Publisher(client, Keys(PREFIX), maxlen=1000)
         weights = np.random.default_rng(0).normal(size=N_FEATURES + 1)
         publish(client, publisher, 1, np.zeros_like(weights), weights, snapshot=True)

@@ -262,7 +262,7 @@ def http_latency(version: Any, row: list[float], n: int, tmp: Path) -> dict[str,
     ``bench_predictor`` does) and time ``n`` single-instance requests sent one after the
     other on one keep-alive loopback connection (ms)."""
     import redis
-    from bench_predictor import PASSWORD, PREFIX, free_port, process, wait_http
+    from bench_predictor import PASSWORD, PREFIX, free_port, process, wait_http, wait_redis
 
     from flowlearn.contracts.redis_contract import Keys, Publisher
 
@@ -272,15 +272,7 @@ def http_latency(version: Any, row: list[float], n: int, tmp: Path) -> dict[str,
         redis_argv += ["--requirepass", PASSWORD, "--save", "", "--appendonly", "no"]
         with process([*redis_argv, "--dir", redis_dir], "redis-server"):
             client = redis.Redis(host="127.0.0.1", port=redis_port, password=PASSWORD)
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            wait_redis(client)
             Publisher(client, Keys(PREFIX), maxlen=1000).publish(version)
             client.close()
             port = free_port()
@@ -356,7 +348,11 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or math.isnan(v) else format(v, spec)
 
 
-def accuracy_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> list[str]:
+def _grid(
+    rows: Sequence[Row], models: Sequence[tuple[str, str]], cell: Callable[[Any, Any], str]
+) -> list[str]:
+    """One line per stream, one column per model; ``cell(outcome, River ARF's outcome or
+    None for ARF itself)`` fills a column."""
     width = 15
     head = f"{'stream':<16}" + "".join(f"{h:>{width}}" for _, h in models)
     out = [head, "-" * len(head)]
@@ -365,36 +361,32 @@ def accuracy_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> li
         cells = []
         for key, _ in models:
             o = r.outcomes.get(key)
-            if o is None:
-                cells.append("-")
-                continue
-            acc = o.prequential.accuracy
-            cell = _fmt(acc, ".4f")
-            if key != REFERENCE and ref is not None and not math.isnan(acc):
-                cell += f" {100 * (acc - ref.prequential.accuracy):+6.2f}"
-            cells.append(cell)
+            cells.append("-" if o is None else cell(o, None if key == REFERENCE else ref))
         out.append(f"{r.stream.name:<16}" + "".join(f"{c:>{width}}" for c in cells))
     return out
+
+
+def _accuracy_cell(o: Any, ref: Any) -> str:
+    acc = o.prequential.accuracy
+    cell = _fmt(acc, ".4f")
+    if ref is not None and not math.isnan(acc):
+        cell += f" {100 * (acc - ref.prequential.accuracy):+6.2f}"
+    return cell
+
+
+def _speed_cell(o: Any, ref: Any) -> str:
+    cell = f"{o.rate:.0f}"
+    if ref is not None:
+        cell += f" ×{o.rate / ref.rate:.1f}"
+    return cell
+
+
+def accuracy_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> list[str]:
+    return _grid(rows, models, _accuracy_cell)
 
 
 def speed_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> list[str]:
-    width = 15
-    head = f"{'stream':<16}" + "".join(f"{h:>{width}}" for _, h in models)
-    out = [head, "-" * len(head)]
-    for r in rows:
-        ref = r.outcomes.get(REFERENCE)
-        cells = []
-        for key, _ in models:
-            o = r.outcomes.get(key)
-            if o is None:
-                cells.append("-")
-                continue
-            cell = f"{o.rate:.0f}"
-            if key != REFERENCE and ref is not None:
-                cell += f" ×{o.rate / ref.rate:.1f}"
-            cells.append(cell)
-        out.append(f"{r.stream.name:<16}" + "".join(f"{c:>{width}}" for c in cells))
-    return out
+    return _grid(rows, models, _speed_cell)
 
 
 def _size(n: int | None) -> str:
