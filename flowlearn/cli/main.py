@@ -389,7 +389,9 @@ def _add_shape_options(parser: argparse.ArgumentParser, prefix: str = "") -> Non
     parser.add_argument(
         "--type",
         default=None,
-        help=prefix + "logistic, softmax, linear, auto_logistic ..., hoeffding_tree, random_forest",
+        help=prefix
+        + "logistic, softmax, linear, auto_logistic ..., hoeffding_tree, random_forest, "
+        "hoeffding_tree_regressor",
     )
     parser.add_argument("--features", choices=("dense", "hashed"), default=None)
     parser.add_argument("--n-features", type=int, default=None)

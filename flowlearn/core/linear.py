@@ -35,7 +35,16 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from flowlearn.core import codec, drift, metrics, optim, pipeline, preprocessing, trees
+from flowlearn.core import (
+    codec,
+    drift,
+    metrics,
+    optim,
+    pipeline,
+    preprocessing,
+    regression_trees,
+    trees,
+)
 from flowlearn.core.validation import (
     Arrays,
     Meta,
@@ -448,6 +457,7 @@ _REGISTRY: dict[str, type[Stateful]] = {
         *metrics.CLASSES,
         *drift.CLASSES,
         *trees.CLASSES,
+        *regression_trees.CLASSES,
     )
 }
 

@@ -4,8 +4,8 @@ up here, so adding one is adding an entry (docs/architecture.md, "Where to add..
 >>> model_type("auto_softmax").task
 'multiclass'
 >>> sorted(MODEL_TYPES)  # doctest: +NORMALIZE_WHITESPACE
-['auto_linear', 'auto_logistic', 'auto_softmax', 'hoeffding_tree', 'linear', 'logistic',
- 'random_forest', 'softmax']
+['auto_linear', 'auto_logistic', 'auto_softmax', 'hoeffding_tree', 'hoeffding_tree_regressor',
+ 'linear', 'logistic', 'random_forest', 'softmax']
 >>> model_type("tree")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -21,13 +21,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flowlearn.core import linear, pipeline, trees
+from flowlearn.core import linear, pipeline, regression_trees, trees
 from flowlearn.core.ensemble import SelfTuning
 from flowlearn.core.optim import Optimizer
 from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
 
-#: A tree model: one Hoeffding tree, or an adaptive random forest of them.
-TreeModel = trees.HoeffdingTreeClassifier | trees.RandomForestClassifier
+#: A tree model: a Hoeffding tree classifier or regressor, or an adaptive random forest.
+TreeModel = (
+    trees.HoeffdingTreeClassifier
+    | trees.RandomForestClassifier
+    | regression_trees.HoeffdingTreeRegressor
+)
 #: A model of any type: a linear model, a self-tuning mixture of them, or a tree model.
 Model = linear.Model | SelfTuning | TreeModel
 
@@ -53,8 +57,9 @@ class ModelType:
 
     @property
     def tree(self) -> bool:
-        """A tree model (:mod:`flowlearn.core.trees`): it learns by splitting, not by
-        gradient steps, so it has tree parameters and no optimizer."""
+        """A tree model (:mod:`flowlearn.core.trees`, :mod:`~flowlearn.core.regression_trees`):
+        it learns by splitting, not by gradient steps, so it has tree parameters and no
+        optimizer."""
         return issubclass(self.cls, TREE_CLASSES)
 
     @property
@@ -78,8 +83,11 @@ class ModelType:
 
     def build_tree(self, n_features: int, n_classes: int, **params: Any) -> TreeModel:
         """A fresh tree model; ``params`` are its class's keyword arguments (the spec's
-        :data:`~flowlearn.core.spec.TREE_FIELDS` it sets, and ``seed``)."""
+        :data:`~flowlearn.core.spec.TREE_FIELDS` it sets, and ``seed``); a regressor
+        ignores ``n_classes``."""
         cls = self.cls
+        if issubclass(cls, regression_trees.HoeffdingTreeRegressor):
+            return cls(n_features, **params)
         if not issubclass(cls, TREE_CLASSES):
             raise ValueError(f"a {self.name} model is no tree model")
         return cls(n_features, n_classes, **params)
@@ -129,12 +137,19 @@ MODEL_TYPES: dict[str, ModelType] = {
         ModelType("auto_linear", linear.LinearRegression, "regression", self_tuning=True),
         ModelType("hoeffding_tree", trees.HoeffdingTreeClassifier, "multiclass"),
         ModelType("random_forest", trees.RandomForestClassifier, "multiclass"),
+        ModelType(
+            "hoeffding_tree_regressor", regression_trees.HoeffdingTreeRegressor, "regression"
+        ),
     )
 }
 
 
 #: The tree model classes (:attr:`ModelType.tree`).
-TREE_CLASSES = (trees.HoeffdingTreeClassifier, trees.RandomForestClassifier)
+TREE_CLASSES = (
+    trees.HoeffdingTreeClassifier,
+    trees.RandomForestClassifier,
+    regression_trees.HoeffdingTreeRegressor,
+)
 
 
 def model_type(name: Any) -> ModelType:

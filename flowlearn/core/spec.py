@@ -215,6 +215,11 @@ class ModelSpec:
         self._validate_model_params(where, kind.tree)
         if self.target_scale == "standard" and kind.task != "regression":
             raise SpecError(f"{where}.target_scale: only a regression model scales its target")
+        if self.target_scale == "standard" and kind.tree:
+            raise SpecError(
+                f"{where}.target_scale: a {self.type} averages raw targets in its leaves (a "
+                "scale that moves with the stream would mix units); leave it auto or none"
+            )
         for name in (
             "l1",
             "l2",
@@ -407,8 +412,11 @@ def learning_rates(spec: Mapping[str, Any]) -> list[float]:
 
 
 def target_scaled(spec: Mapping[str, Any]) -> bool:
-    """Whether a spec (dict) standardises its target ("auto": a regression model does)."""
+    """Whether a spec (dict) standardises its target ("auto": a linear regression model
+    does; a tree's leaves average raw targets, which a scale moving with the stream would
+    mix)."""
     scale = spec.get("target_scale", "auto")
     if scale == "auto":
-        return model_type(spec.get("type", "logistic")).task == "regression"
+        kind = model_type(spec.get("type", "logistic"))
+        return kind.task == "regression" and not kind.tree
     return bool(scale == "standard")

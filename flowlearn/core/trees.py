@@ -136,7 +136,7 @@ def _erf(z: np.ndarray) -> np.ndarray:
     return np.array(list(map(math.erf, z.tolist())), dtype=np.float64)
 
 
-def _group_rank(keys: np.ndarray) -> np.ndarray:
+def group_rank(keys: np.ndarray) -> np.ndarray:
     """For sorted ``keys``, each entry's position within its run of equal keys."""
     idx = np.arange(len(keys))
     first = np.ones(len(keys), dtype=bool)
@@ -158,6 +158,44 @@ def leaf_rows(split: np.ndarray, left: np.ndarray) -> np.ndarray:
         rows[lefts + 1] = (lefts + 2) // 2
         frontier = np.concatenate([lefts, lefts + 1])
     return rows
+
+
+def parse_nodes(
+    split_f: np.ndarray, left_f: np.ndarray, threshold: np.ndarray, n_features: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A served tree's ``split`` (feature + 1 or 0) and ``left`` (the left child) as
+    integers, each node's depth and which nodes belong to the tree, from the vector's
+    floats, its structure checked (ValueError): integers, features in range, children in
+    range, thresholds only at split nodes, every node reached at most once from the root
+    (no cycle, no shared child), nothing split outside the tree."""
+    if (split_f != np.round(split_f)).any() or (left_f != np.round(left_f)).any():
+        raise ValueError("weights vector: split and left must hold integers")
+    split, left = split_f.astype(np.int64), left_f.astype(np.int64)
+    if (split < 0).any() or (split > n_features).any():
+        raise ValueError(f"weights vector: split must be in 0..{n_features}")
+    M = len(split)
+    inner = split > 0
+    if ((left < 1) | (left > M - 2))[inner].any() or (left[~inner] != 0).any():
+        raise ValueError("weights vector: a child index is out of range")
+    if (threshold[~inner] != 0.0).any():
+        raise ValueError("weights vector: a leaf has a threshold")
+    # Walk from the root, a level at a time.
+    depth = np.zeros(M, dtype=np.int64)
+    seen = np.zeros(M, dtype=bool)
+    seen[0] = True
+    frontier, level = np.array([0]), 0
+    while frontier.size:
+        frontier = frontier[inner[frontier]]
+        kids = np.stack([left[frontier], left[frontier] + 1], axis=1).reshape(-1)
+        level += 1
+        if seen[kids].any() or len(np.unique(kids)) != len(kids):
+            raise ValueError("weights vector: the nodes do not form a tree (cycle?)")
+        seen[kids] = True
+        depth[kids] = level
+        frontier = kids
+    if (~seen & inner).any():
+        raise ValueError("weights vector: a node outside the tree holds values")
+    return split, left, depth, seen
 
 
 class _Grove:
@@ -484,7 +522,7 @@ class _Grove:
         order = np.argsort(keys, kind="stable")
         k, w = keys[order], W.reshape(-1)[sel][order]
         cs = np.cumsum(w)
-        rank = _group_rank(k)
+        rank = group_rank(k)
         first = np.arange(len(k)) - rank
         running = cs - (cs[first] - w[first])
         seen = self.counts.reshape(-1, self.K)[k].sum(axis=1)
@@ -686,7 +724,7 @@ class _Grove:
         if not nodes.size:
             return
         slot, node = nodes // self.M, nodes % self.M
-        left = self.size[slot] + 2 * _group_rank(slot)
+        left = self.size[slot] + 2 * group_rank(slot)
         fits = left + 2 <= self.M
         self._free(nodes[~fits])
         slot, node, left = slot[fits], node[fits], left[fits]
@@ -877,7 +915,7 @@ class _ErrorWindows:
         self.n_pending = n_pending
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
+def check_int(name: str, value: Any, low: int) -> int:
     try:
         ok = not isinstance(value, bool) and int(value) == value and value >= low
     except (TypeError, ValueError):
@@ -887,7 +925,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _check_open_unit(name: str, value: Any) -> float:
+def check_open_unit(name: str, value: Any) -> float:
     if not 0.0 < float(value) < 1.0:
         raise ValueError(f"{name} must be in (0, 1), got {value!r}")
     return float(value)
@@ -925,25 +963,25 @@ class _TreeModel(Stateful):
                 f"got {leaf_prediction!r}"
             )
         self.leaf_prediction = leaf_prediction
-        self.n_features = _check_int("n_features", n_features, 1)
-        self.n_classes = _check_int("n_classes", n_classes, 2)
-        self.grace_period = _check_int("grace_period", grace_period, 1)
-        self.split_confidence = _check_open_unit("split_confidence", split_confidence)
+        self.n_features = check_int("n_features", n_features, 1)
+        self.n_classes = check_int("n_classes", n_classes, 2)
+        self.grace_period = check_int("grace_period", grace_period, 1)
+        self.split_confidence = check_open_unit("split_confidence", split_confidence)
         if not (math.isfinite(float(tie_threshold)) and float(tie_threshold) >= 0.0):
             raise ValueError(f"tie_threshold must be finite and >= 0, got {tie_threshold!r}")
         self.tie_threshold = float(tie_threshold)
-        self.max_depth = _check_int("max_depth", max_depth, 0)
-        self.max_nodes = _check_int("max_nodes", max_nodes, 1)
+        self.max_depth = check_int("max_depth", max_depth, 0)
+        self.max_nodes = check_int("max_nodes", max_nodes, 1)
         if self.max_nodes % 2 == 0:
             # A binary tree always has an odd number of nodes: an even budget's last node
             # could never be used.
             raise ValueError(f"max_nodes must be odd, got {max_nodes!r}")
-        self.max_features = _check_int("max_features", max_features, 0)
+        self.max_features = check_int("max_features", max_features, 0)
         if self.max_features > self.n_features:
             raise ValueError(
                 f"max_features must be in 0..n_features={self.n_features}, got {max_features!r}"
             )
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         #: Trees learn no gradient; the trainer's gates read these.
         self.last_grad_norm = 0.0
         self.clip_grad_norm: float | None = None
@@ -1076,35 +1114,10 @@ class _TreeModel(Stateful):
         M, K = self.max_nodes, self.n_classes
         split_f, thr, left_f = block[:M], block[M : 2 * M], block[2 * M : 3 * M]
         counts = block[3 * M : 3 * M + M * K]
-        if (split_f != np.round(split_f)).any() or (left_f != np.round(left_f)).any():
-            raise ValueError("weights vector: split and left must hold integers")
-        split, left = split_f.astype(np.int64), left_f.astype(np.int64)
-        if (split < 0).any() or (split > self.n_features).any():
-            raise ValueError(f"weights vector: split must be in 0..{self.n_features}")
+        split, left, depth, seen = parse_nodes(split_f, left_f, thr, self.n_features)
         if (counts < 0).any():
             raise ValueError("weights vector: class counts must be >= 0")
-        inner = split > 0
-        if ((left < 1) | (left > M - 2))[inner].any() or (left[~inner] != 0).any():
-            raise ValueError("weights vector: a child index is out of range")
-        if (thr[~inner] != 0.0).any():
-            raise ValueError("weights vector: a leaf has a threshold")
-        # Walk from the root, a level at a time: every node must be reached at most once
-        # (no cycle, no shared child) and a node never reached must be empty.
-        depth = np.zeros(M, dtype=np.int64)
-        seen = np.zeros(M, dtype=bool)
-        seen[0] = True
-        frontier, level = np.array([0]), 0
-        while frontier.size:
-            frontier = frontier[inner[frontier]]
-            kids = np.stack([left[frontier], left[frontier] + 1], axis=1).reshape(-1)
-            level += 1
-            if seen[kids].any() or len(np.unique(kids)) != len(kids):
-                raise ValueError("weights vector: the nodes do not form a tree (cycle?)")
-            seen[kids] = True
-            depth[kids] = level
-            frontier = kids
-        blank = ~seen & ((split != 0) | (thr != 0.0) | (counts.reshape(M, K) != 0.0).any(axis=1))
-        if blank.any():
+        if (~seen & (counts.reshape(M, K) != 0.0).any(axis=1)).any():
             raise ValueError("weights vector: a node outside the tree holds values")
         return split, thr, left, counts, depth, seen, self._parse_nb(block, split, left, seen)
 
@@ -1456,13 +1469,13 @@ class RandomForestClassifier(_TreeModel):
         leaf_prediction: str = "nba",
         seed: int = 0,
     ) -> None:
-        self.n_trees = _check_int("n_trees", n_trees, 1)
+        self.n_trees = check_int("n_trees", n_trees, 1)
         if not (math.isfinite(float(poisson_lambda)) and float(poisson_lambda) > 0.0):
             raise ValueError(f"poisson_lambda must be finite and > 0, got {poisson_lambda!r}")
         self.poisson_lambda = float(poisson_lambda)
-        self.warning_confidence = _check_open_unit("warning_confidence", warning_confidence)
-        self.drift_confidence = _check_open_unit("drift_confidence", drift_confidence)
-        d = _check_int("n_features", n_features, 1)
+        self.warning_confidence = check_open_unit("warning_confidence", warning_confidence)
+        self.drift_confidence = check_open_unit("drift_confidence", drift_confidence)
+        d = check_int("n_features", n_features, 1)
         n_sub = int(max_features) if max_features else max(1, round(math.sqrt(d)))
         super().__init__(
             n_features,

@@ -113,16 +113,23 @@ def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
                 assert snap.tobytes() == weights.tobytes()
 
 
-def test_a_forest_trains_in_the_job_as_in_process_and_its_versions_serve_its_scores():
-    """A random_forest model through the job's graph: every version's delta rebuilds its
-    snapshot, the last version is what training the same samples in process gives, bit
-    for bit, and the forest rebuilt from it scores as the trainer does."""
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"TYPE": "random_forest", "N_TREES": "3", "MAX_NODES": "31"},
+        {"TYPE": "hoeffding_tree_regressor", "GRACE_PERIOD": "50", "MAX_NODES": "31"},
+    ],
+    ids=["random_forest", "hoeffding_tree_regressor"],
+)
+def test_a_tree_trains_in_the_job_as_in_process_and_its_versions_serve_its_scores(tree):
+    """A random_forest, and a regression tree (learning the labels as numbers), through
+    the job's graph: every version's delta rebuilds its snapshot, the last version is what
+    training the same samples in process gives, bit for bit, and the model rebuilt from it
+    scores as the trainer does."""
     records = DriftingStream(n_features=10, seed=6, model_id="forest").take(700, 1000)
     forest = {
-        "FLOWLEARN__MODELS__FOREST__TYPE": "random_forest",
         "FLOWLEARN__MODELS__FOREST__N_FEATURES": "10",
-        "FLOWLEARN__MODELS__FOREST__N_TREES": "3",
-        "FLOWLEARN__MODELS__FOREST__MAX_NODES": "31",
+        **{f"FLOWLEARN__MODELS__FOREST__{k}": v for k, v in tree.items()},
     }
     out = run_pipeline([json.dumps(r).encode() for r in records], **forest)
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "forest"]
@@ -145,8 +152,13 @@ def test_a_forest_trains_in_the_job_as_in_process_and_its_versions_serve_its_sco
     reference.train_samples(X, y)
     assert weights is not None
     assert weights.tobytes() == reference.model.weights_vector().tobytes()
+    assert len(np.unique(weights[:31])) > 1  # it split
     served = from_spec(json.loads(reference.published_spec), weights)
-    assert served.predict_proba_many(X).tobytes() == reference.model.predict_proba_many(X).tobytes()
+    if tree["TYPE"] == "random_forest":
+        assert served.predict_proba_many(X).tobytes() == (
+            reference.model.predict_proba_many(X).tobytes()
+        )
+    assert served.predict_many(X).tobytes() == reference.model.predict_many(X).tobytes()
 
 
 def test_models_dropped_from_memory_train_exactly_as_models_kept_in_it():

@@ -11,7 +11,7 @@ import pytest
 
 from flowlearn.core import codec
 from flowlearn.core.model_types import from_spec, model_type, n_weights
-from flowlearn.core.spec import ModelSpec, SpecError, pipeline_scale
+from flowlearn.core.spec import ModelSpec, SpecError, pipeline_scale, target_scaled
 from flowlearn.core.training import ModelTrainer, batch_plan
 
 SPECS = {
@@ -24,12 +24,31 @@ SPECS = {
         "max_nodes": 63,
         "batch_size": 64,
     },
+    "hoeffding_tree_regressor": {
+        "type": "hoeffding_tree_regressor",
+        "n_features": 4,
+        "grace_period": 50,
+        "batch_size": 64,
+    },
 }
+
+
+def scores(name, model, X):
+    """What the predictor serves: probabilities of a classifier, values of a regressor."""
+    return model.predict_proba_many(X) if model_type(name).classifier else model.predict_many(X)
+
+
+def hits(model, X, y):
+    """The share of samples predicted right: the class, or a value within 0.5 of the
+    target (the regression stream's levels are 1 apart)."""
+    p = model.predict_many(X)
+    return np.mean(np.abs(p - y) < 0.5)
 
 
 def stream(n: int, seed: int = 0, flip_at: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Three classes cut by thresholds on two of four features (a concept a linear model
-    cannot draw), the labels swapped after ``flip_at``."""
+    cannot draw), the labels swapped after ``flip_at`` (a regressor learns them as levels
+    0, 1, 2)."""
     rng = np.random.default_rng(seed)
     X = rng.uniform(-1, 1, size=(n, 4))
     y = np.where(X[:, 0] > 0.3, 2, np.where(X[:, 1] > 0.0, 1, 0)).astype(np.float64)
@@ -56,13 +75,10 @@ def test_versions_deltas_and_served_scores_are_the_trainers_bit_for_bit(name):
     assert weights.tobytes() == trainer.model.weights_vector().tobytes()
     served = from_spec(published, weights)
     probe = stream(500, seed=1)[0]
-    assert (
-        served.predict_proba_many(probe).tobytes()
-        == trainer.model.predict_proba_many(probe).tobytes()
-    )
+    assert scores(name, served, probe).tobytes() == scores(name, trainer.model, probe).tobytes()
     # It learnt the thresholds a linear model cannot.
     X_test, y_test = stream(2000, seed=2)
-    assert np.mean(served.predict_many(X_test) == y_test) > 0.9
+    assert hits(served, X_test, y_test) > 0.9
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -80,7 +96,7 @@ def test_rollback_restores_an_old_version_exactly_and_training_goes_on(name):
     assert all(r.version is not None for r in results)
     # The restored forest learns the new concept from where it was.
     X_test, y_test = stream(1000, seed=3, flip_at=0)
-    assert np.mean(trainer.model.predict_many(X_test) == y_test) > 0.6
+    assert hits(trainer.model, X_test, y_test) > 0.6
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -102,6 +118,9 @@ def test_a_restored_trainer_continues_bit_for_bit(name):
 
 def test_trees_take_their_features_unscaled_unless_told():
     assert pipeline_scale({"type": "random_forest", "scale": "auto"}) == "none"
+    assert pipeline_scale({"type": "hoeffding_tree_regressor", "scale": "auto"}) == "none"
+    assert not target_scaled({"type": "hoeffding_tree_regressor", "target_scale": "auto"})
+    assert target_scaled({"type": "linear", "target_scale": "auto"})
     assert pipeline_scale({"type": "random_forest", "scale": "standard"}) == "standard"
     assert pipeline_scale({"type": "logistic", "scale": "auto"}) == "standard"
 
@@ -146,6 +165,14 @@ def test_tree_parameters_reach_the_model_and_its_published_spec():
         ({"type": "hoeffding_tree", "poisson_lambda": 2.0}, "m.poisson_lambda: only a"),
         ({"type": "random_forest", "max_nodes": 100}, "m.max_nodes: max_nodes must be odd"),
         ({"type": "logistic", "leaf_prediction": "mc"}, "m.leaf_prediction: a logistic"),
+        (
+            {"type": "hoeffding_tree_regressor", "leaf_prediction": "nba"},
+            "m.leaf_prediction: leaf_prediction must be one of mean",
+        ),
+        (
+            {"type": "hoeffding_tree_regressor", "target_scale": "standard"},
+            "m.target_scale: a hoeffding_tree_regressor averages raw targets",
+        ),
         (
             {"type": "hoeffding_tree", "features": "hashed", "n_features": 2**20},
             "m.max_features: a hoeffding_tree of 1048576 features could hold",

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowlearn.core import drift, linear, metrics, optim, preprocessing, trees
+from flowlearn.core import drift, linear, metrics, optim, preprocessing, regression_trees, trees
 from flowlearn.core.pipeline import FeatureTransform
 
 D = 4
@@ -36,7 +36,12 @@ ESTIMATORS: dict[str, Callable[[], Any]] = {
     "random-forest": lambda: trees.RandomForestClassifier(
         D, 2, n_trees=3, grace_period=10, max_nodes=31, seed=1
     ),
+    "hoeffding-tree-regressor": lambda: regression_trees.HoeffdingTreeRegressor(
+        D, grace_period=20, max_nodes=31
+    ),
 }
+#: The estimators whose target is a number.
+REGRESSORS = ("linear", "hoeffding-tree-regressor")
 
 
 def make_batch(name: str, rng: np.random.Generator, n: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +49,7 @@ def make_batch(name: str, rng: np.random.Generator, n: int = 32) -> tuple[np.nda
     score = X @ np.array([1.0, -2.0, 0.5, 0.0])
     if name == "softmax":
         y = np.digitize(score, [-1.0, 1.0]).astype(np.int64)
-    elif name == "linear":
+    elif name in REGRESSORS:
         y = score + 0.1 * rng.normal(size=n)
     else:
         y = (score + 0.3 * rng.normal(size=n) > 0).astype(np.int64)

@@ -1,0 +1,603 @@
+"""An online regression tree: a Hoeffding tree regressor (River's
+``tree.HoeffdingTreeRegressor`` with ``leaf_prediction="mean"``), learning mini-batches with
+numpy.
+
+Each leaf keeps the weight, the sum and the sum of squares of the targets it learnt, all
+taken relative to one shift per tree (the first target the tree learns: the sums of squares
+do not cancel however large the targets), and predicts their mean. A leaf that may still
+split has an *observer*: per feature it considers (``max_features``; 0: all), candidate
+thresholds and per bin between them the same three sums. Candidate thresholds are
+quantiles: a fresh leaf keeps its first ``min(grace_period, 64)`` samples, then fixes per
+feature ten thresholds, each the midpoint of two neighbouring order statistics of those
+samples at the eleventh-quantiles, and from then on adds each sample to its bin (the kept
+samples first). River's default observer (an extended binary search tree over every distinct
+value) is exact but grows with the values seen; bins keep a leaf's statistics fixed in size
+and the split search vectorised.
+
+A leaf's split attempt (whenever the weight it learnt since its last attempt reaches
+``grace_period``) follows River: the merit of a threshold is its variance reduction
+``var(all) - w_left / w var(left) - w_right / w var(right)`` (ddof=1 variances of the
+observer's samples; a threshold that leaves fewer than 5 samples on a side has none), the
+best threshold per feature competes with the other features and with not splitting; the
+leaf splits on the best when its merit is positive and the runner-up's merit over the best's
+is below ``1 - bound`` or the bound is below ``tie_threshold``, the Hoeffding bound
+``sqrt(ln(1 / split_confidence) / (2 n))`` taken with range 1 (merits are compared as a
+ratio) and ``n`` the leaf's weight. The children start with the observer's sums on their
+side of the threshold; the split node keeps none.
+
+A batch is learnt in segments that end where a leaf is due for an attempt, and every sum
+accumulates in sample order: any cut of a stream into batches gives a bit-identical tree.
+
+Served: the weights vector is ``split`` (feature + 1; 0 for a leaf or an unused node),
+``threshold`` (``x[feature] <= threshold`` goes left), ``left`` (the left child; the right
+one is ``left + 1``), ``weight``, ``sum`` and ``sum_sq`` (the node's shifted sums), each
+``max_nodes`` long, then the shift. A leaf predicts ``shift + sum / weight`` (``shift``
+without weight).
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> X = rng.random((2000, 2))
+>>> y = np.where(X[:, 1] > 0.5, 10.0, 5.0) + rng.normal(0.0, 0.1, 2000)
+>>> tree = HoeffdingTreeRegressor(n_features=2, grace_period=100).learn_many(X, y)
+>>> np.round(tree.predict_many(np.array([[0.5, 0.1], [0.5, 0.9]])), 1).tolist()
+[5.0, 10.0]
+>>> int(tree.weights_vector()[0])  # the root splits on feature 1 (stored as 1 + 1)
+2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Self
+
+import numpy as np
+
+from flowlearn.core.trees import check_int, check_open_unit, group_rank, parse_nodes
+from flowlearn.core.validation import (
+    Arrays,
+    Meta,
+    Stateful,
+    check_array,
+    check_matrix,
+    check_vector,
+)
+
+__all__ = ["CLASSES", "HoeffdingTreeRegressor"]
+
+#: Leaf predictions: the mean of the leaf's targets.
+_LEAF_PREDICTIONS = ("mean",)
+#: Candidate thresholds per feature and leaf.
+_N_THRESHOLDS = 10
+#: A leaf fixes its thresholds from at most this many of its first samples.
+_EDGE_SAMPLES = 64
+#: A threshold must leave at least this many samples on each side (River's
+#: min_samples_split).
+_MIN_SAMPLES_SPLIT = 5
+#: A pool of observers shrinks when fewer than a quarter of its records are in use.
+_MIN_POOL = 64
+#: The node arrays of the served vector, in order.
+_SERVED = ("split", "threshold", "left", "weight", "sum", "sum_sq")
+
+
+def _variance(w: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """The ddof=1 variance of shifted sums (0 with a weight of at most 1)."""
+    ok = w > 1.0
+    safe = np.where(ok, w, 2.0)
+    return np.where(ok, (s2 - s1 * s1 / safe) / (safe - 1.0), 0.0)
+
+
+class HoeffdingTreeRegressor(Stateful):
+    """A Hoeffding tree regressor (FIMT-DD's split rule without its drift handling, River's
+    ``tree.HoeffdingTreeRegressor(leaf_prediction="mean")``): see the module docstring.
+
+    ``max_depth`` (0: unbounded) and ``max_nodes`` (odd: a binary tree's node count) bound
+    the tree; a leaf that may no longer split frees its observer and keeps learning its
+    mean. ``max_features`` (0: all) is the number of features a leaf considers (a random
+    subset, drawn when the leaf is made).
+
+    Memory, ``J`` the features a leaf considers and ``C = min(grace_period, 64)``: ``9 *
+    max_nodes * 8`` bytes of node arrays, and per leaf that may still split an observer of
+    ``(C J + C + 44 J + 1) * 8`` bytes (its first samples, thresholds, three sums per bin,
+    the feature indices and a count): 10 features and the default grace period, 8.7 KB.
+    :attr:`max_observer_bytes` bounds the observers of a full tree.
+    """
+
+    _type = "hoeffding_tree_regressor"
+
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        grace_period: int = 200,
+        split_confidence: float = 1e-7,
+        tie_threshold: float = 0.05,
+        max_depth: int = 0,
+        max_nodes: int = 1023,
+        max_features: int = 0,
+        leaf_prediction: str = "mean",
+        seed: int = 0,
+    ) -> None:
+        if leaf_prediction not in _LEAF_PREDICTIONS:
+            raise ValueError(
+                f"leaf_prediction must be one of {', '.join(_LEAF_PREDICTIONS)} for a "
+                f"regression tree, got {leaf_prediction!r}"
+            )
+        self.leaf_prediction = leaf_prediction
+        self.n_features = check_int("n_features", n_features, 1)
+        self.grace_period = check_int("grace_period", grace_period, 1)
+        self.split_confidence = check_open_unit("split_confidence", split_confidence)
+        if not (math.isfinite(float(tie_threshold)) and float(tie_threshold) >= 0.0):
+            raise ValueError(f"tie_threshold must be finite and >= 0, got {tie_threshold!r}")
+        self.tie_threshold = float(tie_threshold)
+        self.max_depth = check_int("max_depth", max_depth, 0)
+        self.max_nodes = check_int("max_nodes", max_nodes, 1)
+        if self.max_nodes % 2 == 0:
+            raise ValueError(f"max_nodes must be odd, got {max_nodes!r}")
+        self.max_features = check_int("max_features", max_features, 0)
+        if self.max_features > self.n_features:
+            raise ValueError(
+                f"max_features must be in 0..n_features={self.n_features}, got {max_features!r}"
+            )
+        self.seed = check_int("seed", seed, 0)
+        #: A tree learns no gradient; the trainer's gates read these.
+        self.last_grad_norm = 0.0
+        self.clip_grad_norm: float | None = None
+        self._n_sub = self.max_features or self.n_features
+        self._kept = min(self.grace_period, _EDGE_SAMPLES)
+        self._bound_numerator = math.log(1.0 / self.split_confidence)
+        self._rng = np.random.default_rng(self.seed)
+        M = self.max_nodes
+        self._split = np.zeros(M, dtype=np.int64)
+        self._threshold = np.zeros(M)
+        self._left = np.zeros(M, dtype=np.int64)
+        self._w = np.zeros(M)
+        self._s1 = np.zeros(M)
+        self._s2 = np.zeros(M)
+        self._depth = np.zeros(M, dtype=np.int64)
+        self._last = np.zeros(M)
+        self._record = np.full(M, -1, dtype=np.int64)
+        self._size = 1
+        self._shift = 0.0
+        # False after a non-finite vector was adopted for serving: every prediction is NaN.
+        self._finite = True
+        self._pool = self._new_pool(0)
+        self._activate(np.array([0]))
+
+    # ------------------------------------------------------------------ observers
+
+    @property
+    def max_observer_bytes(self) -> int:
+        """The most the observers can take: every leaf of a full tree still splitting."""
+        J, C, S = self._n_sub, self._kept, _N_THRESHOLDS
+        per_leaf = (C * J + C + S * J + 3 * J * (S + 1) + J + 1) * 8
+        return (self.max_nodes + 1) // 2 * per_leaf
+
+    def _new_pool(self, n: int) -> dict[str, np.ndarray]:
+        J, C, S = self._n_sub, self._kept, _N_THRESHOLDS
+        return {
+            "feat": np.zeros((n, J), dtype=np.int64),
+            "seen": np.zeros(n, dtype=np.int64),
+            "kept_x": np.zeros((n, C, J)),
+            "kept_y": np.zeros((n, C)),
+            "edges": np.zeros((n, J, S)),
+            "w": np.zeros((n, J, S + 1)),
+            "s1": np.zeros((n, J, S + 1)),
+            "s2": np.zeros((n, J, S + 1)),
+            "used": np.zeros(n, dtype=bool),
+        }
+
+    def _alloc(self, k: int) -> np.ndarray:
+        """``k`` fresh observers (the lowest free ones), each with its features drawn."""
+        free = np.flatnonzero(~self._pool["used"])
+        if len(free) < k:
+            cap = len(self._pool["used"])
+            grown = self._new_pool(max(2 * cap, cap + k - len(free), 8))
+            for name, arr in self._pool.items():
+                grown[name][:cap] = arr
+            self._pool = grown
+            free = np.flatnonzero(~self._pool["used"])
+        idx = free[:k]
+        for arr in self._pool.values():
+            arr[idx] = 0
+        self._pool["used"][idx] = True
+        F, J = self.n_features, self._n_sub
+        if J == F:
+            self._pool["feat"][idx] = np.arange(F)
+        else:
+            draw = self._rng.random((k, F)).argsort(axis=1)[:, :J]
+            self._pool["feat"][idx] = np.sort(draw, axis=1)
+        return idx
+
+    def _free(self, nodes: np.ndarray) -> None:
+        """Drop the observers of these nodes (their leaves stop splitting)."""
+        r = self._record[nodes]
+        self._pool["used"][r[r >= 0]] = False
+        self._record[nodes] = -1
+        cap = len(self._pool["used"])
+        if cap > _MIN_POOL and 4 * int(self._pool["used"].sum()) < cap:
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = np.flatnonzero(self._pool["used"])
+        new_of = np.full(len(self._pool["used"]) + 1, -1, dtype=np.int64)
+        new_of[keep] = np.arange(len(keep))
+        self._record = new_of[self._record]  # -1 maps to the extra last entry, -1
+        self._pool = {name: arr[keep] for name, arr in self._pool.items()}
+
+    def _activate(self, nodes: np.ndarray) -> None:
+        """Give these leaves observers where they may still split (depth and room allow)."""
+        if self._size + 2 > self.max_nodes:
+            return
+        if self.max_depth:
+            nodes = nodes[self._depth[nodes] < self.max_depth]
+        if len(nodes):
+            self._record[nodes] = self._alloc(len(nodes))
+
+    # ------------------------------------------------------------------ learning
+
+    def _route(self, X: np.ndarray) -> np.ndarray:
+        """The leaf each sample reaches, one numpy step per level."""
+        node = np.zeros(len(X), dtype=np.int64)
+        live = np.arange(len(X))
+        while live.size:
+            f = self._split[node[live]]
+            inner = f > 0
+            live, f = live[inner], f[inner]
+            at = node[live]
+            node[live] = self._left[at] + (X[live, f - 1] > self._threshold[at])
+        return node
+
+    def learn_many(self, X: Any, y: Any) -> Self:
+        """Learn a batch, sample by sample in effect: bit-identical to any other cut."""
+        X = check_matrix(X, self.n_features)
+        y = check_vector(y, len(X))
+        if not len(y):
+            return self
+        if not (self._w[: self._size] > 0.0).any():
+            self._shift = float(y[0])
+        d = y - self._shift
+        start = 0
+        while start < len(y):
+            leaf = self._route(X[start:])
+            stop = self._first_due(leaf)
+            self._accumulate(X[start : start + stop], d[start : start + stop], leaf[:stop])
+            self._attempt(np.unique(leaf[:stop]))
+            start += stop
+        return self
+
+    def _first_due(self, leaf: np.ndarray) -> int:
+        """Samples up to and including the first after which a leaf is due for an attempt
+        (all of them when none is)."""
+        sel = np.flatnonzero(self._record[leaf] >= 0)
+        if not sel.size:
+            return len(leaf)
+        order = np.argsort(leaf[sel], kind="stable")
+        k = leaf[sel][order]
+        need = self.grace_period - (self._w[k] - self._last[k])
+        hit = group_rank(k) + 1 >= need
+        if not hit.any():
+            return len(leaf)
+        return int(sel[order][hit].min()) + 1
+
+    def _accumulate(self, X: np.ndarray, d: np.ndarray, leaf: np.ndarray) -> None:
+        np.add.at(self._w, leaf, 1.0)
+        np.add.at(self._s1, leaf, d)
+        np.add.at(self._s2, leaf, d * d)
+        i = np.flatnonzero(self._record[leaf] >= 0)
+        if not i.size:
+            return
+        pool, C = self._pool, self._kept
+        r, d = self._record[leaf[i]], d[i]
+        x = X[i[:, None], pool["feat"][r]]
+        # Each sample's position in its observer's stream: the first C are kept.
+        order = np.argsort(r, kind="stable")
+        position = np.empty(len(r), dtype=np.int64)
+        position[order] = pool["seen"][r[order]] + group_rank(r[order])
+        np.add.at(pool["seen"], r, 1)
+        kept = position < C
+        pool["kept_x"][r[kept], position[kept]] = x[kept]
+        pool["kept_y"][r[kept], position[kept]] = d[kept]
+        filled = np.unique(r[position == C - 1])
+        if filled.size:
+            self._fix_thresholds(filled)
+        binned = ~kept
+        if binned.any():
+            self._bin(r[binned], x[binned], d[binned])
+
+    def _fix_thresholds(self, records: np.ndarray) -> None:
+        """Thresholds from the kept samples of these observers, then those samples binned."""
+        C, J, S = self._kept, self._n_sub, _N_THRESHOLDS
+        pool = self._pool
+        kept_x = pool["kept_x"][records]
+        ordered = np.sort(kept_x, axis=1)
+        upper = np.clip(np.arange(1, S + 1) * C // (S + 1), 0, C - 1)
+        lower = np.maximum(upper - 1, 0)
+        edges = (ordered[:, lower] + ordered[:, upper]) / 2.0  # (k, S, J)
+        pool["edges"][records] = edges.transpose(0, 2, 1)
+        self._bin(np.repeat(records, C), kept_x.reshape(-1, J), pool["kept_y"][records].reshape(-1))
+
+    def _bin(self, r: np.ndarray, x: np.ndarray, d: np.ndarray) -> None:
+        """Add samples (their features' values ``x``, shifted targets ``d``) to the bins of
+        observers ``r``, in order."""
+        pool, J, S = self._pool, self._n_sub, _N_THRESHOLDS
+        b = (x[:, :, None] > pool["edges"][r]).sum(axis=2)
+        flat = (r[:, None] * J + np.arange(J)) * (S + 1) + b
+        dd = np.broadcast_to(d[:, None], flat.shape)
+        np.add.at(pool["w"].reshape(-1), flat, 1.0)
+        np.add.at(pool["s1"].reshape(-1), flat, dd)
+        np.add.at(pool["s2"].reshape(-1), flat, dd * dd)
+
+    def _attempt(self, nodes: np.ndarray) -> None:
+        """Split attempts at the due leaves among ``nodes``, all at once."""
+        nodes = nodes[self._record[nodes] >= 0]
+        nodes = nodes[self._w[nodes] - self._last[nodes] >= self.grace_period]
+        if not nodes.size:
+            return
+        self._last[nodes] = self._w[nodes]
+        pool, r, S = self._pool, self._record[nodes], _N_THRESHOLDS
+        w, s1, s2 = (np.cumsum(pool[name][r], axis=2) for name in ("w", "s1", "s2"))
+        lw, l1, l2 = w[..., :S], s1[..., :S], s2[..., :S]
+        tw, t1, t2 = w[..., S:], s1[..., S:], s2[..., S:]
+        rw, r1, r2 = tw - lw, t1 - l1, t2 - l2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            merit = (
+                _variance(tw, t1, t2)
+                - lw / tw * _variance(lw, l1, l2)
+                - rw / tw * _variance(rw, r1, r2)
+            )
+        merit = np.where((lw >= _MIN_SAMPLES_SPLIT) & (rw >= _MIN_SAMPLES_SPLIT), merit, -np.inf)
+        best_t = merit.argmax(axis=2)  # the first best threshold
+        per_feature = np.take_along_axis(merit, best_t[..., None], axis=2)[..., 0]
+        # River sorts [no split, features...] stably by merit: the best is the last of the
+        # ties, the runner-up the entry before it.
+        L = len(nodes)
+        cand = np.concatenate([np.full((L, 1), -np.inf), per_feature], axis=1)
+        order = np.argsort(cand, axis=1, kind="stable")
+        rows = np.arange(L)
+        best, second = cand[rows, order[:, -1]], cand[rows, order[:, -2]]
+        bound = np.sqrt(self._bound_numerator / (2.0 * self._w[nodes]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(best > 0.0, second / np.where(best > 0.0, best, 1.0), 1.0)
+        split = (best > 0.0) & ((ratio < 1.0 - bound) | (bound < self.tie_threshold))
+        if not split.any():
+            return
+        nodes, rows = nodes[split], rows[split]
+        fpos = order[rows, -1] - 1
+        tpos = best_t[rows, fpos]
+        self._grow(
+            nodes,
+            pool["feat"][r[rows], fpos],
+            pool["edges"][r[rows], fpos, tpos],
+            np.stack([lw, l1, l2])[:, rows, fpos, tpos],
+            np.stack([rw, r1, r2])[:, rows, fpos, tpos],
+        )
+
+    def _grow(
+        self,
+        nodes: np.ndarray,
+        feature: np.ndarray,
+        thr: np.ndarray,
+        lhs: np.ndarray,
+        rhs: np.ndarray,
+    ) -> None:
+        """Turn these leaves (ascending) into split nodes while the tree has room for two
+        more nodes; ``lhs``/``rhs`` ``(3, k)``: the children's weights and shifted sums."""
+        fits = self._size + 2 * np.arange(len(nodes)) + 2 <= self.max_nodes
+        self._free(nodes)
+        nodes, feature, thr, lhs, rhs = (
+            nodes[fits],
+            feature[fits],
+            thr[fits],
+            lhs[:, fits],
+            rhs[:, fits],
+        )
+        if not nodes.size:
+            return
+        left = self._size + 2 * np.arange(len(nodes))
+        self._split[nodes], self._threshold[nodes], self._left[nodes] = feature + 1, thr, left
+        children = np.stack([left, left + 1], axis=1).reshape(-1)
+        for arr, pos in ((self._w, 0), (self._s1, 1), (self._s2, 2)):
+            arr[nodes] = 0.0
+            arr[children] = np.stack([lhs[pos], rhs[pos]], axis=1).reshape(-1)
+        self._depth[children] = np.repeat(self._depth[nodes] + 1, 2)
+        self._last[children] = self._w[children]
+        self._size += 2 * len(nodes)
+        self._activate(children)
+        if self._size + 2 > self.max_nodes:
+            # No room for another split: no leaf will split again.
+            self._free(np.flatnonzero(self._record >= 0))
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict_many(self, X: Any) -> np.ndarray:
+        """Each sample's leaf mean ``shift + sum / weight`` (``shift`` without weight)."""
+        X = check_matrix(X, self.n_features)
+        if not self._finite:
+            return np.full(len(X), np.nan)
+        leaf = self._route(X)
+        w = self._w[leaf]
+        return self._shift + np.where(w > 0.0, self._s1[leaf] / np.where(w > 0.0, w, 1.0), 0.0)
+
+    def loss_many(self, X: Any, y: Any) -> np.ndarray:
+        """Per-sample squared error."""
+        p = self.predict_many(X)
+        e = p - check_vector(y, len(p))
+        return e * e
+
+    # ------------------------------------------------------------------ served vector
+
+    def weights_vector(self) -> np.ndarray:
+        """The node arrays (see the module docstring), then the shift."""
+        parts = [
+            self._split.astype(np.float64),
+            self._threshold,
+            self._left.astype(np.float64),
+            self._w,
+            self._s1,
+            self._s2,
+            np.array([self._shift]),
+        ]
+        return np.concatenate(parts)
+
+    def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
+        """Adopt a vector (a rollback): its nodes, every leaf that may split with a fresh
+        observer (its grace period counting from now); an unchanged vector changes nothing.
+
+        ``finite=False`` serves a vector as published: non-finite values are accepted and
+        the model then predicts NaN (which the predictor refuses)."""
+        M = self.max_nodes
+        size = len(_SERVED) * M + 1
+        if finite:
+            v = check_vector(v, size, "weights vector")
+        else:
+            v = np.asarray(v, dtype=np.float64)
+            if v.shape != (size,):
+                raise ValueError(f"weights vector must have shape ({size},), got {v.shape}")
+            if not np.isfinite(v).all():
+                self._finite = False
+                return
+        if self._finite and self.weights_vector().tobytes() == v.tobytes():
+            return
+        split_f, thr, left_f, w, s1, s2 = v[:-1].reshape(len(_SERVED), M)
+        split, left, depth, tree = parse_nodes(split_f, left_f, thr, self.n_features)
+        stats = (w != 0.0) | (s1 != 0.0) | (s2 != 0.0)
+        if (w < 0.0).any() or (s2 < 0.0).any() or (stats & (w == 0.0)).any():
+            raise ValueError(
+                "weights vector: weights and sums of squares must be >= 0, sums need weight"
+            )
+        if (stats & ~(tree & (split == 0))).any():
+            raise ValueError("weights vector: only the tree's leaves hold sums")
+        self._finite = True
+        self._adopt(split, thr, left, (w, s1, s2), depth, tree)
+        self._shift = float(v[-1])
+
+    def _adopt(
+        self,
+        split: np.ndarray,
+        thr: np.ndarray,
+        left: np.ndarray,
+        sums: tuple[np.ndarray, np.ndarray, np.ndarray],
+        depth: np.ndarray,
+        tree: np.ndarray,
+    ) -> None:
+        """Become this tree (``tree`` marks its nodes): fresh observers for every leaf
+        that may split, their grace periods counting from now."""
+        self._free(np.flatnonzero(self._record >= 0))
+        self._split, self._threshold, self._left = split.copy(), thr.copy(), left.copy()
+        self._w, self._s1, self._s2 = (a.copy() for a in sums)
+        self._depth = depth.copy()
+        self._last = self._w.copy()
+        # New nodes go after the last one in use (a hole before it stays unused).
+        self._size = int(np.flatnonzero(tree).max()) + 1
+        self._activate(np.flatnonzero(tree & (split == 0)))
+
+    # ------------------------------------------------------------------ model interface
+
+    def set_learning_rate(self, lr: float) -> None:
+        raise ValueError(
+            "a tree model has no learning rate; its splits are steered by grace_period, "
+            "split_confidence and tie_threshold in its spec"
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """What a server needs besides the weights vector: every constructor argument but
+        the seed."""
+        params = {k: v for k, v in self._params().items() if k != "seed"}
+        return {"type": self._type, **params}
+
+    def with_columns(self, source: np.ndarray) -> Self:
+        """This model over new feature columns (``source[j]``: the old column of new column
+        ``j``, -1 for a new feature). Splits on kept features are renumbered; a node that
+        splits on a dropped feature becomes a leaf holding its subtree's sums (the nodes
+        are renumbered); every leaf's observer restarts."""
+        source = np.asarray(source, dtype=np.int64)
+        params = {
+            **self._params(),
+            "n_features": len(source),
+            "max_features": min(self.max_features, len(source)),
+        }
+        moved = self._from_params(params)
+        moved._rng.bit_generator.state = self._rng.bit_generator.state
+        new_of = np.full(self.n_features, -1, dtype=np.int64)
+        kept = source >= 0
+        new_of[source[kept]] = np.flatnonzero(kept)
+        M = self.max_nodes
+        # Subtree sums bottom-up: children always have higher indices than parents.
+        sub = np.stack([self._w, self._s1, self._s2], axis=1)
+        for i in np.flatnonzero(self._split > 0)[::-1].tolist():
+            sub[i] = sub[self._left[i]] + sub[self._left[i] + 1]
+        split, thr = np.zeros(M, dtype=np.int64), np.zeros(M)
+        left, sums = np.zeros(M, dtype=np.int64), np.zeros((M, 3))
+        depth = np.zeros(M, dtype=np.int64)
+        queue, size = [(0, 0, 0)], 1  # (old node, new node, depth)
+        while queue:
+            old, new, level = queue.pop(0)
+            depth[new] = level
+            f = int(self._split[old]) - 1
+            if f < 0 or new_of[f] < 0:
+                sums[new] = sub[old]
+                continue
+            split[new], thr[new], left[new] = new_of[f] + 1, self._threshold[old], size
+            child = int(self._left[old])
+            queue += [(child, size, level + 1), (child + 1, size + 1, level + 1)]
+            size += 2
+        moved._shift = self._shift
+        moved._adopt(
+            split, thr, left, (sums[:, 0], sums[:, 1], sums[:, 2]), depth, np.arange(M) < size
+        )
+        moved._finite = self._finite
+        return moved
+
+    # ------------------------------------------------------------------ state
+
+    _NODE_ARRAYS = ("split", "threshold", "left", "w", "s1", "s2", "depth", "last", "record")
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "n_features": self.n_features,
+            "grace_period": self.grace_period,
+            "split_confidence": self.split_confidence,
+            "tie_threshold": self.tie_threshold,
+            "max_depth": self.max_depth,
+            "max_nodes": self.max_nodes,
+            "max_features": self.max_features,
+            "leaf_prediction": self.leaf_prediction,
+            "seed": self.seed,
+        }
+
+    def _state(self) -> tuple[Arrays, Meta]:
+        self._compact()
+        arrays = {f"node.{name}": getattr(self, f"_{name}") for name in self._NODE_ARRAYS}
+        arrays.update({f"pool.{k}": a for k, a in self._pool.items() if k != "used"})
+        arrays["shift"] = np.array([self._shift])
+        meta = {"rng": self._rng.bit_generator.state, "finite": self._finite, "size": self._size}
+        return arrays, meta
+
+    def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        for name in self._NODE_ARRAYS:
+            old = getattr(self, f"_{name}")
+            new = check_array(arrays, f"node.{name}", old.shape).astype(old.dtype)
+            setattr(self, f"_{name}", new)
+        n = len(np.asarray(arrays["pool.seen"]))
+        pool = self._new_pool(n)
+        for name, arr in pool.items():
+            if name != "used":
+                pool[name] = check_array(arrays, f"pool.{name}", arr.shape).astype(arr.dtype)
+        pool["used"][:] = True
+        r = self._record
+        if r.min() < -1 or r.max() >= n or len(np.unique(r[r >= 0])) != n:
+            raise ValueError("corrupt tree state: observers do not match their leaves")
+        feat = pool["feat"]
+        if feat.size and ((feat < 0) | (feat >= self.n_features)).any():
+            raise ValueError("corrupt tree state: feature indices out of range")
+        self._pool = pool
+        self._shift = float(check_array(arrays, "shift", (1,))[0])
+        self._rng.bit_generator.state = meta["rng"]
+        self._finite = bool(meta["finite"])
+        self._size = int(meta["size"])
+        if not 1 <= self._size <= self.max_nodes:
+            raise ValueError("corrupt tree state: node count out of range")
+
+
+CLASSES: tuple[type[Stateful], ...] = (HoeffdingTreeRegressor,)
