@@ -1,10 +1,22 @@
 """An online regression tree: a Hoeffding tree regressor (River's
-``tree.HoeffdingTreeRegressor`` with ``leaf_prediction="mean"``), learning mini-batches with
-numpy.
+``tree.HoeffdingTreeRegressor``), learning mini-batches with numpy.
 
 Each leaf keeps the weight, the sum and the sum of squares of the targets it learnt, all
 taken relative to one shift per tree (the first target the tree learns: the sums of squares
-do not cancel however large the targets), and predicts their mean. A leaf that may still
+do not cancel however large the targets). Its prediction (``leaf_prediction``):
+
+- ``"mean"``: the mean of its targets;
+- ``"model"``: a linear model of the features (and an intercept), learnt by normalised
+  least mean squares, one sample at a time: ``coef += 0.2 * e * x1 / (x1 . x1)`` with ``x1 =
+  [x, 1]`` and ``e`` the error of the shifted target (a step in (0, 2) converges whatever
+  the features' scale; 0.2 was best on River's Friedman and Planes2D streams); a split's
+  children start with their parent's model;
+- ``"adaptive"`` (the default, River's): both, predicting with the mean when its faded
+  squared error (each sample's error before it is learnt, the sum faded by 0.95 a sample,
+  River's ``model_selector_decay``) is below the model's, with the model otherwise; the
+  children start with their parent's errors.
+
+A leaf that may still
 split has an *observer*: per feature it considers (``max_features``; 0: all), candidate
 thresholds and per bin between them the same three sums. Candidate thresholds are
 quantiles: a fresh leaf keeps its first ``min(grace_period, 64)`` samples, then fixes per
@@ -25,14 +37,19 @@ is below ``1 - bound`` or the bound is below ``tie_threshold``, the Hoeffding bo
 ratio) and ``n`` the leaf's weight. The children start with the observer's sums on their
 side of the threshold; the split node keeps none.
 
-A batch is learnt in segments that end where a leaf is due for an attempt, and every sum
-accumulates in sample order: any cut of a stream into batches gives a bit-identical tree.
+A batch is learnt in segments that end where a leaf is due for an attempt; every sum
+accumulates in sample order and every leaf model steps through its samples in order (all
+leaves at once: their first samples, then their second ones...): any cut of a stream into
+batches gives a bit-identical tree, predictions and errors included.
 
 Served: the weights vector is ``split`` (feature + 1; 0 for a leaf or an unused node),
 ``threshold`` (``x[feature] <= threshold`` goes left), ``left`` (the left child; the right
 one is ``left + 1``), ``weight``, ``sum`` and ``sum_sq`` (the node's shifted sums), each
-``max_nodes`` long, then the shift. A leaf predicts ``shift + sum / weight`` (``shift``
-without weight).
+``max_nodes`` long; with leaf models ``coef`` (``max_nodes x (n_features + 1)``, C order,
+the intercept last) and, adaptive, ``err_mean`` and ``err_model``; then the shift. Split
+nodes hold zeros but for the first three. A leaf's mean is ``shift + sum / weight``
+(``shift`` without weight), its model's prediction ``shift + (coef * [x, 1]).sum()`` (numpy
+sums the row along its contiguous axis).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -65,8 +82,15 @@ from flowlearn.core.validation import (
 
 __all__ = ["CLASSES", "HoeffdingTreeRegressor"]
 
-#: Leaf predictions: the mean of the leaf's targets.
-_LEAF_PREDICTIONS = ("mean",)
+#: Leaf predictions: the better (by recent error) of a linear model and the mean, the
+#: linear model, the mean of the leaf's targets.
+_LEAF_PREDICTIONS = ("adaptive", "model", "mean")
+#: A leaf model's normalised-LMS step: stable for any step in (0, 2), whatever the scale
+#: of the features.
+_NLMS_STEP = 0.2
+#: Adaptive leaves fade their two squared errors by this factor a sample (River's
+#: model_selector_decay).
+_SELECTOR_DECAY = 0.95
 #: Candidate thresholds per feature and leaf.
 _N_THRESHOLDS = 10
 #: A leaf fixes its thresholds from at most this many of its first samples.
@@ -89,17 +113,18 @@ def _variance(w: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
 
 class HoeffdingTreeRegressor(Stateful):
     """A Hoeffding tree regressor (FIMT-DD's split rule without its drift handling, River's
-    ``tree.HoeffdingTreeRegressor(leaf_prediction="mean")``): see the module docstring.
+    ``tree.HoeffdingTreeRegressor``): see the module docstring.
 
     ``max_depth`` (0: unbounded) and ``max_nodes`` (odd: a binary tree's node count) bound
     the tree; a leaf that may no longer split frees its observer and keeps learning its
-    mean. ``max_features`` (0: all) is the number of features a leaf considers (a random
+    mean and model. ``max_features`` (0: all) is the number of features a leaf considers (a random
     subset, drawn when the leaf is made).
 
-    Memory, ``J`` the features a leaf considers and ``C = min(grace_period, 64)``: ``9 *
-    max_nodes * 8`` bytes of node arrays, and per leaf that may still split an observer of
-    ``(C J + C + 44 J + 1) * 8`` bytes (its first samples, thresholds, three sums per bin,
-    the feature indices and a count): 10 features and the default grace period, 8.7 KB.
+    Memory, ``J`` the features a leaf considers and ``C = min(grace_period, 64)``: ``(13 +
+    n_features) * max_nodes * 8`` bytes of node arrays, and per leaf that may still split
+    an observer of ``(C J + C + 44 J + 1) * 8`` bytes (its first samples, thresholds, three
+    sums per bin, the feature indices and a count): 10 features and the default grace
+    period, 8.7 KB.
     :attr:`max_observer_bytes` bounds the observers of a full tree.
     """
 
@@ -115,7 +140,7 @@ class HoeffdingTreeRegressor(Stateful):
         max_depth: int = 0,
         max_nodes: int = 1023,
         max_features: int = 0,
-        leaf_prediction: str = "mean",
+        leaf_prediction: str = "adaptive",
         seed: int = 0,
     ) -> None:
         if leaf_prediction not in _LEAF_PREDICTIONS:
@@ -157,6 +182,11 @@ class HoeffdingTreeRegressor(Stateful):
         self._depth = np.zeros(M, dtype=np.int64)
         self._last = np.zeros(M)
         self._record = np.full(M, -1, dtype=np.int64)
+        #: Leaf models: coefficients (the last one the intercept) predicting the shifted
+        #: target, and (adaptive) the faded squared errors of the mean and of the model.
+        self._coef = np.zeros((M, self.n_features + 1))
+        self._err_mean = np.zeros(M)
+        self._err_model = np.zeros(M)
         self._size = 1
         self._shift = 0.0
         # False after a non-finite vector was adopted for serving: every prediction is NaN.
@@ -281,9 +311,12 @@ class HoeffdingTreeRegressor(Stateful):
         return int(sel[order][hit].min()) + 1
 
     def _accumulate(self, X: np.ndarray, d: np.ndarray, leaf: np.ndarray) -> None:
-        np.add.at(self._w, leaf, 1.0)
-        np.add.at(self._s1, leaf, d)
-        np.add.at(self._s2, leaf, d * d)
+        if self.leaf_prediction == "mean":
+            np.add.at(self._w, leaf, 1.0)
+            np.add.at(self._s1, leaf, d)
+            np.add.at(self._s2, leaf, d * d)
+        else:
+            self._learn_leaf_models(X, d, leaf)
         i = np.flatnonzero(self._record[leaf] >= 0)
         if not i.size:
             return
@@ -304,6 +337,27 @@ class HoeffdingTreeRegressor(Stateful):
         binned = ~kept
         if binned.any():
             self._bin(r[binned], x[binned], d[binned])
+
+    def _learn_leaf_models(self, X: np.ndarray, d: np.ndarray, leaf: np.ndarray) -> None:
+        """The leaves' sums, models and (adaptive) errors, sample by sample per leaf: step
+        ``r`` takes every leaf's ``r``-th sample at once (a leaf's samples in order)."""
+        order = np.argsort(leaf, kind="stable")
+        rank = group_rank(leaf[order])
+        X1 = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+        for r in range(int(rank.max()) + 1):
+            i = order[rank == r]
+            node, x, t = leaf[i], X1[i], d[i]
+            w = self._w[node]
+            mean = np.where(w > 0.0, self._s1[node] / np.where(w > 0.0, w, 1.0), 0.0)
+            model = (self._coef[node] * x).sum(axis=1)
+            if self.leaf_prediction == "adaptive":
+                self._err_mean[node] = _SELECTOR_DECAY * self._err_mean[node] + (t - mean) ** 2
+                self._err_model[node] = _SELECTOR_DECAY * self._err_model[node] + (t - model) ** 2
+            step = _NLMS_STEP * (t - model) / (x * x).sum(axis=1)
+            self._coef[node] += step[:, None] * x
+            self._w[node] = w + 1.0
+            self._s1[node] += t
+            self._s2[node] += t * t
 
     def _fix_thresholds(self, records: np.ndarray) -> None:
         """Thresholds from the kept samples of these observers, then those samples binned."""
@@ -400,6 +454,9 @@ class HoeffdingTreeRegressor(Stateful):
         for arr, pos in ((self._w, 0), (self._s1, 1), (self._s2, 2)):
             arr[nodes] = 0.0
             arr[children] = np.stack([lhs[pos], rhs[pos]], axis=1).reshape(-1)
+        for arr in (self._coef, self._err_mean, self._err_model):
+            arr[children] = np.repeat(arr[nodes], 2, axis=0)
+            arr[nodes] = 0.0
         self._depth[children] = np.repeat(self._depth[nodes] + 1, 2)
         self._last[children] = self._w[children]
         self._size += 2 * len(nodes)
@@ -411,13 +468,25 @@ class HoeffdingTreeRegressor(Stateful):
     # ------------------------------------------------------------------ prediction
 
     def predict_many(self, X: Any) -> np.ndarray:
-        """Each sample's leaf mean ``shift + sum / weight`` (``shift`` without weight)."""
+        """Each sample's leaf prediction plus the shift: the leaf's mean ``sum / weight`` (0
+        without weight), its model's ``coef . [x, 1]``, or (adaptive) the model unless the
+        mean's faded error is the smaller."""
         X = check_matrix(X, self.n_features)
         if not self._finite:
             return np.full(len(X), np.nan)
         leaf = self._route(X)
         w = self._w[leaf]
-        return self._shift + np.where(w > 0.0, self._s1[leaf] / np.where(w > 0.0, w, 1.0), 0.0)
+        out = np.where(w > 0.0, self._s1[leaf] / np.where(w > 0.0, w, 1.0), 0.0)
+        if self.leaf_prediction != "mean":
+            X1 = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+            # Summed along each row's contiguous axis: a sample's value does not depend on
+            # the other samples of the call.
+            model = (self._coef[leaf] * X1).sum(axis=1)
+            if self.leaf_prediction == "model":
+                out = model
+            else:
+                out = np.where(self._err_mean[leaf] < self._err_model[leaf], out, model)
+        return self._shift + out
 
     def loss_many(self, X: Any, y: Any) -> np.ndarray:
         """Per-sample squared error."""
@@ -427,18 +496,21 @@ class HoeffdingTreeRegressor(Stateful):
 
     # ------------------------------------------------------------------ served vector
 
+    @property
+    def _served(self) -> tuple[str, ...]:
+        """The node arrays the vector holds, in order (the module docstring's names)."""
+        models = {"mean": (), "model": ("coef",), "adaptive": ("coef", "err_mean", "err_model")}
+        return (*_SERVED, *models[self.leaf_prediction])
+
+    def _served_arrays(self) -> list[np.ndarray]:
+        own = {"split": "_split", "threshold": "_threshold", "left": "_left", "weight": "_w"}
+        own |= {"sum": "_s1", "sum_sq": "_s2"}
+        return [getattr(self, own.get(name, f"_{name}")) for name in self._served]
+
     def weights_vector(self) -> np.ndarray:
         """The node arrays (see the module docstring), then the shift."""
-        parts = [
-            self._split.astype(np.float64),
-            self._threshold,
-            self._left.astype(np.float64),
-            self._w,
-            self._s1,
-            self._s2,
-            np.array([self._shift]),
-        ]
-        return np.concatenate(parts)
+        parts = [a.astype(np.float64).reshape(-1) for a in self._served_arrays()]
+        return np.concatenate([*parts, np.array([self._shift])])
 
     def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
         """Adopt a vector (a rollback): its nodes, every leaf that may split with a fresh
@@ -446,8 +518,9 @@ class HoeffdingTreeRegressor(Stateful):
 
         ``finite=False`` serves a vector as published: non-finite values are accepted and
         the model then predicts NaN (which the predictor refuses)."""
-        M = self.max_nodes
-        size = len(_SERVED) * M + 1
+        M, F = self.max_nodes, self.n_features
+        widths = [F + 1 if name == "coef" else 1 for name in self._served]
+        size = sum(widths) * M + 1
         if finite:
             v = check_vector(v, size, "weights vector")
         else:
@@ -459,18 +532,34 @@ class HoeffdingTreeRegressor(Stateful):
                 return
         if self._finite and self.weights_vector().tobytes() == v.tobytes():
             return
-        split_f, thr, left_f, w, s1, s2 = v[:-1].reshape(len(_SERVED), M)
-        split, left, depth, tree = parse_nodes(split_f, left_f, thr, self.n_features)
+        arrays, pos = {}, 0
+        for name, width in zip(self._served, widths, strict=True):
+            arrays[name] = v[pos : pos + M * width].reshape((M, width) if width > 1 else (M,))
+            pos += M * width
+        split, left, depth, tree = parse_nodes(
+            arrays["split"], arrays["left"], arrays["threshold"], F
+        )
+        w, s1, s2 = arrays["weight"], arrays["sum"], arrays["sum_sq"]
         stats = (w != 0.0) | (s1 != 0.0) | (s2 != 0.0)
         if (w < 0.0).any() or (s2 < 0.0).any() or (stats & (w == 0.0)).any():
             raise ValueError(
                 "weights vector: weights and sums of squares must be >= 0, sums need weight"
             )
-        if (stats & ~(tree & (split == 0))).any():
-            raise ValueError("weights vector: only the tree's leaves hold sums")
+        models = {
+            name: arrays.get(name, np.zeros_like(old)) for name, old in self._models().items()
+        }
+        if (models["err_mean"] < 0.0).any() or (models["err_model"] < 0.0).any():
+            raise ValueError("weights vector: the leaves' errors must be >= 0")
+        held = stats | (models["coef"] != 0.0).any(axis=1)
+        held |= (models["err_mean"] != 0.0) | (models["err_model"] != 0.0)
+        if (held & ~(tree & (split == 0))).any():
+            raise ValueError("weights vector: only the tree's leaves hold sums and models")
         self._finite = True
-        self._adopt(split, thr, left, (w, s1, s2), depth, tree)
+        self._adopt(split, arrays["threshold"], left, (w, s1, s2), models, depth, tree)
         self._shift = float(v[-1])
+
+    def _models(self) -> dict[str, np.ndarray]:
+        return {"coef": self._coef, "err_mean": self._err_mean, "err_model": self._err_model}
 
     def _adopt(
         self,
@@ -478,6 +567,7 @@ class HoeffdingTreeRegressor(Stateful):
         thr: np.ndarray,
         left: np.ndarray,
         sums: tuple[np.ndarray, np.ndarray, np.ndarray],
+        models: Mapping[str, np.ndarray],
         depth: np.ndarray,
         tree: np.ndarray,
     ) -> None:
@@ -486,6 +576,8 @@ class HoeffdingTreeRegressor(Stateful):
         self._free(np.flatnonzero(self._record >= 0))
         self._split, self._threshold, self._left = split.copy(), thr.copy(), left.copy()
         self._w, self._s1, self._s2 = (a.copy() for a in sums)
+        self._coef = models["coef"].copy()
+        self._err_mean, self._err_model = models["err_mean"].copy(), models["err_model"].copy()
         self._depth = depth.copy()
         self._last = self._w.copy()
         # New nodes go after the last one in use (a hole before it stays unused).
@@ -509,8 +601,9 @@ class HoeffdingTreeRegressor(Stateful):
     def with_columns(self, source: np.ndarray) -> Self:
         """This model over new feature columns (``source[j]``: the old column of new column
         ``j``, -1 for a new feature). Splits on kept features are renumbered; a node that
-        splits on a dropped feature becomes a leaf holding its subtree's sums (the nodes
-        are renumbered); every leaf's observer restarts."""
+        splits on a dropped feature becomes a leaf holding its subtree's sums and a fresh
+        model (the nodes are renumbered); a kept leaf's model keeps its kept features'
+        coefficients (a new feature's: 0); every leaf's observer restarts."""
         source = np.asarray(source, dtype=np.int64)
         params = {
             **self._params(),
@@ -530,6 +623,8 @@ class HoeffdingTreeRegressor(Stateful):
         split, thr = np.zeros(M, dtype=np.int64), np.zeros(M)
         left, sums = np.zeros(M, dtype=np.int64), np.zeros((M, 3))
         depth = np.zeros(M, dtype=np.int64)
+        models = {name: np.zeros_like(arr) for name, arr in moved._models().items()}
+        columns = np.append(source, self.n_features)  # the intercept stays last
         queue, size = [(0, 0, 0)], 1  # (old node, new node, depth)
         while queue:
             old, new, level = queue.pop(0)
@@ -537,6 +632,10 @@ class HoeffdingTreeRegressor(Stateful):
             f = int(self._split[old]) - 1
             if f < 0 or new_of[f] < 0:
                 sums[new] = sub[old]
+                if f < 0:
+                    models["coef"][new] = np.where(columns >= 0, self._coef[old][columns], 0.0)
+                    models["err_mean"][new] = self._err_mean[old]
+                    models["err_model"][new] = self._err_model[old]
                 continue
             split[new], thr[new], left[new] = new_of[f] + 1, self._threshold[old], size
             child = int(self._left[old])
@@ -544,14 +643,33 @@ class HoeffdingTreeRegressor(Stateful):
             size += 2
         moved._shift = self._shift
         moved._adopt(
-            split, thr, left, (sums[:, 0], sums[:, 1], sums[:, 2]), depth, np.arange(M) < size
+            split,
+            thr,
+            left,
+            (sums[:, 0], sums[:, 1], sums[:, 2]),
+            models,
+            depth,
+            np.arange(M) < size,
         )
         moved._finite = self._finite
         return moved
 
     # ------------------------------------------------------------------ state
 
-    _NODE_ARRAYS = ("split", "threshold", "left", "w", "s1", "s2", "depth", "last", "record")
+    _NODE_ARRAYS = (
+        "split",
+        "threshold",
+        "left",
+        "w",
+        "s1",
+        "s2",
+        "coef",
+        "err_mean",
+        "err_model",
+        "depth",
+        "last",
+        "record",
+    )
 
     def _params(self) -> dict[str, Any]:
         return {

@@ -167,7 +167,7 @@ def test_tree_parameters_reach_the_model_and_its_published_spec():
         ({"type": "logistic", "leaf_prediction": "mc"}, "m.leaf_prediction: a logistic"),
         (
             {"type": "hoeffding_tree_regressor", "leaf_prediction": "nba"},
-            "m.leaf_prediction: leaf_prediction must be one of mean",
+            "m.leaf_prediction: leaf_prediction must be one of adaptive, model, mean",
         ),
         (
             {"type": "hoeffding_tree_regressor", "target_scale": "standard"},

@@ -72,11 +72,18 @@ def test_bad_parameters_name_themselves(name, value):
         HoeffdingTreeRegressor(5, **{name: value})
 
 
-def test_fresh_vector_is_the_documented_layout():
-    model = HoeffdingTreeRegressor(3, max_nodes=7)
+@pytest.mark.parametrize("leaf_prediction,per_node", [("mean", 6), ("model", 10), ("adaptive", 12)])
+def test_fresh_vector_is_the_documented_layout(leaf_prediction, per_node):
+    """Per node: split, threshold, left, weight, sum, sum_sq (+ coef: 3 features and the
+    intercept; + err_mean, err_model), then the shift."""
+    model = HoeffdingTreeRegressor(3, max_nodes=7, leaf_prediction=leaf_prediction)
     v = model.weights_vector()
-    assert v.shape == (6 * 7 + 1,) and not v.any()
+    assert v.shape == (per_node * 7 + 1,) and not v.any()
     assert model.predict_many(np.zeros((2, 3))).tolist() == [0.0, 0.0]
+
+
+def test_fresh_spec():
+    model = HoeffdingTreeRegressor(3, max_nodes=7)
     assert model.spec() == {
         "type": "hoeffding_tree_regressor",
         "n_features": 3,
@@ -86,17 +93,50 @@ def test_fresh_vector_is_the_documented_layout():
         "max_depth": 0,
         "max_nodes": 7,
         "max_features": 0,
-        "leaf_prediction": "mean",
+        "leaf_prediction": "adaptive",
     }
 
 
 def test_traversal_by_hand():
-    model = HoeffdingTreeRegressor(2, max_nodes=5)
+    model = HoeffdingTreeRegressor(2, max_nodes=5, leaf_prediction="mean")
     model.set_weights_vector(handmade())
     X = np.array([[9.0, 0.2], [-1.0, 0.9], [0.0, 0.5], [0.1, 0.6]])
     # Node 1 (x1 <= 0.5), node 3 (x1 > 0.5, x0 <= 0), node 4 (x0 > 0): shift + sum / weight.
     assert model.predict_many(X).tolist() == [1.0, 5.0, 1.0, 3.0]
     assert model.loss_many(X, np.array([0.0, 5.0, 1.0, 1.0])).tolist() == [1.0, 0.0, 0.0, 4.0]
+
+
+def test_leaf_models_predict_as_the_documented_layout_says():
+    """Leaves 3 and 4 of the handmade tree get models over (x0, x1, 1); adaptive: leaf 3's
+    mean has the smaller error (it predicts its mean), leaf 4's model has."""
+    base = handmade()
+    M = 5
+    coef = np.zeros((M, 3))
+    coef[3] = [1.0, 0.0, 2.0]
+    coef[4] = [0.0, 2.0, -1.0]
+    err_mean, err_model = np.zeros(M), np.zeros(M)
+    err_mean[3], err_model[3] = 1.0, 2.0
+    err_mean[4], err_model[4] = 2.0, 1.0
+    v = np.concatenate([base[:-1], coef.reshape(-1), err_mean, err_model, base[-1:]])
+    model = HoeffdingTreeRegressor(2, max_nodes=5)
+    model.set_weights_vector(v)
+    assert same_bits(model.weights_vector(), v)
+    X = np.array([[-1.0, 0.9], [0.5, 0.75]])
+    # Leaf 3: its mean 5; leaf 4: 10 + 2 * 0.75 - 1.
+    assert model.predict_many(X).tolist() == [5.0, 10.5]
+    as_models = HoeffdingTreeRegressor(2, max_nodes=5, leaf_prediction="model")
+    as_models.set_weights_vector(np.concatenate([base[:-1], coef.reshape(-1), base[-1:]]))
+    # Leaf 3's model: 10 - 1 + 2; leaf 1 (no model yet): 10 + 0.
+    assert as_models.predict_many(np.array([[-1.0, 0.9], [3.0, 0.1]])).tolist() == [11.0, 10.0]
+    coef[1] = 1.0  # a model at the root's left leaf is fine, at the split node 2 is not
+    model.set_weights_vector(
+        np.concatenate([v[: -1 - 2 * M - 3 * M], coef.reshape(-1), v[-1 - 2 * M :]])
+    )
+    coef[2] = 1.0
+    with pytest.raises(ValueError, match="leaves hold"):
+        model.set_weights_vector(
+            np.concatenate([v[: -1 - 2 * M - 3 * M], coef.reshape(-1), v[-1 - 2 * M :]])
+        )
 
 
 @pytest.mark.parametrize(
@@ -116,7 +156,7 @@ def test_malformed_vectors_raise(corrupt, match):
     v = handmade()
     result = corrupt(v)
     v = v if result is None else result
-    model = HoeffdingTreeRegressor(2, max_nodes=5)
+    model = HoeffdingTreeRegressor(2, max_nodes=5, leaf_prediction="mean")
     with pytest.raises(ValueError, match=match):
         model.set_weights_vector(v)
     assert not model.weights_vector().any()
@@ -125,7 +165,7 @@ def test_malformed_vectors_raise(corrupt, match):
 def test_non_finite_vector_is_served_as_nan():
     v = handmade()
     v[16] = np.inf
-    model = HoeffdingTreeRegressor(2, max_nodes=5)
+    model = HoeffdingTreeRegressor(2, max_nodes=5, leaf_prediction="mean")
     with pytest.raises(ValueError, match="inf"):
         model.set_weights_vector(v)
     model.set_weights_vector(v, finite=False)
@@ -137,12 +177,16 @@ def test_non_finite_vector_is_served_as_nan():
 # ----------------------------------------------------------------------------- learning
 
 
-def test_learns_friedman_and_serves_from_the_vector_bit_for_bit(stream):
+@pytest.mark.parametrize(
+    "leaf_prediction,share", [("mean", 0.75), ("model", 0.6), ("adaptive", 0.6)]
+)
+def test_learns_friedman_and_serves_from_the_vector_bit_for_bit(stream, leaf_prediction, share):
     X, y = stream
-    model = learn(HoeffdingTreeRegressor(10), X, y)
+    model = learn(HoeffdingTreeRegressor(10, leaf_prediction=leaf_prediction), X, y)
     Xt, yt = friedman(1000, seed=2)
-    # Better than the mean by far (River's mean-leaf tree: about 0.6 of the baseline).
-    assert np.abs(model.predict_many(Xt) - yt).mean() < 0.75 * np.abs(yt - y.mean()).mean()
+    # Better than the mean by far (River's mean-leaf tree: about 0.6 of the baseline, its
+    # adaptive one 0.45).
+    assert np.abs(model.predict_many(Xt) - yt).mean() < share * np.abs(yt - y.mean()).mean()
     spec = {k: v for k, v in model.spec().items() if k != "type"}
     served = HoeffdingTreeRegressor(**spec)
     served.set_weights_vector(model.weights_vector(), finite=False)
@@ -169,17 +213,28 @@ CUT_STREAM = friedman(3000, seed=5)
 
 
 @settings(max_examples=15, deadline=None)
-@given(st.lists(st.integers(1, 3000), min_size=1, max_size=30), st.sampled_from([0, 3]))
-def test_any_cut_of_the_stream_gives_the_same_tree(cuts, max_features):
+@given(
+    st.lists(st.integers(1, 3000), min_size=1, max_size=30),
+    st.sampled_from([0, 3]),
+    st.sampled_from(["mean", "model", "adaptive"]),
+)
+def test_any_cut_of_the_stream_gives_the_same_tree(cuts, max_features, leaf_prediction):
     X, y = CUT_STREAM
     bounds = [0, *sorted(set(cuts)), len(y)]
-    reference = HoeffdingTreeRegressor(10, grace_period=40, max_features=max_features)
+    params = {"grace_period": 40, "max_features": max_features, "leaf_prediction": leaf_prediction}
+    reference = HoeffdingTreeRegressor(10, **params)
     reference.learn_many(X, y)
-    model = HoeffdingTreeRegressor(10, grace_period=40, max_features=max_features)
+    model = HoeffdingTreeRegressor(10, **params)
     for a, b in itertools.pairwise(bounds):
         model.learn_many(X[a:b], y[a:b])
     assert linear.to_bytes(model) == linear.to_bytes(reference)
     assert int((reference.weights_vector()[:1023] > 0).sum()) >= 5  # it did split
+    # And one sample at a time (what River does).
+    if len(bounds) == 2:
+        single = HoeffdingTreeRegressor(10, **params)
+        for i in range(len(y)):
+            single.learn_many(X[i : i + 1], y[i : i + 1])
+        assert linear.to_bytes(single) == linear.to_bytes(reference)
 
 
 def test_rollback_restores_nodes_and_learning_goes_on(stream):
@@ -199,7 +254,7 @@ def test_rollback_restores_nodes_and_learning_goes_on(stream):
 
 
 def test_with_columns_renumbers_and_collapses():
-    model = HoeffdingTreeRegressor(2, max_nodes=5)
+    model = HoeffdingTreeRegressor(2, max_nodes=5, leaf_prediction="mean")
     model.set_weights_vector(handmade())
     X = np.array([[9.0, 0.2], [-1.0, 0.9], [0.1, 0.6]])
     swapped = model.with_columns(np.array([1, 0]))
@@ -213,6 +268,17 @@ def test_with_columns_renumbers_and_collapses():
     # Feature 1 (the root's) dropped: one leaf of every sum.
     root = model.with_columns(np.array([0])).weights_vector()
     assert root[15] == 7.0 and not root[:15].any() and root[-1] == 10.0
+
+
+def test_with_columns_keeps_the_leaf_models_kept_columns(stream):
+    X, y = stream
+    model = learn(HoeffdingTreeRegressor(10, grace_period=50), X[:2000], y[:2000])
+    source = np.array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0, -1])
+    moved = model.with_columns(source)
+    Xm = np.concatenate([X[:, ::-1], np.zeros((len(X), 1))], axis=1)
+    assert np.allclose(moved.predict_many(Xm[:500]), model.predict_many(X[:500]))
+    assert (moved._coef[:, -2] == 0.0).all()  # the new column
+    learn(moved, Xm[2000:], y[2000:])
 
 
 # ----------------------------------------------------------------------------- memory
