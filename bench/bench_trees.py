@@ -35,6 +35,14 @@ Hyperplane with its default ``mag_change``, Phishing, ImageSegments) the benchma
    checkpoint holds) and snapshot (``weights_vector().nbytes``: what a published version
    carries).
 
+Then the regression part: flowlearn's ``hoeffding_tree_regressor`` (job and core, as above,
+prequential MAE from the trainer's squared errors) against River's
+``tree.HoeffdingTreeRegressor()`` (its defaults: adaptive leaves, the reference) and
+``HoeffdingTreeRegressor(leaf_prediction="mean")``, one sample at a time, on Friedman,
+FriedmanDrift (River's gradual drift over the second and third thirds), Planes2D and
+TrumpApproval; it prints MAE (× River's) and samples/s (× River's). No target: the issue
+sets none for regression.
+
 Then, once, the predictor's latency with a 10-tree forest (``n_trees=10``, trained in
 process on the first stream): its version is published to a redis-server started here and
 ``python -m flowlearn.serving`` (as ``bench_predictor`` starts it) answers ``--requests``
@@ -55,7 +63,8 @@ Usage:
     python bench/bench_trees.py [--quick] [--streams agrawal,phishing] [--n 20000]
                                 [--hgb-every 1000] [--hgb-threads 1] [--no-job] [--no-steady]
                                 [--no-latency] [--requests 2000] [--forest-params JSON]
-                                [--tree-params JSON] [--json results.json]
+                                [--tree-params JSON] [--regression-streams friedman,trump]
+                                [--regressor-params JSON] [--json results.json]
 """
 
 from __future__ import annotations
@@ -77,6 +86,7 @@ import numpy as np
 from bench_quality import (
     Outcome,
     Score,
+    Source,
     Stream,
     _same_weights,
     base_settings,
@@ -112,6 +122,16 @@ MODELS = (
     ("hgb", "sk HGB"),
 )
 REFERENCE = "river_arf"
+#: The regression part: flowlearn's regression tree against River's, on these streams.
+REGRESSION_STREAMS = ("friedman", "friedman_drift", "planes", "trump")
+REGRESSOR = "hoeffding_tree_regressor"
+REGRESSION_MODELS = (
+    ("regressor_job", "tree job"),
+    ("regressor_core", "tree core"),
+    ("river_htr", "River HTR"),
+    ("river_htr_mean", "River HTR mean"),
+)
+REGRESSION_REFERENCE = "river_htr"
 
 # ---------------------------------------------------------------------------- flowlearn
 
@@ -135,9 +155,15 @@ def run_core(s: Stream, spec: dict[str, Any], model_id: str = "m") -> tuple[Outc
     start = time.perf_counter()
     results = trainer.train_samples(s.X, s.y)
     elapsed = time.perf_counter() - start
-    errors = [r.errors for r in results if r.errors is not None]
-    scored = int(sum(len(e) for e in errors))
-    accuracy = 1.0 - float(np.mean(np.concatenate(errors))) if scored else math.nan
+    if s.task == "regression":
+        # The test step's squared errors (a regressor's per-sample loss).
+        losses = [r.losses for r in results if r.losses is not None]
+        scored = int(sum(len(e) for e in losses))
+        score = Score.from_squared(s.task, np.concatenate(losses) if scored else np.zeros(0))
+    else:
+        errors = [r.errors for r in results if r.errors is not None]
+        scored = int(sum(len(e) for e in errors))
+        score = Score(accuracy=1.0 - float(np.mean(np.concatenate(errors))) if scored else math.nan)
     model = trainer.model
     weights = model.weights_vector()
     extra = {
@@ -147,16 +173,53 @@ def run_core(s: Stream, spec: dict[str, Any], model_id: str = "m") -> tuple[Outc
         "snapshot_bytes": int(weights.nbytes),
         "weights": weights,
     }
-    return Outcome(Score(accuracy=accuracy), Score(), len(s.y) / elapsed, extra), trainer
+    return Outcome(score, Score(), len(s.y) / elapsed, extra), trainer
+
+
+def run_flowlearn(
+    row: Row,
+    kind: str,
+    prefix: str,
+    params: dict[str, Any],
+    base: dict[str, Any],
+    tmp: Path,
+    overhead: float | None,
+    with_job: bool,
+) -> None:
+    """flowlearn's ``kind`` on the row's stream: the core, then (``with_job``) the job,
+    into ``row`` under ``{prefix}_core`` / ``{prefix}_job``; prints a progress line."""
+    s = row.stream
+    shape = shape_of(s, kind, params)
+    spec = trained_spec(base, s, shape)
+    core, _ = run_core(s, spec)
+    row.outcomes[f"{prefix}_core"] = core
+    row.notes[f"{prefix}_spec"] = spec
+    line = f"    {prefix} core: {core.extra['scored']} scored in {len(s.y) / core.rate:.1f} s"
+    if with_job:
+        job, specs = run_job(s, shape, base, tmp, overhead)
+        row.outcomes[f"{prefix}_job"] = job
+        row.notes[f"{prefix}_published_spec"] = specs["published_spec"]
+        same = _same_weights(job, core)
+        row.notes[f"{prefix}_core_equals_job"] = same
+        x = job.extra
+        line += (
+            f"; job: {x['records']} records in {x['seconds']:.1f} s, "
+            f"{x['scored']} scored, {x['versions']} versions, "
+            f"dlq {x['dlq'] or 0}; core = job bit for bit: "
+            f"{'yes' if same else 'NO'}"
+        )
+        if x["scored"] != len(s.y):
+            line += f"  WARNING: the job scored {x['scored']} of {len(s.y)}"
+    print(line, flush=True)
 
 
 # ---------------------------------------------------------------------------- peers
 
 
 def run_river(s: Stream, make: Callable[[], Any]) -> Outcome:
-    """A River classifier, one sample at a time: predict, then learn."""
+    """A River model, one sample at a time: predict, then learn."""
     dicts = [dict(zip(s.keys, row, strict=True)) for row in s.X.tolist()]
-    labels = [int(v) for v in s.y.tolist()]
+    labels: list[Any] = s.y.tolist() if s.task == "regression" else [int(v) for v in s.y]
     model = make()
     predicted = np.full(len(labels), -1.0)
     start = time.perf_counter()
@@ -177,6 +240,36 @@ def river_peers() -> dict[str, Callable[[], Any]]:
         "river_hat": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=42),
         "river_arf": lambda: forest.ARFClassifier(seed=42),
     }
+
+
+def river_regression_peers() -> dict[str, Callable[[], Any]]:
+    from river import tree
+
+    return {
+        "river_htr": lambda: tree.HoeffdingTreeRegressor(),
+        "river_htr_mean": lambda: tree.HoeffdingTreeRegressor(leaf_prediction="mean"),
+    }
+
+
+def regression_sources() -> list[Source]:
+    """Friedman and TrumpApproval as bench_quality has them, Friedman with River's gradual
+    drift (its second and third thirds), and Planes2D."""
+    from river.datasets import synth
+
+    known = {src.key: src for src in sources()}
+    return [
+        known["friedman"],
+        Source(
+            "friedman_drift",
+            "FriedmanDrift",
+            True,
+            lambda n, t: synth.FriedmanDrift(
+                drift_type="gra", position=(n // 3, 2 * n // 3), seed=42
+            ).take(t),
+        ),
+        Source("planes", "Planes2D", True, lambda n, t: synth.Planes2D(seed=42).take(t)),
+        known["trump"],
+    ]
 
 
 def run_hgb(s: Stream, every: int, threads: int = 1) -> Outcome:
@@ -349,19 +442,22 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def _grid(
-    rows: Sequence[Row], models: Sequence[tuple[str, str]], cell: Callable[[Any, Any], str]
+    rows: Sequence[Row],
+    models: Sequence[tuple[str, str]],
+    cell: Callable[[Any, Any], str],
+    reference: str = REFERENCE,
 ) -> list[str]:
-    """One line per stream, one column per model; ``cell(outcome, River ARF's outcome or
-    None for ARF itself)`` fills a column."""
-    width = 15
+    """One line per stream, one column per model; ``cell(outcome, the reference's outcome
+    or None for the reference itself)`` fills a column."""
+    width = 16
     head = f"{'stream':<16}" + "".join(f"{h:>{width}}" for _, h in models)
     out = [head, "-" * len(head)]
     for r in rows:
-        ref = r.outcomes.get(REFERENCE)
+        ref = r.outcomes.get(reference)
         cells = []
         for key, _ in models:
             o = r.outcomes.get(key)
-            cells.append("-" if o is None else cell(o, None if key == REFERENCE else ref))
+            cells.append("-" if o is None else cell(o, None if key == reference else ref))
         out.append(f"{r.stream.name:<16}" + "".join(f"{c:>{width}}" for c in cells))
     return out
 
@@ -381,12 +477,26 @@ def _speed_cell(o: Any, ref: Any) -> str:
     return cell
 
 
+def _mae_cell(o: Any, ref: Any) -> str:
+    mae = o.prequential.mae
+    cell = _fmt(mae, ".4f")
+    if ref is not None and not math.isnan(mae):
+        cell += f" ×{mae / ref.prequential.mae:.2f}"
+    return cell
+
+
 def accuracy_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> list[str]:
     return _grid(rows, models, _accuracy_cell)
 
 
-def speed_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> list[str]:
-    return _grid(rows, models, _speed_cell)
+def speed_table(
+    rows: Sequence[Row], models: Sequence[tuple[str, str]], reference: str = REFERENCE
+) -> list[str]:
+    return _grid(rows, models, _speed_cell, reference)
+
+
+def mae_table(rows: Sequence[Row], models: Sequence[tuple[str, str]]) -> list[str]:
+    return _grid(rows, models, _mae_cell, REGRESSION_REFERENCE)
 
 
 def _size(n: int | None) -> str:
@@ -477,6 +587,8 @@ def to_json(rows: Sequence[Row], summary: dict[str, Any], meta: dict[str, Any]) 
     def outcome(o: Outcome) -> dict[str, Any]:
         return {
             "accuracy": o.prequential.accuracy,
+            "mae": o.prequential.mae,
+            "rmse": o.prequential.rmse,
             "samples_per_s": o.rate,
             **{k: v for k, v in o.extra.items() if k != "weights"},
         }
@@ -543,12 +655,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--forest-params", help="JSON object added to the forest's spec")
     parser.add_argument("--tree-params", help="JSON object added to the tree's spec")
+    parser.add_argument(
+        "--regression-streams",
+        help=f"comma-separated regression stream keys (default: {','.join(REGRESSION_STREAMS)}; "
+        "'none': skip the regression part)",
+    )
+    parser.add_argument(
+        "--regressor-params", help="JSON object added to the regression tree's spec"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     n = args.n or (3_000 if args.quick else 20_000)
     requests = args.requests or (500 if args.quick else 2_000)
     forest_params = _params(args.forest_params, "--forest-params", parser)
     tree_params = _params(args.tree_params, "--tree-params", parser)
+    regressor_params = _params(args.regressor_params, "--regressor-params", parser)
     if args.hgb_every < 1:
         parser.error("--hgb-every must be >= 1")
     available = {src.key: src for src in sources()}
@@ -558,6 +679,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown stream(s) {unknown}; known: {', '.join(STREAMS)}")
     chosen = list({by_name[w].key: by_name[w] for w in wanted if w}.values())
+    regression = {src.key: src for src in regression_sources()}
+    wanted = [
+        w.strip().lower()
+        for w in (args.regression_streams or ",".join(REGRESSION_STREAMS)).split(",")
+    ]
+    wanted = [w for w in wanted if w and w != "none"]
+    unknown = [w for w in wanted if w not in regression]
+    if unknown:
+        parser.error(
+            f"unknown regression stream(s) {unknown}; known: {', '.join(REGRESSION_STREAMS)}"
+        )
+    chosen_regression = [regression[w] for w in dict.fromkeys(wanted)]
 
     base = base_settings()
     print(
@@ -595,36 +728,28 @@ def main(argv: list[str] | None = None) -> int:
                 (FOREST, "forest", forest_params),
                 (TREE, "tree", tree_params),
             ):
-                shape = shape_of(s, kind, params)
-                spec = trained_spec(base, s, shape)
-                core, _ = run_core(s, spec)
-                row.outcomes[f"{prefix}_core"] = core
-                row.notes[f"{prefix}_spec"] = spec
-                line = (
-                    f"    {prefix} core: {core.extra['scored']} scored in "
-                    f"{len(s.y) / core.rate:.1f} s"
-                )
-                if run_the_job:
-                    job, specs = run_job(s, shape, base, tmp, overhead)
-                    row.outcomes[f"{prefix}_job"] = job
-                    row.notes[f"{prefix}_published_spec"] = specs["published_spec"]
-                    same = _same_weights(job, core)
-                    row.notes[f"{prefix}_core_equals_job"] = same
-                    x = job.extra
-                    line += (
-                        f"; job: {x['records']} records in {x['seconds']:.1f} s, "
-                        f"{x['scored']} scored, {x['versions']} versions, "
-                        f"dlq {x['dlq'] or 0}; core = job bit for bit: "
-                        f"{'yes' if same else 'NO'}"
-                    )
-                    if x["scored"] != len(s.y):
-                        line += f"  WARNING: the job scored {x['scored']} of {len(s.y)}"
-                print(line, flush=True)
+                run_flowlearn(row, kind, prefix, params, base, tmp, overhead, run_the_job)
             for key, make in peers.items():
                 row.outcomes[key] = run_river(s, make)
             row.outcomes["hgb"] = run_hgb(s, args.hgb_every, args.hgb_threads)
             print(f"    stream done in {time.monotonic() - t:.0f} s", flush=True)
             rows.append(row)
+        regression_rows: list[Row] = []
+        for src in chosen_regression:
+            t = time.monotonic()
+            size = n if src.size is None else min(n, src.size)
+            s = materialise(src, size, 0)
+            print(
+                f"  {s.name}: {len(s.y)} samples, {s.n_features} features, regression", flush=True
+            )
+            row = Row(s)
+            run_flowlearn(
+                row, REGRESSOR, "regressor", regressor_params, base, tmp, overhead, run_the_job
+            )
+            for key, make in river_regression_peers().items():
+                row.outcomes[key] = run_river(s, make)
+            print(f"    stream done in {time.monotonic() - t:.0f} s", flush=True)
+            regression_rows.append(row)
         if not args.no_latency and streams:
             print(f"  latency: {LATENCY_TREES}-tree forest on {streams[0].name}", flush=True)
             lat = latency(streams[0], base, forest_params, requests, tmp)
@@ -674,6 +799,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             shown = {k: spec[k] for k in TREE_FIELDS if spec.get(k)}
             print(f"{prefix} parameters set in the spec (the others: the type's default): {shown}")
+    if regression_rows:
+        models = [
+            (k, h) for k, h in REGRESSION_MODELS if any(k in r.outcomes for r in regression_rows)
+        ]
+        print(
+            "\nRegression, prequential MAE (cell: MAE, then × River HTR's, lower is better; "
+            "River HTR: HoeffdingTreeRegressor() with its adaptive leaves, mean: "
+            "leaf_prediction='mean'):"
+        )
+        for line in mae_table(regression_rows, models):
+            print(line)
+        print("\nRegression, samples per second (cell: samples/s, then × River HTR's):")
+        for line in speed_table(regression_rows, models, REGRESSION_REFERENCE):
+            print(line)
     if lat is not None:
         print(
             f"\nPredictor latency, {LATENCY_TREES}-tree forest trained on {lat['stream']} "
@@ -694,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in lines:
         print(line)
     total = time.monotonic() - started
-    print(f"\n{len(rows)} streams in {total:.0f} s")
+    print(f"\n{len(rows) + len(regression_rows)} streams in {total:.0f} s")
     if args.json:
         meta = {
             "n": n,
@@ -703,12 +842,15 @@ def main(argv: list[str] | None = None) -> int:
             "hgb_threads": args.hgb_threads,
             "forest_params": forest_params,
             "tree_params": tree_params,
+            "regressor_params": regressor_params,
             "warmup_replay_seconds": warm,
             "replay_overhead_seconds": overhead,
             "total_seconds": total,
             "latency": lat,
         }
-        args.json.write_text(json.dumps(to_json(rows, summary, meta), indent=2, default=str))
+        results = to_json(rows, summary, meta)
+        results["regression"] = to_json(regression_rows, {}, {})["streams"]
+        args.json.write_text(json.dumps(results, indent=2, default=str))
         print(f"results written to {args.json}")
     return 0
 
