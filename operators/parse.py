@@ -125,6 +125,20 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
         #: fl.control as a runtime entry.
         self.inferred: dict[str, dict[str, Any]] = {}
 
+    def check_not_ahead(self, ts: int) -> None:
+        """Refuse (``bad_field``) a record dated further ahead of this operator's clock than
+        ``job.out_of_orderness_ms``: a sample's ``ts`` drives its model's dedupe window (one
+        from the far future would expire every id seen so far), an event's or label's the
+        label join's watermark."""
+        ahead = ts - now_ms()
+        limit = self.settings.job.out_of_orderness_ms
+        if ahead > limit:
+            raise RecordError(
+                "bad_field",
+                f"field 'ts' is {ahead} ms ahead of the clock "
+                f"(more than job.out_of_orderness_ms = {limit})",
+            )
+
     def _spec_for(self, model_id: str) -> Mapping[str, Any] | None:
         assert self.runtime_dicts is not None
         if model_id in self.runtime_dicts:
@@ -258,6 +272,7 @@ class ParseSamples(_ParseModelRecords):
     def parse(self, raw: bytes) -> Iterable[Row]:
         if is_bulk(raw):
             b = parse_sample_batch(raw, self.spec_for)
+            self.check_not_ahead(int(b.ts.max()))
             bulk = keyed(
                 Samples(
                     b.model_id, int(b.ts.max()), b.features.ravel().tolist(), b.labels.tolist(), []
@@ -266,6 +281,7 @@ class ParseSamples(_ParseModelRecords):
             earlier = self.gathered.pop(b.model_id, None)  # its JSON samples came first
             return (bulk,) if earlier is None else (earlier.row(), bulk)
         s = parse_sample(raw, self.spec_for, self.on_unknown)
+        self.check_not_ahead(s.ts)
         samples = self.gathered.get(s.model_id)
         if samples is None:
             samples = self.gathered[s.model_id] = _ModelSamples(s.model_id)
@@ -281,19 +297,9 @@ class ParseSamples(_ParseModelRecords):
 class _ParseFeedback(_ParseModelRecords):
     """Events and labels, as ``TIMED_FEEDBACK_TYPE`` tuples ((model id, row) and its ``ts``,
     for the job's timestamp assigner): their ``ts`` drives the label join's watermark (one for all
-    models). A record dated further ahead of this operator's clock than
-    ``job.out_of_orderness_ms`` is refused (``bad_field``): it would move the watermark past
-    the present, and every on-time label of every model would then be ``late``."""
-
-    def check_not_ahead(self, ts: int) -> None:
-        ahead = ts - now_ms()
-        limit = self.settings.job.out_of_orderness_ms
-        if ahead > limit:
-            raise RecordError(
-                "bad_field",
-                f"field 'ts' is {ahead} ms ahead of the clock "
-                f"(more than job.out_of_orderness_ms = {limit})",
-            )
+    models), so one dated too far ahead (:meth:`~_ParseModelRecords.check_not_ahead`) would
+    move the watermark past the present, and every on-time label of every model would then
+    be ``late``."""
 
 
 class ParseEvents(_ParseFeedback):

@@ -192,7 +192,7 @@ def build_poison(topics: Any, model: str, new_model: str, huge_model: str) -> Po
         add(s, f"{count} features", p.obj("sample", features=[0.5] * count), "bad_features")
     # Accepted, and trained:
     add(s, "ts far in the past (1 ms)", p.obj("sample", ts=1), TRAINED)
-    add(s, "ts 10 years ahead", p.obj("sample", ts=far_future), TRAINED)
+    add(s, "ts 10 years ahead", p.obj("sample", ts=far_future), "bad_field")
     add(s, "unknown extra fields", p.obj("sample", extra={"a": [1, 2]}), TRAINED)
     twice = add(
         s, "sent twice (same event_id)", p.obj("sample", event_id=f"dup-{p.marker}"), TRAINED

@@ -82,6 +82,7 @@ def run(op, record, ctx=None):
 
 EVENT = {"model_id": "demo", "event_id": "e1", "features": [0.0] * 10}
 LABEL = {"model_id": "demo", "event_id": "e1", "label": 1}
+SAMPLE = {"model_id": "demo", "event_id": "s1", "features": [0.0] * 10, "label": 1}
 
 
 @pytest.mark.parametrize("operator_class, record", [(ParseEvents, EVENT), (ParseLabels, LABEL)])
@@ -96,9 +97,13 @@ def test_feedback_dated_within_the_out_of_orderness_bound_is_accepted(operator_c
     assert op.parsed.count == 1 and op.dead.count == 0
 
 
-@pytest.mark.parametrize("operator_class, record", [(ParseEvents, EVENT), (ParseLabels, LABEL)])
-def test_feedback_dated_too_far_ahead_is_dead_lettered(operator_class, record):
-    # It would drag the shared watermark into the future and make every on-time label late.
+@pytest.mark.parametrize(
+    "operator_class, record",
+    [(ParseEvents, EVENT), (ParseLabels, LABEL), (ParseSamples, SAMPLE)],
+)
+def test_a_record_dated_too_far_ahead_is_dead_lettered(operator_class, record):
+    # Feedback would drag the shared watermark into the future and make every on-time label
+    # late; a sample would expire every event id its model's dedupe has seen.
     op = opened(operator_class)
     out = run(op, {**record, "ts": now_ms() + 60_000})
     assert len(out) == 1 and out[0][0] is DLQ_TAG
@@ -155,6 +160,18 @@ def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
         ("a", 4, [1.0], ["a4"], [4.0]),
     ]
     assert op.parsed.count == 5 and op.dead.count == 1
+
+
+def test_a_bulk_record_with_a_sample_dated_too_far_ahead_is_dead_lettered_whole():
+    from flowlearn.contracts.records import encode_sample_batch
+
+    op = opened(ParseSamples)
+    ts = np.array([now_ms(), now_ms() + 10 * 365 * 86_400_000])
+    bulk = encode_sample_batch("a", ts, np.zeros((2, 10)), np.ones(2))
+    out = list(op.process_element(framed(bulk), BroadcastContext()))
+    assert len(out) == 1 and out[0][0] is DLQ_TAG
+    letter = json.loads(out[0][1])
+    assert letter["reason"] == "bad_field" and "ahead of the clock" in letter["detail"]
 
 
 class KeptCounters(RuntimeContext):
