@@ -353,6 +353,9 @@ class JobConf:
     #: much event time before the model's newest is a duplicate: counted, not trained
     #: (0: no deduplication). Memory grows with rate x window (about 100 bytes an id).
     sample_dedupe_window_ms: int = 60_000
+    #: A model that waits (paused, or its inferred spec on the way) keeps at most this many
+    #: samples in its buffer; past it the oldest go to the DLQ as ``paused_overflow``.
+    paused_buffer_samples: int = 100_000
     #: Kafka records go to the Python parsers in bundles of up to this many records
     #: (operators/java RecordBundler): one Python call per bundle instead of per record.
     input_bundle_records: int = 256
@@ -395,6 +398,7 @@ class JobConf:
             "rollback_cooldown_versions",
             "input_bundle_records",
             "hot_models",
+            "paused_buffer_samples",
         ):
             _check_positive(f"job.{name}", getattr(self, name))
         for name in (

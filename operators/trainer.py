@@ -118,7 +118,14 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         group = runtime_context.get_metrics_group()
         self.per_model = ModelMetrics(
             group,
-            ("samples_trained", "versions", "gate_rejected", "grad_clipped", "duplicate_samples"),
+            (
+                "samples_trained",
+                "versions",
+                "gate_rejected",
+                "grad_clipped",
+                "duplicate_samples",
+                "paused_overflow",
+            ),
             self.settings.job,
         )
         # Nothing is lost when a model's entries go: state holds everything they do once a
@@ -129,6 +136,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             (self.trainers, self.buffered, self.seen),
         )
         self.duplicates = group.counter("duplicate_samples")
+        self.buffered_overflow = group.counter("paused_overflow")
         self.model_loss: dict[str, float] = {}
         self.samples_trained = group.counter("samples_trained")
         self.versions_made = group.counter("versions")
@@ -236,11 +244,43 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         count = self.buffered[model_id] + len(labels)
         self.buffered[model_id] = count
         if self.model_specs.model_spec(model_id) is None:
-            return  # held: a parser inferred the model's spec, its create is on the way
+            # Held: a parser inferred the model's spec, its create is on the way.
+            yield from self._bound_waiting(model_id)
+            return
+        if self.paused.value():
+            yield from self._bound_waiting(model_id)
+            return
         if count >= self._trainer(model_id).next_batch_size():
             yield from self._flush(model_id, ctx, whole=False)
         elif count == len(labels):  # a new batch: bound its latency
             self._time_out_batch(model_id, ctx)
+
+    def _bound_waiting(self, model_id: str) -> Iterator[Any]:
+        """A waiting model's buffer past ``job.paused_buffer_samples``: its oldest rows (whole,
+        as parsers made them) to the DLQ as ``paused_overflow``, counted, until it fits."""
+        limit = self.settings.job.paused_buffer_samples
+        if self.buffered[model_id] <= limit:
+            return
+        rows = [BufferedSamples._make(r) for r in self.buffer.get()]
+        count, drop = self.buffered[model_id], 0
+        while drop < len(rows) and count > limit:
+            count -= len(rows[drop].labels)
+            drop += 1
+        self.buffer.update([to_row(r) for r in rows[drop:]])
+        self.buffered[model_id] = count
+        overflow = self.buffered_overflow
+        for row in rows[:drop]:
+            overflow.inc(len(row.labels))
+            self.per_model.inc(model_id, "paused_overflow", len(row.labels))
+            yield from self._refuse(
+                model_id,
+                row.ts,
+                list(row.features),
+                list(row.labels),
+                "paused_overflow",
+                f"model '{model_id}' waits (paused, or its spec is on the way) with more than "
+                f"job.paused_buffer_samples = {limit} samples buffered: the oldest go here",
+            )
 
     def _misfit(self, model_id: str, n_values: int, n_samples: int) -> tuple[str, str] | None:
         """Why samples the parser let through do not fit the model here, or None. It

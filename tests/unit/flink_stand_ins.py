@@ -59,6 +59,9 @@ class ListState:
     def add_all(self, rows: list[Any]) -> None:
         self.rows.extend(rows)
 
+    def update(self, rows: list[Any]) -> None:
+        self.rows = list(rows)
+
     def clear(self) -> None:
         self.rows = []
 

@@ -258,3 +258,35 @@ def test_a_model_whose_conf_changed_shape_dead_letters_until_a_reset_then_trains
     assert (reset.version, reset.base_version) == (trained.version + 1, 0)
     assert json.loads(reset.spec)["n_features"] == 4
     assert versions(samples(resubmitted, 6, 4))[-1].samples_applied == trained.samples_applied + 6
+
+
+def test_a_paused_models_buffer_is_bounded_oldest_to_the_dlq():
+    """#23: a paused model buffered every sample it received; past
+    job.paused_buffer_samples its oldest rows go to the DLQ as paused_overflow (counted),
+    the newest wait, and resume trains them."""
+    settings = load_settings(
+        env={
+            "FLOWLEARN__JOB__BATCH_SIZE": "2",
+            "FLOWLEARN__JOB__PAUSED_BUFFER_SAMPLES": "5",
+            "FLOWLEARN__MODELS__FRESH__TYPE": "linear",
+            "FLOWLEARN__MODELS__FRESH__N_FEATURES": "3",
+        }
+    )
+    state = KeyedState()
+    trainer = MiniBatchTrainer(settings)
+    trainer.open(state)
+    assert answer(command(trainer, "pause"))["ok"]
+    letters = []
+    for i in range(4):  # rows of 2 samples, labels 0..7
+        row = Row("fresh", 5 + i, [0.5] * 6, [float(2 * i), float(2 * i + 1)], [])
+        out = list(trainer.process_element1(row, Context()))
+        assert not versions(out)  # paused: nothing trained
+        letters += [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+    # 8 samples sent, at most 5 kept: the two oldest rows (4 samples) went to the DLQ.
+    assert [x["reason"] for x in letters] == ["paused_overflow", "paused_overflow"]
+    assert "job.paused_buffer_samples = 5" in letters[0]["detail"]
+    assert trainer.buffered["fresh"] == 4
+    assert trainer.buffered_overflow.count == 4
+    out = command(trainer, "resume")
+    trained = versions(out)
+    assert trained and trained[-1].action == "publish"
