@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -424,7 +425,8 @@ class MlflowConf:
     #: False: nothing is registered (checkpoints and automatic rollback work all the same);
     #: a replay without a registry directory runs so.
     enabled: bool = True
-    #: Each model is the registered model ``{name_prefix}{model id}``.
+    #: Each model is the registered model ``{name_prefix}{model id}`` (letters, digits, ".",
+    #: "_", "-", as model ids: MLflow refuses "/" and ":" in a name).
     name_prefix: str = "flowlearn-"
     #: Checkpoint versions are registered at most this often per model (0: every one).
     register_min_interval_s: float = 10.0
@@ -435,6 +437,11 @@ class MlflowConf:
     def validate(self) -> None:
         if self.register_min_interval_s < 0:
             raise ConfigError("mlflow.register_min_interval_s: must be >= 0")
+        if re.fullmatch(r"[A-Za-z0-9._-]*", self.name_prefix) is None:
+            raise ConfigError(
+                f"mlflow.name_prefix: only letters, digits, '.', '_' and '-' (MLflow refuses "
+                f"'/' and ':' in a registered model's name), got {self.name_prefix!r}"
+            )
 
 
 @dataclass(frozen=True)

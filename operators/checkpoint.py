@@ -50,13 +50,21 @@ class Registration:
 
 
 class Registrar:
-    """Registers versions in MLflow from a daemon thread; confirmations are collected by
-    model id, for the operator to apply when it next holds that model's key."""
+    """Registers versions in MLflow from a daemon thread; confirmations and refusals are
+    collected by model id, for the operator to apply when it next holds that model's key.
+
+    A registration that fails for a reason that may pass (server down, locked store) is
+    tried again :data:`RETRY_AFTER_S` later while the others go on; one the registry refuses
+    for good (an invalid name or value) is reported as refused, once."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.jobs: queue.Queue[Registration] = queue.Queue()
         self.done: dict[str, list[int]] = defaultdict(list)
+        #: Per model, the versions the registry refused for good, with the reason.
+        self.refusals: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        #: Registrations waiting to be tried again: (not before, monotonic s; registration).
+        self.delayed: list[tuple[float, Registration]] = []
         self.failures = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -69,6 +77,10 @@ class Registrar:
     def confirmed(self, model_id: str) -> list[int]:
         with self.lock:
             return self.done.pop(model_id, [])
+
+    def refused(self, model_id: str) -> list[tuple[int, str]]:
+        with self.lock:
+            return self.refusals.pop(model_id, [])
 
     def stop(self, drain_s: float = 30.0) -> None:
         """Let queued registrations finish (at most ``drain_s``), then end the thread; what
@@ -87,6 +99,11 @@ class Registrar:
 
         registry = Registry.from_settings(self.settings)
         while not self.stopping.is_set():
+            now = time.monotonic()
+            due = [job for at, job in self.delayed if at <= now]
+            self.delayed = [(at, job) for at, job in self.delayed if at > now]
+            for job in due:
+                self.jobs.put(job)
             try:
                 job = self.jobs.get(timeout=0.5)
             except queue.Empty:
@@ -100,23 +117,18 @@ class Registrar:
                     job.samples_applied,
                     job.metrics,
                 )
-            except ValueError as exc:  # a bad registration: retrying cannot help
+            except (ValueError, RegistryError) as exc:
                 self.failures += 1
-                print(
-                    f"flowlearn checkpoint: {job.model_id} v{job.version} not registered: {exc}",
-                    file=sys.stderr,
-                )
-                self.jobs.task_done()
-                continue
-            except RegistryError as exc:
-                self.failures += 1
-                print(
-                    f"flowlearn checkpoint: registering {job.model_id} v{job.version} "
-                    f"failed, retrying in {RETRY_AFTER_S:.0f}s: {exc}",
-                    file=sys.stderr,
-                )
-                self.stopping.wait(RETRY_AFTER_S)
-                self.jobs.put(job)
+                if isinstance(exc, RegistryError) and not exc.permanent:
+                    print(
+                        f"flowlearn checkpoint: registering {job.model_id} v{job.version} "
+                        f"failed, retrying in {RETRY_AFTER_S:.0f}s: {exc}",
+                        file=sys.stderr,
+                    )
+                    self.delayed.append((time.monotonic() + RETRY_AFTER_S, job))
+                else:  # a bad registration: retrying cannot help
+                    with self.lock:
+                        self.refusals[job.model_id].append((job.version, str(exc)[:1000]))
                 self.jobs.task_done()
                 continue
             with self.lock:
@@ -202,6 +214,13 @@ class CheckpointOperator(KeyedProcessFunction):
             for confirmed in self.registrar.confirmed(model_id):
                 ledger.mark_registered(confirmed)
                 self.per_model.inc(model_id, "registered")
+            for refused, reason in self.registrar.refused(model_id):
+                ledger.abandon_registration(refused)
+                yield alert_record(
+                    model_id,
+                    "registry_refused",
+                    {"version": refused, "reason": reason},
+                )
         if weights:
             self.weights.put(version, bytes(weights))
             ledger.spec_json = row.spec

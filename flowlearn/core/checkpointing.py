@@ -213,6 +213,13 @@ class CheckpointLedger:
         if i is not None:
             self._table[i, _C["registered"]] = 1.0
 
+    def abandon_registration(self, version: int) -> None:
+        """The registry refused this checkpoint for good (a permanent error): it is no longer
+        pending, so a restart does not submit it again."""
+        i = self._index(version)
+        if i is not None:
+            self._table[i, _C["chosen"]] = 0.0
+
     def choose(self, version: int) -> bool:
         """Mark a checkpoint for registration (a rollback target must be registered);
         False if it is unknown."""

@@ -79,7 +79,17 @@ _T = TypeVar("_T")
 
 
 class RegistryError(RuntimeError):
-    """A registry operation failed; the message names the (masked) tracking URI."""
+    """A registry operation failed; the message names the (masked) tracking URI.
+    ``permanent``: the registry refused the request itself (an invalid parameter), so trying
+    again cannot help; otherwise it may (a server down, a locked store)."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+#: MLflow error codes that refuse the request itself: the same request fails again.
+_PERMANENT_ERRORS = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE"})
 
 
 @dataclass(frozen=True)
@@ -623,6 +633,10 @@ class Registry:
                 message = f"{type(exc).__name__}: {exc}"
                 for secret in self._secrets:
                     message = message.replace(secret, "***").replace(quote(secret), "***")
-                error = RegistryError(f"{operation} on {self._masked_uri} failed: {message}")
+                code = getattr(exc, "error_code", None)
+                error = RegistryError(
+                    f"{operation} on {self._masked_uri} failed: {message}",
+                    permanent=code in _PERMANENT_ERRORS,
+                )
                 # The original exception may quote the secret: keep it out of tracebacks.
                 raise error from (None if self._secrets else exc)

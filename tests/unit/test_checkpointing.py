@@ -56,8 +56,9 @@ def test_closed_checkpoints_are_registered_at_most_once_per_interval():
     assert [d.version for d in decisions if isinstance(d, Register)] == [5, 15, 25]
     assert lg.pending_registrations() == [15, 25]  # chosen, unconfirmed, still kept
     lg.mark_registered(15)
-    lg.mark_registered(25)
+    lg.abandon_registration(25)  # the registry refused it for good: not submitted again
     assert lg.pending_registrations() == []
+    assert [c.registered for c in lg.checkpoints() if c.version in (15, 25)] == [True, False]
 
 
 def test_steady_learning_never_rolls_back():

@@ -347,3 +347,19 @@ def test_errors_never_show_the_password(monkeypatch: pytest.MonkeyPatch) -> None
     assert f"http://ann:***@127.0.0.1:{port}" in str(err.value)
     assert "open experiment 'flowlearn'" in str(err.value)
     assert "s3cret" not in shown
+
+
+def test_a_name_mlflow_refuses_is_a_permanent_error(store: Path) -> None:
+    """MLflow refuses '/' and ':' in a registered model's name: retrying cannot help, so the
+    error says it is permanent (the job's settings refuse such a prefix up front)."""
+    bad = Registry(f"sqlite:///{store}", name_prefix="team/")
+    with pytest.raises(RegistryError, match="create registered model") as caught:
+        bad.register("m", 1, weights(1.0), SPEC, 1, {})
+    assert caught.value.permanent
+
+
+def test_a_prefix_mlflow_would_refuse_is_refused_by_the_settings() -> None:
+    from flowlearn.conf import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"mlflow\.name_prefix"):
+        load_settings(env={"FLOWLEARN__MLFLOW__NAME_PREFIX": "team:"})
