@@ -157,6 +157,7 @@ class _LinearModel(Stateful):
         published version)."""
         if finite:
             self._w[:] = check_vector(v, self._w.size, "weights vector")
+            self.optimizer.adopt(self._w, self._l1)
             return
         if np.shape(v) != self._w.shape:
             raise ValueError(f"weights vector must have shape {self._w.shape}, got {np.shape(v)}")

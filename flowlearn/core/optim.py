@@ -146,6 +146,11 @@ class Optimizer(Stateful):
     def _step(self, w: np.ndarray, g: np.ndarray, l1: np.ndarray | float, lr: float) -> None:
         raise NotImplementedError
 
+    def adopt(self, w: np.ndarray, l1: np.ndarray | float = 0.0) -> None:
+        """The weights were set from outside (a rollback): make the state agree, so the
+        next step starts from ``w``. Only an optimizer whose state determines the weights
+        (FTRL) has anything to do."""
+
     def _lr_params(self) -> dict[str, Any]:
         s = self.schedule
         lr = s.lr if type(s) is Constant else {"class": type(s).__name__, "params": s._params()}
@@ -271,8 +276,10 @@ class FTRL(Optimizer):
         w_i = -(z_i - sign(z_i) l1) / ((beta + sqrt(n_i)) / alpha + l2)   otherwise
 
     so L1 gives exact zeros. ``l1``/``l2`` here apply to every coordinate; a model's own L1
-    (passed to :meth:`step`) adds to ``l1`` per coordinate. Because the weights are a function
-    of ``(z, n)``, overwriting ``w`` from outside is undone by the next step.
+    (passed to :meth:`step`) adds to ``l1`` per coordinate. The weights are a function of
+    ``(z, n)``: weights set from outside (a rollback) are followed by :meth:`adopt`, which
+    solves the formula for ``z`` (``n``, the step sizes, stays), or the next step would undo
+    them.
     """
 
     _buffers = ("z", "n")
@@ -295,6 +302,15 @@ class FTRL(Optimizer):
         z += g - (new_sqrt_n - sqrt_n) / self.alpha * w
         shrunk = np.maximum(np.abs(z) - (self.l1 + l1), 0.0)
         np.copyto(w, -np.copysign(shrunk, z) / ((self.beta + new_sqrt_n) / self.alpha + self.l2))
+
+    def adopt(self, w: np.ndarray, l1: np.ndarray | float = 0.0) -> None:
+        """``z`` such that the closed form gives back ``w`` (0 where ``w`` is 0)."""
+        if self._size is None:
+            return  # no step yet: the first one starts from whatever w is
+        if w.size != self._size:
+            raise ValueError(f"this optimizer updates {self._size} parameters, got {w.size}")
+        scale = (self.beta + np.sqrt(self._buf["n"])) / self.alpha + self.l2
+        self._buf["z"] = np.where(w != 0.0, -w * scale - np.sign(w) * (self.l1 + l1), 0.0)
 
     def _params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "beta": self.beta, "l1": self.l1, "l2": self.l2}

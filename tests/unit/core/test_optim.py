@@ -95,3 +95,25 @@ def test_soft_threshold_never_flips_a_sign(values, l1):
     optim.SGD(lr=1.0).step(w, np.zeros_like(w), l1)
     assert np.all(np.abs(w) <= np.abs(before))
     assert np.all(w * before >= 0)
+
+
+@pytest.mark.parametrize("l1", [0.0, 0.01])
+def test_an_ftrl_rollback_is_not_undone_by_the_next_step(l1):
+    """#23: FTRL's weights are a function of its (z, n); weights set from outside used to be
+    replaced by the old ones at the next step. After set_weights_vector a step with a zero
+    gradient now keeps the adopted weights, and training goes on from them."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = (X @ np.array([1.0, -2.0, 0.5]) > 0).astype(float)
+    model = linear.LogisticRegression(3, optimizer=optim.FTRL(alpha=0.5, l1=0.1), l1=l1)
+    model.learn_many(X[:100], y[:100])
+    old = model.weights_vector()
+    model.learn_many(X[100:], 1.0 - y[100:])  # a poisoned stretch moves it far away
+    assert not np.allclose(model.weights_vector(), old, atol=1e-3)
+    model.set_weights_vector(old)
+    w = model._w.copy()
+    model.optimizer.step(w, np.zeros_like(w), model._l1)
+    np.testing.assert_allclose(w, old, rtol=1e-12, atol=1e-15)
+    assert (w == 0.0).sum() == (old == 0.0).sum()
+    model.learn_many(X[:10], y[:10])
+    assert np.abs(model.weights_vector() - old).max() < 0.5
