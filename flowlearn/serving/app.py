@@ -1,4 +1,5 @@
-"""The predictor's HTTP API (KServe V1 style) over replicas that follow Redis.
+"""The predictor's HTTP API (KServe V1, and the Open Inference Protocol V2 over REST) over
+replicas that follow Redis.
 
 Requests never wait on Redis or Kafka: a :class:`~flowlearn.serving.replica.Follower`
 thread keeps the weights up to date in memory, and the prediction log is a bounded queue
@@ -17,6 +18,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flowlearn.conf import Settings
+from flowlearn.conf import PredictorConf, Settings
 from flowlearn.contracts.redis_contract import Keys, redis_client
 from flowlearn.core.features import FeatureError, vectorize
 from flowlearn.serving.baseline import load_baseline
@@ -33,10 +35,16 @@ from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.openapi import OPENAPI
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
+from flowlearn.serving.v2 import Refused, model_metadata, output_tensors, parse_infer
 
 log = logging.getLogger("flowlearn.serving")
 
 ONLINE, BASELINE = "online", "baseline"
+#: The ``route`` label of the request metrics: V1 predict, list and describe; V2 infer
+#: (versioned or not) and model metadata.
+ROUTES = ("predict", "models", "model", "infer", "metadata")
+#: The server metadata of ``GET /v2``.
+SERVER_NAME, SERVER_VERSION = "flowlearn-predictor", "1"
 #: Bound on reading a request body: a slow client cannot hold a handler longer.
 READ_TIMEOUT_S = 5.0
 #: Bound on stopping the follower and flushing the prediction log at shutdown.
@@ -62,9 +70,7 @@ class Predictor:
         self.baselines = dict(baselines)
         self.ab_fraction = ab_fraction
         self._requests: dict[tuple[str, int], Any] = {}
-        self._latency = {
-            route: metrics.latency.labels(route) for route in ("predict", "models", "model")
-        }
+        self._latency = {route: metrics.latency.labels(route) for route in ROUTES}
 
     def done(self, route: str, status: int, started: float) -> None:
         """Count a request and its latency (label children cached: this is the hot path)."""
@@ -195,76 +201,71 @@ def _to_baseline(event_ids: list[str | None], fraction: float) -> bool:
     return draw < fraction
 
 
-async def predict(request: web.Request) -> web.Response:
-    started = time.perf_counter()
-    p = request.app[PREDICTOR]
-    limits = p.settings.predictor
-    model_id = request.match_info["model"]
+@dataclass(frozen=True, eq=False)
+class Answer:
+    """How a request was answered: the version and variant that scored, the scores (one
+    row per instance), the shadow, the flags, and the event ids (None: the log is off)."""
+
+    version: Version
+    variant: str
+    scores: np.ndarray
+    shadow: Shadow | None
+    flags: dict[str, Any]
+    event_ids: list[str] | None
+
+
+def lookup(p: Predictor, model_id: str) -> tuple[Served | None, Version | None]:
+    """The served version and the baseline of a model that can answer; else Refused
+    (404: unknown or deleted; 503: known, no weights yet)."""
     replica = p.follower.replicas.get(model_id)
     missing = p.missing(model_id, replica)
     if missing is not None:
-        return _error(p, "predict", 404, missing, started)
-    served: Served | None = replica.served if replica is not None else None
+        raise Refused(404, missing)
+    served = replica.served if replica is not None else None
     baseline = p.baselines.get(model_id)
     if served is None and baseline is None:
-        return _error(p, "predict", 503, f"model '{model_id}' has no weights loaded yet", started)
-    if (request.content_length or 0) > limits.max_body_bytes:
-        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes", started)
+        raise Refused(503, f"model '{model_id}' has no weights loaded yet")
+    return served, baseline
+
+
+def answer(
+    p: Predictor,
+    model_id: str,
+    served: Served | None,
+    baseline: Version | None,
+    rows: list[Any],
+    event_ids: list[str | None],
+    row_name: Callable[[int], str] = "instances[{}]".format,
+    split: bool = True,
+) -> Answer:
+    """Score ``rows`` (features as V1 instances hold them) as the predictor serves them:
+    the variant (A/B split unless ``split`` is False), the shadow, the flags, the metrics
+    and the prediction log. Both protocols answer through here. Raises Refused (400) for
+    features the model cannot read or a score that is not finite."""
+    limits = p.settings.predictor
     try:
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            raw = await request.read()
-        body = orjson.loads(raw)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(p, "predict", 413, f"body larger than {limits.max_body_bytes} bytes", started)
-    except TimeoutError:
-        return _error(p, "predict", 408, "request body not received in time", started)
-    except ValueError:
-        return _error(p, "predict", 400, "body is not JSON", started)
-    instances = body.get("instances") if isinstance(body, dict) else None
-    if not isinstance(instances, list) or not instances:
-        return _error(p, "predict", 400, "instances: expected a non-empty list", started)
-    if len(instances) > limits.max_instances:
-        return _error(
-            p,
-            "predict",
-            413,
-            f"instances: at most {limits.max_instances} per request, got {len(instances)}",
-            started,
-        )
-    try:
-        rows, event_ids = _split(instances)
         if served is None:
             assert baseline is not None
             primary, primary_name, other = baseline, BASELINE, None
-        elif baseline is not None and _to_baseline(event_ids, p.ab_fraction):
+        elif split and baseline is not None and _to_baseline(event_ids, p.ab_fraction):
             primary, primary_name, other = baseline, BASELINE, served.version
         else:
             primary, primary_name, other = served.version, ONLINE, baseline
         unknown = p.metrics.unknown_features.labels(model_id)
         X = vectorize(rows, primary.spec, lambda _name: unknown.inc())
     except FeatureError as exc:
-        return _error(p, "predict", 400, str(exc), started)
+        raise Refused(400, str(exc)) from None
     scores = primary.score(X)
     # Finite features can still overflow a linear score (softmax then gives NaN); JSON has
     # no such numbers (orjson would write null), and the documented answer is numbers.
     bad = np.flatnonzero(~np.isfinite(scores.reshape(len(rows), -1)).all(axis=1))
     if bad.size:
-        return _error(
-            p,
-            "predict",
+        raise Refused(
             400,
-            f"instances[{bad[0]}]: the score is not a finite "
+            f"{row_name(int(bad[0]))}: the score is not a finite "
             f"number (feature values too large for this model)",
-            started,
         )
     predictions = scores.tolist()
-    answer: dict[str, Any] = {
-        "predictions": predictions,
-        **_labels(primary.spec, scores),
-        "model_version": primary.version,
-        "epoch": primary.epoch,
-        "variant": primary_name,
-    }
     shadow = None
     if other is not None:
         try:
@@ -277,46 +278,42 @@ async def predict(request: web.Request) -> web.Response:
                 other.version,
                 other.score(X_other).tolist(),
             )
-            answer["shadow"] = {
-                "variant": shadow.variant,
-                "model_version": shadow.model_version,
-                "predictions": shadow.scores,
-            }
+    flags: dict[str, Any]
     if served is not None:
         age = p.age_s(served.latest)
         stale = age > limits.stale_after_s
-        answer.update(
-            age_s=round(age, 3),
-            stale=stale,
-            degraded=not p.follower.redis_ok,
-            fallback=False,
-            pinned=served.pin,
-            pin_missing=served.pin_missing,
-        )
+        flags = {
+            "age_s": round(age, 3),
+            "stale": stale,
+            "degraded": not p.follower.redis_ok,
+            "fallback": False,
+            "pinned": served.pin,
+            "pin_missing": served.pin_missing,
+        }
         reasons = [
             name
             for name, flag in (
                 ("stale", stale),
-                ("degraded", answer["degraded"]),
+                ("degraded", flags["degraded"]),
                 ("pin_missing", served.pin_missing),
             )
             if flag
         ]
     else:
-        answer.update(
-            stale=False,
-            degraded=not p.follower.redis_ok,
-            fallback=True,
-            pinned=None,
-            pin_missing=False,
-        )
+        flags = {
+            "stale": False,
+            "degraded": not p.follower.redis_ok,
+            "fallback": True,
+            "pinned": None,
+            "pin_missing": False,
+        }
         reasons = [BASELINE]
     for reason in reasons:
         p.metrics.fallbacks.labels(model_id, reason).inc()
     p.metrics.predictions.labels(model_id, primary_name).inc(len(rows))
+    ids = None
     if p.log is not None:
         ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
-        answer["event_ids"] = ids
         p.log.offer(
             Batch(
                 model_id,
@@ -330,16 +327,89 @@ async def predict(request: web.Request) -> web.Response:
                 shadow,
             )
         )
+    return Answer(primary, primary_name, scores, shadow, flags, ids)
+
+
+async def read_json(request: web.Request, limits: PredictorConf) -> Any:
+    """The request's JSON body, within the size and time bounds; else Refused."""
+    if (request.content_length or 0) > limits.max_body_bytes:
+        raise Refused(413, f"body larger than {limits.max_body_bytes} bytes")
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            raw = await request.read()
+        return orjson.loads(raw)
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(413, f"body larger than {limits.max_body_bytes} bytes") from None
+    except TimeoutError:
+        raise Refused(408, "request body not received in time") from None
+    except ValueError:
+        raise Refused(400, "body is not JSON") from None
+
+
+async def predict(request: web.Request) -> web.Response:
+    """KServe V1 ``:predict``: ``{"instances": [...]}`` or, as KServe also takes it,
+    ``{"inputs": [...]}`` (the same rows under the other key)."""
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    limits = p.settings.predictor
+    model_id = request.match_info["model"]
+    try:
+        served, baseline = lookup(p, model_id)
+        body = await read_json(request, limits)
+        key = "instances"
+        if isinstance(body, dict) and "inputs" in body:
+            if "instances" in body:
+                raise Refused(400, "give instances or inputs, not both")
+            key = "inputs"
+        instances = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise Refused(400, f"{key}: expected a non-empty list")
+        if len(instances) > limits.max_instances:
+            raise Refused(
+                413, f"{key}: at most {limits.max_instances} per request, got {len(instances)}"
+            )
+        try:
+            rows, event_ids = _split(instances)
+        except FeatureError as exc:
+            raise Refused(400, str(exc)) from None
+        done = answer(p, model_id, served, baseline, rows, event_ids)
+    except Refused as exc:
+        return _error(p, "predict", exc.status, exc.message, started)
+    primary = done.version
+    result: dict[str, Any] = {
+        "predictions": done.scores.tolist(),
+        **_labels(primary.spec, done.scores),
+        "model_version": primary.version,
+        "epoch": primary.epoch,
+        "variant": done.variant,
+    }
+    if done.shadow is not None:
+        result["shadow"] = {
+            "variant": done.shadow.variant,
+            "model_version": done.shadow.model_version,
+            "predictions": done.shadow.scores,
+        }
+    result.update(done.flags)
+    if done.event_ids is not None:
+        result["event_ids"] = done.event_ids
     p.done("predict", 200, started)
-    return _json(answer)
+    return _json(result)
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """KServe V1: ``{"models": [name, ...]}``; with ``?detail=true``, each model as
+    ``GET /v1/models/{m}`` describes it."""
     started = time.perf_counter()
     p = request.app[PREDICTOR]
-    answer = _json({"models": [p.describe(m) for m in p.model_ids()]})
+    detail = request.query.get("detail", "false").lower()
+    if detail not in ("true", "false", "1", "0"):
+        return _error(p, "models", 400, "detail: expected true or false", started)
+    if detail in ("true", "1"):
+        result = _json({"models": [p.describe(m) for m in p.model_ids()]})
+    else:
+        result = _json({"models": p.model_ids()})
     p.done("models", 200, started)
-    return answer
+    return result
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -357,16 +427,122 @@ async def healthz(_request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+def _waiting(p: Predictor) -> list[str]:
+    """Models known but not yet loaded (nor answered by a baseline)."""
+    # list(): the follower thread may add a model meanwhile (a C-level copy is atomic).
+    return sorted(
+        m for m, r in list(p.follower.replicas.items()) if r.served is None and m not in p.baselines
+    )
+
+
 async def readyz(request: web.Request) -> web.Response:
     p = request.app[PREDICTOR]
-    # list(): the follower thread may add a model meanwhile (a C-level copy is atomic).
-    waiting = [
-        m for m, r in list(p.follower.replicas.items()) if r.served is None and m not in p.baselines
-    ]
+    waiting = _waiting(p)
     ready = p.follower.models_known and not waiting
     return _json(
-        {"ready": ready, "loading": sorted(waiting), "redis": p.follower.redis_ok},
+        {"ready": ready, "loading": waiting, "redis": p.follower.redis_ok},
         200 if ready else 503,
+    )
+
+
+# ---------------------------------------------------------------- Open Inference Protocol (V2)
+
+
+async def v2_live(_request: web.Request) -> web.Response:
+    return _json({"live": True})
+
+
+async def v2_ready(request: web.Request) -> web.Response:
+    """Ready on the condition of /readyz: the models set was read and every model loaded."""
+    p = request.app[PREDICTOR]
+    ready = p.follower.models_known and not _waiting(p)
+    return _json({"ready": ready}, 200 if ready else 503)
+
+
+async def v2_server(_request: web.Request) -> web.Response:
+    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+
+
+async def v2_model_ready(request: web.Request) -> web.Response:
+    p = request.app[PREDICTOR]
+    model_id = request.match_info["model"]
+    try:
+        lookup(p, model_id)
+    except Refused as exc:
+        if exc.status == 404:
+            return _json({"error": exc.message}, 404)
+        return _json({"name": model_id, "ready": False}, 503)
+    return _json({"name": model_id, "ready": True})
+
+
+async def v2_model(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    model_id = request.match_info["model"]
+    try:
+        served, baseline = lookup(p, model_id)
+    except Refused as exc:
+        return _error(p, "metadata", exc.status, exc.message, started)
+    version = served.version if served is not None else baseline
+    assert version is not None
+    p.done("metadata", 200, started)
+    return _json(model_metadata(model_id, version.version, version.spec, p.log is not None))
+
+
+async def infer(request: web.Request) -> web.Response:
+    """V2 ``infer``: the tensors as V1 rows (flowlearn.serving.v2), scored by :func:`answer`.
+
+    ``/versions/{version}/infer`` is answered only by the version served now: it is never
+    sent to the A/B baseline, and another version is a 404.
+    """
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    limits = p.settings.predictor
+    model_id = request.match_info["model"]
+    wanted = request.match_info.get("version")
+    try:
+        served, baseline = lookup(p, model_id)
+        current = served.version if served is not None else baseline
+        assert current is not None
+        if wanted is not None and wanted != str(current.version):
+            raise Refused(
+                404,
+                f"model '{model_id}' version {wanted!r} is not served here; "
+                f"version {current.version} is",
+            )
+        body = await read_json(request, limits)
+        logged = p.log is not None
+        request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
+        done = answer(
+            p,
+            model_id,
+            served,
+            baseline,
+            request_.rows,
+            request_.event_ids,
+            row_name="row {}".format,
+            split=wanted is None,
+        )
+        outputs = output_tensors(done.version.spec, done.scores, done.event_ids, request_.outputs)
+    except Refused as exc:
+        return _error(p, "infer", exc.status, exc.message, started)
+    parameters: dict[str, Any] = {
+        "epoch": done.version.epoch,
+        "variant": done.variant,
+        **{k: v for k, v in done.flags.items() if v is not None},
+    }
+    if done.shadow is not None:
+        parameters["shadow_variant"] = done.shadow.variant
+        parameters["shadow_model_version"] = done.shadow.model_version
+    p.done("infer", 200, started)
+    return _json(
+        {
+            "model_name": model_id,
+            "model_version": str(done.version.version),
+            "id": request_.id if request_.id is not None else uuid.uuid4().hex,
+            "parameters": parameters,
+            "outputs": outputs,
+        }
     )
 
 
@@ -444,6 +620,13 @@ def make_app(
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/models/{model}:predict", predict)
+    app.router.add_get("/v2", v2_server)
+    app.router.add_get("/v2/health/live", v2_live)
+    app.router.add_get("/v2/health/ready", v2_ready)
+    app.router.add_get("/v2/models/{model}", v2_model)
+    app.router.add_get("/v2/models/{model}/ready", v2_model_ready)
+    app.router.add_post("/v2/models/{model}/infer", infer)
+    app.router.add_post("/v2/models/{model}/versions/{version}/infer", infer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -15,31 +15,85 @@ _NOT_FOUND = _json(
     "no such model: never known here, or deleted (the message says which)",
 )
 _MODEL_PARAM = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION_PARAM = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_LOADING = _json(
+    {"$ref": "#/components/schemas/Error"}, "the model is known but no weights are loaded yet"
+)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _infer(summary: str, parameters: list[dict[str, Any]], not_found: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": parameters,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("InferenceRequest")}},
+            },
+            "responses": {
+                "200": _json(_ref("InferenceResponse"), "the output tensors"),
+                "400": _ERROR,
+                "404": _json(_ref("Error"), not_found),
+                "413": _ERROR,
+                "503": _LOADING,
+            },
+        }
+    }
+
+
+#: A tensor's elements, flat (row-major) or nested one level (rows).
+_SCALAR = [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]
+_TENSOR_DATA = {
+    "type": "array",
+    "items": {"anyOf": [*_SCALAR, {"type": "array", "items": {"anyOf": _SCALAR}}]},
+}
+_PARAMETERS = {
+    "type": "object",
+    "additionalProperties": {"anyOf": _SCALAR},
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
         "title": "flowlearn predictor",
         "version": "1",
-        "description": "KServe V1 style predictions from models followed in Redis.",
+        "description": "Predictions from models followed in Redis: KServe V1 (/v1) and the "
+        "Open Inference Protocol, V2 REST (/v2).",
     },
     "paths": {
         "/v1/models": {
             "get": {
-                "summary": "Models known to this predictor",
+                "summary": "Models known to this predictor: their names (KServe V1), or with "
+                "detail=true each as GET /v1/models/{model} describes it",
+                "parameters": [
+                    {
+                        "name": "detail",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean", "default": False},
+                    }
+                ],
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
+                            "required": ["models"],
                             "properties": {
                                 "models": {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Model"},
+                                    "oneOf": [
+                                        {"type": "array", "items": {"type": "string"}},
+                                        {"type": "array", "items": _ref("Model")},
+                                    ]
                                 }
                             },
                         },
                         "the models",
-                    )
+                    ),
+                    "400": _ERROR,
                 },
             }
         },
@@ -70,13 +124,73 @@ OPENAPI: dict[str, Any] = {
                     "400": _ERROR,
                     "404": _NOT_FOUND,
                     "413": _ERROR,
-                    "503": _json(
-                        {"$ref": "#/components/schemas/Error"},
-                        "the model is known but no weights are loaded yet",
-                    ),
+                    "503": _LOADING,
                 },
             }
         },
+        "/v2": {
+            "get": {
+                "summary": "Server metadata (Open Inference Protocol)",
+                "responses": {"200": _json(_ref("ServerMetadata"), "the server")},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "Liveness (V2)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["live"],
+                            "properties": {"live": {"type": "boolean"}},
+                        },
+                        "live",
+                    )
+                },
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Readiness (V2): as /readyz, once the models set was read and every "
+                "model is loaded",
+                "responses": {
+                    "200": _json(_ref("ServerReady"), "ready"),
+                    "503": _json(_ref("ServerReady"), "not ready"),
+                },
+            }
+        },
+        "/v2/models/{model}": {
+            "get": {
+                "summary": "Model metadata (V2): the served version, the input and outputs",
+                "parameters": [_MODEL_PARAM],
+                "responses": {
+                    "200": _json(_ref("ModelMetadata"), "the model"),
+                    "404": _NOT_FOUND,
+                    "503": _LOADING,
+                },
+            }
+        },
+        "/v2/models/{model}/ready": {
+            "get": {
+                "summary": "Model readiness (V2)",
+                "parameters": [_MODEL_PARAM],
+                "responses": {
+                    "200": _json(_ref("ModelReady"), "ready"),
+                    "404": _NOT_FOUND,
+                    "503": _json(_ref("ModelReady"), "known, no weights loaded yet"),
+                },
+            }
+        },
+        "/v2/models/{model}/infer": _infer(
+            "Inference (V2) with the served version",
+            [_MODEL_PARAM],
+            "no such model: never known here, or deleted (the message says which)",
+        ),
+        "/v2/models/{model}/versions/{version}/infer": _infer(
+            "Inference (V2) with one version: only the one served now",
+            [_MODEL_PARAM, _VERSION_PARAM],
+            "no such model, or that version is not the one served",
+        ),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {
@@ -132,14 +246,112 @@ OPENAPI: dict[str, Any] = {
                 ]
             },
             "PredictRequest": {
+                "description": "instances, or (as KServe takes it) the same list as inputs",
                 "type": "object",
-                "required": ["instances"],
+                "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
                 "properties": {
                     "instances": {
                         "type": "array",
                         "minItems": 1,
                         "items": {"$ref": "#/components/schemas/Instance"},
-                    }
+                    },
+                    "inputs": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"$ref": "#/components/schemas/Instance"},
+                    },
+                },
+            },
+            "ServerMetadata": {
+                "type": "object",
+                "required": ["name", "version", "extensions"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "version": {"type": "string"},
+                    "extensions": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "ServerReady": {
+                "type": "object",
+                "required": ["ready"],
+                "properties": {"ready": {"type": "boolean"}},
+            },
+            "ModelReady": {
+                "type": "object",
+                "required": ["name", "ready"],
+                "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+            },
+            "MetadataTensor": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "datatype": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer"}},
+                },
+            },
+            "ModelMetadata": {
+                "type": "object",
+                "required": ["name", "versions", "platform", "inputs", "outputs"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "versions": {"type": "array", "items": {"type": "string"}},
+                    "platform": {"type": "string", "enum": ["flowlearn"]},
+                    "inputs": {"type": "array", "items": _ref("MetadataTensor")},
+                    "outputs": {"type": "array", "items": _ref("MetadataTensor")},
+                },
+            },
+            "InferenceRequest": {
+                "description": "One feature tensor (FP64, FP32, INT64 or INT32 of shape "
+                "[n, n_features]; BYTES [n] of JSON objects for hashed or named features), "
+                "and optionally event_id (BYTES [n])",
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "parameters": {"type": "object"},
+                    "inputs": {"type": "array", "minItems": 1, "items": _ref("RequestInput")},
+                    "outputs": {"type": "array", "items": _ref("RequestOutput")},
+                },
+            },
+            "RequestInput": {
+                "type": "object",
+                "required": ["name", "shape", "datatype", "data"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string"},
+                    "parameters": {"type": "object"},
+                    "data": _TENSOR_DATA,
+                },
+            },
+            "RequestOutput": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "enum": ["predict", "proba", "event_id"]},
+                    "parameters": {"type": "object"},
+                },
+            },
+            "InferenceResponse": {
+                "type": "object",
+                "required": ["model_name", "model_version", "id", "outputs"],
+                "properties": {
+                    "model_name": {"type": "string"},
+                    "model_version": {"type": "string"},
+                    "id": {"type": "string"},
+                    "parameters": _PARAMETERS,
+                    "outputs": {"type": "array", "items": _ref("ResponseOutput")},
+                },
+            },
+            "ResponseOutput": {
+                "type": "object",
+                "required": ["name", "shape", "datatype", "data"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": ["INT64", "FP64", "BYTES"]},
+                    "data": {"type": "array", "items": {"anyOf": _SCALAR}},
                 },
             },
             "PredictResponse": {

@@ -130,7 +130,8 @@ def test_predict_follows_published_versions(serving_redis, prefix):
             .predict_proba_many(np.array([[1.0, 0, 0]]))
             .tolist()
         )
-        listed = await (await http.get("/v1/models")).json()
+        assert await (await http.get("/v1/models")).json() == {"models": ["m"]}
+        listed = await (await http.get("/v1/models?detail=true")).json()
         assert [m["name"] for m in listed["models"]] == ["m"]
         described = listed["models"][0]
         assert described["spec"]["n_features"] == 3 and described["state"] == "ready"

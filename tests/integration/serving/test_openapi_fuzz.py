@@ -45,6 +45,10 @@ OPERATIONS = {
     for method in methods
 }
 PREDICT = "POST /v1/models/{model}:predict"
+INFER = "POST /v2/models/{model}/infer"
+INFER_VERSION = "POST /v2/models/{model}/versions/{version}/infer"
+#: The operations that score (their bodies are fuzzed with invalid data too).
+SCORING = {PREDICT, INFER, INFER_VERSION}
 
 
 def spec(
@@ -74,7 +78,20 @@ BASELINES = {  # a shadow beside "dense" (and its A/B variant), and a baseline-o
 }
 MODELS = [*ONLINE, LOADING, "only", "nope"]
 # The documented 5xx: a known model with no weights yet, and readiness while it loads.
-DOCUMENTED_5XX = {(PREDICT, LOADING): 503, ("GET /readyz", None): 503}
+DOCUMENTED_5XX = {
+    **{
+        (label, LOADING): 503
+        for label in (
+            PREDICT,
+            INFER,
+            INFER_VERSION,
+            "GET /v2/models/{model}",
+            "GET /v2/models/{model}/ready",
+        )
+    },
+    ("GET /readyz", None): 503,
+    ("GET /v2/health/ready", None): 503,
+}
 
 
 class Producer:
@@ -192,7 +209,7 @@ def case_strategy(mode: GenerationMode) -> st.SearchStrategy[Any]:
     (so predictions are made) or left to schemathesis (unknown, odd names)."""
     known, anyname = [], []
     for label, op in OPERATIONS.items():
-        if mode is GenerationMode.NEGATIVE and label != PREDICT:
+        if mode is GenerationMode.NEGATIVE and label not in SCORING:
             continue  # only the request body can be invalid: paths are any string
         if "{model}" in op.path:
             known.append(st.sampled_from(MODELS).flatmap(partial(with_model, op, mode)))
@@ -232,6 +249,72 @@ def readable_requests() -> st.SearchStrategy[Any]:
             )
         )
     )
+
+
+#: The version each model serves (the trainer published 1; the baselines are version 7).
+VERSIONS = {**{m: "1" for m in ONLINE}, "only": "7"}
+
+
+def tensor_for(model_spec: dict[str, Any], rows: list[Any]) -> dict[str, Any]:
+    """A V2 feature tensor of ``rows``: dense numbers flat or nested, or JSON objects."""
+    n = len(rows)
+    if model_spec["features"] == "dense":
+        return {"name": "input-0", "shape": [n, model_spec["n_features"]], "datatype": "FP64"}
+    return {
+        "name": "input-0",
+        "shape": [n],
+        "datatype": "BYTES",
+        "data": [json.dumps(r) for r in rows],
+    }
+
+
+SMALL = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-(2**40), 2**40)
+
+
+def v2_requests() -> st.SearchStrategy[Any]:
+    """Inference requests every model can read (with values that cannot overflow a score),
+    to the unversioned path or the served version's, some with event ids."""
+
+    def request(model: str, draw: Any) -> Any:
+        model_spec = model_spec_of(model)
+        n = model_spec["n_features"]
+        dense = model_spec["features"] == "dense"
+        row = (
+            st.lists(SMALL, min_size=n, max_size=n)
+            if dense
+            else st.dictionaries(st.text(max_size=10), SMALL | st.text(max_size=10), max_size=6)
+        )
+        rows = draw(st.lists(row, min_size=1, max_size=5))
+        tensor = tensor_for(model_spec, rows)
+        if dense:
+            nested = draw(st.booleans())
+            tensor["data"] = rows if nested else [x for r in rows for x in r]
+        inputs = [tensor]
+        if draw(st.booleans()):
+            ids = draw(st.lists(st.text(max_size=10), min_size=len(rows), max_size=len(rows)))
+            inputs.append(
+                {"name": "event_id", "shape": [len(rows)], "datatype": "BYTES", "data": ids}
+            )
+        body: dict[str, Any] = {"inputs": inputs}
+        if draw(st.booleans()):
+            body["id"] = draw(st.text(max_size=10))
+        if draw(st.booleans()):
+            body["outputs"] = [{"name": "predict"}]
+        if draw(st.booleans()):
+            return OPERATIONS[INFER_VERSION].Case(
+                path_parameters={"model": model, "version": VERSIONS[model]},
+                body=body,
+                media_type="application/json",
+            )
+        return OPERATIONS[INFER].Case(
+            path_parameters={"model": model}, body=body, media_type="application/json"
+        )
+
+    @st.composite
+    def cases(draw: Any) -> Any:
+        return request(draw(st.sampled_from(sorted(VERSIONS))), draw)
+
+    return cases()
 
 
 def features_of(instance: Any) -> Any:
@@ -286,7 +369,7 @@ def exercise(predictor: Predictor, case: Any) -> Any:
     label = case.operation.label
     model = case.path_parameters.get("model") if case.path_parameters else None
     if response.status_code >= 500:
-        documented = DOCUMENTED_5XX.get((label, model if label == PREDICT else None))
+        documented = DOCUMENTED_5XX.get((label, model))
         assert response.status_code == documented, (
             f"{label} model={model!r}: {response.status_code} {response.text[:300]}"
         )
@@ -312,6 +395,14 @@ def exercise(predictor: Predictor, case: Any) -> Any:
         for p in answer["predictions"]:
             for x in p if isinstance(p, list) else [p]:
                 assert isinstance(x, float) and math.isfinite(x), answer["predictions"]
+        predictor.served += n
+    if label in (INFER, INFER_VERSION) and response.status_code == 200:
+        answer = response.json()
+        n = answer["outputs"][0]["shape"][0]
+        for output in answer["outputs"]:
+            assert output["shape"][0] == n
+            if output["datatype"] == "FP64":
+                assert all(math.isfinite(x) for x in output["data"]), output
         predictor.served += n
     return response
 
@@ -340,6 +431,14 @@ def test_schema_valid_requests(predictor: Predictor, case: Any) -> None:
 def test_requests_each_model_can_read(predictor: Predictor, case: Any) -> None:
     exercise(predictor, case)
     predictor.fuzzed.add("readable")
+
+
+@settings(FUZZ, max_examples=80)
+@given(case=v2_requests())
+def test_v2_requests_each_model_can_read(predictor: Predictor, case: Any) -> None:
+    response = exercise(predictor, case)
+    assert response.status_code == 200, f"valid request refused: {response.text[:300]}"
+    predictor.fuzzed.add("v2")
 
 
 @settings(FUZZ, max_examples=100)
@@ -393,7 +492,7 @@ def test_server_is_up_and_every_prediction_was_logged(predictor: Predictor) -> N
         pytest.approx(1 / (1 + math.exp(-2.0))),
     )
     predictor.served += 1
-    if predictor.fuzzed == {"valid", "readable", "invalid"}:
+    if predictor.fuzzed == {"valid", "readable", "v2", "invalid"}:
         assert predictor.served > 100, "the fuzzing made too few predictions to mean much"
     wait_for(
         "every served prediction in the log",
