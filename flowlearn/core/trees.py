@@ -111,6 +111,8 @@ _N_SPLITS = 10
 #: (River's max_share_to_split). River then deactivates the leaf for good; here it keeps its
 #: observers, so a leaf that was nearly pure can still split when the concept drifts.
 _MAX_SHARE = 0.99
+#: Where the thresholds lie between a feature's min and max, in steps of the range / 11.
+_STEPS = np.arange(1.0, _N_SPLITS + 1.0)
 #: A split must send more than this fraction of the weight down each branch (River's
 #: min_branch_fraction).
 _MIN_BRANCH_FRACTION = 0.01
@@ -136,6 +138,13 @@ def _entropy(d: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(d > 0.0, d * np.log2(np.where(d > 0.0, d, 1.0)), 0.0).sum(axis=-1)
         return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
+
+
+def _entropy_of(d: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """:func:`_entropy` given the sums along the last axis (``total``), in an errstate that
+    ignores division by zero and invalid values."""
+    plogp = np.where(d > 0.0, d * np.log2(np.where(d > 0.0, d, 1.0)), 0.0).sum(axis=-1)
+    return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
 
 
 def _erf(z: np.ndarray) -> np.ndarray:
@@ -684,57 +693,62 @@ class _Grove:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """River's split decision for each leaf: (deactivate?, split?, feature, threshold,
         left and right class weights)."""
-        L, F, K = len(nodes), self.n_sub, self.K
+        L = len(nodes)
         p, pool = self.gauss, self.pool
         r, q = self.record.reshape(-1)[nodes], self.gauss_index(nodes)
-        lo_k, hi_k = pool["lo"][r], pool["hi"][r]
-        w = np.broadcast_to(p["w"][q][:, None, :], lo_k.shape)
+        lo_k, hi_k = pool["lo"][r], pool["hi"][r]  # (L, F, K)
+        w = p["w"][q][:, None, :]  # (L, 1, K)
         present = w > 0.0
-        lo = np.where(present, lo_k, np.inf).min(axis=2)
-        hi = np.where(present, hi_k, -np.inf).max(axis=2)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):
+            lo = np.where(present, lo_k, np.inf).min(axis=2)
+            hi = np.where(present, hi_k, -np.inf).max(axis=2)
             step = (hi - lo) / (_N_SPLITS + 1.0)
-            thr = lo[..., None] + step[..., None] * np.arange(1.0, _N_SPLITS + 1.0)
-        valid = (lo[..., None] < thr) & (thr < hi[..., None])
-        # Each class's Gaussian: mean and (ddof=1) variance from the shifted sums.
-        safe = np.where(present, w, 1.0)
-        s1 = p["s1"][q]
-        mean = p["shift"][q][..., None] + s1 / safe
-        var = np.where(w > 1.0, np.maximum(p["s2"][q] - s1 * s1 / safe, 0.0), 0.0)
-        sigma = np.sqrt(var / np.where(w > 1.0, w - 1.0, 1.0))
-        t = thr[..., None]  # (L, F, S, 1) against (L, F, 1, K)
-        # A class without a range (NB statistics adopted from a vector, observers restarted
-        # since) is split by its Gaussian alone.
-        ranged = (lo_k <= hi_k)[:, :, None]
-        below, above = (t < lo_k[:, :, None]) & ranged, (t >= hi_k[:, :, None]) & ranged
-        wk = np.broadcast_to(w[:, :, None], (L, F, _N_SPLITS, K))
-        lhs = np.where(above, wk, 0.0)
-        inside = valid[..., None] & present[:, :, None] & ~below & ~above
-        inside &= (sigma > 0.0)[:, :, None]
-        if inside.any():
-            m_in = np.broadcast_to(mean[:, :, None], inside.shape)[inside]
-            s_in = np.broadcast_to(sigma[:, :, None], inside.shape)[inside]
-            z = (np.broadcast_to(t, inside.shape)[inside] - m_in) / (s_in * math.sqrt(2.0))
-            lhs[inside] = 0.5 * (1.0 + _erf(z)) * wk[inside]
-        rhs = wk - lhs
-        lw, rw = lhs.sum(axis=-1), rhs.sum(axis=-1)
-        total = lw + rw
-        with np.errstate(divide="ignore", invalid="ignore"):
+            thr = lo[..., None] + step[..., None] * _STEPS  # (L, F, S)
+            valid = (lo[..., None] < thr) & (thr < hi[..., None])
+            # Each class's Gaussian: mean and (ddof=1) variance from the shifted sums.
+            safe = np.where(present, w, 1.0)
+            s1 = p["s1"][q]
+            mean = p["shift"][q][..., None] + s1 / safe
+            several = w > 1.0
+            var = np.where(several, np.maximum(p["s2"][q] - s1 * s1 / safe, 0.0), 0.0)
+            sigma = np.sqrt(var / np.where(several, w - 1.0, 1.0))  # (L, F, K)
+            t = thr[..., None]  # (L, F, S, 1) against (L, F, 1, K)
+            # A class without a range (NB statistics adopted from a vector, observers
+            # restarted since) is split by its Gaussian alone.
+            ranged = (lo_k <= hi_k)[:, :, None]
+            below = (t < lo_k[:, :, None]) & ranged
+            above = (t >= hi_k[:, :, None]) & ranged
+            wk = w[:, :, None]  # (L, 1, 1, K)
+            # Both sides in one array: [0] left, [1] right.
+            sides = np.empty((2, L, self.n_sub, _N_SPLITS, self.K))
+            lhs = sides[0]
+            lhs[...] = np.where(above, wk, 0.0)
+            inside = ~below & ~above & valid[..., None] & (present & (sigma > 0.0))[:, :, None]
+            a, b, c, d = np.nonzero(inside)
+            if a.size:
+                z = (thr[a, b, c] - mean[a, b, d]) / (sigma[a, b, d] * math.sqrt(2.0))
+                lhs[a, b, c, d] = 0.5 * (1.0 + _erf(z)) * w[a, 0, d]
+            np.subtract(wk, lhs, out=sides[1])
+            weights = sides.sum(axis=-1)  # (2, L, F, S)
+            lw, rw = weights
+            total = lw + rw
             branches = (lw / total > _MIN_BRANCH_FRACTION).astype(int) + (
                 rw / total > _MIN_BRANCH_FRACTION
             )
-            post = (lw * _entropy(lhs) + rw * _entropy(rhs)) / total
-        merit = np.where(valid & (branches >= 2), _entropy(cnt)[:, None, None] - post, -np.inf)
+            ent = _entropy_of(sides, weights)
+            post = (lw * ent[0] + rw * ent[1]) / total
+            merit = np.where(valid & (branches >= 2), _entropy(cnt)[:, None, None] - post, -np.inf)
         best_t = merit.argmax(axis=2)  # the first best threshold, as River's strict ">"
-        per_feature = np.take_along_axis(merit, best_t[..., None], axis=2)[..., 0]
         # River sorts [null split, features...] stably by merit: the best is the last of the
         # ties, the runner-up the entry before it.
-        cand = np.concatenate([np.full((L, 1), -np.inf), per_feature], axis=1)
+        cand = np.empty((L, self.n_sub + 1))
+        cand[:, 0] = -np.inf
+        merit.max(axis=2, out=cand[:, 1:])
         order = np.argsort(cand, axis=1, kind="stable")
         rows = np.arange(L)
         best, second = cand[rows, order[:, -1]], cand[rows, order[:, -2]]
-        bound = np.sqrt(self._bound_numerator / (2.0 * seen))
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bound = np.sqrt(self._bound_numerator / (2.0 * seen))
             decide = (best - second > bound) | (bound < self.tau)
         null = best == -np.inf
         crowded = cnt.max(axis=1) / seen > _MAX_SHARE
@@ -748,7 +762,7 @@ class _Grove:
             p["feat"][q, fpos],
             thr[rows, fpos, tpos],
             lhs[rows, fpos, tpos],
-            rhs[rows, fpos, tpos],
+            sides[1][rows, fpos, tpos],
         )
 
     def _split(
