@@ -10,7 +10,10 @@ sample order, and the leaves whose weight since their last split attempt reached
 that makes one due; the forest: at the next tick of its split clock): River's Gaussian
 splitter (per leaf, feature and class a weight, mean, variance, min and max; ten thresholds
 evenly between the min and max; the class weights left of a threshold from the normal
-CDF), information gain, and the Hoeffding bound with range ``log2(n_classes)``.
+CDF), information gain, and the Hoeffding bound with range ``log2(m)``, ``m`` the number
+of classes with weight at the leaf (at least 2): an information gain is at most the
+leaf's entropy, at most ``log2(m)`` (River's range counts the classes in the leaf's
+class dict: those plus any its parent's split handed it with weight 0).
 
 Leaves predict with naive Bayes adaptive (``leaf_prediction="nba"``, the default, River's
 ``"nba"``) or their majority class (``"mc"``). An NBA leaf keeps per class, and per feature
@@ -261,8 +264,8 @@ class _Grove:
         self.max_depth = max_depth
         self.grace = float(grace_period)
         self.tau = tie_threshold
-        # The Hoeffding bound is sqrt(R^2 ln(1/delta) / (2 n)) with R = log2(n_classes).
-        self._bound_numerator = math.log2(n_classes) ** 2 * math.log(1.0 / split_confidence)
+        # The Hoeffding bound is sqrt(R^2 ln(1/delta) / (2 n)), R = log2(the leaf's classes).
+        self._log_inv_delta = math.log(1.0 / split_confidence)
         self.exact = exact
         self.rng = rng
         S, M, K = n_slots, max_nodes, n_classes
@@ -751,7 +754,8 @@ class _Grove:
         rows = np.arange(L)
         best, second = cand[rows, order[:, -1]], cand[rows, order[:, -2]]
         with np.errstate(invalid="ignore", divide="ignore"):
-            bound = np.sqrt(self._bound_numerator / (2.0 * seen))
+            n_present = np.maximum((cnt > 0.0).sum(axis=1), 2)
+            bound = np.sqrt(np.log2(n_present) ** 2 * self._log_inv_delta / (2.0 * seen))
             decide = (best - second > bound) | (bound < self.tau)
         null = best == -np.inf
         crowded = cnt.max(axis=1) / seen > _MAX_SHARE

@@ -459,6 +459,20 @@ def test_same_splits_as_river_at_the_same_samples(function, seed):
         assert rf == of and ot == pytest.approx(rt, rel=1e-9)
 
 
+@pytest.mark.parametrize("lp", ["mc", "nba"])
+def test_the_bound_ranges_over_the_classes_a_leaf_has(stream, lp):
+    """Information gain's range is log2 of the classes present at the leaf (at least 2),
+    as River's: classes that never occur do not slow the splits down."""
+    X, y = stream
+    two = HoeffdingTreeClassifier(9, 2, leaf_prediction=lp).learn_many(X, y)
+    four = HoeffdingTreeClassifier(9, 4, leaf_prediction=lp).learn_many(X, y)
+    g2, g4 = two._grove, four._grove
+    assert int(g4.size[0]) == int(g2.size[0]) > 3
+    for name in ("split", "threshold", "left"):
+        assert same_bits(getattr(g4, name), getattr(g2, name))
+    assert same_bits(g4.counts[..., :2], g2.counts)
+
+
 def test_forest_beats_a_single_tree_on_a_drifting_stream():
     X1, y1 = agrawal(3000, function=0, seed=1)
     X2, y2 = agrawal(3000, function=2, seed=2)
