@@ -447,6 +447,8 @@ class _Grove:
 
     def clear(self, slots: np.ndarray) -> None:
         """Empty these slots: a root leaf without counts or observers."""
+        if not slots.size:
+            return
         for s in slots.tolist():
             self._free(s * self.M + np.flatnonzero(self.record[s] >= 0))
         for arr in (self.split, self.threshold, self.left, self.counts, self.depth, self.last):
@@ -458,6 +460,8 @@ class _Grove:
 
     def plant(self, slots: np.ndarray) -> None:
         """A fresh tree in each of these slots: a root leaf that learns."""
+        if not slots.size:
+            return
         self.clear(slots)
         root = np.zeros(len(slots), dtype=np.int64)
         self._fresh_rows(slots, root)
@@ -1072,6 +1076,8 @@ class _TreeModel(Stateful):
         # The last X the served trees predicted and their probabilities (see _served_proba);
         # every method that changes the trees drops it.
         self._memo: tuple[np.ndarray, np.ndarray] | None = None
+        # The weights vector, until the model changes (see weights_vector).
+        self._vector: np.ndarray | None = None
 
     # ------------------------------------------------------------------ served vector
 
@@ -1105,7 +1111,13 @@ class _TreeModel(Stateful):
 
     def weights_vector(self) -> np.ndarray:
         """The served trees' node arrays (and NB arrays), tree by tree (then the vote
-        weights of a forest)."""
+        weights of a forest): a copy of the vector built once per change of the model (a
+        trainer reads it before and after each batch)."""
+        if self._vector is None:
+            self._vector = self._build_vector()
+        return self._vector.copy()
+
+    def _build_vector(self) -> np.ndarray:
         g, T = self._grove, self.n_trees
         parts = [
             g.split[:T].astype(np.float64),
@@ -1130,7 +1142,12 @@ class _TreeModel(Stateful):
 
         ``finite=False`` serves a vector as published: non-finite values are accepted and
         the model then predicts NaN probabilities (which the predictor refuses)."""
-        self._memo = None
+        try:
+            self._adopt_vector(v, finite)
+        finally:
+            self._memo = self._vector = None
+
+    def _adopt_vector(self, v: np.ndarray, finite: bool) -> None:
         size = self.n_trees * self._block + (self.n_trees if self._voting else 0)
         if finite:
             v = check_vector(v, size, "weights vector")
@@ -1390,7 +1407,7 @@ class _TreeModel(Stateful):
         return arrays, meta
 
     def _load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        self._memo = None
+        self._memo = self._vector = None
         prefix = "grove."
         self._grove.load({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
         self._vote = check_array(arrays, "vote", (self.n_trees,))
@@ -1466,7 +1483,7 @@ class HoeffdingTreeClassifier(_TreeModel):
         X = check_matrix(X, self.n_features)
         y = check_labels(y, X.shape[0], self.n_classes)
         if len(y):
-            self._memo = None
+            self._memo = self._vector = None
             self._grove.learn(X, y, np.ones((1, len(y))), self._served)
         return self
 
@@ -1580,7 +1597,7 @@ class RandomForestClassifier(_TreeModel):
         # (an empty tree predicts class 0).
         back = T + np.flatnonzero(self._background)
         served = self._served_proba(X)
-        self._memo = None
+        self._memo = self._vector = None
         if back.size:
             served = np.concatenate([served, g.proba(X, back)])
         wrong = served.argmax(axis=2) != y

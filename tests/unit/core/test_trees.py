@@ -316,6 +316,19 @@ def test_rollback_to_an_older_vector_then_learning_goes_on(stream):
     assert model._grove.size[0] > 1
 
 
+@pytest.mark.parametrize("factory", [lambda: HoeffdingTreeClassifier(9, 2), small_forest])
+def test_the_weights_vector_is_a_fresh_copy_of_the_current_model(stream, factory):
+    X, y = stream
+    model = learn(factory(), X[:1000], y[:1000])
+    v = model.weights_vector()
+    v[:] = -1.0  # the caller's copy: the model's next vector is intact
+    w = model.weights_vector()
+    assert w is not v and (w != -1.0).any()
+    learn(model, X[1000:2000], y[1000:2000])
+    assert not same_bits(model.weights_vector(), w)
+    assert same_bits(model.weights_vector(), model._build_vector())
+
+
 def test_forest_rollback_and_unchanged_vector_keeps_state(stream):
     X, y = stream
     model = learn(small_forest(), X[:1500], y[:1500])
