@@ -156,7 +156,7 @@ def _entropy_of(d: np.ndarray, total: np.ndarray) -> np.ndarray:
 def _erf(z: np.ndarray) -> np.ndarray:
     # numpy has no erf and scipy is no dependency; math.erf (what River calls) on the few
     # values a split attempt needs.
-    return np.array(list(map(math.erf, z.tolist())), dtype=np.float64)
+    return np.fromiter(map(math.erf, z.tolist()), dtype=np.float64, count=len(z))
 
 
 def group_rank(keys: np.ndarray) -> np.ndarray:
@@ -613,9 +613,9 @@ class _Grove:
             cnt = self.counts.reshape(-1, self.K)[g]
             rows = self.rows
             x = X[i[:, None], rows["feat"][q]]
-            mc_right = (cnt.sum(axis=1) == 0.0) | (cnt.argmax(axis=1) == c)
-            joint = self.log_joint(x, q, cnt)
-            nb_right = (cnt.sum(axis=1) > 0.0) & (joint.argmax(axis=1) == c)
+            empty = cnt.sum(axis=1) == 0.0
+            mc_right = empty | (cnt.argmax(axis=1) == c)
+            nb_right = ~empty & (self.log_joint(x, q, cnt).argmax(axis=1) == c)
             np.add.at(rows["mc"], q[mc_right], w[mc_right])
             np.add.at(rows["nb"], q[nb_right], w[nb_right])
         np.add.at(self.counts.reshape(-1), g * self.K + c, w)
@@ -645,9 +645,10 @@ class _Grove:
         p = self.gauss
         # A row's values are taken relative to the first one it sees (a shift that keeps
         # the sums of squares from cancelling), set by its first sample in stream order.
-        uniq, first = np.unique(r, return_index=True)
-        new = p["w"][uniq].sum(axis=1) == 0.0
-        p["shift"][uniq[new]] = x[first[new]]
+        fresh = p["w"][r].sum(axis=1) == 0.0
+        if fresh.any():
+            uniq, first = np.unique(r[fresh], return_index=True)
+            p["shift"][uniq] = x[fresh][first]
         flat = (r[:, None] * self.n_sub + np.arange(self.n_sub)) * self.K + c[:, None]
         d = x - p["shift"][r]
         wd = w[:, None] * d
