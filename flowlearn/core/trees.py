@@ -70,8 +70,9 @@ What depends on how the stream is cut into batches:
   later), and a leaf draws its feature subspace (NBA) when it meets its first
   sample, in the order of those first samples: neither depends on the cut. The
   predictions that feed the vote weights, the drift detectors and the NBA counters are
-  made by the trees as they were when the batch began (NBA counters: when the segment
-  between two ticks began), so those, and the trees the detectors replace, depend on it.
+  made by the trees as they were when the batch began (NBA counters: by the leaves as
+  they were when the segment began; a batch is learnt in segments that end at the ticks),
+  so those, and the trees the detectors replace, depend on it.
   The bagging weights (their own generator) and the detectors' block structure do not.
 
 >>> import numpy as np
