@@ -1120,20 +1120,27 @@ class _TreeModel(Stateful):
         return self._vector.copy()
 
     def _build_vector(self) -> np.ndarray:
-        g, T = self._grove, self.n_trees
-        parts = [
-            g.split[:T].astype(np.float64),
-            g.threshold[:T],
-            g.left[:T].astype(np.float64),
-            g.counts[:T].reshape(T, -1),
-        ]
+        g, T, M, B = self._grove, self.n_trees, self.max_nodes, self._block
+        out = np.empty(T * B + (T if self._voting else 0))
+        blocks = out[: T * B].reshape(T, B)
+        blocks[:, :M] = g.split[:T]
+        blocks[:, M : 2 * M] = g.threshold[:T]
+        blocks[:, 2 * M : 3 * M] = g.left[:T]
+        pos = M * (3 + self.n_classes)
+        blocks[:, 3 * M : pos] = g.counts[:T].reshape(T, -1)
         if g.nb:
-            dense = g.served_rows(np.arange(T))
-            for name, _ in self._nb_served:
-                parts.append(dense[name].reshape(T, -1).astype(np.float64))
-        blocks = np.concatenate(parts, axis=1)
-        parts = [blocks.reshape(-1), self._vote] if self._voting else [blocks.reshape(-1)]
-        return np.concatenate(parts)
+            # Each NB array's rows straight from the pool; zeros where a row is no leaf's.
+            rowid = g.rowid[:T]
+            t, h = np.nonzero(rowid >= 0)
+            src = rowid[t, h]
+            for name, n in self._nb_served:
+                dense = blocks[:, pos : pos + g.H * n].reshape(T, g.H, n)
+                dense[...] = 0.0
+                dense[t, h] = g.rows[name][src].reshape(len(src), n)
+                pos += g.H * n
+        if self._voting:
+            out[T * B :] = self._vote
+        return out
 
     def set_weights_vector(self, v: np.ndarray, *, finite: bool = True) -> None:
         """Adopt a vector (a rollback). A tree whose block (or vote weight) differs from the
