@@ -911,6 +911,13 @@ class _ErrorWindows:
     exponential histogram's finest buckets are whole blocks, so cuts fall on block
     boundaries. For 0/1 values a bucket's count and error sum determine its variance, and
     both are integers: the detector is exact and independent of how its input is cut.
+
+    A row detects only a rise of the error rate: a cut whose recent sub-window errs more
+    than its older one by more than ADWIN's bound (River's ADWIN, as MOA's, fires on a
+    fall as well, and its ARF then replaces a tree that got better; MOA's ADWIN bagging
+    reacts to rises only). A forest's predictions come from the trees as of the batch's
+    start, so a young tree's errors fall in steps at batch boundaries, which a two-sided
+    test takes for drifts.
     """
 
     def __init__(self, deltas: np.ndarray) -> None:
@@ -965,7 +972,7 @@ class _ErrorWindows:
             dprime = np.log(2.0 * np.log(width) / self.delta[:, None])
             m = 1.0 / (n0 - _MIN_WINDOW + 1.0) + 1.0 / (n1 - _MIN_WINDOW + 1.0)
             eps = np.sqrt(2.0 * m * var * dprime) + 2.0 / 3.0 * dprime * m
-            cut = valid & (n1 > 0.0) & (np.abs(u0 / n0 - u1 / n1) > eps)
+            cut = valid & (n1 > 0.0) & (u1 / n1 - u0 / n0 > eps)
         return cut.any(axis=1)
 
     def state(self) -> Arrays:
@@ -1517,7 +1524,8 @@ class RandomForestClassifier(_TreeModel):
     Poisson(``poisson_lambda``) in each tree, each leaf splitting on a random subset of
     ``max_features`` features (0: ``round(sqrt(n_features))``, at least 1). A tree's vote
     weight is its accuracy on the samples it predicted since it became a tree of the forest.
-    Each tree's 0/1 errors feed two ADWIN detectors: at ``warning_confidence`` a background
+    Each tree's 0/1 errors feed two ADWIN detectors of a rise of its error rate (River's
+    fire on a fall too; see :class:`_ErrorWindows`): at ``warning_confidence`` a background
     tree starts learning (afresh at each warning), at ``drift_confidence`` it replaces the
     tree (a fresh tree does when there is none) and the tree's counters restart.
 

@@ -287,6 +287,24 @@ def test_forest_splits_at_the_clock_ticks_within_a_batch(stream):
     assert int(whole._grove.size[:3].sum()) >= 0.8 * int(small._grove.size[:3].sum())
 
 
+def test_the_detectors_fire_on_a_rise_of_the_error_rate_not_a_fall():
+    """A tree whose error rate falls got better: no warning, no drift (a two-sided ADWIN
+    would replace it). A rise is detected."""
+    from flowlearn.core.trees import _CLOCK, _ErrorWindows
+
+    def fired(first: float, then: float) -> bool:
+        windows = _ErrorWindows(np.array([0.01, 0.001]))
+        out = False
+        for rate in [first] * 40 + [then] * 40:
+            windows.pending[:] = rate * _CLOCK
+            windows.n_pending = _CLOCK
+            out |= bool(windows.close_block().any())
+        return out
+
+    assert not fired(0.6, 0.1)
+    assert fired(0.1, 0.6)
+
+
 def test_forest_bagging_weights_do_not_depend_on_the_cut(stream):
     X, y = stream
     a = RandomForestClassifier(9, 2, n_trees=3, seed=1)
