@@ -525,16 +525,23 @@ class _Grove:
     # ------------------------------------------------------------------ learning
 
     def learn(
-        self, X: np.ndarray, y: np.ndarray, W: np.ndarray, slots: np.ndarray, phase: int = 0
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        W: np.ndarray,
+        slots: np.ndarray,
+        phase: int = 0,
+        leaf: np.ndarray | None = None,
     ) -> None:
         """Learn samples ``X, y`` with weight ``W[j, i]`` in slot ``slots[j]`` (0: not at all),
         ``slots`` ascending. Exact: a leaf attempts its split right after the sample that
         makes it due. Otherwise the due leaves attempt at the ticks of a clock of
         :data:`_SPLIT_CLOCK` samples, the first sample of ``X`` being sample ``phase`` of
         the clock's cycle: after the sample that ends a cycle, every leaf of ``slots`` that
-        is due then attempts (which does not depend on how the stream was cut)."""
+        is due then attempts (which does not depend on how the stream was cut). ``leaf``:
+        the samples' leaves in ``slots`` (:meth:`route`'s), when known."""
         start, n = 0, len(y)
-        node = slots[:, None] * self.M + self.route(X, slots)
+        node = slots[:, None] * self.M + (self.route(X, slots) if leaf is None else leaf)
         while start < n:
             end = n
             if self.exact:
@@ -820,9 +827,11 @@ class _Grove:
 
     # ------------------------------------------------------------------ prediction
 
-    def proba(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Each slot's class probabilities: ``(len(slots), n, n_classes)``."""
-        leaf = self.route(X, slots)
+    def proba(self, X: np.ndarray, slots: np.ndarray, leaf: np.ndarray | None = None) -> np.ndarray:
+        """Each slot's class probabilities: ``(len(slots), n, n_classes)`` (``leaf``: the
+        samples' leaves, :meth:`route`'s, when known)."""
+        if leaf is None:
+            leaf = self.route(X, slots)
         c = self.counts[slots[:, None], leaf]
         total = c.sum(axis=2, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1084,7 +1093,7 @@ class _TreeModel(Stateful):
         self._finite = True
         # The last X the served trees predicted and their probabilities (see _served_proba);
         # every method that changes the trees drops it.
-        self._memo: tuple[np.ndarray, np.ndarray] | None = None
+        self._memo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # The weights vector, until the model changes (see weights_vector).
         self._vector: np.ndarray | None = None
 
@@ -1275,12 +1284,17 @@ class _TreeModel(Stateful):
         """The served trees' probabilities ``(n_trees, n, n_classes)``, remembered for the
         last ``X`` until the model changes (a trainer predicts, scores, then learns a batch:
         one routing for the three)."""
+        return self._served_proba_leaf(X)[0]
+
+    def _served_proba_leaf(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_served_proba` and the leaf each sample reaches in each served tree."""
         memo = self._memo
         if memo is not None and memo[0].shape == X.shape and np.array_equal(memo[0], X):
-            return memo[1]
-        p = self._grove.proba(X, self._served)
-        self._memo = (X.copy(), p)
-        return p
+            return memo[1], memo[2]
+        leaf = self._grove.route(X, self._served)
+        p = self._grove.proba(X, self._served, leaf)
+        self._memo = (X.copy(), p, leaf)
+        return p, leaf
 
     def predict_many(self, X: Any) -> np.ndarray:
         """The most probable class (the lowest index on ties), int64."""
@@ -1613,10 +1627,15 @@ class RandomForestClassifier(_TreeModel):
         # Errors by source: the tree, its background tree, a tree planted in this batch
         # (an empty tree predicts class 0).
         back = T + np.flatnonzero(self._background)
-        served = self._served_proba(X)
+        served, leaf = self._served_proba_leaf(X)
         self._memo = self._vector = None
+        # The leaves of every slot, reused by the learning below for the trees no event
+        # changes (an empty slot: all at its root).
+        leaves = np.zeros((2 * T, n), dtype=np.int64)
+        leaves[:T] = leaf
         if back.size:
-            served = np.concatenate([served, g.proba(X, back)])
+            leaves[back] = g.route(X, back)
+            served = np.concatenate([served, g.proba(X, back, leaves[back])])
         wrong = served.argmax(axis=2) != y
         errors = np.ones((3, T, n), dtype=bool)
         errors[0] = wrong[:T]
@@ -1626,6 +1645,9 @@ class RandomForestClassifier(_TreeModel):
         # Apply the events: promote background trees, plant fresh ones, drop the others.
         for t in np.flatnonzero(fg_src == 1).tolist():
             g.move(T + t, t)
+            leaves[t] = leaves[T + t]
+        leaves[np.flatnonzero(fg_src == 2)] = 0
+        leaves[T + np.flatnonzero(bg_src == 2)] = 0
         g.plant(np.flatnonzero(fg_src == 2))
         g.plant(T + np.flatnonzero(bg_src == 2))
         g.clear(T + np.flatnonzero((bg_src < 0) & self._background))
@@ -1638,7 +1660,7 @@ class RandomForestClassifier(_TreeModel):
             ]
         )
         slots = np.concatenate([self._served, T + np.flatnonzero(self._background)])
-        g.learn(X, y, W, slots, phase)
+        g.learn(X, y, W, slots, phase, leaves[slots])
         return self
 
     def _monitor(self, errors: np.ndarray) -> tuple[np.ndarray, ...]:
