@@ -53,7 +53,7 @@ test: lint
 
 # BENCH_ARGS goes to every benchmark (only --quick is common to all); the per-benchmark
 # variables (CORE_ARGS, QUALITY_ARGS, TREES_ARGS, PREDICTOR_ARGS, PIPELINE_ARGS, JOIN_ARGS,
-# FRESHNESS_ARGS, STATE_ARGS, MODELS_ARGS, POISONING_ARGS, SOAK_ARGS; e.g.
+# FRESHNESS_ARGS, STATE_ARGS, MODELS_ARGS, POISONING_ARGS, RECOVERY_ARGS, SOAK_ARGS; e.g.
 # PIPELINE_ARGS="--samples 500000", TREES_ARGS="--streams agrawal,phishing") to one.
 bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
@@ -68,6 +68,7 @@ bench: install
 	@$(PY) bench/bench_state.py $(BENCH_ARGS) $(STATE_ARGS)
 	@$(PY) bench/bench_models.py $(BENCH_ARGS) $(MODELS_ARGS)
 	@$(PY) bench/bench_poisoning.py $(BENCH_ARGS) $(POISONING_ARGS)
+	@$(PY) bench/bench_recovery.py $(BENCH_ARGS) $(RECOVERY_ARGS)
 	@$(PY) bench/bench_soak.py $(BENCH_ARGS) $(SOAK_ARGS)
 
 clean:

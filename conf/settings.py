@@ -254,6 +254,18 @@ class FlinkConf:
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
     python_bundle_size: int = 10000
     python_bundle_time_ms: int = 50
+    #: Restarts after a failure: exponential delay from ``restart_backoff_ms`` up to
+    #: ``restart_max_backoff_ms``, back to the start after ``restart_reset_backoff_ms``
+    #: without a failure. Flink's defaults (1 s, 1 min, 1 h) left a TaskManager killed a
+    #: third time within the hour waiting a full minute; 10 s still spaces out a crash loop.
+    restart_backoff_ms: int = 1000
+    restart_max_backoff_ms: int = 10_000
+    restart_reset_backoff_ms: int = 60_000
+    #: Heartbeats every ``heartbeat_interval_ms`` (Flink: 10 s): a killed TaskManager is
+    #: declared lost after two heartbeat RPCs to it fail, which took ~11 s at Flink's
+    #: interval, most of a recovery; a hung one after ``heartbeat_timeout_ms`` (Flink: 50 s).
+    heartbeat_interval_ms: int = 2_000
+    heartbeat_timeout_ms: int = 20_000
 
     @property
     def web_ui(self) -> str:
@@ -267,6 +279,24 @@ class FlinkConf:
     def validate(self) -> None:
         _check_port("flink.rest_port", self.rest_port)
         _check_port("flink.rpc_port", self.rpc_port)
+        for name in (
+            "restart_backoff_ms",
+            "restart_max_backoff_ms",
+            "restart_reset_backoff_ms",
+            "heartbeat_interval_ms",
+            "heartbeat_timeout_ms",
+        ):
+            _check_positive(f"flink.{name}", getattr(self, name))
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:
+            raise ConfigError(
+                "flink.heartbeat_timeout_ms must be > flink.heartbeat_interval_ms, got "
+                f"{self.heartbeat_timeout_ms} <= {self.heartbeat_interval_ms}"
+            )
+        if self.restart_max_backoff_ms < self.restart_backoff_ms:
+            raise ConfigError(
+                "flink.restart_max_backoff_ms must be >= flink.restart_backoff_ms, got "
+                f"{self.restart_max_backoff_ms} < {self.restart_backoff_ms}"
+            )
         # Parsing, training and drift detection run in three slot sharing groups (three
         # Python worker processes).
         if self.taskmanager_slots < SLOT_GROUPS * self.parallelism:

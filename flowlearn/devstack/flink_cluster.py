@@ -80,6 +80,14 @@ def write_flink_conf(settings: Settings) -> Path:
         # RocksDB uploads only the files that changed since the last checkpoint.
         "execution.checkpointing.incremental": f.state_backend == "rocksdb",
         "restart-strategy.type": "exponential-delay",
+        # Recovery in seconds (conf/settings.py FlinkConf says why each value).
+        "restart-strategy.exponential-delay.initial-backoff": f"{f.restart_backoff_ms}ms",
+        "restart-strategy.exponential-delay.max-backoff": f"{f.restart_max_backoff_ms}ms",
+        "restart-strategy.exponential-delay.reset-backoff-threshold": (
+            f"{f.restart_reset_backoff_ms}ms"
+        ),
+        "heartbeat.interval": f"{f.heartbeat_interval_ms}ms",
+        "heartbeat.timeout": f"{f.heartbeat_timeout_ms}ms",
         "metrics.reporter.prom.factory.class": (
             "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
         ),

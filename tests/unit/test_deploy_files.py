@@ -658,3 +658,30 @@ def test_kustomize_renders_with_images_rewritten() -> None:
         == registry["flowlearn-predictor"]
     )
     assert {d["metadata"]["namespace"] for d in docs} == {kustomization["namespace"]}
+
+
+def test_compose_and_kubernetes_recover_as_the_local_stack_does() -> None:
+    """The restart strategy and heartbeat timeout of conf/defaults.toml's [flink] (what the
+    local stack's Flink runs with) are the compose file's and the FlinkDeployment's."""
+    from flowlearn.conf import load_settings
+
+    f = load_settings(env={}).flink
+    ms = {"s": 1000, "min": 60_000}
+
+    def millis(value: Any) -> int:
+        text = str(value).strip()
+        number, _, unit = text.partition(" ")
+        return int(number) * ms[unit] if unit else int(number)
+
+    expected = {
+        "restart-strategy.exponential-delay.initial-backoff": f.restart_backoff_ms,
+        "restart-strategy.exponential-delay.max-backoff": f.restart_max_backoff_ms,
+        "restart-strategy.exponential-delay.reset-backoff-threshold": f.restart_reset_backoff_ms,
+        "heartbeat.interval": f.heartbeat_interval_ms,
+        "heartbeat.timeout": f.heartbeat_timeout_ms,
+    }
+    compose_conf = flink_properties(compose()["services"]["taskmanager"])
+    k8s_conf = flink_deployment()["spec"]["flinkConfiguration"]
+    for conf in (compose_conf, k8s_conf):
+        assert conf["restart-strategy.type"] == "exponential-delay"
+        assert {key: millis(conf[key]) for key in expected} == expected
