@@ -70,7 +70,15 @@ from typing import Any, Self
 
 import numpy as np
 
-from flowlearn.core.trees import check_int, check_open_unit, group_rank, parse_nodes
+from flowlearn.core.trees import (
+    TreeBase,
+    compact_records,
+    group_rank,
+    parse_nodes,
+    release_records,
+    route_nodes,
+    take_records,
+)
 from flowlearn.core.validation import (
     Arrays,
     Meta,
@@ -98,8 +106,6 @@ _EDGE_SAMPLES = 64
 #: A threshold must leave at least this many samples on each side (River's
 #: min_samples_split).
 _MIN_SAMPLES_SPLIT = 5
-#: A pool of observers shrinks when fewer than a quarter of its records are in use.
-_MIN_POOL = 64
 #: The node arrays of the served vector, in order.
 _SERVED = ("split", "threshold", "left", "weight", "sum", "sum_sq")
 
@@ -111,7 +117,7 @@ def _variance(w: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     return np.where(ok, (s2 - s1 * s1 / safe) / (safe - 1.0), 0.0)
 
 
-class HoeffdingTreeRegressor(Stateful):
+class HoeffdingTreeRegressor(TreeBase):
     """A Hoeffding tree regressor (FIMT-DD's split rule without its drift handling, River's
     ``tree.HoeffdingTreeRegressor``): see the module docstring.
 
@@ -149,25 +155,16 @@ class HoeffdingTreeRegressor(Stateful):
                 f"regression tree, got {leaf_prediction!r}"
             )
         self.leaf_prediction = leaf_prediction
-        self.n_features = check_int("n_features", n_features, 1)
-        self.grace_period = check_int("grace_period", grace_period, 1)
-        self.split_confidence = check_open_unit("split_confidence", split_confidence)
-        if not (math.isfinite(float(tie_threshold)) and float(tie_threshold) >= 0.0):
-            raise ValueError(f"tie_threshold must be finite and >= 0, got {tie_threshold!r}")
-        self.tie_threshold = float(tie_threshold)
-        self.max_depth = check_int("max_depth", max_depth, 0)
-        self.max_nodes = check_int("max_nodes", max_nodes, 1)
-        if self.max_nodes % 2 == 0:
-            raise ValueError(f"max_nodes must be odd, got {max_nodes!r}")
-        self.max_features = check_int("max_features", max_features, 0)
-        if self.max_features > self.n_features:
-            raise ValueError(
-                f"max_features must be in 0..n_features={self.n_features}, got {max_features!r}"
-            )
-        self.seed = check_int("seed", seed, 0)
-        #: A tree learns no gradient; the trainer's gates read these.
-        self.last_grad_norm = 0.0
-        self.clip_grad_norm: float | None = None
+        self._check_params(
+            n_features,
+            grace_period,
+            split_confidence,
+            tie_threshold,
+            max_depth,
+            max_nodes,
+            max_features,
+            seed,
+        )
         self._n_sub = self.max_features or self.n_features
         self._kept = min(self.grace_period, _EDGE_SAMPLES)
         self._bound_numerator = math.log(1.0 / self.split_confidence)
@@ -219,18 +216,10 @@ class HoeffdingTreeRegressor(Stateful):
 
     def _alloc(self, k: int) -> np.ndarray:
         """``k`` fresh observers (the lowest free ones), each with its features drawn."""
-        free = np.flatnonzero(~self._pool["used"])
-        if len(free) < k:
-            cap = len(self._pool["used"])
-            grown = self._new_pool(max(2 * cap, cap + k - len(free), 8))
-            for name, arr in self._pool.items():
-                grown[name][:cap] = arr
-            self._pool = grown
-            free = np.flatnonzero(~self._pool["used"])
-        idx = free[:k]
-        for arr in self._pool.values():
-            arr[idx] = 0
-        self._pool["used"][idx] = True
+        self._pool, idx = take_records(self._pool, k, self._new_pool)
+        for name, arr in self._pool.items():
+            if name != "used":
+                arr[idx] = 0
         F, J = self.n_features, self._n_sub
         if J == F:
             self._pool["feat"][idx] = np.arange(F)
@@ -241,19 +230,7 @@ class HoeffdingTreeRegressor(Stateful):
 
     def _free(self, nodes: np.ndarray) -> None:
         """Drop the observers of these nodes (their leaves stop splitting)."""
-        r = self._record[nodes]
-        self._pool["used"][r[r >= 0]] = False
-        self._record[nodes] = -1
-        cap = len(self._pool["used"])
-        if cap > _MIN_POOL and 4 * int(self._pool["used"].sum()) < cap:
-            self._compact()
-
-    def _compact(self) -> None:
-        keep = np.flatnonzero(self._pool["used"])
-        new_of = np.full(len(self._pool["used"]) + 1, -1, dtype=np.int64)
-        new_of[keep] = np.arange(len(keep))
-        self._record = new_of[self._record]  # -1 maps to the extra last entry, -1
-        self._pool = {name: arr[keep] for name, arr in self._pool.items()}
+        self._pool, self._record = release_records(self._pool, self._record, nodes)
 
     def _activate(self, nodes: np.ndarray) -> None:
         """Give these leaves observers where they may still split (depth and room allow)."""
@@ -268,15 +245,7 @@ class HoeffdingTreeRegressor(Stateful):
 
     def _route(self, X: np.ndarray) -> np.ndarray:
         """The leaf each sample reaches, one numpy step per level."""
-        node = np.zeros(len(X), dtype=np.int64)
-        live = np.arange(len(X))
-        while live.size:
-            f = self._split[node[live]]
-            inner = f > 0
-            live, f = live[inner], f[inner]
-            at = node[live]
-            node[live] = self._left[at] + (X[live, f - 1] > self._threshold[at])
-        return node
+        return route_nodes(X, self._split, self._threshold, self._left, np.zeros(1, np.int64))[0]
 
     def learn_many(self, X: Any, y: Any) -> Self:
         """Learn a batch, sample by sample in effect: bit-identical to any other cut."""
@@ -586,12 +555,6 @@ class HoeffdingTreeRegressor(Stateful):
 
     # ------------------------------------------------------------------ model interface
 
-    def set_learning_rate(self, lr: float) -> None:
-        raise ValueError(
-            "a tree model has no learning rate; its splits are steered by grace_period, "
-            "split_confidence and tie_threshold in its spec"
-        )
-
     def spec(self) -> dict[str, Any]:
         """What a server needs besides the weights vector: every constructor argument but
         the seed."""
@@ -685,7 +648,7 @@ class HoeffdingTreeRegressor(Stateful):
         }
 
     def _state(self) -> tuple[Arrays, Meta]:
-        self._compact()
+        self._pool, self._record = compact_records(self._pool, self._record)
         arrays = {f"node.{name}": getattr(self, f"_{name}") for name in self._NODE_ARRAYS}
         arrays.update({f"pool.{k}": a for k, a in self._pool.items() if k != "used"})
         arrays["shift"] = np.array([self._shift])

@@ -90,7 +90,7 @@ What depends on how the stream is cut into batches:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -399,41 +399,22 @@ class _Grove:
 
     def _alloc(self, k: int) -> np.ndarray:
         """``k`` fresh records (the lowest free ones), each with its feature subspace."""
-        free = np.flatnonzero(~self.pool["used"])
-        if len(free) < k:
-            cap = len(self.pool["used"])
-            grown = self._new_pool(max(2 * cap, cap + k - len(free), 8))
-            for name, arr in self.pool.items():
-                grown[name][:cap] = arr
-            self.pool = grown
-            free = np.flatnonzero(~self.pool["used"])
-        idx = free[:k]
+        self.pool, idx = take_records(self.pool, k, self._new_pool)
         fresh = self._new_pool(k)
         for name, arr in fresh.items():
             if name not in ("feat", "used"):
                 self.pool[name][idx] = arr
-        self.pool["used"][idx] = True
         if not self.nb:
             self.pool["feat"][idx] = self._draw(k)
         return idx
 
     def _free(self, nodes: np.ndarray) -> None:
         """Drop the records of these flat node ids (their leaves stop splitting)."""
-        rec = self.record.reshape(-1)
-        r = rec[nodes]
-        self.pool["used"][r[r >= 0]] = False
-        rec[nodes] = -1
-        cap = len(self.pool["used"])
-        if cap > _MIN_POOL and 4 * int(self.pool["used"].sum()) < cap:
-            self.compact()
+        self.pool, self.record = release_records(self.pool, self.record, nodes)
 
     def compact(self) -> None:
         """Keep only the records in use, renumbered in order."""
-        keep = np.flatnonzero(self.pool["used"])
-        new_of = np.full(len(self.pool["used"]) + 1, -1, dtype=np.int64)
-        new_of[keep] = np.arange(len(keep))
-        self.record = new_of[self.record]  # -1 maps to the extra last entry, -1
-        self.pool = {name: arr[keep] for name, arr in self.pool.items()}
+        self.pool, self.record = compact_records(self.pool, self.record)
 
     def _activate(self, slots: np.ndarray, nodes: np.ndarray) -> None:
         """Give these leaves observers where they may still split (depth and room allow)."""
@@ -508,19 +489,8 @@ class _Grove:
 
     def route(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """The leaf each sample reaches in each slot: ``(len(slots), n)``, one step per level."""
-        n = len(X)
-        base = np.repeat(slots * self.M, n)
-        sample = np.tile(np.arange(n), len(slots))
-        node = np.zeros(len(base), dtype=np.int64)
         split, thr, left = self.split.reshape(-1), self.threshold.reshape(-1), self.left.reshape(-1)
-        live = np.arange(len(base))
-        while live.size:
-            gid = base[live] + node[live]
-            f = split[gid]
-            inner = f > 0
-            live, gid, f = live[inner], gid[inner], f[inner]
-            node[live] = left[gid] + (X[sample[live], f - 1] > thr[gid])
-        return node.reshape(len(slots), n)
+        return route_nodes(X, split, thr, left, slots * self.M)
 
     # ------------------------------------------------------------------ learning
 
@@ -998,6 +968,77 @@ class _ErrorWindows:
         self.n_pending = n_pending
 
 
+def route_nodes(
+    X: np.ndarray,
+    split: np.ndarray,
+    threshold: np.ndarray,
+    left: np.ndarray,
+    base: np.ndarray,
+) -> np.ndarray:
+    """The leaf each sample reaches in each tree of flat node arrays (``split``,
+    ``threshold``, ``left``: feature + 1 or 0, the threshold, the left child), a tree's
+    nodes starting at ``base[j]``: ``(len(base), n)`` node ids within their tree, one numpy
+    step per level."""
+    n = len(X)
+    offset = np.repeat(base, n)
+    sample = np.tile(np.arange(n), len(base))
+    node = np.zeros(len(offset), dtype=np.int64)
+    live = np.arange(len(offset))
+    while live.size:
+        gid = offset[live] + node[live]
+        f = split[gid]
+        inner = f > 0
+        live, gid, f = live[inner], gid[inner], f[inner]
+        node[live] = left[gid] + (X[sample[live], f - 1] > threshold[gid])
+    return node.reshape(len(base), n)
+
+
+def take_records(
+    pool: dict[str, np.ndarray], k: int, new_pool: Callable[[int], dict[str, np.ndarray]]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``k`` free records of ``pool`` (the lowest free ones; named arrays with the records
+    along the first axis and a ``used`` flag), the pool grown by doubling when it has too
+    few; returns the pool and the records, marked used (their values as they were)."""
+    free = np.flatnonzero(~pool["used"])
+    if len(free) < k:
+        cap = len(pool["used"])
+        grown = new_pool(max(2 * cap, cap + k - len(free), 8))
+        for name, arr in pool.items():
+            grown[name][:cap] = arr
+        pool = grown
+        free = np.flatnonzero(~pool["used"])
+    idx = free[:k]
+    pool["used"][idx] = True
+    return pool, idx
+
+
+def release_records(
+    pool: dict[str, np.ndarray], record: np.ndarray, nodes: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Free the records of these (flat) nodes of ``record`` (the table of each node's
+    record, -1: none); the pool keeps only the records in use, renumbered in order, when
+    fewer than a quarter of it are. Returns the pool and the table."""
+    flat = record.reshape(-1)
+    r = flat[nodes]
+    pool["used"][r[r >= 0]] = False
+    flat[nodes] = -1
+    cap = len(pool["used"])
+    if cap > _MIN_POOL and 4 * int(pool["used"].sum()) < cap:
+        return compact_records(pool, record)
+    return pool, record
+
+
+def compact_records(
+    pool: dict[str, np.ndarray], record: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The pool's records in use only, renumbered in order, and the table renumbered."""
+    keep = np.flatnonzero(pool["used"])
+    new_of = np.full(len(pool["used"]) + 1, -1, dtype=np.int64)
+    new_of[keep] = np.arange(len(keep))
+    # -1 maps to the extra last entry, -1.
+    return {name: arr[keep] for name, arr in pool.items()}, new_of[record]
+
+
 def check_int(name: str, value: Any, low: int) -> int:
     try:
         ok = not isinstance(value, bool) and int(value) == value and value >= low
@@ -1014,7 +1055,51 @@ def check_open_unit(name: str, value: Any) -> float:
     return float(value)
 
 
-class _TreeModel(Stateful):
+class TreeBase(Stateful):
+    """What every tree model shares: the checked parameters that bound and steer its
+    splits, and no gradient or learning rate."""
+
+    def _check_params(
+        self,
+        n_features: int,
+        grace_period: int,
+        split_confidence: float,
+        tie_threshold: float,
+        max_depth: int,
+        max_nodes: int,
+        max_features: int,
+        seed: int,
+    ) -> None:
+        self.n_features = check_int("n_features", n_features, 1)
+        self.grace_period = check_int("grace_period", grace_period, 1)
+        self.split_confidence = check_open_unit("split_confidence", split_confidence)
+        if not (math.isfinite(float(tie_threshold)) and float(tie_threshold) >= 0.0):
+            raise ValueError(f"tie_threshold must be finite and >= 0, got {tie_threshold!r}")
+        self.tie_threshold = float(tie_threshold)
+        self.max_depth = check_int("max_depth", max_depth, 0)
+        self.max_nodes = check_int("max_nodes", max_nodes, 1)
+        if self.max_nodes % 2 == 0:
+            # A binary tree always has an odd number of nodes: an even budget's last node
+            # could never be used.
+            raise ValueError(f"max_nodes must be odd, got {max_nodes!r}")
+        self.max_features = check_int("max_features", max_features, 0)
+        if self.max_features > self.n_features:
+            raise ValueError(
+                f"max_features must be in 0..n_features={self.n_features}, got {max_features!r}"
+            )
+        self.seed = check_int("seed", seed, 0)
+        #: Trees learn no gradient; the trainer's gates read these.
+        self.last_grad_norm = 0.0
+        self.clip_grad_norm: float | None = None
+
+    def set_learning_rate(self, lr: float) -> None:
+        raise ValueError(
+            "a tree model has no learning rate; its splits are steered by grace_period, "
+            "split_confidence and tie_threshold in its spec"
+        )
+
+
+class _TreeModel(TreeBase):
     """What both classifiers share: parameters, the served vector, prediction, state."""
 
     _type: ClassVar[str]
@@ -1046,28 +1131,17 @@ class _TreeModel(Stateful):
                 f"got {leaf_prediction!r}"
             )
         self.leaf_prediction = leaf_prediction
-        self.n_features = check_int("n_features", n_features, 1)
+        self._check_params(
+            n_features,
+            grace_period,
+            split_confidence,
+            tie_threshold,
+            max_depth,
+            max_nodes,
+            max_features,
+            seed,
+        )
         self.n_classes = check_int("n_classes", n_classes, 2)
-        self.grace_period = check_int("grace_period", grace_period, 1)
-        self.split_confidence = check_open_unit("split_confidence", split_confidence)
-        if not (math.isfinite(float(tie_threshold)) and float(tie_threshold) >= 0.0):
-            raise ValueError(f"tie_threshold must be finite and >= 0, got {tie_threshold!r}")
-        self.tie_threshold = float(tie_threshold)
-        self.max_depth = check_int("max_depth", max_depth, 0)
-        self.max_nodes = check_int("max_nodes", max_nodes, 1)
-        if self.max_nodes % 2 == 0:
-            # A binary tree always has an odd number of nodes: an even budget's last node
-            # could never be used.
-            raise ValueError(f"max_nodes must be odd, got {max_nodes!r}")
-        self.max_features = check_int("max_features", max_features, 0)
-        if self.max_features > self.n_features:
-            raise ValueError(
-                f"max_features must be in 0..n_features={self.n_features}, got {max_features!r}"
-            )
-        self.seed = check_int("seed", seed, 0)
-        #: Trees learn no gradient; the trainer's gates read these.
-        self.last_grad_norm = 0.0
-        self.clip_grad_norm: float | None = None
         # Independent streams: the bagging weights stay the same whatever the splits draw.
         bag_seq, feat_seq = np.random.SeedSequence(self.seed).spawn(2)
         self._bag_rng = np.random.default_rng(bag_seq)
@@ -1308,12 +1382,6 @@ class _TreeModel(Stateful):
         return -np.log(np.clip(chosen, _PROBA_FLOOR, 1.0))
 
     # ------------------------------------------------------------------ model interface
-
-    def set_learning_rate(self, lr: float) -> None:
-        raise ValueError(
-            "a tree model has no learning rate; its splits are steered by grace_period, "
-            "split_confidence and tie_threshold in its spec"
-        )
 
     def spec(self) -> dict[str, Any]:
         """What a server needs besides the weights vector: every constructor argument but

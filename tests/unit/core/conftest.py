@@ -44,6 +44,17 @@ ESTIMATORS: dict[str, Callable[[], Any]] = {
 REGRESSORS = ("linear", "hoeffding-tree-regressor")
 
 
+def learn(model: Any, X: np.ndarray, y: np.ndarray, batch: int = 64) -> Any:
+    """``model`` after learning ``X, y`` in batches of ``batch``, in order."""
+    for s in range(0, len(y), batch):
+        model.learn_many(X[s : s + batch], y[s : s + batch])
+    return model
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 def make_batch(name: str, rng: np.random.Generator, n: int = 32) -> tuple[np.ndarray, np.ndarray]:
     X = rng.normal(size=(n, D))
     score = X @ np.array([1.0, -2.0, 0.5, 0.0])

@@ -17,6 +17,8 @@ from river.tree.nodes.branch import DTBranch
 from flowlearn.core import linear
 from flowlearn.core.regression_trees import HoeffdingTreeRegressor
 
+from .conftest import learn, same_bits
+
 
 def friedman(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     pairs = list(itertools.islice(synth.Friedman(seed=seed), n))
@@ -27,16 +29,6 @@ def friedman(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def stream() -> tuple[np.ndarray, np.ndarray]:
     return friedman(4000)
-
-
-def learn(model, X, y, batch: int = 64):
-    for s in range(0, len(y), batch):
-        model.learn_many(X[s : s + batch], y[s : s + batch])
-    return model
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def handmade() -> np.ndarray:

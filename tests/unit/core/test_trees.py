@@ -19,6 +19,8 @@ from river.tree.nodes.branch import DTBranch
 from flowlearn.core import linear
 from flowlearn.core.trees import HoeffdingTreeClassifier, RandomForestClassifier
 
+from .conftest import learn, same_bits
+
 TREE_CLASSES = (HoeffdingTreeClassifier, RandomForestClassifier)
 
 
@@ -32,16 +34,6 @@ def agrawal(n: int, function: int = 0, seed: int = 1) -> tuple[np.ndarray, np.nd
 @pytest.fixture(scope="module")
 def stream() -> tuple[np.ndarray, np.ndarray]:
     return agrawal(4000)
-
-
-def learn(model, X, y, batch: int = 64):
-    for s in range(0, len(y), batch):
-        model.learn_many(X[s : s + batch], y[s : s + batch])
-    return model
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def small_forest(**kw) -> RandomForestClassifier:
