@@ -352,6 +352,11 @@ class PredictorConf:
     #: clients that trickle their headers (slowloris).
     idle_timeout_s: float = 15.0
     log_predictions: bool = True
+    #: The prediction log queues the requests it has not sent yet up to this many bytes of
+    #: their bodies (and 10,000 requests); past it, predictions are served but not logged
+    #: (counted as dropped, ``queue_full``): while Kafka is slow the queue cannot grow
+    #: without bound.
+    log_queue_bytes: int = 64 * 2**20
     ab_fraction: float = 0.0
     baselines: dict[str, Path] = field(default_factory=dict)
 
@@ -361,7 +366,13 @@ class PredictorConf:
 
     def validate(self) -> None:
         _check_port("predictor.port", self.port)
-        for name in ("stale_after_s", "max_instances", "max_body_bytes", "idle_timeout_s"):
+        for name in (
+            "stale_after_s",
+            "max_instances",
+            "max_body_bytes",
+            "idle_timeout_s",
+            "log_queue_bytes",
+        ):
             _check_positive(f"predictor.{name}", getattr(self, name))
         if not 0.0 <= self.ab_fraction <= 1.0:
             raise ConfigError(

@@ -235,13 +235,15 @@ def answer(
     baseline: Version | None,
     rows: list[Any],
     event_ids: list[str | None],
+    body_bytes: int,
     row_name: Callable[[int], str] = "instances[{}]".format,
     split: bool = True,
 ) -> Answer:
-    """Score ``rows`` (features as V1 instances hold them) as the predictor serves them:
-    the variant (A/B split unless ``split`` is False), the shadow, the flags, the metrics
-    and the prediction log. Both protocols answer through here. Raises Refused (400) for
-    features the model cannot read or a score that is not finite."""
+    """Score ``rows`` (features as V1 instances hold them, read from a body of
+    ``body_bytes``) as the predictor serves them: the variant (A/B split unless ``split`` is
+    False), the shadow, the flags, the metrics and the prediction log. Both protocols answer
+    through here. Raises Refused (400) for features the model cannot read or a score that
+    is not finite."""
     limits = p.settings.predictor
     try:
         if served is None:
@@ -325,19 +327,21 @@ def answer(
                 primary.epoch,
                 primary_name,
                 shadow,
+                body_bytes,
             )
         )
     return Answer(primary, primary_name, scores, shadow, flags, ids)
 
 
-async def read_json(request: web.Request, limits: PredictorConf) -> Any:
-    """The request's JSON body, within the size and time bounds; else Refused."""
+async def read_json(request: web.Request, limits: PredictorConf) -> tuple[Any, int]:
+    """The request's JSON body and its size in bytes, within the size and time bounds;
+    else Refused."""
     if (request.content_length or 0) > limits.max_body_bytes:
         raise Refused(413, f"body larger than {limits.max_body_bytes} bytes")
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             raw = await request.read()
-        return orjson.loads(raw)
+        return orjson.loads(raw), len(raw)
     except web.HTTPRequestEntityTooLarge:
         raise Refused(413, f"body larger than {limits.max_body_bytes} bytes") from None
     except TimeoutError:
@@ -355,7 +359,7 @@ async def predict(request: web.Request) -> web.Response:
     model_id = request.match_info["model"]
     try:
         served, baseline = lookup(p, model_id)
-        body = await read_json(request, limits)
+        body, size = await read_json(request, limits)
         key = "instances"
         if isinstance(body, dict) and "inputs" in body:
             if "instances" in body:
@@ -372,7 +376,7 @@ async def predict(request: web.Request) -> web.Response:
             rows, event_ids = _split(instances)
         except FeatureError as exc:
             raise Refused(400, str(exc)) from None
-        done = answer(p, model_id, served, baseline, rows, event_ids)
+        done = answer(p, model_id, served, baseline, rows, event_ids, size)
     except Refused as exc:
         return _error(p, "predict", exc.status, exc.message, started)
     primary = done.version
@@ -510,7 +514,7 @@ async def infer(request: web.Request) -> web.Response:
                 f"model '{model_id}' version {wanted!r} is not served here; "
                 f"version {current.version} is",
             )
-        body = await read_json(request, limits)
+        body, size = await read_json(request, limits)
         logged = p.log is not None
         request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
         done = answer(
@@ -520,6 +524,7 @@ async def infer(request: web.Request) -> web.Response:
             baseline,
             request_.rows,
             request_.event_ids,
+            size,
             row_name="row {}".format,
             split=wanted is None,
         )
@@ -614,6 +619,7 @@ def make_app(
             settings.kafka.topics.events,
             producer_factory or kafka_producer(settings.kafka),
             metrics_,
+            max_bytes=settings.predictor.log_queue_bytes,
         )
     app = web.Application(client_max_size=settings.predictor.max_body_bytes)
     app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded, ab_fraction)

@@ -1,7 +1,8 @@
 """The prediction log: every served prediction to the events topic, off the request path.
 
 A request hands one :class:`Batch` to :meth:`PredictionLog.offer`, which never
-blocks: when the bounded queue is full the batch is dropped and counted. A thread turns
+blocks: when the queue holds :data:`QUEUE_SIZE` requests, or their bodies' bytes would pass
+``max_bytes`` (``predictor.log_queue_bytes``), the batch is dropped and counted. A thread turns
 batches into JSON records (one per instance, keyed by model id) and gives them to a
 kafka-python producer; while Kafka is unreachable the thread retries the connection with
 backoff, the queue fills, and later batches are dropped — requests are never slowed.
@@ -64,6 +65,8 @@ class Batch(NamedTuple):
     epoch: int
     variant: str
     shadow: Shadow | None
+    #: The size of the request body the batch was read from: what the queue bounds.
+    body_bytes: int = 0
 
     def records(self) -> Iterator[bytes]:
         shadow = self.shadow
@@ -118,11 +121,16 @@ class PredictionLog:
         producer_factory: Callable[[], Producer],
         metrics: Metrics,
         maxsize: int = QUEUE_SIZE,
+        max_bytes: int = 64 * 2**20,
     ) -> None:
         self.topic = topic
         self._factory = producer_factory
         self._metrics = metrics
         self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize)
+        #: The queued batches' body bytes, and their bound.
+        self._bytes = 0
+        self.max_bytes = max_bytes
+        self._bytes_lock = threading.Lock()
         self._stop = threading.Event()
         self._connecting = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -131,11 +139,28 @@ class PredictionLog:
         self._thread.start()
 
     def offer(self, batch: Batch) -> None:
-        """Queue a batch, or drop and count it when the queue is full; never blocks."""
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
-            self._metrics.log_dropped.labels("queue_full").inc(len(batch.event_ids))
+        """Queue a batch, or drop and count it when the queue is full (in requests or in
+        bytes); never blocks."""
+        with self._bytes_lock:
+            fits = self._bytes + batch.body_bytes <= self.max_bytes
+            if fits:
+                self._bytes += batch.body_bytes
+        if fits:
+            try:
+                self._queue.put_nowait(batch)
+                return
+            except queue.Full:
+                self._release(batch)
+        self._metrics.log_dropped.labels("queue_full").inc(len(batch.event_ids))
+
+    def queued_bytes(self) -> int:
+        """The body bytes of the batches queued or being sent."""
+        with self._bytes_lock:
+            return self._bytes
+
+    def _release(self, batch: Batch) -> None:
+        with self._bytes_lock:
+            self._bytes -= batch.body_bytes
 
     def depth(self) -> int:
         return self._queue.qsize()
@@ -181,8 +206,10 @@ class PredictionLog:
                 producer = self._connect()
                 if producer is None:  # stopping while Kafka is down: what is queued is lost
                     self._metrics.log_dropped.labels("kafka").inc(len(batch.event_ids))
+                    self._release(batch)
                     continue
             self._send(producer, batch)
+            self._release(batch)  # its records are the producer's (bounded buffer) now
         if producer is not None:
             try:
                 producer.flush(timeout=2.0)

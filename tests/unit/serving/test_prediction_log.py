@@ -11,7 +11,7 @@ from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Shadow
 
 
-def batch(n: int = 2) -> Batch:
+def batch(n: int = 2, body_bytes: int = 0) -> Batch:
     return Batch(
         "m",
         1700000000000,
@@ -22,6 +22,7 @@ def batch(n: int = 2) -> Batch:
         2,
         "online",
         Shadow("baseline", 0, [0.25] * n),
+        body_bytes,
     )
 
 
@@ -102,6 +103,27 @@ def test_a_full_queue_drops_and_counts_without_blocking():
     producer.gate.set()
     log.close()
     assert len(producer.sent) == 2 * 4
+
+
+def test_the_queue_is_bounded_in_bytes_of_request_bodies():
+    """#23: the queue held 10,000 requests whatever their size (up to 10 GB of 1 MiB
+    bodies while Kafka was slow); now their bodies' bytes are bounded too."""
+    producer, metrics = Producer(), Metrics()  # stuck: its gate stays closed
+    log = PredictionLog("fl.events", lambda: producer, metrics, max_bytes=1000)
+    log.start()
+    log.offer(batch(2, body_bytes=400))
+    wait_for("the thread to hold the first batch", lambda: log.depth() == 0)
+    for _ in range(5):
+        log.offer(batch(2, body_bytes=400))
+    # 400 (being sent) + 400 queued fit in 1000; the other four are dropped.
+    assert log.depth() == 1 and log.queued_bytes() == 800
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 8
+    producer.gate.set()
+    wait_for("the queue to drain", lambda: log.queued_bytes() == 0)
+    log.offer(batch(2, body_bytes=400))  # room again
+    log.close()
+    assert len(producer.sent) == 2 * 3
+    assert log.queued_bytes() == 0
 
 
 def test_kafka_unreachable_retries_and_failed_deliveries_are_counted():
