@@ -60,8 +60,11 @@ def _number(name: str, value: Any) -> float:
     return x
 
 
-#: Hashed tokens remembered per hasher; cleared when full (hashing again is only slower).
+#: Hashed tokens remembered per hasher; cleared when full (hashing again is only slower),
+#: in entries or in the characters of their names and values (long names would otherwise
+#: keep megabytes per request's worth of tokens).
 _CACHE_SIZE = 1 << 16
+_CACHE_CHARS = 4 << 20
 
 
 class FeatureHasher(Stateful):
@@ -109,18 +112,21 @@ class FeatureHasher(Stateful):
             if not isinstance(value, str):
                 _number(name, value)
         self._cache: dict[tuple[str, str | None], tuple[int, float]] = {}
+        self._cache_chars = 0
 
     def _locate(self, name: str, value: str | None) -> tuple[int, float]:
         """Column and sign of a feature (``value`` for string features, else None)."""
         key = (name, value)
         hit = self._cache.get(key)
         if hit is None:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
             _check_name(name)
             token = name if value is None else f"{name}={value}"
             hit = _bucket(token, self.n_features, self.seed, self.alternate_sign)
+            if len(self._cache) >= _CACHE_SIZE or self._cache_chars + len(token) > _CACHE_CHARS:
+                self._cache.clear()
+                self._cache_chars = 0
             self._cache[key] = hit
+            self._cache_chars += len(token)
         return hit
 
     def _pairs(self, mapping: Mapping[str, Any]) -> Iterator[tuple[int, float]]:

@@ -103,3 +103,18 @@ def test_spec_round_trip_and_dense_sparse_agree():
         expected[i] = v
         assert np.array_equal(line, expected)
     assert h.transform_many([]).shape == (0, 32)
+
+
+def test_the_token_cache_is_bounded_in_characters_not_only_entries():
+    """#23: 65,536 cached tokens of long names could keep megabytes; the cache is also
+    bounded by its tokens' characters, and hashing is the same before and after it clears."""
+    from flowlearn.core import preprocessing
+
+    hasher = preprocessing.FeatureHasher(n_features=1024)
+    name = "x" * 100_000
+    first = [hasher.transform_one({f"{name}{i}": "v"}) for i in range(100)]
+    assert hasher._cache_chars <= preprocessing._CACHE_CHARS
+    assert len(hasher._cache) < 100  # it cleared on the way: 100 tokens of 100 KB each
+    again = [hasher.transform_one({f"{name}{i}": "v"}) for i in range(100)]
+    for (i1, v1), (i2, v2) in zip(first, again, strict=True):
+        assert i1.tolist() == i2.tolist() and v1.tolist() == v2.tolist()
