@@ -45,6 +45,9 @@ ONLINE, BASELINE = "online", "baseline"
 ROUTES = ("predict", "models", "model", "infer", "metadata")
 #: The server metadata of ``GET /v2``.
 SERVER_NAME, SERVER_VERSION = "flowlearn-predictor", "1"
+#: A request whose feature matrix has more values than this is scored on a worker thread,
+#: so that the event loop goes on answering the others meanwhile.
+OFF_LOOP_VALUES = 1 << 20
 #: Bound on reading a request body: a slow client cannot hold a handler longer.
 READ_TIMEOUT_S = 5.0
 #: Bound on stopping the follower and flushing the prediction log at shutdown.
@@ -253,6 +256,14 @@ def answer(
             primary, primary_name, other = baseline, BASELINE, served.version
         else:
             primary, primary_name, other = served.version, ONLINE, baseline
+        matrix = matrix_bytes(len(rows), primary.spec)
+        if matrix > limits.max_matrix_bytes:
+            raise Refused(
+                413,
+                f"{len(rows)} instances of {primary.spec['n_features']} features take "
+                f"{matrix / 2**20:,.0f} MiB to score, more than predictor.max_matrix_bytes "
+                f"({limits.max_matrix_bytes / 2**20:,.0f} MiB): send fewer instances a request",
+            )
         unknown = p.metrics.unknown_features.labels(model_id)
         X = vectorize(rows, primary.spec, lambda _name: unknown.inc())
     except FeatureError as exc:
@@ -333,6 +344,29 @@ def answer(
     return Answer(primary, primary_name, scores, shadow, flags, ids)
 
 
+def matrix_bytes(n_rows: int, spec: Mapping[str, Any]) -> int:
+    """What scoring ``n_rows`` instances of a model of this spec allocates for its features."""
+    return n_rows * int(spec["n_features"]) * 8
+
+
+async def answer_off_loop(
+    p: Predictor,
+    model_id: str,
+    served: Served | None,
+    baseline: Version | None,
+    rows: list[Any],
+    *args: Any,
+    **kwargs: Any,
+) -> Answer:
+    """:func:`answer`, on a worker thread when the request's feature matrix has more than
+    :data:`OFF_LOOP_VALUES` values (the event loop answers other requests meanwhile)."""
+    current = served.version if served is not None else baseline
+    assert current is not None
+    if matrix_bytes(len(rows), current.spec) // 8 > OFF_LOOP_VALUES:
+        return await asyncio.to_thread(answer, p, model_id, served, baseline, rows, *args, **kwargs)
+    return answer(p, model_id, served, baseline, rows, *args, **kwargs)
+
+
 async def read_json(request: web.Request, limits: PredictorConf) -> tuple[Any, int]:
     """The request's JSON body and its size in bytes, within the size and time bounds;
     else Refused."""
@@ -376,7 +410,7 @@ async def predict(request: web.Request) -> web.Response:
             rows, event_ids = _split(instances)
         except FeatureError as exc:
             raise Refused(400, str(exc)) from None
-        done = answer(p, model_id, served, baseline, rows, event_ids, size)
+        done = await answer_off_loop(p, model_id, served, baseline, rows, event_ids, size)
     except Refused as exc:
         return _error(p, "predict", exc.status, exc.message, started)
     primary = done.version
@@ -517,7 +551,7 @@ async def infer(request: web.Request) -> web.Response:
         body, size = await read_json(request, limits)
         logged = p.log is not None
         request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
-        done = answer(
+        done = await answer_off_loop(
             p,
             model_id,
             served,

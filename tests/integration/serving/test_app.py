@@ -367,3 +367,46 @@ def test_kafka_down_never_slows_requests(serving_redis, prefix):
         assert per_request < 0.02, f"{per_request * 1000:.1f} ms a request"
 
     serve(serving_redis, prefix, scenario)
+
+
+def test_large_feature_matrices_are_bounded_and_scored_off_the_event_loop(
+    serving_redis, prefix, monkeypatch
+):
+    """#23: 1,000 instances of a 2^18-feature hashed model allocated 2 GiB and held the
+    event loop half a second. A request whose matrix passes predictor.max_matrix_bytes is
+    refused (413); one of more than OFF_LOOP_VALUES values is scored on a worker thread,
+    with the same answer."""
+    from flowlearn.serving import app as app_module
+
+    d = 1 << 16
+    hashed = json.dumps({**json.loads(spec_json(n_features=d)), "features": "hashed"})
+    threaded: list[int] = []
+    to_thread = asyncio.to_thread
+
+    async def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn is app_module.answer:
+            threaded.append(len(args[4]))  # the rows
+        return await to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(app_module.asyncio, "to_thread", counting)
+
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        h = Trainer(trainer.client, trainer.keys, "h", size=d + 1, spec=hashed)
+        h.publish(np.linspace(-1.0, 1.0, d + 1))
+        await at_version(http, 1, "h")
+        row = {"user": "u1", "x": 2.5}
+        one = (await predict(http, [row], model="h"))["predictions"]
+        assert threaded == []  # 65,536 values: on the loop
+        many = (await predict(http, [row] * 20, model="h"))["predictions"]
+        assert threaded == [20]  # 1.3 M values: on a worker thread
+        assert many == one * 20
+        body = await predict(http, [row] * 40, model="h", status=413)
+        assert "predictor.max_matrix_bytes" in body["error"] and "40 instances" in body["error"]
+
+    serve(
+        serving_redis,
+        prefix,
+        scenario,
+        log_predictions=False,
+        predictor={"max_matrix_bytes": 30 * d * 8},
+    )
