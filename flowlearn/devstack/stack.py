@@ -89,6 +89,9 @@ def down(settings: Settings) -> list[str]:
         "prometheus",
         "predictor",
         "taskmanager",
+        # The supervisor stops its TaskManager; one whose supervisor was killed (SIGKILL
+        # leaves the child running) is stopped here.
+        "taskmanager-child",
         "jobmanager",
         "redis",
         "kafka",
