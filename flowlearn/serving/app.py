@@ -207,11 +207,13 @@ def _to_baseline(event_ids: list[str | None], fraction: float) -> bool:
 @dataclass(frozen=True, eq=False)
 class Answer:
     """How a request was answered: the version and variant that scored, the scores (one
-    row per instance), the shadow, the flags, and the event ids (None: the log is off)."""
+    row per instance; ``predictions``: the same as lists, what V1 answers and the log
+    records), the shadow, the flags, and the event ids (None: the log is off)."""
 
     version: Version
     variant: str
     scores: np.ndarray
+    predictions: list[Any]
     shadow: Shadow | None
     flags: dict[str, Any]
     event_ids: list[str] | None
@@ -341,7 +343,7 @@ def answer(
                 body_bytes,
             )
         )
-    return Answer(primary, primary_name, scores, shadow, flags, ids)
+    return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
 
 
 def matrix_bytes(n_rows: int, spec: Mapping[str, Any]) -> int:
@@ -415,7 +417,7 @@ async def predict(request: web.Request) -> web.Response:
         return _error(p, "predict", exc.status, exc.message, started)
     primary = done.version
     result: dict[str, Any] = {
-        "predictions": done.scores.tolist(),
+        "predictions": done.predictions,
         **_labels(primary.spec, done.scores),
         "model_version": primary.version,
         "epoch": primary.epoch,
