@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from bench_freshness import BenchStack, log, start_producer
+from bench_state import wait_until
 
 from flowlearn.contracts.redis_contract import Keys, redis_client
 from flowlearn.devstack import jobctl
@@ -65,16 +66,6 @@ def latest_epoch(client: Any, keys: Keys, model_id: str) -> int | None:
     return int((stream_id.decode() if isinstance(stream_id, bytes) else stream_id).split("-")[0])
 
 
-def wait(what: str, check: Any, timeout_s: float, poll_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise SystemExit(f"error: {what} did not happen within {timeout_s:.0f} s")
-
-
 def run(name: str, extra_flink: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     folder = tmp / name.replace(" ", "-")
     folder.mkdir()
@@ -98,10 +89,11 @@ def run(name: str, extra_flink: str, args: argparse.Namespace, tmp: Path) -> dic
         client = redis_client(settings.redis)
         keys = Keys(settings.redis.prefix)
         try:
-            wait(
+            wait_until(
                 "the first version",
                 lambda: latest_epoch(client, keys, model_id),
                 timeout_s=180,
+                poll_s=0.05,
             )
             time.sleep(args.warmup_s)  # steady training before the first kill
             for k in range(args.kills):
@@ -112,14 +104,13 @@ def run(name: str, extra_flink: str, args: argparse.Namespace, tmp: Path) -> dic
                 if pid is None:
                     raise SystemExit("error: no TaskManager to kill")
                 os.kill(pid, signal.SIGKILL)
-                killed, killed_wall = time.monotonic(), time.time()
-                wait(
+                killed_wall = time.time()
+                recovery = wait_until(
                     f"a version after kill {k + 1}",
                     lambda epoch=epoch: (latest_epoch(client, keys, model_id) or 0) > epoch,
                     timeout_s=300,
                     poll_s=0.02,
                 )
-                recovery = time.monotonic() - killed
                 kills.append(
                     {
                         "kill": k + 1,

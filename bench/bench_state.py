@@ -141,8 +141,9 @@ def records_in(settings: Settings, job_id: str, vertex_id: str) -> int:
     return int(sum(float(m.get("sum", 0)) for m in metrics))
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
-    """Seconds it took; SystemExit when it does not happen in time."""
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float, poll_s: float = 0.5) -> float:
+    """Seconds it took (checked every ``poll_s``); SystemExit when it does not happen in
+    time."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         try:
@@ -150,7 +151,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
                 return time.monotonic() - t0
         except (OSError, urllib.error.URLError, ValueError):
             pass
-        time.sleep(0.5)
+        time.sleep(poll_s)
     raise SystemExit(f"error: {what} did not happen within {timeout_s:.0f}s")
 
 
