@@ -141,10 +141,8 @@ _MIN_POOL = 64
 
 def _entropy(d: np.ndarray) -> np.ndarray:
     """Entropy (bits) of the class distributions along the last axis, as River computes it."""
-    total = d.sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(d > 0.0, d * np.log2(np.where(d > 0.0, d, 1.0)), 0.0).sum(axis=-1)
-        return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
+        return _entropy_of(d, d.sum(axis=-1))
 
 
 def _entropy_of(d: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -284,7 +282,7 @@ class _Grove:
         #: NBA: each slot's NB rows in :attr:`rows` (-1: none yet). A leaf's row is taken
         #: when it meets its first sample, so the rows grow with the leaves that learnt.
         self.rowid = np.full((S, self.H if nb else 0), -1, dtype=np.int64)
-        self.rows = {**self._new_rows(0), "used": np.zeros(0, dtype=bool)}
+        self.rows = self._new_row_pool(0)
 
     # ------------------------------------------------------------------ observer pool
 
@@ -323,40 +321,24 @@ class _Grove:
             return self.rowid[nodes // self.M, self.nbs.reshape(-1)[nodes]]
         return self.record.reshape(-1)[nodes]
 
+    def _new_row_pool(self, n: int) -> dict[str, np.ndarray]:
+        return {**self._new_rows(n), "used": np.zeros(n, dtype=bool)}
+
     def _rows_alloc(self, k: int) -> np.ndarray:
         """``k`` empty NB rows (the lowest free ones)."""
-        used = self.rows["used"]
-        free = np.flatnonzero(~used)
-        if len(free) < k:
-            cap = len(used)
-            grown = {**self._new_rows(max(2 * cap, cap + k - len(free), 8))}
-            grown["used"] = np.zeros(len(grown["w"]), dtype=bool)
-            for name, arr in self.rows.items():
-                grown[name][:cap] = arr
-            self.rows = grown
-            free = np.flatnonzero(~self.rows["used"])
-        idx = free[:k]
-        for arr in self.rows.values():
-            arr[idx] = 0
-        self.rows["used"][idx] = True
+        self.rows, idx = take_records(self.rows, k, self._new_row_pool)
+        for name, arr in self.rows.items():
+            if name != "used":
+                arr[idx] = 0
         return idx
 
     def _rows_free(self, slots: np.ndarray, h: np.ndarray) -> None:
         """Give back the NB rows of these (slot, row) pairs."""
-        r = self.rowid[slots, h]
-        self.rows["used"][r[r >= 0]] = False
-        self.rowid[slots, h] = -1
-        cap = len(self.rows["used"])
-        if cap > _MIN_POOL and 4 * int(self.rows["used"].sum()) < cap:
-            self.compact_rows()
+        self.rows, self.rowid = release_records(self.rows, self.rowid, slots * self.H + h)
 
     def compact_rows(self) -> None:
         """Keep only the NB rows in use, renumbered in order."""
-        keep = np.flatnonzero(self.rows["used"])
-        new_of = np.full(len(self.rows["used"]) + 1, -1, dtype=np.int64)
-        new_of[keep] = np.arange(len(keep))
-        self.rowid = new_of[self.rowid]
-        self.rows = {name: arr[keep] for name, arr in self.rows.items()}
+        self.rows, self.rowid = compact_records(self.rows, self.rowid)
 
     def dense_rows(self, slot: int) -> dict[str, np.ndarray]:
         """Slot ``slot``'s NB rows as served: ``H`` rows each, zeros where none."""
