@@ -312,9 +312,12 @@ class HoeffdingTreeRegressor(TreeBase):
         ``r`` takes every leaf's ``r``-th sample at once (a leaf's samples in order)."""
         order = np.argsort(leaf, kind="stable")
         rank = group_rank(leaf[order])
+        # The samples by rank, each rank's in leaf order: step r is one slice.
+        by_rank = order[np.argsort(rank, kind="stable")]
+        ends = np.cumsum(np.bincount(rank))
         X1 = np.concatenate([X, np.ones((len(X), 1))], axis=1)
-        for r in range(int(rank.max()) + 1):
-            i = order[rank == r]
+        for start, end in zip([0, *ends[:-1].tolist()], ends.tolist(), strict=True):
+            i = by_rank[start:end]
             node, x, t = leaf[i], X1[i], d[i]
             w = self._w[node]
             mean = np.where(w > 0.0, self._s1[node] / np.where(w > 0.0, w, 1.0), 0.0)
