@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 import numpy as np
 
@@ -78,6 +78,15 @@ def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
     e /= e.sum(axis=1, keepdims=True)
     return e
+
+
+class Contributions(NamedTuple):
+    """A linear model's raw scores taken apart: ``per_feature[i, j, k]`` is feature ``j``'s
+    share of sample ``i``'s score ``k``; ``base[k]`` is what no feature explains (the
+    intercept). ``per_feature.sum(axis=1) + base`` is the raw score."""
+
+    per_feature: np.ndarray
+    base: np.ndarray
 
 
 class _LinearModel(Stateful):
@@ -206,6 +215,22 @@ class _LinearModel(Stateful):
 
     def _classes(self) -> list[int] | None:
         return list(range(max(self._k, 2)))
+
+    def contributions_many(self, X: Any) -> Contributions:
+        """Each feature's share of the raw score (the logit, the class scores, the
+        prediction): ``coef[j] * x[j]``, and the intercept as the base; they add up to the
+        score (up to rounding).
+
+        >>> m = LinearRegression(2)
+        >>> m.set_weights_vector(np.array([2.0, -1.0, 0.5]))
+        >>> c = m.contributions_many(np.array([[1.0, 3.0]]))
+        >>> c.per_feature[0, :, 0].tolist(), c.base.tolist()
+        ([2.0, -3.0], [0.5])
+        """
+        X = check_matrix(X, self.n_features)
+        base = self._bias.copy() if self.intercept else np.zeros(self._k)
+        coef = self._coef.reshape(self.n_features, self._k)
+        return Contributions(X[:, :, None] * coef[None, :, :], base)
 
     # ------------------------------------------------------------------ learning
 

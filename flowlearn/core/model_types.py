@@ -63,6 +63,13 @@ class ModelType:
         return issubclass(self.cls, TREE_CLASSES)
 
     @property
+    def explainable(self) -> bool:
+        """Its served score is linear in the (transformed) features, so each feature's
+        share of it is well defined (``contributions_many`` of :mod:`flowlearn.core.linear`):
+        a plain linear model, not a mixture or a tree."""
+        return not (self.tree or self.self_tuning)
+
+    @property
     def classifier(self) -> bool:
         """Its predictions are classes, so 0/1 errors exist (and accuracy, calibration)."""
         return self.task != "regression"

@@ -29,11 +29,14 @@ Steps, in order (``FeatureTransform``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
 from flowlearn.core.validation import Arrays, Meta, Stateful, check_array
+
+if TYPE_CHECKING:  # linear imports this module
+    from flowlearn.core.linear import Contributions
 
 __all__ = ["SCALINGS", "FeatureTransform", "Pipeline", "TargetScaler", "remap_columns"]
 
@@ -307,6 +310,11 @@ class TargetScaler(Stateful):
     def inverse(self, z: np.ndarray) -> np.ndarray:
         return z * self._scale + self._mean
 
+    @property
+    def scale(self) -> float:
+        """What :meth:`inverse` multiplies by."""
+        return self._scale
+
     def _params(self) -> dict[str, Any]:
         return {}
 
@@ -403,6 +411,19 @@ class Pipeline(Stateful):
 
     def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
         return self.model.predict_proba_many(self.features.transform_many(X))
+
+    def contributions_many(self, X: np.ndarray) -> Contributions:
+        """The linear model's ``contributions_many`` of the transformed features (filled,
+        centred, scaled, clipped: what the model saw), in the target's own units when the
+        target is scaled. AttributeError for a model that is not linear."""
+        explain = self.model.contributions_many
+        c = explain(self.features.transform_many(X))
+        if self.target is None:
+            return c
+        # The prediction is ``score * scale + mean``: each share scales, the mean joins the base.
+        return c._replace(
+            per_feature=c.per_feature * self.target.scale, base=self.target.inverse(c.base)
+        )
 
     def weights_vector(self) -> np.ndarray:
         """The model's serving parameters, then the pipeline's statistics: the features'

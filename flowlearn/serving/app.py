@@ -30,19 +30,29 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from flowlearn.conf import PredictorConf, Settings
 from flowlearn.contracts.redis_contract import Keys, redis_client
 from flowlearn.core.features import FeatureError, vectorize
+from flowlearn.core.model_types import model_type
 from flowlearn.serving.baseline import load_baseline
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.openapi import OPENAPI
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
-from flowlearn.serving.v2 import Refused, model_metadata, output_tensors, parse_infer
+from flowlearn.serving.scoring import explainer
+from flowlearn.serving.v2 import (
+    BINARY_HEADER,
+    EXTENSIONS,
+    Refused,
+    inline_binary,
+    model_metadata,
+    output_tensors,
+    parse_infer,
+)
 
 log = logging.getLogger("flowlearn.serving")
 
 ONLINE, BASELINE = "online", "baseline"
 #: The ``route`` label of the request metrics: V1 predict, list and describe; V2 infer
 #: (versioned or not) and model metadata.
-ROUTES = ("predict", "models", "model", "infer", "metadata")
+ROUTES = ("predict", "explain", "models", "model", "infer", "metadata")
 #: The server metadata of ``GET /v2``.
 SERVER_NAME, SERVER_VERSION = "flowlearn-predictor", "1"
 #: A request whose feature matrix has more values than this is scored on a worker thread,
@@ -369,21 +379,47 @@ async def answer_off_loop(
     return answer(p, model_id, served, baseline, rows, *args, **kwargs)
 
 
-async def read_json(request: web.Request, limits: PredictorConf) -> tuple[Any, int]:
-    """The request's JSON body and its size in bytes, within the size and time bounds;
-    else Refused."""
+async def read_body(request: web.Request, limits: PredictorConf) -> bytes:
+    """The request's body, within the size and time bounds; else Refused."""
     if (request.content_length or 0) > limits.max_body_bytes:
         raise Refused(413, f"body larger than {limits.max_body_bytes} bytes")
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
-            raw = await request.read()
-        return orjson.loads(raw), len(raw)
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Refused(413, f"body larger than {limits.max_body_bytes} bytes") from None
     except TimeoutError:
         raise Refused(408, "request body not received in time") from None
+
+
+async def read_json(request: web.Request, limits: PredictorConf) -> tuple[Any, int]:
+    """The request's JSON body and its size in bytes (:func:`read_body`); else Refused."""
+    raw = await read_body(request, limits)
+    try:
+        return orjson.loads(raw), len(raw)
     except ValueError:
         raise Refused(400, "body is not JSON") from None
+
+
+def _v1_instances(body: Any, limits: PredictorConf) -> tuple[list[Any], list[str | None]]:
+    """A V1 body's feature rows and event ids: ``{"instances": [...]}`` or, as KServe also
+    takes it, ``{"inputs": [...]}``. Raises Refused (400, 413)."""
+    key = "instances"
+    if isinstance(body, dict) and "inputs" in body:
+        if "instances" in body:
+            raise Refused(400, "give instances or inputs, not both")
+        key = "inputs"
+    instances = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise Refused(400, f"{key}: expected a non-empty list")
+    if len(instances) > limits.max_instances:
+        raise Refused(
+            413, f"{key}: at most {limits.max_instances} per request, got {len(instances)}"
+        )
+    try:
+        return _split(instances)
+    except FeatureError as exc:
+        raise Refused(400, str(exc)) from None
 
 
 async def predict(request: web.Request) -> web.Response:
@@ -396,22 +432,7 @@ async def predict(request: web.Request) -> web.Response:
     try:
         served, baseline = lookup(p, model_id)
         body, size = await read_json(request, limits)
-        key = "instances"
-        if isinstance(body, dict) and "inputs" in body:
-            if "instances" in body:
-                raise Refused(400, "give instances or inputs, not both")
-            key = "inputs"
-        instances = body.get(key) if isinstance(body, dict) else None
-        if not isinstance(instances, list) or not instances:
-            raise Refused(400, f"{key}: expected a non-empty list")
-        if len(instances) > limits.max_instances:
-            raise Refused(
-                413, f"{key}: at most {limits.max_instances} per request, got {len(instances)}"
-            )
-        try:
-            rows, event_ids = _split(instances)
-        except FeatureError as exc:
-            raise Refused(400, str(exc)) from None
+        rows, event_ids = _v1_instances(body, limits)
         done = await answer_off_loop(p, model_id, served, baseline, rows, event_ids, size)
     except Refused as exc:
         return _error(p, "predict", exc.status, exc.message, started)
@@ -433,6 +454,77 @@ async def predict(request: web.Request) -> web.Response:
     if done.event_ids is not None:
         result["event_ids"] = done.event_ids
     p.done("predict", 200, started)
+    return _json(result)
+
+
+#: What a linear model's raw score is, by task (what the contributions add up to).
+RAW_SCORE = {"binary": "logit", "multiclass": "class_scores", "regression": "value"}
+
+
+def explain_rows(version: Version, rows: list[Any], limits: PredictorConf) -> dict[str, Any]:
+    """KServe V1 ``:explain`` of ``rows`` by ``version``: each feature's share of each
+    row's raw score (the logit, the class scores, the predicted value), the base they add
+    to, and the score. Raises Refused (400: not a linear model or unreadable features; 413)."""
+    spec = version.spec
+    kind = model_type(spec.get("type"))
+    try:
+        explain = explainer(spec, version.weights)
+    except ValueError as exc:
+        raise Refused(400, str(exc)) from None
+    k = len(spec.get("classes") or ()) if kind.multiclass else 1
+    need = matrix_bytes(len(rows), spec) * (k + 1)
+    if need > limits.max_matrix_bytes:
+        raise Refused(
+            413,
+            f"explaining {len(rows)} instances takes {need / 2**20:,.0f} MiB, more than "
+            f"predictor.max_matrix_bytes ({limits.max_matrix_bytes / 2**20:,.0f} MiB)",
+        )
+    try:
+        X = vectorize(rows, spec)
+    except FeatureError as exc:
+        raise Refused(400, str(exc)) from None
+    c = explain(X)
+    scores = c.per_feature.sum(axis=1) + c.base
+    if not (np.isfinite(scores).all() and np.isfinite(c.per_feature).all()):
+        raise Refused(400, "a contribution is not a finite number (feature values too large)")
+    if k == 1:  # one score: plain numbers, not lists of one
+        per_feature, base, score = c.per_feature[:, :, 0], c.base[0], scores[:, 0]
+    else:
+        per_feature, base, score = c.per_feature, c.base, scores
+    result: dict[str, Any] = {
+        "explanations": [
+            {"contributions": row, "score": s}
+            for row, s in zip(per_feature.tolist(), score.tolist(), strict=True)
+        ],
+        "base": np.asarray(base).tolist(),
+        "output": RAW_SCORE[kind.task],
+        "model_version": version.version,
+        "epoch": version.epoch,
+    }
+    if spec.get("feature_names"):
+        result["feature_names"] = list(spec["feature_names"])
+    return result
+
+
+async def explain(request: web.Request) -> web.Response:
+    """KServe V1 ``:explain``: the online model's per-feature contributions (linear models);
+    not logged as predictions."""
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    limits = p.settings.predictor
+    model_id = request.match_info["model"]
+    try:
+        served, _baseline = lookup(p, model_id)
+        if served is None:
+            raise Refused(
+                404, f"model {model_id!r} is served by its baseline only: nothing to explain"
+            )
+        body, _size = await read_json(request, limits)
+        rows, _event_ids = _v1_instances(body, limits)
+        result = await asyncio.to_thread(explain_rows, served.version, rows, limits)
+    except Refused as exc:
+        return _error(p, "explain", exc.status, exc.message, started)
+    p.done("explain", 200, started)
     return _json(result)
 
 
@@ -500,7 +592,7 @@ async def v2_ready(request: web.Request) -> web.Response:
 
 
 async def v2_server(_request: web.Request) -> web.Response:
-    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 async def v2_model_ready(request: web.Request) -> web.Response:
@@ -550,7 +642,9 @@ async def infer(request: web.Request) -> web.Response:
                 f"model '{model_id}' version {wanted!r} is not served here; "
                 f"version {current.version} is",
             )
-        body, size = await read_json(request, limits)
+        raw = await read_body(request, limits)
+        size = len(raw)
+        body = inline_binary(raw, request.headers.get(BINARY_HEADER))
         logged = p.log is not None
         request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
         done = await answer_off_loop(
@@ -662,6 +756,7 @@ def make_app(
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/models/{model}:predict", predict)
+    app.router.add_post("/v1/models/{model}:explain", explain)
     app.router.add_get("/v2", v2_server)
     app.router.add_get("/v2/health/live", v2_live)
     app.router.add_get("/v2/health/ready", v2_ready)

@@ -46,6 +46,8 @@ def _infer(summary: str, parameters: list[dict[str, Any]], not_found: str) -> di
 
 
 #: A tensor's elements, flat (row-major) or nested one level (rows).
+#: A number, or one per class.
+_NUMBERS = [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]
 _SCALAR = [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]
 _TENSOR_DATA = {
     "type": "array",
@@ -121,6 +123,27 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/PredictResponse"}, "predictions"),
+                    "400": _ERROR,
+                    "404": _NOT_FOUND,
+                    "413": _ERROR,
+                    "503": _LOADING,
+                },
+            }
+        },
+        "/v1/models/{model}:explain": {
+            "post": {
+                "summary": "Each feature's share of each instance's raw score (linear models)",
+                "parameters": [_MODEL_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/PredictRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/ExplainResponse"}, "shares"),
                     "400": _ERROR,
                     "404": _NOT_FOUND,
                     "413": _ERROR,
@@ -399,6 +422,37 @@ OPENAPI: dict[str, Any] = {
                             "predictions": {"type": "array"},
                         },
                     },
+                },
+            },
+            "ExplainResponse": {
+                "type": "object",
+                "required": ["explanations", "base", "output", "model_version", "epoch"],
+                "properties": {
+                    "explanations": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["contributions", "score"],
+                            "properties": {
+                                "contributions": {
+                                    "type": "array",
+                                    "description": "per feature: its share of the score (a "
+                                    "softmax model: one share per class)",
+                                    "items": {"oneOf": _NUMBERS},
+                                },
+                                "score": {"oneOf": _NUMBERS},
+                            },
+                        },
+                    },
+                    "base": {
+                        "description": "what no feature explains (the intercept; a scaled "
+                        "target's mean joins it)",
+                        "oneOf": _NUMBERS,
+                    },
+                    "output": {"type": "string", "enum": ["logit", "class_scores", "value"]},
+                    "feature_names": {"type": "array", "items": {"type": "string"}},
+                    "model_version": {"type": "integer"},
+                    "epoch": {"type": "integer"},
                 },
             },
             "Model": {

@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from flowlearn.core.linear import Contributions
 from flowlearn.core.model_types import from_spec, model_type, n_weights
 
 #: ``X (n, d) float64 -> scores``: the probability of class 1 ``(n,)`` for a binary model,
 #: the classes' probabilities ``(n, k)`` for a multiclass one, predictions ``(n,)`` for a
 #: regressor.
 Scorer = Callable[[np.ndarray], np.ndarray]
+#: ``X (n, d) float64 -> Contributions``: each feature's share of each sample's raw score.
+Explainer = Callable[[np.ndarray], Contributions]
 
 
 def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
@@ -30,7 +33,33 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
     Raises ValueError for an unknown model type or a weights vector of the wrong length.
     """
     kind = model_type(spec.get("type"))
+    model: Any = _model(spec, weights)
+    return model.predict_proba_many if kind.classifier else model.predict_many
+
+
+def explainer(spec: Mapping[str, Any], weights: np.ndarray) -> Explainer:
+    """The per-feature contributions of one version's raw scores (a linear model's: the
+    logit, each class's score, or the prediction), as the trainer's model computes them.
+
+    >>> explain = explainer({"type": "logistic", "n_features": 2, "intercept": True},
+    ...                     np.array([1.0, -1.0, 0.5]))
+    >>> explain(np.array([[2.0, 3.0]])).per_feature[0, :, 0].tolist()
+    [2.0, -3.0]
+
+    Raises ValueError for a model type whose score is not linear in its features.
+    """
+    kind = model_type(spec.get("type"))
+    if not kind.explainable:
+        raise ValueError(
+            f"a {kind.name} model's score is not a sum of per-feature shares: "
+            "explanations exist for the linear types (logistic, softmax, linear)"
+        )
+    model: Any = _model(spec, weights)
+    explain: Explainer = model.contributions_many
+    return explain
+
+
+def _model(spec: Mapping[str, Any], weights: np.ndarray) -> Any:
     if weights.shape != (n_weights(spec),):
         raise ValueError(f"spec needs {n_weights(spec)} weights, got shape {weights.shape}")
-    model: Any = from_spec(spec, weights)
-    return model.predict_proba_many if kind.classifier else model.predict_many
+    return from_spec(spec, weights)

@@ -26,6 +26,7 @@ class probabilities, FP64 ``[n, k]``) and, while predictions are logged, ``event
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -40,6 +41,11 @@ INPUT = "input-0"
 EVENT_ID = "event_id"
 PREDICT, PROBA = "predict", "proba"
 NUMERIC = ("FP64", "FP32", "INT64", "INT32")
+#: The binary tensor extension: the JSON part's length; the tensors' bytes follow it.
+BINARY_HEADER = "Inference-Header-Content-Length"
+BINARY_DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4"}
+#: What this server implements beyond the core protocol (server metadata).
+EXTENSIONS = ["binary_tensor_data"]
 INT_RANGE = {"INT32": 2**31, "INT64": 2**63}
 PLATFORM = "flowlearn"
 
@@ -234,6 +240,83 @@ def _map_rows(
 def _object(value: Any, where: str) -> None:
     if value is not None and not isinstance(value, dict):
         raise Refused(400, f"{where}: expected an object")
+
+
+def inline_binary(raw: bytes, json_length: str | None) -> Any:
+    """An inference request body as JSON: ``raw`` as it is, or, with the binary tensor
+    extension (``json_length``: the ``Inference-Header-Content-Length`` header), its JSON
+    header with each binary input's elements read into its ``data`` (what tritonclient
+    sends by default). Raises :class:`Refused` (400) for a body that does not add up.
+
+    >>> header = orjson.dumps({"inputs": [{"name": "input-0", "shape": [1, 2],
+    ...     "datatype": "FP32", "parameters": {"binary_data_size": 8}}]})
+    >>> tail = np.array([1.5, -2.0], dtype="<f4").tobytes()
+    >>> inline_binary(header + tail, str(len(header)))["inputs"][0]["data"]
+    [1.5, -2.0]
+    """
+    if json_length is None:
+        return _json_body(raw)
+    try:
+        length = int(json_length)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= len(raw):
+        raise Refused(
+            400, f"{BINARY_HEADER}: expected the JSON part's length (0 to {len(raw)} bytes)"
+        )
+    body = _json_body(raw[:length])
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    at = length
+    for i, tensor in enumerate(inputs if isinstance(inputs, list) else ()):
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        where = f"inputs[{i}]"
+        if type(size) is not int or not 0 <= size <= len(raw) - at:
+            raise Refused(400, f"{where}.parameters.binary_data_size: {size!r} bytes are not there")
+        if "data" in tensor:
+            raise Refused(400, f"{where}: data given both inline and as binary")
+        tensor["data"] = _binary_elements(raw[at : at + size], tensor, where)
+        at += size
+    if at != len(raw):
+        raise Refused(400, f"{len(raw) - at} bytes after the binary inputs belong to none of them")
+    return body
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except ValueError:
+        raise Refused(400, "body is not JSON") from None
+
+
+def _binary_elements(chunk: bytes, tensor: Mapping[str, Any], where: str) -> list[Any]:
+    """A binary input's elements, flat: numbers little-endian, BYTES as 4-byte
+    little-endian lengths each followed by its (UTF-8) bytes."""
+    datatype = tensor.get("datatype")
+    if datatype in BINARY_DTYPES:
+        dtype = np.dtype(BINARY_DTYPES[datatype])
+        if len(chunk) % dtype.itemsize:
+            raise Refused(400, f"{where}: {len(chunk)} bytes are not whole {datatype} elements")
+        values: list[Any] = np.frombuffer(chunk, dtype=dtype).tolist()
+        return values
+    if datatype != "BYTES":
+        raise Refused(400, f"{where}.datatype: {datatype!r} cannot be sent as binary data here")
+    strings: list[Any] = []
+    at = 0
+    while at < len(chunk):
+        if at + 4 > len(chunk):
+            raise Refused(400, f"{where}: a BYTES element's length is cut off")
+        (n,) = struct.unpack_from("<I", chunk, at)
+        if at + 4 + n > len(chunk):
+            raise Refused(400, f"{where}: a BYTES element is cut off")
+        try:
+            strings.append(chunk[at + 4 : at + 4 + n].decode())
+        except UnicodeDecodeError:
+            raise Refused(400, f"{where}: a BYTES element is not UTF-8") from None
+        at += 4 + n
+    return strings
 
 
 def parse_infer(

@@ -56,7 +56,7 @@ def test_health_server_and_model_metadata(serving_redis, prefix):
         assert await (await http.get("/v2")).json() == {
             "name": "flowlearn-predictor",
             "version": "1",
-            "extensions": [],
+            "extensions": ["binary_tensor_data"],
         }
         # Known (in the models set) but not published yet: not ready, 503 like /readyz.
         trainer.client.sadd(trainer.keys.models, "m")

@@ -345,3 +345,51 @@ def test_class_names_must_match_the_classes():
         ModelSpec(type="softmax", n_classes=3, class_names=("a", "b")).validate("m")
     with pytest.raises(SpecError, match="a linear model has no classes"):
         ModelSpec(type="linear", class_names=("a", "b")).validate("m")
+
+
+# ---------------------------------------------------------------------------- explanations
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["logistic", "softmax", "linear"]),
+    seed=st.integers(0, 2**16),
+    clip=st.sampled_from([0.0, 1.5]),
+)
+def test_contributions_add_up_to_the_served_score(kind, seed, clip):
+    """Each feature's share plus the base is the raw score the predictor serves: through
+    missing-value filling, scaling, clipping and the target's scale."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(200, 3)) * [1.0, 10.0, 100.0] + [0.0, 5.0, -50.0]
+    y = rng.integers(0, 3 if kind == "softmax" else 2, size=200).astype(np.float64)
+    if kind == "linear":
+        y = 1000.0 + X @ [3.0, -0.2, 0.01] + rng.normal(size=200)
+    spec = {"type": kind, "n_features": 3, "batch_size": 32, "pipeline": {"clip": clip}}
+    if kind == "softmax":
+        spec["n_classes"] = 3
+    trainer = ModelTrainer.create("m", spec)
+    trainer.train_samples(X, y)
+    published = json.loads(trainer.published_spec)
+    served = model_types.from_spec(published, trainer.model.weights_vector())
+    probe = X[:20].copy()
+    probe[0, 1] = np.nan  # filled like a missing value
+    c = served.contributions_many(probe)
+    k = 3 if kind == "softmax" else 1
+    assert c.per_feature.shape == (20, 3, k) and c.base.shape == (k,)
+    raw = c.per_feature.sum(axis=1) + c.base
+    if kind == "logistic":
+        np.testing.assert_allclose(linear.sigmoid(raw[:, 0]), served.predict_proba_many(probe))
+    elif kind == "softmax":
+        np.testing.assert_allclose(linear.softmax(raw), served.predict_proba_many(probe))
+    else:
+        np.testing.assert_allclose(raw[:, 0], served.predict_many(probe), rtol=1e-12)
+
+
+def test_only_linear_models_explain():
+    from flowlearn.serving.scoring import explainer
+
+    spec = {"type": "hoeffding_tree", "n_features": 2, "n_classes": 2, "batch_size": 8}
+    trainer = ModelTrainer.create("m", spec)
+    published = json.loads(trainer.published_spec)
+    with pytest.raises(ValueError, match="not a sum of per-feature shares"):
+        explainer(published, trainer.model.weights_vector())

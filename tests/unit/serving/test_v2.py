@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import numpy as np
 import pytest
 
-from flowlearn.serving.v2 import Refused, model_metadata, output_tensors, parse_infer
+from flowlearn.serving.v2 import (
+    Refused,
+    inline_binary,
+    model_metadata,
+    output_tensors,
+    parse_infer,
+)
 
 DENSE = {"type": "logistic", "n_features": 2, "features": "dense", "classes": [0, 1]}
 HASHED = {**DENSE, "features": "hashed", "n_features": 8}
@@ -114,3 +121,70 @@ def test_model_metadata():
     assert [o["name"] for o in meta["outputs"]] == ["predict", "proba", "event_id"]
     assert meta["outputs"][1]["shape"] == [-1, 3]
     assert model_metadata("h", 1, HASHED, logged=False)["inputs"][0]["datatype"] == "BYTES"
+
+
+# ---------------------------------------------------------------------------- binary tensors
+
+
+def binary_body(*parts: tuple[dict[str, Any], bytes]) -> tuple[bytes, str]:
+    """A binary-extension body: the JSON header, then each input's bytes."""
+    inputs = [{**t, "parameters": {"binary_data_size": len(data)}} for t, data in parts]
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + b"".join(data for _, data in parts), str(len(header))
+
+
+def test_binary_inputs_read_as_their_elements():
+    rows = np.array([[1.5, -2.0], [3.0, 1e-300]])
+    ids = [b"ev-1", "é".encode()]
+    raw, length = binary_body(
+        ({"name": "input-0", "shape": [2, 2], "datatype": "FP64"}, rows.astype("<f8").tobytes()),
+        (
+            {"name": "event_id", "shape": [2], "datatype": "BYTES"},
+            b"".join(struct.pack("<I", len(b)) + b for b in ids),
+        ),
+    )
+    parsed = parse_infer(inline_binary(raw, length), DENSE, 10)
+    assert parsed.rows == rows.tolist() and parsed.event_ids == ["ev-1", "é"]
+    int_raw, int_length = binary_body(
+        ({"name": "input-0", "shape": [1, 2], "datatype": "INT32"}, b"\x01\0\0\0\xff\xff\xff\xff")
+    )
+    assert parse_infer(inline_binary(int_raw, int_length), DENSE, 10).rows == [[1, -1]]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda raw, n: (raw, "x"), "the JSON part's length"),
+        (lambda raw, n: (raw, str(len(raw) + 1)), "the JSON part's length"),
+        (lambda raw, n: (raw + b"\0", n), "1 bytes after the binary inputs"),
+        (lambda raw, n: (raw[:-1], n), "bytes are not there"),
+        (lambda raw, n: (raw[: int(n) - 1] + raw[int(n) :], str(int(n) - 1)), "not JSON"),
+    ],
+)
+def test_binary_bodies_that_do_not_add_up_are_refused(mangle, message):
+    raw, length = binary_body(
+        ({"name": "input-0", "shape": [1, 2], "datatype": "FP32"}, np.zeros(2, "<f4").tobytes())
+    )
+    with pytest.raises(Refused, match=message) as refused:
+        inline_binary(*mangle(raw, length))
+    assert refused.value.status == 400
+
+
+def test_binary_elements_must_be_whole():
+    raw, length = binary_body(
+        ({"name": "input-0", "shape": [1, 2], "datatype": "FP64"}, b"\0" * 12)
+    )
+    with pytest.raises(Refused, match="12 bytes are not whole FP64 elements"):
+        inline_binary(raw, length)
+    raw, length = binary_body(
+        ({"name": "event_id", "shape": [1], "datatype": "BYTES"}, struct.pack("<I", 9) + b"ab")
+    )
+    with pytest.raises(Refused, match="a BYTES element is cut off"):
+        inline_binary(raw, length)
+
+
+def test_a_body_without_the_header_is_plain_json():
+    body = {"inputs": [tensor([1, 2], [1, 2])]}
+    assert inline_binary(json.dumps(body).encode(), None) == body
+    with pytest.raises(Refused, match="not JSON"):
+        inline_binary(b"{", None)
