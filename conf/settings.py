@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+#: Flink's limit on key groups (``pipeline.max-parallelism``).
+MAX_KEY_GROUPS = 32768
 #: Slot sharing groups of the job (parse, training, monitoring): slots per parallelism.
 SLOT_GROUPS = 3
 
@@ -243,7 +245,14 @@ class FlinkConf:
     rest_port: int = 8081
     rpc_port: int = 6123
     taskmanager_slots: int = 3
+    #: TaskManager processes the local stack starts (a cluster sizes its own).
+    taskmanagers: int = 1
     parallelism: int = 1
+    #: Key groups of the job's keyed state: the most subtasks its state can be split into
+    #: when rescaled from a savepoint. Fixed for the life of the state (a savepoint restores
+    #: only at the max parallelism it was taken with); 128 is what Flink chose for the job's
+    #: savepoints before it was set, so they restore.
+    max_parallelism: int = 128
     checkpoint_interval_ms: int = 5000
     prometheus_ports: str = "9249-9252"
     process_memory_jobmanager: str = "1024m"
@@ -299,11 +308,19 @@ class FlinkConf:
             )
         # Parsing, training and drift detection run in three slot sharing groups (three
         # Python worker processes).
-        if self.taskmanager_slots < SLOT_GROUPS * self.parallelism:
+        for name in ("taskmanager_slots", "taskmanagers", "parallelism", "max_parallelism"):
+            _check_positive(f"flink.{name}", getattr(self, name))
+        slots = self.taskmanagers * self.taskmanager_slots
+        if slots < SLOT_GROUPS * self.parallelism:
             raise ConfigError(
-                f"flink.taskmanager_slots must be >= {SLOT_GROUPS} x "
+                f"flink.taskmanagers x flink.taskmanager_slots must be >= {SLOT_GROUPS} x "
                 f"flink.parallelism ({SLOT_GROUPS * self.parallelism}), got "
-                f"{self.taskmanager_slots}"
+                f"{self.taskmanagers} x {self.taskmanager_slots} = {slots}"
+            )
+        if not self.parallelism <= self.max_parallelism <= MAX_KEY_GROUPS:
+            raise ConfigError(
+                f"flink.max_parallelism must be within [flink.parallelism, {MAX_KEY_GROUPS}], "
+                f"got {self.max_parallelism}"
             )
         try:
             ports = self.prometheus_port_list()
@@ -315,9 +332,12 @@ class FlinkConf:
             raise ConfigError("flink.prometheus_ports: the range is empty")
         for port in (ports[0], ports[-1]):
             _check_port("flink.prometheus_ports", port)
+        if len(ports) < self.taskmanagers + 1:
+            raise ConfigError(
+                f"flink.prometheus_ports: {len(ports)} ports for a JobManager and "
+                f"{self.taskmanagers} TaskManagers (one each)"
+            )
         for name in (
-            "taskmanager_slots",
-            "parallelism",
             "checkpoint_interval_ms",
             "python_bundle_size",
             "python_bundle_time_ms",

@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.operators_jar:
         env.add_jars(args.operators_jar.resolve().as_uri())
     env.enable_checkpointing(settings.flink.checkpoint_interval_ms)
+    # Explicit, not derived from the parallelism: a savepoint restores only with the key
+    # groups it was taken with, so rescaling needs the same value on every submission.
+    env.set_max_parallelism(settings.flink.max_parallelism)
     build_pipeline(env, settings)
     env.execute(settings.job.name)
 

@@ -1,7 +1,7 @@
 """The ``flowlearn`` command line: the local stack, the job, the demo stream, predictions.
 
 flowlearn up | down | status [--json] | submit | produce | predict | run
-flowlearn versions | savepoint | savepoints | rollback | pin | unpin | train-batch
+flowlearn versions | savepoint | savepoints | rescale | rollback | pin | unpin | train-batch
 flowlearn models create | update | delete | list
 """
 
@@ -95,6 +95,22 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(f"job {job.id} RUNNING in {time.monotonic() - t0:.1f}s")
     print(f"Flink web UI: {settings.flink.web_ui}/#/job/running/{job.id}/overview")
+    return 0
+
+
+def cmd_rescale(settings: Settings, args: argparse.Namespace) -> int:
+    print(f"rescaling to parallelism {args.parallelism}: stop with a savepoint, resubmit ...")
+    report = jobctl.rescale(settings, args.parallelism)
+    print(
+        f"job {report.stopped_job} stopped with savepoint {report.savepoint}; job "
+        f"{report.new_job} RUNNING at parallelism {report.parallelism} "
+        f"({report.seconds:.1f}s)"
+    )
+    if args.parallelism != settings.flink.parallelism:
+        print(
+            f"note: flink.parallelism is {settings.flink.parallelism} in the configuration; "
+            f"the next `flowlearn submit` runs at that unless you change it"
+        )
     return 0
 
 
@@ -659,6 +675,12 @@ def build_parser() -> argparse.ArgumentParser:
         "default: staged from this checkout)",
     )
     p.set_defaults(func=cmd_submit)
+    p = sub.add_parser(
+        "rescale",
+        help="stop the job with a savepoint and resubmit it from there at another parallelism",
+    )
+    p.add_argument("--parallelism", type=int, required=True, help="the new parallelism")
+    p.set_defaults(func=cmd_rescale)
     p = sub.add_parser("produce", help="send a synthetic drifting stream to Kafka")
     _add_producer_options(p)
     p.add_argument("--background", action="store_true", help="run as a stack component")

@@ -67,6 +67,7 @@ def write_flink_conf(settings: Settings) -> Path:
         "taskmanager.memory.process.size": f.process_memory_taskmanager,
         "taskmanager.numberOfTaskSlots": f.taskmanager_slots,
         "parallelism.default": f.parallelism,
+        "pipeline.max-parallelism": f.max_parallelism,
         "rest.address": f.rest_host,
         "rest.bind-address": f.rest_host,
         "rest.port": f.rest_port,
@@ -150,7 +151,13 @@ def _flink_ready(settings: Settings) -> bool:
         overview = flink_rest(settings, "/overview", timeout_s=2)
     except (OSError, urllib.error.URLError, ValueError):
         return False
-    return int(overview.get("taskmanagers", 0)) >= 1
+    return int(overview.get("taskmanagers", 0)) >= settings.flink.taskmanagers
+
+
+def taskmanager_names(settings: Settings) -> list[str]:
+    """The local stack's TaskManager processes: ``taskmanager``, ``taskmanager-2``, ...
+    (each also its Flink resource id, which the web UI and REST API show)."""
+    return ["taskmanager"] + [f"taskmanager-{i}" for i in range(2, settings.flink.taskmanagers + 1)]
 
 
 def start_flink(settings: Settings) -> None:
@@ -170,28 +177,34 @@ def start_flink(settings: Settings) -> None:
             env=env,
             cwd=settings.stack.run,
         )
-    if not running_pid(settings, "taskmanager"):
+    for name in taskmanager_names(settings):
+        if running_pid(settings, name):
+            continue
         # Supervised: a TaskManager that dies comes back, as a cluster's resource manager
-        # would bring one back, and the job recovers from its last checkpoint.
+        # would bring one back, and the job recovers from its last checkpoint. It comes back
+        # under the same resource id, so the JobManager drops the dead one's slots as soon
+        # as it registers, without waiting for the heartbeat to time out.
         start_process(
             settings,
-            "taskmanager",
+            name,
             [
                 sys.executable,
                 "-m",
                 "flowlearn.devstack.supervise",
                 "--pid-file",
-                str(child_pid_file(settings, "taskmanager")),
+                str(child_pid_file(settings, name)),
                 "--",
                 "bash",
                 str(bin_dir / "taskmanager.sh"),
                 "start-foreground",
+                "-D",
+                f"taskmanager.resource-id={name}",
             ],
             env=env,
             cwd=settings.stack.run,
         )
     wait_for(
-        "Flink (JobManager with a TaskManager)",
+        f"Flink (JobManager with {settings.flink.taskmanagers} TaskManager(s))",
         lambda: _flink_ready(settings),
         120,
         settings.stack.logs / "jobmanager.out",

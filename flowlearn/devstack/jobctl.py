@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import Settings
+from flowlearn.conf.settings import SLOT_GROUPS
 from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.devstack import flink_cluster, jars, processes
@@ -173,6 +175,10 @@ def submit(
         str(flink_cluster.flink_home() / "bin" / "flink"),
         "run",
         "-d",
+        # The job's parallelism is the settings' (a rescale is a submission from a
+        # savepoint with another flink.parallelism), whatever the cluster's default.
+        "-p",
+        str(settings.flink.parallelism),
         # Job-level settings travel with the job, whatever the cluster's own config says.
         f"-Dpython.fn-execution.bundle.size={settings.flink.python_bundle_size}",
         f"-Dpython.fn-execution.bundle.time={settings.flink.python_bundle_time_ms}",
@@ -333,6 +339,57 @@ def rollback_to_savepoint(settings: Settings, path: str) -> RollbackReport:
     republish(settings, list(published_models(settings)))
     steps.append(("republish request sent", time.monotonic() - t2))
     return RollbackReport(job.id, taken, path, new.id, steps)
+
+
+def with_parallelism(settings: Settings, parallelism: int) -> Settings:
+    """``settings`` with another ``flink.parallelism``, validated (ConfigError naming the
+    setting when the stack's slots cannot hold it)."""
+    flink = dataclasses.replace(settings.flink, parallelism=parallelism)
+    flink.validate()
+    return dataclasses.replace(settings, flink=flink)
+
+
+@dataclass(frozen=True)
+class RescaleReport:
+    stopped_job: str
+    savepoint: str
+    new_job: str
+    parallelism: int
+    seconds: float
+
+
+def rescale(settings: Settings, parallelism: int) -> RescaleReport:
+    """Stop the running job with a savepoint and resubmit it from that savepoint at
+    ``parallelism``: every model's state, version and sample count go on where they
+    stopped, its key groups spread over the new subtasks (within ``flink.max_parallelism``).
+
+    Checked before anything stops: the setting, and the cluster's slots. Should the new
+    submission fail, the job is resubmitted at its old parallelism from the same savepoint,
+    and the error says so.
+    """
+    target = with_parallelism(settings, parallelism)
+    job = find_job(settings)
+    if job is None or job.state != "RUNNING":
+        raise JobError("no running job to rescale; use `flowlearn submit`")
+    needed = SLOT_GROUPS * parallelism
+    slots = int(flink_cluster.flink_rest(settings, "/overview").get("slots-total", 0))
+    if slots < needed:
+        raise JobError(
+            f"parallelism {parallelism} needs {needed} task slots, the cluster has {slots} "
+            "(more flink.taskmanagers or flink.taskmanager_slots, then flowlearn down/up)"
+        )
+    t0 = time.monotonic()
+    taken = stop_with_savepoint(settings, job, reason=f"rescale to parallelism {parallelism}")
+    try:
+        new = submit(target, from_savepoint=taken)
+    except JobError as exc:
+        processes.log(f"resubmitting at parallelism {parallelism} failed ({exc}); going back")
+        submit(settings, from_savepoint=taken)
+        raise JobError(
+            f"rescale to parallelism {parallelism} failed: {exc}; the job runs again at "
+            f"parallelism {settings.flink.parallelism} from {taken}"
+        ) from exc
+    return RescaleReport(job.id, taken, new.id, parallelism, time.monotonic() - t0)
 
 
 def republish(settings: Settings, model_ids: list[str]) -> None:

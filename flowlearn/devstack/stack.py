@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import Settings
-from flowlearn.devstack.flink_cluster import start_flink
+from flowlearn.devstack.flink_cluster import start_flink, taskmanager_names
 from flowlearn.devstack.kafka_broker import start_kafka
 from flowlearn.devstack.processes import (
     log,
@@ -33,9 +33,6 @@ from flowlearn.devstack.processes import (
 )
 from flowlearn.devstack.prometheus_server import start_prometheus
 from flowlearn.devstack.redis_server import start_redis
-
-COMPONENTS = ("kafka", "redis", "jobmanager", "taskmanager", "predictor", "prometheus", "producer")
-
 
 # --------------------------------------------------------------------------- predictor
 
@@ -84,14 +81,18 @@ def up(settings: Settings, config_path: Path | None = None) -> list[Step]:
 def down(settings: Settings) -> list[str]:
     """Stop everything this stack started, in dependency order; returns what was stopped."""
     stopped = []
+    taskmanagers = [
+        process
+        for name in taskmanager_names(settings)
+        # The supervisor stops its TaskManager; one whose supervisor was killed (SIGKILL
+        # leaves the child running) is stopped here.
+        for process in (name, f"{name}-child")
+    ]
     for name in (
         "producer",
         "prometheus",
         "predictor",
-        "taskmanager",
-        # The supervisor stops its TaskManager; one whose supervisor was killed (SIGKILL
-        # leaves the child running) is stopped here.
-        "taskmanager-child",
+        *taskmanagers,
         "jobmanager",
         "redis",
         "kafka",
@@ -107,13 +108,13 @@ def component_status(settings: Settings) -> dict[str, dict[str, Any]]:
         "kafka": f"kafka://{settings.kafka.bootstrap}",
         "redis": settings.redis.url,
         "jobmanager": settings.flink.web_ui,
-        "taskmanager": None,
+        **dict.fromkeys(taskmanager_names(settings)),
         "predictor": settings.predictor.url,
         "prometheus": settings.prometheus.url,
         "producer": None,
     }
     out: dict[str, dict[str, Any]] = {}
-    for name in COMPONENTS:
+    for name in urls:
         pid = running_pid(settings, name)
         pids = [pid] if pid else []
         child = running_pid(settings, f"{name}-child") if pid else None

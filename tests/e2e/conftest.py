@@ -81,14 +81,32 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float, every_s: f
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
-def flowlearn(*args: str, config: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def flowlearn(
+    *args: str, config: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI on ``config``; ``env`` adds variables (``FLOWLEARN__...`` overrides)."""
     return subprocess.run(
         [sys.executable, "-m", "flowlearn.cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def taskmanagers_of(settings: Settings, job_id: str, vertex: str) -> set[str]:
+    """The resource ids (the local stack's process names: ``taskmanager``,
+    ``taskmanager-2``) of the TaskManagers running the subtasks of the job's vertex whose
+    name contains ``vertex``."""
+    from flowlearn.devstack.flink_cluster import flink_rest
+
+    found: set[str] = set()
+    for v in flink_rest(settings, f"/jobs/{job_id}")["vertices"]:
+        if vertex in v["name"]:
+            hosts = flink_rest(settings, f"/jobs/{job_id}/vertices/{v['id']}/taskmanagers")
+            found |= {tm["taskmanager-id"] for tm in hosts["taskmanagers"]}
+    return found
 
 
 @pytest.fixture(scope="session")

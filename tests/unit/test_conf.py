@@ -76,11 +76,30 @@ def test_file_layer(tmp_path: Path):
         ({"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "drop"}, "is not one of"),
         ({"FLOWLEARN__JOB__HOT_MODELS": "0"}, "job.hot_models"),
         ({"FLOWLEARN__MODELS__X__TYPE": "tree"}, "models.x.type"),
+        (
+            {"FLOWLEARN__FLINK__PARALLELISM": "2"},
+            r"flink.taskmanagers x flink.taskmanager_slots must be >= 3 x flink.parallelism "
+            r"\(6\), got 1 x 3 = 3",
+        ),
+        ({"FLOWLEARN__FLINK__TASKMANAGERS": "0"}, "flink.taskmanagers"),
+        ({"FLOWLEARN__FLINK__MAX_PARALLELISM": "0"}, "flink.max_parallelism"),
+        ({"FLOWLEARN__FLINK__MAX_PARALLELISM": "40000"}, r"flink.max_parallelism must be within"),
+        (
+            {"FLOWLEARN__FLINK__TASKMANAGERS": "4"},
+            "flink.prometheus_ports: 4 ports for a JobManager and 4 TaskManagers",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(ConfigError, match=message):
         ModelSpecs(load_settings(env=env))  # model specs are read from the settings there
+
+
+def test_two_taskmanagers_hold_parallelism_2():
+    flink = load_settings(
+        env={"FLOWLEARN__FLINK__TASKMANAGERS": "2", "FLOWLEARN__FLINK__PARALLELISM": "2"}
+    ).flink
+    assert (flink.taskmanagers, flink.parallelism, flink.max_parallelism) == (2, 2, 128)
 
 
 def test_unknown_model_policy_dlq_gives_no_spec():
