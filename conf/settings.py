@@ -8,6 +8,7 @@ them from ``defaults.toml``, a file and the environment.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,20 @@ def _check_port(where: str, port: int) -> None:
 def _check_positive(where: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{where}: must be positive, got {value}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only.
+
+    >>> [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "predictor")]
+    [True, True, True, False, False]
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -382,10 +397,33 @@ class PredictorConf:
     log_queue_bytes: int = 64 * 2**20
     ab_fraction: float = 0.0
     baselines: dict[str, Path] = field(default_factory=dict)
+    #: Bearer tokens on every route but the health probes: "on", "off", or "auto": on when
+    #: tokens are configured or ``host`` is not loopback (docs/predictor.md).
+    auth: Literal["auto", "on", "off"] = "auto"
+    #: A file of ``TOKEN SCOPE`` lines (scope ``read`` or ``admin``; ``#`` comments), not
+    #: readable by other users; re-read on ``POST /v1/admin/reload`` and SIGHUP.
+    tokens_file: str = ""
+    #: The same ``TOKEN SCOPE`` entries as a setting (a list; a comma-separated variable,
+    #: ``FLOWLEARN__PREDICTOR__TOKENS``), beside the file's.
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    #: PEM files: the predictor serves HTTPS with this certificate (chain) and its key.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether every route but the health probes asks for a bearer token."""
+        if self.auth == "auto":
+            return bool(self.tokens_file or self.tokens) or not is_loopback(self.host)
+        return self.auth == "on"
 
     def validate(self) -> None:
         _check_port("predictor.port", self.port)
@@ -402,6 +440,22 @@ class PredictorConf:
             raise ConfigError(
                 f"predictor.ab_fraction must be within [0, 1], got {self.ab_fraction}"
             )
+        if self.auth_required and not (self.tokens_file or self.tokens):
+            why = (
+                'predictor.auth is "on"'
+                if self.auth == "on"
+                else f"predictor.host {self.host!r} is not loopback"
+            )
+            raise ConfigError(
+                f"{why}, so requests need a bearer token, and none is configured: set "
+                f'predictor.tokens_file (or predictor.tokens), or predictor.auth = "off"'
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("predictor.tls_cert_file and predictor.tls_key_file go together")
+        for name in ("tokens_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"predictor.{name}: no such file: {path}")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from flowlearn.conf import ConfigError, Settings, load_settings
+from flowlearn.conf.tokens import read_tokens
 from flowlearn.contracts.records import control_record
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack import jobctl, processes, stack
@@ -167,13 +169,38 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+#: The environment variable the CLI takes the predictor's bearer token from.
+TOKEN_VARIABLE = "FLOWLEARN_TOKEN"
+
+
+def predictor_token(settings: Settings, flag: str | None) -> str | None:
+    """The bearer token to call the predictor with: ``--token``, else ``$FLOWLEARN_TOKEN``,
+    else (when the predictor asks for one) the first of its configured tokens."""
+    if flag:
+        return flag
+    if os.environ.get(TOKEN_VARIABLE):
+        return os.environ[TOKEN_VARIABLE]
+    if not settings.predictor.auth_required:
+        return None
+    tokens = read_tokens(settings.predictor)
+    return tokens[0].value if tokens else None
+
+
 def cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     from flowlearn.serving.client import predict
 
     instances = json.loads(args.instances)
     if not isinstance(instances, list):
         instances = [instances]
-    answer = predict(settings.predictor.url, args.model, instances, timeout=5.0)
+    p = settings.predictor
+    answer = predict(
+        p.url,
+        args.model,
+        instances,
+        timeout=5.0,
+        token=predictor_token(settings, args.token),
+        ca_file=p.tls_cert_file or None,
+    )
     print(json.dumps(answer, indent=2))
     # The client reports an HTTP error (or an unreachable predictor) with a "status" key.
     return 1 if "status" in answer else 0
@@ -801,6 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="ask the predictor")
     p.add_argument("--model", default="demo")
     p.add_argument("--instances", required=True, help="JSON: one instance or a list of them")
+    p.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token (default: ${TOKEN_VARIABLE}, else the first of "
+        "predictor.tokens_file / predictor.tokens; the variable keeps it out of process lists)",
+    )
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("run", help="up + submit + demo producer (what `make run` does)")
     _add_producer_options(p, demo=True)

@@ -4,8 +4,12 @@ process."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import Any
 
-from flowlearn.conf import Settings
+from flowlearn.conf import ConfigError, Settings
+from flowlearn.conf.tokens import ADMIN, read_tokens
 from flowlearn.devstack.processes import (
     debian_binary,
     port_open,
@@ -14,6 +18,35 @@ from flowlearn.devstack.processes import (
     start_process,
     wait_for,
 )
+
+
+def predictor_scrape(settings: Settings, conf_dir: Path) -> dict[str, Any]:
+    """The predictor's scrape job: with its first admin token (written to a file of
+    Prometheus's own) when it asks for tokens, over HTTPS when it serves TLS."""
+    p = settings.predictor
+    job: dict[str, Any] = {
+        "job_name": "predictor",
+        "metrics_path": "/metrics",
+        "static_configs": [{"targets": [f"{p.host}:{p.port}"]}],
+    }
+    if p.auth_required:
+        admin = [t for t in read_tokens(p) if t.scope == ADMIN]
+        if not admin:
+            raise ConfigError(
+                "predictor.tokens_file / predictor.tokens: the local Prometheus scrapes the "
+                "predictor's /metrics with an admin token, and none is configured"
+            )
+        token_file = conf_dir / "predictor-token"
+        token_file.unlink(missing_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(admin[0].value)
+        job["authorization"] = {"type": "Bearer", "credentials_file": str(token_file)}
+    if p.tls:
+        # Prometheus (Go) trusts a certificate of its ca_file as it is: a self-signed one too.
+        job["scheme"] = "https"
+        job["tls_config"] = {"ca_file": p.tls_cert_file}
+    return job
 
 
 def start_prometheus(settings: Settings) -> None:
@@ -33,13 +66,7 @@ def start_prometheus(settings: Settings) -> None:
         "scrape_configs": [
             # One reporter port per Flink process, taken in start order from the range.
             {"job_name": "flink", "static_configs": [{"targets": flink_targets}]},
-            {
-                "job_name": "predictor",
-                "metrics_path": "/metrics",
-                "static_configs": [
-                    {"targets": [f"{settings.predictor.host}:{settings.predictor.port}"]}
-                ],
-            },
+            predictor_scrape(settings, conf_dir),
         ],
     }
     config_file = conf_dir / "prometheus.yml"

@@ -31,6 +31,14 @@ from flowlearn.conf import PredictorConf, Settings
 from flowlearn.contracts.redis_contract import Keys, redis_client
 from flowlearn.core.features import FeatureError, vectorize
 from flowlearn.core.model_types import model_type
+from flowlearn.serving.auth import (
+    GUARD,
+    Guard,
+    reload_on_sighup,
+    reload_tokens,
+    require_token,
+    server_ssl_context,
+)
 from flowlearn.serving.baseline import load_baseline
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.openapi import OPENAPI
@@ -739,6 +747,7 @@ def make_app(
         raise ValueError(f"ab_fraction must be within [0, 1], got {ab_fraction}")
     loaded = {m: load_baseline(path) for m, path in (baselines or {}).items()}
     metrics_ = Metrics()
+    guard = Guard(settings.predictor, metrics_.auth_refused)  # first: a bad token file stops here
     r = settings.redis
     # The socket timeout must outlast a blocking XREAD, or every quiet second is an error.
     client = redis_client(r, timeout_s=BLOCK_MS / 1000 + 2.0, connect_timeout_s=2.0)
@@ -751,7 +760,10 @@ def make_app(
             metrics_,
             max_bytes=settings.predictor.log_queue_bytes,
         )
-    app = web.Application(client_max_size=settings.predictor.max_body_bytes)
+    app = web.Application(
+        client_max_size=settings.predictor.max_body_bytes, middlewares=[require_token]
+    )
+    app[GUARD] = guard
     app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded, ab_fraction)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
@@ -768,6 +780,7 @@ def make_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/admin/reload", reload_tokens)
 
     async def background(_app: web.Application) -> AsyncIterator[None]:
         thread = threading.Thread(target=follower.run, name="redis-follower", daemon=True)
@@ -782,6 +795,7 @@ def make_app(
             await asyncio.to_thread(prediction_log.close, SHUTDOWN_TIMEOUT_S)
 
     app.cleanup_ctx.append(background)
+    app.cleanup_ctx.append(reload_on_sighup)
     return app
 
 
@@ -816,6 +830,7 @@ def run(
         access_log=None,
         loop=loop,
         keepalive_timeout=p.idle_timeout_s,
+        ssl_context=server_ssl_context(p),
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         print=None,
     )

@@ -116,3 +116,9 @@ class Metrics:
             "Requests waiting in the prediction log queue",
             registry=r,
         )
+        self.auth_refused = Counter(
+            "flowlearn_predictor_auth_refused",
+            "Requests refused for their bearer token, by reason (missing, invalid, scope)",
+            ["reason"],
+            registry=r,
+        )

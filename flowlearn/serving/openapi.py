@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flowlearn.serving.auth import ADMIN_ROUTES, OPEN_ROUTES
+
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -227,9 +229,48 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "text exposition"}},
             }
         },
+        "/v1/admin/reload": {
+            "post": {
+                "summary": "Read the bearer tokens again (predictor.tokens_file and "
+                "predictor.tokens): how many of each scope are loaded now",
+                "responses": {
+                    "200": _json(_ref("TokensLoaded"), "the tokens now in force, by scope"),
+                    "500": _json(
+                        _ref("Error"),
+                        "the tokens cannot be read (the message names the file and line); "
+                        "the previous ones stay in force",
+                    ),
+                },
+            }
+        },
     },
     "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token of predictor.tokens_file or predictor.tokens, asked "
+                "for when predictor.auth is on (by default: when the predictor listens beyond "
+                "loopback or tokens are configured). Scope read opens every secured route but "
+                "/metrics and /v1/admin/reload, which need scope admin.",
+            }
+        },
         "schemas": {
+            "TokensLoaded": {
+                "type": "object",
+                "required": ["required", "tokens"],
+                "properties": {
+                    "required": {
+                        "type": "boolean",
+                        "description": "whether requests need a token (predictor.auth)",
+                    },
+                    "tokens": {
+                        "type": "object",
+                        "description": "how many tokens of each scope are loaded",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                },
+            },
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -477,6 +518,25 @@ OPENAPI: dict[str, Any] = {
                     "variants": {"type": "array", "items": {"type": "string"}},
                 },
             },
-        }
+        },
     },
 }
+
+
+def _declare_security(doc: dict[str, Any]) -> None:
+    """Every operation needs the bearer token but the health probes'; 401 and 403 answers
+    where the guard (flowlearn.serving.auth) gives them."""
+    doc["security"] = [{"bearer": []}]
+    refused = _json(_ref("Error"), "no bearer token, or not a valid one (when auth is on)")
+    scope = _json(_ref("Error"), "a read token on a route that needs an admin one")
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            if path in OPEN_ROUTES:
+                operation["security"] = []
+                continue
+            operation["responses"]["401"] = refused
+            if path in ADMIN_ROUTES:
+                operation["responses"]["403"] = scope
+
+
+_declare_security(OPENAPI)
