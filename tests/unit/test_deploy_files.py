@@ -313,14 +313,19 @@ def test_compose_job_runs_with_flink_run_on_enough_slots() -> None:
 
 def test_compose_secrets_come_from_the_env_file() -> None:
     secret = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$")
+    reference = re.compile(r"\$\{\w+:\?[^}]+\}")
     checked = 0
     for name, service in compose()["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if secret.search(key):
                 checked += 1
-                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), (
+                # References to .env, with nothing but token scopes and separators between.
+                rest = reference.sub("", str(value))
+                assert reference.search(str(value)) and re.fullmatch(r"[ ,a-z]*", rest), (
                     f"{name}.{key} must be ${{VAR:?...}} from .env, not {value!r}"
                 )
+    for name, declared in compose()["secrets"].items():
+        assert set(declared) == {"environment"}, f"secret {name} must come from .env"
     assert checked >= 4
     example = (DEPLOY / ".env.example").read_text()
     for line in example.splitlines():
@@ -361,6 +366,8 @@ def test_docker_compose_config() -> None:
         "PATH": "/usr/bin:/bin:/usr/local/bin",
         "REDIS_PASSWORD": "x",
         "GRAFANA_ADMIN_PASSWORD": "x",
+        "PREDICTOR_ADMIN_TOKEN": "x",
+        "PREDICTOR_READ_TOKEN": "x",
     }
     result = subprocess.run(
         [
@@ -392,6 +399,35 @@ def test_prometheus_scrapes_flink_and_predictors() -> None:
     assert jobs["flink-taskmanager"]["dns_sd_configs"][0]["port"] == 9249
     assert jobs["predictor"]["dns_sd_configs"][0]["port"] == 8080
     assert jobs["predictor"]["metrics_path"] == "/metrics"
+    # The predictors ask for an admin token on /metrics: the compose secret made of the
+    # token the predictors take as admin.
+    auth = jobs["predictor"]["authorization"]
+    assert auth["type"] == "Bearer"
+    secret = Path(auth["credentials_file"]).name
+    assert auth["credentials_file"] == f"/run/secrets/{secret}"
+    assert secret in compose()["services"]["prometheus"]["secrets"]
+    variable = compose()["secrets"][secret]["environment"]
+    tokens = compose()["services"]["predictor"]["environment"]["FLOWLEARN__PREDICTOR__TOKENS"]
+    assert re.search(rf"\$\{{{variable}:\?[^}}]+\}} admin", tokens)
+
+
+def test_compose_predictor_settings_ask_for_tokens_and_have_them() -> None:
+    """The predictor container's settings (the image's ENV, the compose environment with
+    .env filled in) load, ask for tokens, and hold an admin and a read one."""
+    from flowlearn.conf.tokens import read_tokens
+    from flowlearn.serving.auth import OPEN_ROUTES
+
+    text = (DEPLOY / "Dockerfile.predictor").read_text()
+    env = dict(re.findall(r"(FLOWLEARN__\w+)=(\S+)", text))
+    fill = iter(f"compose-test-token-{i:02d}-0123456789" for i in range(100))
+    for key, value in compose()["services"]["predictor"]["environment"].items():
+        value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+        env[key] = re.sub(r"\$\{\w+:\?[^}]+\}", lambda _m: next(fill), value)
+    predictor = load_settings(env=env).predictor
+    assert predictor.host == "0.0.0.0" and predictor.auth_required
+    assert sorted(t.scope for t in read_tokens(predictor)) == ["admin", "read"]
+    healthcheck = re.search(r"urlopen\('http://127\.0\.0\.1:8080(/[\w/]+)'", text)
+    assert healthcheck and healthcheck.group(1) in OPEN_ROUTES
 
 
 def test_promtool_check_config(tmp_path: Path) -> None:
@@ -399,10 +435,14 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     if promtool is None:
         pytest.skip("promtool not installed (apt-get install prometheus)")
     # The rules path inside the container, made relative to check the files as they are.
+    # The token file compose mounts, stood in for: promtool checks that it exists.
+    token = tmp_path / "predictor_admin_token"
+    token.write_text("stand-in")
     config = (
         (DEPLOY / "prometheus.yml")
         .read_text()
         .replace("/etc/prometheus/prometheus-rules.yml", "prometheus-rules.yml")
+        .replace("/run/secrets/predictor_admin_token", str(token))
     )
     (tmp_path / "prometheus.yml").write_text(config)
     shutil.copy(DEPLOY / "prometheus-rules.yml", tmp_path / "prometheus-rules.yml")
@@ -610,8 +650,23 @@ def test_predictor_deployment_and_service() -> None:
     (container,) = pod["spec"]["containers"]
     port_names = {p["name"] for p in container["ports"]}
     assert service["spec"]["ports"][0]["targetPort"] in port_names
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The probes carry no token: they call the routes that ask for none.
+    from flowlearn.serving.auth import OPEN_ROUTES
+
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in OPEN_ROUTES
+    # The tokens file is the Secret's predictor-tokens key, mounted unreadable to others.
+    env = {e["name"]: e for e in container["env"]}
+    tokens_file = Path(env["FLOWLEARN__PREDICTOR__TOKENS_FILE"]["value"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (volume,) = [volumes[n] for n, path in mounts.items() if Path(path) == tokens_file.parent]
+    assert volume["secret"]["secretName"] == "flowlearn-secrets"
+    assert volume["secret"]["items"] == [{"key": "predictor-tokens", "path": tokens_file.name}]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0
+    assert pod["spec"]["securityContext"]["fsGroup"] == pod["spec"]["securityContext"]["runAsGroup"]
     security = pod["spec"]["securityContext"]
     user = re.search(r"^USER (\d+):", (DEPLOY / "Dockerfile.predictor").read_text(), re.M)
     assert security["runAsNonRoot"] is True and user
@@ -630,7 +685,10 @@ def test_k8s_secrets_are_referenced_not_inlined() -> None:
         ref = env["FLOWLEARN__REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "flowlearn-secrets", "key": "redis-password"}
         for item in container["env"]:
-            if re.search(r"PASSWORD|SECRET|TOKEN", item["name"]):
+            # A *_FILE setting names a mounted Secret's file: a path, not a secret.
+            if re.search(r"PASSWORD|SECRET|TOKEN", item["name"]) and not item["name"].endswith(
+                "_FILE"
+            ):
                 assert "value" not in item, item["name"]
     (config_map,) = k8s_kind("ConfigMap")
     assert not [k for k in config_map["data"] if re.search(r"PASSWORD|SECRET|TOKEN", k)]
