@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -15,25 +16,31 @@ import numpy as np
 import pytest
 
 from flowlearn.contracts.redis_contract import Keys
-from flowlearn.serving.client import predict
+from flowlearn.serving.client import predict, tls_context
 
 from .conftest import PASSWORD, RedisServer, Trainer, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def ready(url: str) -> bool:
+def ready(url: str, context: ssl.SSLContext | None = None) -> bool:
+    # The V2 readiness route: /readyz's condition, and open whatever predictor.auth says.
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1, context=context) as resp:
             return resp.status == 200
     except OSError:
         return False
 
 
 def start_predictor(
-    redis_server: RedisServer, prefix: str, tmp_path: Path, predictor_conf: str = ""
+    redis_server: RedisServer,
+    prefix: str,
+    tmp_path: Path,
+    predictor_conf: str = "",
+    tls_ca: Path | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
-    """``python -m flowlearn.serving`` from a config file, once ready: (process, url)."""
+    """``python -m flowlearn.serving`` from a config file, once ready: (process, url);
+    with ``tls_ca``, the CA of its TLS certificate, over https."""
     port = free_port()
     config = tmp_path / "flowlearn.toml"
     config.write_text(f"""
@@ -47,7 +54,8 @@ port = {port}
 [kafka]
 port = {free_port()}
 """)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
+    context = tls_context(str(tls_ca)) if tls_ca else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "flowlearn.serving", "--config", str(config), "--no-log"],
         cwd=ROOT,
@@ -56,7 +64,11 @@ port = {free_port()}
         text=True,
     )
     try:
-        wait_for("the predictor to be ready", lambda: proc.poll() is None and ready(url), 30)
+        wait_for(
+            "the predictor to be ready",
+            lambda: proc.poll() is None and ready(url, context),
+            30,
+        )
     except BaseException:
         proc.kill()
         proc.communicate()
@@ -124,3 +136,43 @@ def test_a_client_trickling_its_headers_is_cut_off(serving_redis: RedisServer, p
         proc.kill()
         proc.communicate()
         client.close()
+
+
+def test_tls_and_tokens_as_an_operator_runs_them(
+    serving_redis: RedisServer, prefix, tmp_path, test_ca
+):
+    """HTTPS with a CA-issued certificate, a tokens file rotated with SIGHUP, and no token
+    in anything the process writes."""
+    cert, key = test_ca.issue("predictor")
+    admin, reader, rotated = (f"{name}-token-0123456789abcdef" for name in ("a", "r", "n"))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{admin} admin\n{reader} read\n")
+    tokens.chmod(0o600)
+    client = serving_redis.client()
+    Trainer(client, Keys(prefix), "m").publish(np.array([1.0, 0.0, 0.0, 0.0]))
+    conf = f'tokens_file = "{tokens}"\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"'
+    proc, url = start_predictor(serving_redis, prefix, tmp_path, conf, tls_ca=test_ca.cert)
+    try:
+        ca = str(test_ca.cert)
+        assert predict(url, "m", [[1, 0, 0]], token=reader, ca_file=ca)["model_version"] == 1
+        assert predict(url, "m", [[1, 0, 0]], ca_file=ca)["status"] == 401
+        tokens.write_text(f"{rotated} read\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(
+            "SIGHUP to reload the tokens",
+            lambda: "model_version" in predict(url, "m", [[1, 0, 0]], token=rotated, ca_file=ca),
+        )
+        assert predict(url, "m", [[1, 0, 0]], token=reader, ca_file=ca)["status"] == 401
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        client.close()
+    assert proc.returncode == 0, out
+    assert f"predictor on {url} " in out  # https: predictor.url says so
+    assert "bearer tokens required; loaded: 1 admin, 1 read" in out
+    assert "loaded: 1 read" in out
+    for token in (admin, reader, rotated):
+        assert token not in out
