@@ -23,8 +23,8 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any
 
+import prometheus_client
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -49,7 +49,7 @@ class Guard:
     """The tokens the predictor takes, as digests with their scopes; ``refused`` counts the
     requests turned away, by reason (``missing``, ``invalid``, ``scope``)."""
 
-    def __init__(self, conf: PredictorConf, refused: Any) -> None:
+    def __init__(self, conf: PredictorConf, refused: prometheus_client.Counter) -> None:
         self.conf = conf
         self.required = conf.auth_required
         self._refused = {r: refused.labels(r) for r in ("missing", "invalid", "scope")}
