@@ -71,6 +71,14 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             raise ConfigError(f"{where}: expected a list")
+        args = get_args(hint)
+        if Ellipsis not in args:  # tuple[float, float]: so many items, each of its type
+            if len(items) != len(args):
+                raise ConfigError(f"{where}: expected a list of {len(args)}, got {len(items)}")
+            return tuple(
+                _convert(t, v, f"{where}[{i}]")
+                for i, (t, v) in enumerate(zip(args, items, strict=True))
+            )
         return tuple(str(item).strip() for item in items if str(item).strip())
     if origin is Literal:
         if value not in get_args(hint):

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 import numpy as np
 
 from flowlearn.core import (
+    bandits,
     codec,
     drift,
     metrics,
@@ -484,6 +485,7 @@ _REGISTRY: dict[str, type[Stateful]] = {
         *drift.CLASSES,
         *trees.CLASSES,
         *regression_trees.CLASSES,
+        bandits.ContextualBandit,
     )
 }
 

@@ -4,8 +4,8 @@ up here, so adding one is adding an entry (docs/architecture.md, "Where to add..
 >>> model_type("auto_softmax").task
 'multiclass'
 >>> sorted(MODEL_TYPES)  # doctest: +NORMALIZE_WHITESPACE
-['auto_linear', 'auto_logistic', 'auto_softmax', 'hoeffding_tree', 'hoeffding_tree_regressor',
- 'linear', 'logistic', 'random_forest', 'softmax']
+['auto_linear', 'auto_logistic', 'auto_softmax', 'contextual_bandit', 'hoeffding_tree',
+ 'hoeffding_tree_regressor', 'linear', 'logistic', 'random_forest', 'softmax']
 >>> model_type("tree")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flowlearn.core import linear, pipeline, regression_trees, trees
+from flowlearn.core import bandits, linear, pipeline, regression_trees, trees
 from flowlearn.core.ensemble import SelfTuning
 from flowlearn.core.optim import Optimizer
 from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
@@ -32,8 +32,9 @@ TreeModel = (
     | trees.RandomForestClassifier
     | regression_trees.HoeffdingTreeRegressor
 )
-#: A model of any type: a linear model, a self-tuning mixture of them, or a tree model.
-Model = linear.Model | SelfTuning | TreeModel
+#: A model of any type: a linear model, a self-tuning mixture of them, a tree model, or a
+#: contextual bandit.
+Model = linear.Model | SelfTuning | TreeModel | bandits.ContextualBandit
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,12 @@ class ModelType:
 
     name: str
     #: The (member) model's class (its constructor: ``(n_features, [n_classes,] **params)``).
-    cls: type[linear.Model] | type[TreeModel]
+    cls: type[linear.Model] | type[TreeModel] | type[bandits.ContextualBandit]
     #: What it predicts: "binary" (labels 0 or 1), "multiclass" (class indices; the number
-    #: of classes comes from the spec's ``n_classes``, or ``classes`` once published) or
-    #: "regression" (any finite number).
-    task: Literal["binary", "multiclass", "regression"]
+    #: of classes comes from the spec's ``n_classes``, or ``classes`` once published),
+    #: "regression" (any finite number) or, for a "bandit", which action to take (it learns
+    #: from rewards: :mod:`flowlearn.core.bandits`).
+    task: Literal["binary", "multiclass", "regression", "bandit"]
     #: Several copies of ``cls``, one per learning rate, served as their mixture.
     self_tuning: bool = False
 
@@ -66,21 +68,27 @@ class ModelType:
     def explainable(self) -> bool:
         """Its served score is linear in the (transformed) features, so each feature's
         share of it is well defined (``contributions_many`` of :mod:`flowlearn.core.linear`):
-        a plain linear model, not a mixture or a tree."""
-        return not (self.tree or self.self_tuning)
+        a plain linear model, not a mixture, a tree or a bandit."""
+        return not (self.tree or self.self_tuning or self.bandit)
+
+    @property
+    def bandit(self) -> bool:
+        """A contextual bandit: it chooses actions and learns from their rewards, with no
+        optimizer and no tree parameters (its own, :data:`~flowlearn.core.spec.BANDIT_FIELDS`)."""
+        return self.task == "bandit"
 
     @property
     def classifier(self) -> bool:
         """Its predictions are classes, so 0/1 errors exist (and accuracy, calibration)."""
-        return self.task != "regression"
+        return self.task in ("binary", "multiclass")
 
     def build(
         self, n_features: int, n_classes: int, optimizers: Sequence[Optimizer], **params: Any
     ) -> Model:
         """A fresh model: one member per optimizer (a plain type takes exactly one);
         ``params`` are the members' other keyword arguments (l1, batch_size, ...)."""
-        if self.tree:
-            raise ValueError(f"a {self.name} model has no optimizer; build_tree builds it")
+        if self.tree or self.bandit:
+            raise ValueError(f"a {self.name} model has no optimizer")
         if not self.self_tuning and len(optimizers) != 1:
             raise ValueError(f"a {self.name} model trains with one optimizer")
         members = [
@@ -101,19 +109,21 @@ class ModelType:
 
     def _member(self, n_features: int, n_classes: int, **params: Any) -> linear.Model:
         cls = self.cls
-        if issubclass(cls, TREE_CLASSES):
+        if issubclass(cls, TREE_CLASSES) or issubclass(cls, bandits.ContextualBandit):
             raise ValueError(f"a {self.name} model has no members")
         if issubclass(cls, linear.SoftmaxRegression):
             return cls(n_features, n_classes, **params)
         return cls(n_features, **params)
 
     def unfitted(self, published: Mapping[str, Any]) -> Model:
-        """A model of a published spec's shape, its weights at zero."""
-        if self.tree:
-            # A tree's published spec names every constructor argument its vector's
-            # length depends on (the seed only steers training).
+        """A model of a published spec's shape, its weights at zero (a bandit: its prior)."""
+        if self.tree or self.bandit:
+            # A tree's or a bandit's published spec names every constructor argument its
+            # vector's length depends on (a tree's seed only steers training).
             accepted = inspect.signature(self.cls).parameters
             params = {k: v for k, v in published.items() if k in accepted and k != "n_features"}
+            if self.bandit:
+                return bandits.ContextualBandit(int(published["n_features"]), **params)
             n_classes = len(published.get("classes") or ())
             return self.build_tree(int(published["n_features"]), n_classes, **params)
         intercept = bool(published.get("intercept", True))
@@ -147,6 +157,7 @@ MODEL_TYPES: dict[str, ModelType] = {
         ModelType(
             "hoeffding_tree_regressor", regression_trees.HoeffdingTreeRegressor, "regression"
         ),
+        ModelType("contextual_bandit", bandits.ContextualBandit, "bandit"),
     )
 }
 

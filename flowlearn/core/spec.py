@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flowlearn.core.bandits import ContextualBandit
 from flowlearn.core.ensemble import DEFAULT_RATE_FACTORS
 from flowlearn.core.model_types import model_type
 from flowlearn.core.monitoring import ALL_DETECTORS
@@ -168,6 +169,28 @@ class ModelSpec:
     #: A leaf's prediction: "nba" (naive Bayes while it beats the majority class, the
     #: default) or "mc" (the majority class); "": the default.
     leaf_prediction: Literal["", "nba", "mc"] = ""
+    # A contextual bandit's parameters (:mod:`flowlearn.core.bandits`; docs/bandits.md).
+    #: How it chooses: "thompson", "linucb" or "epsilon_greedy".
+    policy: Literal["thompson", "linucb", "epsilon_greedy"] = "thompson"
+    #: Listed actions (a regression each); or 0, with ``n_action_features``.
+    n_actions: int = 0
+    #: Features of an action given per request (one shared regression); or 0.
+    n_action_features: int = 0
+    #: LinUCB's bonus, in posterior standard deviations of the mean reward.
+    alpha: float = 1.0
+    #: Share of uniformly random choices mixed into the policy (0: the policy's default,
+    #: 0.05 for epsilon_greedy, none for the others).
+    epsilon: float = 0.0
+    #: The prior's precision (in units of the noise's).
+    prior_precision: float = 1.0
+    #: The reward's noise variance (0: estimated from the residuals, per action).
+    noise_variance: float = 0.0
+    #: Thompson's posterior draws per choice (its propensity is their winners' share).
+    propensity_draws: int = 256
+    #: ``[lo, hi]``: rewards outside are refused.
+    reward_range: tuple[float, float] = (0.0, 1.0)
+    #: Feedback with a smaller propensity is refused.
+    min_propensity: float = 0.001
 
     def as_dict(self) -> dict[str, Any]:
         spec = dataclasses.asdict(self)
@@ -175,6 +198,7 @@ class ModelSpec:
         spec["learning_rates"] = list(self.learning_rates)
         spec["feature_names"] = list(self.feature_names)
         spec["class_names"] = list(self.class_names)
+        spec["reward_range"] = list(self.reward_range)
         return spec
 
     def validate(self, where: str) -> None:
@@ -212,7 +236,7 @@ class ModelSpec:
                 raise SpecError(
                     f"{where}.learning_rates: must all be > 0, got {list(self.learning_rates)}"
                 )
-        self._validate_model_params(where, kind.tree)
+        self._validate_model_params(where, kind.tree, kind.bandit)
         if self.target_scale == "standard" and kind.task != "regression":
             raise SpecError(f"{where}.target_scale: only a regression model scales its target")
         if self.target_scale == "standard" and kind.tree:
@@ -257,21 +281,26 @@ class ModelSpec:
                 f"{where}.detectors: unknown {sorted(unknown)}; known: {list(ALL_DETECTORS)}"
             )
 
-    def _validate_model_params(self, where: str, tree: bool) -> None:
-        """A tree type takes tree parameters and no optimizer settings; a linear type the
-        other way round (a setting the model would ignore is a mistake worth naming)."""
-        ignored = (
-            ("learning_rate", "learning_rates", "l1", "l2", "clip_grad_norm")
-            if tree
-            else TREE_FIELDS
-        )
+    def _validate_model_params(self, where: str, tree: bool, bandit: bool) -> None:
+        """A tree type takes tree parameters, a bandit its own, a linear type optimizer
+        settings, and none the others' (a setting the model would ignore is a mistake worth
+        naming)."""
+        optimizer_fields = ("learning_rate", "learning_rates", "l1", "l2", "clip_grad_norm")
+        family = "tree" if tree else "bandit" if bandit else "linear"
+        ignored = {
+            "tree": (*optimizer_fields, *BANDIT_FIELDS),
+            "bandit": (*optimizer_fields, *TREE_FIELDS),
+            "linear": (*TREE_FIELDS, *BANDIT_FIELDS),
+        }[family]
         defaults = ModelSpec()
         for name in ignored:
             if getattr(self, name) != getattr(defaults, name):
-                family = "tree" if tree else "linear"
                 raise SpecError(f"{where}.{name}: a {self.type} model ({family}) has no {name}")
-        if self.optimizer != defaults.optimizer and tree:
-            raise SpecError(f"{where}.optimizer: a {self.type} model (tree) has no optimizer")
+        if self.optimizer != defaults.optimizer and (tree or bandit):
+            raise SpecError(f"{where}.optimizer: a {self.type} model ({family}) has no optimizer")
+        if bandit:
+            self._validate_bandit(where)
+            return
         for name in TREE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, str):  # a choice, its values checked by the type
@@ -295,6 +324,15 @@ class ModelSpec:
             raise SpecError(f"{where}.poisson_lambda: only a random_forest bags its samples")
         if tree:
             self._validate_tree(where)
+
+    def _validate_bandit(self, where: str) -> None:
+        """The bandit's own checks (a parameter's range, one form of actions), naming the
+        field."""
+        try:
+            ContextualBandit(self.n_features, **bandit_params(self.as_dict()))
+        except ValueError as exc:
+            name = next((f for f in BANDIT_FIELDS if str(exc).startswith(f)), "n_actions")
+            raise SpecError(f"{where}.{name}: {exc}") from None
 
     def _validate_tree(self, where: str) -> None:
         """The tree's own checks (a parameter's range, an odd ``max_nodes``), and the
@@ -329,6 +367,36 @@ TREE_FIELDS = (
     "poisson_lambda",
     "leaf_prediction",
 )
+
+
+#: A contextual bandit's parameters (spec fields named as
+#: :class:`~flowlearn.core.bandits.ContextualBandit`'s constructor arguments).
+BANDIT_FIELDS = (
+    "policy",
+    "n_actions",
+    "n_action_features",
+    "alpha",
+    "epsilon",
+    "prior_precision",
+    "noise_variance",
+    "propensity_draws",
+    "reward_range",
+    "min_propensity",
+)
+
+
+def bandit_params(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A bandit spec's (dict, every key) constructor arguments besides ``n_features``:
+    ``epsilon`` 0 takes the policy's default.
+
+    >>> params = bandit_params({**ModelSpec(n_actions=3).as_dict(), "seed": 4})
+    >>> params["n_actions"], params["epsilon"], params["seed"]
+    (3, None, 4)
+    """
+    params = {name: spec[name] for name in BANDIT_FIELDS}
+    params["epsilon"] = float(spec["epsilon"]) or None
+    params["seed"] = int(spec["seed"])
+    return params
 
 
 def tree_params(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -132,6 +132,8 @@ def build_model(spec: Mapping[str, Any], scale: str | None = None) -> Model:
 def _build_learner(s: Mapping[str, Any]) -> model_types.Model:
     """The model itself (what the pipeline feeds)."""
     kind = model_type(s["type"])
+    if kind.bandit:
+        raise ValueError(f"the trainer does not train {kind.name} models yet")
     if kind.tree:
         return kind.build_tree(
             int(s["n_features"]), int(s["n_classes"]), seed=int(s["seed"]), **tree_params(s)
