@@ -129,7 +129,7 @@ def event_seed(event_id: str, model_seed: int = 0) -> int:
     (True, False)
     """
     digest = hashlib.blake2b(f"{int(model_seed)}:{event_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: an int64 array holds them
 
 
 @dataclass(frozen=True)
@@ -395,7 +395,7 @@ class ContextualBandit(Stateful):
         """``vec([x, 1] ⊗ [a, 1])`` of contexts ``(n, d)`` and actions ``(n, ..., d_a)``."""
         x1 = self._contexts(X)
         a1 = np.concatenate([actions, np.ones((*actions.shape[:-1], 1))], axis=-1)
-        x1 = x1.reshape(len(X), *([1] * (actions.ndim - 2)), -1)
+        x1 = x1.reshape(len(X), *([1] * (actions.ndim - 2)), self.n_features + 1)
         return (x1[..., :, None] * a1[..., None, :]).reshape(*actions.shape[:-1], self.dim)
 
     def _candidates(self, X: np.ndarray, actions: Any) -> np.ndarray:

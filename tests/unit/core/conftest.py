@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowlearn.core import drift, linear, metrics, optim, preprocessing, regression_trees, trees
+from flowlearn.core import (
+    bandits,
+    drift,
+    linear,
+    metrics,
+    optim,
+    preprocessing,
+    regression_trees,
+    trees,
+)
 from flowlearn.core.pipeline import FeatureTransform
 
 D = 4
@@ -39,9 +48,16 @@ ESTIMATORS: dict[str, Callable[[], Any]] = {
     "hoeffding-tree-regressor": lambda: regression_trees.HoeffdingTreeRegressor(
         D, grace_period=20, max_nodes=31
     ),
+    "contextual-bandit": lambda: bandits.ContextualBandit(D, n_actions=3),
+    "contextual-bandit-adf": lambda: bandits.ContextualBandit(
+        D, n_action_features=2, policy="linucb", noise_variance=0.5
+    ),
 }
 #: The estimators whose target is a number.
 REGRESSORS = ("linear", "hoeffding-tree-regressor")
+#: The estimators that learn from bandit feedback: a batch is ``(contexts, actions,
+#: rewards, propensities)``, the actions indices or (``-adf``) the chosen actions' features.
+BANDITS = ("contextual-bandit", "contextual-bandit-adf")
 
 
 def learn(model: Any, X: np.ndarray, y: np.ndarray, batch: int = 64) -> Any:
@@ -55,9 +71,17 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def make_batch(name: str, rng: np.random.Generator, n: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def make_batch(name: str, rng: np.random.Generator, n: int = 32) -> tuple[np.ndarray, ...]:
+    """``(X, y)``, or for a bandit ``(X, actions, rewards, propensities)``: the label-like
+    part is always the second item."""
     X = rng.normal(size=(n, D))
     score = X @ np.array([1.0, -2.0, 0.5, 0.0])
+    if name in BANDITS:
+        actions: np.ndarray = rng.integers(0, 3, size=n)
+        if name.endswith("-adf"):
+            actions = rng.normal(size=(n, 2))
+        rewards = (score + 0.3 * rng.normal(size=n) > 0).astype(np.float64)
+        return X, actions, rewards, np.full(n, 1 / 3)
     if name == "softmax":
         y = np.digitize(score, [-1.0, 1.0]).astype(np.int64)
     elif name in REGRESSORS:

@@ -9,6 +9,7 @@ import pytest
 from flowlearn.core import codec, linear, model_types
 
 from .conftest import (
+    BANDITS,
     DETECTORS,
     ESTIMATORS,
     METRICS,
@@ -22,6 +23,14 @@ from .conftest import (
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def predict_inputs(name: str, X: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What ``predict_many`` takes: the contexts and, for a bandit with action features,
+    five candidate actions per context."""
+    if name in BANDITS and name.endswith("-adf"):
+        return X, np.random.default_rng(2).normal(size=(len(X), 5, 2))
+    return (X,)
 
 
 def train(name: str, model, seed: int = 0, n_batches: int = 5):
@@ -51,7 +60,7 @@ class TestEstimatorContract:
         twin = model.clone()
         assert type(twin) is type(model)
         assert twin.state_dict()[1]["params"] == model.state_dict()[1]["params"]
-        assert np.all(twin.weights_vector() == 0)
+        assert same_bits(twin.weights_vector(), ESTIMATORS[name]().weights_vector())  # untrained
         if hasattr(model, "optimizer"):  # tree models have none
             assert twin.optimizer is not model.optimizer
         # A clone trained like the original ends identical to it.
@@ -83,44 +92,55 @@ class TestEstimatorContract:
     def test_empty_batch_is_a_no_op(self, name):
         model = train(name, ESTIMATORS[name](), n_batches=1)
         before = model.state_dict()
-        model.learn_many(np.empty((0, 4)), np.empty(0))
+        X, y, *rest = make_batch(name, np.random.default_rng(0), n=0)
+        model.learn_many(X, y, *rest)
         after = model.state_dict()
         assert before[1] == after[1]
         assert all(same_bits(before[0][k], after[0][k]) for k in before[0])
-        assert model.predict_many(np.empty((0, 4))).shape == (0,)
+        assert model.predict_many(*predict_inputs(name, np.empty((0, 4)))).shape == (0,)
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
     def test_non_finite_inputs_raise(self, name, bad):
         model = ESTIMATORS[name]()
-        X, y = make_batch(name, np.random.default_rng(0), n=4)
+        X, y, *rest = make_batch(name, np.random.default_rng(0), n=4)
         X[2, 1] = bad
         with pytest.raises(ValueError, match="NaN or infinity"):
-            model.learn_many(X, y)
+            model.learn_many(X, y, *rest)
         with pytest.raises(ValueError, match="NaN or infinity"):
             model.predict_many(X)
-        assert np.all(model.weights_vector() == 0)
+        assert same_bits(model.weights_vector(), ESTIMATORS[name]().weights_vector())
 
     def test_non_finite_labels_raise(self, name):
-        X, y = make_batch(name, np.random.default_rng(0), n=4)
+        X, y, *rest = make_batch(name, np.random.default_rng(0), n=4)
         y = y.astype(np.float64)
         y[0] = np.nan
         with pytest.raises(ValueError):
-            ESTIMATORS[name]().learn_many(X, y)
+            ESTIMATORS[name]().learn_many(X, y, *rest)
 
     def test_wrong_shapes_name_the_expected_shape(self, name):
         model = ESTIMATORS[name]()
-        X, y = make_batch(name, np.random.default_rng(0), n=4)
+        X, y, *rest = make_batch(name, np.random.default_rng(0), n=4)
         with pytest.raises(ValueError, match=r"\(n, 4\)"):
-            model.learn_many(X[:, :3], y)
+            model.learn_many(X[:, :3], y, *rest)
         with pytest.raises(ValueError, match=r"\(n, 4\)"):
             model.predict_many(X[0])
-        with pytest.raises(ValueError, match=r"\(4,\)"):
-            model.learn_many(X, y[:3])
+        with pytest.raises(ValueError, match=r"\(4,( 2)?\)"):  # labels; or action features
+            model.learn_many(X, y[:3], *rest)
 
     def test_spec_and_weights_rebuild_a_servable_twin(self, name):
         model = train(name, ESTIMATORS[name]())
         served = model_types.from_spec(model.spec(), model.weights_vector())
-        X, _ = make_batch(name, np.random.default_rng(9))
+        X, *_ = make_batch(name, np.random.default_rng(9))
+        if name in BANDITS:
+            args = predict_inputs(name, X)
+            assert np.array_equal(served.predict_many(*args), model.predict_many(*args))
+            seeds = np.arange(len(X))
+            mine, theirs = (
+                model.choose_many(*args, seeds=seeds),
+                served.choose_many(*args, seeds=seeds),
+            )
+            assert all(same_bits(a, b) for a, b in zip(mine, theirs, strict=True))
+            return
         assert np.array_equal(served.predict_many(X), model.predict_many(X))
         if name not in REGRESSORS:
             assert np.array_equal(served.predict_proba_many(X), model.predict_proba_many(X))
