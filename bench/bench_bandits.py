@@ -35,7 +35,7 @@ decisions/s (choosing) and updates/s (learning; for flowlearn the pipeline's sta
 the posterior update of each batch), and each policy's mean reward over VW's best explorer
 on that environment. The target: flowlearn's bandits at >= 1.00 on every environment.
 
-Usage: ``python bench/bench_bandits.py [--samples N] [--seeds S]`` (default 3,000 samples
+Usage: ``python bench/bench_bandits.py [--samples N] [--seeds S] [--quick]`` (default 3,000 samples
 an environment, one seed: some seconds). Not a timed test.
 """
 
@@ -220,8 +220,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--samples", type=int, default=3000, help="samples an environment")
+    parser.add_argument("--quick", action="store_true", help="1,000 samples an environment")
     parser.add_argument("--seeds", type=int, default=1, help="runs per environment, averaged")
     args = parser.parse_args()
+    if args.quick:
+        args.samples = min(args.samples, 1000)
 
     results: dict[str, dict[str, list[Outcome]]] = {}
     for seed in range(args.seeds):
