@@ -52,12 +52,22 @@ def create_applies(entry: str | None, created: str) -> bool | None:
     alike (the entries, in the order of the model's commands): a model without a live entry
     (never created, or deleted) takes the new spec, whatever it trained under ``conf/``.
 
+    Fields an entry lacks count as their defaults: an entry stored before a version of
+    flowlearn added a spec field is the same spec as a ``create`` of that version that
+    leaves the field at its default.
+
     >>> create_applies(None, "{}"), create_applies("{}", "{}"), create_applies('{"a": 1}', "{}")
     (True, None, False)
+    >>> create_applies('{"type": "logistic"}', '{"type": "logistic", "n_actions": 0}')
     """
     if not entry:  # None, or DELETED
         return True
-    return None if entry == created else False
+    return None if entry == created or _filled(entry) == _filled(created) else False
+
+
+def _filled(entry: str) -> dict[str, Any]:
+    """A runtime entry's spec with the fields it lacks at their defaults."""
+    return {**ModelSpec().as_dict(), **json.loads(entry)}
 
 
 class ModelSpecs:
