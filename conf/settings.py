@@ -549,6 +549,10 @@ class MlflowConf:
     name_prefix: str = "flowlearn-"
     #: Checkpoint versions are registered at most this often per model (0: every one).
     register_min_interval_s: float = 10.0
+    #: Retention: after each registration, a model's online versions beyond the last
+    #: keep_versions are deleted, except those holding an alias (live, best) and those
+    #: tagged flowlearn.keep (rollback targets, former best ones). 0 keeps every version.
+    keep_versions: int = 100
 
     def resolved_tracking_uri(self, stack: StackConf) -> str:
         return self.tracking_uri or f"sqlite:///{stack.home / 'mlflow' / 'mlflow.db'}"
@@ -556,6 +560,11 @@ class MlflowConf:
     def validate(self) -> None:
         if self.register_min_interval_s < 0:
             raise ConfigError("mlflow.register_min_interval_s: must be >= 0")
+        if self.keep_versions < 0:
+            raise ConfigError(
+                f"mlflow.keep_versions: must be >= 0 (0 keeps every version), got "
+                f"{self.keep_versions}"
+            )
         if re.fullmatch(r"[A-Za-z0-9._-]*", self.name_prefix) is None:
             raise ConfigError(
                 f"mlflow.name_prefix: only letters, digits, '.', '_' and '-' (MLflow refuses "

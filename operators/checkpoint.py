@@ -47,6 +47,9 @@ class Registration:
     spec_json: str
     samples_applied: int
     metrics: Mapping[str, float]
+    #: The target of an automatic rollback: the version served again (MLflow alias ``live``,
+    #: kept by retention), registered before or not.
+    restored: bool = False
 
 
 class Registrar:
@@ -116,6 +119,10 @@ class Registrar:
                     job.spec_json,
                     job.samples_applied,
                     job.metrics,
+                    # The job's newest registered version is the one it serves, or about
+                    # to: the version after it descends from it.
+                    live=True,
+                    restored=job.restored,
                 )
             except (ValueError, RegistryError) as exc:
                 self.failures += 1
@@ -212,8 +219,10 @@ class CheckpointOperator(KeyedProcessFunction):
             ledger.auto_rollback = self.model_specs.spec_of(model_id).auto_rollback
         if self.registrar is not None:
             for confirmed in self.registrar.confirmed(model_id):
+                checkpoint = ledger.get(confirmed)
+                if checkpoint is not None and not checkpoint.registered:  # not a rollback's
+                    self.per_model.inc(model_id, "registered")
                 ledger.mark_registered(confirmed)
-                self.per_model.inc(model_id, "registered")
             for refused, reason in self.registrar.refused(model_id):
                 ledger.abandon_registration(refused)
                 yield alert_record(
@@ -238,7 +247,7 @@ class CheckpointOperator(KeyedProcessFunction):
             if isinstance(decision, Register):
                 self._register(model_id, ledger, decision.version)
             elif isinstance(decision, Rollback):
-                self._register(model_id, ledger, decision.to_version)
+                self._register(model_id, ledger, decision.to_version, restored=True)
                 self.auto_rollbacks.inc()
                 self.per_model.inc(model_id, "auto_rollbacks")
                 reason = (
@@ -282,11 +291,17 @@ class CheckpointOperator(KeyedProcessFunction):
             self.weights.remove(stale)
         self.ledger_state.update(ledger.to_bytes())
 
-    def _register(self, model_id: str, ledger: CheckpointLedger, version: int) -> None:
+    def _register(
+        self, model_id: str, ledger: CheckpointLedger, version: int, restored: bool = False
+    ) -> None:
+        """Register a checkpoint; a rollback's target even when it already is, to point the
+        registry's ``live`` alias at it (registering is idempotent)."""
         if not self.settings.mlflow.enabled:
             return
         checkpoint = ledger.get(version)
-        if checkpoint is None or checkpoint.registered or not self.weights.contains(version):
+        if checkpoint is None or not self.weights.contains(version):
+            return
+        if checkpoint.registered and not restored:
             return
         if self.registrar is None:
             self.registrar = Registrar(self.settings)
@@ -298,6 +313,7 @@ class CheckpointOperator(KeyedProcessFunction):
                 ledger.spec_json,
                 checkpoint.samples_applied,
                 checkpoint.metrics(),
+                restored,
             )
         )
 

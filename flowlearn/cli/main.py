@@ -310,7 +310,7 @@ def cmd_versions(settings: Settings, args: argparse.Namespace) -> int:
         metrics = " ".join(f"{k}={val:.4f}" for k, val in sorted(v.metrics.items()))
         print(
             f"{v.kind:<8} v{v.version:<6} {when}  samples {v.samples_applied:<8} {metrics}  "
-            f"{v.link}"
+            f"{v.model_uri}  {v.link}"
         )
     return 0
 

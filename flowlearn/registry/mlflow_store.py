@@ -1,14 +1,25 @@
 """The MLflow model registry, seen through flowlearn's eyes: versions of weights.
 
 Each registered model is ``{name_prefix}{model id}``. One :meth:`Registry.register` call makes
-one MLflow run in the experiment ``flowlearn`` (artifacts ``weights.flc``, the codec bytes,
-and ``spec.json``; metrics; params) and one model version pointing at the run's artifacts.
+one MLflow run in the experiment ``flowlearn`` (metrics; params; the artifact ``model``) and
+one model version whose source is that artifact: an MLflow pyfunc model (``MLmodel``, a
+signature from the spec, pip requirements) whose data are the version's weights
+(``weights.flc``, the codec bytes) and spec (``spec.json``), nothing pickled. Its loader,
+:mod:`flowlearn.serving.mlflow_pyfunc`, scores through the predictor's code, so
+``mlflow models serve -m models:/flowlearn-demo/3`` answers as the predictor does.
 The model version carries everything :class:`RegisteredVersion` needs as ``flowlearn.*``
 tags, so listing versions is one paginated search and never opens a run.
 
 A ``kind`` tells the online job's versions (``"online"``) from batch-trained baselines
 (``"baseline"``); flowlearn's ``version`` (the update count) is only unique within one
 ``(model id, kind)``. Registering is idempotent on ``(model id, kind, version, weights)``.
+
+The job registers with ``live=True``: the alias ``live`` then points at the version (the
+job's newest registered version, or the checkpoint an automatic rollback restored), and the
+alias ``best`` at the online version of lowest :data:`BEST_METRIC`. With ``keep_versions``
+set, each online registration deletes the online versions beyond the last ``keep_versions``
+except those holding an alias and those tagged ``flowlearn.keep`` (set on a rollback's
+target and on every version that held ``best``; set it yourself to keep a version).
 
 With a local store (``sqlite:///...``, the default, or a ``file:`` store) the folder holding
 the store is created and artifacts land beside it (``<folder>/artifacts``), never in the
@@ -25,9 +36,12 @@ mlflow is imported on first use (it takes about a second), so importing this mod
 >>> tmp = tempfile.TemporaryDirectory()
 >>> reg = Registry(f"sqlite:///{tmp.name}/mlflow.db")
 >>> w = encode_array(np.array([0.5, -1.0]))
->>> v = reg.register("demo", 3, w, '{"type": "logistic"}', 120, {"logloss": 0.4})
->>> v.version, v.registry_version, v.kind, v.metrics
-(3, 1, 'online', {'logloss': 0.4})
+>>> spec = '{"type": "logistic", "n_features": 1, "intercept": true}'
+>>> v = reg.register("demo", 3, w, spec, 120, {"windowed_loss": 0.4}, live=True)
+>>> v.version, v.registry_version, v.kind, v.metrics, v.model_uri
+(3, 1, 'online', {'windowed_loss': 0.4}, 'models:/flowlearn-demo/1')
+>>> sorted(reg.aliases("demo"))
+['best', 'live']
 >>> decode_array(reg.load_weights("demo", 3)).tolist()
 [0.5, -1.0]
 >>> [x.version for x in reg.versions("demo")]
@@ -47,6 +61,7 @@ import re
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -60,15 +75,36 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
-__all__ = ["RegisteredVersion", "Registry", "RegistryError", "mask_uri"]
+__all__ = ["BEST", "KEEP_TAG", "LIVE", "RegisteredVersion", "Registry", "RegistryError", "mask_uri"]
 
 EXPERIMENT = "flowlearn"
 WEIGHTS_ARTIFACT = "weights.flc"
 SPEC_ARTIFACT = "spec.json"
+#: The run's artifact folder holding the MLflow model (the model version's source).
+MODEL_ARTIFACT = "model"
+#: The module MLflow loads a version with (``_load_pyfunc``); named, not imported: the
+#: registry sits below the serving code in the layers.
+PYFUNC_LOADER = "flowlearn.serving.mlflow_pyfunc"
+#: The model's data folder (weights and spec) inside the run's artifacts.
+_DATA_PATH = f"{MODEL_ARTIFACT}/data/version"
+#: The alias of the version the job serves: its newest registered one, or the checkpoint an
+#: automatic rollback restored.
+LIVE = "live"
+#: The alias of the online version with the lowest :data:`BEST_METRIC`.
+BEST = "best"
+#: The metric ``best`` minimises: the mean prequential (test-then-train) loss of the
+#: samples a checkpoint's versions scored (:meth:`flowlearn.core.checkpointing.Checkpoint
+#: .metrics`), the one figure comparable across a model's checkpoints.
+BEST_METRIC = "windowed_loss"
 
 _TAG = "flowlearn."
 _METRIC_TAG = f"{_TAG}metric."
 _SKIPPED_TAG = f"{_TAG}skipped_metrics"
+#: A version tagged so is never deleted by retention; the value says why.
+KEEP_TAG = f"{_TAG}keep"
+#: Marks a version that is an MLflow model; one registered before (no tag) has its weights
+#: and spec at its run's root.
+_MODEL_TAG = f"{_TAG}mlflow_model"
 _KIND_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key|auth|sig", re.IGNORECASE)
 _PAGE_SIZE = 1000
@@ -112,6 +148,10 @@ class RegisteredVersion:
     #: The run in the MLflow UI: a URL for a server, ``<tracking uri>#/experiments/<id>/runs/
     #: <run id>`` for a local store (open it with ``mlflow ui --backend-store-uri``).
     link: str
+    #: The MLflow model (``models:/<name>/<registry version>``, for ``mlflow models serve``
+    #: and ``mlflow.pyfunc.load_model``); empty for a version registered before flowlearn
+    #: registered MLflow models.
+    model_uri: str = ""
 
 
 def mask_uri(uri: str) -> str:
@@ -173,6 +213,77 @@ def _filter_literal(value: str) -> str:
     raise ValueError(f"a model id cannot hold both kinds of quotes: {value!r}")
 
 
+def _save_pyfunc(
+    model_dir: Path, scratch: Path, weights: bytes, spec_json: str, spec: Mapping[str, Any]
+) -> None:
+    """Save one version as an MLflow pyfunc model in ``model_dir``: its weights and spec as
+    the data that :data:`PYFUNC_LOADER` loads, the signature, the pip requirements."""
+    import mlflow.pyfunc
+
+    data = scratch / Path(_DATA_PATH).name
+    data.mkdir()
+    (data / WEIGHTS_ARTIFACT).write_bytes(weights)
+    (data / SPEC_ARTIFACT).write_text(spec_json)
+    with warnings.catch_warnings():
+        # An input example would make MLflow load and run the model here, in the job.
+        warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
+        mlflow.pyfunc.save_model(
+            str(model_dir),
+            loader_module=PYFUNC_LOADER,
+            data_path=str(data),
+            signature=_signature(spec),
+            # Given, not inferred: inferring loads the model in a subprocess (seconds).
+            pip_requirements=_requirements(),
+        )
+
+
+def _requirements() -> list[str]:
+    """What loading a version needs: flowlearn (numpy and mlflow come with it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy as np
+
+    try:
+        flowlearn = f"flowlearn=={version('flowlearn')}"
+    except PackageNotFoundError:  # run from a source tree
+        flowlearn = "flowlearn"
+    return [flowlearn, f"numpy=={np.__version__}"]
+
+
+def _signature(spec: Mapping[str, Any]) -> Any:
+    """The MLflow signature of what :data:`PYFUNC_LOADER`'s ``predict`` takes and answers
+    for a model of ``spec`` (a :class:`mlflow.models.ModelSignature`): the named feature
+    columns (optional where missing values are imputed), or a float64 ``(n, n_features)``
+    tensor for a dense model without names; no input schema for a hashed model (any
+    ``{name: value}`` columns). Out: the scores, with a ``label`` column when the spec
+    names its classes."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, Array, ColSpec, Schema, TensorSpec
+
+    from flowlearn.core.model_types import MODEL_TYPES
+
+    inputs = None
+    names = spec.get("feature_names") or []
+    if spec.get("features", "dense") == "dense":
+        if names:
+            required = spec.get("missing") != "impute"
+            # Any, not double: MLflow refuses an all-int column for a double one, and the
+            # predictor takes ints; the features are checked as by the predictor anyway.
+            inputs = Schema([ColSpec(AnyType(), str(n), required=required) for n in names])
+        elif "n_features" in spec:
+            inputs = Schema([TensorSpec(np.dtype(np.float64), (-1, int(spec["n_features"])))])
+    kind = MODEL_TYPES.get(spec.get("type", ""))
+    multiclass = kind is not None and kind.multiclass
+    if kind is not None and kind.classifier and spec.get("class_names"):
+        score = ColSpec(Array("double") if multiclass else "double", "prediction")
+        outputs = Schema([score, ColSpec("string", "label")])
+    else:
+        width = len(spec.get("classes") or ()) if multiclass else 0
+        outputs = Schema([TensorSpec(np.dtype(np.float64), (-1, width) if width else (-1,))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def _is_locked(exc: BaseException) -> bool:
     return "database is locked" in f"{exc} {exc.__cause__}"
 
@@ -181,14 +292,21 @@ class Registry:
     """Registers and reads versions of model weights in an MLflow tracking store.
 
     ``tracking_uri`` is ``sqlite:///path/mlflow.db`` (local, the default in
-    ``flowlearn.conf.settings.MlflowConf``), a ``file:`` store or an ``http(s)://`` server. Nothing
-    is
-    opened until the first call. One instance may be shared by threads.
+    ``flowlearn.conf.settings.MlflowConf``), a ``file:`` store or an ``http(s)://`` server.
+    ``keep_versions`` > 0 turns retention on (see the module's docstring; 0 keeps every
+    version). Nothing is opened until the first call. One instance may be shared by threads.
     """
 
-    def __init__(self, tracking_uri: str, name_prefix: str = "flowlearn-") -> None:
+    def __init__(
+        self, tracking_uri: str, name_prefix: str = "flowlearn-", keep_versions: int = 0
+    ) -> None:
         if not tracking_uri:
             raise ValueError("tracking_uri must not be empty")
+        if isinstance(keep_versions, bool) or not isinstance(keep_versions, int):
+            raise ValueError(f"keep_versions must be an int, got {keep_versions!r}")
+        if keep_versions < 0:
+            raise ValueError(f"keep_versions must be >= 0, got {keep_versions}")
+        self._keep_versions = keep_versions
         local = _local_store(tracking_uri)
         self._uri = local[0] if local else tracking_uri.rstrip("/")
         #: The SQLite file or ``file:`` store folder; None for a server.
@@ -205,7 +323,7 @@ class Registry:
     def from_settings(cls, settings: Settings) -> Registry:
         """The registry the settings name (``mlflow.tracking_uri``, else the local store)."""
         m = settings.mlflow
-        return cls(m.resolved_tracking_uri(settings.stack), m.name_prefix)
+        return cls(m.resolved_tracking_uri(settings.stack), m.name_prefix, m.keep_versions)
 
     @property
     def tracking_uri(self) -> str:
@@ -230,6 +348,8 @@ class Registry:
         epoch: int | None = None,
         kind: str = "online",
         tags: Mapping[str, str] | None = None,
+        live: bool = False,
+        restored: bool = False,
     ) -> RegisteredVersion:
         """Register ``weights`` (:func:`flowlearn.core.codec.encode_array` bytes) as ``version``.
 
@@ -238,6 +358,11 @@ class Registry:
         entry, which :meth:`get` then returns. Non-finite metrics are not logged; the tag
         ``flowlearn.skipped_metrics`` names them. ``tags`` go on the run and the model version
         (keys starting with ``flowlearn.`` are reserved).
+
+        ``live``: the version is the one the job now serves; the alias ``live`` moves to it.
+        ``restored``: an automatic rollback restored it (``live`` too, and retention keeps it
+        for good). Every online registration then moves ``best`` if the version beats it,
+        and applies retention.
         """
         from flowlearn.core.codec import CodecError, decode_array
 
@@ -255,6 +380,8 @@ class Registry:
             raise ValueError(f"spec_json is not JSON: {exc}") from exc
         if not isinstance(spec, dict):
             raise ValueError("spec_json must hold a JSON object")
+        if (live or restored) and kind != "online":
+            raise ValueError(f"only online versions are served, not {kind} ones")
         extra = dict(tags or {})
         reserved = sorted(k for k in extra if k.startswith(_TAG))
         if reserved:
@@ -278,33 +405,105 @@ class Registry:
         if skipped:
             mv_tags[_SKIPPED_TAG] = ",".join(skipped)
         mv_tags.update(extra)
+        mv_tags[_MODEL_TAG] = "pyfunc"
 
         client = self._client()
+        name = self.model_name(model_id)
         with self._writers_lock():
             same = [e for e in self._search(model_id, kind, version) if e.weights_sha256 == sha]
             if same:
-                return same[-1]
-            name = self.model_name(model_id)
-            self._ensure_model(client, name)
-            run_id, artifact_uri = self._log_run(
-                client,
-                f"{model_id}-{kind}-v{version}",
-                fields,
-                finite,
-                mv_tags,
-                version,
-                {WEIGHTS_ARTIFACT: weights, SPEC_ARTIFACT: spec_json.encode()},
-            )
-            mv = self._call(
-                "create model version",
-                client.create_model_version,
-                name,
-                artifact_uri,
-                run_id=run_id,
-                tags=mv_tags,
-                await_creation_for=0,
-            )
-        return self._entry(mv)
+                entry = same[-1]
+            else:
+                self._ensure_model(client, name)
+                with tempfile.TemporaryDirectory(prefix="flowlearn-registry-") as folder:
+                    model_dir = Path(folder, MODEL_ARTIFACT)
+                    _save_pyfunc(model_dir, Path(folder), weights, spec_json, spec)
+                    run_id, artifact_uri = self._log_run(
+                        client,
+                        f"{model_id}-{kind}-v{version}",
+                        fields,
+                        finite,
+                        mv_tags,
+                        version,
+                        model_dir,
+                    )
+                mv = self._call(
+                    "create model version",
+                    client.create_model_version,
+                    name,
+                    f"{artifact_uri}/{MODEL_ARTIFACT}",
+                    run_id=run_id,
+                    tags=mv_tags,
+                    await_creation_for=0,
+                )
+                entry = self._entry(mv)
+            if kind == "online":
+                self._maintain(client, entry, live or restored, restored)
+        return entry
+
+    def _maintain(
+        self, client: MlflowClient, entry: RegisteredVersion, live: bool, restored: bool
+    ) -> None:
+        """After an online registration: the aliases, then retention (writers' lock held)."""
+        name = self.model_name(entry.model_id)
+        number = str(entry.registry_version)
+        if restored:
+            self._keep(client, name, number, "rollback target")
+        if live:
+            self._call(f"set alias {LIVE}", client.set_registered_model_alias, name, LIVE, number)
+        aliases = self._aliases(client, name)
+        score = entry.metrics.get(BEST_METRIC)
+        if score is not None and aliases.get(BEST) != entry.registry_version:
+            best: float | None = None
+            if BEST in aliases:
+                holder = self._call(
+                    f"read alias {BEST}", client.get_model_version, name, str(aliases[BEST])
+                )
+                held = holder.tags.get(f"{_METRIC_TAG}{BEST_METRIC}")
+                best = None if held is None else float(held)
+            if best is None or score < best:
+                self._call(
+                    f"set alias {BEST}", client.set_registered_model_alias, name, BEST, number
+                )
+                # A version that held best stays: the natural target of a later rollback.
+                self._keep(client, name, number, "held best")
+                aliases[BEST] = entry.registry_version
+        if self._keep_versions:
+            self._retain(client, entry.model_id, set(aliases.values()))
+
+    def _keep(self, client: MlflowClient, name: str, number: str, reason: str) -> None:
+        self._call(
+            "tag model version", client.set_model_version_tag, name, number, KEEP_TAG, reason
+        )
+
+    def _retain(self, client: MlflowClient, model_id: str, held: set[int]) -> None:
+        """Delete the online versions beyond the last ``keep_versions`` registered, except
+        those holding an alias (``held``) or tagged :data:`KEEP_TAG`, and their runs."""
+        name = self.model_name(model_id)
+        online = sorted(
+            self._model_versions(model_id, "online", None), key=lambda mv: int(mv.version)
+        )
+        for mv in online[: -self._keep_versions]:
+            if int(mv.version) in held or KEEP_TAG in mv.tags:
+                continue
+            self._call("delete model version", client.delete_model_version, name, mv.version)
+            if mv.run_id:
+                self._call("delete run", client.delete_run, mv.run_id)
+
+    def _aliases(self, client: MlflowClient, name: str) -> dict[str, int]:
+        """``{alias: MLflow version number}`` of the registered model ``name`` ({} if none)."""
+        from mlflow.exceptions import MlflowException
+
+        def read() -> dict[str, int]:
+            try:
+                model = client.get_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return {}
+                raise
+            return {alias: int(v) for alias, v in model.aliases.items()}
+
+        return self._call("read aliases", read)
 
     def _log_run(
         self,
@@ -314,9 +513,10 @@ class Registry:
         metrics: Mapping[str, float],
         tags: Mapping[str, str],
         step: int,
-        artifacts: Mapping[str, bytes],
+        model_dir: Path,
     ) -> tuple[str, str]:
-        """Create a finished run holding the version; returns ``(run id, artifact URI)``."""
+        """Create a finished run holding the version's model (``model_dir``, logged as
+        :data:`MODEL_ARTIFACT`); returns ``(run id, artifact URI)``."""
         from mlflow.entities import Metric, Param
 
         run = self._call(
@@ -336,10 +536,9 @@ class Registry:
                 metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
                 params=[Param(k, v) for k, v in params.items()],
             )
-            with tempfile.TemporaryDirectory(prefix="flowlearn-registry-") as folder:
-                for file_name, payload in artifacts.items():
-                    Path(folder, file_name).write_bytes(payload)
-                self._call("log artifacts", client.log_artifacts, run_id, folder)
+            self._call(
+                "log artifacts", client.log_artifacts, run_id, str(model_dir), MODEL_ARTIFACT
+            )
             self._call("finish run", client.set_terminated, run_id, "FINISHED")
         except RegistryError:
             with suppress(Exception):  # the first error is the one to report
@@ -436,6 +635,11 @@ class Registry:
         found = self._search(model_id, "baseline", None)
         return found[-1] if found else None
 
+    def aliases(self, model_id: str) -> dict[str, int]:
+        """The model's aliases (:data:`LIVE`, :data:`BEST`, any set by hand): ``{alias:
+        MLflow version number}``, for ``models:/{name}@{alias}``."""
+        return self._aliases(self._client(), self.model_name(model_id))
+
     def load_weights(self, model_id: str, version: int, kind: str = "online") -> bytes:
         """The codec bytes of a registered version, checked against their SHA-256.
 
@@ -480,6 +684,8 @@ class Registry:
 
     def _download(self, entry: RegisteredVersion, artifact: str) -> bytes:
         client = self._client()
+        if entry.model_uri:
+            artifact = f"{_DATA_PATH}/{artifact}"
         with tempfile.TemporaryDirectory(prefix="flowlearn-registry-") as folder:
             path = self._call(
                 f"download {artifact} of run {entry.run_id}",
@@ -494,6 +700,13 @@ class Registry:
         self, model_id: str, kind: str | None, version: int | None
     ) -> list[RegisteredVersion]:
         """flowlearn's model versions matching the arguments, sorted as :meth:`versions`."""
+        found = [self._entry(mv) for mv in self._model_versions(model_id, kind, version)]
+        return sorted(found, key=lambda e: (e.kind, e.version, e.registry_version))
+
+    def _model_versions(
+        self, model_id: str, kind: str | None, version: int | None
+    ) -> list[ModelVersion]:
+        """The MLflow model versions flowlearn registered matching the arguments."""
         client = self._client()
         clauses = [f"name = {_filter_literal(self.model_name(model_id))}"]
         if kind is not None:
@@ -501,7 +714,7 @@ class Registry:
         if version is not None:
             clauses.append(f"tags.`{_TAG}version` = '{int(version)}'")
         query = " and ".join(clauses)
-        found: list[RegisteredVersion] = []
+        found: list[ModelVersion] = []
         token: str | None = None
         while True:
             page = self._call(
@@ -511,11 +724,11 @@ class Registry:
                 max_results=_PAGE_SIZE,
                 page_token=token,
             )
-            found += [self._entry(mv) for mv in page if f"{_TAG}version" in mv.tags]
+            found += [mv for mv in page if f"{_TAG}version" in mv.tags]
             token = page.token
             if not token:
                 break
-        return sorted(found, key=lambda e: (e.kind, e.version, e.registry_version))
+        return found
 
     def _entry(self, mv: ModelVersion) -> RegisteredVersion:
         tags = mv.tags
@@ -537,6 +750,7 @@ class Registry:
             created_ms=int(mv.creation_timestamp),
             weights_sha256=tags[f"{_TAG}weights_sha256"],
             link=self._link(run_id),
+            model_uri=f"models:/{mv.name}/{mv.version}" if _MODEL_TAG in tags else "",
         )
 
     def _link(self, run_id: str) -> str:

@@ -21,9 +21,11 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.options: dict[tuple[str, int], dict[str, Any]] = {}
 
     def register(self, model_id: str, version: int, *args: Any, **kwargs: Any) -> None:
         self.calls.append((model_id, version))
+        self.options[model_id, version] = kwargs
         if model_id == "down":
             raise RegistryError("create run on http://mlflow failed: connection refused")
         if model_id == "bad":
@@ -32,8 +34,8 @@ class FakeRegistry:
             raise ValueError("weights are not flowlearn codec array bytes")
 
 
-def job(model_id: str, version: int = 1) -> Registration:
-    return Registration(model_id, version, b"", "{}", 1, {})
+def job(model_id: str, version: int = 1, restored: bool = False) -> Registration:
+    return Registration(model_id, version, b"", "{}", 1, {}, restored)
 
 
 def until(condition: Any, deadline_s: float = 10.0) -> Any:
@@ -76,3 +78,14 @@ def test_a_refused_registration_is_reported_once_and_not_retried(registrar, mode
     assert refusal[0] == 3 and refusal[1]
     assert r.refused(model_id) == [] and not r.delayed
     assert fake.calls.count((model_id, 3)) == 1
+
+
+def test_the_job_registers_the_version_it_serves(registrar) -> None:
+    """Every registration moves MLflow's ``live`` alias; a rollback's target is marked
+    restored (kept by retention)."""
+    r, fake = registrar
+    r.submit(job("ok", 5))
+    r.submit(job("ok", 3, restored=True))
+    until(lambda: len(fake.calls) == 2)
+    assert fake.options["ok", 5] == {"live": True, "restored": False}
+    assert fake.options["ok", 3] == {"live": True, "restored": True}

@@ -29,6 +29,8 @@ from flowlearn.registry.mlflow_store import (
 )
 
 SPEC = '{"type": "logistic", "n_features": 3}'
+#: Where a version's weights and spec are in its run's artifacts: the MLflow model's data.
+DATA = "model/data/version"
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +117,12 @@ def test_new_weights_for_a_version_make_a_new_entry(reg: Registry, model_id: str
 
 def test_tampered_weights_are_detected(reg: Registry, store: Path, model_id: str) -> None:
     entry = reg.register(model_id, 1, weights(4, 5, 6), SPEC, 3, {})
-    artifact = store.parent / "artifacts" / entry.run_id / "artifacts" / "weights.flc"
+    artifact = store.parent / "artifacts" / entry.run_id / "artifacts" / DATA / "weights.flc"
     artifact.write_bytes(weights(4, 5, 6.5))
     with pytest.raises(RegistryError, match="sha256"):
         reg.load_weights(model_id, 1)
     artifact.unlink()
-    with pytest.raises(RegistryError, match=r"download weights\.flc"):
+    with pytest.raises(RegistryError, match=rf"download {DATA}/weights\.flc"):
         reg.load_weights(model_id, 1)
 
 
@@ -208,8 +210,10 @@ def test_artifacts_land_beside_the_db_and_never_in_the_cwd(
     db_folder = home / "state"
     assert (db_folder / "mlflow.db").is_file()
     files = {p.relative_to(db_folder).as_posix() for p in db_folder.rglob("*") if p.is_file()}
-    run_files = {f"artifacts/{entry.run_id}/artifacts/{n}" for n in ("weights.flc", "spec.json")}
-    assert run_files <= files
+    run_folder = f"artifacts/{entry.run_id}/artifacts"
+    model_files = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt"}
+    run_files = {f"{run_folder}/{DATA}/{n}" for n in ("weights.flc", "spec.json")}
+    run_files |= {f"{run_folder}/model/{n}" for n in model_files}
     assert {f for f in files if f.startswith("artifacts/")} == run_files
 
 
