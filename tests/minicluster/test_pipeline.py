@@ -393,6 +393,18 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
         time.sleep(0.5)
     assert registered is not None and registered.metrics["windowed_loss"] < 0.6
     assert registry.load_weights("poisoned", target) == bytes.fromhex(versions[target]["weights"])
+    # The target is marked restored in MLflow: retention keeps it for good.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def keep_tag() -> str | None:
+        mv = client.get_model_version("flowlearn-poisoned", str(registered.registry_version))
+        return mv.tags.get("flowlearn.keep")
+
+    while keep_tag() != "rollback target" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert keep_tag() == "rollback target"
     # Every closed checkpoint was registered (interval 0), in order.
     assert [v.version for v in registry.versions("poisoned")][:5] == [5, 10, 15, 20, 25]
 
