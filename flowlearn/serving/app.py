@@ -44,7 +44,7 @@ from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.openapi import OPENAPI
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
-from flowlearn.serving.scoring import explainer
+from flowlearn.serving.scoring import class_labels, explainer
 from flowlearn.serving.v2 import (
     BINARY_HEADER,
     EXTENSIONS,
@@ -201,11 +201,8 @@ def _split(instances: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
 
 def _labels(spec: Mapping[str, Any], scores: np.ndarray) -> dict[str, list[str]]:
     """``{"labels": [...]}``: the predicted classes by name, when the spec names them."""
-    names = spec.get("class_names")
-    if not names:
-        return {}
-    index = scores.argmax(axis=1) if scores.ndim == 2 else (scores > 0.5).astype(np.int64)
-    return {"labels": [names[i] for i in index.tolist()]}
+    labels = class_labels(spec, scores)
+    return {} if labels is None else {"labels": labels}
 
 
 def _same_features(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

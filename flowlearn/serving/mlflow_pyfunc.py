@@ -39,8 +39,7 @@ import numpy as np
 from flowlearn.core.codec import decode_array
 from flowlearn.core.features import vectorize
 from flowlearn.registry.mlflow_store import SPEC_ARTIFACT, WEIGHTS_ARTIFACT
-from flowlearn.serving.app import _labels
-from flowlearn.serving.scoring import scorer
+from flowlearn.serving.scoring import class_labels, scorer
 
 __all__ = ["VersionModel"]
 
@@ -74,7 +73,7 @@ class VersionModel:
                 f"instances[{bad[0]}]: the score is not a finite number (feature values too "
                 "large for this model)"
             )
-        labels = _labels(self.spec, scores).get("labels")
+        labels = class_labels(self.spec, scores)
         if labels is None:
             return scores
         return pd.DataFrame({"prediction": scores.tolist(), "label": labels})

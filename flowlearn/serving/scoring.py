@@ -37,6 +37,27 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
     return model.predict_proba_many if kind.classifier else model.predict_many
 
 
+def predicted_classes(scores: np.ndarray) -> np.ndarray:
+    """A classifier's scores (:data:`Scorer`) as class indices: the most probable class,
+    a binary model's 1 when its probability is above 0.5.
+
+    >>> predicted_classes(np.array([0.2, 0.7])).tolist(), predicted_classes(
+    ...     np.array([[0.1, 0.6, 0.3]])).tolist()
+    ([0, 1], [1])
+    """
+    if scores.ndim == 2:
+        return scores.argmax(axis=1)
+    return (scores > 0.5).astype(np.int64)
+
+
+def class_labels(spec: Mapping[str, Any], scores: np.ndarray) -> list[str] | None:
+    """The predicted classes by name, when the spec names them (``class_names``)."""
+    names = spec.get("class_names")
+    if not names:
+        return None
+    return [names[i] for i in predicted_classes(scores).tolist()]
+
+
 def explainer(spec: Mapping[str, Any], weights: np.ndarray) -> Explainer:
     """The per-feature contributions of one version's raw scores (a linear model's: the
     logit, each class's score, or the prediction), as the trainer's model computes them.

@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from flowlearn.core.model_types import model_type
+from flowlearn.serving.scoring import predicted_classes
 
 #: The one feature input's name in the model metadata (any name is accepted on input).
 INPUT = "input-0"
@@ -417,12 +418,9 @@ def output_tensors(
     n = scores.shape[0]
     tensors: dict[str, dict[str, Any]] = {}
     if is_classifier(spec):
-        if scores.ndim == 2:
-            proba = scores
-            index = scores.argmax(axis=1)
-        else:  # a binary model scores the probability of class 1
-            proba = np.stack([1.0 - scores, scores], axis=1)
-            index = (scores > 0.5).astype(np.int64)
+        index = predicted_classes(scores)
+        # A binary model scores the probability of class 1.
+        proba = scores if scores.ndim == 2 else np.stack([1.0 - scores, scores], axis=1)
         tensors[PREDICT] = {
             "name": PREDICT,
             "shape": [n],
