@@ -292,7 +292,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             if self.infers:  # held in the buffer until the model's inferred create comes
                 return None
             return "unknown_model", f"no spec for model '{model_id}' (it was deleted)"
-        width = self._trainer(model_id).model.n_features
+        width = self._trainer(model_id).model.sample_width
         if n_values != width * n_samples:
             return (
                 "bad_features",
@@ -347,7 +347,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             return
         trainer = self._trainer(model_id)
         X = np.concatenate([np.asarray(r.features, dtype=np.float64) for r in rows]).reshape(
-            -1, trainer.model.n_features
+            -1, trainer.model.sample_width
         )
         y = np.concatenate([np.asarray(r.labels, dtype=np.float64) for r in rows])
         sealed = self.seen[model_id].seal()
@@ -583,7 +583,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         """Samples that waited in the buffer across a create (held until an inferred spec
         came, or short of a batch): those of the new shape are trained as they would have
         been, the others dead-lettered whole."""
-        width = self._trainer(model_id).model.n_features
+        width = self._trainer(model_id).model.sample_width
         fit = []
         for row in waiting:
             if len(row.features) == width * len(row.labels):

@@ -434,7 +434,7 @@ def _add_shape_options(parser: argparse.ArgumentParser, prefix: str = "") -> Non
         default=None,
         help=prefix
         + "logistic, softmax, linear, auto_logistic ..., hoeffding_tree, random_forest, "
-        "hoeffding_tree_regressor",
+        "hoeffding_tree_regressor, contextual_bandit",
     )
     parser.add_argument("--features", choices=("dense", "hashed"), default=None)
     parser.add_argument("--n-features", type=int, default=None)

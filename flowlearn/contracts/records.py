@@ -157,6 +157,13 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
         raise RecordError("bad_field", "field 'label' must be a finite number")
     kind = MODEL_TYPES.get(spec.get("type", ""))
     task = kind.task if kind else "regression"  # a spec without a type checks no labels
+    if task == "bandit":  # the label is the chosen action's reward
+        lo, hi = (float(v) for v in spec.get("reward_range", (0.0, 1.0)))
+        if not lo <= float(value) <= hi:
+            raise RecordError(
+                "reward_out_of_range",
+                f"field 'label': reward {value} outside the model's reward_range [{lo:g}, {hi:g}]",
+            )
     if task == "binary" and float(value) not in BINARY_LABELS:
         raise RecordError(
             "bad_field", f"field 'label' must be 0 or 1 for a {spec['type']} model, got {value}"
@@ -226,10 +233,59 @@ def _features(
     spec: Mapping[str, Any],
     on_unknown: Callable[[str], None] | None = None,
 ) -> np.ndarray:
+    """A record's features as the model's row; a contextual bandit's row goes on with the
+    choice made (:func:`_choice`): the feedback row
+    :class:`flowlearn.core.pipeline.FeedbackPipeline` trains on."""
     try:
-        return vectorize([_field(obj, "features")], spec, on_unknown)[0]
+        row = vectorize([_field(obj, "features")], spec, on_unknown)[0]
     except FeatureError as exc:
         raise RecordError("bad_features", str(exc)) from exc
+    if is_bandit(spec):
+        return np.concatenate([row, _choice(obj, spec)])
+    return row
+
+
+def is_bandit(spec: Mapping[str, Any]) -> bool:
+    kind = MODEL_TYPES.get(spec.get("type", ""))
+    return kind is not None and kind.bandit
+
+
+def _choice(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> np.ndarray:
+    """A bandit's choice, as its feedback row ends: the action (``action``: an index among
+    the listed actions, or the chosen action's features), then the ``propensity`` it was
+    chosen with, at least the model's ``min_propensity``."""
+    action = _field(obj, "action")
+    n_action_features = int(spec.get("n_action_features") or 0)
+    if n_action_features:
+        if not (
+            isinstance(action, list)
+            and len(action) == n_action_features
+            and all(_finite_number(v) for v in action)
+        ):
+            raise RecordError(
+                "bad_action",
+                f"field 'action' must be the chosen action's {n_action_features} features "
+                "(finite numbers)",
+            )
+        values = [float(v) for v in action]
+    else:
+        n_actions = int(spec.get("n_actions") or 0)
+        if not (_finite_number(action) and action == int(action) and 0 <= action < n_actions):
+            raise RecordError(
+                "bad_action", f"field 'action' must be an action index in 0..{n_actions - 1}"
+            )
+        values = [float(action)]
+    propensity = _field(obj, "propensity")
+    if not (_finite_number(propensity) and 0 < propensity <= 1):
+        raise RecordError("bad_propensity", "field 'propensity' must be a number in (0, 1]")
+    floor = float(spec.get("min_propensity") or 0.0)
+    if propensity < floor:
+        raise RecordError(
+            "low_propensity",
+            f"field 'propensity': {propensity:.3g} is below the model's min_propensity "
+            f"{floor:g} (inverse propensity weights that large make evaluation meaningless)",
+        )
+    return np.array([*values, float(propensity)])
 
 
 def parse_event(
@@ -357,6 +413,11 @@ def parse_sample_batch(
     spec = _spec(model_id, spec_for)
     if spec.get("features", "dense") != "dense":
         raise RecordError("bad_features", "bulk records carry dense features only")
+    if is_bandit(spec):
+        raise RecordError(
+            "bad_features",
+            "bulk records carry no action or propensity: send a bandit's samples as JSON",
+        )
     d = int(spec["n_features"])
     try:
         column = table.column("features").combine_chunks()

@@ -18,7 +18,6 @@ from typing import Any
 
 from flowlearn.conf import ConfigError, Settings
 from flowlearn.conf.loader import build_table
-from flowlearn.core.model_types import model_type
 from flowlearn.core.spec import LIVE_FIELDS, ModelSpec, SpecError, model_id_problem
 
 
@@ -100,11 +99,6 @@ class ModelSpecs:
         ``batch_size`` 0 resolved to ``job.batch_size`` here, once, so that every reader
         (the trainer cutting batches, a published spec) sees the same number."""
         spec = read_spec(table, where)
-        if model_type(spec.type).bandit:
-            raise ConfigError(
-                f"{where}.type: the job does not train {spec.type} models yet (the learning "
-                "core is flowlearn.core.bandits; docs/bandits.md)"
-            )
         return dataclasses.replace(spec, batch_size=spec.batch_size or self.job_batch_size)
 
     def runtime_entry(self, table: Mapping[str, Any], where: str = "spec") -> str:

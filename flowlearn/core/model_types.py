@@ -24,7 +24,7 @@ import numpy as np
 from flowlearn.core import bandits, linear, pipeline, regression_trees, trees
 from flowlearn.core.ensemble import SelfTuning
 from flowlearn.core.optim import Optimizer
-from flowlearn.core.pipeline import FeatureTransform, Pipeline, TargetScaler
+from flowlearn.core.pipeline import FeatureTransform, FeedbackPipeline, Pipeline, TargetScaler
 
 #: A tree model: a Hoeffding tree classifier or regressor, or an adaptive random forest.
 TreeModel = (
@@ -227,4 +227,8 @@ def from_spec(published: Mapping[str, Any], weights: np.ndarray) -> Model | Pipe
     kind = model_type(published.get("type"))
     parts = pipeline_of(published, weights)
     model = kind.servable(published, weights[: n_model_weights(published, weights)])
-    return model if parts is None else Pipeline(parts[0], model, parts[1])
+    if parts is None:
+        return model
+    if kind.bandit:
+        return FeedbackPipeline(parts[0], model)
+    return Pipeline(parts[0], model, parts[1])

@@ -357,6 +357,12 @@ class Pipeline(Stateful):
     def n_features(self) -> int:
         return int(self.model.n_features)
 
+    @property
+    def sample_width(self) -> int:
+        """Values of one training sample's row: its features (:class:`FeedbackPipeline`:
+        more)."""
+        return self.n_features
+
     def set_learning_rate(self, lr: float) -> None:
         self.model.set_learning_rate(lr)
 
@@ -457,7 +463,7 @@ class Pipeline(Stateful):
         arrays = {f"model.{k}": v for k, v in model_arrays.items()}
         arrays.update({f"features.{k}": v for k, v in feature_arrays.items()})
         meta = {
-            "class": type(self).__name__,
+            "class": Pipeline.__name__,  # one state layout for every pipeline
             "model": model_meta,
             "features": feature_meta,
             "samples_learnt": self.samples_learnt,
@@ -470,7 +476,7 @@ class Pipeline(Stateful):
         """Load what :meth:`state_dict` saved into this pipeline: the model as it was saved
         (optimizer included), the feature statistics into this pipeline's configuration
         (a spec's new clip or defaults take effect; its columns must be the saved ones)."""
-        if meta.get("class") != type(self).__name__:
+        if meta.get("class") != Pipeline.__name__:
             raise ValueError(f"state of a {meta.get('class')!r} cannot load into a Pipeline")
         try:
             self.model.load_state_dict(*split_state(arrays, meta, "model"))
@@ -482,6 +488,70 @@ class Pipeline(Stateful):
                 self.target.set_vector(np.zeros(3) if stats is None else np.asarray(stats))
         except KeyError as exc:
             raise ValueError(f"corrupt Pipeline state: {exc!r}") from exc
+
+
+class FeedbackPipeline(Pipeline):
+    """A contextual bandit (:mod:`flowlearn.core.bandits`) behind its feature pipeline,
+    trained on *feedback rows*: the context's ``n_features`` values, then the chosen action
+    (its index, or its ``n_action_features`` features), then the propensity it was chosen
+    with; the label is the reward. That is how a bandit's samples travel through the job
+    (:func:`flowlearn.contracts.records.parse_event` appends the action and propensity of
+    the choice to the context), so the trainer, its buffers and its state handle them as any
+    model's rows. Only the context is filled, scaled and clipped by the pipeline.
+
+    >>> from flowlearn.core.bandits import ContextualBandit
+    >>> p = FeedbackPipeline(FeatureTransform(2), ContextualBandit(2, n_actions=3))
+    >>> rows = np.array([[0.5, 1.0, 2.0, 0.25], [1.5, -1.0, 0.0, 0.5]])
+    >>> p.sample_width, p.learn_many(rows, np.array([1.0, 0.0])).samples_learnt
+    (4, 2)
+    """
+
+    @property
+    def sample_width(self) -> int:
+        return self.n_features + (self.model.n_action_features or 1) + 1
+
+    def split_feedback(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Feedback rows as (contexts, chosen actions, propensities)."""
+        rows = np.asarray(X, dtype=np.float64)
+        width = self.sample_width
+        if rows.ndim != 2 or rows.shape[1] != width:
+            raise ValueError(
+                f"feedback rows must have shape (n, {width}): {self.n_features} context "
+                f"values, the action, the propensity; got {rows.shape}"
+            )
+        d, n_action = self.n_features, self.model.n_action_features
+        actions = rows[:, d : d + n_action] if n_action else rows[:, d]
+        return rows[:, :d], actions, rows[:, -1]
+
+    def observe(self, X: np.ndarray, y: Any) -> None:
+        contexts, _, _ = self.split_feedback(X)
+        super().observe(contexts, y)
+
+    def fit(self, X: np.ndarray, y: Any) -> Self:
+        contexts, actions, propensities = self.split_feedback(X)
+        self.model.learn_many(self.features.transform_many(contexts), actions, y, propensities)
+        return self
+
+    def loss_many(self, X: np.ndarray, y: Any) -> np.ndarray:
+        """Squared error of the posterior mean reward of each row's chosen action."""
+        contexts, actions, _ = self.split_feedback(X)
+        return self.model.loss_many(self.features.transform_many(contexts), actions, y)
+
+    def predict_many(self, X: np.ndarray) -> np.ndarray:
+        """The posterior mean reward of each row's chosen action."""
+        contexts, actions, _ = self.split_feedback(X)
+        Z = self.features.transform_many(contexts)
+        if self.model.n_action_features:
+            return self.model.mean_rewards(Z, actions[:, None, :])[:, 0]
+        return self.model.mean_rewards(Z)[np.arange(len(Z)), actions.astype(np.int64)]
+
+    def choose_many(self, contexts: np.ndarray, actions: Any = None, *, seeds: Any) -> Any:
+        """The bandit's :meth:`~flowlearn.core.bandits.ContextualBandit.choose_many` for
+        raw contexts (filled, scaled and clipped first)."""
+        return self.model.choose_many(self.features.transform_many(contexts), actions, seeds=seeds)
+
+    def adopt(self, saved: Pipeline, source: np.ndarray) -> None:
+        raise ValueError("a contextual bandit's features cannot be renamed: create it again")
 
 
 def statistics_size(n_features: int, config: Mapping[str, Any]) -> int:

@@ -35,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from flowlearn.core import codec, model_types, optim
+from flowlearn.core.bandits import ContextualBandit
 from flowlearn.core.model_types import model_type
 from flowlearn.core.pipeline import (
     FeatureTransform,
+    FeedbackPipeline,
     Pipeline,
     TargetScaler,
     remap_columns,
@@ -45,6 +47,7 @@ from flowlearn.core.pipeline import (
 )
 from flowlearn.core.spec import (
     ModelSpec,
+    bandit_params,
     default_columns,
     learning_rates,
     pipeline_scale,
@@ -126,14 +129,17 @@ def build_model(spec: Mapping[str, Any], scale: str | None = None) -> Model:
         clip=float(s["clip"]),
         names=names,
     )
-    return Pipeline(features, _build_learner(s), TargetScaler() if target_scaled(s) else None)
+    learner = _build_learner(s)
+    if model_type(s["type"]).bandit:
+        return FeedbackPipeline(features, learner)
+    return Pipeline(features, learner, TargetScaler() if target_scaled(s) else None)
 
 
 def _build_learner(s: Mapping[str, Any]) -> model_types.Model:
     """The model itself (what the pipeline feeds)."""
     kind = model_type(s["type"])
     if kind.bandit:
-        raise ValueError(f"the trainer does not train {kind.name} models yet")
+        return ContextualBandit(int(s["n_features"]), **bandit_params(s))
     if kind.tree:
         return kind.build_tree(
             int(s["n_features"]), int(s["n_classes"]), seed=int(s["seed"]), **tree_params(s)
@@ -330,11 +336,11 @@ class ModelTrainer:
         self._classifier = model_type(s["type"]).classifier
         self._published_spec = self._publishable_spec()
         holdout_size, replay_size = int(s["holdout_size"]), int(s["replay_size"])
-        self._holdout = _Holdout(holdout_size, model.n_features) if holdout_size > 0 else None
+        self._holdout = _Holdout(holdout_size, model.sample_width) if holdout_size > 0 else None
         self._holdout_margin = float(s["holdout_margin"])
         self._holdout_min = min(holdout_size, HOLDOUT_MIN_SAMPLES)
         self._replay = (
-            _Reservoir(replay_size, model.n_features, int(s["seed"])) if replay_size > 0 else None
+            _Reservoir(replay_size, model.sample_width, int(s["seed"])) if replay_size > 0 else None
         )
         self._replay_fraction = float(s["replay_fraction"])
         # Set on construction, i.e. after every (re)start: the first version a (re)started

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flowlearn.conf import PredictorConf, Settings
 from flowlearn.contracts.redis_contract import Keys, redis_client
+from flowlearn.core.bandits import event_seed
 from flowlearn.core.features import FeatureError, vectorize
 from flowlearn.core.model_types import model_type
 from flowlearn.serving.auth import (
@@ -60,7 +61,7 @@ log = logging.getLogger("flowlearn.serving")
 ONLINE, BASELINE = "online", "baseline"
 #: The ``route`` label of the request metrics: V1 predict, list and describe; V2 infer
 #: (versioned or not) and model metadata.
-ROUTES = ("predict", "explain", "models", "model", "infer", "metadata")
+ROUTES = ("predict", "explain", "choose", "models", "model", "infer", "metadata")
 #: The server metadata of ``GET /v2``.
 SERVER_NAME, SERVER_VERSION = "flowlearn-predictor", "1"
 #: A request whose feature matrix has more values than this is scored on a worker thread,
@@ -273,6 +274,12 @@ def answer(
             primary, primary_name, other = baseline, BASELINE, served.version
         else:
             primary, primary_name, other = served.version, ONLINE, baseline
+        if primary.choose is not None:
+            raise Refused(
+                400,
+                f"model '{model_id}' is a contextual_bandit: it chooses actions "
+                f"(POST /v1/models/{model_id}:choose), it does not predict",
+            )
         matrix = matrix_bytes(len(rows), primary.spec)
         if matrix > limits.max_matrix_bytes:
             raise Refused(
@@ -308,10 +315,35 @@ def answer(
                 other.version,
                 other.score(X_other).tolist(),
             )
+    flags = served_flags(p, model_id, served)
+    p.metrics.predictions.labels(model_id, primary_name).inc(len(rows))
+    ids = None
+    if p.log is not None:
+        ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
+        p.log.offer(
+            Batch(
+                model_id,
+                time.time_ns() // 1_000_000,
+                ids,
+                rows,
+                predictions,
+                primary.version,
+                primary.epoch,
+                primary_name,
+                shadow,
+                body_bytes,
+            )
+        )
+    return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
+
+
+def served_flags(p: Predictor, model_id: str, served: Served | None) -> dict[str, Any]:
+    """The flags of an answer by ``served`` (None: by the baseline alone), each raised
+    flag counted in ``flowlearn_predictor_fallbacks_total``."""
     flags: dict[str, Any]
     if served is not None:
         age = p.age_s(served.latest)
-        stale = age > limits.stale_after_s
+        stale = age > p.settings.predictor.stale_after_s
         flags = {
             "age_s": round(age, 3),
             "stale": stale,
@@ -340,25 +372,7 @@ def answer(
         reasons = [BASELINE]
     for reason in reasons:
         p.metrics.fallbacks.labels(model_id, reason).inc()
-    p.metrics.predictions.labels(model_id, primary_name).inc(len(rows))
-    ids = None
-    if p.log is not None:
-        ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
-        p.log.offer(
-            Batch(
-                model_id,
-                time.time_ns() // 1_000_000,
-                ids,
-                rows,
-                predictions,
-                primary.version,
-                primary.epoch,
-                primary_name,
-                shadow,
-                body_bytes,
-            )
-        )
-    return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
+    return flags
 
 
 def matrix_bytes(n_rows: int, spec: Mapping[str, Any]) -> int:
@@ -459,6 +473,142 @@ async def predict(request: web.Request) -> web.Response:
     if done.event_ids is not None:
         result["event_ids"] = done.event_ids
     p.done("predict", 200, started)
+    return _json(result)
+
+
+def _choose_instances(
+    body: Any, limits: PredictorConf, n_action_features: int
+) -> tuple[list[Any], list[str | None], list[Any] | None]:
+    """A ``:choose`` body's contexts, event ids and (a bandit with action features) each
+    instance's candidate actions: ``{"instances": [context | {"features": context,
+    "event_id": ..., "actions": [[...], ...]}]}``. Raises Refused (400, 413)."""
+    rows, event_ids = _v1_instances(body, limits)
+    if not n_action_features:
+        return rows, event_ids, None
+    candidates: list[Any] = []
+    for i, instance in enumerate(body.get("instances") or body.get("inputs")):
+        actions = instance.get("actions") if isinstance(instance, dict) else None
+        if not (
+            isinstance(actions, list)
+            and actions
+            and all(isinstance(a, list) and len(a) == n_action_features for a in actions)
+        ):
+            raise Refused(
+                400,
+                f"instances[{i}].actions: expected the candidate actions, a non-empty list "
+                f"of {n_action_features} numbers each (wrap the context as "
+                '{"features": ..., "actions": [...]})',
+            )
+        candidates.append(actions)
+    return rows, event_ids, candidates
+
+
+def choose_rows(
+    p: Predictor,
+    model_id: str,
+    served: Served,
+    rows: list[Any],
+    event_ids: list[str | None],
+    candidates: list[Any] | None,
+    body_bytes: int,
+) -> dict[str, Any]:
+    """A contextual bandit's choice for each context (and its candidates), each from the
+    seed of its event id (a new id when none was sent), logged with its action and
+    propensity; the answer of ``:choose``. Raises Refused (400) for contexts or
+    candidates the model cannot read."""
+    version = served.version
+    spec = version.spec
+    assert version.choose is not None
+    try:
+        X = vectorize(rows, spec)
+    except FeatureError as exc:
+        raise Refused(400, str(exc)) from None
+    ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
+    seeds = np.array([event_seed(e, int(spec.get("seed", 0))) for e in ids], dtype=np.int64)
+    n = len(rows)
+    actions = np.empty(n, dtype=np.int64)
+    propensities = np.empty(n)
+    probabilities: list[list[float]] = [[] for _ in range(n)]
+    # Requests with the same number of candidates choose together (a listed-actions
+    # bandit's all do); each choice depends on its own context and seed only.
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(0 if candidates is None else len(candidates[i]), []).append(i)
+    for members in groups.values():
+        index = np.array(members)
+        given = None
+        if candidates is not None:
+            given = np.array([candidates[i] for i in members], dtype=np.float64)
+            if not np.isfinite(given).all():
+                raise Refused(400, "actions: the candidates' features must be finite numbers")
+        choice = version.choose(X[index], given, seeds=seeds[index])
+        actions[index] = choice.actions
+        propensities[index] = choice.propensities
+        for j, i in enumerate(members):
+            probabilities[i] = choice.probabilities[j].tolist()
+    flags = served_flags(p, model_id, served)
+    p.metrics.predictions.labels(model_id, ONLINE).inc(n)
+    chosen = [
+        {
+            "action": int(a) if candidates is None else candidates[i][int(a)],
+            "propensity": float(q),
+        }
+        for i, (a, q) in enumerate(zip(actions.tolist(), propensities.tolist(), strict=True))
+    ]
+    if p.log is not None:
+        p.log.offer(
+            Batch(
+                model_id,
+                time.time_ns() // 1_000_000,
+                ids,
+                rows,
+                probabilities,
+                version.version,
+                version.epoch,
+                ONLINE,
+                None,
+                body_bytes,
+                chosen,
+            )
+        )
+    return {
+        "choices": [
+            {"action": int(a), "propensity": float(q), "probabilities": probabilities[i]}
+            for i, (a, q) in enumerate(zip(actions.tolist(), propensities.tolist(), strict=True))
+        ],
+        "event_ids": ids,
+        "model_version": version.version,
+        "epoch": version.epoch,
+        "logged": p.log is not None,
+        **flags,
+    }
+
+
+async def choose(request: web.Request) -> web.Response:
+    """``:choose``: a contextual bandit's actions for contexts (docs/bandits.md)."""
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    limits = p.settings.predictor
+    model_id = request.match_info["model"]
+    try:
+        served, baseline = lookup(p, model_id)
+        version = served.version if served is not None else baseline
+        assert version is not None
+        if served is None or served.version.choose is None:
+            raise Refused(
+                400,
+                f"model '{model_id}' is a {version.spec['type']} model: it predicts "
+                f"(POST /v1/models/{model_id}:predict); :choose is a contextual_bandit's",
+            )
+        body, size = await read_json(request, limits)
+        n_action_features = int(served.version.spec.get("n_action_features") or 0)
+        rows, event_ids, candidates = _choose_instances(body, limits, n_action_features)
+        result = await asyncio.to_thread(
+            choose_rows, p, model_id, served, rows, event_ids, candidates, size
+        )
+    except Refused as exc:
+        return _error(p, "choose", exc.status, exc.message, started)
+    p.done("choose", 200, started)
     return _json(result)
 
 
@@ -766,6 +916,7 @@ def make_app(
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/models/{model}:predict", predict)
     app.router.add_post("/v1/models/{model}:explain", explain)
+    app.router.add_post("/v1/models/{model}:choose", choose)
     app.router.add_get("/v2", v2_server)
     app.router.add_get("/v2/health/live", v2_live)
     app.router.add_get("/v2/health/ready", v2_ready)

@@ -153,6 +153,27 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/models/{model}:choose": {
+            "post": {
+                "summary": "A contextual bandit's actions for contexts, with propensities",
+                "parameters": [_MODEL_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/PredictRequest"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/ChooseResponse"}, "choices"),
+                    "400": _ERROR,
+                    "404": _NOT_FOUND,
+                    "413": _ERROR,
+                    "503": _LOADING,
+                },
+            }
+        },
         "/v2": {
             "get": {
                 "summary": "Server metadata (Open Inference Protocol)",
@@ -463,6 +484,36 @@ OPENAPI: dict[str, Any] = {
                             "predictions": {"type": "array"},
                         },
                     },
+                },
+            },
+            "ChooseResponse": {
+                "type": "object",
+                "required": ["choices", "event_ids", "model_version", "epoch"],
+                "properties": {
+                    "choices": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["action", "propensity", "probabilities"],
+                            "properties": {
+                                "action": {
+                                    "type": "integer",
+                                    "description": "the chosen action's index (among the "
+                                    "listed actions, or the instance's candidates)",
+                                },
+                                "propensity": {"type": "number"},
+                                "probabilities": {"type": "array", "items": {"type": "number"}},
+                            },
+                        },
+                    },
+                    "event_ids": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "send each choice's reward on fl.labels with its id",
+                    },
+                    "model_version": {"type": "integer"},
+                    "epoch": {"type": "integer"},
+                    "logged": {"type": "boolean"},
                 },
             },
             "ExplainResponse": {

@@ -11,6 +11,9 @@ A record is what the label join needs (docs/architecture.md: ``fl.events``) plus
 
     {"event_id", "model_id", "ts", "features", "score", "model_version", "epoch",
      "variant", "shadow": {"variant", "model_version", "score"} | null}
+
+and, for a contextual bandit's choice, ``"action"`` and ``"propensity"`` (the reward sent
+later on ``fl.labels`` with the event id trains the bandit on them).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from flowlearn.conf import KafkaConf
@@ -67,12 +70,17 @@ class Batch(NamedTuple):
     shadow: Shadow | None
     #: The size of the request body the batch was read from: what the queue bounds.
     body_bytes: int = 0
+    #: A contextual bandit's choices: per instance, ``{"action", "propensity"}`` (the
+    #: action as its feedback names it: an index, or the chosen action's features).
+    choices: Sequence[Mapping[str, Any]] | None = None
 
     def records(self) -> Iterator[bytes]:
         shadow = self.shadow
+        choices = self.choices
         for i, event_id in enumerate(self.event_ids):
             yield json.dumps(
                 {
+                    **({} if choices is None else choices[i]),
                     "event_id": event_id,
                     "model_id": self.model_id,
                     "ts": self.ts,

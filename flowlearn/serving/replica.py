@@ -48,8 +48,9 @@ from flowlearn.contracts.redis_contract import (
     read_snapshot,
 )
 from flowlearn.core import codec
+from flowlearn.core.model_types import model_type
 from flowlearn.serving.metrics import Metrics
-from flowlearn.serving.scoring import Scorer, scorer
+from flowlearn.serving.scoring import Chooser, Scorer, chooser, scorer
 
 log = logging.getLogger("flowlearn.serving.replica")
 
@@ -73,6 +74,8 @@ class Version:
     weights: np.ndarray
     published_ms: int
     score: Scorer
+    #: A contextual bandit's choosing function (None: the model predicts, it does not choose).
+    choose: Chooser | None = None
 
     @classmethod
     def build(
@@ -85,7 +88,8 @@ class Version:
     ) -> Version:
         """Freeze ``weights`` (owned by the new version) and bind the scorer to them."""
         weights.setflags(write=False)
-        return cls(epoch, version, spec, weights, published_ms, scorer(spec, weights))
+        choose = chooser(spec, weights) if model_type(spec.get("type")).bandit else None
+        return cls(epoch, version, spec, weights, published_ms, scorer(spec, weights), choose)
 
     @classmethod
     def of_snapshot(cls, snap: Snapshot) -> Version:

@@ -12,10 +12,11 @@ trainer's, bit for bit, for every model type and its feature pipeline.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from flowlearn.core.bandits import Choice
 from flowlearn.core.linear import Contributions
 from flowlearn.core.model_types import from_spec, model_type, n_weights
 
@@ -35,6 +36,25 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
     kind = model_type(spec.get("type"))
     model: Any = _model(spec, weights)
     return model.predict_proba_many if kind.classifier else model.predict_many
+
+
+class Chooser(Protocol):
+    """``(contexts (n, d) float64, candidate actions (n, m, d_a) or None, seeds (n,)) ->
+    Choice``: a contextual bandit's choices (:func:`flowlearn.core.bandits.choose`)."""
+
+    def __call__(self, contexts: np.ndarray, actions: Any = None, *, seeds: Any) -> Choice: ...
+
+
+def chooser(spec: Mapping[str, Any], weights: np.ndarray) -> Chooser:
+    """The choosing function of one version of a contextual bandit: the trainer's own
+    :func:`~flowlearn.core.bandits.choose` on the version's posterior, behind its feature
+    pipeline, so a choice (and its propensity) is the trainer's, bit for bit, for the same
+    seed. Raises ValueError for a model that is not a bandit."""
+    kind = model_type(spec.get("type"))
+    if not kind.bandit:
+        raise ValueError(f"a {kind.name} model does not choose actions: it predicts")
+    choose: Chooser = _model(spec, weights).choose_many
+    return choose
 
 
 def predicted_classes(scores: np.ndarray) -> np.ndarray:

@@ -171,3 +171,76 @@ def test_control_commands():
         with pytest.raises(RecordError) as info:
             parse_control(raw)
         assert info.value.reason == reason
+
+
+# ---------------------------------------------------------------------------- bandits
+
+
+def bandit_spec(**over):
+    from flowlearn.core.spec import ModelSpec
+
+    return {**ModelSpec(type="contextual_bandit", n_features=3, n_actions=4).as_dict(), **over}
+
+
+def bandit_event(**over):
+    base = {
+        "model_id": "b",
+        "event_id": "e1",
+        "ts": 1000,
+        "features": [1, 2.5, -3],
+        "action": 2,
+        "propensity": 0.25,
+    }
+    base.update(over)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def test_a_bandit_event_carries_its_choice_into_the_feedback_row():
+    from flowlearn.contracts.records import parse_event, parse_label
+
+    listed = bandit_spec()
+    event = parse_event(bandit_event(), lambda _m: listed)
+    assert event.features.tolist() == [1.0, 2.5, -3.0, 2.0, 0.25]
+    features = bandit_spec(n_actions=0, n_action_features=2)
+    event = parse_event(bandit_event(action=[0.5, -1]), lambda _m: features)
+    assert event.features.tolist() == [1.0, 2.5, -3.0, 0.5, -1.0, 0.25]
+    # A sample (logged feedback sent directly) is the same row with its reward.
+    sample = parse_sample(bandit_event(label=0.75), lambda _m: listed)
+    assert sample.features.tolist()[-2:] == [2.0, 0.25] and sample.label == 0.75
+    label = b'{"model_id": "b", "event_id": "e1", "ts": 2000, "label": 1}'
+    assert parse_label(label, lambda _m: listed).label == 1.0
+
+
+@pytest.mark.parametrize(
+    ("over", "reason", "fragment"),
+    [
+        ({"action": ...}, "missing_field", "'action'"),
+        ({"action": 4}, "bad_action", "index in 0..3"),
+        ({"action": 1.5}, "bad_action", "index in 0..3"),
+        ({"action": True}, "bad_action", "index in 0..3"),
+        ({"propensity": ...}, "missing_field", "'propensity'"),
+        ({"propensity": 0}, "bad_propensity", "(0, 1]"),
+        ({"propensity": 1.5}, "bad_propensity", "(0, 1]"),
+        ({"propensity": 0.0005}, "low_propensity", "below the model's min_propensity 0.001"),
+        ({"label": 2}, "reward_out_of_range", "outside the model's reward_range [0, 1]"),
+    ],
+)
+def test_bad_bandit_feedback_has_a_reason(over, reason, fragment):
+    from flowlearn.contracts.records import parse_event
+
+    spec = bandit_spec()
+    parse = parse_sample if "label" in over else parse_event
+    raw = bandit_event(**({"label": 0.5} | over if parse is parse_sample else over))
+    with pytest.raises(RecordError) as err:
+        parse(raw, lambda _m: spec)
+    assert err.value.reason == reason and fragment in err.value.message
+
+
+def test_action_features_must_be_the_declared_number():
+    from flowlearn.contracts.records import parse_event
+
+    spec = bandit_spec(n_actions=0, n_action_features=2)
+    for action in (1, [1.0], [1.0, float("inf")], [1, "x"]):
+        with pytest.raises(RecordError, match="bad_action") as err:
+            parse_event(bandit_event(action=action), lambda _m: spec)
+        assert "2 features" in err.value.message

@@ -83,6 +83,8 @@ DOCUMENTED_5XX = {
         (label, LOADING): 503
         for label in (
             PREDICT,
+            "POST /v1/models/{model}:explain",
+            "POST /v1/models/{model}:choose",
             INFER,
             INFER_VERSION,
             "GET /v2/models/{model}",

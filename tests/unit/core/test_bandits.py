@@ -310,12 +310,45 @@ def test_spec_fields_build_the_bandit_and_bad_ones_are_named():
         read_spec({**table, "reward_range": [1]}, "models.m")
 
 
-def test_the_job_refuses_bandit_specs_for_now():
-    specs = ModelSpecs(load_settings(env={}))
-    with pytest.raises(ConfigError, match="does not train contextual_bandit models yet"):
-        specs.runtime_entry({"type": "contextual_bandit", "n_features": 3, "n_actions": 2})
-    with pytest.raises(ValueError, match="does not train contextual_bandit"):
-        training.build_model({"type": "contextual_bandit", "n_actions": 2})
+@pytest.mark.parametrize("form", [{"n_actions": 3}, {"n_action_features": 2}])
+def test_the_trainer_learns_from_feedback_rows_and_serves_the_same_choices(form):
+    """A bandit's samples reach the trainer as feedback rows (context, action, propensity;
+    the label is the reward): trained through the job's batch cuts behind the feature
+    pipeline, published, and rebuilt from the published spec and weights, it chooses what
+    the trainer's model chooses, bit for bit."""
+    spec = json.loads(
+        ModelSpecs(load_settings(env={})).runtime_entry(
+            {"type": "contextual_bandit", "n_features": 3, **form}
+        )
+    )
+    trainer = training.ModelTrainer.create("b", spec)
+    rng = np.random.default_rng(3)
+    n = 300
+    X = rng.normal(size=(n, 3)) * [1.0, 10.0, 100.0]
+    if "n_actions" in form:
+        actions = rng.integers(0, 3, n).astype(np.float64)[:, None]
+        rewards = (actions[:, 0] == (X[:, 0] > 0)).astype(np.float64)
+    else:
+        actions = rng.normal(size=(n, 2))
+        rewards = ((actions[:, 0] * X[:, 0]) > 0).astype(np.float64)
+    rows = np.column_stack([X, actions, np.full(n, 0.5)])
+    assert trainer.model.sample_width == rows.shape[1]
+    results = trainer.train_samples(rows, rewards)
+    assert all(r.rejected is None for r in results)
+    assert trainer.samples_applied == n
+    served = model_types.from_spec(
+        json.loads(trainer.published_spec), trainer.model.weights_vector()
+    )
+    seeds = np.array([event_seed(f"e{i}") for i in range(20)])
+    candidates = None if "n_actions" in form else rng.normal(size=(20, 4, 2))
+    ours = trainer.model.choose_many(X[:20], candidates, seeds=seeds)
+    theirs = served.choose_many(X[:20], candidates, seeds=seeds)
+    for a, b in zip(ours, theirs, strict=True):
+        assert same_bits(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    # The reward model learnt something: its loss fell.
+    assert np.mean(results[-1].losses) < np.mean(results[0].losses)
+    with pytest.raises(ValueError, match=r"feedback rows must have shape \(n, "):
+        trainer.model.learn_many(X, rewards)
 
 
 def test_state_round_trips_through_the_codec():
