@@ -146,6 +146,30 @@ class KafkaConf:
             )
         return options
 
+    def librdkafka_options(self) -> dict[str, str]:
+        """The same connection in librdkafka's terms (confluent-kafka clients).
+
+        >>> KafkaConf(security_protocol="SSL").librdkafka_options()["ssl.ca.location"]
+        'probe'
+        """
+        options = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
+        if self.sasl:
+            options.update(
+                {
+                    "sasl.mechanisms": self.sasl_mechanism,
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password,
+                }
+            )
+        if self.ssl:
+            # "probe": the system's CAs (librdkafka's wheel does not know where they are).
+            options["ssl.ca.location"] = self.ssl_ca_file or "probe"
+            if self.ssl_cert_file:
+                options["ssl.certificate.location"] = self.ssl_cert_file
+            if self.ssl_key_file:
+                options["ssl.key.location"] = self.ssl_key_file
+        return options
+
     def java_properties(self) -> dict[str, str]:
         """Client properties of the job's Kafka connectors (Java). The SQL connector jar
         relocates Kafka's classes, so the login module is named by its shaded name; PEM
@@ -395,6 +419,12 @@ class PredictorConf:
     #: (counted as dropped, ``queue_full``): while Kafka is slow the queue cannot grow
     #: without bound.
     log_queue_bytes: int = 64 * 2**20
+    #: The prediction log's producer (librdkafka): how long a record may wait for others to
+    #: fill a batch, a batch's largest size in bytes, and the acknowledgement it waits for
+    #: ("0": none, "1": the partition leader's, "all": every in-sync replica's).
+    log_linger_ms: int = 20
+    log_batch_bytes: int = 1_000_000
+    log_acks: Literal["0", "1", "all"] = "1"
     ab_fraction: float = 0.0
     baselines: dict[str, Path] = field(default_factory=dict)
     #: Bearer tokens on every route but the health probes: "on", "off", or "auto": on when
@@ -413,6 +443,10 @@ class PredictorConf:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert_file)
+
+    #: Worker processes serving the port (each follows Redis and logs on its own); 0: one per
+    #: CPU this process may run on.
+    workers: int = 0
 
     @property
     def url(self) -> str:
@@ -434,8 +468,15 @@ class PredictorConf:
             "max_matrix_bytes",
             "idle_timeout_s",
             "log_queue_bytes",
+            "log_batch_bytes",
         ):
             _check_positive(f"predictor.{name}", getattr(self, name))
+        if self.log_linger_ms < 0:
+            raise ConfigError(f"predictor.log_linger_ms: must be >= 0, got {self.log_linger_ms}")
+        if self.workers < 0:
+            raise ConfigError(
+                f"predictor.workers: must be >= 1, or 0 for one per CPU; got {self.workers}"
+            )
         if not 0.0 <= self.ab_fraction <= 1.0:
             raise ConfigError(
                 f"predictor.ab_fraction must be within [0, 1], got {self.ab_fraction}"

@@ -2,22 +2,24 @@
 replicas that follow Redis.
 
 Requests never wait on Redis or Kafka: a :class:`~flowlearn.serving.replica.Follower`
-thread keeps the weights up to date in memory, and the prediction log is a bounded queue
-drained by its own thread. A request reads one ``Served`` reference and scores with it.
+thread keeps the weights up to date in memory, and the prediction log hands records to
+librdkafka's bounded queue. A request reads one ``Served`` reference and scores with it.
+One process serves here; flowlearn.serving.workers runs several on one port.
 See docs/predictor.md for the API, the flags and the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import random
+import socket
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from flowlearn.conf import PredictorConf, Settings
 from flowlearn.contracts.redis_contract import Keys, redis_client
@@ -41,7 +43,7 @@ from flowlearn.serving.auth import (
     server_ssl_context,
 )
 from flowlearn.serving.baseline import load_baseline
-from flowlearn.serving.metrics import Metrics
+from flowlearn.serving.metrics import Metrics, ModelState
 from flowlearn.serving.openapi import OPENAPI
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
@@ -170,6 +172,24 @@ class Predictor:
     def age_s(version: Version) -> float:
         return max(0.0, time.time() - version.published_ms / 1000)
 
+    def model_states(self) -> Iterator[ModelState]:
+        """The served models, as the per-model gauges of ``/metrics`` show them."""
+        # list(): the follower thread may add a model meanwhile (a C-level copy is atomic).
+        for model_id, replica in list(self.follower.replicas.items()):
+            served = replica.served
+            if served is None:
+                continue
+            age = self.age_s(served.latest)
+            yield ModelState(
+                model_id,
+                served.version.version,
+                served.latest.version,
+                served.version.epoch,
+                age,
+                age > self.settings.predictor.stale_after_s,
+                served.pin_missing,
+            )
+
 
 PREDICTOR = web.AppKey("predictor", Predictor)
 
@@ -256,15 +276,13 @@ def answer(
     baseline: Version | None,
     rows: list[Any],
     event_ids: list[str | None],
-    body_bytes: int,
     row_name: Callable[[int], str] = "instances[{}]".format,
     split: bool = True,
 ) -> Answer:
-    """Score ``rows`` (features as V1 instances hold them, read from a body of
-    ``body_bytes``) as the predictor serves them: the variant (A/B split unless ``split`` is
-    False), the shadow, the flags, the metrics and the prediction log. Both protocols answer
-    through here. Raises Refused (400) for features the model cannot read or a score that
-    is not finite."""
+    """Score ``rows`` (features as V1 instances hold them) as the predictor serves them: the
+    variant (A/B split unless ``split`` is False), the shadow, the flags, the metrics and the
+    prediction log. Both protocols answer through here. Raises Refused (400) for features the
+    model cannot read or a score that is not finite."""
     limits = p.settings.predictor
     try:
         if served is None:
@@ -331,7 +349,6 @@ def answer(
                 primary.epoch,
                 primary_name,
                 shadow,
-                body_bytes,
             )
         )
     return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
@@ -411,11 +428,11 @@ async def read_body(request: web.Request, limits: PredictorConf) -> bytes:
         raise Refused(408, "request body not received in time") from None
 
 
-async def read_json(request: web.Request, limits: PredictorConf) -> tuple[Any, int]:
-    """The request's JSON body and its size in bytes (:func:`read_body`); else Refused."""
+async def read_json(request: web.Request, limits: PredictorConf) -> Any:
+    """The request's JSON body (:func:`read_body`); else Refused."""
     raw = await read_body(request, limits)
     try:
-        return orjson.loads(raw), len(raw)
+        return orjson.loads(raw)
     except ValueError:
         raise Refused(400, "body is not JSON") from None
 
@@ -450,9 +467,9 @@ async def predict(request: web.Request) -> web.Response:
     model_id = request.match_info["model"]
     try:
         served, baseline = lookup(p, model_id)
-        body, size = await read_json(request, limits)
+        body = await read_json(request, limits)
         rows, event_ids = _v1_instances(body, limits)
-        done = await answer_off_loop(p, model_id, served, baseline, rows, event_ids, size)
+        done = await answer_off_loop(p, model_id, served, baseline, rows, event_ids)
     except Refused as exc:
         return _error(p, "predict", exc.status, exc.message, started)
     primary = done.version
@@ -510,7 +527,6 @@ def choose_rows(
     rows: list[Any],
     event_ids: list[str | None],
     candidates: list[Any] | None,
-    body_bytes: int,
 ) -> dict[str, Any]:
     """A contextual bandit's choice for each context (and its candidates), each from the
     seed of its event id (a new id when none was sent), logged with its action and
@@ -567,7 +583,6 @@ def choose_rows(
                 version.epoch,
                 ONLINE,
                 None,
-                body_bytes,
                 chosen,
             )
         )
@@ -600,11 +615,11 @@ async def choose(request: web.Request) -> web.Response:
                 f"model '{model_id}' is a {version.spec['type']} model: it predicts "
                 f"(POST /v1/models/{model_id}:predict); :choose is a contextual_bandit's",
             )
-        body, size = await read_json(request, limits)
+        body = await read_json(request, limits)
         n_action_features = int(served.version.spec.get("n_action_features") or 0)
         rows, event_ids, candidates = _choose_instances(body, limits, n_action_features)
         result = await asyncio.to_thread(
-            choose_rows, p, model_id, served, rows, event_ids, candidates, size
+            choose_rows, p, model_id, served, rows, event_ids, candidates
         )
     except Refused as exc:
         return _error(p, "choose", exc.status, exc.message, started)
@@ -674,7 +689,7 @@ async def explain(request: web.Request) -> web.Response:
             raise Refused(
                 404, f"model {model_id!r} is served by its baseline only: nothing to explain"
             )
-        body, _size = await read_json(request, limits)
+        body = await read_json(request, limits)
         rows, _event_ids = _v1_instances(body, limits)
         result = await asyncio.to_thread(explain_rows, served.version, rows, limits)
     except Refused as exc:
@@ -711,7 +726,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    """200 while the process runs; ``pid`` tells the workers of one port apart."""
+    return _json({"status": "ok", "pid": os.getpid()})
 
 
 def _waiting(p: Predictor) -> list[str]:
@@ -720,6 +736,12 @@ def _waiting(p: Predictor) -> list[str]:
     return sorted(
         m for m, r in list(p.follower.replicas.items()) if r.served is None and m not in p.baselines
     )
+
+
+def is_ready(p: Predictor) -> bool:
+    """The condition of /readyz: the models set was read and every model has weights (or a
+    baseline)."""
+    return p.follower.models_known and not _waiting(p)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -741,8 +763,7 @@ async def v2_live(_request: web.Request) -> web.Response:
 
 async def v2_ready(request: web.Request) -> web.Response:
     """Ready on the condition of /readyz: the models set was read and every model loaded."""
-    p = request.app[PREDICTOR]
-    ready = p.follower.models_known and not _waiting(p)
+    ready = is_ready(request.app[PREDICTOR])
     return _json({"ready": ready}, 200 if ready else 503)
 
 
@@ -798,7 +819,6 @@ async def infer(request: web.Request) -> web.Response:
                 f"version {current.version} is",
             )
         raw = await read_body(request, limits)
-        size = len(raw)
         body = inline_binary(raw, request.headers.get(BINARY_HEADER))
         logged = p.log is not None
         request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
@@ -809,7 +829,6 @@ async def infer(request: web.Request) -> web.Response:
             baseline,
             request_.rows,
             request_.event_ids,
-            size,
             row_name="row {}".format,
             split=wanted is None,
         )
@@ -837,37 +856,9 @@ async def infer(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    p = request.app[PREDICTOR]
-    m = p.metrics
-    for model_id, replica in list(p.follower.replicas.items()):
-        served = replica.served
-        if served is None:
-            continue
-        age = p.age_s(served.latest)
-        m.model_version.labels(model_id).set(served.version.version)
-        m.model_latest_version.labels(model_id).set(served.latest.version)
-        m.model_epoch.labels(model_id).set(served.version.epoch)
-        m.model_age.labels(model_id).set(age)
-        m.model_stale.labels(model_id).set(int(age > p.settings.predictor.stale_after_s))
-        m.pin_missing.labels(model_id).set(int(served.pin_missing))
-    # A deleted model's gauges would otherwise show its last state for as long as we run.
-    model_gauges = (
-        m.model_version,
-        m.model_latest_version,
-        m.model_epoch,
-        m.model_age,
-        m.model_stale,
-        m.pin_missing,
-    )
-    for model_id in p.follower.deleted:
-        for gauge in model_gauges:
-            # Older prometheus-client versions raise for a label set they do not have.
-            with contextlib.suppress(KeyError):
-                gauge.remove(model_id)
-    if p.log is not None:
-        m.log_queue.set(p.log.depth())
     return web.Response(
-        body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        body=request.app[PREDICTOR].metrics.exposition(),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
 
 
@@ -903,15 +894,16 @@ def make_app(
     if log_predictions:
         prediction_log = PredictionLog(
             settings.kafka.topics.events,
-            producer_factory or kafka_producer(settings.kafka),
+            producer_factory or kafka_producer(settings.kafka, settings.predictor),
             metrics_,
-            max_bytes=settings.predictor.log_queue_bytes,
         )
     app = web.Application(
         client_max_size=settings.predictor.max_body_bytes, middlewares=[require_token]
     )
     app[GUARD] = guard
-    app[PREDICTOR] = Predictor(settings, follower, metrics_, prediction_log, loaded, ab_fraction)
+    predictor = Predictor(settings, follower, metrics_, prediction_log, loaded, ab_fraction)
+    metrics_.watch_models(predictor.model_states)
+    app[PREDICTOR] = predictor
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/v1/models/{model}:predict", predict)
@@ -954,7 +946,23 @@ def run(
     ab_fraction: float = 0.0,
     log_predictions: bool = True,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully (uvloop when available)."""
+    """Serve in this process until SIGTERM or SIGINT, then stop gracefully (one worker:
+    :func:`flowlearn.serving.workers.serve` runs several)."""
+    app = make_app(
+        settings, baselines=baselines, ab_fraction=ab_fraction, log_predictions=log_predictions
+    )
+    serve_app(app, settings)
+
+
+def serve_app(
+    app: web.Application,
+    settings: Settings,
+    *,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Run ``app`` until SIGTERM or SIGINT, then stop gracefully (uvloop when available):
+    on ``sockets``, listening already (a worker's), else on ``predictor.host:port``; over
+    TLS when ``predictor.tls_cert_file`` is set."""
     loop: asyncio.AbstractEventLoop | None = None
     try:
         import uvloop
@@ -962,9 +970,6 @@ def run(
         loop = uvloop.new_event_loop()
     except ImportError:
         log.info("uvloop is not installed; using asyncio's event loop")
-    app = make_app(
-        settings, baselines=baselines, ab_fraction=ab_fraction, log_predictions=log_predictions
-    )
     p = settings.predictor
     log.info(
         "predictor on %s (Redis %s, prefix %r)", p.url, settings.redis.url, settings.redis.prefix
@@ -973,8 +978,9 @@ def run(
     # and partial headers do not reset it: it is the header timeout too.
     web.run_app(
         app,
-        host=p.host,
-        port=p.port,
+        host=None if sockets else p.host,
+        port=None if sockets else p.port,
+        sock=sockets,
         access_log=None,
         loop=loop,
         keepalive_timeout=p.idle_timeout_s,

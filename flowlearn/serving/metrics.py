@@ -2,11 +2,25 @@
 
 A registry per :class:`Metrics` (rather than prometheus-client's global one) lets several
 predictor apps live in one process, as the tests do, each with exact counts.
+
+With several workers (flowlearn.serving.workers), prometheus-client's multiprocess mode is on
+(``PROMETHEUS_MULTIPROC_DIR``, set by the master before a worker imports anything): every
+worker writes its values to files there, and ``/metrics`` on any worker adds them up.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+#: Where the workers' metric files are (prometheus-client's own variable).
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Latency buckets in seconds: the predictor answers in well under a millisecond, so the
 #: low end is fine-grained; 10 ms is the issue's p95 bound.
@@ -17,6 +31,8 @@ class Metrics:
     """Every metric the predictor exposes on ``/metrics``."""
 
     def __init__(self) -> None:
+        #: Multiprocess mode: prometheus-client decided it when it was imported.
+        self.multiprocess = MULTIPROC_DIR in os.environ
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -51,37 +67,12 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
-        self.model_version = Gauge(
-            "flowlearn_predictor_model_version",
-            "Version served (the pinned one when a pin is honoured)",
-            ["model"],
+        self.redis_up = Gauge(
+            "flowlearn_predictor_redis_up",
+            "1 while Redis answers",
             registry=r,
+            multiprocess_mode="livemin",  # across workers: 0 when any of them lost Redis
         )
-        self.model_latest_version = Gauge(
-            "flowlearn_predictor_model_latest_version", "Newest version held", ["model"], registry=r
-        )
-        self.model_epoch = Gauge(
-            "flowlearn_predictor_model_epoch", "Epoch of the served version", ["model"], registry=r
-        )
-        self.model_age = Gauge(
-            "flowlearn_predictor_model_age_seconds",
-            "Seconds since the newest held version was published",
-            ["model"],
-            registry=r,
-        )
-        self.model_stale = Gauge(
-            "flowlearn_predictor_model_stale",
-            "1 when the newest held version is older than stale_after_s",
-            ["model"],
-            registry=r,
-        )
-        self.pin_missing = Gauge(
-            "flowlearn_predictor_pin_missing",
-            "1 when the pinned version is not held (the latest is served)",
-            ["model"],
-            registry=r,
-        )
-        self.redis_up = Gauge("flowlearn_predictor_redis_up", "1 while Redis answers", registry=r)
         self.reloads = Counter(
             "flowlearn_predictor_snapshot_loads",
             "Snapshots loaded, by model and reason (start, epoch, gap, behind, reset)",
@@ -113,7 +104,13 @@ class Metrics:
         )
         self.log_queue = Gauge(
             "flowlearn_predictor_log_queue",
-            "Requests waiting in the prediction log queue",
+            "Prediction log records queued or waiting for Kafka's acknowledgement",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.worker_restarts = Counter(
+            "flowlearn_predictor_worker_restarts",
+            "Worker processes started again after one exited unexpectedly",
             registry=r,
         )
         self.auth_refused = Counter(
@@ -122,3 +119,74 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        if self.multiprocess:
+            # Counters and histograms add up over every worker, live or gone; the gauges
+            # above as their multiprocess_mode says. The model gauges are the answering
+            # worker's own (they are read from its replicas at each scrape).
+            self._scraped = CollectorRegistry()
+            MultiProcessCollector(self._scraped)
+        else:
+            self._scraped = r
+
+    def watch_models(self, read: Callable[[], Iterable[ModelState]]) -> None:
+        """Expose the per-model gauges of the models ``read`` returns at each scrape."""
+        self._scraped.register(_ModelGauges(read))
+
+    def exposition(self) -> bytes:
+        """What ``/metrics`` answers: Prometheus text, over every worker in multiprocess mode."""
+        return generate_latest(self._scraped)
+
+
+class ModelState(NamedTuple):
+    """A served model as the per-model gauges show it."""
+
+    model: str
+    version: int
+    latest_version: int
+    epoch: int
+    age_s: float
+    stale: bool
+    pin_missing: bool
+
+
+#: The per-model gauges: (name, help, the ModelState field).
+MODEL_GAUGES = (
+    (
+        "flowlearn_predictor_model_version",
+        "Version served (the pinned one when a pin is honoured)",
+        "version",
+    ),
+    ("flowlearn_predictor_model_latest_version", "Newest version held", "latest_version"),
+    ("flowlearn_predictor_model_epoch", "Epoch of the served version", "epoch"),
+    (
+        "flowlearn_predictor_model_age_seconds",
+        "Seconds since the newest held version was published",
+        "age_s",
+    ),
+    (
+        "flowlearn_predictor_model_stale",
+        "1 when the newest held version is older than stale_after_s",
+        "stale",
+    ),
+    (
+        "flowlearn_predictor_pin_missing",
+        "1 when the pinned version is not held (the latest is served)",
+        "pin_missing",
+    ),
+)
+
+
+class _ModelGauges(Collector):
+    """The per-model gauges, read at each scrape: a model deleted (or not loaded yet) has
+    none, with nothing to remove (multiprocess mode could not remove a label set)."""
+
+    def __init__(self, read: Callable[[], Iterable[ModelState]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = list(self._read())
+        for name, documentation, field in MODEL_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["model"])
+            for state in states:
+                family.add_metric([state.model], float(getattr(state, field)))
+            yield family

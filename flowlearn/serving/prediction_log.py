@@ -1,11 +1,17 @@
-"""The prediction log: every served prediction to the events topic, off the request path.
+"""The prediction log: every served prediction to the events topic, off the serving path's CPU.
 
-A request hands one :class:`Batch` to :meth:`PredictionLog.offer`, which never
-blocks: when the queue holds :data:`QUEUE_SIZE` requests, or their bodies' bytes would pass
-``max_bytes`` (``predictor.log_queue_bytes``), the batch is dropped and counted. A thread turns
-batches into JSON records (one per instance, keyed by model id) and gives them to a
-kafka-python producer; while Kafka is unreachable the thread retries the connection with
-backoff, the queue fills, and later batches are dropped — requests are never slowed.
+A request hands one :class:`Batch` to :meth:`PredictionLog.offer`, which encodes its records
+(JSON, one per instance, keyed by model id) and gives each to a confluent-kafka producer in
+one C call. librdkafka queues, batches and sends them on its own threads, outside the
+interpreter's lock; the request never waits on Kafka. Its queue is bounded by
+``predictor.log_queue_bytes`` bytes of records (and :data:`QUEUE_RECORDS` records): past it,
+records are dropped and counted (``queue_full``). While Kafka is unreachable librdkafka
+reconnects on its own and the queue fills; a record not delivered within
+:data:`DELIVERY_TIMEOUT_MS` (or refused by the broker) is dropped and counted (``kafka``).
+Nothing the log does is ever raised into a request.
+
+A thread of the log serves librdkafka's delivery reports (:data:`REPORT_EVERY_S`) and turns
+them into ``flowlearn_predictor_log_sent_total`` and ``_log_dropped_total{reason="kafka"}``.
 
 A record is what the label join needs (docs/architecture.md: ``fl.events``) plus what was served::
 
@@ -18,34 +24,50 @@ later on ``fl.labels`` with the event id trains the bandit on them).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from flowlearn.conf import KafkaConf
+import orjson
+
+from flowlearn.conf import KafkaConf, PredictorConf
 from flowlearn.serving.metrics import Metrics
 
 log = logging.getLogger("flowlearn.serving.log")
 
-#: Requests (not records) the queue holds before it drops.
-QUEUE_SIZE = 10_000
-#: Connection retry backoff (seconds) while Kafka is unreachable.
+#: Records (not requests) librdkafka queues before the log drops, whatever their bytes.
+QUEUE_RECORDS = 100_000
+#: A record not acknowledged this long after it was logged (Kafka down, say) is dropped.
+DELIVERY_TIMEOUT_MS = 60_000
+#: How often the log's thread serves delivery reports: each serving takes the interpreter's
+#: lock once for all the reports since the last one.
+REPORT_EVERY_S = 0.05
+#: Retry backoff (seconds) while the producer cannot be made (a bad TLS file, say).
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
+
+#: librdkafka's delivery report: (error or None, message).
+DeliveryReport = Callable[[Any, Any], None]
 
 
 class Producer(Protocol):
-    """The part of ``kafka.KafkaProducer`` the log uses."""
+    """The part of ``confluent_kafka.Producer`` the log uses."""
 
-    def send(self, topic: str, value: bytes, key: bytes) -> Any: ...
+    def produce(self, topic: str, *, value: bytes, key: bytes, on_delivery: DeliveryReport) -> None:
+        """Queue a record (BufferError: the queue is full); never blocks."""
 
-    def flush(self, timeout: float | None = None) -> None: ...
+    def poll(self, timeout: float) -> int:
+        """Serve the delivery reports that are ready (waiting up to ``timeout``)."""
 
-    def close(self, timeout: float | None = None) -> None: ...
+    def flush(self, timeout: float) -> int:
+        """Send what is queued, within ``timeout``; returns how many records are left."""
+
+    def purge(self) -> None:
+        """Give up on what is queued (their reports say so at the next poll)."""
+
+    def __len__(self) -> int:
+        """Records queued or waiting for their acknowledgement."""
 
 
 class Shadow(NamedTuple):
@@ -68,8 +90,6 @@ class Batch(NamedTuple):
     epoch: int
     variant: str
     shadow: Shadow | None
-    #: The size of the request body the batch was read from: what the queue bounds.
-    body_bytes: int = 0
     #: A contextual bandit's choices: per instance, ``{"action", "propensity"}`` (the
     #: action as its feedback names it: an index, or the chosen action's features).
     choices: Sequence[Mapping[str, Any]] | None = None
@@ -78,7 +98,7 @@ class Batch(NamedTuple):
         shadow = self.shadow
         choices = self.choices
         for i, event_id in enumerate(self.event_ids):
-            yield json.dumps(
+            yield orjson.dumps(
                 {
                     **({} if choices is None else choices[i]),
                     "event_id": event_id,
@@ -97,23 +117,33 @@ class Batch(NamedTuple):
                         "score": shadow.scores[i],
                     },
                 }
-            ).encode()
+            )
 
 
-def kafka_producer(kafka: KafkaConf) -> Callable[[], Producer]:
-    """A factory of kafka-python producers whose calls are all bounded in time."""
+def kafka_producer(kafka: KafkaConf, predictor: PredictorConf) -> Callable[[], Producer]:
+    """A factory of confluent-kafka producers configured from ``[kafka]`` (connection) and
+    ``[predictor]`` (the log's batching, acknowledgements and bound)."""
 
     def make() -> Producer:
-        from kafka import KafkaProducer
+        from confluent_kafka import Producer as ConfluentProducer
 
-        producer: Producer = KafkaProducer(
-            **kafka.client_options(),
-            client_id="flowlearn-predictor",
-            acks=1,
-            linger_ms=20,
-            max_block_ms=2000,
-            request_timeout_ms=5000,
-            retries=3,
+        producer: Producer = ConfluentProducer(
+            {
+                **kafka.librdkafka_options(),
+                "client.id": "flowlearn-predictor",
+                "acks": predictor.log_acks,
+                "linger.ms": predictor.log_linger_ms,
+                "batch.size": predictor.log_batch_bytes,
+                "queue.buffering.max.kbytes": max(1, predictor.log_queue_bytes // 1024),
+                "queue.buffering.max.messages": QUEUE_RECORDS,
+                "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                # The JVM clients' partitioner: a model's records go where kafka-python and
+                # the job's own producers would put them.
+                "partitioner": "murmur2_random",
+                # librdkafka's own messages (a broker down, say) go to this module's logger,
+                # served by the reports thread.
+                "logger": log,
+            }
         )
         return producer
 
@@ -121,125 +151,110 @@ def kafka_producer(kafka: KafkaConf) -> Callable[[], Producer]:
 
 
 class PredictionLog:
-    """Bounded queue plus one producer thread; see the module docstring."""
+    """A producer plus the thread that serves its delivery reports; see the module docstring."""
 
     def __init__(
         self,
         topic: str,
         producer_factory: Callable[[], Producer],
         metrics: Metrics,
-        maxsize: int = QUEUE_SIZE,
-        max_bytes: int = 64 * 2**20,
     ) -> None:
         self.topic = topic
         self._factory = producer_factory
         self._metrics = metrics
-        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize)
-        #: The queued batches' body bytes, and their bound.
-        self._bytes = 0
-        self.max_bytes = max_bytes
-        self._bytes_lock = threading.Lock()
+        self._producer: Producer | None = None
         self._stop = threading.Event()
-        self._connecting = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._queue_full = metrics.log_dropped.labels("queue_full")
+        self._kafka_dropped = metrics.log_dropped.labels("kafka")
+        # Counted by the delivery reports (on the reports thread, or the one closing), moved
+        # to the metrics once per serving: a metric update per record would cost more.
+        self._acked = self._failed = 0
+        self._last_error: Any = None
 
     def start(self) -> None:
+        """Make the producer (one attempt here; the thread retries) and start the thread."""
+        self._producer = self._make()
         self._thread.start()
 
     def offer(self, batch: Batch) -> None:
-        """Queue a batch, or drop and count it when the queue is full (in requests or in
-        bytes); never blocks."""
-        with self._bytes_lock:
-            fits = self._bytes + batch.body_bytes <= self.max_bytes
-            if fits:
-                self._bytes += batch.body_bytes
-        if fits:
+        """Queue a batch's records, or drop and count them; never blocks, never raises."""
+        producer = self._producer
+        if producer is None:
+            self._kafka_dropped.inc(len(batch.event_ids))
+            return
+        key = batch.model_id.encode()
+        for i, record in enumerate(batch.records()):
             try:
-                self._queue.put_nowait(batch)
+                producer.produce(self.topic, value=record, key=key, on_delivery=self._report)
+            except BufferError:  # librdkafka's queue is full: so are the next records
+                self._queue_full.inc(len(batch.event_ids) - i)
                 return
-            except queue.Full:
-                self._release(batch)
-        self._metrics.log_dropped.labels("queue_full").inc(len(batch.event_ids))
-
-    def queued_bytes(self) -> int:
-        """The body bytes of the batches queued or being sent."""
-        with self._bytes_lock:
-            return self._bytes
-
-    def _release(self, batch: Batch) -> None:
-        with self._bytes_lock:
-            self._bytes -= batch.body_bytes
+            except Exception as exc:  # nothing the log does may fail a request
+                log.debug("prediction log: produce failed: %s", exc)
+                self._kafka_dropped.inc()
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Records queued or waiting for their acknowledgement."""
+        producer = self._producer
+        return len(producer) if producer is not None else 0
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (within ``timeout``) and stop the thread."""
-        self._stop.set()
-        # A full queue here means the thread is stuck on Kafka: it is a daemon and dies
-        # with the process.
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout)
+        """Send what is queued (within ``timeout``; the rest is dropped and counted) and stop
+        the thread."""
         deadline = time.monotonic() + timeout
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            self._thread.join(0.05)
-            if self._connecting.is_set():
-                # kafka-python's constructor cannot be interrupted (it may try to bootstrap
-                # for 30 s), and without a connection there is nothing to flush.
-                break
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            if producer.flush(max(0.0, deadline - time.monotonic())):
+                producer.purge()
+                producer.poll(0)  # the purged records' reports: counted as dropped
+        except Exception as exc:
+            log.warning("prediction log: closing the producer: %s", exc)
+        self._count(producer)
 
-    def _connect(self) -> Producer | None:
-        backoff = RETRY_MIN_S
-        while True:  # at least one attempt, even when closing: what is queued may go out
-            self._connecting.set()
-            try:
-                return self._factory()
-            except Exception as exc:  # kafka-python raises several unrelated types
-                log.warning(
-                    "prediction log: Kafka unreachable (%s); retrying in %.1fs", exc, backoff
-                )
-            finally:
-                self._connecting.clear()
-            if self._stop.wait(backoff):
-                return None
-            backoff = min(backoff * 2, RETRY_MAX_S)
+    def _report(self, error: Any, _message: Any) -> None:
+        if error is None:
+            self._acked += 1
+        else:
+            self._failed += 1
+            self._last_error = error
+
+    def _count(self, producer: Producer) -> None:
+        """Move the delivery reports' counts to the metrics, and the queue's depth."""
+        acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
+        if acked:
+            self._metrics.log_sent.inc(acked)
+        if failed:
+            log.debug("prediction log: %d records not delivered: %s", failed, self._last_error)
+            self._kafka_dropped.inc(failed)
+        self._metrics.log_queue.set(len(producer))
+
+    def _make(self) -> Producer | None:
+        try:
+            return self._factory()
+        except Exception as exc:  # a bad setting librdkafka refuses, say
+            log.warning("prediction log: cannot make the Kafka producer: %s", exc)
+            return None
 
     def _run(self) -> None:
-        producer: Producer | None = None
+        backoff = RETRY_MIN_S
         while True:
-            batch = self._queue.get()
-            if batch is None:
-                break
+            producer = self._producer
             if producer is None:
-                producer = self._connect()
-                if producer is None:  # stopping while Kafka is down: what is queued is lost
-                    self._metrics.log_dropped.labels("kafka").inc(len(batch.event_ids))
-                    self._release(batch)
-                    continue
-            self._send(producer, batch)
-            self._release(batch)  # its records are the producer's (bounded buffer) now
-        if producer is not None:
-            try:
-                producer.flush(timeout=2.0)
-                producer.close(timeout=2.0)
-            except Exception as exc:
-                log.warning("prediction log: closing the producer: %s", exc)
-
-    def _send(self, producer: Producer, batch: Batch) -> None:
-        key = batch.model_id.encode()
-        for record in batch.records():
-            try:
-                future = producer.send(self.topic, value=record, key=key)
-            except Exception as exc:  # buffer full or metadata timeout (bounded by max_block_ms)
-                log.debug("prediction log: send failed: %s", exc)
-                self._metrics.log_dropped.labels("kafka").inc()
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, RETRY_MAX_S)
+                self._producer = self._make()
                 continue
-            future.add_callback(self._delivered)
-            future.add_errback(self._delivery_failed)
-
-    def _delivered(self, _metadata: Any) -> None:
-        self._metrics.log_sent.inc()
-
-    def _delivery_failed(self, exc: BaseException) -> None:
-        log.debug("prediction log: delivery failed: %s", exc)
-        self._metrics.log_dropped.labels("kafka").inc()
+            if self._stop.wait(REPORT_EVERY_S):
+                return  # close() serves the last reports
+            try:
+                producer.poll(0)
+            except Exception as exc:
+                log.warning("prediction log: serving delivery reports: %s", exc)
+            self._count(producer)

@@ -485,21 +485,21 @@ def job_metric_names() -> set[str]:
 
 
 def predictor_metric_names() -> set[str]:
-    """prometheus_client metrics of flowlearn/serving, with the suffixes they are exposed as."""
+    """The predictor's metrics, with the suffixes they are exposed as (from its registry)."""
+    from flowlearn.serving.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch_models(list)  # the per-model gauges, with no model
     names = set()
-    for path in (ROOT / "flowlearn" / "serving").glob("**/*.py"):
-        for kind, name in re.findall(
-            r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(\w+)"', path.read_text()
-        ):
-            if kind == "Counter":
-                base = name.removesuffix("_total")
-                names |= {base + "_total", base + "_created"}
-            elif kind == "Gauge":
-                names.add(name)
-            else:
-                names |= {name + "_sum", name + "_count", name + "_created"}
-                if kind == "Histogram":
-                    names.add(name + "_bucket")
+    for family in metrics.registry.collect():
+        if family.type == "counter":
+            names |= {family.name + "_total", family.name + "_created"}
+        elif family.type == "gauge":
+            names.add(family.name)
+        else:
+            names |= {family.name + "_sum", family.name + "_count", family.name + "_created"}
+            if family.type == "histogram":
+                names.add(family.name + "_bucket")
     return names
 
 

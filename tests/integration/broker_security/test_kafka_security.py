@@ -145,3 +145,35 @@ def test_the_jobs_kafka_connector_gets_in(broker):
     stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "secured-source")
     with stream.map(lambda v: v, output_type=Types.STRING()).execute_and_collect() as rows:
         assert sorted(rows) == ["a", "b", "c"]
+
+
+def test_the_prediction_logs_producer_gets_in_and_others_are_counted(broker):
+    """The predictor's confluent-kafka producer (librdkafka options from the same [kafka])
+    delivers its records; one that lacks what the broker asks for delivers nothing, and its
+    records are counted as dropped rather than raised."""
+    import json
+
+    from flowlearn.serving.metrics import Metrics
+    from flowlearn.serving.prediction_log import Batch, PredictionLog, kafka_producer
+
+    def log_two(kafka: KafkaConf, timeout: float) -> Metrics:
+        metrics = Metrics()
+        log = PredictionLog(kafka.topics.events, kafka_producer(kafka, broker.predictor), metrics)
+        log.start()
+        log.offer(Batch("m", 1, ["e1", "e2"], [[1.0], [2.0]], [0.5, 0.25], 3, 1, "online", None))
+        log.close(timeout)
+        return metrics
+
+    def count(metrics: Metrics, name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
+    kafka = broker.kafka
+    metrics = log_two(kafka, 30)
+    assert count(metrics, "flowlearn_predictor_log_sent_total") == 2
+    records = [json.loads(value) for value in read_all(kafka, kafka.topics.events)]
+    assert [r["event_id"] for r in records] == ["e1", "e2"]
+
+    for what, conf in refused_variants(kafka).items():
+        metrics = log_two(conf, 3)
+        assert count(metrics, "flowlearn_predictor_log_sent_total") == 0, what
+        assert count(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 2, what

@@ -23,31 +23,40 @@ W = np.array([1.0, -1.0, 0.5, 0.25])  # logistic, 3 features: coef then intercep
 
 
 class FakeProducer:
-    """Records what the prediction log sends, as kafka-python's producer would take it."""
+    """Records what the prediction log produces, as confluent-kafka's producer would take it,
+    and reports each record delivered at the next poll."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.reports: list[Callable[[Any, Any], None]] = []
 
-    def send(self, topic: str, value: bytes, key: bytes) -> Any:
+    def produce(self, topic: str, *, value: bytes, key: bytes, on_delivery: Any) -> None:
         self.sent.append((topic, key, value))
-        return Future()
+        self.reports.append(on_delivery)
 
-    def flush(self, timeout: float | None = None) -> None:
+    def poll(self, timeout: float) -> int:
+        reports, self.reports = self.reports, []
+        for report in reports:
+            report(None, None)
+        return len(reports)
+
+    def flush(self, timeout: float) -> int:
+        self.poll(timeout)
+        return 0
+
+    def purge(self) -> None:
         pass
 
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-
-class Future:
-    def add_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(None)
-
-    def add_errback(self, fn: Callable[[BaseException], None]) -> None:
-        pass
+    def __len__(self) -> int:
+        return len(self.reports)
 
 
 Scenario = Callable[[TestClient, Trainer], Awaitable[None]]
+
+
+async def has(http: TestClient, line: str) -> bool:
+    """Whether ``/metrics`` shows ``line``."""
+    return line in await metrics_text(http)
 
 
 def serve(server: RedisServer, prefix: str, scenario: Scenario, **options: Any) -> None:
@@ -313,7 +322,10 @@ def test_prediction_log_records_what_was_served(serving_redis, prefix, tmp_path:
         assert abs(record["ts"] - time.time() * 1000) < 60_000
         second = json.loads(producer.sent[1][2])
         assert second["event_id"] == body["event_ids"][1] != "ev-9"
-        assert "flowlearn_predictor_log_sent_total 2.0" in await metrics_text(http)
+        await until(
+            "two records acknowledged",
+            lambda: has(http, "flowlearn_predictor_log_sent_total 2.0"),
+        )
 
     serve(
         serving_redis,

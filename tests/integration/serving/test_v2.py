@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from flowlearn.serving.baseline import write_baseline
 
 from .conftest import Trainer, spec_json
-from .test_app import FakeProducer, W, at_version, metrics_text, predict, serve, until
+from .test_app import FakeProducer, W, at_version, has, metrics_text, predict, serve, until
 
 
 async def infer(
@@ -322,7 +322,10 @@ def test_prediction_log_gets_v2_predictions(serving_redis, prefix, tmp_path: Pat
         assert [json.loads(v)["event_id"] for _t, _k, v in producer.sent[3:]] == made
         text = await metrics_text(http)
         assert 'flowlearn_predictor_predictions_total{model="m",variant="online"} 6.0' in text
-        assert "flowlearn_predictor_log_sent_total 6.0" in text
+        await until(
+            "six records acknowledged",
+            lambda: has(http, "flowlearn_predictor_log_sent_total 6.0"),
+        )
         meta = await (await http.get("/v2/models/m")).json()
         assert meta["outputs"][-1] == {"name": "event_id", "datatype": "BYTES", "shape": [-1]}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
@@ -11,7 +10,7 @@ from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.prediction_log import Batch, PredictionLog, Shadow
 
 
-def batch(n: int = 2, body_bytes: int = 0) -> Batch:
+def batch(n: int = 2) -> Batch:
     return Batch(
         "m",
         1700000000000,
@@ -22,7 +21,6 @@ def batch(n: int = 2, body_bytes: int = 0) -> Batch:
         2,
         "online",
         Shadow("baseline", 0, [0.25] * n),
-        body_bytes,
     )
 
 
@@ -38,42 +36,53 @@ def wait_for(what: str, check: Any, timeout_s: float = 5.0) -> None:
 
 
 class Producer:
-    """A producer whose sends wait for ``gate`` and whose deliveries succeed or fail."""
+    """confluent-kafka's producer as the log uses it: a queue of at most ``capacity`` records
+    (BufferError past it) whose delivery reports are served by poll() and flush(); a broker
+    that acknowledges them (``up``), refuses them (``fail``), or is away."""
 
-    def __init__(self, fail: bool = False) -> None:
-        self.gate = threading.Event()
+    def __init__(self, capacity: int = 1000, up: bool = True, fail: bool = False) -> None:
+        self.capacity, self.up, self.fail = capacity, up, fail
+        self.queued: list[tuple[str, bytes, bytes, Any]] = []
         self.sent: list[tuple[str, bytes, bytes]] = []
-        self.fail = fail
-        self.closed = False
+        self.purged = False
 
-    def send(self, topic: str, value: bytes, key: bytes) -> Any:
-        self.gate.wait()
-        self.sent.append((topic, key, value))
-        return self
+    def produce(self, topic: str, *, value: bytes, key: bytes, on_delivery: Any) -> None:
+        if len(self.queued) >= self.capacity:
+            raise BufferError("Local: Queue full")
+        self.queued.append((topic, key, value, on_delivery))
 
-    def add_callback(self, fn: Any) -> None:
-        if not self.fail:
-            fn(None)
+    def poll(self, timeout: float) -> int:
+        if not self.up:
+            return 0
+        served, self.queued = self.queued, []
+        for topic, key, value, report in served:
+            if self.fail:
+                report(RuntimeError("broker said no"), None)
+            else:
+                self.sent.append((topic, key, value))
+                report(None, None)
+        return len(served)
 
-    def add_errback(self, fn: Any) -> None:
-        if self.fail:
-            fn(RuntimeError("broker said no"))
+    def flush(self, timeout: float) -> int:
+        self.poll(timeout)
+        return len(self.queued)
 
-    def flush(self, timeout: float | None = None) -> None:
-        pass
+    def purge(self) -> None:
+        self.purged = True
+        self.up, self.fail = True, True  # purged records are reported as failed
 
-    def close(self, timeout: float | None = None) -> None:
-        self.closed = True
+    def __len__(self) -> int:
+        return len(self.queued)
 
 
 def test_records_are_one_json_object_per_instance_keyed_by_model():
     producer, metrics = Producer(), Metrics()
-    producer.gate.set()
     log = PredictionLog("fl.events", lambda: producer, metrics)
     log.start()
     log.offer(batch())
+    wait_for("two records sent", lambda: sample(metrics, "flowlearn_predictor_log_sent_total") == 2)
     log.close()
-    assert producer.closed and [(t, k) for t, k, _ in producer.sent] == [("fl.events", b"m")] * 2
+    assert [(t, k) for t, k, _ in producer.sent] == [("fl.events", b"m")] * 2
     assert json.loads(producer.sent[1][2]) == {
         "event_id": "e1",
         "model_id": "m",
@@ -85,59 +94,30 @@ def test_records_are_one_json_object_per_instance_keyed_by_model():
         "variant": "online",
         "shadow": {"variant": "baseline", "model_version": 0, "score": 0.25},
     }
-    assert sample(metrics, "flowlearn_predictor_log_sent_total") == 2
+    assert sample(metrics, "flowlearn_predictor_log_queue") == 0
 
 
 def test_a_full_queue_drops_and_counts_without_blocking():
-    producer, metrics = Producer(), Metrics()  # stuck: its gate stays closed
-    log = PredictionLog("fl.events", lambda: producer, metrics, maxsize=3)
+    producer, metrics = Producer(capacity=5, up=False), Metrics()  # Kafka away
+    log = PredictionLog("fl.events", lambda: producer, metrics)
     log.start()
-    log.offer(batch(2))
-    wait_for("the thread to hold the first batch", lambda: log.depth() == 0)
     started = time.perf_counter()
     for _ in range(20):
         log.offer(batch(2))
     assert time.perf_counter() - started < 0.1
-    # Three batches wait in the queue, the other 17 are dropped.
-    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 34
-    producer.gate.set()
+    # Five records fit (two batches and half of the third); the other 35 are dropped.
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 35
+    wait_for("the queue gauge", lambda: sample(metrics, "flowlearn_predictor_log_queue") == 5)
+    assert log.depth() == 5
+    producer.up = True
+    wait_for("five records sent", lambda: len(producer.sent) == 5)
     log.close()
-    assert len(producer.sent) == 2 * 4
+    assert sample(metrics, "flowlearn_predictor_log_sent_total") == 5
 
 
-def test_the_queue_is_bounded_in_bytes_of_request_bodies():
-    """#23: the queue held 10,000 requests whatever their size (up to 10 GB of 1 MiB
-    bodies while Kafka was slow); now their bodies' bytes are bounded too."""
-    producer, metrics = Producer(), Metrics()  # stuck: its gate stays closed
-    log = PredictionLog("fl.events", lambda: producer, metrics, max_bytes=1000)
-    log.start()
-    log.offer(batch(2, body_bytes=400))
-    wait_for("the thread to hold the first batch", lambda: log.depth() == 0)
-    for _ in range(5):
-        log.offer(batch(2, body_bytes=400))
-    # 400 (being sent) + 400 queued fit in 1000; the other four are dropped.
-    assert log.depth() == 1 and log.queued_bytes() == 800
-    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 8
-    producer.gate.set()
-    wait_for("the queue to drain", lambda: log.queued_bytes() == 0)
-    log.offer(batch(2, body_bytes=400))  # room again
-    log.close()
-    assert len(producer.sent) == 2 * 3
-    assert log.queued_bytes() == 0
-
-
-def test_kafka_unreachable_retries_and_failed_deliveries_are_counted():
-    attempts = []
+def test_failed_deliveries_are_counted_never_raised():
     producer, metrics = Producer(fail=True), Metrics()
-    producer.gate.set()
-
-    def factory() -> Producer:
-        attempts.append(1)
-        if len(attempts) < 2:
-            raise ConnectionError("no brokers")
-        return producer
-
-    log = PredictionLog("fl.events", factory, metrics)
+    log = PredictionLog("fl.events", lambda: producer, metrics)
     log.start()
     log.offer(batch(3))
     wait_for(
@@ -145,16 +125,74 @@ def test_kafka_unreachable_retries_and_failed_deliveries_are_counted():
         lambda: sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3,
     )
     log.close()
-    assert len(attempts) == 2 and sample(metrics, "flowlearn_predictor_log_sent_total") == 0
+    assert sample(metrics, "flowlearn_predictor_log_sent_total") == 0
 
 
-def test_closing_while_kafka_is_down_returns_promptly():
+def test_a_producer_that_cannot_be_made_is_retried_and_its_batches_counted():
+    attempts = []
+    producer, metrics = Producer(), Metrics()
+
     def factory() -> Producer:
-        raise ConnectionError("no brokers")
+        attempts.append(1)
+        if len(attempts) < 2:
+            raise ValueError("ssl.ca.location failed: no such file")
+        return producer
 
-    log = PredictionLog("fl.events", factory, Metrics())
+    log = PredictionLog("fl.events", factory, metrics)
     log.start()
-    log.offer(batch())
+    log.offer(batch(3))  # no producer yet
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3
+
+    offered = [3]
+
+    def offered_and_sent() -> bool:
+        log.offer(batch(1))
+        offered.append(1)
+        return bool(producer.sent)
+
+    wait_for("a record sent once the producer is made", offered_and_sent)
+    log.close()
+    assert len(attempts) == 2
+    sent = sample(metrics, "flowlearn_predictor_log_sent_total")
+    dropped = sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka")
+    assert sent == len(producer.sent) >= 1 and sent + dropped == sum(offered)
+
+
+def test_closing_while_kafka_is_down_returns_promptly_and_counts_what_is_left():
+    producer, metrics = Producer(up=False), Metrics()
+    log = PredictionLog("fl.events", lambda: producer, metrics)
+    log.start()
+    log.offer(batch(4))
     started = time.perf_counter()
-    log.close(timeout=5)
+    log.close(timeout=0.5)
     assert time.perf_counter() - started < 1.0
+    assert producer.purged
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 4
+    log.offer(batch(1))  # after close: dropped, not raised
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 5
+
+
+def test_the_confluent_producer_with_kafka_away_counts_what_it_could_not_send():
+    """The real client, configured from [kafka] and [predictor], behind the log: it makes
+    no connection at once, and what it could not deliver by close() is counted."""
+    import socket
+
+    from flowlearn.conf import load_settings
+    from flowlearn.serving.prediction_log import kafka_producer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    settings = load_settings(
+        env={"FLOWLEARN__KAFKA__PORT": str(port), "FLOWLEARN__PREDICTOR__LOG_ACKS": "all"}
+    )
+    metrics = Metrics()
+    log = PredictionLog("fl.events", kafka_producer(settings.kafka, settings.predictor), metrics)
+    log.start()
+    log.offer(batch(3))
+    assert log.depth() == 3
+    started = time.perf_counter()
+    log.close(timeout=0.5)
+    assert time.perf_counter() - started < 2.0
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3
+    assert sample(metrics, "flowlearn_predictor_log_sent_total") == 0
