@@ -1,16 +1,29 @@
-"""Benchmark of the predictor (issue #6), load generated on loopback by wrk.
+"""Benchmark of the predictor (issues #6 and "serving in the ecosystem's own terms"), load
+generated on loopback by wrk.
 
-In one run, against one redis-server started here on a free port:
+In one run, against one redis-server started here on a free port, for each worker count
+(``--workers 1 2``) and each prediction log mode (off; on with ``--kafka HOST:PORT``):
 
-- (a) the predictor (``python -m flowlearn.serving``): single-instance requests/s with p50,
-  p95 and p99; batched predictions/s with 100 instances a request;
-- (b) a hello-world endpoint of the same framework (aiohttp + uvloop): the ceiling;
-- (c) a naive predictor reading the weights from Redis on every request: the floor;
-- delta-to-served latency: time from a version's publication to the predictor serving it.
+- (a) the predictor (``python -m flowlearn.serving --workers N``): single-instance
+  requests/s with p50, p95 and p99, as V1 (``:predict``) and V2 (``/infer``) requests;
+  batched predictions/s with 100 instances a request (V1);
+- (b) a hello-world endpoint of the same framework (aiohttp + uvloop) with the same number of
+  processes on the same port by ``SO_REUSEPORT``, as the predictor's workers: the ceiling,
+  and the predictor's rate as a share of it;
+- (c) once, a naive predictor reading the weights from Redis on every request: the floor;
+- delta-to-served latency (the first configuration): from a version's publication to the
+  predictor serving it.
 
-Usage: ``python bench/bench_predictor.py [--quick] [--duration S] [--connections N]``.
-Needs redis-server and wrk on PATH (``apt-get install -y redis-server wrk``). Everything it
-starts is stopped at the end, also on errors and Ctrl-C.
+With the log on, the predictor sends every prediction to the broker's events topic (which
+must exist; ``FLOWLEARN__KAFKA__*`` variables give its security settings) and the report
+shows how many records were acknowledged and dropped: a log that drops is cheap for the
+wrong reason.
+
+Usage: ``python bench/bench_predictor.py [--quick] [--duration S] [--connections N]
+[--workers 1 2] [--kafka HOST:PORT] [--wrk-threads N]``. Needs redis-server and wrk on PATH
+(``apt-get install -y redis-server wrk``). Everything it starts is stopped at the end, also on
+errors and Ctrl-C. wrk, the servers and Redis share the machine: on fewer cores than workers
++ wrk the numbers measure contention as much as the predictor.
 """
 
 from __future__ import annotations
@@ -82,18 +95,24 @@ web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
             loop=uvloop.new_event_loop())
 """
 
+# One process of N on the port (reuse_port: SO_REUSEPORT, as the predictor's workers).
 HELLO = """
-import sys, uvloop
+import os, sys, uvloop
 from aiohttp import web
 
 async def hello(request):
     await request.read()
     return web.json_response({"predictions": [0.5]})
 
+async def healthz(request):
+    return web.json_response({"status": "ok", "pid": os.getpid()})
+
 app = web.Application()
 app.router.add_post("/v1/models/{model}:predict", hello)
+app.router.add_post("/v2/models/{model}/infer", hello)
+app.router.add_get("/healthz", healthz)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
-            loop=uvloop.new_event_loop())
+            reuse_port=True, loop=uvloop.new_event_loop())
 """
 
 WRK_SCRIPT = """
@@ -166,11 +185,39 @@ def process(
         progress(f"stopped {what}")
 
 
-def wrk(url: str, body: str, duration: int, connections: int, tmp: Path) -> dict[str, float]:
+def wait_workers(url: str, count: int, what: str, timeout_s: float = 60) -> None:
+    """Until ``count`` distinct processes answered ``url``/healthz (each a new connection:
+    the kernel spreads them over the processes that listen)."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(pids) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {len(pids)} of {count} processes answer")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+                pids.add(json.loads(resp.read())["pid"])
+        except OSError:
+            time.sleep(0.05)
+
+
+def metric(url: str, name: str) -> float:
+    """The sum of a metric's samples named ``name`` on ``url``/metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and line[len(name)] in " {"
+    )
+
+
+def wrk(
+    url: str, body: str, duration: int, connections: int, threads: int, tmp: Path
+) -> dict[str, float]:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT % body)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -238,14 +285,28 @@ def delta_to_served(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (about 30 s in all)")
+    parser.add_argument("--quick", action="store_true", help="short runs (3 s each)")
     parser.add_argument("--duration", type=int, default=None, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads (-t)")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure"
+    )
+    parser.add_argument(
+        "--kafka",
+        default=None,
+        metavar="HOST:PORT",
+        help="a broker with the events topic: also measure with the prediction log on",
+    )
     args = parser.parse_args()
     duration = args.duration or (3 if args.quick else 10)
     for tool in ("redis-server", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_predictor: {tool} is not on PATH (apt-get install -y {tool})")
+    log_modes = [False, True] if args.kafka else [False]
+
+    def measure(url: str, body: str) -> dict[str, float]:
+        return wrk(url, body, duration, args.connections, args.wrk_threads, tmp)
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-predictor-")))
@@ -275,101 +336,159 @@ def main() -> None:
         publisher = Publisher(client, Keys(PREFIX), maxlen=1000)
         weights = np.random.default_rng(0).normal(size=N_FEATURES + 1)
         publish(client, publisher, 1, np.zeros_like(weights), weights, snapshot=True)
-
-        ports = {name: free_port() for name in ("predictor", "hello", "naive")}
         env = dict(
             os.environ,
             FLOWLEARN__REDIS__PORT=str(redis_port),
             FLOWLEARN__REDIS__PASSWORD=PASSWORD,
             FLOWLEARN__REDIS__PREFIX=PREFIX,
-            FLOWLEARN__PREDICTOR__PORT=str(ports["predictor"]),
             FLOWLEARN__PREDICTOR__HOST="127.0.0.1",
             PYTHONPATH=str(ROOT),
         )
-        servers = {
-            "predictor": stack.enter_context(
-                process([sys.executable, "-m", "flowlearn.serving", "--no-log"], "predictor", env)
-            ),
-            "hello": stack.enter_context(
-                process(
-                    [sys.executable, "-c", HELLO, str(ports["hello"])], "hello-world aiohttp", env
-                )
-            ),
-            "naive": stack.enter_context(
-                process(
-                    [
-                        sys.executable,
-                        "-c",
-                        NAIVE,
-                        str(ports["naive"]),
-                        str(redis_port),
-                        PASSWORD,
-                        Keys(PREFIX).snapshot(MODEL),
-                    ],
-                    "naive predictor",
-                    env,
-                )
-            ),
-        }
-        base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        wait_http(f"{base['predictor']}/readyz", "predictor", servers["predictor"])
-        for name in ("hello", "naive"):
-            # A GET on a POST route answers 405: enough to know the server is up.
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", ports[name]), timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or servers[name].poll() is not None:
-                        raise RuntimeError(f"{name} did not start") from None
-                    time.sleep(0.05)
+        if args.kafka:
+            host, _, kafka_port = args.kafka.rpartition(":")
+            env.update(FLOWLEARN__KAFKA__HOST=host, FLOWLEARN__KAFKA__PORT=kafka_port)
 
         row = [round(float(x), 3) for x in np.random.default_rng(2).normal(size=N_FEATURES)]
-        single = json.dumps({"instances": [row]})
+        bodies = {
+            "V1": (f"/v1/models/{MODEL}:predict", json.dumps({"instances": [row]})),
+            "V2": (
+                f"/v2/models/{MODEL}/infer",
+                json.dumps(
+                    {
+                        "inputs": [
+                            {
+                                "name": "input-0",
+                                "shape": [1, N_FEATURES],
+                                "datatype": "FP64",
+                                "data": row,
+                            }
+                        ]
+                    }
+                ),
+            ),
+        }
         batch = json.dumps({"instances": [row] * 100})
-        path = f"/v1/models/{MODEL}:predict"
-        results: dict[str, dict[str, float]] = {}
-        for name, label in (
-            ("hello", "(b) hello-world aiohttp (ceiling)"),
-            ("predictor", "(a) predictor, 1 instance a request"),
-            ("naive", "(c) naive: Redis read per request (floor)"),
-        ):
-            progress(f"wrk {duration}s, {args.connections} connections: {label}")
-            results[name] = wrk(base[name] + path, single, duration, args.connections, tmp)
-        progress(f"wrk {duration}s: predictor, 100 instances a request")
-        results["batch"] = wrk(base["predictor"] + path, batch, duration, args.connections, tmp)
-
-        count = 20 if args.quick else 100
-        progress(f"delta-to-served latency over {count} versions")
-        latencies = delta_to_served(base["predictor"], client, publisher, weights, 2, count)
+        #: (workers, log on, what) -> wrk's numbers; what: V1, V2, batch, hello.
+        results: dict[tuple[int, bool, str], dict[str, float]] = {}
+        #: (workers, log on) -> (records acknowledged, dropped).
+        logged: dict[tuple[int, bool], tuple[float, float]] = {}
+        latencies: list[float] = []
+        naive: dict[str, float] = {}
+        for workers in args.workers:
+            with ExitStack() as hello_stack:
+                port = free_port()
+                for i in range(workers):
+                    hello_stack.enter_context(
+                        process(
+                            [sys.executable, "-c", HELLO, str(port)], f"hello-world {i + 1}", env
+                        )
+                    )
+                base = f"http://127.0.0.1:{port}"
+                wait_workers(base, workers, "hello-world")
+                progress(f"wrk {duration}s, {args.connections} connections: hello-world x{workers}")
+                results[(workers, False, "hello")] = measure(
+                    base + bodies["V1"][0], bodies["V1"][1]
+                )
+            for log_on in log_modes:
+                port = free_port()
+                argv = [sys.executable, "-m", "flowlearn.serving", "--workers", str(workers)]
+                what = f"predictor x{workers}, log {'on' if log_on else 'off'}"
+                with process(
+                    argv + ([] if log_on else ["--no-log"]),
+                    what,
+                    dict(env, FLOWLEARN__PREDICTOR__PORT=str(port)),
+                ) as proc:
+                    base = f"http://127.0.0.1:{port}"
+                    wait_http(f"{base}/readyz", what, proc)
+                    wait_workers(base, workers, what)
+                    for shape, (path, body) in bodies.items():
+                        progress(f"wrk {duration}s: {what}, {shape}, 1 instance a request")
+                        results[(workers, log_on, shape)] = measure(base + path, body)
+                    progress(f"wrk {duration}s: {what}, 100 instances a request")
+                    results[(workers, log_on, "batch")] = measure(base + bodies["V1"][0], batch)
+                    if log_on:
+                        logged[(workers, log_on)] = (
+                            metric(base, "flowlearn_predictor_log_sent_total"),
+                            metric(base, "flowlearn_predictor_log_dropped_total"),
+                        )
+                    if not latencies:
+                        count = 20 if args.quick else 100
+                        progress(f"delta-to-served latency over {count} versions ({what})")
+                        latencies = delta_to_served(base, client, publisher, weights, 2, count)
+        naive_port = free_port()
+        with process(
+            [
+                sys.executable,
+                "-c",
+                NAIVE,
+                str(naive_port),
+                str(redis_port),
+                PASSWORD,
+                Keys(PREFIX).snapshot(MODEL),
+            ],
+            "naive predictor",
+            env,
+        ) as proc:
+            deadline = time.monotonic() + 30
+            while True:  # a GET on a POST route answers 405: enough to know it is up
+                try:
+                    with socket.create_connection(("127.0.0.1", naive_port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the naive predictor did not start") from None
+                    time.sleep(0.05)
+            progress(f"wrk {duration}s: naive predictor (Redis read per request)")
+            naive = measure(f"http://127.0.0.1:{naive_port}{bodies['V1'][0]}", bodies["V1"][1])
         client.close()
 
     print(
-        f"\npredictor benchmark: wrk -t1 -c{args.connections}, {duration}s a run, loopback, "
-        f"{os.cpu_count()} CPUs, logistic model with {N_FEATURES} dense features"
+        f"\npredictor benchmark: wrk -t{args.wrk_threads} -c{args.connections}, {duration}s a "
+        f"run, loopback, {os.cpu_count()} CPUs shared by wrk, the servers and Redis; logistic "
+        f"model with {N_FEATURES} dense features"
     )
-    print(f"{'endpoint':44} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for name, label in (
-        ("predictor", "(a) predictor, 1 instance"),
-        ("hello", "(b) hello-world aiohttp (ceiling)"),
-        ("naive", "(c) naive, Redis per request (floor)"),
-        ("batch", "(a) predictor, 100 instances a request"),
-    ):
-        r = results[name]
-        print(
-            f"{label:44} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
-            f"{r['p99_ms']:8.2f} {r['errors']:7.0f}"
-        )
-    print(f"batched predictions/s (100 a request): {results['batch']['rps'] * 100:,.0f}")
     print(
-        f"predictor / ceiling: {results['predictor']['rps'] / results['hello']['rps']:.2f}; "
-        f"predictor / floor: {results['predictor']['rps'] / results['naive']['rps']:.2f}"
+        f"{'workers':>7} {'log':>4} {'request':>12} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>7} {'/ hello':>8}"
     )
+    for (workers, log_on, shape), r in results.items():
+        hello = results[(workers, False, "hello")]["rps"]
+        label = {"hello": "hello-world", "batch": "V1 x100"}.get(shape, f"{shape} x1")
+        print(
+            f"{workers:7d} {('on' if log_on else 'off') if shape != 'hello' else '':>4} "
+            f"{label:>12} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
+            f"{r['p99_ms']:8.2f} {r['errors']:7.0f} "
+            + (f"{r['rps'] / hello:8.2f}" if shape in bodies else "")
+        )
+    print(
+        f"{1:7d} {'':>4} {'naive V1 x1':>12} {naive['rps']:9.0f} {naive['p50_ms']:8.2f} "
+        f"{naive['p95_ms']:8.2f} {naive['p99_ms']:8.2f} {naive['errors']:7.0f}"
+    )
+    for workers in args.workers:
+        r = results[(workers, False, "batch")]
+        print(f"batched predictions/s, {workers} worker(s), 100 a request: {r['rps'] * 100:,.0f}")
+        if args.kafka:
+            sent, dropped = logged[(workers, True)]
+            for shape in bodies:
+                off = results[(workers, False, shape)]["rps"]
+                on = results[(workers, True, shape)]["rps"]
+                print(
+                    f"log on costs {1 - on / off:.1%} of {shape} throughput with {workers} "
+                    f"worker(s) (target <= 10%)"
+                )
+            print(f"  log records acknowledged {sent:,.0f}, dropped {dropped:,.0f}")
+    if 2 in args.workers:
+        r, hello = results[(2, False, "V1")], results[(2, False, "hello")]
+        print(
+            f"2 workers, V1, log off: {r['rps']:,.0f} req/s (target >= 20,000), p95 "
+            f"{r['p95_ms']:.2f} ms (target <= 5), {r['rps'] / hello['rps']:.2f} of hello-world "
+            f"(target >= 0.8)"
+        )
     q = statistics.quantiles(latencies, n=20)
     print(
-        f"delta-to-served latency over {count} versions: p50 {statistics.median(latencies):.2f}"
-        f" ms, p95 {q[18]:.2f} ms (includes the HTTP polling that observes it)"
+        f"delta-to-served latency over {len(latencies)} versions: p50 "
+        f"{statistics.median(latencies):.2f} ms, p95 {q[18]:.2f} ms (includes the HTTP polling "
+        f"that observes it)"
     )
 
 
