@@ -45,7 +45,14 @@ from flowlearn.serving.auth import (
 from flowlearn.serving.baseline import load_baseline
 from flowlearn.serving.metrics import Metrics, ModelState
 from flowlearn.serving.openapi import OPENAPI
-from flowlearn.serving.prediction_log import Batch, PredictionLog, Producer, Shadow, kafka_producer
+from flowlearn.serving.prediction_log import (
+    Batch,
+    PredictionLog,
+    ProducerFactory,
+    Shadow,
+    confluent_producer,
+    producer_config,
+)
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
 from flowlearn.serving.scoring import class_labels, explainer
 from flowlearn.serving.v2 import (
@@ -872,7 +879,7 @@ def make_app(
     baselines: Mapping[str, Path] | None = None,
     ab_fraction: float = 0.0,
     log_predictions: bool = True,
-    producer_factory: Callable[[], Producer] | None = None,
+    producer_factory: ProducerFactory = confluent_producer,
 ) -> web.Application:
     """The predictor app; the follower and log threads run between startup and cleanup.
 
@@ -894,8 +901,9 @@ def make_app(
     if log_predictions:
         prediction_log = PredictionLog(
             settings.kafka.topics.events,
-            producer_factory or kafka_producer(settings.kafka, settings.predictor),
+            producer_config(settings.kafka, settings.predictor),
             metrics_,
+            producer_factory,
         )
     app = web.Application(
         client_max_size=settings.predictor.max_body_bytes, middlewares=[require_token]

@@ -10,8 +10,11 @@ reconnects on its own and the queue fills; a record not delivered within
 :data:`DELIVERY_TIMEOUT_MS` (or refused by the broker) is dropped and counted (``kafka``).
 Nothing the log does is ever raised into a request.
 
-A thread of the log serves librdkafka's delivery reports (:data:`REPORT_EVERY_S`) and turns
-them into ``flowlearn_predictor_log_sent_total`` and ``_log_dropped_total{reason="kafka"}``.
+librdkafka reports the records it could not deliver (only those: a report per record would
+cost a Python call each); a thread of the log serves them every :data:`REPORT_EVERY_S` and
+counts them in ``flowlearn_predictor_log_dropped_total{reason="kafka"}``. The records handed
+over, less those and those still queued, were acknowledged:
+``flowlearn_predictor_log_sent_total``.
 
 A record is what the label join needs (docs/architecture.md: ``fl.events``) plus what was served::
 
@@ -47,14 +50,13 @@ REPORT_EVERY_S = 0.05
 #: Retry backoff (seconds) while the producer cannot be made (a bad TLS file, say).
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 
-#: librdkafka's delivery report: (error or None, message).
-DeliveryReport = Callable[[Any, Any], None]
-
 
 class Producer(Protocol):
-    """The part of ``confluent_kafka.Producer`` the log uses."""
+    """The part of ``confluent_kafka.Producer`` the log uses. It is made from a librdkafka
+    configuration whose ``on_delivery`` is called, as ``(error, message)``, for each record
+    that could not be delivered (``delivery.report.only.error``)."""
 
-    def produce(self, topic: str, *, value: bytes, key: bytes, on_delivery: DeliveryReport) -> None:
+    def produce(self, topic: str, *, value: bytes, key: bytes) -> None:
         """Queue a record (BufferError: the queue is full); never blocks."""
 
     def poll(self, timeout: float) -> int:
@@ -67,7 +69,12 @@ class Producer(Protocol):
         """Give up on what is queued (their reports say so at the next poll)."""
 
     def __len__(self) -> int:
-        """Records queued or waiting for their acknowledgement."""
+        """Records queued or waiting for their acknowledgement (and reports not served)."""
+
+
+#: Makes a producer from a librdkafka configuration (``confluent_kafka.Producer``; tests
+#: give a fake).
+ProducerFactory = Callable[[dict[str, Any]], Producer]
 
 
 class Shadow(NamedTuple):
@@ -120,34 +127,32 @@ class Batch(NamedTuple):
             )
 
 
-def kafka_producer(kafka: KafkaConf, predictor: PredictorConf) -> Callable[[], Producer]:
-    """A factory of confluent-kafka producers configured from ``[kafka]`` (connection) and
-    ``[predictor]`` (the log's batching, acknowledgements and bound)."""
+def producer_config(kafka: KafkaConf, predictor: PredictorConf) -> dict[str, Any]:
+    """The log producer's librdkafka configuration: the connection from ``[kafka]``, the
+    batching, acknowledgements and bound from ``[predictor]``."""
+    return {
+        **kafka.librdkafka_options(),
+        "client.id": "flowlearn-predictor",
+        "acks": predictor.log_acks,
+        "linger.ms": predictor.log_linger_ms,
+        "batch.size": predictor.log_batch_bytes,
+        "queue.buffering.max.kbytes": max(1, predictor.log_queue_bytes // 1024),
+        "queue.buffering.max.messages": QUEUE_RECORDS,
+        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+        # The JVM clients' partitioner: a model's records go where kafka-python and the
+        # job's own producers would put them.
+        "partitioner": "murmur2_random",
+        # librdkafka's own messages (a broker down, say) go to this module's logger, served
+        # by the reports thread.
+        "logger": log,
+    }
 
-    def make() -> Producer:
-        from confluent_kafka import Producer as ConfluentProducer
 
-        producer: Producer = ConfluentProducer(
-            {
-                **kafka.librdkafka_options(),
-                "client.id": "flowlearn-predictor",
-                "acks": predictor.log_acks,
-                "linger.ms": predictor.log_linger_ms,
-                "batch.size": predictor.log_batch_bytes,
-                "queue.buffering.max.kbytes": max(1, predictor.log_queue_bytes // 1024),
-                "queue.buffering.max.messages": QUEUE_RECORDS,
-                "message.timeout.ms": DELIVERY_TIMEOUT_MS,
-                # The JVM clients' partitioner: a model's records go where kafka-python and
-                # the job's own producers would put them.
-                "partitioner": "murmur2_random",
-                # librdkafka's own messages (a broker down, say) go to this module's logger,
-                # served by the reports thread.
-                "logger": log,
-            }
-        )
-        return producer
+def confluent_producer(config: dict[str, Any]) -> Producer:
+    from confluent_kafka import Producer as ConfluentProducer
 
-    return make
+    producer: Producer = ConfluentProducer(config)
+    return producer
 
 
 class PredictionLog:
@@ -156,10 +161,16 @@ class PredictionLog:
     def __init__(
         self,
         topic: str,
-        producer_factory: Callable[[], Producer],
+        config: dict[str, Any],
         metrics: Metrics,
+        producer_factory: ProducerFactory = confluent_producer,
     ) -> None:
         self.topic = topic
+        self._config = {
+            **config,
+            "on_delivery": self._report,
+            "delivery.report.only.error": True,
+        }
         self._factory = producer_factory
         self._metrics = metrics
         self._producer: Producer | None = None
@@ -167,9 +178,11 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._queue_full = metrics.log_dropped.labels("queue_full")
         self._kafka_dropped = metrics.log_dropped.labels("kafka")
-        # Counted by the delivery reports (on the reports thread, or the one closing), moved
-        # to the metrics once per serving: a metric update per record would cost more.
-        self._acked = self._failed = 0
+        # Records handed to the producer (a request may be answered on a worker thread too:
+        # hence the lock), and failed; the metrics are brought up to date once per serving.
+        self._lock = threading.Lock()
+        self._produced = 0
+        self._failed = self._failed_counted = self._sent_counted = 0
         self._last_error: Any = None
 
     def start(self) -> None:
@@ -184,15 +197,21 @@ class PredictionLog:
             self._kafka_dropped.inc(len(batch.event_ids))
             return
         key = batch.model_id.encode()
-        for i, record in enumerate(batch.records()):
-            try:
-                producer.produce(self.topic, value=record, key=key, on_delivery=self._report)
-            except BufferError:  # librdkafka's queue is full: so are the next records
-                self._queue_full.inc(len(batch.event_ids) - i)
-                return
-            except Exception as exc:  # nothing the log does may fail a request
-                log.debug("prediction log: produce failed: %s", exc)
-                self._kafka_dropped.inc()
+        produced = 0
+        try:
+            for record in batch.records():
+                try:
+                    producer.produce(self.topic, value=record, key=key)
+                    produced += 1
+                except BufferError:  # librdkafka's queue is full: so are the next records
+                    self._queue_full.inc(len(batch.event_ids) - produced)
+                    return
+                except Exception as exc:  # nothing the log does may fail a request
+                    log.debug("prediction log: produce failed: %s", exc)
+                    self._kafka_dropped.inc()
+        finally:
+            with self._lock:
+                self._produced += produced
 
     def depth(self) -> int:
         """Records queued or waiting for their acknowledgement."""
@@ -218,25 +237,32 @@ class PredictionLog:
         self._count(producer)
 
     def _report(self, error: Any, _message: Any) -> None:
-        if error is None:
-            self._acked += 1
-        else:
+        """A record not delivered (librdkafka reports no other)."""
+        if error is not None:
             self._failed += 1
             self._last_error = error
 
     def _count(self, producer: Producer) -> None:
-        """Move the delivery reports' counts to the metrics, and the queue's depth."""
-        acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
-        if acked:
-            self._metrics.log_sent.inc(acked)
+        """Bring the sent and dropped counts, and the queue's depth, up to date (on the
+        thread that serves the reports)."""
+        with self._lock:
+            produced = self._produced  # before the depth: a record produced since is queued
+        queued = len(producer)
+        failed = self._failed - self._failed_counted
         if failed:
             log.debug("prediction log: %d records not delivered: %s", failed, self._last_error)
             self._kafka_dropped.inc(failed)
-        self._metrics.log_queue.set(len(producer))
+            self._failed_counted += failed
+        # What was handed over and neither failed nor is still queued was acknowledged.
+        sent = produced - self._failed - queued - self._sent_counted
+        if sent > 0:
+            self._metrics.log_sent.inc(sent)
+            self._sent_counted += sent
+        self._metrics.log_queue.set(queued)
 
     def _make(self) -> Producer | None:
         try:
-            return self._factory()
+            return self._factory(self._config)
         except Exception as exc:  # a bad setting librdkafka refuses, say
             log.warning("prediction log: cannot make the Kafka producer: %s", exc)
             return None

@@ -154,11 +154,11 @@ def test_the_prediction_logs_producer_gets_in_and_others_are_counted(broker):
     import json
 
     from flowlearn.serving.metrics import Metrics
-    from flowlearn.serving.prediction_log import Batch, PredictionLog, kafka_producer
+    from flowlearn.serving.prediction_log import Batch, PredictionLog, producer_config
 
     def log_two(kafka: KafkaConf, timeout: float) -> Metrics:
         metrics = Metrics()
-        log = PredictionLog(kafka.topics.events, kafka_producer(kafka, broker.predictor), metrics)
+        log = PredictionLog(kafka.topics.events, producer_config(kafka, broker.predictor), metrics)
         log.start()
         log.offer(Batch("m", 1, ["e1", "e2"], [[1.0], [2.0]], [0.5, 0.25], 3, 1, "online", None))
         log.close(timeout)

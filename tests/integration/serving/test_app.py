@@ -23,32 +23,29 @@ W = np.array([1.0, -1.0, 0.5, 0.25])  # logistic, 3 features: coef then intercep
 
 
 class FakeProducer:
-    """Records what the prediction log produces, as confluent-kafka's producer would take it,
-    and reports each record delivered at the next poll."""
+    """Records what the prediction log produces, as confluent-kafka's producer would take it
+    (every record delivered: no report); ``factory`` is the log's producer_factory."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
-        self.reports: list[Callable[[Any, Any], None]] = []
 
-    def produce(self, topic: str, *, value: bytes, key: bytes, on_delivery: Any) -> None:
+    def factory(self, _config: dict[str, Any]) -> FakeProducer:
+        return self
+
+    def produce(self, topic: str, *, value: bytes, key: bytes) -> None:
         self.sent.append((topic, key, value))
-        self.reports.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
-        reports, self.reports = self.reports, []
-        for report in reports:
-            report(None, None)
-        return len(reports)
+        return 0
 
     def flush(self, timeout: float) -> int:
-        self.poll(timeout)
         return 0
 
     def purge(self) -> None:
         pass
 
     def __len__(self) -> int:
-        return len(self.reports)
+        return 0
 
 
 Scenario = Callable[[TestClient, Trainer], Awaitable[None]]
@@ -156,7 +153,7 @@ def test_predict_follows_published_versions(serving_redis, prefix):
         assert 'flowlearn_predictor_predictions_total{model="m",variant="online"} 3.0' in text
         assert 'flowlearn_predictor_request_seconds_count{route="predict"} 2.0' in text
 
-    serve(serving_redis, prefix, scenario, producer_factory=FakeProducer)
+    serve(serving_redis, prefix, scenario, producer_factory=FakeProducer().factory)
 
 
 def test_softmax_and_linear_models(serving_redis, prefix):
@@ -332,7 +329,7 @@ def test_prediction_log_records_what_was_served(serving_redis, prefix, tmp_path:
         prefix,
         scenario,
         baselines={"m": tmp_path / "m.flc"},
-        producer_factory=lambda: producer,
+        producer_factory=producer.factory,
     )
 
 

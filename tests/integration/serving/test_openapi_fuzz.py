@@ -98,16 +98,18 @@ DOCUMENTED_5XX = {
 
 class Producer:
     """The prediction log's Kafka producer (confluent-kafka's calls), recording what it is
-    given and reporting it delivered."""
+    given, every record delivered; ``factory`` is the log's producer_factory."""
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.lock = threading.Lock()
 
-    def produce(self, topic: str, *, value: bytes, key: bytes, on_delivery: Any) -> None:
+    def factory(self, _config: dict[str, Any]) -> Producer:
+        return self
+
+    def produce(self, topic: str, *, value: bytes, key: bytes) -> None:
         with self.lock:
             self.sent.append(value)
-        on_delivery(None, None)
 
     def poll(self, timeout: float) -> int:
         return 0
@@ -178,7 +180,7 @@ def predictor(
         serving_redis.settings(prefix),
         baselines={m: folder / f"{m}.flc" for m in BASELINES},
         ab_fraction=0.3,
-        producer_factory=lambda: producer,
+        producer_factory=producer.factory,
     )
     server = LiveServer(app)
     server.start()

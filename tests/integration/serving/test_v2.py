@@ -334,7 +334,7 @@ def test_prediction_log_gets_v2_predictions(serving_redis, prefix, tmp_path: Pat
         prefix,
         scenario,
         baselines={"m": tmp_path / "m.flc"},
-        producer_factory=lambda: producer,
+        producer_factory=producer.factory,
     )
 
 
