@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.multiprocess import mark_process_dead
 
 from flowlearn.conf import ConfigError, Settings, settings_from_dict
 from flowlearn.serving.app import PREDICTOR, is_ready, make_app, run, serve_app
@@ -328,17 +329,18 @@ class Master:
                         slot.proc.pid,
                         START_TIMEOUT_S,
                     )
-                    slot.proc.kill()  # its status pipe's end reports the exit
+                    slot.proc.kill()
+                    slot.proc.wait()  # at once; its status pipe's end reports the exit
         return 0
 
     def _on_ready(self, slot: Slot) -> None:
         assert slot.proc is not None
         log.info("worker %d ready (pid %d)", slot.index, slot.proc.pid)
         if not self.ever_ready and all(s.ready_at is not None for s in self.slots):
-            p = self.settings.predictor
+            self.ever_ready = True
             pids = ", ".join(str(s.proc.pid) for s in self.slots if s.proc is not None)
-            log.info("predictor on %s: %d workers (pids %s)", p.url, self.count, pids)
-        self.ever_ready = self.ever_ready or all(s.ready_at is not None for s in self.slots)
+            url = self.settings.predictor.url
+            log.info("predictor on %s: %d workers (pids %s)", url, self.count, pids)
 
     def _reap(self, slot: Slot) -> int:
         """The exit status of the slot's worker, whose status pipe just ended."""
@@ -351,8 +353,6 @@ class Master:
             slot.proc.kill()
             code = slot.proc.wait()
         self._close_stdin(slot.proc)
-        from prometheus_client.multiprocess import mark_process_dead
-
         mark_process_dead(slot.proc.pid, self.metrics_dir)  # its live gauges go
         slot.proc = None
         return code
