@@ -80,7 +80,7 @@ def test_choices_are_the_trainers_and_are_logged_as_feedback_events(serving_redi
                 choice["propensity"],
             ]
 
-    serve(serving_redis, prefix, scenario, producer_factory=lambda: producer)
+    serve(serving_redis, prefix, scenario, producer_factory=producer.factory)
 
 
 def test_action_features_choose_among_each_requests_candidates(serving_redis, prefix):
@@ -114,7 +114,7 @@ def test_action_features_choose_among_each_requests_candidates(serving_redis, pr
         wrong = [{"features": CONTEXTS[0].tolist(), "actions": [[1.0]]}]
         assert "2 numbers each" in (await choose(http, {"instances": wrong}, 400))["error"]
 
-    serve(serving_redis, prefix, scenario, producer_factory=lambda: producer)
+    serve(serving_redis, prefix, scenario, producer_factory=producer.factory)
 
 
 def test_a_bandit_does_not_predict_and_a_predictor_model_does_not_choose(serving_redis, prefix):

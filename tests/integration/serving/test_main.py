@@ -158,11 +158,17 @@ def test_tls_and_tokens_as_an_operator_runs_them(
         assert predict(url, "m", [[1, 0, 0]], ca_file=ca)["status"] == 401
         tokens.write_text(f"{rotated} read\n")
         proc.send_signal(signal.SIGHUP)
-        wait_for(
-            "SIGHUP to reload the tokens",
-            lambda: "model_version" in predict(url, "m", [[1, 0, 0]], token=rotated, ca_file=ca),
-        )
-        assert predict(url, "m", [[1, 0, 0]], token=reader, ca_file=ca)["status"] == 401
+
+        def reloaded() -> bool:
+            """Every worker (the master forwards SIGHUP to each) took the new file: ten
+            requests of each token, on new connections spread over the workers."""
+            return all(
+                "model_version" in predict(url, "m", [[1, 0, 0]], token=rotated, ca_file=ca)
+                and predict(url, "m", [[1, 0, 0]], token=reader, ca_file=ca)["status"] == 401
+                for _ in range(10)
+            )
+
+        wait_for("SIGHUP to reload the tokens in every worker", reloaded)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     finally:
