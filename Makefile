@@ -53,8 +53,8 @@ test: lint
 
 # BENCH_ARGS goes to every benchmark (only --quick is common to all); the per-benchmark
 # variables (CORE_ARGS, QUALITY_ARGS, TREES_ARGS, PREDICTOR_ARGS, PIPELINE_ARGS, JOIN_ARGS,
-# FRESHNESS_ARGS, STATE_ARGS, MODELS_ARGS, POISONING_ARGS, BANDITS_ARGS, RECOVERY_ARGS,
-# SOAK_ARGS; e.g. PIPELINE_ARGS="--samples 500000", TREES_ARGS="--streams agrawal,phishing")
+# FRESHNESS_ARGS, STATE_ARGS, MODELS_ARGS, POISONING_ARGS, BANDITS_ARGS, SCALING_ARGS,
+# RECOVERY_ARGS, SOAK_ARGS; e.g. PIPELINE_ARGS="--samples 500000", TREES_ARGS="--streams agrawal,phishing")
 # to one.
 bench: install
 	@$(PY) -m pip install -q -e '.[bench]'
@@ -70,6 +70,7 @@ bench: install
 	@$(PY) bench/bench_models.py $(BENCH_ARGS) $(MODELS_ARGS)
 	@$(PY) bench/bench_poisoning.py $(BENCH_ARGS) $(POISONING_ARGS)
 	@$(PY) bench/bench_bandits.py $(BENCH_ARGS) $(BANDITS_ARGS)
+	@$(PY) bench/bench_scaling.py $(BENCH_ARGS) $(SCALING_ARGS)
 	@$(PY) bench/bench_recovery.py $(BENCH_ARGS) $(RECOVERY_ARGS)
 	@$(PY) bench/bench_soak.py $(BENCH_ARGS) $(SOAK_ARGS)
 
