@@ -59,6 +59,7 @@ from flowlearn.serving.v2 import (
     BINARY_HEADER,
     EXTENSIONS,
     Refused,
+    choice_tensors,
     inline_binary,
     model_metadata,
     output_tensors,
@@ -359,6 +360,10 @@ def answer(
             )
         )
     return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
+
+
+#: The flags of an answer (:func:`served_flags`).
+FLAG_KEYS = ("age_s", "stale", "degraded", "fallback", "pinned", "pin_missing")
 
 
 def served_flags(p: Predictor, model_id: str, served: Served | None) -> dict[str, Any]:
@@ -829,6 +834,31 @@ async def infer(request: web.Request) -> web.Response:
         body = inline_binary(raw, request.headers.get(BINARY_HEADER))
         logged = p.log is not None
         request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
+        if current.choose is not None and served is not None:
+            # A contextual bandit: the V2 form of :choose.
+            chosen = await asyncio.to_thread(
+                choose_rows,
+                p,
+                model_id,
+                served,
+                request_.rows,
+                request_.event_ids,
+                request_.candidates,
+            )
+            p.done("infer", 200, started)
+            return _json(
+                {
+                    "model_name": model_id,
+                    "model_version": str(chosen["model_version"]),
+                    "id": request_.id if request_.id is not None else uuid.uuid4().hex,
+                    "parameters": {
+                        "epoch": chosen["epoch"],
+                        "logged": chosen["logged"],
+                        **{k: chosen[k] for k in FLAG_KEYS if chosen.get(k) is not None},
+                    },
+                    "outputs": choice_tensors(chosen, request_.outputs),
+                }
+            )
         done = await answer_off_loop(
             p,
             model_id,

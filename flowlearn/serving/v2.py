@@ -41,6 +41,9 @@ INPUT = "input-0"
 #: The optional input (and, while the log is on, output) of event ids.
 EVENT_ID = "event_id"
 PREDICT, PROBA = "predict", "proba"
+#: A contextual bandit's input of candidate actions (action features), and its outputs.
+ACTIONS = "actions"
+ACTION, PROPENSITY, PROBABILITIES = "action", "propensity", "probabilities"
 NUMERIC = ("FP64", "FP32", "INT64", "INT32")
 #: The binary tensor extension: the JSON part's length; the tensors' bytes follow it.
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -67,6 +70,9 @@ class Infer(NamedTuple):
     event_ids: list[str | None]
     outputs: list[str] | None  # None: every output
     id: str | None
+    #: A bandit's candidate actions per row (``m`` lists of ``n_action_features`` numbers),
+    #: from the ``actions`` input; None without action features.
+    candidates: list[Any] | None = None
 
 
 def takes_maps(spec: Mapping[str, Any]) -> bool:
@@ -82,6 +88,10 @@ def is_classifier(spec: Mapping[str, Any]) -> bool:
     return model_type(spec.get("type")).classifier
 
 
+def is_bandit(spec: Mapping[str, Any]) -> bool:
+    return model_type(spec.get("type")).bandit
+
+
 def n_classes(spec: Mapping[str, Any]) -> int:
     """Classes of a classifier's ``proba`` (-1 when the spec does not say)."""
     if model_type(spec.get("type")).task == "binary":
@@ -90,6 +100,8 @@ def n_classes(spec: Mapping[str, Any]) -> int:
 
 
 def output_names(spec: Mapping[str, Any], logged: bool) -> list[str]:
+    if is_bandit(spec):  # a choice always has its event id: the reward is sent with it
+        return [ACTION, PROPENSITY, PROBABILITIES, EVENT_ID]
     names = [PREDICT, PROBA] if is_classifier(spec) else [PREDICT]
     return [*names, EVENT_ID] if logged else names
 
@@ -103,8 +115,21 @@ def model_metadata(
         inputs = [{"name": INPUT, "datatype": "FP64", "shape": [-1, n_features]}]
     else:
         inputs = [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}]
-    outputs = []
-    if is_classifier(spec):
+    outputs: list[dict[str, Any]] = []
+    if is_bandit(spec):
+        n_action_features = int(spec.get("n_action_features") or 0)
+        m = -1 if n_action_features else int(spec["n_actions"])
+        if n_action_features:
+            inputs.append(
+                {"name": ACTIONS, "datatype": "FP64", "shape": [-1, -1, n_action_features]}
+            )
+        outputs = [
+            {"name": ACTION, "datatype": "INT64", "shape": [-1]},
+            {"name": PROPENSITY, "datatype": "FP64", "shape": [-1]},
+            {"name": PROBABILITIES, "datatype": "FP64", "shape": [-1, m]},
+            {"name": EVENT_ID, "datatype": "BYTES", "shape": [-1]},
+        ]
+    elif is_classifier(spec):
         outputs.append({"name": PREDICT, "datatype": "INT64", "shape": [-1]})
         outputs.append({"name": PROBA, "datatype": "FP64", "shape": [-1, n_classes(spec)]})
     else:
@@ -339,6 +364,8 @@ def parse_infer(
         raise Refused(400, "inputs: expected a non-empty array of tensors")
     features: list[tuple[int, dict[str, Any]]] = []
     ids: tuple[int, dict[str, Any]] | None = None
+    actions: tuple[int, dict[str, Any]] | None = None
+    n_action_features = int(spec.get("n_action_features") or 0) if is_bandit(spec) else 0
     for i, tensor in enumerate(inputs):
         where = f"inputs[{i}]"
         if not isinstance(tensor, dict):
@@ -354,6 +381,8 @@ def parse_infer(
         _object(tensor.get("parameters"), f"{where}.parameters")
         if name == EVENT_ID:
             ids = (i, tensor)
+        elif name == ACTIONS and n_action_features:
+            actions = (i, tensor)
         else:
             features.append((i, tensor))
     if len(features) != 1:
@@ -379,7 +408,32 @@ def parse_infer(
     event_ids: list[str | None] = [None] * len(rows)
     if ids is not None:
         event_ids = list(_strings(ids[1], f"inputs[{ids[0]}]", len(rows)))
-    return Infer(rows, event_ids, _requested(body.get("outputs"), spec, logged), request_id)
+    candidates = None
+    if n_action_features:
+        if actions is None:
+            raise Refused(
+                400,
+                f"inputs: a bandit with action features needs '{ACTIONS}', the candidates "
+                f"(FP64, [n, m, {n_action_features}])",
+            )
+        candidates = _candidates(actions[1], f"inputs[{actions[0]}]", len(rows), n_action_features)
+    requested = _requested(body.get("outputs"), spec, logged)
+    return Infer(rows, event_ids, requested, request_id, candidates)
+
+
+def _candidates(tensor: Mapping[str, Any], where: str, n: int, width: int) -> list[Any]:
+    """The ``actions`` input: ``[n, m, width]`` finite numbers, as m candidates per row."""
+    if tensor.get("datatype") not in ("FP64", "FP32"):
+        raise Refused(
+            400, f"{where}.datatype: expected FP64 or FP32, got {tensor.get('datatype')!r}"
+        )
+    shape = _shape(tensor, where)
+    if len(shape) != 3 or shape[0] != n or shape[1] < 1 or shape[2] != width:
+        raise Refused(400, f"{where}.shape: expected [{n}, m, {width}] (m >= 1), got {shape}")
+    flat = _flatten(tensor.get("data"), shape, where)
+    if not _finite_numbers(flat):
+        raise Refused(400, f"{where}.data: expected finite numbers")
+    return np.asarray(flat, dtype=np.float64).reshape(shape).tolist()
 
 
 def _requested(outputs: Any, spec: Mapping[str, Any], logged: bool) -> list[str] | None:
@@ -406,6 +460,40 @@ def _requested(outputs: Any, spec: Mapping[str, Any], logged: bool) -> list[str]
         if name not in names:
             names.append(name)
     return names
+
+
+def choice_tensors(choice: Mapping[str, Any], requested: list[str] | None) -> list[dict[str, Any]]:
+    """A bandit's output tensors from the ``:choose`` answer ``choice``."""
+    n = len(choice["choices"])
+    probabilities = [c["probabilities"] for c in choice["choices"]]
+    width = len(probabilities[0]) if n else 0  # one m for every row: a V2 tensor's
+    tensors = {
+        ACTION: {
+            "name": ACTION,
+            "shape": [n],
+            "datatype": "INT64",
+            "data": [c["action"] for c in choice["choices"]],
+        },
+        PROPENSITY: {
+            "name": PROPENSITY,
+            "shape": [n],
+            "datatype": "FP64",
+            "data": [c["propensity"] for c in choice["choices"]],
+        },
+        PROBABILITIES: {
+            "name": PROBABILITIES,
+            "shape": [n, width],
+            "datatype": "FP64",
+            "data": [v for p in probabilities for v in p],
+        },
+        EVENT_ID: {
+            "name": EVENT_ID,
+            "shape": [n],
+            "datatype": "BYTES",
+            "data": choice["event_ids"],
+        },
+    }
+    return [tensors[name] for name in (requested or list(tensors))]
 
 
 def output_tensors(

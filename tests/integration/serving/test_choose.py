@@ -135,3 +135,55 @@ def test_a_bandit_does_not_predict_and_a_predictor_model_does_not_choose(serving
         assert "features[1]: expected a number" in bad["error"]
 
     serve(serving_redis, prefix, scenario, log_predictions=False)
+
+
+def test_v2_infer_on_a_bandit_is_choose_in_tensors(serving_redis, prefix):
+    model = trained(n_action_features=2)
+    weights = model.model.weights_vector()
+
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        b = Trainer(trainer.client, trainer.keys, "b", size=len(weights), spec=model.published_spec)
+        b.publish(weights)
+        await at_version(http, 1, "b")
+        meta = await (await http.get("/v2/models/b")).json()
+        assert [i["name"] for i in meta["inputs"]] == ["input-0", "actions"]
+        assert [o["name"] for o in meta["outputs"]] == [
+            "action",
+            "propensity",
+            "probabilities",
+            "event_id",
+        ]
+        candidates = RNG.normal(size=(2, 3, 2))
+        body = {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [2, 3],
+                    "datatype": "FP64",
+                    "data": CONTEXTS[:2].reshape(-1).tolist(),
+                },
+                {
+                    "name": "actions",
+                    "shape": [2, 3, 2],
+                    "datatype": "FP64",
+                    "data": candidates.reshape(-1).tolist(),
+                },
+                {"name": "event_id", "shape": [2], "datatype": "BYTES", "data": ["v0", "v1"]},
+            ]
+        }
+        resp = await http.post("/v2/models/b/infer", json=body)
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        out = {o["name"]: o for o in answer["outputs"]}
+        expected = model.model.choose_many(
+            CONTEXTS[:2], candidates, seeds=np.array([event_seed("v0"), event_seed("v1")])
+        )
+        assert out["action"]["data"] == expected.actions.tolist()
+        assert out["propensity"]["data"] == expected.propensities.tolist()
+        assert out["probabilities"]["shape"] == [2, 3]
+        assert out["event_id"]["data"] == ["v0", "v1"]
+        no_candidates = {"inputs": body["inputs"][:1]}
+        resp = await http.post("/v2/models/b/infer", json=no_candidates)
+        assert resp.status == 400 and "'actions'" in (await resp.json())["error"]
+
+    serve(serving_redis, prefix, scenario, log_predictions=False)
