@@ -52,6 +52,13 @@ warm-up). Without redis-server only the in-process
 scoring latency is measured (``flowlearn.serving.scoring.scorer(published spec, weights)``
 on one row at a time: the predictor's work minus HTTP), and the output says so.
 
+On a stream of at most ``SEED_SPREAD_MAX_SAMPLES`` samples (Phishing: 1,000; ImageSegments:
+2,310) one seed's accuracy is a noisy number: its standard error, about a point, is twice the
+target's margin. There the core forest (spec ``seed``) and River ARF (``seed``) also run
+with each of ``SPREAD_SEEDS``, and the accuracy target is judged on the two means (the job,
+which the run checks to be the core bit for bit at the default seed, is judged alike); the
+seed table prints every run.
+
 It prints the accuracy table (Δ vs River ARF in points), the samples/s table (ratio to River
 ARF), the sizes, the latency and the targets: the forest's accuracy at least River ARF's
 minus 0.5 point on every stream (job and core), the core forest's samples/s at least 10x
@@ -108,6 +115,9 @@ TARGET_POINTS = 0.5
 TARGET_SPEEDUP = 10.0
 #: The predictor's p95 for one instance a request (ms), with a 10-tree forest.
 TARGET_P95_MS = 5.0
+#: Streams this short are also run over :data:`SPREAD_SEEDS` (forest and River ARF).
+SEED_SPREAD_MAX_SAMPLES = 5_000
+SPREAD_SEEDS = (1, 2, 3, 4, 5)
 LATENCY_TREES = 10
 STREAMS = ("agrawal", "sea", "rbf", "hyperplane", "phishing", "segments")
 FOREST, TREE = "random_forest", "hoeffding_tree"
@@ -212,6 +222,47 @@ def run_flowlearn(
         if x["scored"] != len(s.y):
             line += f"  WARNING: the job scored {x['scored']} of {len(s.y)}"
     print(line, flush=True)
+
+
+def seed_spread(row: Row, forest_params: dict[str, Any], base: dict[str, Any]) -> None:
+    """The core forest and River ARF over :data:`SPREAD_SEEDS` on a short stream: their
+    accuracies, in ``row.notes["seed_spread"]``."""
+    from river import forest
+
+    s = row.stream
+    ours, theirs = [], []
+    for seed in SPREAD_SEEDS:
+        spec = trained_spec(base, s, shape_of(s, FOREST, {**forest_params, "seed": seed}))
+        ours.append(run_core(s, spec)[0].prequential.accuracy)
+        theirs.append(
+            run_river(s, lambda seed=seed: forest.ARFClassifier(seed=seed)).prequential.accuracy
+        )
+    row.notes["seed_spread"] = {"seeds": list(SPREAD_SEEDS), "forest": ours, "river_arf": theirs}
+    print(
+        f"    seeds {list(SPREAD_SEEDS)}: forest {100 * np.mean(ours):.2f}, "
+        f"River ARF {100 * np.mean(theirs):.2f} (means)",
+        flush=True,
+    )
+
+
+def seed_table(rows: Sequence[Row]) -> list[str]:
+    head = f"{'stream':<16} {'model':<10} " + " ".join(
+        f"{'seed ' + str(k):>8}" for k in SPREAD_SEEDS
+    )
+    head += f" {'mean':>8} {'sd':>6}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        spread = r.notes.get("seed_spread")
+        if spread is None:
+            continue
+        for key, label in (("forest", "forest"), ("river_arf", "River ARF")):
+            acc = 100 * np.array(spread[key])
+            out.append(
+                f"{r.stream.name:<16} {label:<10} "
+                + " ".join(f"{a:8.2f}" for a in acc)
+                + f" {acc.mean():8.2f} {acc.std(ddof=1):6.2f}"
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------- peers
@@ -543,28 +594,35 @@ def targets(rows: Sequence[Row], lat: dict[str, Any] | None) -> tuple[list[str],
         )
         summary[name] = {"met": not misses, "misses": misses}
 
-    def misses(key: str, missed: Callable[[Outcome, Outcome], str | None]) -> list[str] | None:
+    def misses(key: str, missed: Callable[[Row, Outcome, Outcome], str | None]) -> list[str] | None:
         """The streams where ``key`` misses against River ARF (None: not measured)."""
         found = []
         for r in rows:
             o, ref = r.outcomes.get(key), r.outcomes.get(REFERENCE)
             if o is None or ref is None:
                 return None
-            why = missed(o, ref)
+            why = missed(r, o, ref)
             if why is not None:
                 found.append(f"{r.stream.name} {why}")
         return found if rows else None
 
-    def accuracy(o: Outcome, ref: Outcome) -> str | None:
+    def accuracy(r: Row, o: Outcome, ref: Outcome) -> str | None:
+        spread = r.notes.get("seed_spread")
+        # The job is judged on the core's seeds only where it is the core, bit for bit.
+        job_is_core = r.notes.get("forest_core_equals_job", True)
+        if spread is not None and (o is r.outcomes.get("forest_core") or job_is_core):
+            d = 100 * (np.mean(spread["forest"]) - np.mean(spread["river_arf"]))
+            return None if d >= -TARGET_POINTS else f"{d:+.2f} ({len(SPREAD_SEEDS)}-seed means)"
         d = 100 * (o.prequential.accuracy - ref.prequential.accuracy)
         return None if d >= -TARGET_POINTS else f"{d:+.2f}"
 
-    def speed(o: Outcome, ref: Outcome) -> str | None:
+    def speed(_r: Row, o: Outcome, ref: Outcome) -> str | None:
         return None if o.rate >= TARGET_SPEEDUP * ref.rate else f"×{o.rate / ref.rate:.1f}"
 
     for key, label in (("forest_core", "core"), ("forest_job", "job")):
         report(
-            f"forest ({label}) accuracy >= River ARF's - {TARGET_POINTS} point on every stream",
+            f"forest ({label}) accuracy >= River ARF's - {TARGET_POINTS} point on every stream "
+            f"(streams of <= {SEED_SPREAD_MAX_SAMPLES:,} samples: {len(SPREAD_SEEDS)}-seed means)",
             misses(key, accuracy),
         )
     report(
@@ -736,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, make in peers.items():
                 row.outcomes[key] = run_river(s, make)
             row.outcomes["hgb"] = run_hgb(s, args.hgb_every, args.hgb_threads)
+            if len(s.y) <= SEED_SPREAD_MAX_SAMPLES:
+                seed_spread(row, forest_params, base)
             print(f"    stream done in {time.monotonic() - t:.0f} s", flush=True)
             rows.append(row)
         regression_rows: list[Row] = []
@@ -765,6 +825,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in accuracy_table(rows, models):
         print(line)
+    spread = seed_table(rows)
+    if len(spread) > 2:
+        print(
+            f"\nShort streams (at most {SEED_SPREAD_MAX_SAMPLES:,} samples) over seeds "
+            f"{list(SPREAD_SEEDS)}, accuracy in % (the core forest; River ARF):"
+        )
+        for line in spread:
+            print(line)
     hgb = [r.outcomes["hgb"] for r in rows if "hgb" in r.outcomes]
     if hgb:
         print(
