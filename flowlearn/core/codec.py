@@ -53,6 +53,10 @@ _DTYPE_CODES: dict[str, int] = {
     "bool": 7,
 }
 _CODE_DTYPES = {code: np.dtype(name).newbyteorder("<") for name, code in _DTYPE_CODES.items()}
+#: The codes by little-endian dtype: what every array of this machine's arrays has, looked up
+#: without ``dtype.name``, which builds a string each time (a few us an array, on the
+#: trainer's hot path).
+_LITTLE_CODES = {dtype: code for code, dtype in _CODE_DTYPES.items()}
 
 _HEADER = struct.Struct("<3sBB")
 _U32 = struct.Struct("<I")
@@ -76,14 +80,16 @@ def _header(kind: int) -> bytes:
 
 def _array_body(a: np.ndarray) -> bytes:
     arr = np.asarray(a)
-    code = _DTYPE_CODES.get(arr.dtype.name)
+    code = _LITTLE_CODES.get(arr.dtype)
     if code is None:
-        raise CodecError(f"unsupported dtype {arr.dtype}; supported: {sorted(_DTYPE_CODES)}")
+        code = _DTYPE_CODES.get(arr.dtype.name)
+        if code is None:
+            raise CodecError(f"unsupported dtype {arr.dtype}; supported: {sorted(_DTYPE_CODES)}")
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
     if arr.ndim > 255:
         raise CodecError(f"too many dimensions: {arr.ndim}")
-    data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-    shape = b"".join(_U64.pack(n) for n in arr.shape)
-    return bytes((code, arr.ndim)) + shape + data
+    # tobytes() is C order whatever the layout; the dtype is little-endian by now.
+    return bytes((code, arr.ndim)) + struct.pack(f"<{arr.ndim}Q", *arr.shape) + arr.tobytes()
 
 
 class _Reader:
@@ -225,7 +231,7 @@ def changed_indices(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     if a.shape != b.shape or a.dtype != b.dtype:
         raise ValueError(f"cannot diff {a.dtype}{a.shape} against {b.dtype}{b.shape}")
     unsigned = np.dtype(f"u{a.dtype.itemsize}")
-    return np.flatnonzero(a.view(unsigned) != b.view(unsigned)).astype(np.int64)
+    return np.flatnonzero(a.view(unsigned) != b.view(unsigned)).astype(np.int64, copy=False)
 
 
 def make_delta(old: np.ndarray, new: np.ndarray) -> bytes:

@@ -143,20 +143,38 @@ class SelfTuning(Stateful):
             for alpha, m in zip(self.mixture_weights, self.members, strict=True):
                 out += alpha * m.predict_many(X)
             return out
-        p = self.predict_proba_many(X)
-        return p.argmax(axis=1) if p.ndim == 2 else (p > 0.5).astype(np.int64)
+        return self._classes_of(self.predict_proba_many(X))
 
     def loss_many(self, X: Any, y: Any) -> np.ndarray:
         """The mixture's per-sample loss: log loss of its probabilities, or squared error."""
         if self._regression:
-            error = self.predict_many(X) - np.asarray(y, dtype=np.float64)
-            return error * error
+            return self._losses(self.predict_many(X), y)
+        return self._losses(self.predict_proba_many(X), y)
+
+    def test_many(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`loss_many` and :meth:`predict_many` of one batch (the trainer's test
+        step), the members' predictions made once."""
+        if self._regression:
+            predicted = self.predict_many(X)
+            return self._losses(predicted, y), predicted
         p = self.predict_proba_many(X)
+        return self._losses(p, y), self._classes_of(p)
+
+    @staticmethod
+    def _classes_of(p: np.ndarray) -> np.ndarray:
+        """The classes of the mixture's probabilities (a binary model's: of class 1)."""
+        return p.argmax(axis=1) if p.ndim == 2 else (p > 0.5).astype(np.int64)
+
+    def _losses(self, predicted: np.ndarray, y: Any) -> np.ndarray:
+        """Per-sample losses of the mixture's predictions (a regressor) or probabilities."""
+        if self._regression:
+            error = predicted - np.asarray(y, dtype=np.float64)
+            return error * error
         labels = np.asarray(y, dtype=np.int64)
-        if p.ndim == 2:
-            chosen = p[np.arange(len(labels)), labels]
+        if predicted.ndim == 2:
+            chosen = predicted[np.arange(len(labels)), labels]
         else:
-            chosen = np.where(labels == 1, p, 1.0 - p)
+            chosen = np.where(labels == 1, predicted, 1.0 - predicted)
         return -np.log(np.maximum(chosen, _PROBABILITY_FLOOR))
 
     # ------------------------------------------------------------------ published and saved

@@ -244,6 +244,30 @@ class _LinearModel(Stateful):
     def _check_y(self, y: Any, n: int) -> np.ndarray:
         raise NotImplementedError
 
+    def _losses(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-sample losses of scores ``z`` (left as they are) for checked labels ``y``."""
+        raise NotImplementedError
+
+    def _predictions(self, z: np.ndarray) -> np.ndarray:
+        """What :meth:`predict_many` answers for scores ``z``."""
+        raise NotImplementedError
+
+    def predict_many(self, X: Any) -> np.ndarray:
+        return self._predictions(self._scores(check_matrix(X, self.n_features)))
+
+    def loss_many(self, X: Any, y: Any) -> np.ndarray:
+        X = check_matrix(X, self.n_features)
+        y = self._check_y(y, X.shape[0])
+        return self._losses(self._scores(X), y)
+
+    def test_many(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`loss_many` and :meth:`predict_many` of one batch (the trainer's test
+        step), its scores computed once."""
+        X = check_matrix(X, self.n_features)
+        y = self._check_y(y, X.shape[0])
+        z = self._scores(X)
+        return self._losses(z, y), self._predictions(z)
+
     def _residual(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         """d(sum of per-sample losses)/dz, one row per sample."""
         raise NotImplementedError
@@ -346,14 +370,11 @@ class LogisticRegression(_LinearModel):
     def predict_proba_many(self, X: Any) -> np.ndarray:
         return sigmoid(self._scores(check_matrix(X, self.n_features)))
 
-    def predict_many(self, X: Any) -> np.ndarray:
-        return (self._scores(check_matrix(X, self.n_features)) > 0.0).astype(np.int64)
+    def _predictions(self, z: np.ndarray) -> np.ndarray:
+        return (z > 0.0).astype(np.int64)
 
-    def loss_many(self, X: Any, y: Any) -> np.ndarray:
+    def _losses(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-sample log loss, computed stably from the scores (never log(0))."""
-        X = check_matrix(X, self.n_features)
-        y = self._check_y(y, X.shape[0])
-        z = self._scores(X)
         return np.logaddexp(0.0, z) - y * z
 
 
@@ -406,14 +427,11 @@ class SoftmaxRegression(_LinearModel):
     def predict_proba_many(self, X: Any) -> np.ndarray:
         return softmax(self._scores(check_matrix(X, self.n_features)))
 
-    def predict_many(self, X: Any) -> np.ndarray:
-        return self._scores(check_matrix(X, self.n_features)).argmax(axis=1)
+    def _predictions(self, z: np.ndarray) -> np.ndarray:
+        return z.argmax(axis=1)
 
-    def loss_many(self, X: Any, y: Any) -> np.ndarray:
+    def _losses(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-sample cross-entropy, via log-sum-exp."""
-        X = check_matrix(X, self.n_features)
-        y = self._check_y(y, X.shape[0])
-        z = self._scores(X)
         m = z.max(axis=1)
         lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
         return lse - z[np.arange(len(y)), y]
@@ -453,12 +471,11 @@ class LinearRegression(_LinearModel):
         z *= 2.0
         return z
 
-    def predict_many(self, X: Any) -> np.ndarray:
-        return self._scores(check_matrix(X, self.n_features))
+    def _predictions(self, z: np.ndarray) -> np.ndarray:
+        return z
 
-    def loss_many(self, X: Any, y: Any) -> np.ndarray:
-        X = check_matrix(X, self.n_features)
-        e = self._scores(X) - self._check_y(y, X.shape[0])
+    def _losses(self, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        e = z - y
         return e * e
 
 

@@ -28,6 +28,7 @@ Steps, in order (``FeatureTransform``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -141,17 +142,17 @@ class FeatureTransform(Stateful):
         operations in the trainer and the predictor, so the same bits)."""
         d = self.n_features
         n, mean, m2 = self._stats[:d], self._stats[d : 2 * d], self._stats[2 * d :]
-        var = np.divide(m2, n, out=np.zeros(d), where=n > 0)
-        if self.scale == "rms":
-            spread = np.sqrt(var + mean * mean)
-            floor = 0.0
-        else:
-            spread = np.sqrt(var)
-            floor = _RELATIVE_STD_FLOOR * (1.0 + np.abs(mean))
         self._center = mean if self.scale == "standard" else None
         if self.scale == "none":
             self._factor = None
         else:
+            var = np.divide(m2, n, out=np.zeros(d), where=n > 0)
+            if self.scale == "rms":
+                spread = np.sqrt(var + mean * mean)
+                floor = 0.0
+            else:
+                spread = np.sqrt(var)
+                floor = _RELATIVE_STD_FLOOR * (1.0 + np.abs(mean))
             self._factor = np.divide(1.0, spread, out=np.zeros(d), where=spread > floor)
         fill = mean.copy()
         fill[self._default_cols] = self._default_values
@@ -169,18 +170,25 @@ class FeatureTransform(Stateful):
 
     def learn_many(self, X: np.ndarray) -> Self:
         """Merge a batch's observed values into the running statistics."""
-        X = self._check(X)
+        X, has_missing = self._check(X)
         if len(X) == 0:
             return self
-        observed = ~np.isnan(X)
-        self.missing += (~observed).sum(axis=0)
-        if self.scale == "rms":
-            observed &= X != 0.0
         d = self.n_features
-        nb = observed.sum(axis=0).astype(np.float64)
-        values = np.where(observed, X, 0.0)
-        mb = np.divide(values.sum(axis=0), nb, out=np.zeros(d), where=nb > 0)
-        dev = np.where(observed, X - mb, 0.0)
+        if not has_missing and self.scale != "rms" and X.flags.c_contiguous:
+            # Every value observed: the general case below without its masks (the same
+            # operations on the same values, so the same bits).
+            nb = np.full(d, float(len(X)))
+            mb = X.sum(axis=0) / nb
+            dev = X - mb
+        else:
+            observed = ~np.isnan(X)
+            self.missing += (~observed).sum(axis=0)
+            if self.scale == "rms":
+                observed &= X != 0.0
+            nb = observed.sum(axis=0).astype(np.float64)
+            values = np.where(observed, X, 0.0)
+            mb = np.divide(values.sum(axis=0), nb, out=np.zeros(d), where=nb > 0)
+            dev = np.where(observed, X - mb, 0.0)
         m2b = np.einsum("ij,ij->j", dev, dev)
         n, mean, m2 = self._stats[:d], self._stats[d : 2 * d], self._stats[2 * d :]
         total = n + nb
@@ -196,10 +204,10 @@ class FeatureTransform(Stateful):
 
     def transform_many(self, X: np.ndarray) -> np.ndarray:
         """The model's input: a new finite float64 matrix (``X`` is left as it is)."""
-        Z = np.array(self._check(X), dtype=np.float64)
-        missing = np.isnan(Z)
-        if missing.any():
-            rows, cols = np.nonzero(missing)
+        X, has_missing = self._check(X)
+        Z = np.array(X)  # a copy in X's layout
+        if has_missing:
+            rows, cols = np.nonzero(np.isnan(Z))
             Z[rows, cols] = self._fill[cols]
         if self._center is not None:
             Z -= self._center
@@ -209,13 +217,18 @@ class FeatureTransform(Stateful):
             np.clip(Z, -self.clip, self.clip, out=Z)
         return Z
 
-    def _check(self, X: Any) -> np.ndarray:
+    def _check(self, X: Any) -> tuple[np.ndarray, bool]:
+        """``X`` as a float64 matrix without infinity, and whether it has missing values."""
         arr = np.asarray(X, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}), got {arr.shape}")
+        # One reduction for the common case: NaN and infinity propagate into the sum (an
+        # overflow of huge finite values only sends it to the exact tests).
+        if math.isfinite(arr.sum()):
+            return arr, False
         if np.isinf(arr).any():
             raise ValueError("X contains infinity (a missing value is NaN)")
-        return arr
+        return arr, bool(np.isnan(arr).any())
 
     # ------------------------------------------------------------------ spec and state
 
@@ -406,10 +419,22 @@ class Pipeline(Stateful):
         return self.fit(X, y)
 
     def loss_many(self, X: np.ndarray, y: Any) -> np.ndarray:
+        return self.test_many(X, y, predict=False)[0]
+
+    def test_many(
+        self, X: np.ndarray, y: Any, predict: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The trainer's test step on a batch: :meth:`loss_many` and, when ``predict``,
+        :meth:`predict_many` (None otherwise), the features transformed once."""
         if self.target is not None:  # the squared error in the target's own units
-            error = self.predict_many(X) - np.asarray(y, dtype=np.float64)
-            return error * error
-        return self.model.loss_many(self.features.transform_many(X), y)
+            predicted = self.predict_many(X)
+            error = predicted - np.asarray(y, dtype=np.float64)
+            return error * error, predicted if predict else None
+        Z = self.features.transform_many(X)
+        if not predict:
+            return self.model.loss_many(Z, y), None
+        losses, predicted = self.model.test_many(Z, y)
+        return losses, predicted
 
     def predict_many(self, X: np.ndarray) -> np.ndarray:
         out = self.model.predict_many(self.features.transform_many(X))

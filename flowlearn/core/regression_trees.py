@@ -462,9 +462,13 @@ class HoeffdingTreeRegressor(TreeBase):
 
     def loss_many(self, X: Any, y: Any) -> np.ndarray:
         """Per-sample squared error."""
+        return self.test_many(X, y)[0]
+
+    def test_many(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`loss_many` and :meth:`predict_many` of one batch, predicted once."""
         p = self.predict_many(X)
         e = p - check_vector(y, len(p))
-        return e * e
+        return e * e, p
 
     # ------------------------------------------------------------------ served vector
 

@@ -346,6 +346,9 @@ class ModelTrainer:
         # Set on construction, i.e. after every (re)start: the first version a (re)started
         # job publishes carries a full snapshot (docs/architecture.md: a new epoch starts with one).
         self._needs_snapshot = True
+        # The model's weights vector as of the last version this trainer made (None: read
+        # it from the model): the next batch's "before", without building it again.
+        self._weights: np.ndarray | None = None
 
     def _publishable_spec(self) -> str:
         return published_spec(self.model, self.spec)
@@ -492,16 +495,19 @@ class ModelTrainer:
         if len(X) == 0:
             return BatchResult(None, float("nan"), "empty")
         model = self.model
-        before = model.weights_vector()
+        before = self._weights if self._weights is not None else model.weights_vector()
+        # Cleared until this batch's version is made: a rejected batch may leave the
+        # model (its feature statistics) changed.
+        self._weights = None
         holdout, replay = self._holdout, self._replay
         gate = holdout if holdout is not None and len(holdout.y) >= self._holdout_min else None
         losses = errors = None
         loss = float("nan")
         try:
-            losses = model.loss_many(X, y)
+            losses, predicted = model.test_many(X, y, predict=self._classifier)
             loss = float(np.mean(losses))
-            if self._classifier:
-                errors = (model.predict_many(X) != y).astype(np.float64)
+            if predicted is not None:
+                errors = (predicted != y).astype(np.float64)
             if holdout is not None or replay is not None:
                 # Validated by the test step; these are kept, so float64 arrays of our own.
                 X = np.asarray(X, dtype=np.float64)
@@ -602,6 +608,7 @@ class ModelTrainer:
         and it carries the weights, so a replica loads it whole."""
         self.version += 1
         self._needs_snapshot = False
+        self._weights = weights
         return ModelVersion(
             model_id=self.model_id,
             version=self.version,
@@ -615,6 +622,7 @@ class ModelTrainer:
     def set_learning_rate(self, lr: float) -> None:
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"learning rate must be a positive number, got {lr}")
+        self._weights = None
         self.model.set_learning_rate(lr)
 
     def _undo(
@@ -631,6 +639,7 @@ class ModelTrainer:
         base = self.version
         self.version += 1
         self.samples_applied += n_samples
+        self._weights = after
         snapshot = (
             self._needs_snapshot
             or after.nbytes <= SNAPSHOT_EVERY_VERSION_BYTES

@@ -1358,7 +1358,15 @@ class _TreeModel(TreeBase):
 
     def loss_many(self, X: Any, y: Any) -> np.ndarray:
         """Per-sample log loss, probabilities clipped to [1e-15, 1]."""
+        return self._losses(self.predict_proba_many(X), y)
+
+    def test_many(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`loss_many` and :meth:`predict_many` of one batch (the trainer's test
+        step), its probabilities computed once."""
         p = self.predict_proba_many(X)
+        return self._losses(p, y), p.argmax(axis=1).astype(np.int64)
+
+    def _losses(self, p: np.ndarray, y: Any) -> np.ndarray:
         labels = check_labels(y, len(p), self.n_classes)
         chosen = p[np.arange(len(labels)), labels]
         return -np.log(np.clip(chosen, _PROBA_FLOOR, 1.0))

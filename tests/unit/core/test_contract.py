@@ -152,6 +152,16 @@ class TestEstimatorContract:
         assert not np.any(model.weights_vector() == 123.0)
 
 
+@pytest.mark.parametrize("name", [name for name in ESTIMATORS if name not in BANDITS])
+def test_test_many_is_loss_many_and_predict_many(name):
+    # The trainer's test step scores a batch once: the same bits as the two calls.
+    model = train(name, ESTIMATORS[name]())
+    X, y = make_batch(name, np.random.default_rng(9))
+    losses, predicted = model.test_many(X, y)
+    assert same_bits(losses, model.loss_many(X, y))
+    assert same_bits(predicted, model.predict_many(X))
+
+
 # ----------------------------------------------------------------------------- detectors
 
 

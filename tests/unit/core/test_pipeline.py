@@ -193,6 +193,25 @@ def test_the_default_spec_learns_unscaled_features_quickly():
     assert np.mean(t.model.predict_many(X) == y) > 0.95
 
 
+@pytest.mark.parametrize("kind", ["logistic", "softmax", "linear", "random_forest"])
+def test_the_test_step_scores_as_loss_many_and_predict_many(kind):
+    # The trainer's test step transforms a batch once: the same bits as the two calls,
+    # missing values and a scaled target included.
+    rng = np.random.default_rng(5)
+    rows = named_rows(rng, 300)
+    X = np.array([[math.nan if row.get(n) is None else row[n] for n in NAMES] for row in rows])
+    y = labels(kind if kind != "random_forest" else "softmax", X, rng)
+    spec = {"type": kind, "n_features": 4, "n_classes": 3, "batch_size": 64}
+    trainer = ModelTrainer.create("m", spec)
+    trainer.train_samples(X[:200], y[:200])
+    model = trainer.model
+    losses, predicted = model.test_many(X[200:], y[200:])
+    assert losses.tobytes() == model.loss_many(X[200:], y[200:]).tobytes()
+    assert predicted is not None
+    assert predicted.tobytes() == model.predict_many(X[200:]).tobytes()
+    assert model.test_many(X[200:], y[200:], predict=False)[1] is None
+
+
 def test_statistics_learn_from_training_data_only_not_from_scoring():
     t = ModelTrainer.create("m", {"type": "logistic", "n_features": 2})
     t.train_batch(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.0, 1.0]))
