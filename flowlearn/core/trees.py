@@ -961,18 +961,22 @@ def route_nodes(
     ``threshold``, ``left``: feature + 1 or 0, the threshold, the left child), a tree's
     nodes starting at ``base[j]``: ``(len(base), n)`` node ids within their tree, one numpy
     step per level."""
-    n = len(X)
+    n, d = X.shape
+    values = np.ascontiguousarray(X).reshape(-1)
     offset = np.repeat(base, n)
-    sample = np.tile(np.arange(n), len(base))
-    node = np.zeros(len(offset), dtype=np.int64)
-    live = np.arange(len(offset))
-    while live.size:
-        gid = offset[live] + node[live]
+    # Sample i's value of feature f - 1 (split's f: feature + 1) is values[row[i] + f].
+    row = np.tile(np.arange(n) * d - 1, len(base))
+    gid = offset.copy()
+    # Every pair steps together, a level at a time, until all are at their leaves (a pair
+    # at its leaf reads some value and stays): fewer numpy calls than keeping the live
+    # pairs apart, which is what a young model's small batches cost.
+    while True:
         f = split[gid]
         inner = f > 0
-        live, gid, f = live[inner], gid[inner], f[inner]
-        node[live] = left[gid] + (X[sample[live], f - 1] > threshold[gid])
-    return node.reshape(len(base), n)
+        if not inner.any():
+            return (gid - offset).reshape(len(base), n)
+        right = values[row + f] > threshold[gid]
+        gid = np.where(inner, offset + left[gid] + right, gid)
 
 
 def take_records(
@@ -1152,6 +1156,8 @@ class _TreeModel(TreeBase):
         self._memo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # The weights vector, until the model changes (see weights_vector).
         self._vector: np.ndarray | None = None
+        # Where the NB rows go in a tree's block (see _nb_layout), once it is needed.
+        self._nb_columns: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ served vector
 
@@ -1183,6 +1189,21 @@ class _TreeModel(TreeBase):
         H = self._grove.H
         return self.max_nodes * (3 + self.n_classes) + H * sum(n for _, n in self._nb_served)
 
+    def _nb_layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where an NB row's values (the NB arrays' one after another, in
+        :attr:`_nb_served`'s order) are served in a tree's block: row ``h``'s value ``c``
+        at column ``first[c] + h * stride[c]`` (each NB array is an ``(H, n)`` block after
+        the node arrays)."""
+        if self._nb_columns is None:
+            H, pos = self._grove.H, self.max_nodes * (3 + self.n_classes)
+            first, stride = [], []
+            for _, n in self._nb_served:
+                first.append(pos + np.arange(n))
+                stride.append(np.full(n, n))
+                pos += H * n
+            self._nb_columns = np.concatenate(first), np.concatenate(stride)
+        return self._nb_columns
+
     def weights_vector(self) -> np.ndarray:
         """The served trees' node arrays (and NB arrays), tree by tree (then the vote
         weights of a forest): a copy of the vector built once per change of the model (a
@@ -1201,15 +1222,15 @@ class _TreeModel(TreeBase):
         pos = M * (3 + self.n_classes)
         blocks[:, 3 * M : pos] = g.counts[:T].reshape(T, -1)
         if g.nb:
-            # Each NB array's rows straight from the pool; zeros where a row is no leaf's.
+            # The NB rows straight from the pool, in one scatter; zeros where a row is no
+            # leaf's.
+            blocks[:, pos:] = 0.0
             rowid = g.rowid[:T]
             t, h = np.nonzero(rowid >= 0)
             src = rowid[t, h]
-            for name, n in self._nb_served:
-                dense = blocks[:, pos : pos + g.H * n].reshape(T, g.H, n)
-                dense[...] = 0.0
-                dense[t, h] = g.rows[name][src].reshape(len(src), n)
-                pos += g.H * n
+            rows = [g.rows[name][src].reshape(len(src), n) for name, n in self._nb_served]
+            first, stride = self._nb_layout()
+            blocks[t[:, None], first + h[:, None] * stride] = np.concatenate(rows, axis=1)
         if self._voting:
             out[T * B :] = self._vote
         return out
@@ -1699,7 +1720,14 @@ class RandomForestClassifier(_TreeModel):
         errors[0] = wrong[:T]
         errors[1][self._background] = wrong[T:]
         errors[2] = y != 0
+        background = self._background
         fg_src, fg_start, bg_src, bg_start = self._monitor(errors)
+        if not fg_src.any() and (bg_src == np.where(background, 1, -1)).all():
+            # No warning or drift in this batch (the common case): every tree and
+            # background tree learns all of it where it is.
+            slots = np.concatenate([self._served, T + np.flatnonzero(background)])
+            g.learn(X, y, np.concatenate([bags, bags[background]]), slots, phase, leaves[slots])
+            return self
         # Apply the events: promote background trees, plant fresh ones, drop the others.
         for t in np.flatnonzero(fg_src == 1).tolist():
             g.move(T + t, t)
