@@ -557,6 +557,13 @@ class FeedbackPipeline(Pipeline):
         self.model.learn_many(self.features.transform_many(contexts), actions, y, propensities)
         return self
 
+    def test_many(
+        self, X: np.ndarray, y: Any, predict: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The trainer's test step: :meth:`loss_many` and, when ``predict``,
+        :meth:`predict_many`."""
+        return self.loss_many(X, y), self.predict_many(X) if predict else None
+
     def loss_many(self, X: np.ndarray, y: Any) -> np.ndarray:
         """Squared error of the posterior mean reward of each row's chosen action."""
         contexts, actions, _ = self.split_feedback(X)

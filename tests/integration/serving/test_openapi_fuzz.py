@@ -393,7 +393,8 @@ def exercise(predictor: Predictor, case: Any) -> Any:
         )
     if label == PREDICT and response.status_code == 200:
         answer = response.json()
-        n = len(case.body["instances"])
+        # KServe's two spellings of the rows: instances, or inputs.
+        n = len(case.body["instances"] if "instances" in case.body else case.body["inputs"])
         assert len(answer["predictions"]) == n == len(answer["event_ids"])
         for p in answer["predictions"]:
             for x in p if isinstance(p, list) else [p]:
