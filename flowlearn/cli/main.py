@@ -572,24 +572,34 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """An evaluation report of a live model from what the system recorded: alerts, dead
-    letters, MLflow checkpoints, the prediction log joined with labels (docs/evaluation.md)."""
+    letters, MLflow checkpoints, the prediction log joined with labels (docs/evaluation.md);
+    for a contextual bandit, the off-policy evaluation of its logged choices
+    (docs/bandits.md)."""
+    from flowlearn.evaluation import bandit_report
     from flowlearn.evaluation.data import EvaluationError
-    from flowlearn.evaluation.recorded import collect, parse_time
+    from flowlearn.evaluation.recorded import live_data, parse_time, read_recorded
     from flowlearn.evaluation.report import default_out, render
 
     try:
         since = parse_time(args.since) if args.since else None
-        data = collect(settings, args.model, since)
+        recorded = read_recorded(settings, args.model, since)
         out = args.out or default_out(settings.stack.home, f"{args.model}-live")
-        files = render(data, out, window=args.window, tolerance=args.tolerance)
+        if recorded.spec.type == bandit_report.BANDIT_TYPE:
+            log = bandit_report.bandit_log(recorded)
+            bandit_files = bandit_report.render(log, out, window=args.window)
+            notes, lines, index = log.notes, list(bandit_files.lines), bandit_files.index
+        else:
+            data = live_data(settings, recorded)
+            files = render(data, out, window=args.window, tolerance=args.tolerance)
+            notes, lines, index = list(data.notes), files.headline.lines(), files.index
     except EvaluationError as exc:
         print(f"flowlearn: error: {exc}", file=sys.stderr)
         return 1
-    for note in data.notes:
+    for note in notes:
         print(f"note: {note}")
-    for line in files.headline.lines():
+    for line in lines:
         print(line)
-    print(f"report: {files.index.resolve()}")
+    print(f"report: {index.resolve()}")
     return 0
 
 

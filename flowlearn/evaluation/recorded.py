@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowlearn.conf import KafkaConf, Settings
+from flowlearn.conf import ConfigError, KafkaConf, Settings
 from flowlearn.contracts.records import is_bulk
 from flowlearn.contracts.spec import ModelSpecs
+from flowlearn.core.spec import ModelSpec
 from flowlearn.evaluation.builders import build_live
 from flowlearn.evaluation.data import Checkpoint, EvaluationData, EvaluationError, VersionPoint
 
@@ -191,24 +192,40 @@ def _decoded(read: TopicRead, since_ms: int | None) -> Iterator[dict[str, Any]]:
             yield obj
 
 
-def created_type(alerts: Iterable[Mapping[str, Any]]) -> str | None:
-    """The model type the job's answers to ``create`` commands give (the last one that
+def created_spec(alerts: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The spec table of the job's answers to ``create`` commands (the last one that
     holds, a ``delete`` undoing it), or None: a model made at runtime is not in ``conf/``.
 
-    >>> created_type([{"kind": "control", "detail": {"command": "create", "ok": True,
+    >>> created_spec([{"kind": "control", "detail": {"command": "create", "ok": True,
     ...                "args": {"spec": {"type": "linear"}}}}])
-    'linear'
+    {'type': 'linear'}
     """
-    kind = None
+    spec = None
     for alert in alerts:
         detail = alert.get("detail") or {}
         if alert.get("kind") != "control" or not detail.get("ok"):
             continue
         if detail.get("command") == "create":
-            kind = (detail.get("args") or {}).get("spec", {}).get("type")
+            table = (detail.get("args") or {}).get("spec")
+            spec = table if isinstance(table, dict) else None
         elif detail.get("command") == "delete":
-            kind = None
-    return kind
+            spec = None
+    return spec
+
+
+def model_spec(
+    settings: Settings, model_id: str, alerts: Iterable[Mapping[str, Any]], notes: list[str]
+) -> ModelSpec:
+    """The spec the model trains with: the last ``create`` on ``fl.alerts``, else ``conf/``
+    (or the defaults)."""
+    specs = ModelSpecs(settings)
+    table = created_spec(alerts)
+    if table is not None:
+        try:
+            return specs.read(table, f"created spec of {model_id}")
+        except ConfigError as exc:
+            notes.append(f"the spec the model was created with does not read ({exc}): conf/'s")
+    return specs.spec_of(model_id)
 
 
 def registered_checkpoints(
@@ -265,15 +282,31 @@ def registered_checkpoints(
     return checkpoints, versions
 
 
-def collect(
+@dataclass
+class Recorded:
+    """What the topics hold about one model (its records decoded, ``since`` applied)."""
+
+    model_id: str
+    spec: ModelSpec
+    events: list[dict[str, Any]]
+    labels: list[dict[str, Any]]
+    #: Every alert of the model: a ``create`` before ``since`` still gives its spec.
+    alerts: list[dict[str, Any]]
+    dlq: list[dict[str, Any]]
+    n_samples: int
+    since_ms: int | None
+    source: str
+    notes: list[str]
+
+
+def read_recorded(
     settings: Settings,
     model_id: str,
     since_ms: int | None = None,
     *,
     max_records: int = MAX_RECORDS,
     consumer_factory: Callable[[], Any] | None = None,
-    with_registry: bool = True,
-) -> EvaluationData:
+) -> Recorded:
     """Read what the system recorded about ``model_id`` (see the module docstring)."""
     topics = settings.kafka.topics
     notes: list[str] = []
@@ -303,15 +336,34 @@ def collect(
                 f"({IDLE_MS / 1000:.0f} s without records)"
             )
     dlq_all = list(_decoded(reads["dlq"], since_ms))
-    dlq = [r for r in dlq_all if dlq_model(r) == model_id]
     unattributed = sum(1 for r in dlq_all if dlq_model(r) is None)
     if unattributed:
         notes.append(
             f"{unattributed} dead letter(s) could not be attributed to a model "
             f"(their original bytes are not JSON naming one); not counted here"
         )
-    events = list(_decoded(reads["events"], since_ms))
-    labels = list(_decoded(reads["labels"], since_ms))
+    alerts = list(_decoded(reads["alerts"], None))
+    period = "" if since_ms is None else f" since {since_ms} ms"
+    return Recorded(
+        model_id,
+        model_spec(settings, model_id, alerts, notes),
+        events=list(_decoded(reads["events"], since_ms)),
+        labels=list(_decoded(reads["labels"], since_ms)),
+        alerts=alerts,
+        dlq=[r for r in dlq_all if dlq_model(r) == model_id],
+        n_samples=len(reads["samples"].records),
+        since_ms=since_ms,
+        source=f"recorded by the live system (Kafka {settings.kafka.bootstrap}){period}",
+        notes=notes,
+    )
+
+
+def live_data(settings: Settings, recorded: Recorded, with_registry: bool = True) -> EvaluationData:
+    """A predicting model's report data: the prediction log joined with its labels, the
+    alerts and dead letters, and the checkpoints registered in MLflow."""
+    topics = settings.kafka.topics
+    notes = list(recorded.notes)
+    events, labels, since_ms = recorded.events, recorded.labels, recorded.since_ms
     served = sum(1 for e in events if "score" in e)
     notes.append(
         f"{len(events)} events ({served} served predictions logged by the predictor) "
@@ -327,21 +379,35 @@ def collect(
     checkpoints: list[Checkpoint] = []
     versions: list[VersionPoint] = []
     if with_registry:
-        checkpoints, versions = registered_checkpoints(settings, model_id, since_ms, notes)
-    n_samples = len(reads["samples"].records)
-    period = "" if since_ms is None else f" since {since_ms} ms"
-    alerts = list(_decoded(reads["alerts"], None))
-    model_type = created_type(alerts) or ModelSpecs(settings).spec_of(model_id).type
+        checkpoints, versions = registered_checkpoints(settings, recorded.model_id, since_ms, notes)
     return build_live(
-        model_id,
-        model_type,
+        recorded.model_id,
+        recorded.spec.type,
         events=events,
         labels=labels,
-        alerts=[a for a in alerts if since_ms is None or int(a.get("ts") or 0) >= since_ms],
-        dlq=dlq,
+        alerts=[
+            a for a in recorded.alerts if since_ms is None or int(a.get("ts") or 0) >= since_ms
+        ],
+        dlq=recorded.dlq,
         checkpoints=checkpoints,
         versions=versions,
-        input_records=n_samples + len(events) + len(labels),
-        source=f"recorded by the live system (Kafka {settings.kafka.bootstrap}){period}",
+        input_records=recorded.n_samples + len(events) + len(labels),
+        source=recorded.source,
         notes=notes,
     )
+
+
+def collect(
+    settings: Settings,
+    model_id: str,
+    since_ms: int | None = None,
+    *,
+    max_records: int = MAX_RECORDS,
+    consumer_factory: Callable[[], Any] | None = None,
+    with_registry: bool = True,
+) -> EvaluationData:
+    """:func:`live_data` of what :func:`read_recorded` reads."""
+    recorded = read_recorded(
+        settings, model_id, since_ms, max_records=max_records, consumer_factory=consumer_factory
+    )
+    return live_data(settings, recorded, with_registry)

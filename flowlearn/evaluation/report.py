@@ -90,11 +90,16 @@ def _axis(ax: Any, data: EvaluationData) -> None:
     """Label the x axis; dates in a compact form on the time axis."""
     ax.set_xlabel(_x_label(data))
     if data.axis == AXIS_TIME:
-        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+        time_axis(ax)
 
-        locator = AutoDateLocator()
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+
+def time_axis(ax: Any) -> None:
+    """Dates on the x axis, in a compact form."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
 
 def _x_label(data: EvaluationData) -> str:
