@@ -852,7 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="evaluation report of a model (HTML and PNG plots): "
         "online model vs baseline, drift, versions, label "
-        "delay, dead letters, from what the system recorded",
+        "delay, dead letters, from what the system recorded; for a contextual bandit, "
+        "the off-policy evaluation of its logged choices",
     )
     p.add_argument("--model", default="demo")
     p.add_argument(

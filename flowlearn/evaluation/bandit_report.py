@@ -15,7 +15,8 @@ left out). From the rewarded choices, with :mod:`flowlearn.evaluation.off_policy
 
 With action features the log keeps each choice's number of candidates (its ``score``) but
 not their features: the uniform policy gets IPS and SNIPS (its probability of the logged
-action is ``1/m``), and DR and the greedy policy are not evaluated.
+action is ``1/m``), and DR and the greedy policy are not evaluated; so too with contexts
+of more than :data:`MAX_REWARD_MODEL_FEATURES` features (hashed ones, say).
 
 It writes ``summary.json``, ``index.html`` and ``reward.png`` (cumulative reward of the
 logged choices over time, and the average reward per window of choices), plus
@@ -71,6 +72,13 @@ LEVEL = 0.95
 ESTIMATORS = ("ips", "snips", "dr")
 #: Why the candidates' policies cannot be evaluated with action features.
 NO_CANDIDATES = "not evaluated: needs the candidates' features, which the log does not keep"
+#: Contexts wider than this get no reward model (a ridge regression solves a (d+1)² system
+#: per action and fold, and the contexts would be held dense: hashed features are wide).
+MAX_REWARD_MODEL_FEATURES = 256
+TOO_WIDE = (
+    f"not evaluated: the reward model takes contexts of at most {MAX_REWARD_MODEL_FEATURES} "
+    "features"
+)
 
 
 @dataclass
@@ -144,6 +152,8 @@ def bandit_log(recorded: Recorded) -> BanditLog:
     )
     counts["rewards"] = len(recorded.labels)
     rows: list[tuple[float, np.ndarray, int, float, float, int, float | None]] = []
+    # Too wide a context is not read at all: it is of no use (see evaluate_log).
+    wide = np.empty(0) if spec.n_features > MAX_REWARD_MODEL_FEATURES else None
     seen: set[str] = set()
     for ev in recorded.events:
         counts["events"] += 1
@@ -160,7 +170,7 @@ def bandit_log(recorded: Recorded) -> BanditLog:
         if reward_record is None:
             counts["unrewarded"] += 1
             continue
-        context = _context(ev.get("features"), spec_dict)
+        context = _context(ev.get("features"), spec_dict) if wide is None else wide
         action = ev.get("action")
         propensity = _number(ev.get("propensity"))
         reward = _number(reward_record.get("label"))
@@ -193,9 +203,11 @@ def bandit_log(recorded: Recorded) -> BanditLog:
         rows.append((ts, context, listed_index, reward, propensity, m, optimal))
     counts["rewarded"] = len(rows)
     rows.sort(key=lambda r: r[0])
-    n, d = len(rows), spec.n_features
+    n, d = len(rows), spec.n_features if wide is None else 0
     contexts = np.array([r[1] for r in rows], dtype=np.float64).reshape(n, d)
     notes = list(recorded.notes)
+    if wide is not None:
+        notes.append(f"contexts of {spec.n_features} features: not read ({TOO_WIDE})")
     missing = ~np.isfinite(contexts)
     if missing.any():
         # Imputed features arrive as NaN (the job's feature pipeline fills them).
@@ -265,15 +277,17 @@ def evaluate_log(log: BanditLog, level: float = LEVEL) -> BanditEvaluation:
             ),
             level,
         )
-    if not log.listed:
-        policies = [PolicyResult("greedy", greedy, {}, NO_CANDIDATES)]
-        if (log.candidates > 0).all():
-            target = 1.0 / log.candidates
+    no_model = NO_CANDIDATES if not log.listed else TOO_WIDE if not log.contexts.shape[1] else ""
+    if no_model:
+        policies = [PolicyResult("greedy", greedy, {}, no_model)]
+        m = log.candidates if not log.listed else np.full(n, log.spec.n_actions)
+        if (m > 0).all():
+            target = 1.0 / m
             estimates = {
                 "ips": ope.ips(r, p, target, level),
                 "snips": ope.snips(r, p, target, level),
             }
-            policies.insert(0, PolicyResult("uniform", uniform, estimates, "DR: " + NO_CANDIDATES))
+            policies.insert(0, PolicyResult("uniform", uniform, estimates, "DR: " + no_model))
         else:
             why = "not evaluated: some events lack the candidates' probabilities (score)"
             policies.insert(0, PolicyResult("uniform", uniform, {}, why))

@@ -224,7 +224,7 @@ def model_spec(
         try:
             return specs.read(table, f"created spec of {model_id}")
         except ConfigError as exc:
-            notes.append(f"the spec the model was created with does not read ({exc}): conf/'s")
+            notes.append(f"the spec the model was created with does not read ({exc}); conf/'s used")
     return specs.spec_of(model_id)
 
 

@@ -143,6 +143,19 @@ def test_action_features_get_the_uniform_policy_by_its_candidates_only():
     assert uniform.estimates["snips"].low < truth < uniform.estimates["snips"].high
 
 
+def test_wide_contexts_get_no_reward_model():
+    events, labels = simulated_log(n=600)
+    for ev in events:
+        ev["features"] = {"age": ev["features"][0]}
+    table = {**LISTED, "features": "hashed", "n_features": 4096}
+    log = bandit_log(as_recorded(events, labels, table))
+    assert log.contexts.shape == (550, 0)
+    uniform, greedy = evaluate_log(log).policies
+    assert set(uniform.estimates) == {"ips", "snips"}
+    assert greedy.not_evaluated.startswith("not evaluated: the reward model takes contexts")
+    assert any("4096 features" in n for n in log.notes)
+
+
 class Page(HTMLParser):
     def __init__(self):
         super().__init__()
