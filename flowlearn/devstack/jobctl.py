@@ -325,20 +325,29 @@ def rollback_to_savepoint(settings: Settings, path: str) -> RollbackReport:
     taken = stop_with_savepoint(settings, job, reason=f"before rollback to {path}")
     steps.append(("stop with savepoint", time.monotonic() - t0))
     t1 = time.monotonic()
-    try:
-        new = submit(settings, from_savepoint=path)
-    except JobError as exc:
-        processes.log(f"resubmitting from {path} failed ({exc}); going back to {taken}")
-        submit(settings, from_savepoint=taken)
-        raise JobError(
-            f"rollback to {path} failed: {exc}; the job runs again from the "
-            f"savepoint taken before the rollback ({taken})"
-        ) from exc
+    new = _submit_or_go_back(settings, path, settings, taken, f"rollback to {path}")
     steps.append(("submit from savepoint, all tasks running", time.monotonic() - t1))
     t2 = time.monotonic()
     republish(settings, list(published_models(settings)))
     steps.append(("republish request sent", time.monotonic() - t2))
     return RollbackReport(job.id, taken, path, new.id, steps)
+
+
+def _submit_or_go_back(
+    target: Settings, path: str, settings: Settings, taken: str, what: str
+) -> JobInfo:
+    """Submit the job under ``target`` from savepoint ``path``; should that fail, submit it
+    as it ran (``settings``) from ``taken``, the savepoint it was just stopped with, so that
+    something always runs, and raise a JobError saying so."""
+    try:
+        return submit(target, from_savepoint=path)
+    except JobError as exc:
+        processes.log(f"{what} failed ({exc}); going back to {taken}")
+        submit(settings, from_savepoint=taken)
+        raise JobError(
+            f"{what} failed: {exc}; the job runs again as it was, from the savepoint it was "
+            f"stopped with ({taken})"
+        ) from exc
 
 
 def with_parallelism(settings: Settings, parallelism: int) -> Settings:
@@ -380,15 +389,9 @@ def rescale(settings: Settings, parallelism: int) -> RescaleReport:
         )
     t0 = time.monotonic()
     taken = stop_with_savepoint(settings, job, reason=f"rescale to parallelism {parallelism}")
-    try:
-        new = submit(target, from_savepoint=taken)
-    except JobError as exc:
-        processes.log(f"resubmitting at parallelism {parallelism} failed ({exc}); going back")
-        submit(settings, from_savepoint=taken)
-        raise JobError(
-            f"rescale to parallelism {parallelism} failed: {exc}; the job runs again at "
-            f"parallelism {settings.flink.parallelism} from {taken}"
-        ) from exc
+    new = _submit_or_go_back(
+        target, taken, settings, taken, f"rescale to parallelism {parallelism}"
+    )
     return RescaleReport(job.id, taken, new.id, parallelism, time.monotonic() - t0)
 
 

@@ -346,24 +346,42 @@ def answer(
     ids = None
     if p.log is not None:
         ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
-        p.log.offer(
-            Batch(
-                model_id,
-                time.time_ns() // 1_000_000,
-                ids,
-                rows,
-                predictions,
-                primary.version,
-                primary.epoch,
-                primary_name,
-                shadow,
-            )
-        )
+        log_answer(p, model_id, ids, rows, predictions, primary, primary_name, shadow)
     return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
 
 
 #: The flags of an answer (:func:`served_flags`).
 FLAG_KEYS = ("age_s", "stale", "degraded", "fallback", "pinned", "pin_missing")
+
+
+def log_answer(
+    p: Predictor,
+    model_id: str,
+    event_ids: list[str],
+    rows: list[Any],
+    scores: list[Any],
+    version: Version,
+    variant: str,
+    shadow: Shadow | None,
+    choices: list[dict[str, Any]] | None = None,
+) -> None:
+    """Hand an answer to the prediction log: a record per row (``choices``: a bandit's)."""
+    assert p.log is not None
+    now_ms = time.time_ns() // 1_000_000
+    p.log.offer(
+        Batch(
+            model_id,
+            now_ms,
+            event_ids,
+            rows,
+            scores,
+            version.version,
+            version.epoch,
+            variant,
+            shadow,
+            choices,
+        )
+    )
 
 
 def served_flags(p: Predictor, model_id: str, served: Served | None) -> dict[str, Any]:
@@ -584,20 +602,7 @@ def choose_rows(
         for i, (a, q) in enumerate(zip(actions.tolist(), propensities.tolist(), strict=True))
     ]
     if p.log is not None:
-        p.log.offer(
-            Batch(
-                model_id,
-                time.time_ns() // 1_000_000,
-                ids,
-                rows,
-                probabilities,
-                version.version,
-                version.epoch,
-                ONLINE,
-                None,
-                chosen,
-            )
-        )
+        log_answer(p, model_id, ids, rows, probabilities, version, ONLINE, None, chosen)
     return {
         "choices": [
             {"action": int(a), "propensity": float(q), "probabilities": probabilities[i]}
