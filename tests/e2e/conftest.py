@@ -81,6 +81,18 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float, every_s: f
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
+def on_every_worker(check: Callable[[], Any], tries: int = 10) -> Any:
+    """``check``'s last answer if it held ``tries`` times in a row, else None: the
+    predictor's workers follow Redis each on its own, and requests on new connections spread
+    over them, so one answer says what one worker holds."""
+    last: Any = None
+    for _ in range(tries):
+        last = check()
+        if not last:
+            return None
+    return last
+
+
 def flowlearn(
     *args: str, config: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:

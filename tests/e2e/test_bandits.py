@@ -22,7 +22,7 @@ from flowlearn.core.model_types import n_model_weights
 from flowlearn.core.training import ModelTrainer
 from flowlearn.devstack.producer import send_raw
 
-from .conftest import flowlearn, wait_until
+from .conftest import flowlearn, on_every_worker, wait_until
 from .test_faults import Job, snapshot_where, taskmanager_pid, wait_for_a_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +74,9 @@ def test_rewards_join_choices_exactly_once_through_a_taskmanager_kill(stack, sta
             return False
         return True
 
-    wait_until(f"the predictor choosing for {model_id}", loaded, timeout_s=60)
+    wait_until(
+        f"every predictor worker choosing for {model_id}", lambda: on_every_worker(loaded), 60
+    )
 
     rng = np.random.default_rng(61)
     n = 200

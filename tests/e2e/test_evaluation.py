@@ -20,7 +20,7 @@ from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
 from flowlearn.core.training import batch_plan
 from flowlearn.devstack.producer import DriftingStream, send_raw
 
-from .conftest import ROOT, flowlearn, wait_until
+from .conftest import ROOT, flowlearn, on_every_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +90,7 @@ def test_the_live_report_renders_and_its_numbers_are_the_recorded_predictions(st
         except urllib.error.HTTPError:
             return None
 
-    wait_until(f"the predictor serving {model}", served, timeout_s=30)
+    wait_until(f"every predictor worker serving {model}", lambda: on_every_worker(served), 30)
 
     # Predictions with event ids, then their labels: the predictor logs each to fl.events.
     asked = stream.take(3 * WINDOW, 0)

@@ -205,7 +205,11 @@ def test_explain_refuses_what_it_cannot_explain(predictor, serving_redis: RedisS
         Trainer(
             client, Keys("conformance:"), "tree", size=len(weights), spec=trainer.published_spec
         ).publish(weights)
-        wait_for("the tree to load", lambda: loaded(url, "tree"), 30)
+        # Every worker of the predictor follows Redis on its own: ten answers in a row, on
+        # new connections spread over them, say they all hold the tree.
+        wait_for(
+            "every worker to load the tree", lambda: all(loaded(url, "tree") for _ in range(10)), 30
+        )
         status, body = post(f"{url}/v1/models/tree:explain", {"instances": [[1.0, 2.0, 3.0]]})
         assert status == 400 and "not a sum of per-feature shares" in body["error"], body
     finally:
