@@ -27,6 +27,27 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _v1_post(summary: str, response: str, description: str) -> dict[str, Any]:
+    """A V1 ``POST /v1/models/{model}:verb``: V1 instances in, ``response`` out."""
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [_MODEL_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("PredictRequest")}},
+            },
+            "responses": {
+                "200": _json(_ref(response), description),
+                "400": _ERROR,
+                "404": _NOT_FOUND,
+                "413": _ERROR,
+                "503": _LOADING,
+            },
+        }
+    }
+
+
 def _infer(summary: str, parameters: list[dict[str, Any]], not_found: str) -> dict[str, Any]:
     return {
         "post": {
@@ -111,69 +132,19 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/v1/models/{model}:predict": {
-            "post": {
-                "summary": "Score instances with the served version",
-                "parameters": [_MODEL_PARAM],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/PredictRequest"}
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/PredictResponse"}, "predictions"),
-                    "400": _ERROR,
-                    "404": _NOT_FOUND,
-                    "413": _ERROR,
-                    "503": _LOADING,
-                },
-            }
-        },
-        "/v1/models/{model}:explain": {
-            "post": {
-                "summary": "Each feature's share of each instance's raw score (linear models)",
-                "parameters": [_MODEL_PARAM],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/PredictRequest"}
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/ExplainResponse"}, "shares"),
-                    "400": _ERROR,
-                    "404": _NOT_FOUND,
-                    "413": _ERROR,
-                    "503": _LOADING,
-                },
-            }
-        },
-        "/v1/models/{model}:choose": {
-            "post": {
-                "summary": "A contextual bandit's actions for contexts, with propensities",
-                "parameters": [_MODEL_PARAM],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/PredictRequest"}
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/ChooseResponse"}, "choices"),
-                    "400": _ERROR,
-                    "404": _NOT_FOUND,
-                    "413": _ERROR,
-                    "503": _LOADING,
-                },
-            }
-        },
+        "/v1/models/{model}:predict": _v1_post(
+            "Score instances with the served version", "PredictResponse", "predictions"
+        ),
+        "/v1/models/{model}:explain": _v1_post(
+            "Each feature's share of each instance's raw score (linear models)",
+            "ExplainResponse",
+            "shares",
+        ),
+        "/v1/models/{model}:choose": _v1_post(
+            "A contextual bandit's actions for contexts, with propensities",
+            "ChooseResponse",
+            "choices",
+        ),
         "/v2": {
             "get": {
                 "summary": "Server metadata (Open Inference Protocol)",
