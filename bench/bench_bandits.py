@@ -35,17 +35,30 @@ decisions/s (choosing) and updates/s (learning; for flowlearn the pipeline's sta
 the posterior update of each batch), and each policy's mean reward over VW's best explorer
 on that environment. The target: flowlearn's bandits at >= 1.00 on every environment.
 
-Usage: ``python bench/bench_bandits.py [--samples N] [--seeds S] [--quick]`` (default 3,000 samples
-an environment, one seed: some seconds). Not a timed test.
+Then, once, the predictor: a Thompson bandit trained by the job's trainer
+(``ModelTrainer``, the job's batch cuts, behind its feature pipeline) on the first half of
+segments as uniformly logged feedback is published to a redis-server started here, and
+``python -m flowlearn.serving`` (one worker) answers ``--requests`` ``:choose`` requests of
+one context each, sent one after another on one keep-alive loopback connection: p50, p95
+and p99 of the round trip, against the target p95 <= 5 ms (skipped without
+``redis-server``).
+
+Usage: ``python bench/bench_bandits.py [--samples N] [--seeds S] [--quick] [--requests N]
+[--no-latency]`` (default 3,000 samples an environment, one seed: some seconds). Not a timed
+test.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +67,8 @@ from flowlearn.core.bandits import ContextualBandit, event_seed
 from flowlearn.core.pipeline import FeatureTransform
 
 BATCH = 64
+#: The predictor's p95 for a ``:choose`` of one context (ms).
+TARGET_CHOOSE_P95_MS = 5.0
 
 
 @dataclass
@@ -215,6 +230,39 @@ POLICIES: dict[str, Callable[[Environment, int], Outcome]] = {
 # ---------------------------------------------------------------------------- report
 
 
+def choose_latency(env: Environment, n: int) -> dict[str, float] | None:
+    """The predictor's round trip for ``n`` single-context ``:choose`` requests (ms), with
+    the bandit described in the module docstring; None without redis-server."""
+    if shutil.which("redis-server") is None:
+        return None
+    from bench_predictor import sequential_latency
+
+    from flowlearn.core.spec import ModelSpec
+
+    d, k = env.X.shape[1], env.means.shape[1]
+    spec = ModelSpec(type="contextual_bandit", n_features=d, n_actions=k, batch_size=BATCH)
+    trainer = training.ModelTrainer.create("bench-bandit", spec.as_dict())
+    half = len(env.X) // 2
+    actions = np.random.default_rng(0).integers(0, k, half)
+    rows = np.column_stack([env.X[:half], actions, np.full(half, 1.0 / k)])
+    trainer.train_samples(rows, env.rewards[np.arange(half), actions])
+    bodies = [
+        json.dumps({"instances": [{"features": x, "event_id": f"bench-{i}"}]})
+        for i, x in enumerate(env.X[half:].tolist())
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-bandits-") as tmp:
+        ms, _ = sequential_latency(
+            trainer.current_version(), "/v1/models/bench-bandit:choose", bodies, n, Path(tmp)
+        )
+    a = np.asarray(ms)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "per_s": 1000.0 / float(a.mean()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,9 +270,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3000, help="samples an environment")
     parser.add_argument("--quick", action="store_true", help="1,000 samples an environment")
     parser.add_argument("--seeds", type=int, default=1, help="runs per environment, averaged")
+    parser.add_argument(
+        "--requests", type=int, help=":choose requests timed (default 1,000; quick 300)"
+    )
+    parser.add_argument("--no-latency", action="store_true", help="skip the predictor part")
     args = parser.parse_args()
     if args.quick:
         args.samples = min(args.samples, 1000)
+    requests = args.requests or (300 if args.quick else 1000)
 
     results: dict[str, dict[str, list[Outcome]]] = {}
     for seed in range(args.seeds):
@@ -262,6 +315,20 @@ def main() -> None:
     print(
         "target (flowlearn >= VW's best explorer on every environment): "
         + ("met by every policy" if not missed else f"missed by {missed}")
+    )
+    if args.no_latency:
+        return
+    segments = next(env for env in environments(args.samples, 0) if env.name == "segments")
+    lat = choose_latency(segments, requests)
+    if lat is None:
+        print("predictor :choose latency: not measured (redis-server is not on PATH)")
+        return
+    met = lat["p95_ms"] <= TARGET_CHOOSE_P95_MS
+    print(
+        f"predictor :choose, 1 context a request, loopback, sequential ({requests} requests): "
+        f"p50 {lat['p50_ms']:.2f} ms, p95 {lat['p95_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, "
+        f"{lat['per_s']:,.0f} decisions/s; target p95 <= {TARGET_CHOOSE_P95_MS:g} ms: "
+        + ("met" if met else "MISSED")
     )
 
 

@@ -283,6 +283,55 @@ def delta_to_served(
     return latencies
 
 
+def sequential_latency(
+    version: ModelVersion, path: str, bodies: list[str], n: int, tmp: Path
+) -> tuple[list[float], dict[str, object]]:
+    """Publish ``version`` to a redis-server started here, start one predictor worker on it
+    and time ``n`` requests to ``path`` (after a warm-up of up to 200) sent one after the
+    other on one keep-alive loopback connection, each with the next of ``bodies``: the
+    round trips (ms) and the last answer."""
+    import http.client
+
+    with tempfile.TemporaryDirectory(prefix="redis-", dir=tmp) as redis_dir:
+        redis_port = free_port()
+        redis_argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+        redis_argv += ["--requirepass", PASSWORD, "--save", "", "--appendonly", "no"]
+        with process([*redis_argv, "--dir", redis_dir], "redis-server"):
+            client = redis.Redis(host="127.0.0.1", port=redis_port, password=PASSWORD)
+            wait_redis(client)
+            Publisher(client, Keys(PREFIX), maxlen=1000).publish(version)
+            client.close()
+            port = free_port()
+            env = dict(
+                os.environ,
+                FLOWLEARN__REDIS__PORT=str(redis_port),
+                FLOWLEARN__REDIS__PASSWORD=PASSWORD,
+                FLOWLEARN__REDIS__PREFIX=PREFIX,
+                FLOWLEARN__PREDICTOR__PORT=str(port),
+                FLOWLEARN__PREDICTOR__HOST="127.0.0.1",
+                FLOWLEARN__PREDICTOR__WORKERS="1",
+                PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+            )
+            argv = [sys.executable, "-m", "flowlearn.serving", "--no-log"]
+            with process(argv, "predictor", env) as predictor:
+                wait_http(f"http://127.0.0.1:{port}/readyz", "predictor", predictor)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                headers = {"Content-Type": "application/json"}
+                warm = min(200, n)
+                ms: list[float] = []
+                for i in range(warm + n):
+                    t = time.perf_counter()
+                    conn.request("POST", path, bodies[i % len(bodies)], headers)
+                    resp = conn.getresponse()
+                    payload = resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"predictor answered {resp.status}: {payload[:300]!r}")
+                    if i >= warm:
+                        ms.append((time.perf_counter() - t) * 1000)
+                conn.close()
+    return ms, json.loads(payload)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (3 s each)")

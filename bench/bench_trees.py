@@ -78,10 +78,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -403,54 +401,14 @@ def in_process_latency(spec: dict[str, Any], weights: np.ndarray, rows: np.ndarr
 
 
 def http_latency(version: Any, rows: np.ndarray, n: int, tmp: Path) -> dict[str, float]:
-    """Publish ``version`` to a redis-server started here, start the predictor on it (as
-    ``bench_predictor`` does) and time ``n`` single-instance requests sent one after the
-    other on one keep-alive loopback connection, each with the next of ``rows`` (ms; a
-    different instance each time, so nothing remembered from the last one helps)."""
-    import redis
-    from bench_predictor import PASSWORD, PREFIX, free_port, process, wait_http, wait_redis
+    """The predictor's round trip (ms) for ``n`` single-instance requests, each with the
+    next of ``rows`` (a different instance each time, so nothing remembered from the last
+    one helps): ``bench_predictor.sequential_latency``."""
+    from bench_predictor import sequential_latency
 
-    from flowlearn.contracts.redis_contract import Keys, Publisher
-
-    with tempfile.TemporaryDirectory(prefix="redis-", dir=tmp) as redis_dir:
-        redis_port = free_port()
-        redis_argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
-        redis_argv += ["--requirepass", PASSWORD, "--save", "", "--appendonly", "no"]
-        with process([*redis_argv, "--dir", redis_dir], "redis-server"):
-            client = redis.Redis(host="127.0.0.1", port=redis_port, password=PASSWORD)
-            wait_redis(client)
-            Publisher(client, Keys(PREFIX), maxlen=1000).publish(version)
-            client.close()
-            port = free_port()
-            env = dict(
-                os.environ,
-                FLOWLEARN__REDIS__PORT=str(redis_port),
-                FLOWLEARN__REDIS__PASSWORD=PASSWORD,
-                FLOWLEARN__REDIS__PREFIX=PREFIX,
-                FLOWLEARN__PREDICTOR__PORT=str(port),
-                FLOWLEARN__PREDICTOR__HOST="127.0.0.1",
-                PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-            )
-            argv = [sys.executable, "-m", "flowlearn.serving", "--no-log"]
-            with process(argv, "predictor", env) as predictor:
-                wait_http(f"http://127.0.0.1:{port}/readyz", "predictor", predictor)
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                path = f"/v1/models/{version.model_id}:predict"
-                bodies = [json.dumps({"instances": [row]}) for row in rows.tolist()]
-                headers = {"Content-Type": "application/json"}
-                ms = []
-                for i in range(min(200, n) + n):
-                    body = bodies[i % len(bodies)]
-                    t = time.perf_counter()
-                    conn.request("POST", path, body, headers)
-                    resp = conn.getresponse()
-                    payload = resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"predictor answered {resp.status}: {payload[:300]!r}")
-                    if i >= min(200, n):
-                        ms.append((time.perf_counter() - t) * 1000)
-                conn.close()
-                answer = json.loads(payload)
+    path = f"/v1/models/{version.model_id}:predict"
+    bodies = [json.dumps({"instances": [row]}) for row in rows.tolist()]
+    ms, answer = sequential_latency(version, path, bodies, n, tmp)
     return {**percentiles(ms), "answer": answer}
 
 
