@@ -149,13 +149,9 @@ class HoeffdingTreeRegressor(TreeBase):
         leaf_prediction: str = "adaptive",
         seed: int = 0,
     ) -> None:
-        if leaf_prediction not in _LEAF_PREDICTIONS:
-            raise ValueError(
-                f"leaf_prediction must be one of {', '.join(_LEAF_PREDICTIONS)} for a "
-                f"regression tree, got {leaf_prediction!r}"
-            )
-        self.leaf_prediction = leaf_prediction
         self._check_params(
+            leaf_prediction,
+            _LEAF_PREDICTIONS,
             n_features,
             grace_period,
             split_confidence,

@@ -1047,6 +1047,8 @@ class TreeBase(Stateful):
 
     def _check_params(
         self,
+        leaf_prediction: str,
+        leaf_predictions: tuple[str, ...],
         n_features: int,
         grace_period: int,
         split_confidence: float,
@@ -1056,6 +1058,12 @@ class TreeBase(Stateful):
         max_features: int,
         seed: int,
     ) -> None:
+        if leaf_prediction not in leaf_predictions:
+            raise ValueError(
+                f"leaf_prediction must be one of {', '.join(leaf_predictions)}, "
+                f"got {leaf_prediction!r}"
+            )
+        self.leaf_prediction = leaf_prediction
         self.n_features = check_int("n_features", n_features, 1)
         self.grace_period = check_int("grace_period", grace_period, 1)
         self.split_confidence = check_open_unit("split_confidence", split_confidence)
@@ -1111,13 +1119,9 @@ class _TreeModel(TreeBase):
         leaf_prediction: str,
         seed: int,
     ) -> None:
-        if leaf_prediction not in _LEAF_PREDICTIONS:
-            raise ValueError(
-                f"leaf_prediction must be one of {', '.join(_LEAF_PREDICTIONS)}, "
-                f"got {leaf_prediction!r}"
-            )
-        self.leaf_prediction = leaf_prediction
         self._check_params(
+            leaf_prediction,
+            _LEAF_PREDICTIONS,
             n_features,
             grace_period,
             split_confidence,
