@@ -565,17 +565,20 @@ class ContextualBandit(Stateful):
             self._means[s] = mean
             self._factors[s] = math.sqrt(variance) * np.tril(inv_chol)
 
-    def loss_many(self, contexts: Any, actions: Any, rewards: Any) -> np.ndarray:
-        """Per-sample squared error of the posterior mean reward of the action taken."""
+    def taken_mean_rewards(self, contexts: Any, actions: Any) -> np.ndarray:
+        """``(n,)``: the posterior mean reward of each context's action taken (its index,
+        or its features)."""
         X = check_matrix(contexts, self.n_features, "contexts")
-        r = check_vector(rewards, len(X), "rewards")
         if self.shared:
             A = check_matrix(actions, self.n_action_features, "actions")
-            mean = self.mean_rewards(X, A[:, None, :])[:, 0]
-        else:
-            idx = check_vector(actions, len(X), "actions").astype(np.int64)
-            mean = self.mean_rewards(X)[np.arange(len(X)), idx]
-        return (mean - r) ** 2
+            return self.mean_rewards(X, A[:, None, :])[:, 0]
+        idx = check_vector(actions, len(X), "actions").astype(np.int64)
+        return self.mean_rewards(X)[np.arange(len(X)), idx]
+
+    def loss_many(self, contexts: Any, actions: Any, rewards: Any) -> np.ndarray:
+        """Per-sample squared error of the posterior mean reward of the action taken."""
+        mean = self.taken_mean_rewards(contexts, actions)
+        return (mean - check_vector(rewards, len(mean), "rewards")) ** 2
 
     # ------------------------------------------------------------------ state
 

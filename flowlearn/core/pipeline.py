@@ -572,10 +572,7 @@ class FeedbackPipeline(Pipeline):
     def predict_many(self, X: np.ndarray) -> np.ndarray:
         """The posterior mean reward of each row's chosen action."""
         contexts, actions, _ = self.split_feedback(X)
-        Z = self.features.transform_many(contexts)
-        if self.model.n_action_features:
-            return self.model.mean_rewards(Z, actions[:, None, :])[:, 0]
-        return self.model.mean_rewards(Z)[np.arange(len(Z)), actions.astype(np.int64)]
+        return self.model.taken_mean_rewards(self.features.transform_many(contexts), actions)
 
     def choose_many(self, contexts: np.ndarray, actions: Any = None, *, seeds: Any) -> Any:
         """The bandit's :meth:`~flowlearn.core.bandits.ContextualBandit.choose_many` for
