@@ -246,6 +246,7 @@ def _features(
 
 
 def is_bandit(spec: Mapping[str, Any]) -> bool:
+    """Whether a spec is a contextual bandit's (whose records carry a choice)."""
     kind = MODEL_TYPES.get(spec.get("type", ""))
     return kind is not None and kind.bandit
 

@@ -212,14 +212,15 @@ def _error(p: Predictor, route: str, status: int, message: str, started: float) 
 
 
 def _split(instances: Sequence[Any]) -> tuple[list[Any], list[str | None]]:
-    """Instances -> (feature rows, event ids): an instance is features or a wrapper map."""
+    """Instances -> (feature rows, event ids): an instance is features or a wrapper map.
+    Raises Refused (400) for an event id that is not a string."""
     rows: list[Any] = []
     event_ids: list[str | None] = []
     for i, instance in enumerate(instances):
         if isinstance(instance, dict) and "features" in instance:
             event_id = instance.get("event_id")
             if event_id is not None and not isinstance(event_id, str):
-                raise FeatureError(f"instances[{i}].event_id: expected a string")
+                raise Refused(400, f"instances[{i}].event_id: expected a string")
             rows.append(instance["features"])
             event_ids.append(event_id)
         else:
@@ -468,8 +469,14 @@ async def read_json(request: web.Request, limits: PredictorConf) -> Any:
 
 
 def _v1_instances(body: Any, limits: PredictorConf) -> tuple[list[Any], list[str | None]]:
-    """A V1 body's feature rows and event ids: ``{"instances": [...]}`` or, as KServe also
-    takes it, ``{"inputs": [...]}``. Raises Refused (400, 413)."""
+    """A V1 body's feature rows and event ids (:func:`_v1_list`). Raises Refused (400,
+    413)."""
+    return _split(_v1_list(body, limits))
+
+
+def _v1_list(body: Any, limits: PredictorConf) -> list[Any]:
+    """A V1 body's instances: ``{"instances": [...]}`` or, as KServe also takes it,
+    ``{"inputs": [...]}``. Raises Refused (400, 413)."""
     key = "instances"
     if isinstance(body, dict) and "inputs" in body:
         if "instances" in body:
@@ -482,10 +489,7 @@ def _v1_instances(body: Any, limits: PredictorConf) -> tuple[list[Any], list[str
         raise Refused(
             413, f"{key}: at most {limits.max_instances} per request, got {len(instances)}"
         )
-    try:
-        return _split(instances)
-    except FeatureError as exc:
-        raise Refused(400, str(exc)) from None
+    return instances
 
 
 async def predict(request: web.Request) -> web.Response:
@@ -529,11 +533,12 @@ def _choose_instances(
     """A ``:choose`` body's contexts, event ids and (a bandit with action features) each
     instance's candidate actions: ``{"instances": [context | {"features": context,
     "event_id": ..., "actions": [[...], ...]}]}``. Raises Refused (400, 413)."""
-    rows, event_ids = _v1_instances(body, limits)
+    instances = _v1_list(body, limits)
+    rows, event_ids = _split(instances)
     if not n_action_features:
         return rows, event_ids, None
     candidates: list[Any] = []
-    for i, instance in enumerate(body.get("instances") or body.get("inputs")):
+    for i, instance in enumerate(instances):
         actions = instance.get("actions") if isinstance(instance, dict) else None
         if not (
             isinstance(actions, list)

@@ -48,9 +48,8 @@ from flowlearn.contracts.redis_contract import (
     read_snapshot,
 )
 from flowlearn.core import codec
-from flowlearn.core.model_types import model_type
 from flowlearn.serving.metrics import Metrics
-from flowlearn.serving.scoring import Chooser, Scorer, chooser, scorer
+from flowlearn.serving.scoring import Chooser, Scorer, served_functions
 
 log = logging.getLogger("flowlearn.serving.replica")
 
@@ -88,8 +87,8 @@ class Version:
     ) -> Version:
         """Freeze ``weights`` (owned by the new version) and bind the scorer to them."""
         weights.setflags(write=False)
-        choose = chooser(spec, weights) if model_type(spec.get("type")).bandit else None
-        return cls(epoch, version, spec, weights, published_ms, scorer(spec, weights), choose)
+        score, choose = served_functions(spec, weights)
+        return cls(epoch, version, spec, weights, published_ms, score, choose)
 
     @classmethod
     def of_snapshot(cls, snap: Snapshot) -> Version:

@@ -33,9 +33,7 @@ def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
 
     Raises ValueError for an unknown model type or a weights vector of the wrong length.
     """
-    kind = model_type(spec.get("type"))
-    model: Any = _model(spec, weights)
-    return model.predict_proba_many if kind.classifier else model.predict_many
+    return served_functions(spec, weights)[0]
 
 
 class Chooser(Protocol):
@@ -45,16 +43,20 @@ class Chooser(Protocol):
     def __call__(self, contexts: np.ndarray, actions: Any = None, *, seeds: Any) -> Choice: ...
 
 
-def chooser(spec: Mapping[str, Any], weights: np.ndarray) -> Chooser:
-    """The choosing function of one version of a contextual bandit: the trainer's own
-    :func:`~flowlearn.core.bandits.choose` on the version's posterior, behind its feature
-    pipeline, so a choice (and its propensity) is the trainer's, bit for bit, for the same
-    seed. Raises ValueError for a model that is not a bandit."""
+def served_functions(spec: Mapping[str, Any], weights: np.ndarray) -> tuple[Scorer, Chooser | None]:
+    """The scoring function of one version and, for a contextual bandit, its choosing
+    function (None for a model that predicts), from one model rebuilt from the version: a
+    bandit chooses with the trainer's own :func:`~flowlearn.core.bandits.choose` on the
+    version's posterior, behind its feature pipeline, so a choice (and its propensity) is
+    the trainer's, bit for bit, for the same seed.
+
+    Raises ValueError for an unknown model type or a weights vector of the wrong length.
+    """
     kind = model_type(spec.get("type"))
-    if not kind.bandit:
-        raise ValueError(f"a {kind.name} model does not choose actions: it predicts")
-    choose: Chooser = _model(spec, weights).choose_many
-    return choose
+    model: Any = _model(spec, weights)
+    score: Scorer = model.predict_proba_many if kind.classifier else model.predict_many
+    choose: Chooser | None = model.choose_many if kind.bandit else None
+    return score, choose
 
 
 def predicted_classes(scores: np.ndarray) -> np.ndarray:

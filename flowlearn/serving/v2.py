@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from flowlearn.contracts.records import is_bandit
 from flowlearn.core.model_types import model_type
 from flowlearn.serving.scoring import predicted_classes
 
@@ -86,10 +87,6 @@ def takes_numbers(spec: Mapping[str, Any]) -> bool:
 
 def is_classifier(spec: Mapping[str, Any]) -> bool:
     return model_type(spec.get("type")).classifier
-
-
-def is_bandit(spec: Mapping[str, Any]) -> bool:
-    return model_type(spec.get("type")).bandit
 
 
 def n_classes(spec: Mapping[str, Any]) -> int:
