@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +44,40 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 10.0) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.01)
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def predictor_config(
+    redis_server: RedisServer, prefix: str, tmp_path: Path, port: int, predictor_conf: str = ""
+) -> Path:
+    """A config file for ``python -m flowlearn.serving``: this Redis under ``prefix``, the
+    predictor on ``port`` (plus ``predictor_conf`` lines), a Kafka that is not there."""
+    path = tmp_path / "flowlearn.toml"
+    path.write_text(f"""
+[redis]
+port = {redis_server.port}
+password = "{PASSWORD}"
+prefix = "{prefix}"
+[predictor]
+port = {port}
+{predictor_conf}
+[kafka]
+port = {free_port()}
+""")
+    return path
+
+
+def launch(config_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``python -m flowlearn.serving --config config_path *args``, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.serving", "--config", str(config_path), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 class RedisServer:

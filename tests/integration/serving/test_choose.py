@@ -38,6 +38,19 @@ def trained(**form: Any) -> ModelTrainer:
     return trainer
 
 
+def publish_bandit(trainer: Trainer, model: ModelTrainer) -> None:
+    """Publish ``model``'s current weights as version 1 of model ``b``."""
+    weights = model.model.weights_vector()
+    b = Trainer(trainer.client, trainer.keys, "b", size=len(weights), spec=model.published_spec)
+    b.publish(weights)
+
+
+async def publish(http: TestClient, trainer: Trainer, model: ModelTrainer) -> None:
+    """:func:`publish_bandit`, then wait until the predictor serves it."""
+    publish_bandit(trainer, model)
+    await at_version(http, 1, "b")
+
+
 async def choose(http: TestClient, body: Any, status: int = 200, model: str = "b") -> Any:
     resp = await http.post(f"/v1/models/{model}:choose", json=body)
     answer = await resp.json()
@@ -48,13 +61,10 @@ async def choose(http: TestClient, body: Any, status: int = 200, model: str = "b
 @pytest.mark.parametrize("policy", ["thompson", "linucb", "epsilon_greedy"])
 def test_choices_are_the_trainers_and_are_logged_as_feedback_events(serving_redis, prefix, policy):
     model = trained(n_actions=3, policy=policy)
-    weights = model.model.weights_vector()
     producer = FakeProducer()
 
     async def scenario(http: TestClient, trainer: Trainer) -> None:
-        b = Trainer(trainer.client, trainer.keys, "b", size=len(weights), spec=model.published_spec)
-        b.publish(weights)
-        await at_version(http, 1, "b")
+        await publish(http, trainer, model)
         ids = [f"req-{i}" for i in range(6)]
         instances = [{"features": CONTEXTS[i].tolist(), "event_id": ids[i]} for i in range(6)]
         body = await choose(http, {"instances": instances})
@@ -85,13 +95,10 @@ def test_choices_are_the_trainers_and_are_logged_as_feedback_events(serving_redi
 
 def test_action_features_choose_among_each_requests_candidates(serving_redis, prefix):
     model = trained(n_action_features=2)
-    weights = model.model.weights_vector()
     producer = FakeProducer()
 
     async def scenario(http: TestClient, trainer: Trainer) -> None:
-        b = Trainer(trainer.client, trainer.keys, "b", size=len(weights), spec=model.published_spec)
-        b.publish(weights)
-        await at_version(http, 1, "b")
+        await publish(http, trainer, model)
         three = RNG.normal(size=(3, 2)).tolist()
         two = RNG.normal(size=(2, 2)).tolist()
         instances = [
@@ -119,11 +126,9 @@ def test_action_features_choose_among_each_requests_candidates(serving_redis, pr
 
 def test_a_bandit_does_not_predict_and_a_predictor_model_does_not_choose(serving_redis, prefix):
     model = trained(n_actions=2)
-    weights = model.model.weights_vector()
 
     async def scenario(http: TestClient, trainer: Trainer) -> None:
-        b = Trainer(trainer.client, trainer.keys, "b", size=len(weights), spec=model.published_spec)
-        b.publish(weights)
+        publish_bandit(trainer, model)
         trainer.publish(np.array([1.0, -1.0, 0.5, 0.25]))
         await at_version(http, 1, "b")
         await at_version(http, 1, "m")
@@ -139,12 +144,9 @@ def test_a_bandit_does_not_predict_and_a_predictor_model_does_not_choose(serving
 
 def test_v2_infer_on_a_bandit_is_choose_in_tensors(serving_redis, prefix):
     model = trained(n_action_features=2)
-    weights = model.model.weights_vector()
 
     async def scenario(http: TestClient, trainer: Trainer) -> None:
-        b = Trainer(trainer.client, trainer.keys, "b", size=len(weights), spec=model.published_spec)
-        b.publish(weights)
-        await at_version(http, 1, "b")
+        await publish(http, trainer, model)
         meta = await (await http.get("/v2/models/b")).json()
         assert [i["name"] for i in meta["inputs"]] == ["input-0", "actions"]
         assert [o["name"] for o in meta["outputs"]] == [

@@ -7,7 +7,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,9 +17,7 @@ import pytest
 from flowlearn.contracts.redis_contract import Keys
 from flowlearn.serving.client import predict, tls_context
 
-from .conftest import PASSWORD, RedisServer, Trainer, free_port, wait_for
-
-ROOT = Path(__file__).resolve().parents[3]
+from .conftest import RedisServer, Trainer, free_port, launch, predictor_config, wait_for
 
 
 def ready(url: str, context: ssl.SSLContext | None = None) -> bool:
@@ -42,27 +39,10 @@ def start_predictor(
     """``python -m flowlearn.serving`` from a config file, once ready: (process, url);
     with ``tls_ca``, the CA of its TLS certificate, over https."""
     port = free_port()
-    config = tmp_path / "flowlearn.toml"
-    config.write_text(f"""
-[redis]
-port = {redis_server.port}
-password = "{PASSWORD}"
-prefix = "{prefix}"
-[predictor]
-port = {port}
-{predictor_conf}
-[kafka]
-port = {free_port()}
-""")
+    config = predictor_config(redis_server, prefix, tmp_path, port, predictor_conf)
     url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
     context = tls_context(str(tls_ca)) if tls_ca else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowlearn.serving", "--config", str(config), "--no-log"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = launch(config, "--no-log")
     try:
         wait_for(
             "the predictor to be ready",

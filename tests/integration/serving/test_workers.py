@@ -11,46 +11,17 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flowlearn.contracts.redis_contract import Keys
 
-from .conftest import PASSWORD, RedisServer, Trainer, free_port, wait_for
+from .conftest import RedisServer, Trainer, free_port, launch, predictor_config, wait_for
 
-ROOT = Path(__file__).resolve().parents[3]
 #: A worker drains within 15 s at worst (three 5 s bounds); here nothing is in flight.
 STOP_DEADLINE_S = 20
-
-
-def config(redis_server: RedisServer, prefix: str, tmp_path: Path, port: int) -> Path:
-    path = tmp_path / "flowlearn.toml"
-    path.write_text(f"""
-[redis]
-port = {redis_server.port}
-password = "{PASSWORD}"
-prefix = "{prefix}"
-[predictor]
-port = {port}
-workers = 2
-[kafka]
-port = {free_port()}
-""")
-    return path
-
-
-def launch(config_path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flowlearn.serving", "--config", str(config_path), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 class Connection:
@@ -139,7 +110,7 @@ def test_workers_share_the_port_add_up_their_metrics_are_replaced_and_drain(
     serving_redis: RedisServer, prefix, tmp_path, model
 ):
     port = free_port()
-    proc = launch(config(serving_redis, prefix, tmp_path, port))
+    proc = launch(predictor_config(serving_redis, prefix, tmp_path, port, "workers = 2"))
     try:
         workers = pids_answering(port, 2)
         assert proc.pid not in workers
@@ -204,7 +175,7 @@ def test_a_port_in_use_fails_fast_naming_the_setting(serving_redis, prefix, tmp_
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = launch(config(serving_redis, prefix, tmp_path, port))
+        proc = launch(predictor_config(serving_redis, prefix, tmp_path, port, "workers = 2"))
         try:
             out, _ = proc.communicate(timeout=30)
         finally:
@@ -219,7 +190,7 @@ def test_workers_that_cannot_start_stop_the_master(serving_redis, prefix, tmp_pa
     error instead of starting them again and again."""
     port = free_port()
     proc = launch(
-        config(serving_redis, prefix, tmp_path, port),
+        predictor_config(serving_redis, prefix, tmp_path, port, "workers = 2"),
         "--baseline",
         f"m={tmp_path / 'missing.flc'}",
     )
@@ -234,7 +205,7 @@ def test_workers_that_cannot_start_stop_the_master(serving_redis, prefix, tmp_pa
 
 def test_workers_stop_when_the_master_is_killed(serving_redis, prefix, tmp_path, model):
     port = free_port()
-    proc = launch(config(serving_redis, prefix, tmp_path, port))
+    proc = launch(predictor_config(serving_redis, prefix, tmp_path, port, "workers = 2"))
     try:
         workers = pids_answering(port, 2)
         proc.kill()
