@@ -1,8 +1,14 @@
 """Publishes each model version to Redis (docs/architecture.md, "Redis") under a fresh epoch,
-removes a deleted model from it, and writes a model's pin."""
+removes a deleted model from it, and writes a model's pin.
+
+Redis refuses a version older than the one the model holds (the fence in
+:class:`flowlearn.contracts.redis_contract.Publisher`): this instance is then a zombie, left
+running by a failover that already started a newer epoch elsewhere. Its refused writes are
+counted (``publish_refused``) and logged, and it goes on: Flink cancels it soon enough."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,13 +18,15 @@ from pyflink.common import Row
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
-from flowlearn.contracts.redis_contract import Keys, Publisher, redis_client
+from flowlearn.contracts.redis_contract import Keys, Publisher, PublishOutcome, redis_client
 from flowlearn.operators.types import Published, Version
 from flowlearn.state.rows import to_row
 
 #: Redis write attempts before the operator fails (and Flink restarts from a checkpoint,
 #: which opens a new epoch and republishes a snapshot).
 PUBLISH_ATTEMPTS = 8
+
+log = logging.getLogger(__name__)
 
 
 class RedisPublisher(ProcessFunction):
@@ -31,6 +39,7 @@ class RedisPublisher(ProcessFunction):
         group = runtime_context.get_metrics_group()
         self.published = group.counter("versions_published")
         self.retries = group.counter("publish_retries")
+        self.refused = group.counter("publish_refused")
         self.deleted = group.counter("models_deleted")
         self.last_version = 0
         group.gauge("last_published_version", lambda: self.last_version)
@@ -63,17 +72,31 @@ class RedisPublisher(ProcessFunction):
             self.deleted.inc()
             return
         if version.action == "pin" and version.version:
-            self._with_retries(
+            pinned = self._with_retries(
                 lambda: self.publisher.pin(
                     version.model_id, version.version, version.spec, bytes(version.weights)
                 )
             )
+            if not pinned:
+                self._refused(version.model_id, f"pin of version {version.version}")
             return
         if version.action == "pin":
             self._with_retries(lambda: self.publisher.unpin(version.model_id))
             return
         mv = version.model_version()
-        self._with_retries(lambda: self.publisher.publish(mv))
+        if self._with_retries(lambda: self.publisher.publish(mv)) is PublishOutcome.REFUSED:
+            self._refused(mv.model_id, f"version {mv.version}")
+            return
         self.published.inc()
         self.last_version = mv.version
         yield to_row(Published(mv.model_id, self.publisher.epoch, mv.version, mv.samples_applied))
+
+    def _refused(self, model_id: str, what: str) -> None:
+        self.refused.inc()
+        log.warning(
+            "Redis refused %s of model %s from epoch %d: the model holds a newer epoch's "
+            "version (this publisher outlived a failover)",
+            what,
+            model_id,
+            self.publisher.epoch,
+        )

@@ -206,6 +206,13 @@ def cmd_predict(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if "status" in answer else 0
 
 
+#: ``--epoch`` of the commands that name a version.
+EPOCH_HELP = (
+    "the epoch the version was seen in (a predictor's answer says it): refused when that "
+    "epoch's version of this number may differ from the job's now (made again after a failover)"
+)
+
+
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     """Model-level (a control command; the trainer republishes the old weights as a new
     version) or job-level (stop with a savepoint, resubmit from an earlier one)."""
@@ -213,6 +220,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
         return _rollback_job(settings, args)
     if args.model is None or args.to_version is None:
         raise jobctl.JobError("rollback needs --model and --to-version, or --savepoint/--before")
+    _check_lineage(settings, args.model, args.epoch, args.to_version)
     _send_control(
         settings, args.model, "rollback", {"version": args.to_version}, reason=args.reason
     )
@@ -349,6 +357,22 @@ def cmd_train_batch(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_lineage(settings: Settings, model_id: str, epoch: int | None, version: int) -> None:
+    """With ``--epoch``: refuse a version number whose weights in that epoch may differ from
+    the job's version of that number now (made again after a failover)."""
+    if epoch is None:
+        return
+    from flowlearn.contracts.redis_contract import Keys, lineage_problem, redis_client
+
+    client = redis_client(settings.redis)
+    try:
+        problem = lineage_problem(client, Keys(settings.redis.prefix), model_id, epoch, version)
+    finally:
+        client.close()
+    if problem:
+        raise jobctl.JobError(problem)
+
+
 def _send_control(
     settings: Settings, model_id: str, command: str, args: dict[str, Any], reason: str = ""
 ) -> None:
@@ -373,6 +397,8 @@ def cmd_pin(settings: Settings, args: argparse.Namespace) -> int:
     from flowlearn.devstack import lifecycle
 
     model_id = _checked_model_id(args.model)
+    if args.command == "pin":
+        _check_lineage(settings, model_id, args.epoch, args.version)
     command_args = {} if args.command == "unpin" else {"version": args.version}
     answer = lifecycle.send_and_wait(
         settings,
@@ -729,6 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model")
     p.add_argument("--to-version", type=int)
+    p.add_argument("--epoch", type=int, help=EPOCH_HELP)
     p.add_argument("--reason", default="", help="recorded in the rollback alert")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--savepoint", help="resume the job from this savepoint")
@@ -781,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True)
         if name == "pin":
             p.add_argument("--version", type=int, required=True)
+            p.add_argument("--epoch", type=int, help=EPOCH_HELP)
         p.add_argument(
             "--wait-s", type=float, default=60.0, help="how long to wait for the job's answer"
         )

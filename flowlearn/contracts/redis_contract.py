@@ -4,15 +4,16 @@ Keys (``prefix`` defaults to ``fl:``)::
 
     {prefix}models                 set     model ids
     {prefix}deleted                hash    model id -> deletion time (ms since epoch)
-    {prefix}epoch                  string  counter: each publisher (re)start takes the next epoch
+    {prefix}epoch                  string  the last epoch a publisher (re)start took
     {prefix}model:{m}:snapshot     hash    epoch, version, samples_applied, codec, spec, weights, ts
     {prefix}model:{m}:deltas       stream  epoch, version, base_version, codec, delta, ts
     {prefix}model:{m}:pin          string  a version the predictor must serve
     {prefix}model:{m}:pinned       hash    that version's weights, as a snapshot (samples_applied 0)
 
 Delta entries carry the explicit stream id ``{epoch}-{version}``: ids then grow with the
-epoch and, within it, the version, and a retried write of the same version is refused by
-Redis as a duplicate, so writes are idempotent.
+epoch and, within it, the version. A version is written by one Lua script that refuses one
+older than the model's newest (a zombie writer of an old epoch) and tells a retry of a write
+that landed; epochs follow the clock, so they keep growing when Redis loses its counter.
 
 A deleted model's keys are removed and its id moves from ``models`` to ``deleted`` in one
 transaction: a reader then tells a deleted model (forget it) from one that is merely missing
@@ -21,6 +22,8 @@ transaction: a reader then tells a deleted model (forget it) from one that is me
 
 from __future__ import annotations
 
+import enum
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -196,8 +199,148 @@ def model_versions(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]
     }
 
 
+def lineage_problem(
+    client: redis.Redis, keys: Keys, model_id: str, epoch: int, version: int
+) -> str:
+    """Why version ``version`` of epoch ``epoch`` may hold other weights than the job's
+    version of that number now, or "" when it holds the same.
+
+    After a failover the job restores a checkpoint and makes the versions after it again,
+    and a batch closed by the timeout may be cut differently: a version number names the
+    same weights in two epochs only up to the version each later epoch was restored at (the
+    base of its first delta). The delta stream tells those bases, as long as it still holds
+    ``epoch``'s entries.
+
+    >>> # lineage_problem(client, Keys("fl:"), "demo", 1796545252120, 400)
+    """
+    header = model_headers(client, keys, [model_id]).get(model_id)
+    if header is None:
+        return f"model {model_id!r} has no published version"
+    current = int(header["epoch"])
+    if epoch == current:
+        return ""
+    if epoch > current:
+        return f"epoch {epoch} is newer than model {model_id!r}'s current epoch {current}"
+    # (epoch, base version) of each entry, oldest first (the ids say the epoch).
+    entries = [
+        (int(stream_id.split(b"-")[0]), int(fields[b"base_version"]))
+        for stream_id, fields in client.xrange(keys.deltas(model_id))
+    ]
+    if not entries or entries[0][0] > epoch:
+        return (
+            f"the delta stream of {model_id!r} no longer reaches back to epoch {epoch}: "
+            f"cannot tell whether its version {version} is the current epoch {current}'s"
+        )
+    if all(e != epoch for e, _ in entries):
+        return f"model {model_id!r} has no version of epoch {epoch}"
+    # The restore point of each later epoch: its first entry's base version.
+    restored = [
+        base for (before, _), (e, base) in itertools.pairwise(entries) if e != before and e > epoch
+    ]
+    if restored and version > min(restored):
+        return (
+            f"version {version} of epoch {epoch} was made again after a restore at version "
+            f"{min(restored)}, and may differ from the current epoch {current}'s: name epoch "
+            f"{current}, or a version up to {min(restored)}"
+        )
+    return ""
+
+
+#: Takes a publisher's epoch: at least the caller's clock in milliseconds (``ARGV[1]``) and
+#: more than any epoch taken before from this Redis (the counter, ``KEYS[1]``). The clock keeps
+#: epochs growing when Redis has lost its data (the counter starts again from nothing); the
+#: counter keeps them growing when two publishers start in the same millisecond or a clock
+#: steps back. Numbers are compared as Lua doubles: exact below 2^53 (year 287,000 in ms).
+_NEW_EPOCH = """
+local epoch = math.max(tonumber(ARGV[1]), redis.call('INCR', KEYS[1]))
+redis.call('SET', KEYS[1], string.format('%d', epoch))
+return epoch
+"""
+
+#: Whether ``(a_epoch, a_version)`` is older than ``(b_epoch, b_version)``; the numbers are
+#: decimal strings, compared by length then text so that versions beyond 2^53 stay exact.
+_OLDER = """
+local function less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function older(ae, av, be, bv)
+  if ae ~= be then return less(ae, be) end
+  return less(av, bv)
+end
+-- The newest (epoch, version) written for the model: its stream's last id or its
+-- snapshot's, whichever is newer (nil, nil: nothing, Redis lost it or the model is new).
+local function head(snapshot, deltas)
+  local he, hv
+  local last = redis.call('XREVRANGE', deltas, '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    he, hv = string.match(last[1][1], '^(%d+)-(%d+)$')
+  end
+  local snap = redis.call('HMGET', snapshot, 'epoch', 'version')
+  if snap[1] and snap[2] and (not he or older(he, hv, snap[1], snap[2])) then
+    he, hv = snap[1], snap[2]
+  end
+  return he, hv
+end
+"""
+
+#: Publishes one version: KEYS snapshot, models, deleted, deltas; ARGV epoch, version,
+#: base_version, samples_applied, codec, spec, weights ("" with has_weights 0), has_weights,
+#: delta, ts, maxlen, model id. Returns 1 when written, 0 when this very entry is there
+#: already (a retry), -1 when refused: the model holds a newer (epoch, version), so the
+#: caller is a writer of an old epoch (a zombie after a failover) and nothing is changed.
+_PUBLISH = (
+    _OLDER
+    + """
+local epoch, version = ARGV[1], ARGV[2]
+local id = epoch .. '-' .. version
+if #redis.call('XRANGE', KEYS[4], id, id) > 0 then return 0 end
+local he, hv = head(KEYS[1], KEYS[4])
+if he and not older(he, hv, epoch, version) then return -1 end
+if ARGV[8] == '1' then
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', version, 'samples_applied', ARGV[4],
+             'codec', ARGV[5], 'spec', ARGV[6], 'weights', ARGV[7], 'ts', ARGV[10])
+end
+redis.call('SADD', KEYS[2], ARGV[12])
+-- A model created again after a delete is live again.
+redis.call('HDEL', KEYS[3], ARGV[12])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], id, 'epoch', epoch, 'version', version,
+           'base_version', ARGV[3], 'codec', ARGV[5], 'delta', ARGV[9], 'ts', ARGV[10])
+return 1
+"""
+)
+
+#: Pins a version: KEYS snapshot, deltas, pin, pinned; ARGV epoch, version, codec, spec,
+#: weights, ts. Returns 1, or -1 (nothing written) when the model's newest version is of a
+#: newer epoch than the caller's.
+_PIN = (
+    _OLDER
+    + """
+local he = head(KEYS[1], KEYS[2])
+if he and less(ARGV[1], he) then return -1 end
+redis.call('HSET', KEYS[4], 'epoch', ARGV[1], 'version', ARGV[2], 'samples_applied', 0,
+           'codec', ARGV[3], 'spec', ARGV[4], 'weights', ARGV[5], 'ts', ARGV[6])
+redis.call('SET', KEYS[3], ARGV[2])
+return 1
+"""
+)
+
+
+class PublishOutcome(enum.Enum):
+    """What :meth:`Publisher.publish` did with a version."""
+
+    WRITTEN = 1
+    #: This exact (epoch, version) was there already: a retry of a write that had landed.
+    ALREADY_WRITTEN = 0
+    #: The model holds a newer (epoch, version): the writer is of an old epoch (a zombie
+    #: after a failover); nothing was written.
+    REFUSED = -1
+
+
 class Publisher:
-    """Writes versions to Redis under one epoch, idempotently.
+    """Writes versions to Redis under one epoch, idempotently and fenced: a version older
+    than what the model holds, by (epoch, version), is refused, so a writer left over from
+    before a failover can never roll a model back.
 
     >>> # publisher = Publisher(redis.Redis(...), Keys("fl:"), maxlen=1000)
     >>> # publisher.publish(model_version)
@@ -207,72 +350,53 @@ class Publisher:
         self.client = client
         self.keys = keys
         self.maxlen = maxlen
-        # A new epoch for every (re)start: every reader sees a lineage change.
-        self.epoch = int(client.incr(keys.epoch))
+        self._publish = client.register_script(_PUBLISH)
+        self._pin = client.register_script(_PIN)
+        # A new epoch for every (re)start, newer than every earlier one: every reader sees a
+        # lineage change, and the fence refuses whatever an older epoch still writes.
+        self.epoch = int(client.register_script(_NEW_EPOCH)(keys=[keys.epoch], args=[now_ms()]))
 
-    def publish(self, mv: ModelVersion) -> bool:
-        """Write ``mv``; returns False when this exact entry was already written (a retry)."""
-        ts = now_ms()
-        pipe = self.client.pipeline(transaction=True)
-        if mv.weights is not None:
-            pipe.hset(
+    def publish(self, mv: ModelVersion) -> PublishOutcome:
+        """Write ``mv`` (one script: nothing or all of it is written)."""
+        result = self._publish(
+            keys=[
                 self.keys.snapshot(mv.model_id),
-                mapping={
-                    "epoch": self.epoch,
-                    "version": mv.version,
-                    "samples_applied": mv.samples_applied,
-                    "codec": codec.CODEC_NAME,
-                    "spec": mv.spec_json,
-                    "weights": mv.weights,
-                    "ts": ts,
-                },
-            )
-        pipe.sadd(self.keys.models, mv.model_id)
-        # A model created again after a delete is live again.
-        pipe.hdel(self.keys.deleted, mv.model_id)
-        pipe.xadd(
-            self.keys.deltas(mv.model_id),
-            {
-                "epoch": self.epoch,
-                "version": mv.version,
-                "base_version": mv.base_version,
-                "codec": codec.CODEC_NAME,
-                "delta": mv.delta,
-                "ts": ts,
-            },
-            id=delta_stream_id(self.epoch, mv.version),
-            maxlen=self.maxlen,
-            approximate=True,
+                self.keys.models,
+                self.keys.deleted,
+                self.keys.deltas(mv.model_id),
+            ],
+            args=[
+                self.epoch,
+                mv.version,
+                mv.base_version,
+                mv.samples_applied,
+                codec.CODEC_NAME,
+                mv.spec_json,
+                mv.weights or b"",
+                0 if mv.weights is None else 1,
+                mv.delta,
+                now_ms(),
+                self.maxlen,
+                mv.model_id,
+            ],
         )
-        try:
-            pipe.execute()
-        except redis.ResponseError as exc:
-            # The explicit id makes a rewrite of the same (epoch, version) a no-op.
-            if "equal or smaller" in str(exc):
-                return False
-            raise
-        return True
+        return PublishOutcome(int(result))
 
-    def pin(self, model_id: str, version: int, spec_json: str, weights: bytes) -> None:
+    def pin(self, model_id: str, version: int, spec_json: str, weights: bytes) -> bool:
         """Predictors serve ``version`` of ``model_id`` (``weights``: its codec array bytes,
         ``spec_json`` its spec) for as long as the pin lasts. The weights are written with
         it, so that a predictor that never held the version, or holds it no more, serves it
-        all the same."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(
-            self.keys.pinned(model_id),
-            mapping={
-                "epoch": self.epoch,
-                "version": version,
-                "samples_applied": 0,
-                "codec": codec.CODEC_NAME,
-                "spec": spec_json,
-                "weights": weights,
-                "ts": now_ms(),
-            },
+        all the same. False: refused, the model holds a version of a newer epoch."""
+        result = self._pin(
+            keys=[
+                self.keys.snapshot(model_id),
+                self.keys.deltas(model_id),
+                self.keys.pin(model_id),
+                self.keys.pinned(model_id),
+            ],
+            args=[self.epoch, version, codec.CODEC_NAME, spec_json, weights, now_ms()],
         )
-        pipe.set(self.keys.pin(model_id), version)
-        pipe.execute()
+        return int(result) == 1
 
     def unpin(self, model_id: str) -> None:
         """Predictors serve the latest version of ``model_id`` again."""

@@ -191,8 +191,8 @@ class ModelReplica:
     def load(self, snap: Snapshot, reset: bool = False) -> bool:
         """Adopt a snapshot if it is newer than what is held; True when adopted.
 
-        ``reset`` adopts a snapshot of an older epoch: only Redis losing its data (the epoch
-        counter starting again) produces one.
+        ``reset`` adopts a snapshot of an older epoch: only Redis losing its data (and a
+        publisher whose clock is behind the lost lineage's) produces one.
         """
         held = self.latest
         if (
@@ -215,9 +215,10 @@ class ModelReplica:
         """Given the snapshot's ``(epoch, version, ts)`` now in Redis (None: missing), the
         reason to reload it, or None.
 
-        Within an epoch snapshots only move forward, and the epoch counter only grows, so a
-        changed snapshot older than what is held means Redis lost its data and the counter
-        started again: the old lineage must not be continued ("reset").
+        Within an epoch snapshots only move forward, and epochs only grow, so a changed
+        snapshot older than what is held means Redis lost its data (and the new lineage's
+        epoch, from a clock behind, is older): the old lineage must not be continued
+        ("reset").
         """
         held = self.latest
         seen, self.snapshot_seen = self.snapshot_seen, header or self.snapshot_seen

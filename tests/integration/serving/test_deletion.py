@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from flowlearn.contracts.records import now_ms
-from flowlearn.contracts.redis_contract import Keys, ModelVersion, model_versions
+from flowlearn.contracts.redis_contract import Keys, ModelVersion, PublishOutcome, model_versions
 from flowlearn.core import codec
 from flowlearn.serving.app import PREDICTOR, make_app
 from flowlearn.serving.baseline import write_baseline
@@ -81,7 +81,7 @@ def test_publishing_a_deleted_model_again_makes_it_live(trainer):
     retry = ModelVersion(
         "m", 1, 0, 10, trainer.spec, codec.make_delta(np.zeros(4), trainer.weights), None
     )
-    assert trainer.publisher.publish(retry) is False
+    assert trainer.publisher.publish(retry) is PublishOutcome.ALREADY_WRITTEN
     assert not client.hexists(keys.deleted, "m")
 
 
