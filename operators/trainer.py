@@ -37,6 +37,7 @@ from flowlearn.core.model_types import model_type
 from flowlearn.core.retention import Retention
 from flowlearn.core.spec import learning_rates
 from flowlearn.core.training import ModelTrainer, ModelVersion
+from flowlearn.core.validation import StateMismatch
 from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
 from flowlearn.operators.model_metrics import ModelMetrics
@@ -292,7 +293,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             if self.infers:  # held in the buffer until the model's inferred create comes
                 return None
             return "unknown_model", f"no spec for model '{model_id}' (it was deleted)"
-        width = self._trainer(model_id).model.sample_width
+        try:
+            width = self._trainer(model_id).model.sample_width
+        except StateMismatch as exc:
+            return "spec_changed", _spec_changed(exc)
         if n_values != width * n_samples:
             return (
                 "bad_features",
@@ -345,7 +349,19 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffered[model_id] = 0
         if not rows:
             return
-        trainer = self._trainer(model_id)
+        try:
+            trainer = self._trainer(model_id)
+        except StateMismatch as exc:  # buffered before conf/ changed the model's type
+            for row in rows:
+                yield from self._refuse(
+                    model_id,
+                    row.ts,
+                    list(row.features),
+                    list(row.labels),
+                    "spec_changed",
+                    _spec_changed(exc),
+                )
+            return
         X = np.concatenate([np.asarray(r.features, dtype=np.float64) for r in rows]).reshape(
             -1, trainer.model.sample_width
         )
@@ -486,7 +502,11 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         if self.model_specs.model_spec(model_id) is None:
             yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
             return
-        trainer = self._trainer(model_id)
+        try:
+            trainer = self._trainer(model_id)
+        except StateMismatch as exc:
+            yield from self._unloadable(command, exc)
+            return
         outcome = apply_command(
             trainer,
             command.command,
@@ -512,6 +532,33 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 )
             self._save(trainer)
         yield ALERT_TAG, alert_record(model_id, outcome.alert_kind, outcome.detail)
+
+    def _unloadable(self, command: ControlCommand, exc: StateMismatch) -> Iterator[Any]:
+        """A command for a model whose saved state is of another type than its spec's
+        (conf/ changed it): a ``reset`` replaces the model with its spec's, going on from its
+        version and sample count; anything else is refused with the reason."""
+        model_id = command.model_id
+        if command.command != "reset":
+            refusal = _refusal(command, _spec_changed(exc))
+            yield ALERT_TAG, alert_record(model_id, "control", refusal)
+            return
+        version, applied = self._counters(model_id)
+        trainer, mv = ModelTrainer.replacing(
+            model_id, self.model_specs.spec_of(model_id).as_dict(), version, applied
+        )
+        self.trainers[model_id] = trainer
+        yield from self._emit(trainer, mv, "reset")
+        self._save(trainer)
+        detail = {**_detail(command), "ok": True, "new_version": mv.version}
+        yield ALERT_TAG, alert_record(model_id, "control", detail)
+
+    def _counters(self, model_id: str) -> tuple[int, int]:
+        """The current key's model's version and samples applied, whether or not its
+        trainer can be built."""
+        trainer = self.trainers.get(model_id)
+        if trainer is not None:
+            return trainer.version, trainer.samples_applied
+        return self.version_state.value() or 0, self.applied_state.value() or 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -617,7 +664,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         except (ConfigError, ValueError) as exc:
             yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, str(exc)))
             return
-        old = self._trainer(model_id)
+        try:
+            old = self._trainer(model_id)
+        except StateMismatch as exc:
+            refusal = _refusal(command, _spec_changed(exc))
+            yield ALERT_TAG, alert_record(model_id, "control", refusal)
+            return
         trainer = ModelTrainer.restore(
             model_id, new_spec, old.state_bytes(), old.version, old.samples_applied
         )
@@ -654,11 +706,13 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         if entry is None:
             yield ALERT_TAG, alert_record(model_id, "control", _refusal(command, _NO_SUCH_MODEL))
             return
-        old = self._trainer(model_id)
+        version, applied = self._counters(model_id)
         waiting = [BufferedSamples._make(r) for r in self.buffer.get()]
         self._forget(model_id, ctx)
         self.model_specs.set_entry(model_id, entry)
-        trainer, mv = old.reshaped(self.model_specs.spec_of(model_id).as_dict())
+        trainer, mv = ModelTrainer.replacing(
+            model_id, self.model_specs.spec_of(model_id).as_dict(), version, applied
+        )
         self.trainers[model_id] = trainer
         yield from self._emit(trainer, mv, "create", spec=entry)
         yield to_row(Version.pinning(model_id, 0))
@@ -712,6 +766,13 @@ _NO_SUCH_MODEL = "no such model: nothing trained, buffered or specified for it"
 
 def _detail(command: ControlCommand) -> dict[str, Any]:
     return command_detail(command.command, json.loads(command.args), command.source)
+
+
+def _spec_changed(exc: StateMismatch) -> str:
+    return (
+        f"the model's saved state is of another type than its spec's ({exc}): conf/ changed "
+        "its type since it trained; a reset gives the model its spec's type"
+    )
 
 
 def _refusal(command: ControlCommand, reason: str) -> dict[str, Any]:

@@ -140,6 +140,8 @@ def apply_command(
         weights = kept.weights(target)
         if weights is None:
             return refused(f"version {target} is not among the kept versions {kept.versions()}")
+        if problem := _shape_problem(trainer, target, weights):
+            return refused(problem)
         mv = trainer.restore_weights(codec.decode_array(weights))
         return Outcome(
             kind,
@@ -177,6 +179,8 @@ def apply_command(
         if target == trainer.version:
             weights = codec.encode_array(trainer.model.weights_vector())
         elif (kept_weights := kept.weights(target)) is not None:
+            if problem := _shape_problem(trainer, target, kept_weights):
+                return refused(problem)
             weights = kept_weights
         else:
             return refused(
@@ -197,6 +201,18 @@ def apply_command(
 
 #: Versions are 64-bit in state and Redis; a larger number names no version.
 MAX_VERSION = (1 << 62) - 1
+
+
+def _shape_problem(trainer: ModelTrainer, version: int, weights: bytes) -> str:
+    """Why kept ``weights`` of ``version`` cannot be the model's now (they are of the shape
+    it had before a reset changed it), or ""."""
+    size, expected = codec.decode_array(weights).size, trainer.model.weights_vector().size
+    if size != expected:
+        return (
+            f"version {version} has {size} weights, the model {expected}: it was kept from "
+            "before a reset changed the model's type or shape"
+        )
+    return ""
 
 
 def _version_problem(value: float, registry_version: bool) -> str:

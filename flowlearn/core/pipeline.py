@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
-from flowlearn.core.validation import Arrays, Meta, Stateful, check_array
+from flowlearn.core.validation import Arrays, Meta, Stateful, StateMismatch, check_array
 
 if TYPE_CHECKING:  # linear imports this module
     from flowlearn.core.linear import Contributions
@@ -502,7 +502,7 @@ class Pipeline(Stateful):
         (optimizer included), the feature statistics into this pipeline's configuration
         (a spec's new clip or defaults take effect; its columns must be the saved ones)."""
         if meta.get("class") != Pipeline.__name__:
-            raise ValueError(f"state of a {meta.get('class')!r} cannot load into a Pipeline")
+            raise StateMismatch(f"state of a {meta.get('class')!r} cannot load into a Pipeline")
         try:
             self.model.load_state_dict(*split_state(arrays, meta, "model"))
             self.features._load_state(*split_state(arrays, meta, "features"))

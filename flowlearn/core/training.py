@@ -595,11 +595,17 @@ class ModelTrainer:
 
     def reshaped(self, spec: Mapping[str, Any]) -> tuple[ModelTrainer, ModelVersion]:
         """A trainer of another model (``spec``: another type or shape) that goes on from
-        this one's version and sample count, and its first version: the untrained model,
-        published whole (:meth:`_whole_version`)."""
-        trainer = ModelTrainer(
-            self.model_id, spec, build_model(spec), self.version, self.samples_applied
-        )
+        this one's version and sample count, and its first version (:meth:`replacing`)."""
+        return ModelTrainer.replacing(self.model_id, spec, self.version, self.samples_applied)
+
+    @classmethod
+    def replacing(
+        cls, model_id: str, spec: Mapping[str, Any], version: int, samples_applied: int
+    ) -> tuple[ModelTrainer, ModelVersion]:
+        """A trainer of ``spec``'s untrained model that goes on from ``version`` and
+        ``samples_applied`` (of a model of another type or shape, which it replaces), and
+        its first version, published whole (:meth:`_whole_version`)."""
+        trainer = cls(model_id, spec, build_model(spec), version, samples_applied)
         return trainer, trainer._whole_version(trainer.model.weights_vector())
 
     def _whole_version(self, weights: np.ndarray) -> ModelVersion:

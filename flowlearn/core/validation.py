@@ -88,6 +88,11 @@ def check_array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ..
     return arr.copy()
 
 
+class StateMismatch(ValueError):
+    """Saved state of one model class offered to another: the model's spec changed its
+    type since the state was saved."""
+
+
 class Stateful:
     """Base of every core component: constructor params, ``clone`` and codec-ready state.
 
@@ -121,7 +126,7 @@ class Stateful:
     @classmethod
     def _restore(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Self:
         if meta.get("class") != cls.__name__:
-            raise ValueError(f"state of a {meta.get('class')!r} cannot load into {cls.__name__}")
+            raise StateMismatch(f"state of a {meta.get('class')!r} cannot load into {cls.__name__}")
         try:
             obj = cls._from_params(meta["params"])
             obj._load_state(arrays, meta)

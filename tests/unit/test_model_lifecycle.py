@@ -290,3 +290,54 @@ def test_a_paused_models_buffer_is_bounded_oldest_to_the_dlq():
     out = command(trainer, "resume")
     trained = versions(out)
     assert trained and trained[-1].action == "publish"
+
+
+class TimerContext(Context):
+    def get_current_key(self) -> str:
+        return "fresh"
+
+
+def test_a_model_whose_conf_changed_type_dead_letters_until_a_reset_then_trains_it():
+    """conf/ makes a logistic model a random forest (a resubmission): its saved state cannot
+    load into the new type. Nothing crashes: samples, and those that waited in the buffer,
+    are dead-lettered as ``spec_changed``, commands other than ``reset`` are refused with
+    the reason; a reset gives the model its spec's type, going on from its version, and
+    the versions kept from before it can neither be rolled back to nor pinned."""
+    state = KeyedState()
+
+    def with_conf(kind: str) -> MiniBatchTrainer:
+        env = {
+            "FLOWLEARN__JOB__BATCH_SIZE": "2",
+            "FLOWLEARN__MODELS__FRESH__N_FEATURES": "3",
+            "FLOWLEARN__MODELS__FRESH__TYPE": kind,
+        }
+        trainer = MiniBatchTrainer(load_settings(env=env))
+        trainer.open(state)
+        return trainer
+
+    logistic = with_conf("logistic")
+    trained = versions(samples(logistic, 32, 3))[-1]
+    assert versions(samples(logistic, 1, 3)) == []  # waits for a second sample
+    forest = with_conf("random_forest")
+
+    def letters(out: list[Any]) -> list[dict[str, Any]]:
+        return [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+
+    (waited,) = letters(list(forest.on_timer(0, TimerContext())))
+    (sent,) = letters(samples(forest, 2, 3))
+    for letter in (waited, sent):
+        assert letter["reason"] == "spec_changed" and "a reset gives" in letter["detail"]
+    refused = answer(command(forest, "set_learning_rate", learning_rate=0.1))
+    assert not refused["ok"] and "another type" in refused["reason"]
+    out = command(forest, "reset")
+    assert answer(out)["ok"]
+    (reset,) = versions(out)
+    assert (reset.version, reset.base_version) == (trained.version + 1, 0)
+    assert json.loads(reset.spec)["type"] == "random_forest"
+    assert versions(samples(forest, 4, 3))[-1].samples_applied == trained.samples_applied + 4
+    pin = answer(command(forest, "pin", version=trained.version))
+    assert not pin["ok"] and "before a reset changed" in pin["reason"]
+    out = command(forest, "rollback", version=trained.version)
+    (alert,) = [json.loads(o[1]) for o in out if o[0] is ALERT_TAG]
+    assert alert["kind"] == "rollback" and not alert["detail"]["ok"]
+    assert versions(out) == []
