@@ -528,6 +528,11 @@ class JobConf:
     #: A record of a model that no spec names: "create" it from ``[model_defaults]``,
     #: "infer" its shape from its first record (dense count, or names), or "dlq" it.
     unknown_model_policy: Literal["create", "infer", "dlq"] = "infer"
+    #: The job holds at most this many models (configured, created by a command or by the
+    #: policy; deleted ones free their slot): past it a record of a new model id is
+    #: dead-lettered as ``model_limit``, not made a model. Explicit creates count, and are
+    #: applied whatever the count.
+    max_models: int = 100_000
     checkpoint_every_versions: int = 50
     keep_checkpoints: int = 20
     rollback_window_samples: int = 2000
@@ -560,6 +565,7 @@ class JobConf:
             "input_bundle_records",
             "hot_models",
             "paused_buffer_samples",
+            "max_models",
         ):
             _check_positive(f"job.{name}", getattr(self, name))
         for name in (

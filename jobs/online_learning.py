@@ -35,6 +35,7 @@ from flowlearn.operators.label_join import LabelJoin
 from flowlearn.operators.parse import (
     DLQ_TAG,
     INFERRED_TAG,
+    PARSER_ALERT_TAG,
     ParseControl,
     ParseEvents,
     ParseLabels,
@@ -228,7 +229,14 @@ def build_pipeline(
         parsed_samples.get_side_output(INFERRED_TAG),
         parsed_events.get_side_output(INFERRED_TAG),
     )
-    alerts = versions.get_side_output(ALERT_TAG).union(drift_alerts, checkpoint_alerts)
+    alerts = versions.get_side_output(ALERT_TAG).union(
+        drift_alerts,
+        checkpoint_alerts,
+        *(
+            p.get_side_output(PARSER_ALERT_TAG)
+            for p in (parsed_samples, parsed_events, parsed_labels)
+        ),
+    )
     published = None
     if publish:
         published = (

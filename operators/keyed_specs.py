@@ -58,6 +58,12 @@ class KeyedSpecs:
         self.changes.clear()
         self._cache.pop(model_id, None)
 
+    def adopt(self, model_id: str, entry: str) -> None:
+        """The current key's model, trained under the spec of ``entry`` without an entry so
+        far, gets it (its live changes stay: the model goes on as it was)."""
+        self.entry.update(entry)
+        self._cache.pop(model_id, None)
+
     def set_changes(self, model_id: str, changes: dict[str, Any]) -> None:
         """The current key's model's live changes, all of them so far."""
         self.changes.update(json.dumps(changes, sort_keys=True))

@@ -19,6 +19,7 @@ from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import (
     RecordError,
     Sample,
+    alert_record,
     control_record,
     dlq_record,
     first_sample_shape,
@@ -38,9 +39,17 @@ from flowlearn.state.rows import to_row
 
 #: Dead-letter records (JSON strings in the ``fl.dlq`` format, docs/architecture.md).
 DLQ_TAG = OutputTag("dlq", Types.STRING())
-#: ``create`` commands for models whose spec a record showed (``job.unknown_model_policy =
-#: "infer"``; JSON ``fl.control`` records): the job sends them to ``fl.control``.
+#: ``create`` commands for new models that a record named (``job.unknown_model_policy``
+#: "infer": the spec its shape shows; "create": ``[model_defaults]``; JSON ``fl.control``
+#: records): the job sends them to ``fl.control``, where every parser and the trainer hear
+#: of the model, so that ``job.max_models`` counts it job-wide and after restarts.
 INFERRED_TAG = OutputTag("inferred", Types.STRING())
+#: The parsers' alerts (JSON strings in the ``fl.alerts`` format): ``model_limit``.
+PARSER_ALERT_TAG = OutputTag("parser-alerts", Types.STRING())
+#: A parser sends at most one ``model_limit`` alert this often (processing time), with the
+#: number of records it refused since the one before: a stream of new ids is one alert a
+#: minute per parser, not one per record, and remembers no ids.
+MODEL_LIMIT_ALERT_INTERVAL_MS = 60_000
 
 SpecFor = Callable[[str], Mapping[str, Any] | None]
 
@@ -79,6 +88,10 @@ class _ParseRecords:
         parsed again."""
         return None
 
+    def alerts_for(self, error: RecordError) -> Iterable[tuple[OutputTag, str]]:
+        """Alerts that the dead letter of ``error`` calls for (none, unless a subclass says)."""
+        return ()
+
     def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
         parsed = 0
         for raw in unbundle(bundle):
@@ -94,6 +107,7 @@ class _ParseRecords:
             except RecordError as exc:
                 self.dead.inc()
                 yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
+                yield from self.alerts_for(exc)
                 continue
             parsed += 1
             yield from out
@@ -106,7 +120,12 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
     model's spec, which is ``conf/``'s unless a ``create`` or ``delete`` command (its
     broadcast input: every ``fl.control`` row) gave the model a runtime entry. The entries
     live in the broadcast state (:data:`flowlearn.state.descriptors.RUNTIME_SPECS`), so they
-    survive restarts; a dict mirrors them for the per-record lookups."""
+    survive restarts; a dict mirrors them for the per-record lookups.
+
+    The same entries say how many models the job holds (configured ones and created ones,
+    less the deleted): every parser sees every command, so the count is job-wide. A record
+    of a new model id makes a new model (the unknown-model policy's ``create``) only below
+    ``job.max_models``; past it the record is dead-lettered as ``model_limit``."""
 
     #: Whether this topic's records show a model's shape (samples and events do; labels
     #: carry no features).
@@ -114,16 +133,30 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
-        #: Spec dicts of the models with a runtime entry (None: unknown, the policy says DLQ);
-        #: None until the broadcast state has been read after a (re)start.
+        #: Spec dicts of the models with a runtime entry (None: deleted); None until the
+        #: broadcast state has been read after a (re)start.
         self.runtime_dicts: dict[str, dict[str, Any] | None] | None = None
+        #: Models the job holds, by the runtime entries (and conf/ for those without one).
+        self.models_held = 0
         self.spec_for: SpecFor = self._spec_for
-        self.infers = self.settings.job.unknown_model_policy == "infer"
-        #: What a record that shows no shape is checked against for a model not yet inferred.
-        self.shapeless_default = None if self.shows_shape else self.specs.defaults.as_dict()
-        #: Specs this parser inferred ("infer" policy), until their create comes back from
-        #: fl.control as a runtime entry.
-        self.inferred: dict[str, dict[str, Any]] = {}
+        policy = self.settings.job.unknown_model_policy
+        self.infers = policy == "infer"
+        #: Whether a record of a new model id makes the model (through a ``create``).
+        self.creates = policy in ("create", "infer")
+        #: What a label (no shape) of a model not yet created is checked against.
+        self.shapeless_default = self.specs.defaults.as_dict()
+        #: The spec a "create" policy's create gives a new model.
+        self.default_entry = self.specs.runtime_entry(self.shapeless_default, "model_defaults")
+        #: Specs of the creates this parser sent, until they come back from fl.control as
+        #: runtime entries; they count as models meanwhile.
+        self.requested: dict[str, dict[str, Any]] = {}
+        self.max_models = self.settings.job.max_models
+        self.limit_refused = runtime_context.get_metrics_group().counter(f"{self.what}_model_limit")
+        #: ``model_limit`` refusals since the last alert, the latest one's model, and when
+        #: the last alert was sent.
+        self.refused_since_alert = 0
+        self.refused_model = ""
+        self.last_limit_alert_ms: int | None = None
 
     def check_not_ahead(self, ts: int) -> None:
         """Refuse (``bad_field``) a record dated further ahead of this operator's clock than
@@ -142,33 +175,88 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
     def _spec_for(self, model_id: str) -> Mapping[str, Any] | None:
         assert self.runtime_dicts is not None
         if model_id in self.runtime_dicts:
-            return self.runtime_dicts[model_id]
-        spec = self.specs.dict_of(model_id)
-        if spec is None and self.infers:
-            # An inferred spec takes everything but the shape from the defaults.
-            return self.inferred.get(model_id) or self.shapeless_default
-        return spec
+            spec = self.runtime_dicts[model_id]
+        else:
+            spec = self.specs.dict_of(model_id) if model_id in self.specs.models else None
+        if spec is not None or not self.creates:
+            return spec
+        requested = self.requested.get(model_id)
+        if requested is not None or self.shows_shape:
+            return requested  # None: unknown_model, then inferred_create asks for it
+        # A label makes no model, but one of a model that cannot be made waits for nothing.
+        self._check_model_limit(model_id)
+        return self.shapeless_default
+
+    def _check_model_limit(self, model_id: str) -> None:
+        """``model_limit`` (counted) when the job holds ``job.max_models`` models, counting
+        the creates this parser sent that have not come back yet."""
+        held = self.models_held + len(self.requested)
+        if held >= self.max_models:
+            self.limit_refused.inc()
+            self.refused_since_alert += 1
+            self.refused_model = model_id
+            raise RecordError(
+                "model_limit",
+                f"model '{model_id}' is not created: the job holds {held} models, "
+                f"job.max_models = {self.max_models}",
+            )
+
+    def alerts_for(self, error: RecordError) -> Iterable[tuple[OutputTag, str]]:
+        if error.reason != "model_limit":
+            return ()
+        now = now_ms()
+        last = self.last_limit_alert_ms
+        if last is not None and now - last < MODEL_LIMIT_ALERT_INTERVAL_MS:
+            return ()
+        self.last_limit_alert_ms = now
+        detail = {
+            "reason": "model_limit",
+            "setting": "job.max_models",
+            "limit": self.max_models,
+            "refused_records": self.refused_since_alert,
+            "source_topic": self.source_topic,
+            "detail": error.message,
+        }
+        self.refused_since_alert = 0
+        return ((PARSER_ALERT_TAG, alert_record(self.refused_model, "model_limit", detail)),)
 
     def inferred_create(self, raw: bytes, error: RecordError) -> str | None:
-        if not (self.infers and self.shows_shape and error.reason == "unknown_model"):
+        if not (self.creates and self.shows_shape and error.reason == "unknown_model"):
             return None
         shape = first_sample_shape(raw)
-        entry = None if shape is None else self.specs.inferred_entry(shape[1])
-        if shape is None or entry is None:
+        if shape is None:
             return None
-        model_id, spec = shape[0], json.loads(entry)
-        self.inferred[model_id] = spec
-        return control_record(model_id, "create", {"spec": spec}, source="infer")
+        model_id = shape[0]
+        if self.infers:
+            entry = self.specs.inferred_entry(shape[1])
+            if entry is None:
+                return None
+        else:
+            entry = self.default_entry
+        self._check_model_limit(model_id)
+        spec = json.loads(entry)
+        self.requested[model_id] = spec
+        source = self.settings.job.unknown_model_policy
+        return control_record(model_id, "create", {"spec": spec}, source=source)
+
+    def _exists(self, model_id: str) -> bool:
+        assert self.runtime_dicts is not None
+        if model_id in self.runtime_dicts:
+            return self.runtime_dicts[model_id] is not None
+        return model_id in self.specs.models
 
     def _learn(self, model_id: str, entry: str) -> None:
         assert self.runtime_dicts is not None
-        spec = self.specs.model_spec(model_id, entry)
+        held_before = self._exists(model_id)
+        spec = self.specs.model_spec(model_id, entry) if entry else None
         self.runtime_dicts[model_id] = None if spec is None else spec.as_dict()
-        self.inferred.pop(model_id, None)  # the job's answer to this parser's inference
+        self.models_held += self._exists(model_id) - held_before
+        self.requested.pop(model_id, None)  # the job's answer to this parser's create
 
     def _restore(self, ctx: Any) -> None:
         if self.runtime_dicts is None:
             self.runtime_dicts = {}
+            self.models_held = len(self.specs.models)
             for model_id, entry in ctx.get_broadcast_state(descriptors.RUNTIME_SPECS).items():
                 self._learn(model_id, entry)
 

@@ -596,6 +596,13 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             yield ALERT_TAG, alert_record(model_id, "control", detail)
             return
         entry = runtime_entry_of(command)
+        if self._adopts(command):
+            # The "create" policy's record of a model that its first records already made
+            # here, under the same [model_defaults]: kept as it is, not started again.
+            self.model_specs.adopt(model_id, entry)
+            detail = {**_detail(command), "ok": True, "existed": True}
+            yield ALERT_TAG, alert_record(model_id, "control", detail)
+            return
         applies = create_applies(self.model_specs.runtime_entry(), entry)
         if not applies:
             detail = (
@@ -623,6 +630,21 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         if replaced:
             detail["replaced_version"] = replaced_version
         yield ALERT_TAG, alert_record(model_id, "control", detail)
+
+    def _adopts(self, command: ControlCommand) -> bool:
+        """Whether ``command`` is a create that the "create" policy sent (the parsers send
+        one for each new model id, so that ``job.max_models`` counts it) for a model this
+        trainer already trains, under ``[model_defaults]``, without a runtime entry."""
+        return (
+            command.source == "create"
+            and self.specs.policy == "create"
+            and not self.model_specs.runtime_entry()
+            and command.model_id not in self.specs.models
+            and (
+                self.model_state.value() is not None
+                or next(iter(self.buffer.get()), None) is not None
+            )
+        )
 
     def _take_waiting(
         self, model_id: str, waiting: list[BufferedSamples], ctx: Any

@@ -195,16 +195,20 @@ class _Valid:
 
 def with_inferred_specs(records: Sequence[bytes], settings: Settings) -> Settings:
     """``settings`` with a ``[models.ID]`` table for each model of ``records`` that the
-    ``"infer"`` policy would create from its first record (``settings`` as they are under
-    another policy). A replay has no Kafka to send the job's inferred creates back through:
-    it gives the job the specs the live job would have inferred."""
-    if settings.job.unknown_model_policy != "infer":
+    ``"infer"`` or ``"create"`` policy would create from its first record (``settings`` as
+    they are under "dlq"). A replay has no Kafka to send the job's creates back through: it
+    gives the job the specs the live job would have created."""
+    policy = settings.job.unknown_model_policy
+    if policy == "dlq":
         return settings
     specs = ModelSpecs(settings)
     inferred: dict[str, dict[str, Any]] = {}
     for raw in records:
         shape = first_sample_shape(raw)
         if shape is None or shape[0] in settings.models or shape[0] in inferred:
+            continue
+        if policy == "create":
+            inferred[shape[0]] = specs.defaults.as_dict()
             continue
         entry = specs.inferred_entry(shape[1])
         if entry is not None:

@@ -341,3 +341,25 @@ def test_a_model_whose_conf_changed_type_dead_letters_until_a_reset_then_trains_
     (alert,) = [json.loads(o[1]) for o in out if o[0] is ALERT_TAG]
     assert alert["kind"] == "rollback" and not alert["detail"]["ok"]
     assert versions(out) == []
+
+
+def test_the_create_policys_own_create_keeps_the_model_its_records_made():
+    """Under "create" the parsers send a create for each new model id (so that
+    job.max_models counts it job-wide); the model trained meanwhile under the defaults is
+    kept, not started again, and later creates of another spec are refused as for any
+    created model."""
+    settings = load_settings(
+        env={"FLOWLEARN__JOB__BATCH_SIZE": "2", "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "create"}
+    )
+    state = KeyedState()
+    trainer = MiniBatchTrainer(settings)
+    trainer.open(state)
+    trained = versions(samples(trainer, 3, 10))
+    defaults = json.loads(ModelSpecs(settings).runtime_entry(settings.model_defaults))
+    row = Row("fresh", "create", json.dumps({"spec": defaults}), 1, "create")
+    out = list(trainer.process_element2(row, Context()))
+    assert answer(out) == {**answer(out), "ok": True, "existed": True}
+    assert versions(out) == [] and trainer.trainers["fresh"].version == trained[-1].version
+    assert state.states["runtime-spec-v1"].value() == json.dumps(defaults, sort_keys=True)
+    out = command(trainer, "create", spec={"n_features": 3})
+    assert not answer(out)["ok"]  # it exists, as the parsers now know too

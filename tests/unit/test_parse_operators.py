@@ -11,6 +11,8 @@ from flowlearn.conf import load_settings
 from flowlearn.contracts.records import now_ms
 from flowlearn.operators.parse import (
     DLQ_TAG,
+    INFERRED_TAG,
+    PARSER_ALERT_TAG,
     ParseControl,
     ParseEvents,
     ParseLabels,
@@ -149,7 +151,8 @@ def test_json_samples_of_a_bundle_become_one_row_per_model_in_order():
         )
     )
     letters = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
-    rows = [(o[0], tuple(o[1])) for o in out if o[0] is not DLQ_TAG]
+    # (The "create" policy's creates of "a" and "b" aside: they go to fl.control.)
+    rows = [(o[0], tuple(o[1])) for o in out if o[0] not in (DLQ_TAG, INFERRED_TAG)]
     assert [r["reason"] for r in letters] == ["not_json"]
     # "a": its two JSON samples before the bulk record, the bulk record, the one after it;
     # ids for a row where any sample had one ("" for the others), none where none had.
@@ -168,7 +171,9 @@ def test_a_bulk_record_with_a_sample_dated_too_far_ahead_is_dead_lettered_whole(
     op = opened(ParseSamples)
     ts = np.array([now_ms(), now_ms() + 10 * 365 * 86_400_000])
     bulk = encode_sample_batch("a", ts, np.zeros((2, 10)), np.ones(2))
-    out = list(op.process_element(framed(bulk), BroadcastContext()))
+    out = [
+        o for o in op.process_element(framed(bulk), BroadcastContext()) if o[0] is not INFERRED_TAG
+    ]
     assert len(out) == 1 and out[0][0] is DLQ_TAG
     letter = json.loads(out[0][1])
     assert letter["reason"] == "bad_field" and "ahead of the clock" in letter["detail"]
@@ -303,8 +308,6 @@ def test_created_and_deleted_models_are_checked_against_their_runtime_spec():
 
 
 def test_the_infer_policy_fixes_a_new_models_shape_from_its_first_record():
-    from flowlearn.operators.parse import INFERRED_TAG
-
     env = {"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "infer"}
     parser, labels = opened(ParseSamples, **env), opened(ParseLabels, **env)
     dense = {"model_id": "fresh", "ts": 1, "features": [1.0, 2.0, 3.0], "label": 1}
@@ -323,3 +326,101 @@ def test_the_infer_policy_fixes_a_new_models_shape_from_its_first_record():
     # A label shows no shape: checked against the defaults' type, which an inferred spec keeps.
     label = {"model_id": "unseen", "event_id": "e1", "ts": now_ms(), "label": 1}
     assert [o for o in run(labels, label) if o[0] is DLQ_TAG] == []
+
+
+@pytest.mark.parametrize("policy", ["create", "infer"])
+def test_past_job_max_models_a_new_model_id_is_dead_lettered_counted_and_alerted_once(policy):
+    """The job holds [models.demo] and the models created at runtime (broadcast state, every
+    parser sees every command): with job.max_models = 3 a parser asks for two new models,
+    then refuses the others' records as model_limit, with one alert for all of them. A
+    delete frees a slot; a restarted parser counts the same models (broadcast state)."""
+    env = {"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": policy, "FLOWLEARN__JOB__MAX_MODELS": "3"}
+    metrics = KeptCounters()
+    settings = load_settings(env={"FLOWLEARN__JOB__OUT_OF_ORDERNESS_MS": "5000", **env})
+    parser, labels = ParseSamples(settings, "fl.samples"), ParseLabels(settings, "fl.labels")
+    parser.open(metrics)
+    labels.open(KeptCounters())
+    commands = opened(ParseControl, **env)
+    state, label_state = BroadcastContext(), BroadcastContext()  # each subtask has its own
+
+    def outcome(op, model_id):
+        record = {"model_id": model_id, "ts": now_ms(), "features": [1.0] * 10, "label": 1}
+        if op is labels:
+            record = {"model_id": model_id, "event_id": "e", "ts": now_ms(), "label": 1}
+        out = run(op, record, label_state if op is labels else state)
+        creates = [json.loads(o[1]) for o in out if o[0] is INFERRED_TAG]
+        for create in creates:  # back through fl.control, as the job sends it
+            ((row,), _) = control(commands, create)
+            list(parser.process_broadcast_element(row, state))
+            list(labels.process_broadcast_element(row, label_state))
+        dead = [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]
+        alerts = [json.loads(o[1]) for o in out if o[0] is PARSER_ALERT_TAG]
+        return ["create"] * len(creates) + [d["reason"] for d in dead], alerts
+
+    assert outcome(parser, "demo") == ([], [])  # configured: held from the start
+    assert outcome(parser, "m1") == (["create"], [])
+    assert outcome(parser, "m2") == (["create"], [])
+    assert outcome(parser, "m1") == ([], [])  # held: no second create
+    reasons, (alert,) = outcome(parser, "m3")
+    assert reasons == ["model_limit"]
+    assert alert["kind"] == "model_limit" and alert["model_id"] == "m3"
+    assert alert["detail"]["setting"] == "job.max_models" and alert["detail"]["limit"] == 3
+    assert outcome(parser, "m4") == (["model_limit"], [])  # one alert a minute, not per record
+    reasons, (label_alert,) = outcome(labels, "m5")  # a label waits for no model
+    assert reasons == ["model_limit"] and label_alert["detail"]["source_topic"] == "fl.labels"
+    assert outcome(labels, "m1") == ([], [])
+    assert metrics.counters["samples_model_limit"].count == 2
+    letter = json.loads(
+        run(parser, {"model_id": "m6", "ts": now_ms(), "features": [1.0] * 10, "label": 1}, state)[
+            0
+        ][1]
+    )
+    assert (
+        letter["detail"] == "model 'm6' is not created: the job holds 3 models, job.max_models = 3"
+    )
+
+    restarted = ParseSamples(settings, "fl.samples")
+    restarted.open(KeptCounters())
+    assert [
+        json.loads(o[1])["reason"]
+        for o in run(
+            restarted, {"model_id": "m3", "ts": now_ms(), "features": [1.0] * 10, "label": 1}, state
+        )
+        if o[0] is DLQ_TAG
+    ] == ["model_limit"]
+    ((delete,), _) = control(commands, {"model_id": "m1", "command": "delete", "ts": 1, "args": {}})
+    list(parser.process_broadcast_element(delete, state))
+    assert outcome(parser, "m3") == (["create"], [])  # m1's slot
+    assert outcome(parser, "m1") == (["model_limit"], [])  # deleted: a new id again
+
+
+def test_explicit_creates_count_against_job_max_models_and_are_applied_past_it():
+    """A user's create is applied whatever the count (the trainer, keyed by model, cannot
+    see it; both must agree): it takes a slot that records of new ids then cannot."""
+    env = {"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "infer", "FLOWLEARN__JOB__MAX_MODELS": "2"}
+    parser, commands, state = (
+        opened(ParseSamples, **env),
+        opened(ParseControl, **env),
+        BroadcastContext(),
+    )
+    for model_id in ("a", "b"):  # past the limit with [models.demo]
+        create = {
+            "model_id": model_id,
+            "command": "create",
+            "ts": 1,
+            "args": {"spec": {"n_features": 2}},
+        }
+        ((row,), _) = control(commands, create)
+        list(parser.process_broadcast_element(row, state))
+    accepted = run(
+        parser, {"model_id": "b", "ts": now_ms(), "features": [1.0, 2.0], "label": 1}, state
+    )
+    assert [o[0] for o in accepted] == ["b"]
+    (letter,) = [
+        json.loads(o[1])
+        for o in run(
+            parser, {"model_id": "c", "ts": now_ms(), "features": [1.0, 2.0], "label": 1}, state
+        )
+        if o[0] is DLQ_TAG
+    ]
+    assert letter["detail"].endswith("the job holds 3 models, job.max_models = 2")
