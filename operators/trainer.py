@@ -596,14 +596,16 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             yield ALERT_TAG, alert_record(model_id, "control", detail)
             return
         entry = runtime_entry_of(command)
-        if self._adopts(command):
-            # The "create" policy's record of a model that its first records already made
-            # here, under the same [model_defaults]: kept as it is, not started again.
+        by_policy = self._by_create_policy(command)
+        if by_policy and self._trains_without_entry(model_id):
+            # The policy's record of a model that its first records already made here,
+            # under the same [model_defaults]: kept as it is, not started again. Nothing
+            # changed, so nothing to answer (the parsers send one for each new model).
             self.model_specs.adopt(model_id, entry)
-            detail = {**_detail(command), "ok": True, "existed": True}
-            yield ALERT_TAG, alert_record(model_id, "control", detail)
             return
         applies = create_applies(self.model_specs.runtime_entry(), entry)
+        if applies is None and by_policy:
+            return  # another parser's create of the same model: nothing changed either
         if not applies:
             detail = (
                 {**_detail(command), "ok": True, "existed": True}
@@ -631,15 +633,18 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             detail["replaced_version"] = replaced_version
         yield ALERT_TAG, alert_record(model_id, "control", detail)
 
-    def _adopts(self, command: ControlCommand) -> bool:
-        """Whether ``command`` is a create that the "create" policy sent (the parsers send
-        one for each new model id, so that ``job.max_models`` counts it) for a model this
-        trainer already trains, under ``[model_defaults]``, without a runtime entry."""
+    def _by_create_policy(self, command: ControlCommand) -> bool:
+        """Whether ``command`` is a create that the "create" policy sent: the parsers send
+        one for each new model id, with ``[model_defaults]``, so that ``job.max_models``
+        counts it."""
+        return command.source == "create" and self.specs.policy == "create"
+
+    def _trains_without_entry(self, model_id: str) -> bool:
+        """Whether the current key's model trains (or has samples waiting) under the spec
+        ``conf/`` or the policy gives it, without a runtime entry, and no ``[models.ID]``."""
         return (
-            command.source == "create"
-            and self.specs.policy == "create"
-            and not self.model_specs.runtime_entry()
-            and command.model_id not in self.specs.models
+            not self.model_specs.runtime_entry()
+            and model_id not in self.specs.models
             and (
                 self.model_state.value() is not None
                 or next(iter(self.buffer.get()), None) is not None

@@ -79,6 +79,12 @@ def run_pipeline(samples, events=(), labels=(), control=(), **env_overrides):
         return [json.loads(r) for r in results]
 
 
+def job_commands(out):
+    """The commands the job sent itself, but the "create" policy's creates (one per model
+    its records made, for fl.control to count it)."""
+    return [r["control"] for r in out if "control" in r and r["control"]["source"] != "create"]
+
+
 def test_pipeline_trains_publishes_versions_and_dead_letters_bad_records():
     good = [
         json.dumps(r).encode()
@@ -410,7 +416,7 @@ def test_abrupt_concept_drift_raises_a_drift_alert_and_a_reset():
     assert performance, f"no error/loss drift alarm among {drift}"
     # Detected after the change (the version that trained sample 3000), not before it.
     assert min(a["detail"]["version"] for a in performance) > len(batch_plan(3000, 64))
-    resets = [r["control"] for r in out if "control" in r]
+    resets = job_commands(out)
     assert resets and all(c["command"] == "reset" and c["model_id"] == "drifty" for c in resets)
 
 
@@ -436,7 +442,7 @@ def test_a_degraded_model_is_rolled_back_to_a_registered_checkpoint(tmp_path):
             "FLOWLEARN__JOB__ROLLBACK_MARGIN": "0.5",
         },
     )
-    controls = [r["control"] for r in out if "control" in r]
+    controls = job_commands(out)
     degraded = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "degraded"]
     assert [c["command"] for c in controls] == ["rollback"] and len(degraded) == 1
     target = controls[0]["args"]["version"]
@@ -574,3 +580,42 @@ def test_the_infer_policy_sends_a_create_and_the_model_trains_every_sample_once_
     versions = [r for r in out if r.get("kind") == "version" and r["model_id"] == "guess"]
     assert max(v["applied"] for v in versions) == len(samples)
     assert not [r for r in out if "reason" in r]
+
+
+def test_past_job_max_models_new_model_ids_are_dead_lettered_and_a_delete_frees_a_slot():
+    """job.max_models = 2 with [models.demo] configured, which a control record deletes:
+    "first" takes a slot, the delete frees demo's (the control source's one record is
+    parsed while the 2,000 samples that follow "first"'s first one are), "second" takes it,
+    and "third", past the limit, lands in the DLQ as model_limit, with one alert, while the
+    others train every sample."""
+
+    def of(model_id, n):
+        return [
+            json.dumps(
+                {"model_id": model_id, "ts": 1000 + i, "features": [i % 3] * 10, "label": i % 2}
+            ).encode()
+            for i in range(n)
+        ]
+
+    samples = of("first", 2000) + of("second", 70) + of("third", 70)
+    out = run_pipeline(samples, control=[control("demo", "delete")], FLOWLEARN__JOB__MAX_MODELS="2")
+    applied = {}
+    for r in out:
+        if r.get("kind") == "version" and r["action"] == "publish":
+            applied[r["model_id"]] = max(applied.get(r["model_id"], 0), r["applied"])
+    assert applied == {"first": 2000, "second": 70}
+    assert [r["model_id"] for r in out if r.get("action") == "delete"] == ["demo"]
+    dead = [r for r in out if "reason" in r]
+    assert {r["reason"] for r in dead} == {"model_limit"} and len(dead) == 70
+    assert all(json.loads(base64.b64decode(r["raw"]))["model_id"] == "third" for r in dead)
+    assert dead[0]["detail"] == (
+        "model 'third' is not created: the job holds 2 models, job.max_models = 2"
+    )
+    (alert,) = [r["alert"] for r in out if "alert" in r and r["alert"]["kind"] == "model_limit"]
+    assert alert["model_id"] == "third" and alert["detail"]["limit"] == 2
+    # The "create" policy's creates, one per model made, for fl.control to count them.
+    creates = [r["control"] for r in out if "control" in r]
+    assert [(c["model_id"], c["source"]) for c in creates] == [
+        ("first", "create"),
+        ("second", "create"),
+    ]
