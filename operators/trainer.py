@@ -109,6 +109,10 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.paused = runtime_context.get_state(descriptors.PAUSED)
         self.model_specs = KeyedSpecs(self.specs, runtime_context)
         self.infers = self.settings.job.unknown_model_policy == "infer"
+        #: The spec the "create" policy's creates carry: [model_defaults], completed.
+        self.default_spec = json.loads(
+            self.specs.runtime_entry(self.specs.defaults.as_dict(), "model_defaults")
+        )
         # Caches, rebuilt from state after every (re)start and for a model dropped from
         # memory (HotModels). A restored partial batch still has its flush timer: Flink
         # restores timers with the state.
@@ -596,7 +600,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             yield ALERT_TAG, alert_record(model_id, "control", detail)
             return
         entry = runtime_entry_of(command)
-        by_policy = self._by_create_policy(command)
+        by_policy = self._by_create_policy(entry)
         if by_policy and self._trains_without_entry(model_id):
             # The policy's record of a model that its first records already made here,
             # under the same [model_defaults]: kept as it is, not started again. Nothing
@@ -633,11 +637,12 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             detail["replaced_version"] = replaced_version
         yield ALERT_TAG, alert_record(model_id, "control", detail)
 
-    def _by_create_policy(self, command: ControlCommand) -> bool:
-        """Whether ``command`` is a create that the "create" policy sent: the parsers send
-        one for each new model id, with ``[model_defaults]``, so that ``job.max_models``
-        counts it."""
-        return command.source == "create" and self.specs.policy == "create"
+    def _by_create_policy(self, entry: str) -> bool:
+        """Whether a create's ``entry`` is the one the "create" policy gives a new model
+        (``[model_defaults]``; the parsers send one for each new model id, so that
+        ``job.max_models`` counts it). Told by the spec, not by the record's free-text
+        ``source``, so that no other create can pass for one."""
+        return self.specs.policy == "create" and json.loads(entry) == self.default_spec
 
     def _trains_without_entry(self, model_id: str) -> bool:
         """Whether the current key's model trains (or has samples waiting) under the spec
