@@ -414,8 +414,8 @@ class PredictorConf:
     #: clients that trickle their headers (slowloris).
     idle_timeout_s: float = 15.0
     log_predictions: bool = True
-    #: The prediction log queues the requests it has not sent yet up to this many bytes of
-    #: their bodies (and 10,000 requests); past it, predictions are served but not logged
+    #: The prediction log queues the records it has not sent yet up to this many bytes
+    #: (and 100,000 records); past it, predictions are served but not logged
     #: (counted as dropped, ``queue_full``): while Kafka is slow the queue cannot grow
     #: without bound.
     log_queue_bytes: int = 64 * 2**20
