@@ -179,7 +179,9 @@ def write_demo(
 
 @dataclass
 class _Valid:
-    """A model's samples that parse, in input order (the order its trainer sees them)."""
+    """A model's samples that parse, in input order (the order its trainer sees them): rows
+    as the trainer takes them (a contextual bandit's feedback rows are wider than its
+    ``n_features``: the action and the propensity follow the context)."""
 
     X: list[np.ndarray] = field(default_factory=list)
     y: list[np.ndarray] = field(default_factory=list)
@@ -187,10 +189,7 @@ class _Valid:
     def arrays(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.y:
             return np.zeros((0, n_features)), np.zeros(0)
-        return (
-            np.concatenate(self.X).reshape(-1, n_features),
-            np.concatenate(self.y).astype(np.float64),
-        )
+        return np.concatenate(self.X), np.concatenate(self.y).astype(np.float64)
 
 
 def with_inferred_specs(records: Sequence[bytes], settings: Settings) -> Settings:
@@ -234,8 +233,9 @@ def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Va
         except RecordError:
             continue
         v = out.setdefault(model_id, _Valid())
-        v.X.append(np.asarray(X, dtype=np.float64).ravel())
-        v.y.append(np.asarray(y, dtype=np.float64))
+        labels = np.asarray(y, dtype=np.float64)
+        v.X.append(np.asarray(X, dtype=np.float64).reshape(len(labels), -1))
+        v.y.append(labels)
     return out
 
 

@@ -518,3 +518,33 @@ def test_replay_input_from_parquet_and_json_lines(tmp_path):
         read_records(tmp_path / "missing.jsonl")
     demo = write_demo(tmp_path / "demo.jsonl", 25, drift_at=(10,), model_id="d")
     assert len(read_records(demo)) == 25
+
+
+def test_a_bandits_valid_samples_are_its_feedback_rows():
+    """A contextual bandit's samples parse into feedback rows (the context, the action, the
+    propensity), wider than its n_features: the replay keeps them whole (it reshaped them by
+    n_features and failed)."""
+    from flowlearn.evaluation.replay import valid_samples
+
+    settings = load_settings(
+        env={
+            "FLOWLEARN__MODELS__B__TYPE": "contextual_bandit",
+            "FLOWLEARN__MODELS__B__N_FEATURES": "2",
+            "FLOWLEARN__MODELS__B__N_ACTIONS": "3",
+        }
+    )
+    records = [
+        json.dumps(
+            {
+                "model_id": "b",
+                "ts": i,
+                "features": [i, -i],
+                "action": i % 3,
+                "propensity": 0.5,
+                "label": 1.0,
+            }
+        ).encode()
+        for i in range(4)
+    ]
+    X, y = valid_samples(records, settings)["b"].arrays(2)
+    assert X.tolist() == [[i, -i, i % 3, 0.5] for i in range(4)] and y.tolist() == [1.0] * 4
