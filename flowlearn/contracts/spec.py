@@ -19,6 +19,7 @@ from typing import Any
 from flowlearn.conf import ConfigError, Settings
 from flowlearn.conf.loader import build_table
 from flowlearn.core.spec import LIVE_FIELDS, ModelSpec, SpecError, model_id_problem
+from flowlearn.core.training import ModelTrainer
 
 
 def read_spec(table: Mapping[str, Any], where: str) -> ModelSpec:
@@ -115,7 +116,15 @@ class ModelSpecs:
         ...
         flowlearn.conf.settings.ConfigError: spec.n_features must be > 0, got -3
         """
-        return json.dumps(self.read(table, where).as_dict(), sort_keys=True)
+        spec = self.read(table, where).as_dict()
+        # The door through which a record's spec comes in (create, update, inferred): what
+        # validates and still cannot be built or saved (a learning rate that the self-tuning
+        # grid takes past float64, an infinite l2) would fail the trainer on every replay.
+        try:
+            ModelTrainer.create("spec-check", spec).state_bytes()
+        except (ValueError, TypeError, ArithmeticError) as exc:  # CodecError included
+            raise ConfigError(f"{where}: no model can be built from it: {exc}") from None
+        return json.dumps(spec, sort_keys=True)
 
     def inferred_entry(self, features: Any) -> str | None:
         """The runtime entry ``job.unknown_model_policy = "infer"`` gives a new model whose

@@ -294,6 +294,11 @@ class ContextualBandit(Stateful):
     ) -> None:
         if int(n_features) < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
+        if int(n_actions) < 0 or int(n_action_features) < 0:
+            raise ValueError(
+                f"n_actions and n_action_features must be >= 0, got {n_actions}, "
+                f"{n_action_features}"
+            )
         if (int(n_actions) > 0) == (int(n_action_features) > 0):
             raise ValueError(
                 "a bandit has listed actions (n_actions >= 2) or action features "

@@ -213,6 +213,8 @@ class ModelSpec:
         _check_positive(f"{where}.n_features", self.n_features)
         if kind.multiclass and self.n_classes < 2:
             raise SpecError(f"{where}.n_classes: a {self.type} model needs >= 2 classes")
+        # Before anything is built (the bandit's and the tree's checks below build one).
+        self._validate_size(where, kind.bandit, kind.multiclass)
         if self.class_names:
             n_classes = self.n_classes if kind.multiclass else 2
             if not kind.classifier:
@@ -232,7 +234,11 @@ class ModelSpec:
                     f"{where}.learning_rates: only a self-tuning type (auto_*) trains at "
                     f"several rates; a {self.type} model has learning_rate"
                 )
-            if not all(lr > 0 and math.isfinite(lr) for lr in self.learning_rates):
+            try:
+                rates = [float(lr) for lr in self.learning_rates]
+            except ValueError:
+                rates = [math.nan]
+            if not all(lr > 0 and math.isfinite(lr) for lr in rates):
                 raise SpecError(
                     f"{where}.learning_rates: must all be > 0, got {list(self.learning_rates)}"
                 )
@@ -279,6 +285,24 @@ class ModelSpec:
         if unknown:
             raise SpecError(
                 f"{where}.detectors: unknown {sorted(unknown)}; known: {list(ALL_DETECTORS)}"
+            )
+
+    def _validate_size(self, where: str, bandit: bool, multiclass: bool) -> None:
+        """The memory bound: the numbers the model's weights vector would hold, about,
+        at most :data:`MAX_MODEL_WEIGHTS` (a linear model keeps three statistics a feature
+        beside its weights; a bandit two matrices of its row's width squared an action)."""
+        if bandit:
+            width = self.n_features + max(self.n_action_features, 0) + 1
+            size = 2 * width * width * max(self.n_actions, 1)
+            name = "n_actions" if self.n_actions > width else "n_features"
+        else:
+            size = self.n_features * ((self.n_classes if multiclass else 1) + 3)
+            name = "n_classes" if multiclass and self.n_classes > self.n_features else "n_features"
+        if size > MAX_MODEL_WEIGHTS:
+            raise SpecError(
+                f"{where}.{name}: a {self.type} model of this size would hold more than "
+                f"{MAX_MODEL_WEIGHTS:,} numbers ({MAX_MODEL_WEIGHTS * 8 // 2**20} MiB), the "
+                "most a model may"
             )
 
     def _validate_model_params(self, where: str, tree: bool, bandit: bool) -> None:
@@ -351,6 +375,11 @@ class ModelSpec:
                 "a leaf considers) or a smaller max_nodes"
             )
 
+
+#: The most numbers a model's weights may hold (float64: 1 GiB, half of what one state value,
+#: a Java array, can take). The job keeps the model whole in its state: a spec beyond it
+#: would fail the job on every replay of the record that made it.
+MAX_MODEL_WEIGHTS = 1 << 27
 
 #: The most a tree model's split statistics may take (every leaf still splitting).
 MAX_TREE_OBSERVER_BYTES = 64 * 2**20

@@ -1,6 +1,7 @@
 """The parse operators outside Flink: their process_element with a stand-in runtime context."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -424,3 +425,40 @@ def test_explicit_creates_count_against_job_max_models_and_are_applied_past_it()
         if o[0] is DLQ_TAG
     ]
     assert letter["detail"].endswith("the job holds 3 models, job.max_models = 2")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"n_features": 2**40},  # the trainer: MemoryError
+        {"n_features": 1e19},  # the trainer: "maximum allowed dimension exceeded"
+        {"type": "softmax", "n_features": 10, "n_classes": 10**9},
+        {"type": "contextual_bandit", "n_features": 10, "n_actions": 10**9},  # the parser
+        {"type": "contextual_bandit", "n_features": 10, "n_actions": 3, "n_action_features": -1},
+        {"type": "auto_logistic", "n_features": 10, "learning_rate": 1e308},
+        {"type": "auto_logistic", "n_features": 10, "learning_rates": ["x"]},
+        {"n_features": 10, "l2": math.inf},
+        {"n_features": 10, "clip_grad_norm": math.inf},  # the state codec
+        {"type": "hoeffding_tree", "n_features": 10, "seed": -(2**63) - 1},
+    ],
+)
+def test_a_create_whose_model_cannot_be_built_is_dead_lettered_not_taken(spec):
+    """Each of these passed the parser (or failed it with another exception) and failed the
+    trainer, so the job, on every replay of the record (#23, crash loops)."""
+    op = opened(ParseControl)
+    create = {"model_id": "m", "command": "create", "ts": 1, "args": {"spec": spec}}
+    rows, (letter,) = control(op, create)
+    assert not rows and letter["reason"] == "bad_spec", letter
+    assert letter["detail"].startswith("args.spec"), letter
+
+
+def test_the_largest_models_the_docs_show_are_still_created():
+    op = opened(ParseControl)
+    for spec in (
+        {"features": "hashed", "n_features": 2**20},  # README
+        {"type": "contextual_bandit", "n_features": 1000, "n_actions": 7},
+    ):
+        rows, letters = control(
+            op, {"model_id": "m", "command": "create", "ts": 1, "args": {"spec": spec}}
+        )
+        assert len(rows) == 1 and not letters
