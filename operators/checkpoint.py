@@ -194,13 +194,16 @@ class CheckpointOperator(KeyedProcessFunction):
                 for version in ledger.pending_registrations():
                     self._register(model_id, ledger, version)
             self.ledgers[model_id] = ledger
-            # Gauges are integers in PyFlink: the loss in millionths.
-            self.per_model.gauge(
-                model_id,
-                "windowed_loss",
-                lambda: _millionths(self.ledgers[model_id].live_loss()[0]),
-            )
+            # Gauges are integers in PyFlink: the loss in millionths. Flink reads every gauge
+            # at the end of every bundle, and cannot drop one: a deleted (or re-created)
+            # model's ledger is gone until its next version, and its gauge reads 0 meanwhile
+            # (a KeyError there failed the job, on every replay of the delete).
+            self.per_model.gauge(model_id, "windowed_loss", lambda: self._windowed_loss(model_id))
         return ledger
+
+    def _windowed_loss(self, model_id: str) -> int:
+        ledger = self.ledgers.get(model_id)
+        return 0 if ledger is None else _millionths(ledger.live_loss()[0])
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         row = Evaluated._make(value)

@@ -21,12 +21,21 @@ class Group:
     def __init__(self) -> None:
         self.metrics: dict[str, Metric] = {}
         self.groups: dict[tuple[str, str], Group] = {}
+        self.gauges: dict[str, Any] = {}
 
     def counter(self, name: str) -> Metric:
         return self.metrics.setdefault(name, Metric())
 
     def gauge(self, name: str, read: Any) -> None:
-        pass
+        self.gauges[name] = read
+
+    def read_gauges(self) -> dict[str, int]:
+        """Every gauge of this group and the groups under it, read as PyFlink reads them
+        at the end of each bundle (an exception there fails the job)."""
+        values = {name: read() for name, read in self.gauges.items()}
+        for (key, value), group in self.groups.items():
+            values |= {f"{key}.{value}.{k}": v for k, v in group.read_gauges().items()}
+        return values
 
     def add_group(self, key: str, value: str) -> Group:
         return self.groups.setdefault((key, value), Group())

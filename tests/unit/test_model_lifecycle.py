@@ -11,6 +11,7 @@ from pyflink.common import Row
 from flowlearn.conf import load_settings
 from flowlearn.contracts.records import MAX_ALERT_BYTES
 from flowlearn.contracts.spec import DELETED, ModelSpecs
+from flowlearn.operators.checkpoint import CheckpointOperator
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from flowlearn.operators.types import Evaluated, Version
@@ -364,3 +365,22 @@ def test_the_create_policys_own_create_keeps_the_model_its_records_made():
     assert list(trainer.process_element2(row, Context())) == []  # another parser's, too
     out = command(trainer, "create", spec={"n_features": 3})
     assert not answer(out)["ok"]  # it exists, as the parsers now know too
+
+
+def test_the_checkpoint_operators_gauges_still_read_once_a_model_is_deleted():
+    """PyFlink reads every gauge at the end of every bundle. The checkpoint operator's
+    ``windowed_loss`` of a deleted model read a ledger the delete had dropped: a KeyError
+    that failed the job, again on every replay of the delete (#23, crash loops)."""
+    trainer = started(KeyedState())
+    rows = evaluated(command(trainer, "create", spec={"type": "linear", "n_features": 3}))
+    rows += evaluated(samples(trainer, 1, 3))
+    rows += evaluated(command(trainer, "delete"))
+    assert [row.kind for row in rows] == ["create", "train", "delete"]
+    monitored = KeyedState()
+    operator = CheckpointOperator(SETTINGS)
+    operator.open(monitored)
+    gauges = []
+    for row in rows:
+        list(operator.process_element(row, Context()))
+        gauges.append(monitored.group.read_gauges())
+    assert gauges[-1] == {"model.fresh.windowed_loss": 0}
