@@ -41,7 +41,8 @@ from typing import Any, Self, cast
 import numpy as np
 
 from flowlearn.core import linear
-from flowlearn.core.validation import Arrays, Meta, Stateful, check_array, check_matrix
+from flowlearn.core.sparse import check_rows
+from flowlearn.core.validation import Arrays, Meta, Stateful, check_array
 
 __all__ = ["DEFAULT_RATE_FACTORS", "HALF_LIFE", "SelfTuning"]
 
@@ -58,6 +59,9 @@ class SelfTuning(Stateful):
     """``members``: linear models of one type and shape, each with its own optimizer (in
     practice, its own learning rate). The interface is a linear model's: the trainer, the
     pipeline and the predictor treat a self-tuning model as one model."""
+
+    #: Its members take sparse rows, so it does (``linear._LinearModel.takes_sparse``).
+    takes_sparse = True
 
     def __init__(self, members: Sequence[linear.Model], half_life: float = HALF_LIFE) -> None:
         if not members:
@@ -105,7 +109,7 @@ class SelfTuning(Stateful):
     def learn_many(self, X: Any, y: Any) -> Self:
         """Score the batch with every member (their prequential losses update the mixture),
         then let every member take its step."""
-        X = check_matrix(X, self.n_features)
+        X = check_rows(X, self.n_features)
         if len(X) == 0:
             return self
         batch_losses = np.array([float(np.sum(m.loss_many(X, y))) for m in self.members])
@@ -126,7 +130,7 @@ class SelfTuning(Stateful):
     def predict_proba_many(self, X: Any) -> np.ndarray:
         """The mixture of the members' probabilities: ``(n,)`` of class 1 for a binary
         model, ``(n, k)`` for a multiclass one."""
-        X = check_matrix(X, self.n_features)
+        X = check_rows(X, self.n_features)
         if self._regression:
             raise ValueError("a regression model predicts no probabilities")
         classifiers = cast(list[linear.LogisticRegression | linear.SoftmaxRegression], self.members)
@@ -137,7 +141,7 @@ class SelfTuning(Stateful):
         return out
 
     def predict_many(self, X: Any) -> np.ndarray:
-        X = check_matrix(X, self.n_features)
+        X = check_rows(X, self.n_features)
         if self._regression:
             out = np.zeros(len(X))
             for alpha, m in zip(self.mixture_weights, self.members, strict=True):

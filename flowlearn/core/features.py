@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from flowlearn.core.preprocessing import FeatureHasher
+from flowlearn.core.sparse import Rows
 
 
 class FeatureError(ValueError):
@@ -155,22 +156,47 @@ def vectorize(
                 out[i] = check_dense_row(row, n_features, where, allow_missing)
         return out
     if kind == "hashed":
-        for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise FeatureError(f"instances[{i}]: expected a {{name: value}} map")
-        hasher = _hasher(n_features, int(spec.get("hash_seed", 0)))
-        try:
-            # Finite values that share a column add up, and the sum can overflow to inf.
-            with np.errstate(over="raise", invalid="raise"):
-                return np.asarray(hasher.transform_many(list(rows)), dtype=np.float64)
-        except FeatureError:
-            raise
-        except FloatingPointError:
-            raise FeatureError(
-                "features: values in one hashed column add up beyond float64's range"
-            ) from None
-        except OverflowError:  # an int beyond float64's range
-            raise FeatureError("features: a value is beyond float64's range") from None
-        except ValueError as exc:
-            raise FeatureError(str(exc)) from exc
+        return _hashed(rows, spec, sparse=False)
     raise FeatureError(f"unknown feature kind {kind!r} in model spec")
+
+
+def rows_of(
+    rows: Sequence[Any],
+    spec: Mapping[str, Any],
+    on_unknown: Callable[[str], None] | None = None,
+) -> Rows:
+    """Rows of features as the model takes them: :func:`vectorize`'s matrix for a dense
+    model, :class:`~flowlearn.core.sparse.SparseRows` for a hashed one (never densified:
+    a map of a few names costs a few entries, whatever ``n_features``). The job and the
+    predictor read features through here.
+
+    >>> X = rows_of([{"a": 1.5}], {"features": "hashed", "n_features": 2**18})
+    >>> X.shape, X.values.tolist() in ([1.5], [-1.5])
+    ((1, 262144), True)
+    """
+    if spec.get("features", "dense") == "hashed":
+        return _hashed(rows, spec, sparse=True)
+    return vectorize(rows, spec, on_unknown)
+
+
+def _hashed(rows: Sequence[Any], spec: Mapping[str, Any], sparse: bool) -> Any:
+    """Hashed rows, sparse or dense; FeatureError naming what is wrong."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise FeatureError(f"instances[{i}]: expected a {{name: value}} map")
+    hasher = _hasher(int(spec["n_features"]), int(spec.get("hash_seed", 0)))
+    overflow = "features: values in one hashed column add up beyond float64's range"
+    try:
+        if sparse:
+            return hasher.transform_sparse(list(rows))
+        # Finite values that share a column add up, and the sum can overflow to inf.
+        with np.errstate(over="raise", invalid="raise"):
+            return np.asarray(hasher.transform_many(list(rows)), dtype=np.float64)
+    except FeatureError:
+        raise
+    except FloatingPointError:
+        raise FeatureError(overflow) from None
+    except OverflowError:  # an int beyond float64's range
+        raise FeatureError("features: a value is beyond float64's range") from None
+    except ValueError as exc:
+        raise FeatureError(str(exc)) from exc

@@ -46,6 +46,7 @@ from flowlearn.core import (
     regression_trees,
     trees,
 )
+from flowlearn.core.sparse import Rows, SparseRows, check_rows
 from flowlearn.core.validation import (
     Arrays,
     Meta,
@@ -94,6 +95,9 @@ class _LinearModel(Stateful):
     """Shared machinery: flat parameters, validation, the gradient step and state."""
 
     _type: ClassVar[str]
+    #: Learns and predicts from :class:`~flowlearn.core.sparse.SparseRows` as they are (a
+    #: hashed model's rows): the same step, its products over the stored entries only.
+    takes_sparse: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -235,8 +239,8 @@ class _LinearModel(Stateful):
 
     # ------------------------------------------------------------------ learning
 
-    def _scores(self, X: np.ndarray) -> np.ndarray:
-        z = X @ self._coef
+    def _scores(self, X: Rows) -> np.ndarray:
+        z = X.dot(self._coef) if isinstance(X, SparseRows) else X @ self._coef
         if self.intercept:
             z += self._bias
         return z
@@ -253,17 +257,17 @@ class _LinearModel(Stateful):
         raise NotImplementedError
 
     def predict_many(self, X: Any) -> np.ndarray:
-        return self._predictions(self._scores(check_matrix(X, self.n_features)))
+        return self._predictions(self._scores(check_rows(X, self.n_features)))
 
     def loss_many(self, X: Any, y: Any) -> np.ndarray:
-        X = check_matrix(X, self.n_features)
+        X = check_rows(X, self.n_features)
         y = self._check_y(y, X.shape[0])
         return self._losses(self._scores(X), y)
 
     def test_many(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`loss_many` and :meth:`predict_many` of one batch (the trainer's test
         step), its scores computed once."""
-        X = check_matrix(X, self.n_features)
+        X = check_rows(X, self.n_features)
         y = self._check_y(y, X.shape[0])
         z = self._scores(X)
         return self._losses(z, y), self._predictions(z)
@@ -274,15 +278,19 @@ class _LinearModel(Stateful):
 
     def learn_many(self, X: Any, y: Any) -> Self:
         """One gradient step: the batch's summed loss over ``max(n, batch_size)`` samples
-        (its mean loss when ``batch_size`` is 0 or smaller); an empty batch is a no-op."""
-        X = check_matrix(X, self.n_features)
+        (its mean loss when ``batch_size`` is 0 or smaller); an empty batch is a no-op.
+        Sparse rows take the same step, the gradient summed over their stored entries."""
+        X = check_rows(X, self.n_features)
         n = X.shape[0]
         y = self._check_y(y, n)
         if n == 0:
             return self
         r = self._residual(self._scores(X), y)
         r /= max(n, self.batch_size)
-        np.dot(X.T, r, out=self._g_coef)
+        if isinstance(X, SparseRows):
+            self._g_coef[...] = X.t_dot(r)
+        else:
+            np.dot(X.T, r, out=self._g_coef)
         if self.intercept:
             self._g_bias[:] = r.sum(axis=0)
         if self.l2:
@@ -368,7 +376,7 @@ class LogisticRegression(_LinearModel):
         return r
 
     def predict_proba_many(self, X: Any) -> np.ndarray:
-        return sigmoid(self._scores(check_matrix(X, self.n_features)))
+        return sigmoid(self._scores(check_rows(X, self.n_features)))
 
     def _predictions(self, z: np.ndarray) -> np.ndarray:
         return (z > 0.0).astype(np.int64)
@@ -425,7 +433,7 @@ class SoftmaxRegression(_LinearModel):
         return p
 
     def predict_proba_many(self, X: Any) -> np.ndarray:
-        return softmax(self._scores(check_matrix(X, self.n_features)))
+        return softmax(self._scores(check_rows(X, self.n_features)))
 
     def _predictions(self, z: np.ndarray) -> np.ndarray:
         return z.argmax(axis=1)

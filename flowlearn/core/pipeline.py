@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
+from flowlearn.core.sparse import Rows, SparseRows, as_dense, bin_sums
 from flowlearn.core.validation import Arrays, Meta, Stateful, StateMismatch, check_array
 
 if TYPE_CHECKING:  # linear imports this module
@@ -168,8 +169,16 @@ class FeatureTransform(Stateful):
         self.missing = take_columns(old.missing, source, 0.0).astype(np.int64)
         self._refresh()
 
-    def learn_many(self, X: np.ndarray) -> Self:
+    @property
+    def keeps_zeros(self) -> bool:
+        """Whether the transform maps 0 to 0 ("rms", "none"), so that sparse rows stay
+        sparse through it (hashed rows have no missing values to fill)."""
+        return self.scale != "standard"
+
+    def learn_many(self, X: Rows) -> Self:
         """Merge a batch's observed values into the running statistics."""
+        if isinstance(X, SparseRows):
+            return self._learn_sparse(X)
         X, has_missing = self._check(X)
         if len(X) == 0:
             return self
@@ -190,6 +199,36 @@ class FeatureTransform(Stateful):
             mb = np.divide(values.sum(axis=0), nb, out=np.zeros(d), where=nb > 0)
             dev = np.where(observed, X - mb, 0.0)
         m2b = np.einsum("ij,ij->j", dev, dev)
+        self._merge(nb, mb, m2b)
+        return self
+
+    def _learn_sparse(self, X: SparseRows) -> Self:
+        """:meth:`learn_many` of sparse rows, from their stored entries only: an absent
+        entry is a 0 (with "rms", not observed; otherwise an observed 0)."""
+        if X.width != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
+        if len(X) == 0:
+            return self
+        d = self.n_features
+        cols, values = X.indices, X.values
+        if self.scale == "rms":
+            observed = values != 0.0
+            cols, values = cols[observed], values[observed]
+            nb = bin_sums(cols, np.ones(len(cols)), d)
+        else:
+            nb = np.full(d, float(len(X)))
+        mb = np.divide(bin_sums(cols, values, d), nb, out=np.zeros(d), where=nb > 0)
+        dev = values - mb[cols]
+        m2b = bin_sums(cols, dev * dev, d)
+        if self.scale != "rms":  # the zeros not stored are observed too: each deviates by -mean
+            zeros = nb - bin_sums(cols, np.ones(len(cols)), d)
+            m2b += zeros * mb * mb
+        self._merge(nb, mb, m2b)
+        return self
+
+    def _merge(self, nb: np.ndarray, mb: np.ndarray, m2b: np.ndarray) -> None:
+        """Merge a batch's per-column counts, means and sums of squared deviations."""
+        d = self.n_features
         n, mean, m2 = self._stats[:d], self._stats[d : 2 * d], self._stats[2 * d :]
         total = n + nb
         delta = mb - mean
@@ -198,12 +237,14 @@ class FeatureTransform(Stateful):
         m2 += m2b + delta * delta * n * share
         n[:] = total
         self._refresh()
-        return self
 
     # ------------------------------------------------------------------ transform
 
-    def transform_many(self, X: np.ndarray) -> np.ndarray:
-        """The model's input: a new finite float64 matrix (``X`` is left as it is)."""
+    def transform_many(self, X: Rows) -> Any:
+        """The model's input: a new finite float64 matrix (``X`` is left as it is); sparse
+        rows give sparse rows (:attr:`keeps_zeros` scalings only: ValueError otherwise)."""
+        if isinstance(X, SparseRows):
+            return self._transform_sparse(X)
         X, has_missing = self._check(X)
         Z = np.array(X)  # a copy in X's layout
         if has_missing:
@@ -216,6 +257,19 @@ class FeatureTransform(Stateful):
         if self.clip:
             np.clip(Z, -self.clip, self.clip, out=Z)
         return Z
+
+    def _transform_sparse(self, X: SparseRows) -> SparseRows:
+        """Scaling and clipping of each stored value (no missing values to fill)."""
+        if X.width != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {X.shape}")
+        if not self.keeps_zeros:
+            raise ValueError(f"{self.scale!r} scaling does not keep sparse rows sparse")
+        values = X.values.copy()
+        if self._factor is not None:
+            values *= self._factor[X.indices]
+        if self.clip:
+            np.clip(values, -self.clip, self.clip, out=values)
+        return X.with_values(values)
 
     def _check(self, X: Any) -> tuple[np.ndarray, bool]:
         """``X`` as a float64 matrix without infinity, and whether it has missing values."""
@@ -400,29 +454,40 @@ class Pipeline(Stateful):
             self.target.set_vector(saved.target.vector())
         self.samples_learnt = saved.samples_learnt
 
-    def observe(self, X: np.ndarray, y: Any) -> None:
+    @property
+    def takes_sparse(self) -> bool:
+        """Whether sparse rows (a hashed model's) are learnt and scored sparse: a model that
+        takes them (the linear types) behind a scaling that keeps zeros zero. Otherwise
+        they are made dense first (trees, bandits, "standard" scaling), batch by batch."""
+        return self.features.keeps_zeros and getattr(self.model, "takes_sparse", False)
+
+    def _rows(self, X: Any) -> Any:
+        """``X`` as this pipeline computes on it (:attr:`takes_sparse`)."""
+        return X if self.takes_sparse else as_dense(X)
+
+    def observe(self, X: Rows, y: Any) -> None:
         """Learn the statistics of a batch of training data."""
-        self.features.learn_many(X)
+        self.features.learn_many(self._rows(X))
         if self.target is not None:
             self.target.learn_many(y)
         self.samples_learnt += len(X)
 
-    def fit(self, X: np.ndarray, y: Any) -> Self:
+    def fit(self, X: Rows, y: Any) -> Self:
         """The model's step on a batch, transformed with the current statistics."""
         if self.target is not None:
             y = self.target.transform(y)
-        self.model.learn_many(self.features.transform_many(X), y)
+        self.model.learn_many(self.features.transform_many(self._rows(X)), y)
         return self
 
-    def learn_many(self, X: np.ndarray, y: Any) -> Self:
+    def learn_many(self, X: Rows, y: Any) -> Self:
         self.observe(X, y)
         return self.fit(X, y)
 
-    def loss_many(self, X: np.ndarray, y: Any) -> np.ndarray:
+    def loss_many(self, X: Rows, y: Any) -> np.ndarray:
         return self.test_many(X, y, predict=False)[0]
 
     def test_many(
-        self, X: np.ndarray, y: Any, predict: bool = True
+        self, X: Rows, y: Any, predict: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The trainer's test step on a batch: :meth:`loss_many` and, when ``predict``,
         :meth:`predict_many` (None otherwise), the features transformed once."""
@@ -430,25 +495,25 @@ class Pipeline(Stateful):
             predicted = self.predict_many(X)
             error = predicted - np.asarray(y, dtype=np.float64)
             return error * error, predicted if predict else None
-        Z = self.features.transform_many(X)
+        Z = self.features.transform_many(self._rows(X))
         if not predict:
             return self.model.loss_many(Z, y), None
         losses, predicted = self.model.test_many(Z, y)
         return losses, predicted
 
-    def predict_many(self, X: np.ndarray) -> np.ndarray:
-        out = self.model.predict_many(self.features.transform_many(X))
+    def predict_many(self, X: Rows) -> np.ndarray:
+        out = self.model.predict_many(self.features.transform_many(self._rows(X)))
         return out if self.target is None else self.target.inverse(out)
 
-    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba_many(self.features.transform_many(X))
+    def predict_proba_many(self, X: Rows) -> np.ndarray:
+        return self.model.predict_proba_many(self.features.transform_many(self._rows(X)))
 
-    def contributions_many(self, X: np.ndarray) -> Contributions:
+    def contributions_many(self, X: Rows) -> Contributions:
         """The linear model's ``contributions_many`` of the transformed features (filled,
         centred, scaled, clipped: what the model saw), in the target's own units when the
         target is scaled. AttributeError for a model that is not linear."""
         explain = self.model.contributions_many
-        c = explain(self.features.transform_many(X))
+        c = explain(self.features.transform_many(as_dense(X)))
         if self.target is None:
             return c
         # The prediction is ``score * scale + mean``: each share scales, the mean joins the base.
@@ -536,8 +601,9 @@ class FeedbackPipeline(Pipeline):
         return self.n_features + (self.model.n_action_features or 1) + 1
 
     def split_feedback(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Feedback rows as (contexts, chosen actions, propensities)."""
-        rows = np.asarray(X, dtype=np.float64)
+        """Feedback rows (dense, or sparse: a hashed context's) as (contexts, chosen
+        actions, propensities), dense."""
+        rows = np.asarray(as_dense(X), dtype=np.float64)
         width = self.sample_width
         if rows.ndim != 2 or rows.shape[1] != width:
             raise ValueError(
@@ -548,36 +614,37 @@ class FeedbackPipeline(Pipeline):
         actions = rows[:, d : d + n_action] if n_action else rows[:, d]
         return rows[:, :d], actions, rows[:, -1]
 
-    def observe(self, X: np.ndarray, y: Any) -> None:
+    def observe(self, X: Rows, y: Any) -> None:
         contexts, _, _ = self.split_feedback(X)
         super().observe(contexts, y)
 
-    def fit(self, X: np.ndarray, y: Any) -> Self:
+    def fit(self, X: Rows, y: Any) -> Self:
         contexts, actions, propensities = self.split_feedback(X)
         self.model.learn_many(self.features.transform_many(contexts), actions, y, propensities)
         return self
 
     def test_many(
-        self, X: np.ndarray, y: Any, predict: bool = True
+        self, X: Rows, y: Any, predict: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The trainer's test step: :meth:`loss_many` and, when ``predict``,
         :meth:`predict_many`."""
         return self.loss_many(X, y), self.predict_many(X) if predict else None
 
-    def loss_many(self, X: np.ndarray, y: Any) -> np.ndarray:
+    def loss_many(self, X: Rows, y: Any) -> np.ndarray:
         """Squared error of the posterior mean reward of each row's chosen action."""
         contexts, actions, _ = self.split_feedback(X)
         return self.model.loss_many(self.features.transform_many(contexts), actions, y)
 
-    def predict_many(self, X: np.ndarray) -> np.ndarray:
+    def predict_many(self, X: Rows) -> np.ndarray:
         """The posterior mean reward of each row's chosen action."""
         contexts, actions, _ = self.split_feedback(X)
         return self.model.taken_mean_rewards(self.features.transform_many(contexts), actions)
 
-    def choose_many(self, contexts: np.ndarray, actions: Any = None, *, seeds: Any) -> Any:
+    def choose_many(self, contexts: Rows, actions: Any = None, *, seeds: Any) -> Any:
         """The bandit's :meth:`~flowlearn.core.bandits.ContextualBandit.choose_many` for
         raw contexts (filled, scaled and clipped first)."""
-        return self.model.choose_many(self.features.transform_many(contexts), actions, seeds=seeds)
+        Z = self.features.transform_many(as_dense(contexts))
+        return self.model.choose_many(Z, actions, seeds=seeds)
 
     def adopt(self, saved: Pipeline, source: np.ndarray) -> None:
         raise ValueError("a contextual bandit's features cannot be renamed: create it again")

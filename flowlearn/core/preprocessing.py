@@ -17,6 +17,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from flowlearn.core.sparse import INDEX_DTYPE, SparseRows
 from flowlearn.core.validation import Stateful
 
 __all__ = ["FeatureHasher"]
@@ -153,6 +154,36 @@ class FeatureHasher(Stateful):
             acc[col] = acc.get(col, 0.0) + x
         cols = sorted(acc)
         return np.array(cols, dtype=np.int64), np.array([acc[c] for c in cols], dtype=np.float64)
+
+    def transform_sparse(self, mappings: Sequence[Mapping[str, Any]]) -> SparseRows:
+        """The maps as :class:`~flowlearn.core.sparse.SparseRows`, never densified: each row
+        the sorted columns its tokens fall in and their summed values (colliding tokens add
+        up in the map's order, as :meth:`transform_many` adds them).
+
+        >>> X = FeatureHasher(n_features=2**18).transform_sparse([{"a": 2.0}, {}])
+        >>> X.shape, X.nnz, X.offsets.tolist()
+        ((2, 262144), 1, [0, 1, 1])
+        """
+        offsets = [0]
+        cols: list[int] = []
+        vals: list[float] = []
+        for mapping in mappings:
+            acc: dict[int, float] = {}
+            for col, x in self._pairs(mapping):
+                acc[col] = acc.get(col, 0.0) + x
+            for col in sorted(acc):
+                cols.append(col)
+                vals.append(acc[col])
+            offsets.append(len(cols))
+        values = np.array(vals, dtype=np.float64)
+        if not np.isfinite(values).all():  # Python's float sums overflow without a word
+            raise FloatingPointError("values in one hashed column add up beyond float64's range")
+        return SparseRows(
+            np.array(offsets, dtype=np.int64),
+            np.array(cols, dtype=INDEX_DTYPE),
+            values,
+            self.n_features,
+        )
 
     def transform_many(self, mappings: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Dense ``(len(mappings), n_features)`` float64 matrix."""

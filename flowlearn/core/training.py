@@ -45,6 +45,7 @@ from flowlearn.core.pipeline import (
     remap_columns,
     take_columns,
 )
+from flowlearn.core.sparse import Rows, SparseRows, as_dense, concat_rows, replace_rows
 from flowlearn.core.spec import (
     ModelSpec,
     bandit_params,
@@ -216,7 +217,7 @@ class BatchResult:
     clipped: bool = False
 
 
-def _check_samples(X: np.ndarray, y: np.ndarray, n_features: int, what: str) -> None:
+def _check_samples(X: Rows, y: np.ndarray, n_features: int, what: str) -> None:
     if X.ndim != 2 or X.shape[1] != n_features or y.shape != (X.shape[0],):
         raise codec.CodecError(
             f"corrupt trainer state: {what} samples of shapes {X.shape} and {y.shape} for "
@@ -226,23 +227,24 @@ def _check_samples(X: np.ndarray, y: np.ndarray, n_features: int, what: str) -> 
 
 class _Holdout:
     """The last ``size`` samples seen, oldest first: a FIFO kept as two float64 arrays (in
-    arrival order, so a loss over it sums in the same order after a restore)."""
+    arrival order, so a loss over it sums in the same order after a restore); its rows are
+    sparse once sparse rows (a hashed model's) came."""
 
     def __init__(self, size: int, n_features: int) -> None:
         self.size = size
-        self.X = np.empty((0, n_features))
+        self.X: Rows = np.empty((0, n_features))
         self.y = np.empty(0)
 
-    def push(self, X: np.ndarray, y: np.ndarray) -> None:
+    def push(self, X: Rows, y: np.ndarray) -> None:
         n_new = min(len(y), self.size)
         n_old = min(len(self.y), self.size - n_new)
-        self.X = np.concatenate([self.X[len(self.y) - n_old :], X[len(y) - n_new :]])
+        self.X = concat_rows([self.X[len(self.y) - n_old :], X[len(y) - n_new :]])
         self.y = np.concatenate([self.y[len(self.y) - n_old :], y[len(y) - n_new :]])
 
     def mean_loss(self, model: Model) -> float:
         return float(np.mean(model.loss_many(self.X, self.y)))
 
-    def load(self, X: np.ndarray, y: np.ndarray) -> None:
+    def load(self, X: Rows, y: np.ndarray) -> None:
         _check_samples(X, y, self.X.shape[1], "holdout")
         # The newest ones, should the spec's holdout_size have shrunk since the save.
         self.X, self.y = X[-self.size :], y[-self.size :]
@@ -250,29 +252,30 @@ class _Holdout:
 
 class _Reservoir:
     """A uniform sample of at most ``size`` of all samples offered so far (Algorithm R),
-    drawn with its own seeded generator so that a run is reproducible."""
+    drawn with its own seeded generator so that a run is reproducible; its rows are sparse
+    once sparse rows came."""
 
     def __init__(self, size: int, n_features: int, seed: int) -> None:
         self.size = size
-        self.X = np.empty((0, n_features))
+        self.X: Rows = np.empty((0, n_features))
         self.y = np.empty(0)
         self.seen = 0
         self.rng = np.random.default_rng(seed)
 
-    def mix(self, X: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def mix(self, X: Rows, y: np.ndarray, k: int) -> tuple[Rows, np.ndarray]:
         """``X, y`` followed by ``k`` reservoir samples drawn without replacement (all of
         them while the reservoir holds fewer)."""
         k = min(k, len(self.y))
         if k == 0:
             return X, y
         idx = self.rng.choice(len(self.y), size=k, replace=False)
-        return np.concatenate([X, self.X[idx]]), np.concatenate([y, self.y[idx]])
+        return concat_rows([X, self.X[idx]]), np.concatenate([y, self.y[idx]])
 
-    def offer(self, X: np.ndarray, y: np.ndarray) -> None:
+    def offer(self, X: Rows, y: np.ndarray) -> None:
         n = len(y)
         fill = max(0, min(n, self.size - len(self.y)))
         if fill:
-            self.X = np.concatenate([self.X, X[:fill]])
+            self.X = concat_rows([self.X, X[:fill]])
             self.y = np.concatenate([self.y, y[:fill]])
         if fill < n:
             # Sample number t (0-based over all offers) takes a random slot j in [0, t]
@@ -283,14 +286,14 @@ class _Reservoir:
             # A slot drawn twice in one batch keeps the later sample, as one-by-one would.
             last_slots, first_from_end = np.unique(slots[hit][::-1], return_index=True)
             src = fill + hit[::-1][first_from_end]
-            self.X[last_slots] = X[src]
+            self.X = replace_rows(self.X, last_slots, X[src])
             self.y[last_slots] = y[src]
         self.seen += n
 
     def state(self) -> dict[str, Any]:
         return {"seen": self.seen, "rng": self.rng.bit_generator.state}
 
-    def load(self, X: np.ndarray, y: np.ndarray, state: Mapping[str, Any]) -> None:
+    def load(self, X: Rows, y: np.ndarray, state: Mapping[str, Any]) -> None:
         _check_samples(X, y, self.X.shape[1], "replay")
         # The first ``size`` slots, should the spec's replay_size have shrunk since the save.
         self.X, self.y = X[: self.size], y[: self.size]
@@ -433,18 +436,18 @@ class ModelTrainer:
             raise codec.CodecError(f"corrupt trainer state: {exc!r}") from exc
         trainer = cls(model_id, spec, model, version, samples_applied)
 
-        def columns(X: np.ndarray) -> np.ndarray:
-            # Kept samples of features that a spec change added are missing values.
-            return X if source is None else take_columns(X, source, math.nan, axis=1)
+        def columns(part: str) -> Rows:
+            X = _saved_rows(arrays, part, model.sample_width)
+            # Kept samples of features that a spec change added are missing values (named
+            # columns: dense models only).
+            return X if source is None else take_columns(as_dense(X), source, math.nan, axis=1)
 
         try:
-            if trainer._holdout is not None and "holdout.X" in arrays:
-                trainer._holdout.load(columns(arrays["holdout.X"]), arrays["holdout.y"])
+            if trainer._holdout is not None and "holdout.y" in arrays:
+                trainer._holdout.load(columns("holdout"), arrays["holdout.y"])
             if trainer._replay is not None and "replay" in meta:
-                trainer._replay.load(
-                    columns(arrays["replay.X"]), arrays["replay.y"], meta["replay"]
-                )
-        except (KeyError, TypeError) as exc:
+                trainer._replay.load(columns("replay"), arrays["replay.y"], meta["replay"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise codec.CodecError(f"corrupt trainer state: {exc!r}") from exc
         return trainer
 
@@ -455,6 +458,8 @@ class ModelTrainer:
         wrote it, so that they can still read a default deployment's checkpoints).
         Otherwise arrays ``model.*`` (the model's), ``holdout.X``/``holdout.y`` (oldest
         first) and ``replay.X``/``replay.y`` (reservoir slots), and meta
+        (sparse rows, a hashed model's, as ``<part>.offsets``, ``.indices`` and
+        ``.values`` in place of ``<part>.X``)
         ``{"trainer_state": 1, "model": <model meta>, "replay": {"seen", "rng"}}``, where
         ``rng`` is the numpy bit generator's state; each section only when enabled.
         """
@@ -464,9 +469,11 @@ class ModelTrainer:
         arrays = {f"{_MODEL_PREFIX}{k}": v for k, v in model_arrays.items()}
         meta: dict[str, Any] = {_STATE_FORMAT_KEY: _STATE_FORMAT, "model": model_meta}
         if self._holdout is not None:
-            arrays["holdout.X"], arrays["holdout.y"] = self._holdout.X, self._holdout.y
+            arrays.update(_rows_arrays("holdout", self._holdout.X))
+            arrays["holdout.y"] = self._holdout.y
         if self._replay is not None:
-            arrays["replay.X"], arrays["replay.y"] = self._replay.X, self._replay.y
+            arrays.update(_rows_arrays("replay", self._replay.X))
+            arrays["replay.y"] = self._replay.y
             meta["replay"] = self._replay.state()
         return codec.encode_state(arrays, meta)
 
@@ -478,7 +485,7 @@ class ModelTrainer:
             raise ValueError("a trainer whose spec has batch_size 0 cuts no batches itself")
         return ramp_size(self.model.samples_learnt, self.batch_size)
 
-    def train_samples(self, X: np.ndarray, y: np.ndarray) -> list[BatchResult]:
+    def train_samples(self, X: Rows, y: np.ndarray) -> list[BatchResult]:
         """Train samples in order, cut into batches as the job cuts them
         (:meth:`next_batch_size`), the last one partial: what the job does with the same
         samples when its input ends."""
@@ -490,8 +497,9 @@ class ModelTrainer:
             start = end
         return results
 
-    def train_batch(self, X: np.ndarray, y: np.ndarray) -> BatchResult:
-        """Test then train on one batch; returns the version it made, or why not."""
+    def train_batch(self, X: Rows, y: np.ndarray) -> BatchResult:
+        """Test then train on one batch (a dense matrix, or a hashed model's sparse rows);
+        returns the version it made, or why not."""
         if len(X) == 0:
             return BatchResult(None, float("nan"), "empty")
         model = self.model
@@ -510,7 +518,8 @@ class ModelTrainer:
                 errors = (predicted != y).astype(np.float64)
             if holdout is not None or replay is not None:
                 # Validated by the test step; these are kept, so float64 arrays of our own.
-                X = np.asarray(X, dtype=np.float64)
+                if not isinstance(X, SparseRows):
+                    X = np.asarray(X, dtype=np.float64)
                 y = np.asarray(y, dtype=np.float64)
             X_fit, y_fit = X, y
             if replay is not None:
@@ -661,6 +670,26 @@ class ModelTrainer:
             delta=codec.make_delta(before, after),
             weights=codec.encode_array(after) if snapshot else None,
         )
+
+
+def _rows_arrays(part: str, X: Rows) -> dict[str, np.ndarray]:
+    """Kept rows as state arrays: ``<part>.X`` dense, or sparse rows' three arrays."""
+    if isinstance(X, SparseRows):
+        return {
+            f"{part}.offsets": X.offsets,
+            f"{part}.indices": X.indices,
+            f"{part}.values": X.values,
+        }
+    return {f"{part}.X": X}
+
+
+def _saved_rows(arrays: Mapping[str, np.ndarray], part: str, width: int) -> Rows:
+    """The rows :func:`_rows_arrays` saved."""
+    if f"{part}.values" in arrays:
+        return SparseRows(
+            arrays[f"{part}.offsets"], arrays[f"{part}.indices"], arrays[f"{part}.values"], width
+        )
+    return arrays[f"{part}.X"]
 
 
 def _copy_state(model: Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
