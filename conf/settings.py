@@ -406,8 +406,9 @@ class PredictorConf:
     stale_after_s: float = 300.0
     max_instances: int = 1000
     max_body_bytes: int = 1_048_576
-    #: The most one request's feature matrix may take to score (instances x n_features x 8
-    #: bytes: a hashed model scores dense rows); a larger request is refused (413).
+    #: The most one request's features may take to score (instances x n_features x 8 bytes;
+    #: a hashed linear model's sparse rows: 12 bytes a feature given and 8 an instance); a
+    #: larger request is refused (413).
     max_matrix_bytes: int = 256 * 2**20
     #: A connection that has not sent a whole request's headers this long after it opened,
     #: or after its previous answer, is closed: bounds idle keep-alive connections and

@@ -54,7 +54,7 @@ from flowlearn.serving.prediction_log import (
     producer_config,
 )
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
-from flowlearn.serving.scoring import class_labels, explainer
+from flowlearn.serving.scoring import class_labels, explainer, feature_bytes, served_rows
 from flowlearn.serving.v2 import (
     BINARY_HEADER,
     EXTENSIONS,
@@ -307,7 +307,7 @@ def answer(
                 f"model '{model_id}' is a contextual_bandit: it chooses actions "
                 f"(POST /v1/models/{model_id}:choose), it does not predict",
             )
-        matrix = matrix_bytes(len(rows), primary.spec)
+        matrix = feature_bytes(rows, primary.spec)
         if matrix > limits.max_matrix_bytes:
             raise Refused(
                 413,
@@ -316,7 +316,7 @@ def answer(
                 f"({limits.max_matrix_bytes / 2**20:,.0f} MiB): send fewer instances a request",
             )
         unknown = p.metrics.unknown_features.labels(model_id)
-        X = vectorize(rows, primary.spec, lambda _name: unknown.inc())
+        X = served_rows(rows, primary.spec, lambda _name: unknown.inc())
     except FeatureError as exc:
         raise Refused(400, str(exc)) from None
     scores = primary.score(X)
@@ -333,7 +333,9 @@ def answer(
     shadow = None
     if other is not None:
         try:
-            X_other = X if _same_features(primary.spec, other.spec) else vectorize(rows, other.spec)
+            X_other = (
+                X if _same_features(primary.spec, other.spec) else served_rows(rows, other.spec)
+            )
         except FeatureError:
             pass  # a shadow that cannot read these features must not fail the request
         else:
@@ -424,7 +426,7 @@ def served_flags(p: Predictor, model_id: str, served: Served | None) -> dict[str
 
 
 def matrix_bytes(n_rows: int, spec: Mapping[str, Any]) -> int:
-    """What scoring ``n_rows`` instances of a model of this spec allocates for its features."""
+    """What ``n_rows`` instances of a model of this spec take as a dense matrix."""
     return n_rows * int(spec["n_features"]) * 8
 
 
@@ -437,11 +439,11 @@ async def answer_off_loop(
     *args: Any,
     **kwargs: Any,
 ) -> Answer:
-    """:func:`answer`, on a worker thread when the request's feature matrix has more than
-    :data:`OFF_LOOP_VALUES` values (the event loop answers other requests meanwhile)."""
+    """:func:`answer`, on a worker thread when the request's features take more than
+    :data:`OFF_LOOP_VALUES` x 8 bytes (the event loop answers other requests meanwhile)."""
     current = served.version if served is not None else baseline
     assert current is not None
-    if matrix_bytes(len(rows), current.spec) // 8 > OFF_LOOP_VALUES:
+    if feature_bytes(rows, current.spec) // 8 > OFF_LOOP_VALUES:
         return await asyncio.to_thread(answer, p, model_id, served, baseline, rows, *args, **kwargs)
     return answer(p, model_id, served, baseline, rows, *args, **kwargs)
 

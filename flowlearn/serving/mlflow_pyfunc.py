@@ -4,7 +4,7 @@ The registry (:mod:`flowlearn.registry.mlflow_store`) saves every version as a p
 model whose ``loader_module`` is this module: its data folder holds the version's weights
 (codec bytes) and published spec (JSON), nothing pickled. MLflow calls
 :func:`_load_pyfunc` with that folder; :meth:`VersionModel.predict` reads the features as the
-predictor does (:func:`flowlearn.core.features.vectorize`), scores them with the predictor's
+predictor does (:func:`flowlearn.serving.scoring.served_rows`), scores them with the predictor's
 scorer (:func:`flowlearn.serving.scoring.scorer`) and names the classes as the predictor's
 ``labels`` do, so ``mlflow models serve -m models:/flowlearn-demo/3`` answers what the
 predictor answers for that version, bit for bit.
@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 
 from flowlearn.core.codec import decode_array
-from flowlearn.core.features import vectorize
 from flowlearn.registry.mlflow_store import SPEC_ARTIFACT, WEIGHTS_ARTIFACT
-from flowlearn.serving.scoring import class_labels, scorer
+from flowlearn.serving.scoring import class_labels, scorer, served_rows
 
 __all__ = ["VersionModel"]
 
@@ -66,7 +65,7 @@ class VersionModel:
         refuses both."""
         import pandas as pd  # MLflow's own dependency; the predictor does not need it
 
-        scores = self.score(vectorize(self._rows(model_input, pd), self.spec))
+        scores = self.score(served_rows(self._rows(model_input, pd), self.spec))
         bad = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
         if bad.size:
             raise ValueError(

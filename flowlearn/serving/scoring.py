@@ -11,19 +11,21 @@ trainer's, bit for bit, for every model type and its feature pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from flowlearn.core.bandits import Choice
+from flowlearn.core.features import rows_of, vectorize
 from flowlearn.core.linear import Contributions
 from flowlearn.core.model_types import from_spec, model_type, n_weights
+from flowlearn.core.sparse import INDEX_DTYPE, Rows
 
-#: ``X (n, d) float64 -> scores``: the probability of class 1 ``(n,)`` for a binary model,
-#: the classes' probabilities ``(n, k)`` for a multiclass one, predictions ``(n,)`` for a
-#: regressor.
-Scorer = Callable[[np.ndarray], np.ndarray]
+#: ``X (n, d) float64, or a hashed model's SparseRows -> scores``: the probability of class 1
+#: ``(n,)`` for a binary model, the classes' probabilities ``(n, k)`` for a multiclass one,
+#: predictions ``(n,)`` for a regressor.
+Scorer = Callable[[Rows], np.ndarray]
 #: ``X (n, d) float64 -> Contributions``: each feature's share of each sample's raw score.
 Explainer = Callable[[np.ndarray], Contributions]
 
@@ -57,6 +59,52 @@ def served_functions(spec: Mapping[str, Any], weights: np.ndarray) -> tuple[Scor
     score: Scorer = model.predict_proba_many if kind.classifier else model.predict_many
     choose: Chooser | None = model.choose_many if kind.bandit else None
     return score, choose
+
+
+def scores_sparse(spec: Mapping[str, Any]) -> bool:
+    """Whether a version scores a hashed model's sparse rows as they are (a linear type
+    behind a scaling that keeps zeros zero: what the trainer learns them with), rather
+    than made dense (trees, bandits, ``standard`` scaling).
+
+    >>> scores_sparse({"type": "logistic", "features": "hashed", "pipeline": {"scale": "rms"}})
+    True
+    >>> scores_sparse({"type": "hoeffding_tree", "features": "hashed"})
+    False
+    """
+    if spec.get("features", "dense") != "hashed":
+        return False
+    kind = model_type(spec.get("type"))
+    scale = (spec.get("pipeline") or {}).get("scale")
+    return not (kind.tree or kind.bandit) and scale != "standard"
+
+
+def served_rows(
+    rows: Sequence[Any], spec: Mapping[str, Any], on_unknown: Callable[[str], None] | None = None
+) -> Rows:
+    """Features as requests give them, as the version scores them: sparse rows for a
+    version that scores them (:func:`scores_sparse`), as the trainer learnt them; else a
+    dense matrix (:func:`flowlearn.core.features.vectorize`). FeatureError names a bad one."""
+    if scores_sparse(spec):
+        return rows_of(rows, spec, on_unknown)
+    return vectorize(rows, spec, on_unknown)
+
+
+def feature_bytes(rows: Sequence[Any], spec: Mapping[str, Any]) -> int:
+    """What scoring ``rows`` (features as requests give them) allocates for their
+    features: ``len(rows) x n_features`` float64 values, or, for a version that scores
+    sparse rows (:func:`scores_sparse`), a 64-bit value and a 32-bit column per feature a
+    row gives, and a 64-bit offset per row.
+
+    >>> spec = {"type": "logistic", "n_features": 2**18, "features": "hashed"}
+    >>> feature_bytes([{"a": 1, "b": "x"}] * 1000, spec)
+    32008
+    >>> feature_bytes([{"a": 1, "b": "x"}] * 1000, {**spec, "features": "dense"})
+    2097152000
+    """
+    if scores_sparse(spec):
+        given = sum(len(row) for row in rows if isinstance(row, Mapping))
+        return (8 + np.dtype(INDEX_DTYPE).itemsize) * given + 8 * (len(rows) + 1)
+    return len(rows) * int(spec["n_features"]) * 8
 
 
 def predicted_classes(scores: np.ndarray) -> np.ndarray:

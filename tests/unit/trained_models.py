@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from flowlearn.core.features import vectorize
+from flowlearn.core.features import rows_of
 from flowlearn.core.training import build_model, published_spec
 from flowlearn.serving.app import _labels
-from flowlearn.serving.scoring import scorer
+from flowlearn.serving.scoring import scorer, served_rows
 
 NAMES = ["age", "income", "tenure"]
 
@@ -66,7 +66,7 @@ class Trained:
         model = build_model(spec)
         self.spec_json = published_spec(model, spec)
         self.spec = json.loads(self.spec_json)
-        features = vectorize(self.instances, self.spec)
+        features = rows_of(self.instances, self.spec)  # as the job reads them
         score = X @ np.array([1.0, -2.0, 0.5])
         if spec["type"] in ("linear", "hoeffding_tree_regressor"):
             y: np.ndarray = score
@@ -82,5 +82,5 @@ class Trained:
 
     def predictor_answer(self, instances: list[Any]) -> tuple[np.ndarray, list[str] | None]:
         """What the predictor computes for these instances: its scores and labels."""
-        scores = scorer(self.spec, self.weights)(vectorize(instances, self.spec))
+        scores = scorer(self.spec, self.weights)(served_rows(instances, self.spec))
         return scores, _labels(self.spec, scores).get("labels")

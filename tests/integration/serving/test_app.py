@@ -382,12 +382,12 @@ def test_large_feature_matrices_are_bounded_and_scored_off_the_event_loop(
     serving_redis, prefix, monkeypatch
 ):
     """#23: 1,000 instances of a 2^18-feature hashed model allocated 2 GiB and held the
-    event loop half a second. A request whose matrix passes predictor.max_matrix_bytes is
-    refused (413); one of more than OFF_LOOP_VALUES values is scored on a worker thread,
-    with the same answer."""
+    event loop half a second. A request whose features pass predictor.max_matrix_bytes
+    (for a hashed model: its sparse rows, 12 bytes a feature) is refused (413); one of more
+    than OFF_LOOP_VALUES x 8 bytes is scored on a worker thread, with the same answer."""
     from flowlearn.serving import app as app_module
 
-    d = 1 << 16
+    d = 1 << 18
     hashed = json.dumps({**json.loads(spec_json(n_features=d)), "features": "hashed"})
     threaded: list[int] = []
     to_thread = asyncio.to_thread
@@ -398,16 +398,18 @@ def test_large_feature_matrices_are_bounded_and_scored_off_the_event_loop(
         return await to_thread(fn, *args, **kwargs)
 
     monkeypatch.setattr(app_module.asyncio, "to_thread", counting)
+    monkeypatch.setattr(app_module, "OFF_LOOP_VALUES", 1000)
+    row = {f"f{i}": 0.1 * i for i in range(50)}  # 50 features: 608 bytes a row
+    row_bytes = 50 * 12 + 8
 
     async def scenario(http: TestClient, trainer: Trainer) -> None:
         h = Trainer(trainer.client, trainer.keys, "h", size=d + 1, spec=hashed)
         h.publish(np.linspace(-1.0, 1.0, d + 1))
         await at_version(http, 1, "h")
-        row = {"user": "u1", "x": 2.5}
         one = (await predict(http, [row], model="h"))["predictions"]
-        assert threaded == []  # 65,536 values: on the loop
+        assert threaded == []  # 76 values' worth: on the loop
         many = (await predict(http, [row] * 20, model="h"))["predictions"]
-        assert threaded == [20]  # 1.3 M values: on a worker thread
+        assert threaded == [20]  # 1,521: on a worker thread
         assert many == one * 20
         body = await predict(http, [row] * 40, model="h", status=413)
         assert "predictor.max_matrix_bytes" in body["error"] and "40 instances" in body["error"]
@@ -417,5 +419,44 @@ def test_large_feature_matrices_are_bounded_and_scored_off_the_event_loop(
         prefix,
         scenario,
         log_predictions=False,
-        predictor={"max_matrix_bytes": 30 * d * 8},
+        predictor={"max_matrix_bytes": 30 * row_bytes + 8},
     )
+
+
+def test_a_thousand_instances_of_a_2_18_hashed_model_are_scored_sparse_as_the_trainer(
+    serving_redis, prefix
+):
+    """#23: the request was refused (413: its dense matrix, 2 GiB, passed
+    max_matrix_bytes). Scored sparse, it is answered, with the trainer's scores bit for bit
+    (the trainer's model and the predictor's share the sparse code)."""
+    from flowlearn.core.features import rows_of
+    from flowlearn.core.training import ModelTrainer
+
+    spec = {"type": "logistic", "n_features": 2**18, "features": "hashed", "batch_size": 64}
+    rng = np.random.default_rng(3)
+
+    def rows(n: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "country": str(rng.choice(["fr", "de", "us"])),
+                "device": str(rng.choice(["ios", "web"])),
+                "age": float(rng.integers(18, 90)),
+                "clicks": int(rng.integers(0, 30)),
+            }
+            for _ in range(n)
+        ]
+
+    train = rows(2000)
+    model = ModelTrainer.create("h", spec)
+    model.train_samples(rows_of(train, spec), rng.integers(0, 2, 2000).astype(np.float64))
+    requested = rows(1000)
+    expected = model.model.predict_proba_many(rows_of(requested, spec)).tolist()
+
+    async def scenario(http: TestClient, trainer: Trainer) -> None:
+        weights = model.model.weights_vector()
+        h = Trainer(trainer.client, trainer.keys, "h", size=weights.size, spec=model.published_spec)
+        h.publish(weights)
+        await at_version(http, 1, "h")
+        assert (await predict(http, requested, model="h"))["predictions"] == expected
+
+    serve(serving_redis, prefix, scenario, log_predictions=False)
