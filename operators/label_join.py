@@ -19,7 +19,9 @@ record paid for a read that could not be cached (about 100 joined samples/s on 2
 (``descriptors.JOIN_ENTRIES``, the source of truth, checkpointed) and in a dict mirror in the
 Python worker: reads come from the mirror, every change goes to both (map-state writes are
 buffered and flushed in bulk), and the mirror is loaded from the state on the model's first
-record or timer after the worker (re)starts. Paired entries shrink to a tombstone (flags and
+record or timer after the worker (re)starts. A hashed model's event waits as its sparse row
+(the columns it sets and their values, ``JoinEntry.indices``/``offsets``): 12 bytes a
+feature, not 8 a column of the model. Paired entries shrink to a tombstone (flags and
 the event's time) that keeps duplicates out until the event's window has passed.
 
 Event-time timers are per model and rounded up to the second: one timer serves every entry
@@ -29,7 +31,7 @@ due in that second (``self.due``, rebuilt from the entries when the mirror is lo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
@@ -39,13 +41,21 @@ from flowlearn.operators.model_metrics import ModelMetrics
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.types import Feedback, Samples, keyed
 from flowlearn.state import descriptors
-from flowlearn.state.descriptors import JoinEntry
+from flowlearn.state.descriptors import JoinEntry, JoinEntryV2
 from flowlearn.state.rows import to_row
 
 TIMER_GRANULARITY_MS = 1000
 
 #: Bits of an entry's ``flags``.
 HAS_EVENT, HAS_LABEL, PAIRED = 1, 2, 4
+
+
+class _Row(NamedTuple):
+    """An event's features as the job's rows carry them (``operators.types.Samples``)."""
+
+    features: list[float]
+    indices: list[int]
+    offsets: list[int]
 
 
 def _coalesce(ts: int) -> int:
@@ -59,6 +69,8 @@ class LabelJoin(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.entries = runtime_context.get_map_state(descriptors.JOIN_ENTRIES)
+        #: Entries of ``join-entries-v2`` (dense features): moved over on a model's first touch.
+        self.entries_v2 = runtime_context.get_map_state(descriptors.JOIN_ENTRIES_V2)
         #: model id -> event id -> entry: the mirror of ``self.entries``, per model.
         self.mirror: dict[str, dict[str, JoinEntry]] = {}
         #: model id -> timer time -> event ids to look at when that timer fires.
@@ -82,6 +94,13 @@ class LabelJoin(KeyedProcessFunction):
             return loaded
         entries: dict[str, JoinEntry] = {}
         due: dict[int, list[str]] = {}
+        old = [
+            (event_id, JoinEntryV2._make(row).upgraded())
+            for event_id, row in self.entries_v2.items()
+        ]
+        if old:
+            self.entries.put_all({event_id: to_row(entry) for event_id, entry in old})
+            self.entries_v2.clear()
         for event_id, row in self.entries.items():
             stored = JoinEntry._make(row)
             entry = JoinEntry(
@@ -91,6 +110,8 @@ class LabelJoin(KeyedProcessFunction):
                 int(stored.label_ts),
                 float(stored.label),
                 bytes(stored.raw),
+                list(stored.indices),
+                list(stored.offsets),
             )
             entries[event_id] = entry
             due.setdefault(self._deadline(entry), []).append(event_id)
@@ -128,7 +149,7 @@ class LabelJoin(KeyedProcessFunction):
     # ------------------------------------------------------------------ records
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        kind, model_id, event_id, ts, features, label, raw = Feedback._make(value)
+        kind, model_id, event_id, ts, features, label, raw, indices, offsets = Feedback._make(value)
         entries = self._model(model_id)
         entry = entries.get(event_id)
         flags = 0 if entry is None else entry.flags
@@ -148,14 +169,14 @@ class LabelJoin(KeyedProcessFunction):
             # Pending events: +1 here, -1 when the entry is removed (a join-buffer gauge as
             # a counter: PyFlink has no up-down counter).
             self._count(model_id, "pending_events")
+            row = _Row(list(features), list(indices), list(offsets))
             if entry is not None:  # its label waits
                 yield from self._pair(
-                    model_id, event_id, ts, features, entry.label_ts, entry.label, entry.raw, timers
+                    model_id, event_id, ts, row, entry.label_ts, entry.label, entry.raw, timers
                 )
             else:
-                self._put(
-                    model_id, event_id, JoinEntry(HAS_EVENT, ts, features, 0, 0.0, b""), timers
-                )
+                waiting = JoinEntry(HAS_EVENT, ts, row.features, 0, 0.0, b"", *row[1:])
+                self._put(model_id, event_id, waiting, timers)
             return
         if flags & HAS_LABEL:
             self._count(model_id, "duplicates")
@@ -177,12 +198,13 @@ class LabelJoin(KeyedProcessFunction):
             self._put(
                 model_id,
                 event_id,
-                JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw)),
+                JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw), [], []),
                 timers,
             )
             return
+        row = _Row(entry.features, entry.indices, entry.offsets)
         yield from self._pair(
-            model_id, event_id, entry.event_ts, entry.features, ts, float(label), bytes(raw), timers
+            model_id, event_id, entry.event_ts, row, ts, float(label), bytes(raw), timers
         )
 
     def _pair(
@@ -190,7 +212,7 @@ class LabelJoin(KeyedProcessFunction):
         model_id: str,
         event_id: str,
         event_ts: int,
-        features: list[float],
+        row: _Row,
         label_ts: int,
         label: float,
         raw: bytes,
@@ -198,7 +220,10 @@ class LabelJoin(KeyedProcessFunction):
     ) -> Iterator[Any]:
         # The tombstone: the event's time (its deadline removes it), no features.
         self._put(
-            model_id, event_id, JoinEntry(HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b""), timers
+            model_id,
+            event_id,
+            JoinEntry(HAS_EVENT | PAIRED, event_ts, [], 0, 0.0, b"", [], []),
+            timers,
         )
         if not 0 <= label_ts - event_ts <= self.window:
             self._count(model_id, "unmatched_labels")
@@ -214,7 +239,9 @@ class LabelJoin(KeyedProcessFunction):
             )
             return
         self._count(model_id, "joined")
-        yield keyed(Samples(model_id, event_ts, features, [label], []))
+        yield keyed(
+            Samples(model_id, event_ts, row.features, [label], [], row.indices, row.offsets)
+        )
 
     # ------------------------------------------------------------------ timers
 
@@ -257,7 +284,13 @@ class LabelJoin(KeyedProcessFunction):
             if self.settings.job.expired_events == "default_label":
                 yield keyed(
                     Samples(
-                        model_id, event_ts, entry.features, [self.settings.job.default_label], []
+                        model_id,
+                        event_ts,
+                        entry.features,
+                        [self.settings.job.default_label],
+                        [],
+                        entry.indices,
+                        entry.offsets,
                     )
                 )
             self._remove(model_id, event_id, had_event=True)

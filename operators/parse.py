@@ -33,6 +33,7 @@ from flowlearn.contracts.records import (
 )
 from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
 from flowlearn.core.control import changes_shape
+from flowlearn.core.sparse import SparseRows, to_fields
 from flowlearn.operators.types import ControlCommand, Feedback, Samples, keyed
 from flowlearn.state import descriptors
 from flowlearn.state.rows import to_row
@@ -315,20 +316,32 @@ def unbundle(bundle: bytes) -> Iterator[bytes]:
 
 
 class _ModelSamples:
-    """JSON samples of one model from one bundle, gathered into one ``SAMPLE_TYPE`` row."""
+    """JSON samples of one model from one bundle, gathered into one ``SAMPLE_TYPE`` row:
+    dense rows, or a hashed model's sparse rows (values, their columns, row offsets)."""
 
-    __slots__ = ("event_ids", "features", "labels", "model_id", "ts")
+    __slots__ = ("event_ids", "features", "indices", "labels", "model_id", "offsets", "ts")
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, sparse: bool) -> None:
         self.model_id = model_id
         self.ts = -(1 << 62)
         self.features: list[float] = []
         self.labels: list[float] = []
         self.event_ids: list[str] = []
+        self.indices: list[int] = []
+        #: The rows' offsets into ``features`` (sparse rows only; dense rows have none).
+        self.offsets: list[int] = [0] if sparse else []
+
+    @property
+    def sparse(self) -> bool:
+        return bool(self.offsets)
 
     def add(self, s: Sample) -> None:
         self.ts = max(self.ts, s.ts)
-        self.features.extend(s.features.tolist())
+        values, indices, _ = to_fields(s.features)
+        self.features.extend(values)
+        if self.offsets:
+            self.indices.extend(indices)
+            self.offsets.append(len(self.features))
         self.labels.append(s.label)
         self.event_ids.append(s.event_id or "")
 
@@ -340,6 +353,8 @@ class _ModelSamples:
                 self.features,
                 self.labels,
                 self.event_ids if any(self.event_ids) else [],
+                self.indices,
+                self.offsets,
             )
         )
 
@@ -361,20 +376,24 @@ class ParseSamples(_ParseModelRecords):
         if is_bulk(raw):
             b = parse_sample_batch(raw, self.spec_for)
             self.check_not_ahead(int(b.ts.max()))
+            features = b.features.ravel().tolist()
             bulk = keyed(
-                Samples(
-                    b.model_id, int(b.ts.max()), b.features.ravel().tolist(), b.labels.tolist(), []
-                )
+                Samples(b.model_id, int(b.ts.max()), features, b.labels.tolist(), [], [], [])
             )
             earlier = self.gathered.pop(b.model_id, None)  # its JSON samples came first
             return (bulk,) if earlier is None else (earlier.row(), bulk)
         s = parse_sample(raw, self.spec_for, self.on_unknown)
         self.check_not_ahead(s.ts)
+        sparse = isinstance(s.features, SparseRows)
         samples = self.gathered.get(s.model_id)
+        out: tuple[Row, ...] = ()
+        if samples is not None and samples.sparse != sparse:  # a create changed its kind
+            out = (samples.row(),)
+            samples = None
         if samples is None:
-            samples = self.gathered[s.model_id] = _ModelSamples(s.model_id)
+            samples = self.gathered[s.model_id] = _ModelSamples(s.model_id, sparse)
         samples.add(s)
-        return ()
+        return out
 
     def end_of_bundle(self) -> Iterable[Row]:
         rows = [samples.row() for samples in self.gathered.values()]
@@ -398,14 +417,9 @@ class ParseEvents(_ParseFeedback):
     def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
         e = parse_event(raw, self.spec_for, self.on_unknown)
         self.check_not_ahead(e.ts)
-        return (
-            (
-                keyed(
-                    Feedback("e", e.model_id, e.event_id, e.ts, e.features.tolist(), math.nan, b"")
-                ),
-                e.ts,
-            ),
-        )
+        values, indices, offsets = to_fields(e.features)
+        event = Feedback("e", e.model_id, e.event_id, e.ts, values, math.nan, b"", indices, offsets)
+        return ((keyed(event), e.ts),)
 
 
 class ParseLabels(_ParseFeedback):
@@ -418,7 +432,12 @@ class ParseLabels(_ParseFeedback):
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
         return (
-            (keyed(Feedback("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw)), lab.ts),
+            (
+                keyed(
+                    Feedback("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw, [], [])
+                ),
+                lab.ts,
+            ),
         )
 
 

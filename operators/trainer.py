@@ -35,6 +35,14 @@ from flowlearn.core.control import LIFECYCLE_COMMANDS, apply_command, command_de
 from flowlearn.core.dedupe import SeenIds
 from flowlearn.core.model_types import model_type
 from flowlearn.core.retention import Retention
+from flowlearn.core.sparse import (
+    Rows,
+    SparseRows,
+    concat_rows,
+    from_fields,
+    leading_columns,
+    to_fields,
+)
 from flowlearn.core.spec import learning_rates
 from flowlearn.core.training import ModelTrainer, ModelVersion
 from flowlearn.core.validation import StateMismatch
@@ -54,6 +62,7 @@ from flowlearn.state.descriptors import (
     BufferedSamples,
     BufferedSamplesV1,
     BufferedSamplesV2,
+    BufferedSamplesV3,
     SeenBatch,
 )
 from flowlearn.state.rows import to_row
@@ -102,6 +111,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffer = runtime_context.get_list_state(descriptors.BATCH_BUFFER)
         self.buffer_v1 = runtime_context.get_list_state(descriptors.BATCH_BUFFER_V1)
         self.buffer_v2 = runtime_context.get_list_state(descriptors.BATCH_BUFFER_V2)
+        self.buffer_v3 = runtime_context.get_list_state(descriptors.BATCH_BUFFER_V3)
         self.seen_state = runtime_context.get_map_state(descriptors.SEEN_SAMPLE_IDS)
         self.recent = runtime_context.get_map_state(descriptors.RECENT_VERSIONS)
         self.checkpoints = runtime_context.get_map_state(descriptors.CHECKPOINT_VERSIONS)
@@ -205,13 +215,15 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     def _load(self, model_id: str) -> None:
         """The model's first touch after a (re)start: count the restored buffer and rebuild
-        its seen ids; move the rows of an older buffer (``batch-buffer-v1``/``-v2``) over."""
+        its seen ids; move the rows of an older buffer (``batch-buffer-v1`` to ``-v3``) over."""
         old = [BufferedSamplesV1._make(r).upgraded() for r in self.buffer_v1.get()]
         old += [BufferedSamplesV2._make(r).upgraded() for r in self.buffer_v2.get()]
+        old += [BufferedSamplesV3._make(r).upgraded() for r in self.buffer_v3.get()]
         if old:
             self.buffer.add_all([to_row(r) for r in old])
             self.buffer_v1.clear()
             self.buffer_v2.clear()
+            self.buffer_v3.clear()
         rows = [BufferedSamples._make(r) for r in self.buffer.get()]
         self.buffered[model_id] = sum(len(row.labels) for row in rows)
         batches = {int(seq): SeenBatch._make(v) for seq, v in self.seen_state.items()}
@@ -223,14 +235,16 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
 
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # By field order: a Row handed over inside a fused Python chain has no names.
-        model_id, ts, features, labels, event_ids = Samples._make(value)
+        model_id, ts, features, labels, event_ids, indices, offsets = Samples._make(value)
         self.hot.touch(model_id)
-        refused = self._misfit(model_id, len(features), len(labels))
+        row = BufferedSamples(ts, list(features), list(labels), [], list(indices), list(offsets))
+        refused = self._misfit(model_id, row)
         if refused is not None:
-            yield from self._refuse(model_id, ts, features, labels, *refused)
+            yield from self._refuse(model_id, row, *refused)
             return
         if model_id not in self.buffered:
             self._load(model_id)
+        row = row._replace(event_ids=list(event_ids))
         if event_ids and self.settings.job.sample_dedupe_window_ms:
             seen = self.seen[model_id]
             keep = [
@@ -241,12 +255,9 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 self.per_model.inc(model_id, "duplicate_samples", len(labels) - len(keep))
                 if not keep:
                     return
-                width = len(features) // len(labels)
-                features = [x for i in keep for x in features[i * width : (i + 1) * width]]
-                labels = [labels[i] for i in keep]
-                event_ids = [event_ids[i] for i in keep]
-        self.buffer.add(to_row(BufferedSamples(ts, features, labels, event_ids)))
-        count = self.buffered[model_id] + len(labels)
+                row = _kept(row, keep)
+        self.buffer.add(to_row(row))
+        count = self.buffered[model_id] + len(row.labels)
         self.buffered[model_id] = count
         if self.model_specs.model_spec(model_id) is None:
             # Held: a parser inferred the model's spec, its create is on the way.
@@ -257,7 +268,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             return
         if count >= self._trainer(model_id).next_batch_size():
             yield from self._flush(model_id, ctx, whole=False)
-        elif count == len(labels):  # a new batch: bound its latency
+        elif count == len(row.labels):  # a new batch: bound its latency
             self._time_out_batch(model_id, ctx)
 
     def _bound_waiting(self, model_id: str) -> Iterator[Any]:
@@ -279,15 +290,13 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             self.per_model.inc(model_id, "paused_overflow", len(row.labels))
             yield from self._refuse(
                 model_id,
-                row.ts,
-                list(row.features),
-                list(row.labels),
+                row,
                 "paused_overflow",
                 f"model '{model_id}' waits (paused, or its spec is on the way) with more than "
                 f"job.paused_buffer_samples = {limit} samples buffered: the oldest go here",
             )
 
-    def _misfit(self, model_id: str, n_values: int, n_samples: int) -> tuple[str, str] | None:
+    def _misfit(self, model_id: str, row: BufferedSamples) -> tuple[str, str] | None:
         """Why samples the parser let through do not fit the model here, or None. It
         happens only around a ``create`` or ``delete``: the parser and the trainer hear of
         it on two paths, and a record checked under the one spec can reach the trainer
@@ -301,28 +310,28 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             width = self._trainer(model_id).model.sample_width
         except StateMismatch as exc:
             return "spec_changed", _spec_changed(exc)
-        if n_values != width * n_samples:
+        problem = _unfit(row, width, spec.features == "hashed")
+        if problem is not None:
             return (
                 "bad_features",
-                f"expected {width} values a sample (the model's shape), got {n_values} for "
-                f"{n_samples} samples: checked under another spec of the model (a create or "
+                f"{problem}: checked under another spec of the model (a create or "
                 "delete around the record, or conf/ changed; a reset gives the model its "
                 "spec's shape)",
             )
         return None
 
     def _refuse(
-        self,
-        model_id: str,
-        ts: int,
-        features: list[float],
-        labels: list[float],
-        reason: str,
-        detail: str,
+        self, model_id: str, row: BufferedSamples, reason: str, detail: str
     ) -> Iterator[Any]:
-        """Samples to the DLQ, whole, as a bulk record (a parser's row holds whole samples)."""
-        X = np.asarray(features, dtype=np.float64).reshape(len(labels), -1)
-        raw = encode_sample_batch(model_id, np.full(len(labels), ts), X, np.asarray(labels))
+        """Samples to the DLQ, whole, as a bulk record (a parser's row holds whole samples;
+        a hashed model's stay sparse: :func:`flowlearn.contracts.records.encode_sample_batch`)."""
+        n = len(row.labels)
+        if row.offsets:
+            width = max(row.indices, default=0) + 1  # what they hold: they may fit no model
+            X: Rows = SparseRows(row.offsets, row.indices, row.features, width)
+        else:
+            X = np.asarray(row.features, dtype=np.float64).reshape(n, -1)
+        raw = encode_sample_batch(model_id, np.full(n, row.ts), X, np.asarray(row.labels))
         yield DLQ_TAG, dlq_record("trainer", reason, raw, now_ms(), detail)
 
     def _time_out_batch(self, model_id: str, ctx: Any) -> None:
@@ -357,18 +366,9 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             trainer = self._trainer(model_id)
         except StateMismatch as exc:  # buffered before conf/ changed the model's type
             for row in rows:
-                yield from self._refuse(
-                    model_id,
-                    row.ts,
-                    list(row.features),
-                    list(row.labels),
-                    "spec_changed",
-                    _spec_changed(exc),
-                )
+                yield from self._refuse(model_id, row, "spec_changed", _spec_changed(exc))
             return
-        X = np.concatenate([np.asarray(r.features, dtype=np.float64) for r in rows]).reshape(
-            -1, trainer.model.sample_width
-        )
+        X = _batch(rows, trainer.model.sample_width, trainer.spec.get("features") == "hashed")
         y = np.concatenate([np.asarray(r.labels, dtype=np.float64) for r in rows])
         sealed = self.seen[model_id].seal()
         if sealed is not None:
@@ -423,7 +423,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             if result.clipped:
                 self.per_model.inc(model_id, "grad_clipped")
             self.model_loss[model_id] = result.prequential_loss
-            monitored = X_batch[:, : self.settings.job.drift_features_monitored]
+            monitored = leading_columns(X_batch, self.settings.job.drift_features_monitored)
             yield from self._emit(
                 trainer, result.version, "train", result.errors, result.losses, monitored
             )
@@ -663,15 +663,15 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         came, or short of a batch): those of the new shape are trained as they would have
         been, the others dead-lettered whole."""
         width = self._trainer(model_id).model.sample_width
+        hashed = self.model_specs.spec_of(model_id).features == "hashed"
         fit = []
         for row in waiting:
-            if len(row.features) == width * len(row.labels):
+            problem = _unfit(row, width, hashed)
+            if problem is None:
                 fit.append(row)
             else:
-                detail = f"expected {width} values a sample: buffered before the model's create"
-                yield from self._refuse(
-                    model_id, row.ts, row.features, row.labels, "bad_features", detail
-                )
+                detail = f"{problem}: buffered before the model's create"
+                yield from self._refuse(model_id, row, "bad_features", detail)
         if fit:
             self.buffer.add_all([to_row(row) for row in fit])
             self._load(model_id)
@@ -778,6 +778,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             self.buffer,
             self.buffer_v1,
             self.buffer_v2,
+            self.buffer_v3,
             self.seen_state,
             self.recent,
             self.checkpoints,
@@ -811,7 +812,58 @@ def _refusal(command: ControlCommand, reason: str) -> dict[str, Any]:
     return {**_detail(command), "ok": False, "reason": reason}
 
 
-def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray) -> BufferedSamples:
+def _kept(row: BufferedSamples, keep: list[int]) -> BufferedSamples:
+    """The buffer row with only its samples ``keep`` (in order), dense or sparse."""
+    n = len(row.labels)
+    if row.offsets:
+        o = row.offsets
+        spans = [(o[i], o[i + 1]) for i in keep]
+        offsets = [0]
+        for lo, hi in spans:
+            offsets.append(offsets[-1] + hi - lo)
+        features = [x for lo, hi in spans for x in row.features[lo:hi]]
+        indices = [c for lo, hi in spans for c in row.indices[lo:hi]]
+    else:
+        width = len(row.features) // n
+        features = [x for i in keep for x in row.features[i * width : (i + 1) * width]]
+        indices, offsets = [], []
+    ids = [row.event_ids[i] for i in keep] if row.event_ids else []
+    return BufferedSamples(row.ts, features, [row.labels[i] for i in keep], ids, indices, offsets)
+
+
+def _unfit(row: BufferedSamples, width: int, hashed: bool) -> str | None:
+    """Why a buffer row's samples are no rows of a model of ``width`` values a sample (a
+    hashed model's: sparse, or dense as older state holds them), or None."""
+    n = len(row.labels)
+    if row.offsets:
+        if not hashed:
+            return f"expected {width} values a sample (the model's shape), got sparse rows"
+        try:
+            from_fields(row.features, row.indices, row.offsets, width)
+        except ValueError as exc:
+            return f"sparse rows that do not fit the model's {width} columns ({exc})"
+        return None if len(row.offsets) == n + 1 else f"{len(row.offsets) - 1} rows, {n} labels"
+    if len(row.features) != width * n:
+        return (
+            f"expected {width} values a sample (the model's shape), got {len(row.features)} "
+            f"for {n} samples"
+        )
+    return None
+
+
+def _batch(rows: list[BufferedSamples], width: int, hashed: bool) -> Rows:
+    """The buffer rows' samples in order: one dense matrix, or a hashed model's sparse rows
+    (dense rows of older state taken sparse)."""
+    if not hashed:
+        return np.concatenate([np.asarray(r.features, dtype=np.float64) for r in rows]).reshape(
+            -1, width
+        )
+    parts = [from_fields(r.features, r.indices, r.offsets, width) for r in rows]
+    X = concat_rows(parts)
+    return X if isinstance(X, SparseRows) else SparseRows.from_dense(X)
+
+
+def _tail(rows: list[BufferedSamples], start: int, X: Rows, y: np.ndarray) -> BufferedSamples:
     """The buffer rows' samples from ``start`` on (X and y are the rows' samples, in order),
     as one buffer row: the latest time among the rows they came from, their event ids."""
     ts, at = -(1 << 62), 0
@@ -823,6 +875,7 @@ def _tail(rows: list[BufferedSamples], start: int, X: np.ndarray, y: np.ndarray)
             skip = max(start - at, 0)
             ids.extend(row.event_ids[skip:] if row.event_ids else [""] * (n - skip))
         at += n
+    values, indices, offsets = to_fields(X[start:])
     return BufferedSamples(
-        ts, X[start:].ravel().tolist(), y[start:].tolist(), ids if any(ids) else []
+        ts, values, y[start:].tolist(), ids if any(ids) else [], indices, offsets
     )

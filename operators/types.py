@@ -15,12 +15,17 @@ from flowlearn.core.training import ModelVersion
 from flowlearn.state.rows import row_type, to_row
 
 _FLOATS = Types.PRIMITIVE_ARRAY(Types.DOUBLE())
+_INTS = Types.PRIMITIVE_ARRAY(Types.INT())
+_LONGS = Types.PRIMITIVE_ARRAY(Types.LONG())
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 
 
 class Samples(NamedTuple):
-    """Parsed, validated, labelled samples of one model: n labels and n x n_features features
-    (row-major, flat); ts is the latest event time among them. The per-record cost is paid
+    """Parsed, validated, labelled samples of one model: n labels and their features, either
+    n x n_features values (row-major, flat; ``indices`` and ``offsets`` empty) or, for a
+    hashed model, sparse rows: ``features`` the stored values, ``indices`` their columns,
+    ``offsets`` the n + 1 row offsets (:func:`flowlearn.core.sparse.to_fields`); ts is the
+    latest event time among them. The per-record cost is paid
     once for all: a bulk record is one row, and so are the JSON samples of one model within
     a bundle of records (``job.input_bundle_records``). ``event_ids`` holds one id per
     sample ("" for a sample without) when any JSON sample had one (the trainer drops a
@@ -32,10 +37,21 @@ class Samples(NamedTuple):
     features: list[float]
     labels: list[float]
     event_ids: list[str]
+    indices: list[int]
+    offsets: list[int]
 
 
 SAMPLE_TYPE = row_type(
-    Samples, [Types.STRING(), Types.LONG(), _FLOATS, _FLOATS, Types.BASIC_ARRAY(Types.STRING())]
+    Samples,
+    [
+        Types.STRING(),
+        Types.LONG(),
+        _FLOATS,
+        _FLOATS,
+        Types.BASIC_ARRAY(Types.STRING()),
+        _INTS,
+        _LONGS,
+    ],
 )
 
 #: What the samples parser and the label join emit: the model id, then the Samples row (the
@@ -45,7 +61,9 @@ KEYED_SAMPLE_TYPE = Types.ROW([Types.STRING(), SAMPLE_TYPE])
 
 class Feedback(NamedTuple):
     """An event (kind "e": features, label NaN) or a label (kind "l": label and the record's
-    raw bytes, kept for the DLQ should it come late), on its way to the label join."""
+    raw bytes, kept for the DLQ should it come late), on its way to the label join. An
+    event's features are one row as :class:`Samples` carries rows (a hashed model's: sparse,
+    ``offsets`` ``[0, len(features)]``)."""
 
     kind: str
     model_id: str
@@ -54,11 +72,23 @@ class Feedback(NamedTuple):
     features: list[float]
     label: float
     raw: bytes
+    indices: list[int]
+    offsets: list[int]
 
 
 FEEDBACK_TYPE = row_type(
     Feedback,
-    [Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(), _FLOATS, Types.DOUBLE(), _BYTES],
+    [
+        Types.STRING(),
+        Types.STRING(),
+        Types.STRING(),
+        Types.LONG(),
+        _FLOATS,
+        Types.DOUBLE(),
+        _BYTES,
+        _INTS,
+        _LONGS,
+    ],
 )
 
 #: A feedback row with its model id in front (the pair a keyed Python operator takes).

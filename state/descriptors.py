@@ -16,21 +16,46 @@ from pyflink.datastream.state import (
 from flowlearn.state.rows import row_type
 
 _FLOATS = Types.PRIMITIVE_ARRAY(Types.DOUBLE())
+_INTS = Types.PRIMITIVE_ARRAY(Types.INT())
+_LONGS = Types.PRIMITIVE_ARRAY(Types.LONG())
 _BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 
 
 class BufferedSamples(NamedTuple):
-    """Buffered samples as they arrived: latest event time, flat features, labels, event ids
-    (none, or one per label, "" for a sample without; see ``operators.types.Samples``)."""
+    """Buffered samples as they arrived: latest event time, features, labels, event ids
+    (none, or one per label, "" for a sample without), and the column indices and row
+    offsets of a hashed model's sparse rows (empty for dense rows; see
+    ``operators.types.Samples``)."""
+
+    ts: int
+    features: list[float]
+    labels: list[float]
+    event_ids: list[str]
+    indices: list[int]
+    offsets: list[int]
+
+
+BUFFERED_SAMPLE_TYPE = row_type(
+    BufferedSamples,
+    [Types.LONG(), _FLOATS, _FLOATS, Types.BASIC_ARRAY(Types.STRING()), _INTS, _LONGS],
+)
+
+
+class BufferedSamplesV3(NamedTuple):
+    """A ``batch-buffer-v3`` row (dense features only, from before hashed rows were kept
+    sparse): read once after a restore and moved to BATCH_BUFFER."""
 
     ts: int
     features: list[float]
     labels: list[float]
     event_ids: list[str]
 
+    def upgraded(self) -> BufferedSamples:
+        return BufferedSamples(self.ts, self.features, self.labels, self.event_ids, [], [])
 
-BUFFERED_SAMPLE_TYPE = row_type(
-    BufferedSamples, [Types.LONG(), _FLOATS, _FLOATS, Types.BASIC_ARRAY(Types.STRING())]
+
+BUFFERED_SAMPLE_TYPE_V3 = row_type(
+    BufferedSamplesV3, [Types.LONG(), _FLOATS, _FLOATS, Types.BASIC_ARRAY(Types.STRING())]
 )
 
 
@@ -44,9 +69,8 @@ class BufferedSamplesV2(NamedTuple):
     event_id: str
 
     def upgraded(self) -> BufferedSamples:
-        return BufferedSamples(
-            self.ts, self.features, self.labels, [self.event_id] if self.event_id else []
-        )
+        ids = [self.event_id] if self.event_id else []
+        return BufferedSamples(self.ts, self.features, self.labels, ids, [], [])
 
 
 BUFFERED_SAMPLE_TYPE_V2 = row_type(
@@ -62,7 +86,7 @@ class BufferedSamplesV1(NamedTuple):
     labels: list[float]
 
     def upgraded(self) -> BufferedSamples:
-        return BufferedSamples(self.ts, self.features, self.labels, [])
+        return BufferedSamples(self.ts, self.features, self.labels, [], [], [])
 
 
 BUFFERED_SAMPLE_TYPE_V1 = row_type(BufferedSamplesV1, [Types.LONG(), _FLOATS, _FLOATS])
@@ -96,7 +120,8 @@ RUNTIME_SPECS = MapStateDescriptor("runtime-specs-v1", Types.STRING(), Types.STR
 #: True while a ``pause`` command holds training (samples keep buffering).
 PAUSED = ValueStateDescriptor("paused-v1", Types.BOOLEAN())
 #: Samples waiting for the next mini-batch.
-BATCH_BUFFER = ListStateDescriptor("batch-buffer-v3", BUFFERED_SAMPLE_TYPE)
+BATCH_BUFFER = ListStateDescriptor("batch-buffer-v4", BUFFERED_SAMPLE_TYPE)
+BATCH_BUFFER_V3 = ListStateDescriptor("batch-buffer-v3", BUFFERED_SAMPLE_TYPE_V3)
 BATCH_BUFFER_V2 = ListStateDescriptor("batch-buffer-v2", BUFFERED_SAMPLE_TYPE_V2)
 BATCH_BUFFER_V1 = ListStateDescriptor("batch-buffer-v1", BUFFERED_SAMPLE_TYPE_V1)
 
@@ -120,8 +145,24 @@ SEEN_SAMPLE_IDS = MapStateDescriptor(
 class JoinEntry(NamedTuple):
     """Label join: the entry of one event id that waits for its other half, or that was
     paired and keeps duplicates out until its window has passed: ``flags``
-    (flowlearn.operators.label_join: event, label, paired), the event's time and features,
-    the label's time, value and raw bytes (kept for the DLQ)."""
+    (flowlearn.operators.label_join: event, label, paired), the event's time and features
+    (a hashed model's: the sparse row's values, ``indices`` their columns and ``offsets``
+    ``[0, n]``; a dense row: its values, no indices or offsets), the label's time, value
+    and raw bytes (kept for the DLQ)."""
+
+    flags: int
+    event_ts: int
+    features: list[float]
+    label_ts: int
+    label: float
+    raw: bytes
+    indices: list[int]
+    offsets: list[int]
+
+
+class JoinEntryV2(NamedTuple):
+    """A ``join-entries-v2`` entry (dense features only): read once after a restore and
+    moved to JOIN_ENTRIES."""
 
     flags: int
     event_ts: int
@@ -130,12 +171,20 @@ class JoinEntry(NamedTuple):
     label: float
     raw: bytes
 
+    def upgraded(self) -> JoinEntry:
+        return JoinEntry(*self, [], [])
+
 
 #: Label join, keyed by model id: event id -> JoinEntry.
 JOIN_ENTRY_TYPE = row_type(
-    JoinEntry, [Types.INT(), Types.LONG(), _FLOATS, Types.LONG(), Types.DOUBLE(), _BYTES]
+    JoinEntry,
+    [Types.INT(), Types.LONG(), _FLOATS, Types.LONG(), Types.DOUBLE(), _BYTES, _INTS, _LONGS],
 )
-JOIN_ENTRIES = MapStateDescriptor("join-entries-v2", Types.STRING(), JOIN_ENTRY_TYPE)
+JOIN_ENTRIES = MapStateDescriptor("join-entries-v3", Types.STRING(), JOIN_ENTRY_TYPE)
+JOIN_ENTRY_TYPE_V2 = row_type(
+    JoinEntryV2, [Types.INT(), Types.LONG(), _FLOATS, Types.LONG(), Types.DOUBLE(), _BYTES]
+)
+JOIN_ENTRIES_V2 = MapStateDescriptor("join-entries-v2", Types.STRING(), JOIN_ENTRY_TYPE_V2)
 
 #: The checkpoint operator's ledger of one model (``flowlearn.core.checkpointing`` bytes) and
 #: the weights of its kept checkpoints (codec array bytes by version), to register them.

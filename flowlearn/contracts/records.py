@@ -26,8 +26,9 @@ import numpy as np
 import orjson
 
 from flowlearn.core.control import CONTROL_COMMANDS
-from flowlearn.core.features import FeatureError, vectorize
+from flowlearn.core.features import FeatureError, rows_of
 from flowlearn.core.model_types import MODEL_TYPES
+from flowlearn.core.sparse import INDEX_DTYPE, Rows, SparseRows, with_columns
 from flowlearn.core.spec import model_id_problem
 
 #: Largest record accepted on any topic; bigger ones go to the DLQ as ``too_large``. Half of
@@ -62,11 +63,12 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled sample, features already numeric."""
+    """One labelled sample, features already numeric: a dense model's row, or a hashed
+    model's sparse row (:class:`~flowlearn.core.sparse.SparseRows` of one row)."""
 
     model_id: str
     ts: int
-    features: np.ndarray
+    features: np.ndarray | SparseRows
     label: float
     event_id: str | None = None
 
@@ -201,7 +203,7 @@ class Event:
     event_id: str
     model_id: str
     ts: int
-    features: np.ndarray
+    features: np.ndarray | SparseRows  # as Sample's
 
 
 @dataclass(frozen=True)
@@ -232,17 +234,19 @@ def _features(
     obj: Mapping[str, Any],
     spec: Mapping[str, Any],
     on_unknown: Callable[[str], None] | None = None,
-) -> np.ndarray:
-    """A record's features as the model's row; a contextual bandit's row goes on with the
-    choice made (:func:`_choice`): the feedback row
-    :class:`flowlearn.core.pipeline.FeedbackPipeline` trains on."""
+) -> np.ndarray | SparseRows:
+    """A record's features as the model's row (a hashed model's: one sparse row, never
+    dense); a contextual bandit's row goes on with the choice made (:func:`_choice`): the
+    feedback row :class:`flowlearn.core.pipeline.FeedbackPipeline` trains on."""
     try:
-        row = vectorize([_field(obj, "features")], spec, on_unknown)[0]
+        rows = rows_of([_field(obj, "features")], spec, on_unknown)
     except FeatureError as exc:
         raise RecordError("bad_features", str(exc)) from exc
+    if isinstance(rows, SparseRows):
+        return with_columns(rows, _choice(obj, spec)) if is_bandit(spec) else rows
     if is_bandit(spec):
-        return np.concatenate([row, _choice(obj, spec)])
-    return row
+        return np.concatenate([rows[0], _choice(obj, spec)])
+    return rows[0]
 
 
 def is_bandit(spec: Mapping[str, Any]) -> bool:
@@ -328,10 +332,14 @@ class SampleBatch:
     labels: np.ndarray  # (n,) float64
 
 
-def encode_sample_batch(
-    model_id: str, ts: np.ndarray, features: np.ndarray, labels: np.ndarray
-) -> bytes:
+def encode_sample_batch(model_id: str, ts: np.ndarray, features: Rows, labels: np.ndarray) -> bytes:
     """A bulk record: one Arrow IPC stream with columns model_id, ts, features, label.
+
+    Sparse rows (a hashed model's samples, which the trainer dead-letters this way) take
+    the columns ``indices`` (list of int32: the hashed columns) and ``values`` (list of
+    float64) in place of ``features``, and the schema's metadata says ``n_features``: the
+    hashed columns, not the names (hashing cannot be undone), so such a record is for
+    inspection; the job takes bulk records of dense models only.
 
     >>> raw = encode_sample_batch("m", np.array([1]), np.ones((1, 2)), np.array([1.0]))
     >>> is_bulk(raw)
@@ -339,15 +347,23 @@ def encode_sample_batch(
     """
     import pyarrow as pa
 
-    X = np.ascontiguousarray(features, dtype=np.float64)
-    table = pa.table(
-        {
-            "model_id": pa.array([model_id] * len(X), pa.string()),
-            "ts": pa.array(np.asarray(ts, dtype=np.int64)),
-            "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
-            "label": pa.array(np.asarray(labels, dtype=np.float64)),
-        }
-    )
+    columns: dict[str, Any] = {
+        "model_id": pa.array([model_id] * len(features), pa.string()),
+        "ts": pa.array(np.asarray(ts, dtype=np.int64)),
+    }
+    metadata = None
+    if isinstance(features, SparseRows):
+        offsets = pa.array(features.offsets.astype(np.int32))
+        columns["indices"] = pa.ListArray.from_arrays(
+            offsets, pa.array(features.indices.astype(INDEX_DTYPE))
+        )
+        columns["values"] = pa.ListArray.from_arrays(offsets, pa.array(features.values))
+        metadata = {"n_features": str(features.width)}
+    else:
+        X = np.ascontiguousarray(features, dtype=np.float64)
+        columns["features"] = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1])
+    columns["label"] = pa.array(np.asarray(labels, dtype=np.float64))
+    table = pa.table(columns, metadata=metadata)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

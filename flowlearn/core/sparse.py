@@ -38,8 +38,11 @@ __all__ = [
     "bin_sums",
     "check_rows",
     "concat_rows",
+    "from_fields",
     "leading_columns",
     "replace_rows",
+    "to_fields",
+    "with_columns",
 ]
 
 #: Column indices are 32-bit: a hashed model of 2**31 columns would need 16 GiB of weights.
@@ -259,6 +262,47 @@ def leading_columns(X: Rows, k: int) -> np.ndarray:
     out = np.zeros((len(X), k))
     out[X.row_ids()[keep], X.indices[keep]] = X.values[keep]
     return out
+
+
+def with_columns(X: SparseRows, tail: np.ndarray) -> SparseRows:
+    """One sparse row with ``tail``'s values appended as columns ``width, width + 1, ...``
+    (a bandit's feedback row: the context, then the action and the propensity).
+
+    >>> with_columns(SparseRows.from_dense([[0.0, 2.0]]), np.array([0.0, 0.5])).dense().tolist()
+    [[0.0, 2.0, 0.0, 0.5]]
+    """
+    if len(X) != 1:
+        raise ValueError("columns are appended to one row")
+    return SparseRows(
+        np.array([0, X.nnz + len(tail)]),
+        np.concatenate([X.indices, np.arange(X.width, X.width + len(tail), dtype=INDEX_DTYPE)]),
+        np.concatenate([X.values, np.asarray(tail, dtype=np.float64)]),
+        X.width + len(tail),
+    )
+
+
+def to_fields(X: Rows) -> tuple[list[float], list[int], list[int]]:
+    """Rows as the job's rows carry them: ``(values, indices, offsets)``; a dense matrix as
+    its values (row-major) and no indices or offsets, sparse rows as their three arrays
+    (``offsets`` never empty). :func:`from_fields` reads them back.
+
+    >>> to_fields(np.array([[1.0, 2.0]])), to_fields(SparseRows.from_dense([[0.0, 2.0]]))
+    (([1.0, 2.0], [], []), ([2.0], [1], [0, 1]))
+    """
+    if isinstance(X, SparseRows):
+        return X.values.tolist(), X.indices.tolist(), X.offsets.tolist()
+    return np.asarray(X, dtype=np.float64).ravel().tolist(), [], []
+
+
+def from_fields(values: Any, indices: Any, offsets: Any, width: int) -> Rows:
+    """The rows :func:`to_fields` gave (dense ones of ``width`` columns); ValueError for
+    fields that do not fit."""
+    if len(offsets):
+        return SparseRows(offsets, indices, values, width)
+    X = np.asarray(values, dtype=np.float64)
+    if X.size % width:
+        raise ValueError(f"{X.size} values are no rows of {width}")
+    return X.reshape(-1, width)
 
 
 def check_rows(X: Any, n_features: int, name: str = "X") -> Rows:

@@ -46,6 +46,7 @@ from flowlearn.contracts.records import (
 )
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.core import codec
+from flowlearn.core.sparse import as_dense
 from flowlearn.devstack.jars import operators_jar
 from flowlearn.evaluation.baselines import BatchBaseline, batch_baseline, fixed_baseline
 from flowlearn.evaluation.builders import build_replay, ledger_checkpoints
@@ -229,7 +230,9 @@ def valid_samples(records: Sequence[bytes], settings: Settings) -> dict[str, _Va
                 model_id, X, y = b.model_id, b.features, b.labels
             else:
                 s = parse_sample(raw, spec_for)
-                model_id, X, y = s.model_id, s.features[None, :], np.array([s.label])
+                # A hashed model's sparse row, dense: the report's baseline takes matrices.
+                X = as_dense(s.features).reshape(1, -1)
+                model_id, y = s.model_id, np.array([s.label])
         except RecordError:
             continue
         v = out.setdefault(model_id, _Valid())

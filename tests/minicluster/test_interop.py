@@ -36,7 +36,7 @@ def test_keyed_and_timed_in_java_and_a_java_operator_and_the_discarding_sink() -
     settings = load_settings(env={})
     env = local_environment(operators_jar(settings))
     timed = [
-        (keyed(Feedback("e", model, f"{model}-{i}", 1000 + i, [], math.nan, b"")), 1000 + i)
+        (keyed(Feedback("e", model, f"{model}-{i}", 1000 + i, [], math.nan, b"", [], [])), 1000 + i)
         for model in ("a", "b")
         for i in range(3)
     ]

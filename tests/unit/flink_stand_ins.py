@@ -79,6 +79,9 @@ class MapState(dict):
     def put(self, k: Any, v: Any) -> None:
         self[k] = v
 
+    def put_all(self, entries: dict[Any, Any]) -> None:
+        self.update(entries)
+
     def remove(self, k: Any) -> None:
         del self[k]
 
@@ -112,6 +115,9 @@ class KeyedState:
 class Timers:
     def current_processing_time(self) -> int:
         return 0
+
+    def current_watermark(self) -> int:
+        return -(1 << 62)
 
     def register_processing_time_timer(self, t: int) -> None:
         pass

@@ -45,6 +45,7 @@ from flowlearn.contracts.records import (
     parse_sample_batch,
 )
 from flowlearn.core.control import CONTROL_COMMANDS
+from flowlearn.core.sparse import SparseRows, to_fields
 from flowlearn.core.spec import ModelSpec
 
 FUZZ = settings(
@@ -150,9 +151,13 @@ def check_ts(ts: Any) -> None:
 
 
 def check_features(features: Any, spec: Mapping[str, Any]) -> None:
-    assert isinstance(features, np.ndarray) and features.dtype == np.float64
-    assert features.shape == (int(spec["n_features"]),)
-    assert np.isfinite(features).all()
+    if spec["features"] == "hashed":  # one sparse row, never dense
+        assert isinstance(features, SparseRows) and features.shape == (1, int(spec["n_features"]))
+        features = features.values
+    else:
+        assert isinstance(features, np.ndarray)
+        assert features.shape == (int(spec["n_features"]),)
+    assert features.dtype == np.float64 and np.isfinite(features).all()
 
 
 def check_label(label: Any, spec: Mapping[str, Any]) -> None:
@@ -488,14 +493,14 @@ def test_valid_records_parse_to_their_values(data: st.DataObject) -> None:
     if spec["features"] == "dense":
         assert s.features.tolist() == [float(x) for x in features]
     else:
-        assert np.abs(s.features).sum() == sum(abs(float(v)) for v in features.values())
+        assert np.abs(s.features.values).sum() == sum(abs(float(v)) for v in features.values())
     event = parse_event(
         json.dumps(
             {"event_id": "e1", "model_id": model_id, "ts": ts, "features": features}
         ).encode(),
         spec_for,
     )
-    assert event.features.tobytes() == s.features.tobytes()
+    assert to_fields(event.features) == to_fields(s.features)
     command = data.draw(st.sampled_from(sorted(CONTROL_COMMANDS)))
     args: dict[str, Any] = {name: data.draw(NUMBERS) for name in CONTROL_COMMANDS[command]}
     if command == "create":  # its spec is checked by the operator, against the settings

@@ -37,7 +37,7 @@ def command(trainer: MiniBatchTrainer, name: str, **args: Any) -> list[Any]:
 
 
 def samples(trainer: MiniBatchTrainer, n: int, width: int) -> list[Any]:
-    row = Row("fresh", 5, [0.5] * (n * width), [1.0] * n, [])
+    row = Row("fresh", 5, [0.5] * (n * width), [1.0] * n, [], [], [])
     return list(trainer.process_element1(row, Context()))
 
 
@@ -279,7 +279,7 @@ def test_a_paused_models_buffer_is_bounded_oldest_to_the_dlq():
     assert answer(command(trainer, "pause"))["ok"]
     letters = []
     for i in range(4):  # rows of 2 samples, labels 0..7
-        row = Row("fresh", 5 + i, [0.5] * 6, [float(2 * i), float(2 * i + 1)], [])
+        row = Row("fresh", 5 + i, [0.5] * 6, [float(2 * i), float(2 * i + 1)], [], [], [])
         out = list(trainer.process_element1(row, Context()))
         assert not versions(out)  # paused: nothing trained
         letters += [json.loads(o[1]) for o in out if o[0] is DLQ_TAG]

@@ -244,3 +244,23 @@ def test_action_features_must_be_the_declared_number():
         with pytest.raises(RecordError, match="bad_action") as err:
             parse_event(bandit_event(action=action), lambda _m: spec)
         assert "2 features" in err.value.message
+
+
+def test_a_dead_letter_of_hashed_samples_keeps_them_sparse():
+    """The trainer's DLQ record of a hashed model's samples: columns indices and values
+    (the hashed columns), n_features in the schema's metadata; never a dense matrix."""
+    import numpy as np
+    import pyarrow as pa
+
+    from flowlearn.contracts.records import encode_sample_batch, is_bulk, parse_sample_batch
+    from flowlearn.core.sparse import SparseRows
+
+    X = SparseRows(np.array([0, 2, 3]), np.array([5, 2**17, 9]), np.array([1.0, -2.0, 0.5]), 2**18)
+    raw = encode_sample_batch("m", np.array([1, 2]), X, np.array([0.0, 1.0]))
+    assert is_bulk(raw) and len(raw) < 4096
+    table = pa.ipc.open_stream(raw).read_all()
+    assert table.column("indices").to_pylist() == [[5, 2**17], [9]]
+    assert table.column("values").to_pylist() == [[1.0, -2.0], [0.5]]
+    assert table.schema.metadata[b"n_features"] == b"262144"
+    with pytest.raises(RecordError, match="features"):  # not a bulk record the job takes
+        parse_sample_batch(raw, lambda _m: DENSE)

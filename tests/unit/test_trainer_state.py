@@ -47,7 +47,7 @@ def grown() -> KeyedState:
 
 
 def sample(event_id: str, ts: int = 1000) -> Row:
-    return Row("m", ts, [0.5] * 10, [1.0], [event_id] if event_id else [])
+    return Row("m", ts, [0.5] * 10, [1.0], [event_id] if event_id else [], [], [])
 
 
 def features_of(event_id: str) -> list[float]:
@@ -58,7 +58,7 @@ def features_of(event_id: str) -> list[float]:
 def samples(*event_ids: str, ts: int = 1000) -> Row:
     """The JSON samples of one bundle, as the parser gathers them into one row."""
     features = [x for event_id in event_ids for x in features_of(event_id)]
-    return Row("m", ts, features, [1.0] * len(event_ids), list(event_ids))
+    return Row("m", ts, features, [1.0] * len(event_ids), list(event_ids), [], [])
 
 
 def send(trainer: MiniBatchTrainer, row: Row) -> list[Any]:
@@ -71,12 +71,16 @@ def test_buffered_rows_of_older_savepoints_are_moved_over_with_their_ids():
     v1.rows = [Row(900, [0.1] * 10, [0.0]), Row(950, [0.2] * 10, [1.0])]
     state.states["batch-buffer-v2"] = v2 = ListState()
     v2.rows = [Row(960, [0.3] * 10, [1.0], "old")]
+    state.states["batch-buffer-v3"] = v3 = ListState()
+    v3.rows = [Row(970, [0.4] * 10, [1.0], ["older"])]
     trainer = started(state)
     assert send(trainer, sample("old")) == []  # its id came with the v2 row
-    assert send(trainer, sample("a")) != []  # four samples: two batches of 2
-    assert v1.rows == [] and v2.rows == [] and state.states["batch-buffer-v3"].rows == []
-    assert state.states["samples-applied-v1"].value() == GROWN + 4
-    assert state.group.metrics["duplicate_samples"].count == 1
+    assert send(trainer, sample("older")) == []  # and this one with the v3 row
+    assert send(trainer, sample("a")) != []  # five samples: two batches of 2, one waits
+    assert send(trainer, sample("b")) != []  # and the last batch
+    assert v1.rows == v2.rows == v3.rows == [] and state.states["batch-buffer-v4"].rows == []
+    assert state.states["samples-applied-v1"].value() == GROWN + 6
+    assert state.group.metrics["duplicate_samples"].count == 2
 
 
 def test_duplicates_within_a_bundle_are_dropped_and_the_rest_trained_in_order():
@@ -87,7 +91,7 @@ def test_duplicates_within_a_bundle_are_dropped_and_the_rest_trained_in_order():
     # "p", "", "q": one batch of 2 trained, the third sample waits with its id.
     assert state.states["samples-applied-v1"].value() == GROWN + 2
     assert len([o for o in out if not isinstance(o, tuple)]) == 1  # one version row
-    (tail,) = state.states["batch-buffer-v3"].rows
+    (tail,) = state.states["batch-buffer-v4"].rows
     assert tail[1] == features_of("q") and list(tail[3]) == ["q"]
 
 
@@ -104,10 +108,10 @@ def test_a_batch_is_the_same_however_its_samples_were_bundled(young):
         if young:  # batches of one sample each: a young model learns from the first
             assert state.states["samples-applied-v1"].value() == 5
             assert state.states["model-version-v1"].value() == 5
-            assert state.states["batch-buffer-v3"].rows == []
+            assert state.states["batch-buffer-v4"].rows == []
         else:
             assert state.states["samples-applied-v1"].value() == GROWN + 4
-            (tail,) = state.states["batch-buffer-v3"].rows
+            (tail,) = state.states["batch-buffer-v4"].rows
             assert list(tail[3]) == ["s4"]
     assert one_by_one.states["model-state-v1"].value() == bundled.states["model-state-v1"].value()
 

@@ -1,0 +1,72 @@
+"""The label join's state outside Flink (stand-in keyed state, one model): a hashed model's
+event waits as its sparse row, and entries of an older savepoint (dense) are moved over."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pyflink.common import Row
+
+from flowlearn.conf import load_settings
+from flowlearn.contracts.records import parse_event
+from flowlearn.core.sparse import to_fields
+from flowlearn.core.spec import ModelSpec
+from flowlearn.operators.label_join import HAS_EVENT, LabelJoin
+from flowlearn.operators.types import Feedback, Samples
+from flowlearn.state.descriptors import JoinEntry
+from flowlearn.state.rows import to_row
+from tests.unit.flink_stand_ins import Context, KeyedState, MapState
+
+SETTINGS = load_settings(env={})
+HASHED = ModelSpec(type="logistic", n_features=2**18, features="hashed").as_dict()
+EVENT = (
+    b'{"event_id": "e1", "model_id": "m", "ts": 1000, '
+    b'"features": {"country": "fr", "device": "ios", "age": 31.5}}'
+)
+
+
+def opened(state: KeyedState) -> LabelJoin:
+    join = LabelJoin(SETTINGS)
+    join.open(state)
+    return join
+
+
+def send(join: LabelJoin, feedback: Feedback) -> list[Any]:
+    return list(join.process_element(to_row(feedback), Context()))
+
+
+def label(event_id: str = "e1", ts: int = 2000) -> Feedback:
+    return Feedback("l", "m", event_id, ts, [], 1.0, b"{}", [], [])
+
+
+def test_a_hashed_event_waits_as_its_sparse_row_and_is_trained_sparse():
+    event = parse_event(EVENT, lambda _m: HASHED)
+    values, indices, offsets = to_fields(event.features)
+    state = KeyedState()
+    join = opened(state)
+    assert send(join, Feedback("e", "m", "e1", 1000, values, math.nan, b"", indices, offsets)) == []
+    (stored,) = state.states["join-entries-v3"].values()
+    entry = JoinEntry._make(stored)
+    # Three features: three values and their columns, not 2**18 floats (2 MiB).
+    assert len(entry.features) == len(entry.indices) == 3 and list(entry.offsets) == [0, 3]
+    (paired,) = send(join, label())
+    sample = Samples._make(paired[1])
+    assert (sample.features, sample.indices, sample.offsets) == (values, indices, offsets)
+    assert sample.labels == [1.0]
+
+
+def test_entries_of_an_older_savepoint_are_moved_over_and_pair():
+    state = KeyedState()
+    state.states["join-entries-v2"] = old = MapState()
+    old["e1"] = Row(HAS_EVENT, 1000, [0.5, 1.5], 0, 0.0, b"")
+    join = opened(state)
+    (paired,) = send(join, label())
+    sample = Samples._make(paired[1])
+    assert (sample.features, sample.indices, sample.offsets, sample.ts) == (
+        [0.5, 1.5],
+        [],
+        [],
+        1000,
+    )
+    assert old == {} and set(state.states["join-entries-v3"]) == {"e1"}  # its tombstone
