@@ -30,6 +30,7 @@ from flowlearn.contracts.records import (
     parse_label,
     parse_sample,
     parse_sample_batch,
+    record_model_id,
 )
 from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
 from flowlearn.core.control import changes_shape
@@ -83,11 +84,15 @@ class _ParseRecords:
     def end_of_bundle(self) -> Iterable[Any]:
         return ()
 
-    def inferred_create(self, raw: bytes, error: RecordError) -> str | None:
-        """A ``create`` command (JSON) for the model of ``raw``, which ``error`` refused,
-        when the unknown-model policy infers its spec from this record; the record is then
-        parsed again."""
+    def inferred_create(self, raw: bytes, error: RecordError) -> tuple[str, str] | None:
+        """The model id of ``raw``, which ``error`` refused as an unknown model's, and a
+        ``create`` command (JSON) for it, when the unknown-model policy makes the model;
+        the record is then parsed again under the spec the create gives, and the create
+        goes out only if it passes (else :meth:`withdraw`)."""
         return None
+
+    def withdraw(self, model_id: str) -> None:
+        """Forget the create :meth:`inferred_create` asked for: its record was bad anyway."""
 
     def alerts_for(self, error: RecordError) -> Iterable[tuple[OutputTag, str]]:
         """Alerts that the dead letter of ``error`` calls for (none, unless a subclass says)."""
@@ -103,8 +108,14 @@ class _ParseRecords:
                     inferred = self.inferred_create(raw, exc)
                     if inferred is None:
                         raise
-                    yield INFERRED_TAG, inferred
-                    out = self.parse(raw)
+                    model_id, create = inferred
+                    try:
+                        out = self.parse(raw)
+                    except RecordError:
+                        # Bad under the spec it would get too: it makes no model.
+                        self.withdraw(model_id)
+                        raise
+                    yield INFERRED_TAG, create
             except RecordError as exc:
                 self.dead.inc()
                 yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
@@ -221,24 +232,28 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
         self.refused_since_alert = 0
         return ((PARSER_ALERT_TAG, alert_record(self.refused_model, "model_limit", detail)),)
 
-    def inferred_create(self, raw: bytes, error: RecordError) -> str | None:
+    def inferred_create(self, raw: bytes, error: RecordError) -> tuple[str, str] | None:
         if not (self.creates and self.shows_shape and error.reason == "unknown_model"):
             return None
-        shape = first_sample_shape(raw)
-        if shape is None:
-            return None
-        model_id = shape[0]
         if self.infers:
-            entry = self.specs.inferred_entry(shape[1])
-            if entry is None:
+            shape = first_sample_shape(raw)
+            entry = None if shape is None else self.specs.inferred_entry(shape[1])
+            if shape is None or entry is None:
                 return None
-        else:
-            entry = self.default_entry
+            model_id = shape[0]
+        else:  # the defaults, whatever the record shows (its parse says what is wrong)
+            named = record_model_id(raw)
+            if named is None:
+                return None
+            model_id, entry = named, self.default_entry
         self._check_model_limit(model_id)
         spec = json.loads(entry)
         self.requested[model_id] = spec
         source = self.settings.job.unknown_model_policy
-        return control_record(model_id, "create", {"spec": spec}, source=source)
+        return model_id, control_record(model_id, "create", {"spec": spec}, source=source)
+
+    def withdraw(self, model_id: str) -> None:
+        self.requested.pop(model_id, None)
 
     def _exists(self, model_id: str) -> bool:
         assert self.runtime_dicts is not None

@@ -391,6 +391,24 @@ def first_sample_shape(raw: bytes) -> tuple[str, Any] | None:
         return None
 
 
+def record_model_id(raw: bytes) -> str | None:
+    """The model id a samples or events record names (JSON, or a bulk record's first row),
+    as given, or None when it names none: whom ``job.unknown_model_policy = "create"``
+    makes a model for.
+
+    >>> record_model_id(b'{"model_id": "m", "ts": 5}')
+    'm'
+    """
+    try:
+        if is_bulk(raw):
+            import pyarrow as pa
+
+            return str(pa.ipc.open_stream(raw).read_all().column("model_id")[0].as_py())
+        return str(_load_json_object(raw)["model_id"])
+    except Exception:  # any way of being malformed: the record's own parse says which
+        return None
+
+
 def parse_sample_batch(
     raw: bytes, spec_for: Callable[[str], Mapping[str, Any] | None]
 ) -> SampleBatch:

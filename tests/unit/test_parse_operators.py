@@ -395,6 +395,26 @@ def test_past_job_max_models_a_new_model_id_is_dead_lettered_counted_and_alerted
     assert outcome(parser, "m1") == (["model_limit"], [])  # deleted: a new id again
 
 
+@pytest.mark.parametrize("policy", ["create", "infer"])
+def test_a_bad_record_of_a_new_model_makes_no_model_and_keeps_its_own_reason(policy):
+    """A new model's record is checked under the spec its create would give; when it does
+    not pass, it is dead-lettered with its own reason (a sample without a label:
+    missing_field; without features: missing_field under the defaults, unknown_model where
+    the shape was to come from them) and no create goes out: bad records of random ids make
+    no models. The next good record of the id makes it."""
+    parser = opened(ParseSamples, FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY=policy)
+    state = BroadcastContext()
+    no_label = {"model_id": "fresh", "ts": now_ms(), "features": [1.0] * 10}
+    no_features = {"model_id": "fresh", "ts": now_ms(), "label": 1}
+    no_shape = "missing_field" if policy == "create" else "unknown_model"
+    for record, reason in ((no_label, "missing_field"), (no_features, no_shape)):
+        out = run(parser, record, state)
+        assert [o[0] for o in out] == [DLQ_TAG]
+        assert json.loads(out[0][1])["reason"] == reason
+    out = run(parser, {**no_label, "label": 1}, state)
+    assert [o[0] for o in out].count(INFERRED_TAG) == 1
+
+
 def test_explicit_creates_count_against_job_max_models_and_are_applied_past_it():
     """A user's create is applied whatever the count (the trainer, keyed by model, cannot
     see it; both must agree): it takes a slot that records of new ids then cannot."""
