@@ -37,7 +37,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import dlq_record, now_ms
-from flowlearn.operators.model_metrics import ModelMetrics
+from flowlearn.operators.model_metrics import ModelMetrics, TimerHeld
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.types import Feedback, Samples, keyed
 from flowlearn.state import descriptors
@@ -76,13 +76,16 @@ class LabelJoin(KeyedProcessFunction):
         #: model id -> timer time -> event ids to look at when that timer fires.
         self.due: dict[str, dict[int, list[str]]] = {}
         # Totals and the same per model (a ``model`` label in Prometheus).
+        # Counted in a timer callback (expired, unmatched_labels): held until the next record.
+        self.held = TimerHeld()
         group = runtime_context.get_metrics_group()
         self.metrics = ModelMetrics(
             group,
             ("joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events"),
             self.settings.job,
+            self.held,
         )
-        self.totals = {name: group.counter(name) for name in self.metrics.names}
+        self.totals = {name: self.held.wrap(group.counter(name)) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms
 
     # ------------------------------------------------------------------ the mirror
@@ -150,6 +153,7 @@ class LabelJoin(KeyedProcessFunction):
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         kind, model_id, event_id, ts, features, label, raw, indices, offsets = Feedback._make(value)
+        self.held.release()
         entries = self._model(model_id)
         entry = entries.get(event_id)
         flags = 0 if entry is None else entry.flags
@@ -249,11 +253,12 @@ class LabelJoin(KeyedProcessFunction):
         model_id = str(ctx.get_current_key())
         entries = self._model(model_id)
         due = self.due[model_id]
-        for deadline in sorted(t for t in due if t <= timestamp):
-            for event_id in due.pop(deadline):
-                entry = entries.get(event_id)
-                if entry is not None:
-                    yield from self._expire(model_id, event_id, entry, timestamp)
+        with self.held.timer():
+            for deadline in sorted(t for t in due if t <= timestamp):
+                for event_id in due.pop(deadline):
+                    entry = entries.get(event_id)
+                    if entry is not None:
+                        yield from self._expire(model_id, event_id, entry, timestamp)
 
     def _expire(
         self, model_id: str, event_id: str, entry: JoinEntry, timestamp: int

@@ -48,7 +48,7 @@ from flowlearn.core.training import ModelTrainer, ModelVersion
 from flowlearn.core.validation import StateMismatch
 from flowlearn.operators.hot_models import HotModels
 from flowlearn.operators.keyed_specs import KeyedSpecs
-from flowlearn.operators.model_metrics import ModelMetrics
+from flowlearn.operators.model_metrics import ModelMetrics, TimerHeld
 from flowlearn.operators.parse import DLQ_TAG, runtime_entry_of
 from flowlearn.operators.types import (
     EVAL_TYPE,
@@ -130,6 +130,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         self.buffered: dict[str, int] = {}
         self.seen: dict[str, SeenIds] = {}
         self.flush_at: dict[str, int] = {}
+        # Counted in a timer callback (a batch the timeout flushed): held until the next record.
+        self.held = TimerHeld()
         group = runtime_context.get_metrics_group()
         self.per_model = ModelMetrics(
             group,
@@ -142,6 +144,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
                 "paused_overflow",
             ),
             self.settings.job,
+            self.held,
         )
         # Nothing is lost when a model's entries go: state holds everything they do once a
         # record, timer or command is handled (_save after every change).
@@ -150,13 +153,14 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
             self.per_model.is_labelled,
             (self.trainers, self.buffered, self.seen),
         )
-        self.duplicates = group.counter("duplicate_samples")
-        self.buffered_overflow = group.counter("paused_overflow")
+        held = self.held.wrap
+        self.duplicates = held(group.counter("duplicate_samples"))
+        self.buffered_overflow = held(group.counter("paused_overflow"))
         self.model_loss: dict[str, float] = {}
-        self.samples_trained = group.counter("samples_trained")
-        self.versions_made = group.counter("versions")
-        self.rejected = group.counter("gate_rejected")
-        self.commands = group.counter("control_commands")
+        self.samples_trained = held(group.counter("samples_trained"))
+        self.versions_made = held(group.counter("versions"))
+        self.rejected = held(group.counter("gate_rejected"))
+        self.commands = held(group.counter("control_commands"))
         self.last_loss = 0.0
         group.gauge("prequential_loss", lambda: int(self.last_loss * 1e6))
 
@@ -236,6 +240,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def process_element1(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         # By field order: a Row handed over inside a fused Python chain has no names.
         model_id, ts, features, labels, event_ids, indices, offsets = Samples._make(value)
+        self.held.release()
         self.hot.touch(model_id)
         row = BufferedSamples(ts, list(features), list(labels), [], list(indices), list(offsets))
         refused = self._misfit(model_id, row)
@@ -343,7 +348,8 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext) -> Iterator[Any]:
         model_id = ctx.get_current_key()
         self.hot.touch(model_id)
-        yield from self._flush(model_id, ctx, whole=True)
+        with self.held.timer():
+            yield from self._flush(model_id, ctx, whole=True)
 
     def _flush(self, model_id: str, ctx: Any, whole: bool) -> Iterator[Any]:
         """Train the buffer: all of it (``whole``: the batch timed out, the input ended,
@@ -498,6 +504,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
     def process_element2(self, value: Any, ctx: KeyedCoProcessFunction.Context) -> Iterator[Any]:
         command = ControlCommand._make(value)
         model_id = command.model_id
+        self.held.release()
         self.hot.touch(model_id)
         self.commands.inc()
         if command.command in LIFECYCLE_COMMANDS:

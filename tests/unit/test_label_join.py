@@ -70,3 +70,28 @@ def test_entries_of_an_older_savepoint_are_moved_over_and_pair():
         1000,
     )
     assert old == {} and set(state.states["join-entries-v3"]) == {"e1"}  # its tombstone
+
+
+class TimerContext(Context):
+    def get_current_key(self) -> str:
+        return "m"
+
+
+def test_what_a_timer_counts_reaches_the_counters_with_the_next_record():
+    """PyFlink drops the metric updates a timer callback makes: the join holds them (an
+    expired event, a label whose event never came) and applies them with the next record,
+    so the counters miss nothing."""
+    state = KeyedState()
+    join = opened(state)
+    send(join, Feedback("e", "m", "old", 1000, [0.5, 1.5], math.nan, b"", [], []))
+    send(join, label("orphan", 1000))
+    expiry = 1000 + SETTINGS.job.label_window_ms + 1000
+    fired = list(join.on_timer(expiry, TimerContext()))
+    assert len(fired) == 1  # the orphan label's dead letter
+    totals = state.group.metrics
+    assert totals["expired"].count == 0 and totals["unmatched_labels"].count == 0
+    send(join, label("next", expiry + 5000))
+    assert totals["expired"].count == 1 and totals["unmatched_labels"].count == 1
+    assert totals["pending_events"].count == 0  # +1 for the event, -1 at its expiry
+    model = state.group.groups[("model", "m")].metrics
+    assert model["expired"].count == 1 and model["unmatched_labels"].count == 1

@@ -287,7 +287,7 @@ def test_a_paused_models_buffer_is_bounded_oldest_to_the_dlq():
     assert [x["reason"] for x in letters] == ["paused_overflow", "paused_overflow"]
     assert "job.paused_buffer_samples = 5" in letters[0]["detail"]
     assert trainer.buffered["fresh"] == 4
-    assert trainer.buffered_overflow.count == 4
+    assert trainer.buffered_overflow.counter.count == 4
     out = command(trainer, "resume")
     trained = versions(out)
     assert trained and trained[-1].action == "publish"
