@@ -21,7 +21,7 @@ to read the Flink logs by. The issue's target: at most 10 s for every kill, the 
 minutes included. It prints a table per configuration and the ratio of the means.
 
 Usage: ``python bench/bench_recovery.py [--quick] [--kills 3] [--interval 60] [--rate 500]
-[--no-peer] [--json results.json]``.
+[--no-peer] [--taskmanagers N] [--json results.json]``.
 """
 
 from __future__ import annotations
@@ -66,9 +66,26 @@ def latest_epoch(client: Any, keys: Keys, model_id: str) -> int | None:
     return int((stream_id.decode() if isinstance(stream_id, bytes) else stream_id).split("-")[0])
 
 
+def trainer_taskmanager(settings: Any) -> str:
+    """The process name (the local stack's TaskManager resource id) of the TaskManager that
+    runs the job's trainer."""
+    from flowlearn.devstack.flink_cluster import flink_rest
+
+    info = jobctl.find_job(settings)
+    if info is None:
+        raise SystemExit("error: no running job")
+    for vertex in flink_rest(settings, f"/jobs/{info.id}")["vertices"]:
+        if "trainer" in vertex["name"]:
+            hosts = flink_rest(settings, f"/jobs/{info.id}/vertices/{vertex['id']}/taskmanagers")
+            return str(hosts["taskmanagers"][0]["taskmanager-id"])
+    raise SystemExit("error: the job has no trainer")
+
+
 def run(name: str, extra_flink: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     folder = tmp / name.replace(" ", "-")
     folder.mkdir()
+    if args.taskmanagers > 1:
+        extra_flink += f"taskmanagers = {args.taskmanagers}\n"
     bench = BenchStack(folder, flink_extra=extra_flink)
     settings = bench.settings
     f = settings.flink
@@ -100,7 +117,9 @@ def run(name: str, extra_flink: str, args: argparse.Namespace, tmp: Path) -> dic
                 if k:
                     time.sleep(max(0.0, args.interval - kills[-1]["recovery_s"]))
                 epoch = latest_epoch(client, keys, model_id) or 0
-                pid = running_pid(settings, "taskmanager-child")  # the JVM, not its supervisor
+                # The JVM, not its supervisor; with several, the one that runs the trainer.
+                victim = "taskmanager" if args.taskmanagers == 1 else trainer_taskmanager(settings)
+                pid = running_pid(settings, f"{victim}-child")
                 if pid is None:
                     raise SystemExit("error: no TaskManager to kill")
                 os.kill(pid, signal.SIGKILL)
@@ -141,6 +160,13 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=500.0, help="samples/s (default 500)")
     parser.add_argument("--no-peer", action="store_true", help="skip Flink's defaults")
+    parser.add_argument(
+        "--taskmanagers",
+        type=int,
+        default=1,
+        help="TaskManagers of the bench stack; with more than one, each kill takes the one "
+        "running the trainer, and the job may restart on a survivor's free slots at once",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="2 kills 40 s apart after 10 s of training"
     )
