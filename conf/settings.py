@@ -305,14 +305,16 @@ class FlinkConf:
     #: Restarts after a failure: exponential delay from ``restart_backoff_ms`` up to
     #: ``restart_max_backoff_ms``, back to the start after ``restart_reset_backoff_ms``
     #: without a failure. Flink's defaults (1 s, 1 min, 1 h) left a TaskManager killed a
-    #: third time within the hour waiting a full minute; 10 s still spaces out a crash loop.
-    restart_backoff_ms: int = 1000
+    #: third time within the hour waiting a full minute; 10 s still spaces out a crash loop,
+    #: and the first restart waits a quarter second, not a whole one.
+    restart_backoff_ms: int = 250
     restart_max_backoff_ms: int = 10_000
     restart_reset_backoff_ms: int = 60_000
     #: Heartbeats every ``heartbeat_interval_ms`` (Flink: 10 s): a killed TaskManager is
-    #: declared lost after two heartbeat RPCs to it fail, which took ~11 s at Flink's
-    #: interval, most of a recovery; a hung one after ``heartbeat_timeout_ms`` (Flink: 50 s).
-    heartbeat_interval_ms: int = 2_000
+    #: declared lost after two heartbeat RPCs to it fail (a refused connection, not a slow
+    #: answer), which took ~11 s at Flink's interval, most of a recovery; a hung one after
+    #: ``heartbeat_timeout_ms`` (Flink: 50 s).
+    heartbeat_interval_ms: int = 1_000
     heartbeat_timeout_ms: int = 20_000
 
     @property

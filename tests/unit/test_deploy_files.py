@@ -724,7 +724,7 @@ def test_compose_and_kubernetes_recover_as_the_local_stack_does() -> None:
     from flowlearn.conf import load_settings
 
     f = load_settings(env={}).flink
-    ms = {"s": 1000, "min": 60_000}
+    ms = {"ms": 1, "s": 1000, "min": 60_000}
 
     def millis(value: Any) -> int:
         text = str(value).strip()
