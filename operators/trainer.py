@@ -579,10 +579,13 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         entry = self.model_specs.runtime_entry()
         if entry is not None:
             return entry != DELETED
+        return self._trained_or_waiting() or model_id in self.specs.models
+
+    def _trained_or_waiting(self) -> bool:
+        """Whether the current key's model has a trained state or samples in its buffer."""
         return (
             self.model_state.value() is not None
             or next(iter(self.buffer.get()), None) is not None  # an iterable, not a list
-            or model_id in self.specs.models
         )
 
     def _lifecycle(self, command: ControlCommand, ctx: Any) -> Iterator[Any]:
@@ -657,10 +660,7 @@ class MiniBatchTrainer(KeyedCoProcessFunction):
         return (
             not self.model_specs.runtime_entry()
             and model_id not in self.specs.models
-            and (
-                self.model_state.value() is not None
-                or next(iter(self.buffer.get()), None) is not None
-            )
+            and self._trained_or_waiting()
         )
 
     def _take_waiting(

@@ -602,11 +602,6 @@ class ModelTrainer:
             return self._whole_version(after)
         return self._new_version(before, after, 0)
 
-    def reshaped(self, spec: Mapping[str, Any]) -> tuple[ModelTrainer, ModelVersion]:
-        """A trainer of another model (``spec``: another type or shape) that goes on from
-        this one's version and sample count, and its first version (:meth:`replacing`)."""
-        return ModelTrainer.replacing(self.model_id, spec, self.version, self.samples_applied)
-
     @classmethod
     def replacing(
         cls, model_id: str, spec: Mapping[str, Any], version: int, samples_applied: int

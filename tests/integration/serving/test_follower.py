@@ -257,7 +257,7 @@ def test_many_models_are_followed(serving_redis, prefix):
 
 
 def test_a_version_of_another_shape_is_loaded_whole_from_its_snapshot(serving_redis, trainer):
-    """``models update --reset``: the trainer's ``reshaped`` version has no delta base, so
+    """``models update --reset``: the trainer's ``replacing`` version has no delta base, so
     the replica reloads the snapshot and serves the new spec, even when the new weights are
     fewer (an overwrite delta would fit the old array)."""
     linear = ModelTrainer.create("m", {"type": "linear", "n_features": 5})
@@ -265,7 +265,9 @@ def test_a_version_of_another_shape_is_loaded_whole_from_its_snapshot(serving_re
     trainer.publisher.publish(first)
     f = follower(serving_redis, trainer)
     f.sync()
-    smaller, mv = linear.reshaped({"type": "logistic", "n_features": 2})
+    smaller, mv = ModelTrainer.replacing(
+        "m", {"type": "logistic", "n_features": 2}, linear.version, linear.samples_applied
+    )
     trainer.publisher.publish(mv)
     f.sync()
     latest = f.replicas["m"].latest
