@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 #: Flink's limit on key groups (``pipeline.max-parallelism``).
 MAX_KEY_GROUPS = 32768
-#: Slot sharing groups of the job (parse, training, monitoring): slots per parallelism.
-SLOT_GROUPS = 3
+#: Slot sharing groups of the job (parse; training with drift and checkpoint): slots per
+#: parallelism, and Python worker processes per unit of parallelism.
+SLOT_GROUPS = 2
 
 
 class ConfigError(ValueError):
@@ -347,8 +348,8 @@ class FlinkConf:
                 "flink.restart_max_backoff_ms must be >= flink.restart_backoff_ms, got "
                 f"{self.restart_max_backoff_ms} < {self.restart_backoff_ms}"
             )
-        # Parsing, training and drift detection run in three slot sharing groups (three
-        # Python worker processes).
+        # Parsing and training run in slot sharing groups of their own (SLOT_GROUPS Python
+        # worker processes).
         for name in ("taskmanager_slots", "taskmanagers", "parallelism", "max_parallelism"):
             _check_positive(f"flink.{name}", getattr(self, name))
         slots = self.taskmanagers * self.taskmanager_slots

@@ -14,6 +14,7 @@ from pyflink.common import Configuration, Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from flowlearn.conf import Settings
+from flowlearn.conf.settings import SLOT_GROUPS
 from flowlearn.jobs.online_learning import RawSources, build_pipeline
 from flowlearn.operators.types import Evaluated, Version
 
@@ -61,14 +62,14 @@ def local_environment(operators_jar: Path) -> StreamExecutionEnvironment:
     (``flowlearn.devstack.jars.operators_jar`` builds it)."""
     # Python operator chaining off: its graph rewriting trips over the job's uids on a
     # branching graph under execute_and_collect ("Hash collision on user-specified ID"); the
-    # submitted job goes through env.execute() with chaining on. Three slots: the trainer
-    # and the monitoring operators run in slot sharing groups of their own. A collected
+    # submitted job goes through env.execute() with chaining on. A slot per slot sharing
+    # group (parse; training with drift and checkpoint). A collected
     # record may be a whole version of a large model (a tree's weights and its full delta:
     # megabytes), over the collect sink's 2 MiB default batch.
     env = StreamExecutionEnvironment.get_execution_environment(
         Configuration()
         .set_string("python.operator-chaining.enabled", "false")
-        .set_string("taskmanager.numberOfTaskSlots", "3")
+        .set_string("taskmanager.numberOfTaskSlots", str(SLOT_GROUPS))
         .set_string("collect-sink.batch-size.max", "256mb")
     )
     env.set_parallelism(1)

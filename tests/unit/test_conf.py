@@ -81,8 +81,8 @@ def test_file_layer(tmp_path: Path):
         ({"FLOWLEARN__MODELS__X__TYPE": "tree"}, "models.x.type"),
         (
             {"FLOWLEARN__FLINK__PARALLELISM": "2"},
-            r"flink.taskmanagers x flink.taskmanager_slots must be >= 3 x flink.parallelism "
-            r"\(6\), got 1 x 3 = 3",
+            r"flink.taskmanagers x flink.taskmanager_slots must be >= 2 x flink.parallelism "
+            r"\(4\), got 1 x 2 = 2",
         ),
         ({"FLOWLEARN__FLINK__TASKMANAGERS": "0"}, "flink.taskmanagers"),
         ({"FLOWLEARN__FLINK__MAX_PARALLELISM": "0"}, "flink.max_parallelism"),
