@@ -17,7 +17,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from flowlearn.serving.prediction_log import (
     ProducerFactory,
     Shadow,
     confluent_producer,
+    fresh_id,
     producer_config,
 )
 from flowlearn.serving.replica import BLOCK_MS, Follower, ModelReplica, Served, Version
@@ -103,6 +103,16 @@ class Predictor:
         self.ab_fraction = ab_fraction
         self._requests: dict[tuple[str, int], Any] = {}
         self._latency = {route: metrics.latency.labels(route) for route in ROUTES}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: a labels() call costs microseconds, and every
+        request counts its model's predictions."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def done(self, route: str, status: int, started: float) -> None:
         """Count a request and its latency (label children cached: this is the hot path)."""
@@ -315,15 +325,15 @@ def answer(
                 f"{matrix / 2**20:,.0f} MiB to score, more than predictor.max_matrix_bytes "
                 f"({limits.max_matrix_bytes / 2**20:,.0f} MiB): send fewer instances a request",
             )
-        unknown = p.metrics.unknown_features.labels(model_id)
+        unknown = p.child(p.metrics.unknown_features, model_id)
         X = served_rows(rows, primary.spec, lambda _name: unknown.inc())
     except FeatureError as exc:
         raise Refused(400, str(exc)) from None
     scores = primary.score(X)
     # Finite features can still overflow a linear score (softmax then gives NaN); JSON has
     # no such numbers (orjson would write null), and the documented answer is numbers.
-    bad = np.flatnonzero(~np.isfinite(scores.reshape(len(rows), -1)).all(axis=1))
-    if bad.size:
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores.reshape(len(rows), -1)).all(axis=1))
         raise Refused(
             400,
             f"{row_name(int(bad[0]))}: the score is not a finite "
@@ -345,10 +355,10 @@ def answer(
                 other.score(X_other).tolist(),
             )
     flags = served_flags(p, model_id, served)
-    p.metrics.predictions.labels(model_id, primary_name).inc(len(rows))
+    p.child(p.metrics.predictions, model_id, primary_name).inc(len(rows))
     ids = None
     if p.log is not None:
-        ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
+        ids = [e if e is not None else fresh_id() for e in event_ids]
         log_answer(p, model_id, ids, rows, predictions, primary, primary_name, shadow)
     return Answer(primary, primary_name, scores, predictions, shadow, flags, ids)
 
@@ -421,7 +431,7 @@ def served_flags(p: Predictor, model_id: str, served: Served | None) -> dict[str
         }
         reasons = [BASELINE]
     for reason in reasons:
-        p.metrics.fallbacks.labels(model_id, reason).inc()
+        p.child(p.metrics.fallbacks, model_id, reason).inc()
     return flags
 
 
@@ -453,6 +463,8 @@ async def read_body(request: web.Request, limits: PredictorConf) -> bytes:
     if (request.content_length or 0) > limits.max_body_bytes:
         raise Refused(413, f"body larger than {limits.max_body_bytes} bytes")
     try:
+        if request.content.is_eof():  # it all came with the headers: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(READ_TIMEOUT_S):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -576,7 +588,7 @@ def choose_rows(
         X = vectorize(rows, spec)
     except FeatureError as exc:
         raise Refused(400, str(exc)) from None
-    ids = [e if e is not None else uuid.uuid4().hex for e in event_ids]
+    ids = [e if e is not None else fresh_id() for e in event_ids]
     seeds = np.array([event_seed(e, int(spec.get("seed", 0))) for e in ids], dtype=np.int64)
     n = len(rows)
     actions = np.empty(n, dtype=np.int64)
@@ -600,7 +612,7 @@ def choose_rows(
         for j, i in enumerate(members):
             probabilities[i] = choice.probabilities[j].tolist()
     flags = served_flags(p, model_id, served)
-    p.metrics.predictions.labels(model_id, ONLINE).inc(n)
+    p.child(p.metrics.predictions, model_id, ONLINE).inc(n)
     chosen = [
         {
             "action": int(a) if candidates is None else candidates[i][int(a)],
@@ -862,7 +874,7 @@ async def infer(request: web.Request) -> web.Response:
                 {
                     "model_name": model_id,
                     "model_version": str(chosen["model_version"]),
-                    "id": request_.id if request_.id is not None else uuid.uuid4().hex,
+                    "id": request_.id if request_.id is not None else fresh_id(),
                     "parameters": {
                         "epoch": chosen["epoch"],
                         "logged": chosen["logged"],
@@ -897,7 +909,7 @@ async def infer(request: web.Request) -> web.Response:
         {
             "model_name": model_id,
             "model_version": str(done.version.version),
-            "id": request_.id if request_.id is not None else uuid.uuid4().hex,
+            "id": request_.id if request_.id is not None else fresh_id(),
             "parameters": parameters,
             "outputs": outputs,
         }

@@ -27,7 +27,9 @@ later on ``fl.labels`` with the event id trains the bandit on them).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +51,28 @@ DELIVERY_TIMEOUT_MS = 60_000
 REPORT_EVERY_S = 0.05
 #: Retry backoff (seconds) while the producer cannot be made (a bad TLS file, say).
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
+
+
+class _FreshIds:
+    """Ids no other process makes: a random 64-bit prefix drawn once per process (again in
+    a forked child) and a counter, as 32 hex digits like ``uuid4().hex``. A uuid4 costs a
+    system call for its 16 random bytes; at one id per logged prediction that was a third
+    of the log's cost to a request."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+#: A new event id (or request id) for an answer that was sent none.
+fresh_id = _FreshIds()
 
 
 class Producer(Protocol):
