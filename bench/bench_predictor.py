@@ -14,16 +14,20 @@ In one run, against one redis-server started here on a free port, for each worke
 - delta-to-served latency (the first configuration): from a version's publication to the
   predictor serving it.
 
-With the log on, the predictor sends every prediction to the broker's events topic (which
-must exist; ``FLOWLEARN__KAFKA__*`` variables give its security settings) and the report
+With the log on, the predictor sends every prediction to the broker's events topic (a broker
+the bench starts itself, as the local stack does, unless ``--kafka`` names one with the
+events topic; ``FLOWLEARN__KAFKA__*`` variables give its security settings) and the report
 shows how many records were acknowledged and dropped: a log that drops is cheap for the
-wrong reason.
+wrong reason. The log's cost is reported as the predictor's CPU time per request with the
+log on over off: the broker shares the cores here, so the rate's loss also counts the
+broker's own work.
 
 Usage: ``python bench/bench_predictor.py [--quick] [--duration S] [--connections N]
-[--workers 1 2] [--kafka HOST:PORT] [--wrk-threads N]``. Needs redis-server and wrk on PATH
-(``apt-get install -y redis-server wrk``). Everything it starts is stopped at the end, also on
-errors and Ctrl-C. wrk, the servers and Redis share the machine: on fewer cores than workers
-+ wrk the numbers measure contention as much as the predictor.
+[--workers 1 2] [--kafka HOST:PORT | --no-log] [--wrk-threads N]``. Needs redis-server and
+wrk on PATH (``apt-get install -y redis-server wrk``), and Java for its own broker. Everything
+it starts is stopped at the end, also on errors and Ctrl-C. wrk, the servers and Redis share
+the machine: on fewer cores than workers + wrk the rates measure contention as much as the
+predictor (the CPU time per request does not).
 """
 
 from __future__ import annotations
@@ -211,17 +215,79 @@ def metric(url: str, name: str) -> float:
     )
 
 
+@contextmanager
+def own_broker(tmp: Path) -> Iterator[str]:
+    """A Kafka broker with the job's topics, started as the local stack starts one (its
+    jars cached in ``.flowlearn-bench-predictor/jars``), on free ports; yields HOST:PORT and
+    stops it at the end."""
+    from flowlearn.conf import load_settings
+    from flowlearn.devstack.kafka_broker import create_topics, start_kafka
+    from flowlearn.devstack.processes import stop_process
+
+    home = ROOT / ".flowlearn-bench-predictor"
+    for child in home.iterdir() if home.exists() else ():
+        if child.name != "jars":  # an earlier run's broker data: start clean
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    config = tmp / "broker.toml"
+    config.write_text(
+        f'[stack]\nhome = "{home}"\n[kafka]\nport = {free_port()}\n'
+        f"controller_port = {free_port()}\npartitions = 1\n"
+    )
+    settings = load_settings(config, env={})
+    progress(f"starting a Kafka broker on port {settings.kafka.port} for the log-on runs")
+    try:
+        start_kafka(settings)
+        create_topics(settings)
+        yield f"{settings.kafka.host}:{settings.kafka.port}"
+    finally:
+        stop_process(settings, "kafka")
+        progress("stopped the Kafka broker")
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` and their living
+    descendants (a predictor's workers are its master's children), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo, seen = list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            # Fields after the command's closing parenthesis; utime and stime are the 12th
+            # and 13th of them (proc(5): fields 14 and 15).
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return total
+
+
 def wrk(
-    url: str, body: str, duration: int, connections: int, threads: int, tmp: Path
+    url: str,
+    body: str,
+    duration: int,
+    connections: int,
+    threads: int,
+    tmp: Path,
+    server_pids: list[int],
 ) -> dict[str, float]:
+    """wrk's figures for ``url``, and the CPU time the server processes spent per request
+    (``cpu_us``): what the server's own work costs, whatever else shares the cores."""
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT % body)
+    cpu_before = tree_cpu_s(server_pids)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu_s = tree_cpu_s(server_pids) - cpu_before
     match = re.search(r"^BENCH (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.M)
     if match is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
@@ -232,6 +298,7 @@ def wrk(
         "p95_ms": p95 / 1000,
         "p99_ms": p99 / 1000,
         "errors": errors,
+        "cpu_us": cpu_s / max(requests, 1) * 1e6,
     }
 
 
@@ -345,17 +412,21 @@ def main() -> None:
         "--kafka",
         default=None,
         metavar="HOST:PORT",
-        help="a broker with the events topic: also measure with the prediction log on",
+        help="a broker with the events topic for the log-on runs (default: the bench starts "
+        "a local one of its own, as the local stack does)",
+    )
+    parser.add_argument(
+        "--no-log", action="store_true", help="skip the runs with the prediction log on"
     )
     args = parser.parse_args()
     duration = args.duration or (3 if args.quick else 10)
     for tool in ("redis-server", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_predictor: {tool} is not on PATH (apt-get install -y {tool})")
-    log_modes = [False, True] if args.kafka else [False]
+    log_modes = [False] if args.no_log else [False, True]
 
-    def measure(url: str, body: str) -> dict[str, float]:
-        return wrk(url, body, duration, args.connections, args.wrk_threads, tmp)
+    def measure(url: str, body: str, server_pids: list[int]) -> dict[str, float]:
+        return wrk(url, body, duration, args.connections, args.wrk_threads, tmp, server_pids)
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-predictor-")))
@@ -393,8 +464,10 @@ def main() -> None:
             FLOWLEARN__PREDICTOR__HOST="127.0.0.1",
             PYTHONPATH=str(ROOT),
         )
-        if args.kafka:
-            host, _, kafka_port = args.kafka.rpartition(":")
+        if not args.no_log:
+            host, _, kafka_port = (args.kafka or stack.enter_context(own_broker(tmp))).rpartition(
+                ":"
+            )
             env.update(FLOWLEARN__KAFKA__HOST=host, FLOWLEARN__KAFKA__PORT=kafka_port)
 
         row = [round(float(x), 3) for x in np.random.default_rng(2).normal(size=N_FEATURES)]
@@ -426,17 +499,19 @@ def main() -> None:
         for workers in args.workers:
             with ExitStack() as hello_stack:
                 port = free_port()
-                for i in range(workers):
+                hellos = [
                     hello_stack.enter_context(
                         process(
                             [sys.executable, "-c", HELLO, str(port)], f"hello-world {i + 1}", env
                         )
-                    )
+                    ).pid
+                    for i in range(workers)
+                ]
                 base = f"http://127.0.0.1:{port}"
                 wait_workers(base, workers, "hello-world")
                 progress(f"wrk {duration}s, {args.connections} connections: hello-world x{workers}")
                 results[(workers, False, "hello")] = measure(
-                    base + bodies["V1"][0], bodies["V1"][1]
+                    base + bodies["V1"][0], bodies["V1"][1], hellos
                 )
             for log_on in log_modes:
                 port = free_port()
@@ -452,9 +527,11 @@ def main() -> None:
                     wait_workers(base, workers, what)
                     for shape, (path, body) in bodies.items():
                         progress(f"wrk {duration}s: {what}, {shape}, 1 instance a request")
-                        results[(workers, log_on, shape)] = measure(base + path, body)
+                        results[(workers, log_on, shape)] = measure(base + path, body, [proc.pid])
                     progress(f"wrk {duration}s: {what}, 100 instances a request")
-                    results[(workers, log_on, "batch")] = measure(base + bodies["V1"][0], batch)
+                    results[(workers, log_on, "batch")] = measure(
+                        base + bodies["V1"][0], batch, [proc.pid]
+                    )
                     if log_on:
                         logged[(workers, log_on)] = (
                             metric(base, "flowlearn_predictor_log_sent_total"),
@@ -488,7 +565,9 @@ def main() -> None:
                         raise RuntimeError("the naive predictor did not start") from None
                     time.sleep(0.05)
             progress(f"wrk {duration}s: naive predictor (Redis read per request)")
-            naive = measure(f"http://127.0.0.1:{naive_port}{bodies['V1'][0]}", bodies["V1"][1])
+            naive = measure(
+                f"http://127.0.0.1:{naive_port}{bodies['V1'][0]}", bodies["V1"][1], [proc.pid]
+            )
         client.close()
 
     print(
@@ -497,33 +576,45 @@ def main() -> None:
         f"model with {N_FEATURES} dense features"
     )
     print(
+        "CPU us/req: CPU time of the server's processes per request (its own work, whatever "
+        "else shares the cores); 'hello CPU /': the hello-world's CPU per request over this "
+        "row's, the rate it would reach relative to hello-world on cores of its own"
+    )
+    print(
         f"{'workers':>7} {'log':>4} {'request':>12} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>7} {'/ hello':>8}"
+        f"{'p99 ms':>8} {'errors':>7} {'/ hello':>8} {'CPU us/req':>11} {'hello CPU /':>12}"
     )
     for (workers, log_on, shape), r in results.items():
-        hello = results[(workers, False, "hello")]["rps"]
+        hello = results[(workers, False, "hello")]
         label = {"hello": "hello-world", "batch": "V1 x100"}.get(shape, f"{shape} x1")
         print(
             f"{workers:7d} {('on' if log_on else 'off') if shape != 'hello' else '':>4} "
             f"{label:>12} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['errors']:7.0f} "
-            + (f"{r['rps'] / hello:8.2f}" if shape in bodies else "")
+            + (f"{r['rps'] / hello['rps']:8.2f}" if shape in bodies else f"{'':8}")
+            + f" {r['cpu_us']:11.1f} "
+            + (f"{hello['cpu_us'] / r['cpu_us']:12.2f}" if shape in bodies else "")
         )
     print(
         f"{1:7d} {'':>4} {'naive V1 x1':>12} {naive['rps']:9.0f} {naive['p50_ms']:8.2f} "
-        f"{naive['p95_ms']:8.2f} {naive['p99_ms']:8.2f} {naive['errors']:7.0f}"
+        f"{naive['p95_ms']:8.2f} {naive['p99_ms']:8.2f} {naive['errors']:7.0f} {'':8} "
+        f"{naive['cpu_us']:11.1f}"
     )
     for workers in args.workers:
         r = results[(workers, False, "batch")]
         print(f"batched predictions/s, {workers} worker(s), 100 a request: {r['rps'] * 100:,.0f}")
-        if args.kafka:
+        if not args.no_log:
             sent, dropped = logged[(workers, True)]
             for shape in bodies:
-                off = results[(workers, False, shape)]["rps"]
-                on = results[(workers, True, shape)]["rps"]
+                off, on = results[(workers, False, shape)], results[(workers, True, shape)]
+                # The broker runs on the same cores here, so the rate's loss counts its work
+                # too; the CPU per request is the log's cost to the predictor alone, what
+                # its rate loses on cores of its own.
                 print(
-                    f"log on costs {1 - on / off:.1%} of {shape} throughput with {workers} "
-                    f"worker(s) (target <= 10%)"
+                    f"log on costs {on['cpu_us'] / off['cpu_us'] - 1:.1%} more of the "
+                    f"predictor's CPU per {shape} request (target <= 10%), "
+                    f"{1 - on['rps'] / off['rps']:.1%} of the rate on this machine, with "
+                    f"{workers} worker(s)"
                 )
             print(f"  log records acknowledged {sent:,.0f}, dropped {dropped:,.0f}")
     if 2 in args.workers:
