@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run stop test test-unit test-minicluster test-e2e lint fmt bench clean
+.PHONY: install run stop test test-unit test-minicluster test-e2e lint fmt proto bench clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ lint: install
 fmt: install
 	@$(VENV)/bin/ruff format .
 	@$(VENV)/bin/ruff check --fix .
+
+# After an edit of flowlearn/serving/protocol/grpc_predict_v2.proto: regenerate its committed
+# Python code (grpcio-tools, the dev extra's).
+proto: install
+	@$(PY) -m flowlearn.serving.protocol.generate
 
 test-unit: install
 	@$(VENV)/bin/pytest -q tests/unit flowlearn

@@ -406,6 +406,9 @@ class PrometheusConf:
 class PredictorConf:
     host: str = "127.0.0.1"
     port: int = 8080
+    #: The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) on this
+    #: port of ``host``, beside HTTP, with the same tokens and TLS; 0: no gRPC.
+    grpc_port: int = 0
     stale_after_s: float = 300.0
     max_instances: int = 1000
     max_body_bytes: int = 1_048_576
@@ -465,6 +468,8 @@ class PredictorConf:
 
     def validate(self) -> None:
         _check_port("predictor.port", self.port)
+        if self.grpc_port:  # 0: no gRPC
+            _check_port("predictor.grpc_port", self.grpc_port)
         for name in (
             "stale_after_s",
             "max_instances",
@@ -659,6 +664,8 @@ class Settings:
             "predictor.port": self.predictor.port,
             "prometheus.port": self.prometheus.port,
         }
+        if self.predictor.grpc_port:
+            ports["predictor.grpc_port"] = self.predictor.grpc_port
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port in seen:

@@ -70,8 +70,18 @@ log = logging.getLogger("flowlearn.serving")
 
 ONLINE, BASELINE = "online", "baseline"
 #: The ``route`` label of the request metrics: V1 predict, list and describe; V2 infer
-#: (versioned or not) and model metadata.
-ROUTES = ("predict", "explain", "choose", "models", "model", "infer", "metadata")
+#: (versioned or not) and model metadata, over REST and over gRPC.
+ROUTES = (
+    "predict",
+    "explain",
+    "choose",
+    "models",
+    "model",
+    "infer",
+    "metadata",
+    "grpc_infer",
+    "grpc_metadata",
+)
 #: The server metadata of ``GET /v2``.
 SERVER_NAME, SERVER_VERSION = "flowlearn-predictor", "1"
 #: A request whose feature matrix has more values than this is scored on a worker thread,
@@ -101,7 +111,7 @@ class Predictor:
         self.log = prediction_log
         self.baselines = dict(baselines)
         self.ab_fraction = ab_fraction
-        self._requests: dict[tuple[str, int], Any] = {}
+        self._requests: dict[tuple[str, int | str], Any] = {}
         self._latency = {route: metrics.latency.labels(route) for route in ROUTES}
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -114,8 +124,9 @@ class Predictor:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def done(self, route: str, status: int, started: float) -> None:
-        """Count a request and its latency (label children cached: this is the hot path)."""
+    def done(self, route: str, status: int | str, started: float) -> None:
+        """Count a request and its latency (label children cached: this is the hot path);
+        ``status``: the HTTP status, or a gRPC status code's name."""
         child = self._requests.get((route, status))
         if child is None:
             child = self._requests[(route, status)] = self.metrics.requests.labels(
@@ -833,69 +844,75 @@ async def v2_model(request: web.Request) -> web.Response:
     return _json(model_metadata(model_id, version.version, version.spec, p.log is not None))
 
 
-async def infer(request: web.Request) -> web.Response:
-    """V2 ``infer``: the tensors as V1 rows (flowlearn.serving.v2), scored by :func:`answer`.
+def v2_target(
+    p: Predictor, model_id: str, wanted: str | None
+) -> tuple[Served | None, Version | None, Version]:
+    """What answers a V2 request for ``model_id`` (``wanted``: the version asked for, None
+    for any): the served version, the baseline, and the one whose spec reads the request.
+    Raises Refused: 404 unknown or deleted, or ``wanted`` not the version served now (the
+    pinned one while a pin holds); 503 no weights yet."""
+    served, baseline = lookup(p, model_id)
+    current = served.version if served is not None else baseline
+    assert current is not None
+    if wanted is not None and wanted != str(current.version):
+        raise Refused(
+            404,
+            f"model '{model_id}' version {wanted!r} is not served here; "
+            f"version {current.version} is",
+        )
+    return served, baseline, current
 
-    ``/versions/{version}/infer`` is answered only by the version served now: it is never
-    sent to the A/B baseline, and another version is a 404.
-    """
-    started = time.perf_counter()
-    p = request.app[PREDICTOR]
+
+async def v2_answer(
+    p: Predictor,
+    model_id: str,
+    target: tuple[Served | None, Version | None, Version],
+    body: Any,
+    split: bool = True,
+) -> dict[str, Any]:
+    """The V2 inference response (as JSON) to ``body``, an inference request whose tensors
+    hold their elements in ``data`` (the REST body, binary inputs read in; or a gRPC
+    request, translated): read by flowlearn.serving.v2, scored by :func:`answer` (a
+    contextual bandit: :func:`choose_rows`). Both transports answer through here. ``split``
+    False (a version was asked for) never sends it to the A/B baseline. Raises Refused."""
+    served, baseline, current = target
     limits = p.settings.predictor
-    model_id = request.match_info["model"]
-    wanted = request.match_info.get("version")
-    try:
-        served, baseline = lookup(p, model_id)
-        current = served.version if served is not None else baseline
-        assert current is not None
-        if wanted is not None and wanted != str(current.version):
-            raise Refused(
-                404,
-                f"model '{model_id}' version {wanted!r} is not served here; "
-                f"version {current.version} is",
-            )
-        raw = await read_body(request, limits)
-        body = inline_binary(raw, request.headers.get(BINARY_HEADER))
-        logged = p.log is not None
-        request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
-        if current.choose is not None and served is not None:
-            # A contextual bandit: the V2 form of :choose.
-            chosen = await asyncio.to_thread(
-                choose_rows,
-                p,
-                model_id,
-                served,
-                request_.rows,
-                request_.event_ids,
-                request_.candidates,
-            )
-            p.done("infer", 200, started)
-            return _json(
-                {
-                    "model_name": model_id,
-                    "model_version": str(chosen["model_version"]),
-                    "id": request_.id if request_.id is not None else fresh_id(),
-                    "parameters": {
-                        "epoch": chosen["epoch"],
-                        "logged": chosen["logged"],
-                        **{k: chosen[k] for k in FLAG_KEYS if chosen.get(k) is not None},
-                    },
-                    "outputs": choice_tensors(chosen, request_.outputs),
-                }
-            )
-        done = await answer_off_loop(
+    logged = p.log is not None
+    request_ = parse_infer(body, current.spec, limits.max_instances, model_id, logged)
+    request_id = request_.id if request_.id is not None else fresh_id()
+    if current.choose is not None and served is not None:
+        # A contextual bandit: the V2 form of :choose.
+        chosen = await asyncio.to_thread(
+            choose_rows,
             p,
             model_id,
             served,
-            baseline,
             request_.rows,
             request_.event_ids,
-            row_name="row {}".format,
-            split=wanted is None,
+            request_.candidates,
         )
-        outputs = output_tensors(done.version.spec, done.scores, done.event_ids, request_.outputs)
-    except Refused as exc:
-        return _error(p, "infer", exc.status, exc.message, started)
+        return {
+            "model_name": model_id,
+            "model_version": str(chosen["model_version"]),
+            "id": request_id,
+            "parameters": {
+                "epoch": chosen["epoch"],
+                "logged": chosen["logged"],
+                **{k: chosen[k] for k in FLAG_KEYS if chosen.get(k) is not None},
+            },
+            "outputs": choice_tensors(chosen, request_.outputs),
+        }
+    done = await answer_off_loop(
+        p,
+        model_id,
+        served,
+        baseline,
+        request_.rows,
+        request_.event_ids,
+        row_name="row {}".format,
+        split=split,
+    )
+    outputs = output_tensors(done.version.spec, done.scores, done.event_ids, request_.outputs)
     parameters: dict[str, Any] = {
         "epoch": done.version.epoch,
         "variant": done.variant,
@@ -904,16 +921,35 @@ async def infer(request: web.Request) -> web.Response:
     if done.shadow is not None:
         parameters["shadow_variant"] = done.shadow.variant
         parameters["shadow_model_version"] = done.shadow.model_version
+    return {
+        "model_name": model_id,
+        "model_version": str(done.version.version),
+        "id": request_id,
+        "parameters": parameters,
+        "outputs": outputs,
+    }
+
+
+async def infer(request: web.Request) -> web.Response:
+    """V2 ``infer`` over REST: :func:`v2_target`, the body (binary inputs read in), then
+    :func:`v2_answer`.
+
+    ``/versions/{version}/infer`` is answered only by the version served now: it is never
+    sent to the A/B baseline, and another version is a 404.
+    """
+    started = time.perf_counter()
+    p = request.app[PREDICTOR]
+    model_id = request.match_info["model"]
+    wanted = request.match_info.get("version")
+    try:
+        target = v2_target(p, model_id, wanted)
+        raw = await read_body(request, p.settings.predictor)
+        body = inline_binary(raw, request.headers.get(BINARY_HEADER))
+        result = await v2_answer(p, model_id, target, body, split=wanted is None)
+    except Refused as exc:
+        return _error(p, "infer", exc.status, exc.message, started)
     p.done("infer", 200, started)
-    return _json(
-        {
-            "model_name": model_id,
-            "model_version": str(done.version.version),
-            "id": request_.id if request_.id is not None else fresh_id(),
-            "parameters": parameters,
-            "outputs": outputs,
-        }
-    )
+    return _json(result)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -1024,7 +1060,8 @@ def serve_app(
 ) -> None:
     """Run ``app`` until SIGTERM or SIGINT, then stop gracefully (uvloop when available):
     on ``sockets``, listening already (a worker's), else on ``predictor.host:port``; over
-    TLS when ``predictor.tls_cert_file`` is set."""
+    TLS when ``predictor.tls_cert_file`` is set; with gRPC on ``predictor.grpc_port``
+    when it is set (flowlearn.serving.v2_grpc)."""
     loop: asyncio.AbstractEventLoop | None = None
     try:
         import uvloop
@@ -1036,6 +1073,12 @@ def serve_app(
     log.info(
         "predictor on %s (Redis %s, prefix %r)", p.url, settings.redis.url, settings.redis.prefix
     )
+    if p.grpc_port:
+        # Imported only then: it builds on this module, and a predictor without gRPC never
+        # loads grpc.
+        from flowlearn.serving.v2_grpc import serve_grpc
+
+        serve_grpc(app, share_port=sockets is not None)
     # aiohttp's keep-alive timer starts when a connection opens and again after each answer,
     # and partial headers do not reset it: it is the header timeout too.
     web.run_app(

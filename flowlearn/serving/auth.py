@@ -7,6 +7,8 @@ needs ``Authorization: Bearer TOKEN`` with a token of ``predictor.tokens_file`` 
 (:data:`ADMIN_ROUTES`) need an ``admin`` one. A request without a token, or with an unknown
 one, is answered 401 with ``WWW-Authenticate: Bearer``; a ``read`` token on an admin route
 403. ``POST /v1/admin/reload`` and SIGHUP read the tokens again (rotation without a restart).
+gRPC (flowlearn.serving.v2_grpc) asks :meth:`Guard.check` the same, with the call's
+``authorization`` metadata.
 
 The guard keeps SHA-256 digests, never the tokens: comparing digests of one length with
 :func:`hmac.compare_digest`, against every known token each time, takes the same time
@@ -23,6 +25,7 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import prometheus_client
 from aiohttp import web
@@ -83,11 +86,42 @@ class Guard:
                 scope = known_scope
         return scope
 
-    def refuse(self, reason: str, status: int, message: str, challenge: str) -> web.Response:
-        self._refused[reason].inc()
-        return web.json_response(
-            {"error": message}, status=status, headers={"WWW-Authenticate": challenge}
-        )
+    def check(self, authorization: str, admin_route: str | None = None) -> Refusal | None:
+        """Why a request whose ``Authorization`` value (HTTP header or gRPC metadata) is
+        ``authorization`` may not call a route that needs a token (``admin_route``: the
+        admin route it calls, which needs an admin one), counted; None when it may. Both
+        transports ask here."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            refusal = Refusal(
+                "missing", 401, "this route needs an Authorization: Bearer token", REALM
+            )
+        elif (scope := self.scope_of(token)) is None:
+            refusal = Refusal(
+                "invalid", 401, "the bearer token is not valid", f'{REALM}, error="invalid_token"'
+            )
+        elif admin_route is not None and scope != ADMIN:
+            refusal = Refusal(
+                "scope",
+                403,
+                f"{admin_route} needs an admin token",
+                f'{REALM}, error="insufficient_scope", scope="{ADMIN}"',
+            )
+        else:
+            return None
+        self._refused[refusal.reason].inc()
+        return refusal
+
+
+class Refusal(NamedTuple):
+    """A request turned away: the reason counted, the HTTP status, the message and the
+    ``WWW-Authenticate`` challenge."""
+
+    reason: str
+    status: int
+    message: str
+    challenge: str
 
 
 GUARD = web.AppKey("guard", Guard)
@@ -105,23 +139,14 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     route = resource.canonical if resource is not None else None
     if route in OPEN_ROUTES:
         return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return guard.refuse(
-            "missing", 401, "this route needs an Authorization: Bearer token", REALM
-        )
-    scope = guard.scope_of(token)
-    if scope is None:
-        return guard.refuse(
-            "invalid", 401, "the bearer token is not valid", f'{REALM}, error="invalid_token"'
-        )
-    if route in ADMIN_ROUTES and scope != ADMIN:
-        return guard.refuse(
-            "scope",
-            403,
-            f"{route} needs an admin token",
-            f'{REALM}, error="insufficient_scope", scope="{ADMIN}"',
+    refusal = guard.check(
+        request.headers.get("Authorization", ""), route if route in ADMIN_ROUTES else None
+    )
+    if refusal is not None:
+        return web.json_response(
+            {"error": refusal.message},
+            status=refusal.status,
+            headers={"WWW-Authenticate": refusal.challenge},
         )
     return await handler(request)
 

@@ -300,7 +300,7 @@ def inline_binary(raw: bytes, json_length: str | None) -> Any:
             raise Refused(400, f"{where}.parameters.binary_data_size: {size!r} bytes are not there")
         if "data" in tensor:
             raise Refused(400, f"{where}: data given both inline and as binary")
-        tensor["data"] = _binary_elements(raw[at : at + size], tensor, where)
+        tensor["data"] = binary_elements(raw[at : at + size], tensor, where)
         at += size
     if at != len(raw):
         raise Refused(400, f"{len(raw) - at} bytes after the binary inputs belong to none of them")
@@ -314,7 +314,7 @@ def _json_body(raw: bytes) -> Any:
         raise Refused(400, "body is not JSON") from None
 
 
-def _binary_elements(chunk: bytes, tensor: Mapping[str, Any], where: str) -> list[Any]:
+def binary_elements(chunk: bytes, tensor: Mapping[str, Any], where: str) -> list[Any]:
     """A binary input's elements, flat: numbers little-endian, BYTES as 4-byte
     little-endian lengths each followed by its (UTF-8) bytes."""
     datatype = tensor.get("datatype")
@@ -340,6 +340,18 @@ def _binary_elements(chunk: bytes, tensor: Mapping[str, Any], where: str) -> lis
             raise Refused(400, f"{where}: a BYTES element is not UTF-8") from None
         at += 4 + n
     return strings
+
+
+def binary_bytes(values: Sequence[Any], datatype: str) -> bytes:
+    """Elements as the binary form holds them: :func:`binary_elements` undone.
+
+    >>> binary_elements(binary_bytes(["a", "bc"], "BYTES"), {"datatype": "BYTES"}, "x")
+    ['a', 'bc']
+    """
+    if datatype == "BYTES":
+        encoded = [str(v).encode() for v in values]
+        return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+    return np.asarray(values, dtype=BINARY_DTYPES[datatype]).tobytes()
 
 
 def parse_infer(

@@ -12,8 +12,10 @@ follower, its own prediction log.
 
 The master
 
-- checks that nothing listens on the port before binding (``SO_REUSEPORT`` would otherwise
-  let a second predictor share the port silently) and fails naming ``predictor.port``;
+- checks that nothing listens on the port (and on ``predictor.grpc_port``, which each worker
+  binds itself, with ``SO_REUSEPORT`` too, when it listens on HTTP) before binding
+  (``SO_REUSEPORT`` would otherwise let a second predictor share the port silently) and
+  fails naming the setting;
 - forwards SIGTERM and SIGINT to the workers as SIGTERM, waits for them to drain (each
   bounds its own shutdown; the master gives up after :data:`DRAIN_TIMEOUT_S` and kills),
   and exits 0 when they all stopped cleanly;
@@ -135,13 +137,14 @@ class WorkerSpec:
 
 
 class PortInUse(ConfigError):
-    """Something already listens on ``predictor.host:port``."""
+    """Something already listens on ``predictor.host:port`` (or ``grpc_port``)."""
 
 
 class Port:
-    """``host:port``'s addresses (one per address family it resolves to), checked free."""
+    """``host:port``'s addresses (one per address family it resolves to), checked free;
+    ``setting`` names the port in the error."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, setting: str = "predictor.port") -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         self.addresses = list(dict.fromkeys((family, addr) for family, _, _, _, addr in infos))
         for family, address in self.addresses:
@@ -152,7 +155,7 @@ class Port:
                     probe.bind(address)
                 except OSError as exc:
                     raise PortInUse(
-                        f"predictor.port: cannot listen on {host}:{port} ({exc.strerror}); "
+                        f"{setting}: cannot listen on {host}:{port} ({exc.strerror}); "
                         f"another predictor, or another program, has it"
                     ) from None
 
@@ -205,6 +208,10 @@ class Master:
         self.metrics_dir = ""
         #: Checked free here: a port in use fails before anything starts.
         self.port = Port(settings.predictor.host, settings.predictor.port)
+        if settings.predictor.grpc_port:
+            # Each worker binds it itself, with SO_REUSEPORT (grpc takes no socket): checked
+            # here, once, like the HTTP port.
+            Port(settings.predictor.host, settings.predictor.grpc_port, "predictor.grpc_port")
         #: Every worker stopped by _stop_all exited 0.
         self.clean = True
 

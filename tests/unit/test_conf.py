@@ -76,6 +76,15 @@ def test_file_layer(tmp_path: Path):
         ({"FLOWLEARN__PREDICTOR__LOG_ACKS": "2"}, "is not one of"),
         ({"FLOWLEARN__PREDICTOR__LOG_LINGER_MS": "-1"}, "predictor.log_linger_ms"),
         ({"FLOWLEARN__PREDICTOR__PORT": "9092"}, "both use port 9092"),
+        ({"FLOWLEARN__PREDICTOR__GRPC_PORT": "70000"}, "predictor.grpc_port: port 70000"),
+        (
+            {"FLOWLEARN__PREDICTOR__GRPC_PORT": "8081"},
+            "predictor.grpc_port and flink.rest_port both use port 8081",
+        ),
+        (
+            {"FLOWLEARN__PREDICTOR__GRPC_PORT": "8080"},
+            "predictor.grpc_port and predictor.port both use port 8080",
+        ),
         ({"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "drop"}, "is not one of"),
         ({"FLOWLEARN__JOB__HOT_MODELS": "0"}, "job.hot_models"),
         ({"FLOWLEARN__MODELS__X__TYPE": "tree"}, "models.x.type"),

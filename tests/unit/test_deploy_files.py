@@ -743,3 +743,23 @@ def test_compose_and_kubernetes_recover_as_the_local_stack_does() -> None:
     for conf in (compose_conf, k8s_conf):
         assert conf["restart-strategy.type"] == "exponential-delay"
         assert {key: millis(conf[key]) for key in expected} == expected
+
+
+def test_the_predictors_grpc_port_is_exposed_where_its_http_port_is() -> None:
+    """The image serves gRPC on its predictor.grpc_port; the image, compose and the k8s
+    Deployment and Service expose that port beside the HTTP one."""
+    text = (DEPLOY / "Dockerfile.predictor").read_text()
+    grpc_port = int(re.search(r"FLOWLEARN__PREDICTOR__GRPC_PORT=(\d+)", text).group(1))
+    http_port = int(re.search(r"FLOWLEARN__PREDICTOR__PORT=(\d+)", text).group(1))
+    assert re.search(rf"^EXPOSE {http_port} {grpc_port}$", text, re.M)
+    targets = [str(p).rsplit(":", 1)[1] for p in compose()["services"]["predictor"]["ports"]]
+    assert targets == [str(http_port), str(grpc_port)]
+    (deployment,) = k8s_kind("Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": http_port, "grpc": grpc_port}
+    (service,) = k8s_kind("Service")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
+        "http": "http",
+        "grpc": "grpc",
+    }
