@@ -6,7 +6,9 @@ In one run, against one redis-server started here on a free port, for each worke
 
 - (a) the predictor (``python -m flowlearn.serving --workers N``): single-instance
   requests/s with p50, p95 and p99, as V1 (``:predict``) and V2 (``/infer``) requests;
-  batched predictions/s with 100 instances a request (V1);
+  batched predictions/s with 100 instances a request (V1); with the log off, single-instance
+  V2 ``ModelInfer`` calls over gRPC from a Python grpc.aio client (:func:`grpc_rate`: the
+  client, one process on the same cores, bounds that rate well below wrk's);
 - (b) a hello-world endpoint of the same framework (aiohttp + uvloop) with the same number of
   processes on the same port by ``SO_REUSEPORT``, as the predictor's workers: the ceiling,
   and the predictor's rate as a share of it;
@@ -399,6 +401,73 @@ def sequential_latency(
     return ms, json.loads(payload)
 
 
+def grpc_rate(
+    target: str, row: list[float], duration_s: float, server_pids: list[int]
+) -> dict[str, float]:
+    """ModelInfer of one FP64 row (raw_input_contents, as Triton's client sends it) against
+    ``target`` for ``duration_s``: :data:`GRPC_CHANNELS` channels (a connection each, which
+    the kernel spreads over the workers) with :data:`GRPC_IN_FLIGHT` calls in flight each;
+    the rate and latency percentiles, as :func:`wrk` reports them, and the server's CPU time
+    per call (its 20 warm-up calls a channel included)."""
+    import asyncio
+
+    import grpc
+
+    from flowlearn.serving.protocol import grpc_predict_v2_pb2 as pb
+    from flowlearn.serving.protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="input-0", datatype="FP64", shape=[1, len(row)]
+    )
+    request = pb.ModelInferRequest(
+        model_name=MODEL, inputs=[tensor], raw_input_contents=[np.asarray(row, "<f8").tobytes()]
+    )
+    ms: list[float] = []
+    errors = 0
+
+    async def caller(stub: GRPCInferenceServiceStub, until: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            try:
+                await stub.ModelInfer(request, timeout=5)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            ms.append((time.perf_counter() - t) * 1000)
+
+    async def run() -> float:
+        channels = [grpc.aio.insecure_channel(target) for _ in range(GRPC_CHANNELS)]
+        stubs = [GRPCInferenceServiceStub(c) for c in channels]
+        for stub in stubs:  # connected and warm before the clock starts
+            for _ in range(20):
+                await stub.ModelInfer(request, timeout=5)
+        started = time.perf_counter()
+        until = started + duration_s
+        await asyncio.gather(*(caller(s, until) for s in stubs for _ in range(GRPC_IN_FLIGHT)))
+        elapsed = time.perf_counter() - started
+        for channel in channels:
+            await channel.close()
+        return elapsed
+
+    cpu_before = tree_cpu_s(server_pids)
+    elapsed = asyncio.run(run())
+    cpu_s = tree_cpu_s(server_pids) - cpu_before
+    q = statistics.quantiles(ms, n=100)
+    return {
+        "rps": len(ms) / elapsed,
+        "p50_ms": statistics.median(ms),
+        "p95_ms": q[94],
+        "p99_ms": q[98],
+        "errors": float(errors),
+        "cpu_us": cpu_s / max(len(ms), 1) * 1e6,
+    }
+
+
+#: The gRPC client's channels, and calls in flight on each.
+GRPC_CHANNELS, GRPC_IN_FLIGHT = 4, 8
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (3 s each)")
@@ -517,10 +586,15 @@ def main() -> None:
                 port = free_port()
                 argv = [sys.executable, "-m", "flowlearn.serving", "--workers", str(workers)]
                 what = f"predictor x{workers}, log {'on' if log_on else 'off'}"
+                grpc_port = free_port()
                 with process(
                     argv + ([] if log_on else ["--no-log"]),
                     what,
-                    dict(env, FLOWLEARN__PREDICTOR__PORT=str(port)),
+                    dict(
+                        env,
+                        FLOWLEARN__PREDICTOR__PORT=str(port),
+                        FLOWLEARN__PREDICTOR__GRPC_PORT=str(grpc_port),
+                    ),
                 ) as proc:
                     base = f"http://127.0.0.1:{port}"
                     wait_http(f"{base}/readyz", what, proc)
@@ -532,6 +606,11 @@ def main() -> None:
                     results[(workers, log_on, "batch")] = measure(
                         base + bodies["V1"][0], batch, [proc.pid]
                     )
+                    if not log_on:
+                        progress(f"gRPC ModelInfer {duration}s: {what}, 1 instance a call")
+                        results[(workers, log_on, "gRPC")] = grpc_rate(
+                            f"127.0.0.1:{grpc_port}", row, duration, [proc.pid]
+                        )
                     if log_on:
                         logged[(workers, log_on)] = (
                             metric(base, "flowlearn_predictor_log_sent_total"),
@@ -586,7 +665,9 @@ def main() -> None:
     )
     for (workers, log_on, shape), r in results.items():
         hello = results[(workers, False, "hello")]
-        label = {"hello": "hello-world", "batch": "V1 x100"}.get(shape, f"{shape} x1")
+        label = {"hello": "hello-world", "batch": "V1 x100", "gRPC": "gRPC x1 (py)"}.get(
+            shape, f"{shape} x1"
+        )
         print(
             f"{workers:7d} {('on' if log_on else 'off') if shape != 'hello' else '':>4} "
             f"{label:>12} {r['rps']:9.0f} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
