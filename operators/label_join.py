@@ -102,7 +102,11 @@ class LabelJoin(KeyedProcessFunction):
             for event_id, row in self.entries_v2.items()
         ]
         if old:
-            self.entries.put_all({event_id: to_row(entry) for event_id, entry in old})
+            # put, not put_all: PyFlink's put_all iterates its argument as (key, value)
+            # pairs, so the dict its signature asks for fails to unpack (every restore of an
+            # older savepoint with a waiting event crashed here).
+            for event_id, entry in old:
+                self.entries.put(event_id, to_row(entry))
             self.entries_v2.clear()
         for event_id, row in self.entries.items():
             stored = JoinEntry._make(row)

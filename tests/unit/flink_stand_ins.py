@@ -79,8 +79,11 @@ class MapState(dict):
     def put(self, k: Any, v: Any) -> None:
         self[k] = v
 
-    def put_all(self, entries: dict[Any, Any]) -> None:
-        self.update(entries)
+    def put_all(self, entries: Any) -> None:
+        # As PyFlink's does (pyflink/fn_execution/state_impl.py): it iterates its argument
+        # as (key, value) pairs, so a dict, which its signature names, fails to unpack.
+        for key, value in entries:
+            self[key] = value
 
     def remove(self, k: Any) -> None:
         del self[k]
