@@ -1,20 +1,22 @@
 """The prediction log: every served prediction to the events topic, off the serving path's CPU.
 
-A request hands one :class:`Batch` to :meth:`PredictionLog.offer`, which encodes its records
-(JSON, one per instance, keyed by model id) and gives each to a confluent-kafka producer in
-one C call. librdkafka queues, batches and sends them on its own threads, outside the
-interpreter's lock; the request never waits on Kafka. Its queue is bounded by
-``predictor.log_queue_bytes`` bytes of records (and :data:`QUEUE_RECORDS` records): past it,
-records are dropped and counted (``queue_full``). While Kafka is unreachable librdkafka
-reconnects on its own and the queue fills; a record not delivered within
-:data:`DELIVERY_TIMEOUT_MS` (or refused by the broker) is dropped and counted (``kafka``).
-Nothing the log does is ever raised into a request.
+A request hands one :class:`Batch` to :meth:`PredictionLog.offer`: an append to a queue,
+nothing more. The log's thread takes the queued batches every :data:`DRAIN_EVERY_S`, encodes
+their records (JSON, one per instance, keyed by model id) and gives each to a confluent-kafka
+producer in one C call; librdkafka batches and sends them on its own threads, outside the
+interpreter's lock. The request never waits on Kafka, and the hand-off in bursts costs a
+request half of what producing from the request did (the producer woke librdkafka's thread
+about every third record). At most :data:`PENDING_RECORDS` records wait for the thread, and
+librdkafka's queue is bounded by ``predictor.log_queue_bytes`` bytes of records (and
+:data:`QUEUE_RECORDS` records): past either, records are dropped and counted
+(``queue_full``). While Kafka is unreachable librdkafka reconnects on its own and its queue
+fills; a record not delivered within :data:`DELIVERY_TIMEOUT_MS` (or refused by the broker)
+is dropped and counted (``kafka``). Nothing the log does is ever raised into a request.
 
 librdkafka reports the records it could not deliver (only those: a report per record would
-cost a Python call each); a thread of the log serves them every :data:`REPORT_EVERY_S` and
-counts them in ``flowlearn_predictor_log_dropped_total{reason="kafka"}``. The records handed
-over, less those and those still queued, were acknowledged:
-``flowlearn_predictor_log_sent_total``.
+cost a Python call each); the same thread serves them at each drain and counts them in
+``flowlearn_predictor_log_dropped_total{reason="kafka"}``. The records handed over, less
+those and those still queued, were acknowledged: ``flowlearn_predictor_log_sent_total``.
 
 A record is what the label join needs (docs/architecture.md: ``fl.events``) plus what was served::
 
@@ -32,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -46,9 +49,13 @@ log = logging.getLogger("flowlearn.serving.log")
 QUEUE_RECORDS = 100_000
 #: A record not acknowledged this long after it was logged (Kafka down, say) is dropped.
 DELIVERY_TIMEOUT_MS = 60_000
-#: How often the log's thread serves delivery reports: each serving takes the interpreter's
-#: lock once for all the reports since the last one.
-REPORT_EVERY_S = 0.05
+#: How often the log's thread takes the batches the requests handed over (and serves the
+#: delivery reports): each drain takes the interpreter's lock once for all of them. Short
+#: beside librdkafka's own wait for a batch to fill (``predictor.log_linger_ms``).
+DRAIN_EVERY_S = 0.005
+#: Records handed over and not yet drained, at most: the thread drains 2 million a second
+#: at this bound, so only a thread starved of the interpreter's lock reaches it.
+PENDING_RECORDS = 10_000
 #: Retry backoff (seconds) while the producer cannot be made (a bad TLS file, say).
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
 
@@ -202,9 +209,14 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._queue_full = metrics.log_dropped.labels("queue_full")
         self._kafka_dropped = metrics.log_dropped.labels("kafka")
-        # Records handed to the producer (a request may be answered on a worker thread too:
-        # hence the lock), and failed; the metrics are brought up to date once per serving.
+        # Batches handed over and their records (a request may be answered on a worker
+        # thread too: hence the lock around the count).
+        self._pending: deque[Batch] = deque()
+        self._pending_records = 0
+        self._closed = False
         self._lock = threading.Lock()
+        # Records handed to the producer, and failed (both by the log's thread only); the
+        # metrics are brought up to date at each drain.
         self._produced = 0
         self._failed = self._failed_counted = self._sent_counted = 0
         self._last_error: Any = None
@@ -215,40 +227,61 @@ class PredictionLog:
         self._thread.start()
 
     def offer(self, batch: Batch) -> None:
-        """Queue a batch's records, or drop and count them; never blocks, never raises."""
+        """Hand a batch's records to the log's thread, or drop and count them past
+        :data:`PENDING_RECORDS`; never blocks, never raises."""
+        n = len(batch.event_ids)
+        with self._lock:
+            closed = self._closed
+            full = self._pending_records + n > PENDING_RECORDS
+            if not (closed or full):
+                self._pending_records += n
+                self._pending.append(batch)
+        if closed:
+            self._kafka_dropped.inc(n)
+        elif full:
+            self._queue_full.inc(n)
+
+    def depth(self) -> int:
+        """Records handed over, queued in librdkafka or waiting for their acknowledgement."""
+        producer = self._producer
+        return self._pending_records + (len(producer) if producer is not None else 0)
+
+    def _drain(self) -> None:
+        """Give every batch handed over to the producer (on the log's thread)."""
+        while self._pending:
+            batch = self._pending.popleft()
+            with self._lock:
+                self._pending_records -= len(batch.event_ids)
+            self._produce(batch)
+
+    def _produce(self, batch: Batch) -> None:
+        """Queue a batch's records in librdkafka, or drop and count them."""
         producer = self._producer
         if producer is None:
             self._kafka_dropped.inc(len(batch.event_ids))
             return
         key = batch.model_id.encode()
-        produced = 0
-        try:
-            for record in batch.records():
-                try:
-                    producer.produce(self.topic, value=record, key=key)
-                    produced += 1
-                except BufferError:  # librdkafka's queue is full: so are the next records
-                    self._queue_full.inc(len(batch.event_ids) - produced)
-                    return
-                except Exception as exc:  # nothing the log does may fail a request
-                    log.debug("prediction log: produce failed: %s", exc)
-                    self._kafka_dropped.inc()
-        finally:
-            with self._lock:
-                self._produced += produced
-
-    def depth(self) -> int:
-        """Records queued or waiting for their acknowledgement."""
-        producer = self._producer
-        return len(producer) if producer is not None else 0
+        for i, record in enumerate(batch.records()):
+            try:
+                producer.produce(self.topic, value=record, key=key)
+                self._produced += 1
+            except BufferError:  # librdkafka's queue is full: so are the next records
+                self._queue_full.inc(len(batch.event_ids) - i)
+                return
+            except Exception as exc:  # nothing the log does may fail
+                log.debug("prediction log: produce failed: %s", exc)
+                self._kafka_dropped.inc()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (within ``timeout``; the rest is dropped and counted) and stop
-        the thread."""
+        """Stop the thread and send what is handed over or queued (within ``timeout``; the
+        rest is dropped and counted)."""
         deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        with self._lock:
+            self._closed = True  # what is offered from now on is dropped at once
+        self._drain()
         producer, self._producer = self._producer, None
         if producer is None:
             return
@@ -269,8 +302,7 @@ class PredictionLog:
     def _count(self, producer: Producer) -> None:
         """Bring the sent and dropped counts, and the queue's depth, up to date (on the
         thread that serves the reports)."""
-        with self._lock:
-            produced = self._produced  # before the depth: a record produced since is queued
+        produced = self._produced
         queued = len(producer)
         failed = self._failed - self._failed_counted
         if failed:
@@ -282,7 +314,7 @@ class PredictionLog:
         if sent > 0:
             self._metrics.log_sent.inc(sent)
             self._sent_counted += sent
-        self._metrics.log_queue.set(queued)
+        self._metrics.log_queue.set(queued + self._pending_records)
 
     def _make(self) -> Producer | None:
         try:
@@ -293,16 +325,16 @@ class PredictionLog:
 
     def _run(self) -> None:
         backoff = RETRY_MIN_S
-        while True:
+        retry_at = time.monotonic() + backoff
+        while not self._stop.wait(DRAIN_EVERY_S):  # close() drains and serves the rest
+            if self._producer is None and time.monotonic() >= retry_at:
+                backoff = min(backoff * 2, RETRY_MAX_S)
+                retry_at = time.monotonic() + backoff
+                self._producer = self._make()
+            self._drain()  # without a producer: the batches are counted as dropped
             producer = self._producer
             if producer is None:
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, RETRY_MAX_S)
-                self._producer = self._make()
                 continue
-            if self._stop.wait(REPORT_EVERY_S):
-                return  # close() serves the last reports
             try:
                 producer.poll(0)
             except Exception as exc:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from flowlearn.serving.metrics import Metrics
-from flowlearn.serving.prediction_log import Batch, PredictionLog, Shadow
+from flowlearn.serving.prediction_log import PENDING_RECORDS, Batch, PredictionLog, Shadow
 
 
 def batch(n: int = 2) -> Batch:
@@ -113,13 +113,33 @@ def test_a_full_queue_drops_and_counts_without_blocking():
         log.offer(batch(2))
     assert time.perf_counter() - started < 0.1
     # Five records fit (two batches and half of the third); the other 35 are dropped.
-    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 35
+    wait_for(
+        "35 records dropped",
+        lambda: sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 35,
+    )
     wait_for("the queue gauge", lambda: sample(metrics, "flowlearn_predictor_log_queue") == 5)
     assert log.depth() == 5
     producer.up = True
     wait_for("five records sent", lambda: len(producer.sent) == 5)
     log.close()
     assert sample(metrics, "flowlearn_predictor_log_sent_total") == 5
+
+
+def test_records_not_yet_taken_by_the_logs_thread_are_bounded_too():
+    producer, metrics = Producer(capacity=2 * PENDING_RECORDS), Metrics()
+    log = PredictionLog("fl.events", {}, metrics, producer)  # its thread not started yet
+    log.offer(batch(PENDING_RECORDS - 1))
+    log.offer(batch(2))  # one record too many: the whole batch is dropped
+    log.offer(batch(1))
+    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="queue_full") == 2
+    assert log.depth() == PENDING_RECORDS
+    log.start()
+    wait_for(
+        "every record handed over sent",
+        lambda: sample(metrics, "flowlearn_predictor_log_sent_total") == PENDING_RECORDS,
+    )
+    log.close()
+    assert log.depth() == 0
 
 
 def test_failed_deliveries_are_counted_never_raised():
@@ -148,7 +168,10 @@ def test_a_producer_that_cannot_be_made_is_retried_and_its_batches_counted():
     log = PredictionLog("fl.events", {}, metrics, factory)
     log.start()
     log.offer(batch(3))  # no producer yet
-    assert sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3
+    wait_for(
+        "3 records dropped",
+        lambda: sample(metrics, "flowlearn_predictor_log_dropped_total", reason="kafka") == 3,
+    )
 
     offered = [3]
 
