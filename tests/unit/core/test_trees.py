@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
+import os
+import platform
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from river import tree as river_tree
 from river.datasets import synth
 from river.tree.nodes.branch import DTBranch
 
-from flowlearn.core import linear
+from flowlearn.core import codec, linear
 from flowlearn.core.trees import HoeffdingTreeClassifier, RandomForestClassifier
 
 from .conftest import learn, same_bits
@@ -687,3 +692,112 @@ def test_a_nearly_pure_leaf_keeps_its_observers_and_splits_when_the_concept_chan
     assert 2.0 in splits.tolist()  # feature 1 (stored + 1)
     probe = rng.random((2000, 2))
     assert np.mean(tree.predict_many(probe) == (probe[:, 1] > 0.5)) > 0.9
+
+
+# ----------------------------------------------------------------------------- golden states
+
+#: The learnt states recorded by :func:`golden_states` (``FLOWLEARN_WRITE_GOLDEN=1`` rewrites
+#: it). A change to the trees' learning code must leave them bit for bit as they are: the
+#: same stream and cut give the same trees after a restart, whatever version trained them.
+GOLDEN = Path(__file__).with_name("golden_trees.json")
+
+
+def golden_platform() -> dict[str, str]:
+    """What the recorded bits depend on besides this code: numpy's transcendental functions
+    take SIMD paths chosen by its version and the CPU (AVX512 vs AVX2 logs differ in the
+    last bit)."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    simd = [f for f in ("AVX512_SKX", "AVX512F", "AVX2", "FMA3") if __cpu_features__.get(f)]
+    return {"numpy": np.__version__, "machine": platform.machine(), "simd": ",".join(simd)}
+
+
+def golden_streams() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The benchmark's streams (bench/bench_trees.py), offline and short: River's two bundled
+    datasets and three synthetic generators (labels as indices of the sorted label set)."""
+    from river import datasets
+
+    def take(dataset, n: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = list(itertools.islice(dataset, n))
+        keys = list(pairs[0][0])
+        labels = sorted({t for _, t in pairs}, key=str)
+        X = np.array([[float(x[k]) for k in keys] for x, _ in pairs])
+        return X, np.array([labels.index(t) for _, t in pairs])
+
+    rbf = synth.RandomRBFDrift(
+        seed_model=42, seed_sample=42, n_classes=4, n_features=4, n_centroids=20,
+        change_speed=0.87, n_drift_centroids=10,
+    )  # fmt: skip
+    return {
+        "phishing": take(datasets.Phishing(), 1250),
+        "segments": take(datasets.ImageSegments(), 1200),
+        "agrawal": take(synth.Agrawal(classification_function=2, seed=42), 1500),
+        "sea": take(synth.SEA(variant=1, seed=42), 1500),
+        "rbf": take(rbf, 1500),
+    }
+
+
+def golden_cuts(n: int, seed: int) -> dict[str, list[int]]:
+    """Batch boundaries: the trainer's ramp of powers of two, batches of 9, random cuts."""
+    from flowlearn.core.training import batch_plan
+
+    random = np.random.default_rng(seed).integers(1, n, size=25).tolist()
+    return {
+        "ramp": np.cumsum([0, *batch_plan(n, 64)]).tolist(),
+        "nine": [*range(0, n, 9), n],
+        "random": [0, *sorted(set(random)), n],
+    }
+
+
+def golden_states() -> dict[str, str]:
+    """SHA-256 of the codec bytes of forests (NBA: two seeds, three cuts; majority class) and
+    single trees learnt on :func:`golden_streams`, and of a trainer's state and test-step
+    losses on Phishing."""
+    import hashlib
+
+    from flowlearn.core.training import ModelTrainer
+
+    def digest(*parts: bytes) -> str:
+        return hashlib.sha256(b"".join(parts)).hexdigest()
+
+    out = {}
+    for name, (X, y) in golden_streams().items():
+        F, K = X.shape[1], int(y.max()) + 1
+        # (model, the cuts it learns with)
+        forest, tree = partial(RandomForestClassifier, F, K), partial(HoeffdingTreeClassifier, F, K)
+        models = {f"forest-s{seed}": (partial(forest, seed=seed), "*") for seed in (0, 1)}
+        models["forest-mc"] = (partial(forest, leaf_prediction="mc"), ("ramp", "nine"))
+        # Learnt with the labels shifted halfway (below): warnings, background trees,
+        # replacements.
+        models["forest-drift"] = (forest, ("ramp", "nine"))
+        models["tree"] = (partial(tree, grace_period=50), ("ramp",))
+        for key, (make, cuts) in models.items():
+            for cut, bounds in golden_cuts(len(y), seed=len(out)).items():
+                if cuts != "*" and cut not in cuts:
+                    continue
+                model = make()
+                labels = y.copy()
+                if key == "forest-drift":
+                    labels[len(y) // 2 :] = (labels[len(y) // 2 :] + 1) % K
+                for a, b in itertools.pairwise(bounds):
+                    model.learn_many(X[a:b], labels[a:b])
+                out[f"{name}/{key}/{cut}"] = digest(linear.to_bytes(model))
+    X, y = golden_streams()["phishing"]
+    trainer = ModelTrainer.create(
+        "m", {"type": "random_forest", "n_features": 9, "n_classes": 2, "batch_size": 64}
+    )
+    losses = [r.losses.tobytes() for r in trainer.train_samples(X, y) if r.losses is not None]
+    state = codec.encode_state(*trainer.model.state_dict())
+    out["phishing/trainer"] = digest(state, *losses)
+    return out
+
+
+def test_learnt_states_are_the_recorded_ones_bit_for_bit():
+    states = golden_states()
+    if os.environ.get("FLOWLEARN_WRITE_GOLDEN"):
+        GOLDEN.write_text(json.dumps({"platform": golden_platform(), "states": states}, indent=1))
+    recorded = json.loads(GOLDEN.read_text())
+    if recorded["platform"] != golden_platform():
+        pytest.skip(f"states recorded on {recorded['platform']}, not {golden_platform()}")
+    changed = [k for k in states if states[k] != recorded["states"].get(k)]
+    assert not changed and states.keys() == recorded["states"].keys(), changed
