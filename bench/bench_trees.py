@@ -43,6 +43,11 @@ FriedmanDrift (River's gradual drift over the second and third thirds), Planes2D
 TrumpApproval; it prints MAE (× River's) and samples/s (× River's). No target: the issue
 sets none for regression.
 
+First it measures what the trees' compiled loops (numba, :mod:`flowlearn.core.tree_kernels`)
+cost a fresh process before its first batch: compiling them into an empty cache, then
+loading them from it (numba's import included); then loads them, so that no timed run
+pays that once-per-process cost.
+
 Then, once, the predictor's latency with a 10-tree forest (``n_trees=10``, trained in
 process on the first stream): its version is published to a redis-server started here and
 ``python -m flowlearn.serving`` (as ``bench_predictor`` starts it) answers ``--requests``
@@ -80,6 +85,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -371,6 +378,24 @@ def _hgb(s: Stream, every: int, hgb: Any) -> Outcome:
 
 
 # ---------------------------------------------------------------------------- latency
+
+
+def kernel_compile_seconds(cache_dir: Path) -> dict[str, float]:
+    """What the trees' compiled loops cost a fresh Python process before its first batch
+    (:func:`flowlearn.core.tree_kernels.warm_up`: numba's import, then compiling them into
+    an empty cache, or loading them from it): ``{"compile": s, "load": s}``."""
+    code = (
+        "import time; t = time.perf_counter(); from flowlearn.core import tree_kernels; "
+        "tree_kernels.warm_up(); print(time.perf_counter() - t)"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    out = {}
+    for key in ("compile", "load"):
+        run = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        out[key] = float(run.stdout.split()[-1])
+    return out
 
 
 def percentiles(ms: Sequence[float]) -> dict[str, float]:
@@ -727,6 +752,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-trees-") as tmpdir:
         tmp = Path(tmpdir)
         run_the_job = not args.no_job
+        kernels = kernel_compile_seconds(tmp / "numba-cache")
+        print(
+            f"  trees' compiled loops, a fresh process (numba import included): "
+            f"{kernels['compile']:.2f} s compiling them, {kernels['load']:.2f} s loading "
+            "them from the cache; paid here once, before the timed runs",
+            flush=True,
+        )
+        from flowlearn.core import tree_kernels
+
+        tree_kernels.warm_up()
         if run_the_job:
             warm = tiny_replay(base, tmp, "bench-warmup")
             print(f"  warm-up replay (JVM and MiniCluster start): {warm:.1f} s", flush=True)
@@ -877,6 +912,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay_overhead_seconds": overhead,
             "total_seconds": total,
             "latency": lat,
+            "kernel_seconds": kernels,
         }
         results = to_json(rows, summary, meta)
         results["regression"] = to_json(regression_rows, {}, {})["streams"]

@@ -550,6 +550,8 @@ class _Grove:
     def _accumulate(self, X: np.ndarray, y: np.ndarray, W: np.ndarray, node: np.ndarray) -> None:
         # Pairs (slot, sample) in slot-major order: each node belongs to one slot, so every
         # node and record accumulates its samples in sample order, however the stream was cut.
+        from flowlearn.core import tree_kernels
+
         j, i = np.nonzero(W > 0)
         if not i.size:
             return
@@ -576,45 +578,25 @@ class _Grove:
             empty = cnt.sum(axis=1) == 0.0
             mc_right = empty | (cnt.argmax(axis=1) == c)
             nb_right = ~empty & (self.log_joint(x, q, cnt).argmax(axis=1) == c)
-            np.add.at(rows["mc"], q[mc_right], w[mc_right])
-            np.add.at(rows["nb"], q[nb_right], w[nb_right])
-        np.add.at(self.counts.reshape(-1), g * self.K + c, w)
-        r = self.record.reshape(-1)[g]
-        if self.nb:
-            # Every leaf learns its Gaussians (they serve its NB prediction); only the
-            # leaves that may split keep a min and a max.
-            self._gaussians(x, q, w, c)
-            has = r >= 0
-            r, x, c = r[has], x[has], c[has]
+            r = self.record.reshape(-1)[g]
+            mc, nb = rows["mc"], rows["nb"]
         else:
+            # The Gaussians live in the observer records: only the leaves that may split
+            # learn them.
+            q = r = self.record.reshape(-1)[g]
             has = r >= 0
-            r, i, w, c = r[has], i[has], w[has], c[has]
-            if not r.size:
-                return
-            x = X[i[:, None], self.pool["feat"][r]]
-            self._gaussians(x, r, w, c)
-        if not r.size:
-            return
-        flat = (r[:, None] * self.n_sub + np.arange(self.n_sub)) * self.K + c[:, None]
-        np.minimum.at(self.pool["lo"].reshape(-1), flat, x)
-        np.maximum.at(self.pool["hi"].reshape(-1), flat, x)
-
-    def _gaussians(self, x: np.ndarray, r: np.ndarray, w: np.ndarray, c: np.ndarray) -> None:
-        """Add samples (values ``x`` of the row's features, weights, classes) to rows ``r``
-        of :attr:`gauss`."""
-        p = self.gauss
-        # A row's values are taken relative to the first one it sees (a shift that keeps
-        # the sums of squares from cancelling), set by its first sample in stream order.
-        fresh = p["w"][r].sum(axis=1) == 0.0
-        if fresh.any():
-            uniq, first = np.unique(r[fresh], return_index=True)
-            p["shift"][uniq] = x[fresh][first]
-        flat = (r[:, None] * self.n_sub + np.arange(self.n_sub)) * self.K + c[:, None]
-        d = x - p["shift"][r]
-        wd = w[:, None] * d
-        np.add.at(p["w"].reshape(-1), r * self.K + c, w)
-        np.add.at(p["s1"].reshape(-1), flat, wd)
-        np.add.at(p["s2"].reshape(-1), flat, wd * d)
+            x = np.zeros((len(g), self.n_sub))
+            x[has] = X[i[has, None], self.pool["feat"][r[has]]]
+            mc = nb = np.zeros(0)
+            mc_right = nb_right = np.zeros(0, dtype=bool)
+        # In the order of the pairs, one sample after another: what np.add.at,
+        # np.minimum.at and np.maximum.at would do, without their cost per call.
+        p, pool = self.gauss, self.pool
+        tree_kernels.accumulate(
+            self.counts.reshape(-1), g * self.K + c, w, c, np.ascontiguousarray(x), q,
+            p["w"], p["s1"], p["s2"], p["shift"], r, pool["lo"], pool["hi"],
+            mc, mc_right, nb, nb_right,
+        )  # fmt: skip
 
     def log_joint(self, x: np.ndarray, q: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         """Naive Bayes' log joint ``(len(q), n_classes)`` of values ``x`` (``(len(q),
@@ -622,24 +604,25 @@ class _Grove:
         prior ``log(cnt / cnt.sum())`` (-inf for a class without weight) plus, per feature
         and class whose Gaussian has a positive (ddof=1) variance, the log density. A
         Gaussian without variance adds nothing (River's density is 0 and skipped)."""
+        from flowlearn.core import tree_kernels
+
         p = self.rows
-        w = p["w"][q][:, None, :]
-        s1 = p["s1"][q]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # A class of weight <= 1 has no (ddof=1) variance: its mean is not needed.
-            ok = w > 1.0
-            safe = np.where(ok, w, 2.0)
-            var = (p["s2"][q] - s1 * s1 / safe) / (safe - 1.0)
-            ok = ok & (var > 0.0)
-            var = np.where(ok, var, 1.0)
-            d = x[:, :, None] - (p["shift"][q][..., None] + s1 / safe)
-            term = np.where(ok, -0.5 * np.log(2.0 * math.pi * var) - d * d / (2.0 * var), 0.0)
-            # (n, K, n_sub): each row summed along its last, contiguous axis, so a sample's
-            # sum does not depend on the other samples of the call.
-            ll = np.ascontiguousarray(term.transpose(0, 2, 1))
+        P, J, K = len(q), x.shape[1], self.K
+        arg, dd = np.empty((P, K, J)), np.empty((P, K, J))
+        ok = np.empty((P, K, J), dtype=bool)
+        # The terms as numpy computed them elementwise (a class of weight <= 1 has no
+        # (ddof=1) variance), the log of 2 pi var by numpy (its SIMD log is not a compiled
+        # loop's), each class's terms summed as numpy sums a contiguous axis: a sample's
+        # sum does not depend on the other samples of the call.
+        tree_kernels.gaussian_terms(
+            p["w"], p["s1"], p["s2"], p["shift"], q, np.ascontiguousarray(x), arg, dd, ok
+        )
+        ll = np.empty((P, K))
+        tree_kernels.sum_terms(np.log(arg), dd, ok, ll)
+        with np.errstate(divide="ignore", invalid="ignore"):
             total = cnt.sum(axis=1, keepdims=True)
             prior = np.log(cnt / np.where(total > 0.0, total, 1.0))
-        return prior + ll.sum(axis=2)
+        return prior + ll
 
     def _attempt(self, nodes: np.ndarray) -> None:
         """Split attempts at the due leaves among ``nodes`` (flat ids), all at once."""
@@ -959,24 +942,20 @@ def route_nodes(
 ) -> np.ndarray:
     """The leaf each sample reaches in each tree of flat node arrays (``split``,
     ``threshold``, ``left``: feature + 1 or 0, the threshold, the left child), a tree's
-    nodes starting at ``base[j]``: ``(len(base), n)`` node ids within their tree, one numpy
-    step per level."""
-    n, d = X.shape
-    values = np.ascontiguousarray(X).reshape(-1)
-    offset = np.repeat(base, n)
-    # Sample i's value of feature f - 1 (split's f: feature + 1) is values[row[i] + f].
-    row = np.tile(np.arange(n) * d - 1, len(base))
-    gid = offset.copy()
-    # Every pair steps together, a level at a time, until all are at their leaves (a pair
-    # at its leaf reads some value and stays): fewer numpy calls than keeping the live
-    # pairs apart, which is what a young model's small batches cost.
-    while True:
-        f = split[gid]
-        inner = f > 0
-        if not inner.any():
-            return (gid - offset).reshape(len(base), n)
-        right = values[row + f] > threshold[gid]
-        gid = np.where(inner, offset + left[gid] + right, gid)
+    nodes starting at ``base[j]``: ``(len(base), n)`` node ids within their tree (a
+    compiled loop: routing is comparisons, the same whatever computes them)."""
+    from flowlearn.core import tree_kernels
+
+    out = np.empty((len(base), len(X)), dtype=np.int64)
+    tree_kernels.route(
+        np.ascontiguousarray(X, dtype=np.float64),
+        np.ascontiguousarray(split, dtype=np.int64),
+        np.ascontiguousarray(threshold, dtype=np.float64),
+        np.ascontiguousarray(left, dtype=np.int64),
+        np.ascontiguousarray(base, dtype=np.int64),
+        out,
+    )
+    return out
 
 
 def take_records(

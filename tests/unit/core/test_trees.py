@@ -10,6 +10,8 @@ import itertools
 import json
 import os
 import platform
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -801,3 +803,17 @@ def test_learnt_states_are_the_recorded_ones_bit_for_bit():
         pytest.skip(f"states recorded on {recorded['platform']}, not {golden_platform()}")
     changed = [k for k in states if states[k] != recorded["states"].get(k)]
     assert not changed and states.keys() == recorded["states"].keys(), changed
+
+
+def test_numba_loads_with_the_first_tree_not_with_the_core_or_the_operators():
+    """A Python worker's start-up is part of a recovery: the compiled loops come with the
+    first tree that learns or predicts."""
+    code = (
+        "import sys, numpy as np; import flowlearn.core.training, flowlearn.core.trees, "
+        "flowlearn.operators.trainer; print('numba' in sys.modules); "
+        "flowlearn.core.trees.RandomForestClassifier(2, 2).learn_many(np.zeros((4, 2)), "
+        "np.zeros(4, dtype=int)); print('numba' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True"]
