@@ -752,9 +752,9 @@ def golden_cuts(n: int, seed: int) -> dict[str, list[int]]:
 
 
 def golden_states() -> dict[str, str]:
-    """SHA-256 of the codec bytes of forests (NBA: two seeds, three cuts; majority class) and
-    single trees learnt on :func:`golden_streams`, and of a trainer's state and test-step
-    losses on Phishing."""
+    """SHA-256 of the codec bytes and the weights vector of forests (NBA: two seeds, three
+    cuts; majority class; a label shift) and single trees learnt on :func:`golden_streams`,
+    and of a trainer's state, vector and test-step losses on Phishing."""
     import hashlib
 
     from flowlearn.core.training import ModelTrainer
@@ -783,14 +783,16 @@ def golden_states() -> dict[str, str]:
                     labels[len(y) // 2 :] = (labels[len(y) // 2 :] + 1) % K
                 for a, b in itertools.pairwise(bounds):
                     model.learn_many(X[a:b], labels[a:b])
-                out[f"{name}/{key}/{cut}"] = digest(linear.to_bytes(model))
+                out[f"{name}/{key}/{cut}"] = digest(
+                    linear.to_bytes(model), model.weights_vector().tobytes()
+                )
     X, y = golden_streams()["phishing"]
     trainer = ModelTrainer.create(
         "m", {"type": "random_forest", "n_features": 9, "n_classes": 2, "batch_size": 64}
     )
     losses = [r.losses.tobytes() for r in trainer.train_samples(X, y) if r.losses is not None]
     state = codec.encode_state(*trainer.model.state_dict())
-    out["phishing/trainer"] = digest(state, *losses)
+    out["phishing/trainer"] = digest(state, trainer.model.weights_vector().tobytes(), *losses)
     return out
 
 
