@@ -38,13 +38,26 @@ os.environ.setdefault(
 import numba
 import numpy as np
 
-__all__ = ["accumulate", "gaussian_terms", "numpy_sum", "route", "sum_terms", "warm_up"]
+__all__ = [
+    "accumulate",
+    "gaussian_terms",
+    "merits",
+    "numpy_sum",
+    "put_rows",
+    "route",
+    "side_weights",
+    "split_sides",
+    "sum_terms",
+    "warm_up",
+]
 
 #: ``2.0 * math.pi`` as the numpy expression ``2.0 * math.pi * var`` computes it.
 TWO_PI = 2.0 * math.pi
+#: ``math.sqrt(2.0)``, as the split evaluation scales a distance to a class's mean.
+SQRT2 = math.sqrt(2.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def route(
     X: np.ndarray,
     split: np.ndarray,
@@ -67,7 +80,7 @@ def route(
             out[j, i] = node
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def accumulate(
     counts: np.ndarray,
     cell: np.ndarray,
@@ -140,7 +153,7 @@ def accumulate(
                 hi[rec, j, k] = v
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def numpy_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
     """The sum of a contiguous 1-D array as numpy's ``a.sum()`` (and a reduction along a
     contiguous last axis) adds it, bit for bit: its pairwise summation (from -0.0; under 8
@@ -175,7 +188,7 @@ def numpy_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
     return numpy_sum(a[:half]) + numpy_sum(a[half:])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def gaussian_terms(
     w: np.ndarray,
     s1: np.ndarray,
@@ -211,7 +224,7 @@ def gaussian_terms(
                 ok[p, k, j] = fine
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def sum_terms(log_arg: np.ndarray, dd: np.ndarray, ok: np.ndarray, out: np.ndarray) -> None:
     """``out[p, k]``: the sum over ``j`` (numpy's, :func:`numpy_sum`) of the log densities
     ``-0.5 * log_arg - dd`` where ``ok``, 0 elsewhere."""
@@ -222,6 +235,156 @@ def sum_terms(log_arg: np.ndarray, dd: np.ndarray, ok: np.ndarray, out: np.ndarr
             for j in range(J):
                 term[j] = -0.5 * log_arg[p, k, j] - dd[p, k, j] if ok[p, k, j] else 0.0
             out[p, k] = numpy_sum(term)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def split_sides(
+    lo_k: np.ndarray,
+    hi_k: np.ndarray,
+    w: np.ndarray,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    shift: np.ndarray,
+    thr: np.ndarray,
+    valid: np.ndarray,
+    lhs: np.ndarray,
+    z: np.ndarray,
+    at: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """River's Gaussian splitter for leaves ``leaf`` (observer min and max ``lo_k``, ``hi_k``
+    per feature and class; NB weights, shifted sums, shifts), up to the normal CDF: the
+    thresholds ``thr[leaf, j, s]`` evenly between the feature's min and max over the classes
+    with weight (``valid``: strictly inside), and the weight of each class left of each
+    threshold, ``lhs[leaf, j, s, k]``: all of it above the class's max, none below its min
+    (a class with a range), otherwise from its Gaussian: for those, ``z`` (the threshold's
+    distance to the mean in sigmas, over sqrt 2) and ``at`` (their flat index into
+    ``lhs``), whose count it returns, in ``lhs``'s order."""
+    L, J, K = lo_k.shape
+    S = thr.shape[2]
+    n = 0
+    for leaf in range(L):
+        for j in range(J):
+            # The min and max over the classes with weight (NaN wins, as numpy's).
+            lo = np.inf
+            hi = -np.inf
+            for k in range(K):
+                if w[leaf, k] > 0.0:
+                    a, b = lo_k[leaf, j, k], hi_k[leaf, j, k]
+                    if a < lo or a != a:
+                        lo = a if lo == lo else lo
+                    if b > hi or b != b:
+                        hi = b if hi == hi else hi
+            step = (hi - lo) / (S + 1.0)
+            for s in range(S):
+                t = lo + step * (s + 1.0)
+                thr[leaf, j, s] = t
+                valid[leaf, j, s] = lo < t and t < hi
+            for k in range(K):
+                wk = w[leaf, k]
+                present = wk > 0.0
+                safe = wk if present else 1.0
+                mean = shift[leaf, j] + s1[leaf, j, k] / safe
+                several = wk > 1.0
+                var = 0.0
+                if several:
+                    v = s2[leaf, j, k] - s1[leaf, j, k] * s1[leaf, j, k] / safe
+                    var = v if (v >= 0.0 or v != v) else 0.0
+                sigma = np.sqrt(var / (wk - 1.0 if several else 1.0))
+                ranged = lo_k[leaf, j, k] <= hi_k[leaf, j, k]
+                for s in range(S):
+                    t = thr[leaf, j, s]
+                    below = t < lo_k[leaf, j, k] and ranged
+                    above = t >= hi_k[leaf, j, k] and ranged
+                    lhs[leaf, j, s, k] = wk if above else 0.0
+                    if not below and not above and valid[leaf, j, s] and present and sigma > 0.0:
+                        z[n] = (t - mean) / (sigma * SQRT2)
+                        at[n] = ((leaf * J + j) * S + s) * K + k
+                        n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def side_weights(
+    sides: np.ndarray, w: np.ndarray, at: np.ndarray, erf: np.ndarray, weights: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Complete :func:`split_sides`: ``sides[0]`` is its ``lhs``; the Gaussian classes'
+    left weights from ``erf`` (of ``z``, at ``at``), the right side ``sides[1]`` (the
+    class's weight minus the left one) and each side's total ``weights`` (numpy's sum over
+    the classes). Returns the sides with non-positive values replaced by 1 (the argument of
+    the entropies' log2)."""
+    _, L, J, S, K = sides.shape
+    left = sides[0].reshape(-1)
+    for i in range(len(at)):
+        left[at[i]] = 0.5 * (1.0 + erf[i]) * w[at[i] // (J * S * K), at[i] % K]
+    positive = np.empty_like(sides)
+    for leaf in range(L):
+        for j in range(J):
+            for s in range(S):
+                for k in range(K):
+                    sides[1, leaf, j, s, k] = w[leaf, k] - sides[0, leaf, j, s, k]
+                for side in range(2):
+                    weights[side, leaf, j, s] = numpy_sum(sides[side, leaf, j, s])
+                    for k in range(K):
+                        v = sides[side, leaf, j, s, k]
+                        positive[side, leaf, j, s, k] = v if v > 0.0 else 1.0
+    return positive
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def merits(
+    sides: np.ndarray,
+    log2_sides: np.ndarray,
+    weights: np.ndarray,
+    log2_weights: np.ndarray,
+    valid: np.ndarray,
+    parent: np.ndarray,
+    min_branch: float,
+    merit: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Information gain of each candidate split ``merit[leaf, j, s]``: the leaf's entropy
+    ``parent[leaf]`` minus the sides' entropies weighted by their weights (entropies as
+    River computes them, from the logs numpy took), ``-inf`` for a threshold not strictly
+    inside or sending at most ``min_branch`` of the weight down a side."""
+    _, L, J, S, K = sides.shape
+    plogp = np.empty(K)
+    ent = np.empty(2)
+    for leaf in range(L):
+        for j in range(J):
+            for s in range(S):
+                for side in range(2):
+                    for k in range(K):
+                        d = sides[side, leaf, j, s, k]
+                        plogp[k] = d * log2_sides[side, leaf, j, s, k] if d > 0.0 else 0.0
+                    tw = weights[side, leaf, j, s]
+                    pl = numpy_sum(plogp)
+                    ent[side] = (tw * log2_weights[side, leaf, j, s] - pl) / tw if tw > 0.0 else 0.0
+                lw, rw = weights[0, leaf, j, s], weights[1, leaf, j, s]
+                total = lw + rw
+                branches = (1 if lw / total > min_branch else 0) + (
+                    1 if rw / total > min_branch else 0
+                )
+                post = (lw * ent[0] + rw * ent[1]) / total
+                if valid[leaf, j, s] and branches >= 2:
+                    merit[leaf, j, s] = parent[leaf] - post
+                else:
+                    merit[leaf, j, s] = -np.inf
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def put_rows(
+    blocks: np.ndarray, rowid: np.ndarray, values: np.ndarray, first: int
+) -> None:  # pragma: no cover - compiled
+    """Tree ``t``'s rows ``h`` of ``values`` (``(rows, n)``, row ``rowid[t, h]``, none
+    when < 0: zeros) at columns ``first + h * n`` to ``first + h * n + n - 1`` of
+    ``blocks[t]``."""
+    T, H = rowid.shape
+    n = values.shape[1]
+    for t in range(T):
+        for h in range(H):
+            r = rowid[t, h]
+            col = first + h * n
+            for c in range(n):
+                blocks[t, col + c] = values[r, c] if r >= 0 else 0.0
 
 
 def warm_up() -> float:
@@ -242,4 +405,18 @@ def warm_up() -> float:
         cube.copy(), np.zeros((1, 1, 1), dtype=bool),
     )  # fmt: skip
     sum_terms(cube, cube, np.zeros((1, 1, 1), dtype=bool), np.zeros((1, 1)))
+    # A split attempt: one leaf, one feature, one threshold, one class.
+    sides, table = np.zeros((2, 1, 1, 1, 1)), np.zeros((1, 1))
+    grid3, flags3 = np.zeros((1, 1, 1)), np.zeros((1, 1, 1), dtype=bool)
+    split_sides(
+        cube, cube.copy(), table, cube.copy(), cube.copy(), table.copy(), grid3, flags3,
+        sides[0], f64.copy(), i64.copy(),
+    )  # fmt: skip
+    weights = np.zeros((2, 1, 1, 1))
+    positive = side_weights(sides, table, i64[:0], f64[:0], weights)
+    merits(sides, positive, weights, weights.copy(), flags3, f64, 0.01, grid3.copy())
+    # A served vector's NB arrays: float rows, and feature indices.
+    rowid = np.zeros((1, 1), dtype=np.int64)
+    put_rows(table, rowid, table.copy(), 0)
+    put_rows(table, rowid, rowid.copy(), 0)
     return time.perf_counter() - start

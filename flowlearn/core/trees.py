@@ -140,16 +140,12 @@ _MIN_POOL = 64
 
 
 def _entropy(d: np.ndarray) -> np.ndarray:
-    """Entropy (bits) of the class distributions along the last axis, as River computes it."""
+    """Entropy (bits) of the class distributions along the last axis, as River computes it
+    (:func:`flowlearn.core.tree_kernels.merits` computes a split's sides' alike)."""
+    total = d.sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _entropy_of(d, d.sum(axis=-1))
-
-
-def _entropy_of(d: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """:func:`_entropy` given the sums along the last axis (``total``), in an errstate that
-    ignores division by zero and invalid values."""
-    plogp = np.where(d > 0.0, d * np.log2(np.where(d > 0.0, d, 1.0)), 0.0).sum(axis=-1)
-    return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
+        plogp = np.where(d > 0.0, d * np.log2(np.where(d > 0.0, d, 1.0)), 0.0).sum(axis=-1)
+        return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
 
 
 def _erf(z: np.ndarray) -> np.ndarray:
@@ -647,51 +643,33 @@ class _Grove:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """River's split decision for each leaf: (deactivate?, split?, feature, threshold,
         left and right class weights)."""
-        L = len(nodes)
+        from flowlearn.core import tree_kernels
+
+        L, J, K = len(nodes), self.n_sub, self.K
         p, pool = self.gauss, self.pool
         r, q = self.record.reshape(-1)[nodes], self.gauss_index(nodes)
-        lo_k, hi_k = pool["lo"][r], pool["hi"][r]  # (L, F, K)
-        w = p["w"][q][:, None, :]  # (L, 1, K)
-        present = w > 0.0
-        with np.errstate(all="ignore"):
-            lo = np.where(present, lo_k, np.inf).min(axis=2)
-            hi = np.where(present, hi_k, -np.inf).max(axis=2)
-            step = (hi - lo) / (_N_SPLITS + 1.0)
-            thr = lo[..., None] + step[..., None] * _STEPS  # (L, F, S)
-            valid = (lo[..., None] < thr) & (thr < hi[..., None])
-            # Each class's Gaussian: mean and (ddof=1) variance from the shifted sums.
-            safe = np.where(present, w, 1.0)
-            s1 = p["s1"][q]
-            mean = p["shift"][q][..., None] + s1 / safe
-            several = w > 1.0
-            var = np.where(several, np.maximum(p["s2"][q] - s1 * s1 / safe, 0.0), 0.0)
-            sigma = np.sqrt(var / np.where(several, w - 1.0, 1.0))  # (L, F, K)
-            t = thr[..., None]  # (L, F, S, 1) against (L, F, 1, K)
-            # A class without a range (NB statistics adopted from a vector, observers
-            # restarted since) is split by its Gaussian alone.
-            ranged = (lo_k <= hi_k)[:, :, None]
-            below = (t < lo_k[:, :, None]) & ranged
-            above = (t >= hi_k[:, :, None]) & ranged
-            wk = w[:, :, None]  # (L, 1, 1, K)
-            # Both sides in one array: [0] left, [1] right.
-            sides = np.empty((2, L, self.n_sub, _N_SPLITS, self.K))
-            lhs = sides[0]
-            lhs[...] = np.where(above, wk, 0.0)
-            inside = ~below & ~above & valid[..., None] & (present & (sigma > 0.0))[:, :, None]
-            a, b, c, d = np.nonzero(inside)
-            if a.size:
-                z = (thr[a, b, c] - mean[a, b, d]) / (sigma[a, b, d] * math.sqrt(2.0))
-                lhs[a, b, c, d] = 0.5 * (1.0 + _erf(z)) * w[a, 0, d]
-            np.subtract(wk, lhs, out=sides[1])
-            weights = sides.sum(axis=-1)  # (2, L, F, S)
-            lw, rw = weights
-            total = lw + rw
-            branches = (lw / total > _MIN_BRANCH_FRACTION).astype(int) + (
-                rw / total > _MIN_BRANCH_FRACTION
-            )
-            ent = _entropy_of(sides, weights)
-            post = (lw * ent[0] + rw * ent[1]) / total
-            merit = np.where(valid & (branches >= 2), _entropy(cnt)[:, None, None] - post, -np.inf)
+        w = p["w"][q]
+        # Both sides in one array: [0] left, [1] right.
+        sides = np.empty((2, L, J, _N_SPLITS, K))
+        thr, valid = np.empty((L, J, _N_SPLITS)), np.empty((L, J, _N_SPLITS), dtype=bool)
+        z, at = np.empty(sides[0].size), np.empty(sides[0].size, dtype=np.int64)
+        # Compiled: the thresholds, the classes' Gaussians and the left weights but where
+        # the normal CDF is needed (math.erf, River's), then the sides' weights; numpy
+        # takes the entropies' logs.
+        n = tree_kernels.split_sides(
+            pool["lo"][r], pool["hi"][r], w, p["s1"][q], p["s2"][q], p["shift"][q],
+            thr, valid, sides[0], z, at,
+        )  # fmt: skip
+        weights = np.empty((2, L, J, _N_SPLITS))
+        positive = tree_kernels.side_weights(sides, w, at[:n], _erf(z[:n]), weights)
+        merit = np.empty((L, J, _N_SPLITS))
+        with np.errstate(divide="ignore"):
+            log2_weights = np.log2(weights)
+        tree_kernels.merits(
+            sides, np.log2(positive), weights, log2_weights, valid, _entropy(cnt),
+            _MIN_BRANCH_FRACTION, merit,
+        )  # fmt: skip
+        lhs = sides[0]
         best_t = merit.argmax(axis=2)  # the first best threshold, as River's strict ">"
         # River sorts [null split, features...] stably by merit: the best is the last of the
         # ties, the runner-up the entry before it.
@@ -1139,8 +1117,6 @@ class _TreeModel(TreeBase):
         self._memo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # The weights vector, until the model changes (see weights_vector).
         self._vector: np.ndarray | None = None
-        # Where the NB rows go in a tree's block (see _nb_layout), once it is needed.
-        self._nb_columns: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ served vector
 
@@ -1172,21 +1148,6 @@ class _TreeModel(TreeBase):
         H = self._grove.H
         return self.max_nodes * (3 + self.n_classes) + H * sum(n for _, n in self._nb_served)
 
-    def _nb_layout(self) -> tuple[np.ndarray, np.ndarray]:
-        """Where an NB row's values (the NB arrays' one after another, in
-        :attr:`_nb_served`'s order) are served in a tree's block: row ``h``'s value ``c``
-        at column ``first[c] + h * stride[c]`` (each NB array is an ``(H, n)`` block after
-        the node arrays)."""
-        if self._nb_columns is None:
-            H, pos = self._grove.H, self.max_nodes * (3 + self.n_classes)
-            first, stride = [], []
-            for _, n in self._nb_served:
-                first.append(pos + np.arange(n))
-                stride.append(np.full(n, n))
-                pos += H * n
-            self._nb_columns = np.concatenate(first), np.concatenate(stride)
-        return self._nb_columns
-
     def weights_vector(self) -> np.ndarray:
         """The served trees' node arrays (and NB arrays), tree by tree (then the vote
         weights of a forest): a copy of the vector built once per change of the model (a
@@ -1205,15 +1166,15 @@ class _TreeModel(TreeBase):
         pos = M * (3 + self.n_classes)
         blocks[:, 3 * M : pos] = g.counts[:T].reshape(T, -1)
         if g.nb:
-            # The NB rows straight from the pool, in one scatter; zeros where a row is no
-            # leaf's.
-            blocks[:, pos:] = 0.0
-            rowid = g.rowid[:T]
-            t, h = np.nonzero(rowid >= 0)
-            src = rowid[t, h]
-            rows = [g.rows[name][src].reshape(len(src), n) for name, n in self._nb_served]
-            first, stride = self._nb_layout()
-            blocks[t[:, None], first + h[:, None] * stride] = np.concatenate(rows, axis=1)
+            from flowlearn.core import tree_kernels
+
+            # The NB rows straight from the pool; each NB array is an (H, n) block after the
+            # node arrays, zeros where a row is no leaf's.
+            rowid = np.ascontiguousarray(g.rowid[:T])
+            for name, n in self._nb_served:
+                values = g.rows[name].reshape(-1, n)
+                tree_kernels.put_rows(blocks, rowid, values, pos)
+                pos += g.H * n
         if self._voting:
             out[T * B :] = self._vote
         return out
