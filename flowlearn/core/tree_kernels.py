@@ -41,6 +41,7 @@ import numpy as np
 __all__ = [
     "accumulate",
     "gaussian_terms",
+    "leaf_frequencies",
     "merits",
     "numpy_sum",
     "put_rows",
@@ -151,6 +152,41 @@ def accumulate(
             b = hi[rec, j, k]
             if not (b >= v or b != b):
                 hi[rec, j, k] = v
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def leaf_frequencies(
+    counts: np.ndarray,
+    slots: np.ndarray,
+    leaf: np.ndarray,
+    rowid: np.ndarray,
+    nbs: np.ndarray,
+    mc: np.ndarray,
+    nb: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Each sample's class frequencies at its leaf ``leaf[j, i]`` of slot ``slots[j]``
+    (``counts[slot, node]`` over their sum, numpy's; uniform when empty) in ``p[j, i]``,
+    and in ``q[j, i]`` the leaf's NB row when it predicts naive Bayes instead (it has
+    counts, a row, and an NB counter >= its MC counter; ``rowid`` without columns: no NB
+    leaves), -1 otherwise."""
+    S, n = leaf.shape
+    K = counts.shape[2]
+    with_nb = rowid.shape[1] > 0
+    for j in range(S):
+        slot = slots[j]
+        for i in range(n):
+            node = leaf[j, i]
+            total = numpy_sum(counts[slot, node])
+            for k in range(K):
+                p[j, i, k] = counts[slot, node, k] / total if total > 0.0 else 1.0 / K
+            row = -1
+            if with_nb and total > 0.0:
+                row = rowid[slot, nbs[slot, node]]
+                if row >= 0 and not nb[row] >= mc[row]:
+                    row = -1
+            q[j, i] = row
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -415,6 +451,8 @@ def warm_up() -> float:
     weights = np.zeros((2, 1, 1, 1))
     positive = side_weights(sides, table, i64[:0], f64[:0], weights)
     merits(sides, positive, weights, weights.copy(), flags3, f64, 0.01, grid3.copy())
+    nodes = np.zeros((1, 1), dtype=np.int64)
+    leaf_frequencies(cube, i64, nodes, nodes, nodes, f64, f64, cube.copy(), nodes.copy())
     # A served vector's NB arrays: float rows, and feature indices.
     rowid = np.zeros((1, 1), dtype=np.int64)
     put_rows(table, rowid, table.copy(), 0)

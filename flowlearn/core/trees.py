@@ -743,26 +743,24 @@ class _Grove:
     def proba(self, X: np.ndarray, slots: np.ndarray, leaf: np.ndarray | None = None) -> np.ndarray:
         """Each slot's class probabilities: ``(len(slots), n, n_classes)`` (``leaf``: the
         samples' leaves, :meth:`route`'s, when known)."""
+        from flowlearn.core import tree_kernels
+
         if leaf is None:
             leaf = self.route(X, slots)
-        c = self.counts[slots[:, None], leaf]
-        total = c.sum(axis=2, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p = np.where(total > 0.0, c / total, 1.0 / self.K)
-        if not self.nb:
-            return p
-        # NBA: a leaf whose NB counter is >= its MC counter predicts naive Bayes (River's
-        # rule); the class frequencies otherwise (and when it has no weight).
-        q = self.rowid[slots[:, None], self.nbs[slots[:, None], leaf]]
-        use = q >= 0
-        if not use.any():
-            return p
-        q = np.where(use, q, 0)
-        use &= (self.rows["nb"][q] >= self.rows["mc"][q]) & (total[..., 0] > 0.0)
-        if use.any():
-            t, i = np.nonzero(use)
+        p = np.empty((*leaf.shape, self.K))
+        q = np.empty(leaf.shape, dtype=np.int64)
+        # The class frequencies, and which leaves predict naive Bayes: a leaf whose NB
+        # counter is >= its MC counter (River's rule); the class frequencies otherwise (and
+        # when it has no weight).
+        rows = self.rows
+        tree_kernels.leaf_frequencies(
+            self.counts, slots, leaf, self.rowid, self.nbs, rows["mc"], rows["nb"], p, q
+        )
+        t, i = np.nonzero(q >= 0)
+        if t.size:
             qu = q[t, i]
-            joint = self.log_joint(X[i[:, None], self.rows["feat"][qu]], qu, c[t, i])
+            cnt = self.counts[slots[t], leaf[t, i]]
+            joint = self.log_joint(X[i[:, None], rows["feat"][qu]], qu, cnt)
             top = joint.max(axis=1, keepdims=True)
             # Only values so far out that every class's density underflows to -inf are
             # left to the class frequencies.
