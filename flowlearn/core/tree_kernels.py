@@ -11,9 +11,13 @@ reassociation and no fused multiply-add), so the learnt state is the same bits:
   ``np.add.at`` does, and takes minima and maxima as ``np.minimum.at`` and
   ``np.maximum.at`` do (NaN wins; on a tie the value already there stays).
 
-No transcendental function is computed here: numpy's SIMD ``log`` and ``exp`` may differ
-in the last bit from a compiled loop's, so the log densities, entropies and the like stay
-numpy (tests/unit/core/test_trees.py records the learnt states' hashes).
+- a sum that numpy took along an axis is taken as numpy's pairwise summation takes it
+  (:func:`numpy_sum`).
+
+The logs and exps stay numpy: its SIMD ``log`` and ``exp`` may differ in the last bit from a
+compiled loop's. The exceptions are IEEE's exact ``sqrt`` and the normal CDF's ``erf``, which
+River's and the numpy code's ``math.erf`` took from the C library, where numba takes it too.
+tests/unit/core/test_trees.py records the learnt states' hashes, and checks the last two.
 
 Only :mod:`flowlearn.core.trees` imports this module, on first use: importing the core or
 the job's operators does not load numba (a Python worker's start-up is part of recovery).
@@ -46,7 +50,6 @@ __all__ = [
     "numpy_sum",
     "put_rows",
     "route",
-    "side_weights",
     "split_sides",
     "sum_terms",
     "warm_up",
@@ -192,9 +195,15 @@ def leaf_frequencies(
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def numpy_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
     """The sum of a contiguous 1-D array as numpy's ``a.sum()`` (and a reduction along a
-    contiguous last axis) adds it, bit for bit: its pairwise summation (from -0.0; under 8
-    values in order; then 8 running sums combined pairwise, the rest in order; over 128
-    values the two halves, the first a multiple of 8 long)."""
+    contiguous last axis) adds it, bit for bit: 0 (the identity) plus its pairwise sum."""
+    return 0.0 + _pairwise_sum(a)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pairwise_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
+    """numpy's pairwise summation: under 8 values in order from -0.0; then 8 running sums
+    combined pairwise, the rest in order; over 128 values the sums of the two halves, the
+    first a multiple of 8 long."""
     n = len(a)
     if n < 8:
         res = -0.0
@@ -221,7 +230,7 @@ def numpy_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
         return res
     half = n // 2
     half -= half % 8
-    return numpy_sum(a[:half]) + numpy_sum(a[half:])
+    return _pairwise_sum(a[:half]) + _pairwise_sum(a[half:])
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -283,21 +292,21 @@ def split_sides(
     shift: np.ndarray,
     thr: np.ndarray,
     valid: np.ndarray,
-    lhs: np.ndarray,
-    z: np.ndarray,
-    at: np.ndarray,
-) -> int:  # pragma: no cover - compiled
-    """River's Gaussian splitter for leaves ``leaf`` (observer min and max ``lo_k``, ``hi_k``
-    per feature and class; NB weights, shifted sums, shifts), up to the normal CDF: the
-    thresholds ``thr[leaf, j, s]`` evenly between the feature's min and max over the classes
-    with weight (``valid``: strictly inside), and the weight of each class left of each
-    threshold, ``lhs[leaf, j, s, k]``: all of it above the class's max, none below its min
-    (a class with a range), otherwise from its Gaussian: for those, ``z`` (the threshold's
-    distance to the mean in sigmas, over sqrt 2) and ``at`` (their flat index into
-    ``lhs``), whose count it returns, in ``lhs``'s order."""
+    sides: np.ndarray,
+    weights: np.ndarray,
+    positive: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """River's Gaussian splitter for leaves ``leaf`` (observer min and max ``lo_k``,
+    ``hi_k`` per feature and class; NB weights, shifted sums, shifts): the thresholds
+    ``thr[leaf, j, s]`` evenly between the feature's min and max over the classes with
+    weight (``valid``: strictly inside); the weight of each class left of each threshold,
+    ``sides[0, leaf, j, s, k]``: all of it above the class's max, none below its min (a
+    class with a range), otherwise its Gaussian's normal CDF (``math.erf``: CPython's is
+    the C library's, which numba calls too); right of it, ``sides[1]``; each side's total
+    ``weights`` (numpy's sum over the classes); ``positive``: the sides, non-positive
+    values replaced by 1 (the argument of the entropies' log2)."""
     L, J, K = lo_k.shape
     S = thr.shape[2]
-    n = 0
     for leaf in range(L):
         for j in range(J):
             # The min and max over the classes with weight (NaN wins, as numpy's).
@@ -331,39 +340,18 @@ def split_sides(
                     t = thr[leaf, j, s]
                     below = t < lo_k[leaf, j, k] and ranged
                     above = t >= hi_k[leaf, j, k] and ranged
-                    lhs[leaf, j, s, k] = wk if above else 0.0
+                    left = wk if above else 0.0
                     if not below and not above and valid[leaf, j, s] and present and sigma > 0.0:
-                        z[n] = (t - mean) / (sigma * SQRT2)
-                        at[n] = ((leaf * J + j) * S + s) * K + k
-                        n += 1
-    return n
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def side_weights(
-    sides: np.ndarray, w: np.ndarray, at: np.ndarray, erf: np.ndarray, weights: np.ndarray
-) -> np.ndarray:  # pragma: no cover - compiled
-    """Complete :func:`split_sides`: ``sides[0]`` is its ``lhs``; the Gaussian classes'
-    left weights from ``erf`` (of ``z``, at ``at``), the right side ``sides[1]`` (the
-    class's weight minus the left one) and each side's total ``weights`` (numpy's sum over
-    the classes). Returns the sides with non-positive values replaced by 1 (the argument of
-    the entropies' log2)."""
-    _, L, J, S, K = sides.shape
-    left = sides[0].reshape(-1)
-    for i in range(len(at)):
-        left[at[i]] = 0.5 * (1.0 + erf[i]) * w[at[i] // (J * S * K), at[i] % K]
-    positive = np.empty_like(sides)
-    for leaf in range(L):
-        for j in range(J):
+                        z = (t - mean) / (sigma * SQRT2)
+                        left = 0.5 * (1.0 + math.erf(z)) * wk
+                    sides[0, leaf, j, s, k] = left
+                    sides[1, leaf, j, s, k] = wk - left
             for s in range(S):
-                for k in range(K):
-                    sides[1, leaf, j, s, k] = w[leaf, k] - sides[0, leaf, j, s, k]
                 for side in range(2):
                     weights[side, leaf, j, s] = numpy_sum(sides[side, leaf, j, s])
                     for k in range(K):
                         v = sides[side, leaf, j, s, k]
                         positive[side, leaf, j, s, k] = v if v > 0.0 else 1.0
-    return positive
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -444,12 +432,11 @@ def warm_up() -> float:
     # A split attempt: one leaf, one feature, one threshold, one class.
     sides, table = np.zeros((2, 1, 1, 1, 1)), np.zeros((1, 1))
     grid3, flags3 = np.zeros((1, 1, 1)), np.zeros((1, 1, 1), dtype=bool)
+    weights, positive = np.zeros((2, 1, 1, 1)), sides.copy()
     split_sides(
         cube, cube.copy(), table, cube.copy(), cube.copy(), table.copy(), grid3, flags3,
-        sides[0], f64.copy(), i64.copy(),
+        sides, weights, positive,
     )  # fmt: skip
-    weights = np.zeros((2, 1, 1, 1))
-    positive = side_weights(sides, table, i64[:0], f64[:0], weights)
     merits(sides, positive, weights, weights.copy(), flags3, f64, 0.01, grid3.copy())
     nodes = np.zeros((1, 1), dtype=np.int64)
     leaf_frequencies(cube, i64, nodes, nodes, nodes, f64, f64, cube.copy(), nodes.copy())

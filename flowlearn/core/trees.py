@@ -148,12 +148,6 @@ def _entropy(d: np.ndarray) -> np.ndarray:
         return np.where(total > 0.0, (total * np.log2(total) - plogp) / total, 0.0)
 
 
-def _erf(z: np.ndarray) -> np.ndarray:
-    # numpy has no erf and scipy is no dependency; math.erf (what River calls) on the few
-    # values a split attempt needs.
-    return np.fromiter(map(math.erf, z.tolist()), dtype=np.float64, count=len(z))
-
-
 def group_rank(keys: np.ndarray) -> np.ndarray:
     """For sorted ``keys``, each entry's position within its run of equal keys."""
     idx = np.arange(len(keys))
@@ -651,17 +645,15 @@ class _Grove:
         w = p["w"][q]
         # Both sides in one array: [0] left, [1] right.
         sides = np.empty((2, L, J, _N_SPLITS, K))
+        positive = np.empty_like(sides)
         thr, valid = np.empty((L, J, _N_SPLITS)), np.empty((L, J, _N_SPLITS), dtype=bool)
-        z, at = np.empty(sides[0].size), np.empty(sides[0].size, dtype=np.int64)
-        # Compiled: the thresholds, the classes' Gaussians and the left weights but where
-        # the normal CDF is needed (math.erf, River's), then the sides' weights; numpy
-        # takes the entropies' logs.
-        n = tree_kernels.split_sides(
-            pool["lo"][r], pool["hi"][r], w, p["s1"][q], p["s2"][q], p["shift"][q],
-            thr, valid, sides[0], z, at,
-        )  # fmt: skip
         weights = np.empty((2, L, J, _N_SPLITS))
-        positive = tree_kernels.side_weights(sides, w, at[:n], _erf(z[:n]), weights)
+        # Compiled: the thresholds, the classes' sides and the sides' weights; numpy takes
+        # the entropies' logs.
+        tree_kernels.split_sides(
+            pool["lo"][r], pool["hi"][r], w, p["s1"][q], p["s2"][q], p["shift"][q],
+            thr, valid, sides, weights, positive,
+        )  # fmt: skip
         merit = np.empty((L, J, _N_SPLITS))
         with np.errstate(divide="ignore"):
             log2_weights = np.log2(weights)

@@ -819,3 +819,34 @@ def test_numba_loads_with_the_first_tree_not_with_the_core_or_the_operators():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_the_compiled_loops_sum_and_erf_as_numpy_and_math_do():
+    """What the golden states rest on: the compiled loops' sums are numpy's (pairwise) for
+    any length, and their erf is CPython's (both the C library's)."""
+    import math
+
+    from flowlearn.core import tree_kernels
+
+    rng = np.random.default_rng(0)
+    for n in [*range(20), 31, 32, 127, 128, 129, 200, 1000]:
+        for _ in range(20):
+            a = rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n)
+            assert same_bits(np.float64(tree_kernels.numpy_sum(a)), a.sum()), n
+        zeros = rng.choice([0.0, -0.0], n)
+        assert same_bits(np.float64(tree_kernels.numpy_sum(zeros)), zeros.sum()), n
+    # The left weight of one class at one threshold is 0.5 * (1 + erf(z)) * w.
+    for z in [*rng.standard_normal(200) * 3.0, 0.0, 6.5, -6.5]:
+        lo = np.array([[[-10.0]]])
+        sides = np.empty((2, 1, 1, 10, 1))
+        mean, sigma = -z * 2.0 * math.sqrt(2.0), 2.0
+        w, s1 = 4.0, np.array([[[mean * 4.0]]])
+        s2 = np.array([[[(sigma**2) * 3.0 + mean * mean * 4.0]]])
+        thr, valid = np.empty((1, 1, 10)), np.empty((1, 1, 10), dtype=bool)
+        tree_kernels.split_sides(
+            lo, -lo, np.array([[w]]), s1, s2, np.zeros((1, 1)), thr, valid, sides,
+            np.empty((2, 1, 1, 10)), np.empty_like(sides),
+        )  # fmt: skip
+        var = max(s2[0, 0, 0] - s1[0, 0, 0] * s1[0, 0, 0] / w, 0.0) / (w - 1.0)
+        zz = (thr[0, 0, 5] - s1[0, 0, 0] / w) / (math.sqrt(var) * math.sqrt(2.0))
+        assert sides[0, 0, 0, 5, 0] == 0.5 * (1.0 + math.erf(zz)) * w
