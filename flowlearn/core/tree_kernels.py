@@ -395,12 +395,9 @@ def merits(
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def put_rows(
+def _put(
     blocks: np.ndarray, rowid: np.ndarray, values: np.ndarray, first: int
 ) -> None:  # pragma: no cover - compiled
-    """Tree ``t``'s rows ``h`` of ``values`` (``(rows, n)``, row ``rowid[t, h]``, none
-    when < 0: zeros) at columns ``first + h * n`` to ``first + h * n + n - 1`` of
-    ``blocks[t]``."""
     T, H = rowid.shape
     n = values.shape[1]
     for t in range(T):
@@ -409,6 +406,32 @@ def put_rows(
             col = first + h * n
             for c in range(n):
                 blocks[t, col + c] = values[r, c] if r >= 0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def put_rows(
+    blocks: np.ndarray,
+    rowid: np.ndarray,
+    first: np.ndarray,
+    w: np.ndarray,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    shift: np.ndarray,
+    feat: np.ndarray,
+    mc: np.ndarray,
+    nb: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Tree ``t``'s NB rows (row ``rowid[t, h]`` of each array, reshaped to ``(rows, n)``;
+    none when < 0: zeros) in ``blocks[t]``: array ``a``'s row ``h`` at columns
+    ``first[a] + h * n`` onwards (``first[4]`` < 0: no feature indices)."""
+    _put(blocks, rowid, w, first[0])
+    _put(blocks, rowid, s1, first[1])
+    _put(blocks, rowid, s2, first[2])
+    _put(blocks, rowid, shift, first[3])
+    if first[4] >= 0:
+        _put(blocks, rowid, feat, first[4])
+    _put(blocks, rowid, mc, first[5])
+    _put(blocks, rowid, nb, first[6])
 
 
 def warm_up() -> float:
@@ -440,8 +463,8 @@ def warm_up() -> float:
     merits(sides, positive, weights, weights.copy(), flags3, f64, 0.01, grid3.copy())
     nodes = np.zeros((1, 1), dtype=np.int64)
     leaf_frequencies(cube, i64, nodes, nodes, nodes, f64, f64, cube.copy(), nodes.copy())
-    # A served vector's NB arrays: float rows, and feature indices.
+    # A served vector's NB arrays.
     rowid = np.zeros((1, 1), dtype=np.int64)
-    put_rows(table, rowid, table.copy(), 0)
-    put_rows(table, rowid, rowid.copy(), 0)
+    rows = [table] * 4 + [rowid] + [table] * 2
+    put_rows(table, rowid, np.zeros(7, dtype=np.int64), *rows)
     return time.perf_counter() - start

@@ -951,6 +951,10 @@ def release_records(
     """Free the records of these (flat) nodes of ``record`` (the table of each node's
     record, -1: none); the pool keeps only the records in use, renumbered in order, when
     fewer than a quarter of it are. Returns the pool and the table."""
+    if not len(nodes):
+        # Nothing to free, and nothing to compact: a pool is compacted when a release
+        # leaves it mostly free, and taking records frees none.
+        return pool, record
     flat = record.reshape(-1)
     r = flat[nodes]
     pool["used"][r[r >= 0]] = False
@@ -1160,11 +1164,14 @@ class _TreeModel(TreeBase):
 
             # The NB rows straight from the pool; each NB array is an (H, n) block after the
             # node arrays, zeros where a row is no leaf's.
-            rowid = np.ascontiguousarray(g.rowid[:T])
+            first = dict.fromkeys(("w", "s1", "s2", "shift", "feat", "mc", "nb"), -1)
             for name, n in self._nb_served:
-                values = g.rows[name].reshape(-1, n)
-                tree_kernels.put_rows(blocks, rowid, values, pos)
+                first[name] = pos
                 pos += g.H * n
+            rows = [g.rows[name] for name in first]
+            rows = [a.reshape(len(a), math.prod(a.shape[1:])) for a in rows]
+            rowid = np.ascontiguousarray(g.rowid[:T])
+            tree_kernels.put_rows(blocks, rowid, np.array(list(first.values())), *rows)
         if self._voting:
             out[T * B :] = self._vote
         return out
