@@ -48,6 +48,8 @@ __all__ = [
     "leaf_frequencies",
     "merits",
     "numpy_sum",
+    "pair_inputs",
+    "pairs",
     "put_rows",
     "route",
     "split_sides",
@@ -82,6 +84,80 @@ def route(
                 node = left[b + node] + (1 if X[i, f - 1] > threshold[b + node] else 0)
                 f = split[b + node]
             out[j, i] = node
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def pairs(
+    W: np.ndarray,
+    node: np.ndarray,
+    y: np.ndarray,
+    record: np.ndarray,
+    nbs: np.ndarray,
+    rowid: np.ndarray,
+    M: int,
+    g: np.ndarray,
+    w: np.ndarray,
+    c: np.ndarray,
+    i: np.ndarray,
+    r: np.ndarray,
+    q: np.ndarray,
+    key: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """The pairs (slot ``j``, sample ``i``) with weight ``W[j, i] > 0``, slot-major (as
+    ``np.nonzero``): their flat leaf ``g = node[j, i]``, weight, class ``y[i]``, sample,
+    observer record, Gaussian row ``q`` (NB, ``rowid`` with columns: the leaf's row in its
+    slot's table, else its record) and (NB) that table entry ``key``. Returns how many."""
+    S, n = W.shape
+    H = rowid.shape[1]
+    P = 0
+    for j in range(S):
+        for ii in range(n):
+            wt = W[j, ii]
+            if wt > 0.0:
+                leaf = node[j, ii]
+                g[P], w[P], c[P], i[P] = leaf, wt, y[ii], ii
+                r[P] = record[leaf]
+                if H > 0:
+                    slot, h = leaf // M, nbs[leaf]
+                    key[P] = slot * H + h
+                    q[P] = rowid[slot, h]
+                else:
+                    q[P] = r[P]
+                P += 1
+    return P
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def pair_inputs(
+    X: np.ndarray,
+    i: np.ndarray,
+    q: np.ndarray,
+    feat: np.ndarray,
+    counts: np.ndarray,
+    g: np.ndarray,
+    c: np.ndarray,
+    x: np.ndarray,
+    cnt: np.ndarray,
+    empty: np.ndarray,
+    mc_right: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """For pairs ``p``: the sample's values of its row's features ``x[p]`` (0 without a
+    row), its leaf's class counts ``cnt[p]`` (``counts``: ``(nodes, classes)``), whether
+    they are empty (numpy's sum is 0) and whether the majority class (their first argmax)
+    or an empty leaf is right, ``mc_right``."""
+    P, J = x.shape
+    K = counts.shape[1]
+    for p in range(P):
+        row = q[p]
+        for j in range(J):
+            x[p, j] = X[i[p], feat[row, j]] if row >= 0 else 0.0
+        best = 0
+        for k in range(K):
+            cnt[p, k] = counts[g[p], k]
+            if cnt[p, k] > cnt[p, best]:
+                best = k
+        empty[p] = numpy_sum(cnt[p]) == 0.0
+        mc_right[p] = empty[p] or best == c[p]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -463,6 +539,16 @@ def warm_up() -> float:
     merits(sides, positive, weights, weights.copy(), flags3, f64, 0.01, grid3.copy())
     nodes = np.zeros((1, 1), dtype=np.int64)
     leaf_frequencies(cube, i64, nodes, nodes, nodes, f64, f64, cube.copy(), nodes.copy())
+    nodes1 = np.zeros(1, dtype=np.int64)
+    pairs(
+        np.zeros((1, 1)), np.zeros((1, 1), dtype=np.int64), i64, i64, i64,
+        np.zeros((1, 1), dtype=np.int64), 1, nodes1, f64.copy(), nodes1.copy(), nodes1.copy(),
+        nodes1.copy(), nodes1.copy(), nodes1.copy(),
+    )  # fmt: skip
+    pair_inputs(
+        np.zeros((1, 1)), i64, i64, np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1)), i64,
+        i64, np.zeros((1, 1)), np.zeros((1, 1)), flags.copy(), flags.copy(),
+    )  # fmt: skip
     # A served vector's NB arrays.
     rowid = np.zeros((1, 1), dtype=np.int64)
     rows = [table] * 4 + [rowid] + [table] * 2

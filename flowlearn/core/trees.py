@@ -483,6 +483,7 @@ class _Grove:
         is due then attempts (which does not depend on how the stream was cut). ``leaf``:
         the samples' leaves in ``slots`` (:meth:`route`'s), when known."""
         start, n = 0, len(y)
+        X = np.ascontiguousarray(X, dtype=np.float64)
         node = slots[:, None] * self.M + (self.route(X, slots) if leaf is None else leaf)
         while start < n:
             end = n
@@ -542,48 +543,46 @@ class _Grove:
         # node and record accumulates its samples in sample order, however the stream was cut.
         from flowlearn.core import tree_kernels
 
-        j, i = np.nonzero(W > 0)
-        if not i.size:
+        flat = np.empty((6, W.size), dtype=np.int64)
+        w = np.empty(W.size)
+        n_pairs = tree_kernels.pairs(
+            np.ascontiguousarray(W), np.ascontiguousarray(node), y, self.record.reshape(-1),
+            self.nbs.reshape(-1), self.rowid, self.M, flat[0], w, *flat[1:],
+        )  # fmt: skip
+        if not n_pairs:
             return
-        g, w, c = node[j, i], W[j, i], y[i]
+        g, c, i, r, q, key = flat[:, :n_pairs]
+        w = w[:n_pairs]
+        if self.nb and (q < 0).any():
+            # A leaf takes its row and draws its features with its first sample, the
+            # leaves in the order of their first samples (then of their slot and row): the
+            # order one-by-one learning meets them in, whatever the cut.
+            key, first = np.unique(key[q < 0], return_index=True)
+            key = key[np.argsort(i[q < 0][first], kind="stable")]
+            rows = self._rows_alloc(len(key))
+            self.rowid.reshape(-1)[key] = rows
+            self.rows["feat"][rows] = self._draw(len(key))
+            q = self.gauss_index(g)
+        x, cnt = np.empty((n_pairs, self.n_sub)), np.empty((n_pairs, self.K))
+        empty, mc_right = np.empty(n_pairs, dtype=bool), np.empty(n_pairs, dtype=bool)
+        feat = self.gauss["feat"]
+        counts = self.counts.reshape(-1, self.K)
+        tree_kernels.pair_inputs(X, i, q, feat, counts, g, c, x, cnt, empty, mc_right)
         if self.nb:
             # NBA: before a leaf learns a sample, credit the weight to MC and NB if each was
             # right (from the statistics as of the start of this segment).
-            q = self.gauss_index(g)
-            if (q < 0).any():
-                # A leaf takes its row and draws its features with its first sample, the
-                # leaves in the order of their first samples (then of their slot and row):
-                # the order one-by-one learning meets them in, whatever the cut.
-                key, first = np.unique(
-                    (g // self.M * self.H + self.nbs.reshape(-1)[g])[q < 0], return_index=True
-                )
-                key = key[np.argsort(i[q < 0][first], kind="stable")]
-                r = self._rows_alloc(len(key))
-                self.rowid.reshape(-1)[key] = r
-                self.rows["feat"][r] = self._draw(len(key))
-                q = self.gauss_index(g)
-            cnt = self.counts.reshape(-1, self.K)[g]
-            rows = self.rows
-            x = X[i[:, None], rows["feat"][q]]
-            empty = cnt.sum(axis=1) == 0.0
-            mc_right = empty | (cnt.argmax(axis=1) == c)
             nb_right = ~empty & (self.log_joint(x, q, cnt).argmax(axis=1) == c)
-            r = self.record.reshape(-1)[g]
-            mc, nb = rows["mc"], rows["nb"]
+            mc, nb = self.rows["mc"], self.rows["nb"]
         else:
             # The Gaussians live in the observer records: only the leaves that may split
             # learn them.
-            q = r = self.record.reshape(-1)[g]
-            has = r >= 0
-            x = np.zeros((len(g), self.n_sub))
-            x[has] = X[i[has, None], self.pool["feat"][r[has]]]
             mc = nb = np.zeros(0)
-            mc_right = nb_right = np.zeros(0, dtype=bool)
+            nb_right = mc_right  # no counters to credit
         # In the order of the pairs, one sample after another: what np.add.at,
         # np.minimum.at and np.maximum.at would do, without their cost per call.
         p, pool = self.gauss, self.pool
         tree_kernels.accumulate(
-            self.counts.reshape(-1), g * self.K + c, w, c, np.ascontiguousarray(x), q,
+            self.counts.reshape(-1), g * self.K + c, w, c, x, q,
             p["w"], p["s1"], p["s2"], p["shift"], r, pool["lo"], pool["hi"],
             mc, mc_right, nb, nb_right,
         )  # fmt: skip
