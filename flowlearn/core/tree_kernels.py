@@ -44,6 +44,7 @@ import numpy as np
 
 __all__ = [
     "accumulate",
+    "attempts",
     "gaussian_terms",
     "leaf_frequencies",
     "merits",
@@ -317,19 +318,23 @@ def gaussian_terms(
     shift: np.ndarray,
     q: np.ndarray,
     x: np.ndarray,
+    cnt: np.ndarray,
     arg: np.ndarray,
     dd: np.ndarray,
     ok: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """Naive Bayes' Gaussian terms of values ``x[p]`` at NB rows ``q[p]`` (weights ``w``,
-    shifted sums ``s1``, ``s2``, shifts), per class ``k`` and feature ``j`` (``[p, k,
-    j]``): whether the class has a (ddof=1) variance (``ok``), ``2 pi var`` (whose log numpy
-    takes) and ``d * d / (2 var)``, ``d`` the distance to the class's mean."""
+    """Naive Bayes' terms of values ``x[p]`` at NB rows ``q[p]`` (weights ``w``, shifted
+    sums ``s1``, ``s2``, shifts) with class counts ``cnt[p]``, per class ``k`` and feature
+    ``j`` (``[p, k, j]``): whether the class has a (ddof=1) variance (``ok``), ``2 pi var``
+    (whose log numpy takes) and ``d * d / (2 var)``, ``d`` the distance to the class's
+    mean; and at ``arg[p, k, J]`` the class's share of the counts (its log is the prior)."""
     P, J = x.shape
     K = w.shape[1]
     for p in range(P):
         row = q[p]
+        total = numpy_sum(cnt[p])
         for k in range(K):
+            arg[p, k, J] = cnt[p, k] / (total if total > 0.0 else 1.0)
             wk = w[row, k]
             good = wk > 1.0
             safe = wk if good else 2.0
@@ -347,15 +352,53 @@ def gaussian_terms(
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def sum_terms(log_arg: np.ndarray, dd: np.ndarray, ok: np.ndarray, out: np.ndarray) -> None:
-    """``out[p, k]``: the sum over ``j`` (numpy's, :func:`numpy_sum`) of the log densities
-    ``-0.5 * log_arg - dd`` where ``ok``, 0 elsewhere."""
+    """``out[p, k]``: the log prior ``log_arg[p, k, J]`` plus the sum over ``j`` (numpy's,
+    :func:`numpy_sum`) of the log densities ``-0.5 * log_arg - dd`` where ``ok``, 0
+    elsewhere."""
     P, K, J = dd.shape
     term = np.empty(J)
     for p in range(P):
         for k in range(K):
             for j in range(J):
                 term[j] = -0.5 * log_arg[p, k, j] - dd[p, k, j] if ok[p, k, j] else 0.0
-            out[p, k] = numpy_sum(term)
+            out[p, k] = log_arg[p, k, J] + numpy_sum(term)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def attempts(
+    nodes: np.ndarray,
+    record: np.ndarray,
+    counts: np.ndarray,
+    last: np.ndarray,
+    grace: float,
+    out: np.ndarray,
+    cnt: np.ndarray,
+    seen: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """The leaves among ``nodes`` (flat ids) that attempt a split now: those with observers
+    (``record >= 0``) whose weight (numpy's sum of their class counts) grew by ``grace``
+    since ``last``, which is set to it; of those, the ones with two classes or more
+    (a pure leaf has nothing to split) go to ``out``, their counts and weight to ``cnt``
+    and ``seen``. Returns how many."""
+    K = counts.shape[1]
+    n = 0
+    for node in nodes:
+        if record[node] < 0:
+            continue
+        weight = numpy_sum(counts[node])
+        if not weight - last[node] >= grace:
+            continue
+        last[node] = weight
+        classes = 0
+        for k in range(K):
+            if counts[node, k] > 0.0:
+                classes += 1
+        if classes >= 2:
+            out[n] = node
+            cnt[n] = counts[node]
+            seen[n] = weight
+            n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -524,10 +567,11 @@ def warm_up() -> float:
     )  # fmt: skip
     cube = np.zeros((1, 1, 1))
     gaussian_terms(
-        np.zeros((1, 1)), cube, cube, np.zeros((1, 1)), i64, np.zeros((1, 1)), cube.copy(),
-        cube.copy(), np.zeros((1, 1, 1), dtype=bool),
+        np.zeros((1, 1)), cube, cube, np.zeros((1, 1)), i64, np.zeros((1, 1)), np.zeros((1, 1)),
+        np.zeros((1, 1, 2)), cube.copy(), np.zeros((1, 1, 1), dtype=bool),
     )  # fmt: skip
-    sum_terms(cube, cube, np.zeros((1, 1, 1), dtype=bool), np.zeros((1, 1)))
+    sum_terms(np.zeros((1, 1, 2)), cube, np.zeros((1, 1, 1), dtype=bool), np.zeros((1, 1)))
+    attempts(i64, i64, np.zeros((1, 1)), f64.copy(), 1.0, i64.copy(), np.zeros((1, 1)), f64.copy())
     # A split attempt: one leaf, one feature, one threshold, one class.
     sides, table = np.zeros((2, 1, 1, 1, 1)), np.zeros((1, 1))
     grid3, flags3 = np.zeros((1, 1, 1)), np.zeros((1, 1, 1), dtype=bool)

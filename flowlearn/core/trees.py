@@ -499,7 +499,8 @@ class _Grove:
             if self.exact:
                 self._attempt(np.unique(node[:, seg][W[:, seg] > 0]))
             elif (phase + end) % _SPLIT_CLOCK == 0:
-                self._attempt(self._due(slots))
+                j, leaf = np.nonzero(self.record[slots] >= 0)
+                self._attempt(slots[j] * self.M + leaf)
             start = end
             grown = np.flatnonzero(self.size[slots] != size)
             if grown.size and start < n:
@@ -507,13 +508,6 @@ class _Grove:
                 node[grown, start:] = slots[grown, None] * self.M + self.route(
                     X[start:], slots[grown]
                 )
-
-    def _due(self, slots: np.ndarray) -> np.ndarray:
-        """The leaves of these slots (flat ids, ascending) due for a split attempt."""
-        j, leaf = np.nonzero(self.record[slots] >= 0)
-        nodes = slots[j] * self.M + leaf
-        seen = self.counts.reshape(-1, self.K)[nodes].sum(axis=1)
-        return nodes[seen - self.last.reshape(-1)[nodes] >= self.grace]
 
     def _first_due(self, node: np.ndarray, W: np.ndarray) -> int:
         """Samples up to and including the first one after which some leaf may be due for a
@@ -597,36 +591,33 @@ class _Grove:
 
         p = self.rows
         P, J, K = len(q), x.shape[1], self.K
-        arg, dd = np.empty((P, K, J)), np.empty((P, K, J))
+        arg, dd = np.empty((P, K, J + 1)), np.empty((P, K, J))
         ok = np.empty((P, K, J), dtype=bool)
         # The terms as numpy computed them elementwise (a class of weight <= 1 has no
-        # (ddof=1) variance), the log of 2 pi var by numpy (its SIMD log is not a compiled
-        # loop's), each class's terms summed as numpy sums a contiguous axis: a sample's
-        # sum does not depend on the other samples of the call.
+        # (ddof=1) variance), their logs and the prior's by numpy (its SIMD log is not a
+        # compiled loop's), each class's terms summed as numpy sums a contiguous axis: a
+        # sample's sum does not depend on the other samples of the call.
         tree_kernels.gaussian_terms(
-            p["w"], p["s1"], p["s2"], p["shift"], q, np.ascontiguousarray(x), arg, dd, ok
+            p["w"], p["s1"], p["s2"], p["shift"], q, np.ascontiguousarray(x), cnt, arg, dd, ok
         )
         ll = np.empty((P, K))
-        tree_kernels.sum_terms(np.log(arg), dd, ok, ll)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            total = cnt.sum(axis=1, keepdims=True)
-            prior = np.log(cnt / np.where(total > 0.0, total, 1.0))
-        return prior + ll
+        with np.errstate(divide="ignore"):
+            tree_kernels.sum_terms(np.log(arg), dd, ok, ll)
+        return ll
 
     def _attempt(self, nodes: np.ndarray) -> None:
         """Split attempts at the due leaves among ``nodes`` (flat ids), all at once."""
-        nodes = nodes[self.record.reshape(-1)[nodes] >= 0]
-        cnt = self.counts.reshape(-1, self.K)[nodes]
-        seen = cnt.sum(axis=1)
-        last = self.last.reshape(-1)
-        due = seen - last[nodes] >= self.grace
-        nodes, cnt, seen = nodes[due], cnt[due], seen[due]
-        last[nodes] = seen
-        # A pure leaf has nothing to split; River skips it the same way.
-        mixed = (cnt > 0.0).sum(axis=1) >= 2
-        nodes, cnt, seen = nodes[mixed], cnt[mixed], seen[mixed]
-        if not nodes.size:
+        from flowlearn.core import tree_kernels
+
+        out, seen = np.empty(len(nodes), dtype=np.int64), np.empty(len(nodes))
+        cnt = np.empty((len(nodes), self.K))
+        n = tree_kernels.attempts(
+            nodes, self.record.reshape(-1), self.counts.reshape(-1, self.K),
+            self.last.reshape(-1), self.grace, out, cnt, seen,
+        )  # fmt: skip
+        if not n:
             return
+        nodes, cnt, seen = out[:n], cnt[:n], seen[:n]
         drop, split, feature, thr, lhs, rhs = self._evaluate(nodes, cnt, seen)
         self._free(nodes[drop])
         self._split(nodes[split], feature[split], thr[split], lhs[split], rhs[split])
