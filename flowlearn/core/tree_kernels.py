@@ -46,6 +46,7 @@ __all__ = [
     "accumulate",
     "attempts",
     "gaussian_terms",
+    "grow",
     "leaf_frequencies",
     "merits",
     "numpy_sum",
@@ -514,6 +515,61 @@ def merits(
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def grow(
+    nodes: np.ndarray,
+    feature: np.ndarray,
+    thr: np.ndarray,
+    lhs: np.ndarray,
+    rhs: np.ndarray,
+    size: np.ndarray,
+    split: np.ndarray,
+    threshold: np.ndarray,
+    left: np.ndarray,
+    counts: np.ndarray,
+    depth: np.ndarray,
+    last: np.ndarray,
+    nbs: np.ndarray,
+    fits: np.ndarray,
+    cslot: np.ndarray,
+    children: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    """Turn leaves ``nodes`` (flat ids, ascending) into split nodes (feature, threshold),
+    in order, while their tree (``size`` nodes) has room for two more: their children are
+    the next two nodes, holding the class weights ``lhs`` and ``rhs`` (their ``last``: the
+    weights' numpy sum), one level deeper; the left child takes its parent's NB row, the
+    right one ``r`` row ``(r + 1) // 2``. ``fits``: which did; ``cslot``, ``children``: the
+    children, two per split. Returns how many children."""
+    M, K = split.shape[1], counts.shape[2]
+    n = 0
+    rank, prev = 0, -1
+    first = size.copy()
+    for p in range(len(nodes)):
+        slot, node = nodes[p] // M, nodes[p] % M
+        rank = rank + 1 if slot == prev else 0
+        prev = slot
+        lc = first[slot] + 2 * rank
+        fits[p] = lc + 2 <= M
+        if not fits[p]:
+            continue
+        split[slot, node] = feature[p] + 1
+        threshold[slot, node] = thr[p]
+        left[slot, node] = lc
+        for k in range(K):
+            counts[slot, node, k] = 0.0
+            counts[slot, lc, k] = lhs[p, k]
+            counts[slot, lc + 1, k] = rhs[p, k]
+        for c in (lc, lc + 1):
+            depth[slot, c] = depth[slot, node] + 1
+            last[slot, c] = numpy_sum(counts[slot, c])
+            cslot[n], children[n] = slot, c
+            n += 1
+        nbs[slot, lc] = nbs[slot, node]
+        nbs[slot, lc + 1] = (lc + 2) // 2
+        size[slot] += 2
+    return n
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _put(
     blocks: np.ndarray, rowid: np.ndarray, values: np.ndarray, first: int
 ) -> None:  # pragma: no cover - compiled
@@ -572,6 +628,12 @@ def warm_up() -> float:
     )  # fmt: skip
     sum_terms(np.zeros((1, 1, 2)), cube, np.zeros((1, 1, 1), dtype=bool), np.zeros((1, 1)))
     attempts(i64, i64, np.zeros((1, 1)), f64.copy(), 1.0, i64.copy(), np.zeros((1, 1)), f64.copy())
+    one, table2 = np.zeros((1, 1, 1)), np.zeros((1, 1))
+    grow(
+        i64, i64, f64, table2, table2, i64.copy(), np.zeros((1, 1), dtype=np.int64), table2,
+        np.zeros((1, 1), dtype=np.int64), one, np.zeros((1, 1), dtype=np.int64), table2,
+        np.zeros((1, 1), dtype=np.int64), flags.copy(), i64.copy(), i64.copy(),
+    )  # fmt: skip
     # A split attempt: one leaf, one feature, one threshold, one class.
     sides, table = np.zeros((2, 1, 1, 1, 1)), np.zeros((1, 1))
     grid3, flags3 = np.zeros((1, 1, 1)), np.zeros((1, 1, 1), dtype=bool)

@@ -690,32 +690,26 @@ class _Grove:
     ) -> None:
         """Turn these leaves (flat ids, ascending) into split nodes, in order, while their
         tree has room for two more nodes; a leaf that does not fit stops splitting."""
+        from flowlearn.core import tree_kernels
+
         if not nodes.size:
             return
-        slot, node = nodes // self.M, nodes % self.M
-        left = self.size[slot] + 2 * group_rank(slot)
-        fits = left + 2 <= self.M
+        fits = np.empty(len(nodes), dtype=bool)
+        cslot, children = np.empty((2, 2 * len(nodes)), dtype=np.int64)
+        n = tree_kernels.grow(
+            nodes, feature, thr, np.ascontiguousarray(lhs), np.ascontiguousarray(rhs), self.size,
+            self.split, self.threshold, self.left, self.counts, self.depth, self.last, self.nbs,
+            fits, cslot, children,
+        )  # fmt: skip
+        # Their observers go: a split node has none, a leaf that did not fit stops splitting.
         self._free(nodes[~fits])
-        slot, node, left = slot[fits], node[fits], left[fits]
-        feature, thr, lhs, rhs = feature[fits], thr[fits], lhs[fits], rhs[fits]
-        if not slot.size:
+        if not n:
             return
         self._free(nodes[fits])
-        self.split[slot, node] = feature + 1
-        self.threshold[slot, node] = thr
-        self.left[slot, node] = left
-        self.counts[slot, node] = 0.0
-        children = np.stack([left, left + 1], axis=1).reshape(-1)
-        cslot = np.repeat(slot, 2)
-        self.counts[cslot, children] = np.stack([lhs, rhs], axis=1).reshape(-1, self.K)
-        self.depth[cslot, children] = np.repeat(self.depth[slot, node] + 1, 2)
-        self.last[cslot, children] = self.counts[cslot, children].sum(axis=1)
-        # The left child takes its parent's NB row, the right one the row of its index.
-        self.nbs[slot, left] = self.nbs[slot, node]
-        self.nbs[slot, left + 1] = (left + 2) // 2
-        np.add.at(self.size, slot, 2)
+        cslot, children = cslot[:n], children[:n]
         self._fresh_rows(cslot, children)
         self._activate(cslot, children)
+        slot = nodes[fits] // self.M
         # A tree without room for another split: none of its leaves will split again.
         for s in np.unique(slot[self.size[slot] + 2 > self.M]).tolist():
             self._free(s * self.M + np.flatnonzero(self.record[s] >= 0))
