@@ -73,8 +73,12 @@ def test_a_wrong_import_breaks_a_contract(
 
 
 def test_the_core_imports_only_numpy_and_the_standard_library() -> None:
+    """And numba, in the trees' compiled loops alone (which the tree modules import on
+    first use)."""
     graph = grimp.build_graph("flowlearn", include_external_packages=True)
     core = {m for m in graph.modules if m == "flowlearn.core" or m.startswith("flowlearn.core.")}
     imported = {i for m in core for i in graph.find_modules_directly_imported_by(m)}
     outside = {i.split(".")[0] for i in imported if not i.startswith("flowlearn.core")}
-    assert outside - set(sys.stdlib_module_names) == {"numpy"}
+    assert outside - set(sys.stdlib_module_names) == {"numpy", "numba"}
+    users = {m for m in core if "numba" in graph.find_modules_directly_imported_by(m)}
+    assert users == {"flowlearn.core.tree_kernels"}
