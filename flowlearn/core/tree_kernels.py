@@ -24,7 +24,8 @@ the job's operators does not load numba (a Python worker's start-up is part of r
 The compiled code is cached on disk (``cache=True``) in ``NUMBA_CACHE_DIR``, by default a
 folder of the temporary directory (the job's sources may be installed where the worker
 cannot write): a worker compiles once per machine, the next ones load (:func:`warm_up`
-does both, and says how long it took).
+does both, and says how long it took). Where that folder cannot be written, every process
+compiles.
 """
 
 from __future__ import annotations
@@ -39,8 +40,21 @@ os.environ.setdefault(
     "NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"flowlearn-numba-{os.getuid()}")
 )
 
-import numba
-import numpy as np
+
+def _cache_writable() -> bool:
+    """Whether the cache folder can be written: numba refuses to compile a cached function
+    without one, and compiling every process beats failing."""
+    try:
+        os.makedirs(os.environ["NUMBA_CACHE_DIR"], exist_ok=True)
+    except OSError:
+        return False
+    return os.access(os.environ["NUMBA_CACHE_DIR"], os.W_OK)
+
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+_CACHE = _cache_writable()
 
 __all__ = [
     "accumulate",
@@ -65,7 +79,7 @@ TWO_PI = 2.0 * math.pi
 SQRT2 = math.sqrt(2.0)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def route(
     X: np.ndarray,
     split: np.ndarray,
@@ -88,7 +102,7 @@ def route(
             out[j, i] = node
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def pairs(
     W: np.ndarray,
     node: np.ndarray,
@@ -129,7 +143,7 @@ def pairs(
     return P
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def pair_inputs(
     X: np.ndarray,
     i: np.ndarray,
@@ -162,7 +176,7 @@ def pair_inputs(
         mc_right[p] = empty[p] or best == c[p]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def accumulate(
     counts: np.ndarray,
     cell: np.ndarray,
@@ -235,7 +249,7 @@ def accumulate(
                 hi[rec, j, k] = v
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def leaf_frequencies(
     counts: np.ndarray,
     slots: np.ndarray,
@@ -270,14 +284,14 @@ def leaf_frequencies(
             q[j, i] = row
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def numpy_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
     """The sum of a contiguous 1-D array as numpy's ``a.sum()`` (and a reduction along a
     contiguous last axis) adds it, bit for bit: 0 (the identity) plus its pairwise sum."""
     return 0.0 + _pairwise_sum(a)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def _pairwise_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
     """numpy's pairwise summation: under 8 values in order from -0.0; then 8 running sums
     combined pairwise, the rest in order; over 128 values the sums of the two halves, the
@@ -311,7 +325,7 @@ def _pairwise_sum(a: np.ndarray) -> float:  # pragma: no cover - compiled
     return _pairwise_sum(a[:half]) + _pairwise_sum(a[half:])
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def gaussian_terms(
     w: np.ndarray,
     s1: np.ndarray,
@@ -351,7 +365,7 @@ def gaussian_terms(
                 ok[p, k, j] = fine
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def sum_terms(log_arg: np.ndarray, dd: np.ndarray, ok: np.ndarray, out: np.ndarray) -> None:
     """``out[p, k]``: the log prior ``log_arg[p, k, J]`` plus the sum over ``j`` (numpy's,
     :func:`numpy_sum`) of the log densities ``-0.5 * log_arg - dd`` where ``ok``, 0
@@ -365,7 +379,7 @@ def sum_terms(log_arg: np.ndarray, dd: np.ndarray, ok: np.ndarray, out: np.ndarr
             out[p, k] = log_arg[p, k, J] + numpy_sum(term)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def attempts(
     nodes: np.ndarray,
     record: np.ndarray,
@@ -402,7 +416,7 @@ def attempts(
     return n
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def split_sides(
     lo_k: np.ndarray,
     hi_k: np.ndarray,
@@ -474,7 +488,7 @@ def split_sides(
                         positive[side, leaf, j, s, k] = v if v > 0.0 else 1.0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def merits(
     sides: np.ndarray,
     log2_sides: np.ndarray,
@@ -514,7 +528,7 @@ def merits(
                     merit[leaf, j, s] = -np.inf
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def grow(
     nodes: np.ndarray,
     feature: np.ndarray,
@@ -569,7 +583,7 @@ def grow(
     return n
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def _put(
     blocks: np.ndarray, rowid: np.ndarray, values: np.ndarray, first: int
 ) -> None:  # pragma: no cover - compiled
@@ -583,7 +597,7 @@ def _put(
                 blocks[t, col + c] = values[r, c] if r >= 0 else 0.0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
 def put_rows(
     blocks: np.ndarray,
     rowid: np.ndarray,

@@ -763,3 +763,15 @@ def test_the_predictors_grpc_port_is_exposed_where_its_http_port_is() -> None:
         "http": "http",
         "grpc": "grpc",
     }
+
+
+def test_the_job_image_compiles_the_trees_loops_for_its_workers() -> None:
+    """A worker on a fresh container loads the compiled loops, from a folder it may write."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    folder = re.search(r"^ENV NUMBA_CACHE_DIR=(\S+)$", text, re.M)
+    assert folder
+    warm = text.index("tree_kernels.warm_up()")
+    assert text.index("pip install --no-deps /src") < warm < text.index("USER flink")
+    assert 'chown -R flink:flink "$NUMBA_CACHE_DIR"' in text
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("numba") for d in deps), "the image installs pyproject's dependencies"
