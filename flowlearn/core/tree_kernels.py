@@ -63,6 +63,7 @@ __all__ = [
     "grow",
     "leaf_frequencies",
     "merits",
+    "mix_votes",
     "numpy_sum",
     "pair_inputs",
     "pairs",
@@ -70,6 +71,7 @@ __all__ = [
     "route",
     "split_sides",
     "sum_terms",
+    "tally",
     "warm_up",
 ]
 
@@ -623,6 +625,45 @@ def put_rows(
     _put(blocks, rowid, nb, first[6])
 
 
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
+def tally(
+    errors: np.ndarray,
+    source: np.ndarray,
+    start: int,
+    end: int,
+    n_predicted: np.ndarray,
+    n_correct: np.ndarray,
+    pending: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Tree ``t``'s errors on samples ``start`` to ``end`` (``errors[source[t], t]``, 0/1)
+    added to its vote counters (predicted, correct) and to its two detectors' pending block
+    (``pending[t]`` and ``pending[T + t]``): whole numbers, exact in any order."""
+    T = len(source)
+    for t in range(T):
+        wrong = 0
+        for i in range(start, end):
+            if errors[source[t], t, i]:
+                wrong += 1
+        n_predicted[t] += end - start
+        n_correct[t] += (end - start) - wrong
+        pending[t] += wrong
+        pending[T + t] += wrong
+
+
+@numba.njit(cache=_CACHE, nogil=True, error_model="numpy")
+def mix_votes(share: np.ndarray, p: np.ndarray, out: np.ndarray) -> None:
+    """``out``: the trees' probabilities ``p[t]`` weighted by ``share[t]``, added tree by
+    tree as numpy's ``out = share[0] * p[0]; out += share[t] * p[t]`` (each product
+    rounded, then the sum: no fused multiply-add)."""
+    T, n, K = p.shape
+    for i in range(n):
+        for k in range(K):
+            acc = share[0] * p[0, i, k]
+            for t in range(1, T):
+                acc = acc + share[t] * p[t, i, k]
+            out[i, k] = acc
+
+
 def warm_up() -> float:
     """Compile (or load from the cache) every kernel for the types the trees pass; returns
     the seconds it took."""
@@ -648,6 +689,8 @@ def warm_up() -> float:
         np.zeros((1, 1), dtype=np.int64), one, np.zeros((1, 1), dtype=np.int64), table2,
         np.zeros((1, 1), dtype=np.int64), flags.copy(), i64.copy(), i64.copy(),
     )  # fmt: skip
+    tally(np.zeros((1, 1, 1), dtype=bool), i64, 0, 1, f64.copy(), f64.copy(), f64.copy())
+    mix_votes(f64, np.zeros((1, 1, 1)), np.zeros((1, 1)))
     # A split attempt: one leaf, one feature, one threshold, one class.
     sides, table = np.zeros((2, 1, 1, 1, 1)), np.zeros((1, 1))
     grid3, flags3 = np.zeros((1, 1, 1)), np.zeros((1, 1, 1), dtype=bool)

@@ -1277,9 +1277,10 @@ class _TreeModel(TreeBase):
         share = vote / vote.sum()
         # Tree by tree (not a matrix product, whose rounding depends on the batch size): a
         # sample's probabilities are the same bits whatever else is predicted with it.
-        out = share[0] * p[0]
-        for t in range(1, self.n_trees):
-            out += share[t] * p[t]
+        from flowlearn.core import tree_kernels
+
+        out = np.empty(p.shape[1:])
+        tree_kernels.mix_votes(share, p, out)
         return out
 
     def _served_proba(self, X: np.ndarray) -> np.ndarray:
@@ -1679,8 +1680,9 @@ class RandomForestClassifier(_TreeModel):
         which tree each one's source is. Returns where each tree and background tree come
         from after the batch (0: the tree, 1: the background tree, 2: planted in this
         batch, -1: none) and the first sample of the batch each learns."""
+        from flowlearn.core import tree_kernels
+
         T, n = self.n_trees, errors.shape[2]
-        rows = np.arange(T)
         fg_src, fg_start = np.zeros(T, dtype=np.int64), np.zeros(T, dtype=np.int64)
         bg_src = np.where(self._background, 1, -1)
         bg_start = np.zeros(T, dtype=np.int64)
@@ -1688,10 +1690,9 @@ class RandomForestClassifier(_TreeModel):
         pos = 0
         while pos < n:
             end = min(n, pos + _CLOCK - win.n_pending)
-            wrong = errors[fg_src, rows, pos:end].sum(axis=1)
-            self._n_predicted += end - pos
-            self._n_correct += (end - pos) - wrong
-            win.pending += np.concatenate([wrong, wrong])
+            tree_kernels.tally(
+                errors, fg_src, pos, end, self._n_predicted, self._n_correct, win.pending
+            )
             win.n_pending += end - pos
             pos = end
             if win.n_pending < _CLOCK:
