@@ -850,3 +850,14 @@ def test_the_compiled_loops_sum_and_erf_as_numpy_and_math_do():
         var = max(s2[0, 0, 0] - s1[0, 0, 0] * s1[0, 0, 0] / w, 0.0) / (w - 1.0)
         zz = (thr[0, 0, 5] - s1[0, 0, 0] / w) / (math.sqrt(var) * math.sqrt(2.0))
         assert sides[0, 0, 0, 5, 0] == 0.5 * (1.0 + math.erf(zz)) * w
+
+
+def test_no_compiled_loop_may_reorder_or_fuse_floating_point_operations():
+    """fastmath would let LLVM reassociate sums and fuse a * b + c: other bits than numpy's
+    (without it numba emits neither; checked once on this machine's assembly)."""
+    from flowlearn.core import tree_kernels
+
+    kernels = [getattr(tree_kernels, name) for name in tree_kernels.__all__]
+    compiled = [k for k in kernels if hasattr(k, "targetoptions")]
+    assert len(compiled) == len(kernels) - 1  # all but warm_up
+    assert not [k for k in compiled if k.targetoptions.get("fastmath")]
