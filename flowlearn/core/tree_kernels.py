@@ -53,8 +53,33 @@ def _cache_writable() -> bool:
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from numba.core import caching  # noqa: E402
 
 _CACHE = _cache_writable()
+
+
+class _WhereverTheSourceIs(caching.UserProvidedCacheLocator):
+    """numba's cache locator for this module's loops, one folder of ``NUMBA_CACHE_DIR``
+    wherever the module lies. numba's own puts the source's folder in the cache path, and
+    PyFlink unpacks the job's sources into a new folder for each task it deploys: every
+    restart compiled again (seconds, on the first batch of a tree, in the middle of a
+    recovery) and left another folder behind. Entries are still checked against the
+    source's content hash (numba's stamp), so another version of this file compiles anew."""
+
+    def __init__(self, py_func: object, py_file: str) -> None:
+        super().__init__(py_func, py_file)
+        self._cache_path = os.path.join(os.environ["NUMBA_CACHE_DIR"], "flowlearn-tree-kernels")
+
+    @classmethod
+    def from_function(cls, py_func: object, py_file: str) -> caching._CacheLocator | None:
+        if os.path.abspath(py_file) != os.path.abspath(__file__):
+            return None  # another module's function: numba's own locators
+        return super().from_function(py_func, py_file)
+
+
+# First in line, before the decorators below look for a locator (numba's own come after,
+# and NUMBA_CACHE_LOCATOR_CLASSES, when a user sets it, replaces the list).
+caching.CacheImpl._locator_classes.insert(0, _WhereverTheSourceIs)
 
 __all__ = [
     "accumulate",

@@ -11,6 +11,8 @@ trainer's, bit for bit, for every model type and its feature pipeline.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -28,6 +30,8 @@ from flowlearn.core.sparse import INDEX_DTYPE, Rows
 Scorer = Callable[[Rows], np.ndarray]
 #: ``X (n, d) float64 -> Contributions``: each feature's share of each sample's raw score.
 Explainer = Callable[[np.ndarray], Contributions]
+
+log = logging.getLogger("flowlearn.serving")
 
 
 def scorer(spec: Mapping[str, Any], weights: np.ndarray) -> Scorer:
@@ -55,10 +59,22 @@ def served_functions(spec: Mapping[str, Any], weights: np.ndarray) -> tuple[Scor
     Raises ValueError for an unknown model type or a weights vector of the wrong length.
     """
     kind = model_type(spec.get("type"))
+    if kind.tree:
+        _tree_loops_loaded()
     model: Any = _model(spec, weights)
     score: Scorer = model.predict_proba_many if kind.classifier else model.predict_many
     choose: Chooser | None = model.choose_many if kind.bandit else None
     return score, choose
+
+
+@functools.cache
+def _tree_loops_loaded() -> None:
+    """Load the trees' compiled loops (numba) once per process, with the first tree version
+    it builds, before any request needs them: from numba's cache, a fraction of a second;
+    compiled where the cache is empty (a new machine or pod), seconds."""
+    from flowlearn.core import tree_kernels
+
+    log.info("the trees' compiled loops loaded in %.1f s", tree_kernels.warm_up())
 
 
 def scores_sparse(spec: Mapping[str, Any]) -> bool:

@@ -861,3 +861,32 @@ def test_no_compiled_loop_may_reorder_or_fuse_floating_point_operations():
     compiled = [k for k in kernels if hasattr(k, "targetoptions")]
     assert len(compiled) == len(kernels) - 1  # all but warm_up
     assert not [k for k in compiled if k.targetoptions.get("fastmath")]
+
+
+def test_the_compiled_loops_load_from_the_cache_wherever_the_sources_lie(tmp_path):
+    """PyFlink unpacks the job's sources into a new folder for each task it deploys: a
+    worker started after a restart, from another folder, loads the loops compiled before
+    instead of compiling them again (seconds, in the middle of a recovery)."""
+    import shutil
+
+    import flowlearn
+
+    package = Path(flowlearn.__file__).parent
+    code = (
+        "from flowlearn.core import tree_kernels as k; k.warm_up(); "
+        "print(k.__file__); print(sum(k.route.stats.cache_misses.values()))"
+    )
+    runs = []
+    for copy in ("first", "second"):
+        shutil.copytree(package, tmp_path / copy / "flowlearn", symlinks=False)
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path / copy)},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs.append(result.stdout.split())
+    assert [Path(path).parts[-4] for path, _ in runs] == ["first", "second"]
+    assert runs[1][1] == "0"  # the second copy compiled nothing: it loaded
