@@ -284,9 +284,13 @@ class FlinkConf:
     rest_host: str = "127.0.0.1"
     rest_port: int = 8081
     rpc_port: int = 6123
-    taskmanager_slots: int = 3
+    taskmanager_slots: int = 2
     #: TaskManager processes the local stack starts (a cluster sizes its own).
     taskmanagers: int = 1
+    #: The local stack's TaskManagers (and their Python workers) run at this nice value
+    #: (0-19): on one machine a prediction does not wait behind a training bundle, and
+    #: training takes the CPU the predictor leaves. 0: the same priority as the rest.
+    taskmanager_nice: int = 10
     parallelism: int = 1
     #: Key groups of the job's keyed state: the most subtasks its state can be split into
     #: when rescaled from a savepoint. Fixed for the life of the state (a savepoint restores
@@ -352,6 +356,10 @@ class FlinkConf:
         # worker processes).
         for name in ("taskmanager_slots", "taskmanagers", "parallelism", "max_parallelism"):
             _check_positive(f"flink.{name}", getattr(self, name))
+        if not 0 <= self.taskmanager_nice <= 19:
+            raise ConfigError(
+                f"flink.taskmanager_nice must be within 0-19, got {self.taskmanager_nice}"
+            )
         slots = self.taskmanagers * self.taskmanager_slots
         if slots < SLOT_GROUPS * self.parallelism:
             raise ConfigError(

@@ -194,6 +194,11 @@ def start_flink(settings: Settings) -> None:
                 "--pid-file",
                 str(child_pid_file(settings, name)),
                 "--",
+                # Serving first on a shared machine (flink.taskmanager_nice); the Python
+                # workers inherit it.
+                "nice",
+                "-n",
+                str(settings.flink.taskmanager_nice),
                 "bash",
                 str(bin_dir / "taskmanager.sh"),
                 "start-foreground",

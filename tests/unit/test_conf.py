@@ -94,6 +94,7 @@ def test_file_layer(tmp_path: Path):
             r"\(4\), got 1 x 2 = 2",
         ),
         ({"FLOWLEARN__FLINK__TASKMANAGERS": "0"}, "flink.taskmanagers"),
+        ({"FLOWLEARN__FLINK__TASKMANAGER_NICE": "20"}, "flink.taskmanager_nice"),
         ({"FLOWLEARN__FLINK__MAX_PARALLELISM": "0"}, "flink.max_parallelism"),
         ({"FLOWLEARN__FLINK__MAX_PARALLELISM": "40000"}, r"flink.max_parallelism must be within"),
         (
