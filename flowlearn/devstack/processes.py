@@ -3,6 +3,7 @@ they need, and the one error and log line every part of the stack uses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -97,20 +98,31 @@ def start_process(
     return proc.pid
 
 
-def stop_process(settings: Settings, name: str, timeout_s: float = 30.0) -> bool:
-    """SIGTERM, wait, then SIGKILL. Returns True if something was stopped."""
+def stop_process(
+    settings: Settings, name: str, timeout_s: float = 30.0, group: bool = False
+) -> bool:
+    """SIGTERM, wait, then SIGKILL. Returns True if something was stopped. ``group``: the
+    process leads a process group of its own (a supervised TaskManager), and what is left of
+    the group when it ends is killed too (its Python workers: a JVM killed with SIGKILL
+    takes none of its children with it)."""
     pid = running_pid(settings, name)
     pid_file(settings, name).unlink(missing_ok=True)
     if pid is None:
         return False
+    with contextlib.suppress(ProcessLookupError):
+        group = group and os.getpgid(pid) == pid
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-            return True
+            break
         time.sleep(0.2)
-    log(f"{name} (pid {pid}) did not stop within {timeout_s:.0f}s; killing it")
-    os.kill(pid, signal.SIGKILL)
+    else:
+        log(f"{name} (pid {pid}) did not stop within {timeout_s:.0f}s; killing it")
+        os.kill(pid, signal.SIGKILL)
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     return True
 
 

@@ -97,7 +97,9 @@ def down(settings: Settings) -> list[str]:
         "redis",
         "kafka",
     ):
-        if stop_process(settings, name):
+        # A TaskManager JVM leads a process group of its own (its supervisor's doing): its
+        # Python workers go with it, also when the JVM had to be killed.
+        if stop_process(settings, name, group=name.endswith("-child")):
             stopped.append(name)
             log(f"stopped {name}")
     return stopped

@@ -3,7 +3,8 @@ brings a lost TaskManager back. ``flowlearn up`` runs the TaskManager under it.
 
     python -m flowlearn.devstack.supervise --pid-file run/taskmanager-child.pid -- CMD ARGS...
 
-SIGTERM or SIGINT stops the child (SIGTERM, then SIGKILL after a grace period) and exits.
+SIGTERM or SIGINT stops the child (SIGTERM, then SIGKILL after ``--grace-s``, also when the
+child ignores SIGTERM: a JVM stuck in garbage collection does) and exits.
 Restarts back off from 1 s to 30 s while the child keeps dying within a minute of starting.
 
 The child runs in a process group of its own, and whatever is left of that group when it
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -39,7 +41,22 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def supervise(cmd: list[str], pid_file: Path) -> int:
+def _wait(child: subprocess.Popen[bytes], stopping: Callable[[], bool], grace_s: float) -> int:
+    """The child's exit status; once ``stopping``, it gets ``grace_s`` to exit, then SIGKILL."""
+    kill_at: float | None = None
+    while True:
+        try:
+            return child.wait(0.2)
+        except subprocess.TimeoutExpired:
+            if not stopping():
+                continue
+            if kill_at is None:
+                kill_at = time.monotonic() + grace_s
+            elif time.monotonic() > kill_at:
+                child.kill()
+
+
+def supervise(cmd: list[str], pid_file: Path, grace_s: float = GRACE_S) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
@@ -57,7 +74,7 @@ def supervise(cmd: list[str], pid_file: Path) -> int:
         child = subprocess.Popen(cmd, start_new_session=True)
         pid_file.write_text(f"{child.pid}\n")
         log(f"started pid {child.pid}: {' '.join(cmd)}")
-        code = child.wait()
+        code = _wait(child, lambda: stopping, grace_s)
         _kill_group(child.pid)
         if stopping:
             break
@@ -68,11 +85,7 @@ def supervise(cmd: list[str], pid_file: Path) -> int:
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)
     if child is not None:
-        try:
-            child.wait(GRACE_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        _wait(child, lambda: True, grace_s)
         _kill_group(child.pid)
     pid_file.unlink(missing_ok=True)
     log("stopped")
@@ -86,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pid-file", type=Path, required=True, help="where the current child's pid is written"
     )
+    parser.add_argument(
+        "--grace-s",
+        type=float,
+        default=GRACE_S,
+        help=f"seconds a stopping child gets after SIGTERM before SIGKILL (default {GRACE_S:g})",
+    )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("a command to supervise is required after --")
-    return supervise(cmd, args.pid_file)
+    return supervise(cmd, args.pid_file, args.grace_s)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,69 @@ def test_down_stops_a_taskmanager_whose_supervisor_was_killed(tmp_path: Path) ->
         if orphan.poll() is None:
             orphan.kill()
         orphan.wait()
+
+
+#: A child that ignores SIGTERM (a JVM stuck in garbage collection does) and leaves a
+#: grandchild in its process group (a TaskManager's Python worker); prints the grandchild's
+#: pid.
+STUBBORN = (
+    "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "g = subprocess.Popen(['sleep', '60']); print(g.pid, flush=True); time.sleep(60)"
+)
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_supervisor_kills_a_child_that_ignores_sigterm_and_its_group(tmp_path: Path) -> None:
+    """It waited on the child for ever: ``down`` then killed the supervisor, and the
+    TaskManager's Python workers outlived the stack."""
+    child_pid = tmp_path / "child.pid"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file", str(child_pid),
+         "--grace-s", "1", "--", sys.executable, "-c", STUBBORN],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert supervisor.stdout is not None
+        lines = iter(supervisor.stdout.readline, "")
+        grandchild = int(next(line for line in lines if line.strip().isdigit()))  # not a log
+        child = int(child_pid.read_text())
+        supervisor.terminate()
+        assert supervisor.wait(15) == 0
+        assert _gone(child, 5) and _gone(grandchild, 5)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+
+
+def test_down_kills_what_is_left_of_a_taskmanagers_process_group(tmp_path: Path) -> None:
+    settings = load_settings(env={"FLOWLEARN__STACK__HOME": str(tmp_path / "home")})
+    settings.stack.run.mkdir(parents=True)
+    env = {**os.environ, "FLOWLEARN_HOME": str(settings.stack.home)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN.replace("signal.SIG_IGN", "signal.SIG_DFL")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        pid_file(settings, "taskmanager-child").write_text(f"{child.pid}\n")
+        assert stack.down(settings) == ["taskmanager-child"]
+        assert _gone(grandchild, 5), "the TaskManager's Python worker is still running"
+    finally:
+        child.kill()
+        child.wait()
