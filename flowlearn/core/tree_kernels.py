@@ -30,8 +30,10 @@ compiles.
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -50,6 +52,22 @@ def _cache_writable() -> bool:
         return False
     return os.access(os.environ["NUMBA_CACHE_DIR"], os.W_OK)
 
+
+def _print_reachable() -> None:
+    """numba's import registers ``print`` under the module its ``__module__`` names, and
+    fails when that module has no such name. PyFlink's Python worker replaces
+    ``builtins.print`` with a bound method of an object of
+    ``pyflink.fn_execution.beam.beam_sdk_worker_main``, which has none: the first tree in a
+    job on a cluster failed its task with "has no attribute 'print'" on every restart. (A
+    MiniCluster runs its Python code in the client's process, where print is Python's.)"""
+    current = builtins.print
+    module = sys.modules.get(getattr(current, "__module__", None) or "")
+    name = getattr(current, "__name__", "print")
+    if module is not None and getattr(module, name, None) is not current:
+        setattr(module, name, current)
+
+
+_print_reachable()
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

@@ -890,3 +890,19 @@ def test_the_compiled_loops_load_from_the_cache_wherever_the_sources_lie(tmp_pat
         runs.append(result.stdout.split())
     assert [Path(path).parts[-4] for path, _ in runs] == ["first", "second"]
     assert runs[1][1] == "0"  # the second copy compiled nothing: it loaded
+
+
+def test_the_compiled_loops_load_where_print_is_not_pythons():
+    """PyFlink's Python worker replaces ``builtins.print`` with a bound method of an object
+    whose module has no ``print``; numba's import failed there, and so did every tree in a
+    job on a cluster."""
+    code = (
+        "import builtins\n"
+        "class Worker:\n"
+        "    def print(self, *args, **kwargs): pass\n"
+        "builtins.print = Worker().print  # __main__ has no 'print'\n"
+        "from flowlearn.core import tree_kernels\n"
+        "tree_kernels.warm_up()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
