@@ -179,6 +179,10 @@ async def reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
         installed = True
     except (NotImplementedError, RuntimeError, ValueError, AttributeError):
         installed = False
+    if installed:
+        # A rotation signalled before the handler was there (a worker still starting,
+        # which ignores SIGHUP until now) is not lost: the file is read once more.
+        _reload_on_signal(app[GUARD])
     yield
     if installed:
         loop.remove_signal_handler(signal.SIGHUP)

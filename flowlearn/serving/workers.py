@@ -451,6 +451,9 @@ def _watch_master() -> None:
 
 def worker_main() -> None:
     """A worker: serve the sockets the master gave, as its spec says."""
+    # The master forwards SIGHUP to every worker it runs, and its default action ends a
+    # process: until the app takes it (and then reads the tokens once more), it is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     spec = _read_spec()
     settings = settings_from_dict(spec.settings)
