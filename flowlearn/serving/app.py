@@ -111,28 +111,22 @@ class Predictor:
         self.log = prediction_log
         self.baselines = dict(baselines)
         self.ab_fraction = ab_fraction
-        self._requests: dict[tuple[str, int | str], Any] = {}
         self._latency = {route: metrics.latency.labels(route) for route in ROUTES}
         self._children: dict[tuple[Any, ...], Any] = {}
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, cached: a labels() call costs microseconds, and every
-        request counts its model's predictions."""
+    def child(self, metric: Any, *labels: Any) -> Any:
+        """``metric.labels(*labels)`` (each label as text), cached: a labels() call costs
+        microseconds, and every request counts itself and its model's predictions."""
         key = (metric, *labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            found = self._children[key] = metric.labels(*map(str, labels))
         return found
 
     def done(self, route: str, status: int | str, started: float) -> None:
-        """Count a request and its latency (label children cached: this is the hot path);
-        ``status``: the HTTP status, or a gRPC status code's name."""
-        child = self._requests.get((route, status))
-        if child is None:
-            child = self._requests[(route, status)] = self.metrics.requests.labels(
-                route, str(status)
-            )
-        child.inc()
+        """Count a request and its latency; ``status``: the HTTP status, or a gRPC status
+        code's name."""
+        self.child(self.metrics.requests, route, status).inc()
         self._latency[route].observe(time.perf_counter() - started)
 
     def model_ids(self) -> list[str]:
