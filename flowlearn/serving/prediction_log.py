@@ -5,7 +5,7 @@ nothing more. The log's thread takes the queued batches every :data:`DRAIN_EVERY
 their records (JSON, one per instance, keyed by model id) and gives each to a confluent-kafka
 producer in one C call; librdkafka batches and sends them on its own threads, outside the
 interpreter's lock. The request never waits on Kafka, and the hand-off in bursts costs a
-request half of what producing from the request did (the producer woke librdkafka's thread
+request less than producing from the request did (the producer woke librdkafka's thread
 about every third record). At most :data:`PENDING_RECORDS` records wait for the thread, and
 librdkafka's queue is bounded by ``predictor.log_queue_bytes`` bytes of records (and
 :data:`QUEUE_RECORDS` records): past either, records are dropped and counted
