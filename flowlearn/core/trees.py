@@ -115,8 +115,6 @@ _N_SPLITS = 10
 #: (River's max_share_to_split). River then deactivates the leaf for good; here it keeps its
 #: observers, so a leaf that was nearly pure can still split when the concept drifts.
 _MAX_SHARE = 0.99
-#: Where the thresholds lie between a feature's min and max, in steps of the range / 11.
-_STEPS = np.arange(1.0, _N_SPLITS + 1.0)
 #: A split must send more than this fraction of the weight down each branch (River's
 #: min_branch_fraction).
 _MIN_BRANCH_FRACTION = 0.01

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -807,6 +808,14 @@ def test_learnt_states_are_the_recorded_ones_bit_for_bit():
     assert not changed and states.keys() == recorded["states"].keys(), changed
 
 
+def _python(code: str, **kwargs: Any) -> str:
+    """``code`` run by this interpreter in a process of its own: its stdout (the test fails
+    with its stderr when it does)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def test_numba_loads_with_the_first_tree_not_with_the_core_or_the_operators():
     """A Python worker's start-up is part of a recovery: the compiled loops come with the
     first tree that learns or predicts."""
@@ -816,9 +825,7 @@ def test_numba_loads_with_the_first_tree_not_with_the_core_or_the_operators():
         "flowlearn.core.trees.RandomForestClassifier(2, 2).learn_many(np.zeros((4, 2)), "
         "np.zeros(4, dtype=int)); print('numba' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["False", "True"]
+    assert _python(code).split() == ["False", "True"]
 
 
 def test_the_compiled_loops_sum_and_erf_as_numpy_and_math_do():
@@ -879,15 +886,8 @@ def test_the_compiled_loops_load_from_the_cache_wherever_the_sources_lie(tmp_pat
     runs = []
     for copy in ("first", "second"):
         shutil.copytree(package, tmp_path / copy / "flowlearn", symlinks=False)
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(tmp_path / copy)},
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs.append(result.stdout.split())
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / copy)}
+        runs.append(_python(code, cwd=tmp_path, env=env).split())
     assert [Path(path).parts[-4] for path, _ in runs] == ["first", "second"]
     assert runs[1][1] == "0"  # the second copy compiled nothing: it loaded
 
@@ -904,5 +904,4 @@ def test_the_compiled_loops_load_where_print_is_not_pythons():
         "from flowlearn.core import tree_kernels\n"
         "tree_kernels.warm_up()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _python(code)
