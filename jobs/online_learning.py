@@ -98,18 +98,24 @@ def with_event_time(stream: DataStream, settings: Settings, row_type: Any, name:
 #: 512 KiB are refused anyway (``too_large``).
 INPUT_BUNDLE_MAX_BYTES = 1 << 20
 RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
+#: The bundler of ``fl.samples``: it also decodes the JSON samples it can read with
+#: certainty into columns (``flowlearn.operators.sample_columns``), so that the parser
+#: checks them as arrays; it leaves every other record to the parser.
+SAMPLE_BUNDLER = "dev.flowlearn.flink.SampleBundler"
 #: The Kafka key of the job's JSON records: their model id (in the operators jar too).
 MODEL_ID_KEY = "dev.flowlearn.flink.ModelIdKey"
 
 
-def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
+def bundled(
+    stream: DataStream, settings: Settings, name: str, bundler: str = RECORD_BUNDLER
+) -> DataStream:
     """A stream of raw records as bundles of records (``flowlearn.operators.parse.unbundle``),
-    made in Java by ``RecordBundler`` (operators/java, in the operators jar): the Python
+    made in Java by ``bundler`` (operators/java, in the operators jar): the Python
     parser after it is called once per bundle, not once per record (in PyFlink each call
     costs more than parsing a small JSON record)."""
-    if not interop.has_java_class(stream, RECORD_BUNDLER):
+    if not interop.has_java_class(stream, bundler):
         raise RuntimeError(
-            f"{RECORD_BUNDLER} is not on the job's classpath: add the operators jar "
+            f"{bundler} is not on the job's classpath: add the operators jar "
             "(flowlearn.devstack.jars.operators_jar builds it; `flowlearn submit` and "
             "flowlearn.jobs.local.local_environment add it; the job image has it in "
             "/opt/flink/lib)"
@@ -118,7 +124,7 @@ def bundled(stream: DataStream, settings: Settings, name: str) -> DataStream:
     return interop.java_operator(
         stream,
         name,
-        RECORD_BUNDLER,
+        bundler,
         (job.input_bundle_records, INPUT_BUNDLE_MAX_BYTES, job.input_bundle_ms),
         Types.PRIMITIVE_ARRAY(Types.BYTE()),
     )
@@ -162,17 +168,24 @@ def build_pipeline(
     # which spec a model's records are checked against (docs/models.md).
     spec_changes = control.broadcast(descriptors.RUNTIME_SPECS)
 
-    def parse(topic: str, parser: BroadcastProcessFunction, output_type: Any) -> DataStream:
+    def parse(
+        topic: str,
+        parser: BroadcastProcessFunction,
+        output_type: Any,
+        bundler: str = RECORD_BUNDLER,
+    ) -> DataStream:
         name = f"parse-{topic}"
         return (
-            bundled(getattr(raw, topic), settings, f"{topic}-bundles")
+            bundled(getattr(raw, topic), settings, f"{topic}-bundles", bundler)
             .connect(spec_changes)
             .process(parser, output_type=output_type)
             .name(name)
             .uid(name)
         )
 
-    parsed_samples = parse("samples", ParseSamples(settings, topics.samples), KEYED_SAMPLE_TYPE)
+    parsed_samples = parse(
+        "samples", ParseSamples(settings, topics.samples), KEYED_SAMPLE_TYPE, SAMPLE_BUNDLER
+    )
     parsed_events = parse("events", ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE)
     parsed_labels = parse("labels", ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE)
     # Event time on each stream before the union: the join's watermark is the lesser of the

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 from pyflink.common import Row, Types
 from pyflink.datastream import (
     BroadcastProcessFunction,
@@ -17,12 +18,14 @@ from pyflink.datastream import (
 
 from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import (
+    MAX_EVENT_ID_CHARS,
     RecordError,
     Sample,
     alert_record,
     control_record,
     dlq_record,
     first_sample_shape,
+    is_bandit,
     is_bulk,
     now_ms,
     parse_control,
@@ -31,10 +34,14 @@ from flowlearn.contracts.records import (
     parse_sample,
     parse_sample_batch,
     record_model_id,
+    valid_labels,
 )
 from flowlearn.contracts.spec import DELETED, ModelSpecs, create_applies
 from flowlearn.core.control import changes_shape
 from flowlearn.core.sparse import SparseRows, to_fields
+from flowlearn.core.spec import model_id_problem
+from flowlearn.operators import sample_columns
+from flowlearn.operators.sample_columns import DecodedBundle
 from flowlearn.operators.types import ControlCommand, Feedback, Samples, keyed
 from flowlearn.state import descriptors
 from flowlearn.state.rows import to_row
@@ -101,30 +108,34 @@ class _ParseRecords:
     def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
         parsed = 0
         for raw in unbundle(bundle):
-            try:
-                try:
-                    out = self.parse(raw)
-                except RecordError as exc:
-                    inferred = self.inferred_create(raw, exc)
-                    if inferred is None:
-                        raise
-                    model_id, create = inferred
-                    try:
-                        out = self.parse(raw)
-                    except RecordError:
-                        # Bad under the spec it would get too: it makes no model.
-                        self.withdraw(model_id)
-                        raise
-                    yield INFERRED_TAG, create
-            except RecordError as exc:
-                self.dead.inc()
-                yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
-                yield from self.alerts_for(exc)
-                continue
-            parsed += 1
-            yield from out
+            parsed += yield from self.parse_record(raw)
         self.parsed.inc(parsed)
         yield from self.end_of_bundle()
+
+    def parse_record(self, raw: bytes) -> Generator[Any, None, bool]:
+        """What one record gives (its rows, or its dead letter); returns whether it parsed."""
+        try:
+            try:
+                out = self.parse(raw)
+            except RecordError as exc:
+                inferred = self.inferred_create(raw, exc)
+                if inferred is None:
+                    raise
+                model_id, create = inferred
+                try:
+                    out = self.parse(raw)
+                except RecordError:
+                    # Bad under the spec it would get too: it makes no model.
+                    self.withdraw(model_id)
+                    raise
+                yield INFERRED_TAG, create
+        except RecordError as exc:
+            self.dead.inc()
+            yield DLQ_TAG, dlq_record(self.source_topic, exc.reason, raw, now_ms(), exc.message)
+            yield from self.alerts_for(exc)
+            return False
+        yield from out
+        return True
 
 
 class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
@@ -350,6 +361,15 @@ class _ModelSamples:
     def sparse(self) -> bool:
         return bool(self.offsets)
 
+    def add_dense_rows(
+        self, values: list[float], labels: list[float], event_ids: list[str], ts: int
+    ) -> None:
+        """Dense rows gathered together (``values`` row-major; "" for a row without id)."""
+        self.ts = max(self.ts, ts)
+        self.features.extend(values)
+        self.labels.extend(labels)
+        self.event_ids.extend(event_ids)
+
     def add(self, s: Sample) -> None:
         self.ts = max(self.ts, s.ts)
         values, indices, _ = to_fields(s.features)
@@ -386,6 +406,83 @@ class ParseSamples(_ParseModelRecords):
         super().open(runtime_context)
         #: The bundle's JSON samples so far, by model.
         self.gathered: dict[str, _ModelSamples] = {}
+
+    def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
+        if sample_columns.is_decoded(bundle):
+            return self.parse_decoded(sample_columns.read(bundle))
+        return super().parse_bundle(bundle)
+
+    def parse_decoded(self, bundle: DecodedBundle) -> Iterator[Any]:
+        """A bundle whose JSON samples Java decoded: those that pass every check of
+        :func:`~flowlearn.contracts.records.parse_sample` are checked and gathered as arrays;
+        every other record is parsed alone, in its place among them, which gives it the
+        reason and the dead letter it has always had."""
+        taken = self.taken(bundle)
+        rows = np.flatnonzero(taken)
+        records = bundle.record_index[rows]
+        alone = np.ones(bundle.n_records, dtype=bool)
+        alone[records] = False
+        parsed = done = 0
+        for record in [*np.flatnonzero(alone).tolist(), bundle.n_records]:
+            upto = int(np.searchsorted(records, record))
+            if upto > done:
+                yield from self.gather_decoded(bundle, rows[done:upto])
+                parsed += upto - done
+                done = upto
+            if record < bundle.n_records:
+                parsed += yield from self.parse_record(bundle.record(record))
+        self.parsed.inc(parsed)
+        yield from self.end_of_bundle()
+
+    def taken(self, bundle: DecodedBundle) -> np.ndarray:
+        """Which decoded samples pass the checks their record's parse would make: a model
+        id of the pattern, a dense model that is not a bandit, its number of features, a
+        label it takes, an event id not too long and ``ts`` not ahead
+        (:meth:`~_ParseModelRecords.check_not_ahead`)."""
+        taken = np.zeros(len(bundle.labels), dtype=bool)
+        if not taken.size:
+            return taken
+        fit = (bundle.ts - now_ms() <= self.settings.job.out_of_orderness_ms) & (
+            np.diff(bundle.event_id_starts) <= MAX_EVENT_ID_CHARS
+        )
+        n_values = np.diff(bundle.feature_starts)
+        for index, model_id in enumerate(bundle.model_ids):
+            spec = self.spec_for(model_id) if model_id_problem(model_id) is None else None
+            if spec is None or spec.get("features", "dense") != "dense" or is_bandit(spec):
+                continue
+            taken |= (
+                (bundle.model_id_index == index)
+                & fit
+                & (n_values == int(spec["n_features"]))
+                & valid_labels(bundle.labels, spec)
+            )
+        return taken
+
+    def gather_decoded(self, bundle: DecodedBundle, rows: np.ndarray) -> Iterator[Row]:
+        """Decoded samples that passed (:meth:`taken`), consecutive among the bundle's
+        parsed records, gathered by model."""
+        ids = bundle.model_id_index[rows]
+        event_ids = bundle.event_ids.decode("ascii")
+        for index in np.unique(ids).tolist():
+            mine = rows[ids == index]
+            model_id = bundle.model_ids[index]
+            samples = self.gathered.get(model_id)
+            if samples is not None and samples.sparse:  # a create changed its kind
+                yield samples.row()
+                samples = None
+            if samples is None:
+                samples = self.gathered[model_id] = _ModelSamples(model_id, sparse=False)
+            starts = bundle.feature_starts[mine]
+            width = int(bundle.feature_starts[mine[0] + 1] - starts[0])
+            values = bundle.features[starts[:, None] + np.arange(width)].ravel().tolist()
+            if event_ids:
+                bounds = bundle.event_id_starts
+                ids_of = [event_ids[bounds[i] : bounds[i + 1]] for i in mine.tolist()]
+            else:
+                ids_of = [""] * len(mine)
+            samples.add_dense_rows(
+                values, bundle.labels[mine].tolist(), ids_of, int(bundle.ts[mine].max())
+            )
 
     def parse(self, raw: bytes) -> Iterable[Row]:
         if is_bulk(raw):

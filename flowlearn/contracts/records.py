@@ -45,6 +45,8 @@ MAX_DLQ_RAW_BYTES = 640 << 10
 MAX_BULK_RECORD_BYTES = 16 << 20
 #: Labels of a logistic model; a softmax model takes integer class indices.
 BINARY_LABELS = (0.0, 1.0)
+#: The longest ``event_id`` a record may carry.
+MAX_EVENT_ID_CHARS = 200
 
 
 def now_ms() -> int:
@@ -157,8 +159,7 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
             ) from None
     if not _finite_number(value):
         raise RecordError("bad_field", "field 'label' must be a finite number")
-    kind = MODEL_TYPES.get(spec.get("type", ""))
-    task = kind.task if kind else "regression"  # a spec without a type checks no labels
+    task = label_task(spec)
     if task == "bandit":  # the label is the chosen action's reward
         lo, hi = (float(v) for v in spec.get("reward_range", (0.0, 1.0)))
         if not lo <= float(value) <= hi:
@@ -171,12 +172,44 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
             "bad_field", f"field 'label' must be 0 or 1 for a {spec['type']} model, got {value}"
         )
     if task == "multiclass":
-        n_classes = int(spec.get("n_classes") or len(spec.get("classes") or []))
+        n_classes = n_classes_of(spec)
         if float(value) != int(value) or not 0 <= int(value) < n_classes:
             raise RecordError(
                 "bad_field", f"field 'label' must be a class index in 0..{n_classes - 1}"
             )
     return float(value)
+
+
+def label_task(spec: Mapping[str, Any]) -> str:
+    """What a model's labels are: "binary", "multiclass", "regression" or "bandit" (a
+    reward); a spec without a known type checks no labels ("regression")."""
+    kind = MODEL_TYPES.get(spec.get("type", ""))
+    return kind.task if kind else "regression"
+
+
+def n_classes_of(spec: Mapping[str, Any]) -> int:
+    """A multiclass model's number of classes (its ``n_classes``, else its ``classes``)."""
+    return int(spec.get("n_classes") or len(spec.get("classes") or []))
+
+
+def valid_labels(labels: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """Which of the numeric ``labels`` the model takes, as a mask: the rules of one record's
+    label (:func:`parse_sample`), on a whole column of them (bulk records, the JSON samples
+    decoded in Java).
+
+    >>> valid_labels(np.array([0.0, 1.0, 2.0, np.nan]), {"type": "logistic"}).tolist()
+    [True, True, False, False]
+    """
+    ok = np.isfinite(labels)
+    task = label_task(spec)
+    if task == "binary":
+        ok &= np.isin(labels, BINARY_LABELS)
+    elif task == "multiclass":
+        ok &= (labels == np.floor(labels)) & (labels >= 0) & (labels < n_classes_of(spec))
+    elif task == "bandit":
+        lo, hi = (float(v) for v in spec.get("reward_range", (0.0, 1.0)))
+        ok &= (labels >= lo) & (labels <= hi)
+    return ok
 
 
 def parse_sample(
@@ -218,8 +251,15 @@ class Label:
 
 def _event_id(obj: Mapping[str, Any]) -> str:
     value = _field(obj, "event_id")
-    if not isinstance(value, str) or not value or len(value) > 200 or not _utf8(value):
-        raise RecordError("bad_field", "field 'event_id' must be a non-empty string (<= 200)")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_EVENT_ID_CHARS
+        or not _utf8(value)
+    ):
+        raise RecordError(
+            "bad_field", f"field 'event_id' must be a non-empty string (<= {MAX_EVENT_ID_CHARS})"
+        )
     return value
 
 
@@ -493,14 +533,11 @@ def parse_sample_batch(
             )
     if ((ts < 0) | (ts >= 1 << 62)).any():
         raise RecordError("bad_field", "ts out of range")
-    kind = MODEL_TYPES.get(spec.get("type", ""))
-    task = kind.task if kind else "regression"
-    if task == "binary" and not np.isin(y, BINARY_LABELS).all():
-        raise RecordError("bad_field", f"labels must be 0 or 1 for a {spec['type']} model")
-    if task == "multiclass":
-        n_classes = int(spec.get("n_classes", 2))
-        if not ((y == np.floor(y)) & (y >= 0) & (y < n_classes)).all():
-            raise RecordError("bad_field", f"labels must be class indices in 0..{n_classes - 1}")
+    if not valid_labels(y, spec).all():
+        if label_task(spec) == "binary":
+            raise RecordError("bad_field", f"labels must be 0 or 1 for a {spec['type']} model")
+        n_classes = n_classes_of(spec)
+        raise RecordError("bad_field", f"labels must be class indices in 0..{n_classes - 1}")
     return SampleBatch(model_id, ts, X, y)
 
 

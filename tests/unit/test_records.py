@@ -1,8 +1,12 @@
 import base64
 import hashlib
 import json
+import math
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flowlearn.contracts.records import (
     MAX_DLQ_RAW_BYTES,
@@ -10,6 +14,7 @@ from flowlearn.contracts.records import (
     RecordError,
     dlq_record,
     parse_sample,
+    valid_labels,
 )
 
 DENSE = {"type": "logistic", "features": "dense", "n_features": 3}
@@ -264,3 +269,41 @@ def test_a_dead_letter_of_hashed_samples_keeps_them_sparse():
     assert table.schema.metadata[b"n_features"] == b"262144"
     with pytest.raises(RecordError, match="features"):  # not a bulk record the job takes
         parse_sample_batch(raw, lambda _m: DENSE)
+
+
+LABEL_SPECS = [
+    {"type": "logistic", "n_features": 1},
+    {"type": "softmax", "n_features": 1, "n_classes": 3},
+    {"type": "random_forest", "n_features": 1, "classes": ["a", "b"]},
+    {"type": "linear", "n_features": 1},
+    {"type": "contextual_bandit", "n_features": 1, "n_actions": 2, "reward_range": [-1, 2]},
+]
+
+
+@given(
+    st.sampled_from(LABEL_SPECS),
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-3, 4).map(float),
+        st.sampled_from([0.0, 1.0, 2.0, 0.5, -0.0, 2.999999]),
+    ),
+)
+def test_a_column_of_labels_is_checked_by_the_rules_of_one_record(spec, label):
+    # The decoded JSON samples and bulk records check labels as columns; one record's parse
+    # checks its own, with a reason. The two must take the same labels.
+    def one(value):
+        try:
+            parse_sample(
+                json.dumps(
+                    {"model_id": "m", "ts": 1, "features": [0.0], "label": value}
+                    | {"action": 0, "propensity": 0.5}
+                ).encode(),
+                lambda _id: spec,
+            )
+        except RecordError as exc:
+            assert exc.reason in ("bad_field", "reward_out_of_range")
+            return False
+        return True
+
+    taken = bool(valid_labels(np.array([label]), spec)[0])
+    assert taken == (math.isfinite(label) and one(label))

@@ -25,7 +25,7 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * exactly the records that went downstream before it (Flink's own mini-batch operators do the
  * same in {@code prepareSnapshotPreBarrier}).
  */
-public final class RecordBundler extends AbstractStreamOperator<byte[]>
+public class RecordBundler extends AbstractStreamOperator<byte[]>
         implements OneInputStreamOperator<byte[], byte[]>, ProcessingTimeCallback {
 
     private static final long serialVersionUID = 1L;
@@ -111,11 +111,19 @@ public final class RecordBundler extends AbstractStreamOperator<byte[]>
         super.finish();
     }
 
+    /**
+     * What goes downstream for the {@code count} framed records in {@code framed[0, size)}:
+     * here, those bytes (a subclass may add what it decodes from them).
+     */
+    protected byte[] bundle(byte[] framed, int size, int count) {
+        return Arrays.copyOf(framed, size);
+    }
+
     private void emit() {
         if (count == 0) {
             return;
         }
-        output.collect(new StreamRecord<>(Arrays.copyOf(buffer, size)));
+        output.collect(new StreamRecord<>(bundle(buffer, size, count)));
         size = 0;
         count = 0;
     }
