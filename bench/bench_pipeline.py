@@ -32,6 +32,7 @@ from pathlib import Path
 import redis
 
 from flowlearn.conf import Settings, load_settings
+from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import Keys, read_snapshot
 from flowlearn.devstack import jobctl
 from flowlearn.devstack.producer import produce
@@ -89,6 +90,20 @@ def produce_all(settings: Settings, model_id: str, n: int, bulk: int = 0) -> flo
     return time.monotonic() - t0
 
 
+def create_model(settings: Settings, model_id: str) -> None:
+    """Create the model before its samples, as a user would. Left to the "create" policy,
+    the parser (decoding JSON in Java) can run more than ``job.paused_buffer_samples`` ahead
+    of the create's round trip through fl.control (committed at a checkpoint), and the trainer
+    then sends the oldest samples waiting for their spec to the DLQ (``paused_overflow``)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    spec = {"type": "logistic", "n_features": 10, "batch_size": settings.job.batch_size}
+    record = control_record(model_id, "create", {"spec": spec}, source="bench")
+    producer.send(settings.kafka.topics.control, record.encode(), key=model_id.encode()).get(30)
+    producer.close()
+
+
 def job_rate(
     config: Path, settings: Settings, client: redis.Redis, n: int, bulk: int
 ) -> tuple[float, float, float]:
@@ -99,6 +114,7 @@ def job_rate(
     (Python workers, Kafka consumers) is reported apart, not spread over the samples: in a
     run of 800,000 bulk samples it was a fifth of the time."""
     model_id = f"bench-{'bulk' if bulk else 'json'}-{uuid.uuid4().hex[:6]}"
+    create_model(settings, model_id)
     log(f"producing {n:,} {'bulk' if bulk else 'JSON'} samples for {model_id} ...")
     produce_all(settings, model_id, n, bulk)
     log("submitting the job ...")
