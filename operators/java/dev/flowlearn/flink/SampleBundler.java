@@ -397,19 +397,7 @@ public final class SampleBundler extends RecordBundler {
 
         /** A string of printable ASCII without escapes (the position then just past it). */
         private boolean plainString() {
-            if (!take('"')) {
-                return false;
-            }
-            while (pos < end) {
-                byte b = bytes[pos++];
-                if (b == '"') {
-                    return true;
-                }
-                if (b < 0x20 || b > 0x7E || b == '\\') {
-                    return false;
-                }
-            }
-            return false;
+            return string(false);
         }
 
         /** Any well-formed JSON value of printable ASCII (escapes allowed, but not NaN or
@@ -460,6 +448,11 @@ public final class SampleBundler extends RecordBundler {
         }
 
         private boolean skipString() {
+            return string(true);
+        }
+
+        /** A string of printable ASCII, with JSON's escapes where {@code escapes} allows. */
+        private boolean string(boolean escapes) {
             if (!take('"')) {
                 return false;
             }
@@ -472,7 +465,7 @@ public final class SampleBundler extends RecordBundler {
                     return false;
                 }
                 if (b == '\\') {
-                    if (pos >= end) {
+                    if (!escapes || pos >= end) {
                         return false;
                     }
                     byte e = bytes[pos++];
