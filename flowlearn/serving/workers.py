@@ -205,6 +205,8 @@ class Master:
         self.slots: list[Slot] = []
         self.selector = selectors.DefaultSelector()
         self.ever_ready = False
+        #: When the master last took a SIGHUP (monotonic; None: never).
+        self.sighup_at: float | None = None
         self.metrics_dir = ""
         #: Checked free here: a port in use fails before anything starts.
         self.port = Port(settings.predictor.host, settings.predictor.port)
@@ -244,8 +246,12 @@ class Master:
         return code if self.clean else 1
 
     def _forward_sighup(self, _signum: int, _frame: Any) -> None:
+        """To every ready worker; one still starting gets it when it is ready
+        (:meth:`_on_ready`): until its app takes SIGHUP (it does before it says it is
+        ready), the signal's default action would end it, while it imports its modules."""
+        self.sighup_at = time.monotonic()
         for slot in self.slots:
-            if slot.proc is not None and slot.proc.poll() is None:
+            if slot.proc is not None and slot.ready_at is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signal.SIGHUP)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -343,6 +349,8 @@ class Master:
     def _on_ready(self, slot: Slot) -> None:
         assert slot.proc is not None
         log.info("worker %d ready (pid %d)", slot.index, slot.proc.pid)
+        if self.sighup_at is not None and self.sighup_at >= slot.started:
+            slot.proc.send_signal(signal.SIGHUP)  # taken while it started
         if not self.ever_ready and all(s.ready_at is not None for s in self.slots):
             self.ever_ready = True
             pids = ", ".join(str(s.proc.pid) for s in self.slots if s.proc is not None)
@@ -451,8 +459,9 @@ def _watch_master() -> None:
 
 def worker_main() -> None:
     """A worker: serve the sockets the master gave, as its spec says."""
-    # The master forwards SIGHUP to every worker it runs, and its default action ends a
-    # process: until the app takes it (and then reads the tokens once more), it is ignored.
+    # SIGHUP's default action ends a process: until the app takes it (and then reads the
+    # tokens once more), it is ignored. The master sends it to ready workers only (before
+    # this line runs, a worker is still importing its modules).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     spec = _read_spec()
