@@ -35,7 +35,7 @@ from flowlearn.conf import Settings, load_settings
 from flowlearn.contracts.records import control_record
 from flowlearn.contracts.redis_contract import Keys, read_snapshot
 from flowlearn.devstack import jobctl
-from flowlearn.devstack.producer import produce
+from flowlearn.devstack.producer import produce, send_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_CONFIG = f"""
@@ -95,13 +95,9 @@ def create_model(settings: Settings, model_id: str) -> None:
     the parser (decoding JSON in Java) can run more than ``job.paused_buffer_samples`` ahead
     of the create's round trip through fl.control (committed at a checkpoint), and the trainer
     then sends the oldest samples waiting for their spec to the DLQ (``paused_overflow``)."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     spec = {"type": "logistic", "n_features": 10, "batch_size": settings.job.batch_size}
     record = control_record(model_id, "create", {"spec": spec}, source="bench")
-    producer.send(settings.kafka.topics.control, record.encode(), key=model_id.encode()).get(30)
-    producer.close()
+    send_raw(settings.kafka, settings.kafka.topics.control, [record.encode()], key=model_id)
 
 
 def job_rate(

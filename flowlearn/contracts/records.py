@@ -161,7 +161,7 @@ def _label(obj: Mapping[str, Any], spec: Mapping[str, Any]) -> float:
         raise RecordError("bad_field", "field 'label' must be a finite number")
     task = label_task(spec)
     if task == "bandit":  # the label is the chosen action's reward
-        lo, hi = (float(v) for v in spec.get("reward_range", (0.0, 1.0)))
+        lo, hi = reward_range(spec)
         if not lo <= float(value) <= hi:
             raise RecordError(
                 "reward_out_of_range",
@@ -192,6 +192,12 @@ def n_classes_of(spec: Mapping[str, Any]) -> int:
     return int(spec.get("n_classes") or len(spec.get("classes") or []))
 
 
+def reward_range(spec: Mapping[str, Any]) -> tuple[float, float]:
+    """The rewards a contextual bandit takes as labels, both ends included."""
+    lo, hi = spec.get("reward_range", (0.0, 1.0))
+    return float(lo), float(hi)
+
+
 def valid_labels(labels: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     """Which of the numeric ``labels`` the model takes, as a mask: the rules of one record's
     label (:func:`parse_sample`), on a whole column of them (bulk records, the JSON samples
@@ -207,7 +213,7 @@ def valid_labels(labels: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     elif task == "multiclass":
         ok &= (labels == np.floor(labels)) & (labels >= 0) & (labels < n_classes_of(spec))
     elif task == "bandit":
-        lo, hi = (float(v) for v in spec.get("reward_range", (0.0, 1.0)))
+        lo, hi = reward_range(spec)
         ok &= (labels >= lo) & (labels <= hi)
     return ok
 
