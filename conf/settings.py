@@ -321,6 +321,11 @@ class FlinkConf:
     #: ``heartbeat_timeout_ms`` (Flink: 50 s).
     heartbeat_interval_ms: int = 1_000
     heartbeat_timeout_ms: int = 20_000
+    #: How long the REST API waits for an answer from inside the cluster (Flink's
+    #: ``web.timeout``: 10 min). The web UI's metrics are fetched one round at a time, so a
+    #: TaskManager killed while answering one froze every metric of the web UI and REST
+    #: API for the whole wait; job submission and savepoint triggers answer in seconds.
+    web_timeout_ms: int = 20_000
 
     @property
     def web_ui(self) -> str:
@@ -340,6 +345,7 @@ class FlinkConf:
             "restart_reset_backoff_ms",
             "heartbeat_interval_ms",
             "heartbeat_timeout_ms",
+            "web_timeout_ms",
         ):
             _check_positive(f"flink.{name}", getattr(self, name))
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms:

@@ -89,6 +89,7 @@ def write_flink_conf(settings: Settings) -> Path:
         ),
         "heartbeat.interval": f"{f.heartbeat_interval_ms}ms",
         "heartbeat.timeout": f"{f.heartbeat_timeout_ms}ms",
+        "web.timeout": f"{f.web_timeout_ms}ms",
         "metrics.reporter.prom.factory.class": (
             "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
         ),

@@ -81,6 +81,30 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float, every_s: f
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
+def job_restarts(settings: Settings, job_id: str) -> int:
+    """The job's ``numRestarts`` as the JobManager's Prometheus reporter shows it now.
+
+    Not through Flink's REST API: that serves metrics fetched in rounds, and a round that
+    asked a TaskManager killed while answering waits ``flink.web_timeout_ms`` before the next.
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for port in settings.flink.prometheus_port_list():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue  # a port of the range no process holds, or a TaskManager going away
+        for family in text_string_to_metric_families(text):
+            if family.name == "flink_jobmanager_job_numRestarts":
+                for sample in family.samples:
+                    if sample.labels.get("job_id") == job_id:
+                        return int(sample.value)
+    raise AssertionError(f"no numRestarts of job {job_id} on the JobManager's reporter")
+
+
 def on_every_worker(check: Callable[[], Any], tries: int = 10) -> Any:
     """``check``'s last answer if it held ``tries`` times in a row, else None: the
     predictor's workers follow Redis each on its own, and requests on new connections spread

@@ -38,7 +38,7 @@ from flowlearn.devstack import flink_cluster, processes
 from flowlearn.devstack.producer import DriftingStream, produce
 from flowlearn.serving.scoring import scorer
 
-from .conftest import flowlearn, wait_until
+from .conftest import flowlearn, job_restarts, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,8 +46,9 @@ pytestmark = pytest.mark.e2e
 X_PROBE = [0.25, -0.5, 1.0, 0.0, 0.75, -1.0, 0.5, -0.25, 0.125, 2.0]
 
 
-#: Flink refreshes the metrics its REST API serves at most this often (plus a margin).
-REST_METRICS_REFRESH_S = 11.0
+#: A failover may restart the job twice, the second time within seconds when no slot was
+#: free yet: a restart count unchanged this long has settled.
+RESTARTS_QUIET_S = 11.0
 
 
 def report(msg: str) -> None:
@@ -68,14 +69,11 @@ class Job:
         return flink_cluster.flink_rest(self.settings, f"/jobs/{self.id}{path}")
 
     def restarts(self) -> int:
-        """``numRestarts`` (Flink refreshes REST metrics every 10 s)."""
-        got = self.rest("/metrics?get=numRestarts")
-        return int(got[0]["value"]) if got else 0
+        return job_restarts(self.settings, self.id)
 
     def settled_restarts(self) -> int:
-        """``numRestarts`` once the REST metrics have caught up with earlier failovers: the
-        same value on reads more than a refresh interval apart (a failover may restart the
-        job twice, the second time when no slot was free yet)."""
+        """``numRestarts`` once earlier failovers are over: the same value on reads more
+        than ``RESTARTS_QUIET_S`` apart."""
         first = [self.restarts(), time.monotonic()]
 
         def settled() -> tuple[int] | None:
@@ -83,7 +81,7 @@ class Job:
             if value != first[0]:
                 first[:] = [value, time.monotonic()]
                 return None
-            return (value,) if time.monotonic() - first[1] > REST_METRICS_REFRESH_S else None
+            return (value,) if time.monotonic() - first[1] > RESTARTS_QUIET_S else None
 
         return int(wait_until("the restart count to settle", settled, timeout_s=120)[0])
 

@@ -791,7 +791,7 @@ def test_no_record_stops_the_job_and_every_one_is_accounted_for_through_a_kill(s
         expired = wait_until(
             "the join's expired counter",
             lambda: model_metrics(job, "label-join", model).get("expired"),
-            30,
+            60,
             1,
         )
         send(settings.kafka.bootstrap, second, key=model)

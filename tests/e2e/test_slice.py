@@ -16,7 +16,7 @@ from flowlearn.contracts.redis_contract import Keys, read_snapshot
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack.producer import produce, send_raw
 
-from .conftest import flowlearn, wait_until
+from .conftest import flowlearn, job_restarts, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -283,8 +283,7 @@ def test_exactly_once_through_a_taskmanager_sigkill(stack, status):
     job_id = before["job"]["id"]
 
     def restarts() -> int:
-        got = flink_rest(settings, f"/jobs/{job_id}/metrics?get=numRestarts")
-        return int(got[0]["value"]) if got else 0
+        return job_restarts(settings, job_id)
 
     restarts_before = restarts()
     producer = threading.Thread(

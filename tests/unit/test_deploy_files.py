@@ -719,7 +719,7 @@ def test_kustomize_renders_with_images_rewritten() -> None:
 
 
 def test_compose_and_kubernetes_recover_as_the_local_stack_does() -> None:
-    """The restart strategy and heartbeat timeout of conf/defaults.toml's [flink] (what the
+    """The restart strategy, heartbeats and REST timeout of conf/defaults.toml's [flink] (what the
     local stack's Flink runs with) are the compose file's and the FlinkDeployment's."""
     from flowlearn.conf import load_settings
 
@@ -737,6 +737,7 @@ def test_compose_and_kubernetes_recover_as_the_local_stack_does() -> None:
         "restart-strategy.exponential-delay.reset-backoff-threshold": f.restart_reset_backoff_ms,
         "heartbeat.interval": f.heartbeat_interval_ms,
         "heartbeat.timeout": f.heartbeat_timeout_ms,
+        "web.timeout": f.web_timeout_ms,
     }
     compose_conf = flink_properties(compose()["services"]["taskmanager"])
     k8s_conf = flink_deployment()["spec"]["flinkConfiguration"]
