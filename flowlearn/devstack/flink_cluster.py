@@ -53,8 +53,13 @@ def write_flink_conf(settings: Settings) -> Path:
     java_opts = _shipped_java_opts(shipped / "config.yaml")
     checkpoints = settings.stack.data / "flink" / "checkpoints"
     savepoints = settings.stack.data / "flink" / "savepoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    savepoints.mkdir(parents=True, exist_ok=True)
+    # The processes' scratch space and working directories (a TaskManager's is
+    # tm_<resource id>, the same name for every local stack), in this stack's own tree and not
+    # /tmp: a TaskManager hash-checks every job's cached jars (~50 MB a submission) in its
+    # working directory before it registers, and one machine's stacks shared /tmp/tm_taskmanager.
+    scratch = settings.stack.data / "flink" / "tmp"
+    for folder in (checkpoints, savepoints, scratch):
+        folder.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     entries: dict[str, Any] = {
         "env.java.opts.all": java_opts,
@@ -71,6 +76,7 @@ def write_flink_conf(settings: Settings) -> Path:
         "rest.address": f.rest_host,
         "rest.bind-address": f.rest_host,
         "rest.port": f.rest_port,
+        "io.tmp.dirs": str(scratch),
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms}ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.dir": f"file://{checkpoints}",
