@@ -5,7 +5,9 @@ brings a lost TaskManager back. ``flowlearn up`` runs the TaskManager under it.
 
 SIGTERM or SIGINT stops the child (SIGTERM, then SIGKILL after ``--grace-s``, also when the
 child ignores SIGTERM: a JVM stuck in garbage collection does) and exits.
-Restarts back off from 1 s to 30 s while the child keeps dying within a minute of starting.
+A child that ran for a while (``HEALTHY_AFTER_S``) is restarted at once: it started fine and
+something killed it, and a recovery waits for the new one. One that keeps dying soon after
+starting is restarted after 1 s, then 2, 4... up to 30 s.
 
 The child runs in a process group of its own, and whatever is left of that group when it
 ends is killed: a TaskManager killed with SIGKILL would otherwise leave its Python workers
@@ -28,8 +30,9 @@ from types import FrameType
 GRACE_S = 20.0
 MIN_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
-#: A child that lived this long resets the back-off.
-HEALTHY_AFTER_S = 60.0
+#: A child that lived this long got past its start-up: it is restarted at once and the
+#: back-off starts again (a TaskManager JVM registers within ~10 s on two loaded cores).
+HEALTHY_AFTER_S = 15.0
 
 
 def log(msg: str) -> None:
@@ -56,6 +59,18 @@ def _wait(child: subprocess.Popen[bytes], stopping: Callable[[], bool], grace_s:
                 child.kill()
 
 
+def next_backoff(backoff: float, lived: float) -> float:
+    """Seconds to wait before restarting a child that lived ``lived`` seconds, after waiting
+    ``backoff`` before starting it.
+
+    >>> [next_backoff(b, 2.0) for b in (0.0, 1.0, 16.0, 30.0)], next_backoff(30.0, 60.0)
+    ([1.0, 2.0, 30.0, 30.0], 0.0)
+    """
+    if lived > HEALTHY_AFTER_S:
+        return 0.0
+    return min(max(backoff * 2, MIN_BACKOFF_S), MAX_BACKOFF_S)
+
+
 def supervise(cmd: list[str], pid_file: Path, grace_s: float = GRACE_S) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -68,7 +83,7 @@ def supervise(cmd: list[str], pid_file: Path, grace_s: float = GRACE_S) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    backoff = MIN_BACKOFF_S
+    backoff = 0.0
     while not stopping:
         started = time.monotonic()
         child = subprocess.Popen(cmd, start_new_session=True)
@@ -79,7 +94,7 @@ def supervise(cmd: list[str], pid_file: Path, grace_s: float = GRACE_S) -> int:
         if stopping:
             break
         lived = time.monotonic() - started
-        backoff = MIN_BACKOFF_S if lived > HEALTHY_AFTER_S else min(backoff * 2, MAX_BACKOFF_S)
+        backoff = next_backoff(backoff, lived)
         log(f"pid {child.pid} exited with {code} after {lived:.0f}s; restarting in {backoff:.0f}s")
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
