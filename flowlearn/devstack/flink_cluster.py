@@ -200,6 +200,8 @@ def start_flink(settings: Settings) -> None:
                 "flowlearn.devstack.supervise",
                 "--pid-file",
                 str(child_pid_file(settings, name)),
+                # Its replacements skip taskmanager.sh's two helper JVMs (seconds).
+                "--replay-exec",
                 "--",
                 # Serving first on a shared machine (flink.taskmanager_nice); the Python
                 # workers inherit it.

@@ -5,9 +5,15 @@ brings a lost TaskManager back. ``flowlearn up`` runs the TaskManager under it.
 
 SIGTERM or SIGINT stops the child (SIGTERM, then SIGKILL after ``--grace-s``, also when the
 child ignores SIGTERM: a JVM stuck in garbage collection does) and exits.
-A child that ran for a while (``HEALTHY_AFTER_S``) is restarted at once: it started fine and
-something killed it, and a recovery waits for the new one. One that keeps dying soon after
-starting is restarted after 1 s, then 2, 4... up to 30 s.
+A child that ran for a while (``--healthy-after-s``, 15 s) is restarted at once: it started
+fine and something killed it, and a recovery waits for the new one. One that keeps dying
+soon after starting is restarted after 1 s, then 2, 4... up to 30 s.
+
+With ``--replay-exec``, a child that ran ``--healthy-after-s`` is restarted as the program it
+had become: a launcher script that ``exec``s its real program (Flink's taskmanager.sh runs
+two JVMs to work out the memory flags of the third, ~3 s of a recovery on two cores) is run
+once; its replacements start from the same argv, environment, working directory and
+niceness. A child that dies sooner is started from ``CMD`` again.
 
 The child runs in a process group of its own, and whatever is left of that group when it
 ends is killed: a TaskManager killed with SIGKILL would otherwise leave its Python workers
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -44,13 +51,61 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _wait(child: subprocess.Popen[bytes], stopping: Callable[[], bool], grace_s: float) -> int:
-    """The child's exit status; once ``stopping``, it gets ``grace_s`` to exit, then SIGKILL."""
+@dataclass(frozen=True)
+class Exec:
+    """What a running process is now, after any ``exec``: enough to start it again."""
+
+    executable: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    nice: int
+
+    @classmethod
+    def of(cls, pid: int) -> Exec | None:
+        """The process ``pid`` as Linux's /proc shows it; None if it is gone or unreadable."""
+        proc = Path(f"/proc/{pid}")
+        try:
+            argv = proc.joinpath("cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            pairs = proc.joinpath("environ").read_bytes().rstrip(b"\0").split(b"\0")
+            executable = os.readlink(proc / "exe")
+            cwd = os.readlink(proc / "cwd")
+            nice = os.getpriority(os.PRIO_PROCESS, pid)
+        except OSError:
+            return None
+        env = dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
+        return cls(executable, [a.decode() for a in argv], env, cwd, nice)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        nice = self.nice
+        return subprocess.Popen(
+            self.argv,
+            executable=self.executable,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+            preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, nice),
+        )
+
+
+def _wait(
+    child: subprocess.Popen[bytes],
+    stopping: Callable[[], bool],
+    grace_s: float,
+    on_healthy: Callable[[], None] | None = None,
+    healthy_after_s: float = HEALTHY_AFTER_S,
+) -> int:
+    """The child's exit status; once ``stopping``, it gets ``grace_s`` to exit, then SIGKILL.
+    ``on_healthy`` is called once, when the child has lived ``healthy_after_s``."""
     kill_at: float | None = None
+    healthy_at = time.monotonic() + healthy_after_s
     while True:
         try:
             return child.wait(0.2)
         except subprocess.TimeoutExpired:
+            if on_healthy is not None and time.monotonic() >= healthy_at:
+                on_healthy()
+                on_healthy = None
             if not stopping():
                 continue
             if kill_at is None:
@@ -59,21 +114,28 @@ def _wait(child: subprocess.Popen[bytes], stopping: Callable[[], bool], grace_s:
                 child.kill()
 
 
-def next_backoff(backoff: float, lived: float) -> float:
+def next_backoff(backoff: float, lived: float, healthy_after_s: float = HEALTHY_AFTER_S) -> float:
     """Seconds to wait before restarting a child that lived ``lived`` seconds, after waiting
     ``backoff`` before starting it.
 
     >>> [next_backoff(b, 2.0) for b in (0.0, 1.0, 16.0, 30.0)], next_backoff(30.0, 60.0)
     ([1.0, 2.0, 30.0, 30.0], 0.0)
     """
-    if lived > HEALTHY_AFTER_S:
+    if lived > healthy_after_s:
         return 0.0
     return min(max(backoff * 2, MIN_BACKOFF_S), MAX_BACKOFF_S)
 
 
-def supervise(cmd: list[str], pid_file: Path, grace_s: float = GRACE_S) -> int:
+def supervise(
+    cmd: list[str],
+    pid_file: Path,
+    grace_s: float = GRACE_S,
+    replay_exec: bool = False,
+    healthy_after_s: float = HEALTHY_AFTER_S,
+) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
+    replay: Exec | None = None
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -86,15 +148,30 @@ def supervise(cmd: list[str], pid_file: Path, grace_s: float = GRACE_S) -> int:
     backoff = 0.0
     while not stopping:
         started = time.monotonic()
-        child = subprocess.Popen(cmd, start_new_session=True)
+        if replay is None:
+            child = subprocess.Popen(cmd, start_new_session=True)
+            log(f"started pid {child.pid}: {' '.join(cmd)}")
+        else:
+            child = replay.start()
+            log(f"started pid {child.pid} as its predecessor ran: {' '.join(replay.argv[:1])} ...")
         pid_file.write_text(f"{child.pid}\n")
-        log(f"started pid {child.pid}: {' '.join(cmd)}")
-        code = _wait(child, lambda: stopping, grace_s)
+
+        def remember(pid: int = child.pid) -> None:
+            nonlocal replay
+            replay = Exec.of(pid)
+            if replay is not None:
+                log(f"pid {pid} runs {replay.executable}: a replacement would start from there")
+
+        # Started from CMD again unless this one lives long enough to be remembered.
+        replay = None
+        code = _wait(
+            child, lambda: stopping, grace_s, remember if replay_exec else None, healthy_after_s
+        )
         _kill_group(child.pid)
         if stopping:
             break
         lived = time.monotonic() - started
-        backoff = next_backoff(backoff, lived)
+        backoff = next_backoff(backoff, lived, healthy_after_s)
         log(f"pid {child.pid} exited with {code} after {lived:.0f}s; restarting in {backoff:.0f}s")
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
@@ -120,12 +197,23 @@ def main(argv: list[str] | None = None) -> int:
         default=GRACE_S,
         help=f"seconds a stopping child gets after SIGTERM before SIGKILL (default {GRACE_S:g})",
     )
+    parser.add_argument(
+        "--replay-exec",
+        action="store_true",
+        help="restart a child that ran a while as the program it exec'd into (see above)",
+    )
+    parser.add_argument(
+        "--healthy-after-s",
+        type=float,
+        default=HEALTHY_AFTER_S,
+        help=f"seconds after which a child counts as started fine (default {HEALTHY_AFTER_S:g})",
+    )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("a command to supervise is required after --")
-    return supervise(cmd, args.pid_file, args.grace_s)
+    return supervise(cmd, args.pid_file, args.grace_s, args.replay_exec, args.healthy_after_s)
 
 
 if __name__ == "__main__":

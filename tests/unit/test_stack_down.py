@@ -98,3 +98,43 @@ def test_down_kills_what_is_left_of_a_taskmanagers_process_group(tmp_path: Path)
     finally:
         child.kill()
         child.wait()
+
+
+#: A launcher that counts its runs in the file named by argv[1], then execs into a program
+#: that prints its pid and sleeps (a TaskManager's taskmanager.sh and its JVM).
+LAUNCHER = (
+    'echo run >> "$1"; exec "$2" -c "import os, time; print(os.getpid(), flush=True); '
+    'time.sleep(60)" replayed-argument'
+)
+
+
+def test_the_supervisor_restarts_a_healthy_child_as_the_program_it_exec_d_into(
+    tmp_path: Path,
+) -> None:
+    """With --replay-exec a child that ran past --healthy-after-s is restarted at once, as
+    what it became (argv, environment, niceness), without running its launcher again."""
+    runs = tmp_path / "runs"
+    child_pid = tmp_path / "child.pid"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file", str(child_pid),
+         "--replay-exec", "--healthy-after-s", "0.5", "--",
+         "nice", "-n", "3", "sh", "-c", LAUNCHER, "launcher", str(runs), sys.executable],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "MARK": "kept"},
+    )  # fmt: skip
+    try:
+        assert supervisor.stdout is not None
+        lines = iter(supervisor.stdout.readline, "")  # its log and the children's pids
+        first = int(next(line for line in lines if line.strip().isdigit()))
+        next(line for line in lines if "a replacement would start from there" in line)
+        os.kill(first, 9)
+        second = int(next(line for line in lines if line.strip().isdigit()))
+        assert second != first
+        assert runs.read_text() == "run\n"  # the launcher ran once
+        proc = Path(f"/proc/{second}")
+        assert proc.joinpath("cmdline").read_bytes().split(b"\0")[-2] == b"replayed-argument"
+        assert b"MARK=kept" in proc.joinpath("environ").read_bytes().split(b"\0")
+        assert os.getpriority(os.PRIO_PROCESS, second) == os.getpriority(os.PRIO_PROCESS, 0) + 3
+        assert int(child_pid.read_text()) == second
+    finally:
+        supervisor.terminate()
+        supervisor.wait(15)
