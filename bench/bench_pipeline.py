@@ -7,6 +7,8 @@ publishes to Redis:
   submitted after the samples are in Kafka, timed from the job RUNNING to the Redis snapshot
   reporting every sample applied (the producer does not compete for the 2 cores); once with
   JSON samples, once with bulk Arrow records of 256 samples;
+- Flink SQL over the same JSON samples, Java only: parse and count (the ceiling of the engine
+  on this machine: what the job could reach if its Python cost nothing);
 - naive loop (the issue's baseline): one kafka-python consumer, ``json.loads`` per record,
   River's ``LogisticRegression.learn_one`` per sample and a Redis ``HSET`` of the weights
   every batch (no state, no checkpoints, no exactly-once).
@@ -143,6 +145,59 @@ def wait_applied(
     raise SystemExit(f"the job did not apply {n} samples within {timeout_s:.0f}s")
 
 
+def java_only_rate(settings: Settings, n: int) -> float:
+    """The engine's ceiling here: Flink SQL, Java only, reads the topic's JSON samples from
+    Kafka on the bench cluster, parses them and counts them (a bounded batch job at
+    parallelism 1); samples/s over its source task's RUNNING to FINISHED,
+    which includes the Kafka consumer's connect, so the ceiling is if anything higher."""
+    from pyflink.common import Configuration
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    from flowlearn.devstack import jars
+    from flowlearn.devstack.flink_cluster import flink_rest
+
+    conf = Configuration()
+    conf.set_string("execution.target", "remote")
+    conf.set_string("rest.address", settings.flink.rest_host)
+    conf.set_string("rest.port", str(settings.flink.rest_port))
+    conf.set_string("parallelism.default", "1")
+    conf.set_string("pipeline.jars", jars.kafka_connector_jar(settings).as_uri())
+    env = EnvironmentSettings.new_instance().in_batch_mode().with_configuration(conf).build()
+    t_env = TableEnvironment.create(env)
+    t_env.execute_sql(
+        f"""CREATE TEMPORARY TABLE samples (
+            event_id STRING, model_id STRING, ts BIGINT, label DOUBLE, features ARRAY<DOUBLE>
+        ) WITH (
+            'connector' = 'kafka',
+            'topic' = '{settings.kafka.topics.samples}',
+            'properties.bootstrap.servers' = '{settings.kafka.bootstrap}',
+            'properties.group.id' = 'bench-ceiling-{uuid.uuid4().hex[:6]}',
+            'scan.startup.mode' = 'earliest-offset',
+            'scan.bounded.mode' = 'latest-offset',
+            'format' = 'json'
+        )"""
+    )
+    # A sum over every feature: nothing of the parse is skipped as unused.
+    result = t_env.execute_sql(
+        "SELECT COUNT(*), SUM(CARDINALITY(features)) FROM samples "
+        "WHERE model_id IS NOT NULL AND label IS NOT NULL AND ts IS NOT NULL"
+    )
+    client = result.get_job_client()
+    assert client is not None
+    job_id = str(client.get_job_id())
+    with result.collect() as rows:
+        counted = next(iter(rows))[0]
+    if counted != n:
+        raise SystemExit(f"the SQL job counted {counted:,} samples, not {n:,}")
+    jobctl.wait_job_state(settings, job_id, {"FINISHED"}, timeout_s=60)
+    for vertex in flink_rest(settings, f"/jobs/{job_id}")["vertices"]:
+        if vertex["name"].startswith("Source"):
+            times = flink_rest(settings, f"/jobs/{job_id}/vertices/{vertex['id']}/subtasktimes")
+            stamps = times["subtasks"][0]["timestamps"]
+            return n / ((stamps["FINISHED"] - stamps["RUNNING"]) / 1000)
+    raise SystemExit("the SQL job has no source task")
+
+
 def naive_loop(settings: Settings, n: int, batch: int) -> float:
     """Consume n JSON samples from the start of the topic, train, publish; samples/s."""
     from kafka import KafkaConsumer
@@ -210,6 +265,8 @@ def main() -> None:
             r = settings.redis
             client = redis.Redis(host=r.host, port=r.port, password=r.password)
             json_rate, t_submit, json_start = job_rate(config, settings, client, n, bulk=0)
+            log("Flink SQL over the same JSON records, Java only (the ceiling) ...")
+            ceiling_rate = java_only_rate(settings, n)
             bulk_rate, _, bulk_start = job_rate(config, settings, client, n * 4, bulk=256)
             log("naive consumer loop over the JSON records ...")
             naive_rate = naive_loop(settings, n, batch=settings.job.batch_size)
@@ -228,9 +285,11 @@ def main() -> None:
     print(f"  {'flowlearn job, JSON samples':42s} {json_rate:>10,.0f} samples/s")
     print(f"  {'flowlearn job, bulk Arrow records of 256':42s} {bulk_rate:>10,.0f} samples/s")
     print(f"  {'naive loop, River learn_one, JSON samples':42s} {naive_rate:>10,.0f} samples/s")
+    print(f"  {'Flink SQL, parse and count only (Java)':42s} {ceiling_rate:>10,.0f} samples/s")
     print(
         f"  ratios: JSON job / naive {json_rate / naive_rate:.2f}x, "
-        f"bulk job / naive {bulk_rate / naive_rate:.2f}x"
+        f"bulk job / naive {bulk_rate / naive_rate:.2f}x, "
+        f"JSON job / Java-only ceiling {json_rate / ceiling_rate:.2f}x (target 0.5)"
     )
 
 
