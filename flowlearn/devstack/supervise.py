@@ -11,9 +11,10 @@ soon after starting is restarted after 1 s, then 2, 4... up to 30 s.
 
 With ``--replay-exec``, a child that ran ``--healthy-after-s`` is restarted as the program it
 had become: a launcher script that ``exec``s its real program (Flink's taskmanager.sh runs
-two JVMs to work out the memory flags of the third, ~3 s of a recovery on two cores) is run
-once; its replacements start from the same argv, environment, working directory and
-niceness. A child that dies sooner is started from ``CMD`` again.
+two JVMs, for its configuration and memory flags, before the TaskManager's own: ~2 s of a
+recovery on two cores) is run once; its replacements start from the same argv,
+environment, working directory and niceness. A child that dies sooner is started from
+``CMD`` again, and so is one whose program cannot be started again.
 
 The child runs in a process group of its own, and whatever is left of that group when it
 ends is killed: a TaskManager killed with SIGKILL would otherwise leave its Python workers
@@ -73,8 +74,8 @@ class Exec:
             nice = os.getpriority(os.PRIO_PROCESS, pid)
         except OSError:
             return None
-        env = dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
-        return cls(executable, [a.decode() for a in argv], env, cwd, nice)
+        env = dict(os.fsdecode(pair).split("=", 1) for pair in pairs if b"=" in pair)
+        return cls(executable, [os.fsdecode(a) for a in argv], env, cwd, nice)
 
     def start(self) -> subprocess.Popen[bytes]:
         nice = self.nice
@@ -148,12 +149,16 @@ def supervise(
     backoff = 0.0
     while not stopping:
         started = time.monotonic()
-        if replay is None:
+        child = None
+        if replay is not None:
+            try:
+                child = replay.start()
+                log(f"started pid {child.pid} as its predecessor ran: {replay.argv[0]} ...")
+            except OSError as exc:  # e.g. the program was upgraded away meanwhile
+                log(f"could not start {replay.executable} again ({exc}); starting {cmd[0]}")
+        if child is None:
             child = subprocess.Popen(cmd, start_new_session=True)
             log(f"started pid {child.pid}: {' '.join(cmd)}")
-        else:
-            child = replay.start()
-            log(f"started pid {child.pid} as its predecessor ran: {' '.join(replay.argv[:1])} ...")
         pid_file.write_text(f"{child.pid}\n")
 
         def remember(pid: int = child.pid) -> None:

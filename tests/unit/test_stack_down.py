@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,6 +136,37 @@ def test_the_supervisor_restarts_a_healthy_child_as_the_program_it_exec_d_into(
         assert b"MARK=kept" in proc.joinpath("environ").read_bytes().split(b"\0")
         assert os.getpriority(os.PRIO_PROCESS, second) == os.getpriority(os.PRIO_PROCESS, 0) + 3
         assert int(child_pid.read_text()) == second
+    finally:
+        supervisor.terminate()
+        supervisor.wait(15)
+
+
+def test_the_supervisor_falls_back_to_its_command_when_the_program_is_gone(
+    tmp_path: Path,
+) -> None:
+    """A remembered program that cannot be started again (upgraded away) is not fatal: the
+    replacement comes from the supervised command, launcher and all."""
+    runs = tmp_path / "runs"
+    program = tmp_path / "sleep"
+    shutil.copy("/bin/sleep", program)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file",
+         str(tmp_path / "child.pid"), "--replay-exec", "--healthy-after-s", "0.5", "--",
+         "sh", "-c", 'echo run >> "$1"; exec "$2" 60', "launcher", str(runs), str(program)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert supervisor.stdout is not None
+        lines = iter(supervisor.stdout.readline, "")
+        remembered = next(line for line in lines if "a replacement would start from" in line)
+        program.unlink()
+        os.kill(int(remembered.split("pid ")[1].split()[0]), 9)
+        next(line for line in lines if "could not start" in line)
+        next(line for line in lines if "started pid" in line)
+        deadline = time.monotonic() + 10
+        while runs.read_text() != "run\nrun\n":
+            assert time.monotonic() < deadline, "the launcher did not run again"
+            time.sleep(0.05)
     finally:
         supervisor.terminate()
         supervisor.wait(15)
