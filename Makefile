@@ -69,6 +69,7 @@ bench: install
 	@$(PY) bench/bench_trees.py $(BENCH_ARGS) $(TREES_ARGS)
 	@$(PY) bench/bench_predictor.py $(BENCH_ARGS) $(PREDICTOR_ARGS)
 	@$(PY) bench/bench_pipeline.py $(BENCH_ARGS) $(PIPELINE_ARGS)
+	@$(PY) bench/bench_pipeline.py --parallelism 2 --models 4 $(BENCH_ARGS) $(PIPELINE_ARGS)
 	@$(PY) bench/bench_join.py $(BENCH_ARGS) $(JOIN_ARGS)
 	@$(PY) bench/bench_freshness.py $(BENCH_ARGS) $(FRESHNESS_ARGS)
 	@$(PY) bench/bench_state.py $(BENCH_ARGS) $(STATE_ARGS)

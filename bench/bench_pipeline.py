@@ -14,15 +14,18 @@ publishes to Redis:
   every batch (no state, no checkpoints, no exactly-once).
 
 It starts its own stack (home ``.flowlearn-bench``, wiped but for the jars; its own ports)
-and stops it at the end.
+and stops it at the end. ``--parallelism 2`` runs the job and the SQL ceiling at parallelism 2
+(two TaskManagers, two partitions a topic); ``--models N`` spreads the samples over N models
+(one model is trained by one subtask, whatever the parallelism).
 
-    python bench/bench_pipeline.py [--samples 200000] [--quick]
+    python bench/bench_pipeline.py [--samples 200000] [--quick] [--parallelism 1] [--models 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,19 +43,26 @@ from flowlearn.devstack import jobctl
 from flowlearn.devstack.producer import produce, send_raw
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_CONFIG = f"""
+
+
+def bench_config(parallelism: int) -> str:
+    """The bench stack's settings: one partition a topic and one TaskManager (two slots: the
+    job's two slot groups) per unit of parallelism."""
+    return f"""
 [stack]
 home = "{ROOT / ".flowlearn-bench"}"
 [kafka]
 port = 29092
 controller_port = 29093
-partitions = 1
+partitions = {parallelism}
 [redis]
 port = 26379
 [flink]
 rest_port = 28081
 rpc_port = 26123
 prometheus_ports = "29249-29252"
+parallelism = {parallelism}
+taskmanagers = {parallelism}
 [predictor]
 port = 28080
 [prometheus]
@@ -103,25 +113,28 @@ def create_model(settings: Settings, model_id: str) -> None:
 
 
 def job_rate(
-    config: Path, settings: Settings, client: redis.Redis, n: int, bulk: int
+    config: Path, settings: Settings, client: redis.Redis, n: int, bulk: int, models: int
 ) -> tuple[float, float, float]:
-    """Produce n samples (JSON, or bulk records of ``bulk``), then run the job over them.
+    """Produce n samples (JSON, or bulk records of ``bulk``) spread over ``models`` models,
+    then run the job over them.
 
     Returns (samples/s once training runs: from the first published version to the last,
     seconds from submit to RUNNING, seconds from RUNNING to the first version). The start-up
     (Python workers, Kafka consumers) is reported apart, not spread over the samples: in a
     run of 800,000 bulk samples it was a fifth of the time."""
-    model_id = f"bench-{'bulk' if bulk else 'json'}-{uuid.uuid4().hex[:6]}"
-    create_model(settings, model_id)
-    log(f"producing {n:,} {'bulk' if bulk else 'JSON'} samples for {model_id} ...")
-    produce_all(settings, model_id, n, bulk)
+    run = f"bench-{'bulk' if bulk else 'json'}-{uuid.uuid4().hex[:6]}"
+    model_ids = [f"{run}-{i}" for i in range(models)]
+    log(f"producing {n:,} {'bulk' if bulk else 'JSON'} samples for {models} model(s) ...")
+    for i, model_id in enumerate(model_ids):
+        create_model(settings, model_id)
+        produce_all(settings, model_id, n // models + (i < n % models), bulk)
     log("submitting the job ...")
     t0 = time.monotonic()
     cli(config, "submit")
     running = time.monotonic()
     keys = Keys(settings.redis.prefix)
-    first, applied_first = wait_applied(client, keys, model_id, 1, timeout_s=300)
-    done, _ = wait_applied(client, keys, model_id, n, timeout_s=900)
+    first, applied_first = wait_applied(client, keys, model_ids, 1, timeout_s=300)
+    done, _ = wait_applied(client, keys, model_ids, n, timeout_s=900)
     job = jobctl.find_job(settings)
     if job is not None:
         jobctl.cancel(settings, job)
@@ -131,25 +144,26 @@ def job_rate(
 def wait_applied(
     client: redis.Redis,
     keys: Keys,
-    model_id: str,
+    model_ids: list[str],
     n: int,
     timeout_s: float,
 ) -> tuple[float, int]:
-    """When the model's snapshot first shows n samples applied, and how many it shows."""
+    """When the models' snapshots first show n samples applied in all, and how many."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        snap = read_snapshot(client, keys, model_id)
-        if snap and snap.samples_applied >= n:
-            return time.monotonic(), snap.samples_applied
+        snaps = [read_snapshot(client, keys, model_id) for model_id in model_ids]
+        applied = sum(snap.samples_applied for snap in snaps if snap)
+        if applied >= n:
+            return time.monotonic(), applied
         time.sleep(0.05)
     raise SystemExit(f"the job did not apply {n} samples within {timeout_s:.0f}s")
 
 
 def java_only_rate(settings: Settings, n: int) -> float:
     """The engine's ceiling here: Flink SQL, Java only, reads the topic's JSON samples from
-    Kafka on the bench cluster, parses them and counts them (a bounded batch job at
-    parallelism 1); samples/s over its source task's RUNNING to FINISHED,
-    which includes the Kafka consumer's connect, so the ceiling is if anything higher."""
+    Kafka on the bench cluster, parses them and counts them (a bounded batch job at the
+    stack's parallelism); samples/s from its first source subtask RUNNING to its last one
+    FINISHED, which includes the Kafka consumers' connect: the ceiling is if anything higher."""
     from pyflink.common import Configuration
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -160,7 +174,7 @@ def java_only_rate(settings: Settings, n: int) -> float:
     conf.set_string("execution.target", "remote")
     conf.set_string("rest.address", settings.flink.rest_host)
     conf.set_string("rest.port", str(settings.flink.rest_port))
-    conf.set_string("parallelism.default", "1")
+    conf.set_string("parallelism.default", str(settings.flink.parallelism))
     conf.set_string("pipeline.jars", jars.kafka_connector_jar(settings).as_uri())
     env = EnvironmentSettings.new_instance().in_batch_mode().with_configuration(conf).build()
     t_env = TableEnvironment.create(env)
@@ -193,8 +207,9 @@ def java_only_rate(settings: Settings, n: int) -> float:
     for vertex in flink_rest(settings, f"/jobs/{job_id}")["vertices"]:
         if vertex["name"].startswith("Source"):
             times = flink_rest(settings, f"/jobs/{job_id}/vertices/{vertex['id']}/subtasktimes")
-            stamps = times["subtasks"][0]["timestamps"]
-            return n / ((stamps["FINISHED"] - stamps["RUNNING"]) / 1000)
+            stamps = [subtask["timestamps"] for subtask in times["subtasks"]]
+            began = min(s["RUNNING"] for s in stamps)
+            return n / ((max(s["FINISHED"] for s in stamps) - began) / 1000)
     raise SystemExit("the SQL job has no source task")
 
 
@@ -246,11 +261,19 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="50,000 samples (x4 in bulk)")
     parser.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    parser.add_argument(
+        "--parallelism", type=int, default=1, help="of the job and the SQL ceiling (default 1)"
+    )
+    parser.add_argument(
+        "--models", type=int, default=1, help="models the samples are spread over (default 1)"
+    )
     args = parser.parse_args()
     n = 50_000 if args.quick else args.samples
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text(BENCH_CONFIG)
+        if args.parallelism < 1 or args.models < 1:
+            parser.error("--parallelism and --models must be >= 1")
+        config.write_text(bench_config(args.parallelism))
         settings = load_settings(config, env={})
         home = settings.stack.home
         if home.exists():
@@ -264,10 +287,14 @@ def main() -> None:
         try:
             r = settings.redis
             client = redis.Redis(host=r.host, port=r.port, password=r.password)
-            json_rate, t_submit, json_start = job_rate(config, settings, client, n, bulk=0)
+            json_rate, t_submit, json_start = job_rate(
+                config, settings, client, n, bulk=0, models=args.models
+            )
             log("Flink SQL over the same JSON records, Java only (the ceiling) ...")
             ceiling_rate = java_only_rate(settings, n)
-            bulk_rate, _, bulk_start = job_rate(config, settings, client, n * 4, bulk=256)
+            bulk_rate, _, bulk_start = job_rate(
+                config, settings, client, n * 4, bulk=256, models=args.models
+            )
             log("naive consumer loop over the JSON records ...")
             naive_rate = naive_loop(settings, n, batch=settings.job.batch_size)
         finally:
@@ -275,7 +302,7 @@ def main() -> None:
                 cli(config, "down")
     print(
         f"\nEnd-to-end training throughput (Kafka -> train -> Redis), batch "
-        f"{settings.job.batch_size}, 2 cores"
+        f"{settings.job.batch_size}, parallelism {args.parallelism}, {args.models} model(s)"
     )
     print(
         f"  stack up {t_up:.1f}s, submit to RUNNING {t_submit:.1f}s, RUNNING to the first "
@@ -290,6 +317,11 @@ def main() -> None:
         f"  ratios: JSON job / naive {json_rate / naive_rate:.2f}x, "
         f"bulk job / naive {bulk_rate / naive_rate:.2f}x, "
         f"JSON job / Java-only ceiling {json_rate / ceiling_rate:.2f}x (target 0.5)"
+    )
+    cores = os.cpu_count() or 1
+    print(
+        f"  per core ({cores}, shared with Kafka, Redis and Flink's JVMs): JSON job "
+        f"{json_rate / cores:,.0f}, bulk job {bulk_rate / cores:,.0f} samples/s"
     )
 
 
