@@ -11,11 +11,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flowlearn.conf import Settings, load_settings
 
@@ -87,10 +89,6 @@ def job_restarts(settings: Settings, job_id: str) -> int:
     Not through Flink's REST API: that serves metrics fetched in rounds, and a round that
     asked a TaskManager killed while answering waits ``flink.web_timeout_ms`` before the next.
     """
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     for port in settings.flink.prometheus_port_list():
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
