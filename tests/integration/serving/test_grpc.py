@@ -86,7 +86,10 @@ tokens = ["{ADMIN_TOKEN} admin", "{READ_TOKEN} read"]
     triton = p.triton()
 
     def all_ready() -> bool:
-        # Each call may reach either worker: several in a row say both hold every model.
+        # One channel keeps one connection, to one worker: each worker's gRPC server starts
+        # once its models are in, so both listening and this one answering say both hold them.
+        if len(listeners(grpc_port)) < 2:
+            return False
         try:
             return all(
                 triton.is_model_ready(m, headers=READ) for m in (*KINDS, "b") for _ in range(4)
