@@ -505,6 +505,20 @@ def choice_tensors(choice: Mapping[str, Any], requested: list[str] | None) -> li
     return [tensors[name] for name in (requested or list(tensors))]
 
 
+def binary_proba(scores: np.ndarray) -> np.ndarray:
+    """A binary model's scores (the probability of class 1) as ``[n, 2]`` class
+    probabilities; written into one array (``np.stack`` costs several microseconds a call,
+    most of a single-instance answer's tensors).
+
+    >>> binary_proba(np.array([0.25, 1.0])).tolist()
+    [[0.75, 0.25], [0.0, 1.0]]
+    """
+    proba = np.empty((scores.shape[0], 2))
+    np.subtract(1.0, scores, out=proba[:, 0])
+    proba[:, 1] = scores
+    return proba
+
+
 def output_tensors(
     spec: Mapping[str, Any],
     scores: np.ndarray,
@@ -516,8 +530,7 @@ def output_tensors(
     tensors: dict[str, dict[str, Any]] = {}
     if is_classifier(spec):
         index = predicted_classes(scores)
-        # A binary model scores the probability of class 1.
-        proba = scores if scores.ndim == 2 else np.stack([1.0 - scores, scores], axis=1)
+        proba = scores if scores.ndim == 2 else binary_proba(scores)
         tensors[PREDICT] = {
             "name": PREDICT,
             "shape": [n],
