@@ -268,11 +268,11 @@ def main() -> None:
         "--models", type=int, default=1, help="models the samples are spread over (default 1)"
     )
     args = parser.parse_args()
+    if args.parallelism < 1 or args.models < 1:
+        parser.error("--parallelism and --models must be >= 1")
     n = 50_000 if args.quick else args.samples
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
-        if args.parallelism < 1 or args.models < 1:
-            parser.error("--parallelism and --models must be >= 1")
         config.write_text(bench_config(args.parallelism))
         settings = load_settings(config, env={})
         home = settings.stack.home
