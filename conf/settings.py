@@ -540,6 +540,11 @@ class JobConf:
     #: A model that waits (paused, or its inferred spec on the way) keeps at most this many
     #: samples in its buffer; past it the oldest go to the DLQ as ``paused_overflow``.
     paused_buffer_samples: int = 100_000
+    #: The label join holds at most this many entries per model (events waiting for their
+    #: label, labels for their event, recent pairs' tombstones; about 700 bytes an entry of
+    #: ten features in the Python worker): past it the entries due first go, counted
+    #: ``join_overflow`` (an event as expired, a label alone to the DLQ).
+    join_buffer_entries: int = 1_000_000
     #: Kafka records go to the Python parsers in bundles of up to this many records
     #: (operators/java RecordBundler): one Python call per bundle instead of per record.
     input_bundle_records: int = 256
@@ -588,6 +593,7 @@ class JobConf:
             "input_bundle_records",
             "hot_models",
             "paused_buffer_samples",
+            "join_buffer_entries",
             "max_models",
         ):
             _check_positive(f"job.{name}", getattr(self, name))

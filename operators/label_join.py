@@ -11,6 +11,11 @@ event's features and time: point-in-time correct), when
   came (the watermark passed the label) as ``no_event``.
 - An event whose label never came expires when the watermark passes its window: dropped
   (counted) or emitted with ``job.default_label`` (``job.expired_events``).
+- A model holds at most ``job.join_buffer_entries`` entries (its waiting events and labels,
+  and the tombstones of recent pairs): past it the entries due first go (counted
+  ``join_overflow``): an event as if it had expired, a label alone to the DLQ as
+  ``join_overflow``, a tombstone at once. The join's memory is otherwise the events' rate
+  times the window (a prediction log at thousands of requests a second fills gigabytes).
 
 Why keyed by model and not by event id: PyFlink reads keyed state through a round trip to the
 Java state backend, and keyed by event id every record is on a key of its own, so every
@@ -81,12 +86,21 @@ class LabelJoin(KeyedProcessFunction):
         group = runtime_context.get_metrics_group()
         self.metrics = ModelMetrics(
             group,
-            ("joined", "duplicates", "late", "expired", "unmatched_labels", "pending_events"),
+            (
+                "joined",
+                "duplicates",
+                "late",
+                "expired",
+                "unmatched_labels",
+                "pending_events",
+                "join_overflow",
+            ),
             self.settings.job,
             self.held,
         )
         self.totals = {name: self.held.wrap(group.counter(name)) for name in self.metrics.names}
         self.window = self.settings.job.label_window_ms
+        self.max_entries = self.settings.job.join_buffer_entries
 
     # ------------------------------------------------------------------ the mirror
 
@@ -185,6 +199,7 @@ class LabelJoin(KeyedProcessFunction):
             else:
                 waiting = JoinEntry(HAS_EVENT, ts, row.features, 0, 0.0, b"", *row[1:])
                 self._put(model_id, event_id, waiting, timers)
+                yield from self._overflow(model_id)
             return
         if flags & HAS_LABEL:
             self._count(model_id, "duplicates")
@@ -209,6 +224,7 @@ class LabelJoin(KeyedProcessFunction):
                 JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw), [], []),
                 timers,
             )
+            yield from self._overflow(model_id)
             return
         row = _Row(entry.features, entry.indices, entry.offsets)
         yield from self._pair(
@@ -251,6 +267,41 @@ class LabelJoin(KeyedProcessFunction):
             Samples(model_id, event_ts, row.features, [label], [], row.indices, row.offsets)
         )
 
+    def _overflow(self, model_id: str) -> Iterator[Any]:
+        """Past ``job.join_buffer_entries``, the model's entries due first go: an event as
+        if its window had passed, a label alone to the DLQ, a tombstone at once (a
+        duplicate of its pair is then no longer recognised)."""
+        entries, due = self.mirror[model_id], self.due[model_id]
+        while len(entries) > self.max_entries:
+            deadline = min(due)
+            ids = due[deadline]
+            while ids and len(entries) > self.max_entries:
+                event_id = ids.pop(0)
+                entry = entries.get(event_id)
+                if entry is None or self._deadline(entry) != deadline:
+                    continue  # gone, or due later since (an event paired with its label)
+                self._count(model_id, "join_overflow")
+                if entry.flags & PAIRED:
+                    self._remove(model_id, event_id, had_event=True)
+                elif entry.flags & HAS_EVENT:
+                    self._count(model_id, "expired")
+                    yield from self._expired_event(model_id, event_id, entry)
+                else:
+                    yield (
+                        DLQ_TAG,
+                        dlq_record(
+                            self.labels_topic,
+                            "join_overflow",
+                            entry.raw,
+                            now_ms(),
+                            f"the model's label join holds job.join_buffer_entries = "
+                            f"{self.max_entries} entries; the label waited longest for its event",
+                        ),
+                    )
+                    self._remove(model_id, event_id, had_event=False)
+            if not ids:
+                del due[deadline]
+
     # ------------------------------------------------------------------ timers
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
@@ -290,16 +341,21 @@ class LabelJoin(KeyedProcessFunction):
             return
         if event_window_passed:
             self._count(model_id, "expired")
-            if self.settings.job.expired_events == "default_label":
-                yield keyed(
-                    Samples(
-                        model_id,
-                        event_ts,
-                        entry.features,
-                        [self.settings.job.default_label],
-                        [],
-                        entry.indices,
-                        entry.offsets,
-                    )
+            yield from self._expired_event(model_id, event_id, entry)
+
+    def _expired_event(self, model_id: str, event_id: str, entry: JoinEntry) -> Iterator[Any]:
+        """An event no label will join: trained with ``job.default_label`` when
+        ``job.expired_events`` says so, then removed."""
+        if self.settings.job.expired_events == "default_label":
+            yield keyed(
+                Samples(
+                    model_id,
+                    entry.event_ts,
+                    entry.features,
+                    [self.settings.job.default_label],
+                    [],
+                    entry.indices,
+                    entry.offsets,
                 )
-            self._remove(model_id, event_id, had_event=True)
+            )
+        self._remove(model_id, event_id, had_event=True)

@@ -87,6 +87,7 @@ def test_file_layer(tmp_path: Path):
         ),
         ({"FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "drop"}, "is not one of"),
         ({"FLOWLEARN__JOB__HOT_MODELS": "0"}, "job.hot_models"),
+        ({"FLOWLEARN__JOB__JOIN_BUFFER_ENTRIES": "0"}, "job.join_buffer_entries"),
         ({"FLOWLEARN__MODELS__X__TYPE": "tree"}, "models.x.type"),
         (
             {"FLOWLEARN__FLINK__PARALLELISM": "2"},

@@ -95,3 +95,43 @@ def test_what_a_timer_counts_reaches_the_counters_with_the_next_record():
     assert totals["pending_events"].count == 0  # +1 for the event, -1 at its expiry
     model = state.group.groups[("model", "m")].metrics
     assert model["expired"].count == 1 and model["unmatched_labels"].count == 1
+
+
+def bounded(entries: int, **job: str) -> LabelJoin:
+    env = {"FLOWLEARN__JOB__JOIN_BUFFER_ENTRIES": str(entries)}
+    env |= {f"FLOWLEARN__JOB__{name.upper()}": value for name, value in job.items()}
+    join = LabelJoin(load_settings(env=env))
+    join.open(KeyedState())
+    return join
+
+
+def event(event_id: str, ts: int) -> Feedback:
+    return Feedback("e", "m", event_id, ts, [float(ts)], math.nan, b"", [], [])
+
+
+def test_past_join_buffer_entries_the_entries_due_first_go_and_are_counted():
+    """A model's join holds at most job.join_buffer_entries entries: the oldest event
+    expires early (dropped by default), a label alone goes to the DLQ, nothing silently."""
+    join = bounded(3)
+    for i, ts in enumerate((3000, 1000, 2000)):  # out of order: the oldest is e1
+        assert send(join, event(f"e{i}", ts)) == []
+    assert send(join, event("e3", 4000)) == []  # e1 (ts 1000) goes: dropped
+    assert set(join.mirror["m"]) == {"e0", "e2", "e3"}
+    # e1's label now finds no event: it waits, and being due first (its ts + 1 s) it is the
+    # one to go, to the DLQ with the raw label.
+    ((tag, letter),) = send(join, label("e1", 1500))
+    assert tag.tag_id == "dlq" and b'"reason": "join_overflow"' in letter.encode()
+    (paired,) = send(join, label("e2", 2500))  # a waiting event still pairs
+    assert Samples._make(paired[1]).features == [2000.0]
+    counts = join.metrics.group.groups[("model", "m")].metrics
+    assert counts["join_overflow"].count == 2 and counts["expired"].count == 1
+    assert counts["pending_events"].count == 3  # e0, e3 and e2's tombstone
+
+
+def test_an_event_pushed_out_of_the_join_is_trained_with_the_default_label_when_asked():
+    join = bounded(1, expired_events="default_label", default_label="1.0")
+    send(join, event("old", 1000))
+    (pushed_out,) = send(join, event("new", 2000))
+    sample = Samples._make(pushed_out[1])
+    assert (sample.features, sample.labels, sample.ts) == ([1000.0], [1.0], 1000)
+    assert set(join.mirror["m"]) == {"new"}
