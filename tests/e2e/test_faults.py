@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from flowlearn.core.training import ModelTrainer, batch_plan
 from flowlearn.devstack import flink_cluster, processes
 from flowlearn.devstack.producer import DriftingStream, produce
 from flowlearn.serving.scoring import scorer
+from tests.ports import free_port
 
 from .conftest import flowlearn, job_restarts, wait_until
 
@@ -235,12 +235,6 @@ def wait_for_a_checkpoint(job: Job) -> None:
 def taskmanager_pid(settings: Any) -> int | None:
     """The supervised TaskManager's current pid (the supervisor's child)."""
     return processes.running_pid(settings, "taskmanager-child")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- TaskManager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,16 +15,11 @@ import pytest
 from flowlearn.conf import KafkaConf, Settings, load_settings
 from flowlearn.devstack import jars, kafka_broker, processes
 from flowlearn.devstack.producer import send_raw
+from tests.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[3]
 #: Its own home (the jars are kept between runs, like the e2e stack's).
 HOME = ROOT / ".flowlearn-test-broker-security"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["SASL_PLAINTEXT", "SASL_SSL", "SSL"])
@@ -36,10 +30,11 @@ def broker(request, test_ca) -> Iterator[Settings]:
         for child in HOME.iterdir():
             if child.name != "jars":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+    kafka_port, controller_port = free_ports(2)
     env = {
         "FLOWLEARN__STACK__HOME": str(HOME),
-        "FLOWLEARN__KAFKA__PORT": str(free_port()),
-        "FLOWLEARN__KAFKA__CONTROLLER_PORT": str(free_port()),
+        "FLOWLEARN__KAFKA__PORT": str(kafka_port),
+        "FLOWLEARN__KAFKA__CONTROLLER_PORT": str(controller_port),
         "FLOWLEARN__KAFKA__PARTITIONS": "1",
         "FLOWLEARN__KAFKA__SECURITY_PROTOCOL": protocol,
     }

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ import pytest
 
 from flowlearn.core.codec import encode_array
 from flowlearn.registry.mlflow_store import Registry
+from tests.ports import free_port
 from tests.unit.trained_models import Trained
 
 REPO = Path(__file__).resolve().parents[3]
 #: Starting the server imports mlflow and flowlearn and loads the model: seconds.
 START_DEADLINE_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ping(port: int) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ import redis
 from flowlearn.conf import Settings, load_settings
 from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher
 from flowlearn.core import codec
+from tests.ports import free_port
 
 PASSWORD = "serving-test-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 10.0) -> Any:

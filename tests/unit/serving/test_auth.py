@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -31,16 +30,11 @@ from flowlearn.serving import client
 from flowlearn.serving.app import make_app
 from flowlearn.serving.auth import ADMIN_ROUTES, OPEN_ROUTES, server_ssl_context
 from flowlearn.serving.openapi import OPENAPI
+from tests.ports import free_ports
 
 ADMIN = "admin-0123456789abcdef0123456789abcdef"
 READER = "read-0123456789abcdef0123456789abcdef"
 ROTATED = "rotated-admin-fedcba9876543210fedcba98"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tokens_file(directory: Path, text: str, mode: int = 0o600) -> Path:
@@ -51,9 +45,10 @@ def tokens_file(directory: Path, text: str, mode: int = 0o600) -> Path:
 
 
 def settings_with(**predictor: Any) -> Settings:
+    redis_port, kafka_port = free_ports(2)
     env = {
-        "FLOWLEARN__REDIS__PORT": str(free_port()),  # nothing listens: Redis is "down"
-        "FLOWLEARN__KAFKA__PORT": str(free_port()),
+        "FLOWLEARN__REDIS__PORT": str(redis_port),  # nothing listens: Redis is "down"
+        "FLOWLEARN__KAFKA__PORT": str(kafka_port),
     }
     env |= {f"FLOWLEARN__PREDICTOR__{k.upper()}": str(v) for k, v in predictor.items()}
     return load_settings(env=env)
