@@ -541,7 +541,7 @@ class JobConf:
     #: samples in its buffer; past it the oldest go to the DLQ as ``paused_overflow``.
     paused_buffer_samples: int = 100_000
     #: The label join holds at most this many entries per model (events waiting for their
-    #: label, labels for their event, recent pairs' tombstones; about 700 bytes an entry of
+    #: label, labels for their event, recent pairs' tombstones; about 450 bytes an entry of
     #: ten features in the Python worker): past it the entries due first go, counted
     #: ``join_overflow`` (an event as expired, a label alone to the DLQ).
     join_buffer_entries: int = 1_000_000
