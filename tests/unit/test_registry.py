@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from flowlearn.registry.mlflow_store import (
     RegistryError,
     mask_uri,
 )
+from tests.ports import free_port
 
 SPEC = '{"type": "logistic", "n_features": 3}'
 #: Where a version's weights and spec are in its run's artifacts: the MLflow model's data.
@@ -341,9 +341,7 @@ def test_server_links_are_ui_urls_without_the_password(stub_server: str) -> None
 
 def test_errors_never_show_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens there
     reg = Registry(f"http://ann:s3cret@127.0.0.1:{port}")
     with pytest.raises(RegistryError) as err:
         reg.versions("m")

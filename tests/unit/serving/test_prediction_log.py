@@ -8,6 +8,7 @@ from typing import Any
 
 from flowlearn.serving.metrics import Metrics
 from flowlearn.serving.prediction_log import PENDING_RECORDS, Batch, PredictionLog, Shadow
+from tests.ports import free_port
 
 
 def batch(n: int = 2) -> Batch:
@@ -205,14 +206,10 @@ def test_closing_while_kafka_is_down_returns_promptly_and_counts_what_is_left():
 def test_the_confluent_producer_with_kafka_away_counts_what_it_could_not_send():
     """The real client, configured from [kafka] and [predictor], behind the log: it makes
     no connection at once, and what it could not deliver by close() is counted."""
-    import socket
-
     from flowlearn.conf import load_settings
     from flowlearn.serving.prediction_log import producer_config
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there
+    port = free_port()  # nothing listens there
     settings = load_settings(
         env={"FLOWLEARN__KAFKA__PORT": str(port), "FLOWLEARN__PREDICTOR__LOG_ACKS": "all"}
     )
