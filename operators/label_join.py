@@ -318,18 +318,14 @@ class LabelJoin(KeyedProcessFunction):
                     self._count(model_id, "expired")
                     yield from self._expired_event(model_id, event_id, entry)
                 else:
-                    yield (
-                        DLQ_TAG,
-                        dlq_record(
-                            self.labels_topic,
-                            "join_overflow",
-                            entry.raw,
-                            now_ms(),
-                            f"the model's label join holds job.join_buffer_entries = "
-                            f"{self.max_entries} entries; the label waited longest for its event",
-                        ),
+                    yield from self._dead_label(
+                        model_id,
+                        event_id,
+                        entry,
+                        "join_overflow",
+                        f"the model's label join holds job.join_buffer_entries = "
+                        f"{self.max_entries} entries; the label waited longest for its event",
                     )
-                    self._remove(model_id, event_id, had_event=False)
             if not ids:
                 del due[deadline]
 
@@ -358,21 +354,20 @@ class LabelJoin(KeyedProcessFunction):
             return
         if not flags & HAS_EVENT:  # a label alone: its event is not coming any more
             self._count(model_id, "unmatched_labels")
-            yield (
-                DLQ_TAG,
-                dlq_record(
-                    self.labels_topic,
-                    "no_event",
-                    entry.raw,
-                    now_ms(),
-                    "no event with this id before the label",
-                ),
+            yield from self._dead_label(
+                model_id, event_id, entry, "no_event", "no event with this id before the label"
             )
-            self._remove(model_id, event_id, had_event=False)
             return
         if event_window_passed:
             self._count(model_id, "expired")
             yield from self._expired_event(model_id, event_id, entry)
+
+    def _dead_label(
+        self, model_id: str, event_id: str, entry: _Mirrored, reason: str, detail: str
+    ) -> Iterator[Any]:
+        """A label alone that no event will join: its raw record to the DLQ, then removed."""
+        yield (DLQ_TAG, dlq_record(self.labels_topic, reason, entry.raw, now_ms(), detail))
+        self._remove(model_id, event_id, had_event=False)
 
     def _expired_event(self, model_id: str, event_id: str, entry: _Mirrored) -> Iterator[Any]:
         """An event no label will join: trained with ``job.default_label`` when
