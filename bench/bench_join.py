@@ -30,10 +30,9 @@ def records(pairs: int) -> tuple[list[bytes], list[bytes]]:
     bytes; the two sources interleave on their own, so either side may come first."""
     start = now_ms() - 60_000
     # One timestamp for all: however the two sources interleave, no label is behind the
-    # watermark (the events source may run far ahead of the labels source).
-    samples = DriftingStream(n_features=10, seed=5, model_id="join-bench").take(
-        pairs, start, step_ms=0
-    )
+    # watermark (the events source may run far ahead of the labels source). The model is
+    # conf/'s "demo": a new model id is created through fl.control, which this graph has not.
+    samples = DriftingStream(n_features=10, seed=5, model_id="demo").take(pairs, start, step_ms=0)
     events = [
         json.dumps({k: r[k] for k in ("event_id", "model_id", "ts", "features")}).encode()
         for r in samples
@@ -99,6 +98,9 @@ def main() -> None:
     events, labels = records(pairs)
     empty_s, _ = run_job([], [])
     job_s, applied = run_job(events, labels)
+    if applied != pairs:
+        # A rate of pairs that never trained is no rate (a model the job refused, say).
+        raise SystemExit(f"the job applied {applied:,} samples of {pairs:,} pairs: no figure")
     peer_s = dict_join(events, labels)
     net = max(job_s - empty_s, 1e-9)
     print(f"label join, {pairs:,} event/label pairs, parallelism 1")
