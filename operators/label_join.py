@@ -17,6 +17,12 @@ event's features and time: point-in-time correct), when
   ``join_overflow``, a tombstone at once. The join's memory is otherwise the events' rate
   times the window (a prediction log at thousands of requests a second fills gigabytes).
 
+Events and labels come a bundle of records at a time (a ``Feedback`` row: one model's
+records of one bundle, made by the parsers), and what one call gives (its pairs, and the
+events expired with the default label) leaves in as few ``Samples`` rows as the rows' shapes
+allow: in PyFlink each record between Java and Python costs more than the join's work for
+one event.
+
 Why keyed by model and not by event id: PyFlink reads keyed state through a round trip to the
 Java state backend, and keyed by event id every record is on a key of its own, so every
 record paid for a read that could not be cached (about 100 joined samples/s on 2 cores,
@@ -39,13 +45,14 @@ from array import array
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from pyflink.common import Row
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flowlearn.conf import Settings
 from flowlearn.contracts.records import dlq_record, now_ms
 from flowlearn.operators.model_metrics import ModelMetrics, TimerHeld
 from flowlearn.operators.parse import DLQ_TAG
-from flowlearn.operators.types import Feedback, Samples, keyed
+from flowlearn.operators.types import Feedback, SamplesBuilder
 from flowlearn.state import descriptors
 from flowlearn.state.descriptors import JoinEntry, JoinEntryV2
 from flowlearn.state.rows import to_row
@@ -106,6 +113,25 @@ class _Mirrored(NamedTuple):
 
 def _coalesce(ts: int) -> int:
     return -(-ts // TIMER_GRANULARITY_MS) * TIMER_GRANULARITY_MS
+
+
+class _Joined:
+    """The samples one call of the join gives (pairs, and expired events trained with the
+    default label), in their order, in as few ``Samples`` rows as their shapes allow: each
+    row is a record between Python and Java, and its cost."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.gathered: list[SamplesBuilder] = []
+
+    def add(self, event_ts: int, row: _Row, label: float) -> None:
+        sparse = bool(row.offsets)
+        if not self.gathered or not self.gathered[-1].fits(sparse, len(row.features)):
+            self.gathered.append(SamplesBuilder(self.model_id, sparse))
+        self.gathered[-1].add_row(event_ts, row.features, row.indices, label)
+
+    def rows(self) -> list[Row]:
+        return [samples.row() for samples in self.gathered]
 
 
 class LabelJoin(KeyedProcessFunction):
@@ -201,40 +227,67 @@ class LabelJoin(KeyedProcessFunction):
     # ------------------------------------------------------------------ records
 
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        kind, model_id, event_id, ts, features, label, raw, indices, offsets = Feedback._make(value)
+        batch = Feedback._make(value)
         self.held.release()
+        model_id = batch.model_id
         entries = self._model(model_id)
-        entry = entries.get(event_id)
-        flags = 0 if entry is None else entry.flags
-        if flags & PAIRED:
-            self._count(model_id, "duplicates")
-            return
         timers = ctx.timer_service()
         watermark = timers.current_watermark()
-        if kind == "e":
-            if flags & HAS_EVENT:
-                self._count(model_id, "duplicates")
-                return
-            if ts + self.window < watermark:
-                # Its window closed before it arrived: no label can join it any more.
-                self._count(model_id, "expired")
-                return
-            # Pending events: +1 here, -1 when the entry is removed (a join-buffer gauge as
-            # a counter: PyFlink has no up-down counter).
-            self._count(model_id, "pending_events")
-            row = _Row(list(features), list(indices), list(offsets))
-            if entry is not None:  # its label waits
-                yield from self._pair(
-                    model_id, event_id, ts, row, entry.label_ts, entry.label, entry.raw, timers
-                )
-            else:
-                waiting = JoinEntry(HAS_EVENT, ts, row.features, 0, 0.0, b"", *row[1:])
-                self._put(model_id, event_id, waiting, timers)
-                yield from self._overflow(model_id)
-            return
-        if flags & HAS_LABEL:
+        joined = _Joined(model_id)
+        add = self._event if batch.kind == "e" else self._label
+        for i, event_id in enumerate(batch.event_ids):
+            yield from add(model_id, entries, event_id, batch, i, watermark, timers, joined)
+        yield from joined.rows()
+
+    def _event(
+        self,
+        model_id: str,
+        entries: dict[str, _Mirrored],
+        event_id: str,
+        batch: Feedback,
+        i: int,
+        watermark: int,
+        timers: Any,
+        joined: _Joined,
+    ) -> Iterator[Any]:
+        entry = entries.get(event_id)
+        if entry is not None and entry.flags & (PAIRED | HAS_EVENT):
             self._count(model_id, "duplicates")
             return
+        ts = batch.ts[i]
+        if ts + self.window < watermark:
+            # Its window closed before it arrived: no label can join it any more.
+            self._count(model_id, "expired")
+            return
+        # Pending events: +1 here, -1 when the entry is removed (a join-buffer gauge as a
+        # counter: PyFlink has no up-down counter).
+        self._count(model_id, "pending_events")
+        row = _Row(*batch.event_row(i))
+        if entry is not None:  # its label waits
+            yield from self._pair(
+                model_id, event_id, ts, row, entry.label_ts, entry.label, entry.raw, timers, joined
+            )
+            return
+        waiting = JoinEntry(HAS_EVENT, ts, row.features, 0, 0.0, b"", row.indices, row.offsets)
+        self._put(model_id, event_id, waiting, timers)
+        yield from self._overflow(model_id, joined)
+
+    def _label(
+        self,
+        model_id: str,
+        entries: dict[str, _Mirrored],
+        event_id: str,
+        batch: Feedback,
+        i: int,
+        watermark: int,
+        timers: Any,
+        joined: _Joined,
+    ) -> Iterator[Any]:
+        entry = entries.get(event_id)
+        if entry is not None and entry.flags & (PAIRED | HAS_LABEL):
+            self._count(model_id, "duplicates")
+            return
+        ts = batch.ts[i]
         if ts < watermark:
             self._count(model_id, "late")
             yield (
@@ -242,24 +295,28 @@ class LabelJoin(KeyedProcessFunction):
                 dlq_record(
                     self.labels_topic,
                     "late",
-                    bytes(raw),
+                    batch.raw_of(i),
                     now_ms(),
                     f"label ts {ts} behind the watermark {watermark}",
                 ),
             )
             return
+        label = float(batch.labels[i])
         if entry is None:
-            self._put(
-                model_id,
-                event_id,
-                JoinEntry(HAS_LABEL, 0, [], ts, float(label), bytes(raw), [], []),
-                timers,
-            )
-            yield from self._overflow(model_id)
+            alone = JoinEntry(HAS_LABEL, 0, [], ts, label, batch.raw_of(i), [], [])
+            self._put(model_id, event_id, alone, timers)
+            yield from self._overflow(model_id, joined)
             return
-        row = entry.row()
         yield from self._pair(
-            model_id, event_id, entry.event_ts, row, ts, float(label), bytes(raw), timers
+            model_id,
+            event_id,
+            entry.event_ts,
+            entry.row(),
+            ts,
+            label,
+            batch.raw_of(i),
+            timers,
+            joined,
         )
 
     def _pair(
@@ -272,6 +329,7 @@ class LabelJoin(KeyedProcessFunction):
         label: float,
         raw: bytes,
         timers: Any,
+        joined: _Joined,
     ) -> Iterator[Any]:
         # The tombstone: the event's time (its deadline removes it), no features.
         self._put(
@@ -294,11 +352,9 @@ class LabelJoin(KeyedProcessFunction):
             )
             return
         self._count(model_id, "joined")
-        yield keyed(
-            Samples(model_id, event_ts, row.features, [label], [], row.indices, row.offsets)
-        )
+        joined.add(event_ts, row, label)
 
-    def _overflow(self, model_id: str) -> Iterator[Any]:
+    def _overflow(self, model_id: str, joined: _Joined) -> Iterator[Any]:
         """Past ``job.join_buffer_entries``, the model's entries due first go: an event as
         if its window had passed, a label alone to the DLQ, a tombstone at once (a
         duplicate of its pair is then no longer recognised)."""
@@ -316,7 +372,7 @@ class LabelJoin(KeyedProcessFunction):
                     self._remove(model_id, event_id, had_event=True)
                 elif entry.flags & HAS_EVENT:
                     self._count(model_id, "expired")
-                    yield from self._expired_event(model_id, event_id, entry)
+                    self._expired_event(model_id, event_id, entry, joined)
                 else:
                     yield from self._dead_label(
                         model_id,
@@ -335,15 +391,17 @@ class LabelJoin(KeyedProcessFunction):
         model_id = str(ctx.get_current_key())
         entries = self._model(model_id)
         due = self.due[model_id]
+        joined = _Joined(model_id)
         with self.held.timer():
             for deadline in sorted(t for t in due if t <= timestamp):
                 for event_id in due.pop(deadline):
                     entry = entries.get(event_id)
                     if entry is not None:
-                        yield from self._expire(model_id, event_id, entry, timestamp)
+                        yield from self._expire(model_id, event_id, entry, timestamp, joined)
+        yield from joined.rows()
 
     def _expire(
-        self, model_id: str, event_id: str, entry: _Mirrored, timestamp: int
+        self, model_id: str, event_id: str, entry: _Mirrored, timestamp: int, joined: _Joined
     ) -> Iterator[Any]:
         flags, event_ts = entry.flags, entry.event_ts
         event_window_passed = timestamp >= _coalesce(event_ts + self.window)
@@ -360,7 +418,7 @@ class LabelJoin(KeyedProcessFunction):
             return
         if event_window_passed:
             self._count(model_id, "expired")
-            yield from self._expired_event(model_id, event_id, entry)
+            self._expired_event(model_id, event_id, entry, joined)
 
     def _dead_label(
         self, model_id: str, event_id: str, entry: _Mirrored, reason: str, detail: str
@@ -369,20 +427,11 @@ class LabelJoin(KeyedProcessFunction):
         yield (DLQ_TAG, dlq_record(self.labels_topic, reason, entry.raw, now_ms(), detail))
         self._remove(model_id, event_id, had_event=False)
 
-    def _expired_event(self, model_id: str, event_id: str, entry: _Mirrored) -> Iterator[Any]:
+    def _expired_event(
+        self, model_id: str, event_id: str, entry: _Mirrored, joined: _Joined
+    ) -> None:
         """An event no label will join: trained with ``job.default_label`` when
         ``job.expired_events`` says so, then removed."""
         if self.settings.job.expired_events == "default_label":
-            row = entry.row()
-            yield keyed(
-                Samples(
-                    model_id,
-                    entry.event_ts,
-                    row.features,
-                    [self.settings.job.default_label],
-                    [],
-                    row.indices,
-                    row.offsets,
-                )
-            )
+            joined.add(entry.event_ts, entry.row(), self.settings.job.default_label)
         self._remove(model_id, event_id, had_event=True)

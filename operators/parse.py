@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -20,7 +19,6 @@ from flowlearn.conf import ConfigError, Settings
 from flowlearn.contracts.records import (
     MAX_EVENT_ID_CHARS,
     RecordError,
-    Sample,
     alert_record,
     control_record,
     dlq_record,
@@ -42,7 +40,13 @@ from flowlearn.core.sparse import SparseRows, to_fields
 from flowlearn.core.spec import model_id_problem
 from flowlearn.operators import sample_columns
 from flowlearn.operators.sample_columns import DecodedBundle
-from flowlearn.operators.types import ControlCommand, Feedback, Samples, keyed
+from flowlearn.operators.types import (
+    ControlCommand,
+    FeedbackBuilder,
+    Samples,
+    SamplesBuilder,
+    keyed,
+)
 from flowlearn.state import descriptors
 from flowlearn.state.rows import to_row
 
@@ -341,59 +345,6 @@ def unbundle(bundle: bytes) -> Iterator[bytes]:
         at += 4 + n
 
 
-class _ModelSamples:
-    """JSON samples of one model from one bundle, gathered into one ``SAMPLE_TYPE`` row:
-    dense rows, or a hashed model's sparse rows (values, their columns, row offsets)."""
-
-    __slots__ = ("event_ids", "features", "indices", "labels", "model_id", "offsets", "ts")
-
-    def __init__(self, model_id: str, sparse: bool) -> None:
-        self.model_id = model_id
-        self.ts = -(1 << 62)
-        self.features: list[float] = []
-        self.labels: list[float] = []
-        self.event_ids: list[str] = []
-        self.indices: list[int] = []
-        #: The rows' offsets into ``features`` (sparse rows only; dense rows have none).
-        self.offsets: list[int] = [0] if sparse else []
-
-    @property
-    def sparse(self) -> bool:
-        return bool(self.offsets)
-
-    def add_dense_rows(
-        self, values: list[float], labels: list[float], event_ids: list[str], ts: int
-    ) -> None:
-        """Dense rows gathered together (``values`` row-major; "" for a row without id)."""
-        self.ts = max(self.ts, ts)
-        self.features.extend(values)
-        self.labels.extend(labels)
-        self.event_ids.extend(event_ids)
-
-    def add(self, s: Sample) -> None:
-        self.ts = max(self.ts, s.ts)
-        values, indices, _ = to_fields(s.features)
-        self.features.extend(values)
-        if self.offsets:
-            self.indices.extend(indices)
-            self.offsets.append(len(self.features))
-        self.labels.append(s.label)
-        self.event_ids.append(s.event_id or "")
-
-    def row(self) -> Row:
-        return keyed(
-            Samples(
-                self.model_id,
-                self.ts,
-                self.features,
-                self.labels,
-                self.event_ids if any(self.event_ids) else [],
-                self.indices,
-                self.offsets,
-            )
-        )
-
-
 class ParseSamples(_ParseModelRecords):
     """Bundles of ``fl.samples`` records (JSON, or bulk Arrow IPC; see :func:`unbundle`) ->
     ``KEYED_SAMPLE_TYPE`` pairs (model id, ``SAMPLE_TYPE`` row): a row per bulk record, and
@@ -405,7 +356,7 @@ class ParseSamples(_ParseModelRecords):
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
         #: The bundle's JSON samples so far, by model.
-        self.gathered: dict[str, _ModelSamples] = {}
+        self.gathered: dict[str, SamplesBuilder] = {}
 
     def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
         if sample_columns.is_decoded(bundle):
@@ -466,14 +417,14 @@ class ParseSamples(_ParseModelRecords):
         for index in np.unique(ids).tolist():
             mine = rows[ids == index]
             model_id = bundle.model_ids[index]
+            starts = bundle.feature_starts[mine]
+            width = int(bundle.feature_starts[mine[0] + 1] - starts[0])
             samples = self.gathered.get(model_id)
-            if samples is not None and samples.sparse:  # a create changed its kind
+            if samples is not None and not samples.fits(False, width):  # a create came
                 yield samples.row()
                 samples = None
             if samples is None:
-                samples = self.gathered[model_id] = _ModelSamples(model_id, sparse=False)
-            starts = bundle.feature_starts[mine]
-            width = int(bundle.feature_starts[mine[0] + 1] - starts[0])
+                samples = self.gathered[model_id] = SamplesBuilder(model_id, sparse=False)
             values = bundle.features[starts[:, None] + np.arange(width)].ravel().tolist()
             if event_ids:
                 bounds = bundle.event_id_starts
@@ -497,14 +448,15 @@ class ParseSamples(_ParseModelRecords):
         s = parse_sample(raw, self.spec_for, self.on_unknown)
         self.check_not_ahead(s.ts)
         sparse = isinstance(s.features, SparseRows)
+        values, indices, _ = to_fields(s.features)
         samples = self.gathered.get(s.model_id)
         out: tuple[Row, ...] = ()
-        if samples is not None and samples.sparse != sparse:  # a create changed its kind
+        if samples is not None and not samples.fits(sparse, len(values)):  # a create came
             out = (samples.row(),)
             samples = None
         if samples is None:
-            samples = self.gathered[s.model_id] = _ModelSamples(s.model_id, sparse)
-        samples.add(s)
+            samples = self.gathered[s.model_id] = SamplesBuilder(s.model_id, sparse)
+        samples.add_row(s.ts, values, indices, s.label, s.event_id or "")
         return out
 
     def end_of_bundle(self) -> Iterable[Row]:
@@ -514,43 +466,67 @@ class ParseSamples(_ParseModelRecords):
 
 
 class _ParseFeedback(_ParseModelRecords):
-    """Events and labels, as ``TIMED_FEEDBACK_TYPE`` tuples ((model id, row) and its ``ts``,
-    for the job's timestamp assigner): their ``ts`` drives the label join's watermark (one for all
+    """Events and labels, gathered by model over a bundle into ``TIMED_FEEDBACK_TYPE``
+    tuples ((model id, :class:`Feedback` row) and the latest ``ts`` of its records, for the
+    job's timestamp assigner). Their ``ts`` drives the label join's watermark (one for all
     models), so one dated too far ahead (:meth:`~_ParseModelRecords.check_not_ahead`) would
     move the watermark past the present, and every on-time label of every model would then
     be ``late``."""
 
+    kind = "e"
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
+        #: The bundle's records so far, by model.
+        self.gathered: dict[str, FeedbackBuilder] = {}
+
+    def gathering(self, model_id: str, sparse: bool = False) -> tuple[tuple[Row, int], ...]:
+        """Start gathering ``model_id``'s records if not yet; what was gathered of another
+        kind of row (a create came in between) goes out first."""
+        gathered = self.gathered.get(model_id)
+        if gathered is not None and gathered.sparse == sparse:
+            return ()
+        self.gathered[model_id] = FeedbackBuilder(self.kind, model_id, sparse)
+        return () if gathered is None else (self.timed(gathered),)
+
+    @staticmethod
+    def timed(gathered: FeedbackBuilder) -> tuple[Row, int]:
+        return keyed(gathered.build()), max(gathered.ts)
+
+    def end_of_bundle(self) -> Iterable[tuple[Row, int]]:
+        rows = [self.timed(gathered) for gathered in self.gathered.values()]
+        self.gathered.clear()
+        return rows
+
 
 class ParseEvents(_ParseFeedback):
-    """``fl.events`` -> ``FEEDBACK_TYPE`` rows of kind "e"."""
+    """``fl.events`` -> :class:`Feedback` rows of kind "e"."""
 
     what = "events"
 
-    def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
+    def parse(self, raw: bytes) -> tuple[tuple[Row, int], ...]:
         e = parse_event(raw, self.spec_for, self.on_unknown)
         self.check_not_ahead(e.ts)
         values, indices, offsets = to_fields(e.features)
-        event = Feedback("e", e.model_id, e.event_id, e.ts, values, math.nan, b"", indices, offsets)
-        return ((keyed(event), e.ts),)
+        out = self.gathering(e.model_id, sparse=bool(offsets))
+        self.gathered[e.model_id].add_event(e.event_id, e.ts, values, indices)
+        return out
 
 
 class ParseLabels(_ParseFeedback):
-    """``fl.labels`` -> ``FEEDBACK_TYPE`` rows of kind "l" (raw kept for a late DLQ)."""
+    """``fl.labels`` -> :class:`Feedback` rows of kind "l" (each record's bytes kept for a
+    late DLQ)."""
 
     what = "labels"
+    kind = "l"
     shows_shape = False
 
-    def parse(self, raw: bytes) -> tuple[tuple[Row, int]]:
+    def parse(self, raw: bytes) -> tuple[tuple[Row, int], ...]:
         lab = parse_label(raw, self.spec_for)
         self.check_not_ahead(lab.ts)
-        return (
-            (
-                keyed(
-                    Feedback("l", lab.model_id, lab.event_id, lab.ts, [], lab.label, raw, [], [])
-                ),
-                lab.ts,
-            ),
-        )
+        out = self.gathering(lab.model_id)
+        self.gathered[lab.model_id].add_label(lab.event_id, lab.ts, lab.label, raw)
+        return out
 
 
 class ParseControl(_ParseRecords, ProcessFunction):

@@ -41,6 +41,82 @@ class Samples(NamedTuple):
     offsets: list[int]
 
 
+class SamplesBuilder:
+    """Samples of one model gathered into one :class:`Samples` row: dense rows of one width,
+    or a hashed model's sparse rows (values, their columns, row offsets). Rows that fit
+    neither (:meth:`fits`) go into a row of their own.
+
+    >>> samples = SamplesBuilder("m", sparse=False)
+    >>> samples.add_row(1000, [0.5, 1.5], [], 1.0)
+    >>> samples.add_row(900, [2.0, 3.0], [], 0.0)
+    >>> Samples._make(samples.row()[1]).features, samples.fits(False, 3)
+    ([0.5, 1.5, 2.0, 3.0], False)
+    """
+
+    __slots__ = ("event_ids", "features", "indices", "labels", "model_id", "offsets", "ts", "width")
+
+    def __init__(self, model_id: str, sparse: bool) -> None:
+        self.model_id = model_id
+        self.ts = -(1 << 62)
+        self.features: list[float] = []
+        self.labels: list[float] = []
+        self.event_ids: list[str] = []
+        self.indices: list[int] = []
+        #: The rows' offsets into ``features`` (sparse rows only; dense rows have none).
+        self.offsets: list[int] = [0] if sparse else []
+        #: The dense rows' number of values (None until the first).
+        self.width: int | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return bool(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def fits(self, sparse: bool, width: int) -> bool:
+        """Whether a row (sparse, or dense of ``width`` values) can join these."""
+        return sparse if self.sparse else not sparse and self.width in (None, width)
+
+    def add_dense_rows(
+        self, values: list[float], labels: list[float], event_ids: list[str], ts: int
+    ) -> None:
+        """Dense rows of one width (``values`` row-major; "" for a row without id)."""
+        self.width = len(values) // len(labels)
+        self.ts = max(self.ts, ts)
+        self.features.extend(values)
+        self.labels.extend(labels)
+        self.event_ids.extend(event_ids)
+
+    def add_row(
+        self, ts: int, values: list[float], indices: list[int], label: float, event_id: str = ""
+    ) -> None:
+        """One sample: a dense row's values, or a sparse row's values and columns."""
+        self.ts = max(self.ts, ts)
+        self.features.extend(values)
+        if self.offsets:
+            self.indices.extend(indices)
+            self.offsets.append(len(self.features))
+        else:
+            self.width = len(values)
+        self.labels.append(label)
+        self.event_ids.append(event_id)
+
+    def row(self) -> Row:
+        """The keyed row (``KEYED_SAMPLE_TYPE``)."""
+        return keyed(
+            Samples(
+                self.model_id,
+                self.ts,
+                self.features,
+                self.labels,
+                self.event_ids if any(self.event_ids) else [],
+                self.indices,
+                self.offsets,
+            )
+        )
+
+
 SAMPLE_TYPE = row_type(
     Samples,
     [
@@ -60,20 +136,41 @@ KEYED_SAMPLE_TYPE = Types.ROW([Types.STRING(), SAMPLE_TYPE])
 
 
 class Feedback(NamedTuple):
-    """An event (kind "e": features, label NaN) or a label (kind "l": label and the record's
-    raw bytes, kept for the DLQ should it come late), on its way to the label join. An
-    event's features are one row as :class:`Samples` carries rows (a hashed model's: sparse,
-    ``offsets`` ``[0, len(features)]``)."""
+    """Events (kind "e") or labels (kind "l") of one model from one bundle of records, in
+    their order, on their way to the label join: one row for all of them, so that the join
+    is called once a bundle and model, not once a record (in PyFlink a call costs more than
+    the join's work for one record). Build one with :class:`FeedbackBuilder`.
+
+    Record ``i`` is ``event_ids[i]`` at ``ts[i]``. An event's features are
+    ``features[offsets[i]:offsets[i + 1]]``: one row as :class:`Samples` carries rows, dense,
+    or when ``sparse`` a hashed model's (``indices``, the same slice, its columns). A label's
+    value is ``labels[i]``; its record's bytes, kept for the DLQ, are
+    ``raw[raw_offsets[i]:raw_offsets[i + 1]]``."""
 
     kind: str
     model_id: str
-    event_id: str
-    ts: int
+    event_ids: list[str]
+    ts: list[int]
     features: list[float]
-    label: float
-    raw: bytes
     indices: list[int]
     offsets: list[int]
+    sparse: bool
+    labels: list[float]
+    raw: bytes
+    raw_offsets: list[int]
+
+    def event_row(self, i: int) -> tuple[list[float], list[int], list[int]]:
+        """Event ``i``'s row as :class:`Samples` fields: values, columns and row offsets
+        (the last two empty for a dense row)."""
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        values = list(self.features[lo:hi])
+        if not self.sparse:
+            return values, [], []
+        return values, list(self.indices[lo:hi]), [0, hi - lo]
+
+    def raw_of(self, i: int) -> bytes:
+        """Label ``i``'s record, as it came."""
+        return bytes(self.raw[self.raw_offsets[i] : self.raw_offsets[i + 1]])
 
 
 FEEDBACK_TYPE = row_type(
@@ -81,22 +178,99 @@ FEEDBACK_TYPE = row_type(
     [
         Types.STRING(),
         Types.STRING(),
-        Types.STRING(),
-        Types.LONG(),
+        Types.BASIC_ARRAY(Types.STRING()),
+        _LONGS,
         _FLOATS,
-        Types.DOUBLE(),
-        _BYTES,
         _INTS,
+        _LONGS,
+        Types.BOOLEAN(),
+        _FLOATS,
+        _BYTES,
         _LONGS,
     ],
 )
 
+
+class FeedbackBuilder:
+    """Events or labels of one model gathered into one :class:`Feedback` row.
+
+    >>> events = FeedbackBuilder("e", "m", sparse=False)
+    >>> events.add_event("e1", 1000, [0.5, 1.5])
+    >>> events.add_event("e2", 900, [2.0, 3.0])
+    >>> row = events.build()
+    >>> row.ts, row.event_row(1)
+    ([1000, 900], ([2.0, 3.0], [], []))
+    """
+
+    __slots__ = (
+        "event_ids",
+        "features",
+        "indices",
+        "kind",
+        "labels",
+        "model_id",
+        "offsets",
+        "raw",
+        "raw_offsets",
+        "sparse",
+        "ts",
+    )
+
+    def __init__(self, kind: str, model_id: str, sparse: bool = False) -> None:
+        self.kind, self.model_id, self.sparse = kind, model_id, sparse
+        self.event_ids: list[str] = []
+        self.ts: list[int] = []
+        self.features: list[float] = []
+        self.indices: list[int] = []
+        self.offsets: list[int] = [0] if kind == "e" else []
+        self.labels: list[float] = []
+        self.raw = bytearray()
+        self.raw_offsets: list[int] = [0] if kind == "l" else []
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def add_event(
+        self, event_id: str, ts: int, values: list[float], indices: list[int] | None = None
+    ) -> None:
+        """An event's row: dense ``values``, or a sparse row's values and ``indices``."""
+        self.event_ids.append(event_id)
+        self.ts.append(ts)
+        self.features.extend(values)
+        if self.sparse:
+            self.indices.extend(indices or ())
+        self.offsets.append(len(self.features))
+
+    def add_label(self, event_id: str, ts: int, label: float, raw: bytes) -> None:
+        self.event_ids.append(event_id)
+        self.ts.append(ts)
+        self.labels.append(label)
+        self.raw += raw
+        self.raw_offsets.append(len(self.raw))
+
+    def build(self) -> Feedback:
+        return Feedback(
+            self.kind,
+            self.model_id,
+            self.event_ids,
+            self.ts,
+            self.features,
+            self.indices,
+            self.offsets,
+            self.sparse,
+            self.labels,
+            bytes(self.raw),
+            self.raw_offsets,
+        )
+
+
 #: A feedback row with its model id in front (the pair a keyed Python operator takes).
 KEYED_FEEDBACK_TYPE = Types.ROW([Types.STRING(), FEEDBACK_TYPE])
 
-#: What the events and labels parsers emit: the (model id, row) pair and its event time
-#: (``ts``), for the job's Java timestamp assigner
-#: (``flowlearn.jobs.interop.event_time_in_java``).
+#: What the events and labels parsers emit: the (model id, row) pair and its event time,
+#: the latest ``ts`` of its records, for the job's Java timestamp assigner
+#: (``flowlearn.jobs.interop.event_time_in_java``). The watermark then moves as it would
+#: record by record: it is emitted periodically, never between the records of one bundle.
 TIMED_FEEDBACK_TYPE = Types.TUPLE([KEYED_FEEDBACK_TYPE, Types.LONG()])
 
 

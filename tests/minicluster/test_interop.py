@@ -3,7 +3,6 @@ event time from Java, a Java operator, the discarding sink."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from flowlearn.operators.types import (
     KEYED_FEEDBACK_TYPE,
     TIMED_FEEDBACK_TYPE,
     Feedback,
+    FeedbackBuilder,
     keyed,
 )
 
@@ -29,17 +29,22 @@ pytestmark = pytest.mark.minicluster
 
 class KeyAndTime(KeyedProcessFunction):
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
-        yield f"{ctx.get_current_key()} {Feedback._make(value).event_id} {ctx.timestamp()}"
+        event_ids = Feedback._make(value).event_ids
+        yield f"{ctx.get_current_key()} {','.join(event_ids)} {ctx.timestamp()}"
 
 
 def test_keyed_and_timed_in_java_and_a_java_operator_and_the_discarding_sink() -> None:
     settings = load_settings(env={})
     env = local_environment(operators_jar(settings))
-    timed = [
-        (keyed(Feedback("e", model, f"{model}-{i}", 1000 + i, [], math.nan, b"", [], [])), 1000 + i)
-        for model in ("a", "b")
-        for i in range(3)
-    ]
+
+    def events(model: str, i: int) -> Row:
+        gathered = FeedbackBuilder("e", model)
+        gathered.add_event(f"{model}-{i}", 1000 + i, [float(i)])
+        gathered.add_event(f"{model}-{i}-early", 900, [])
+        return keyed(gathered.build())
+
+    # Each row dated by its latest record, as the parsers date them.
+    timed = [(events(model, i), 1000 + i) for model in ("a", "b") for i in range(3)]
     source = env.from_collection(timed, type_info=TIMED_FEEDBACK_TYPE)
     assert interop.has_java_class(source, RECORD_BUNDLER)
     assert not interop.has_java_class(source, "dev.flowlearn.flink.NoSuchOperator")
@@ -52,7 +57,8 @@ def test_keyed_and_timed_in_java_and_a_java_operator_and_the_discarding_sink() -
     bundled(raw_stream(env, [b"x", b"y"]), settings, "bundles").sink_to(interop.discarding_sink())
     with seen.execute_and_collect() as results:
         out = sorted(results)
-    assert out == sorted(f"{m} {m}-{i} {1000 + i}" for m in ("a", "b") for i in range(3))
+    expected = [f"{m} {m}-{i},{m}-{i}-early {1000 + i}" for m in ("a", "b") for i in range(3)]
+    assert out == sorted(expected)
     assert isinstance(timed[0][0], Row)
 
 

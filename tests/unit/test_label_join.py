@@ -3,7 +3,8 @@ event waits as its sparse row, and entries of an older savepoint (dense) are mov
 
 from __future__ import annotations
 
-import math
+import base64
+import json
 from typing import Any
 
 from pyflink.common import Row
@@ -13,10 +14,10 @@ from flowlearn.contracts.records import parse_event
 from flowlearn.core.sparse import to_fields
 from flowlearn.core.spec import ModelSpec
 from flowlearn.operators.label_join import HAS_EVENT, LabelJoin
-from flowlearn.operators.types import Feedback, Samples
+from flowlearn.operators.types import Feedback, FeedbackBuilder, Samples
 from flowlearn.state.descriptors import JoinEntry
 from flowlearn.state.rows import to_row
-from tests.unit.flink_stand_ins import Context, KeyedState, MapState
+from tests.unit.flink_stand_ins import Context, KeyedState, MapState, Timers
 
 SETTINGS = load_settings(env={})
 HASHED = ModelSpec(type="logistic", n_features=2**18, features="hashed").as_dict()
@@ -36,8 +37,24 @@ def send(join: LabelJoin, feedback: Feedback) -> list[Any]:
     return list(join.process_element(to_row(feedback), Context()))
 
 
+def labels(*pairs: tuple[str, int], value: float = 1.0) -> Feedback:
+    """Labels of model "m" in one row, as a bundle's give them: (event id, ts) each."""
+    gathered = FeedbackBuilder("l", "m")
+    for event_id, ts in pairs:
+        gathered.add_label(event_id, ts, value, f'{{"event_id": "{event_id}"}}'.encode())
+    return gathered.build()
+
+
 def label(event_id: str = "e1", ts: int = 2000) -> Feedback:
-    return Feedback("l", "m", event_id, ts, [], 1.0, b"{}", [], [])
+    return labels((event_id, ts))
+
+
+def events(*rows: tuple[str, int, list[float]]) -> Feedback:
+    """Dense events of model "m" in one row: (event id, ts, features) each."""
+    gathered = FeedbackBuilder("e", "m")
+    for event_id, ts, values in rows:
+        gathered.add_event(event_id, ts, values)
+    return gathered.build()
 
 
 def test_a_hashed_event_waits_as_its_sparse_row_and_is_trained_sparse():
@@ -45,7 +62,9 @@ def test_a_hashed_event_waits_as_its_sparse_row_and_is_trained_sparse():
     values, indices, offsets = to_fields(event.features)
     state = KeyedState()
     join = opened(state)
-    assert send(join, Feedback("e", "m", "e1", 1000, values, math.nan, b"", indices, offsets)) == []
+    hashed = FeedbackBuilder("e", "m", sparse=True)
+    hashed.add_event("e1", 1000, values, indices)
+    assert send(join, hashed.build()) == []
     (stored,) = state.states["join-entries-v3"].values()
     entry = JoinEntry._make(stored)
     # Three features: three values and their columns, not 2**18 floats (2 MiB).
@@ -83,7 +102,7 @@ def test_what_a_timer_counts_reaches_the_counters_with_the_next_record():
     so the counters miss nothing."""
     state = KeyedState()
     join = opened(state)
-    send(join, Feedback("e", "m", "old", 1000, [0.5, 1.5], math.nan, b"", [], []))
+    send(join, events(("old", 1000, [0.5, 1.5])))
     send(join, label("orphan", 1000))
     expiry = 1000 + SETTINGS.job.label_window_ms + 1000
     fired = list(join.on_timer(expiry, TimerContext()))
@@ -106,7 +125,7 @@ def bounded(entries: int, **job: str) -> LabelJoin:
 
 
 def event(event_id: str, ts: int) -> Feedback:
-    return Feedback("e", "m", event_id, ts, [float(ts)], math.nan, b"", [], [])
+    return events((event_id, ts, [float(ts)]))
 
 
 def test_past_join_buffer_entries_the_entries_due_first_go_and_are_counted():
@@ -135,3 +154,58 @@ def test_an_event_pushed_out_of_the_join_is_trained_with_the_default_label_when_
     sample = Samples._make(pushed_out[1])
     assert (sample.features, sample.labels, sample.ts) == ([1000.0], [1.0], 1000)
     assert set(join.mirror["m"]) == {"new"}
+
+
+def test_a_bundles_pairs_leave_as_one_samples_row_in_their_order():
+    """The join is called once a bundle and model: the pairs a row of labels completes
+    leave together, each label with its own event's features; a duplicate in the same row
+    is counted, and a late label goes to the DLQ with its own record's bytes."""
+    join = opened(KeyedState())
+    assert send(join, events(("a", 1000, [1.0, 2.0]), ("b", 1100, [3.0, 4.0]))) == []
+    out = send(join, labels(("b", 1200), ("x", 1300), ("a", 1250), ("b", 1260)))
+    (paired,) = out
+    sample = Samples._make(paired[1])
+    assert (sample.features, sample.labels, sample.ts) == ([3.0, 4.0, 1.0, 2.0], [1.0, 1.0], 1100)
+    counts = join.metrics.group.groups[("model", "m")].metrics
+    assert counts["joined"].count == 2 and counts["duplicates"].count == 1
+    assert set(join.mirror["m"]) == {"a", "b", "x"}  # two tombstones, the label waiting
+
+    class WatermarkAt5s(Timers):
+        def current_watermark(self) -> int:
+            return 5000
+
+    class Behind(Context):
+        def timer_service(self) -> Timers:
+            return WatermarkAt5s()
+
+    out = list(
+        join.process_element(to_row(labels(("y", 4000), ("z", 6000), ("w", 4500))), Behind())
+    )
+    letters = [json.loads(letter) for tag, letter in out if tag.tag_id == "dlq"]
+    assert [(d["reason"], json.loads(base64.b64decode(d["raw"]))["event_id"]) for d in letters] == [
+        ("late", "y"),
+        ("late", "w"),
+    ]
+
+
+def test_rows_of_another_width_leave_in_a_samples_row_of_their_own():
+    """Events of one model can wait under two shapes (a create with a reset came between):
+    their pairs are not run together into rows of the wrong width."""
+    join = opened(KeyedState())
+    send(join, events(("a", 1000, [1.0, 2.0]), ("b", 1000, [3.0, 4.0, 5.0])))
+    send(join, events(("c", 1000, [6.0, 7.0, 8.0])))
+    out = send(join, labels(("a", 1100), ("b", 1100), ("c", 1100)))
+    assert [Samples._make(row[1]).features for row in out] == [
+        [1.0, 2.0],
+        [3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+    ]
+
+
+def test_events_a_timer_expires_leave_as_one_row_with_the_default_label():
+    join = bounded(100, expired_events="default_label", default_label="0.0")
+    send(join, events(("a", 1000, [1.0]), ("b", 1200, [2.0])))
+    expiry = 1200 + SETTINGS.job.label_window_ms + 1000
+    (expired,) = list(join.on_timer(expiry, TimerContext()))
+    sample = Samples._make(expired[1])
+    assert (sample.features, sample.labels) == ([1.0, 2.0], [0.0, 0.0])
+    assert join.mirror["m"] == {}

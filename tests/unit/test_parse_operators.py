@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pyflink.datastream import OutputTag
 
 from flowlearn.conf import load_settings
 from flowlearn.contracts.records import now_ms
@@ -20,7 +21,7 @@ from flowlearn.operators.parse import (
     ParseSamples,
     unbundle,
 )
-from flowlearn.operators.types import ControlCommand
+from flowlearn.operators.types import ControlCommand, Feedback
 
 
 class Counter:
@@ -96,8 +97,32 @@ def test_feedback_dated_within_the_out_of_orderness_bound_is_accepted(operator_c
     # The row and its event time (TIMED_FEEDBACK_TYPE), not a side output's (tag, record).
     assert len(out) == 1 and out[0][0] is not DLQ_TAG
     (model_id, row), event_time = out[0]
-    assert event_time == row[3] == ts and model_id == row[1] == "demo"
+    assert event_time == ts and Feedback._make(row).ts == [ts] and model_id == row[1] == "demo"
     assert op.parsed.count == 1 and op.dead.count == 0
+
+
+def test_a_bundles_events_leave_as_one_row_a_model_dated_by_the_latest():
+    """One row a model and bundle (the label join is called once for it), the records in
+    their order; a bad record among them goes to the DLQ alone."""
+    op = opened(ParseEvents)
+    now = now_ms()
+    records = [
+        {**EVENT, "event_id": "a", "ts": now - 30},
+        {**EVENT, "model_id": "other", "event_id": "o", "ts": now - 20},
+        {**EVENT, "event_id": "bad", "ts": now, "features": [1.0]},
+        {**EVENT, "event_id": "b", "ts": now - 10, "features": [float(i) for i in range(10)]},
+        {**EVENT, "event_id": "c", "ts": now - 40},
+    ]
+    bundle = framed(*(json.dumps(r).encode() for r in records))
+    out = list(op.process_element(bundle, BroadcastContext()))
+    tagged = [o for o in out if isinstance(o[0], OutputTag)]
+    assert [json.loads(o[1])["reason"] for o in tagged if o[0] is DLQ_TAG] == ["bad_features"]
+    rows = {pair[0]: (Feedback._make(pair[1]), ts) for pair, ts in out if (pair, ts) not in tagged}
+    demo, latest = rows["demo"]
+    assert latest == now - 10 and rows["other"][1] == now - 20
+    assert demo.event_ids == ["a", "b", "c"] and demo.ts == [now - 30, now - 10, now - 40]
+    assert demo.event_row(1) == ([float(i) for i in range(10)], [], [])
+    assert op.parsed.count == 4 and op.dead.count == 1
 
 
 @pytest.mark.parametrize(
