@@ -102,6 +102,10 @@ RECORD_BUNDLER = "dev.flowlearn.flink.RecordBundler"
 #: certainty into columns (``flowlearn.operators.sample_columns``), so that the parser
 #: checks them as arrays; it leaves every other record to the parser.
 SAMPLE_BUNDLER = "dev.flowlearn.flink.SampleBundler"
+#: The bundlers of ``fl.events`` and ``fl.labels``: the same decoding, for events (an event
+#: id and features, no label) and labels (an event id and a label, no features).
+EVENT_BUNDLER = "dev.flowlearn.flink.EventBundler"
+LABEL_BUNDLER = "dev.flowlearn.flink.LabelBundler"
 #: The Kafka key of the job's JSON records: their model id (in the operators jar too).
 MODEL_ID_KEY = "dev.flowlearn.flink.ModelIdKey"
 
@@ -186,8 +190,12 @@ def build_pipeline(
     parsed_samples = parse(
         "samples", ParseSamples(settings, topics.samples), KEYED_SAMPLE_TYPE, SAMPLE_BUNDLER
     )
-    parsed_events = parse("events", ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE)
-    parsed_labels = parse("labels", ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE)
+    parsed_events = parse(
+        "events", ParseEvents(settings, topics.events), TIMED_FEEDBACK_TYPE, EVENT_BUNDLER
+    )
+    parsed_labels = parse(
+        "labels", ParseLabels(settings, topics.labels), TIMED_FEEDBACK_TYPE, LABEL_BUNDLER
+    )
     # Event time on each stream before the union: the join's watermark is the lesser of the
     # two (a side idle for idleness_ms is left out).
     feedback = interop.keyed_in_java(

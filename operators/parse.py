@@ -345,18 +345,15 @@ def unbundle(bundle: bytes) -> Iterator[bytes]:
         at += 4 + n
 
 
-class ParseSamples(_ParseModelRecords):
-    """Bundles of ``fl.samples`` records (JSON, or bulk Arrow IPC; see :func:`unbundle`) ->
-    ``KEYED_SAMPLE_TYPE`` pairs (model id, ``SAMPLE_TYPE`` row): a row per bulk record, and
-    one for the JSON samples of each model in the bundle. A model's samples keep their order.
-    """
+class _ParseDecoded(_ParseModelRecords):
+    """A parser of a topic whose Java bundler decodes the JSON records it can read with
+    certainty into columns (``SampleBundler``, ``EventBundler``): those that pass every
+    check their own parse would make are checked and gathered as arrays (:meth:`taken`,
+    :meth:`gather_decoded`); every other record is parsed alone, in its place among them,
+    which gives it the reason and the dead letter it has always had."""
 
-    what = "samples"
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        super().open(runtime_context)
-        #: The bundle's JSON samples so far, by model.
-        self.gathered: dict[str, SamplesBuilder] = {}
+    #: Whether this topic's records carry a model's features (labels do not).
+    reads_features = True
 
     def parse_bundle(self, bundle: bytes) -> Iterator[Any]:
         if sample_columns.is_decoded(bundle):
@@ -364,10 +361,6 @@ class ParseSamples(_ParseModelRecords):
         return super().parse_bundle(bundle)
 
     def parse_decoded(self, bundle: DecodedBundle) -> Iterator[Any]:
-        """A bundle whose JSON samples Java decoded: those that pass every check of
-        :func:`~flowlearn.contracts.records.parse_sample` are checked and gathered as arrays;
-        every other record is parsed alone, in its place among them, which gives it the
-        reason and the dead letter it has always had."""
         taken = self.taken(bundle)
         rows = np.flatnonzero(taken)
         records = bundle.record_index[rows]
@@ -386,10 +379,11 @@ class ParseSamples(_ParseModelRecords):
         yield from self.end_of_bundle()
 
     def taken(self, bundle: DecodedBundle) -> np.ndarray:
-        """Which decoded samples pass the checks their record's parse would make: a model
-        id of the pattern, a dense model that is not a bandit, its number of features, a
-        label it takes, an event id not too long and ``ts`` not ahead
-        (:meth:`~_ParseModelRecords.check_not_ahead`)."""
+        """Which decoded records pass the checks their record's parse would make: a model
+        id of the pattern, a model that is not a bandit (if the records carry features: a
+        dense one, and its number of features), an event id not too long, ``ts`` not ahead
+        (:meth:`~_ParseModelRecords.check_not_ahead`), and the topic's own
+        (:meth:`fits_topic`)."""
         taken = np.zeros(len(bundle.labels), dtype=bool)
         if not taken.size:
             return taken
@@ -398,42 +392,97 @@ class ParseSamples(_ParseModelRecords):
         )
         n_values = np.diff(bundle.feature_starts)
         for index, model_id in enumerate(bundle.model_ids):
-            spec = self.spec_for(model_id) if model_id_problem(model_id) is None else None
-            if spec is None or spec.get("features", "dense") != "dense" or is_bandit(spec):
+            spec = self.decoded_spec(model_id) if model_id_problem(model_id) is None else None
+            if spec is None or is_bandit(spec):
                 continue
-            taken |= (
-                (bundle.model_id_index == index)
-                & fit
-                & (n_values == int(spec["n_features"]))
-                & valid_labels(bundle.labels, spec)
-            )
+            mine = (bundle.model_id_index == index) & fit & self.fits_topic(bundle, spec)
+            if self.reads_features:
+                if spec.get("features", "dense") != "dense":
+                    continue
+                mine &= n_values == int(spec["n_features"])
+            taken |= mine
         return taken
 
-    def gather_decoded(self, bundle: DecodedBundle, rows: np.ndarray) -> Iterator[Row]:
-        """Decoded samples that passed (:meth:`taken`), consecutive among the bundle's
-        parsed records, gathered by model."""
+    def decoded_spec(self, model_id: str) -> Mapping[str, Any] | None:
+        """The spec decoded records of ``model_id`` are checked against (None: each is
+        parsed alone)."""
+        return self.spec_for(model_id)
+
+    def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
+        """Which decoded records pass this topic's own checks under ``spec``."""
+        raise NotImplementedError
+
+    def gather_decoded(self, bundle: DecodedBundle, rows: np.ndarray) -> Iterator[Any]:
+        """What decoded records that passed (:meth:`taken`), consecutive among the
+        bundle's parsed records, give: they are gathered by model (:meth:`gather_rows`)."""
         ids = bundle.model_id_index[rows]
         event_ids = bundle.event_ids.decode("ascii")
         for index in np.unique(ids).tolist():
             mine = rows[ids == index]
-            model_id = bundle.model_ids[index]
-            starts = bundle.feature_starts[mine]
-            width = int(bundle.feature_starts[mine[0] + 1] - starts[0])
-            samples = self.gathered.get(model_id)
-            if samples is not None and not samples.fits(False, width):  # a create came
-                yield samples.row()
-                samples = None
-            if samples is None:
-                samples = self.gathered[model_id] = SamplesBuilder(model_id, sparse=False)
-            values = bundle.features[starts[:, None] + np.arange(width)].ravel().tolist()
+            values: list[float] = []
+            width = 0
+            if self.reads_features:
+                starts = bundle.feature_starts[mine]
+                width = int(bundle.feature_starts[mine[0] + 1] - starts[0])
+                values = bundle.features[starts[:, None] + np.arange(width)].ravel().tolist()
             if event_ids:
                 bounds = bundle.event_id_starts
                 ids_of = [event_ids[bounds[i] : bounds[i + 1]] for i in mine.tolist()]
             else:
                 ids_of = [""] * len(mine)
-            samples.add_dense_rows(
-                values, bundle.labels[mine].tolist(), ids_of, int(bundle.ts[mine].max())
+            yield from self.gather_rows(
+                bundle.model_ids[index], values, width, ids_of, bundle, mine
             )
+
+    def gather_rows(
+        self,
+        model_id: str,
+        values: list[float],
+        width: int,
+        event_ids: list[str],
+        bundle: DecodedBundle,
+        mine: np.ndarray,
+    ) -> Iterator[Any]:
+        """Gather decoded records ``mine`` of ``model_id``: their dense rows of ``width``
+        ``values`` (row-major), their event ids ("" for none); what was gathered of another
+        shape goes out first."""
+        raise NotImplementedError
+
+
+class ParseSamples(_ParseDecoded):
+    """Bundles of ``fl.samples`` records (JSON, or bulk Arrow IPC; see :func:`unbundle`) ->
+    ``KEYED_SAMPLE_TYPE`` pairs (model id, ``SAMPLE_TYPE`` row): a row per bulk record, and
+    one for the JSON samples of each model in the bundle. A model's samples keep their order.
+    """
+
+    what = "samples"
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
+        #: The bundle's JSON samples so far, by model.
+        self.gathered: dict[str, SamplesBuilder] = {}
+
+    def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
+        return valid_labels(bundle.labels, spec)
+
+    def gather_rows(
+        self,
+        model_id: str,
+        values: list[float],
+        width: int,
+        event_ids: list[str],
+        bundle: DecodedBundle,
+        mine: np.ndarray,
+    ) -> Iterator[Row]:
+        samples = self.gathered.get(model_id)
+        if samples is not None and not samples.fits(False, width):  # a create came
+            yield samples.row()
+            samples = None
+        if samples is None:
+            samples = self.gathered[model_id] = SamplesBuilder(model_id, sparse=False)
+        samples.add_dense_rows(
+            values, bundle.labels[mine].tolist(), event_ids, int(bundle.ts[mine].max())
+        )
 
     def parse(self, raw: bytes) -> Iterable[Row]:
         if is_bulk(raw):
@@ -499,10 +548,26 @@ class _ParseFeedback(_ParseModelRecords):
         return rows
 
 
-class ParseEvents(_ParseFeedback):
-    """``fl.events`` -> :class:`Feedback` rows of kind "e"."""
+class ParseEvents(_ParseDecoded, _ParseFeedback):
+    """``fl.events`` -> :class:`Feedback` rows of kind "e" (bundles of the Java
+    ``EventBundler``: most JSON events come decoded)."""
 
     what = "events"
+
+    def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
+        return np.diff(bundle.event_id_starts) > 0  # an event needs its id
+
+    def gather_rows(
+        self,
+        model_id: str,
+        values: list[float],
+        width: int,
+        event_ids: list[str],
+        bundle: DecodedBundle,
+        mine: np.ndarray,
+    ) -> Iterator[tuple[Row, int]]:
+        yield from self.gathering(model_id)
+        self.gathered[model_id].add_dense_events(event_ids, bundle.ts[mine].tolist(), values, width)
 
     def parse(self, raw: bytes) -> tuple[tuple[Row, int], ...]:
         e = parse_event(raw, self.spec_for, self.on_unknown)
@@ -513,13 +578,45 @@ class ParseEvents(_ParseFeedback):
         return out
 
 
-class ParseLabels(_ParseFeedback):
-    """``fl.labels`` -> :class:`Feedback` rows of kind "l" (each record's bytes kept for a
-    late DLQ)."""
+class ParseLabels(_ParseDecoded, _ParseFeedback):
+    """``fl.labels`` -> :class:`Feedback` rows of kind "l", each record's bytes kept for a
+    late DLQ (bundles of the Java ``LabelBundler``: most JSON labels come decoded)."""
 
     what = "labels"
     kind = "l"
     shows_shape = False
+    reads_features = False
+
+    def decoded_spec(self, model_id: str) -> Mapping[str, Any] | None:
+        """The spec of a model the job holds or this parser asked for; the labels of any
+        other model are parsed alone: their parse counts them against ``job.max_models``."""
+        assert self.runtime_dicts is not None
+        if model_id in self.runtime_dicts:
+            spec = self.runtime_dicts[model_id]
+        else:
+            spec = self.specs.dict_of(model_id) if model_id in self.specs.models else None
+        return spec if spec is not None else self.requested.get(model_id)
+
+    def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
+        # A label needs its event id, and a label its model takes.
+        return (np.diff(bundle.event_id_starts) > 0) & valid_labels(bundle.labels, spec)
+
+    def gather_rows(
+        self,
+        model_id: str,
+        values: list[float],
+        width: int,
+        event_ids: list[str],
+        bundle: DecodedBundle,
+        mine: np.ndarray,
+    ) -> Iterator[tuple[Row, int]]:
+        yield from self.gathering(model_id)
+        gathered = self.gathered[model_id]
+        records = bundle.record_index[mine].tolist()
+        for event_id, ts, label, record in zip(
+            event_ids, bundle.ts[mine].tolist(), bundle.labels[mine].tolist(), records, strict=True
+        ):
+            gathered.add_label(event_id, ts, label, bundle.record(record))
 
     def parse(self, raw: bytes) -> tuple[tuple[Row, int], ...]:
         lab = parse_label(raw, self.spec_for)

@@ -1,6 +1,8 @@
 """The bundles of ``fl.samples`` records that the Java ``SampleBundler`` (operators/java)
-makes: the raw records, as every bundle carries them, and the JSON samples it could decode,
-column by column, so that the samples parser checks and gathers them as arrays.
+makes, and of ``fl.events`` and ``fl.labels`` records that its ``EventBundler`` and
+``LabelBundler`` make: the raw records, as every bundle carries them, and the JSON records
+it could decode, column by column, so that the parser checks and gathers them as arrays (an
+event's label is NaN, a label's features none).
 
 Its class comment holds the layout; :func:`read` is the one reader of it.
 """
@@ -55,7 +57,7 @@ def read(bundle: bytes) -> DecodedBundle:
     """A decoded bundle's columns (views of ``bundle``, not copies); ValueError if it is cut
     short."""
     if not is_decoded(bundle):
-        raise ValueError("not a decoded bundle of samples")
+        raise ValueError("not a decoded bundle")
     raw_size = int.from_bytes(bundle[4:8], "little")
     at = 8 + ((raw_size + 7) & ~7)
 

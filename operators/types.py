@@ -241,6 +241,16 @@ class FeedbackBuilder:
             self.indices.extend(indices or ())
         self.offsets.append(len(self.features))
 
+    def add_dense_events(
+        self, event_ids: list[str], ts: list[int], values: list[float], width: int
+    ) -> None:
+        """Dense events of ``width`` values each (``values`` row-major)."""
+        self.event_ids.extend(event_ids)
+        self.ts.extend(ts)
+        start = len(self.features)
+        self.features.extend(values)
+        self.offsets.extend(start + width * (k + 1) for k in range(len(ts)))
+
     def add_label(self, event_id: str, ts: int, label: float, raw: bytes) -> None:
         self.event_ids.append(event_id)
         self.ts.append(ts)

@@ -1,7 +1,7 @@
-"""The Java SampleBundler (operators/java) on a MiniCluster: the samples parser gives, for
-bundles whose JSON samples Java decoded, exactly what it gives for the same records parsed
-one by one in Python (every row, bit for bit; every dead letter and its reason), on a corpus
-of ordinary, unusual and malformed records."""
+"""The Java SampleBundler and EventBundler (operators/java) on a MiniCluster: the samples
+and events parsers give, for bundles whose JSON records Java decoded, exactly what they give
+for the same records parsed one by one in Python (every row, bit for bit; every dead letter
+and its reason), on a corpus of ordinary, unusual and malformed records."""
 
 import json
 import random
@@ -15,9 +15,17 @@ from flowlearn.conf import load_settings
 from flowlearn.contracts.records import encode_sample_batch, now_ms
 from flowlearn.devstack.jars import operators_jar
 from flowlearn.jobs.local import local_environment, raw_stream
-from flowlearn.jobs.online_learning import SAMPLE_BUNDLER, bundled
+from flowlearn.jobs.online_learning import EVENT_BUNDLER, LABEL_BUNDLER, SAMPLE_BUNDLER, bundled
 from flowlearn.operators import sample_columns
-from flowlearn.operators.parse import DLQ_TAG, INFERRED_TAG, ParseSamples
+from flowlearn.operators.parse import (
+    DLQ_TAG,
+    INFERRED_TAG,
+    ParseEvents,
+    ParseLabels,
+    ParseSamples,
+)
+from flowlearn.operators.types import Feedback
+from flowlearn.serving.prediction_log import Batch, Shadow
 from tests.unit.test_parse_operators import BroadcastContext, RuntimeContext
 
 pytestmark = pytest.mark.minicluster
@@ -89,9 +97,11 @@ def _value_text(rng: random.Random) -> str:
     )
 
 
-def _record(rng: random.Random, ts: int) -> bytes:
-    """A sample record: most of them as ordinary clients write them (in every spelling of
-    their numbers), the rest with something unusual or wrong."""
+def _record(
+    rng: random.Random, ts: int, event_id_rate: float, label_rate: float, features_rate: float
+) -> bytes:
+    """A sample (or event, or label) record: most of them as ordinary clients write them (in every
+    spelling of their numbers), the rest with something unusual or wrong."""
     if rng.random() < 0.6:
         model = rng.choice(["demo", "reg", "multi"])
 
@@ -115,7 +125,7 @@ def _record(rng: random.Random, ts: int) -> bytes:
                 else str(ts - rng.randint(0, 10_000)),
             )
         )
-    if roll() > 0.02:
+    if rng.random() < features_rate and roll() > 0.02:
         if model == "hashed" or roll() < 0.05:
             features = json.dumps({f"f{i}": rng.random() for i in range(width)})
         else:
@@ -129,7 +139,7 @@ def _record(rng: random.Random, ts: int) -> bytes:
             space = rng.choice(["", " ", "\n\t "])
             features = "[" + space + ("," + space).join(values) + space + "]"
         fields.append(("features", features))
-    if roll() > 0.02:
+    if rng.random() < label_rate and roll() > 0.02:
         fields.append(
             (
                 "label",
@@ -140,7 +150,7 @@ def _record(rng: random.Random, ts: int) -> bytes:
         )
     if model == "bandit" or roll() < 0.05:
         fields += [("action", str(rng.randint(0, 3))), ("propensity", rng.choice(["0.5", "0"]))]
-    if rng.random() < 0.4:
+    if rng.random() < event_id_rate:
         fields.append(
             (
                 "event_id",
@@ -171,10 +181,14 @@ def _record(rng: random.Random, ts: int) -> bytes:
     return data
 
 
-def corpus(n: int, seed: int) -> list[bytes]:
+def corpus(n: int, seed: int, topic: str = "samples") -> list[bytes]:
     rng = random.Random(seed)
     ts = now_ms()
-    records = [_record(rng, ts) for _ in range(n)]
+    if topic == "events":  # an event needs its id and has no use for a label
+        return [_record(rng, ts, 0.9, label_rate=0.3, features_rate=1.0) for _ in range(n)]
+    if topic == "labels":  # a label needs its id and has no use for features
+        return [_record(rng, ts, 0.9, label_rate=1.0, features_rate=0.2) for _ in range(n)]
+    records = [_record(rng, ts, 0.4, label_rate=1.0, features_rate=1.0) for _ in range(n)]
     # A bulk record among them: the samples of its model before it stay before it.
     bulk = encode_sample_batch(
         "demo", np.array([ts, ts]), np.array([[0.5] * 10, [1.5] * 10]), np.array([0.0, 1.0])
@@ -183,8 +197,8 @@ def corpus(n: int, seed: int) -> list[bytes]:
     return records
 
 
-def opened_parser():
-    op = ParseSamples(load_settings(env=ENV), "fl.samples")
+def opened_parser(parser_class=ParseSamples):
+    op = parser_class(load_settings(env=ENV), "fl.x")
     op.open(RuntimeContext())
     ctx = BroadcastContext(
         {model: op.specs.runtime_entry(spec, "test") for model, spec in SPECS.items()}
@@ -204,25 +218,38 @@ def comparable(outputs) -> list:
             if "detail" in record:
                 record["detail"] = re.sub(r"is \d+ ms ahead", "is ... ms", record["detail"])
             out.append((o[0].tag_id, json.dumps(record, sort_keys=True)))
+        elif isinstance(o, tuple):  # an event's (keyed row, event time)
+            (key, row), event_time = o
+            out.append((key, repr(tuple(row)), event_time))
         else:
             key, row = o
             out.append((key, repr(tuple(row))))
     return out
 
 
-@pytest.mark.parametrize("seed", [11, 29])
-def test_decoded_bundles_parse_exactly_as_their_records_do_one_by_one(seed):
-    records = corpus(3000, seed)
+PARSERS = {
+    "samples": (ParseSamples, SAMPLE_BUNDLER),
+    "events": (ParseEvents, EVENT_BUNDLER),
+    "labels": (ParseLabels, LABEL_BUNDLER),
+}
+
+
+@pytest.mark.parametrize(
+    "seed, topic", [(11, "samples"), (29, "samples"), (13, "events"), (17, "labels")]
+)
+def test_decoded_bundles_parse_exactly_as_their_records_do_one_by_one(seed, topic):
+    parser_class, bundler = PARSERS[topic]
+    records = corpus(3000, seed, topic)
     conf = load_settings(env=ENV)
     flink = local_environment(operators_jar(conf))
-    out = bundled(raw_stream(flink, records), conf, "bundles", SAMPLE_BUNDLER).map(
+    out = bundled(raw_stream(flink, records), conf, "bundles", bundler).map(
         lambda b: bytes(b).hex(), output_type=Types.STRING()
     )
     with out.execute_and_collect() as results:
         bundles = [bytes.fromhex(b) for b in results]
 
-    decoding, decoding_ctx = opened_parser()
-    one_by_one, one_by_one_ctx = opened_parser()
+    decoding, decoding_ctx = opened_parser(parser_class)
+    one_by_one, one_by_one_ctx = opened_parser(parser_class)
     taken = 0
     seen = []
     for bundle in bundles:
@@ -238,3 +265,32 @@ def test_decoded_bundles_parse_exactly_as_their_records_do_one_by_one(seed):
     # Most ordinary samples were checked as arrays (not those with an integer literal of
     # over 18 digits, which the corpus has often: Python reads those).
     assert taken > 0.4 * len(records)
+
+
+def test_the_predictors_prediction_log_is_decoded_in_java():
+    """The events the predictor logs (``Batch.records``: score, version, variant, shadow
+    beside the features) are read by the EventBundler, not left to Python one by one."""
+    ts = now_ms()
+    batch = Batch(
+        "demo",
+        ts,
+        ["a", "b"],
+        [[0.5] * 10, [1.5] * 10],
+        [0.25, 0.75],
+        3,
+        ts,
+        "live",
+        Shadow("candidate", 4, [0.3, 0.6]),
+    )
+    conf = load_settings(env=ENV)
+    flink = local_environment(operators_jar(conf))
+    out = bundled(raw_stream(flink, list(batch.records())), conf, "bundles", EVENT_BUNDLER).map(
+        lambda b: bytes(b).hex(), output_type=Types.STRING()
+    )
+    with out.execute_and_collect() as results:
+        (bundle,) = [bytes.fromhex(b) for b in results]
+    decoded = sample_columns.read(bundle)
+    parser, ctx = opened_parser(ParseEvents)
+    (((_, row), event_time),) = list(parser.process_element(bundle, ctx))
+    assert event_time == ts and Feedback._make(row).event_ids == ["a", "b"]
+    assert parser.taken(decoded).tolist() == [True, True]

@@ -507,3 +507,16 @@ def test_the_largest_models_the_docs_show_are_still_created():
             op, {"model_id": "m", "command": "create", "ts": 1, "args": {"spec": spec}}
         )
         assert len(rows) == 1 and not letters
+
+
+def test_a_bundles_labels_leave_as_one_row_each_with_its_own_bytes():
+    op = opened(ParseLabels)
+    now = now_ms()
+    records = [
+        json.dumps({**LABEL, "event_id": event_id, "ts": now - i}).encode()
+        for i, event_id in enumerate(["a", "b", "c"])
+    ]
+    ((pair, latest),) = list(op.process_element(framed(*records), BroadcastContext()))
+    labels = Feedback._make(pair[1])
+    assert labels.kind == "l" and labels.event_ids == ["a", "b", "c"] and latest == now
+    assert [labels.raw_of(i) for i in range(3)] == records and labels.labels == [1.0] * 3

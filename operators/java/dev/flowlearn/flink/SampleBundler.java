@@ -23,6 +23,8 @@ import java.util.HashMap;
  * left to the Python parser, which reads the raw bytes as before: its dead-letter reasons
  * and records are the only ones there are. Numbers come out as the Python parser makes
  * them: an integer literal as the float64 nearest to it, other literals correctly rounded.
+ * {@link EventBundler} and {@link LabelBundler} decode events and labels the same way,
+ * with the fields those need ({@link #complete}).
  *
  * <p>A bundle, little-endian but for the magic ({@code flowlearn.operators.sample_columns}
  * reads it):
@@ -39,7 +41,7 @@ import java.util.HashMap;
  * bytes[eventIdBytes] event ids, then nModelIds times: int32 length, the id's bytes
  * </pre>
  */
-public final class SampleBundler extends RecordBundler {
+public class SampleBundler extends RecordBundler {
 
     private static final long serialVersionUID = 1L;
 
@@ -65,13 +67,19 @@ public final class SampleBundler extends RecordBundler {
             int n = ((framed[at] & 0xFF) << 24) | ((framed[at + 1] & 0xFF) << 16)
                     | ((framed[at + 2] & 0xFF) << 8) | (framed[at + 3] & 0xFF);
             columns.recordStarts[i] = at;
-            if (n <= MAX_RECORD_BYTES && json.decode(framed, at + 4, at + 4 + n)) {
+            if (n <= MAX_RECORD_BYTES && json.decode(framed, at + 4, at + 4 + n) && complete(json)) {
                 columns.add(i, json);
             }
             at += 4 + n;
         }
         columns.recordStarts[count] = at;
         return columns.write(framed, size);
+    }
+
+    /** Whether a record that decoded has every field this topic's records need: a sample
+     * its features and label (its event id is optional). */
+    protected boolean complete(SampleJson record) {
+        return record.nFeatures >= 0 && record.hasLabel;
     }
 
     /** The decoded samples of one bundle, column by column. */
@@ -112,11 +120,12 @@ public final class SampleBundler extends RecordBundler {
                 ids.add(s.modelId.getBytes(StandardCharsets.US_ASCII));
             }
             modelIdIndex[n] = id;
-            if (nValues + s.nFeatures > features.length) {
-                features = Arrays.copyOf(features, Math.max(nValues + s.nFeatures, 2 * features.length));
+            int nFeatures = Math.max(s.nFeatures, 0); // a label's record may have none
+            if (nValues + nFeatures > features.length) {
+                features = Arrays.copyOf(features, Math.max(nValues + nFeatures, 2 * features.length));
             }
-            System.arraycopy(s.features, 0, features, nValues, s.nFeatures);
-            nValues += s.nFeatures;
+            System.arraycopy(s.features, 0, features, nValues, nFeatures);
+            nValues += nFeatures;
             if (s.eventIdEnd > s.eventIdStart) {
                 int len = s.eventIdEnd - s.eventIdStart;
                 if (eventIdBytes + len > eventIds.length) {
@@ -187,7 +196,9 @@ public final class SampleBundler extends RecordBundler {
 
         String modelId;
         long ts;
+        /** The label: NaN when the record has none ({@link #hasLabel}). */
         double label;
+        boolean hasLabel;
         double[] features = new double[64];
         int nFeatures;
         int eventIdStart;
@@ -206,7 +217,8 @@ public final class SampleBundler extends RecordBundler {
             nFeatures = -1;
             eventIdStart = eventIdEnd = 0;
             boolean hasTs = false;
-            boolean hasLabel = false;
+            hasLabel = false;
+            label = Double.NaN;
             boolean hasEventId = false;
             skipSpace();
             if (!take('{')) {
@@ -278,7 +290,7 @@ public final class SampleBundler extends RecordBundler {
                 break;
             }
             skipSpace();
-            return pos == end && modelId != null && hasTs && hasLabel && nFeatures >= 0;
+            return pos == end && modelId != null && hasTs;
         }
 
         private boolean featureList() {
