@@ -22,19 +22,23 @@ events topic; ``FLOWLEARN__KAFKA__*`` variables give its security settings) and 
 shows how many records were acknowledged and dropped: a log that drops is cheap for the
 wrong reason. The log's cost is reported as the predictor's CPU time per request with the
 log on over off: the broker shares the cores here, so the rate's loss also counts the
-broker's own work.
+broker's own work. Runs here differ by about 5% from one to the next, as much as the cost
+to be shown, so the single-instance runs alternate between log off and on (``--rounds``,
+a fresh predictor each) and the report gives the median of each round's cost and their
+range; the table shows each figure's median over the rounds.
 
 Usage: ``python bench/bench_predictor.py [--quick] [--duration S] [--connections N]
-[--workers 1 2] [--kafka HOST:PORT | --no-log] [--wrk-threads N]``. Needs redis-server and
-wrk on PATH (``apt-get install -y redis-server wrk``), and Java for its own broker. Everything
-it starts is stopped at the end, also on errors and Ctrl-C. wrk, the servers and Redis share
-the machine: on fewer cores than workers + wrk the rates measure contention as much as the
-predictor (the CPU time per request does not).
+[--workers 1 2] [--kafka HOST:PORT | --no-log] [--rounds N] [--wrk-threads N]``. Needs
+redis-server and wrk on PATH (``apt-get install -y redis-server wrk``), and Java for its own
+broker. Everything it starts is stopped at the end, also on errors and Ctrl-C. wrk, the
+servers and Redis share the machine: on fewer cores than workers + wrk the rates measure
+contention as much as the predictor (the CPU time per request does not).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -468,6 +472,16 @@ def grpc_rate(
 GRPC_CHANNELS, GRPC_IN_FLIGHT = 4, 8
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over ``runs``."""
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+def spread(values: list[float]) -> str:
+    """``values`` (fractions) in the order they came, as percentages."""
+    return ", ".join(f"{v:+.1%}" for v in values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (3 s each)")
@@ -487,8 +501,18 @@ def main() -> None:
     parser.add_argument(
         "--no-log", action="store_true", help="skip the runs with the prediction log on"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="single-instance runs alternating log off and on, a fresh predictor each "
+        "(default 3; 2 with --quick)",
+    )
     args = parser.parse_args()
     duration = args.duration or (3 if args.quick else 10)
+    rounds = args.rounds or (2 if args.quick else 3)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
     for tool in ("redis-server", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"bench_predictor: {tool} is not on PATH (apt-get install -y {tool})")
@@ -559,8 +583,9 @@ def main() -> None:
             ),
         }
         batch = json.dumps({"instances": [row] * 100})
-        #: (workers, log on, what) -> wrk's numbers; what: V1, V2, batch, hello.
-        results: dict[tuple[int, bool, str], dict[str, float]] = {}
+        #: (workers, log on, what) -> wrk's numbers, a run each round (batch, gRPC and hello:
+        #: the first round's only); what: V1, V2, batch, gRPC, hello.
+        results: dict[tuple[int, bool, str], list[dict[str, float]]] = {}
         #: (workers, log on) -> (records acknowledged, dropped).
         logged: dict[tuple[int, bool], tuple[float, float]] = {}
         latencies: list[float] = []
@@ -579,13 +604,17 @@ def main() -> None:
                 base = f"http://127.0.0.1:{port}"
                 wait_workers(base, workers, "hello-world")
                 progress(f"wrk {duration}s, {args.connections} connections: hello-world x{workers}")
-                results[(workers, False, "hello")] = measure(
-                    base + bodies["V1"][0], bodies["V1"][1], hellos
-                )
-            for log_on in log_modes:
+                results[(workers, False, "hello")] = [
+                    measure(base + bodies["V1"][0], bodies["V1"][1], hellos)
+                ]
+            for round_, log_on in itertools.product(range(rounds), log_modes):
+                first = round_ == 0
                 port = free_port()
                 argv = [sys.executable, "-m", "flowlearn.serving", "--workers", str(workers)]
-                what = f"predictor x{workers}, log {'on' if log_on else 'off'}"
+                what = (
+                    f"predictor x{workers}, log {'on' if log_on else 'off'}, "
+                    f"round {round_ + 1}/{rounds}"
+                )
                 grpc_port = free_port()
                 with process(
                     argv + ([] if log_on else ["--no-log"]),
@@ -601,16 +630,20 @@ def main() -> None:
                     wait_workers(base, workers, what)
                     for shape, (path, body) in bodies.items():
                         progress(f"wrk {duration}s: {what}, {shape}, 1 instance a request")
-                        results[(workers, log_on, shape)] = measure(base + path, body, [proc.pid])
+                        results.setdefault((workers, log_on, shape), []).append(
+                            measure(base + path, body, [proc.pid])
+                        )
+                    if not first:
+                        continue
                     progress(f"wrk {duration}s: {what}, 100 instances a request")
-                    results[(workers, log_on, "batch")] = measure(
-                        base + bodies["V1"][0], batch, [proc.pid]
-                    )
+                    results[(workers, log_on, "batch")] = [
+                        measure(base + bodies["V1"][0], batch, [proc.pid])
+                    ]
                     if not log_on:
                         progress(f"gRPC ModelInfer {duration}s: {what}, 1 instance a call")
-                        results[(workers, log_on, "gRPC")] = grpc_rate(
-                            f"127.0.0.1:{grpc_port}", row, duration, [proc.pid]
-                        )
+                        results[(workers, log_on, "gRPC")] = [
+                            grpc_rate(f"127.0.0.1:{grpc_port}", row, duration, [proc.pid])
+                        ]
                     if log_on:
                         logged[(workers, log_on)] = (
                             metric(base, "flowlearn_predictor_log_sent_total"),
@@ -663,8 +696,9 @@ def main() -> None:
         f"{'workers':>7} {'log':>4} {'request':>12} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'errors':>7} {'/ hello':>8} {'CPU us/req':>11} {'hello CPU /':>12}"
     )
-    for (workers, log_on, shape), r in results.items():
-        hello = results[(workers, False, "hello")]
+    medians = {key: median_run(runs) for key, runs in results.items()}
+    for (workers, log_on, shape), r in medians.items():
+        hello = medians[(workers, False, "hello")]
         label = {"hello": "hello-world", "batch": "V1 x100", "gRPC": "gRPC x1 (py)"}.get(
             shape, f"{shape} x1"
         )
@@ -682,24 +716,27 @@ def main() -> None:
         f"{naive['cpu_us']:11.1f}"
     )
     for workers in args.workers:
-        r = results[(workers, False, "batch")]
+        r = medians[(workers, False, "batch")]
         print(f"batched predictions/s, {workers} worker(s), 100 a request: {r['rps'] * 100:,.0f}")
         if not args.no_log:
             sent, dropped = logged[(workers, True)]
             for shape in bodies:
-                off, on = results[(workers, False, shape)], results[(workers, True, shape)]
+                offs, ons = results[(workers, False, shape)], results[(workers, True, shape)]
                 # The broker runs on the same cores here, so the rate's loss counts its work
                 # too; the CPU per request is the log's cost to the predictor alone, what
-                # its rate loses on cores of its own.
+                # its rate loses on cores of its own. Each round's off and on runs are a
+                # pair, run one after the other.
+                cpu = [on["cpu_us"] / off["cpu_us"] - 1 for off, on in zip(offs, ons, strict=True)]
+                rate = [1 - on["rps"] / off["rps"] for off, on in zip(offs, ons, strict=True)]
                 print(
-                    f"log on costs {on['cpu_us'] / off['cpu_us'] - 1:.1%} more of the "
-                    f"predictor's CPU per {shape} request (target <= 10%), "
-                    f"{1 - on['rps'] / off['rps']:.1%} of the rate on this machine, with "
-                    f"{workers} worker(s)"
+                    f"log on costs {statistics.median(cpu):.1%} more of the predictor's CPU "
+                    f"per {shape} request (target <= 10%; rounds {spread(cpu)}), "
+                    f"{statistics.median(rate):.1%} of the rate on this machine "
+                    f"({spread(rate)}), with {workers} worker(s)"
                 )
             print(f"  log records acknowledged {sent:,.0f}, dropped {dropped:,.0f}")
     if 2 in args.workers:
-        r, hello = results[(2, False, "V1")], results[(2, False, "hello")]
+        r, hello = medians[(2, False, "V1")], medians[(2, False, "hello")]
         print(
             f"2 workers, V1, log off: {r['rps']:,.0f} req/s (target >= 20,000), p95 "
             f"{r['p95_ms']:.2f} ms (target <= 5), {r['rps'] / hello['rps']:.2f} of hello-world "
