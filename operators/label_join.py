@@ -134,6 +134,18 @@ class _Joined:
         return [samples.row() for samples in self.gathered]
 
 
+class _Call(NamedTuple):
+    """What one call of the join works with: the key's entries, the row of records, the
+    watermark and timers, and the samples it gives."""
+
+    model_id: str
+    entries: dict[str, _Mirrored]
+    batch: Feedback
+    watermark: int
+    timers: Any
+    joined: _Joined
+
+
 class LabelJoin(KeyedProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -233,29 +245,21 @@ class LabelJoin(KeyedProcessFunction):
         entries = self._model(model_id)
         timers = ctx.timer_service()
         watermark = timers.current_watermark()
-        joined = _Joined(model_id)
+        call = _Call(model_id, entries, batch, watermark, timers, _Joined(model_id))
         add = self._event if batch.kind == "e" else self._label
         for i, event_id in enumerate(batch.event_ids):
-            yield from add(model_id, entries, event_id, batch, i, watermark, timers, joined)
-        yield from joined.rows()
+            yield from add(call, i, event_id)
+        yield from call.joined.rows()
 
-    def _event(
-        self,
-        model_id: str,
-        entries: dict[str, _Mirrored],
-        event_id: str,
-        batch: Feedback,
-        i: int,
-        watermark: int,
-        timers: Any,
-        joined: _Joined,
-    ) -> Iterator[Any]:
-        entry = entries.get(event_id)
+    def _event(self, call: _Call, i: int, event_id: str) -> Iterator[Any]:
+        """Event ``i`` of the call's row."""
+        model_id, batch, timers, joined = call.model_id, call.batch, call.timers, call.joined
+        entry = call.entries.get(event_id)
         if entry is not None and entry.flags & (PAIRED | HAS_EVENT):
             self._count(model_id, "duplicates")
             return
         ts = batch.ts[i]
-        if ts + self.window < watermark:
+        if ts + self.window < call.watermark:
             # Its window closed before it arrived: no label can join it any more.
             self._count(model_id, "expired")
             return
@@ -272,18 +276,11 @@ class LabelJoin(KeyedProcessFunction):
         self._put(model_id, event_id, waiting, timers)
         yield from self._overflow(model_id, joined)
 
-    def _label(
-        self,
-        model_id: str,
-        entries: dict[str, _Mirrored],
-        event_id: str,
-        batch: Feedback,
-        i: int,
-        watermark: int,
-        timers: Any,
-        joined: _Joined,
-    ) -> Iterator[Any]:
-        entry = entries.get(event_id)
+    def _label(self, call: _Call, i: int, event_id: str) -> Iterator[Any]:
+        """Label ``i`` of the call's row."""
+        model_id, batch, timers, joined = call.model_id, call.batch, call.timers, call.joined
+        watermark = call.watermark
+        entry = call.entries.get(event_id)
         if entry is not None and entry.flags & (PAIRED | HAS_LABEL):
             self._count(model_id, "duplicates")
             return

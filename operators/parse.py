@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pyflink.common import Row, Types
@@ -199,12 +199,15 @@ class _ParseModelRecords(_ParseRecords, BroadcastProcessFunction):
                 f"(more than job.out_of_orderness_ms = {limit})",
             )
 
-    def _spec_for(self, model_id: str) -> Mapping[str, Any] | None:
+    def held_spec(self, model_id: str) -> Mapping[str, Any] | None:
+        """The spec of a model the job holds (None: deleted, or never made)."""
         assert self.runtime_dicts is not None
         if model_id in self.runtime_dicts:
-            spec = self.runtime_dicts[model_id]
-        else:
-            spec = self.specs.dict_of(model_id) if model_id in self.specs.models else None
+            return self.runtime_dicts[model_id]
+        return self.specs.dict_of(model_id) if model_id in self.specs.models else None
+
+    def _spec_for(self, model_id: str) -> Mapping[str, Any] | None:
+        spec = self.held_spec(model_id)
         if spec is not None or not self.creates:
             return spec
         requested = self.requested.get(model_id)
@@ -345,6 +348,19 @@ def unbundle(bundle: bytes) -> Iterator[bytes]:
         at += 4 + n
 
 
+class _ModelRows(NamedTuple):
+    """One model's decoded records among a bundle's (:meth:`_ParseDecoded.gather_rows`)."""
+
+    model_id: str
+    #: Their indices in the bundle's decoded columns.
+    records: np.ndarray
+    #: Their features: dense rows of ``width`` values, row-major (none for labels).
+    values: list[float]
+    width: int
+    #: Their event ids ("" for none).
+    event_ids: list[str]
+
+
 class _ParseDecoded(_ParseModelRecords):
     """A parser of a topic whose Java bundler decodes the JSON records it can read with
     certainty into columns (``SampleBundler``, ``EventBundler``): those that pass every
@@ -431,21 +447,12 @@ class _ParseDecoded(_ParseModelRecords):
             else:
                 ids_of = [""] * len(mine)
             yield from self.gather_rows(
-                bundle.model_ids[index], values, width, ids_of, bundle, mine
+                bundle, _ModelRows(bundle.model_ids[index], mine, values, width, ids_of)
             )
 
-    def gather_rows(
-        self,
-        model_id: str,
-        values: list[float],
-        width: int,
-        event_ids: list[str],
-        bundle: DecodedBundle,
-        mine: np.ndarray,
-    ) -> Iterator[Any]:
-        """Gather decoded records ``mine`` of ``model_id``: their dense rows of ``width``
-        ``values`` (row-major), their event ids ("" for none); what was gathered of another
-        shape goes out first."""
+    def gather_rows(self, bundle: DecodedBundle, rows: _ModelRows) -> Iterator[Any]:
+        """Gather one model's decoded ``rows``; what was gathered of another shape goes out
+        first."""
         raise NotImplementedError
 
 
@@ -465,23 +472,16 @@ class ParseSamples(_ParseDecoded):
     def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
         return valid_labels(bundle.labels, spec)
 
-    def gather_rows(
-        self,
-        model_id: str,
-        values: list[float],
-        width: int,
-        event_ids: list[str],
-        bundle: DecodedBundle,
-        mine: np.ndarray,
-    ) -> Iterator[Row]:
-        samples = self.gathered.get(model_id)
-        if samples is not None and not samples.fits(False, width):  # a create came
+    def gather_rows(self, bundle: DecodedBundle, rows: _ModelRows) -> Iterator[Row]:
+        samples = self.gathered.get(rows.model_id)
+        if samples is not None and not samples.fits(False, rows.width):  # a create came
             yield samples.row()
             samples = None
         if samples is None:
-            samples = self.gathered[model_id] = SamplesBuilder(model_id, sparse=False)
+            samples = self.gathered[rows.model_id] = SamplesBuilder(rows.model_id, sparse=False)
+        mine = rows.records
         samples.add_dense_rows(
-            values, bundle.labels[mine].tolist(), event_ids, int(bundle.ts[mine].max())
+            rows.values, bundle.labels[mine].tolist(), rows.event_ids, int(bundle.ts[mine].max())
         )
 
     def parse(self, raw: bytes) -> Iterable[Row]:
@@ -557,17 +557,10 @@ class ParseEvents(_ParseDecoded, _ParseFeedback):
     def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
         return np.diff(bundle.event_id_starts) > 0  # an event needs its id
 
-    def gather_rows(
-        self,
-        model_id: str,
-        values: list[float],
-        width: int,
-        event_ids: list[str],
-        bundle: DecodedBundle,
-        mine: np.ndarray,
-    ) -> Iterator[tuple[Row, int]]:
-        yield from self.gathering(model_id)
-        self.gathered[model_id].add_dense_events(event_ids, bundle.ts[mine].tolist(), values, width)
+    def gather_rows(self, bundle: DecodedBundle, rows: _ModelRows) -> Iterator[tuple[Row, int]]:
+        yield from self.gathering(rows.model_id)
+        ts = bundle.ts[rows.records].tolist()
+        self.gathered[rows.model_id].add_dense_events(rows.event_ids, ts, rows.values, rows.width)
 
     def parse(self, raw: bytes) -> tuple[tuple[Row, int], ...]:
         e = parse_event(raw, self.spec_for, self.on_unknown)
@@ -590,31 +583,23 @@ class ParseLabels(_ParseDecoded, _ParseFeedback):
     def decoded_spec(self, model_id: str) -> Mapping[str, Any] | None:
         """The spec of a model the job holds or this parser asked for; the labels of any
         other model are parsed alone: their parse counts them against ``job.max_models``."""
-        assert self.runtime_dicts is not None
-        if model_id in self.runtime_dicts:
-            spec = self.runtime_dicts[model_id]
-        else:
-            spec = self.specs.dict_of(model_id) if model_id in self.specs.models else None
+        spec = self.held_spec(model_id)
         return spec if spec is not None else self.requested.get(model_id)
 
     def fits_topic(self, bundle: DecodedBundle, spec: Mapping[str, Any]) -> np.ndarray:
         # A label needs its event id, and a label its model takes.
         return (np.diff(bundle.event_id_starts) > 0) & valid_labels(bundle.labels, spec)
 
-    def gather_rows(
-        self,
-        model_id: str,
-        values: list[float],
-        width: int,
-        event_ids: list[str],
-        bundle: DecodedBundle,
-        mine: np.ndarray,
-    ) -> Iterator[tuple[Row, int]]:
-        yield from self.gathering(model_id)
-        gathered = self.gathered[model_id]
-        records = bundle.record_index[mine].tolist()
+    def gather_rows(self, bundle: DecodedBundle, rows: _ModelRows) -> Iterator[tuple[Row, int]]:
+        yield from self.gathering(rows.model_id)
+        gathered = self.gathered[rows.model_id]
+        mine = rows.records
         for event_id, ts, label, record in zip(
-            event_ids, bundle.ts[mine].tolist(), bundle.labels[mine].tolist(), records, strict=True
+            rows.event_ids,
+            bundle.ts[mine].tolist(),
+            bundle.labels[mine].tolist(),
+            bundle.record_index[mine].tolist(),
+            strict=True,
         ):
             gathered.add_label(event_id, ts, label, bundle.record(record))
 
