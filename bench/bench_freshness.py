@@ -644,17 +644,19 @@ def replay_check(
     boundaries: list[int],
     published: np.ndarray,
 ) -> tuple[bool, str]:
-    """Train the same samples in rank order with the observed batch boundaries, offline;
-    compare with the published weights."""
+    """Train the same samples in rank order with the observed batch boundaries, offline,
+    with the spec the job gave the model (a new model id: ``job.unknown_model_policy``
+    "infer" makes it from its first record's features); compare with the published
+    weights."""
     from flowlearn.core.training import ModelTrainer
     from flowlearn.devstack.producer import DriftingStream
 
-    spec = ModelSpecs(settings).model_spec(model_id)
-    assert spec is not None
     records = DriftingStream(n_features=N_FEATURES, seed=seed, model_id=model_id).take(n, 0)
+    specs = ModelSpecs(settings)
+    spec = specs.spec_of(model_id, specs.inferred_entry(records[0]["features"])).as_dict()
     X = np.array([r["features"] for r in records], dtype=np.float64)
     y = np.array([r["label"] for r in records], dtype=np.float64)
-    trainer = ModelTrainer.create(model_id, spec.as_dict())
+    trainer = ModelTrainer.create(model_id, spec)
     previous = 0
     for applied in boundaries:
         trainer.train_batch(X[previous:applied], y[previous:applied])
