@@ -71,9 +71,6 @@ class SamplesBuilder:
     def sparse(self) -> bool:
         return bool(self.offsets)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def fits(self, sparse: bool, width: int) -> bool:
         """Whether a row (sparse, or dense of ``width`` values) can join these."""
         return sparse if self.sparse else not sparse and self.width in (None, width)
@@ -226,9 +223,6 @@ class FeedbackBuilder:
         self.labels: list[float] = []
         self.raw = bytearray()
         self.raw_offsets: list[int] = [0] if kind == "l" else []
-
-    def __len__(self) -> int:
-        return len(self.ts)
 
     def add_event(
         self, event_id: str, ts: int, values: list[float], indices: list[int] | None = None
