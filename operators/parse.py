@@ -363,10 +363,10 @@ class _ModelRows(NamedTuple):
 
 class _ParseDecoded(_ParseModelRecords):
     """A parser of a topic whose Java bundler decodes the JSON records it can read with
-    certainty into columns (``SampleBundler``, ``EventBundler``): those that pass every
-    check their own parse would make are checked and gathered as arrays (:meth:`taken`,
-    :meth:`gather_decoded`); every other record is parsed alone, in its place among them,
-    which gives it the reason and the dead letter it has always had."""
+    certainty into columns (``SampleBundler``, ``EventBundler``, ``LabelBundler``): those
+    that pass every check their own parse would make are checked and gathered as arrays
+    (:meth:`taken`, :meth:`gather_decoded`); every other record is parsed alone, in its
+    place among them, which gives it the reason and the dead letter it has always had."""
 
     #: Whether this topic's records carry a model's features (labels do not).
     reads_features = True

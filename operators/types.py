@@ -160,10 +160,10 @@ class Feedback(NamedTuple):
         """Event ``i``'s row as :class:`Samples` fields: values, columns and row offsets
         (the last two empty for a dense row)."""
         lo, hi = self.offsets[i], self.offsets[i + 1]
-        values = list(self.features[lo:hi])
+        values = self.features[lo:hi]  # a slice: a list of its own already
         if not self.sparse:
             return values, [], []
-        return values, list(self.indices[lo:hi]), [0, hi - lo]
+        return values, self.indices[lo:hi], [0, hi - lo]
 
     def raw_of(self, i: int) -> bytes:
         """Label ``i``'s record, as it came."""
