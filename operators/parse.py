@@ -433,7 +433,10 @@ class _ParseDecoded(_ParseModelRecords):
         bundle's parsed records, give: they are gathered by model (:meth:`gather_rows`)."""
         ids = bundle.model_id_index[rows]
         event_ids = bundle.event_ids.decode("ascii")
-        for index in np.unique(ids).tolist():
+        # Models in the order they first come among these rows, as one-by-one parsing
+        # meets them (Java numbers them by their first decoded record, taken or not).
+        _, first = np.unique(ids, return_index=True)
+        for index in ids[np.sort(first)].tolist():
             mine = rows[ids == index]
             values: list[float] = []
             width = 0
