@@ -326,6 +326,11 @@ class FlinkConf:
     #: TaskManager killed while answering one froze every metric of the web UI and REST
     #: API for the whole wait; job submission and savepoint triggers answer in seconds.
     web_timeout_ms: int = 20_000
+    #: The local stack forks its TaskManagers' Python workers from a pool that has imported
+    #: PyFlink's worker modules once (jobs/python_worker_pool.py): a worker starts in
+    #: milliseconds instead of a CPU-second or more, which a recovery pays for every slot at
+    #: once. false: Flink starts the interpreter for each worker.
+    python_worker_pool: bool = True
 
     @property
     def web_ui(self) -> str:

@@ -32,5 +32,8 @@ trap 'rm -rf "$work"' EXIT
 # Release 11: the oldest Java Flink 2.x runs on.
 "$javac" --release 11 -Xlint:all -Werror -cp "$lib/*" -d "$work/classes" "${files[@]}" >&2 \
   || die "javac failed"
-"$jar" --create --file "$work/operators.jar" -C "$work/classes" . || die "jar failed"
+# The same jar is the TaskManagers' Java agent (-javaagent:, PythonRunnerWarmup).
+printf 'Premain-Class: dev.flowlearn.flink.PythonRunnerWarmup\n' > "$work/manifest.txt"
+"$jar" --create --file "$work/operators.jar" --manifest "$work/manifest.txt" -C "$work/classes" . \
+  || die "jar failed"
 mv "$work/operators.jar" "$out"

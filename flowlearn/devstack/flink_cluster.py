@@ -17,12 +17,20 @@ from flowlearn.conf import Settings
 from flowlearn.devstack.processes import (
     StackError,
     child_pid_file,
+    log,
     require_free_port,
     require_java,
     running_pid,
     start_process,
     wait_for,
 )
+from flowlearn.jobs import python_worker_pool
+
+#: The pool that forks the TaskManagers' Python workers (run as a file: it must not import
+#: flowlearn, whose modules the workers take from the job's own code).
+PYTHON_WORKER_POOL = Path(python_worker_pool.__file__).resolve()
+#: A Unix socket's path must fit in sun_path (108 bytes on Linux).
+_MAX_SOCKET_PATH = 100
 
 
 def flink_home() -> Path:
@@ -38,7 +46,20 @@ def flink_conf_dir(settings: Settings) -> Path:
     return settings.stack.home / "flink" / "conf"
 
 
-def write_flink_conf(settings: Settings) -> Path:
+def taskmanager_lib(settings: Settings) -> Path:
+    """The TaskManagers' ``lib/`` (FLINK_LIB_DIR): Flink's own jars and flink-python, whose
+    classes the TaskManagers' Java agent loads at start-up (PythonRunnerWarmup), as links."""
+    home = flink_home()
+    lib = settings.stack.home / "flink" / "lib"
+    if lib.exists():
+        shutil.rmtree(lib)
+    lib.mkdir(parents=True)
+    for jar in [*sorted((home / "lib").glob("*.jar")), *(home / "opt").glob("flink-python-*.jar")]:
+        (lib / jar.name).symlink_to(jar)
+    return lib
+
+
+def write_flink_conf(settings: Settings, taskmanager_agent: Path | None = None) -> Path:
     f = settings.flink
     conf_dir = flink_conf_dir(settings)
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -60,9 +81,12 @@ def write_flink_conf(settings: Settings) -> Path:
     scratch = settings.stack.data / "flink" / "tmp"
     for folder in (checkpoints, savepoints, scratch):
         folder.mkdir(parents=True, exist_ok=True)
-    python = sys.executable
+    python = python_worker_executable(settings)
     entries: dict[str, Any] = {
         "env.java.opts.all": java_opts,
+        # The job's tasks take Beam's classes from flink-python in the TaskManagers' lib/,
+        # loaded once per JVM (by the agent below), not a copy of their own per job.
+        "classloader.parent-first-patterns.additional": "org.apache.beam.",
         "jobmanager.rpc.address": "127.0.0.1",
         "jobmanager.rpc.port": f.rpc_port,
         "jobmanager.bind-host": "127.0.0.1",
@@ -102,14 +126,63 @@ def write_flink_conf(settings: Settings) -> Path:
         "metrics.reporter.prom.port": f.prometheus_ports,
         "metrics.reporter.prom.host": "127.0.0.1",
         "python.executable": python,
-        "python.client.executable": python,
+        "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": f.python_bundle_size,
         "python.fn-execution.bundle.time": f.python_bundle_time_ms,
     }
+    if taskmanager_agent is not None:
+        entries["env.java.opts.taskmanager"] = f"-javaagent:{taskmanager_agent}"
     (conf_dir / "config.yaml").write_text(
         "".join(f"{key}: {json.dumps(value)}\n" for key, value in entries.items())
     )
     return conf_dir
+
+
+def python_worker_pool_socket(settings: Settings) -> Path | None:
+    """The socket of the local stack's Python worker pool, or None when the pool is off
+    (``flink.python_worker_pool``) or the stack's path is too long for a Unix socket."""
+    if not settings.flink.python_worker_pool:
+        return None
+    path = settings.stack.run / "python-worker-pool.sock"
+    return path if len(str(path)) <= _MAX_SOCKET_PATH else None
+
+
+def python_worker_executable(settings: Settings) -> str:
+    """The ``python.executable`` of the local stack's workers: the pool's launcher (which
+    starts the interpreter itself when the pool does not answer), or the interpreter."""
+    if python_worker_pool_socket(settings) is None:
+        return sys.executable
+    return str(settings.stack.run / "python-worker")
+
+
+def start_python_worker_pool(settings: Settings) -> None:
+    """Start the pool the TaskManagers' Python workers are forked from, and write its
+    launcher (jobs/python_worker_pool.py says why)."""
+    socket_path = python_worker_pool_socket(settings)
+    if socket_path is None:
+        if settings.flink.python_worker_pool:
+            log(f"no Python worker pool: {settings.stack.run} is too deep for a Unix socket")
+        return
+    python_worker_pool.write_launcher(Path(python_worker_executable(settings)), sys.executable)
+    if running_pid(settings, "python-worker-pool"):
+        return
+    # At the TaskManagers' nice value: the workers it forks inherit it.
+    start_process(
+        settings,
+        "python-worker-pool",
+        [
+            "nice",
+            "-n",
+            str(settings.flink.taskmanager_nice),
+            sys.executable,
+            str(PYTHON_WORKER_POOL),
+            "serve",
+            "--socket",
+            str(socket_path),
+        ],
+        env=flink_env(settings),
+        cwd=settings.stack.run,
+    )
 
 
 def _shipped_java_opts(config_yaml: Path) -> str:
@@ -132,6 +205,8 @@ def flink_env(settings: Settings) -> dict[str, str]:
         "FLINK_PLUGINS_DIR": str(home / "plugins"),
         # Scripts and Python workers must find this venv's python first.
         "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+        # The launcher (python.executable) forks the workers from this pool.
+        python_worker_pool.POOL_SOCKET_ENV: str(python_worker_pool_socket(settings) or ""),
     }
 
 
@@ -168,9 +243,13 @@ def taskmanager_names(settings: Settings) -> list[str]:
 
 
 def start_flink(settings: Settings) -> None:
+    from flowlearn.devstack import jars  # (jars imports this module)
+
     require_java()
-    write_flink_conf(settings)
+    start_python_worker_pool(settings)
+    write_flink_conf(settings, jars.taskmanager_agent_jar(settings))
     env = flink_env(settings)
+    taskmanager_env = {**env, "FLINK_LIB_DIR": str(taskmanager_lib(settings))}
     bin_dir = flink_home() / "bin"
     if not running_pid(settings, "jobmanager"):
         require_free_port(settings.flink.rest_host, settings.flink.rest_port, "flink.rest_port")
@@ -214,7 +293,7 @@ def start_flink(settings: Settings) -> None:
                 "-D",
                 f"taskmanager.resource-id={name}",
             ],
-            env=env,
+            env=taskmanager_env,
             cwd=settings.stack.run,
         )
     wait_for(

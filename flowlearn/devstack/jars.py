@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,4 +79,17 @@ def operators_jar(settings: Settings) -> Path:
     for old in folder.glob("operators-*.jar"):
         if old != target:
             old.unlink(missing_ok=True)
+    return target
+
+
+def taskmanager_agent_jar(settings: Settings) -> Path:
+    """The operators jar under a name that stays: the TaskManagers' ``-javaagent:``
+    (PythonRunnerWarmup), which a TaskManager's replacement starts with again, while the
+    job's own copy is renamed with every change of its sources."""
+    built = operators_jar(settings)
+    target = settings.stack.jars / "taskmanager-agent.jar"
+    if not target.exists() or target.read_bytes() != built.read_bytes():
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(built, tmp)
+        tmp.replace(target)  # a running TaskManager keeps the file it opened
     return target

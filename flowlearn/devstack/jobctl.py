@@ -190,7 +190,7 @@ def submit(
         "-pyfs",
         str(sources),
         "-pyexec",
-        sys.executable,
+        flink_cluster.python_worker_executable(settings),
         "-pyclientexec",
         sys.executable,
     ]

@@ -23,6 +23,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from flowlearn.core import codec
 from flowlearn.core.training import ModelTrainer, batch_plan
 from flowlearn.devstack import flink_cluster, processes
 from flowlearn.devstack.producer import DriftingStream, produce
+from flowlearn.jobs import python_worker_pool
 from flowlearn.serving.scoring import scorer
 from tests.ports import free_port
 
@@ -238,6 +240,46 @@ def taskmanager_pid(settings: Any) -> int | None:
 
 
 # --------------------------------------------------------------------------- TaskManager
+
+
+def test_the_job_starts_warm_workers_from_the_pool_and_warmed_up_taskmanagers(stack, status):
+    """What a recovery no longer waits for: the job's Python workers are forked from the
+    stack's worker pool (modules imported once, before any task), and each TaskManager's Java
+    agent has loaded PyFlink's runner classes when it started."""
+    settings, _ = stack
+    wait_until("the job running", Job(settings, status()["job"]["id"]).running, timeout_s=120)
+    pool = processes.running_pid(settings, "python-worker-pool")
+    assert pool is not None, "the stack starts the Python worker pool"
+
+    socket = flink_cluster.python_worker_pool_socket(settings)
+    mark = f"{python_worker_pool.POOL_SOCKET_ENV}={socket}".encode()
+
+    def cmdlines() -> list[str]:
+        """The command lines of this stack's processes (their environment names its pool)."""
+        out = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if mark in (proc / "environ").read_bytes().split(b"\0"):
+                    out.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def workers() -> tuple[list[str], list[str]] | None:
+        children = Path(f"/proc/{pool}/task/{pool}/children").read_text().split()
+        boots = [c for c in cmdlines() if "-m pyflink.fn_execution.beam.beam_boot" in c]
+        return (children, boots) if children else None
+
+    children, boots = wait_until("the job's workers under the pool", workers, timeout_s=60)
+    # Every worker Flink started went through the launcher, and the pool forked one for each
+    # (none fell back to starting the interpreter).
+    assert boots and all(" launch -m " in c for c in boots), boots
+    assert len(children) == len(boots)
+    log = "".join(
+        p.read_text(errors="replace")
+        for p in settings.stack.logs.glob("flink--taskexecutor-*.log*")
+    )
+    assert "PyFlink's runner classes loaded in" in log
 
 
 def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(stack, status):
