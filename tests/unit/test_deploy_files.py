@@ -159,6 +159,22 @@ def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert "dev/flowlearn/flink/RecordBundler.class" in zipfile.ZipFile(out).namelist()
+    # The same jar is the TaskManagers' Java agent, and its warm-up runs against this Flink's
+    # flink-python (reflection: a renamed class or method would only be logged at run time).
+    manifest = zipfile.ZipFile(out).read("META-INF/MANIFEST.MF").decode()
+    assert "Premain-Class: dev.flowlearn.flink.PythonRunnerWarmup" in manifest
+    (python_jar,) = (flink_home() / "opt").glob("flink-python-*.jar")
+    for classpath, code in (
+        (f"{flink_home() / 'lib'}/*:{python_jar}:{out}", 0),
+        (f"{flink_home() / 'lib'}/*:{out}", 1),  # no flink-python: nothing to warm up
+    ):
+        warm = subprocess.run(
+            ["java", "-cp", classpath, "dev.flowlearn.flink.PythonRunnerWarmup"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert warm.returncode == code, warm.stderr
     # Not against a folder without Flink: a clear refusal, nothing written.
     bad = subprocess.run(
         ["bash", str(DEPLOY / "build-operators-jar.sh"), str(tmp_path), str(tmp_path / "none.jar")],
@@ -170,7 +186,9 @@ def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> N
     assert not (tmp_path / "none.jar").exists()
 
 
-@pytest.mark.parametrize("script", ["fetch-jars.sh", "submit-job.sh", "build-operators-jar.sh"])
+@pytest.mark.parametrize(
+    "script", ["fetch-jars.sh", "submit-job.sh", "build-operators-jar.sh", "entrypoint.sh"]
+)
 def test_shell_scripts_lint(script: str) -> None:
     path = DEPLOY / script
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
@@ -208,6 +226,32 @@ def test_job_image_matches_the_project() -> None:
     assert int(options["python.fn-execution.bundle.size"]) == defaults.python_bundle_size
     assert int(options["python.fn-execution.bundle.time"]) == defaults.python_bundle_time_ms
     assert re.search(r"^USER flink$", text, re.M)
+
+
+def test_job_image_forks_workers_from_the_pool_and_warms_up_its_taskmanagers() -> None:
+    """The image's python.executable is the pool's launcher, its entrypoint starts the pool in
+    TaskManager containers (compose's and the operator's), and its TaskManagers run the
+    operators jar as their Java agent with flink-python beside it in lib/; the FlinkDeployment
+    points at the same entrypoint."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    options = dockerfile_flink_options(text)
+    launcher = re.search(r"write-launcher (\S+)", text)
+    assert launcher and options["python.executable"] == launcher.group(1)
+    assert options["python.client.executable"] == "/usr/local/bin/python3"
+    pool_socket = re.search(r"^ENV FLOWLEARN_WORKER_POOL=(\S+)$", text, re.M)
+    assert pool_socket
+    entrypoint = re.search(r'^ENTRYPOINT \["(\S+)"\]$', text, re.M)
+    assert entrypoint and f"flink-docker/entrypoint.sh {entrypoint.group(1)}" in text
+    script = (DEPLOY / "entrypoint.sh").read_text()
+    assert "*taskmanager*)" in script and 'serve --socket "$FLOWLEARN_WORKER_POOL"' in script
+    assert script.rstrip().endswith('exec /docker-entrypoint.sh "$@"')
+    assert (
+        options["env.java.opts.taskmanager"] == "-javaagent:/opt/flink/lib/flowlearn-operators.jar"
+    )
+    assert re.search(r"^RUN cp /opt/flink/opt/flink-python-\*\.jar /opt/flink/lib/", text, re.M)
+    assert "org.apache.beam." in options["classloader.parent-first-patterns.additional"]
+    conf = flink_deployment()["spec"]["flinkConfiguration"]
+    assert conf["kubernetes.entry.path"] == entrypoint.group(1)
 
 
 def test_docker_contexts_hold_what_the_images_copy() -> None:
