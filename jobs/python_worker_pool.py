@@ -69,7 +69,8 @@ PRELOAD = (
 #: 8-byte signed pid, then an 8-byte signed exit code (128 + N for signal N, as a shell says).
 _LENGTH = struct.Struct("!I")
 _NUMBER = struct.Struct("!q")
-#: How long a launcher waits for the pool to answer before it starts the interpreter itself.
+#: How long a launcher waits for the pool to take its launch before it starts the interpreter
+#: itself (and how long the pool waits for a launch's request).
 _ANSWER_TIMEOUT_S = 5.0
 
 
@@ -94,10 +95,17 @@ def launch(args: list[str]) -> NoReturn:
         message = _LENGTH.pack(len(body)) + body
         sent = socket.send_fds(conn, [message], [0, 1, 2])
         conn.sendall(message[sent:])
-        pid = _NUMBER.unpack(_read_exactly(conn, _NUMBER.size))[0]
     except OSError as e:
         _log(f"pool at {path} did not answer ({e}); starting the interpreter itself")
         _exec_interpreter(args)
+    # Sent: the pool may have forked the worker already, so from here on no second one is
+    # ever started; a pool that fails now fails this launch.
+    conn.settimeout(None)
+    try:
+        pid = _NUMBER.unpack(_read_exactly(conn, _NUMBER.size))[0]
+    except OSError as e:
+        _log(f"the pool at {path} took the launch but gave no worker ({e})")
+        os._exit(1)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -105,7 +113,6 @@ def launch(args: list[str]) -> NoReturn:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    conn.settimeout(None)
     try:
         code = _NUMBER.unpack(_read_exactly(conn, _NUMBER.size))[0]
     except OSError as e:
