@@ -59,7 +59,7 @@ def taskmanager_lib(settings: Settings) -> Path:
     return lib
 
 
-def write_flink_conf(settings: Settings, taskmanager_agent: Path | None = None) -> Path:
+def write_flink_conf(settings: Settings, taskmanager_agent: Path) -> Path:
     f = settings.flink
     conf_dir = flink_conf_dir(settings)
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +129,8 @@ def write_flink_conf(settings: Settings, taskmanager_agent: Path | None = None) 
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.size": f.python_bundle_size,
         "python.fn-execution.bundle.time": f.python_bundle_time_ms,
+        "env.java.opts.taskmanager": f"-javaagent:{taskmanager_agent}",
     }
-    if taskmanager_agent is not None:
-        entries["env.java.opts.taskmanager"] = f"-javaagent:{taskmanager_agent}"
     (conf_dir / "config.yaml").write_text(
         "".join(f"{key}: {json.dumps(value)}\n" for key, value in entries.items())
     )

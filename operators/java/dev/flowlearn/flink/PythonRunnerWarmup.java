@@ -12,13 +12,15 @@ import org.slf4j.LoggerFactory;
  * every options interface, with a proxy class for each).
  *
  * <p>Without it that work falls in a recovery: a standby TaskManager, or the new one that
- * replaces a lost one, meets it when the job's tasks open, for every slot's operators waiting
- * on the same class initialisation, seconds on a small machine. It needs {@code flink-python} on the TaskManager's classpath (its
- * {@code lib/}) and {@code org.apache.beam.} among the parent-first class-loading patterns, so
- * that the job's tasks use these classes rather than load their own copies.
+ * replaces a lost one, meets it when the job's tasks open, every slot's operators waiting on
+ * the same class initialisation, seconds on a small machine. It needs {@code flink-python} on
+ * the TaskManager's classpath (its {@code lib/}) and {@code org.apache.beam.} among the
+ * parent-first class-loading patterns, so that the job's tasks use these classes rather than
+ * load their own copies.
  *
- * <p>It runs on a daemon thread (the TaskManager does not wait for it) and only logs when a class
- * is missing: a TaskManager without flink-python works as before.
+ * <p>It runs on a daemon thread (the TaskManager does not wait for it) and logs how long it
+ * took; a TaskManager without flink-python logs that there is nothing to warm up and works as
+ * before.
  */
 public final class PythonRunnerWarmup {
 
