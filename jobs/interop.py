@@ -99,6 +99,13 @@ def java_operator(
     return DataStream(j_stream.uid(name))
 
 
+def java_flat_map(stream: DataStream, class_name: str, output_type: Any) -> DataStream:
+    """``stream`` through the Java ``FlatMapFunction`` ``class_name()`` (the operators jar):
+    PyFlink's ``flat_map`` takes Python functions only."""
+    function = java_object(stream, class_name)
+    return DataStream(stream._j_data_stream.flatMap(function, output_type.get_java_type_info()))
+
+
 def java_object(stream: DataStream, class_name: str, *args: Any) -> Any:
     """A new ``class_name(*args)`` of ``stream``'s job classpath (the operators jar), as a
     Py4J object to hand to a PyFlink wrapper."""

@@ -15,8 +15,12 @@ from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from flowlearn.conf import Settings
 from flowlearn.conf.settings import SLOT_GROUPS
+from flowlearn.jobs import interop
 from flowlearn.jobs.online_learning import RawSources, build_pipeline
 from flowlearn.operators.types import Evaluated, Version
+
+#: Records as latin-1 strings -> their bytes, in Java (the operators jar).
+LATIN1_RECORDS = "dev.flowlearn.flink.Latin1Records"
 
 
 def _version_json(row: Any) -> str:
@@ -79,24 +83,14 @@ def local_environment(operators_jar: Path) -> StreamExecutionEnvironment:
 
 
 def raw_stream(env: StreamExecutionEnvironment, records: Sequence[bytes]) -> DataStream:
-    """A bounded stream of ``records`` as the bytes a KafkaSource would give."""
-    # from_collection cannot carry byte arrays: latin-1 strings (a lossless byte mapping)
-    # turned back into the bytes a KafkaSource would give.
-    return (
-        env.from_collection(
-            [r.decode("latin-1") for r in records] or [""], type_info=Types.STRING()
-        )
-        .filter(_non_empty)
-        .map(_latin1_bytes, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    """A bounded stream of ``records`` as the bytes a KafkaSource would give, made in Java
+    (``Latin1Records``): no Python worker sees a record before the job's own operators do."""
+    # from_collection cannot carry byte arrays: latin-1 strings (a lossless byte mapping),
+    # and "" for an empty input (a collection cannot be empty).
+    strings = env.from_collection(
+        [r.decode("latin-1") for r in records] or [""], type_info=Types.STRING()
     )
-
-
-def _non_empty(s: str) -> bool:
-    return s != ""
-
-
-def _latin1_bytes(s: str) -> bytes:
-    return s.encode("latin-1")
+    return interop.java_flat_map(strings, LATIN1_RECORDS, Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
 def run_job(

@@ -1,5 +1,5 @@
 """Each PyFlink internal of flowlearn.jobs.interop, run on a MiniCluster: keyed in Java,
-event time from Java, a Java operator, the discarding sink."""
+event time from Java, a Java operator, a Java flat map, the discarding sink."""
 
 from __future__ import annotations
 
@@ -71,3 +71,15 @@ def test_the_kafka_key_of_the_jobs_json_records_is_their_model_id() -> None:
     assert bytes(key.serialize('{"model_id": "fraud-eu", "kind": "control"}')) == b"fraud-eu"
     assert key.serialize('{"model_id": 7}') is None
     assert key.serialize("not json") is None
+
+
+def test_a_local_stream_gives_each_records_bytes_as_they_were_and_an_empty_one_none() -> None:
+    """``raw_stream`` (a Java flat map, ``Latin1Records``): every byte value, a NUL and
+    bytes that are not UTF-8 among them, comes through unchanged, in order; no input gives
+    no record (the collection's placeholder is not one)."""
+    env = local_environment(operators_jar(load_settings(env={})))
+    records = [bytes(range(256)), b"\x00", "d\u00e9j\u00e0 vu".encode(), b"\xff\xfe"]
+    hexed = raw_stream(env, records).map(bytes.hex, output_type=Types.STRING())
+    nothing = raw_stream(env, []).map(bytes.hex, output_type=Types.STRING())
+    with hexed.union(nothing).execute_and_collect() as results:
+        assert list(results) == [r.hex() for r in records]
