@@ -41,7 +41,6 @@ due in that second (``self.due``, rebuilt from the entries when the mirror is lo
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -54,8 +53,7 @@ from flowlearn.operators.model_metrics import ModelMetrics, TimerHeld
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.types import Feedback, SamplesBuilder
 from flowlearn.state import descriptors
-from flowlearn.state.descriptors import JoinEntry, JoinEntryV2
-from flowlearn.state.rows import to_row
+from flowlearn.state.descriptors import JOIN_ENTRY_HEADER, JoinEntry, JoinEntryV2
 
 TIMER_GRANULARITY_MS = 1000
 
@@ -71,44 +69,35 @@ class _Row(NamedTuple):
     offsets: list[int]
 
 
-#: What the mirror's entries share when a row is empty (a label's, a tombstone's, a dense
-#: row's indices and offsets); never written to.
-_NO_FLOATS, _NO_INTS, _NO_LONGS = array("d"), array("i"), array("q")
-
-
-def _packed(typecode: str, values: list[Any], empty: array[Any]) -> array[Any]:
-    return array(typecode, values) if values else empty
-
-
 class _Mirrored(NamedTuple):
-    """A :class:`JoinEntry` as the mirror keeps it: its row's numbers packed in arrays, 8
-    bytes a value where a list takes 32 (a float object and its slot). A pending event of
-    ten features took about 0.8 KB of the Python worker as lists, about half as arrays."""
+    """A :class:`JoinEntry` as the mirror keeps it: what the join reads of every entry, and
+    the entry packed as the state keeps it (``JoinEntry.packed``), unpacked only when the
+    entry pairs or leaves. A pending event of ten features takes about 0.3 KB of the
+    Python worker (0.8 KB as lists)."""
 
     flags: int
     event_ts: int
-    features: array[float]
     label_ts: int
     label: float
-    raw: bytes
-    indices: array[int]
-    offsets: array[int]
+    packed: bytes
 
     @classmethod
     def of(cls, entry: JoinEntry) -> _Mirrored:
-        return cls(
-            int(entry.flags),
-            int(entry.event_ts),
-            _packed("d", entry.features, _NO_FLOATS),
-            int(entry.label_ts),
-            float(entry.label),
-            bytes(entry.raw),
-            _packed("i", entry.indices, _NO_INTS),
-            _packed("q", entry.offsets, _NO_LONGS),
-        )
+        return cls(entry.flags, entry.event_ts, entry.label_ts, entry.label, entry.packed())
+
+    @classmethod
+    def loaded(cls, packed: bytes) -> _Mirrored:
+        """An entry as the state gave it."""
+        flags, event_ts, label_ts, label = JOIN_ENTRY_HEADER.unpack_from(packed)[:4]
+        return cls(flags, event_ts, label_ts, label, bytes(packed))
 
     def row(self) -> _Row:
-        return _Row(self.features.tolist(), self.indices.tolist(), self.offsets.tolist())
+        entry = JoinEntry.unpacked(self.packed)
+        return _Row(entry.features, entry.indices, entry.offsets)
+
+    @property
+    def raw(self) -> bytes:
+        return JoinEntry.unpacked(self.packed).raw
 
 
 def _coalesce(ts: int) -> int:
@@ -153,7 +142,9 @@ class LabelJoin(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.entries = runtime_context.get_map_state(descriptors.JOIN_ENTRIES)
-        #: Entries of ``join-entries-v2`` (dense features): moved over on a model's first touch.
+        #: Entries of older savepoints (``join-entries-v3`` rows, ``-v2`` dense rows): moved
+        #: over on a model's first touch.
+        self.entries_v3 = runtime_context.get_map_state(descriptors.JOIN_ENTRIES_V3)
         self.entries_v2 = runtime_context.get_map_state(descriptors.JOIN_ENTRIES_V2)
         #: model id -> event id -> entry: the mirror of ``self.entries``, per model.
         self.mirror: dict[str, dict[str, _Mirrored]] = {}
@@ -194,15 +185,17 @@ class LabelJoin(KeyedProcessFunction):
             (event_id, JoinEntryV2._make(row).upgraded())
             for event_id, row in self.entries_v2.items()
         ]
+        old += [(event_id, JoinEntry._make(row)) for event_id, row in self.entries_v3.items()]
         if old:
             # put, not put_all: PyFlink's put_all iterates its argument as (key, value)
             # pairs, so the dict its signature asks for fails to unpack (every restore of an
             # older savepoint with a waiting event crashed here).
-            for event_id, upgraded in old:
-                self.entries.put(event_id, to_row(upgraded))
+            for event_id, moved in old:
+                self.entries.put(event_id, moved.packed())
             self.entries_v2.clear()
-        for event_id, row in self.entries.items():
-            entry = _Mirrored.of(JoinEntry._make(row))
+            self.entries_v3.clear()
+        for event_id, packed in self.entries.items():
+            entry = _Mirrored.loaded(packed)
             entries[event_id] = entry
             due.setdefault(self._deadline(entry), []).append(event_id)
         self.mirror[model_id], self.due[model_id] = entries, due
@@ -214,8 +207,8 @@ class LabelJoin(KeyedProcessFunction):
         return _coalesce(entry.label_ts + 1)  # a label whose event has ts <= the label's
 
     def _put(self, model_id: str, event_id: str, entry: JoinEntry, timers: Any) -> None:
-        self.mirror[model_id][event_id] = _Mirrored.of(entry)
-        self.entries.put(event_id, to_row(entry))
+        mirrored = self.mirror[model_id][event_id] = _Mirrored.of(entry)
+        self.entries.put(event_id, mirrored.packed)
         deadline = self._deadline(entry)
         due = self.due[model_id]
         if deadline not in due:

@@ -7,13 +7,15 @@ import base64
 import json
 from typing import Any
 
+import pytest
 from pyflink.common import Row
 
 from flowlearn.conf import load_settings
 from flowlearn.contracts.records import parse_event
 from flowlearn.core.sparse import to_fields
 from flowlearn.core.spec import ModelSpec
-from flowlearn.operators.label_join import HAS_EVENT, LabelJoin
+from flowlearn.operators.label_join import HAS_EVENT, PAIRED, LabelJoin
+from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.types import Feedback, FeedbackBuilder, Samples
 from flowlearn.state.descriptors import JoinEntry
 from flowlearn.state.rows import to_row
@@ -65,8 +67,8 @@ def test_a_hashed_event_waits_as_its_sparse_row_and_is_trained_sparse():
     hashed = FeedbackBuilder("e", "m", sparse=True)
     hashed.add_event("e1", 1000, values, indices)
     assert send(join, hashed.build()) == []
-    (stored,) = state.states["join-entries-v3"].values()
-    entry = JoinEntry._make(stored)
+    (stored,) = state.states["join-entries-v4"].values()
+    entry = JoinEntry.unpacked(stored)
     # Three features: three values and their columns, not 2**18 floats (2 MiB).
     assert len(entry.features) == len(entry.indices) == 3 and list(entry.offsets) == [0, 3]
     (paired,) = send(join, label())
@@ -75,10 +77,17 @@ def test_a_hashed_event_waits_as_its_sparse_row_and_is_trained_sparse():
     assert sample.labels == [1.0]
 
 
-def test_entries_of_an_older_savepoint_are_moved_over_and_pair():
+@pytest.mark.parametrize(
+    ("name", "row"),
+    [
+        ("join-entries-v2", Row(HAS_EVENT, 1000, [0.5, 1.5], 0, 0.0, b"")),
+        ("join-entries-v3", Row(HAS_EVENT, 1000, [0.5, 1.5], 0, 0.0, b"", [], [])),
+    ],
+)
+def test_entries_of_an_older_savepoint_are_moved_over_and_pair(name: str, row: Row):
     state = KeyedState()
-    state.states["join-entries-v2"] = old = MapState()
-    old["e1"] = Row(HAS_EVENT, 1000, [0.5, 1.5], 0, 0.0, b"")
+    state.states[name] = old = MapState()
+    old["e1"] = row
     join = opened(state)
     (paired,) = send(join, label())
     sample = Samples._make(paired[1])
@@ -88,7 +97,22 @@ def test_entries_of_an_older_savepoint_are_moved_over_and_pair():
         [],
         1000,
     )
-    assert old == {} and set(state.states["join-entries-v3"]) == {"e1"}  # its tombstone
+    assert old == {}
+    (tombstone,) = state.states["join-entries-v4"].items()
+    assert tombstone[0] == "e1" and JoinEntry.unpacked(tombstone[1]).flags & PAIRED
+
+
+def test_a_waiting_label_pairs_after_a_restart_with_its_raw_bytes_kept():
+    """The state alone (a new worker's empty mirror) holds what a waiting label needs:
+    its time and value to pair, its raw record for the dead-letter topic."""
+    state = KeyedState()
+    send(opened(state), labels(("e1", 2000), ("e2", 2000), value=0.0))
+    restarted = opened(state)
+    (paired,) = send(restarted, events(("e1", 1500, [0.5, 1.5])))
+    assert Samples._make(paired[1]).labels == [0.0]
+    expiry = 2000 + 1000
+    (dead,) = list(restarted.on_timer(expiry, TimerContext()))
+    assert dead[0] == DLQ_TAG and b'"e2"' in base64.b64decode(json.loads(dead[1])["raw"])
 
 
 class TimerContext(Context):
