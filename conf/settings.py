@@ -331,6 +331,12 @@ class FlinkConf:
     #: milliseconds instead of a CPU-second or more, which a recovery pays for every slot at
     #: once. false: Flink starts the interpreter for each worker.
     python_worker_pool: bool = True
+    #: The local stack keeps a spare JVM beside each TaskManager that has run a while,
+    #: started and warmed up, waiting: when the TaskManager dies the spare becomes its
+    #: replacement at once, and a recovery does not wait seconds for a JVM to start
+    #: (flowlearn/devstack/supervise.py). It costs the spare's memory (a few hundred MB
+    #: resident). false: a new JVM is started after the TaskManager died.
+    spare_taskmanager: bool = True
 
     @property
     def web_ui(self) -> str:

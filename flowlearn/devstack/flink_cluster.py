@@ -137,6 +137,20 @@ def write_flink_conf(settings: Settings, taskmanager_agent: Path) -> Path:
     return conf_dir
 
 
+#: The TaskManager's main class, and the operators jar's class that stands in for it in a
+#: spare TaskManager JVM (``flink.spare_taskmanager``).
+TASKMANAGER_MAIN = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
+SPARE_TASKMANAGER_MAIN = "dev.flowlearn.flink.SpareTaskManager"
+
+
+def spare_options(settings: Settings) -> list[str]:
+    """The supervisor's options for a spare TaskManager JVM (``flink.spare_taskmanager``):
+    its class comes from the operators jar, on the classpath as the Java agent."""
+    if not settings.flink.spare_taskmanager:
+        return []
+    return ["--spare", f"{TASKMANAGER_MAIN}={SPARE_TASKMANAGER_MAIN}"]
+
+
 def python_worker_pool_socket(settings: Settings) -> Path | None:
     """The socket of the local stack's Python worker pool, or None when the pool is off
     (``flink.python_worker_pool``) or the stack's path is too long for a Unix socket."""
@@ -280,6 +294,7 @@ def start_flink(settings: Settings) -> None:
                 str(child_pid_file(settings, name)),
                 # Its replacements skip taskmanager.sh's two helper JVMs (seconds).
                 "--replay-exec",
+                *spare_options(settings),
                 "--",
                 # Serving first on a shared machine (flink.taskmanager_nice); the Python
                 # workers inherit it.

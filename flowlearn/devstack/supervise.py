@@ -16,6 +16,16 @@ recovery on two cores) is run once; its replacements start from the same argv,
 environment, working directory and niceness. A child that dies sooner is started from
 ``CMD`` again, and so is one whose program cannot be started again.
 
+With ``--spare ORIGINAL=SPARE`` as well, a spare is started beside a child that ran
+``--healthy-after-s``: the program it had become, with the argument ``ORIGINAL`` (a
+TaskManager's main class) replaced by ``SPARE`` (``dev.flowlearn.flink.SpareTaskManager``),
+and a ``-Dlog.file=`` argument numbered, so that two JVMs never write (or roll over) one
+log file. The spare starts, gets ready and waits for a line on its standard input; when the
+child dies the supervisor writes ``start`` there and the spare is the new child at once,
+without the seconds a JVM takes to start (a new spare follows once it has run
+``--healthy-after-s``). A spare that died meanwhile is replaced as without one; the end of
+its standard input (the supervisor stopping, or killed) ends it.
+
 The child runs in a process group of its own, and whatever is left of that group when it
 ends is killed: a TaskManager killed with SIGKILL would otherwise leave its Python workers
 behind.
@@ -26,12 +36,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -77,16 +88,74 @@ class Exec:
         env = dict(os.fsdecode(pair).split("=", 1) for pair in pairs if b"=" in pair)
         return cls(executable, [os.fsdecode(a) for a in argv], env, cwd, nice)
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, stdin: int | None = None) -> subprocess.Popen[bytes]:
         nice = self.nice
         return subprocess.Popen(
             self.argv,
             executable=self.executable,
             env=self.env,
             cwd=self.cwd,
+            stdin=stdin,
             start_new_session=True,
             preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, nice),
         )
+
+    def swapped(self, old: str, new: str) -> Exec:
+        """The same program with the argument ``old`` replaced by ``new``."""
+        return replace(self, argv=[new if a == old else a for a in self.argv])
+
+    def numbered_log(self, number: int) -> Exec:
+        """The same program writing its log (a ``-Dlog.file=`` argument) to a file of its
+        own: ``<name>.<number><suffix>``, the number in place of a spare's before it.
+
+        >>> program = Exec("java", ["java", "-Dlog.file=/logs/tm.log", "Main"], {}, "/", 0)
+        >>> program.numbered_log(1).argv[1], program.numbered_log(1).numbered_log(2).argv[1]
+        ('-Dlog.file=/logs/tm.1.log', '-Dlog.file=/logs/tm.2.log')
+        """
+        argv = []
+        for arg in self.argv:
+            if arg.startswith(LOG_FILE_ARG):
+                path = Path(arg.removeprefix(LOG_FILE_ARG))
+                name = re.sub(r"\.\d+$", "", path.stem)
+                arg = f"{LOG_FILE_ARG}{path.with_name(f'{name}.{number}{path.suffix}')}"
+            argv.append(arg)
+        return replace(self, argv=argv)
+
+
+#: How a JVM is told its log file (Flink's log4j configuration reads it).
+LOG_FILE_ARG = "-Dlog.file="
+#: What a spare waits for on its standard input before it becomes the child.
+SPARE_START = b"start\n"
+
+
+class Spare:
+    """A spare of the child (see the module docstring): started, ready, waiting."""
+
+    def __init__(self, program: Exec) -> None:
+        self.process = program.start(stdin=subprocess.PIPE)
+
+    def take_over(self) -> subprocess.Popen[bytes] | None:
+        """The spare, told to start as the child; None if it is gone."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        if self.process.poll() is not None:
+            return None
+        try:
+            stdin.write(SPARE_START)
+            stdin.close()
+        except OSError:  # it died just now
+            return None
+        return self.process
+
+    def stop(self, grace_s: float) -> None:
+        """End it: its standard input closed (it exits), killed if it lingers."""
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(grace_s)
+        _kill_group(self.process.pid)
+        self.process.wait()
 
 
 def _wait(
@@ -133,10 +202,13 @@ def supervise(
     grace_s: float = GRACE_S,
     replay_exec: bool = False,
     healthy_after_s: float = HEALTHY_AFTER_S,
+    spare_main: tuple[str, str] | None = None,
 ) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
     replay: Exec | None = None
+    spare: Spare | None = None
+    spares = 0
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -150,7 +222,12 @@ def supervise(
     while not stopping:
         started = time.monotonic()
         child = None
-        if replay is not None:
+        if spare is not None and backoff == 0.0:
+            child = spare.take_over()
+            spare = None
+            if child is not None:
+                log(f"spare pid {child.pid} takes over")
+        if child is None and replay is not None:
             try:
                 child = replay.start()
                 log(f"started pid {child.pid} as its predecessor ran: {replay.argv[0]} ...")
@@ -162,10 +239,22 @@ def supervise(
         pid_file.write_text(f"{child.pid}\n")
 
         def remember(pid: int = child.pid) -> None:
-            nonlocal replay
+            nonlocal replay, spare, spares
             replay = Exec.of(pid)
-            if replay is not None:
-                log(f"pid {pid} runs {replay.executable}: a replacement would start from there")
+            if replay is None:
+                return
+            if spare_main is not None:
+                original, spare_class = spare_main
+                replay = replay.swapped(spare_class, original)  # a spare that took over
+                if spare is None:
+                    spares += 1
+                    program = replay.swapped(original, spare_class).numbered_log(spares)
+                    try:
+                        spare = Spare(program)
+                        log(f"spare pid {spare.process.pid} started, waiting to take over")
+                    except OSError as exc:
+                        log(f"could not start a spare ({exc})")
+            log(f"pid {pid} runs {replay.executable}: a replacement would start from there")
 
         # Started from CMD again unless this one lives long enough to be remembered.
         replay = None
@@ -181,12 +270,21 @@ def supervise(
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)
+    if spare is not None:
+        spare.stop(grace_s)
     if child is not None:
         _wait(child, lambda: True, grace_s)
         _kill_group(child.pid)
     pid_file.unlink(missing_ok=True)
     log("stopped")
     return 0
+
+
+def _spare_main(value: str) -> tuple[str, str]:
+    original, sep, spare = value.partition("=")
+    if not (sep and original and spare):
+        raise argparse.ArgumentTypeError(f"expected ORIGINAL=SPARE, got {value!r}")
+    return original, spare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         help="restart a child that ran a while as the program it exec'd into (see above)",
     )
     parser.add_argument(
+        "--spare",
+        type=_spare_main,
+        metavar="ORIGINAL=SPARE",
+        help="with --replay-exec: keep a spare of a healthy child, its argument ORIGINAL "
+        "replaced by SPARE, to take over at once (see above)",
+    )
+    parser.add_argument(
         "--healthy-after-s",
         type=float,
         default=HEALTHY_AFTER_S,
@@ -218,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("a command to supervise is required after --")
-    return supervise(cmd, args.pid_file, args.grace_s, args.replay_exec, args.healthy_after_s)
+    if args.spare and not args.replay_exec:
+        parser.error("--spare needs --replay-exec")
+    return supervise(
+        cmd, args.pid_file, args.grace_s, args.replay_exec, args.healthy_after_s, args.spare
+    )
 
 
 if __name__ == "__main__":

@@ -175,6 +175,20 @@ def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> N
             timeout=120,
         )
         assert warm.returncode == code, warm.stderr
+    # A spare TaskManager (flowlearn.devstack.supervise --spare) ends on the end of its
+    # standard input, and on "start" is Flink's TaskManagerRunner, its arguments and all.
+    classpath = f"{flink_home() / 'lib'}/*:{out}"
+    spare = ["java", "-cp", classpath, "dev.flowlearn.flink.SpareTaskManager"]
+    ended = subprocess.run(spare, input="", capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 0 and "TaskManagerRunner" not in ended.stderr, ended.stderr
+    started = subprocess.run(
+        [*spare, "--configDir", str(tmp_path / "no-conf")],
+        input="start\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0 and "TaskManagerRunner.main" in started.stderr, started.stderr
     # Not against a folder without Flink: a clear refusal, nothing written.
     bad = subprocess.run(
         ["bash", str(DEPLOY / "build-operators-jar.sh"), str(tmp_path), str(tmp_path / "none.jar")],

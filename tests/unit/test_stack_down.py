@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -170,3 +171,60 @@ def test_the_supervisor_falls_back_to_its_command_when_the_program_is_gone(
     finally:
         supervisor.terminate()
         supervisor.wait(15)
+
+
+#: A child that prints its pid and sleeps ("live"), or a spare of it ("spare"): prints
+#: "ready" and its pid, waits for "start" on its standard input, then is the child.
+PROGRAM = """
+import os, sys, time
+if sys.argv[1] == "spare":
+    print("ready", os.getpid(), flush=True)
+    if sys.stdin.readline() != "start\\n":
+        sys.exit(0)
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_path: Path) -> None:
+    """With --spare a healthy child gets a spare (its program, ORIGINAL replaced by SPARE,
+    its log file numbered), which becomes the child the moment the child dies; stopping
+    the supervisor ends the spare that follows it."""
+    program = tmp_path / "program.py"
+    program.write_text(PROGRAM)
+    child_pid = tmp_path / "child.pid"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file", str(child_pid),
+         "--replay-exec", "--healthy-after-s", "0.5", "--spare", "live=spare", "--",
+         sys.executable, str(program), "live", f"-Dlog.file={tmp_path / 'tm.log'}"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    spares: list[int] = []
+    try:
+        assert supervisor.stdout is not None
+        lines = iter(supervisor.stdout.readline, "")
+        first = int(next(line for line in lines if line.strip().isdigit()))
+        spare = int(next(line for line in lines if line.startswith("ready")).split()[1])
+        spares.append(spare)
+        argv = Path(f"/proc/{spare}/cmdline").read_bytes().split(b"\0")
+        assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / 'tm.1.log'}".encode()]
+        os.kill(first, 9)
+        assert int(next(line for line in lines if line.strip().isdigit())) == spare
+        deadline = time.monotonic() + 10
+        while int(child_pid.read_text()) != spare:
+            assert time.monotonic() < deadline, "the spare is not the child"
+            time.sleep(0.05)
+        # The new child, healthy in turn, gets a spare of its own, its log numbered anew.
+        follower = int(next(line for line in lines if line.startswith("ready")).split()[1])
+        spares.append(follower)
+        argv = Path(f"/proc/{follower}/cmdline").read_bytes().split(b"\0")
+        assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / 'tm.2.log'}".encode()]
+        supervisor.terminate()
+        assert supervisor.wait(15) == 0
+        assert _gone(spare, 5) and _gone(follower, 5)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        for pid in spares:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
