@@ -224,9 +224,11 @@ def supervise(
         child = None
         if spare is not None and backoff == 0.0:
             child = spare.take_over()
-            spare = None
             if child is not None:
                 log(f"spare pid {child.pid} takes over")
+            else:
+                log(f"spare pid {spare.process.pid} is gone; the replacement starts as without one")
+            spare = None
         if child is None and replay is not None:
             try:
                 child = replay.start()

@@ -203,11 +203,17 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
     try:
         assert supervisor.stdout is not None
         lines = iter(supervisor.stdout.readline, "")
+
+        def next_spare(log_file: str) -> int:
+            """The next spare's pid, once it is ready, checked to run as a spare should."""
+            pid = int(next(line for line in lines if line.startswith("ready")).split()[1])
+            spares.append(pid)
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / log_file}".encode()]
+            return pid
+
         first = int(next(line for line in lines if line.strip().isdigit()))
-        spare = int(next(line for line in lines if line.startswith("ready")).split()[1])
-        spares.append(spare)
-        argv = Path(f"/proc/{spare}/cmdline").read_bytes().split(b"\0")
-        assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / 'tm.1.log'}".encode()]
+        spare = next_spare("tm.1.log")
         os.kill(first, 9)
         assert int(next(line for line in lines if line.strip().isdigit())) == spare
         deadline = time.monotonic() + 10
@@ -215,10 +221,7 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
             assert time.monotonic() < deadline, "the spare is not the child"
             time.sleep(0.05)
         # The new child, healthy in turn, gets a spare of its own, its log numbered anew.
-        follower = int(next(line for line in lines if line.startswith("ready")).split()[1])
-        spares.append(follower)
-        argv = Path(f"/proc/{follower}/cmdline").read_bytes().split(b"\0")
-        assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / 'tm.2.log'}".encode()]
+        follower = next_spare("tm.2.log")
         supervisor.terminate()
         assert supervisor.wait(15) == 0
         assert _gone(spare, 5) and _gone(follower, 5)
