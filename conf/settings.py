@@ -334,7 +334,7 @@ class FlinkConf:
     #: The local stack keeps a spare JVM beside each TaskManager that has run a while,
     #: started and warmed up, waiting: when the TaskManager dies the spare becomes its
     #: replacement at once, and a recovery does not wait seconds for a JVM to start
-    #: (flowlearn/devstack/supervise.py). It costs the spare's memory (a few hundred MB
+    #: (flowlearn/devstack/supervise.py). It costs the spare's memory (about 200 MB
     #: resident). false: a new JVM is started after the TaskManager died.
     spare_taskmanager: bool = True
 
