@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from flowlearn.conf import load_settings
 from flowlearn.devstack import stack
@@ -58,26 +60,46 @@ def _gone(pid: int, timeout_s: float) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def supervised(*args: str, env: dict[str, str] | None = None) -> Iterator[Supervisor]:
+    """``python -m flowlearn.devstack.supervise ARGS`` and the lines it prints (its log and
+    its children's output); stopped at the end (SIGTERM, which stops its child too; SIGKILL
+    if that takes over 15 s), whatever happened."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowlearn.devstack.supervise", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        yield Supervisor(process, iter(process.stdout.readline, ""))
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Supervisor(NamedTuple):
+    process: subprocess.Popen[str]
+    lines: Iterator[str]
+
+
 def test_the_supervisor_kills_a_child_that_ignores_sigterm_and_its_group(tmp_path: Path) -> None:
     """It waited on the child for ever: ``down`` then killed the supervisor, and the
     TaskManager's Python workers outlived the stack."""
     child_pid = tmp_path / "child.pid"
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file", str(child_pid),
-         "--grace-s", "1", "--", sys.executable, "-c", STUBBORN],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert supervisor.stdout is not None
-        lines = iter(supervisor.stdout.readline, "")
+    with supervised(
+        "--pid-file", str(child_pid), "--grace-s", "1", "--", sys.executable, "-c", STUBBORN
+    ) as (supervisor, lines):
         grandchild = int(next(line for line in lines if line.strip().isdigit()))  # not a log
         child = int(child_pid.read_text())
         supervisor.terminate()
         assert supervisor.wait(15) == 0
         assert _gone(child, 5) and _gone(grandchild, 5)
-    finally:
-        supervisor.kill()
-        supervisor.wait()
 
 
 def test_down_kills_what_is_left_of_a_taskmanagers_process_group(tmp_path: Path) -> None:
@@ -117,15 +139,11 @@ def test_the_supervisor_restarts_a_healthy_child_as_the_program_it_exec_d_into(
     what it became (argv, environment, niceness), without running its launcher again."""
     runs = tmp_path / "runs"
     child_pid = tmp_path / "child.pid"
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file", str(child_pid),
-         "--replay-exec", "--healthy-after-s", "0.5", "--",
-         "nice", "-n", "3", "sh", "-c", LAUNCHER, "launcher", str(runs), sys.executable],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "MARK": "kept"},
-    )  # fmt: skip
-    try:
-        assert supervisor.stdout is not None
-        lines = iter(supervisor.stdout.readline, "")  # its log and the children's pids
+    command = ["--pid-file", str(child_pid), "--replay-exec", "--healthy-after-s", "0.5", "--",
+               "nice", "-n", "3", "sh", "-c", LAUNCHER, "launcher", str(runs),
+               sys.executable]  # fmt: skip
+    # Its log and the children's pids.
+    with supervised(*command, env={**os.environ, "MARK": "kept"}) as (_, lines):
         first = int(next(line for line in lines if line.strip().isdigit()))
         next(line for line in lines if "a replacement would start from there" in line)
         os.kill(first, 9)
@@ -137,9 +155,6 @@ def test_the_supervisor_restarts_a_healthy_child_as_the_program_it_exec_d_into(
         assert b"MARK=kept" in proc.joinpath("environ").read_bytes().split(b"\0")
         assert os.getpriority(os.PRIO_PROCESS, second) == os.getpriority(os.PRIO_PROCESS, 0) + 3
         assert int(child_pid.read_text()) == second
-    finally:
-        supervisor.terminate()
-        supervisor.wait(15)
 
 
 def test_the_supervisor_falls_back_to_its_command_when_the_program_is_gone(
@@ -150,15 +165,10 @@ def test_the_supervisor_falls_back_to_its_command_when_the_program_is_gone(
     runs = tmp_path / "runs"
     program = tmp_path / "sleep"
     shutil.copy("/bin/sleep", program)
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file",
-         str(tmp_path / "child.pid"), "--replay-exec", "--healthy-after-s", "0.5", "--",
-         "sh", "-c", 'echo run >> "$1"; exec "$2" 60', "launcher", str(runs), str(program)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert supervisor.stdout is not None
-        lines = iter(supervisor.stdout.readline, "")
+    command = ["--pid-file", str(tmp_path / "child.pid"), "--replay-exec", "--healthy-after-s",
+               "0.5", "--", "sh", "-c", 'echo run >> "$1"; exec "$2" 60', "launcher", str(runs),
+               str(program)]  # fmt: skip
+    with supervised(*command) as (_, lines):
         remembered = next(line for line in lines if "a replacement would start from" in line)
         program.unlink()
         os.kill(int(remembered.split("pid ")[1].split()[0]), 9)
@@ -168,9 +178,6 @@ def test_the_supervisor_falls_back_to_its_command_when_the_program_is_gone(
         while runs.read_text() != "run\nrun\n":
             assert time.monotonic() < deadline, "the launcher did not run again"
             time.sleep(0.05)
-    finally:
-        supervisor.terminate()
-        supervisor.wait(15)
 
 
 #: A child that prints its pid and sleeps ("live"), or a spare of it ("spare"): prints
@@ -193,21 +200,14 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
     program = tmp_path / "program.py"
     program.write_text(PROGRAM)
     child_pid = tmp_path / "child.pid"
-    supervisor = subprocess.Popen(
-        [sys.executable, "-m", "flowlearn.devstack.supervise", "--pid-file", str(child_pid),
-         "--replay-exec", "--healthy-after-s", "0.5", "--spare", "live=spare", "--",
-         sys.executable, str(program), "live", f"-Dlog.file={tmp_path / 'tm.log'}"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    spares: list[int] = []
-    try:
-        assert supervisor.stdout is not None
-        lines = iter(supervisor.stdout.readline, "")
+    command = ["--pid-file", str(child_pid), "--replay-exec", "--healthy-after-s", "0.5",
+               "--spare", "live=spare", "--", sys.executable, str(program), "live",
+               f"-Dlog.file={tmp_path / 'tm.log'}"]  # fmt: skip
+    with supervised(*command) as (supervisor, lines):
 
         def next_spare(log_file: str) -> int:
             """The next spare's pid, once it is ready, checked to run as a spare should."""
             pid = int(next(line for line in lines if line.startswith("ready")).split()[1])
-            spares.append(pid)
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / log_file}".encode()]
             return pid
@@ -225,9 +225,3 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
         supervisor.terminate()
         assert supervisor.wait(15) == 0
         assert _gone(spare, 5) and _gone(follower, 5)
-    finally:
-        supervisor.kill()
-        supervisor.wait()
-        for pid in spares:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
