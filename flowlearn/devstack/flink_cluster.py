@@ -21,6 +21,7 @@ from flowlearn.devstack.processes import (
     require_free_port,
     require_java,
     running_pid,
+    spare_pid_file,
     start_process,
     wait_for,
 )
@@ -143,12 +144,17 @@ TASKMANAGER_MAIN = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 SPARE_TASKMANAGER_MAIN = "dev.flowlearn.flink.SpareTaskManager"
 
 
-def spare_options(settings: Settings) -> list[str]:
-    """The supervisor's options for a spare TaskManager JVM (``flink.spare_taskmanager``):
+def spare_options(settings: Settings, name: str) -> list[str]:
+    """The supervisor's options for a spare of TaskManager ``name`` (``flink.spare_taskmanager``):
     its class comes from the operators jar, on the classpath as the Java agent."""
     if not settings.flink.spare_taskmanager:
         return []
-    return ["--spare", f"{TASKMANAGER_MAIN}={SPARE_TASKMANAGER_MAIN}"]
+    return [
+        "--spare",
+        f"{TASKMANAGER_MAIN}={SPARE_TASKMANAGER_MAIN}",
+        "--spare-pid-file",
+        str(spare_pid_file(settings, name)),
+    ]
 
 
 def python_worker_pool_socket(settings: Settings) -> Path | None:
@@ -294,7 +300,7 @@ def start_flink(settings: Settings) -> None:
                 str(child_pid_file(settings, name)),
                 # Its replacements skip taskmanager.sh's two helper JVMs (seconds).
                 "--replay-exec",
-                *spare_options(settings),
+                *spare_options(settings, name),
                 "--",
                 # Serving first on a shared machine (flink.taskmanager_nice); the Python
                 # workers inherit it.

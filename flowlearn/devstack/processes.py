@@ -34,6 +34,11 @@ def child_pid_file(settings: Settings, name: str) -> Path:
     return settings.stack.run / f"{name}-child.pid"
 
 
+def spare_pid_file(settings: Settings, name: str) -> Path:
+    """Where a supervised component's supervisor writes its spare's pid while it has one."""
+    return settings.stack.run / f"{name}-spare.pid"
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

@@ -84,9 +84,9 @@ def down(settings: Settings) -> list[str]:
     taskmanagers = [
         process
         for name in taskmanager_names(settings)
-        # The supervisor stops its TaskManager; one whose supervisor was killed (SIGKILL
-        # leaves the child running) is stopped here.
-        for process in (name, f"{name}-child")
+        # The supervisor stops its TaskManager and its spare; those of a supervisor that was
+        # killed (SIGKILL leaves the child running) are stopped here.
+        for process in (name, f"{name}-child", f"{name}-spare")
     ]
     for name in (
         "producer",
@@ -100,7 +100,7 @@ def down(settings: Settings) -> list[str]:
     ):
         # A TaskManager JVM leads a process group of its own (its supervisor's doing): its
         # Python workers go with it, also when the JVM had to be killed.
-        if stop_process(settings, name, group=name.endswith("-child")):
+        if stop_process(settings, name, group=name.endswith(("-child", "-spare"))):
             stopped.append(name)
             log(f"stopped {name}")
     return stopped
@@ -129,4 +129,7 @@ def component_status(settings: Settings) -> dict[str, dict[str, Any]]:
             "pids": pids,
             "url": urls[name],
         }
+        spare = running_pid(settings, f"{name}-spare") if pid else None
+        if spare:  # a TaskManager's spare JVM, waiting to take over
+            out[name]["spare_pid"] = spare
     return out

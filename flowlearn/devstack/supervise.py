@@ -203,6 +203,7 @@ def supervise(
     replay_exec: bool = False,
     healthy_after_s: float = HEALTHY_AFTER_S,
     spare_main: tuple[str, str] | None = None,
+    spare_pid_file: Path | None = None,
 ) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -223,6 +224,8 @@ def supervise(
         started = time.monotonic()
         child = None
         if spare is not None and backoff == 0.0:
+            if spare_pid_file is not None:
+                spare_pid_file.unlink(missing_ok=True)
             child = spare.take_over()
             if child is not None:
                 log(f"spare pid {child.pid} takes over")
@@ -254,6 +257,8 @@ def supervise(
                     try:
                         spare = Spare(program)
                         log(f"spare pid {spare.process.pid} started, waiting to take over")
+                        if spare_pid_file is not None:
+                            spare_pid_file.write_text(f"{spare.process.pid}\n")
                     except OSError as exc:
                         log(f"could not start a spare ({exc})")
             log(f"pid {pid} runs {replay.executable}: a replacement would start from there")
@@ -274,6 +279,8 @@ def supervise(
             time.sleep(0.2)
     if spare is not None:
         spare.stop(grace_s)
+    if spare_pid_file is not None:
+        spare_pid_file.unlink(missing_ok=True)
     if child is not None:
         _wait(child, lambda: True, grace_s)
         _kill_group(child.pid)
@@ -315,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         "replaced by SPARE, to take over at once (see above)",
     )
     parser.add_argument(
+        "--spare-pid-file", type=Path, help="where the current spare's pid is written"
+    )
+    parser.add_argument(
         "--healthy-after-s",
         type=float,
         default=HEALTHY_AFTER_S,
@@ -328,7 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.spare and not args.replay_exec:
         parser.error("--spare needs --replay-exec")
     return supervise(
-        cmd, args.pid_file, args.grace_s, args.replay_exec, args.healthy_after_s, args.spare
+        cmd,
+        args.pid_file,
+        args.grace_s,
+        args.replay_exec,
+        args.healthy_after_s,
+        args.spare,
+        args.spare_pid_file,
     )
 
 

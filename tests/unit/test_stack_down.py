@@ -12,22 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
+
 from flowlearn.conf import load_settings
 from flowlearn.devstack import stack
 from flowlearn.devstack.processes import pid_file, running_pid
 
 
-def test_down_stops_a_taskmanager_whose_supervisor_was_killed(tmp_path: Path) -> None:
-    """A SIGKILLed supervisor leaves its child (the TaskManager JVM) running; ``down`` used
-    to stop only the supervisor's pid, and the orphan outlived the stack."""
+@pytest.mark.parametrize("orphan_name", ["taskmanager-child", "taskmanager-spare"])
+def test_down_stops_a_taskmanager_whose_supervisor_was_killed(
+    tmp_path: Path, orphan_name: str
+) -> None:
+    """A SIGKILLed supervisor leaves its child (the TaskManager JVM), or its spare, running;
+    ``down`` used to stop only the supervisor's pid, and the orphan outlived the stack."""
     settings = load_settings(env={"FLOWLEARN__STACK__HOME": str(tmp_path / "home")})
     settings.stack.run.mkdir(parents=True)
     env = {**os.environ, "FLOWLEARN_HOME": str(settings.stack.home)}
     orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     try:
-        pid_file(settings, "taskmanager-child").write_text(f"{orphan.pid}\n")
-        assert running_pid(settings, "taskmanager-child") == orphan.pid
-        assert stack.down(settings) == ["taskmanager-child"]
+        pid_file(settings, orphan_name).write_text(f"{orphan.pid}\n")
+        assert running_pid(settings, orphan_name) == orphan.pid
+        assert stack.down(settings) == [orphan_name]
         deadline = time.monotonic() + 10
         while orphan.poll() is None:
             assert time.monotonic() < deadline, "the orphan is still running"
@@ -36,6 +41,31 @@ def test_down_stops_a_taskmanager_whose_supervisor_was_killed(tmp_path: Path) ->
         if orphan.poll() is None:
             orphan.kill()
         orphan.wait()
+
+
+def test_status_names_a_taskmanagers_supervisor_child_and_spare(tmp_path: Path) -> None:
+    """``pids`` stays [supervisor, child] (scripts take the JVM as the last one); a waiting
+    spare JVM is ``spare_pid``."""
+    settings = load_settings(env={"FLOWLEARN__STACK__HOME": str(tmp_path / "home")})
+    settings.stack.run.mkdir(parents=True)
+    env = {**os.environ, "FLOWLEARN_HOME": str(settings.stack.home)}
+    sleepers = {
+        name: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+        for name in ("taskmanager", "taskmanager-child", "taskmanager-spare")
+    }
+    try:
+        for name, process in sleepers.items():
+            pid_file(settings, name).write_text(f"{process.pid}\n")
+        shown = stack.component_status(settings)["taskmanager"]
+        assert shown["pids"] == [sleepers["taskmanager"].pid, sleepers["taskmanager-child"].pid]
+        assert shown["spare_pid"] == sleepers["taskmanager-spare"].pid
+        sleepers["taskmanager-spare"].kill()
+        sleepers["taskmanager-spare"].wait()
+        assert "spare_pid" not in stack.component_status(settings)["taskmanager"]
+    finally:
+        for process in sleepers.values():
+            process.kill()
+            process.wait()
 
 
 #: A child that ignores SIGTERM (a JVM stuck in garbage collection does) and leaves a
@@ -200,8 +230,10 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
     program = tmp_path / "program.py"
     program.write_text(PROGRAM)
     child_pid = tmp_path / "child.pid"
+    spare_pid = tmp_path / "spare.pid"
     command = ["--pid-file", str(child_pid), "--replay-exec", "--healthy-after-s", "0.5",
-               "--spare", "live=spare", "--", sys.executable, str(program), "live",
+               "--spare", "live=spare", "--spare-pid-file", str(spare_pid), "--",
+               sys.executable, str(program), "live",
                f"-Dlog.file={tmp_path / 'tm.log'}"]  # fmt: skip
     with supervised(*command) as (supervisor, lines):
 
@@ -210,6 +242,10 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
             pid = int(next(line for line in lines if line.startswith("ready")).split()[1])
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / log_file}".encode()]
+            deadline = time.monotonic() + 10
+            while not spare_pid.exists() or int(spare_pid.read_text()) != pid:
+                assert time.monotonic() < deadline, "the spare's pid file does not name it"
+                time.sleep(0.05)
             return pid
 
         first = int(next(line for line in lines if line.strip().isdigit()))
@@ -224,4 +260,4 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
         follower = next_spare("tm.2.log")
         supervisor.terminate()
         assert supervisor.wait(15) == 0
-        assert _gone(spare, 5) and _gone(follower, 5)
+        assert _gone(spare, 5) and _gone(follower, 5) and not spare_pid.exists()
