@@ -53,7 +53,7 @@ from flowlearn.operators.model_metrics import ModelMetrics, TimerHeld
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.types import Feedback, SamplesBuilder
 from flowlearn.state import descriptors
-from flowlearn.state.descriptors import JOIN_ENTRY_HEADER, JoinEntry, JoinEntryV2
+from flowlearn.state.descriptors import JoinEntry, JoinEntryV2
 
 TIMER_GRANULARITY_MS = 1000
 
@@ -88,8 +88,7 @@ class _Mirrored(NamedTuple):
     @classmethod
     def loaded(cls, packed: bytes) -> _Mirrored:
         """An entry as the state gave it."""
-        flags, event_ts, label_ts, label = JOIN_ENTRY_HEADER.unpack_from(packed)[:4]
-        return cls(flags, event_ts, label_ts, label, bytes(packed))
+        return cls(*JoinEntry.head(packed), bytes(packed))
 
     def row(self) -> _Row:
         entry = JoinEntry.unpacked(self.packed)

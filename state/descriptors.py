@@ -206,14 +206,17 @@ class JoinEntry(NamedTuple):
         at = JOIN_ENTRY_HEADER.size
         columns: list[list[Any]] = []
         for typecode, n in (("d", n_features), ("i", n_indices), ("q", n_offsets)):
-            values = array(typecode)
-            values.frombytes(data[at : at + n * values.itemsize])
-            if sys.byteorder == "big":
-                values.byteswap()
-            columns.append(values.tolist())
-            at += n * values.itemsize
+            values, at = _from_little_endian(typecode, data, at, n)
+            columns.append(values)
         features, indices, offsets = columns
         return cls(flags, event_ts, features, label_ts, label, bytes(data[at:]), indices, offsets)
+
+    @staticmethod
+    def head(data: bytes) -> tuple[int, int, int, float]:
+        """``flags``, ``event_ts``, ``label_ts`` and ``label`` of a packed entry, read from
+        its header alone."""
+        flags, event_ts, label_ts, label = JOIN_ENTRY_HEADER.unpack_from(data)[:4]
+        return flags, event_ts, label_ts, label
 
 
 #: The header of a packed :class:`JoinEntry`: flags (int32), event time, label time (int64),
@@ -226,6 +229,17 @@ def _little_endian(typecode: str, values: list[Any]) -> bytes:
     if sys.byteorder == "big":
         packed.byteswap()
     return packed.tobytes()
+
+
+def _from_little_endian(typecode: str, data: bytes, at: int, n: int) -> tuple[list[Any], int]:
+    """The ``n`` values :func:`_little_endian` wrote at offset ``at`` of ``data``, and the
+    offset after them."""
+    values = array(typecode)
+    end = at + n * values.itemsize
+    values.frombytes(data[at:end])
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist(), end
 
 
 class JoinEntryV2(NamedTuple):
