@@ -129,13 +129,22 @@ SPARE_START = b"start\n"
 
 
 class Spare:
-    """A spare of the child (see the module docstring): started, ready, waiting."""
+    """A spare of the child (see the module docstring): started, ready, waiting; its pid in
+    ``pid_file`` (if given) until it takes over or stops."""
 
-    def __init__(self, program: Exec) -> None:
+    def __init__(self, program: Exec, pid_file: Path | None) -> None:
         self.process = program.start(stdin=subprocess.PIPE)
+        self.pid_file = pid_file
+        if pid_file is not None:
+            pid_file.write_text(f"{self.process.pid}\n")
+
+    def _forget(self) -> None:
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
 
     def take_over(self) -> subprocess.Popen[bytes] | None:
         """The spare, told to start as the child; None if it is gone."""
+        self._forget()
         stdin = self.process.stdin
         assert stdin is not None
         if self.process.poll() is not None:
@@ -149,6 +158,7 @@ class Spare:
 
     def stop(self, grace_s: float) -> None:
         """End it: its standard input closed (it exits), killed if it lingers."""
+        self._forget()
         with contextlib.suppress(OSError):
             assert self.process.stdin is not None
             self.process.stdin.close()
@@ -224,8 +234,6 @@ def supervise(
         started = time.monotonic()
         child = None
         if spare is not None and backoff == 0.0:
-            if spare_pid_file is not None:
-                spare_pid_file.unlink(missing_ok=True)
             child = spare.take_over()
             if child is not None:
                 log(f"spare pid {child.pid} takes over")
@@ -255,10 +263,8 @@ def supervise(
                     spares += 1
                     program = replay.swapped(original, spare_class).numbered_log(spares)
                     try:
-                        spare = Spare(program)
+                        spare = Spare(program, spare_pid_file)
                         log(f"spare pid {spare.process.pid} started, waiting to take over")
-                        if spare_pid_file is not None:
-                            spare_pid_file.write_text(f"{spare.process.pid}\n")
                     except OSError as exc:
                         log(f"could not start a spare ({exc})")
             log(f"pid {pid} runs {replay.executable}: a replacement would start from there")
@@ -279,8 +285,6 @@ def supervise(
             time.sleep(0.2)
     if spare is not None:
         spare.stop(grace_s)
-    if spare_pid_file is not None:
-        spare_pid_file.unlink(missing_ok=True)
     if child is not None:
         _wait(child, lambda: True, grace_s)
         _kill_group(child.pid)
