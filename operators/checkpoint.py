@@ -153,6 +153,10 @@ class CheckpointOperator(KeyedProcessFunction):
         self.weights = runtime_context.get_map_state(descriptors.CHECKPOINT_WEIGHTS)
         self.model_specs = KeyedSpecs(self.specs, runtime_context)
         self.ledgers: dict[str, CheckpointLedger] = {}
+        #: Per model, the versions whose weights are in ``self.weights``: read from the state
+        #: once (a MapState's keys are a blocking round trip to the JVM each time, which the
+        #: row of every checkpoint version paid), then kept beside its writes.
+        self.stored: dict[str, set[int]] = {}
         self.registrar: Registrar | None = None
         group = runtime_context.get_metrics_group()
         self.per_model = ModelMetrics(
@@ -162,7 +166,7 @@ class CheckpointOperator(KeyedProcessFunction):
         # A ledger is written to state after every row: one dropped from memory comes back
         # whole. Labelled models keep theirs (their gauge reads it).
         self.hot = HotModels(
-            self.settings.job.hot_models, self.per_model.is_labelled, (self.ledgers,)
+            self.settings.job.hot_models, self.per_model.is_labelled, (self.ledgers, self.stored)
         )
 
     def close(self) -> None:
@@ -182,6 +186,12 @@ class CheckpointOperator(KeyedProcessFunction):
             auto_rollback=spec.auto_rollback,
             register_interval_ms=int(self.settings.mlflow.register_min_interval_s * 1000),
         )
+
+    def _stored(self, model_id: str) -> set[int]:
+        stored = self.stored.get(model_id)
+        if stored is None:
+            stored = self.stored[model_id] = set(self.weights.keys())
+        return stored
 
     def _ledger(self, model_id: str) -> CheckpointLedger:
         ledger = self.ledgers.get(model_id)
@@ -214,6 +224,7 @@ class CheckpointOperator(KeyedProcessFunction):
         if row.kind in ("create", "delete"):  # a new model, or none: its checkpoints go
             self.ledger_state.clear()
             self.weights.clear()
+            self.stored[model_id] = set()
             self.ledgers.pop(model_id, None)
             if row.kind == "delete":
                 return
@@ -235,6 +246,7 @@ class CheckpointOperator(KeyedProcessFunction):
                 )
         if weights:
             self.weights.put(version, bytes(weights))
+            self._stored(model_id).add(version)
             ledger.spec_json = row.spec
             self.per_model.inc(model_id, "checkpoints")
         decisions = ledger.observe(
@@ -288,10 +300,10 @@ class CheckpointOperator(KeyedProcessFunction):
                         "version": version,
                     },
                 )
-        kept = {c.version for c in ledger.checkpoints()}
-        stored = list(self.weights.keys())  # MapState: keys() reads them from the backend
-        for stale in [v for v in stored if v not in kept]:
+        stored = self._stored(model_id)
+        for stale in stored - {c.version for c in ledger.checkpoints()}:
             self.weights.remove(stale)
+            stored.discard(stale)
         self.ledger_state.update(ledger.to_bytes())
 
     def _register(
@@ -302,7 +314,7 @@ class CheckpointOperator(KeyedProcessFunction):
         if not self.settings.mlflow.enabled:
             return
         checkpoint = ledger.get(version)
-        if checkpoint is None or not self.weights.contains(version):
+        if checkpoint is None or version not in self._stored(model_id):
             return
         if checkpoint.registered and not restored:
             return

@@ -15,6 +15,7 @@ from flowlearn.operators.checkpoint import CheckpointOperator
 from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from flowlearn.operators.types import Evaluated, Version
+from flowlearn.state import descriptors
 from tests.unit.flink_stand_ins import Context, KeyedState
 
 SETTINGS = load_settings(
@@ -384,3 +385,52 @@ def test_the_checkpoint_operators_gauges_still_read_once_a_model_is_deleted():
         list(operator.process_element(row, Context()))
         gauges.append(monitored.group.read_gauges())
     assert gauges[-1] == {"model.fresh.windowed_loss": 0}
+
+
+class CountedMapState(dict):
+    """A MapState stand-in that counts the reads of all its keys (a blocking round trip to
+    the JVM in PyFlink)."""
+
+    keys_read = 0
+
+    def put(self, k: Any, v: Any) -> None:
+        self[k] = v
+
+    def remove(self, k: Any) -> None:
+        del self[k]
+
+    def keys(self) -> Any:
+        self.keys_read += 1
+        return super().keys()
+
+
+def test_the_checkpoint_operator_keeps_only_the_ledgers_checkpoints_reading_their_keys_once():
+    settings = load_settings(
+        env={
+            "FLOWLEARN__JOB__BATCH_SIZE": "2",
+            "FLOWLEARN__JOB__CHECKPOINT_EVERY_VERSIONS": "1",
+            "FLOWLEARN__JOB__KEEP_CHECKPOINTS": "2",
+        }
+    )
+    trainer = MiniBatchTrainer(settings)
+    trainer.open(KeyedState())
+    rows = evaluated(command(trainer, "create", spec={"type": "linear", "n_features": 3}))
+    for _ in range(6):
+        rows += evaluated(samples(trainer, 2, 3))
+    monitored = KeyedState()
+    weights = monitored.states[descriptors.CHECKPOINT_WEIGHTS.name] = CountedMapState()
+    operator = CheckpointOperator(settings)
+    operator.open(monitored)
+    for row in rows[:4]:
+        list(operator.process_element(row, Context()))
+    ledger = operator.ledgers["fresh"]
+    assert sorted(weights) == [c.version for c in ledger.checkpoints()]
+    assert len(weights) == 2 and weights.keys_read == 0  # a create starts from none
+    # After a restart the operator learns what the state holds from the state, once.
+    operator = CheckpointOperator(settings)
+    operator.open(monitored)
+    for row in rows[4:]:
+        list(operator.process_element(row, Context()))
+    assert sorted(weights) == [c.version for c in operator.ledgers["fresh"].checkpoints()]
+    assert max(weights) == rows[-1].version and len(weights) == 2
+    assert weights.keys_read == 1
