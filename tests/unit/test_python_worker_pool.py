@@ -20,7 +20,9 @@ from flowlearn.jobs import python_worker_pool
 #: The module the launches run: it reports what a worker would see.
 PROBE = """
 import json, os, sys, time
+preloaded = "numpy" in sys.modules
 import flowlearn
+from apache_beam.runners.worker.statesampler import StateSampler
 print(json.dumps({
     "argv": sys.argv[1:],
     "cwd": os.getcwd(),
@@ -28,7 +30,9 @@ print(json.dumps({
     "path": sys.path[:2],
     "flowlearn": getattr(flowlearn, "WHOSE", "the pool's"),
     "parent": os.getppid(),
-    "preloaded": "numpy" in sys.modules,
+    "preloaded": preloaded,
+    # What a bundle processor's state sampler gets (Beam passes no period).
+    "sampling_ms": StateSampler("probe", None).sampling_period_ms,
 }), flush=True)
 print("on stderr", file=sys.stderr, flush=True)
 if "--wait" in sys.argv:
@@ -111,6 +115,7 @@ def test_a_launch_through_the_pool_runs_the_module_as_the_interpreter_would(pool
     # Forked from the pool, with its preloaded modules.
     assert report["parent"] == process.pid
     assert report["preloaded"] is True
+    assert report["sampling_ms"] == python_worker_pool.STATE_SAMPLING_PERIOD_MS
     assert "on stderr" in err
 
 
