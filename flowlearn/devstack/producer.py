@@ -104,10 +104,10 @@ def produce(
         raise ValueError("bulk records carry labelled samples: use label_delay_ms=0")
     from kafka import KafkaProducer
 
+    # Keys and values are encoded here, not by serializer callables: kafka-python 3
+    # deprecates those (a Serializer class of its own would be the other way).
     producer = KafkaProducer(
         **kafka_client_options(bootstrap),
-        key_serializer=str.encode,
-        value_serializer=_serialize,
         acks="all",
         linger_ms=20,
         client_id=f"flowlearn-producer-{uuid.uuid4().hex[:8]}",
@@ -132,7 +132,7 @@ def produce(
             if bulk:
                 producer.send(
                     topics.samples,
-                    key=model_id,
+                    key=model_id.encode(),
                     timestamp_ms=now,
                     value=_bulk_value(model_id, records),
                 )
@@ -140,10 +140,10 @@ def produce(
                 sent += n
             for rec in records:
                 if label_delay_ms <= 0:
-                    producer.send(topics.samples, key=model_id, value=rec, timestamp_ms=rec["ts"])
+                    _send(producer, topics.samples, model_id, rec)
                 else:
                     event = {k: rec[k] for k in ("event_id", "model_id", "ts", "features")}
-                    producer.send(topics.events, key=model_id, value=event, timestamp_ms=rec["ts"])
+                    _send(producer, topics.events, model_id, event)
                     label = {
                         "event_id": rec["event_id"],
                         "model_id": model_id,
@@ -171,23 +171,20 @@ def produce(
     return sent
 
 
-class _Raw(bytes):
-    """Marks a value that is already bytes (the producer's JSON serializer skips it)."""
-
-
-def _bulk_value(model_id: str, records: list[dict[str, Any]]) -> _Raw:
-    return _Raw(
-        encode_sample_batch(
-            model_id,
-            np.array([r["ts"] for r in records]),
-            np.array([r["features"] for r in records]),
-            np.array([r["label"] for r in records], dtype=np.float64),
-        )
+def _bulk_value(model_id: str, records: list[dict[str, Any]]) -> bytes:
+    return encode_sample_batch(
+        model_id,
+        np.array([r["ts"] for r in records]),
+        np.array([r["features"] for r in records]),
+        np.array([r["label"] for r in records], dtype=np.float64),
     )
 
 
-def _serialize(value: Any) -> bytes:
-    return bytes(value) if isinstance(value, _Raw) else json.dumps(value).encode()
+def _send(producer: Any, topic: str, model_id: str, record: dict[str, Any]) -> None:
+    """Send a JSON record keyed by its model, stamped with its ``ts``."""
+    producer.send(
+        topic, key=model_id.encode(), value=json.dumps(record).encode(), timestamp_ms=record["ts"]
+    )
 
 
 def _send_due(
@@ -199,7 +196,7 @@ def _send_due(
 ) -> None:
     while delayed and delayed[0][0] <= now:
         _, _, label = heapq.heappop(delayed)
-        producer.send(topic, key=model_id, value=label, timestamp_ms=label["ts"])
+        _send(producer, topic, model_id, label)
 
 
 def send_raw(
