@@ -154,7 +154,8 @@ class ADWIN(DriftDetector):
         self._variances[0].append(0.0)
         self._compress()
         self._tick += 1
-        if self._tick % self.clock or self.width <= self.grace_period:
+        # A window of one value has no cut to test (and no bound: log(log(1)) is undefined).
+        if self._tick % self.clock or self.width <= max(self.grace_period, 1):
             return False
         significant, self.statistic, n_recent = self._scan()
         if not significant:

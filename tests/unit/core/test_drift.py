@@ -153,3 +153,11 @@ def test_bad_parameters():
     ):
         with pytest.raises(ValueError):
             make()
+
+
+def test_adwin_without_a_grace_period_tests_from_its_second_value():
+    """A one-value window has no cut: tested every value with no grace period, ADWIN took
+    log(log(1)) and raised ValueError on its first value."""
+    det = drift.ADWIN(grace_period=0, clock=1)
+    flags = det.update_many(np.r_[np.zeros(200), np.ones(200)])
+    assert not flags[:200].any() and flags[200:].any()
