@@ -8,7 +8,7 @@ from typing import Any
 
 from pyflink.common import Row
 
-from flowlearn.conf import load_settings
+from flowlearn.conf import Settings, load_settings
 from flowlearn.contracts.records import MAX_ALERT_BYTES
 from flowlearn.contracts.spec import DELETED, ModelSpecs
 from flowlearn.operators.checkpoint import CheckpointOperator
@@ -16,7 +16,7 @@ from flowlearn.operators.parse import DLQ_TAG
 from flowlearn.operators.trainer import ALERT_TAG, EVAL_TAG, MiniBatchTrainer
 from flowlearn.operators.types import Evaluated, Version
 from flowlearn.state import descriptors
-from tests.unit.flink_stand_ins import Context, KeyedState
+from tests.unit.flink_stand_ins import Context, KeyedState, MapState
 
 SETTINGS = load_settings(
     env={"FLOWLEARN__JOB__BATCH_SIZE": "2", "FLOWLEARN__JOB__UNKNOWN_MODEL_POLICY": "dlq"}
@@ -24,8 +24,8 @@ SETTINGS = load_settings(
 SPECS = ModelSpecs(SETTINGS)
 
 
-def started(state: KeyedState) -> MiniBatchTrainer:
-    trainer = MiniBatchTrainer(SETTINGS)
+def started(state: KeyedState, settings: Settings = SETTINGS) -> MiniBatchTrainer:
+    trainer = MiniBatchTrainer(settings)
     trainer.open(state)
     return trainer
 
@@ -387,17 +387,10 @@ def test_the_checkpoint_operators_gauges_still_read_once_a_model_is_deleted():
     assert gauges[-1] == {"model.fresh.windowed_loss": 0}
 
 
-class CountedMapState(dict):
-    """A MapState stand-in that counts the reads of all its keys (a blocking round trip to
-    the JVM in PyFlink)."""
+class CountedMapState(MapState):
+    """Counts the reads of all its keys (a blocking round trip to the JVM in PyFlink)."""
 
     keys_read = 0
-
-    def put(self, k: Any, v: Any) -> None:
-        self[k] = v
-
-    def remove(self, k: Any) -> None:
-        del self[k]
 
     def keys(self) -> Any:
         self.keys_read += 1
@@ -412,8 +405,7 @@ def test_the_checkpoint_operator_keeps_only_the_ledgers_checkpoints_reading_thei
             "FLOWLEARN__JOB__KEEP_CHECKPOINTS": "2",
         }
     )
-    trainer = MiniBatchTrainer(settings)
-    trainer.open(KeyedState())
+    trainer = started(KeyedState(), settings)
     rows = evaluated(command(trainer, "create", spec={"type": "linear", "n_features": 3}))
     for _ in range(6):
         rows += evaluated(samples(trainer, 2, 3))
