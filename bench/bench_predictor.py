@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from flowlearn.contracts.redis_contract import Keys, ModelVersion, Publisher  # noqa: E402
 from flowlearn.core import codec  # noqa: E402
+from flowlearn.devstack.processes import terminate  # noqa: E402
 
 PASSWORD = "bench-password"
 PREFIX = "bench:"
@@ -186,12 +187,7 @@ def process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10)
         progress(f"stopped {what}")
 
 

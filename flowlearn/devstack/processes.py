@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flowlearn.conf import Settings
 
@@ -129,6 +130,17 @@ def stop_process(
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def terminate(process: subprocess.Popen[Any], grace_s: float) -> None:
+    """SIGTERM a process this one started; SIGKILL it if it has not ended within
+    ``grace_s``. Returns once it is reaped."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def port_open(host: str, port: int) -> bool:

@@ -162,10 +162,8 @@ class Spare:
         with contextlib.suppress(OSError):
             assert self.process.stdin is not None
             self.process.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(grace_s)
+        _wait(self.process, lambda: True, grace_s)
         _kill_group(self.process.pid)
-        self.process.wait()
 
 
 def _wait(

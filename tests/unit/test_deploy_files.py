@@ -148,7 +148,7 @@ def test_fetch_jars_reads_versions_py_and_skips_what_is_fetched(tmp_path: Path) 
 
 
 def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> None:
-    from flowlearn.devstack.flink_cluster import flink_home
+    from flowlearn.devstack.flink_cluster import SPARE_TASKMANAGER_MAIN, flink_home
 
     out = tmp_path / "operators.jar"
     done = subprocess.run(
@@ -178,7 +178,7 @@ def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> N
     # A spare TaskManager (flowlearn.devstack.supervise --spare) ends on the end of its
     # standard input, and on "start" is Flink's TaskManagerRunner, its arguments and all.
     classpath = f"{flink_home() / 'lib'}/*:{out}"
-    spare = ["java", "-cp", classpath, "dev.flowlearn.flink.SpareTaskManager"]
+    spare = ["java", "-cp", classpath, SPARE_TASKMANAGER_MAIN]
     ended = subprocess.run(spare, input="", capture_output=True, text=True, timeout=60)
     assert ended.returncode == 0 and "TaskManagerRunner" not in ended.stderr, ended.stderr
     started = subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 
 from flowlearn.conf import load_settings
 from flowlearn.devstack import stack
-from flowlearn.devstack.processes import pid_file, running_pid
+from flowlearn.devstack.processes import pid_file, running_pid, terminate
 
 
 @pytest.mark.parametrize("orphan_name", ["taskmanager-child", "taskmanager-spare"])
@@ -105,12 +105,7 @@ def supervised(*args: str, env: dict[str, str] | None = None) -> Iterator[Superv
         assert process.stdout is not None
         yield Supervisor(process, iter(process.stdout.readline, ""))
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, 15)
 
 
 class Supervisor(NamedTuple):
