@@ -185,14 +185,11 @@ def start_python_worker_pool(settings: Settings) -> None:
     python_worker_pool.write_launcher(Path(python_worker_executable(settings)), sys.executable)
     if running_pid(settings, "python-worker-pool"):
         return
-    # At the TaskManagers' nice value: the workers it forks inherit it.
+    # At the TaskManagers' nice value: the workers it forks inherit it (and its session).
     start_process(
         settings,
         "python-worker-pool",
         [
-            "nice",
-            "-n",
-            str(settings.flink.taskmanager_nice),
             sys.executable,
             str(PYTHON_WORKER_POOL),
             "serve",
@@ -201,6 +198,7 @@ def start_python_worker_pool(settings: Settings) -> None:
         ],
         env=flink_env(settings),
         cwd=settings.stack.run,
+        nice=settings.flink.taskmanager_nice,
     )
 
 
@@ -301,12 +299,10 @@ def start_flink(settings: Settings) -> None:
                 # Its replacements skip taskmanager.sh's two helper JVMs (seconds).
                 "--replay-exec",
                 *spare_options(settings, name),
-                "--",
-                # Serving first on a shared machine (flink.taskmanager_nice); the Python
-                # workers inherit it.
-                "nice",
-                "-n",
+                # Serving first on a shared machine (flink.taskmanager_nice).
+                "--nice",
                 str(settings.flink.taskmanager_nice),
+                "--",
                 "bash",
                 str(bin_dir / "taskmanager.sh"),
                 "start-foreground",

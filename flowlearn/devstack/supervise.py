@@ -9,6 +9,10 @@ A child that ran for a while (``--healthy-after-s``, 15 s) is restarted at once:
 fine and something killed it, and a recovery waits for the new one. One that keeps dying
 soon after starting is restarted after 1 s, then 2, 4... up to 30 s.
 
+With ``--nice N`` the child runs at nice N, and so does the session it leads
+(``processes.lower_priority``: where the kernel schedules sessions as groups, a process's
+own nice does not lower it below other sessions).
+
 With ``--replay-exec``, a child that ran ``--healthy-after-s`` is restarted as the program it
 had become: a launcher script that ``exec``s its real program (Flink's taskmanager.sh runs
 two JVMs, for its configuration and memory flags, before the TaskManager's own: ~2 s of a
@@ -45,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
+
+from flowlearn.devstack.processes import lower_priority
 
 GRACE_S = 20.0
 MIN_BACKOFF_S = 1.0
@@ -97,7 +103,7 @@ class Exec:
             cwd=self.cwd,
             stdin=stdin,
             start_new_session=True,
-            preexec_fn=lambda: os.setpriority(os.PRIO_PROCESS, 0, nice),
+            preexec_fn=lambda: lower_priority(nice),
         )
 
     def swapped(self, old: str, new: str) -> Exec:
@@ -212,6 +218,7 @@ def supervise(
     healthy_after_s: float = HEALTHY_AFTER_S,
     spare_main: tuple[str, str] | None = None,
     spare_pid_file: Path | None = None,
+    nice: int = 0,
 ) -> int:
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -245,7 +252,9 @@ def supervise(
             except OSError as exc:  # e.g. the program was upgraded away meanwhile
                 log(f"could not start {replay.executable} again ({exc}); starting {cmd[0]}")
         if child is None:
-            child = subprocess.Popen(cmd, start_new_session=True)
+            child = subprocess.Popen(
+                cmd, start_new_session=True, preexec_fn=lambda: lower_priority(nice)
+            )
             log(f"started pid {child.pid}: {' '.join(cmd)}")
         pid_file.write_text(f"{child.pid}\n")
 
@@ -332,6 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         default=HEALTHY_AFTER_S,
         help=f"seconds after which a child counts as started fine (default {HEALTHY_AFTER_S:g})",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        choices=range(20),
+        default=0,
+        metavar="0-19",
+        help="the child's nice value, also its session's (processes.lower_priority); "
+        "spares and replacements keep the one their predecessor ran at (default 0)",
+    )
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -347,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         args.healthy_after_s,
         args.spare,
         args.spare_pid_file,
+        args.nice,
     )
 
 

@@ -16,7 +16,13 @@ import pytest
 
 from flowlearn.conf import load_settings
 from flowlearn.devstack import stack
-from flowlearn.devstack.processes import pid_file, running_pid, terminate
+from flowlearn.devstack.processes import (
+    pid_file,
+    running_pid,
+    start_process,
+    stop_process,
+    terminate,
+)
 
 
 @pytest.mark.parametrize("orphan_name", ["taskmanager-child", "taskmanager-spare"])
@@ -113,6 +119,56 @@ class Supervisor(NamedTuple):
     lines: Iterator[str]
 
 
+#: Whether this kernel schedules sessions as groups (autogroup), each with a nice value.
+AUTOGROUP = Path("/proc/self/autogroup").exists()
+
+
+def scheduled_nice(pid: int) -> tuple[int, int | None]:
+    """A process's nice value and its session's autogroup's (None without autogroup)."""
+    autogroup = None
+    if AUTOGROUP:
+        autogroup = int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    return os.getpriority(os.PRIO_PROCESS, pid), autogroup
+
+
+def at_nice(nice: int) -> tuple[int, int | None]:
+    """What :func:`scheduled_nice` gives for a process started at ``nice`` from here (a
+    nicer test run keeps its own value)."""
+    expected = max(nice, os.getpriority(os.PRIO_PROCESS, 0))
+    return expected, expected if AUTOGROUP else None
+
+
+def test_a_component_started_at_a_nice_value_runs_its_session_at_it(tmp_path: Path) -> None:
+    """The TaskManager and the Python worker pool ran at nice 10 in sessions of their own,
+    and took as much CPU as the predictor: between sessions autogroup scheduling weighs the
+    session's nice, not the process's."""
+    settings = load_settings(env={"FLOWLEARN__STACK__HOME": str(tmp_path / "home")})
+    pid = start_process(
+        settings, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], nice=7
+    )
+    try:
+        assert scheduled_nice(pid) == at_nice(7)
+    finally:
+        assert stop_process(settings, "sleeper")
+
+
+def test_the_supervisor_runs_its_child_and_the_childs_session_at_its_nice(
+    tmp_path: Path,
+) -> None:
+    """--nice, for the TaskManager (its spares and replacements: the tests below)."""
+    child = [
+        sys.executable,
+        "-c",
+        "import os, time; print(os.getpid(), flush=True); time.sleep(60)",
+    ]
+    with supervised("--pid-file", str(tmp_path / "child.pid"), "--nice", "7", "--", *child) as (
+        _,
+        lines,
+    ):
+        pid = int(next(line for line in lines if line.strip().isdigit()))
+        assert scheduled_nice(pid) == at_nice(7)
+
+
 def test_the_supervisor_kills_a_child_that_ignores_sigterm_and_its_group(tmp_path: Path) -> None:
     """It waited on the child for ever: ``down`` then killed the supervisor, and the
     TaskManager's Python workers outlived the stack."""
@@ -178,7 +234,7 @@ def test_the_supervisor_restarts_a_healthy_child_as_the_program_it_exec_d_into(
         proc = Path(f"/proc/{second}")
         assert proc.joinpath("cmdline").read_bytes().split(b"\0")[-2] == b"replayed-argument"
         assert b"MARK=kept" in proc.joinpath("environ").read_bytes().split(b"\0")
-        assert os.getpriority(os.PRIO_PROCESS, second) == os.getpriority(os.PRIO_PROCESS, 0) + 3
+        assert scheduled_nice(second) == at_nice(os.getpriority(os.PRIO_PROCESS, 0) + 3)
         assert int(child_pid.read_text()) == second
 
 
@@ -227,7 +283,7 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
     child_pid = tmp_path / "child.pid"
     spare_pid = tmp_path / "spare.pid"
     command = ["--pid-file", str(child_pid), "--replay-exec", "--healthy-after-s", "0.5",
-               "--spare", "live=spare", "--spare-pid-file", str(spare_pid), "--",
+               "--spare", "live=spare", "--spare-pid-file", str(spare_pid), "--nice", "7", "--",
                sys.executable, str(program), "live",
                f"-Dlog.file={tmp_path / 'tm.log'}"]  # fmt: skip
     with supervised(*command) as (supervisor, lines):
@@ -237,6 +293,7 @@ def test_the_supervisor_keeps_a_spare_that_takes_over_when_the_child_dies(tmp_pa
             pid = int(next(line for line in lines if line.startswith("ready")).split()[1])
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             assert argv[2:4] == [b"spare", f"-Dlog.file={tmp_path / log_file}".encode()]
+            assert scheduled_nice(pid) == at_nice(7)
             deadline = time.monotonic() + 10
             while not spare_pid.exists() or int(spare_pid.read_text()) != pid:
                 assert time.monotonic() < deadline, "the spare's pid file does not name it"
