@@ -43,11 +43,14 @@ class DriftingStream:
     model_id: str = "demo"
     #: Also redraw the concept every this many samples (0: never).
     drift_every: int = 0
+    #: Event ids are ``<id_prefix>-<index>``; "" stands for ``<model_id>-<seed>``.
+    id_prefix: str = ""
     _rng: np.random.Generator = field(init=False, repr=False)
     _weights: np.ndarray = field(init=False, repr=False)
     _index: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        self.id_prefix = self.id_prefix or f"{self.model_id}-{self.seed}"
         self._rng = np.random.default_rng(self.seed)
         self._weights = self._rng.normal(size=self.n_features)
 
@@ -64,7 +67,7 @@ class DriftingStream:
             label = int(self._rng.random() < p)
             out.append(
                 {
-                    "event_id": f"{self.model_id}-{self.seed}-{self._index}",
+                    "event_id": f"{self.id_prefix}-{self._index}",
                     "model_id": self.model_id,
                     "ts": start_ts + k * step_ms,
                     "features": [round(float(v), 6) for v in x],
@@ -118,6 +121,10 @@ def produce(
         drift_at=drift_at,
         model_id=model_id,
         drift_every=drift_every,
+        # The same seed sends the same samples, under new event ids: a run's ids would
+        # otherwise repeat the last run's, and the job rightly drops repeated ids as
+        # duplicates (for the label window: `make stop`, then `make run`, trained nothing).
+        id_prefix=f"{model_id}-{seed}-{uuid.uuid4().hex[:8]}",
     )
     delayed: list[tuple[int, int, dict[str, Any]]] = []  # (due ms, seq, label record)
     sent = 0
