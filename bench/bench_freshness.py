@@ -96,6 +96,9 @@ port = 36379
 [flink]
 rest_port = 38081
 rpc_port = 36123
+# Not the local stack's nice 10: the producers here stand for clients on other machines,
+# and at nice 10 the job would yield the cores to them, as a TaskManager of its own never does.
+taskmanager_nice = 0
 prometheus_ports = "39249-39252"
 checkpoint_interval_ms = {checkpoint_interval_ms}
 {flink_extra}[predictor]

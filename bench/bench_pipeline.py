@@ -60,6 +60,9 @@ port = 26379
 [flink]
 rest_port = 28081
 rpc_port = 26123
+# Not the local stack's nice 10: the producers here stand for clients on other machines,
+# and at nice 10 the job would yield the cores to them, as a TaskManager of its own never does.
+taskmanager_nice = 0
 prometheus_ports = "29249-29252"
 parallelism = {parallelism}
 taskmanagers = {parallelism}

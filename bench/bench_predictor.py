@@ -33,6 +33,10 @@ redis-server and wrk on PATH (``apt-get install -y redis-server wrk``), and Java
 broker. Everything it starts is stopped at the end, also on errors and Ctrl-C. wrk, the
 servers and Redis share the machine: on fewer cores than workers + wrk the rates measure
 contention as much as the predictor (the CPU time per request does not).
+
+``--running [CONNECTIONS...]`` measures the local stack's predictor instead, as it serves
+beside the job, the demo stream and the prediction log (``make run``; the issue's target
+there: at least 3,000 single-instance requests a second at p95 <= 10 ms). It starts nothing.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+%s
 wrk.body = [==[%s]==]
 done = function(summary, latency, requests)
   io.write(string.format("BENCH %%d %%d %%d %%d %%d %%d\\n", summary.requests,
@@ -277,11 +282,14 @@ def wrk(
     threads: int,
     tmp: Path,
     server_pids: list[int],
+    token: str | None = None,
 ) -> dict[str, float]:
     """wrk's figures for ``url``, and the CPU time the server processes spent per request
-    (``cpu_us``): what the server's own work costs, whatever else shares the cores."""
+    (``cpu_us``): what the server's own work costs, whatever else shares the cores.
+    ``token`` goes as ``Authorization: Bearer``."""
     script = tmp / "post.lua"
-    script.write_text(WRK_SCRIPT % body)
+    header = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    script.write_text(WRK_SCRIPT % (header, body))
     cpu_before = tree_cpu_s(server_pids)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(script), url],
@@ -478,6 +486,62 @@ def spread(values: list[float]) -> str:
     return ", ".join(f"{v:+.1%}" for v in values)
 
 
+#: The issue's target for the local stack's predictor under `make run`: at least this many
+#: single-instance requests a second at a p95 of at most this many milliseconds.
+RUNNING_TARGET = (3000, 10.0)
+
+
+def measure_running(model: str, connections: list[int], duration: int, threads: int) -> None:
+    """``--running``: the local stack's predictor as it serves (``make run``: the job, the
+    demo stream and the prediction log on the same cores), single-instance V1 requests of
+    the model's own width at each connection count; the settings (conf/, FLOWLEARN__*) give
+    its URL and token, as for ``flowlearn predict``."""
+    from flowlearn.cli.main import predictor_token
+    from flowlearn.conf import load_settings
+
+    settings = load_settings()
+    url = settings.predictor.url
+    token = predictor_token(settings, None)
+    request = urllib.request.Request(f"{url}/v1/models/{model}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            described = json.loads(answer.read())
+    except OSError as exc:
+        sys.exit(f"bench_predictor: no model {model!r} served at {url} ({exc}); `make run` first")
+    if not described.get("ready"):
+        sys.exit(f"bench_predictor: model {model!r} at {url} is not ready: {described}")
+    row = [0.5] * int(described["spec"]["n_features"])
+    body = json.dumps({"instances": [row]})
+    rate, p95_ms = RUNNING_TARGET
+    print(
+        f"\nThe running predictor at {url}, model {model!r} (log: whatever the stack "
+        f"configures), single-instance V1 requests, {duration} s a run, wrk -t{threads}:"
+    )
+    print(f"{'connections':>12} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} target")
+    meeting = []
+    with tempfile.TemporaryDirectory(prefix="bench-predictor-") as tmp:
+        for c in connections:
+            progress(f"wrk {duration}s, {c} connections: {url}")
+            r = wrk(
+                f"{url}/v1/models/{model}:predict", body, duration, c, threads, Path(tmp), [], token
+            )
+            met = r["rps"] >= rate and r["p95_ms"] <= p95_ms and not r["errors"]
+            if met:
+                meeting.append(c)
+            print(
+                f"{c:>12} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
+                f"{r['p99_ms']:>8.2f} {'met' if met else 'missed'}"
+                + (f" ({r['errors']:.0f} errors)" if r["errors"] else "")
+            )
+    # wrk keeps every connection busy: more connections, a higher rate and longer queues.
+    print(
+        f"target: >= {rate:,} req/s at p95 <= {p95_ms:g} ms: "
+        + (f"met with {meeting} connections" if meeting else "MISSED at every connection count")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (3 s each)")
@@ -504,8 +568,20 @@ def main() -> None:
         help="single-instance runs alternating log off and on, a fresh predictor each "
         "(default 3; 2 with --quick)",
     )
+    parser.add_argument(
+        "--running",
+        nargs="*",
+        type=int,
+        metavar="CONNECTIONS",
+        help="measure the local stack's running predictor instead (`make run`), at these "
+        "connection counts (default 8 32); nothing is started",
+    )
+    parser.add_argument("--model", default="demo", help="the model --running asks for")
     args = parser.parse_args()
     duration = args.duration or (3 if args.quick else 10)
+    if args.running is not None:
+        measure_running(args.model, args.running or [8, 32], duration, args.wrk_threads)
+        return
     rounds = args.rounds or (2 if args.quick else 3)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
