@@ -39,6 +39,9 @@ rest_port = {8081 + PORT_OFFSET}
 rpc_port = {6123 + PORT_OFFSET}
 prometheus_ports = "{9249 + PORT_OFFSET}-{9252 + PORT_OFFSET}"
 checkpoint_interval_ms = 2000
+# Not the local stack's nice 10: the tests' clients stand for other machines, and at nice
+# 10 the job would yield the cores to them (a model loaded with requests stopped learning).
+taskmanager_nice = 0
 [predictor]
 port = {8080 + PORT_OFFSET}
 [prometheus]
