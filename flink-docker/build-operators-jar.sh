@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compile the job's Java operators (operators/java) into one jar: the one way flowlearn builds
+# Compile the job's Java operators (operators/java) into one jar, with their resources
+# (operators/java/META-INF: the service files Flink reads): the one way flowlearn builds
 # it, used both by the local stack (flowlearn/stack.py) and by the job image
 # (flink-docker/Dockerfile), so the tests exercise the same step the image build runs.
 #
@@ -32,6 +33,7 @@ trap 'rm -rf "$work"' EXIT
 # Release 11: the oldest Java Flink 2.x runs on.
 "$javac" --release 11 -Xlint:all -Werror -cp "$lib/*" -d "$work/classes" "${files[@]}" >&2 \
   || die "javac failed"
+cp -R "$sources/META-INF" "$work/classes/"
 # The same jar is the TaskManagers' Java agent (-javaagent:, PythonRunnerWarmup).
 printf 'Premain-Class: dev.flowlearn.flink.PythonRunnerWarmup\n' > "$work/manifest.txt"
 "$jar" --create --file "$work/operators.jar" --manifest "$work/manifest.txt" -C "$work/classes" . \

@@ -60,7 +60,8 @@ def operators_jar(settings: Settings) -> Path:
     """The jar of the job's Java operators, compiled against this Flink into
     ``jars/flowlearn-operators`` once per version of their sources (a second or two)."""
     digest = hashlib.sha256()
-    for path in [*sorted(OPERATORS_JAVA.rglob("*.java")), BUILD_OPERATORS_JAR]:
+    sources = sorted(path for path in OPERATORS_JAVA.rglob("*") if path.is_file())
+    for path in [*sources, BUILD_OPERATORS_JAR]:
         digest.update(path.relative_to(OPERATORS_JAVA.parent.parent).as_posix().encode())
         digest.update(path.read_bytes())
     digest.update(versions.FLINK_VERSION.encode())

@@ -235,6 +235,17 @@ def wait_for_a_checkpoint(job: Job) -> None:
     wait_until("a completed checkpoint", lambda: completed() > seen, timeout_s=60, every_s=0.2)
 
 
+def warm_rpc_takeovers(settings: Any) -> int:
+    """How many TaskManagers of the stack started with the RPC system their JVM warmed up
+    while it was a spare (their logs say so)."""
+    return sum(
+        p.read_text(errors="replace").count(
+            "Using the RPC system this JVM warmed up while it was a spare"
+        )
+        for p in settings.stack.logs.glob("flink--taskexecutor-*.log*")
+    )
+
+
 def taskmanager_pid(settings: Any) -> int | None:
     """The supervised TaskManager's current pid (the supervisor's child)."""
     return processes.running_pid(settings, "taskmanager-child")
@@ -304,6 +315,16 @@ def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(s
     )
     wait_for_a_checkpoint(job)
     epoch_before = snapshot_where(settings, model_id, lambda s: True).epoch
+    # The stack keeps a spare JVM beside a TaskManager that has run a while: the first
+    # replacement is the spare, whose RPC system is warm (WarmRpcSystem); the second, killed
+    # before a new spare is there, is a new JVM that loads its own.
+    wait_until(
+        "the TaskManager's spare JVM",
+        lambda: processes.running_pid(settings, "taskmanager-spare"),
+        timeout_s=60,
+        every_s=0.2,
+    )
+    warm_before = warm_rpc_takeovers(settings)
 
     first = taskmanager_pid(settings)
     assert first is not None
@@ -352,6 +373,7 @@ def test_exactly_once_through_two_taskmanager_kills_the_second_during_recovery(s
     assert final.samples_applied == n
     assert final.version == len(batch_plan(n, batch))
     assert final.epoch > epoch_before
+    assert warm_rpc_takeovers(settings) == warm_before + 1
     # The feature pipeline's statistics are at the end of the weights vector: they came
     # through the two kills exactly too.
     assert final.weights.tobytes() == reference_weights(settings, model_id, [(41, n)]).tobytes()

@@ -181,6 +181,35 @@ def test_the_operators_jar_script_builds_the_java_operators(tmp_path: Path) -> N
     spare = ["java", "-cp", classpath, SPARE_TASKMANAGER_MAIN]
     ended = subprocess.run(spare, input="", capture_output=True, text=True, timeout=60)
     assert ended.returncode == 0 and "TaskManagerRunner" not in ended.stderr, ended.stderr
+    # While it waits, a spare has loaded Flink's RPC system and run a service of it once
+    # (WarmRpcSystem, which its TaskManager then uses: Flink finds it by the jar's service
+    # file); a spare ended unused closes it, leaving no copy of its jar in the temporary folder.
+    assert "META-INF/services/org.apache.flink.runtime.rpc.RpcSystemLoader" in (
+        zipfile.ZipFile(out).namelist()
+    )
+    conf, io_tmp = tmp_path / "conf", tmp_path / "io"
+    conf.mkdir()
+    io_tmp.mkdir()
+    (conf / "config.yaml").write_text(f"io.tmp.dirs: {io_tmp}\n")
+    log4j = tmp_path / "log4j.properties"
+    log4j.write_text(
+        "rootLogger.level = INFO\n"
+        "rootLogger.appenderRef.console.ref = console\n"
+        "appender.console.name = console\n"
+        "appender.console.type = CONSOLE\n"
+        "appender.console.layout.type = PatternLayout\n"
+        "appender.console.layout.pattern = %m%n\n"
+    )
+    warm = subprocess.run(
+        [*spare[:1], f"-Dlog4j.configurationFile={log4j}", *spare[1:], "--configDir", str(conf)],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert warm.returncode == 0, warm.stderr
+    assert "Spare TaskManager: RPC system warmed up in" in warm.stdout, warm.stdout
+    assert list(io_tmp.iterdir()) == []
     started = subprocess.run(
         [*spare, "--configDir", str(tmp_path / "no-conf")],
         input="start\n",
