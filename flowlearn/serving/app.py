@@ -405,39 +405,34 @@ def log_answer(
 def served_flags(p: Predictor, model_id: str, served: Served | None) -> dict[str, Any]:
     """The flags of an answer by ``served`` (None: by the baseline alone), each raised
     flag counted in ``flowlearn_predictor_fallbacks_total``."""
-    flags: dict[str, Any]
-    if served is not None:
-        age = p.age_s(served.latest)
-        stale = age > p.settings.predictor.stale_after_s
-        flags = {
-            "age_s": round(age, 3),
-            "stale": stale,
-            "degraded": not p.follower.redis_ok,
-            "fallback": False,
-            "pinned": served.pin,
-            "pin_missing": served.pin_missing,
-        }
-        reasons = [
-            name
-            for name, flag in (
-                ("stale", stale),
-                ("degraded", flags["degraded"]),
-                ("pin_missing", served.pin_missing),
-            )
-            if flag
-        ]
-    else:
-        flags = {
+    degraded = not p.follower.redis_ok
+    if served is None:
+        p.child(p.metrics.fallbacks, model_id, BASELINE).inc()
+        return {
             "stale": False,
-            "degraded": not p.follower.redis_ok,
+            "degraded": degraded,
             "fallback": True,
             "pinned": None,
             "pin_missing": False,
         }
-        reasons = [BASELINE]
-    for reason in reasons:
-        p.child(p.metrics.fallbacks, model_id, reason).inc()
-    return flags
+    age = p.age_s(served.latest)
+    stale = age > p.settings.predictor.stale_after_s
+    # A raised flag is rare: each is counted where it is found, and an answer with none
+    # (the usual one) builds nothing more than its flags.
+    if stale:
+        p.child(p.metrics.fallbacks, model_id, "stale").inc()
+    if degraded:
+        p.child(p.metrics.fallbacks, model_id, "degraded").inc()
+    if served.pin_missing:
+        p.child(p.metrics.fallbacks, model_id, "pin_missing").inc()
+    return {
+        "age_s": round(age, 3),
+        "stale": stale,
+        "degraded": degraded,
+        "fallback": False,
+        "pinned": served.pin,
+        "pin_missing": served.pin_missing,
+    }
 
 
 def matrix_bytes(n_rows: int, spec: Mapping[str, Any]) -> int:
@@ -989,8 +984,11 @@ def make_app(
             metrics_,
             producer_factory,
         )
+    # Without tokens required (a predictor bound to loopback, by default) the token check
+    # would pass every request: it is left out, a middleware's cost to each request saved.
     app = web.Application(
-        client_max_size=settings.predictor.max_body_bytes, middlewares=[require_token]
+        client_max_size=settings.predictor.max_body_bytes,
+        middlewares=[require_token] if guard.required else [],
     )
     app[GUARD] = guard
     predictor = Predictor(settings, follower, metrics_, prediction_log, loaded, ab_fraction)

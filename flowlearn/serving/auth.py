@@ -129,10 +129,9 @@ GUARD = web.AppKey("guard", Guard)
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer 401/403 before the handler when the request's token does not open its route."""
+    """Answer 401/403 before the handler when the request's token does not open its route.
+    The app has this middleware only when its guard requires tokens."""
     guard = request.app[GUARD]
-    if not guard.required:
-        return await handler(request)
     # The route that matched (None: no route did), not the raw path: "/v2/health/../x"
     # cannot pass for an open route.
     resource = request.match_info.route.resource
