@@ -18,8 +18,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave with the session's exit status once its report is out, skipping the garbage
     collection of the interpreter's teardown: the MiniCluster tests leave PyFlink's loopback
-    harness (a py4j gateway and over a thousand Beam threads) in this process, and a fresh-clone
-    CI run spun 28 minutes in pytest's final ``gc.collect()`` after every test had passed."""
+    harness (a py4j gateway and Beam's threads; tests/minicluster/conftest.py stops the
+    thousand flush threads among them) in this process, and a fresh-clone CI run spun 28
+    minutes in pytest's final ``gc.collect()`` after every test had passed."""
     if not _finished:
         return
     sys.stdout.flush()
