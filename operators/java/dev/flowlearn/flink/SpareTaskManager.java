@@ -15,9 +15,10 @@ import org.slf4j.LoggerFactory;
  * ({@code flowlearn.devstack.supervise --spare}) runs it with the live TaskManager's own
  * command line, this class in place of {@link TaskManagerRunner}. It starts, runs the Java
  * agent's warm-up ({@link PythonRunnerWarmup}), loads the TaskManager's entry classes and its
- * RPC system ({@link WarmRpcSystem}), and waits. When the live TaskManager dies the supervisor writes {@code start} on its standard
- * input and it runs {@link TaskManagerRunner#main} with the same arguments: the replacement
- * does not pay the JVM's start and the warm-ups while the job waits for it.
+ * RPC system ({@link WarmRpcSystem}), and waits. When the live TaskManager dies the
+ * supervisor writes {@code start} on its standard input and it runs {@link
+ * TaskManagerRunner#main} with the same arguments: the replacement does not pay the JVM's
+ * start and the warm-ups while the job waits for it.
  *
  * <p>The end of its standard input (the supervisor gone or stopping it) ends it, as does
  * any other line.
