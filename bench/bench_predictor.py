@@ -21,8 +21,13 @@ the bench starts itself, as the local stack does, unless ``--kafka`` names one w
 events topic; ``FLOWLEARN__KAFKA__*`` variables give its security settings) and the report
 shows how many records were acknowledged and dropped: a log that drops is cheap for the
 wrong reason. The log's cost is reported as the predictor's CPU time per request with the
-log on over off: the broker shares the cores here, so the rate's loss also counts the
-broker's own work. Runs here differ by about 5% from one to the next, as much as the cost
+log on over off, and as the rate's loss. Where there are more CPUs than a row's server
+processes, the servers (predictor, hello-world, naive) run on CPUs of their own, and wrk,
+Redis, the broker and this script on the others, as a broker and a load generator would on
+machines of their own; else everything shares every CPU, and the rate's loss also counts
+the broker's work. Before the measured runs, a log-on run that is not counted warms the
+bench's own broker up (its JIT compiler works through a fresh broker's first minute of
+traffic). Runs here differ by about 5% from one to the next, as much as the cost
 to be shown, so the single-instance runs alternate between log off and on (``--rounds``,
 a fresh predictor each) and the report gives the median of each round's cost and their
 range; the table shows each figure's median over the rounds.
@@ -31,8 +36,9 @@ Usage: ``python bench/bench_predictor.py [--quick] [--duration S] [--connections
 [--workers 1 2] [--kafka HOST:PORT | --no-log] [--rounds N] [--wrk-threads N]``. Needs
 redis-server and wrk on PATH (``apt-get install -y redis-server wrk``), and Java for its own
 broker. Everything it starts is stopped at the end, also on errors and Ctrl-C. wrk, the
-servers and Redis share the machine: on fewer cores than workers + wrk the rates measure
-contention as much as the predictor (the CPU time per request does not).
+servers and Redis share the cores where there are no more than the servers' processes:
+there the rates measure contention as much as the predictor (the CPU time per request
+less so).
 
 ``--running [CONNECTIONS...]`` measures the local stack's predictor instead, as it serves
 beside the job, the demo stream and the prediction log (``make run``; the issue's target
@@ -183,8 +189,12 @@ def wait_http(url: str, what: str, proc: subprocess.Popen[bytes], timeout_s: flo
 
 @contextmanager
 def process(
-    argv: list[str], what: str, env: dict[str, str] | None = None
+    argv: list[str], what: str, env: dict[str, str] | None = None, cpus: set[int] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` running (on ``cpus`` only, it and its children, when given) until the end of
+    the ``with`` block."""
+    if cpus is not None:  # taskset (util-linux) execs argv: the pid stays argv's
+        argv = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *argv]
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -194,6 +204,24 @@ def process(
     finally:
         terminate(proc, 10)
         progress(f"stopped {what}")
+
+
+def server_cpus(workers: int) -> tuple[set[int], set[int]] | None:
+    """The CPUs for ``workers`` server processes and those for the rest (wrk, Redis, the
+    broker, this script), when there are enough to keep them apart; else None."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) <= workers:
+        return None
+    return set(cpus[:workers]), set(cpus[workers:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process ``pid`` (and those it makes later) on ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except ProcessLookupError:
+            continue  # ended meanwhile
 
 
 def wait_workers(url: str, count: int, what: str, timeout_s: float = 60) -> None:
@@ -223,13 +251,13 @@ def metric(url: str, name: str) -> float:
 
 
 @contextmanager
-def own_broker(tmp: Path) -> Iterator[str]:
+def own_broker(tmp: Path) -> Iterator[tuple[str, int]]:
     """A Kafka broker with the job's topics, started as the local stack starts one (its
     jars cached in ``.flowlearn-bench-predictor/jars``), on free ports; yields HOST:PORT and
-    stops it at the end."""
+    its pid, and stops it at the end."""
     from flowlearn.conf import load_settings
     from flowlearn.devstack.kafka_broker import create_topics, start_kafka
-    from flowlearn.devstack.processes import stop_process
+    from flowlearn.devstack.processes import running_pid, stop_process
 
     home = ROOT / ".flowlearn-bench-predictor"
     for child in home.iterdir() if home.exists() else ():
@@ -245,7 +273,9 @@ def own_broker(tmp: Path) -> Iterator[str]:
     try:
         start_kafka(settings)
         create_topics(settings)
-        yield f"{settings.kafka.host}:{settings.kafka.port}"
+        pid = running_pid(settings, "kafka")
+        assert pid is not None, "the broker started and has no pid"
+        yield f"{settings.kafka.host}:{settings.kafka.port}", pid
     finally:
         stop_process(settings, "kafka")
         progress("stopped the Kafka broker")
@@ -596,7 +626,7 @@ def main() -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-predictor-")))
         redis_port = free_port()
-        stack.enter_context(
+        redis_proc = stack.enter_context(
             process(
                 [
                     "redis-server",
@@ -629,11 +659,37 @@ def main() -> None:
             FLOWLEARN__PREDICTOR__HOST="127.0.0.1",
             PYTHONPATH=str(ROOT),
         )
+        all_cpus = os.sched_getaffinity(0)
+        #: The processes that are neither wrk nor a server: kept off the servers' CPUs.
+        helpers = [os.getpid(), redis_proc.pid]
         if not args.no_log:
-            host, _, kafka_port = (args.kafka or stack.enter_context(own_broker(tmp))).rpartition(
-                ":"
-            )
+            if args.kafka:
+                broker = args.kafka
+            else:
+                broker, broker_pid = stack.enter_context(own_broker(tmp))
+                helpers.append(broker_pid)
+            host, _, kafka_port = broker.rpartition(":")
             env.update(FLOWLEARN__KAFKA__HOST=host, FLOWLEARN__KAFKA__PORT=kafka_port)
+
+        def place(workers: int) -> set[int] | None:
+            """Keep wrk, Redis, the broker and this script off the CPUs of ``workers``
+            servers when there are CPUs enough (returns the servers' CPUs), else let them
+            all share every CPU (returns None). On shared cores the broker's work (and its
+            JIT compiler's, on a fresh broker) slows the predictor beside it: that is not
+            the log's cost to the predictor, which the log-on rows are to show."""
+            split = server_cpus(workers)
+            for pid in helpers:
+                pin(pid, split[1] if split else all_cpus)
+            placement[workers] = (
+                f"the servers on CPU {', '.join(map(str, sorted(split[0])))}; wrk, Redis"
+                f"{'' if args.no_log else ' and the broker'} on the others"
+                if split
+                else "every process on every CPU"
+            )
+            return split[0] if split else None
+
+        #: workers -> where the processes ran, for the report.
+        placement: dict[int, str] = {}
 
         row = [round(float(x), 3) for x in np.random.default_rng(2).normal(size=N_FEATURES)]
         bodies = {
@@ -662,13 +718,49 @@ def main() -> None:
         logged: dict[tuple[int, bool], tuple[float, float]] = {}
         latencies: list[float] = []
         naive: dict[str, float] = {}
+
+        @contextmanager
+        def predictor(
+            workers: int, log_on: bool, what: str
+        ) -> Iterator[tuple[str, int, list[int]]]:
+            """A predictor of ``workers`` processes on the servers' CPUs (:func:`place`):
+            its base URL, gRPC port and pid, once it answers from every worker."""
+            port, grpc_port = free_port(), free_port()
+            argv = [sys.executable, "-m", "flowlearn.serving", "--workers", str(workers)]
+            with process(
+                argv + ([] if log_on else ["--no-log"]),
+                what,
+                dict(
+                    env,
+                    FLOWLEARN__PREDICTOR__PORT=str(port),
+                    FLOWLEARN__PREDICTOR__GRPC_PORT=str(grpc_port),
+                ),
+                place(workers),
+            ) as proc:
+                base = f"http://127.0.0.1:{port}"
+                wait_http(f"{base}/readyz", what, proc)
+                wait_workers(base, workers, what)
+                yield base, grpc_port, [proc.pid]
+
+        if not args.no_log and not args.kafka:
+            # A broker that has just started compiles its produce path (HotSpot's JIT) over
+            # its first minute of traffic, on the cores the first log-on runs would use: a
+            # production broker is past that. So the bench sends it one untimed run first.
+            what = "predictor, log on, warming the broker up"
+            with predictor(args.workers[0], True, what) as (base, _, pids):
+                progress(f"wrk {duration}s: {what} (not counted)")
+                measure(base + bodies["V1"][0], bodies["V1"][1], pids)
         for workers in args.workers:
             with ExitStack() as hello_stack:
                 port = free_port()
+                cpus = place(workers)
                 hellos = [
                     hello_stack.enter_context(
                         process(
-                            [sys.executable, "-c", HELLO, str(port)], f"hello-world {i + 1}", env
+                            [sys.executable, "-c", HELLO, str(port)],
+                            f"hello-world {i + 1}",
+                            env,
+                            cpus,
                         )
                     ).pid
                     for i in range(workers)
@@ -681,40 +773,26 @@ def main() -> None:
                 ]
             for round_, log_on in itertools.product(range(rounds), log_modes):
                 first = round_ == 0
-                port = free_port()
-                argv = [sys.executable, "-m", "flowlearn.serving", "--workers", str(workers)]
                 what = (
                     f"predictor x{workers}, log {'on' if log_on else 'off'}, "
                     f"round {round_ + 1}/{rounds}"
                 )
-                grpc_port = free_port()
-                with process(
-                    argv + ([] if log_on else ["--no-log"]),
-                    what,
-                    dict(
-                        env,
-                        FLOWLEARN__PREDICTOR__PORT=str(port),
-                        FLOWLEARN__PREDICTOR__GRPC_PORT=str(grpc_port),
-                    ),
-                ) as proc:
-                    base = f"http://127.0.0.1:{port}"
-                    wait_http(f"{base}/readyz", what, proc)
-                    wait_workers(base, workers, what)
+                with predictor(workers, log_on, what) as (base, grpc_port, pids):
                     for shape, (path, body) in bodies.items():
                         progress(f"wrk {duration}s: {what}, {shape}, 1 instance a request")
                         results.setdefault((workers, log_on, shape), []).append(
-                            measure(base + path, body, [proc.pid])
+                            measure(base + path, body, pids)
                         )
                     if not first:
                         continue
                     progress(f"wrk {duration}s: {what}, 100 instances a request")
                     results[(workers, log_on, "batch")] = [
-                        measure(base + bodies["V1"][0], batch, [proc.pid])
+                        measure(base + bodies["V1"][0], batch, pids)
                     ]
                     if not log_on:
                         progress(f"gRPC ModelInfer {duration}s: {what}, 1 instance a call")
                         results[(workers, log_on, "gRPC")] = [
-                            grpc_rate(f"127.0.0.1:{grpc_port}", row, duration, [proc.pid])
+                            grpc_rate(f"127.0.0.1:{grpc_port}", row, duration, pids)
                         ]
                     if log_on:
                         logged[(workers, log_on)] = (
@@ -738,6 +816,7 @@ def main() -> None:
             ],
             "naive predictor",
             env,
+            place(1),
         ) as proc:
             deadline = time.monotonic() + 30
             while True:  # a GET on a POST route answers 405: enough to know it is up
@@ -756,9 +835,10 @@ def main() -> None:
 
     print(
         f"\npredictor benchmark: wrk -t{args.wrk_threads} -c{args.connections}, {duration}s a "
-        f"run, loopback, {os.cpu_count()} CPUs shared by wrk, the servers and Redis; logistic "
-        f"model with {N_FEATURES} dense features"
+        f"run, loopback, {len(all_cpus)} CPUs; logistic model with {N_FEATURES} dense features"
     )
+    for workers, where in placement.items():
+        print(f"{workers} worker(s): {where}")
     print(
         "CPU us/req: CPU time of the server's processes per request (its own work, whatever "
         "else shares the cores); 'hello CPU /': the hello-world's CPU per request over this "
@@ -794,7 +874,7 @@ def main() -> None:
             sent, dropped = logged[(workers, True)]
             for shape in bodies:
                 offs, ons = results[(workers, False, shape)], results[(workers, True, shape)]
-                # The broker runs on the same cores here, so the rate's loss counts its work
+                # Where the broker shares the servers' cores, the rate's loss counts its work
                 # too; the CPU per request is the log's cost to the predictor alone, what
                 # its rate loses on cores of its own. Each round's off and on runs are a
                 # pair, run one after the other.
