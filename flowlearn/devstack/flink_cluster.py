@@ -10,6 +10,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,20 @@ def flink_conf_dir(settings: Settings) -> Path:
     return settings.stack.home / "flink" / "conf"
 
 
-def taskmanager_lib(settings: Settings) -> Path:
-    """The TaskManagers' ``lib/`` (FLINK_LIB_DIR): Flink's own jars and flink-python, whose
-    classes the TaskManagers' Java agent loads at start-up (PythonRunnerWarmup), as links."""
+def taskmanager_lib(settings: Settings, extra_jars: Sequence[Path]) -> Path:
+    """The TaskManagers' ``lib/`` (FLINK_LIB_DIR): Flink's own jars, flink-python, whose
+    classes the TaskManagers' Java agent loads at start-up (PythonRunnerWarmup), and
+    ``extra_jars``, as links."""
     home = flink_home()
     lib = settings.stack.home / "flink" / "lib"
     if lib.exists():
         shutil.rmtree(lib)
     lib.mkdir(parents=True)
-    for jar in [*sorted((home / "lib").glob("*.jar")), *(home / "opt").glob("flink-python-*.jar")]:
+    for jar in [
+        *sorted((home / "lib").glob("*.jar")),
+        *(home / "opt").glob("flink-python-*.jar"),
+        *extra_jars,
+    ]:
         (lib / jar.name).symlink_to(jar)
     return lib
 
@@ -266,7 +272,9 @@ def start_flink(settings: Settings) -> None:
     start_python_worker_pool(settings)
     write_flink_conf(settings, jars.taskmanager_agent_jar(settings))
     env = flink_env(settings)
-    taskmanager_env = {**env, "FLINK_LIB_DIR": str(taskmanager_lib(settings))}
+    # zstd-jni: the Kafka connector's client decompresses zstd records with it.
+    lib = taskmanager_lib(settings, [jars.zstd_jni_jar(settings)])
+    taskmanager_env = {**env, "FLINK_LIB_DIR": str(lib)}
     bin_dir = flink_home() / "bin"
     if not running_pid(settings, "jobmanager"):
         require_free_port(settings.flink.rest_host, settings.flink.rest_port, "flink.rest_port")

@@ -1,5 +1,5 @@
-"""The jars of the local stack: Maven downloads (the Kafka broker, the Flink Kafka connector)
-and the job's Java operators, built against this Flink."""
+"""The jars of the local stack: Maven downloads (the Kafka broker, the Flink Kafka connector,
+the zstd codec of its client) and the job's Java operators, built against this Flink."""
 
 from __future__ import annotations
 
@@ -48,6 +48,17 @@ def kafka_connector_jar(settings: Settings) -> Path:
     jars = sorted(folder.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
         raise StackError(f"no Kafka connector jar in {folder}; delete it and run again")
+    return jars[0]
+
+
+def zstd_jni_jar(settings: Settings) -> Path:
+    """zstd-jni (``ZSTD_JNI_ARTIFACT``), for the TaskManagers' ``lib/``: the codec the Kafka
+    connector's client decompresses zstd records with (one JNI library per JVM, so in
+    ``lib/`` and not with each job)."""
+    folder = fetch_jars(settings, "zstd-jni", "ZSTD_JNI_ARTIFACT", False)
+    jars = sorted(folder.glob("zstd-jni-*.jar"))
+    if not jars:
+        raise StackError(f"no zstd-jni jar in {folder}; delete it and run again")
     return jars[0]
 
 

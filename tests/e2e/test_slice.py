@@ -103,6 +103,56 @@ def test_events_joined_with_delayed_labels_are_trained_once(stack):
     )
 
 
+def test_samples_in_every_kafka_codec_are_trained_and_read_back(stack, status):
+    """Producers choose their compression: records in each of Kafka's codecs (sent by
+    librdkafka, as confluent-kafka clients send them) are all trained without a restart of the
+    job (its Kafka client needs zstd-jni beside Flink's jars), and kafka-python, which
+    `flowlearn report` reads topics with, reads them back."""
+    from confluent_kafka import Producer
+
+    from flowlearn.contracts.records import now_ms
+    from flowlearn.devstack.producer import DriftingStream
+    from flowlearn.evaluation.recorded import kafka_consumer, read_topic
+
+    settings, _ = stack
+    job_id = status()["job"]["id"]
+    restarts_before = job_restarts(settings, job_id)
+    model_id = f"codecs-{uuid.uuid4().hex[:8]}"
+    stream = DriftingStream(model_id=model_id, seed=13, id_prefix=model_id)
+    codecs = ("gzip", "snappy", "lz4", "zstd")
+    per_codec = 100
+    started = now_ms()
+    for codec in codecs:
+        producer = Producer({**settings.kafka.librdkafka_options(), "compression.type": codec})
+        for record in stream.take(per_codec, start_ts=now_ms()):
+            producer.produce(
+                settings.kafka.topics.samples,
+                key=model_id.encode(),
+                value=json.dumps(record).encode(),
+            )
+        assert producer.flush(30) == 0, f"{codec}: records not delivered"
+    n = per_codec * len(codecs)
+    client = redis_client(settings)
+    keys = Keys(settings.redis.prefix)
+    wait_until(
+        f"{model_id}: the {n} samples of every codec applied",
+        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n,
+        timeout_s=120,
+    )
+    assert job_restarts(settings, job_id) == restarts_before
+    consumer = kafka_consumer(settings.kafka)()
+    try:
+        read = read_topic(
+            consumer,
+            settings.kafka.topics.samples,
+            keep=lambda key, _value: key == model_id.encode(),
+            since_ms=started - 60_000,
+        )
+    finally:
+        consumer.close()
+    assert len(read.records) == n
+
+
 def weights_at(client, keys, model_id, version, size):
     """Replay the delta stream from zeros up to ``version`` (one epoch, as published)."""
     from flowlearn.contracts.redis_contract import DeltaEntry

@@ -250,9 +250,13 @@ def test_job_image_matches_the_project() -> None:
     assert base, "the Flink base image is a build ARG"
     assert base.group(1).startswith(f"flink:{versions.FLINK_VERSION}-")
     assert base.group(1).endswith("-java17")
-    # The jar comes from the script the local stack runs, into Flink's lib/.
-    assert re.search(r"^RUN bash flink-docker/fetch-jars\.sh (\S+)$", text, re.M)
-    assert re.search(r"^COPY --from=jars .*\*\.jar /opt/flink/lib/$", text, re.M)
+    # The connector and the zstd codec of its client come from the script the local stack
+    # runs, into Flink's lib/.
+    for artifact in ("", "--artifact ZSTD_JNI_ARTIFACT "):
+        fetched = re.search(rf"^RUN bash flink-docker/fetch-jars\.sh {artifact}(\S+)$", text, re.M)
+        assert fetched, artifact
+        copy = rf"^COPY --from=jars \S+ {re.escape(fetched.group(1))}/\*\.jar /opt/flink/lib/$"
+        assert re.search(copy, text, re.M), artifact
     # So does the operators jar.
     assert re.search(r"^RUN bash flink-docker/build-operators-jar\.sh \S+ (\S+)$", text, re.M)
     assert re.search(r"^COPY --from=operators .*\.jar /opt/flink/lib/$", text, re.M)
