@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowlearn.conf import Settings, load_settings
+from flowlearn.contracts.redis_contract import Keys, Snapshot, read_snapshot, redis_client
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Ports are the defaults plus this offset (FLOWLEARN_E2E_PORT_OFFSET, default 10000), and the
@@ -84,6 +85,21 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float, every_s: f
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def wait_applied(settings: Settings, model_id: str, n: int, timeout_s: float = 120) -> Snapshot:
+    """``model_id``'s snapshot in Redis once it shows ``n`` samples applied; fails with a
+    clear message at the deadline."""
+    client = redis_client(settings.redis, timeout_s=5)
+    keys = Keys(settings.redis.prefix)
+    try:
+        return wait_until(
+            f"{model_id}: {n} samples applied",
+            lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n and s,
+            timeout_s,
+        )
+    finally:
+        client.close()
 
 
 def job_restarts(settings: Settings, job_id: str) -> int:

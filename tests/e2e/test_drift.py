@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
-from flowlearn.contracts.redis_contract import Keys, read_snapshot, redis_client
+from flowlearn.contracts.redis_contract import redis_client
 from flowlearn.devstack.producer import produce
 from flowlearn.registry.mlflow_store import Registry
 
-from .conftest import wait_until
+from .conftest import wait_applied, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -55,13 +55,7 @@ def test_abrupt_change_is_detected_adapted_to_and_recovered_from(stack):
         drift_at=(CHANGE_AT,),
         quiet=True,
     )
-    client = stack_redis(settings)
-    keys = Keys(settings.redis.prefix)
-    wait_until(
-        f"{MODEL}: all {TOTAL} samples applied",
-        lambda: (s := read_snapshot(client, keys, MODEL)) and s.samples_applied == TOTAL,
-        timeout_s=120,
-    )
+    wait_applied(settings, MODEL, TOTAL)
 
     alerts = alerts_of(settings, MODEL)
     performance = [a for a in alerts if a["kind"] == "drift" and a["detail"]["direction"] == "up"]

@@ -16,7 +16,7 @@ from flowlearn.contracts.redis_contract import Keys, read_snapshot
 from flowlearn.contracts.spec import ModelSpecs
 from flowlearn.devstack.producer import produce, send_raw
 
-from .conftest import flowlearn, job_restarts, wait_until
+from .conftest import flowlearn, job_restarts, wait_applied, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -58,13 +58,7 @@ def test_samples_are_trained_published_and_served(stack):
         quiet=True,
     )
     assert sent == n
-    client = redis_client(settings)
-    keys = Keys(settings.redis.prefix)
-    snap = wait_until(
-        f"snapshot of {model_id} with samples_applied == {n}",
-        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n and s,
-        timeout_s=120,
-    )
+    snap = wait_applied(settings, model_id, n)
     assert snap.version >= n // settings.job.batch_size
     assert snap.spec["n_features"] == 10
     answer = wait_until(
@@ -94,13 +88,7 @@ def test_events_joined_with_delayed_labels_are_trained_once(stack):
         label_delay_ms=1_000,
         quiet=True,
     )
-    client = redis_client(settings)
-    keys = Keys(settings.redis.prefix)
-    wait_until(
-        f"{model_id}: every joined sample applied",
-        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n,
-        timeout_s=120,
-    )
+    wait_applied(settings, model_id, n)
 
 
 def test_samples_in_every_kafka_codec_are_trained_and_read_back(stack, status):
@@ -131,14 +119,7 @@ def test_samples_in_every_kafka_codec_are_trained_and_read_back(stack, status):
                 value=json.dumps(record).encode(),
             )
         assert producer.flush(30) == 0, f"{codec}: records not delivered"
-    n = per_codec * len(codecs)
-    client = redis_client(settings)
-    keys = Keys(settings.redis.prefix)
-    wait_until(
-        f"{model_id}: the {n} samples of every codec applied",
-        lambda: (s := read_snapshot(client, keys, model_id)) and s.samples_applied == n,
-        timeout_s=120,
-    )
+    wait_applied(settings, model_id, per_codec * len(codecs))
     assert job_restarts(settings, job_id) == restarts_before
     consumer = kafka_consumer(settings.kafka)()
     try:
@@ -150,7 +131,7 @@ def test_samples_in_every_kafka_codec_are_trained_and_read_back(stack, status):
         )
     finally:
         consumer.close()
-    assert len(read.records) == n
+    assert len(read.records) == per_codec * len(codecs)
 
 
 def weights_at(client, keys, model_id, version, size):
