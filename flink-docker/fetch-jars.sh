@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch a Maven artifact named in conf/versions.py into a folder: the one way flowlearn gets the
-# Flink Kafka connector jar, used both by the local stack (flowlearn/stack.py) and by the job
-# image (flink-docker/Dockerfile), so the e2e tests exercise the same step the image build runs.
+# Flink Kafka connector jar (and zstd-jni, the zstd codec of its client), used both by the local
+# stack (flowlearn/devstack/jars.py) and by the job image (flink-docker/Dockerfile), so the e2e
+# tests exercise the same step the image build runs.
 #
 # usage: fetch-jars.sh [--artifact NAME] [--transitive] OUTPUT_DIR
 #   NAME          a constant of conf/versions.py holding group:artifact:version
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --artifact) [ $# -ge 2 ] || die "--artifact needs a name"; name=$2; shift 2 ;;
     --transitive) transitive=true; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$out" ] || die "one OUTPUT_DIR only"; out=$1; shift ;;
   esac

@@ -43,23 +43,25 @@ def fetch_jars(settings: Settings, label: str, constant: str, transitive: bool) 
     return target
 
 
-def kafka_connector_jar(settings: Settings) -> Path:
-    folder = fetch_jars(settings, "flink-kafka", "KAFKA_CONNECTOR_ARTIFACT", False)
-    jars = sorted(folder.glob("flink-sql-connector-kafka-*.jar"))
+def _fetched_jar(settings: Settings, label: str, constant: str) -> Path:
+    """The one jar of the artifact ``constant`` names, fetched alone into ``jars/<label>``."""
+    folder = fetch_jars(settings, label, constant, False)
+    artifact = getattr(versions, constant).split(":")[1]
+    jars = sorted(folder.glob(f"{artifact}-*.jar"))
     if not jars:
-        raise StackError(f"no Kafka connector jar in {folder}; delete it and run again")
+        raise StackError(f"no {artifact} jar in {folder}; delete it and run again")
     return jars[0]
+
+
+def kafka_connector_jar(settings: Settings) -> Path:
+    return _fetched_jar(settings, "flink-kafka", "KAFKA_CONNECTOR_ARTIFACT")
 
 
 def zstd_jni_jar(settings: Settings) -> Path:
     """zstd-jni (``ZSTD_JNI_ARTIFACT``), for the TaskManagers' ``lib/``: the codec the Kafka
     connector's client decompresses zstd records with (one JNI library per JVM, so in
     ``lib/`` and not with each job)."""
-    folder = fetch_jars(settings, "zstd-jni", "ZSTD_JNI_ARTIFACT", False)
-    jars = sorted(folder.glob("zstd-jni-*.jar"))
-    if not jars:
-        raise StackError(f"no zstd-jni jar in {folder}; delete it and run again")
-    return jars[0]
+    return _fetched_jar(settings, "zstd-jni", "ZSTD_JNI_ARTIFACT")
 
 
 #: Builds the job's Java operators (``operators/java``), shared with the job image's build.
