@@ -206,13 +206,13 @@ def process(
         progress(f"stopped {what}")
 
 
-def server_cpus(workers: int) -> tuple[set[int], set[int]] | None:
-    """The CPUs for ``workers`` server processes and those for the rest (wrk, Redis, the
-    broker, this script), when there are enough to keep them apart; else None."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) <= workers:
+def server_cpus(workers: int, cpus: set[int]) -> tuple[set[int], set[int]] | None:
+    """Of ``cpus``, those for ``workers`` server processes and those for the rest (wrk,
+    Redis, the broker, this script), when there are enough to keep them apart; else None."""
+    ordered = sorted(cpus)
+    if len(ordered) <= workers:
         return None
-    return set(cpus[:workers]), set(cpus[workers:])
+    return set(ordered[:workers]), set(ordered[workers:])
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -677,7 +677,8 @@ def main() -> None:
             all share every CPU (returns None). On shared cores the broker's work (and its
             JIT compiler's, on a fresh broker) slows the predictor beside it: that is not
             the log's cost to the predictor, which the log-on rows are to show."""
-            split = server_cpus(workers)
+            # From the CPUs the bench started with: this script is itself pinned by now.
+            split = server_cpus(workers, all_cpus)
             for pid in helpers:
                 pin(pid, split[1] if split else all_cpus)
             placement[workers] = (
