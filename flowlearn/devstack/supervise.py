@@ -61,7 +61,11 @@ HEALTHY_AFTER_S = 15.0
 
 
 def log(msg: str) -> None:
-    print(f"[supervise] {time.strftime('%H:%M:%S')} {msg}", flush=True)
+    # One write of the whole line: the child writes to the same file, and print() writes
+    # the text and its newline apart when output is unbuffered (PYTHONUNBUFFERED), so a
+    # child's line could land between them.
+    sys.stdout.write(f"[supervise] {time.strftime('%H:%M:%S')} {msg}\n")
+    sys.stdout.flush()
 
 
 def _kill_group(pgid: int) -> None:
