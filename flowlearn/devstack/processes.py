@@ -80,6 +80,14 @@ def running_pid(settings: Settings, name: str) -> int | None:
     return None
 
 
+def write_pid(pid_file: Path, pid: int) -> None:
+    """Write ``pid`` to ``pid_file`` whole: a reader never sees the file empty or half written
+    (``write_text`` truncates first, and ``flowlearn down`` or a test may read it then)."""
+    partial = pid_file.with_name(f".{pid_file.name}.partial")
+    partial.write_text(f"{pid}\n")
+    os.replace(partial, pid_file)
+
+
 def lower_priority(nice: int) -> None:
     """Run the calling process, and the session it leads, at ``nice`` (0-19): the
     ``preexec_fn`` of a child started in a session of its own (``start_new_session``).
@@ -122,7 +130,7 @@ def start_process(
         preexec_fn=(lambda: lower_priority(nice)) if nice else None,
     )
     out.close()
-    pid_file(settings, name).write_text(f"{proc.pid}\n")
+    write_pid(pid_file(settings, name), proc.pid)
     return proc.pid
 
 

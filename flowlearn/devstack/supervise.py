@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from flowlearn.devstack.processes import lower_priority
+from flowlearn.devstack.processes import lower_priority, write_pid
 
 GRACE_S = 20.0
 MIN_BACKOFF_S = 1.0
@@ -146,7 +146,7 @@ class Spare:
         self.process = program.start(stdin=subprocess.PIPE)
         self.pid_file = pid_file
         if pid_file is not None:
-            pid_file.write_text(f"{self.process.pid}\n")
+            write_pid(pid_file, self.process.pid)
 
     def _forget(self) -> None:
         if self.pid_file is not None:
@@ -260,7 +260,7 @@ def supervise(
                 cmd, start_new_session=True, preexec_fn=lambda: lower_priority(nice)
             )
             log(f"started pid {child.pid}: {' '.join(cmd)}")
-        pid_file.write_text(f"{child.pid}\n")
+        write_pid(pid_file, child.pid)
 
         def remember(pid: int = child.pid) -> None:
             nonlocal replay, spare, spares
