@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from pyflink.common import WatermarkStrategy
-from pyflink.common.serialization import ByteArraySchema, SerializationSchema, SimpleStringSchema
+from pyflink.common.serialization import (
+    DeserializationSchema,
+    SerializationSchema,
+    SimpleStringSchema,
+)
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -29,8 +33,10 @@ def with_security(builder: Any, settings: Settings) -> Any:
     return builder
 
 
-def bytes_source(settings: Settings, topic: str) -> KafkaSource:
-    """A source of raw record values: bytes, so that a bad record reaches the DLQ intact."""
+def bytes_source(settings: Settings, topic: str, values: DeserializationSchema) -> KafkaSource:
+    """A source of raw record values: bytes, so that a bad record reaches the DLQ intact.
+    ``values`` reads them; the job's keeps a record without a value (a tombstone) as an empty
+    one, where Flink's ``ByteArraySchema`` would drop it."""
     return (
         with_security(KafkaSource.builder(), settings)
         .set_bootstrap_servers(settings.kafka.bootstrap)
@@ -40,7 +46,7 @@ def bytes_source(settings: Settings, topic: str) -> KafkaSource:
         .set_starting_offsets(
             KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
         )
-        .set_value_only_deserializer(ByteArraySchema())
+        .set_value_only_deserializer(values)
         .set_property("isolation.level", "read_committed")
         .set_property("partition.discovery.interval.ms", "60000")
         .build()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyflink.common import Configuration, Types, WatermarkStrategy
-from pyflink.datastream import DataStream, KeyedStream
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import Sink
 from pyflink.java_gateway import get_gateway
 from pyflink.util.java_utils import add_jars_to_context_class_loader
@@ -64,14 +64,18 @@ def event_time_in_java(
     return DataStream(j_stream)
 
 
-def _with_job_jars(stream: DataStream) -> None:
-    """Put the jars of ``stream``'s environment (``pipeline.jars``) on the context class
-    loader of the JVM thread that serves this call. ``add_jars`` loads them on the thread
-    that served it, but Py4J may serve a later call of the same Python thread from another
-    JVM thread (its connections are pooled across Python threads), whose loader lacks them:
-    the operators jar then seemed missing in some MiniCluster tests but not others."""
+def _with_job_jars(of: DataStream | StreamExecutionEnvironment) -> None:
+    """Put the jars of the job's environment (``pipeline.jars``; ``of`` is the environment
+    or one of its streams) on the context class loader of the JVM thread that serves this
+    call. ``add_jars`` loads them on the thread that served it, but Py4J may serve a later
+    call of the same Python thread from another JVM thread (its connections are pooled across
+    Python threads), whose loader lacks them: the operators jar then seemed missing in some
+    MiniCluster tests but not others."""
     gateway = get_gateway()
-    j_env = stream._j_data_stream.getExecutionEnvironment()
+    if isinstance(of, DataStream):
+        j_env = of._j_data_stream.getExecutionEnvironment()
+    else:
+        j_env = of._j_stream_execution_environment
     config = gateway.jvm.org.apache.flink.python.util.PythonConfigUtil.getEnvironmentConfig(j_env)
     jars_key = gateway.jvm.org.apache.flink.configuration.PipelineOptions.JARS.key()
     jars = Configuration.parse_list_value(config.getString(jars_key, None))
@@ -106,10 +110,11 @@ def java_flat_map(stream: DataStream, class_name: str, output_type: Any) -> Data
     return DataStream(stream._j_data_stream.flatMap(function, output_type.get_java_type_info()))
 
 
-def java_object(stream: DataStream, class_name: str, *args: Any) -> Any:
-    """A new ``class_name(*args)`` of ``stream``'s job classpath (the operators jar), as a
-    Py4J object to hand to a PyFlink wrapper."""
-    _with_job_jars(stream)
+def java_object(of: DataStream | StreamExecutionEnvironment, class_name: str, *args: Any) -> Any:
+    """A new ``class_name(*args)`` of the job's classpath (the operators jar; ``of`` is the
+    job's environment or one of its streams), as a Py4J object to hand to a PyFlink
+    wrapper."""
+    _with_job_jars(of)
     java_class = get_gateway().jvm
     for part in class_name.split("."):
         java_class = getattr(java_class, part)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Duration, Types, WatermarkStrategy
-from pyflink.common.serialization import SerializationSchema
+from pyflink.common.serialization import DeserializationSchema, SerializationSchema
 from pyflink.datastream import (
     BroadcastProcessFunction,
     DataStream,
@@ -106,8 +106,21 @@ SAMPLE_BUNDLER = "dev.flowlearn.flink.SampleBundler"
 #: id and features, no label) and labels (an event id and a label, no features).
 EVENT_BUNDLER = "dev.flowlearn.flink.EventBundler"
 LABEL_BUNDLER = "dev.flowlearn.flink.LabelBundler"
+#: The value of each record of an input topic, a tombstone's as an empty one (operators jar).
+RECORD_VALUES = "dev.flowlearn.flink.RecordValues"
 #: The Kafka key of the job's JSON records: their model id (in the operators jar too).
 MODEL_ID_KEY = "dev.flowlearn.flink.ModelIdKey"
+
+
+def require_operators_jar(of: DataStream | StreamExecutionEnvironment, class_name: str) -> None:
+    """Fail with what to do if ``class_name`` is not on the classpath of ``of``'s job."""
+    if not interop.has_java_class(of, class_name):
+        raise RuntimeError(
+            f"{class_name} is not on the job's classpath: add the operators jar "
+            "(flowlearn.devstack.jars.operators_jar builds it; `flowlearn submit` and "
+            "flowlearn.jobs.local.local_environment add it; the job image has it in "
+            "/opt/flink/lib)"
+        )
 
 
 def bundled(
@@ -117,13 +130,7 @@ def bundled(
     made in Java by ``bundler`` (operators/java, in the operators jar): the Python
     parser after it is called once per bundle, not once per record (in PyFlink each call
     costs more than parsing a small JSON record)."""
-    if not interop.has_java_class(stream, bundler):
-        raise RuntimeError(
-            f"{bundler} is not on the job's classpath: add the operators jar "
-            "(flowlearn.devstack.jars.operators_jar builds it; `flowlearn submit` and "
-            "flowlearn.jobs.local.local_environment add it; the job image has it in "
-            "/opt/flink/lib)"
-        )
+    require_operators_jar(stream, bundler)
     job = settings.job
     return interop.java_operator(
         stream,
@@ -136,10 +143,12 @@ def bundled(
 
 def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
     topics = settings.kafka.topics
+    require_operators_jar(env, RECORD_VALUES)
 
     def source(topic: str, name: str) -> DataStream:
+        values = DeserializationSchema(interop.java_object(env, RECORD_VALUES))
         return env.from_source(
-            kafka.bytes_source(settings, topic), kafka.source_watermarks(), name
+            kafka.bytes_source(settings, topic, values), kafka.source_watermarks(), name
         ).uid(name)
 
     return RawSources(

@@ -76,6 +76,8 @@ class Sample:
 
 
 def _load_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise RecordError("not_json", "the record has no value (an empty one, or a tombstone)")
     if len(raw) > MAX_RECORD_BYTES:
         raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_RECORD_BYTES}")
     try:

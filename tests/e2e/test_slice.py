@@ -244,6 +244,56 @@ def test_malformed_records_reach_the_dlq_and_the_job_keeps_running(stack, status
     assert status()["job"]["state"] == "RUNNING"
 
 
+def test_a_record_without_a_value_is_dead_lettered_on_every_input_topic(stack, status):
+    """A tombstone (a Kafka record whose value is null) is no sample, event, label or
+    command: each input topic's parser dead-letters it as ``not_json`` with an empty ``raw``,
+    where Flink's byte-array schema used to drop it without a trace, and the job keeps
+    running without a restart."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    settings, _ = stack
+    topics = settings.kafka.topics
+    inputs = (topics.samples, topics.events, topics.labels, topics.control)
+    job_id = status()["job"]["id"]
+    restarts_before = job_restarts(settings, job_id)
+    consumer = KafkaConsumer(
+        topics.dlq,
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        consumer_timeout_ms=1000,
+        group_id=None,
+    )
+    without_value = dict.fromkeys(inputs, 0)
+
+    def count_new() -> dict[str, int]:
+        for msg in consumer:
+            d = json.loads(msg.value)
+            if d["source_topic"] in without_value and "no value" in d["detail"]:
+                assert (d["reason"], d["raw"]) == ("not_json", "")
+                without_value[d["source_topic"]] += 1
+        return dict(without_value)
+
+    try:
+        before = count_new()
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+        try:
+            for topic in inputs:
+                producer.send(topic, key=f"tombstone-{uuid.uuid4().hex[:8]}".encode(), value=None)
+        finally:
+            producer.flush()
+            producer.close()
+        wait_until(
+            "a dead letter for the tombstone of every input topic",
+            lambda: all(n == before[t] + 1 for t, n in count_new().items()),
+            timeout_s=90,
+        )
+    finally:
+        consumer.close()
+    assert job_restarts(settings, job_id) == restarts_before
+    assert status()["job"]["state"] == "RUNNING"
+
+
 def test_status_json_shows_components_job_and_models(stack, status):
     s = wait_until("a model in status", lambda: (st := status())["models"] and st, 120)
     for name in ("kafka", "redis", "jobmanager", "taskmanager", "predictor"):

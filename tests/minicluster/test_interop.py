@@ -73,6 +73,19 @@ def test_the_kafka_key_of_the_jobs_json_records_is_their_model_id() -> None:
     assert key.serialize("not json") is None
 
 
+def test_the_jobs_kafka_sources_keep_a_record_without_a_value_as_an_empty_one() -> None:
+    """``RecordValues`` (operators jar), made from the job's environment as the Kafka
+    sources make it: a value as it is, a tombstone's null as an empty value (Flink's
+    byte-array schema made it null, which a source drops)."""
+    from flowlearn.jobs.online_learning import RECORD_VALUES
+
+    env = local_environment(operators_jar(load_settings(env={})))
+    values = interop.java_object(env, RECORD_VALUES)
+    assert bytes(values.deserialize(b"\x00{}\xff")) == b"\x00{}\xff"
+    assert bytes(values.deserialize(None)) == b""
+    assert not values.isEndOfStream(b"")
+
+
 def test_a_local_stream_gives_each_records_bytes_as_they_were_and_an_empty_one_none() -> None:
     """``raw_stream`` (a Java flat map, ``Latin1Records``): every byte value, a NUL and
     bytes that are not UTF-8 among them, comes through unchanged, in order; no input gives

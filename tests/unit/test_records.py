@@ -41,6 +41,7 @@ def test_valid_sample():
     "raw, reason, fragment",
     [
         (b"{not json", "not_json", ""),
+        (b"", "not_json", "no value"),  # what the job's sources make of a tombstone
         (b"\xff\xfe", "not_json", ""),
         (b"[1, 2]", "not_object", "list"),
         (rec(model_id=...), "missing_field", "'model_id'"),
