@@ -41,6 +41,10 @@ MAX_RECORD_BYTES = 512 << 10
 #: ``raw_sha256``. A dead letter too large for Kafka would fail the job's DLQ sink, and the
 #: job would fail again on the same record after every restart.
 MAX_DLQ_RAW_BYTES = 640 << 10
+#: Confluent's Schema Registry serializers put a zero byte and a 4-byte schema id before
+#: the JSON (their "wire format"); the parsers read the JSON after it, the id unchecked.
+SCHEMA_REGISTRY_MAGIC = b"\x00"
+SCHEMA_REGISTRY_HEADER_BYTES = 5
 #: Largest bulk (Arrow IPC) record accepted.
 MAX_BULK_RECORD_BYTES = 16 << 20
 #: Labels of a logistic model; a softmax model takes integer class indices.
@@ -80,6 +84,16 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
         raise RecordError("not_json", "the record has no value (an empty one, or a tombstone)")
     if len(raw) > MAX_RECORD_BYTES:
         raise RecordError("too_large", f"{len(raw)} bytes, limit {MAX_RECORD_BYTES}")
+    header = ""
+    if raw[:1] == SCHEMA_REGISTRY_MAGIC and len(raw) > SCHEMA_REGISTRY_HEADER_BYTES:
+        # JSON text never starts with a zero byte: this is the header of Confluent's
+        # Schema Registry serializers, and the JSON follows it.
+        schema_id = int.from_bytes(raw[1:SCHEMA_REGISTRY_HEADER_BYTES], "big")
+        header = (
+            f"after a Schema Registry header (schema id {schema_id}; the job reads JSON, "
+            "as the JSON Schema serializer writes it, not Avro or Protobuf): "
+        )
+        raw = raw[SCHEMA_REGISTRY_HEADER_BYTES:]
     try:
         # orjson parses a record in a seventh of the time. What it refuses and Python's json
         # may take (NaN and Infinity literals, numbers beyond float64's range, a BOM, UTF-16
@@ -93,7 +107,7 @@ def _load_json_object(raw: bytes) -> dict[str, Any]:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and int's 4300-digit limit;
         # RecursionError is arrays or objects nested too deep.
         except (ValueError, RecursionError) as exc:
-            raise RecordError("not_json", str(exc)[:300]) from exc
+            raise RecordError("not_json", f"{header}{exc}"[:300]) from exc
     if not isinstance(obj, dict):
         raise RecordError("not_object", f"expected a JSON object, got {type(obj).__name__}")
     return obj

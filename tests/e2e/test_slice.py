@@ -134,6 +134,27 @@ def test_samples_in_every_kafka_codec_are_trained_and_read_back(stack, status):
     assert len(read.records) == per_codec * len(codecs)
 
 
+def test_samples_in_the_schema_registry_wire_format_are_trained(stack):
+    """Confluent's JSON Schema serializer puts a zero byte and a 4-byte schema id before
+    each record's JSON: the job trains such samples as it trains plain JSON ones."""
+    from flowlearn.contracts.records import now_ms
+    from flowlearn.devstack.producer import DriftingStream
+
+    settings, _ = stack
+    model_id = f"registry-{uuid.uuid4().hex[:8]}"
+    header = b"\x00" + (17).to_bytes(4, "big")
+    records = DriftingStream(model_id=model_id, seed=19, id_prefix=model_id).take(
+        200, start_ts=now_ms(), step_ms=0
+    )
+    send_raw(
+        settings.kafka.bootstrap,
+        settings.kafka.topics.samples,
+        [header + json.dumps(r).encode() for r in records],
+        key=model_id,
+    )
+    wait_applied(settings, model_id, len(records))
+
+
 def weights_at(client, keys, model_id, version, size):
     """Replay the delta stream from zeros up to ``version`` (one epoch, as published)."""
     from flowlearn.contracts.redis_contract import DeltaEntry

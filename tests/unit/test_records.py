@@ -72,6 +72,21 @@ def test_bad_records_have_a_reason(raw, reason, fragment):
     assert fragment in info.value.message
 
 
+def test_a_record_in_the_schema_registry_wire_format_is_read_as_its_json():
+    """Confluent's JSON Schema serializer writes a zero byte and a 4-byte schema id before
+    the JSON; Avro or Protobuf after that header is not JSON, and the reason says so."""
+    header = b"\x00" + (1234).to_bytes(4, "big")
+    s = parse_sample(header + rec(event_id="e1"), spec_for)
+    assert (s.model_id, s.label, s.event_id) == ("m", 1.0, "e1")
+    with pytest.raises(RecordError) as info:
+        parse_sample(header + rec(label=0.5), spec_for)
+    assert info.value.reason == "bad_field"  # the JSON's own checks, as without the header
+    with pytest.raises(RecordError) as info:
+        parse_sample(header + b"\x02\x0cfraud-eu\xd0\x0f", spec_for)  # Avro bytes
+    assert info.value.reason == "not_json"
+    assert "schema id 1234" in info.value.message and "not Avro" in info.value.message
+
+
 def test_dlq_record_keeps_raw_bytes():
     raw = b"\x00\xffbad"
     d = json.loads(dlq_record("fl.samples", "not_json", raw, 5, "detail", partition=1, offset=9))
