@@ -144,9 +144,10 @@ def bundled(
 def _kafka_sources(env: StreamExecutionEnvironment, settings: Settings) -> RawSources:
     topics = settings.kafka.topics
     require_operators_jar(env, RECORD_VALUES)
+    # Stateless: one schema serves every source (each gets its own serialized copy).
+    values = DeserializationSchema(interop.java_object(env, RECORD_VALUES))
 
     def source(topic: str, name: str) -> DataStream:
-        values = DeserializationSchema(interop.java_object(env, RECORD_VALUES))
         return env.from_source(
             kafka.bytes_source(settings, topic, values), kafka.source_watermarks(), name
         ).uid(name)
