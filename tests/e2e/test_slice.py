@@ -228,17 +228,12 @@ BAD = {
 }
 
 
-def test_malformed_records_reach_the_dlq_and_the_job_keeps_running(stack, status):
+def dlq_consumer(settings):
+    """A consumer of fl.dlq's committed records from the start; iterating it ends when none
+    came for a second."""
     from kafka import KafkaConsumer
 
-    settings, _ = stack
-    marker = uuid.uuid4().hex.encode()
-    records = {
-        raw.replace(b"demo", b"demo-" + marker) if b"demo" in raw else raw + marker: reason
-        for raw, reason in BAD.items()
-    }
-    send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples, list(records))
-    consumer = KafkaConsumer(
+    return KafkaConsumer(
         settings.kafka.topics.dlq,
         bootstrap_servers=settings.kafka.bootstrap,
         auto_offset_reset="earliest",
@@ -246,6 +241,17 @@ def test_malformed_records_reach_the_dlq_and_the_job_keeps_running(stack, status
         consumer_timeout_ms=1000,
         group_id=None,
     )
+
+
+def test_malformed_records_reach_the_dlq_and_the_job_keeps_running(stack, status):
+    settings, _ = stack
+    marker = uuid.uuid4().hex.encode()
+    records = {
+        raw.replace(b"demo", b"demo-" + marker) if b"demo" in raw else raw + marker: reason
+        for raw, reason in BAD.items()
+    }
+    send_raw(settings.kafka.bootstrap, settings.kafka.topics.samples, list(records))
+    consumer = dlq_consumer(settings)
     found: dict[bytes, str] = {}
 
     def all_found():
@@ -270,21 +276,14 @@ def test_a_record_without_a_value_is_dead_lettered_on_every_input_topic(stack, s
     command: each input topic's parser dead-letters it as ``not_json`` with an empty ``raw``,
     where Flink's byte-array schema used to drop it without a trace, and the job keeps
     running without a restart."""
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     settings, _ = stack
     topics = settings.kafka.topics
     inputs = (topics.samples, topics.events, topics.labels, topics.control)
     job_id = status()["job"]["id"]
     restarts_before = job_restarts(settings, job_id)
-    consumer = KafkaConsumer(
-        topics.dlq,
-        bootstrap_servers=settings.kafka.bootstrap,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        consumer_timeout_ms=1000,
-        group_id=None,
-    )
+    consumer = dlq_consumer(settings)
     without_value = dict.fromkeys(inputs, 0)
 
     def count_new() -> dict[str, int]:
